@@ -1,0 +1,96 @@
+"""ModelRunner: O(1) rollback that gives the same logits as a fresh computation."""
+
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from specdec.errors import ResourceExhausted
+from specdec.runner import ModelRunner, common_prefix_len
+
+
+@pytest.fixture(scope="module")
+def runner() -> ModelRunner:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048)
+    return ModelRunner(LlamaForCausalLM(cfg), max_len=2048, max_sessions=3)
+
+
+def ids(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(0, 300, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_prefill_forward_truncate_forward_equals_fresh(runner):
+    seq = ids(60)
+    s, fresh = runner.open(), runner.open()
+    try:
+        runner.extend(s, seq[:40])
+        runner.extend(s, seq[:40] + ids(5, seed=9), keep=5)  # K rejected draft tokens
+        runner.truncate(s, 40)
+        after = runner.extend(s, seq[:48], keep=8)
+        reference = runner.extend(fresh, seq[:48], keep=8)
+        assert torch.allclose(after, reference, atol=1e-4)
+        with torch.no_grad():  # and against the model without any cache
+            plain = runner.model(torch.tensor([seq[:48]])).logits[0, -8:]
+        assert torch.allclose(after, plain, atol=1e-4)
+    finally:
+        runner.close(s)
+        runner.close(fresh)
+
+
+def test_extend_reuses_the_common_prefix(runner):
+    s = runner.open()
+    try:
+        runner.extend(s, ids(30))
+        other = ids(30)[:20] + ids(10, seed=5)
+        calls = []
+        original = runner._forward
+        runner._forward = lambda sess, new, keep: calls.append(len(new)) or original(sess, new, keep)
+        try:
+            runner.extend(s, other, keep=1)
+        finally:
+            runner._forward = original
+        assert calls == [10] and s.tokens == other
+    finally:
+        runner.close(s)
+
+
+def test_truncation_cost_does_not_grow_with_tokens_removed(runner):
+    s = runner.open()
+    try:
+        runner.extend(s, ids(2000))
+        keys = runner._caches[s.slot].layers[0].keys
+        pointer, snapshot = keys.data_ptr(), keys[0, 0, :2000].clone()
+
+        def cost(remove: int) -> float:
+            best = float("inf")
+            for _ in range(30):
+                s.tokens = list(range(2000))
+                t0 = time.perf_counter()
+                runner.truncate(s, 2000 - remove)
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        few, many = cost(1), cost(1999)
+        assert many < 3 * few + 20e-6, (few, many)
+        assert keys.data_ptr() == pointer and torch.equal(keys[0, 0, :2000], snapshot)  # nothing copied or cleared
+    finally:
+        runner.close(s)
+
+
+def test_slots_run_out_with_resource_exhausted_and_come_back(runner):
+    sessions = [runner.open() for _ in range(runner.free_slots)]
+    with pytest.raises(ResourceExhausted):
+        runner.open()
+    for s in sessions:
+        runner.close(s)
+    assert runner.free_slots == runner.max_sessions
+
+
+def test_common_prefix_len():
+    assert common_prefix_len([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert common_prefix_len([1, 2, 3], [1, 9, 3]) == 1
+    assert common_prefix_len([], [1]) == 0
+    assert common_prefix_len(list(range(100)), list(range(57)) + [0]) == 57
