@@ -55,7 +55,127 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(gen)
     add_speculation_args(gen)
     gen.set_defaults(func=cmd_generate)
+
+    serve = sub.add_parser("serve", help="run one service: target, draft or orchestrator",
+                           description="Run one gRPC service (health checking and reflection included).")
+    serve.add_argument("role", choices=["target", "draft", "orchestrator"])
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0 in pods)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: orchestrator 50051, target 50052, "
+                                                              "draft 50053)")
+    add_model_args(serve, draft=False)
+    serve.add_argument("--draft", default="tiny", help="draft model (role draft)")
+    serve.add_argument("--draft-device", default=None, help="device of the draft (role draft; default: --device)")
+    serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
+    serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
+    serve.add_argument("--draft-timeout", type=float, default=5.0,
+                       help="target: seconds to wait for a proposal before going on without the draft")
+    serve.add_argument("--idle-timeout", type=float, default=60.0,
+                       help="draft: seconds without a message before an abandoned session is reclaimed")
+    serve.add_argument("--targets", nargs="+", default=["127.0.0.1:50052"], help="orchestrator: target addresses")
+    serve.add_argument("--drafts", nargs="*", default=[], help="orchestrator: draft addresses (none = target only)")
+    serve.add_argument("--k", type=int, default=4, help="orchestrator: draft tokens per cycle")
+    serve.add_argument("--no-overlap", action="store_true", help="orchestrator: don't draft ahead during verify")
+    serve.add_argument("--default-max-new-tokens", type=int, default=128)
+    serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")
+    serve.add_argument("--max-workers", type=int, default=64, help="orchestrator: concurrent requests")
+    serve.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="start draft, target and orchestrator on loopback",
+                        description="Start all three services on loopback, wait until healthy, print the "
+                                    "orchestrator address; Ctrl-C stops all three.")
+    up.add_argument("--port", type=int, default=50051, help="orchestrator port; target +1, draft +2")
+    up.add_argument("--target", default="tiny")
+    up.add_argument("--draft", default="tiny")
+    up.add_argument("--no-draft", action="store_true", help="target only")
+    up.add_argument("--device", default="cpu")
+    up.add_argument("--draft-device", default=None)
+    up.add_argument("--dtype", default="auto")
+    up.add_argument("--k", type=int, default=4)
+    up.set_defaults(func=cmd_up)
+
+    client = sub.add_parser("client", help="send a prompt to an orchestrator and stream the answer")
+    client.add_argument("prompt", help="the prompt text")
+    client.add_argument("--address", default="127.0.0.1:50051", help="orchestrator host:port")
+    client.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
+    client.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
+    client.add_argument("--k", type=int, default=None, help="override draft tokens per cycle")
+    client.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    add_sampling_args(client)
+    client.set_defaults(func=cmd_client)
     return parser
+
+
+DEFAULT_PORTS = {"orchestrator": 50051, "target": 50052, "draft": 50053}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(name)s: %(message)s")
+    if args.port is None:
+        args.port = DEFAULT_PORTS[args.role]
+    pool = None
+    if args.role == "target":
+        from target_service.server import build
+        server = build(args)
+    elif args.role == "draft":
+        from draft_service.server import build
+        args.device = args.draft_device or args.device
+        server = build(args)
+    else:
+        from orchestrator.server import build
+        server, pool = build(args)
+        pool.start()
+    server.start()
+    logging.getLogger("specdec").info("%s serving on %s (plaintext)", args.role, server.address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5.0)
+    if pool is not None:
+        pool.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import logging
+
+    from specdec.launcher import Stack
+
+    logging.basicConfig(level=logging.INFO)
+    common = ["--device", args.device, "--dtype", args.dtype]
+    stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft else args.draft,
+                  extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
+                                                     "--dtype", args.dtype],
+                         "orchestrator": ["--k", str(args.k)]})
+    stack.start()
+    return stack.run_until_signal()
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from specdec.client import Client, build_request
+    from specdec.config import SamplingParams
+
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    messages = [{"role": "user", "content": args.prompt}] if args.chat else None
+    request = build_request(None if args.chat else args.prompt, messages=messages, sampling=sampling,
+                            max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k,
+                            ignore_eos=args.ignore_eos)
+    with Client(args.address, timeout_s=args.timeout) as client:
+        on_text = None if args.json else (lambda t: print(t, end="", flush=True))
+        result = client.generate(request, on_text)
+    out = result.to_dict()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        s = out["stats"]
+        print(f"\n\n[{len(result.token_ids)} tokens, {s['tokens_per_second']:.1f} tok/s, {out['finish_reason']}; "
+              f"drafts={s['drafts']} accepted={s['accepted_tokens']} "
+              f"mean_acceptance_length={s['mean_acceptance_length']:.2f}]", file=sys.stderr)
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -76,6 +196,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import grpc
+
     from specdec.errors import SpecdecError
 
     args = build_parser().parse_args(argv)
@@ -84,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecdecError as exc:
         print(f"specdec: error: {exc}", file=sys.stderr)
         return 2
+    except grpc.RpcError as exc:
+        print(f"specdec: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -92,28 +92,33 @@ class TargetSequence:
         """The most draft tokens worth verifying now: more could never all be committed."""
         return max(0, self.remaining - 1)
 
-    def usable_drafts(self, proposal: Proposal | None) -> tuple[list[int], DraftProbs | None]:
-        """The part of a proposal that extends the committed sequence; ([], None) if it is stale.
+    def usable_drafts(self, proposal: Proposal | None,
+                      limit: int | None = None) -> tuple[list[int], DraftProbs | None] | None:
+        """The part of a proposal that extends the committed sequence, at most `limit` tokens;
+        None if the proposal is stale.
 
         A proposal claims "from position `start` the sequence is ...". The part before the end of the
         committed sequence must agree with it, else the proposal was built on a wrong guess.
         """
+        if proposal is None:
+            return [], None
         n = len(self.committed)
-        if proposal is None or proposal.start > n:
-            return [], None
         offset = n - proposal.start
-        if proposal.token_ids[:offset] != self.committed[proposal.start:n]:
-            return [], None
-        drafts = proposal.token_ids[offset:offset + self.max_k]
+        if offset < 0 or proposal.token_ids[:offset] != self.committed[proposal.start:n]:
+            return None
+        if offset > 0 and offset >= len(proposal.token_ids) and proposal.token_ids:
+            return None  # everything it claims is already committed: nothing left to verify
+        cap = self.max_k if limit is None else min(limit, self.max_k)
+        drafts = proposal.token_ids[offset:offset + cap]
         probs = proposal.probs
         if probs is not None and offset:
             probs = _ShiftedDraftProbs(probs, offset)
         return drafts, probs
 
-    def step(self, proposal: Proposal | None = None) -> CycleResult:
+    def step(self, proposal: Proposal | None = None, limit: int | None = None) -> CycleResult:
         """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens."""
         assert self.finish_reason is None, "step() after the sequence finished"
-        drafts, probs = self.usable_drafts(proposal)
+        drafts, probs = self.usable_drafts(proposal, limit) or ([], None)
         start = len(self.committed)
         t0 = time.perf_counter()
         logits = self.runner.extend(self.session, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
@@ -198,7 +203,9 @@ class SpeculativeDecoder:
         stats.prompt_tokens = len(request.prompt_ids)
         try:
             while sequence.finish_reason is None:
-                k = choose_k(stats, sequence.max_k) if proposer else 0
+                # The first cycle is prefill alone, as in the services (where the draft prefills
+                # meanwhile): time to first token is the target's prefill, and seeded runs line up.
+                k = choose_k(stats, sequence.max_k) if proposer and stats.cycles > 0 else 0
                 proposal = None
                 if k > 0:
                     t0 = time.perf_counter()

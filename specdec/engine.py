@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import SpeculativeDecoder, eos_ids_of
 from specdec.errors import InvalidArgument
-from specdec.models import LoadedModel, check_same_vocabulary, context_length, load_model
+from specdec.models import LoadedModel, check_same_vocabulary, context_length, encode_prompt, load_model
 from specdec.proposers import DraftModelFactory
 from specdec.runner import ModelRunner
 
@@ -66,12 +66,9 @@ class Engine:
         return cls(config, target, draft)
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        """Tokenize once, here, so draft and target see the same ids (chat template applied once)."""
         if chat:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return encode_prompt(self.tokenizer, messages=[{"role": "user", "content": prompt}])
+        return encode_prompt(self.tokenizer, prompt)
 
 
 def request_from_args(engine: Engine, args: argparse.Namespace) -> GenerationRequest:

@@ -73,6 +73,25 @@ def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: s
     return LoadedModel(name=spec, model=model, tokenizer=tokenizer, fingerprint=vocab_fingerprint(tokenizer))
 
 
+def load_tokenizer(spec: str, role: str = "target"):
+    """Only the tokenizer of a model spec (the orchestrator tokenizes but runs no model)."""
+    source, kwargs = _source(spec, role)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise InvalidArgument(role, f"cannot load the tokenizer of {spec!r}: {exc}") from exc
+
+
+def encode_prompt(tokenizer, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+    """Tokenize once, in one place, so draft and target see the same ids; chat templates apply once."""
+    if messages is not None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidArgument("chat", "this model has no chat template; send a plain prompt")
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
 def vocab_fingerprint(tokenizer) -> str:
     """A hash of the token -> id map and the special tokens: equal iff ids mean the same text."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])

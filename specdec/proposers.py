@@ -36,7 +36,11 @@ class Proposer(Protocol):
     source: str
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
-        """Draft k tokens that follow `committed` (the prompt plus everything committed so far)."""
+        """Draft up to k tokens that follow `committed` (the prompt plus everything committed so far)."""
+        ...
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        """Warm up on the prompt before the first proposal is asked for."""
         ...
 
     def close(self) -> None: ...
@@ -79,6 +83,9 @@ class DraftModelProposer:
         drafted = sequence[start:]
         probs = DenseDraftProbs(torch.stack(rows), drafted) if rows else None
         return Proposal(start=start, token_ids=drafted, probs=probs, source=self.source)
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        self.runner.extend(self.session, prompt, keep=1)
 
     def close(self) -> None:
         self.runner.close(self.session)

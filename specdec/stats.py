@@ -22,6 +22,8 @@ class SpecStats:
     draft_time_s: float = 0.0  # time spent drafting (on the proposer's side)
     verify_time_s: float = 0.0  # time in target forward + verification
     wait_time_s: float = 0.0  # time the target waited for proposals beyond drafting (network, queues)
+    overlap_hits: int = 0  # cycles whose proposal was drafted ahead, before the previous verdict
+    overlap_misses: int = 0  # cycles (with overlap on) that waited for a proposal drafted after the verdict
     wall_time_s: float = 0.0
     time_to_first_token_s: float = 0.0
 

@@ -1,0 +1,101 @@
+"""DraftService servicer: translates the Propose stream to DraftSession calls and back."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Iterator
+
+from draft_service.session import DraftSession, SentProposal
+from specdec.config import MAX_K
+from specdec.errors import InvalidArgument
+from specdec.grpc_util import sampling_from_pb
+from specdec.proposers import ProposerFactory
+from specdec.sessions import SessionTable
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
+
+log = logging.getLogger("specdec.draft")
+_END = object()
+SOURCE_PB = {"draft-model": common_pb2.PROPOSER_KIND_DRAFT_MODEL, "ngram": common_pb2.PROPOSER_KIND_NGRAM}
+
+
+def proposal_to_pb(p: SentProposal) -> draft_pb2.ProposeResponse:
+    return draft_pb2.ProposeResponse(proposal=draft_pb2.DraftProposal(
+        id=p.id, start=p.start, token_ids=p.token_ids, token_probs=p.token_probs(), draft_ms=p.draft_s * 1e3,
+        ahead=p.ahead, source=SOURCE_PB.get(p.source, common_pb2.PROPOSER_KIND_UNSPECIFIED)))
+
+
+def row_to_pb(proposal_id: int, index: int, row) -> draft_pb2.ProposeResponse:
+    support = row.nonzero().flatten()  # exact: only the zeros top-k/top-p left are dropped
+    return draft_pb2.ProposeResponse(row=draft_pb2.DraftRow(
+        proposal_id=proposal_id, index=index, ids=support.tolist(), probs=row[support].tolist()))
+
+
+class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
+    def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float):
+        self.factory = factory
+        self.info = info
+        self.free_slots = free_slots  # () -> int
+        self.idle_timeout_s = idle_timeout_s
+        self.sessions = SessionTable()
+
+    def DescribeDraft(self, request, context):
+        info = common_pb2.ServerInfo()
+        info.CopyFrom(self.info)
+        info.active_sessions = len(self.sessions)
+        info.free_kv_slots = self.free_slots()
+        return draft_pb2.DescribeDraftResponse(info=info)
+
+    def Propose(self, request_iterator, context) -> Iterator[draft_pb2.ProposeResponse]:
+        inbox: queue.Queue = queue.Queue()
+        threading.Thread(target=_pump, args=(request_iterator, inbox), daemon=True).start()
+        try:
+            first = inbox.get(timeout=self.idle_timeout_s)
+        except queue.Empty:
+            raise InvalidArgument("start", f"no start message within {self.idle_timeout_s:.0f}s") from None
+        if first is _END or not first.HasField("start"):
+            raise InvalidArgument("start", "the first message of a Propose stream must be `start`")
+        start = first.start
+        if not start.prompt_ids:
+            raise InvalidArgument("start.prompt_ids", "must not be empty")
+        if not 1 <= start.k <= MAX_K:
+            raise InvalidArgument("start.k", f"must be in [1, {MAX_K}], got {start.k}")
+        sampling = sampling_from_pb(start.sampling).validate()
+        proposer = self.factory.open(sampling, start.seed)
+        entry = self.sessions.add(start.session_id)
+        context.add_callback(entry.cancel.set)
+        try:
+            session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap)
+            yield from map(proposal_to_pb, session.start())
+            while not entry.cancel.is_set():
+                try:
+                    msg = inbox.get(timeout=self.idle_timeout_s)
+                except queue.Empty:
+                    log.warning("session %s idle for %.0fs: closing it", start.session_id, self.idle_timeout_s)
+                    return
+                if msg is _END:
+                    return
+                kind = msg.WhichOneof("message")
+                if kind == "verdict":
+                    v = msg.verdict
+                    yield from map(proposal_to_pb, session.on_verdict(v.start, list(v.token_ids), v.next_k))
+                elif kind == "row_request":
+                    r = msg.row_request
+                    yield row_to_pb(r.proposal_id, r.index, session.row(r.proposal_id, r.index))
+                else:
+                    raise InvalidArgument("message", f"unexpected {kind!r} after start")
+        finally:
+            proposer.close()
+            self.sessions.remove(start.session_id)
+
+
+def _pump(request_iterator, inbox: queue.Queue) -> None:
+    """Read the target's messages on their own thread, so drafting never blocks on the network."""
+    try:
+        for msg in request_iterator:
+            inbox.put(msg)
+    except Exception:  # noqa: BLE001 - the stream broke (cancelled, peer gone): end the session
+        pass
+    finally:
+        inbox.put(_END)

@@ -1,0 +1,1 @@
+"""The orchestrator: public API, routing, session lifecycle and failover."""

@@ -1,0 +1,27 @@
+"""`specdec serve orchestrator`: the public API in front of targets and drafts."""
+
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.backends import BackendPool
+from orchestrator.service import Orchestrator, OrchestratorSettings
+from orchestrator.servicer import OrchestratorServicer
+from specdec.grpc_util import Server, ServerSettings
+from specdec.models import load_tokenizer, vocab_fingerprint
+from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+
+
+def build(args: argparse.Namespace) -> tuple[Server, BackendPool]:
+    tokenizer = load_tokenizer(args.target)
+    fingerprint = vocab_fingerprint(tokenizer)
+    pool = BackendPool(args.targets, args.drafts, interval_s=args.health_interval)
+    orchestrator = Orchestrator(tokenizer, fingerprint, pool, OrchestratorSettings(
+        default_max_new_tokens=args.default_max_new_tokens, max_new_tokens=args.max_new_tokens_limit,
+        k=args.k, overlap=not args.no_overlap))
+    info = common_pb2.ServerInfo(model=args.target, vocab_fingerprint=fingerprint, role="orchestrator")
+    name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+    server = Server(ServerSettings(host=args.host, port=args.port, max_workers=args.max_workers),
+                    [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, OrchestratorServicer(orchestrator, info),
+                      name)])
+    return server, pool

@@ -1,0 +1,191 @@
+"""The orchestrator's logic: validate, tokenize once, route, relay the target's stream as text.
+
+It is the control plane: the per-token traffic flows draft <-> target directly; here we only see one
+message per verification cycle from the target.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import grpc
+
+from orchestrator.backends import Backend, BackendPool
+from specdec.config import MAX_K, SamplingParams
+from specdec.decoder import FinishReason
+from specdec.detokenize import TextStream
+from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
+from specdec.grpc_util import error_from_status, sampling_to_pb
+from specdec.models import encode_prompt
+from specdec.sampling import fresh_seed
+from specdec.stats import SpecStats
+from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
+
+FINISH_FROM_PB = {common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH, common_pb2.FINISH_REASON_EOS: FinishReason.EOS,
+                  common_pb2.FINISH_REASON_STOP: FinishReason.STOP}
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings:
+    default_max_new_tokens: int = 128
+    max_new_tokens: int = 4096  # the limit a request may ask for
+    k: int = 4  # draft tokens per cycle unless a request overrides it
+    overlap: bool = True  # draft the next block while the target verifies
+
+
+@dataclass
+class ClientRequest:
+    """A client's request, as plain values (the servicer fills it from protobuf)."""
+
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    k: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass
+class TextEvent:
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class Summary:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    stats: SpecStats
+    draft_failed: bool
+    session_id: str
+    network_wait_s: float
+
+
+class Orchestrator:
+    def __init__(self, tokenizer, fingerprint: str, pool: BackendPool, settings: OrchestratorSettings) -> None:
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.pool = pool
+        self.settings = settings
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def validate(self, req: ClientRequest) -> list[int]:
+        """Check every field; return the prompt's token ids."""
+        if req.messages is not None:
+            if not req.messages:
+                raise InvalidArgument("chat.messages", "must not be empty")
+            for i, m in enumerate(req.messages):
+                if m["role"] not in CHAT_ROLES:
+                    raise InvalidArgument(f"chat.messages[{i}].role", f"must be one of {CHAT_ROLES}, got {m['role']!r}")
+        elif not req.prompt:
+            raise InvalidArgument("prompt", "must not be empty (send `prompt` or `chat`)")
+        if req.max_new_tokens is not None and not 1 <= req.max_new_tokens <= self.settings.max_new_tokens:
+            raise InvalidArgument("max_new_tokens",
+                                  f"must be in [1, {self.settings.max_new_tokens}], got {req.max_new_tokens}")
+        if req.k is not None and not 0 <= req.k <= MAX_K:
+            raise InvalidArgument("k", f"must be in [0, {MAX_K}], got {req.k}")
+        if len(req.stop) > MAX_STOP_STRINGS:
+            raise InvalidArgument("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(req.stop)}")
+        for s in req.stop:
+            if not s or len(s) > MAX_STOP_CHARS:
+                raise InvalidArgument("stop", f"each stop string must have 1..{MAX_STOP_CHARS} characters")
+        req.sampling.validate()
+        return encode_prompt(self.tokenizer, req.prompt, req.messages)
+
+    def generate(self, req: ClientRequest, cancelled: threading.Event,
+                 timeout_s: float | None = None) -> Iterator[TextEvent | Summary]:
+        t0 = time.perf_counter()
+        prompt_ids = self.validate(req)
+        target, draft = self.pool.pick()
+        if target.info.vocab_fingerprint != self.fingerprint:
+            raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
+                                     f"{target.info.vocab_fingerprint}, the orchestrator's tokenizer {self.fingerprint}")
+        context_len = target.info.context_length
+        if len(prompt_ids) + 1 > context_len:
+            raise InvalidArgument("prompt", f"is {len(prompt_ids)} tokens; the target's context holds {context_len}")
+        k = self.settings.k if req.k is None else req.k
+        session_id = uuid.uuid4().hex
+        request = target_pb2.TargetGenerateRequest(
+            session_id=session_id, prompt_ids=prompt_ids, sampling=sampling_to_pb(req.sampling),
+            seed=req.sampling.seed if req.sampling.seed is not None else fresh_seed(),
+            max_new_tokens=req.max_new_tokens or self.settings.default_max_new_tokens,
+            ignore_eos=req.ignore_eos, k=k if draft else 0, draft_address=draft.address if draft and k else "",
+            overlap=self.settings.overlap)
+        yield from self._relay(request, req.stop, target, draft, cancelled, timeout_s, t0)
+
+    def _relay(self, request, stop: tuple[str, ...], target: Backend, draft: Backend | None, cancelled: threading.Event,
+               timeout_s: float | None, t0: float) -> Iterator[TextEvent | Summary]:
+        stats = SpecStats(prompt_tokens=len(request.prompt_ids))
+        text = TextStream(self.tokenizer, stop)
+        finish, draft_failed, network_wait = FinishReason.LENGTH, False, 0.0
+        stub = target_pb2_grpc.TargetServiceStub(target.channel)
+        call = stub.Generate(request, timeout=timeout_s)
+        stop_watch = threading.Thread(target=lambda: cancelled.wait() and call.cancel(), daemon=True)
+        stop_watch.start()
+        backends = [b for b in (target, draft) if b is not None and request.k]
+        for b in backends or [target]:
+            b.active += 1
+        with self._lock:
+            self.active += 1
+        try:
+            for msg in call:
+                c = msg.cycle
+                stats.observe_cycle(c.k, c.accepted)
+                stats.verify_time_s += c.verify_ms / 1e3
+                if c.k:
+                    stats.draft_time_s += c.draft_ms / 1e3
+                    stats.wait_time_s += c.wait_for_draft_ms / 1e3
+                    network_wait += max(0.0, c.wait_for_draft_ms - c.draft_ms) / 1e3
+                    if request.overlap:
+                        stats.overlap_hits += c.overlap_hit
+                        stats.overlap_misses += not c.overlap_hit
+                draft_failed |= msg.draft_failed
+                emitted, delta = [], ""
+                for token in msg.token_ids:
+                    emitted.append(token)
+                    delta += text.push(token)
+                    if text.stopped:
+                        break
+                if stats.new_tokens == 0 and emitted:
+                    stats.time_to_first_token_s = time.perf_counter() - t0
+                stats.new_tokens += len(emitted)
+                if text.stopped:
+                    finish = FinishReason.STOP
+                    call.cancel()
+                    yield TextEvent(delta, emitted)
+                    break
+                if msg.finish_reason:
+                    finish = FINISH_FROM_PB[msg.finish_reason]
+                yield TextEvent(delta, emitted)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and (cancelled.is_set() or text.stopped):
+                return
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self.pool.mark_unhealthy(target, exc.details() or "stream broke")
+                raise Unavailable(f"target {target.address} failed during the request: {exc.details()}") from exc
+            raise error_from_status(exc.code(), exc.details()) from exc
+        finally:
+            for b in backends or [target]:
+                b.active -= 1
+            with self._lock:
+                self.active -= 1
+            cancelled.set()  # releases the watcher thread
+        if draft_failed and draft is not None:
+            self.pool.mark_unhealthy(draft, "failed during a request")
+        tail = text.flush()
+        if tail:
+            yield TextEvent(tail, [])
+        stats.wall_time_s = time.perf_counter() - t0
+        yield Summary(finish_reason=finish, prompt_tokens=len(request.prompt_ids), completion_tokens=stats.new_tokens,
+                      stats=stats, draft_failed=draft_failed, session_id=request.session_id,
+                      network_wait_s=network_wait)

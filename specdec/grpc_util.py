@@ -1,0 +1,194 @@
+"""gRPC plumbing shared by the three services: error mapping, server and channel construction,
+and protobuf <-> core conversions used by more than one servicer. No service logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from specdec import errors
+from specdec.config import SamplingParams
+from specdec.v1 import common_pb2
+
+log = logging.getLogger("specdec.grpc")
+
+STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def error_from_status(code: grpc.StatusCode, details: str) -> errors.SpecdecError:
+    """The inverse of the interceptor's mapping: a backend's status becomes the same domain error,
+    so the orchestrator passes a target's precise status on to its client."""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, _, reason = (details or "request: invalid").partition(": ")
+        return errors.InvalidArgument(field, reason or details)
+    for cls, mapped in STATUS_OF:
+        if mapped == code and cls is not errors.InvalidArgument:
+            return cls(details)
+    return errors.Unavailable(f"{code.name}: {details}")
+
+
+def status_of(exc: Exception) -> grpc.StatusCode:
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    if context.code() is not None:  # the handler already aborted (context.abort raises): keep its status
+        raise exc
+    code = status_of(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("internal error in %s", method)
+        context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+    context.abort(code, str(exc))
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps the core's exceptions to gRPC status codes, once, for every method.
+
+    Servicers raise plain domain errors; clients get INVALID_ARGUMENT, NOT_FOUND, ... with the error's
+    text. Anything unexpected is logged with its traceback and becomes INTERNAL.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap_unary(fn):
+            def inner(request, context):
+                try:
+                    return fn(request, context)
+                except errors.SpecdecError as exc:
+                    _abort(context, exc, method)
+                except Exception as exc:  # noqa: BLE001 - the boundary: report, don't crash the server
+                    _abort(context, exc, method)
+            return inner
+
+        def wrap_stream(fn):
+            def inner(request, context):
+                try:
+                    yield from fn(request, context)
+                except grpc.RpcError:  # reading the client's stream failed: the client went away
+                    if context.is_active():
+                        raise
+                except errors.SpecdecError as exc:
+                    _abort(context, exc, method)
+                except Exception as exc:  # noqa: BLE001
+                    _abort(context, exc, method)
+            return inner
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary),
+                                                       handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream),
+                                                        handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream),
+                                                         handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_workers: int = 64  # each streaming session holds a worker thread
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+            # reconnect quickly to a restarted peer (the default backoff grows to two minutes)
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1_000)]
+
+
+class Server:
+    """A grpc.Server with health checking, reflection and the error interceptor."""
+
+    def __init__(self, settings: ServerSettings, register: Iterable[tuple[Callable, object, str]],
+                 interceptors: Iterable[grpc.ServerInterceptor] = ()) -> None:
+        self.settings = settings
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+                                interceptors=[*interceptors, ErrorInterceptor()],
+                                options=channel_options(settings.max_message_bytes))
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        self.service_names = []
+        for add, servicer, full_name in register:
+            add(servicer, self.grpc)
+            self.service_names.append(full_name)
+        reflection.enable_server_reflection([*self.service_names, *names], self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise errors.Unavailable(f"cannot bind {settings.host}:{settings.port}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def start(self) -> None:
+        self.grpc.start()
+        self.set_serving(True)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        self.set_serving(False)
+        self.grpc.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.grpc.wait_for_termination()
+
+
+def wait_healthy(address: str, timeout: float) -> None:
+    """Block until a server answers SERVING on the health service, or raise Unavailable."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"{address} did not become healthy within {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
+    return SamplingParams(temperature=pb.temperature, top_k=pb.top_k,
+                          top_p=pb.top_p if pb.HasField("top_p") else 1.0,
+                          seed=pb.seed if pb.HasField("seed") else None)
+
+
+def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
+    pb = common_pb2.SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+    if params.seed is not None:
+        pb.seed = params.seed
+    return pb

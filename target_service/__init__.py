@@ -1,0 +1,1 @@
+"""The target service: owns the committed sequence, verifies proposals, streams committed tokens."""

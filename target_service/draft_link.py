@@ -1,0 +1,160 @@
+"""The target's end of one session's Propose stream to its draft.
+
+A reader thread files incoming proposals and rows; the verification loop picks the best usable
+proposal when it is ready for one. Any failure of the draft (dead, stalled, protocol error) only marks
+the link failed: the target then goes on alone and the client loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+import torch
+
+from specdec.errors import Unavailable
+from specdec.proposers import Proposal
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
+
+log = logging.getLogger("specdec.target.link")
+_CLOSE = object()
+_BROKEN = object()
+SOURCE_NAMES = {common_pb2.PROPOSER_KIND_NGRAM: "ngram", common_pb2.PROPOSER_KIND_DRAFT_MODEL: "draft-model"}
+
+
+class RemoteDraftProbs:
+    """q for a remote proposal: q(x_i) came with it; a whole row is fetched only after a rejection."""
+
+    def __init__(self, pb: draft_pb2.DraftProposal, link: "DraftLink") -> None:
+        self.pb, self.link = pb, link
+
+    def token_prob(self, i: int) -> float:
+        return self.pb.token_probs[i]
+
+    def row(self, i: int) -> torch.Tensor:
+        return self.link.fetch_row(self.pb.id, i)
+
+
+@dataclass
+class Picked:
+    proposal: Proposal | None
+    wait_s: float  # time the target waited for it
+    draft_s: float  # the draft's own time for it
+    ahead: bool  # drafted before the previous verdict arrived (overlap)
+
+
+class DraftLink:
+    def __init__(self, stub: draft_pb2_grpc.DraftServiceStub, start: draft_pb2.ProposeStart, *,
+                 vocab_size: int, device: torch.device, timeout_s: float, greedy: bool,
+                 metadata: tuple = ()) -> None:
+        self.vocab_size, self.device, self.timeout_s, self.greedy = vocab_size, device, timeout_s, greedy
+        self.failure: str | None = None
+        self._closing = False
+        self._outbox: queue.Queue = queue.Queue()
+        self._proposals: queue.Queue = queue.Queue()
+        self._rows: queue.Queue = queue.Queue()
+        self._held: list[draft_pb2.DraftProposal] = []  # received, usable, not chosen yet
+        self._outbox.put(draft_pb2.ProposeRequest(start=start))
+        self._call = stub.Propose(iter(self._outbox.get, _CLOSE), metadata=metadata, wait_for_ready=True)
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"draft-link-{start.session_id}")
+        self._reader.start()
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log.warning("draft link failed, going on without the draft: %s", reason)
+            self.close()
+
+    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
+        """The most useful proposal available, waiting for one up to the timeout.
+
+        `usable(p)` says how many of p's tokens the target can verify now (-1: stale).
+        """
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout_s
+        candidates, self._held = self._held, []  # proposals kept from earlier cycles come first
+        best, best_n, best_pb = None, -1, None
+        while not self.failed:
+            for pb in candidates:
+                proposal = self._to_proposal(pb)
+                n = usable(proposal)
+                if n < 0:
+                    continue  # stale: built on a guess the verdicts contradicted
+                if n > best_n:
+                    if best_pb is not None:
+                        self._held.append(best_pb)
+                    best, best_n, best_pb = proposal, n, pb
+                else:
+                    self._held.append(pb)  # usable later (e.g. drafted ahead for the next cycle)
+            candidates = []
+            try:  # once something usable is in hand, take only what has already arrived
+                item = (self._proposals.get_nowait() if best is not None
+                        else self._proposals.get(timeout=max(0.0, deadline - time.perf_counter())))
+            except queue.Empty:
+                if best is None:
+                    self.fail(f"no usable proposal within {self.timeout_s:.2f}s")
+                break
+            if item is _BROKEN:
+                break
+            candidates = [item]
+        return Picked(best, time.perf_counter() - t0, best_pb.draft_ms / 1e3 if best_pb else 0.0,
+                      bool(best_pb and best_pb.ahead))
+
+    def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
+        if not self.failed:
+            self._outbox.put(draft_pb2.ProposeRequest(
+                verdict=draft_pb2.ProposeVerdict(start=start, token_ids=token_ids, next_k=next_k)))
+
+    def fetch_row(self, proposal_id: int, index: int) -> torch.Tensor:
+        if self.failed:
+            raise Unavailable(f"draft link failed: {self.failure}")
+        self._outbox.put(draft_pb2.ProposeRequest(
+            row_request=draft_pb2.ProposeRowRequest(proposal_id=proposal_id, index=index)))
+        try:
+            pb = self._rows.get(timeout=self.timeout_s)
+        except queue.Empty:
+            self.fail("no row from the draft within the timeout")
+            raise Unavailable(f"draft link failed: {self.failure}") from None
+        if pb is _BROKEN or pb.proposal_id != proposal_id or pb.index != index:
+            self.fail("the draft's row answer does not match the request")
+            raise Unavailable(f"draft link failed: {self.failure}")
+        row = torch.zeros(self.vocab_size, dtype=torch.float32)
+        row[torch.tensor(list(pb.ids), dtype=torch.long)] = torch.tensor(list(pb.probs), dtype=torch.float32)
+        return row.to(self.device)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._outbox.put(_CLOSE)
+            self._call.cancel()
+
+    def _to_proposal(self, pb: draft_pb2.DraftProposal) -> Proposal:
+        source = SOURCE_NAMES.get(pb.source, "draft-model")
+        probs = None if (self.greedy or source == "ngram" or not pb.token_probs) else RemoteDraftProbs(pb, self)
+        return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs, source=source)
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                kind = response.WhichOneof("message")
+                if kind == "proposal":
+                    self._proposals.put(response.proposal)
+                elif kind == "row":
+                    self._rows.put(response.row)
+            if not self._closing:
+                self.fail("the draft ended the stream")
+        except grpc.RpcError as exc:
+            if not self._closing:
+                self.fail(f"draft stream broke: {exc.code().name}: {exc.details()}")
+        finally:
+            self._proposals.put(_BROKEN)
+            self._rows.put(_BROKEN)

@@ -1,0 +1,97 @@
+"""TargetService servicer: protobuf <-> TargetSequence / TargetSession."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from specdec.config import MAX_K, GenerationRequest
+from specdec.decoder import FinishReason, TargetSequence
+from specdec.errors import InvalidArgument
+from specdec.grpc_util import channel_options, sampling_from_pb
+from specdec.runner import ModelRunner
+from specdec.sessions import SessionTable
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from target_service.draft_link import DraftLink
+from target_service.session import CycleReport, TargetSession
+
+FINISH_PB = {FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH, FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
+             FinishReason.STOP: common_pb2.FINISH_REASON_STOP}
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    max_new_tokens: int = 4096  # the largest max_new_tokens a request may ask for
+    draft_timeout_s: float = 5.0  # how long to wait for a usable proposal before going on alone
+
+
+def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
+    c = r.cycle
+    return target_pb2.TargetGenerateResponse(
+        start=c.start, token_ids=c.new_tokens,
+        cycle=target_pb2.CycleInfo(k=c.k, accepted=c.accepted, verify_ms=c.verify_s * 1e3,
+                                   wait_for_draft_ms=r.wait_s * 1e3, draft_ms=r.draft_s * 1e3,
+                                   overlap_hit=r.overlap_hit),
+        finish_reason=FINISH_PB.get(c.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED),
+        draft_failed=r.draft_failed)
+
+
+class TargetServicer(target_pb2_grpc.TargetServiceServicer):
+    def __init__(self, runner: ModelRunner, eos_ids: set[int], info: common_pb2.ServerInfo,
+                 settings: TargetSettings = TargetSettings()) -> None:
+        self.runner = runner
+        self.eos_ids = eos_ids
+        self.info = info
+        self.settings = settings
+        self.sessions = SessionTable()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()
+
+    def DescribeTarget(self, request, context):
+        info = common_pb2.ServerInfo()
+        info.CopyFrom(self.info)
+        info.active_sessions = len(self.sessions)
+        info.free_kv_slots = self.runner.free_slots
+        return target_pb2.DescribeTargetResponse(info=info)
+
+    def Generate(self, request: target_pb2.TargetGenerateRequest, context):
+        if not request.session_id:
+            raise InvalidArgument("session_id", "must not be empty")
+        if not 0 <= request.k <= MAX_K:
+            raise InvalidArgument("k", f"must be in [0, {MAX_K}], got {request.k}")
+        generation = GenerationRequest(
+            prompt_ids=list(request.prompt_ids), max_new_tokens=request.max_new_tokens,
+            sampling=sampling_from_pb(request.sampling), ignore_eos=request.ignore_eos,
+        ).validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len)
+        sequence = TargetSequence(self.runner, generation, self.eos_ids, seed=request.seed)
+        entry = self.sessions.add(request.session_id)
+        context.add_callback(entry.cancel.set)
+        link = None
+        try:
+            if request.draft_address and request.k > 0:
+                link = self._open_link(request, sequence, context)
+            for report in TargetSession(sequence, link, request.k, entry.cancel).run():
+                yield report_to_pb(report)
+        finally:
+            if link is not None:
+                link.close()
+            sequence.close()
+            self.sessions.remove(request.session_id)
+
+    def _open_link(self, request, sequence: TargetSequence, context) -> DraftLink:
+        start = draft_pb2.ProposeStart(session_id=request.session_id, prompt_ids=request.prompt_ids,
+                                       sampling=request.sampling, seed=sequence.seed, k=request.k,
+                                       overlap=request.overlap)
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k in ("traceparent", "tracestate"))
+        return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(request.draft_address)), start,
+                         vocab_size=self.runner.vocab_size, device=self.runner.device,
+                         timeout_s=self.settings.draft_timeout_s, greedy=sequence.sampling.greedy,
+                         metadata=metadata)
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._channels_lock:
+            if address not in self._channels:
+                self._channels[address] = grpc.insecure_channel(address, options=channel_options())
+            return self._channels[address]

@@ -1,0 +1,66 @@
+"""The target's verification loop for one session, with a draft link or alone."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from specdec.decoder import CycleResult, FinishReason, TargetSequence
+from specdec.errors import Unavailable
+from target_service.draft_link import DraftLink, Picked
+
+
+@dataclass
+class CycleReport:
+    cycle: CycleResult
+    wait_s: float  # time spent waiting for the proposal
+    draft_s: float  # the draft's own time for it
+    overlap_hit: bool
+    draft_failed: bool
+
+
+class TargetSession:
+    """Prefill alone (the draft prefills meanwhile), then verify proposals until done.
+
+    The draft is optional at every step: no link, a failed link, or k == 0 all mean plain decoding
+    through the same `TargetSequence.step`, so failing over loses no token and changes no output.
+    """
+
+    def __init__(self, sequence: TargetSequence, link: DraftLink | None, k: int,
+                 cancelled: threading.Event) -> None:
+        self.sequence = sequence
+        self.link = link
+        self.k = k
+        self.cancelled = cancelled
+
+    @property
+    def draft_failed(self) -> bool:
+        return self.link is not None and self.link.failed
+
+    def run(self) -> Iterator[CycleReport]:
+        first = True
+        while self.sequence.finish_reason is None:
+            if self.cancelled.is_set():
+                self.sequence.finish(FinishReason.CANCELLED)
+                return
+            report = self._cycle(use_draft=not first)
+            first = False
+            if self.link is not None and not self.link.failed:
+                self.link.send_verdict(report.cycle.start, report.cycle.new_tokens)
+            yield report
+
+    def _cycle(self, use_draft: bool) -> CycleReport:
+        picked = Picked(None, 0.0, 0.0, False)
+        wants_draft = use_draft and self.link is not None and not self.link.failed and self.k > 0
+        if wants_draft and self.sequence.max_k > 0:
+            def usable(p) -> int:
+                found = self.sequence.usable_drafts(p, self.k)
+                return -1 if found is None else len(found[0])
+            picked = self.link.next_proposal(usable)
+        try:
+            cycle = self.sequence.step(picked.proposal, self.k)
+        except Unavailable:  # the draft died while we fetched a q row: redo this position alone
+            cycle = self.sequence.step(None)
+        return CycleReport(cycle=cycle, wait_s=picked.wait_s, draft_s=picked.draft_s,
+                           overlap_hit=picked.ahead and cycle.k > 0, draft_failed=self.draft_failed)
