@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-max-new-tokens", type=int, default=128)
     serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")
     serve.add_argument("--max-workers", type=int, default=64, help="orchestrator: concurrent requests")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="start draft, target and orchestrator on loopback",
@@ -113,7 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.role} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s {args.role} %(levelname)s %(name)s: %(message)s")
     if args.port is None:
         args.port = DEFAULT_PORTS[args.role]
     pool = None
