@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 
 from draft_service.servicer import DraftServicer
-from specdec.grpc_util import Server, ServerSettings
-from specdec.models import context_length, load_model
-from specdec.proposers import DraftModelFactory
+from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
+from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
+from specdec.proposers import NGRAM, make_factory
 from specdec.runner import ModelRunner
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 
 def build(args: argparse.Namespace) -> Server:
-    loaded = load_model(args.draft, "draft", device=args.device, dtype=args.dtype)
-    runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
-                         max_sessions=args.max_sessions)
-    info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="draft",
-                                 max_sessions=args.max_sessions, context_length=runner.max_len,
-                                 proposer=common_pb2.PROPOSER_KIND_DRAFT_MODEL)
-    servicer = DraftServicer(DraftModelFactory(runner, runner.vocab_size), info, lambda: runner.free_slots,
-                             idle_timeout_s=args.idle_timeout)
+    runner = None
+    if args.proposer == NGRAM:  # prompt lookup: no model, no GPU; the vocabulary is the target's tokenizer's
+        tokenizer = load_tokenizer(args.target)
+        model_name, fingerprint, context = f"ngram ({args.target} tokenizer)", vocab_fingerprint(tokenizer), args.max_len
+    else:
+        loaded = load_model(args.draft, "draft", device=args.device, dtype=args.dtype)
+        runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
+                             max_sessions=args.max_sessions)
+        model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
+    info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
+                                 max_sessions=args.max_sessions, context_length=context,
+                                 proposer=PROPOSER_TO_PB[args.proposer])
+    free_slots = (lambda: runner.free_slots) if runner else (lambda: args.max_sessions - len(servicer.sessions))
+    servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, max_workers=2 * args.max_sessions + 8),
                   [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)])

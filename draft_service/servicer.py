@@ -10,26 +10,26 @@ from typing import Iterator
 from draft_service.session import DraftSession, SentProposal
 from specdec.config import MAX_K
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import sampling_from_pb
+from specdec.grpc_util import PROPOSER_TO_PB, sampling_from_pb
 from specdec.proposers import ProposerFactory
 from specdec.sessions import SessionTable
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.draft")
 _END = object()
-SOURCE_PB = {"draft-model": common_pb2.PROPOSER_KIND_DRAFT_MODEL, "ngram": common_pb2.PROPOSER_KIND_NGRAM}
 
 
 def proposal_to_pb(p: SentProposal) -> draft_pb2.ProposeResponse:
     return draft_pb2.ProposeResponse(proposal=draft_pb2.DraftProposal(
         id=p.id, start=p.start, token_ids=p.token_ids, token_probs=p.token_probs(), draft_ms=p.draft_s * 1e3,
-        ahead=p.ahead, source=SOURCE_PB.get(p.source, common_pb2.PROPOSER_KIND_UNSPECIFIED)))
+        ahead=p.ahead, source=PROPOSER_TO_PB.get(p.source, common_pb2.PROPOSER_KIND_UNSPECIFIED),
+        token_sources=[PROPOSER_TO_PB[s] for s in p.token_sources()]))
 
 
-def row_to_pb(proposal_id: int, index: int, row) -> draft_pb2.ProposeResponse:
-    support = row.nonzero().flatten()  # exact: only the zeros top-k/top-p left are dropped
-    return draft_pb2.ProposeResponse(row=draft_pb2.DraftRow(
-        proposal_id=proposal_id, index=index, ids=support.tolist(), probs=row[support].tolist()))
+def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) -> draft_pb2.ProposeResponse:
+    ids, probs = row
+    return draft_pb2.ProposeResponse(row=draft_pb2.DraftRow(proposal_id=proposal_id, index=index, ids=ids,
+                                                            probs=probs))
 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
@@ -66,7 +66,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         entry = self.sessions.add(start.session_id)
         context.add_callback(entry.cancel.set)
         try:
-            session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap)
+            session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap, greedy=sampling.greedy)
             yield from map(proposal_to_pb, session.start())
             while not entry.cancel.is_set():
                 try:

@@ -31,17 +31,25 @@ class SentProposal:
     draft_s: float
     ahead: bool  # drafted on top of an earlier proposal, before its verdict
     source: str
+    source_of: dict[int, str] = field(default_factory=dict)  # position -> proposer of that token
     q_of_token: dict[int, float] = field(default_factory=dict)  # position -> q(token) (sampling)
-    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> q row [V] (sampling)
+    rows: dict[int, torch.Tensor | None] = field(default_factory=dict)  # position -> q row [V]; None = one-hot
+
+    def positions(self) -> range:
+        return range(self.start, self.start + len(self.token_ids))
 
     def token_probs(self) -> list[float]:
-        return [self.q_of_token[self.start + i] for i in range(len(self.token_ids))] if self.q_of_token else []
+        return [self.q_of_token[p] for p in self.positions()] if self.q_of_token else []
+
+    def token_sources(self) -> list[str]:
+        return [self.source_of[p] for p in self.positions()]
 
 
 class DraftSession:
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, overlap: bool,
-                 keep_recent: int = 8) -> None:
+                 greedy: bool = True, keep_recent: int = 8) -> None:
         self.proposer = proposer
+        self.greedy = greedy  # sampling needs q for every claimed token (1.0 for one-hot proposers)
         self.committed: list[int] = list(prompt_ids)
         self.k = k
         self.overlap = overlap
@@ -74,14 +82,18 @@ class DraftSession:
         self.pending = [p for p in self.pending if self._extends_committed(p)]
         return self._fill()
 
-    def row(self, proposal_id: int, index: int) -> torch.Tensor:
-        """q at token `index` of a recent proposal (the target asks after a rejection)."""
+    def row(self, proposal_id: int, index: int) -> tuple[list[int], list[float]]:
+        """q at token `index` of a recent proposal, as its exact support (ids, probabilities)."""
         for p in self.recent:
             if p.id == proposal_id:
                 position = p.start + index
                 if position not in p.rows:
                     raise InvalidArgument("row_request.index", f"proposal {proposal_id} has no row {index}")
-                return p.rows[position]
+                row = p.rows[position]
+                if row is None:  # one-hot (n-gram token)
+                    return [p.chain[position]], [1.0]
+                support = row.nonzero().flatten()  # only the exact zeros top-k/top-p left are dropped
+                return support.tolist(), row[support].tolist()
         raise NotFound(f"proposal {proposal_id} is no longer kept by the draft")
 
     def _extends_committed(self, p: SentProposal) -> bool:
@@ -112,11 +124,15 @@ class DraftSession:
         claim = chain[n:len(base) + min(len(new), self.k)]  # the bonus guess (k+1-th token) is not claimed
         proposal = SentProposal(id=next(self._ids), start=n, token_ids=claim, chain=chain, draft_s=draft_s,
                                 ahead=parent is not None, source=drafted.source)
-        if drafted.probs is not None:
-            if parent is not None:
-                proposal.q_of_token.update({p: q for p, q in parent.q_of_token.items() if p >= n})
-                proposal.rows.update({p: r for p, r in parent.rows.items() if p >= n})
-            for i in range(len(new)):
-                proposal.q_of_token[len(base) + i] = drafted.probs.token_prob(i)
-                proposal.rows[len(base) + i] = drafted.probs.row(i)
+        if parent is not None:  # the claim repeats the parent's unverified tokens: carry their details
+            for mine, theirs in ((proposal.source_of, parent.source_of), (proposal.q_of_token, parent.q_of_token),
+                                 (proposal.rows, parent.rows)):
+                mine.update({p: v for p, v in theirs.items() if p >= n})
+        for i, source in enumerate(drafted.sources()):
+            position = len(base) + i
+            proposal.source_of[position] = source
+            if not self.greedy:
+                one_hot = drafted.probs is None
+                proposal.q_of_token[position] = 1.0 if one_hot else drafted.probs.token_prob(i)
+                proposal.rows[position] = None if one_hot else drafted.probs.row(i)
         return proposal

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.errors import FailedPrecondition, Unavailable
-from specdec.grpc_util import channel_options
+from specdec.grpc_util import PROPOSER_FROM_PB, channel_options
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 log = logging.getLogger("specdec.orchestrator.backends")
@@ -85,13 +85,18 @@ class BackendPool:
             log.warning("%s %s taken out of routing: %s", backend.role, backend.address, reason)
         backend.healthy = False
 
-    def pick(self) -> tuple[Backend, Backend | None]:
-        """The least-loaded healthy target, and a healthy draft with the same vocabulary (or None)."""
+    def pick(self, proposer: str | None = None) -> tuple[Backend, Backend | None]:
+        """The least-loaded healthy target, and a healthy draft with the same vocabulary (or None),
+        running `proposer` if one is asked for."""
         targets = [t for t in self.targets if t.healthy and t.info is not None]
         if not targets:
             raise Unavailable(f"no healthy target among {[t.address for t in self.targets]}")
         target = min(targets, key=lambda b: (b.active, b.info.active_sessions))
         drafts = [d for d in self.drafts if d.healthy and d.info is not None]
+        if proposer is not None:
+            drafts = [d for d in drafts if PROPOSER_FROM_PB.get(d.info.proposer) == proposer]
+            if not drafts:
+                raise FailedPrecondition(f"no healthy draft runs the {proposer!r} proposer")
         matching = [d for d in drafts if d.info.vocab_fingerprint == target.info.vocab_fingerprint]
         if drafts and not matching:
             d = drafts[0]

@@ -19,7 +19,7 @@ from specdec.config import MAX_K, SamplingParams
 from specdec.decoder import FinishReason
 from specdec.detokenize import TextStream
 from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
-from specdec.grpc_util import error_from_status, sampling_to_pb
+from specdec.grpc_util import PROPOSER_FROM_PB, error_from_status, sampling_to_pb
 from specdec.models import encode_prompt
 from specdec.sampling import fresh_seed
 from specdec.stats import SpecStats
@@ -51,6 +51,7 @@ class ClientRequest:
     stop: tuple[str, ...] = ()
     k: int | None = None
     ignore_eos: bool = False
+    proposer: str | None = None  # route to a draft running this proposer; None = any
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Orchestrator:
                  timeout_s: float | None = None) -> Iterator[TextEvent | Summary]:
         t0 = time.perf_counter()
         prompt_ids = self.validate(req)
-        target, draft = self.pool.pick()
+        target, draft = self.pool.pick(req.proposer)
         if target.info.vocab_fingerprint != self.fingerprint:
             raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
                                      f"{target.info.vocab_fingerprint}, the orchestrator's tokenizer {self.fingerprint}")
@@ -140,7 +141,7 @@ class Orchestrator:
         try:
             for msg in call:
                 c = msg.cycle
-                stats.observe_cycle(c.k, c.accepted)
+                stats.observe_cycle(c.k, c.accepted, [PROPOSER_FROM_PB.get(s, "draft-model") for s in c.draft_sources])
                 stats.verify_time_s += c.verify_ms / 1e3
                 if c.k:
                     stats.draft_time_s += c.draft_ms / 1e3

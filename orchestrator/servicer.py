@@ -7,7 +7,7 @@ import threading
 from orchestrator.service import ClientRequest, Orchestrator, Summary, TextEvent
 from specdec.decoder import FinishReason
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import sampling_from_pb
+from specdec.grpc_util import PROPOSER_FROM_PB, sampling_from_pb
 from specdec.stats import SpecStats
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -23,14 +23,24 @@ def request_from_pb(pb: orchestrator_pb2.GenerateRequest) -> ClientRequest:
     return ClientRequest(prompt=pb.prompt if which == "prompt" else None, messages=messages,
                          sampling=sampling_from_pb(pb.sampling),
                          max_new_tokens=pb.max_new_tokens if pb.HasField("max_new_tokens") else None,
-                         stop=tuple(pb.stop), k=pb.k if pb.HasField("k") else None, ignore_eos=pb.ignore_eos)
+                         stop=tuple(pb.stop), k=pb.k if pb.HasField("k") else None, ignore_eos=pb.ignore_eos,
+                         proposer=proposer_from_pb(pb.proposer))
+
+
+def proposer_from_pb(kind: int) -> str | None:
+    if kind == common_pb2.PROPOSER_KIND_UNSPECIFIED:
+        return None
+    if kind not in PROPOSER_FROM_PB:
+        raise InvalidArgument("proposer", f"unknown proposer kind {kind}")
+    return PROPOSER_FROM_PB[kind]
 
 
 def stats_to_pb(s: SpecStats) -> common_pb2.SpeculationStats:
     return common_pb2.SpeculationStats(
         drafts=s.drafts, draft_tokens=s.draft_tokens, accepted_tokens=s.accepted_tokens,
         accepted_per_position=s.accepted_per_position, mean_acceptance_length=s.mean_acceptance_length,
-        cycles=s.cycles, overlap_hits=s.overlap_hits, overlap_misses=s.overlap_misses)
+        cycles=s.cycles, overlap_hits=s.overlap_hits, overlap_misses=s.overlap_misses,
+        draft_tokens_by_proposer=s.draft_tokens_by_source, accepted_tokens_by_proposer=s.accepted_tokens_by_source)
 
 
 def summary_to_pb(s: Summary) -> orchestrator_pb2.GenerateSummary:

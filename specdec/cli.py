@@ -37,6 +37,9 @@ def add_speculation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculation")
     g.add_argument("--k", type=int, default=4, help="draft tokens per cycle (default: 4)")
     g.add_argument("--no-draft", action="store_true", help="plain target-only decoding (the baseline)")
+    g.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"],
+                   help="who drafts: the draft model, prompt lookup (n-gram; no draft model), or lookup first "
+                        "with the draft model as fallback (default: draft-model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(serve, draft=False)
     serve.add_argument("--draft", default="tiny", help="draft model (role draft)")
     serve.add_argument("--draft-device", default=None, help="device of the draft (role draft; default: --device)")
+    serve.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"],
+                       help="draft: what proposes tokens (ngram loads no model and needs no GPU)")
     serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--draft-device", default=None)
     up.add_argument("--dtype", default="auto")
     up.add_argument("--k", type=int, default=4)
+    up.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"])
     up.set_defaults(func=cmd_up)
 
     client = sub.add_parser("client", help="send a prompt to an orchestrator and stream the answer")
@@ -101,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
     client.add_argument("--k", type=int, default=None, help="override draft tokens per cycle")
     client.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+    client.add_argument("--proposer", default=None, choices=["draft-model", "ngram", "hybrid"],
+                        help="route to a draft running this proposer (default: any)")
     add_sampling_args(client)
     client.set_defaults(func=cmd_client)
     return parser
@@ -151,7 +159,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     common = ["--device", args.device, "--dtype", args.dtype]
     stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft else args.draft,
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
-                                                     "--dtype", args.dtype],
+                                                     "--dtype", args.dtype, "--proposer", args.proposer],
                          "orchestrator": ["--k", str(args.k)]})
     stack.start()
     return stack.run_until_signal()
@@ -165,7 +173,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     messages = [{"role": "user", "content": args.prompt}] if args.chat else None
     request = build_request(None if args.chat else args.prompt, messages=messages, sampling=sampling,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k,
-                            ignore_eos=args.ignore_eos)
+                            ignore_eos=args.ignore_eos, proposer=args.proposer)
     with Client(args.address, timeout_s=args.timeout) as client:
         on_text = None if args.json else (lambda t: print(t, end="", flush=True))
         result = client.generate(request, on_text)

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf import json_format
 
 from specdec.config import SamplingParams
-from specdec.grpc_util import channel_options, sampling_to_pb
+from specdec.grpc_util import PROPOSER_TO_PB, channel_options, sampling_to_pb
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 
@@ -30,6 +30,8 @@ class ClientResult:
             "tokens_per_second": summary.get("tokens_per_second", 0.0),
             "overlap_hits": int(spec.get("overlap_hits", 0)), "overlap_misses": int(spec.get("overlap_misses", 0)),
             "latency_ms": summary.get("latency", {}), "draft_failed": summary.get("draft_failed", False),
+            "accepted_tokens_by_proposer": {k: int(v) for k, v in spec.get("accepted_tokens_by_proposer", {}).items()},
+            "draft_tokens_by_proposer": {k: int(v) for k, v in spec.get("draft_tokens_by_proposer", {}).items()},
         }
         return {"text": self.text, "token_ids": self.token_ids,
                 "finish_reason": summary.get("finish_reason", "FINISH_REASON_UNSPECIFIED"), "stats": stats}
@@ -37,8 +39,8 @@ class ClientResult:
 
 def build_request(prompt: str | None = None, *, messages: list[dict] | None = None,
                   sampling: SamplingParams = SamplingParams(), max_new_tokens: int | None = None,
-                  stop: tuple[str, ...] = (), k: int | None = None, ignore_eos: bool = False
-                  ) -> orchestrator_pb2.GenerateRequest:
+                  stop: tuple[str, ...] = (), k: int | None = None, ignore_eos: bool = False,
+                  proposer: str | None = None) -> orchestrator_pb2.GenerateRequest:
     request = orchestrator_pb2.GenerateRequest(sampling=sampling_to_pb(sampling), stop=list(stop),
                                                ignore_eos=ignore_eos)
     if messages is not None:
@@ -49,6 +51,8 @@ def build_request(prompt: str | None = None, *, messages: list[dict] | None = No
         request.max_new_tokens = max_new_tokens
     if k is not None:
         request.k = k
+    if proposer is not None:
+        request.proposer = PROPOSER_TO_PB[proposer]
     return request
 
 

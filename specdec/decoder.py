@@ -39,7 +39,7 @@ class CycleResult:
     accepted: int  # of which accepted
     verify_s: float
     start: int  # absolute position of new_tokens[0]
-    source: str = ""  # proposer that made the verified drafts
+    draft_sources: list[str] = field(default_factory=list)  # proposer of each verified draft token
     finish_reason: FinishReason | None = None
 
 
@@ -93,7 +93,7 @@ class TargetSequence:
         return max(0, self.remaining - 1)
 
     def usable_drafts(self, proposal: Proposal | None,
-                      limit: int | None = None) -> tuple[list[int], DraftProbs | None] | None:
+                      limit: int | None = None) -> tuple[list[int], DraftProbs | None, list[str]] | None:
         """The part of a proposal that extends the committed sequence, at most `limit` tokens;
         None if the proposal is stale.
 
@@ -101,7 +101,7 @@ class TargetSequence:
         committed sequence must agree with it, else the proposal was built on a wrong guess.
         """
         if proposal is None:
-            return [], None
+            return [], None, []
         n = len(self.committed)
         offset = n - proposal.start
         if offset < 0 or proposal.token_ids[:offset] != self.committed[proposal.start:n]:
@@ -113,12 +113,12 @@ class TargetSequence:
         probs = proposal.probs
         if probs is not None and offset:
             probs = _ShiftedDraftProbs(probs, offset)
-        return drafts, probs
+        return drafts, probs, proposal.sources()[offset:offset + len(drafts)]
 
     def step(self, proposal: Proposal | None = None, limit: int | None = None) -> CycleResult:
         """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens."""
         assert self.finish_reason is None, "step() after the sequence finished"
-        drafts, probs = self.usable_drafts(proposal, limit) or ([], None)
+        drafts, probs, sources = self.usable_drafts(proposal, limit) or ([], None, [])
         start = len(self.committed)
         t0 = time.perf_counter()
         logits = self.runner.extend(self.session, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
@@ -127,8 +127,7 @@ class TargetSequence:
         verify_s = time.perf_counter() - t0
         new_tokens = self._commit(result.token_ids)
         return CycleResult(new_tokens=new_tokens, k=len(drafts), accepted=result.accepted, verify_s=verify_s,
-                           start=start, source=proposal.source if proposal and drafts else "",
-                           finish_reason=self.finish_reason)
+                           start=start, draft_sources=sources, finish_reason=self.finish_reason)
 
     def finish(self, reason: FinishReason) -> None:
         if self.finish_reason is None:
@@ -213,7 +212,7 @@ class SpeculativeDecoder:
                     stats.draft_time_s += time.perf_counter() - t0
                 cycle = sequence.step(proposal)
                 stats.verify_time_s += cycle.verify_s
-                stats.observe_cycle(cycle.k, cycle.accepted)
+                stats.observe_cycle(cycle.k, cycle.accepted, cycle.draft_sources)
                 stats.new_tokens += len(cycle.new_tokens)
                 yield cycle  # the caller closes the generator early when a stop string matched
         finally:

@@ -13,7 +13,7 @@ from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import SpeculativeDecoder, eos_ids_of
 from specdec.errors import InvalidArgument
 from specdec.models import LoadedModel, check_same_vocabulary, context_length, encode_prompt, load_model
-from specdec.proposers import DraftModelFactory
+from specdec.proposers import DRAFT_MODEL, NGRAM, make_factory
 from specdec.runner import ModelRunner
 
 
@@ -27,12 +27,16 @@ class EngineConfig:
     max_len: int = 2048
     max_sessions: int = 8
     speculation: SpeculationConfig = SpeculationConfig()
+    proposer: str = DRAFT_MODEL  # draft-model, ngram (no draft model loaded) or hybrid
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, with_draft: bool = True) -> "EngineConfig":
-        return cls(target=args.target, draft=args.draft if with_draft else None, device=args.device,
+        proposer = getattr(args, "proposer", DRAFT_MODEL)
+        needs_model = with_draft and proposer != NGRAM
+        return cls(target=args.target, draft=args.draft if needs_model else None, device=args.device,
                    draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len,
-                   speculation=SpeculationConfig(k=args.k if with_draft else 0))
+                   speculation=SpeculationConfig(k=args.k if with_draft else 0),
+                   proposer=proposer if with_draft else DRAFT_MODEL)
 
 
 class Engine:
@@ -52,7 +56,8 @@ class Engine:
             if self.draft_runner.vocab_size > self.target_runner.vocab_size:
                 raise InvalidArgument("draft", f"draft vocabulary ({self.draft_runner.vocab_size}) is larger than "
                                                f"the target's ({self.target_runner.vocab_size})")
-            proposers = DraftModelFactory(self.draft_runner, vocab_size=self.target_runner.vocab_size)
+        if draft is not None or config.proposer == NGRAM:
+            proposers = make_factory(config.proposer, self.draft_runner, self.target_runner.vocab_size)
         self.decoder = SpeculativeDecoder(self.target_runner, self.tokenizer, self.eos_ids, proposers,
                                           config.speculation)
 

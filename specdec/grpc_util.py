@@ -181,6 +181,11 @@ def wait_healthy(address: str, timeout: float) -> None:
             time.sleep(0.1)
 
 
+PROPOSER_TO_PB = {"draft-model": common_pb2.PROPOSER_KIND_DRAFT_MODEL, "ngram": common_pb2.PROPOSER_KIND_NGRAM,
+                  "hybrid": common_pb2.PROPOSER_KIND_HYBRID}
+PROPOSER_FROM_PB = {v: k for k, v in PROPOSER_TO_PB.items()}
+
+
 def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
     return SamplingParams(temperature=pb.temperature, top_k=pb.top_k,
                           top_p=pb.top_p if pb.HasField("top_p") else 1.0,

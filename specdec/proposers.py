@@ -24,10 +24,20 @@ class Proposal:
     token_ids: list[int]  # [k] draft tokens
     probs: DraftProbs | None  # the draft's processed q per position; None = one-hot (greedy, n-gram)
     source: str  # which proposer made it ("draft-model", "ngram"), for statistics
+    token_sources: list[str] | None = None  # per token, when a claim mixes proposers (hybrid, remote)
 
     @property
     def k(self) -> int:
         return len(self.token_ids)
+
+    def sources(self) -> list[str]:
+        return self.token_sources if self.token_sources is not None else [self.source] * len(self.token_ids)
+
+
+DRAFT_MODEL = "draft-model"
+NGRAM = "ngram"
+HYBRID = "hybrid"
+PROPOSER_KINDS = (DRAFT_MODEL, NGRAM, HYBRID)
 
 
 class Proposer(Protocol):
@@ -57,7 +67,7 @@ class DraftModelProposer:
     `committed` and overwrites the rest, so a verdict needs no separate message to the draft.
     """
 
-    source = "draft-model"
+    source = DRAFT_MODEL
 
     def __init__(self, runner: ModelRunner, sampling: SamplingParams, seed: int, vocab_size: int) -> None:
         self.runner = runner
@@ -100,3 +110,139 @@ class DraftModelFactory:
 
     def open(self, sampling: SamplingParams, seed: int) -> DraftModelProposer:
         return DraftModelProposer(self.runner, sampling, seed, self.vocab_size)
+
+
+class NgramIndex:
+    """Where each n-gram (n in [min_n, max_n]) of a token sequence last ended, kept incrementally.
+
+    Appending a token costs O(max_n); rolling back costs O(max_n) per removed token (an undo log), so a
+    lookup never rescans the sequence: per-step cost is flat in the sequence length.
+    """
+
+    def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
+        assert 1 <= min_n <= max_n, "need 1 <= min_n <= max_n"
+        self.min_n, self.max_n = min_n, max_n
+        self.tokens: list[int] = []
+        self._last_end: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
+        self._undo: list[list[tuple[tuple[int, ...], int | None]]] = []  # per indexed position
+        self.operations = 0  # dictionary operations, for cost tests
+
+    TAIL = 64  # speculative decoding only ever rewrites the unverified tail (<= 2 * (MAX_K + 1) tokens)
+
+    def sync(self, sequence: Sequence[int]) -> None:
+        """Make the index describe `sequence`: roll back what differs, append what is new.
+
+        Only the last TAIL tokens are compared (O(1) per step): callers pass committed tokens plus at
+        most a short unverified tail, so anything earlier is known to agree.
+        """
+        limit = min(len(self.tokens), len(sequence))
+        keep = max(0, limit - self.TAIL)
+        while keep < limit and self.tokens[keep] == sequence[keep]:
+            keep += 1
+        while len(self.tokens) > keep:
+            self._pop()
+        for token in sequence[keep:]:
+            self._push(token)
+
+    def continuation(self, k: int) -> list[int]:
+        """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix."""
+        end = len(self.tokens)
+        for n in range(min(self.max_n, end - 1), self.min_n - 1, -1):
+            self.operations += 1
+            start = self._last_end.get(tuple(self.tokens[end - n:]))
+            if start is not None:
+                return self.tokens[start:start + k]
+        return []
+
+    def _push(self, token: int) -> None:
+        # Index the n-grams ending at the *previous* token, so the suffix never matches itself.
+        end = len(self.tokens)
+        undo = []
+        for n in range(self.min_n, min(self.max_n, end) + 1):
+            key = tuple(self.tokens[end - n:end])
+            undo.append((key, self._last_end.get(key)))
+            self._last_end[key] = end
+            self.operations += 1
+        self._undo.append(undo)
+        self.tokens.append(token)
+
+    def _pop(self) -> None:
+        self.tokens.pop()
+        for key, previous in reversed(self._undo.pop()):
+            if previous is None:
+                del self._last_end[key]
+            else:
+                self._last_end[key] = previous
+            self.operations += 1
+
+
+class NgramProposer:
+    """Prompt lookup: propose the tokens that followed the latest earlier occurrence of the current
+    suffix (longest n first), in the prompt and the output. No model, no GPU; nothing when no match.
+    Verified as a one-hot q, so sampling stays exact."""
+
+    source = NGRAM
+
+    def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
+        self.index = NgramIndex(min_n, max_n)
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self.index.sync(committed)
+        return Proposal(start=len(committed), token_ids=self.index.continuation(k), probs=None, source=self.source)
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        self.index.sync(prompt)
+
+    def close(self) -> None:
+        pass
+
+
+class NgramFactory:
+    def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
+        self.min_n, self.max_n = min_n, max_n
+
+    def open(self, sampling: SamplingParams, seed: int) -> NgramProposer:
+        return NgramProposer(self.min_n, self.max_n)
+
+
+class HybridProposer:
+    """Prompt lookup first (free); the draft model only when lookup finds nothing."""
+
+    source = HYBRID
+
+    def __init__(self, ngram: NgramProposer, model: DraftModelProposer) -> None:
+        self.ngram, self.model = ngram, model
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        found = self.ngram.propose(committed, k)
+        return found if found.token_ids else self.model.propose(committed, k)
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        self.ngram.prefill(prompt)
+        self.model.prefill(prompt)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class HybridFactory:
+    def __init__(self, ngram: NgramFactory, model: DraftModelFactory) -> None:
+        self.ngram, self.model = ngram, model
+
+    def open(self, sampling: SamplingParams, seed: int) -> HybridProposer:
+        return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed))
+
+
+def make_factory(kind: str, runner: ModelRunner | None, vocab_size: int | None = None, *,
+                 ngram_min: int = 1, ngram_max: int = 4) -> ProposerFactory:
+    """The proposer factory for `kind` (draft-model, ngram, hybrid); ngram needs no runner."""
+    if kind == NGRAM:
+        return NgramFactory(ngram_min, ngram_max)
+    if runner is None:
+        raise ValueError(f"the {kind} proposer needs a draft model")
+    model = DraftModelFactory(runner, vocab_size or runner.vocab_size)
+    if kind == DRAFT_MODEL:
+        return model
+    if kind == HYBRID:
+        return HybridFactory(NgramFactory(ngram_min, ngram_max), model)
+    raise ValueError(f"unknown proposer {kind!r}; choose one of {PROPOSER_KINDS}")

@@ -16,6 +16,8 @@ class SpecStats:
     draft_tokens: int = 0  # draft tokens sent to verification
     accepted_tokens: int = 0  # draft tokens the target accepted
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: cycles accepting draft token i
+    draft_tokens_by_source: dict[str, int] = field(default_factory=dict)  # proposer -> draft tokens
+    accepted_tokens_by_source: dict[str, int] = field(default_factory=dict)  # proposer -> accepted tokens
     cycles: int = 0  # target forward passes after prefill, with or without drafts
     new_tokens: int = 0
     prompt_tokens: int = 0
@@ -27,10 +29,14 @@ class SpecStats:
     wall_time_s: float = 0.0
     time_to_first_token_s: float = 0.0
 
-    def observe_cycle(self, k: int, accepted: int) -> None:
+    def observe_cycle(self, k: int, accepted: int, sources: list[str] | None = None) -> None:
         self.cycles += 1
         if k == 0:
             return
+        for i, source in enumerate(sources or []):
+            self.draft_tokens_by_source[source] = self.draft_tokens_by_source.get(source, 0) + 1
+            if i < accepted:
+                self.accepted_tokens_by_source[source] = self.accepted_tokens_by_source.get(source, 0) + 1
         self.drafts += 1
         self.draft_tokens += k
         self.accepted_tokens += accepted

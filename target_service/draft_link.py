@@ -18,13 +18,13 @@ import grpc
 import torch
 
 from specdec.errors import Unavailable
+from specdec.grpc_util import PROPOSER_FROM_PB
 from specdec.proposers import Proposal
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.target.link")
 _CLOSE = object()
 _BROKEN = object()
-SOURCE_NAMES = {common_pb2.PROPOSER_KIND_NGRAM: "ngram", common_pb2.PROPOSER_KIND_DRAFT_MODEL: "draft-model"}
 
 
 class RemoteDraftProbs:
@@ -37,6 +37,10 @@ class RemoteDraftProbs:
         return self.pb.token_probs[i]
 
     def row(self, i: int) -> torch.Tensor:
+        if self.pb.token_sources and self.pb.token_sources[i] == common_pb2.PROPOSER_KIND_NGRAM:
+            row = torch.zeros(self.link.vocab_size, device=self.link.device)  # one-hot: no round trip needed
+            row[self.pb.token_ids[i]] = 1.0
+            return row
         return self.link.fetch_row(self.pb.id, i)
 
 
@@ -138,9 +142,10 @@ class DraftLink:
             self._call.cancel()
 
     def _to_proposal(self, pb: draft_pb2.DraftProposal) -> Proposal:
-        source = SOURCE_NAMES.get(pb.source, "draft-model")
-        probs = None if (self.greedy or source == "ngram" or not pb.token_probs) else RemoteDraftProbs(pb, self)
-        return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs, source=source)
+        probs = None if (self.greedy or not pb.token_probs) else RemoteDraftProbs(pb, self)
+        sources = [PROPOSER_FROM_PB.get(s, "draft-model") for s in pb.token_sources] or None
+        return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs,
+                        source=PROPOSER_FROM_PB.get(pb.source, "draft-model"), token_sources=sources)
 
     def _read(self) -> None:
         try:

@@ -10,7 +10,7 @@ import grpc
 from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FinishReason, TargetSequence
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import channel_options, sampling_from_pb
+from specdec.grpc_util import PROPOSER_TO_PB, channel_options, sampling_from_pb
 from specdec.runner import ModelRunner
 from specdec.sessions import SessionTable
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
@@ -33,7 +33,8 @@ def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
         start=c.start, token_ids=c.new_tokens,
         cycle=target_pb2.CycleInfo(k=c.k, accepted=c.accepted, verify_ms=c.verify_s * 1e3,
                                    wait_for_draft_ms=r.wait_s * 1e3, draft_ms=r.draft_s * 1e3,
-                                   overlap_hit=r.overlap_hit),
+                                   overlap_hit=r.overlap_hit,
+                                   draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources]),
         finish_reason=FINISH_PB.get(c.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED),
         draft_failed=r.draft_failed)
 

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -42,7 +42,21 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SpeculationStats(_message.Message):
-    __slots__ = ("drafts", "draft_tokens", "accepted_tokens", "accepted_per_position", "mean_acceptance_length", "cycles", "overlap_hits", "overlap_misses")
+    __slots__ = ("drafts", "draft_tokens", "accepted_tokens", "accepted_per_position", "mean_acceptance_length", "cycles", "overlap_hits", "overlap_misses", "draft_tokens_by_proposer", "accepted_tokens_by_proposer")
+    class DraftTokensByProposerEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class AcceptedTokensByProposerEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     DRAFTS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +65,8 @@ class SpeculationStats(_message.Message):
     CYCLES_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_HITS_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_MISSES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_BY_PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_TOKENS_BY_PROPOSER_FIELD_NUMBER: _ClassVar[int]
     drafts: int
     draft_tokens: int
     accepted_tokens: int
@@ -59,7 +75,9 @@ class SpeculationStats(_message.Message):
     cycles: int
     overlap_hits: int
     overlap_misses: int
-    def __init__(self, drafts: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., mean_acceptance_length: _Optional[float] = ..., cycles: _Optional[int] = ..., overlap_hits: _Optional[int] = ..., overlap_misses: _Optional[int] = ...) -> None: ...
+    draft_tokens_by_proposer: _containers.ScalarMap[str, int]
+    accepted_tokens_by_proposer: _containers.ScalarMap[str, int]
+    def __init__(self, drafts: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., mean_acceptance_length: _Optional[float] = ..., cycles: _Optional[int] = ..., overlap_hits: _Optional[int] = ..., overlap_misses: _Optional[int] = ..., draft_tokens_by_proposer: _Optional[_Mapping[str, int]] = ..., accepted_tokens_by_proposer: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class LatencyBreakdown(_message.Message):
     __slots__ = ("time_to_first_token_ms", "draft_ms", "verify_ms", "network_wait_ms", "total_ms")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dspecdec/v1/orchestrator.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.specdec.v1.ChatMessage\"\xec\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x18.specdec.v1.ChatMessagesH\x00\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0e\n\x01k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\x07\n\x05inputB\x11\n\x0f_max_new_tokensB\x04\n\x02_k\"\x9b\x02\n\x0fGenerateSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x31\n\x0bspeculation\x18\x04 \x01(\x0b\x32\x1c.specdec.v1.SpeculationStats\x12-\n\x07latency\x18\x05 \x01(\x0b\x32\x1c.specdec.v1.LatencyBreakdown\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x14\n\x0c\x64raft_failed\x18\x07 \x01(\x08\x12\x12\n\nsession_id\x18\x08 \x01(\t\"a\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12,\n\x07summary\x18\x03 \x01(\x0b\x32\x1b.specdec.v1.GenerateSummary\"\x16\n\x14GetServerInfoRequest\"\xd4\x02\n\x15GetServerInfoResponse\x12,\n\x0corchestrator\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo\x12?\n\x07targets\x18\x02 \x03(\x0b\x32..specdec.v1.GetServerInfoResponse.TargetsEntry\x12=\n\x06\x64rafts\x18\x03 \x03(\x0b\x32-.specdec.v1.GetServerInfoResponse.DraftsEntry\x1a\x46\n\x0cTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.specdec.v1.ServerInfo:\x02\x38\x01\x1a\x45\n\x0b\x44raftsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.specdec.v1.ServerInfo:\x02\x38\x01\x32\xad\x01\n\x0cOrchestrator\x12G\n\x08Generate\x12\x1b.specdec.v1.GenerateRequest\x1a\x1c.specdec.v1.GenerateResponse0\x01\x12T\n\rGetServerInfo\x12 .specdec.v1.GetServerInfoRequest\x1a!.specdec.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dspecdec/v1/orchestrator.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43hatMessages\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.specdec.v1.ChatMessage\"\x98\x02\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x18.specdec.v1.ChatMessagesH\x00\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0e\n\x01k\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12*\n\x08proposer\x18\x08 \x01(\x0e\x32\x18.specdec.v1.ProposerKindB\x07\n\x05inputB\x11\n\x0f_max_new_tokensB\x04\n\x02_k\"\x9b\x02\n\x0fGenerateSummary\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12\x31\n\x0bspeculation\x18\x04 \x01(\x0b\x32\x1c.specdec.v1.SpeculationStats\x12-\n\x07latency\x18\x05 \x01(\x0b\x32\x1c.specdec.v1.LatencyBreakdown\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\x12\x14\n\x0c\x64raft_failed\x18\x07 \x01(\x08\x12\x12\n\nsession_id\x18\x08 \x01(\t\"a\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12,\n\x07summary\x18\x03 \x01(\x0b\x32\x1b.specdec.v1.GenerateSummary\"\x16\n\x14GetServerInfoRequest\"\xd4\x02\n\x15GetServerInfoResponse\x12,\n\x0corchestrator\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo\x12?\n\x07targets\x18\x02 \x03(\x0b\x32..specdec.v1.GetServerInfoResponse.TargetsEntry\x12=\n\x06\x64rafts\x18\x03 \x03(\x0b\x32-.specdec.v1.GetServerInfoResponse.DraftsEntry\x1a\x46\n\x0cTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.specdec.v1.ServerInfo:\x02\x38\x01\x1a\x45\n\x0b\x44raftsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.specdec.v1.ServerInfo:\x02\x38\x01\x32\xad\x01\n\x0cOrchestrator\x12G\n\x08Generate\x12\x1b.specdec.v1.GenerateRequest\x1a\x1c.specdec.v1.GenerateResponse0\x01\x12T\n\rGetServerInfo\x12 .specdec.v1.GetServerInfoRequest\x1a!.specdec.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,19 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGES']._serialized_start=116
   _globals['_CHATMESSAGES']._serialized_end=173
   _globals['_GENERATEREQUEST']._serialized_start=176
-  _globals['_GENERATEREQUEST']._serialized_end=412
-  _globals['_GENERATESUMMARY']._serialized_start=415
-  _globals['_GENERATESUMMARY']._serialized_end=698
-  _globals['_GENERATERESPONSE']._serialized_start=700
-  _globals['_GENERATERESPONSE']._serialized_end=797
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=799
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=821
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=824
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1164
-  _globals['_GETSERVERINFORESPONSE_TARGETSENTRY']._serialized_start=1023
-  _globals['_GETSERVERINFORESPONSE_TARGETSENTRY']._serialized_end=1093
-  _globals['_GETSERVERINFORESPONSE_DRAFTSENTRY']._serialized_start=1095
-  _globals['_GETSERVERINFORESPONSE_DRAFTSENTRY']._serialized_end=1164
-  _globals['_ORCHESTRATOR']._serialized_start=1167
-  _globals['_ORCHESTRATOR']._serialized_end=1340
+  _globals['_GENERATEREQUEST']._serialized_end=456
+  _globals['_GENERATESUMMARY']._serialized_start=459
+  _globals['_GENERATESUMMARY']._serialized_end=742
+  _globals['_GENERATERESPONSE']._serialized_start=744
+  _globals['_GENERATERESPONSE']._serialized_end=841
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=843
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=865
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=868
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=1208
+  _globals['_GETSERVERINFORESPONSE_TARGETSENTRY']._serialized_start=1067
+  _globals['_GETSERVERINFORESPONSE_TARGETSENTRY']._serialized_end=1137
+  _globals['_GETSERVERINFORESPONSE_DRAFTSENTRY']._serialized_start=1139
+  _globals['_GETSERVERINFORESPONSE_DRAFTSENTRY']._serialized_end=1208
+  _globals['_ORCHESTRATOR']._serialized_start=1211
+  _globals['_ORCHESTRATOR']._serialized_end=1384
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ class ChatMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "chat", "sampling", "max_new_tokens", "stop", "k", "ignore_eos")
+    __slots__ = ("prompt", "chat", "sampling", "max_new_tokens", "stop", "k", "ignore_eos", "proposer")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class GenerateRequest(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     chat: ChatMessages
     sampling: _common_pb2.SamplingParams
@@ -37,7 +38,8 @@ class GenerateRequest(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     k: int
     ignore_eos: bool
-    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+    proposer: _common_pb2.ProposerKind
+    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., proposer: _Optional[_Union[_common_pb2.ProposerKind, str]] = ...) -> None: ...
 
 class GenerateSummary(_message.Message):
     __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens", "speculation", "latency", "tokens_per_second", "draft_failed", "session_id")

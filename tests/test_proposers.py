@@ -1,0 +1,63 @@
+"""Every proposer is lossless: greedy output equals target-only, in process and through the services."""
+
+import pytest
+
+from specdec.client import Client, build_request
+from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.decoder import SpeculativeDecoder
+from specdec.proposers import PROPOSER_KINDS, make_factory
+from tests.conftest import PROMPTS
+from tests.servers import running_stack
+
+COPY_PROMPTS = [p + "\n" + p for p in PROMPTS[:6]]  # repeated text gives n-gram lookup something to find
+
+
+def run(engine, prompt: str, kind: str | None, k: int = 4, max_new: int = 40, sampling=SamplingParams()):
+    factory = make_factory(kind, engine.draft_runner, engine.target_runner.vocab_size) if kind else None
+    decoder = SpeculativeDecoder(engine.target_runner, engine.tokenizer, engine.eos_ids, factory,
+                                 SpeculationConfig(k=k if kind else 0))
+    return decoder.generate(GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=max_new,
+                                              sampling=sampling, ignore_eos=True))
+
+
+@pytest.mark.parametrize("kind", PROPOSER_KINDS)
+def test_greedy_equality_for_every_proposer(tiny_engine, kind):
+    drafted = 0
+    for prompt in PROMPTS[:12] + COPY_PROMPTS:
+        result = run(tiny_engine, prompt, kind)
+        assert result.token_ids == run(tiny_engine, prompt, None).token_ids, (kind, prompt)
+        drafted += result.stats.draft_tokens
+        assert set(result.stats.draft_tokens_by_source) <= {"ngram", "draft-model"}
+        assert sum(result.stats.accepted_tokens_by_source.values()) == result.stats.accepted_tokens
+    assert drafted > 0
+
+
+def test_hybrid_uses_lookup_first_and_the_model_as_fallback(tiny_engine):
+    stats = run(tiny_engine, COPY_PROMPTS[0], "hybrid", max_new=60).stats
+    assert stats.draft_tokens_by_source.get("ngram", 0) > 0
+    assert stats.draft_tokens_by_source.get("draft-model", 0) > 0
+
+
+def test_seeded_sampling_with_ngram_is_reproducible(tiny_engine):
+    sampling = SamplingParams(temperature=0.8, top_k=30, seed=5)
+    a = run(tiny_engine, COPY_PROMPTS[1], "ngram", sampling=sampling)
+    b = run(tiny_engine, COPY_PROMPTS[1], "ngram", sampling=sampling)
+    assert a.token_ids == b.token_ids
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["ngram", "hybrid"])
+def test_services_with_each_proposer(tiny_engine, kind):
+    with running_stack(draft=["--proposer", kind]) as stack, Client(stack.address, timeout_s=60) as client:
+        for prompt in COPY_PROMPTS[:4]:
+            result = client.generate(build_request(prompt, max_new_tokens=40, ignore_eos=True, proposer=kind))
+            assert result.token_ids == run(tiny_engine, prompt, None).token_ids
+        sampled = client.generate(build_request(COPY_PROMPTS[0], max_new_tokens=40, ignore_eos=True,
+                                                sampling=SamplingParams(temperature=0.8, seed=9)))
+        assert sampled.token_ids == run(tiny_engine, COPY_PROMPTS[0], kind, sampling=SamplingParams(
+            temperature=0.8, seed=9)).token_ids
+        by_proposer = sampled.summary.speculation.accepted_tokens_by_proposer
+        assert sum(by_proposer.values()) == sampled.summary.speculation.accepted_tokens
+        with pytest.raises(Exception, match="no healthy draft runs"):
+            other = "draft-model" if kind != "draft-model" else "ngram"
+            client.generate(build_request("x", max_new_tokens=2, proposer=other))
