@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install protos lint bench-cpu clean help
+.PHONY: demo test install protos certs lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP)  ## run the whole test suite
 
 protos: $(STAMP)  ## regenerate specdec/_proto from protos/ (never edit generated code by hand)
 	$(BIN)/python -m specdec.protogen
+
+certs: $(STAMP)  ## self-signed test certificates in certs/ (CA, server for localhost, client)
+	$(BIN)/python -m specdec.certs certs
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/python -m ruff check specdec draft_service target_service orchestrator tests

@@ -13,6 +13,7 @@ from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_TO_PB, sampling_from_pb
 from specdec.proposers import ProposerFactory
 from specdec.sessions import SessionTable
+from specdec.telemetry import Metrics, record_cycle
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.draft")
@@ -33,12 +34,15 @@ def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) 
 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
-    def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float):
+    def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float,
+                 metrics: Metrics | None = None):
         self.factory = factory
+        self.metrics = metrics or Metrics("draft")
         self.info = info
         self.free_slots = free_slots  # () -> int
         self.idle_timeout_s = idle_timeout_s
         self.sessions = SessionTable()
+        self.metrics.track(lambda: len(self.sessions), free_slots)
 
     def DescribeDraft(self, request, context):
         info = common_pb2.ServerInfo()
@@ -48,6 +52,16 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         return draft_pb2.DescribeDraftResponse(info=info)
 
     def Propose(self, request_iterator, context) -> Iterator[draft_pb2.ProposeResponse]:
+        return self.metrics.count_outcomes(self._propose(request_iterator, context))
+
+    def _send(self, proposals: list[SentProposal]) -> Iterator[draft_pb2.ProposeResponse]:
+        for p in proposals:
+            self.metrics.draft_step.labels("draft").observe(p.draft_s)
+            record_cycle("propose", {"specdec.k": len(p.token_ids), "specdec.draft_ms": p.draft_s * 1e3,
+                                     "specdec.ahead": p.ahead, "specdec.start": p.start, "specdec.proposer": p.source})
+            yield proposal_to_pb(p)
+
+    def _propose(self, request_iterator, context) -> Iterator[draft_pb2.ProposeResponse]:
         inbox: queue.Queue = queue.Queue()
         threading.Thread(target=_pump, args=(request_iterator, inbox), daemon=True).start()
         try:
@@ -67,7 +81,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         context.add_callback(entry.cancel.set)
         try:
             session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap, greedy=sampling.greedy)
-            yield from map(proposal_to_pb, session.start())
+            yield from self._send(session.start())
             while not entry.cancel.is_set():
                 try:
                     msg = inbox.get(timeout=self.idle_timeout_s)
@@ -79,7 +93,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 kind = msg.WhichOneof("message")
                 if kind == "verdict":
                     v = msg.verdict
-                    yield from map(proposal_to_pb, session.on_verdict(v.start, list(v.token_ids), v.next_k))
+                    yield from self._send(session.on_verdict(v.start, list(v.token_ids), v.next_k))
                 elif kind == "row_request":
                     r = msg.row_request
                     yield row_to_pb(r.proposal_id, r.index, session.row(r.proposal_id, r.index))

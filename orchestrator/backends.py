@@ -8,17 +8,22 @@ any operator action). Routing picks the least-loaded healthy target and draft.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from specdec.errors import FailedPrecondition, Unavailable
-from specdec.grpc_util import PROPOSER_FROM_PB, channel_options
+from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
+from specdec.grpc_util import PROPOSER_FROM_PB, make_channel
+from specdec.security import TLSFiles, bearer
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 log = logging.getLogger("specdec.orchestrator.backends")
+
+
+DNS_PREFIX = "dns:///"  # dns:///name:port = one backend per address the name resolves to (headless Services)
 
 
 @dataclass
@@ -26,27 +31,32 @@ class Backend:
     address: str
     role: str  # "target" or "draft"
     channel: grpc.Channel
+    metadata: tuple = ()  # the internal credential
     healthy: bool = False
     info: common_pb2.ServerInfo | None = None
     active: int = 0  # requests the orchestrator has running on it
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    source: str = ""  # the dns:/// entry it was discovered from, if any
 
     def describe(self, timeout: float = 2.0) -> common_pb2.ServerInfo:
         if self.role == "target":
             return target_pb2_grpc.TargetServiceStub(self.channel).DescribeTarget(
-                target_pb2.DescribeTargetRequest(), timeout=timeout).info
+                target_pb2.DescribeTargetRequest(), timeout=timeout, metadata=self.metadata).info
         return draft_pb2_grpc.DraftServiceStub(self.channel).DescribeDraft(
-            draft_pb2.DescribeDraftRequest(), timeout=timeout).info
+            draft_pb2.DescribeDraftRequest(), timeout=timeout, metadata=self.metadata).info
 
 
 class BackendPool:
-    def __init__(self, targets: list[str], drafts: list[str], interval_s: float = 0.5) -> None:
+    def __init__(self, targets: list[str], drafts: list[str], interval_s: float = 0.5,
+                 tls: TLSFiles | None = None, token: str | None = None) -> None:
         if not targets:
-            raise ValueError("at least one target address is required")
-        make = lambda a, r: Backend(a, r, grpc.insecure_channel(a, options=channel_options()))  # noqa: E731
-        self.targets = [make(a, "target") for a in targets]
-        self.drafts = [make(a, "draft") for a in drafts]
+            raise InvalidArgument("targets", "at least one target address is required")
+        self.tls, self.metadata = tls, bearer(token)
+        self.entries = {"target": list(targets), "draft": list(drafts)}
+        self.targets = [self._make(a, "target") for a in targets if not a.startswith(DNS_PREFIX)]
+        self.drafts = [self._make(a, "draft") for a in drafts if not a.startswith(DNS_PREFIX)]
+        self._lock = threading.Lock()
         self.interval_s = interval_s
+        self.paired_draft: str | None = None  # set for the paired topology (address as the target sees it)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._monitor, daemon=True, name="backend-health")
 
@@ -63,7 +73,28 @@ class BackendPool:
         for b in self.all:
             b.channel.close()
 
+    def _make(self, address: str, role: str, source: str = "", server_name: str | None = None) -> Backend:
+        return Backend(address, role, make_channel(address, self.tls, server_name), self.metadata, source=source)
+
+    def discover(self) -> None:
+        """Expand dns:///name:port entries into one backend per resolved address; drop vanished ones."""
+        for role, entries in self.entries.items():
+            for entry in (e for e in entries if e.startswith(DNS_PREFIX)):
+                host, _, port = entry[len(DNS_PREFIX):].rpartition(":")
+                try:
+                    found = {f"{a[4][0]}:{port}" for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
+                except OSError:
+                    found = set()
+                with self._lock:
+                    current = self.targets if role == "target" else self.drafts
+                    known = {b.address for b in current if b.source == entry}
+                    for b in [b for b in current if b.source == entry and b.address not in found]:
+                        current.remove(b)
+                        b.channel.close()
+                    current.extend(self._make(a, role, entry, host) for a in sorted(found - known))
+
     def check_all(self) -> None:
+        self.discover()
         for backend in self.all:
             self.check(backend)
 
@@ -92,6 +123,8 @@ class BackendPool:
         if not targets:
             raise Unavailable(f"no healthy target among {[t.address for t in self.targets]}")
         target = min(targets, key=lambda b: (b.active, b.info.active_sessions))
+        if self.paired_draft is not None:  # paired topology: every target has its own draft on localhost
+            return target, Backend(self.paired_draft, "draft", None, info=target.info, healthy=True)
         drafts = [d for d in self.drafts if d.healthy and d.info is not None]
         if proposer is not None:
             drafts = [d for d in drafts if PROPOSER_FROM_PB.get(d.info.proposer) == proposer]

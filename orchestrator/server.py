@@ -7,6 +7,7 @@ import argparse
 from orchestrator.backends import BackendPool
 from orchestrator.service import Orchestrator, OrchestratorSettings
 from orchestrator.servicer import OrchestratorServicer
+from specdec.telemetry import Metrics, server_interceptors
 from specdec.grpc_util import Server, ServerSettings
 from specdec.models import load_tokenizer, vocab_fingerprint
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
@@ -15,13 +16,15 @@ from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 def build(args: argparse.Namespace) -> tuple[Server, BackendPool]:
     tokenizer = load_tokenizer(args.target)
     fingerprint = vocab_fingerprint(tokenizer)
-    pool = BackendPool(args.targets, args.drafts, interval_s=args.health_interval)
+    pool = BackendPool(args.targets, args.drafts, interval_s=args.health_interval,
+                       tls=args.tls if args.tls.enabled else None, token=args.internal_token)
+    pool.paired_draft = args.paired_draft
     orchestrator = Orchestrator(tokenizer, fingerprint, pool, OrchestratorSettings(
         default_max_new_tokens=args.default_max_new_tokens, max_new_tokens=args.max_new_tokens_limit,
-        k=args.k, overlap=not args.no_overlap))
+        k=args.k, overlap=not args.no_overlap), metrics := Metrics("orchestrator"))
     info = common_pb2.ServerInfo(model=args.target, vocab_fingerprint=fingerprint, role="orchestrator")
     name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
-    server = Server(ServerSettings(host=args.host, port=args.port, max_workers=args.max_workers),
+    server = Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens, max_workers=args.max_workers),
                     [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, OrchestratorServicer(orchestrator, info),
-                      name)])
+                      name)], interceptors=server_interceptors(), metrics=metrics)
     return server, pool

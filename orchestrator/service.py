@@ -23,6 +23,7 @@ from specdec.grpc_util import PROPOSER_FROM_PB, error_from_status, sampling_to_p
 from specdec.models import encode_prompt
 from specdec.sampling import fresh_seed
 from specdec.stats import SpecStats
+from specdec.telemetry import Metrics, outgoing_metadata, tracer
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
 
 FINISH_FROM_PB = {common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH, common_pb2.FINISH_REASON_EOS: FinishReason.EOS,
@@ -72,13 +73,17 @@ class Summary:
 
 
 class Orchestrator:
-    def __init__(self, tokenizer, fingerprint: str, pool: BackendPool, settings: OrchestratorSettings) -> None:
+    def __init__(self, tokenizer, fingerprint: str, pool: BackendPool, settings: OrchestratorSettings,
+                 metrics: Metrics | None = None) -> None:
         self.tokenizer = tokenizer
+        self.metrics = metrics or Metrics("orchestrator")
         self.fingerprint = fingerprint
         self.pool = pool
         self.settings = settings
         self.active = 0
         self._lock = threading.Lock()
+        self.metrics.track(lambda: self.active, lambda: sum(
+            b.info.free_kv_slots for b in pool.targets if b.healthy and b.info is not None))
 
     def validate(self, req: ClientRequest) -> list[int]:
         """Check every field; return the prompt's token ids."""
@@ -106,23 +111,48 @@ class Orchestrator:
     def generate(self, req: ClientRequest, cancelled: threading.Event,
                  timeout_s: float | None = None) -> Iterator[TextEvent | Summary]:
         t0 = time.perf_counter()
-        prompt_ids = self.validate(req)
-        target, draft = self.pool.pick(req.proposer)
-        if target.info.vocab_fingerprint != self.fingerprint:
-            raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
-                                     f"{target.info.vocab_fingerprint}, the orchestrator's tokenizer {self.fingerprint}")
-        context_len = target.info.context_length
-        if len(prompt_ids) + 1 > context_len:
-            raise InvalidArgument("prompt", f"is {len(prompt_ids)} tokens; the target's context holds {context_len}")
-        k = self.settings.k if req.k is None else req.k
-        session_id = uuid.uuid4().hex
-        request = target_pb2.TargetGenerateRequest(
-            session_id=session_id, prompt_ids=prompt_ids, sampling=sampling_to_pb(req.sampling),
-            seed=req.sampling.seed if req.sampling.seed is not None else fresh_seed(),
-            max_new_tokens=req.max_new_tokens or self.settings.default_max_new_tokens,
-            ignore_eos=req.ignore_eos, k=k if draft else 0, draft_address=draft.address if draft and k else "",
-            overlap=self.settings.overlap)
-        yield from self._relay(request, req.stop, target, draft, cancelled, timeout_s, t0)
+        sampling = req.sampling
+        attributes = {"gen_ai.operation.name": "text_completion", "gen_ai.request.temperature": sampling.temperature,
+                      "gen_ai.request.top_p": sampling.top_p, "gen_ai.request.top_k": sampling.top_k,
+                      "gen_ai.request.max_tokens": req.max_new_tokens or self.settings.default_max_new_tokens}
+        with tracer().start_as_current_span("Generate", attributes=attributes) as span:
+            with tracer().start_as_current_span("tokenize"):
+                prompt_ids = self.validate(req)
+            span.set_attribute("gen_ai.usage.input_tokens", len(prompt_ids))
+            with tracer().start_as_current_span("route") as route:
+                target, draft = self.pool.pick(req.proposer)
+                route.set_attribute("specdec.target", target.address)
+                route.set_attribute("specdec.draft", draft.address if draft else "")
+            span.set_attribute("gen_ai.request.model", target.info.model)
+            if target.info.vocab_fingerprint != self.fingerprint:
+                raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
+                                         f"{target.info.vocab_fingerprint}, the orchestrator's tokenizer "
+                                         f"{self.fingerprint}")
+            context_len = target.info.context_length
+            if len(prompt_ids) + 1 > context_len:
+                raise InvalidArgument("prompt", f"is {len(prompt_ids)} tokens; the target's context holds {context_len}")
+            k = self.settings.k if req.k is None else req.k
+            session_id = uuid.uuid4().hex
+            span.set_attribute("specdec.session_id", session_id)
+            request = target_pb2.TargetGenerateRequest(
+                session_id=session_id, prompt_ids=prompt_ids, sampling=sampling_to_pb(req.sampling),
+                seed=req.sampling.seed if req.sampling.seed is not None else fresh_seed(),
+                max_new_tokens=req.max_new_tokens or self.settings.default_max_new_tokens,
+                ignore_eos=req.ignore_eos, k=k if draft else 0, draft_address=draft.address if draft and k else "",
+                overlap=self.settings.overlap)
+            for event in self._relay(request, req.stop, target, draft, cancelled, timeout_s, t0):
+                if isinstance(event, Summary):
+                    st = event.stats
+                    span.set_attributes({
+                        "gen_ai.usage.output_tokens": event.completion_tokens,
+                        "gen_ai.response.finish_reasons": [event.finish_reason.value],
+                        "specdec.drafts": st.drafts, "specdec.draft_tokens": st.draft_tokens,
+                        "specdec.accepted_tokens": st.accepted_tokens,
+                        "specdec.mean_acceptance_length": st.mean_acceptance_length,
+                        "specdec.draft_failed": event.draft_failed})
+                    self.metrics.ttft.labels("orchestrator").observe(st.time_to_first_token_s)
+                    self.metrics.request.labels("orchestrator").observe(st.wall_time_s)
+                yield event
 
     def _relay(self, request, stop: tuple[str, ...], target: Backend, draft: Backend | None, cancelled: threading.Event,
                timeout_s: float | None, t0: float) -> Iterator[TextEvent | Summary]:
@@ -130,7 +160,7 @@ class Orchestrator:
         text = TextStream(self.tokenizer, stop)
         finish, draft_failed, network_wait = FinishReason.LENGTH, False, 0.0
         stub = target_pb2_grpc.TargetServiceStub(target.channel)
-        call = stub.Generate(request, timeout=timeout_s)
+        call = stub.Generate(request, timeout=timeout_s, metadata=outgoing_metadata(target.metadata))
         stop_watch = threading.Thread(target=lambda: cancelled.wait() and call.cancel(), daemon=True)
         stop_watch.start()
         backends = [b for b in (target, draft) if b is not None and request.k]
@@ -141,7 +171,10 @@ class Orchestrator:
         try:
             for msg in call:
                 c = msg.cycle
-                stats.observe_cycle(c.k, c.accepted, [PROPOSER_FROM_PB.get(s, "draft-model") for s in c.draft_sources])
+                sources = [PROPOSER_FROM_PB.get(s, "draft-model") for s in c.draft_sources]
+                stats.observe_cycle(c.k, c.accepted, sources)
+                self.metrics.observe_cycle(c.k, c.accepted, sources, c.verify_ms / 1e3,
+                                           (c.verify_ms + c.wait_for_draft_ms) / 1e3, len(msg.token_ids))
                 stats.verify_time_s += c.verify_ms / 1e3
                 if c.k:
                     stats.draft_time_s += c.draft_ms / 1e3
@@ -183,6 +216,7 @@ class Orchestrator:
             cancelled.set()  # releases the watcher thread
         if draft_failed and draft is not None:
             self.pool.mark_unhealthy(draft, "failed during a request")
+            self.metrics.fallbacks.labels("orchestrator").inc()
         tail = text.flush()
         if tail:
             yield TextEvent(tail, [])

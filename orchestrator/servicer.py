@@ -60,6 +60,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self.info = info
 
     def Generate(self, request, context):
+        return self.orchestrator.metrics.count_outcomes(self._generate(request, context))
+
+    def _generate(self, request, context):
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         remaining = context.time_remaining()  # a huge number when the client set no deadline

@@ -114,8 +114,8 @@ def save(model, tokenizer, out: pathlib.Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="target training steps (4096 tokens each)")
-    ap.add_argument("--draft-steps", type=int, default=250, help="draft distillation steps")
+    ap.add_argument("--steps", type=int, default=1200, help="target training steps (4096 tokens each)")
+    ap.add_argument("--draft-steps", type=int, default=600, help="draft distillation steps")
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("specdec/assets/tiny"))
     args = ap.parse_args()
     torch.manual_seed(SEED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from specdec import __version__
@@ -84,6 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")
     serve.add_argument("--max-workers", type=int, default=64, help="orchestrator: concurrent requests")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--config", default=None,
+                       help="JSON file of settings (keys are flag names with _ for -); flags given on the command "
+                            "line win. The Helm chart mounts these from a ConfigMap.")
+    serve.add_argument("--paired-draft", default=None,
+                       help="orchestrator: every target has its own draft at this address, as the target sees it "
+                            "(paired topology, e.g. 127.0.0.1:50053)")
+    add_security_args(serve, server=True)
+    t = serve.add_argument_group("telemetry")
+    t.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)")
+    t.add_argument("--otlp-endpoint", default=None,
+                   help="OTLP/gRPC endpoint for traces, e.g. http://jaeger:4317 (default: $OTEL_EXPORTER_OTLP_ENDPOINT; "
+                        "unset = tracing off)")
+    t.add_argument("--service-name", default=None, help="trace service name (default: $OTEL_SERVICE_NAME or "
+                                                        "specdec-<role>)")
+    t.add_argument("--trace-cycles", choices=["spans", "events"], default=None,
+                   help="record each verify/propose cycle as a child span (default) or as a span event "
+                        "(cheaper for long generations)")
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="start draft, target and orchestrator on loopback",
@@ -110,8 +128,42 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--proposer", default=None, choices=["draft-model", "ngram", "hybrid"],
                         help="route to a draft running this proposer (default: any)")
     add_sampling_args(client)
+    add_security_args(client, server=False)
     client.set_defaults(func=cmd_client)
     return parser
+
+
+def add_security_args(p: argparse.ArgumentParser, *, server: bool) -> None:
+    g = p.add_argument_group("security (plaintext without these)")
+    g.add_argument("--tls-ca-file", default=None, help="PEM CA bundle to verify peers with (enables TLS as a client)")
+    g.add_argument("--tls-cert-file", default=None, help="PEM certificate (server: enables TLS; client: for mTLS)")
+    g.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file")
+    g.add_argument("--api-token-file", default=None,
+                   help="orchestrator: accepted API tokens, one per line (or $SPECDEC_API_TOKENS, comma-separated); "
+                        "client: the token to send (first line, or $SPECDEC_API_TOKEN)")
+    if server:
+        g.add_argument("--tls-client-auth", action="store_true",
+                       help="require client certificates signed by --tls-ca-file (mutual TLS)")
+        g.add_argument("--internal-token-file", default=None,
+                       help="token for internal hops (or $SPECDEC_INTERNAL_TOKEN): target/draft accept only calls "
+                            "that carry it; orchestrator/target present it")
+
+
+def security_of(args: argparse.Namespace) -> tuple:
+    """(TLSFiles, tokens this server accepts, token it presents to backends) from the flags."""
+    from specdec.security import TLSFiles, read_tokens
+
+    tls = TLSFiles(cert=args.tls_cert_file, key=args.tls_key_file, ca=args.tls_ca_file,
+                   client_auth=getattr(args, "tls_client_auth", False))
+    internal = read_tokens(getattr(args, "internal_token_file", None), "SPECDEC_INTERNAL_TOKEN")
+    role = getattr(args, "role", "client")
+    if role == "orchestrator":
+        accepted = read_tokens(args.api_token_file, "SPECDEC_API_TOKENS")
+    elif role in ("target", "draft"):
+        accepted = internal
+    else:
+        accepted = read_tokens(args.api_token_file, "SPECDEC_API_TOKEN")
+    return tls, tuple(accepted), internal[0] if internal else None
 
 
 DEFAULT_PORTS = {"orchestrator": 50051, "target": 50052, "draft": 50053}
@@ -126,6 +178,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s {args.role} %(levelname)s %(name)s: %(message)s")
     if args.port is None:
         args.port = DEFAULT_PORTS[args.role]
+    args.tls, args.accepted_tokens, args.internal_token = security_of(args)
+    from specdec import telemetry
+
+    if args.trace_cycles:
+        os.environ[telemetry.SPAN_EVENTS_ENV] = args.trace_cycles
+    traced = telemetry.setup_tracing(telemetry.TelemetrySettings(
+        service_name=args.service_name or f"specdec-{args.role}", otlp_endpoint=args.otlp_endpoint))
     pool = None
     if args.role == "target":
         from target_service.server import build
@@ -139,7 +198,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server, pool = build(args)
         pool.start()
     server.start()
-    logging.getLogger("specdec").info("%s serving on %s (plaintext)", args.role, server.address)
+    log = logging.getLogger("specdec")
+    log.info("%s serving on %s (%s%s); tracing %s", args.role, server.address,
+             "TLS" + (" with client certificates" if args.tls.client_auth else "") if args.tls.cert else "plaintext",
+             ", bearer tokens required" if args.accepted_tokens else "", "on" if traced else "off")
+    if args.metrics_port is not None:
+        port = server.metrics.serve(args.metrics_port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -147,6 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.stop(grace=5.0)
     if pool is not None:
         pool.stop()
+    telemetry.shutdown_tracing()
     return 0
 
 
@@ -174,7 +240,9 @@ def cmd_client(args: argparse.Namespace) -> int:
     request = build_request(None if args.chat else args.prompt, messages=messages, sampling=sampling,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k,
                             ignore_eos=args.ignore_eos, proposer=args.proposer)
-    with Client(args.address, timeout_s=args.timeout) as client:
+    tls, tokens, _ = security_of(args)
+    with Client(args.address, timeout_s=args.timeout, tls=tls if tls.enabled else None,
+                token=tokens[0] if tokens else None) as client:
         on_text = None if args.json else (lambda t: print(t, end="", flush=True))
         result = client.generate(request, on_text)
     out = result.to_dict()
@@ -205,12 +273,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; for `serve --config FILE`, the file's settings become defaults that flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from specdec.errors import InvalidArgument
+
+        try:
+            with open(args.config) as f:
+                settings = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument("config", f"cannot read {args.config}: {exc}") from exc
+        unknown = sorted(k for k in settings if not hasattr(args, k))
+        if unknown:
+            raise InvalidArgument("config", f"unknown settings {unknown} in {args.config}")
+        serve_parser = parser._subparsers._group_actions[0].choices["serve"]
+        serve_parser.set_defaults(**settings)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     import grpc
 
     from specdec.errors import SpecdecError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SpecdecError as exc:
+        print(f"specdec: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except SpecdecError as exc:

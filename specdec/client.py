@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import grpc
 from google.protobuf import json_format
 
 from specdec.config import SamplingParams
-from specdec.grpc_util import PROPOSER_TO_PB, channel_options, sampling_to_pb
+from specdec.grpc_util import PROPOSER_TO_PB, make_channel, sampling_to_pb
+from specdec.security import TLSFiles, bearer
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 
 
@@ -57,13 +57,18 @@ def build_request(prompt: str | None = None, *, messages: list[dict] | None = No
 
 
 class Client:
-    def __init__(self, address: str, timeout_s: float | None = None) -> None:
-        self.channel = grpc.insecure_channel(address, options=channel_options())
+    def __init__(self, address: str, timeout_s: float | None = None, tls: TLSFiles | None = None,
+                 token: str | None = None) -> None:
+        self.channel = make_channel(address, tls)
         self.stub = orchestrator_pb2_grpc.OrchestratorStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = bearer(token)
 
     def stream(self, request: orchestrator_pb2.GenerateRequest) -> Iterator[orchestrator_pb2.GenerateResponse]:
-        return self.stub.Generate(request, timeout=self.timeout_s)
+        return self.stub.Generate(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    def server_info(self) -> orchestrator_pb2.GetServerInfoResponse:
+        return self.stub.GetServerInfo(orchestrator_pb2.GetServerInfoRequest(), timeout=10, metadata=self.metadata)
 
     def generate(self, request: orchestrator_pb2.GenerateRequest,
                  on_text: Callable[[str], None] | None = None) -> ClientResult:

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from specdec import errors
 from specdec.config import SamplingParams
+from specdec.security import TLSFiles, TokenAuthInterceptor
 from specdec.v1 import common_pb2
 
 log = logging.getLogger("specdec.grpc")
@@ -111,6 +112,8 @@ class ServerSettings:
     port: int = 0
     max_workers: int = 64  # each streaming session holds a worker thread
     max_message_bytes: int = 16 * 1024 * 1024
+    tls: TLSFiles = TLSFiles()  # no cert: plaintext
+    tokens: tuple[str, ...] = ()  # accepted bearer tokens; empty: no token check
 
 
 def channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, int]]:
@@ -126,10 +129,12 @@ class Server:
     """A grpc.Server with health checking, reflection and the error interceptor."""
 
     def __init__(self, settings: ServerSettings, register: Iterable[tuple[Callable, object, str]],
-                 interceptors: Iterable[grpc.ServerInterceptor] = ()) -> None:
+                 interceptors: Iterable[grpc.ServerInterceptor] = (), metrics=None) -> None:
         self.settings = settings
+        self.metrics = metrics  # the service's telemetry.Metrics, served on --metrics-port
+        auth = [TokenAuthInterceptor(list(settings.tokens))] if settings.tokens else []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-                                interceptors=[*interceptors, ErrorInterceptor()],
+                                interceptors=[*auth, *interceptors, ErrorInterceptor()],
                                 options=channel_options(settings.max_message_bytes))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -139,7 +144,11 @@ class Server:
             add(servicer, self.grpc)
             self.service_names.append(full_name)
         reflection.enable_server_reflection([*self.service_names, *names], self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        bind = f"{settings.host}:{settings.port}"
+        if settings.tls.cert:
+            self.port = self.grpc.add_secure_port(bind, settings.tls.server_credentials())
+        else:
+            self.port = self.grpc.add_insecure_port(bind)
         if self.port == 0:
             raise errors.Unavailable(f"cannot bind {settings.host}:{settings.port}")
 
@@ -164,10 +173,19 @@ class Server:
         self.grpc.wait_for_termination()
 
 
-def wait_healthy(address: str, timeout: float) -> None:
+def make_channel(address: str, tls: TLSFiles | None = None, server_name: str | None = None) -> grpc.Channel:
+    """A channel with our options; TLS (and a client certificate for mTLS) when `tls` is enabled.
+    `server_name`: the name to check the server's certificate against when dialling an IP."""
+    if tls is not None and tls.enabled:
+        options = channel_options() + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+        return grpc.secure_channel(address, tls.channel_credentials(), options=options)
+    return grpc.insecure_channel(address, options=channel_options())
+
+
+def wait_healthy(address: str, timeout: float, tls: TLSFiles | None = None) -> None:
     """Block until a server answers SERVING on the health service, or raise Unavailable."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with make_channel(address, tls) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from specdec.grpc_util import wait_healthy
+from specdec.security import TLSFiles
 
 log = logging.getLogger("specdec.up")
 
@@ -24,6 +25,7 @@ class Stack:
     target: str = "tiny"
     draft: str | None = "tiny"
     extra: dict[str, list[str]] = field(default_factory=dict)  # per role: extra `serve` flags
+    tls: TLSFiles | None = None  # how to reach the servers' health service when they serve TLS
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -61,14 +63,14 @@ class Stack:
 
     def _wait(self, role: str, timeout_s: float) -> None:
         proc = self.procs[role]
-        waiter = threading.Thread(target=wait_healthy, args=(self.addresses()[role], timeout_s), daemon=True)
+        waiter = threading.Thread(target=wait_healthy, args=(self.addresses()[role], timeout_s, self.tls), daemon=True)
         waiter.start()
         while waiter.is_alive():
             waiter.join(0.2)
             if proc.poll() is not None:
                 self.stop()
                 raise SystemExit(f"specdec up: the {role} exited with code {proc.returncode} while starting")
-        wait_healthy(self.addresses()[role], 1.0)
+        wait_healthy(self.addresses()[role], 1.0, self.tls)
 
     def stop(self, grace_s: float = 10.0) -> None:
         for proc in self.procs.values():

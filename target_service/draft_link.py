@@ -76,7 +76,7 @@ class DraftLink:
         if self.failure is None:
             self.failure = reason
             log.warning("draft link failed, going on without the draft: %s", reason)
-            self.close()
+            self.close(cancel=True)
 
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         """The most useful proposal available, waiting for one up to the timeout.
@@ -135,10 +135,13 @@ class DraftLink:
         row[torch.tensor(list(pb.ids), dtype=torch.long)] = torch.tensor(list(pb.probs), dtype=torch.float32)
         return row.to(self.device)
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False) -> None:
+        """End the session on the draft: half-close the stream so the draft finishes it cleanly (its
+        session span ends, its KV slot is freed at once); cancel only a draft that misbehaves."""
         if not self._closing:
             self._closing = True
             self._outbox.put(_CLOSE)
+        if cancel:
             self._call.cancel()
 
     def _to_proposal(self, pb: draft_pb2.DraftProposal) -> Proposal:

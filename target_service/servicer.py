@@ -10,9 +10,11 @@ import grpc
 from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FinishReason, TargetSequence
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_TO_PB, channel_options, sampling_from_pb
+from specdec.grpc_util import PROPOSER_TO_PB, make_channel, sampling_from_pb
+from specdec.security import TLSFiles, bearer
 from specdec.runner import ModelRunner
 from specdec.sessions import SessionTable
+from specdec.telemetry import Metrics, outgoing_metadata, record_cycle, tracer
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from target_service.draft_link import DraftLink
 from target_service.session import CycleReport, TargetSession
@@ -25,6 +27,8 @@ FINISH_PB = {FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH, FinishReason.
 class TargetSettings:
     max_new_tokens: int = 4096  # the largest max_new_tokens a request may ask for
     draft_timeout_s: float = 5.0  # how long to wait for a usable proposal before going on alone
+    draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
+    internal_token: str | None = None  # bearer token presented to drafts
 
 
 def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
@@ -41,14 +45,16 @@ def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self, runner: ModelRunner, eos_ids: set[int], info: common_pb2.ServerInfo,
-                 settings: TargetSettings = TargetSettings()) -> None:
+                 settings: TargetSettings = TargetSettings(), metrics: Metrics | None = None) -> None:
         self.runner = runner
+        self.metrics = metrics or Metrics("target")
         self.eos_ids = eos_ids
         self.info = info
         self.settings = settings
         self.sessions = SessionTable()
         self._channels: dict[str, grpc.Channel] = {}
         self._channels_lock = threading.Lock()
+        self.metrics.track(lambda: len(self.sessions), lambda: self.runner.free_slots)
 
     def DescribeTarget(self, request, context):
         info = common_pb2.ServerInfo()
@@ -58,6 +64,9 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         return target_pb2.DescribeTargetResponse(info=info)
 
     def Generate(self, request: target_pb2.TargetGenerateRequest, context):
+        return self.metrics.count_outcomes(self._generate(request, context))
+
+    def _generate(self, request: target_pb2.TargetGenerateRequest, context):
         if not request.session_id:
             raise InvalidArgument("session_id", "must not be empty")
         if not 0 <= request.k <= MAX_K:
@@ -70,29 +79,48 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         entry = self.sessions.add(request.session_id)
         context.add_callback(entry.cancel.set)
         link = None
-        try:
-            if request.draft_address and request.k > 0:
-                link = self._open_link(request, sequence, context)
-            for report in TargetSession(sequence, link, request.k, entry.cancel).run():
-                yield report_to_pb(report)
-        finally:
-            if link is not None:
-                link.close()
-            sequence.close()
-            self.sessions.remove(request.session_id)
+        attributes = {"specdec.session_id": request.session_id, "gen_ai.usage.input_tokens": len(request.prompt_ids),
+                      "specdec.k": request.k, "specdec.draft_address": request.draft_address,
+                      "specdec.overlap": request.overlap}
+        with tracer().start_as_current_span("session", attributes=attributes) as span:
+            try:
+                if request.draft_address and request.k > 0:
+                    link = self._open_link(request, sequence)
+                fell_back = False
+                for report in TargetSession(sequence, link, request.k, entry.cancel).run():
+                    self._observe(report)
+                    if report.draft_failed and not fell_back:
+                        fell_back = True
+                        self.metrics.fallbacks.labels("target").inc()
+                        span.add_event("draft_failed", {"reason": link.failure or ""})
+                    yield report_to_pb(report)
+                span.set_attribute("gen_ai.usage.output_tokens", len(sequence.generated))
+            finally:
+                if link is not None:
+                    link.close()
+                sequence.close()
+                self.sessions.remove(request.session_id)
 
-    def _open_link(self, request, sequence: TargetSequence, context) -> DraftLink:
+    def _observe(self, r: CycleReport) -> None:
+        c = r.cycle
+        self.metrics.observe_cycle(c.k, c.accepted, c.draft_sources, c.verify_s, c.verify_s + r.wait_s,
+                                   len(c.new_tokens))
+        record_cycle("verify", {"specdec.k": c.k, "specdec.accepted": c.accepted,
+                                "specdec.verify_ms": c.verify_s * 1e3, "specdec.wait_for_draft_ms": r.wait_s * 1e3,
+                                "specdec.draft_ms": r.draft_s * 1e3, "specdec.overlap_hit": r.overlap_hit,
+                                "specdec.committed": len(c.new_tokens)})
+
+    def _open_link(self, request, sequence: TargetSequence) -> DraftLink:
         start = draft_pb2.ProposeStart(session_id=request.session_id, prompt_ids=request.prompt_ids,
                                        sampling=request.sampling, seed=sequence.seed, k=request.k,
                                        overlap=request.overlap)
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() if k in ("traceparent", "tracestate"))
         return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(request.draft_address)), start,
                          vocab_size=self.runner.vocab_size, device=self.runner.device,
                          timeout_s=self.settings.draft_timeout_s, greedy=sequence.sampling.greedy,
-                         metadata=metadata)
+                         metadata=outgoing_metadata(bearer(self.settings.internal_token)))
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._channels_lock:
             if address not in self._channels:
-                self._channels[address] = grpc.insecure_channel(address, options=channel_options())
+                self._channels[address] = make_channel(address, self.settings.draft_tls)
             return self._channels[address]
