@@ -78,7 +78,7 @@ class DraftSession:
             raise InvalidArgument("verdict.token_ids", "a cycle commits at least one token")
         self.committed.extend(token_ids)
         if next_k:
-            self.k = next_k
+            self.k = max(0, next_k)  # -1: pause drafting
         self.pending = [p for p in self.pending if self._extends_committed(p)]
         return self._fill()
 

@@ -37,7 +37,8 @@ CHAT_ROLES = ("system", "user", "assistant")
 class OrchestratorSettings:
     default_max_new_tokens: int = 128
     max_new_tokens: int = 4096  # the limit a request may ask for
-    k: int = 4  # draft tokens per cycle unless a request overrides it
+    k: int = 4  # draft tokens per cycle (the maximum, with adaptive K) unless a request fixes it
+    adaptive_k: bool = True  # choose K per cycle, down to 0 when speculation does not pay
     overlap: bool = True  # draft the next block while the target verifies
 
 
@@ -139,7 +140,7 @@ class Orchestrator:
                 seed=req.sampling.seed if req.sampling.seed is not None else fresh_seed(),
                 max_new_tokens=req.max_new_tokens or self.settings.default_max_new_tokens,
                 ignore_eos=req.ignore_eos, k=k if draft else 0, draft_address=draft.address if draft and k else "",
-                overlap=self.settings.overlap)
+                overlap=self.settings.overlap, adaptive_k=self.settings.adaptive_k and req.k is None)
             for event in self._relay(request, req.stop, target, draft, cancelled, timeout_s, t0):
                 if isinstance(event, Summary):
                     st = event.stats

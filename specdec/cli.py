@@ -36,7 +36,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def add_speculation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculation")
-    g.add_argument("--k", type=int, default=4, help="draft tokens per cycle (default: 4)")
+    g.add_argument("--k", type=int, default=4, help="draft tokens per cycle (the maximum with --adaptive-k; default 4)")
+    g.add_argument("--adaptive-k", action="store_true",
+                   help="choose K per cycle from measured acceptance and step costs, down to 0 when it does not pay")
     g.add_argument("--no-draft", action="store_true", help="plain target-only decoding (the baseline)")
     g.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"],
                    help="who drafts: the draft model, prompt lookup (n-gram; no draft model), or lookup first "
@@ -79,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="draft: seconds without a message before an abandoned session is reclaimed")
     serve.add_argument("--targets", nargs="+", default=["127.0.0.1:50052"], help="orchestrator: target addresses")
     serve.add_argument("--drafts", nargs="*", default=[], help="orchestrator: draft addresses (none = target only)")
-    serve.add_argument("--k", type=int, default=4, help="orchestrator: draft tokens per cycle")
+    serve.add_argument("--k", type=int, default=4,
+                       help="orchestrator: draft tokens per cycle (the maximum with adaptive K; default 4)")
+    serve.add_argument("--fixed-k", action="store_true",
+                       help="orchestrator: always draft --k tokens instead of adapting K to acceptance and costs")
     serve.add_argument("--no-overlap", action="store_true", help="orchestrator: don't draft ahead during verify")
     serve.add_argument("--default-max-new-tokens", type=int, default=128)
     serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
+from specdec.adaptive import AdaptiveK
 from specdec.config import GenerationRequest, SpeculationConfig
 from specdec.detokenize import TextStream
 from specdec.proposers import Proposal, ProposerFactory
@@ -172,11 +173,27 @@ class GenerationResult:
                 "stats": self.stats.to_dict()}
 
 
-KChooser = Callable[[SpecStats, int], int]  # (stats so far, max allowed) -> k for the next cycle
+class KChooser(Protocol):
+    """Decides the draft length of each cycle (fixed, or adaptive.AdaptiveK)."""
+
+    def choose(self, limit: int | None = None) -> int: ...
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None: ...
 
 
-def fixed_k(k: int) -> KChooser:
-    return lambda _stats, max_k: min(k, max_k)
+@dataclass
+class FixedK:
+    k: int
+
+    def choose(self, limit: int | None = None) -> int:
+        return self.k if limit is None else min(self.k, limit)
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+        pass
+
+
+def adaptive_k(chooser: KChooser) -> KChooser:
+    return chooser
 
 
 class SpeculativeDecoder:
@@ -194,7 +211,8 @@ class SpeculativeDecoder:
     def cycles(self, request: GenerationRequest, stats: SpecStats,
                choose_k: KChooser | None = None) -> Iterator[CycleResult]:
         """Run the loop, yielding each cycle's committed tokens as soon as they exist."""
-        choose_k = choose_k or fixed_k(self.speculation.k)
+        choose_k = choose_k or (AdaptiveK(max_k=self.speculation.max_k, initial_k=max(1, self.speculation.k))
+                                if self.speculation.adaptive else FixedK(self.speculation.k))
         sequence = TargetSequence(self.target, request, self.eos_ids)
         proposer = None
         if self.proposers is not None and self.speculation.k > 0:
@@ -204,13 +222,16 @@ class SpeculativeDecoder:
             while sequence.finish_reason is None:
                 # The first cycle is prefill alone, as in the services (where the draft prefills
                 # meanwhile): time to first token is the target's prefill, and seeded runs line up.
-                k = choose_k(stats, sequence.max_k) if proposer and stats.cycles > 0 else 0
-                proposal = None
+                k = choose_k.choose(sequence.max_k) if proposer and stats.cycles > 0 else 0
+                proposal, draft_s = None, 0.0
                 if k > 0:
                     t0 = time.perf_counter()
                     proposal = proposer.propose(sequence.committed, k)
-                    stats.draft_time_s += time.perf_counter() - t0
+                    draft_s = time.perf_counter() - t0
+                    stats.draft_time_s += draft_s
                 cycle = sequence.step(proposal)
+                if stats.cycles > 0:  # the prefill cycle says nothing about decode costs
+                    choose_k.observe(cycle.k, cycle.accepted, cycle.verify_s, draft_s)
                 stats.verify_time_s += cycle.verify_s
                 stats.observe_cycle(cycle.k, cycle.accepted, cycle.draft_sources)
                 stats.new_tokens += len(cycle.new_tokens)

@@ -35,7 +35,8 @@ class EngineConfig:
         needs_model = with_draft and proposer != NGRAM
         return cls(target=args.target, draft=args.draft if needs_model else None, device=args.device,
                    draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len,
-                   speculation=SpeculationConfig(k=args.k if with_draft else 0),
+                   speculation=SpeculationConfig(k=args.k if with_draft else 0, max_k=max(1, args.k),
+                                                 adaptive=getattr(args, "adaptive_k", False)),
                    proposer=proposer if with_draft else DRAFT_MODEL)
 
 

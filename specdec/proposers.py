@@ -233,6 +233,50 @@ class HybridFactory:
         return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed))
 
 
+class ReplayProposer:
+    """A draft with real cost and replayed acceptance, for systems benchmarks without real weights.
+
+    The draft model's forward runs for every proposed token (its real cost on the real shapes), but
+    the token it proposes is the target's known greedy continuation with probability `alpha` and a
+    wrong token otherwise (decided per position from the seed, so runs are reproducible). Greedy only.
+    Results must be labelled "replayed acceptance".
+    """
+
+    source = DRAFT_MODEL
+
+    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, seed: int) -> None:
+        self.runner, self.reference, self.alpha, self.seed = runner, list(reference), alpha, seed
+        self.session = runner.open()
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        start = len(committed)
+        sequence = list(committed)
+        for i in range(k):
+            self.runner.extend(self.session, sequence, keep=1)  # the real forward; its logits are not used
+            position = start + i
+            right = self.reference[position] if position < len(self.reference) else 0
+            hit = uniform(self.seed, position, Stream.DRAFT) < self.alpha
+            sequence.append(right if hit else (right + 1) % self.runner.vocab_size)
+        return Proposal(start=start, token_ids=sequence[start:], probs=None, source=self.source)
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        self.runner.extend(self.session, prompt, keep=1)
+
+    def close(self) -> None:
+        self.runner.close(self.session)
+
+
+class ReplayFactory:
+    """ReplayProposers for one prompt whose target greedy continuation (prompt + output) is `reference`."""
+
+    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float) -> None:
+        self.runner, self.reference, self.alpha = runner, reference, alpha
+
+    def open(self, sampling: SamplingParams, seed: int) -> ReplayProposer:
+        assert sampling.greedy, "replayed acceptance is defined for greedy decoding only"
+        return ReplayProposer(self.runner, self.reference, self.alpha, seed)
+
+
 def make_factory(kind: str, runner: ModelRunner | None, vocab_size: int | None = None, *,
                  ngram_min: int = 1, ngram_max: int = 4) -> ProposerFactory:
     """The proposer factory for `kind` (draft-model, ngram, hybrid); ngram needs no runner."""

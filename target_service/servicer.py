@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import grpc
 
 from specdec.config import MAX_K, GenerationRequest
-from specdec.decoder import FinishReason, TargetSequence
+from specdec.adaptive import AdaptiveK
+from specdec.decoder import FinishReason, FixedK, TargetSequence
 from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_TO_PB, make_channel, sampling_from_pb
 from specdec.security import TLSFiles, bearer
@@ -87,7 +88,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 if request.draft_address and request.k > 0:
                     link = self._open_link(request, sequence)
                 fell_back = False
-                for report in TargetSession(sequence, link, request.k, entry.cancel).run():
+                chooser = AdaptiveK(max_k=request.k, initial_k=request.k) if request.adaptive_k else FixedK(request.k)
+                for report in TargetSession(sequence, link, chooser, entry.cancel).run():
                     self._observe(report)
                     if report.draft_failed and not fell_back:
                         fell_back = True

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from specdec.decoder import CycleResult, FinishReason, TargetSequence
+from specdec.decoder import CycleResult, FinishReason, KChooser, TargetSequence
 from specdec.errors import Unavailable
 from target_service.draft_link import DraftLink, Picked
 
@@ -27,11 +27,12 @@ class TargetSession:
     through the same `TargetSequence.step`, so failing over loses no token and changes no output.
     """
 
-    def __init__(self, sequence: TargetSequence, link: DraftLink | None, k: int,
+    def __init__(self, sequence: TargetSequence, link: DraftLink | None, chooser: KChooser,
                  cancelled: threading.Event) -> None:
         self.sequence = sequence
         self.link = link
-        self.k = k
+        self.chooser = chooser
+        self.k = chooser.choose(sequence.max_k)
         self.cancelled = cancelled
 
     @property
@@ -45,9 +46,13 @@ class TargetSession:
                 self.sequence.finish(FinishReason.CANCELLED)
                 return
             report = self._cycle(use_draft=not first)
+            if not first:
+                self.chooser.observe(report.cycle.k, report.cycle.accepted, report.cycle.verify_s, report.draft_s)
             first = False
+            previous, self.k = self.k, self.chooser.choose(self.sequence.max_k)
             if self.link is not None and not self.link.failed:
-                self.link.send_verdict(report.cycle.start, report.cycle.new_tokens)
+                next_k = (self.k or -1) if self.k != previous else 0
+                self.link.send_verdict(report.cycle.start, report.cycle.new_tokens, next_k)
             yield report
 
     def _cycle(self, use_draft: bool) -> CycleReport:

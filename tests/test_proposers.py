@@ -52,7 +52,7 @@ def test_services_with_each_proposer(tiny_engine, kind):
         for prompt in COPY_PROMPTS[:4]:
             result = client.generate(build_request(prompt, max_new_tokens=40, ignore_eos=True, proposer=kind))
             assert result.token_ids == run(tiny_engine, prompt, None).token_ids
-        sampled = client.generate(build_request(COPY_PROMPTS[0], max_new_tokens=40, ignore_eos=True,
+        sampled = client.generate(build_request(COPY_PROMPTS[0], max_new_tokens=40, ignore_eos=True, k=4,
                                                 sampling=SamplingParams(temperature=0.8, seed=9)))
         assert sampled.token_ids == run(tiny_engine, COPY_PROMPTS[0], kind, sampling=SamplingParams(
             temperature=0.8, seed=9)).token_ids

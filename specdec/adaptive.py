@@ -1,0 +1,90 @@
+"""Adaptive K: choose the draft length per cycle from measured acceptance and step costs.
+
+With per-token acceptance rate a, a cycle that drafts k tokens commits on average
+    E(k) = (1 - a^(k+1)) / (1 - a)            tokens (Leviathan et al. 2023, eq. 1)
+and costs T(k) = k * draft_step + verify(k)   (verify(0) is a plain decode step).
+We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
+costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 to re-measure a).
+Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
+interpolated linearly between the nearest measured sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E(k): expected tokens committed by one cycle with k drafts and acceptance rate alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+@dataclass
+class AdaptiveK:
+    max_k: int = 8
+    initial_k: int = 4
+    prior_alpha: float = 0.6  # before any measurement
+    smoothing: float = 0.2  # EMA weight of a new measurement
+    probe_every: int = 16  # cycles at k = 0 before probing with k = 1
+    alpha: float | None = None
+    draft_step_s: float | None = None  # per drafted token
+    verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
+    _since_probe: int = 0
+    last_k: int = -1
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
+        w = self.smoothing
+        self.verify_s[k] = verify_s if k not in self.verify_s else (1 - w) * self.verify_s[k] + w * verify_s
+        if k > 0:
+            # acceptance is measured per drafted token: accepted / k is unbiased only when no rejection
+            # cuts the block short, so use the standard estimator accepted / (accepted + 1 rejection).
+            rate = accepted / k if accepted == k else accepted / (accepted + 1)
+            self.alpha = rate if self.alpha is None else (1 - w) * self.alpha + w * rate
+            per_token = draft_s / k
+            self.draft_step_s = per_token if self.draft_step_s is None else (1 - w) * self.draft_step_s + w * per_token
+
+    def verify_cost(self, k: int) -> float | None:
+        if k in self.verify_s:
+            return self.verify_s[k]
+        known = sorted(self.verify_s)
+        if not known:
+            return None
+        lower = [x for x in known if x < k]
+        upper = [x for x in known if x > k]
+        if lower and upper:
+            a, b = lower[-1], upper[0]
+            return self.verify_s[a] + (self.verify_s[b] - self.verify_s[a]) * (k - a) / (b - a)
+        if len(known) >= 2:  # extrapolate with the slope of the two nearest points
+            a, b = (known[-2], known[-1]) if not upper else (known[0], known[1])
+            slope = (self.verify_s[b] - self.verify_s[a]) / (b - a)
+            ref = known[-1] if not upper else known[0]
+            return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
+        return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
+
+    def choose(self, limit: int | None = None) -> int:
+        """K for the next cycle (<= limit)."""
+        cap = self.max_k if limit is None else min(self.max_k, limit)
+        if cap <= 0:
+            return 0
+        if self.alpha is None or self.draft_step_s is None or not self.verify_s:
+            k = min(self.initial_k, cap)  # measure first
+        else:
+            best_k, best_rate = 0, 0.0
+            for k in range(cap + 1):
+                cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
+                rate = expected_tokens(self.alpha, k) / cost if cost > 0 else 0.0
+                if rate > best_rate:
+                    best_k, best_rate = k, rate
+            k = best_k
+            if k == 0:
+                self._since_probe += 1
+                if self._since_probe >= self.probe_every:  # speculation may pay again: measure
+                    self._since_probe = 0
+                    k = 1
+            else:
+                self._since_probe = 0
+        self.last_k = k
+        return k

@@ -1,0 +1,80 @@
+"""Adaptive K's choices, and the replay proposer."""
+
+import pytest
+
+from specdec.adaptive import AdaptiveK, expected_tokens
+from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.decoder import SpeculativeDecoder, adaptive_k
+from specdec.proposers import ReplayFactory
+
+
+def feed(chooser: AdaptiveK, alpha: float, verify, draft_step: float, cycles: int = 200) -> None:
+    """Simulate cycles with deterministic acceptance close to alpha."""
+    credit = 0.0
+    for _ in range(cycles):
+        k = chooser.choose()
+        accepted = 0
+        for _ in range(k):
+            credit += alpha
+            if credit >= 1.0:
+                credit -= 1.0
+                accepted += 1
+            else:
+                break
+        chooser.observe(k, accepted, verify(k), k * draft_step)
+
+
+def test_expected_tokens_formula():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_good_draft_on_flat_verify_cost_gets_long_k():
+    chooser = AdaptiveK(max_k=8)
+    feed(chooser, alpha=0.9, verify=lambda k: 0.010 * (1 + 0.03 * k), draft_step=0.0005)
+    assert chooser.choose() >= 5
+
+
+def test_useless_draft_shrinks_to_zero_and_probes_rarely():
+    chooser = AdaptiveK(max_k=8, probe_every=16)
+    feed(chooser, alpha=0.0, verify=lambda k: 0.010 * (1 + 0.1 * k), draft_step=0.002)
+    ks = []
+    for _ in range(64):
+        k = chooser.choose()
+        ks.append(k)
+        chooser.observe(k, 0, 0.010 * (1 + 0.1 * k), k * 0.002)
+    assert ks.count(0) >= 56 and max(ks) <= 1  # plain decoding, with an occasional k=1 probe
+
+
+def test_cpu_like_costs_prefer_small_k():
+    """On the 2-core CPU, verifying 5 tokens costs ~2x one (233 ms vs 475 ms), a draft step ~85 ms."""
+    table = {0: 0.233, 1: 0.240, 2: 0.300, 4: 0.475, 8: 0.636}
+    chooser = AdaptiveK(max_k=8)
+    feed(chooser, alpha=0.8, verify=lambda k: table.get(k, 0.233 + 0.05 * k), draft_step=0.085)
+    assert 1 <= chooser.choose() <= 3
+
+
+def test_replay_proposer_accepts_at_the_replayed_rate(tiny_engine):
+    prompt = tiny_engine.encode("def main():")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=200, ignore_eos=True)
+    reference = prompt + tiny_engine.decoder.generate(request).token_ids
+    for alpha in (0.0, 0.9):
+        factory = ReplayFactory(tiny_engine.draft_runner, reference, alpha)
+        decoder = SpeculativeDecoder(tiny_engine.target_runner, tiny_engine.tokenizer, tiny_engine.eos_ids, factory,
+                                     SpeculationConfig(k=4))
+        result = decoder.generate(request)
+        assert result.token_ids == reference[len(prompt):]  # lossless whatever the draft says
+        rate = result.stats.accepted_tokens / result.stats.draft_tokens
+        assert (rate == 0.0) if alpha == 0.0 else (0.6 < rate < 1.0), rate
+
+
+def test_adaptive_decoder_stays_lossless(tiny_engine):
+    prompt = tiny_engine.encode("class Config:")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=60, ignore_eos=True)
+    plain = SpeculativeDecoder(tiny_engine.target_runner, tiny_engine.tokenizer, tiny_engine.eos_ids).generate(request)
+    adaptive = tiny_engine.decoder.generate(request, choose_k=adaptive_k(AdaptiveK(max_k=8)))
+    assert adaptive.token_ids == plain.token_ids
+    sampled = SamplingParams(temperature=0.7, seed=3)
+    req2 = GenerationRequest(prompt_ids=prompt, max_new_tokens=30, ignore_eos=True, sampling=sampled)
+    assert len(tiny_engine.decoder.generate(req2, choose_k=adaptive_k(AdaptiveK())).token_ids) == 30
