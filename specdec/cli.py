@@ -135,7 +135,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(client)
     add_security_args(client, server=False)
     client.set_defaults(func=cmd_client)
+
+    bench = sub.add_parser("bench", help="benchmark every decoding mode side by side on the same prompts",
+                           description="Run the same prompts through target-only, speculative (overlap off/on), "
+                                       "the gRPC services and HF assisted generation, in one run; print a "
+                                       "Markdown table. Greedy outputs must match in every mode.")
+    add_model_args(bench)
+    bench.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"])
+    bench.add_argument("--modes", default=",".join(MODES_DEFAULT), help=f"comma-separated (default: "
+                                                                         f"{','.join(MODES_DEFAULT)})")
+    bench.add_argument("--prompts", default=None, help="JSONL with `prompt` or `turns` per line (default: HumanEval)")
+    bench.add_argument("--num-prompts", type=int, default=20)
+    bench.add_argument("--chat", action="store_true", help="apply the chat template to each prompt")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--k", type=int, default=4, help="draft tokens per cycle (the maximum with --adaptive-k)")
+    bench.add_argument("--adaptive-k", action="store_true")
+    bench.add_argument("--repeats", type=int, default=3, help="measured repeats (median and min-max reported)")
+    bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    bench.add_argument("--replay-alpha", type=float, default=None,
+                       help="replayed acceptance: the draft runs for real but proposes the target's greedy token "
+                            "with this probability (random-weight systems benchmarks)")
+    bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
+    bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+MODES_DEFAULT = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from specdec.bench import main as bench_main
+
+    return bench_main(args)
 
 
 def add_security_args(p: argparse.ArgumentParser, *, server: bool) -> None:

@@ -3,12 +3,11 @@ requests through the orchestrator, stream the text, print acceptance statistics,
 
 from __future__ import annotations
 
-import socket
 import sys
 
 from specdec.client import Client, build_request
 from specdec.config import SamplingParams
-from specdec.launcher import Stack
+from specdec.launcher import Stack, free_base_port
 
 PROMPTS = [
     ("greedy, K=4", "def __init__(self, name, value=None):\n", SamplingParams()),
@@ -17,21 +16,9 @@ PROMPTS = [
 ]
 
 
-def free_port(preferred: int = 50051) -> int:
-    for port in range(preferred, preferred + 300, 3):
-        try:
-            for p in range(port, port + 3):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    raise SystemExit("no free ports near 50051")
-
-
 def main() -> int:
     quiet = ["--log-level", "warning"]
-    stack = Stack(port=free_port(), extra={"orchestrator": ["--k", "4", *quiet], "target": quiet, "draft": quiet})
+    stack = Stack(port=free_base_port(preferred=50051), extra={"orchestrator": ["--k", "4", *quiet], "target": quiet, "draft": quiet})
     print(f"starting draft, target and orchestrator (tiny pair) with `specdec up` on {stack.address} ...", flush=True)
     stack.start()
     try:

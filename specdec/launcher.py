@@ -3,8 +3,11 @@ three are healthy, print the orchestrator's address, and stop them all on Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +17,21 @@ from specdec.grpc_util import wait_healthy
 from specdec.security import TLSFiles
 
 log = logging.getLogger("specdec.up")
+
+
+def free_base_port(count: int = 3, preferred: int | None = None) -> int:
+    """A port p such that p .. p+count-1 are all free on 127.0.0.1 (`preferred` first, if given)."""
+    candidates = ([preferred] if preferred else []) + [random.randint(20000, 60000) for _ in range(200)]
+    for base in candidates:
+        try:
+            with contextlib.ExitStack() as stack:
+                for i in range(count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports on 127.0.0.1")
 
 
 @dataclass

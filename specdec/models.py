@@ -21,6 +21,19 @@ from transformers.utils import logging as hf_logging
 from specdec.errors import InvalidArgument, VocabularyMismatch
 
 TINY = "tiny"
+RANDOM_PREFIX = "random:"
+# Real Qwen2.5 shapes, for systems benchmarks with random weights ("random:qwen2.5-7b"); the vocabulary
+# is Qwen's size, the tokenizer the tiny pair's (ids it produces are valid in any of these).
+QWEN25_SHAPES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         intermediate_size=4864, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         intermediate_size=8960, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       intermediate_size=18944, tie_word_embeddings=False),
+    "qwen2.5-32b": dict(hidden_size=5120, num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8,
+                        intermediate_size=27648, tie_word_embeddings=False),
+}
 ASSETS = pathlib.Path(__file__).parent / "assets" / "tiny"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -58,8 +71,25 @@ def _source(spec: str, role: str) -> tuple[str, dict]:
     return spec, {"local_files_only": True}
 
 
+def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
+    """Random weights in a real Qwen2.5 shape, built on the device (no download, no file)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = spec[len(RANDOM_PREFIX):]
+    if shape not in QWEN25_SHAPES:
+        raise InvalidArgument("model", f"unknown random shape {shape!r}; choose one of {sorted(QWEN25_SHAPES)}")
+    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, **QWEN25_SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(ASSETS / "target"))
+    return LoadedModel(name=spec, model=model.eval(), tokenizer=tokenizer, fingerprint=vocab_fingerprint(tokenizer))
+
+
 def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     """Load one model and its tokenizer; raise InvalidArgument with a clear message on failure."""
+    if spec.startswith(RANDOM_PREFIX):
+        return random_model(spec, device=device, dtype=resolve_dtype(dtype, device))
     source, kwargs = _source(spec, role)
     hf_logging.disable_progress_bar()  # per-tensor bars for a 3 MB model are noise; we report loading ourselves
     torch_dtype = resolve_dtype(dtype, device)

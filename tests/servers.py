@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 
-from specdec.launcher import Stack
+from specdec.launcher import Stack, free_base_port
 
-
-def free_base_port(count: int = 3) -> int:
-    """A port p such that p .. p+count-1 are all free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        try:
-            with contextlib.ExitStack() as stack:
-                for i in range(count):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
+__all__ = ["free_base_port", "running_stack"]
 
 
 @contextlib.contextmanager

