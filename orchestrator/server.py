@@ -21,7 +21,8 @@ def build(args: argparse.Namespace) -> tuple[Server, BackendPool]:
     pool.paired_draft = args.paired_draft
     orchestrator = Orchestrator(tokenizer, fingerprint, pool, OrchestratorSettings(
         default_max_new_tokens=args.default_max_new_tokens, max_new_tokens=args.max_new_tokens_limit,
-        k=args.k, adaptive_k=not args.fixed_k, overlap=not args.no_overlap), metrics := Metrics("orchestrator"))
+        k=args.k, adaptive_k=not args.fixed_k, overlap=not args.no_overlap,
+        max_requests=args.max_requests, max_requests_per_client=args.max_requests_per_client), metrics := Metrics("orchestrator"))
     info = common_pb2.ServerInfo(model=args.target, vocab_fingerprint=fingerprint, role="orchestrator")
     name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
     server = Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens, max_workers=args.max_workers),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -18,7 +19,7 @@ from orchestrator.backends import Backend, BackendPool
 from specdec.config import MAX_K, SamplingParams
 from specdec.decoder import FinishReason
 from specdec.detokenize import TextStream
-from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
+from specdec.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from specdec.grpc_util import PROPOSER_FROM_PB, error_from_status, sampling_to_pb
 from specdec.models import encode_prompt
 from specdec.sampling import fresh_seed
@@ -33,6 +34,37 @@ MAX_STOP_CHARS = 256
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+class Admission:
+    """Bounded concurrency: a global limit and a per-client limit; beyond them RESOURCE_EXHAUSTED,
+    at once (clients retry with backoff), so load can never grow memory without bound."""
+
+    def __init__(self, max_requests: int, max_per_client: int) -> None:
+        self.max_requests, self.max_per_client = max_requests, max_per_client
+        self._lock = threading.Lock()
+        self._total = 0
+        self._per_client: dict[str, int] = {}
+
+    @contextmanager
+    def admit(self, client: str):
+        with self._lock:
+            if self._total >= self.max_requests:
+                raise ResourceExhausted(f"the orchestrator is at its limit of {self.max_requests} concurrent "
+                                        "requests; retry later")
+            if self._per_client.get(client, 0) >= self.max_per_client:
+                raise ResourceExhausted(f"this client already has {self.max_per_client} requests running "
+                                        "(the per-client limit); retry later")
+            self._total += 1
+            self._per_client[client] = self._per_client.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._total -= 1
+                self._per_client[client] -= 1
+                if not self._per_client[client]:
+                    del self._per_client[client]
+
+
 @dataclass(frozen=True)
 class OrchestratorSettings:
     default_max_new_tokens: int = 128
@@ -40,6 +72,8 @@ class OrchestratorSettings:
     k: int = 4  # draft tokens per cycle (the maximum, with adaptive K) unless a request fixes it
     adaptive_k: bool = True  # choose K per cycle, down to 0 when speculation does not pay
     overlap: bool = True  # draft the next block while the target verifies
+    max_requests: int = 256  # concurrent requests, all clients together
+    max_requests_per_client: int = 64  # concurrent requests of one client (its token, else its host)
 
 
 @dataclass
@@ -83,6 +117,7 @@ class Orchestrator:
         self.settings = settings
         self.active = 0
         self._lock = threading.Lock()
+        self.admission = Admission(settings.max_requests, settings.max_requests_per_client)
         self.metrics.track(lambda: self.active, lambda: sum(
             b.info.free_kv_slots for b in pool.targets if b.healthy and b.info is not None))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 from orchestrator.service import ClientRequest, Orchestrator, Summary, TextEvent
@@ -54,6 +55,15 @@ def summary_to_pb(s: Summary) -> orchestrator_pb2.GenerateSummary:
         tokens_per_second=st.tokens_per_second, draft_failed=s.draft_failed, session_id=s.session_id)
 
 
+def client_identity(context) -> str:
+    """Who is asking, for per-client limits: the bearer token if any, else the peer's host."""
+    for key, value in context.invocation_metadata():
+        if key == "authorization":
+            return "token:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+    peer = context.peer()  # e.g. "ipv4:127.0.0.1:53412"
+    return "peer:" + peer.rsplit(":", 1)[0]
+
+
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def __init__(self, orchestrator: Orchestrator, info: common_pb2.ServerInfo) -> None:
         self.orchestrator = orchestrator
@@ -63,6 +73,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         return self.orchestrator.metrics.count_outcomes(self._generate(request, context))
 
     def _generate(self, request, context):
+        with self.orchestrator.admission.admit(client_identity(context)):
+            yield from self._admitted(request, context)
+
+    def _admitted(self, request, context):
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         remaining = context.time_remaining()  # a huge number when the client set no deadline

@@ -27,16 +27,21 @@ class AdaptiveK:
     initial_k: int = 4
     prior_alpha: float = 0.6  # before any measurement
     smoothing: float = 0.2  # EMA weight of a new measurement
-    probe_every: int = 16  # cycles at k = 0 before probing with k = 1
+    probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
+    max_probe_every: int = 512
     alpha: float | None = None
     draft_step_s: float | None = None  # per drafted token
     verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
     _since_probe: int = 0
+    _probing: bool = False
     last_k: int = -1
 
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
         w = self.smoothing
+        if self._probing:  # back off from a useless draft: each failed probe doubles the wait
+            self._probing = False
+            self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
         self.verify_s[k] = verify_s if k not in self.verify_s else (1 - w) * self.verify_s[k] + w * verify_s
         if k > 0:
             # acceptance is measured per drafted token: accepted / k is unbiased only when no rejection
@@ -83,6 +88,7 @@ class AdaptiveK:
                 self._since_probe += 1
                 if self._since_probe >= self.probe_every:  # speculation may pay again: measure
                     self._since_probe = 0
+                    self._probing = True
                     k = 1
             else:
                 self._since_probe = 0

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")
     serve.add_argument("--max-workers", type=int, default=64, help="orchestrator: concurrent requests")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--grace-period", type=float, default=30.0,
+                       help="on SIGTERM: report NOT_SERVING, stop accepting, let running requests finish for up to "
+                            "this many seconds, then exit 0")
+    serve.add_argument("--max-requests", type=int, default=256, help="orchestrator: concurrent requests in all")
+    serve.add_argument("--max-requests-per-client", type=int, default=64,
+                       help="orchestrator: concurrent requests per client (bearer token, else host)")
     serve.add_argument("--config", default=None,
                        help="JSON file of settings (keys are flag names with _ for -); flags given on the command "
                             "line win. The Helm chart mounts these from a ConfigMap.")
@@ -158,8 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--report-greedy-mismatch", action="store_true",
+                       help="report (loudly) instead of failing when greedy outputs differ. Only for random-weight "
+                            "bf16 runs: near-ties in random logits make a (k+1)-token verify forward round "
+                            "differently from a 1-token decode; trained models in fp32 must match exactly.")
     bench.set_defaults(func=cmd_bench)
+
+    load = sub.add_parser("loadtest", help="concurrent clients against a local orchestrator: throughput, "
+                                           "latency percentiles, errors (loopback only)")
+    load.add_argument("--address", default="127.0.0.1:50051")
+    load.add_argument("--concurrency", type=int, default=8, help="concurrent clients")
+    load.add_argument("--requests", type=int, default=10, help="requests per client")
+    load.add_argument("--max-new-tokens", type=int, default=32)
+    load.add_argument("--prompt", action="append", default=[], help="prompt (repeatable; default: a few built in)")
+    load.add_argument("--time-limit", type=float, default=300.0, help="stop starting requests after this many s")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(func=cmd_loadtest)
     return parser
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from specdec.loadtest import main as load_main
+
+    return load_main(args)
 
 
 MODES_DEFAULT = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
@@ -247,7 +274,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=5.0)
+    log.info("draining: NOT_SERVING now, up to %.0fs for running requests", args.grace_period)
+    server.stop(grace=args.grace_period)
     if pool is not None:
         pool.stop()
     telemetry.shutdown_tracing()

@@ -58,6 +58,37 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     context.abort(code, str(exc))
 
 
+class _Malformed:
+    """Stands in for a request whose bytes are not a valid message (bad wire format, invalid UTF-8)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe(deserializer):
+    """Deserialize without letting a malformed message become INTERNAL inside grpc."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+            return _Malformed(exc)
+    return parse
+
+
+def _check(request):
+    if isinstance(request, _Malformed):
+        raise errors.InvalidArgument("request", f"malformed protobuf message: {request.error}")
+    return request
+
+
+def _checked_stream(iterator):
+    for request in iterator:
+        yield _check(request)
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps the core's exceptions to gRPC status codes, once, for every method.
 
@@ -74,7 +105,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         def wrap_unary(fn):
             def inner(request, context):
                 try:
-                    return fn(request, context)
+                    return fn(_check(request), context)
                 except errors.SpecdecError as exc:
                     _abort(context, exc, method)
                 except Exception as exc:  # noqa: BLE001 - the boundary: report, don't crash the server
@@ -84,6 +115,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         def wrap_stream(fn):
             def inner(request, context):
                 try:
+                    request = _checked_stream(request) if handler.request_streaming else _check(request)
                     yield from fn(request, context)
                 except grpc.RpcError:  # reading the client's stream failed: the client went away
                     if context.is_active():
@@ -94,15 +126,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     _abort(context, exc, method)
             return inner
 
+        deserialize = _safe(handler.request_deserializer)
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary),
-                                                       handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), deserialize,
+                                                       handler.response_serializer)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream),
-                                                        handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), deserialize,
+                                                        handler.response_serializer)
         if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream),
-                                                         handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), deserialize,
+                                                         handler.response_serializer)
         return handler
 
 
@@ -166,6 +199,8 @@ class Server:
             self.health.set(name, status)
 
     def stop(self, grace: float | None = 2.0) -> None:
+        """Readiness goes NOT_SERVING first (so load balancers stop routing), new calls are refused, and
+        running calls get up to `grace` seconds to finish."""
         self.set_serving(False)
         self.grpc.stop(grace).wait()
 

@@ -71,6 +71,31 @@ def _source(spec: str, role: str) -> tuple[str, dict]:
     return spec, {"local_files_only": True}
 
 
+RESIDUAL_BRANCH_SCALE = 1e-3  # attention/MLP outputs stay tiny next to unit-scale embeddings
+
+
+@torch.no_grad()
+def plant_greedy_path(model) -> None:
+    """Give a random-weight model a greedy continuation that bf16 rounding cannot flip.
+
+    Plain random weights give nearly flat logits, so a (k+1)-token verify forward and a 1-token decode
+    forward often round to different argmaxes and replayed acceptance stops meaning anything. Unit-scale
+    embeddings dominate the residual stream and `lm_head[t] = embed[t + 1]` makes token t - 1 win by a
+    wide margin after token t (a fixed, robust chain). Every layer keeps its random weights, so each forward costs what the real
+    shape costs. (Tied-embedding shapes keep their flat logits; they serve as drafts, whose tokens the
+    replay proposer chooses anyway.) The output projections of every layer are scaled down so the
+    deep stack of random layers cannot drown the planted signal; scaling changes no shape or cost.
+    """
+    embed = model.get_input_embeddings().weight
+    embed.normal_(0.0, 1.0)
+    head = model.get_output_embeddings().weight
+    if head.data_ptr() != embed.data_ptr():
+        head.copy_(torch.roll(embed, shifts=-1, dims=0))
+    for layer in model.model.layers:  # keep the residual stream dominated by the embedding
+        layer.self_attn.o_proj.weight.mul_(RESIDUAL_BRANCH_SCALE)
+        layer.mlp.down_proj.weight.mul_(RESIDUAL_BRANCH_SCALE)
+
+
 def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -> LoadedModel:
     """Random weights in a real Qwen2.5 shape, built on the device (no download, no file)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -80,8 +105,14 @@ def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -
         raise InvalidArgument("model", f"unknown random shape {shape!r}; choose one of {sorted(QWEN25_SHAPES)}")
     config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, **QWEN25_SHAPES[shape])
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = Qwen2ForCausalLM(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: 32B in fp32 would not fit
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+            plant_greedy_path(model)
+    finally:
+        torch.set_default_dtype(default)
     tokenizer = AutoTokenizer.from_pretrained(str(ASSETS / "target"))
     return LoadedModel(name=spec, model=model.eval(), tokenizer=tokenizer, fingerprint=vocab_fingerprint(tokenizer))
 

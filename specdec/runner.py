@@ -178,11 +178,13 @@ class ModelRunner:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self._set_length(slot, start)
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # thread_local: a draft runner on another thread may launch work while we capture
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             logits = run()
         self._graph_pool = graph.pool()
         return _Graph(graph, ids, positions, logits)
 
+    @torch.inference_mode()  # the pointers were created under inference mode (lazily, on first write)
     def _set_length(self, slot: int, length: int) -> None:
         for layer in self._caches[slot].layers:
             if isinstance(layer.cumulative_length, torch.Tensor):

@@ -55,7 +55,7 @@ class Picked:
 class DraftLink:
     def __init__(self, stub: draft_pb2_grpc.DraftServiceStub, start: draft_pb2.ProposeStart, *,
                  vocab_size: int, device: torch.device, timeout_s: float, greedy: bool,
-                 metadata: tuple = ()) -> None:
+                 metadata: tuple = (), deadline_s: float | None = None) -> None:
         self.vocab_size, self.device, self.timeout_s, self.greedy = vocab_size, device, timeout_s, greedy
         self.failure: str | None = None
         self._closing = False
@@ -64,7 +64,8 @@ class DraftLink:
         self._rows: queue.Queue = queue.Queue()
         self._held: list[draft_pb2.DraftProposal] = []  # received, usable, not chosen yet
         self._outbox.put(draft_pb2.ProposeRequest(start=start))
-        self._call = stub.Propose(iter(self._outbox.get, _CLOSE), metadata=metadata, wait_for_ready=True)
+        self._call = stub.Propose(iter(self._outbox.get, _CLOSE), metadata=metadata, wait_for_ready=True,
+                                  timeout=deadline_s)  # the client's deadline reaches the draft too
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"draft-link-{start.session_id}")
         self._reader.start()
 

@@ -86,7 +86,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         with tracer().start_as_current_span("session", attributes=attributes) as span:
             try:
                 if request.draft_address and request.k > 0:
-                    link = self._open_link(request, sequence)
+                    link = self._open_link(request, sequence, context.time_remaining())
                 fell_back = False
                 chooser = AdaptiveK(max_k=request.k, initial_k=request.k) if request.adaptive_k else FixedK(request.k)
                 for report in TargetSession(sequence, link, chooser, entry.cancel).run():
@@ -112,14 +112,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                                 "specdec.draft_ms": r.draft_s * 1e3, "specdec.overlap_hit": r.overlap_hit,
                                 "specdec.committed": len(c.new_tokens)})
 
-    def _open_link(self, request, sequence: TargetSequence) -> DraftLink:
+    def _open_link(self, request, sequence: TargetSequence, remaining_s: float | None) -> DraftLink:
         start = draft_pb2.ProposeStart(session_id=request.session_id, prompt_ids=request.prompt_ids,
                                        sampling=request.sampling, seed=sequence.seed, k=request.k,
                                        overlap=request.overlap)
         return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(request.draft_address)), start,
                          vocab_size=self.runner.vocab_size, device=self.runner.device,
                          timeout_s=self.settings.draft_timeout_s, greedy=sequence.sampling.greedy,
-                         metadata=outgoing_metadata(bearer(self.settings.internal_token)))
+                         metadata=outgoing_metadata(bearer(self.settings.internal_token)),
+                         deadline_s=remaining_s if remaining_s is not None and remaining_s < 1e6 else None)
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._channels_lock:
