@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from draft_service.servicer import DraftServicer
-from specdec.telemetry import Metrics, server_interceptors
 from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
 from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
 from specdec.proposers import NGRAM, make_factory
 from specdec.runner import ModelRunner
+from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 
@@ -31,6 +31,7 @@ def build(args: argparse.Namespace) -> Server:
     servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
                              metrics=metrics)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
-    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens, max_workers=2 * args.max_sessions + 8),
+    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
+                                 max_workers=2 * args.max_sessions + 8),
                   [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
                   interceptors=server_interceptors(), metrics=metrics)

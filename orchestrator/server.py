@@ -7,9 +7,9 @@ import argparse
 from orchestrator.backends import BackendPool
 from orchestrator.service import Orchestrator, OrchestratorSettings
 from orchestrator.servicer import OrchestratorServicer
-from specdec.telemetry import Metrics, server_interceptors
 from specdec.grpc_util import Server, ServerSettings
 from specdec.models import load_tokenizer, vocab_fingerprint
+from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
 
@@ -25,7 +25,8 @@ def build(args: argparse.Namespace) -> tuple[Server, BackendPool]:
         max_requests=args.max_requests, max_requests_per_client=args.max_requests_per_client), metrics := Metrics("orchestrator"))
     info = common_pb2.ServerInfo(model=args.target, vocab_fingerprint=fingerprint, role="orchestrator")
     name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
-    server = Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens, max_workers=args.max_workers),
+    server = Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
+                                 max_workers=args.max_workers),
                     [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, OrchestratorServicer(orchestrator, info),
                       name)], interceptors=server_interceptors(), metrics=metrics)
     return server, pool

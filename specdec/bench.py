@@ -27,7 +27,7 @@ from specdec.adaptive import AdaptiveK
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import FixedK, SpeculativeDecoder, TargetSequence
 from specdec.engine import Engine, EngineConfig
-from specdec.proposers import NGRAM, ReplayFactory, make_factory
+from specdec.proposers import NGRAM, ReplayFactory
 from specdec.stats import SpecStats
 
 MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")

@@ -18,7 +18,8 @@ PROMPTS = [
 
 def main() -> int:
     quiet = ["--log-level", "warning"]
-    stack = Stack(port=free_base_port(preferred=50051), extra={"orchestrator": ["--k", "4", *quiet], "target": quiet, "draft": quiet})
+    stack = Stack(port=free_base_port(preferred=50051),
+                  extra={"orchestrator": ["--k", "4", *quiet], "target": quiet, "draft": quiet})
     print(f"starting draft, target and orchestrator (tiny pair) with `specdec up` on {stack.address} ...", flush=True)
     stack.start()
     try:

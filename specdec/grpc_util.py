@@ -158,6 +158,13 @@ def channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str
             ("grpc.max_reconnect_backoff_ms", 1_000)]
 
 
+# Accept our clients' keepalive pings (every 10 s, see channel_options) during long streams: by default a
+# server counts them as abuse and after two strikes sends GOAWAY, which kills generations longer than ~20 s.
+SERVER_KEEPALIVE = [("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                    ("grpc.http2.max_ping_strikes", 0)]
+
+
 class Server:
     """A grpc.Server with health checking, reflection and the error interceptor."""
 
@@ -168,7 +175,7 @@ class Server:
         auth = [TokenAuthInterceptor(list(settings.tokens))] if settings.tokens else []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
                                 interceptors=[*auth, *interceptors, ErrorInterceptor()],
-                                options=channel_options(settings.max_message_bytes))
+                                options=channel_options(settings.max_message_bytes) + SERVER_KEEPALIVE)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]

@@ -7,7 +7,6 @@ import argparse
 import ipaddress
 import json
 import statistics
-import sys
 import threading
 import time
 from collections import Counter

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from specdec.decoder import eos_ids_of
-from specdec.telemetry import Metrics, server_interceptors
 from specdec.grpc_util import Server, ServerSettings
 from specdec.models import context_length, load_model
 from specdec.runner import ModelRunner
+from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from target_service.servicer import TargetServicer, TargetSettings
 
@@ -26,6 +26,7 @@ def build(args: argparse.Namespace) -> Server:
                                              draft_tls=args.tls if args.tls.enabled else None,
                                              internal_token=args.internal_token), metrics)
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
-    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens, max_workers=2 * args.max_sessions + 8),
+    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
+                                 max_workers=2 * args.max_sessions + 8),
                   [(target_pb2_grpc.add_TargetServiceServicer_to_server, servicer, name)],
                   interceptors=server_interceptors(), metrics=metrics)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from specdec.config import MAX_K, GenerationRequest
 from specdec.adaptive import AdaptiveK
+from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FinishReason, FixedK, TargetSequence
 from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_TO_PB, make_channel, sampling_from_pb
-from specdec.security import TLSFiles, bearer
 from specdec.runner import ModelRunner
+from specdec.security import TLSFiles, bearer
 from specdec.sessions import SessionTable
 from specdec.telemetry import Metrics, outgoing_metadata, record_cycle, tracer
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
