@@ -288,6 +288,7 @@ def main(args: argparse.Namespace) -> int:
                     r = results[mode]
                     r.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
                     r.stats, r.token_ids = stats, outputs
+                    save_partial(results, args)  # a long run that dies keeps what it measured
     if "services" in modes:
         services(bench, prompts, results["services"], args)
     return report(results, modes, prompts, args)
@@ -343,6 +344,12 @@ def add_summary(stats: SpecStats, summary) -> None:
                     overlap_misses=spec.overlap_misses,
                     accepted_tokens_by_source=dict(spec.accepted_tokens_by_proposer))
     merge(stats, one)
+
+
+def save_partial(results: dict[str, ModeResult], args) -> None:
+    if args.json:
+        done = [r.summary(None) for r in results.values() if r.tokens_per_second]
+        pathlib.Path(args.json).write_text(json.dumps({"partial": True, "modes": done}, indent=1))
 
 
 def report(results: dict[str, ModeResult], modes: list[str], prompts: list[Prompt], args) -> int:

@@ -1,0 +1,25 @@
+"""`specdec bench` end to end on the tiny pair: a table, JSON with per-prompt ids, a plot, equal outputs."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_runs_modes_side_by_side(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "def main():"}\n{"turns": ["import os"]}\n')
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    run = subprocess.run([sys.executable, "-m", "specdec.cli", "bench", "--prompts", str(prompts), "--num-prompts", "2",
+                          "--max-new-tokens", "12", "--repeats", "2", "--warmup", "0", "--quiet",
+                          "--modes", "target-only,spec,spec-overlap,hf-assisted", "--json", str(out_json),
+                          "--plot", str(out_png)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| spec-overlap |" in run.stdout and "speedup" in run.stdout
+    result = json.loads(out_json.read_text())
+    modes = {m["mode"]: m for m in result["modes"]}
+    assert set(modes) == {"target-only", "spec", "spec-overlap", "hf-assisted"}
+    for m in modes.values():
+        assert m["repeats"] == 2 and m["tokens_per_second"] > 0 and len(m["token_ids"]) == 2
+        assert m["token_ids"] == modes["target-only"]["token_ids"]
+    assert modes["spec"]["drafts"] > 0 and modes["target-only"]["speedup_vs_target_only"] == 1.0
+    assert out_png.stat().st_size > 1000
