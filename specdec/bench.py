@@ -346,6 +346,24 @@ def add_summary(stats: SpecStats, summary) -> None:
     merge(stats, one)
 
 
+def tracing_off_cost_s(iterations: int = 20_000) -> float:
+    """Seconds per cycle that the tracing hooks cost when no OTLP endpoint is configured.
+
+    Runs exactly what the services execute per verification cycle with tracing off: the target's
+    `verify` record, the draft's `propose` record, and the trace-context injection of one outgoing call
+    (amortised per cycle it is less; counted in full here, so this is an upper bound)."""
+    from specdec.telemetry import outgoing_metadata, record_cycle, tracer
+
+    attrs = {"specdec.k": 4, "specdec.accepted": 3, "specdec.verify_ms": 1.0}
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        with tracer().start_as_current_span("session"):
+            record_cycle("verify", attrs)
+            record_cycle("propose", attrs)
+            outgoing_metadata()
+    return (time.perf_counter() - t0) / iterations
+
+
 def save_partial(results: dict[str, ModeResult], args) -> None:
     if args.json:
         done = [r.summary(None) for r in results.values() if r.tokens_per_second]
@@ -370,7 +388,20 @@ def report(results: dict[str, ModeResult], modes: list[str], prompts: list[Promp
               f"max_new_tokens={args.max_new_tokens} repeats={args.repeats} ({label})")
     print(header)
     print("\n".join(lines))
+    if "services" in modes and results["services"].stats.cycles:
+        from opentelemetry import trace as _trace
+
+        assert not hasattr(_trace.get_tracer_provider(), "shutdown"), "bench measures tracing off"
+        s = results["services"].stats
+        cycle_s = s.wall_time_s / s.cycles
+        cost = tracing_off_cost_s()
+        tracing_off = {"per_cycle_us": cost * 1e6, "cycle_ms": cycle_s * 1e3, "share_of_tokens_per_s": cost / cycle_s}
+        print(f"tracing off: {cost * 1e6:.1f} us of tracing hooks per {cycle_s * 1e3:.2f} ms services cycle = "
+              f"{100 * cost / cycle_s:.2f}% of tokens/s (upper bound)")
+    else:
+        tracing_off = None
     out = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "header": header, "modes": rows,
+           "tracing_off_overhead": tracing_off,
            "prompts": [p.text for p in prompts], "greedy_mismatches": mismatches}
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
