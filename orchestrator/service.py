@@ -20,15 +20,13 @@ from specdec.config import MAX_K, SamplingParams
 from specdec.decoder import FinishReason
 from specdec.detokenize import TextStream
 from specdec.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from specdec.grpc_util import PROPOSER_FROM_PB, error_from_status, sampling_to_pb
+from specdec.grpc_util import FINISH_FROM_PB, PROPOSER_FROM_PB, error_from_status, sampling_to_pb
 from specdec.models import encode_prompt
 from specdec.sampling import fresh_seed
 from specdec.stats import SpecStats
 from specdec.telemetry import Metrics, outgoing_metadata, tracer
-from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
+from specdec.v1 import target_pb2, target_pb2_grpc
 
-FINISH_FROM_PB = {common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH, common_pb2.FINISH_REASON_EOS: FinishReason.EOS,
-                  common_pb2.FINISH_REASON_STOP: FinishReason.STOP}
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 CHAT_ROLES = ("system", "user", "assistant")

@@ -6,14 +6,10 @@ import hashlib
 import threading
 
 from orchestrator.service import ClientRequest, Orchestrator, Summary, TextEvent
-from specdec.decoder import FinishReason
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_FROM_PB, sampling_from_pb
+from specdec.grpc_util import FINISH_TO_PB, PROPOSER_FROM_PB, sampling_from_pb
 from specdec.stats import SpecStats
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
-
-FINISH_TO_PB = {FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH, FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
-                FinishReason.STOP: common_pb2.FINISH_REASON_STOP}
 
 
 def request_from_pb(pb: orchestrator_pb2.GenerateRequest) -> ClientRequest:

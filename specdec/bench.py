@@ -96,14 +96,15 @@ class LocalLink:
         import queue
 
         from draft_service.session import DraftSession
-        from target_service.draft_link import Picked
+        from specdec.proposers import Proposal
+        from target_service.draft_link import Picked, ProposalPicker
 
         self._Picked = Picked
+        self._picker = ProposalPicker(lambda s: Proposal(s.start, s.token_ids, None, s.source, s.token_sources()))
         self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy)
         self.failure = None
         self._inbox: queue.Queue = queue.Queue()
         self._proposals: queue.Queue = queue.Queue()
-        self._held: list = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -122,32 +123,12 @@ class LocalLink:
                     self._proposals.put(p)
 
     def next_proposal(self, usable):
-        from specdec.proposers import Proposal
-
         t0 = time.perf_counter()
-        candidates, self._held = self._held, []
-        best, best_n, best_sent = None, -1, None
-        while True:
-            for sent in candidates:
-                proposal = Proposal(sent.start, sent.token_ids, None, sent.source, sent.token_sources())
-                n = usable(proposal)
-                if n < 0:
-                    continue
-                if n > best_n:
-                    if best_sent is not None:
-                        self._held.append(best_sent)
-                    best, best_n, best_sent = proposal, n, sent
-                else:
-                    self._held.append(sent)
-            item = None
-            if best is None:
-                item = self._proposals.get()
-            elif not self._proposals.empty():
-                item = self._proposals.get_nowait()
-            if item is None:
-                break
-            candidates = [item]
-        return self._Picked(best, time.perf_counter() - t0, best_sent.draft_s, best_sent.ahead)
+        self._picker.begin(usable)
+        while self._picker.best is None or not self._proposals.empty():  # wait for a usable one, then drain
+            self._picker.consider(self._proposals.get(), usable)
+        sent = self._picker.best_item
+        return self._Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.ahead)
 
     def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
         self._inbox.put((start, token_ids, next_k))

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from specdec.errors import InvalidArgument
 
 MAX_K = 16  # the largest speculation length any code path accepts
+
+
+class FinishReason(str, Enum):
+    LENGTH = "length"  # max_new_tokens or the context is full
+    EOS = "eos"
+    STOP = "stop"  # a stop string matched
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
 from specdec.adaptive import AdaptiveK
-from specdec.config import GenerationRequest, SpeculationConfig
+from specdec.config import FinishReason, GenerationRequest, SpeculationConfig
 from specdec.detokenize import TextStream
 from specdec.proposers import Proposal, ProposerFactory
 from specdec.runner import ModelRunner
 from specdec.sampling import fresh_seed, process_logits
 from specdec.stats import SpecStats
 from specdec.verify import DraftProbs, OneHotDraftProbs, VerifyResult, verify_greedy, verify_sampling
-
-
-class FinishReason(str, Enum):
-    LENGTH = "length"  # max_new_tokens or the context is full
-    EOS = "eos"
-    STOP = "stop"  # a stop string matched
-    CANCELLED = "cancelled"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specdec import errors
-from specdec.config import SamplingParams
+from specdec.config import FinishReason, SamplingParams
 from specdec.security import TLSFiles, TokenAuthInterceptor
 from specdec.v1 import common_pb2
 
@@ -244,6 +244,9 @@ def wait_healthy(address: str, timeout: float, tls: TLSFiles | None = None) -> N
 PROPOSER_TO_PB = {"draft-model": common_pb2.PROPOSER_KIND_DRAFT_MODEL, "ngram": common_pb2.PROPOSER_KIND_NGRAM,
                   "hybrid": common_pb2.PROPOSER_KIND_HYBRID}
 PROPOSER_FROM_PB = {v: k for k, v in PROPOSER_TO_PB.items()}
+FINISH_TO_PB = {FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH, FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
+                FinishReason.STOP: common_pb2.FINISH_REASON_STOP}  # CANCELLED never reaches a client
+FINISH_FROM_PB = {v: k for k, v in FINISH_TO_PB.items()}
 
 
 def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:

@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from specdec.sampling import Stream, greedy_token, sample_from, uniform
+from specdec.sampling import Stream, sample_from, uniform
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,3 @@ def verify_sampling(
         return VerifyResult(accepted=i, token_ids=[*draft_ids[:i], recovered])
     bonus = sample_from(target_probs[k], uniform(seed, start + k, Stream.RESIDUAL))
     return VerifyResult(accepted=k, token_ids=[*draft_ids, bonus])
-
-
-def sample_target_only(target_probs_row: torch.Tensor, *, seed: int, position: int) -> int:
-    """Plain target sampling at one position: the baseline the speculative output must match."""
-    return sample_from(target_probs_row, uniform(seed, position, Stream.RESIDUAL))
-
-
-__all__ = [
-    "VerifyResult", "DraftProbs", "DenseDraftProbs", "OneHotDraftProbs",
-    "verify_greedy", "verify_sampling", "sample_target_only", "greedy_token",
-]

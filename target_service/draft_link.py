@@ -52,6 +52,41 @@ class Picked:
     ahead: bool  # drafted before the previous verdict arrived (overlap)
 
 
+class ProposalPicker:
+    """Chooses, among received proposals, the one the target can verify most of; keeps the other usable
+    ones for later cycles (a block drafted ahead is for the next cycle) and drops stale ones.
+
+    Shared by DraftLink (protobuf proposals) and the bench's in-process link (draft-session proposals):
+    `to_proposal` turns a received item into a core Proposal.
+    """
+
+    def __init__(self, to_proposal: Callable[[object], Proposal]) -> None:
+        self.to_proposal = to_proposal
+        self.held: list = []  # received, usable, not chosen yet
+        self.best: Proposal | None = None
+        self.best_item = None
+        self._best_n = -1
+
+    def begin(self, usable: Callable[[Proposal], int]) -> None:
+        """Start a cycle: forget the last choice and reconsider the held proposals first."""
+        held, self.held = self.held, []
+        self.best, self.best_item, self._best_n = None, None, -1
+        for item in held:
+            self.consider(item, usable)
+
+    def consider(self, item, usable: Callable[[Proposal], int]) -> None:
+        proposal = self.to_proposal(item)
+        n = usable(proposal)
+        if n < 0:
+            return  # stale: built on a guess the verdicts contradicted
+        if n > self._best_n:
+            if self.best_item is not None:
+                self.held.append(self.best_item)
+            self.best, self.best_item, self._best_n = proposal, item, n
+        else:
+            self.held.append(item)
+
+
 class DraftLink:
     def __init__(self, stub: draft_pb2_grpc.DraftServiceStub, start: draft_pb2.ProposeStart, *,
                  vocab_size: int, device: torch.device, timeout_s: float, greedy: bool,
@@ -62,7 +97,7 @@ class DraftLink:
         self._outbox: queue.Queue = queue.Queue()
         self._proposals: queue.Queue = queue.Queue()
         self._rows: queue.Queue = queue.Queue()
-        self._held: list[draft_pb2.DraftProposal] = []  # received, usable, not chosen yet
+        self._picker = ProposalPicker(self._to_proposal)
         self._outbox.put(draft_pb2.ProposeRequest(start=start))
         self._call = stub.Propose(iter(self._outbox.get, _CLOSE), metadata=metadata, wait_for_ready=True,
                                   timeout=deadline_s)  # the client's deadline reaches the draft too
@@ -86,33 +121,21 @@ class DraftLink:
         """
         t0 = time.perf_counter()
         deadline = t0 + self.timeout_s
-        candidates, self._held = self._held, []  # proposals kept from earlier cycles come first
-        best, best_n, best_pb = None, -1, None
+        picker = self._picker
+        picker.begin(usable)
         while not self.failed:
-            for pb in candidates:
-                proposal = self._to_proposal(pb)
-                n = usable(proposal)
-                if n < 0:
-                    continue  # stale: built on a guess the verdicts contradicted
-                if n > best_n:
-                    if best_pb is not None:
-                        self._held.append(best_pb)
-                    best, best_n, best_pb = proposal, n, pb
-                else:
-                    self._held.append(pb)  # usable later (e.g. drafted ahead for the next cycle)
-            candidates = []
             try:  # once something usable is in hand, take only what has already arrived
-                item = (self._proposals.get_nowait() if best is not None
+                item = (self._proposals.get_nowait() if picker.best is not None
                         else self._proposals.get(timeout=max(0.0, deadline - time.perf_counter())))
             except queue.Empty:
-                if best is None:
+                if picker.best is None:
                     self.fail(f"no usable proposal within {self.timeout_s:.2f}s")
                 break
             if item is _BROKEN:
                 break
-            candidates = [item]
-        return Picked(best, time.perf_counter() - t0, best_pb.draft_ms / 1e3 if best_pb else 0.0,
-                      bool(best_pb and best_pb.ahead))
+            picker.consider(item, usable)
+        pb = picker.best_item
+        return Picked(picker.best, time.perf_counter() - t0, pb.draft_ms / 1e3 if pb else 0.0, bool(pb and pb.ahead))
 
     def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
         if not self.failed:

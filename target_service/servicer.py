@@ -9,9 +9,9 @@ import grpc
 
 from specdec.adaptive import AdaptiveK
 from specdec.config import MAX_K, GenerationRequest
-from specdec.decoder import FinishReason, FixedK, TargetSequence
+from specdec.decoder import FixedK, TargetSequence
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_TO_PB, make_channel, sampling_from_pb
+from specdec.grpc_util import FINISH_TO_PB, PROPOSER_TO_PB, make_channel, sampling_from_pb
 from specdec.runner import ModelRunner
 from specdec.security import TLSFiles, bearer
 from specdec.sessions import SessionTable
@@ -19,9 +19,6 @@ from specdec.telemetry import Metrics, outgoing_metadata, record_cycle, tracer
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from target_service.draft_link import DraftLink
 from target_service.session import CycleReport, TargetSession
-
-FINISH_PB = {FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH, FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
-             FinishReason.STOP: common_pb2.FINISH_REASON_STOP}
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
                                    wait_for_draft_ms=r.wait_s * 1e3, draft_ms=r.draft_s * 1e3,
                                    overlap_hit=r.overlap_hit,
                                    draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources]),
-        finish_reason=FINISH_PB.get(c.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED),
+        finish_reason=FINISH_TO_PB.get(c.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED),
         draft_failed=r.draft_failed)
 
 
