@@ -21,7 +21,7 @@ def build(args: argparse.Namespace) -> Server:
     else:
         loaded = load_model(args.draft, "draft", device=args.device, dtype=args.dtype)
         runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
-                             max_sessions=args.max_sessions)
+                             max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=args.max_sessions, context_length=context,

@@ -5,21 +5,24 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-if [ -z "${SKIP_STEPS:-}" ]; then
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
-timeout 200 python3 scripts/gpu_steps.py ${STEP_SHAPES:-qwen2.5-0.5b qwen2.5-7b} 2>&1 | grep -v Warning | tee "$OUT/steps.txt"
-fi
 bench() {  # name, extra args
   local name=$1; shift
   timeout ${BENCH_TIMEOUT:-170} python3 -m specdec.cli bench --device cuda:0 --dtype bfloat16 --num-prompts 3 \
     --max-new-tokens 128 --repeats 2 --warmup 1 --max-len 1024 --quiet --report-greedy-mismatch \
     --json "$OUT/$name.json" "$@" 2>&1 | grep -v -i "warn.*deprecat" | tail -14 | tee "$OUT/$name.txt"
 }
-T=${TARGET:-random:qwen2.5-7b}
-bench a08 --target $T --draft random:qwen2.5-0.5b --replay-alpha 0.8 --k 4 --modes target-only,spec,spec-overlap
-bench a09 --target $T --draft random:qwen2.5-0.5b --replay-alpha 0.9 --k 6 --modes target-only,spec,spec-overlap
-bench a00 --target $T --draft random:qwen2.5-0.5b --replay-alpha 0.0 --k 4 --adaptive-k --modes target-only,spec
-if [ -n "${BIG:-}" ]; then
-  BENCH_TIMEOUT=240 bench b08 --target random:qwen2.5-32b --draft random:qwen2.5-0.5b --replay-alpha 0.8 --k 4 --modes target-only,spec
-  BENCH_TIMEOUT=240 bench b09 --target random:qwen2.5-32b --draft random:qwen2.5-0.5b --replay-alpha 0.9 --k 6 --modes target-only,spec
-fi
+D=random:qwen2.5-0.5b
+case "${PART:-A}" in
+A)  # GPU tests, per-step costs, 0.5B -> 7B replayed acceptance
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+  timeout 260 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-7b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt"
+  bench a08 --target random:qwen2.5-7b --draft $D --replay-alpha 0.8 --k 4 --modes target-only,spec
+  bench a09 --target random:qwen2.5-7b --draft $D --replay-alpha 0.9 --k 6 --modes target-only,spec ;;
+B)  # 0.5B -> 32B replayed acceptance, a useless draft with adaptive K, and the services with a planted
+    # (perfect) random draft: every mode including gRPC, to measure the services' own per-cycle cost
+  BENCH_TIMEOUT=200 bench b08 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 --modes target-only,spec
+  BENCH_TIMEOUT=200 bench b09 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 --modes target-only,spec
+  BENCH_TIMEOUT=150 bench b00 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 --adaptive-k --modes target-only,spec ;;
+C)
+  bench svc --target random:qwen2.5-7b --draft $D --k 4 --modes target-only,spec,services ;;
+esac

@@ -6,12 +6,15 @@ Modes (--modes, comma-separated):
   spec-overlap  speculative decoding in process, the draft drafting ahead on its own thread
   services      orchestrator + target + draft as gRPC services on loopback (`specdec up`)
   hf-assisted   Hugging Face assisted generation (generate(..., assistant_model=draft)), the outside reference
+spec, spec-overlap and services take an optional proposer, `MODE:PROPOSER` (e.g. `spec:ngram,spec:hybrid`),
+so several proposers are compared in one run; without one they use --proposer.
 Greedy runs must give identical token ids in every mode: bench fails loudly when they don't.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import pathlib
@@ -25,12 +28,33 @@ import torch
 
 from specdec.adaptive import AdaptiveK
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.cpu_kernels import ONEDNN
 from specdec.decoder import FixedK, SpeculativeDecoder, TargetSequence
 from specdec.engine import Engine, EngineConfig
-from specdec.proposers import NGRAM, ReplayFactory
+from specdec.proposers import NGRAM, PROPOSER_KINDS, ReplayFactory, make_factory
 from specdec.stats import SpecStats
 
 MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
+WITH_PROPOSER = ("spec", "spec-overlap", "services")
+
+
+def parse_modes(text: str, default_proposer: str) -> list[tuple[str, str, str]]:
+    """`--modes` as (name, base mode, proposer) triples; `name` is what the table shows."""
+    modes = []
+    for name in (m.strip() for m in text.split(",")):
+        if not name:
+            continue
+        base, _, proposer = name.partition(":")
+        if base not in MODES:
+            raise SystemExit(f"bench: unknown mode {base!r}; choose from {', '.join(MODES)}")
+        if proposer and base not in WITH_PROPOSER:
+            raise SystemExit(f"bench: mode {base!r} takes no proposer (only {', '.join(WITH_PROPOSER)} do)")
+        if proposer and proposer not in PROPOSER_KINDS:
+            raise SystemExit(f"bench: unknown proposer {proposer!r}; choose from {', '.join(PROPOSER_KINDS)}")
+        modes.append((name, base, proposer or default_proposer))
+    if all(base != "target-only" for _, base, _ in modes):
+        modes.insert(0, ("target-only", "target-only", default_proposer))
+    return modes
 
 
 @dataclass
@@ -139,45 +163,51 @@ class LocalLink:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, needs_draft: bool) -> None:
         self.args = args
         proposer = args.proposer if not args.replay_alpha else "draft-model"
         self.engine = Engine.load(EngineConfig(
-            target=args.target, draft=None if proposer == NGRAM else args.draft, device=args.device,
+            target=args.target, draft=args.draft if needs_draft else None, device=args.device,
             draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len, max_sessions=4,
             speculation=SpeculationConfig(k=args.k, max_k=max(1, args.k), adaptive=args.adaptive_k),
-            proposer=proposer))
+            proposer=proposer if needs_draft else NGRAM, cpu_kernels=args.cpu_kernels))
+        self._factories: dict[str, object] = {}
+        self._hf_models = None  # (target, draft) as stock HF modules, for the hf-assisted reference
         self.references: dict[int, list[int]] = {}  # prompt index -> prompt + target greedy output (replay)
 
     def request(self, prompt: Prompt) -> GenerationRequest:
         return GenerationRequest(prompt_ids=prompt.ids, max_new_tokens=self.args.max_new_tokens,
                                  sampling=SamplingParams(), ignore_eos=True)
 
-    def factory(self, index: int):
+    def factory(self, index: int, proposer: str):
         if self.args.replay_alpha is not None:
             return ReplayFactory(self.engine.draft_runner, self.references[index], self.args.replay_alpha)
-        return self.engine.decoder.proposers
+        if proposer not in self._factories:
+            self._factories[proposer] = make_factory(proposer, self.engine.draft_runner,
+                                                     self.engine.target_runner.vocab_size)
+        return self._factories[proposer]
 
     def chooser(self):
         k = self.args.k
         return AdaptiveK(max_k=k, initial_k=k) if self.args.adaptive_k else FixedK(k)
 
-    def run_in_process(self, prompt: Prompt, index: int, mode: str, stats: SpecStats) -> list[int]:
-        factory = None if mode == "target-only" else self.factory(index)
+    def run_in_process(self, prompt: Prompt, index: int, proposer: str | None, stats: SpecStats) -> list[int]:
+        """Target-only when `proposer` is None, else speculative with overlap off."""
+        factory = None if proposer is None else self.factory(index, proposer)
         decoder = SpeculativeDecoder(self.engine.target_runner, self.engine.tokenizer, self.engine.eos_ids, factory,
                                      SpeculationConfig(k=self.args.k if factory else 0, max_k=max(1, self.args.k)))
         result = decoder.generate(self.request(prompt), choose_k=self.chooser() if factory else None)
         merge(stats, result.stats)
         return result.token_ids
 
-    def run_overlap(self, prompt: Prompt, index: int, stats: SpecStats) -> list[int]:
+    def run_overlap(self, prompt: Prompt, index: int, proposer: str, stats: SpecStats) -> list[int]:
         from target_service.session import TargetSession
 
         request = self.request(prompt)
         t0 = time.perf_counter()
         sequence = TargetSequence(self.engine.target_runner, request, self.engine.eos_ids, seed=0)
-        proposer = self.factory(index).open(request.sampling, 0)
-        link = LocalLink(proposer, prompt.ids, self.args.k, greedy=True)
+        drafter = self.factory(index, proposer).open(request.sampling, 0)
+        link = LocalLink(drafter, prompt.ids, self.args.k, greedy=True)
         one = SpecStats()
         try:
             for report in TargetSession(sequence, link, self.chooser(), threading.Event()).run():
@@ -191,15 +221,34 @@ class Bench:
                     one.overlap_misses += not report.overlap_hit
         finally:
             link.close()
-            proposer.close()
+            drafter.close()
             sequence.close()
         one.new_tokens = len(sequence.generated)
         one.wall_time_s = time.perf_counter() - t0
         merge(stats, one)
         return sequence.generated
 
+    def hf_models(self):
+        """The outside reference runs stock HF: on CPU the runner has repacked the engine's models for
+        oneDNN (cpu_kernels.py), so hf-assisted gets its own unmodified copies."""
+        if self._hf_models is None:
+            if self.engine.target_runner.device.type == "cpu" and self.args.cpu_kernels == ONEDNN:
+                from specdec.models import load_model
+
+                self._hf_models = tuple(load_model(spec, role, device=self.args.device, dtype=self.args.dtype).model
+                                        for spec, role in ((self.args.target, "target"), (self.args.draft, "draft")))
+            else:
+                self._hf_models = (self.engine.target.model, self.engine.draft.model)
+        return self._hf_models
+
+    def release(self) -> None:
+        """Free the in-process models before the services load their own (a CPU box may not hold both)."""
+        self.engine = self._hf_models = None
+        self._factories.clear()
+        gc.collect()
+
     def run_hf(self, prompt: Prompt, stats: SpecStats) -> list[int]:
-        target, draft = self.engine.target.model, self.engine.draft.model
+        target, draft = self.hf_models()
         ids = torch.tensor([prompt.ids], device=self.engine.target_runner.device)
         n = self.args.max_new_tokens
         t0 = time.perf_counter()
@@ -228,54 +277,53 @@ def merge(total: SpecStats, one: SpecStats) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise SystemExit(f"bench: unknown modes {unknown}; choose from {', '.join(MODES)}")
-    if "target-only" not in modes:
-        modes.insert(0, "target-only")
-    if args.replay_alpha is not None and "hf-assisted" in modes:
-        modes.remove("hf-assisted")  # HF cannot replay an acceptance rate
-    if args.proposer == NGRAM and "hf-assisted" in modes:
-        modes.remove("hf-assisted")
-    bench = Bench(args)
+    modes = parse_modes(args.modes, args.proposer)
+    needs_draft = args.replay_alpha is not None or any(
+        base == "hf-assisted" or (base in WITH_PROPOSER and proposer != NGRAM) for _, base, proposer in modes)
+    if args.replay_alpha is not None and any(base == "hf-assisted" for _, base, _ in modes):
+        print("bench: hf-assisted mode skipped: HF cannot replay an acceptance rate", file=sys.stderr)
+        modes = [m for m in modes if m[1] != "hf-assisted"]
+    bench = Bench(args, needs_draft)
     prompts = load_prompts(args.prompts, args.num_prompts, args.chat, bench.engine)
     if args.replay_alpha is not None:  # the replayed draft needs the target's greedy continuation
         for i, p in enumerate(prompts):
-            ids = bench.run_in_process(p, i, "target-only", SpecStats())
+            ids = bench.run_in_process(p, i, None, SpecStats())
             bench.references[i] = p.ids + ids
-    results = {m: ModeResult(m) for m in modes}
-    total = len(prompts) * (args.warmup + args.repeats) * len([m for m in modes if m != "services"])
+    results = {name: ModeResult(name) for name, _, _ in modes}
+    in_process = [m for m in modes if m[1] != "services"]
+    total = len(prompts) * (args.warmup + args.repeats) * len(in_process)
     with tqdm(total=total, desc="bench", unit="gen", file=sys.stderr, disable=args.quiet) as bar:
         for repeat in range(args.warmup + args.repeats):
             measured = repeat >= args.warmup
-            for mode in modes:  # interleaved, so drift on a noisy machine hits every mode alike
-                if mode == "services":
-                    continue
+            for name, base, proposer in in_process:  # interleaved, so drift on a noisy machine hits every mode alike
                 stats = SpecStats()
                 outputs = []
                 t0 = time.perf_counter()
                 for i, p in enumerate(prompts):
-                    bar.set_postfix_str(f"{mode} r{repeat}")
-                    if mode == "spec-overlap":
-                        outputs.append(bench.run_overlap(p, i, stats))
-                    elif mode == "hf-assisted":
+                    bar.set_postfix_str(f"{name} r{repeat}")
+                    if base == "spec-overlap":
+                        outputs.append(bench.run_overlap(p, i, proposer, stats))
+                    elif base == "hf-assisted":
                         outputs.append(bench.run_hf(p, stats))
                     else:
-                        outputs.append(bench.run_in_process(p, i, mode, stats))
+                        outputs.append(bench.run_in_process(p, i, proposer if base == "spec" else None, stats))
                     bar.update()
                 elapsed = time.perf_counter() - t0
                 if measured:
-                    r = results[mode]
+                    r = results[name]
                     r.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
                     r.stats, r.token_ids = stats, outputs
                     save_partial(results, args)  # a long run that dies keeps what it measured
-    if "services" in modes:
-        services(bench, prompts, results["services"], args)
+    bench.release()
+    for name, base, proposer in modes:
+        if base == "services":
+            services(bench, prompts, results[name], args, proposer)
+            save_partial(results, args)
     return report(results, modes, prompts, args)
 
 
-def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argparse.Namespace) -> None:
+def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argparse.Namespace,
+             proposer: str) -> None:
     """The same prompts through orchestrator + target + draft over gRPC on loopback (`specdec up`)."""
     from specdec.client import Client, build_request
     from specdec.launcher import Stack, free_base_port
@@ -285,11 +333,12 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
         del result.tokens_per_second[:]
         return
     quiet = ["--log-level", "warning"]
-    models = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len)]
+    models = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
+              "--cpu-kernels", args.cpu_kernels]
     stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, extra={
         "target": quiet + models,
         "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.dtype,
-                          "--max-len", str(args.max_len), "--proposer", args.proposer],
+                          "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer],
         "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])})
     stack.start()
     try:
@@ -309,7 +358,7 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
                 if repeat >= args.warmup:
                     result.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
                     result.stats, result.token_ids = stats, outputs
-                print(f"bench: services repeat {repeat + 1}/{args.warmup + args.repeats}: "
+                print(f"bench: {result.mode} repeat {repeat + 1}/{args.warmup + args.repeats}: "
                       f"{sum(map(len, outputs)) / elapsed:.2f} tok/s", file=sys.stderr)
     finally:
         stack.stop()
@@ -351,29 +400,32 @@ def save_partial(results: dict[str, ModeResult], args) -> None:
         pathlib.Path(args.json).write_text(json.dumps({"partial": True, "modes": done}, indent=1))
 
 
-def report(results: dict[str, ModeResult], modes: list[str], prompts: list[Prompt], args) -> int:
+def report(results: dict[str, ModeResult], modes: list[tuple[str, str, str]], prompts: list[Prompt], args) -> int:
     baseline = statistics.median(results["target-only"].tokens_per_second)
-    rows = [results[m].summary(baseline) for m in modes]
+    names = [name for name, _, _ in modes]
+    rows = [results[m].summary(baseline) for m in names]
     reference = results["target-only"].token_ids
-    mismatches = {m: [i for i, (a, b) in enumerate(zip(results[m].token_ids, reference)) if a != b] for m in modes}
-    lines = ["| mode | tokens/s (median) | min–max | speedup | mean acceptance length | acceptance rate | overlap hits |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    mismatches = {m: [i for i, (a, b) in enumerate(zip(results[m].token_ids, reference)) if a != b] for m in names}
+    lines = ["| mode | tokens/s (median) | min–max | speedup | mean acceptance length | acceptance rate | overlap hits "
+             "| accepted by proposer |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(r["accepted_tokens_by_proposer"].items())) or "–"
         lines.append(f"| {r['mode']} | {r['tokens_per_second']:.2f} | {r['tokens_per_second_min']:.2f}–"
                      f"{r['tokens_per_second_max']:.2f} | {r['speedup_vs_target_only']:.2f}x | "
                      f"{r['mean_acceptance_length']:.2f} | {r['acceptance_rate']:.2f} | "
-                     f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} |")
+                     f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} | {by} |")
     label = f"replayed acceptance alpha={args.replay_alpha}" if args.replay_alpha is not None else "real acceptance"
     header = (f"target={args.target} draft={args.draft} proposer={args.proposer} device={args.device} "
               f"dtype={args.dtype} k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
               f"max_new_tokens={args.max_new_tokens} repeats={args.repeats} ({label})")
     print(header)
     print("\n".join(lines))
-    if "services" in modes and results["services"].stats.cycles:
+    served = [results[name] for name, base, _ in modes if base == "services" and results[name].stats.cycles]
+    if served:
         from opentelemetry import trace as _trace
 
         assert not hasattr(_trace.get_tracer_provider(), "shutdown"), "bench measures tracing off"
-        s = results["services"].stats
+        s = served[0].stats
         cycle_s = s.wall_time_s / s.cycles
         cost = tracing_off_cost_s()
         tracing_off = {"per_cycle_us": cost * 1e6, "cycle_ms": cycle_s * 1e3, "share_of_tokens_per_s": cost / cycle_s}

@@ -8,6 +8,7 @@ import os
 import sys
 
 from specdec import __version__
+from specdec.cpu_kernels import CPU_KERNELS, ONEDNN
 
 
 def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
@@ -21,6 +22,13 @@ def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
     g.add_argument("--device", default="cpu", help="device of the target: cpu or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
     g.add_argument("--max-len", type=int, default=2048, help="KV cache length per session, in tokens (default: 2048)")
+    add_cpu_kernels_arg(g)
+
+
+def add_cpu_kernels_arg(g) -> None:
+    g.add_argument("--cpu-kernels", default=ONEDNN, choices=CPU_KERNELS,
+                   help="CPU models only: 'onednn' packs linear weights for oneDNN once at load (about 2x faster "
+                        "decode, near-flat verify cost); 'stock' keeps torch.nn.Linear (default: onednn)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -125,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu")
     up.add_argument("--draft-device", default=None)
     up.add_argument("--dtype", default="auto")
+    add_cpu_kernels_arg(up)
     up.add_argument("--k", type=int, default=4)
     up.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"])
     up.set_defaults(func=cmd_up)
@@ -288,10 +297,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from specdec.launcher import Stack
 
     logging.basicConfig(level=logging.INFO)
-    common = ["--device", args.device, "--dtype", args.dtype]
+    common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels]
     stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft else args.draft,
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
-                                                     "--dtype", args.dtype, "--proposer", args.proposer],
+                                                     "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels,
+                                                     "--proposer", args.proposer],
                          "orchestrator": ["--k", str(args.k)]})
     stack.start()
     return stack.run_until_signal()

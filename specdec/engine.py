@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.cpu_kernels import ONEDNN
 from specdec.decoder import SpeculativeDecoder, eos_ids_of
 from specdec.errors import InvalidArgument
 from specdec.models import LoadedModel, check_same_vocabulary, context_length, encode_prompt, load_model
@@ -28,6 +29,7 @@ class EngineConfig:
     max_sessions: int = 8
     speculation: SpeculationConfig = SpeculationConfig()
     proposer: str = DRAFT_MODEL  # draft-model, ngram (no draft model loaded) or hybrid
+    cpu_kernels: str = ONEDNN  # CPU models: oneDNN packed linears, or stock nn.Linear (cpu_kernels.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, with_draft: bool = True) -> "EngineConfig":
@@ -37,7 +39,7 @@ class EngineConfig:
                    draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len,
                    speculation=SpeculationConfig(k=args.k if with_draft else 0, max_k=max(1, args.k),
                                                  adaptive=getattr(args, "adaptive_k", False)),
-                   proposer=proposer if with_draft else DRAFT_MODEL)
+                   proposer=proposer if with_draft else DRAFT_MODEL, cpu_kernels=getattr(args, "cpu_kernels", ONEDNN))
 
 
 class Engine:
@@ -48,12 +50,13 @@ class Engine:
         self.tokenizer = target.tokenizer
         self.eos_ids = eos_ids_of(target.tokenizer, target.model)
         max_len = context_length(target.model, config.max_len)
-        self.target_runner = ModelRunner(target.model, max_len=max_len, max_sessions=config.max_sessions)
+        self.target_runner = ModelRunner(target.model, max_len=max_len, max_sessions=config.max_sessions,
+                                         cpu_kernels=config.cpu_kernels)
         self.draft_runner = None
         proposers = None
         if draft is not None:
             self.draft_runner = ModelRunner(draft.model, max_len=context_length(draft.model, max_len),
-                                            max_sessions=config.max_sessions)
+                                            max_sessions=config.max_sessions, cpu_kernels=config.cpu_kernels)
             if self.draft_runner.vocab_size > self.target_runner.vocab_size:
                 raise InvalidArgument("draft", f"draft vocabulary ({self.draft_runner.vocab_size}) is larger than "
                                                f"the target's ({self.target_runner.vocab_size})")

@@ -81,16 +81,20 @@ def plant_greedy_path(model) -> None:
     Plain random weights give nearly flat logits, so a (k+1)-token verify forward and a 1-token decode
     forward often round to different argmaxes and replayed acceptance stops meaning anything. Unit-scale
     embeddings dominate the residual stream and `lm_head[t] = embed[t + 1]` makes token t - 1 win by a
-    wide margin after token t (a fixed, robust chain). Every layer keeps its random weights, so each forward costs what the real
-    shape costs. (Tied-embedding shapes keep their flat logits; they serve as drafts, whose tokens the
-    replay proposer chooses anyway.) The output projections of every layer are scaled down so the
-    deep stack of random layers cannot drown the planted signal; scaling changes no shape or cost.
+    wide margin after token t (a fixed, robust chain). Every layer keeps its random weights, so each
+    forward costs what the real shape costs. Tied-embedding shapes (0.5B, 1.5B) get their own head: the
+    same matmul, so the same cost, and then any two random models follow the same chain — a random
+    draft-model proposer agrees with a random target (acceptance ~1, a "perfect draft" ceiling run
+    through every mode, the services included). The output projections of every layer are scaled down
+    so the deep stack of random layers cannot drown the planted signal; scaling changes no shape or cost.
     """
     embed = model.get_input_embeddings().weight
     embed.normal_(0.0, 1.0)
-    head = model.get_output_embeddings().weight
-    if head.data_ptr() != embed.data_ptr():
-        head.copy_(torch.roll(embed, shifts=-1, dims=0))
+    head = model.get_output_embeddings()
+    if head.weight.data_ptr() == embed.data_ptr():
+        head.weight = torch.nn.Parameter(torch.empty_like(embed))
+        model.config.tie_word_embeddings = False
+    head.weight.copy_(torch.roll(embed, shifts=-1, dims=0))
     for layer in model.model.layers:  # keep the residual stream dominated by the embedding
         layer.self_attn.o_proj.weight.mul_(RESIDUAL_BRANCH_SCALE)
         layer.mlp.down_proj.weight.mul_(RESIDUAL_BRANCH_SCALE)

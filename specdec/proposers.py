@@ -117,17 +117,25 @@ class NgramIndex:
 
     Appending a token costs O(max_n); rolling back costs O(max_n) per removed token (an undo log), so a
     lookup never rescans the sequence: per-step cost is flat in the sequence length.
+
+    The index also scores itself: before each token is appended it checks what lookup would have
+    predicted there, and keeps a decayed hit rate per match length n. That says how far lookup can be
+    trusted on *this* text (code that repeats, a document being copied) without any feedback from the
+    verifier, so it works the same with overlap, where the sequence holds an unverified tail.
     """
+
+    TAIL = 64  # speculative decoding only ever rewrites the unverified tail (<= 2 * (MAX_K + 1) tokens)
+    DECAY = 0.95  # hit-rate memory: about the last 20 predictions per match length
 
     def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
         assert 1 <= min_n <= max_n, "need 1 <= min_n <= max_n"
         self.min_n, self.max_n = min_n, max_n
         self.tokens: list[int] = []
         self._last_end: dict[tuple[int, ...], int] = {}  # n-gram -> position just after its latest occurrence
-        self._undo: list[list[tuple[tuple[int, ...], int | None]]] = []  # per indexed position
+        self._undo: list[tuple[list[tuple[tuple[int, ...], int | None]], tuple[int, float, float] | None]] = []
+        self._hits = [0.0] * (max_n + 1)  # per match length: decayed count of correct predictions
+        self._trials = [0.0] * (max_n + 1)  # per match length: decayed count of predictions
         self.operations = 0  # dictionary operations, for cost tests
-
-    TAIL = 64  # speculative decoding only ever rewrites the unverified tail (<= 2 * (MAX_K + 1) tokens)
 
     def sync(self, sequence: Sequence[int]) -> None:
         """Make the index describe `sequence`: roll back what differs, append what is new.
@@ -144,17 +152,31 @@ class NgramIndex:
         for token in sequence[keep:]:
             self._push(token)
 
-    def continuation(self, k: int) -> list[int]:
-        """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix."""
+    def lookup(self, k: int) -> tuple[list[int], int]:
+        """Up to k tokens that followed the most recent earlier occurrence of the longest matching
+        suffix, and that suffix's length n (0 and [] when nothing matches)."""
         end = len(self.tokens)
         for n in range(min(self.max_n, end - 1), self.min_n - 1, -1):
             self.operations += 1
             start = self._last_end.get(tuple(self.tokens[end - n:]))
             if start is not None:
-                return self.tokens[start:start + k]
-        return []
+                return self.tokens[start:start + k], n
+        return [], 0
+
+    def continuation(self, k: int) -> list[int]:
+        return self.lookup(k)[0]
+
+    def hit_rate(self, n: int) -> float:
+        """How often a length-n match predicted the next token on this sequence lately (Beta(1,1) prior)."""
+        return (self._hits[n] + 1.0) / (self._trials[n] + 2.0)
 
     def _push(self, token: int) -> None:
+        predicted, n = self.lookup(1)
+        scored = None
+        if n:
+            scored = (n, self._hits[n], self._trials[n])
+            self._hits[n] = self._hits[n] * self.DECAY + (predicted[0] == token)
+            self._trials[n] = self._trials[n] * self.DECAY + 1.0
         # Index the n-grams ending at the *previous* token, so the suffix never matches itself.
         end = len(self.tokens)
         undo = []
@@ -163,17 +185,20 @@ class NgramIndex:
             undo.append((key, self._last_end.get(key)))
             self._last_end[key] = end
             self.operations += 1
-        self._undo.append(undo)
+        self._undo.append((undo, scored))
         self.tokens.append(token)
 
     def _pop(self) -> None:
         self.tokens.pop()
-        for key, previous in reversed(self._undo.pop()):
+        undo, scored = self._undo.pop()
+        for key, previous in reversed(undo):
             if previous is None:
                 del self._last_end[key]
             else:
                 self._last_end[key] = previous
             self.operations += 1
+        if scored is not None:
+            n, self._hits[n], self._trials[n] = scored
 
 
 class NgramProposer:
@@ -206,16 +231,26 @@ class NgramFactory:
 
 
 class HybridProposer:
-    """Prompt lookup first (free); the draft model only when lookup finds nothing."""
+    """Prompt lookup when it can be trusted, the draft model otherwise.
+
+    Lookup is free but often wrong on a short match; the draft model costs a forward per token but is
+    usually right. So lookup's proposal is taken only when its match length has lately predicted the
+    next token at least `min_hit_rate` of the time on this very sequence (NgramIndex.hit_rate), and
+    the draft model drafts otherwise. Copy-heavy text then runs on lookup, fresh text on the model.
+    """
 
     source = HYBRID
 
-    def __init__(self, ngram: NgramProposer, model: DraftModelProposer) -> None:
-        self.ngram, self.model = ngram, model
+    def __init__(self, ngram: NgramProposer, model: DraftModelProposer, min_hit_rate: float = 0.6) -> None:
+        self.ngram, self.model, self.min_hit_rate = ngram, model, min_hit_rate
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
-        found = self.ngram.propose(committed, k)
-        return found if found.token_ids else self.model.propose(committed, k)
+        index = self.ngram.index
+        index.sync(committed)
+        tokens, n = index.lookup(k)
+        if tokens and index.hit_rate(n) >= self.min_hit_rate:
+            return Proposal(start=len(committed), token_ids=tokens, probs=None, source=NGRAM)
+        return self.model.propose(committed, k)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.ngram.prefill(prompt)
@@ -226,11 +261,11 @@ class HybridProposer:
 
 
 class HybridFactory:
-    def __init__(self, ngram: NgramFactory, model: DraftModelFactory) -> None:
-        self.ngram, self.model = ngram, model
+    def __init__(self, ngram: NgramFactory, model: DraftModelFactory, min_hit_rate: float = 0.6) -> None:
+        self.ngram, self.model, self.min_hit_rate = ngram, model, min_hit_rate
 
     def open(self, sampling: SamplingParams, seed: int) -> HybridProposer:
-        return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed))
+        return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed), self.min_hit_rate)
 
 
 class ReplayProposer:

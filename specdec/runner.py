@@ -8,6 +8,7 @@ next write and never attended to, because attention is causal over explicit posi
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -15,7 +16,10 @@ from typing import Sequence
 import torch
 from transformers import StaticCache
 
+from specdec.cpu_kernels import ONEDNN, pack_linear_layers
 from specdec.errors import InvalidArgument, ResourceExhausted
+
+log = logging.getLogger("specdec.runner")
 
 
 @dataclass
@@ -66,11 +70,14 @@ class ModelRunner:
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
-                 cuda_graphs: bool | None = None, graph_max_tokens: int = 17) -> None:
+                 cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN) -> None:
         self.model = model.eval()
         self.config = model.config
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        if self.device.type == "cpu" and cpu_kernels == ONEDNN:  # see cpu_kernels.py: 2x decode, flat verify
+            n = pack_linear_layers(model)
+            log.info("packed %d linear layers for oneDNN (--cpu-kernels stock to keep nn.Linear)", n)
         self.max_len = max_len
         self.max_sessions = max_sessions
         self._caches: dict[int, StaticCache] = {}

@@ -16,7 +16,7 @@ from target_service.servicer import TargetServicer, TargetSettings
 def build(args: argparse.Namespace) -> Server:
     loaded = load_model(args.target, "target", device=args.device, dtype=args.dtype)
     runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
-                         max_sessions=args.max_sessions)
+                         max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=args.max_sessions, context_length=runner.max_len)
     metrics = Metrics("target")

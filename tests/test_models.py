@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 from tokenizers import Tokenizer
 
 from specdec.errors import InvalidArgument, VocabularyMismatch
@@ -39,3 +40,30 @@ def test_unknown_model_gets_a_clear_error():
     assert "local cache" in str(err.value)
     with pytest.raises(InvalidArgument, match="does not exist"):
         load_model("/nonexistent/model.gguf", "draft")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_planted_greedy_chain_survives_bf16_and_agrees_across_models(tied):
+    """Random-weight replay benches rely on it: decode and (k+1)-token verify agree in bf16, and two
+    different random models (a tied-embedding draft, an untied target) follow the same chain."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from specdec.models import plant_greedy_path
+
+    def build(seed: int, layers: int):
+        torch.manual_seed(seed)
+        config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+        plant_greedy_path(model)
+        return model
+
+    target, draft = build(0, 8), build(1, 2)
+    assert target.get_output_embeddings().weight.data_ptr() != target.get_input_embeddings().weight.data_ptr()
+    prompt = torch.tensor([[7, 300, 41, 9]])
+    with torch.inference_mode():
+        chain = target.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, 4:].tolist()
+        assert chain == [(9 - i) % 512 for i in range(1, 13)]  # token t is followed by t - 1
+        assert draft.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, 4:].tolist() == chain
+        verify = target(torch.tensor([[7, 300, 41, 9] + chain[:5]])).logits[0, 3:].argmax(-1).tolist()
+    assert verify == chain[:6]  # one 6-token forward gives the same argmaxes as step-by-step decoding

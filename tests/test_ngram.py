@@ -1,5 +1,7 @@
 """Prompt-lookup proposer: correct matches, flat per-step cost, rollback."""
 
+import random
+
 from specdec.proposers import NgramIndex, NgramProposer
 
 
@@ -23,6 +25,26 @@ def test_rollback_forgets_removed_tokens():
     fresh = NgramIndex(1, 2)
     fresh.sync([1, 2, 3, 1])
     assert index._last_end == fresh._last_end
+
+
+def test_hit_rate_scores_lookup_on_the_sequence_itself():
+    index = NgramIndex(1, 2)
+    index.sync([1, 2, 3, 4] * 10)  # perfectly periodic: every length-2 match predicts right
+    assert index.hit_rate(2) > 0.9
+    noisy = NgramIndex(1, 2)
+    rng = random.Random(0)
+    noisy.sync([rng.randrange(12) for _ in range(400)])  # random: lookup is right ~1/12 of the time
+    assert noisy.hit_rate(1) < 0.3 and noisy.hit_rate(2) < 0.3
+    assert NgramIndex(1, 2).hit_rate(2) == 0.5  # nothing seen: the prior
+
+
+def test_rollback_restores_hit_rates():
+    index, fresh = NgramIndex(1, 3), NgramIndex(1, 3)
+    index.sync([1, 2, 3, 1, 2, 3, 1, 2])
+    index.sync([1, 2, 3, 1, 2, 3, 9, 9, 1, 2])
+    index.sync([1, 2, 3, 1, 2])
+    fresh.sync([1, 2, 3, 1, 2])
+    assert [index.hit_rate(n) for n in (1, 2, 3)] == [fresh.hit_rate(n) for n in (1, 2, 3)]
 
 
 def cost_per_step(length: int) -> tuple[float, float]:

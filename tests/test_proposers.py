@@ -1,5 +1,7 @@
 """Every proposer is lossless: greedy output equals target-only, in process and through the services."""
 
+import random
+
 import pytest
 
 from specdec.client import Client, build_request
@@ -32,10 +34,23 @@ def test_greedy_equality_for_every_proposer(tiny_engine, kind):
     assert drafted > 0
 
 
-def test_hybrid_uses_lookup_first_and_the_model_as_fallback(tiny_engine):
+def test_hybrid_uses_lookup_where_it_is_reliable_and_the_model_elsewhere(tiny_engine):
     stats = run(tiny_engine, COPY_PROMPTS[0], "hybrid", max_new=60).stats
     assert stats.draft_tokens_by_source.get("ngram", 0) > 0
     assert stats.draft_tokens_by_source.get("draft-model", 0) > 0
+    hybrid = make_factory("hybrid", tiny_engine.draft_runner).open(SamplingParams(), 0)
+    try:
+        periodic = [11, 12, 13, 14, 15] * 8  # lookup has predicted every token here
+        assert hybrid.propose(periodic, 3).source == "ngram"
+        assert hybrid.propose(periodic, 3).token_ids == [11, 12, 13]
+        rng = random.Random(0)
+        unreliable = [rng.randrange(10, 30) for _ in range(120)]  # random: matches are short and wrong
+        hybrid.ngram.index.sync(unreliable)
+        assert hybrid.ngram.index.continuation(3)  # lookup would propose something (short matches abound)...
+        proposal = hybrid.propose(unreliable, 3)
+        assert proposal.source == "draft-model" and len(proposal.token_ids) == 3  # ...but the model drafts
+    finally:
+        hybrid.close()
 
 
 def test_seeded_sampling_with_ngram_is_reproducible(tiny_engine):

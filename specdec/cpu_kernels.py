@@ -1,0 +1,38 @@
+"""CPU fast path: every linear layer as a oneDNN matmul over weights packed once at load time.
+
+Why: speculative decoding pays only if verifying K+1 tokens costs about what decoding one does. On
+CPU, stock fp32 `nn.Linear` with 1-9 rows goes through BLAS paths that are neither bandwidth-optimal
+nor flat in the row count (on a 2-core x86 box: 4.7 ms for 1 row of a 1536x8960 layer, 14.5 ms for 3,
+11 ms for 5), so a 3-token verify cost ~2.9 decode steps. oneDNN with pre-packed weights
+(`torch.utils.mkldnn`, PyTorch's own module) runs the same layer in 2.5 ms at 1 row and 3.6 ms at
+3-5 rows: the decode step gets ~2x faster and verification nearly flat. Same fp32 arithmetic, a
+different accumulation order, used for decode and verify alike.
+"""
+
+from __future__ import annotations
+
+STOCK, ONEDNN = "stock", "onednn"
+CPU_KERNELS = (ONEDNN, STOCK)
+
+
+def pack_linear_layers(model) -> int:
+    """Replace, in place, every fp32 `nn.Linear` of a CPU model by a oneDNN packed-weight linear.
+
+    Returns how many layers were packed. The dense weights are released (memory stays ~1x), so the
+    model is the runner's from then on; a caller that also wants stock HF behaviour loads its own copy.
+    Raises RuntimeError when this PyTorch build has no oneDNN, rather than silently running stock.
+    """
+    import torch
+    from torch.utils.mkldnn import MkldnnLinear
+
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("this PyTorch build has no oneDNN (MKLDNN); run with --cpu-kernels stock")
+
+    packed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" \
+                    and child.weight.dtype == torch.float32:
+                setattr(parent, name, MkldnnLinear(child, torch.float32))
+                packed += 1
+    return packed
