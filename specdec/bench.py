@@ -168,7 +168,8 @@ class Bench:
         proposer = args.proposer if not args.replay_alpha else "draft-model"
         self.engine = Engine.load(EngineConfig(
             target=args.target, draft=args.draft if needs_draft else None, device=args.device,
-            draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len, max_sessions=4,
+            draft_device=args.draft_device, dtype=args.dtype, draft_dtype=args.draft_dtype, max_len=args.max_len,
+            max_sessions=4,
             speculation=SpeculationConfig(k=args.k, max_k=max(1, args.k), adaptive=args.adaptive_k),
             proposer=proposer if needs_draft else NGRAM, cpu_kernels=args.cpu_kernels))
         self._factories: dict[str, object] = {}
@@ -235,8 +236,10 @@ class Bench:
             if self.engine.target_runner.device.type == "cpu" and self.args.cpu_kernels == ONEDNN:
                 from specdec.models import load_model
 
-                self._hf_models = tuple(load_model(spec, role, device=self.args.device, dtype=self.args.dtype).model
-                                        for spec, role in ((self.args.target, "target"), (self.args.draft, "draft")))
+                a = self.args
+                self._hf_models = (load_model(a.target, "target", device=a.device, dtype=a.dtype).model,
+                                   load_model(a.draft, "draft", device=a.draft_device or a.device,
+                                              dtype=a.draft_dtype or a.dtype).model)
             else:
                 self._hf_models = (self.engine.target.model, self.engine.draft.model)
         return self._hf_models
@@ -337,7 +340,7 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
               "--cpu-kernels", args.cpu_kernels]
     stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, extra={
         "target": quiet + models,
-        "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.dtype,
+        "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.draft_dtype or args.dtype,
                           "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer],
         "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])})
     stack.start()
@@ -416,7 +419,7 @@ def report(results: dict[str, ModeResult], modes: list[tuple[str, str, str]], pr
                      f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} | {by} |")
     label = f"replayed acceptance alpha={args.replay_alpha}" if args.replay_alpha is not None else "real acceptance"
     header = (f"target={args.target} draft={args.draft} proposer={args.proposer} device={args.device} "
-              f"dtype={args.dtype} k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
+              f"dtype={args.dtype} draft_dtype={args.draft_dtype or args.dtype} k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
               f"max_new_tokens={args.max_new_tokens} repeats={args.repeats} ({label})")
     print(header)
     print("\n".join(lines))

@@ -19,6 +19,10 @@ def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
     if draft:
         g.add_argument("--draft", default="tiny", help="draft model, same forms as --target (default: tiny)")
         g.add_argument("--draft-device", default=None, help="device of the draft (default: --device)")
+        g.add_argument("--draft-dtype", default=None,
+                       help="dtype of the draft (default: --dtype). The draft only proposes, so its precision "
+                            "changes acceptance, never the output: a bf16 draft halves its cost on a CPU with "
+                            "AVX512-BF16 next to an fp32 target")
     g.add_argument("--device", default="cpu", help="device of the target: cpu or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
     g.add_argument("--max-len", type=int, default=2048, help="KV cache length per session, in tokens (default: 2048)")
@@ -133,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu")
     up.add_argument("--draft-device", default=None)
     up.add_argument("--dtype", default="auto")
+    up.add_argument("--draft-dtype", default=None, help="dtype of the draft (default: --dtype)")
     add_cpu_kernels_arg(up)
     up.add_argument("--k", type=int, default=4)
     up.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"])
@@ -300,7 +305,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels]
     stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft else args.draft,
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
-                                                     "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels,
+                                                     "--dtype", args.draft_dtype or args.dtype,
+                                                     "--cpu-kernels", args.cpu_kernels,
                                                      "--proposer", args.proposer],
                          "orchestrator": ["--k", str(args.k)]})
     stack.start()

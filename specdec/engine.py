@@ -25,6 +25,7 @@ class EngineConfig:
     device: str = "cpu"
     draft_device: str | None = None
     dtype: str = "auto"
+    draft_dtype: str | None = None  # None = dtype
     max_len: int = 2048
     max_sessions: int = 8
     speculation: SpeculationConfig = SpeculationConfig()
@@ -37,6 +38,7 @@ class EngineConfig:
         needs_model = with_draft and proposer != NGRAM
         return cls(target=args.target, draft=args.draft if needs_model else None, device=args.device,
                    draft_device=args.draft_device, dtype=args.dtype, max_len=args.max_len,
+                   draft_dtype=getattr(args, "draft_dtype", None),
                    speculation=SpeculationConfig(k=args.k if with_draft else 0, max_k=max(1, args.k),
                                                  adaptive=getattr(args, "adaptive_k", False)),
                    proposer=proposer if with_draft else DRAFT_MODEL, cpu_kernels=getattr(args, "cpu_kernels", ONEDNN))
@@ -70,7 +72,8 @@ class Engine:
         target = load_model(config.target, "target", device=config.device, dtype=config.dtype)
         draft = None
         if config.draft is not None:
-            draft = load_model(config.draft, "draft", device=config.draft_device or config.device, dtype=config.dtype)
+            draft = load_model(config.draft, "draft", device=config.draft_device or config.device,
+                               dtype=config.draft_dtype or config.dtype)
             check_same_vocabulary(target, draft)
         return cls(config, target, draft)
 

@@ -76,8 +76,8 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         if self.device.type == "cpu" and cpu_kernels == ONEDNN:  # see cpu_kernels.py: 2x decode, flat verify
-            n = pack_linear_layers(model)
-            log.info("packed %d linear layers for oneDNN (--cpu-kernels stock to keep nn.Linear)", n)
+            if n := pack_linear_layers(model):  # fp32 only: bf16 nn.Linear already runs oneDNN on CPU
+                log.info("packed %d fp32 linear layers for oneDNN (--cpu-kernels stock keeps nn.Linear)", n)
         self.max_len = max_len
         self.max_sessions = max_sessions
         self._caches: dict[int, StaticCache] = {}
