@@ -23,6 +23,9 @@ B)  # 0.5B -> 32B replayed acceptance, a useless draft with adaptive K, and the 
   BENCH_TIMEOUT=200 bench b08 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 --modes target-only,spec
   BENCH_TIMEOUT=200 bench b09 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 --modes target-only,spec
   BENCH_TIMEOUT=150 bench b00 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 --adaptive-k --modes target-only,spec ;;
-C)
+C)  # a planted random draft agrees with the random target: acceptance ~1 through every mode
   bench svc --target random:qwen2.5-7b --draft $D --k 4 --modes target-only,spec,services ;;
+D)  # the same without overlap: services minus spec = the services' own cost per cycle
+  bench svc_seq --target random:qwen2.5-7b --draft $D --k 4 --no-overlap --modes target-only,spec,services
+  bench svc_32b --target random:qwen2.5-32b --draft $D --k 4 --no-overlap --modes target-only,spec,services ;;
 esac

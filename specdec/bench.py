@@ -342,7 +342,8 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
         "target": quiet + models,
         "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.draft_dtype or args.dtype,
                           "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer],
-        "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])})
+        "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])
+                        + (["--no-overlap"] if args.no_overlap else [])})
     stack.start()
     try:
         with Client(stack.address, timeout_s=3600) as client:

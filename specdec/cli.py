@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--k", type=int, default=4, help="draft tokens per cycle (the maximum with --adaptive-k)")
     bench.add_argument("--adaptive-k", action="store_true")
+    bench.add_argument("--no-overlap", action="store_true",
+                       help="services mode: the draft does not draft ahead during verify, so services minus spec "
+                            "is the services' own per-cycle cost (gRPC, session bookkeeping)")
     bench.add_argument("--repeats", type=int, default=3, help="measured repeats (median and min-max reported)")
     bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     bench.add_argument("--replay-alpha", type=float, default=None,

@@ -117,7 +117,7 @@ def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -
             plant_greedy_path(model)
     finally:
         torch.set_default_dtype(default)
-    tokenizer = AutoTokenizer.from_pretrained(str(ASSETS / "target"))
+    tokenizer = load_tokenizer(spec)
     return LoadedModel(name=spec, model=model.eval(), tokenizer=tokenizer, fingerprint=vocab_fingerprint(tokenizer))
 
 
@@ -139,8 +139,9 @@ def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: s
 
 
 def load_tokenizer(spec: str, role: str = "target"):
-    """Only the tokenizer of a model spec (the orchestrator tokenizes but runs no model)."""
-    source, kwargs = _source(spec, role)
+    """Only the tokenizer of a model spec (the orchestrator tokenizes but runs no model). Random-weight
+    shapes use the built-in tokenizer: their ids only need to be the same in every service."""
+    source, kwargs = (str(ASSETS / "target"), {}) if spec.startswith(RANDOM_PREFIX) else _source(spec, role)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as exc:
