@@ -69,6 +69,7 @@ class ModeResult:
     tokens_per_second: list[float] = field(default_factory=list)  # one per repeat
     stats: SpecStats = field(default_factory=SpecStats)  # summed over prompts of the last repeat
     token_ids: list[list[int]] = field(default_factory=list)  # per prompt, generated ids
+    prompt_seconds: list[float] = field(default_factory=list)  # per prompt, wall time (last repeat)
 
     def summary(self, baseline: float | None) -> dict:
         tps = self.tokens_per_second
@@ -88,6 +89,7 @@ class ModeResult:
                                     "wall": s.wall_time_s, "cycles": s.cycles,
                                     "other_per_cycle_ms": 1e3 * max(0.0, s.wall_time_s - s.verify_time_s
                                                                     - s.draft_time_s) / max(1, s.cycles)},
+            "prompt_seconds": self.prompt_seconds,
             "token_ids": self.token_ids,
         }
 
@@ -307,22 +309,24 @@ def main(args: argparse.Namespace) -> int:
             measured = repeat >= args.warmup
             for name, base, proposer in in_process:  # interleaved, so drift on a noisy machine hits every mode alike
                 stats = SpecStats()
-                outputs = []
+                outputs, seconds = [], []
                 t0 = time.perf_counter()
                 for i, p in enumerate(prompts):
                     bar.set_postfix_str(f"{name} r{repeat}")
+                    t1 = time.perf_counter()
                     if base == "spec-overlap":
                         outputs.append(bench.run_overlap(p, i, proposer, stats))
                     elif base == "hf-assisted":
                         outputs.append(bench.run_hf(p, stats))
                     else:
                         outputs.append(bench.run_in_process(p, i, proposer if base == "spec" else None, stats))
+                    seconds.append(time.perf_counter() - t1)
                     bar.update()
                 elapsed = time.perf_counter() - t0
                 if measured:
                     r = results[name]
                     r.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
-                    r.stats, r.token_ids = stats, outputs
+                    r.stats, r.token_ids, r.prompt_seconds = stats, outputs, seconds
                     save_partial(results, args)  # a long run that dies keeps what it measured
     bench.release()
     for name, base, proposer in modes:
@@ -355,20 +359,22 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
     try:
         with Client(stack.address, timeout_s=3600) as client:
             for repeat in range(args.warmup + args.repeats):
-                stats, outputs = SpecStats(), []
+                stats, outputs, seconds = SpecStats(), [], []
                 t0 = time.perf_counter()
                 for p in prompts:
+                    t1 = time.perf_counter()
                     messages = [{"role": "user", "content": p.text}] if args.chat else None
                     request = build_request(None if args.chat else p.text, messages=messages,
                                             max_new_tokens=args.max_new_tokens, ignore_eos=True,
                                             k=None if args.adaptive_k else args.k)
                     r = client.generate(request)
                     outputs.append(r.token_ids)
+                    seconds.append(time.perf_counter() - t1)
                     add_summary(stats, r.summary)
                 elapsed = time.perf_counter() - t0
                 if repeat >= args.warmup:
                     result.tokens_per_second.append(sum(map(len, outputs)) / elapsed)
-                    result.stats, result.token_ids = stats, outputs
+                    result.stats, result.token_ids, result.prompt_seconds = stats, outputs, seconds
                 print(f"bench: {result.mode} repeat {repeat + 1}/{args.warmup + args.repeats}: "
                       f"{sum(map(len, outputs)) / elapsed:.2f} tok/s", file=sys.stderr)
     finally:
@@ -417,12 +423,17 @@ def report(results: dict[str, ModeResult], modes: list[tuple[str, str, str]], pr
     rows = [results[m].summary(baseline) for m in names]
     reference = results["target-only"].token_ids
     mismatches = {m: [i for i, (a, b) in enumerate(zip(results[m].token_ids, reference)) if a != b] for m in names}
-    lines = ["| mode | tokens/s (median) | min–max | speedup | mean acceptance length | acceptance rate | overlap hits "
-             "| accepted by proposer |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| mode | tokens/s (median) | min–max | speedup | per-prompt speedup median (min–max) "
+             "| mean acceptance length | acceptance rate | overlap hits | accepted by proposer |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base_seconds = results["target-only"].prompt_seconds
     for r in rows:
         by = ", ".join(f"{k} {v}" for k, v in sorted(r["accepted_tokens_by_proposer"].items())) or "–"
+        ratios = [b / s for b, s in zip(base_seconds, r["prompt_seconds"]) if s > 0]
+        r["per_prompt_speedup"] = ratios
+        spread = (f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "–")
         lines.append(f"| {r['mode']} | {r['tokens_per_second']:.2f} | {r['tokens_per_second_min']:.2f}–"
-                     f"{r['tokens_per_second_max']:.2f} | {r['speedup_vs_target_only']:.2f}x | "
+                     f"{r['tokens_per_second_max']:.2f} | {r['speedup_vs_target_only']:.2f}x | {spread} | "
                      f"{r['mean_acceptance_length']:.2f} | {r['acceptance_rate']:.2f} | "
                      f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} | {by} |")
     label = f"replayed acceptance alpha={args.replay_alpha}" if args.replay_alpha is not None else "real acceptance"

@@ -20,6 +20,7 @@ def test_bench_runs_modes_side_by_side(tmp_path):
     assert set(modes) == {"target-only", "spec", "spec-overlap", "hf-assisted", "spec:ngram", "spec:hybrid"}
     for m in modes.values():
         assert m["repeats"] == 2 and m["tokens_per_second"] > 0 and len(m["token_ids"]) == 2
+        assert len(m["prompt_seconds"]) == 2 and len(m["per_prompt_speedup"]) == 2
         assert m["token_ids"] == modes["target-only"]["token_ids"]
     assert modes["spec"]["drafts"] > 0 and modes["target-only"]["speedup_vs_target_only"] == 1.0
     assert set(modes["spec:ngram"]["accepted_tokens_by_proposer"]) <= {"ngram"}
