@@ -290,6 +290,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from specdec.launcher import PARENT_PID_ENV, watch_parent
+
+    if parent := os.environ.get(PARENT_PID_ENV):  # started by `specdec up`/bench: don't outlive it
+        threading.Thread(target=watch_parent, args=(int(parent), stop), daemon=True).start()
     stop.wait()
     log.info("draining: NOT_SERVING now, up to %.0fs for running requests", args.grace_period)
     server.stop(grace=args.grace_period)

@@ -28,11 +28,11 @@ def pack_linear_layers(model) -> int:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this PyTorch build has no oneDNN (MKLDNN); run with --cpu-kernels stock")
 
-    packed = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" \
-                    and child.weight.dtype == torch.float32:
-                setattr(parent, name, MkldnnLinear(child, torch.float32))
-                packed += 1
-    return packed
+    # (parent, name) pairs only: holding the Linear modules themselves would keep every dense weight
+    # alive until the end, doubling peak memory; this way each is freed as soon as it is replaced.
+    places = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+              if type(child) is torch.nn.Linear and child.weight.device.type == "cpu"
+              and child.weight.dtype == torch.float32]
+    for parent, name in places:
+        setattr(parent, name, MkldnnLinear(getattr(parent, name), torch.float32))
+    return len(places)

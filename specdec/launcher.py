@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 from specdec.grpc_util import wait_healthy
 from specdec.security import TLSFiles
 
 log = logging.getLogger("specdec.up")
+PARENT_PID_ENV = "SPECDEC_PARENT_PID"
+
+
+def watch_parent(pid: int, stop: threading.Event) -> None:
+    """Drain and exit when the launching process is gone (killed, even by the OOM killer): a local
+    stack must not leave servers holding gigabytes of models behind."""
+    while not stop.is_set():
+        if os.getppid() != pid:
+            log.warning("parent process %d is gone: shutting down", pid)
+            stop.set()
+            return
+        time.sleep(1.0)
 
 
 def free_base_port(count: int = 3, preferred: int | None = None) -> int:
@@ -66,7 +80,7 @@ class Stack:
         return cmd + self.extra.get(role, [])
 
     def start_role(self, role: str) -> subprocess.Popen:
-        proc = subprocess.Popen(self.command(role))
+        proc = subprocess.Popen(self.command(role), env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
         self.procs[role] = proc
         return proc
 

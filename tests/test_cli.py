@@ -1,8 +1,12 @@
 """`specdec generate` from the command line, as a user runs it."""
 
 import json
+import pathlib
 import subprocess
 import sys
+import time
+
+import pytest
 
 
 def specdec(*args: str) -> subprocess.CompletedProcess:
@@ -30,3 +34,44 @@ def test_bad_flag_value_is_a_clear_error():
     out = specdec("generate", "x", "--top-p", "2")
     assert out.returncode == 2 and "top_p: must be in (0, 1]" in out.stderr
     assert specdec("generate", "", "--no-draft").stderr.count("prompt: must not be empty") == 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="reads /proc")
+def test_servers_of_a_killed_up_do_not_outlive_it():
+    """`specdec up` SIGKILLed (as by the OOM killer) must not leave its servers, and their models, behind."""
+    from specdec.grpc_util import wait_healthy
+    from specdec.launcher import free_base_port
+
+    port = free_base_port()
+    up = subprocess.Popen([sys.executable, "-m", "specdec.cli", "up", "--port", str(port), "--no-draft"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"127.0.0.1:{port}", 120)
+        servers = _children(up.pid)
+        assert len(servers) == 2, servers  # target + orchestrator
+    finally:
+        up.kill()
+        up.wait()
+    deadline = time.monotonic() + 30
+    while any(map(_running, servers)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(map(_running, servers)), "servers outlived the killed `specdec up`"

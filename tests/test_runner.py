@@ -94,3 +94,21 @@ def test_common_prefix_len():
     assert common_prefix_len([1, 2, 3], [1, 9, 3]) == 1
     assert common_prefix_len([], [1]) == 0
     assert common_prefix_len(list(range(100)), list(range(57)) + [0]) == 57
+
+
+@pytest.mark.parametrize("kernels", ["onednn", "stock"])
+def test_cpu_kernels_choice_keeps_the_logits(kernels):
+    """The oneDNN repacking (the CPU default) replaces every fp32 nn.Linear and computes the same
+    function; `stock` leaves the model alone."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256)
+    model = LlamaForCausalLM(cfg).eval()
+    prompt = ids(12, seed=3)
+    with torch.inference_mode():
+        expected = model(torch.tensor([prompt])).logits[0, -4:]
+    r = ModelRunner(model, max_len=256, max_sessions=1, cpu_kernels=kernels)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert (linears == []) if kernels == "onednn" else len(linears) == 2 * 7 + 1
+    got = r.extend(r.open(), prompt, keep=4)
+    torch.testing.assert_close(got.reshape(expected.shape).float(), expected, atol=1e-4, rtol=1e-4)
