@@ -33,6 +33,7 @@ def pack_linear_layers(model) -> int:
     places = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
               if type(child) is torch.nn.Linear and child.weight.device.type == "cpu"
               and child.weight.dtype == torch.float32]
-    for parent, name in places:
-        setattr(parent, name, MkldnnLinear(getattr(parent, name), torch.float32))
+    with torch.no_grad():  # with autograd on, each packed copy would keep its dense source alive
+        for parent, name in places:
+            setattr(parent, name, MkldnnLinear(getattr(parent, name), torch.float32))
     return len(places)
