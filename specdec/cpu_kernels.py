@@ -5,7 +5,8 @@ CPU, stock fp32 `nn.Linear` with 1-9 rows goes through BLAS paths that are neith
 nor flat in the row count (on a 2-core x86 box: 4.7 ms for 1 row of a 1536x8960 layer, 14.5 ms for 3,
 11 ms for 5), so a 3-token verify cost ~2.9 decode steps. oneDNN with pre-packed weights
 (`torch.utils.mkldnn`, PyTorch's own module) runs the same layer in 2.5 ms at 1 row and 3.6 ms at
-3-5 rows: the decode step gets ~2x faster and verification nearly flat. Same fp32 arithmetic, a
+3-5 rows. On the whole Qwen2.5-1.5B (fp32) a 1-token step went from 404 to 298 ms and a 3-token
+verify from 1190 to 588 ms: faster decode, much flatter verify. Same fp32 arithmetic, a
 different accumulation order, used for decode and verify alike.
 """
 
