@@ -10,8 +10,8 @@ from typing import Iterator
 from draft_service.session import DraftSession, SentProposal
 from specdec.config import MAX_K
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_TO_PB, sampling_from_pb
-from specdec.proposers import ProposerFactory
+from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB, sampling_from_pb
+from specdec.proposers import Feedback, ProposerFactory
 from specdec.sessions import SessionTable
 from specdec.telemetry import Metrics, record_cycle
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
@@ -93,7 +93,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 kind = msg.WhichOneof("message")
                 if kind == "verdict":
                     v = msg.verdict
-                    yield from self._send(session.on_verdict(v.start, list(v.token_ids), v.next_k))
+                    yield from self._send(session.on_verdict(v.start, list(v.token_ids), v.next_k, feedback_from_pb(v)))
                 elif kind == "row_request":
                     r = msg.row_request
                     yield row_to_pb(r.proposal_id, r.index, session.row(r.proposal_id, r.index))
@@ -102,6 +102,11 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         finally:
             proposer.close()
             self.sessions.remove(start.session_id)
+
+
+def feedback_from_pb(pb: draft_pb2.ProposeVerdict) -> Feedback:
+    return Feedback(source=PROPOSER_FROM_PB.get(pb.verified_source, ""), k=pb.verified_k, accepted=pb.accepted,
+                    verify_s=pb.verify_ms / 1e3)
 
 
 def _pump(request_iterator, inbox: queue.Queue) -> None:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from specdec.errors import InvalidArgument, NotFound
-from specdec.proposers import Proposer
+from specdec.proposers import Feedback, Proposer
 
 
 @dataclass
@@ -70,13 +70,16 @@ class DraftSession:
         self.proposer.prefill(self.committed)
         return []
 
-    def on_verdict(self, start: int, token_ids: Sequence[int], next_k: int = 0) -> list[SentProposal]:
+    def on_verdict(self, start: int, token_ids: Sequence[int], next_k: int = 0,
+                   feedback: Feedback | None = None) -> list[SentProposal]:
         """The target committed `token_ids` at `start`: update, drop broken assumptions, draft on."""
         if start != len(self.committed):
             raise InvalidArgument("verdict.start", f"is {start} but the draft has {len(self.committed)} committed tokens")
         if not token_ids:
             raise InvalidArgument("verdict.token_ids", "a cycle commits at least one token")
         self.committed.extend(token_ids)
+        if feedback is not None:
+            self.proposer.observe(feedback)
         if next_k:
             self.k = max(0, next_k)  # -1: pause drafting
         self.pending = [p for p in self.pending if self._extends_committed(p)]

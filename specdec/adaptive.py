@@ -21,11 +21,24 @@ def expected_tokens(alpha: float, k: int) -> float:
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
+def acceptance_rate(k: int, accepted: int) -> float:
+    """Per-token acceptance seen in one block of k drafts (k > 0).
+
+    accepted / k would be biased low whenever a rejection cuts the block short, so use the standard
+    estimator accepted / (accepted + 1 rejection), and accepted / k only when all were accepted.
+    """
+    return accepted / k if accepted == k else accepted / (accepted + 1)
+
+
+def ema(old: float | None, new: float, weight: float) -> float:
+    """Exponential moving average; the first measurement is taken as is."""
+    return new if old is None else (1 - weight) * old + weight * new
+
+
 @dataclass
 class AdaptiveK:
     max_k: int = 8
     initial_k: int = 4
-    prior_alpha: float = 0.6  # before any measurement
     smoothing: float = 0.2  # EMA weight of a new measurement
     probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
     max_probe_every: int = 512
@@ -42,14 +55,15 @@ class AdaptiveK:
         if self._probing:  # back off from a useless draft: each failed probe doubles the wait
             self._probing = False
             self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
-        self.verify_s[k] = verify_s if k not in self.verify_s else (1 - w) * self.verify_s[k] + w * verify_s
+        self.observe_verify(k, verify_s)
         if k > 0:
-            # acceptance is measured per drafted token: accepted / k is unbiased only when no rejection
-            # cuts the block short, so use the standard estimator accepted / (accepted + 1 rejection).
-            rate = accepted / k if accepted == k else accepted / (accepted + 1)
-            self.alpha = rate if self.alpha is None else (1 - w) * self.alpha + w * rate
-            per_token = draft_s / k
-            self.draft_step_s = per_token if self.draft_step_s is None else (1 - w) * self.draft_step_s + w * per_token
+            rate = acceptance_rate(k, accepted)
+            self.alpha = ema(self.alpha, rate, w)
+            self.draft_step_s = ema(self.draft_step_s, draft_s / k, w)
+
+    def observe_verify(self, k: int, verify_s: float) -> None:
+        """Record only what verifying k tokens cost (a block some other proposer drafted)."""
+        self.verify_s[k] = ema(self.verify_s.get(k), verify_s, self.smoothing)
 
     def verify_cost(self, k: int) -> float | None:
         if k in self.verify_s:
@@ -69,6 +83,13 @@ class AdaptiveK:
             return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
         return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
 
+    def rate(self, k: int) -> float | None:
+        """Expected committed tokens per second of a cycle drafting k tokens; None before measurements."""
+        if self.alpha is None or self.draft_step_s is None or not self.verify_s:
+            return None
+        cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
+        return expected_tokens(self.alpha, k) / cost if cost > 0 else 0.0
+
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""
         cap = self.max_k if limit is None else min(self.max_k, limit)
@@ -77,13 +98,7 @@ class AdaptiveK:
         if self.alpha is None or self.draft_step_s is None or not self.verify_s:
             k = min(self.initial_k, cap)  # measure first
         else:
-            best_k, best_rate = 0, 0.0
-            for k in range(cap + 1):
-                cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
-                rate = expected_tokens(self.alpha, k) / cost if cost > 0 else 0.0
-                if rate > best_rate:
-                    best_k, best_rate = k, rate
-            k = best_k
+            k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
             if k == 0:
                 self._since_probe += 1
                 if self._since_probe >= self.probe_every:  # speculation may pay again: measure

@@ -161,8 +161,8 @@ class LocalLink:
         sent = self._picker.best_item
         return self._Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.ahead)
 
-    def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
-        self._inbox.put((start, token_ids, next_k))
+    def send_verdict(self, cycle, next_k: int = 0) -> None:
+        self._inbox.put((cycle.start, cycle.new_tokens, next_k, cycle.feedback()))
 
     def close(self) -> None:
         self._inbox.put(None)
@@ -438,7 +438,8 @@ def report(results: dict[str, ModeResult], modes: list[tuple[str, str, str]], pr
                      f"{r['overlap_hits']}/{r['overlap_hits'] + r['overlap_misses']} | {by} |")
     label = f"replayed acceptance alpha={args.replay_alpha}" if args.replay_alpha is not None else "real acceptance"
     header = (f"target={args.target} draft={args.draft} proposer={args.proposer} device={args.device} "
-              f"dtype={args.dtype} draft_dtype={args.draft_dtype or args.dtype} k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
+              f"dtype={args.dtype} draft_dtype={args.draft_dtype or args.dtype} "
+              f"k={'adaptive<=' if args.adaptive_k else ''}{args.k} prompts={len(prompts)} "
               f"max_new_tokens={args.max_new_tokens} repeats={args.repeats} ({label})")
     print(header)
     print("\n".join(lines))

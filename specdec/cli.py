@@ -21,10 +21,11 @@ def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
         g.add_argument("--draft-device", default=None, help="device of the draft (default: --device)")
         g.add_argument("--draft-dtype", default=None,
                        help="dtype of the draft (default: --dtype). The draft only proposes, so its precision "
-                            "changes acceptance, never the output: a bf16 draft halves its cost on a CPU with "
-                            "AVX512-BF16 next to an fp32 target")
+                            "changes acceptance, never the output: on CPU, bf16 halves a draft step next to an fp32 "
+                            "target (with AVX512-BF16) and int8 halves it again")
     g.add_argument("--device", default="cpu", help="device of the target: cpu or cuda:N (default: cpu)")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16, or "
+                   "int8 (CPU, dynamic quantization of the linear layers; meant for a draft)")
     g.add_argument("--max-len", type=int, default=2048, help="KV cache length per session, in tokens (default: 2048)")
     add_cpu_kernels_arg(g)
 

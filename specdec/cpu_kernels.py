@@ -13,6 +13,7 @@ different accumulation order, used for decode and verify alike.
 from __future__ import annotations
 
 STOCK, ONEDNN = "stock", "onednn"
+INT8 = "int8"  # a load-time dtype (models.load_model), for drafts on CPU
 CPU_KERNELS = (ONEDNN, STOCK)
 
 
@@ -38,3 +39,21 @@ def pack_linear_layers(model) -> int:
         for parent, name in places:
             setattr(parent, name, MkldnnLinear(getattr(parent, name), torch.float32))
     return len(places)
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of every `nn.Linear` (weights int8, activations quantized per call).
+
+    For a draft on CPU: a draft only proposes, so its precision moves acceptance, never the output, and
+    a 0.5B draft step falls from ~86 ms (bf16) to ~41 ms on 2 AVX512 cores (lm_head included: it is a
+    quarter of a 0.5B model). PyTorch marks torch.ao.quantization as deprecated in favour of torchao,
+    which is not among our dependencies; it still ships and works, so its warnings are silenced here
+    only, for this call, and the day it is removed this raises instead of running something else.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notices of torch.ao and of quantized tensors
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -16,7 +16,7 @@ import torch
 from specdec.adaptive import AdaptiveK
 from specdec.config import FinishReason, GenerationRequest, SpeculationConfig
 from specdec.detokenize import TextStream
-from specdec.proposers import Proposal, ProposerFactory
+from specdec.proposers import Feedback, Proposal, ProposerFactory
 from specdec.runner import ModelRunner
 from specdec.sampling import fresh_seed, process_logits
 from specdec.stats import SpecStats
@@ -34,6 +34,11 @@ class CycleResult:
     start: int  # absolute position of new_tokens[0]
     draft_sources: list[str] = field(default_factory=list)  # proposer of each verified draft token
     finish_reason: FinishReason | None = None
+
+    def feedback(self) -> Feedback:
+        """What the proposer learns from this cycle (one block comes from one proposer)."""
+        return Feedback(source=self.draft_sources[0] if self.k and self.draft_sources else "", k=self.k,
+                        accepted=self.accepted, verify_s=self.verify_s)
 
 
 class _ShiftedDraftProbs:
@@ -224,6 +229,8 @@ class SpeculativeDecoder:
                 cycle = sequence.step(proposal)
                 if stats.cycles > 0:  # the prefill cycle says nothing about decode costs
                     choose_k.observe(cycle.k, cycle.accepted, cycle.verify_s, draft_s)
+                    if proposer is not None:
+                        proposer.observe(cycle.feedback())
                 stats.verify_time_s += cycle.verify_s
                 stats.observe_cycle(cycle.k, cycle.accepted, cycle.draft_sources)
                 stats.new_tokens += len(cycle.new_tokens)

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from specdec.cpu_kernels import INT8, quantize_int8
 from specdec.errors import InvalidArgument, VocabularyMismatch
 
 TINY = "tiny"
@@ -48,10 +49,16 @@ class LoadedModel:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The torch dtype a model is built in; `int8` builds in fp32 and quantizes after loading."""
+    if dtype == INT8:
+        if not device.startswith("cpu"):
+            raise InvalidArgument("dtype", f"int8 is a CPU draft option (dynamic quantization); {device} takes "
+                                           "bfloat16 or float16")
+        return torch.float32
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if dtype not in DTYPES:
-        raise InvalidArgument("dtype", f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+        raise InvalidArgument("dtype", f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}, {INT8}")
     return DTYPES[dtype]
 
 
@@ -123,6 +130,13 @@ def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -
 
 def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     """Load one model and its tokenizer; raise InvalidArgument with a clear message on failure."""
+    loaded = _load(spec, role, device=device, dtype=dtype)
+    if dtype == INT8:
+        loaded.model = quantize_int8(loaded.model)
+    return loaded
+
+
+def _load(spec: str, role: str, *, device: str, dtype: str) -> LoadedModel:
     if spec.startswith(RANDOM_PREFIX):
         return random_model(spec, device=device, dtype=resolve_dtype(dtype, device))
     source, kwargs = _source(spec, role)

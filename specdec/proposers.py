@@ -5,12 +5,14 @@ A proposer object belongs to one session (it may hold a KV cache); a `ProposerFa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
 
-from specdec.config import SamplingParams
+from specdec.adaptive import AdaptiveK, acceptance_rate, ema, expected_tokens
+from specdec.config import MAX_K, SamplingParams
 from specdec.runner import ModelRunner
 from specdec.sampling import Stream, greedy_token, process_logits, sample_from, uniform
 from specdec.verify import DenseDraftProbs, DraftProbs
@@ -34,6 +36,16 @@ class Proposal:
         return self.token_sources if self.token_sources is not None else [self.source] * len(self.token_ids)
 
 
+@dataclass
+class Feedback:
+    """How the target verified one cycle's block: what a proposer that weighs its options learns from."""
+
+    source: str  # proposer of the verified drafts; "" when the target decoded alone (k == 0)
+    k: int  # draft tokens verified
+    accepted: int  # of which accepted
+    verify_s: float  # the target's time for the cycle
+
+
 DRAFT_MODEL = "draft-model"
 NGRAM = "ngram"
 HYBRID = "hybrid"
@@ -51,6 +63,10 @@ class Proposer(Protocol):
 
     def prefill(self, prompt: Sequence[int]) -> None:
         """Warm up on the prompt before the first proposal is asked for."""
+        ...
+
+    def observe(self, feedback: Feedback) -> None:
+        """The verdict on a cycle (every cycle after the first, drafted or not)."""
         ...
 
     def close(self) -> None: ...
@@ -99,6 +115,9 @@ class DraftModelProposer:
 
     def close(self) -> None:
         self.runner.close(self.session)
+
+    def observe(self, feedback: Feedback) -> None:
+        pass  # nothing to weigh: it always drafts the same way
 
 
 class DraftModelFactory:
@@ -221,6 +240,9 @@ class NgramProposer:
     def close(self) -> None:
         pass
 
+    def observe(self, feedback: Feedback) -> None:
+        pass  # nothing to weigh: it always drafts the same way
+
 
 class NgramFactory:
     def __init__(self, min_n: int = 1, max_n: int = 4) -> None:
@@ -231,26 +253,64 @@ class NgramFactory:
 
 
 class HybridProposer:
-    """Prompt lookup when it can be trusted, the draft model otherwise.
+    """Prompt lookup, the draft model or neither: each cycle, whichever should commit the most tokens
+    per second.
 
-    Lookup is free but often wrong on a short match; the draft model costs a forward per token but is
-    usually right. So lookup's proposal is taken only when its match length has lately predicted the
-    next token at least `min_hit_rate` of the time on this very sequence (NgramIndex.hit_rate), and
-    the draft model drafts otherwise. Copy-heavy text then runs on lookup, fresh text on the model.
+    Lookup is free but often wrong on a short match; the draft model is usually right but costs a
+    forward per token (plus catching up on what lookup committed meanwhile). Each cycle weighs, with
+    the standard formula E(a, k) = (1 - a^(k+1)) / (1 - a) over measured costs (adaptive.AdaptiveK):
+      lookup:      E(a_n, len) / verify(len)    a_n: measured acceptance of lookups matching n tokens
+                                                (before any: the index's own hit rate for n)
+      draft model: E(a, k') / (verify(k') + k' * draft_step), k' <= k chosen by AdaptiveK
+      neither:     1 / verify(0)                (AdaptiveK's k' = 0: the model does not pay here)
+    Costs come from `observe` (the target's verdicts). Until the draft model has been measured, and
+    always when sampling, lookup is taken when its hit rate is >= `min_hit_rate` and the model drafts
+    otherwise: that rule depends on the tokens only, whereas measured times differ from run to run, and
+    which proposer drafted decides which tokens a seeded sampled request gets (greedy output never
+    depends on it), so seeded requests stay reproducible.
     """
 
     source = HYBRID
 
-    def __init__(self, ngram: NgramProposer, model: DraftModelProposer, min_hit_rate: float = 0.6) -> None:
-        self.ngram, self.model, self.min_hit_rate = ngram, model, min_hit_rate
+    def __init__(self, ngram: NgramProposer, model: DraftModelProposer, min_hit_rate: float = 0.6,
+                 max_k: int = MAX_K, weigh_costs: bool = True) -> None:
+        self.ngram, self.model, self.min_hit_rate, self.weigh_costs = ngram, model, min_hit_rate, weigh_costs
+        self.costs = AdaptiveK(max_k=max_k)  # the model's acceptance and step cost; verify cost per size
+        self.lookup_alpha: dict[int, float] = {}  # match length n -> measured acceptance of its lookups
+        self._last: tuple[str, int, float] = ("", 0, 0.0)  # (source, match length n, draft time) of the last block
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
         index = self.ngram.index
         index.sync(committed)
         tokens, n = index.lookup(k)
-        if tokens and index.hit_rate(n) >= self.min_hit_rate:
+        model_k = self.costs.choose(k) if self.weigh_costs else k
+        model_rate = self.costs.rate(model_k) if self.weigh_costs else None
+        if model_rate is None:  # sampling, or the model not measured yet
+            use_lookup, model_k = bool(tokens) and index.hit_rate(n) >= self.min_hit_rate, k
+        else:
+            alpha = self.lookup_alpha.get(n, index.hit_rate(n))
+            verify = self.costs.verify_cost(len(tokens))
+            use_lookup = bool(tokens) and bool(verify) and expected_tokens(alpha, len(tokens)) / verify >= model_rate
+        if use_lookup:
+            self._last = (NGRAM, n, 0.0)
             return Proposal(start=len(committed), token_ids=tokens, probs=None, source=NGRAM)
-        return self.model.propose(committed, k)
+        if model_k == 0:
+            self._last = ("", 0, 0.0)
+            return Proposal(start=len(committed), token_ids=[], probs=None, source=self.source)
+        t0 = time.perf_counter()
+        proposal = self.model.propose(committed, model_k)
+        self._last = (DRAFT_MODEL, 0, time.perf_counter() - t0)
+        return proposal
+
+    def observe(self, feedback: Feedback) -> None:
+        source, n, draft_s = self._last
+        if feedback.k > 0 and feedback.source == DRAFT_MODEL == source:
+            self.costs.observe(feedback.k, feedback.accepted, feedback.verify_s, draft_s)
+            return
+        self.costs.observe_verify(feedback.k, feedback.verify_s)
+        if feedback.k > 0 and feedback.source == NGRAM == source:
+            rate = acceptance_rate(feedback.k, feedback.accepted)
+            self.lookup_alpha[n] = ema(self.lookup_alpha.get(n), rate, self.costs.smoothing)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.ngram.prefill(prompt)
@@ -265,7 +325,8 @@ class HybridFactory:
         self.ngram, self.model, self.min_hit_rate = ngram, model, min_hit_rate
 
     def open(self, sampling: SamplingParams, seed: int) -> HybridProposer:
-        return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed), self.min_hit_rate)
+        return HybridProposer(self.ngram.open(sampling, seed), self.model.open(sampling, seed), self.min_hit_rate,
+                              weigh_costs=sampling.greedy)
 
 
 class ReplayProposer:
@@ -299,6 +360,9 @@ class ReplayProposer:
 
     def close(self) -> None:
         self.runner.close(self.session)
+
+    def observe(self, feedback: Feedback) -> None:
+        pass  # nothing to weigh: it always drafts the same way
 
 
 class ReplayFactory:

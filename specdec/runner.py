@@ -74,7 +74,8 @@ class ModelRunner:
         self.model = model.eval()
         self.config = model.config
         self.device = next(model.parameters()).device
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        head = model.get_output_embeddings()  # nn.Linear, or a quantized one whose .weight is a method
+        self.vocab_size = int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
         if self.device.type == "cpu" and cpu_kernels == ONEDNN:  # see cpu_kernels.py: faster decode, flatter verify
             if n := pack_linear_layers(model):  # fp32 only: bf16 nn.Linear already runs oneDNN on CPU
                 log.info("packed %d fp32 linear layers for oneDNN (--cpu-kernels stock keeps nn.Linear)", n)

@@ -17,8 +17,9 @@ from typing import Callable
 import grpc
 import torch
 
+from specdec.decoder import CycleResult
 from specdec.errors import Unavailable
-from specdec.grpc_util import PROPOSER_FROM_PB
+from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB
 from specdec.proposers import Proposal
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
@@ -137,10 +138,9 @@ class DraftLink:
         pb = picker.best_item
         return Picked(picker.best, time.perf_counter() - t0, pb.draft_ms / 1e3 if pb else 0.0, bool(pb and pb.ahead))
 
-    def send_verdict(self, start: int, token_ids: list[int], next_k: int = 0) -> None:
+    def send_verdict(self, cycle: CycleResult, next_k: int = 0) -> None:
         if not self.failed:
-            self._outbox.put(draft_pb2.ProposeRequest(
-                verdict=draft_pb2.ProposeVerdict(start=start, token_ids=token_ids, next_k=next_k)))
+            self._outbox.put(draft_pb2.ProposeRequest(verdict=verdict_to_pb(cycle, next_k)))
 
     def fetch_row(self, proposal_id: int, index: int) -> torch.Tensor:
         if self.failed:
@@ -190,3 +190,11 @@ class DraftLink:
         finally:
             self._proposals.put(_BROKEN)
             self._rows.put(_BROKEN)
+
+
+def verdict_to_pb(cycle: CycleResult, next_k: int = 0) -> draft_pb2.ProposeVerdict:
+    """One cycle's verdict for the draft: what was committed, and how its block fared and cost."""
+    fb = cycle.feedback()
+    return draft_pb2.ProposeVerdict(start=cycle.start, token_ids=cycle.new_tokens, next_k=next_k,
+                                    verified_k=fb.k, accepted=fb.accepted, verify_ms=fb.verify_s * 1e3,
+                                    verified_source=PROPOSER_TO_PB.get(fb.source, common_pb2.PROPOSER_KIND_UNSPECIFIED))

@@ -52,7 +52,7 @@ class TargetSession:
             previous, self.k = self.k, self.chooser.choose(self.sequence.max_k)
             if self.link is not None and not self.link.failed:
                 next_k = (self.k or -1) if self.k != previous else 0
-                self.link.send_verdict(report.cycle.start, report.cycle.new_tokens, next_k)
+                self.link.send_verdict(report.cycle, next_k)
             yield report
 
     def _cycle(self, use_draft: bool) -> CycleReport:

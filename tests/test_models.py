@@ -67,3 +67,20 @@ def test_planted_greedy_chain_survives_bf16_and_agrees_across_models(tied):
         assert draft.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, 4:].tolist() == chain
         verify = target(torch.tensor([[7, 300, 41, 9] + chain[:5]])).logits[0, 3:].argmax(-1).tolist()
     assert verify == chain[:6]  # one 6-token forward gives the same argmaxes as step-by-step decoding
+
+
+def test_int8_draft_is_quantized_and_changes_no_output():
+    """A dynamically quantized draft only moves acceptance: greedy output stays the target's."""
+    from specdec.config import GenerationRequest
+    from specdec.engine import Engine, EngineConfig
+
+    engine = Engine.load(EngineConfig(draft_dtype="int8", max_len=256))
+    assert type(engine.draft.model.get_output_embeddings()).__module__.startswith("torch.ao.nn.quantized")
+    plain = Engine.load(EngineConfig(draft=None, max_len=256))
+    for prompt in ["def add(a, b):", "class Stack:\n    def push(self, x):"]:
+        request = GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=32, ignore_eos=True)
+        spec = engine.decoder.generate(request)
+        assert spec.token_ids == plain.decoder.generate(request).token_ids
+        assert spec.stats.accepted_tokens > 0
+    with pytest.raises(InvalidArgument, match="int8 is a CPU draft option"):
+        load_model("tiny", "draft", device="cuda:0", dtype="int8")

@@ -4,10 +4,13 @@ import random
 
 import pytest
 
+from draft_service.servicer import feedback_from_pb
+from draft_service.session import DraftSession
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
-from specdec.decoder import SpeculativeDecoder
-from specdec.proposers import PROPOSER_KINDS, make_factory
+from specdec.decoder import CycleResult, SpeculativeDecoder
+from specdec.proposers import PROPOSER_KINDS, Feedback, Proposal, make_factory
+from target_service.draft_link import verdict_to_pb
 from tests.conftest import PROMPTS
 from tests.servers import running_stack
 
@@ -51,6 +54,57 @@ def test_hybrid_uses_lookup_where_it_is_reliable_and_the_model_elsewhere(tiny_en
         assert proposal.source == "draft-model" and len(proposal.token_ids) == 3  # ...but the model drafts
     finally:
         hybrid.close()
+
+
+def test_hybrid_weighs_measured_costs(tiny_engine):
+    """Once costs are measured the hybrid takes whichever option should commit most tokens per second."""
+    hybrid = make_factory("hybrid", tiny_engine.draft_runner).open(SamplingParams(), 0)
+    try:
+        rng = random.Random(1)
+        fresh = [rng.randrange(10, 30) for _ in range(40)] + [99]  # 99 occurs nowhere before: no lookup
+        copying = [11, 12, 13, 14, 15] * 8  # lookup matches 4 tokens here
+        assert hybrid.propose(fresh, 4).source == "draft-model"  # cold: the model drafts, to be measured
+        hybrid.observe(Feedback("draft-model", 4, 4, 0.40))
+        costs = hybrid.costs
+        assert costs.alpha == 1.0 and costs.verify_s[4] == 0.40 and costs.draft_step_s > 0
+        costs.draft_step_s = 0.2  # an expensive model: free lookup wins on copied text
+        assert hybrid.propose(copying, 3).source == "ngram"
+        hybrid.observe(Feedback("ngram", 3, 0, 0.35))
+        assert hybrid.lookup_alpha[4] == 0.0  # measured: lookups on 4-token matches failed
+
+        # a useless model: plain decoding (an empty proposal) beats drafting
+        costs.alpha, costs.draft_step_s, costs.verify_s = 0.0, 0.05, {0: 0.30, 4: 0.50}
+        assert hybrid.propose(fresh, 4).token_ids == []
+        costs.alpha = 0.9  # a good, cheap model beats a lookup measured to fail...
+        assert hybrid.propose(copying, 3).source == "draft-model"
+        hybrid.lookup_alpha[4] = 0.95  # ...and a lookup measured to succeed beats an expensive model
+        costs.draft_step_s = 0.2
+        proposal = hybrid.propose(copying, 3)
+        assert proposal.source == "ngram" and proposal.token_ids == [11, 12, 13]
+    finally:
+        hybrid.close()
+
+
+def test_verdicts_carry_feedback_to_the_draft_proposer():
+    class Recorder:
+        source = "ngram"
+        seen: list = []
+
+        def prefill(self, prompt): pass
+
+        def propose(self, committed, k):
+            return Proposal(start=len(committed), token_ids=[1] * k, probs=None, source=self.source)
+
+        def observe(self, feedback):
+            self.seen.append(feedback)
+
+    cycle = CycleResult(new_tokens=[5, 6], k=3, accepted=1, verify_s=0.25, start=3, draft_sources=["ngram"] * 3)
+    sent = feedback_from_pb(verdict_to_pb(cycle, next_k=2))
+    assert sent == Feedback("ngram", 3, 1, 0.25)
+    session = DraftSession(Recorder(), [7, 8, 9], k=3, overlap=False)
+    session.start()
+    session.on_verdict(3, [5, 6], 2, sent)
+    assert Recorder.seen == [sent]
 
 
 def test_seeded_sampling_with_ngram_is_reproducible(tiny_engine):

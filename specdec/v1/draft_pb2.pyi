@@ -24,14 +24,22 @@ class ProposeStart(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., k: _Optional[int] = ..., overlap: _Optional[bool] = ...) -> None: ...
 
 class ProposeVerdict(_message.Message):
-    __slots__ = ("start", "token_ids", "next_k")
+    __slots__ = ("start", "token_ids", "next_k", "verified_k", "accepted", "verify_ms", "verified_source")
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_K_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_K_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_SOURCE_FIELD_NUMBER: _ClassVar[int]
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     next_k: int
-    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., next_k: _Optional[int] = ...) -> None: ...
+    verified_k: int
+    accepted: int
+    verify_ms: float
+    verified_source: _common_pb2.ProposerKind
+    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., next_k: _Optional[int] = ..., verified_k: _Optional[int] = ..., accepted: _Optional[int] = ..., verify_ms: _Optional[float] = ..., verified_source: _Optional[_Union[_common_pb2.ProposerKind, str]] = ...) -> None: ...
 
 class ProposeRowRequest(_message.Message):
     __slots__ = ("proposal_id", "index")
