@@ -54,8 +54,9 @@ def add_speculation_args(p: argparse.ArgumentParser) -> None:
                    help="choose K per cycle from measured acceptance and step costs, down to 0 when it does not pay")
     g.add_argument("--no-draft", action="store_true", help="plain target-only decoding (the baseline)")
     g.add_argument("--proposer", default="draft-model", choices=["draft-model", "ngram", "hybrid"],
-                   help="who drafts: the draft model, prompt lookup (n-gram; no draft model), or lookup first "
-                        "with the draft model as fallback (default: draft-model)")
+                   help="who drafts: the draft model, prompt lookup (n-gram; no draft model), or hybrid: per cycle "
+                        "lookup, the draft model or neither, whichever should commit the most tokens per second "
+                        "(default: draft-model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-overlap", action="store_true",
                        help="services mode: the draft does not draft ahead during verify, so services minus spec "
                             "is the services' own per-cycle cost (gRPC, session bookkeeping)")
-    bench.add_argument("--repeats", type=int, default=3, help="measured repeats (median and min-max reported)")
-    bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    bench.add_argument("--repeats", type=int, default=3, help="measured repeats (median and min-max reported; default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default 1)")
     bench.add_argument("--replay-alpha", type=float, default=None,
                        help="replayed acceptance: the draft runs for real but proposes the target's greedy token "
                             "with this probability (random-weight systems benchmarks)")
