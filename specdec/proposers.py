@@ -13,7 +13,7 @@ import torch
 
 from specdec.adaptive import AdaptiveK, acceptance_rate, ema, expected_tokens
 from specdec.config import MAX_K, SamplingParams
-from specdec.runner import ModelRunner
+from specdec.runner import ModelRunner, common_prefix_len
 from specdec.sampling import Stream, greedy_token, process_logits, sample_from, uniform
 from specdec.verify import DenseDraftProbs, DraftProbs
 
@@ -112,6 +112,13 @@ class DraftModelProposer:
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)
+
+    def catch_up(self, committed: Sequence[int]) -> None:
+        """Cache all but the last committed token when more than two are missing (after cycles drafted by
+        someone else), so that `propose` then costs about k decode steps: callers that weigh per-token
+        draft cost time the catch-up, one prefill over the gap, apart."""
+        if common_prefix_len(self.session.tokens, committed) < len(committed) - 2:
+            self.runner.extend(self.session, committed[:-1], keep=1)
 
     def close(self) -> None:
         self.runner.close(self.session)
@@ -297,6 +304,7 @@ class HybridProposer:
         if model_k == 0:
             self._last = ("", 0, 0.0)
             return Proposal(start=len(committed), token_ids=[], probs=None, source=self.source)
+        self.model.catch_up(committed)  # not part of the per-token cost: it pays for cycles already past
         t0 = time.perf_counter()
         proposal = self.model.propose(committed, model_k)
         self._last = (DRAFT_MODEL, 0, time.perf_counter() - t0)

@@ -85,6 +85,21 @@ def test_hybrid_weighs_measured_costs(tiny_engine):
         hybrid.close()
 
 
+def test_draft_model_catches_up_apart_from_drafting(tiny_engine):
+    """After cycles drafted by lookup, the gap is one prefill, so a draft's per-token cost stays a step's."""
+    proposer = make_factory("draft-model", tiny_engine.draft_runner).open(SamplingParams(), 0)
+    try:
+        sequence = list(range(10, 40))
+        proposer.prefill(sequence[:5])
+        proposer.catch_up(sequence)
+        assert proposer.session.tokens == sequence[:-1]
+        proposer.catch_up(sequence + [41])  # two missing: left to propose's first step
+        assert proposer.session.tokens == sequence[:-1]
+        assert len(proposer.propose(sequence + [41], 3).token_ids) == 3
+    finally:
+        proposer.close()
+
+
 def test_verdicts_carry_feedback_to_the_draft_proposer():
     class Recorder:
         source = "ngram"
