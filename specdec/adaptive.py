@@ -95,7 +95,7 @@ class AdaptiveK:
         cap = self.max_k if limit is None else min(self.max_k, limit)
         if cap <= 0:
             return 0
-        if self.alpha is None or self.draft_step_s is None or not self.verify_s:
+        if self.rate(0) is None:
             k = min(self.initial_k, cap)  # measure first
         else:
             k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
 from specdec.grpc_util import wait_healthy
@@ -25,12 +24,10 @@ PARENT_PID_ENV = "SPECDEC_PARENT_PID"
 def watch_parent(pid: int, stop: threading.Event) -> None:
     """Drain and exit when the launching process is gone (killed, even by the OOM killer): a local
     stack must not leave servers holding gigabytes of models behind."""
-    while not stop.is_set():
+    while not stop.wait(1.0):
         if os.getppid() != pid:
             log.warning("parent process %d is gone: shutting down", pid)
             stop.set()
-            return
-        time.sleep(1.0)
 
 
 def free_base_port(count: int = 3, preferred: int | None = None) -> int:
