@@ -281,6 +281,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from orchestrator.server import build
         server, pool = build(args)
         pool.start()
+    stop = threading.Event()  # armed before the server is reachable: a SIGTERM right after start must drain
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     server.start()
     log = logging.getLogger("specdec")
     log.info("%s serving on %s (%s%s); tracing %s", args.role, server.address,
@@ -289,14 +292,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         port = server.metrics.serve(args.metrics_port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     from specdec.launcher import PARENT_PID_ENV, watch_parent
 
     if parent := os.environ.get(PARENT_PID_ENV):  # started by `specdec up`/bench: don't outlive it
         threading.Thread(target=watch_parent, args=(int(parent), stop), daemon=True).start()
-    stop.wait()
+    # Wake up now and then: a process-directed SIGTERM can land on a gRPC thread, and its Python handler
+    # only runs once the main thread is back in the interpreter; a bare wait() would never return.
+    while not stop.wait(0.5):
+        pass
     log.info("draining: NOT_SERVING now, up to %.0fs for running requests", args.grace_period)
     server.stop(grace=args.grace_period)
     if pool is not None:
