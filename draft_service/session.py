@@ -11,7 +11,6 @@ work; it never changes the output.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,7 +27,7 @@ class SentProposal:
     start: int  # absolute position of token_ids[0]: the committed length when it was drafted
     token_ids: list[int]  # the claim: assumed-but-uncommitted tokens + new drafts
     chain: list[int]  # full sequence the next block builds on: committed + claim + bonus guess
-    draft_s: float
+    draft_s: float  # the proposer's own drafting time (Proposal.draft_s)
     ahead: bool  # drafted on top of an earlier proposal, before its verdict
     source: str
     source_of: dict[int, str] = field(default_factory=dict)  # position -> proposer of that token
@@ -119,13 +118,11 @@ class DraftSession:
     def _draft(self, parent: SentProposal | None) -> SentProposal:
         n = len(self.committed)
         base = parent.chain if parent else self.committed
-        t0 = time.perf_counter()
         drafted = self.proposer.propose(base, self.k + 1 if self.overlap else self.k)
-        draft_s = time.perf_counter() - t0
         new = drafted.token_ids
         chain = list(base) + new
         claim = chain[n:len(base) + min(len(new), self.k)]  # the bonus guess (k+1-th token) is not claimed
-        proposal = SentProposal(id=next(self._ids), start=n, token_ids=claim, chain=chain, draft_s=draft_s,
+        proposal = SentProposal(id=next(self._ids), start=n, token_ids=claim, chain=chain, draft_s=drafted.draft_s,
                                 ahead=parent is not None, source=drafted.source)
         if parent is not None:  # the claim repeats the parent's unverified tokens: carry their details
             for mine, theirs in ((proposal.source_of, parent.source_of), (proposal.q_of_token, parent.q_of_token),

@@ -6,7 +6,8 @@ and costs T(k) = k * draft_step + verify(k)   (verify(0) is a plain decode step)
 We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
 costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 to re-measure a).
 Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
-interpolated linearly between the nearest measured sizes.
+interpolated linearly between the nearest measured sizes. The acceptance rate a pools decayed counts
+over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
 """
 
 from __future__ import annotations
@@ -21,13 +22,29 @@ def expected_tokens(alpha: float, k: int) -> float:
     return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
-def acceptance_rate(k: int, accepted: int) -> float:
-    """Per-token acceptance seen in one block of k drafts (k > 0).
+@dataclass
+class AcceptanceEstimate:
+    """Per-token acceptance rate a from verified blocks: decayed counts of accepted tokens over decayed
+    counts of tokens judged (accepted ones plus the one rejection that ends a block, if any).
 
-    accepted / k would be biased low whenever a rejection cuts the block short, so use the standard
-    estimator accepted / (accepted + 1 rejection), and accepted / k only when all were accepted.
+    Under the geometric model behind E(k) this is the maximum-likelihood a. Averaging per-block rates
+    accepted / (accepted + 1) instead is biased low whenever acceptance is all-or-little, as on code:
+    blocks of 6/6 and 0/6 average 0.5 while a = 6/7 is what predicts their mean length.
     """
-    return accepted / k if accepted == k else accepted / (accepted + 1)
+
+    decay: float = 0.8  # weight kept by the past at each new block
+    accepted: float = 0.0
+    judged: float = 0.0
+
+    def observe(self, k: int, accepted: int) -> None:
+        """One block of k > 0 drafts, `accepted` of them accepted."""
+        self.accepted = self.decay * self.accepted + accepted
+        self.judged = self.decay * self.judged + accepted + (accepted < k)
+
+    @property
+    def value(self) -> float | None:
+        """a, or None before any block."""
+        return self.accepted / self.judged if self.judged else None
 
 
 def ema(old: float | None, new: float, weight: float) -> float:
@@ -42,12 +59,20 @@ class AdaptiveK:
     smoothing: float = 0.2  # EMA weight of a new measurement
     probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
     max_probe_every: int = 512
-    alpha: float | None = None
+    acceptance: AcceptanceEstimate | None = None  # made from `smoothing` unless given
     draft_step_s: float | None = None  # per drafted token
     verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
     _since_probe: int = 0
     _probing: bool = False
     last_k: int = -1
+
+    def __post_init__(self) -> None:
+        if self.acceptance is None:
+            self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
+
+    @property
+    def alpha(self) -> float | None:
+        return self.acceptance.value
 
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
@@ -57,8 +82,7 @@ class AdaptiveK:
             self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
         self.observe_verify(k, verify_s)
         if k > 0:
-            rate = acceptance_rate(k, accepted)
-            self.alpha = ema(self.alpha, rate, w)
+            self.acceptance.observe(k, accepted)
             self.draft_step_s = ema(self.draft_step_s, draft_s / k, w)
 
     def observe_verify(self, k: int, verify_s: float) -> None:

@@ -220,15 +220,14 @@ class SpeculativeDecoder:
                 # The first cycle is prefill alone, as in the services (where the draft prefills
                 # meanwhile): time to first token is the target's prefill, and seeded runs line up.
                 k = choose_k.choose(sequence.max_k) if proposer and stats.cycles > 0 else 0
-                proposal, draft_s = None, 0.0
+                proposal = None
                 if k > 0:
                     t0 = time.perf_counter()
                     proposal = proposer.propose(sequence.committed, k)
-                    draft_s = time.perf_counter() - t0
-                    stats.draft_time_s += draft_s
+                    stats.draft_time_s += time.perf_counter() - t0  # catch-up included: it is latency too
                 cycle = sequence.step(proposal)
                 if stats.cycles > 0:  # the prefill cycle says nothing about decode costs
-                    choose_k.observe(cycle.k, cycle.accepted, cycle.verify_s, draft_s)
+                    choose_k.observe(cycle.k, cycle.accepted, cycle.verify_s, proposal.draft_s if proposal else 0.0)
                     if proposer is not None:
                         proposer.observe(cycle.feedback())
                 stats.verify_time_s += cycle.verify_s

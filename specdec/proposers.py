@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from specdec.adaptive import AdaptiveK, acceptance_rate, ema, expected_tokens
+from specdec.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
 from specdec.config import MAX_K, SamplingParams
 from specdec.runner import ModelRunner, common_prefix_len
 from specdec.sampling import Stream, greedy_token, process_logits, sample_from, uniform
@@ -27,6 +27,8 @@ class Proposal:
     probs: DraftProbs | None  # the draft's processed q per position; None = one-hot (greedy, n-gram)
     source: str  # which proposer made it ("draft-model", "ngram"), for statistics
     token_sources: list[str] | None = None  # per token, when a claim mixes proposers (hybrid, remote)
+    draft_s: float = 0.0  # the proposer's own time drafting these tokens, catching up on cycles it did
+    #                       not draft excluded: what a per-token draft cost (adaptive K) must be fed
 
     @property
     def k(self) -> int:
@@ -94,6 +96,8 @@ class DraftModelProposer:
         self.session = runner.open()
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self._catch_up(committed)
+        t0 = time.perf_counter()
         start = len(committed)
         sequence = list(committed)
         rows: list[torch.Tensor] = []
@@ -108,15 +112,16 @@ class DraftModelProposer:
             sequence.append(token)
         drafted = sequence[start:]
         probs = DenseDraftProbs(torch.stack(rows), drafted) if rows else None
-        return Proposal(start=start, token_ids=drafted, probs=probs, source=self.source)
+        return Proposal(start=start, token_ids=drafted, probs=probs, source=self.source,
+                        draft_s=time.perf_counter() - t0)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)
 
-    def catch_up(self, committed: Sequence[int]) -> None:
+    def _catch_up(self, committed: Sequence[int]) -> None:
         """Cache all but the last committed token when more than two are missing (after cycles drafted by
-        someone else), so that `propose` then costs about k decode steps: callers that weigh per-token
-        draft cost time the catch-up, one prefill over the gap, apart."""
+        someone else, or none), in one prefill timed apart from drafting: folded into the first draft
+        step it would look like an expensive draft and keep adaptive K from drafting again."""
         if common_prefix_len(self.session.tokens, committed) < len(committed) - 2:
             self.runner.extend(self.session, committed[:-1], keep=1)
 
@@ -238,8 +243,11 @@ class NgramProposer:
         self.index = NgramIndex(min_n, max_n)
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
-        self.index.sync(committed)
-        return Proposal(start=len(committed), token_ids=self.index.continuation(k), probs=None, source=self.source)
+        self.index.sync(committed)  # catching up on the committed tokens is not drafting
+        t0 = time.perf_counter()
+        tokens = self.index.continuation(k)
+        return Proposal(start=len(committed), token_ids=tokens, probs=None, source=self.source,
+                        draft_s=time.perf_counter() - t0)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.index.sync(prompt)
@@ -283,7 +291,7 @@ class HybridProposer:
                  max_k: int = MAX_K, weigh_costs: bool = True) -> None:
         self.ngram, self.model, self.min_hit_rate, self.weigh_costs = ngram, model, min_hit_rate, weigh_costs
         self.costs = AdaptiveK(max_k=max_k)  # the model's acceptance and step cost; verify cost per size
-        self.lookup_alpha: dict[int, float] = {}  # match length n -> measured acceptance of its lookups
+        self.lookup_acceptance: dict[int, AcceptanceEstimate] = {}  # match length n -> of its lookups
         self._last: tuple[str, int, float] = ("", 0, 0.0)  # (source, match length n, draft time) of the last block
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
@@ -295,7 +303,8 @@ class HybridProposer:
         if model_rate is None:  # sampling, or the model not measured yet
             use_lookup, model_k = bool(tokens) and index.hit_rate(n) >= self.min_hit_rate, k
         else:
-            alpha = self.lookup_alpha.get(n, index.hit_rate(n))
+            measured = self.lookup_acceptance[n].value if n in self.lookup_acceptance else None
+            alpha = index.hit_rate(n) if measured is None else measured
             verify = self.costs.verify_cost(len(tokens))
             use_lookup = bool(tokens) and bool(verify) and expected_tokens(alpha, len(tokens)) / verify >= model_rate
         if use_lookup:
@@ -304,10 +313,8 @@ class HybridProposer:
         if model_k == 0:
             self._last = ("", 0, 0.0)
             return Proposal(start=len(committed), token_ids=[], probs=None, source=self.source)
-        self.model.catch_up(committed)  # not part of the per-token cost: it pays for cycles already past
-        t0 = time.perf_counter()
         proposal = self.model.propose(committed, model_k)
-        self._last = (DRAFT_MODEL, 0, time.perf_counter() - t0)
+        self._last = (DRAFT_MODEL, 0, proposal.draft_s)
         return proposal
 
     def observe(self, feedback: Feedback) -> None:
@@ -317,8 +324,8 @@ class HybridProposer:
             return
         self.costs.observe_verify(feedback.k, feedback.verify_s)
         if feedback.k > 0 and feedback.source == NGRAM == source:
-            rate = acceptance_rate(feedback.k, feedback.accepted)
-            self.lookup_alpha[n] = ema(self.lookup_alpha.get(n), rate, self.costs.smoothing)
+            estimate = self.lookup_acceptance.setdefault(n, AcceptanceEstimate(decay=self.costs.acceptance.decay))
+            estimate.observe(feedback.k, feedback.accepted)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.ngram.prefill(prompt)
@@ -353,6 +360,7 @@ class ReplayProposer:
         self.session = runner.open()
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        t0 = time.perf_counter()
         start = len(committed)
         sequence = list(committed)
         for i in range(k):
@@ -361,7 +369,8 @@ class ReplayProposer:
             right = self.reference[position] if position < len(self.reference) else 0
             hit = uniform(self.seed, position, Stream.DRAFT) < self.alpha
             sequence.append(right if hit else (right + 1) % self.runner.vocab_size)
-        return Proposal(start=start, token_ids=sequence[start:], probs=None, source=self.source)
+        return Proposal(start=start, token_ids=sequence[start:], probs=None, source=self.source,
+                        draft_s=time.perf_counter() - t0)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec.adaptive import AdaptiveK, expected_tokens
+from specdec.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import SpeculativeDecoder, adaptive_k
 from specdec.proposers import ReplayFactory
@@ -28,6 +28,28 @@ def test_expected_tokens_formula():
     assert expected_tokens(0.0, 4) == 1.0
     assert expected_tokens(1.0, 4) == 5.0
     assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_acceptance_pools_blocks_instead_of_averaging_them():
+    """All-or-nothing blocks (as on code): 6 of 6, then 0 of 6. Their mean length is what a = 6/7
+    predicts; averaging per-block rates would say 0.5 and keep K short."""
+    estimate = AcceptanceEstimate(decay=1.0)
+    assert estimate.value is None
+    for _ in range(10):
+        estimate.observe(6, 6)
+        estimate.observe(6, 0)
+    assert estimate.value == pytest.approx(6 / 7)
+    estimate.observe(4, 2)  # 2 accepted, then 1 rejection
+    assert estimate.value == pytest.approx(62 / 73)
+
+
+def test_all_or_nothing_acceptance_keeps_k_long():
+    chooser, blocks = AdaptiveK(max_k=8), 0
+    for _ in range(200):
+        k = chooser.choose()
+        blocks += k > 0
+        chooser.observe(k, k if blocks % 2 else 0, 0.010 * (1 + 0.03 * k), k * 0.0005)
+    assert chooser.choose() >= 5
 
 
 def test_good_draft_on_flat_verify_cost_gets_long_k():

@@ -1,11 +1,13 @@
 """Every proposer is lossless: greedy output equals target-only, in process and through the services."""
 
 import random
+import time
 
 import pytest
 
 from draft_service.servicer import feedback_from_pb
 from draft_service.session import DraftSession
+from specdec.adaptive import AcceptanceEstimate
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import CycleResult, SpeculativeDecoder
@@ -70,14 +72,15 @@ def test_hybrid_weighs_measured_costs(tiny_engine):
         costs.draft_step_s = 0.2  # an expensive model: free lookup wins on copied text
         assert hybrid.propose(copying, 3).source == "ngram"
         hybrid.observe(Feedback("ngram", 3, 0, 0.35))
-        assert hybrid.lookup_alpha[4] == 0.0  # measured: lookups on 4-token matches failed
+        assert hybrid.lookup_acceptance[4].value == 0.0  # measured: lookups on 4-token matches failed
 
         # a useless model: plain decoding (an empty proposal) beats drafting
-        costs.alpha, costs.draft_step_s, costs.verify_s = 0.0, 0.05, {0: 0.30, 4: 0.50}
+        costs.acceptance, costs.draft_step_s, costs.verify_s = AcceptanceEstimate(0.8, 0, 5), 0.05, {0: 0.30, 4: 0.50}
         assert hybrid.propose(fresh, 4).token_ids == []
-        costs.alpha = 0.9  # a good, cheap model beats a lookup measured to fail...
+        costs.acceptance = AcceptanceEstimate(0.8, 9, 10)  # a good, cheap model beats a lookup measured to fail...
         assert hybrid.propose(copying, 3).source == "draft-model"
-        hybrid.lookup_alpha[4] = 0.95  # ...and a lookup measured to succeed beats an expensive model
+        hybrid.lookup_acceptance[4] = AcceptanceEstimate(0.8, 19, 20)  # ...and a lookup measured to succeed
+        #                                                              beats an expensive model
         costs.draft_step_s = 0.2
         proposal = hybrid.propose(copying, 3)
         assert proposal.source == "ngram" and proposal.token_ids == [11, 12, 13]
@@ -85,17 +88,29 @@ def test_hybrid_weighs_measured_costs(tiny_engine):
         hybrid.close()
 
 
-def test_draft_model_catches_up_apart_from_drafting(tiny_engine):
-    """After cycles drafted by lookup, the gap is one prefill, so a draft's per-token cost stays a step's."""
+def test_draft_model_catches_up_apart_from_drafting(tiny_engine, monkeypatch):
+    """After cycles drafted by lookup (or none), the gap is one prefill timed apart, so the draft time a
+    proposal reports stays k decode steps: the per-token cost adaptive K weighs."""
     proposer = make_factory("draft-model", tiny_engine.draft_runner).open(SamplingParams(), 0)
+    runner, extend = proposer.runner, proposer.runner.extend
+    fed = []
+
+    def slow_prefill(session, tokens, keep):
+        fed.append(len(tokens) - len(session.tokens))
+        if fed[-1] > 2:
+            time.sleep(0.3)  # make the catch-up unmistakable
+        return extend(session, tokens, keep)
+
+    monkeypatch.setattr(runner, "extend", slow_prefill)
     try:
-        sequence = list(range(10, 40))
+        sequence = list(range(10, 100))
         proposer.prefill(sequence[:5])
-        proposer.catch_up(sequence)
-        assert proposer.session.tokens == sequence[:-1]
-        proposer.catch_up(sequence + [41])  # two missing: left to propose's first step
-        assert proposer.session.tokens == sequence[:-1]
-        assert len(proposer.propose(sequence + [41], 3).token_ids) == 3
+        fed.clear()
+        t0 = time.perf_counter()
+        proposal = proposer.propose(sequence, 3)
+        assert time.perf_counter() - t0 > 0.3 and 0 < proposal.draft_s < 0.3
+        assert fed == [len(sequence) - 6, 1, 1, 1]  # one prefill over the gap, then three draft steps
+        assert len(proposal.token_ids) == 3 and proposer.session.tokens[:len(sequence)] == sequence
     finally:
         proposer.close()
 
