@@ -150,7 +150,7 @@ class ModelRunner:
 
     def _forward_graph(self, session: KVSession, new_ids: Sequence[int], keep: int) -> torch.Tensor:
         start, n = session.length, len(new_ids)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):  # replay on our device
             key = (session.slot, n, keep)
             if key not in self._graphs:
                 self._graphs[key] = self._capture(session.slot, n, keep, start)
@@ -177,6 +177,8 @@ class ModelRunner:
             return self.model(input_ids=ids, position_ids=positions[None], attention_mask=mask,
                               past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
 
+        # Warm up and capture on a stream of this runner's device: torch.cuda.graph's default capture
+        # stream lives on whichever device was current first (a draft on cuda:1 must not use cuda:0's).
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -187,7 +189,7 @@ class ModelRunner:
         graph = torch.cuda.CUDAGraph()
         self._set_length(slot, start)
         # thread_local: a draft runner on another thread may launch work while we capture
-        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
             logits = run()
         self._graph_pool = graph.pool()
         return _Graph(graph, ids, positions, logits)

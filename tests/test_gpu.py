@@ -45,3 +45,18 @@ def test_greedy_equality_with_cuda_graphs(gpu_engine, k):
         spec = SpeculativeDecoder(e.target_runner, e.tokenizer, e.eos_ids, e.decoder.proposers,
                                   SpeculationConfig(k=k)).generate(request)
         assert spec.token_ids == plain.token_ids, prompt
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_draft_on_its_own_gpu_stays_lossless_with_graphs_on_both():
+    """Draft on cuda:1, target on cuda:0: each runner captures and replays its graphs on its own device."""
+    e = Engine.load(EngineConfig(device="cuda:0", draft_device="cuda:1", dtype="float32", max_len=512))
+    assert e.draft_runner.device == torch.device("cuda:1")
+    for prompt in PROMPTS[:4]:
+        request = GenerationRequest(prompt_ids=e.encode(prompt), max_new_tokens=48, ignore_eos=True)
+        plain = SpeculativeDecoder(e.target_runner, e.tokenizer, e.eos_ids).generate(request)
+        spec = SpeculativeDecoder(e.target_runner, e.tokenizer, e.eos_ids, e.decoder.proposers,
+                                  SpeculationConfig(k=4)).generate(request)
+        assert spec.token_ids == plain.token_ids, prompt
+        assert spec.stats.accepted_tokens > 0
+    assert e.draft_runner._graphs and e.target_runner._graphs
