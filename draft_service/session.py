@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -70,8 +70,10 @@ class DraftSession:
         return []
 
     def on_verdict(self, start: int, token_ids: Sequence[int], next_k: int = 0,
-                   feedback: Feedback | None = None) -> list[SentProposal]:
-        """The target committed `token_ids` at `start`: update, drop broken assumptions, draft on."""
+                   feedback: Feedback | None = None) -> Iterator[SentProposal]:
+        """The target committed `token_ids` at `start`: update and drop broken assumptions now, then draft
+        on lazily: each proposal is yielded as soon as it exists, so after a miss the target gets the
+        block it needs without waiting for the one drafted ahead of it."""
         if start != len(self.committed):
             raise InvalidArgument("verdict.start", f"is {start} but the draft has {len(self.committed)} committed tokens")
         if not token_ids:
@@ -103,17 +105,15 @@ class DraftSession:
         agrees = p.token_ids[:n - p.start] == self.committed[p.start:n]
         return agrees and p.start + len(p.token_ids) > n
 
-    def _fill(self) -> list[SentProposal]:
-        sent = []
+    def _fill(self) -> Iterator[SentProposal]:
         while len(self.pending) < self.depth and self.k > 0:
             parent = self.pending[-1] if self.pending else None
             proposal = self._draft(parent)
             self.pending.append(proposal)
             self.recent.append(proposal)
-            sent.append(proposal)
+            yield proposal
             if len(proposal.chain) == len(parent.chain if parent else self.committed):
                 break  # nothing new to propose (e.g. no n-gram match): don't spin
-        return sent
 
     def _draft(self, parent: SentProposal | None) -> SentProposal:
         n = len(self.committed)

@@ -33,8 +33,10 @@ E)  # two GPUs (nvidia-h200-x2): target on cuda:0, draft on cuda:1; 0.5B -> 32B 
   BENCH_TIMEOUT=200 bench e09 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
     --modes target-only,spec,spec-overlap
   BENCH_TIMEOUT=170 bench e08 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
-    --modes target-only,spec-overlap
-  BENCH_TIMEOUT=125 bench esvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 --no-overlap \
+    --modes target-only,spec,spec-overlap
+  BENCH_TIMEOUT=100 bench esvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 --no-overlap \
     --modes target-only,spec,services
+  BENCH_TIMEOUT=100 bench esvc_ov --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
+    --modes spec-overlap,services
   timeout 40 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
 esac

@@ -364,7 +364,9 @@ class ReplayProposer:
         start = len(committed)
         sequence = list(committed)
         for i in range(k):
-            self.runner.extend(self.session, sequence, keep=1)  # the real forward; its logits are not used
+            # The real forward, and reading its token as a real draft must (a host sync): without that
+            # read a draft on its own GPU would run unwaited, in parallel with the target, for free.
+            greedy_token(self.runner.extend(self.session, sequence, keep=1)[0])
             position = start + i
             right = self.reference[position] if position < len(self.reference) else 0
             hit = uniform(self.seed, position, Stream.DRAFT) < self.alpha
