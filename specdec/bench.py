@@ -131,7 +131,8 @@ class LocalLink:
         from target_service.draft_link import Picked, ProposalPicker
 
         self._Picked = Picked
-        self._picker = ProposalPicker(lambda s: Proposal(s.start, s.token_ids, None, s.source, s.token_sources()))
+        self._picker = ProposalPicker(
+            lambda s: Proposal(s.start, s.token_ids, None, s.source, s.token_sources(), draft_s=s.draft_s))
         self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy)
         self.failure = None
         self._inbox: queue.Queue = queue.Queue()

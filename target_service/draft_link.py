@@ -172,7 +172,8 @@ class DraftLink:
         probs = None if (self.greedy or not pb.token_probs) else RemoteDraftProbs(pb, self)
         sources = [PROPOSER_FROM_PB.get(s, "draft-model") for s in pb.token_sources] or None
         return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs,
-                        source=PROPOSER_FROM_PB.get(pb.source, "draft-model"), token_sources=sources)
+                        source=PROPOSER_FROM_PB.get(pb.source, "draft-model"), token_sources=sources,
+                        draft_s=pb.draft_ms / 1e3)
 
     def _read(self) -> None:
         try:
