@@ -303,8 +303,8 @@ class HybridProposer:
         if model_rate is None:  # sampling, or the model not measured yet
             use_lookup, model_k = bool(tokens) and index.hit_rate(n) >= self.min_hit_rate, k
         else:
-            measured = self.lookup_acceptance[n].value if n in self.lookup_acceptance else None
-            alpha = index.hit_rate(n) if measured is None else measured
+            estimate = self.lookup_acceptance.get(n)  # once made, it has seen a block: its value is set
+            alpha = estimate.value if estimate else index.hit_rate(n)
             verify = self.costs.verify_cost(len(tokens))
             use_lookup = bool(tokens) and bool(verify) and expected_tokens(alpha, len(tokens)) / verify >= model_rate
         if use_lookup:

@@ -79,8 +79,8 @@ def test_hybrid_weighs_measured_costs(tiny_engine):
         assert hybrid.propose(fresh, 4).token_ids == []
         costs.acceptance = AcceptanceEstimate(0.8, 9, 10)  # a good, cheap model beats a lookup measured to fail...
         assert hybrid.propose(copying, 3).source == "draft-model"
-        hybrid.lookup_acceptance[4] = AcceptanceEstimate(0.8, 19, 20)  # ...and a lookup measured to succeed
-        #                                                              beats an expensive model
+        # ...and a lookup measured to succeed beats an expensive model
+        hybrid.lookup_acceptance[4] = AcceptanceEstimate(0.8, 19, 20)
         costs.draft_step_s = 0.2
         proposal = hybrid.propose(copying, 3)
         assert proposal.source == "ngram" and proposal.token_ids == [11, 12, 13]
@@ -111,6 +111,9 @@ def test_draft_model_catches_up_apart_from_drafting(tiny_engine, monkeypatch):
         assert time.perf_counter() - t0 > 0.3 and 0 < proposal.draft_s < 0.3
         assert fed == [len(sequence) - 6, 1, 1, 1]  # one prefill over the gap, then three draft steps
         assert len(proposal.token_ids) == 3 and proposer.session.tokens[:len(sequence)] == sequence
+        fed.clear()  # all three drafts accepted plus a bonus: two missing, left to the first draft step
+        proposer.propose(sequence + proposal.token_ids + [41], 3)
+        assert fed == [2, 1, 1]
     finally:
         proposer.close()
 
