@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from draft_service.session import DraftSession, SentProposal
 from specdec.config import MAX_K
@@ -20,11 +20,18 @@ log = logging.getLogger("specdec.draft")
 _END = object()
 
 
-def proposal_to_pb(p: SentProposal) -> draft_pb2.ProposeResponse:
-    return draft_pb2.ProposeResponse(proposal=draft_pb2.DraftProposal(
+def proposal_to_pb(p: SentProposal) -> draft_pb2.DraftProposal:
+    return draft_pb2.DraftProposal(
         id=p.id, start=p.start, token_ids=p.token_ids, token_probs=p.token_probs(), draft_ms=p.draft_s * 1e3,
         ahead=p.ahead, source=PROPOSER_TO_PB.get(p.source, common_pb2.PROPOSER_KIND_UNSPECIFIED),
-        token_sources=[PROPOSER_TO_PB[s] for s in p.token_sources()]))
+        token_sources=[PROPOSER_TO_PB[s] for s in p.token_sources()])
+
+
+def message_to_pb(batch: list[SentProposal]) -> draft_pb2.ProposeResponse:
+    """One message per batch the session drafted: a single block, or the blocks pre-drafted together."""
+    if len(batch) == 1:
+        return draft_pb2.ProposeResponse(proposal=proposal_to_pb(batch[0]))
+    return draft_pb2.ProposeResponse(proposals=draft_pb2.DraftProposals(proposals=[proposal_to_pb(p) for p in batch]))
 
 
 def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) -> draft_pb2.ProposeResponse:
@@ -35,8 +42,9 @@ def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, predraft: bool = False):
         self.factory = factory
+        self.predraft = predraft  # overlap pre-drafts every likely outcome (draft_service.session)
         self.metrics = metrics or Metrics("draft")
         self.info = info
         self.free_slots = free_slots  # () -> int
@@ -54,12 +62,14 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def Propose(self, request_iterator, context) -> Iterator[draft_pb2.ProposeResponse]:
         return self.metrics.count_outcomes(self._propose(request_iterator, context))
 
-    def _send(self, proposals: list[SentProposal]) -> Iterator[draft_pb2.ProposeResponse]:
-        for p in proposals:
+    def _send(self, batches: Iterable[list[SentProposal]]) -> Iterator[draft_pb2.ProposeResponse]:
+        for batch in batches:
+            p = batch[0]  # a batch was drafted in one pass: one time, one record
             self.metrics.draft_step.labels("draft").observe(p.draft_s)
             record_cycle("propose", {"specdec.k": len(p.token_ids), "specdec.draft_ms": p.draft_s * 1e3,
-                                     "specdec.ahead": p.ahead, "specdec.start": p.start, "specdec.proposer": p.source})
-            yield proposal_to_pb(p)
+                                     "specdec.ahead": p.ahead, "specdec.start": p.start, "specdec.proposer": p.source,
+                                     "specdec.branches": len(batch)})
+            yield message_to_pb(batch)
 
     def _propose(self, request_iterator, context) -> Iterator[draft_pb2.ProposeResponse]:
         inbox: queue.Queue = queue.Queue()
@@ -80,8 +90,9 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         entry = self.sessions.add(start.session_id)
         context.add_callback(entry.cancel.set)
         try:
-            session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap, greedy=sampling.greedy)
-            yield from self._send(session.start())
+            session = DraftSession(proposer, start.prompt_ids, start.k, start.overlap, greedy=sampling.greedy,
+                                   predraft=self.predraft)
+            session.start()
             while not entry.cancel.is_set():
                 try:
                     msg = inbox.get(timeout=self.idle_timeout_s)

@@ -1,11 +1,17 @@
 """The draft's side of one session: verdicts in, proposals out, optionally one block ahead.
 
 Overlap (design.md §2): with `overlap`, the draft does not wait for the verdict on its last proposal.
-It assumes every token it sent will be accepted, guesses the bonus token (it drafts k+1 tokens and
-keeps the last as the guess) and drafts the next block on top. Each proposal is a claim "from position
-`start` the sequence is ...", covering every token it assumed beyond what is committed, so the target
-can check the whole assumption and drop a proposal built on a wrong guess. A wrong guess wastes draft
-work; it never changes the output.
+It drafts k+1 tokens (the last is its guess of the bonus token) and, while the target verifies, drafts
+the next block for the outcomes it expects:
+- plain: only "everything accepted, bonus as guessed";
+- with `predraft` (a proposer that drafts branches in one pass, on a GPU): every outcome "j tokens
+  accepted, then the target's token is the draft's runner-up at that position", for j = 0..k, plus
+  the guessed bonus: k+2 branches, sent together in one message.
+Each proposal is a claim "from position `start` the sequence is ...", covering every token it assumed
+beyond what is committed, so the target can check the whole assumption, take the branch the verdict
+came true for and drop the rest. A wrong guess wastes draft work; it never changes the output.
+Runner-up branches are pre-drafted for greedy sessions only: the root of such a branch is not a sample
+from q, so it must never be verified as a sampled draft token.
 """
 
 from __future__ import annotations
@@ -17,8 +23,20 @@ from typing import Iterator, Sequence
 
 import torch
 
+from specdec.config import MAX_K
 from specdec.errors import InvalidArgument, NotFound
-from specdec.proposers import Feedback, Proposer
+from specdec.proposers import Feedback, Proposal, Proposer
+
+PREDRAFT_CHOICES = ("auto", "on", "off")
+
+
+def predraft_wanted(choice: str, device: torch.device | None) -> bool:
+    """Pre-draft every likely outcome? `auto`: on a GPU only, where a forward of k+2 branch rows costs
+    about what one row does; on a CPU each row costs its own compute, and the branches would delay the
+    block the target waits for after a miss."""
+    if choice not in PREDRAFT_CHOICES:
+        raise ValueError(f"predraft must be one of {PREDRAFT_CHOICES}, got {choice!r}")
+    return choice == "on" or (choice == "auto" and device is not None and device.type == "cuda")
 
 
 @dataclass
@@ -33,6 +51,8 @@ class SentProposal:
     source_of: dict[int, str] = field(default_factory=dict)  # position -> proposer of that token
     q_of_token: dict[int, float] = field(default_factory=dict)  # position -> q(token) (sampling)
     rows: dict[int, torch.Tensor | None] = field(default_factory=dict)  # position -> q row [V]; None = one-hot
+    runner_ups: dict[int, int] = field(default_factory=dict)  # position -> the draft's likeliest other token
+    expanded: bool = False  # the next block for its outcomes has been drafted (overlap)
 
     def positions(self) -> range:
         return range(self.start, self.start + len(self.token_ids))
@@ -46,34 +66,29 @@ class SentProposal:
 
 class DraftSession:
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, overlap: bool,
-                 greedy: bool = True, keep_recent: int = 8) -> None:
+                 greedy: bool = True, keep_recent: int = 2 * MAX_K + 8, predraft: bool = False) -> None:
         self.proposer = proposer
         self.greedy = greedy  # sampling needs q for every claimed token (1.0 for one-hot proposers)
         self.committed: list[int] = list(prompt_ids)
         self.k = k
         self.overlap = overlap
+        self.predraft = overlap and predraft and greedy and hasattr(proposer, "propose_branches")
         self.pending: list[SentProposal] = []  # sent and still consistent with `committed`
         self.recent: deque[SentProposal] = deque(maxlen=keep_recent)  # for row requests
         self._ids = itertools.count(1)
 
-    @property
-    def depth(self) -> int:
-        """Proposals kept in flight: the one being verified, plus one drafted ahead with overlap."""
-        return 2 if self.overlap else 1
-
-    def start(self) -> list[SentProposal]:
+    def start(self) -> None:
         """Right after the prompt arrives: prefill while the target prefills, and wait for its first
         token. Drafting from the prompt alone would offer the target a shorter block than k on its first
         cycle, and then which block it verifies would depend on timing; waiting keeps every block
         exactly k tokens long, so a seeded request is reproducible, overlap on or off."""
         self.proposer.prefill(self.committed)
-        return []
 
     def on_verdict(self, start: int, token_ids: Sequence[int], next_k: int = 0,
-                   feedback: Feedback | None = None) -> Iterator[SentProposal]:
+                   feedback: Feedback | None = None) -> Iterator[list[SentProposal]]:
         """The target committed `token_ids` at `start`: update and drop broken assumptions now, then draft
-        on lazily: each proposal is yielded as soon as it exists, so after a miss the target gets the
-        block it needs without waiting for the one drafted ahead of it."""
+        on lazily: each message's proposals are yielded as soon as they exist, so after a miss the target
+        gets the block it needs without waiting for the ones drafted ahead of it."""
         if start != len(self.committed):
             raise InvalidArgument("verdict.start", f"is {start} but the draft has {len(self.committed)} committed tokens")
         if not token_ids:
@@ -105,32 +120,72 @@ class DraftSession:
         agrees = p.token_ids[:n - p.start] == self.committed[p.start:n]
         return agrees and p.start + len(p.token_ids) > n
 
-    def _fill(self) -> Iterator[SentProposal]:
-        while len(self.pending) < self.depth and self.k > 0:
-            parent = self.pending[-1] if self.pending else None
-            proposal = self._draft(parent)
-            self.pending.append(proposal)
-            self.recent.append(proposal)
-            yield proposal
-            if len(proposal.chain) == len(parent.chain if parent else self.committed):
-                break  # nothing new to propose (e.g. no n-gram match): don't spin
+    def _fill(self) -> Iterator[list[SentProposal]]:
+        """Draft a fresh block when nothing sent is still usable; with overlap, then draft ahead for the
+        outcomes of the one block in flight (several in flight: wait for the verdict to pick one)."""
+        if self.k <= 0:
+            return
+        if not self.pending:
+            fresh = self._draft(None)
+            yield self._send([fresh])
+            if not fresh.token_ids:
+                return  # nothing to propose (e.g. no n-gram match): don't draft ahead of nothing
+        if not self.overlap or len(self.pending) != 1 or self.pending[0].expanded:
+            return
+        parent = self.pending[0]
+        parent.expanded = True
+        ahead = self._branches(parent) if self.predraft else None
+        if ahead is None:
+            ahead = [self._draft(parent)]
+            if len(ahead[0].chain) == len(parent.chain):
+                return  # nothing new to propose: don't send a copy of the parent
+        yield self._send(ahead)
+
+    def _send(self, proposals: list[SentProposal]) -> list[SentProposal]:
+        self.pending += proposals
+        self.recent.extend(proposals)
+        return proposals
 
     def _draft(self, parent: SentProposal | None) -> SentProposal:
-        n = len(self.committed)
         base = parent.chain if parent else self.committed
         drafted = self.proposer.propose(base, self.k + 1 if self.overlap else self.k)
+        return self._sent(drafted, base, parent)
+
+    def _branches(self, parent: SentProposal) -> list[SentProposal] | None:
+        """The next block for each likely outcome of `parent`, drafted in one pass (greedy only): the
+        target rejects at a drafted position and takes the draft's runner-up there, or accepts all and
+        its bonus is the guess or the guess's runner-up."""
+        chain, n = parent.chain, len(self.committed)
+        roots = [(p, token) for p, token in sorted(parent.runner_ups.items()) if p >= n]
+        roots.append((len(chain) - 1, chain[-1]))  # everything accepted, bonus as guessed
+        if len(roots) < 2:
+            return None  # no runner-ups known (e.g. an n-gram block): only the plain guess
+        drafted = self.proposer.propose_branches(chain, roots, self.k + 1)
+        if drafted is None:
+            return None
+        return [self._sent(d, chain[:p] + [token], parent) for (p, token), d in zip(roots, drafted)]
+
+    def _sent(self, drafted: Proposal, base: list[int], parent: SentProposal | None) -> SentProposal:
+        """Record a drafted block on top of `base` (which may hold assumed tokens) as a claim from the
+        committed length: the k+1-th drafted token, the bonus guess, is not claimed."""
+        n = len(self.committed)
         new = drafted.token_ids
         chain = list(base) + new
-        claim = chain[n:len(base) + min(len(new), self.k)]  # the bonus guess (k+1-th token) is not claimed
+        claim = chain[n:len(base) + min(len(new), self.k)]
         proposal = SentProposal(id=next(self._ids), start=n, token_ids=claim, chain=chain, draft_s=drafted.draft_s,
                                 ahead=parent is not None, source=drafted.source)
         if parent is not None:  # the claim repeats the parent's unverified tokens: carry their details
+            same = [p for p in range(n, min(len(base), len(parent.chain))) if base[p] == parent.chain[p]]
             for mine, theirs in ((proposal.source_of, parent.source_of), (proposal.q_of_token, parent.q_of_token),
                                  (proposal.rows, parent.rows)):
-                mine.update({p: v for p, v in theirs.items() if p >= n})
+                mine.update({p: theirs[p] for p in same if p in theirs})
+            for p in range(n, len(base)):
+                proposal.source_of.setdefault(p, drafted.source)  # a branch's root: the draft's runner-up
         for i, source in enumerate(drafted.sources()):
             position = len(base) + i
             proposal.source_of[position] = source
+            if drafted.runner_ups is not None:
+                proposal.runner_ups[position] = drafted.runner_ups[i]
             if not self.greedy:
                 one_hot = drafted.probs is None
                 proposal.q_of_token[position] = 1.0 if one_hot else drafted.probs.token_prob(i)

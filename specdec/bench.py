@@ -123,7 +123,7 @@ class LocalLink:
     """An in-process stand-in for the gRPC draft link: a DraftSession on its own thread, so the draft
     drafts ahead while the target verifies (the `spec-overlap` mode). Same interface as DraftLink."""
 
-    def __init__(self, proposer, prompt_ids: list[int], k: int, greedy: bool) -> None:
+    def __init__(self, proposer, prompt_ids: list[int], k: int, greedy: bool, predraft: bool) -> None:
         import queue
 
         from draft_service.session import DraftSession
@@ -133,7 +133,7 @@ class LocalLink:
         self._Picked = Picked
         self._picker = ProposalPicker(
             lambda s: Proposal(s.start, s.token_ids, None, s.source, s.token_sources(), draft_s=s.draft_s))
-        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy)
+        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy, predraft=predraft)
         self.failure = None
         self._inbox: queue.Queue = queue.Queue()
         self._proposals: queue.Queue = queue.Queue()
@@ -147,12 +147,12 @@ class LocalLink:
 
     def _run(self) -> None:
         with self._lock:
-            for p in self.session.start():
-                self._proposals.put(p)
+            self.session.start()
         while (msg := self._inbox.get()) is not None:
             with self._lock:
-                for p in self.session.on_verdict(*msg):
-                    self._proposals.put(p)
+                for batch in self.session.on_verdict(*msg):
+                    for p in batch:
+                        self._proposals.put(p)
 
     def next_proposal(self, usable):
         t0 = time.perf_counter()
@@ -190,7 +190,8 @@ class Bench:
 
     def factory(self, index: int, proposer: str):
         if self.args.replay_alpha is not None:
-            return ReplayFactory(self.engine.draft_runner, self.references[index], self.args.replay_alpha)
+            return ReplayFactory(self.engine.draft_runner, self.references[index], self.args.replay_alpha,
+                                 self.args.replay_runner_up)
         if proposer not in self._factories:
             self._factories[proposer] = make_factory(proposer, self.engine.draft_runner,
                                                      self.engine.target_runner.vocab_size)
@@ -210,13 +211,16 @@ class Bench:
         return result.token_ids
 
     def run_overlap(self, prompt: Prompt, index: int, proposer: str, stats: SpecStats) -> list[int]:
+        from draft_service.session import predraft_wanted
         from target_service.session import TargetSession
 
         request = self.request(prompt)
         t0 = time.perf_counter()
         sequence = TargetSequence(self.engine.target_runner, request, self.engine.eos_ids, seed=0)
         drafter = self.factory(index, proposer).open(request.sampling, 0)
-        link = LocalLink(drafter, prompt.ids, self.args.k, greedy=True)
+        runner = self.engine.draft_runner
+        link = LocalLink(drafter, prompt.ids, self.args.k, greedy=True,
+                         predraft=predraft_wanted(self.args.predraft, runner.device if runner else None))
         one = SpecStats()
         try:
             for report in TargetSession(sequence, link, self.chooser(), threading.Event()).run():
@@ -353,7 +357,8 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
     stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, extra={
         "target": quiet + models,
         "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.draft_dtype or args.dtype,
-                          "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer],
+                          "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer,
+                          "--predraft", args.predraft],
         "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])
                         + (["--no-overlap"] if args.no_overlap else [])})
     stack.start()

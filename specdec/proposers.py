@@ -29,6 +29,8 @@ class Proposal:
     token_sources: list[str] | None = None  # per token, when a claim mixes proposers (hybrid, remote)
     draft_s: float = 0.0  # the proposer's own time drafting these tokens, catching up on cycles it did
     #                       not draft excluded: what a per-token draft cost (adaptive K) must be fed
+    runner_ups: list[int] | None = None  # per token, the draft's likeliest other token (greedy drafts with a
+    #                                      model): what the target most likely picks where it rejects
 
     @property
     def k(self) -> int:
@@ -67,6 +69,11 @@ class Proposer(Protocol):
         """Warm up on the prompt before the first proposal is asked for."""
         ...
 
+    # Optional, for overlap's pre-drafting (proposers that can draft several branches in one pass):
+    # def propose_branches(self, chain, roots, k) -> list[Proposal] | None
+    #     For each root (j, token): the k tokens that follow chain[:j] + [token], as propose() would
+    #     draft them; None when they cannot be drafted now (no room left in the cache).
+
     def observe(self, feedback: Feedback) -> None:
         """The verdict on a cycle (every cycle after the first, drafted or not)."""
         ...
@@ -100,20 +107,52 @@ class DraftModelProposer:
         t0 = time.perf_counter()
         start = len(committed)
         sequence = list(committed)
+        runner_ups: list[int] = []
         rows: list[torch.Tensor] = []
         for i in range(k):
-            logits = self.runner.extend(self.session, sequence, keep=1)[0]  # [V]
-            if self.sampling.greedy:
-                token = greedy_token(logits)
-            else:
-                q = torch.nn.functional.pad(process_logits(logits.unsqueeze(0), self.sampling)[0], (0, self.pad))
-                token = sample_from(q, uniform(self.seed, start + i, Stream.DRAFT))
-                rows.append(q)
-            sequence.append(token)
-        drafted = sequence[start:]
-        probs = DenseDraftProbs(torch.stack(rows), drafted) if rows else None
-        return Proposal(start=start, token_ids=drafted, probs=probs, source=self.source,
-                        draft_s=time.perf_counter() - t0)
+            logits = self.runner.extend(self.session, sequence, keep=1)  # [1, V]
+            tokens, ups, q = self._draw(logits, [start + i])
+            sequence.append(tokens[0])
+            runner_ups += ups or []
+            rows += [] if q is None else [q[0]]
+        return self._proposal(start, sequence[start:], runner_ups, rows, time.perf_counter() - t0)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        """All branches in one forward per step (`ModelRunner.forward_branches`): on a GPU, drafting the
+        likeliest outcomes of a block costs about what drafting one of them does."""
+        t0 = time.perf_counter()
+        self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
+        forks = [j for j, _ in roots]
+        tokens = [token for _, token in roots]
+        drafted: list[list[int]] = [[] for _ in roots]
+        runner_ups: list[list[int]] = [[] for _ in roots]
+        rows: list[list[torch.Tensor]] = [[] for _ in roots]
+        for step in range(k):
+            logits = self.runner.forward_branches(self.session, step, tokens, [j + step for j in forks], forks)
+            if logits is None:
+                return None
+            tokens, ups, q = self._draw(logits, [j + 1 + step for j in forks])
+            for b, token in enumerate(tokens):
+                drafted[b].append(token)
+                runner_ups[b] += [] if ups is None else [ups[b]]
+                rows[b] += [] if q is None else [q[b]]
+        draft_s = time.perf_counter() - t0
+        return [self._proposal(j + 1, drafted[b], runner_ups[b], rows[b], draft_s) for b, j in enumerate(forks)]
+
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> tuple[list[int], list[int] | None,
+                                                                               torch.Tensor | None]:
+        """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
+        if self.sampling.greedy:  # argmax as greedy_token (ties to the lowest id); one host read for all
+            best = torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
+            return [r[0] for r in best], [r[1] if r[1] != r[0] else r[2] for r in best], None
+        q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
+        return [sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)) for b, p in enumerate(positions)], None, q
+
+    def _proposal(self, start: int, tokens: list[int], runner_ups: list[int], rows: list[torch.Tensor],
+                  draft_s: float) -> Proposal:
+        return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
+                        source=self.source, draft_s=draft_s, runner_ups=runner_ups or None)
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)
@@ -349,30 +388,63 @@ class ReplayProposer:
 
     The draft model's forward runs for every proposed token (its real cost on the real shapes), but
     the token it proposes is the target's known greedy continuation with probability `alpha` and a
-    wrong token otherwise (decided per position from the seed, so runs are reproducible). Greedy only.
-    Results must be labelled "replayed acceptance".
+    wrong token otherwise (decided per position from the seed, so runs are reproducible). Its runner-up
+    (what overlap pre-drafts from where the target rejects) is the right token with probability
+    `runner_up` where the top token is wrong: a rate measured on a real pair (scripts/runner_up_rate.py).
+    Greedy only. Results must be labelled "replayed acceptance".
     """
 
     source = DRAFT_MODEL
 
-    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, seed: int) -> None:
+    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, seed: int,
+                 runner_up: float = 0.0) -> None:
         self.runner, self.reference, self.alpha, self.seed = runner, list(reference), alpha, seed
+        self.runner_up = runner_up
         self.session = runner.open()
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
         t0 = time.perf_counter()
         start = len(committed)
         sequence = list(committed)
+        runner_ups = []
         for i in range(k):
             # The real forward, and reading its token as a real draft must (a host sync): without that
             # read a draft on its own GPU would run unwaited, in parallel with the target, for free.
             greedy_token(self.runner.extend(self.session, sequence, keep=1)[0])
-            position = start + i
-            right = self.reference[position] if position < len(self.reference) else 0
-            hit = uniform(self.seed, position, Stream.DRAFT) < self.alpha
-            sequence.append(right if hit else (right + 1) % self.runner.vocab_size)
+            token, runner_up = self._replayed(start + i)
+            sequence.append(token)
+            runner_ups.append(runner_up)
         return Proposal(start=start, token_ids=sequence[start:], probs=None, source=self.source,
-                        draft_s=time.perf_counter() - t0)
+                        draft_s=time.perf_counter() - t0, runner_ups=runner_ups)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        """Real batched forwards (as DraftModelProposer's); tokens replayed per position. Only a branch
+        on the target's path is ever used, so replaying along every branch is what matters."""
+        t0 = time.perf_counter()
+        self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
+        forks = [j for j, _ in roots]
+        tokens = [token for _, token in roots]
+        drafted: list[list[tuple[int, int]]] = [[] for _ in roots]
+        for step in range(k):
+            logits = self.runner.forward_branches(self.session, step, tokens, [j + step for j in forks], forks)
+            if logits is None:
+                return None
+            logits.argmax(-1).tolist()  # the read a real draft makes
+            for b, j in enumerate(forks):
+                drafted[b].append(self._replayed(j + 1 + step))
+            tokens = [d[-1][0] for d in drafted]
+        draft_s = time.perf_counter() - t0
+        return [Proposal(start=j + 1, token_ids=[t for t, _ in d], probs=None, source=self.source, draft_s=draft_s,
+                         runner_ups=[u for _, u in d]) for j, d in zip(forks, drafted)]
+
+    def _replayed(self, position: int) -> tuple[int, int]:
+        """(proposed token, runner-up) at `position`."""
+        right = self.reference[position] if position < len(self.reference) else 0
+        wrong = [(right + i) % self.runner.vocab_size for i in (1, 2)]
+        if uniform(self.seed, position, Stream.DRAFT) < self.alpha:
+            return right, wrong[0]
+        return wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)
@@ -387,12 +459,12 @@ class ReplayProposer:
 class ReplayFactory:
     """ReplayProposers for one prompt whose target greedy continuation (prompt + output) is `reference`."""
 
-    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float) -> None:
-        self.runner, self.reference, self.alpha = runner, reference, alpha
+    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, runner_up: float = 0.0) -> None:
+        self.runner, self.reference, self.alpha, self.runner_up = runner, reference, alpha, runner_up
 
     def open(self, sampling: SamplingParams, seed: int) -> ReplayProposer:
         assert sampling.greedy, "replayed acceptance is defined for greedy decoding only"
-        return ReplayProposer(self.runner, self.reference, self.alpha, seed)
+        return ReplayProposer(self.runner, self.reference, self.alpha, seed, self.runner_up)
 
 
 def make_factory(kind: str, runner: ModelRunner | None, vocab_size: int | None = None, *,

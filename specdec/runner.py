@@ -3,6 +3,11 @@
 Each session owns one slot of a static KV cache (HF `StaticCache`, preallocated to `max_len`) and a
 length pointer. Rolling back is O(1): move the pointer. Stale entries past it are overwritten by the
 next write and never attended to, because attention is causal over explicit positions.
+
+`forward_branches` drafts several continuations of one sequence at once (overlap's pre-drafting): the
+branches' tokens go into the cache past the pointer, one row per branch per step, and an explicit
+mask lets each row see only its own prefix and its own branch, so B branches cost one forward per
+step instead of B (launch-bound on a GPU, that is nearly the price of one).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class _Graph:
     ids: torch.Tensor  # [1, n] long, written before replay
     positions: torch.Tensor  # [n] long, written before replay
     logits: torch.Tensor  # [1, keep, V], read after replay
+    rows: torch.Tensor | None = None  # branch graphs: [5, B] long (ids, positions, limits, slots, tree start)
 
 
 class ModelRunner:
@@ -135,6 +141,52 @@ class ModelRunner:
         self.truncate(session, reuse)
         return self._forward(session, ids[reuse:], keep)
 
+    def hold(self, session: KVSession, ids: Sequence[int]) -> None:
+        """Make the cache hold exactly `ids`, forwarding only what is missing (possibly nothing)."""
+        reuse = common_prefix_len(session.tokens, ids)
+        self.truncate(session, reuse)
+        if reuse < len(ids):
+            self._forward(session, ids[reuse:], 1)
+
+    def forward_branches(self, session: KVSession, step: int, tokens: Sequence[int], positions: Sequence[int],
+                         limits: Sequence[int]) -> torch.Tensor | None:
+        """Step `step` of drafting B branches that fork off the cached sequence; None if they don't fit.
+
+        Row b feeds `tokens[b]` at position `positions[b]` and sees the cached tokens before `limits[b]`
+        plus its own branch's tokens of earlier steps. Steps must run 0, 1, ... with the cache untouched
+        in between; the branch tokens are never part of `session.tokens`, so the next `extend` or `hold`
+        overwrites them. Returns float32 logits [B, V].
+        """
+        b, base = len(tokens), session.length
+        first = base + step * b  # this step's rows go to cache slots [first, first + b)
+        if first + b > self.max_len or max(limits) > base:
+            return None
+        rows = torch.tensor([list(tokens), list(positions), list(limits), list(range(first, first + b)),
+                             [base] * b], dtype=torch.long)
+        with self._lock, torch.inference_mode():
+            self._set_length(session.slot, first)
+            if self.cuda_graphs and self._caches[session.slot].is_initialized:
+                with torch.cuda.device(self.device):
+                    key = (session.slot, -b, b)  # negative size: branch graphs never clash with chain graphs
+                    if key not in self._graphs:
+                        self._graphs[key] = self._capture(session.slot, b, b, first, branches=True)
+                    g = self._graphs[key]
+                    g.rows.copy_(rows, non_blocking=True)
+                    g.graph.replay()
+                    return g.logits[0].float()
+            rows = rows.to(self.device)
+            out = self.model(input_ids=rows[0][None], position_ids=rows[1][None],
+                             attention_mask=self._branch_mask(rows), past_key_values=self._caches[session.slot],
+                             use_cache=True, logits_to_keep=b)
+            return out.logits[0].float()
+
+    def _branch_mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """[1, 1, B, max_len] bool: row b sees keys before its limit, and the keys of its own branch (cache
+        slots tree_start + b, tree_start + B + b, ... up to its own slot)."""
+        keys, limits, slots, tree_start = self._key_positions[None, :], rows[2][:, None], rows[3][:, None], rows[4][:, None]
+        own = (keys >= tree_start) & (keys <= slots) & ((slots - keys) % rows.shape[1] == 0)
+        return ((keys < limits) | own)[None, None]
+
     def _forward(self, session: KVSession, new_ids: Sequence[int], keep: int) -> torch.Tensor:
         if self.cuda_graphs and len(new_ids) <= self.graph_max_tokens and self._caches[session.slot].is_initialized:
             return self._forward_graph(session, new_ids, keep)
@@ -163,17 +215,23 @@ class ModelRunner:
         session.tokens.extend(new_ids)
         return logits
 
-    def _capture(self, slot: int, n: int, keep: int, start: int) -> _Graph:
-        """Capture a forward of n tokens on `slot`. Warm-up and capture write garbage at [start, start+n),
-        past the valid length, which the real replay overwrites."""
+    def _capture(self, slot: int, n: int, keep: int, start: int, branches: bool = False) -> _Graph:
+        """Capture a forward of n tokens on `slot` (a chain, or one step of n branches). Warm-up and
+        capture write garbage at [start, start+n), past the valid length, which the real replay overwrites."""
         cache = self._caches[slot]
-        ids = torch.zeros((1, n), dtype=torch.long, device=self.device)
-        positions = torch.zeros(n, dtype=torch.long, device=self.device)
+        rows = torch.zeros((5, n), dtype=torch.long, device=self.device) if branches else None
+        ids = rows[0][None] if branches else torch.zeros((1, n), dtype=torch.long, device=self.device)
+        positions = rows[1] if branches else torch.zeros(n, dtype=torch.long, device=self.device)
+        if branches:
+            rows[2].fill_(start)  # a valid mask for warm-up: every row sees the cached sequence
+            rows[3].copy_(torch.arange(start, start + n))
+            rows[4].fill_(start)
 
         def run() -> torch.Tensor:
             # Our own 4-D boolean mask (query position >= key position) makes HF skip its mask
             # construction, which would synchronise with the host during capture.
-            mask = (self._key_positions[None, :] <= positions[:, None])[None, None]  # [1, 1, n, max_len]
+            mask = (self._branch_mask(rows) if branches
+                    else (self._key_positions[None, :] <= positions[:, None])[None, None])  # [1, 1, n, max_len]
             return self.model(input_ids=ids, position_ids=positions[None], attention_mask=mask,
                               past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
 
@@ -192,7 +250,7 @@ class ModelRunner:
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
             logits = run()
         self._graph_pool = graph.pool()
-        return _Graph(graph, ids, positions, logits)
+        return _Graph(graph, ids, positions, logits, rows)
 
     @torch.inference_mode()  # the pointers were created under inference mode (lazily, on first write)
     def _set_length(self, slot: int, length: int) -> None:

@@ -24,6 +24,7 @@ class Stream(IntEnum):
     DRAFT = 0  # the draft's own sampling of a proposed token
     ACCEPT = 1  # the accept/reject coin of speculative sampling
     RESIDUAL = 2  # sampling the recovered token, the bonus token, or a plain target-only token
+    RUNNER_UP = 3  # the replay proposer's runner-up (benchmarks only)
 
 
 def uniform(seed: int, position: int, stream: Stream) -> float:

@@ -181,6 +181,9 @@ class DraftLink:
                 kind = response.WhichOneof("message")
                 if kind == "proposal":
                     self._proposals.put(response.proposal)
+                elif kind == "proposals":
+                    for proposal in response.proposals.proposals:
+                        self._proposals.put(proposal)
                 elif kind == "row":
                     self._rows.put(response.row)
             if not self._closing:

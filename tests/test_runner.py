@@ -112,3 +112,32 @@ def test_cpu_kernels_choice_keeps_the_logits(kernels):
     assert (linears == []) if kernels == "onednn" else len(linears) == 2 * 7 + 1
     got = r.extend(r.open(), prompt, keep=4)
     torch.testing.assert_close(got.reshape(expected.shape).float(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_branches_in_one_pass_equal_each_branch_drafted_alone(runner):
+    """forward_branches: every row gets the logits its own sequence would, whatever the other rows hold."""
+    chain = ids(30, seed=3)
+    roots = [(24, 7), (26, 11), (29, 13), (29, chain[29])]  # fork after 24, 26, 29 tokens (twice at 29)
+    steps = [ids(len(roots), seed=10 + s) for s in range(3)]  # tokens fed at steps 1, 2
+    s, alone = runner.open(), runner.open()
+    try:
+        runner.hold(s, chain[:29])
+        got = [runner.forward_branches(s, 0, [t for _, t in roots], [j for j, _ in roots], [j for j, _ in roots])]
+        for step in (1, 2):
+            got.append(runner.forward_branches(s, step, steps[step], [j + step for j, _ in roots],
+                                               [j for j, _ in roots]))
+        assert s.tokens == chain[:29]  # branch tokens are never part of the session's sequence
+        for b, (j, root) in enumerate(roots):
+            branch = chain[:j] + [root] + [steps[1][b], steps[2][b]]
+            want = runner.extend(alone, branch, keep=3)
+            for step in range(3):
+                assert torch.allclose(got[step][b], want[step], atol=1e-4), (b, step)
+        after = runner.extend(s, chain, keep=1)  # the cache still serves the plain sequence
+        assert torch.allclose(after, runner.extend(alone, chain, keep=1), atol=1e-4)
+        runner.hold(s, chain[:29])
+        assert runner.forward_branches(s, 0, [1] * 2, [3000, 3000], [2030, 5]) is None  # limit past the cache
+        runner.hold(s, ids(2047, seed=4))
+        assert runner.forward_branches(s, 0, [1] * 2, [2047, 2047], [2047, 2047]) is None  # no room left
+    finally:
+        runner.close(s)
+        runner.close(alone)

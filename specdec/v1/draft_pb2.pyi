@@ -79,6 +79,12 @@ class DraftProposal(_message.Message):
     token_sources: _containers.RepeatedScalarFieldContainer[_common_pb2.ProposerKind]
     def __init__(self, id: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_probs: _Optional[_Iterable[float]] = ..., draft_ms: _Optional[float] = ..., ahead: _Optional[bool] = ..., source: _Optional[_Union[_common_pb2.ProposerKind, str]] = ..., token_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ...) -> None: ...
 
+class DraftProposals(_message.Message):
+    __slots__ = ("proposals",)
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    proposals: _containers.RepeatedCompositeFieldContainer[DraftProposal]
+    def __init__(self, proposals: _Optional[_Iterable[_Union[DraftProposal, _Mapping]]] = ...) -> None: ...
+
 class DraftRow(_message.Message):
     __slots__ = ("proposal_id", "index", "ids", "probs")
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -92,12 +98,14 @@ class DraftRow(_message.Message):
     def __init__(self, proposal_id: _Optional[int] = ..., index: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("proposal", "row")
+    __slots__ = ("proposal", "row", "proposals")
     PROPOSAL_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     proposal: DraftProposal
     row: DraftRow
-    def __init__(self, proposal: _Optional[_Union[DraftProposal, _Mapping]] = ..., row: _Optional[_Union[DraftRow, _Mapping]] = ...) -> None: ...
+    proposals: DraftProposals
+    def __init__(self, proposal: _Optional[_Union[DraftProposal, _Mapping]] = ..., row: _Optional[_Union[DraftRow, _Mapping]] = ..., proposals: _Optional[_Union[DraftProposals, _Mapping]] = ...) -> None: ...
 
 class DescribeDraftRequest(_message.Message):
     __slots__ = ()
