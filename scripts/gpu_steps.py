@@ -32,6 +32,22 @@ def time_step(runner: ModelRunner, session, prefix: list[int], n: int, reps: int
     return statistics.median(times[3:])
 
 
+def time_branches(runner: ModelRunner, session, b: int, reps: int, steps: int = 5) -> float:
+    """Median ms of one step of drafting b branches at once (overlap's pre-drafting)."""
+    times = []
+    forks = [session.length - 1] * b
+    for _ in range(reps + 3):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for step in range(steps):
+            runner.forward_branches(session, step, list(range(1000, 1000 + b)), [j + step for j in forks], forks)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / steps)
+    return statistics.median(times[3:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("shapes", nargs="*", default=["qwen2.5-0.5b", "qwen2.5-7b"])
@@ -45,11 +61,14 @@ def main() -> None:
         prefix = [(i * 7919) % 150000 for i in range(args.ctx)]
         row = {"shape": shape}
         for label, graphs in (("eager", False), ("graph", True)):
-            runner = ModelRunner(loaded.model, max_len=args.ctx + 64, max_sessions=1, cuda_graphs=graphs)
+            runner = ModelRunner(loaded.model, max_len=args.ctx + 128, max_sessions=1, cuda_graphs=graphs)
             s = runner.open()
             runner.extend(s, prefix, keep=1)
             for n in (1, 2, 5, 9):
                 row[f"{label}_{n}"] = time_step(runner, s, prefix, n, args.reps)
+            if graphs:
+                for b in (6, 8):
+                    row[f"branches_{b}"] = time_branches(runner, s, b, args.reps)
             if graphs:  # graph vs eager logits on the same input
                 eager = ModelRunner(loaded.model, max_len=args.ctx + 64, max_sessions=1, cuda_graphs=False)
                 e = eager.open()
@@ -68,11 +87,12 @@ def main() -> None:
         del loaded
         torch.cuda.empty_cache()
     print("\n| shape | eager 1 tok (ms) | graph 1 tok | graph 2 tok | graph 5 tok | graph 9 tok | verify5/decode | "
-          "graph vs eager rel err |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "6 branches | 8 branches | graph vs eager rel err |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['shape']} | {r['eager_1']:.2f} | {r['graph_1']:.2f} | {r['graph_2']:.2f} | {r['graph_5']:.2f} | "
-              f"{r['graph_9']:.2f} | {r['graph_5'] / r['graph_1']:.2f} | {r['graph_vs_eager_rel_err']:.1e} |")
+              f"{r['graph_9']:.2f} | {r['graph_5'] / r['graph_1']:.2f} | {r['branches_6']:.2f} | {r['branches_8']:.2f} | "
+              f"{r['graph_vs_eager_rel_err']:.1e} |")
     sys.stdout.flush()
 
 

@@ -60,3 +60,34 @@ def test_draft_on_its_own_gpu_stays_lossless_with_graphs_on_both():
         assert spec.token_ids == plain.token_ids, prompt
         assert spec.stats.accepted_tokens > 0
     assert e.draft_runner._graphs and e.target_runner._graphs
+
+
+def test_branch_graphs_equal_eager_branches(gpu_engine):
+    """forward_branches replayed as a CUDA graph gives each row the eager forward's logits."""
+    model = gpu_engine.draft.model
+    graphs = ModelRunner(model, max_len=512, max_sessions=1, cuda_graphs=True)
+    eager = ModelRunner(model, max_len=512, max_sessions=1, cuda_graphs=False)
+    chain = gpu_engine.encode(PROMPTS[1]) + list(range(100, 106))
+    forks = [len(chain) - 6 + i for i in range(6)] + [len(chain) - 1]
+    a, b = graphs.open(), eager.open()
+    for round_ in range(2):  # capture, then replay
+        for runner, s in ((graphs, a), (eager, b)):
+            runner.hold(s, chain[:len(chain) - 1 - round_])
+        for step in range(3):
+            tokens = [200 + 10 * step + i for i in range(len(forks))]
+            positions = [j + step for j in forks]
+            cut = [min(j, a.length) for j in forks]
+            ga = graphs.forward_branches(a, step, tokens, positions, cut)
+            eb = eager.forward_branches(b, step, tokens, positions, cut)
+            assert torch.allclose(ga, eb, atol=2e-3, rtol=1e-3), (round_, step, (ga - eb).abs().max())
+    assert any(key[1] < 0 for key in graphs._graphs)
+
+
+def test_predraft_overlap_is_lossless_with_graphs(gpu_engine):
+    from tests.test_predraft import overlap_run
+
+    for prompt in PROMPTS[:4]:
+        request = GenerationRequest(prompt_ids=gpu_engine.encode(prompt), max_new_tokens=48, ignore_eos=True)
+        plain = SpeculativeDecoder(gpu_engine.target_runner, gpu_engine.tokenizer, gpu_engine.eos_ids).generate(request)
+        ids, hits, drafts = overlap_run(gpu_engine, prompt, predraft=True, max_new=48)
+        assert ids == plain.token_ids and drafts > 0, prompt
