@@ -354,7 +354,7 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
     quiet = ["--log-level", "warning"]
     models = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
               "--cpu-kernels", args.cpu_kernels]
-    stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, extra={
+    stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, env=dict(args.services_env), extra={
         "target": quiet + models,
         "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.draft_dtype or args.dtype,
                           "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer,

@@ -59,6 +59,13 @@ def add_speculation_args(p: argparse.ArgumentParser) -> None:
                         "(default: draft-model)")
 
 
+def env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specdec", description="Lossless speculative decoding: a small draft model proposes, "
@@ -188,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replayed acceptance: where the draft's top token is wrong, its runner-up is right with "
                             "this probability (default 0.49: Qwen2.5-Coder 0.5B vs 1.5B on HumanEval, measured with "
                             "scripts/runner_up_rate.py)")
+    bench.add_argument("--services-env", type=env_pair, action="append", default=[], metavar="NAME=VALUE",
+                       help="services mode: set this in the environment of the three service processes only "
+                            "(repeatable), e.g. OMP_WAIT_POLICY=PASSIVE for CPU services sharing cores")
     bench.add_argument("--predraft", default="auto", choices=["auto", "on", "off"],
                        help="spec-overlap and services: pre-draft every likely outcome of the block being verified "
                             "(see `specdec serve --help`); auto = when the draft runs on a GPU")

@@ -55,6 +55,7 @@ class Stack:
     draft: str | None = "tiny"
     extra: dict[str, list[str]] = field(default_factory=dict)  # per role: extra `serve` flags
     tls: TLSFiles | None = None  # how to reach the servers' health service when they serve TLS
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the three processes
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,7 @@ class Stack:
         return cmd + self.extra.get(role, [])
 
     def start_role(self, role: str) -> subprocess.Popen:
-        proc = subprocess.Popen(self.command(role), env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+        proc = subprocess.Popen(self.command(role), env={**os.environ, **self.env, PARENT_PID_ENV: str(os.getpid())})
         self.procs[role] = proc
         return proc
 
