@@ -28,17 +28,15 @@ C)  # a planted random draft agrees with the random target: acceptance ~1 throug
 D)  # the same without overlap: services minus spec = the services' own cost per cycle
   bench svc_seq --target random:qwen2.5-7b --draft $D --k 4 --no-overlap --modes target-only,spec,services
   bench svc_32b --target random:qwen2.5-32b --draft $D --k 4 --no-overlap --modes target-only,spec,services ;;
-E)  # two GPUs (nvidia-h200-x2): target on cuda:0, draft on cuda:1; 0.5B -> 32B replayed, overlap off vs on,
-    # then the services' own cost per cycle with the draft service on its own GPU, then the GPU tests
+E)  # two GPUs (nvidia-h200-x2): target on cuda:0, draft on cuda:1; 0.5B -> 32B replayed, overlap off vs on
+    # (on = pre-drafting every likely outcome: --predraft auto is on for a GPU draft), then the GPU tests
   BENCH_TIMEOUT=200 bench e09 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
     --modes target-only,spec,spec-overlap
   BENCH_TIMEOUT=170 bench e08 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
     --modes target-only,spec,spec-overlap
-  BENCH_TIMEOUT=100 bench esvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 --no-overlap \
-    --modes target-only,spec,services
-  BENCH_TIMEOUT=100 bench esvc_ov --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
-    --modes spec-overlap,services
-  timeout 40 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
+  BENCH_TIMEOUT=120 bench e08g --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
+    --predraft off --modes spec-overlap
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
   python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
