@@ -30,7 +30,8 @@ def build(args: argparse.Namespace) -> Server:
     free_slots = (lambda: runner.free_slots) if runner else (lambda: args.max_sessions - len(servicer.sessions))
     metrics = Metrics("draft")
     servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
-                             metrics=metrics, predraft=predraft_wanted(args.predraft, runner.device if runner else None))
+                             metrics=metrics, predraft=predraft_wanted(args.predraft, runner.device if runner else None),
+                             gpu=runner.gpu if runner else "")
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
                                  max_workers=2 * args.max_sessions + 8),

@@ -98,6 +98,11 @@ class ModelRunner:
         self._key_positions = torch.arange(max_len, device=self.device)  # [max_len], for graph masks
 
     @property
+    def gpu(self) -> str:
+        """UUID of the GPU this runner computes on ("" on a CPU): services compare it to find a shared GPU."""
+        return str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else ""
+
+    @property
     def free_slots(self) -> int:
         return len(self._free_slots)
 

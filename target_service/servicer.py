@@ -112,7 +112,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def _open_link(self, request, sequence: TargetSequence, remaining_s: float | None) -> DraftLink:
         start = draft_pb2.ProposeStart(session_id=request.session_id, prompt_ids=request.prompt_ids,
                                        sampling=request.sampling, seed=sequence.seed, k=request.k,
-                                       overlap=request.overlap)
+                                       overlap=request.overlap, target_gpu=self.runner.gpu)
         return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(request.draft_address)), start,
                          vocab_size=self.runner.vocab_size, device=self.runner.device,
                          timeout_s=self.settings.draft_timeout_s, greedy=sequence.sampling.greedy,

@@ -106,3 +106,27 @@ def test_predraft_through_the_services(tiny_engine):
                 _, hits, drafts = overlap_run(tiny_engine, prompt, predraft=True)
                 spec = result.summary.speculation
                 assert (spec.overlap_hits, spec.drafts) == (hits, drafts), prompt  # same blocks as in process
+
+
+def test_overlap_is_dropped_only_on_a_gpu_shared_with_the_target(tiny_engine):
+    from draft_service.servicer import DraftServicer, overlap_pays
+    from specdec.v1 import common_pb2, draft_pb2
+
+    assert overlap_pays(True, "", "") and overlap_pays(True, "gpu-a", "gpu-b")
+    assert not overlap_pays(True, "gpu-a", "gpu-a") and not overlap_pays(False, "gpu-a", "gpu-b")
+    assert tiny_engine.draft_runner.gpu == ""  # a CPU is never "shared" by this rule
+
+    class Context:
+        def add_callback(self, fn): pass
+
+    prompt = tiny_engine.encode("def main():")
+    factory = DraftModelFactory(tiny_engine.draft_runner, tiny_engine.target_runner.vocab_size)
+    servicer = DraftServicer(factory, common_pb2.ServerInfo(), lambda: 1, idle_timeout_s=5, gpu="gpu-a")
+    for target_gpu, ahead in (("gpu-a", False), ("gpu-b", True)):
+        start = draft_pb2.ProposeStart(session_id=target_gpu, prompt_ids=prompt, k=3, overlap=True,
+                                       target_gpu=target_gpu)
+        verdict = draft_pb2.ProposeVerdict(start=len(prompt), token_ids=[5])
+        replies = servicer._propose(iter([draft_pb2.ProposeRequest(start=start),
+                                          draft_pb2.ProposeRequest(verdict=verdict)]), Context())
+        sent = [r.proposal for r in replies]
+        assert len(sent) == (2 if ahead else 1) and [p.ahead for p in sent] == [False, True][:len(sent)], target_gpu
