@@ -46,8 +46,9 @@ class TargetSession:
                 self.sequence.finish(FinishReason.CANCELLED)
                 return
             report = self._cycle(use_draft=not first)
-            if not first:
-                self.chooser.observe(report.cycle.k, report.cycle.accepted, report.cycle.verify_s, report.draft_s)
+            if not first:  # the draft costs the target what it waited for it: with overlap, only what was not
+                #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass)
+                self.chooser.observe(report.cycle.k, report.cycle.accepted, report.cycle.verify_s, report.wait_s)
             first = False
             previous, self.k = self.k, self.chooser.choose(self.sequence.max_k)
             if self.link is not None and not self.link.failed:

@@ -130,3 +130,32 @@ def test_overlap_is_dropped_only_on_a_gpu_shared_with_the_target(tiny_engine):
                                           draft_pb2.ProposeRequest(verdict=verdict)]), Context())
         sent = [r.proposal for r in replies]
         assert len(sent) == (2 if ahead else 1) and [p.ahead for p in sent] == [False, True][:len(sent)], target_gpu
+
+
+def test_adaptive_k_is_charged_the_wait_not_the_hidden_drafting(tiny_engine):
+    """With overlap a block drafted during the last verify costs the target nothing: K's cost model gets
+    the time the target waited, not the draft's own time."""
+    from target_service.draft_link import Picked
+
+    class Link:
+        failed = False
+
+        def next_proposal(self, usable):
+            return Picked(None, wait_s=0.001, draft_s=0.5, ahead=True)
+
+        def send_verdict(self, cycle, next_k=0):
+            pass
+
+    class Recorder(FixedK):
+        def observe(self, k, accepted, verify_s, draft_s):
+            self.seen.append(draft_s)
+
+    request = GenerationRequest(prompt_ids=tiny_engine.encode("x = ["), max_new_tokens=4, ignore_eos=True)
+    sequence = TargetSequence(tiny_engine.target_runner, request, tiny_engine.eos_ids)
+    chooser = Recorder(2)
+    chooser.seen = []
+    try:
+        list(TargetSession(sequence, Link(), chooser, threading.Event()).run())
+    finally:
+        sequence.close()
+    assert 0.001 in chooser.seen and 0.5 not in chooser.seen  # (0.0 where no block was wanted: the last token)
