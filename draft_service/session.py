@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 
 import torch
 
-from specdec.config import MAX_K
 from specdec.errors import InvalidArgument, NotFound
 from specdec.proposers import Feedback, Proposal, Proposer
 
@@ -66,7 +65,7 @@ class SentProposal:
 
 class DraftSession:
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, overlap: bool,
-                 greedy: bool = True, keep_recent: int = 2 * MAX_K + 8, predraft: bool = False) -> None:
+                 greedy: bool = True, keep_recent: int = 8, predraft: bool = False) -> None:
         self.proposer = proposer
         self.greedy = greedy  # sampling needs q for every claimed token (1.0 for one-hot proposers)
         self.committed: list[int] = list(prompt_ids)

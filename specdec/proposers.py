@@ -13,8 +13,8 @@ import torch
 
 from specdec.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
 from specdec.config import MAX_K, SamplingParams
-from specdec.runner import ModelRunner, common_prefix_len
-from specdec.sampling import Stream, greedy_token, process_logits, sample_from, uniform
+from specdec.runner import KVSession, ModelRunner, common_prefix_len
+from specdec.sampling import Stream, process_logits, sample_from, uniform
 from specdec.verify import DenseDraftProbs, DraftProbs
 
 
@@ -48,6 +48,63 @@ class Feedback:
     k: int  # draft tokens verified
     accepted: int  # of which accepted
     verify_s: float  # the target's time for the cycle
+
+
+Pick = tuple[int, "int | None", "torch.Tensor | None"]  # a drafted token, its runner-up (greedy), its q row (sampling)
+
+
+def proposal_of(start: int, picks: Sequence[Pick], source: str, draft_s: float) -> Proposal:
+    """The Proposal for tokens a model drafted one pick at a time from position `start`."""
+    tokens = [token for token, _, _ in picks]
+    rows = [q for _, _, q in picks if q is not None]
+    runner_ups = [u for _, u, _ in picks if u is not None]
+    return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
+                    source=source, draft_s=draft_s, runner_ups=runner_ups or None)
+
+
+class ModelDrafting:
+    """Drafting with a model runner, shared by the draft-model and replay proposers: a subclass only
+    says how a token is picked from a row of logits (`_draw`); one pick per forward along a chain, or
+    one per branch with all branches in one forward."""
+
+    runner: ModelRunner
+    session: KVSession
+    source: str
+
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
+        """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions."""
+        raise NotImplementedError
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        t0 = time.perf_counter()
+        start = len(committed)
+        sequence = list(committed)
+        picks: list[Pick] = []
+        for i in range(k):
+            picks += self._draw(self.runner.extend(self.session, sequence, keep=1), [start + i])
+            sequence.append(picks[-1][0])
+        return proposal_of(start, picks, self.source, time.perf_counter() - t0)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        """k tokens after each root (j, token), i.e. after chain[:j] + [token], all roots in one forward
+        per step (`ModelRunner.forward_branches`): on a GPU, drafting the likeliest outcomes of a block
+        costs about what drafting one of them does. None if they don't fit in the cache."""
+        t0 = time.perf_counter()
+        self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
+        forks = [j for j, _ in roots]
+        tokens = [token for _, token in roots]
+        drafted: list[list[Pick]] = [[] for _ in roots]
+        for step in range(k):
+            logits = self.runner.forward_branches(self.session, step, tokens, [j + step for j in forks], forks)
+            if logits is None:
+                return None
+            picks = self._draw(logits, [j + 1 + step for j in forks])
+            for branch, pick in zip(drafted, picks):
+                branch.append(pick)
+            tokens = [token for token, _, _ in picks]
+        draft_s = time.perf_counter() - t0
+        return [proposal_of(j + 1, picks, self.source, draft_s) for j, picks in zip(forks, drafted)]
 
 
 DRAFT_MODEL = "draft-model"
@@ -85,7 +142,7 @@ class ProposerFactory(Protocol):
     def open(self, sampling: SamplingParams, seed: int) -> Proposer: ...
 
 
-class DraftModelProposer:
+class DraftModelProposer(ModelDrafting):
     """Drafts with a small model: k autoregressive steps over its own KV cache.
 
     Rollback is implicit: `ModelRunner.extend` reuses the cached prefix that still agrees with
@@ -104,55 +161,15 @@ class DraftModelProposer:
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
         self._catch_up(committed)
-        t0 = time.perf_counter()
-        start = len(committed)
-        sequence = list(committed)
-        runner_ups: list[int] = []
-        rows: list[torch.Tensor] = []
-        for i in range(k):
-            logits = self.runner.extend(self.session, sequence, keep=1)  # [1, V]
-            tokens, ups, q = self._draw(logits, [start + i])
-            sequence.append(tokens[0])
-            runner_ups += ups or []
-            rows += [] if q is None else [q[0]]
-        return self._proposal(start, sequence[start:], runner_ups, rows, time.perf_counter() - t0)
+        return super().propose(committed, k)
 
-    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
-                         k: int) -> list[Proposal] | None:
-        """All branches in one forward per step (`ModelRunner.forward_branches`): on a GPU, drafting the
-        likeliest outcomes of a block costs about what drafting one of them does."""
-        t0 = time.perf_counter()
-        self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
-        forks = [j for j, _ in roots]
-        tokens = [token for _, token in roots]
-        drafted: list[list[int]] = [[] for _ in roots]
-        runner_ups: list[list[int]] = [[] for _ in roots]
-        rows: list[list[torch.Tensor]] = [[] for _ in roots]
-        for step in range(k):
-            logits = self.runner.forward_branches(self.session, step, tokens, [j + step for j in forks], forks)
-            if logits is None:
-                return None
-            tokens, ups, q = self._draw(logits, [j + 1 + step for j in forks])
-            for b, token in enumerate(tokens):
-                drafted[b].append(token)
-                runner_ups[b] += [] if ups is None else [ups[b]]
-                rows[b] += [] if q is None else [q[b]]
-        draft_s = time.perf_counter() - t0
-        return [self._proposal(j + 1, drafted[b], runner_ups[b], rows[b], draft_s) for b, j in enumerate(forks)]
-
-    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> tuple[list[int], list[int] | None,
-                                                                               torch.Tensor | None]:
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
         if self.sampling.greedy:  # argmax as greedy_token (ties to the lowest id); one host read for all
             best = torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
-            return [r[0] for r in best], [r[1] if r[1] != r[0] else r[2] for r in best], None
+            return [(r[0], r[1] if r[1] != r[0] else r[2], None) for r in best]
         q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
-        return [sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)) for b, p in enumerate(positions)], None, q
-
-    def _proposal(self, start: int, tokens: list[int], runner_ups: list[int], rows: list[torch.Tensor],
-                  draft_s: float) -> Proposal:
-        return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
-                        source=self.source, draft_s=draft_s, runner_ups=runner_ups or None)
+        return [(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self.runner.extend(self.session, prompt, keep=1)
@@ -383,7 +400,7 @@ class HybridFactory:
                               weigh_costs=sampling.greedy)
 
 
-class ReplayProposer:
+class ReplayProposer(ModelDrafting):
     """A draft with real cost and replayed acceptance, for systems benchmarks without real weights.
 
     The draft model's forward runs for every proposed token (its real cost on the real shapes), but
@@ -402,41 +419,11 @@ class ReplayProposer:
         self.runner_up = runner_up
         self.session = runner.open()
 
-    def propose(self, committed: Sequence[int], k: int) -> Proposal:
-        t0 = time.perf_counter()
-        start = len(committed)
-        sequence = list(committed)
-        runner_ups = []
-        for i in range(k):
-            # The real forward, and reading its token as a real draft must (a host sync): without that
-            # read a draft on its own GPU would run unwaited, in parallel with the target, for free.
-            greedy_token(self.runner.extend(self.session, sequence, keep=1)[0])
-            token, runner_up = self._replayed(start + i)
-            sequence.append(token)
-            runner_ups.append(runner_up)
-        return Proposal(start=start, token_ids=sequence[start:], probs=None, source=self.source,
-                        draft_s=time.perf_counter() - t0, runner_ups=runner_ups)
-
-    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
-                         k: int) -> list[Proposal] | None:
-        """Real batched forwards (as DraftModelProposer's); tokens replayed per position. Only a branch
-        on the target's path is ever used, so replaying along every branch is what matters."""
-        t0 = time.perf_counter()
-        self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
-        forks = [j for j, _ in roots]
-        tokens = [token for _, token in roots]
-        drafted: list[list[tuple[int, int]]] = [[] for _ in roots]
-        for step in range(k):
-            logits = self.runner.forward_branches(self.session, step, tokens, [j + step for j in forks], forks)
-            if logits is None:
-                return None
-            logits.argmax(-1).tolist()  # the read a real draft makes
-            for b, j in enumerate(forks):
-                drafted[b].append(self._replayed(j + 1 + step))
-            tokens = [d[-1][0] for d in drafted]
-        draft_s = time.perf_counter() - t0
-        return [Proposal(start=j + 1, token_ids=[t for t, _ in d], probs=None, source=self.source, draft_s=draft_s,
-                         runner_ups=[u for _, u in d]) for j, d in zip(forks, drafted)]
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
+        # Read the real forward's tokens as a real draft must (a host sync): without that read a draft on
+        # its own GPU would run unwaited, in parallel with the target, for free. Then replay.
+        logits.argmax(-1).tolist()
+        return [(*self._replayed(p), None) for p in positions]
 
     def _replayed(self, position: int) -> tuple[int, int]:
         """(proposed token, runner-up) at `position`."""
