@@ -6,6 +6,7 @@ import argparse
 
 from draft_service.servicer import DraftServicer
 from draft_service.session import predraft_wanted
+from specdec.compute import Compute
 from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
 from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
 from specdec.proposers import NGRAM, make_factory
@@ -16,12 +17,13 @@ from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 def build(args: argparse.Namespace) -> Server:
     runner = None
+    compute = Compute.for_device(None if args.proposer == NGRAM else args.device)  # compute.py says why
     if args.proposer == NGRAM:  # prompt lookup: no model, no GPU; the vocabulary is the target's tokenizer's
         tokenizer = load_tokenizer(args.target)
         model_name, fingerprint, context = f"ngram ({args.target} tokenizer)", vocab_fingerprint(tokenizer), args.max_len
     else:
-        loaded = load_model(args.draft, "draft", device=args.device, dtype=args.dtype)
-        runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
+        loaded = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
+        runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
                              max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
@@ -31,7 +33,7 @@ def build(args: argparse.Namespace) -> Server:
     metrics = Metrics("draft")
     servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
                              metrics=metrics, predraft=predraft_wanted(args.predraft, runner.device if runner else None),
-                             gpu=runner.gpu if runner else "")
+                             gpu=runner.gpu if runner else "", compute=compute)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
                                  max_workers=2 * args.max_sessions + 8),

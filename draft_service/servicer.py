@@ -8,6 +8,7 @@ import threading
 from typing import Iterable, Iterator
 
 from draft_service.session import DraftSession, SentProposal
+from specdec.compute import INLINE, Compute
 from specdec.config import MAX_K
 from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB, sampling_from_pb
@@ -42,8 +43,9 @@ def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float,
-                 metrics: Metrics | None = None, predraft: bool = False, gpu: str = ""):
+                 metrics: Metrics | None = None, predraft: bool = False, gpu: str = "", compute: Compute = INLINE):
         self.factory = factory
+        self.compute = compute  # where drafting runs (specdec.compute: CPU models on one thread)
         self.predraft = predraft  # overlap pre-drafts every likely outcome (draft_service.session)
         self.gpu = gpu  # UUID of the GPU the draft model computes on, "" on a CPU or without a model
         self.metrics = metrics or Metrics("draft")
@@ -97,7 +99,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         try:
             session = DraftSession(proposer, start.prompt_ids, start.k, overlap, greedy=sampling.greedy,
                                    predraft=self.predraft)
-            session.start()
+            self.compute.run(session.start)
             while not entry.cancel.is_set():
                 try:
                     msg = inbox.get(timeout=self.idle_timeout_s)
@@ -109,10 +111,11 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 kind = msg.WhichOneof("message")
                 if kind == "verdict":
                     v = msg.verdict
-                    yield from self._send(session.on_verdict(v.start, list(v.token_ids), v.next_k, feedback_from_pb(v)))
+                    drafted = session.on_verdict(v.start, list(v.token_ids), v.next_k, feedback_from_pb(v))
+                    yield from self._send(self.compute.iterate(drafted))
                 elif kind == "row_request":
                     r = msg.row_request
-                    yield row_to_pb(r.proposal_id, r.index, session.row(r.proposal_id, r.index))
+                    yield row_to_pb(r.proposal_id, r.index, self.compute.run(session.row, r.proposal_id, r.index))
                 else:
                     raise InvalidArgument("message", f"unexpected {kind!r} after start")
         finally:

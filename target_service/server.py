@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from specdec.compute import Compute
 from specdec.decoder import eos_ids_of
 from specdec.grpc_util import Server, ServerSettings
 from specdec.models import context_length, load_model
@@ -14,8 +15,9 @@ from target_service.servicer import TargetServicer, TargetSettings
 
 
 def build(args: argparse.Namespace) -> Server:
-    loaded = load_model(args.target, "target", device=args.device, dtype=args.dtype)
-    runner = ModelRunner(loaded.model, max_len=context_length(loaded.model, args.max_len),
+    compute = Compute.for_device(args.device)  # load and run on one thread (compute.py says why)
+    loaded = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
+    runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
                          max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=args.max_sessions, context_length=runner.max_len)
@@ -24,7 +26,7 @@ def build(args: argparse.Namespace) -> Server:
                               TargetSettings(max_new_tokens=args.max_new_tokens_limit,
                                              draft_timeout_s=args.draft_timeout,
                                              draft_tls=args.tls if args.tls.enabled else None,
-                                             internal_token=args.internal_token), metrics)
+                                             internal_token=args.internal_token), metrics, compute)
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
                                  max_workers=2 * args.max_sessions + 8),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from specdec.adaptive import AdaptiveK
+from specdec.compute import INLINE, Compute
 from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FixedK, TargetSequence
 from specdec.errors import InvalidArgument
@@ -43,8 +44,10 @@ def report_to_pb(r: CycleReport) -> target_pb2.TargetGenerateResponse:
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def __init__(self, runner: ModelRunner, eos_ids: set[int], info: common_pb2.ServerInfo,
-                 settings: TargetSettings = TargetSettings(), metrics: Metrics | None = None) -> None:
+                 settings: TargetSettings = TargetSettings(), metrics: Metrics | None = None,
+                 compute: Compute = INLINE) -> None:
         self.runner = runner
+        self.compute = compute  # where verification runs (specdec.compute: CPU models on one thread)
         self.metrics = metrics or Metrics("target")
         self.eos_ids = eos_ids
         self.info = info
@@ -86,7 +89,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                     link = self._open_link(request, sequence, context.time_remaining())
                 fell_back = False
                 chooser = AdaptiveK(max_k=request.k, initial_k=request.k) if request.adaptive_k else FixedK(request.k)
-                for report in TargetSession(sequence, link, chooser, entry.cancel).run():
+                for report in TargetSession(sequence, link, chooser, entry.cancel, self.compute).run():
                     self._observe(report)
                     if report.draft_failed and not fell_back:
                         fell_back = True

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from specdec.compute import INLINE, Compute
 from specdec.decoder import CycleResult, FinishReason, KChooser, TargetSequence
 from specdec.errors import Unavailable
 from target_service.draft_link import DraftLink, Picked
@@ -28,8 +29,9 @@ class TargetSession:
     """
 
     def __init__(self, sequence: TargetSequence, link: DraftLink | None, chooser: KChooser,
-                 cancelled: threading.Event) -> None:
+                 cancelled: threading.Event, compute: Compute = INLINE) -> None:
         self.sequence = sequence
+        self.compute = compute  # runs the verify step; waiting for the draft stays on the caller's thread
         self.link = link
         self.chooser = chooser
         self.k = chooser.choose(sequence.max_k)
@@ -65,8 +67,8 @@ class TargetSession:
                 return -1 if found is None else len(found[0])
             picked = self.link.next_proposal(usable)
         try:
-            cycle = self.sequence.step(picked.proposal, self.k)
+            cycle = self.compute.run(self.sequence.step, picked.proposal, self.k)
         except Unavailable:  # the draft died while we fetched a q row: redo this position alone
-            cycle = self.sequence.step(None)
+            cycle = self.compute.run(self.sequence.step, None)
         return CycleReport(cycle=cycle, wait_s=picked.wait_s, draft_s=picked.draft_s,
                            overlap_hit=picked.ahead and cycle.k > 0, draft_failed=self.draft_failed)
