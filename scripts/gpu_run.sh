@@ -37,6 +37,14 @@ E)  # two GPUs (nvidia-h200-x2): target on cuda:0, draft on cuda:1; 0.5B -> 32B 
   BENCH_TIMEOUT=120 bench e08g --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
     --predraft off --modes spec-overlap
   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
+F)  # two GPUs: the services with pre-drafting (planted 7B: a real draft-model proposer), α = 0.9 with the
+    # plain "all accepted" guess, and a useless draft (α = 0) with adaptive K
+  BENCH_TIMEOUT=200 bench fsvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
+    --modes target-only,spec,spec-overlap,services
+  BENCH_TIMEOUT=120 bench e09g --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
+    --predraft off --modes spec-overlap
+  BENCH_TIMEOUT=150 bench f00 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 \
+    --adaptive-k --modes target-only,spec-overlap ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
   python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
