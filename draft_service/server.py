@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from draft_service.servicer import DraftServicer
-from draft_service.session import predraft_wanted
+from draft_service.session import predraft_policy
 from specdec.compute import Compute
 from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
 from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
@@ -32,7 +32,7 @@ def build(args: argparse.Namespace) -> Server:
     free_slots = (lambda: runner.free_slots) if runner else (lambda: args.max_sessions - len(servicer.sessions))
     metrics = Metrics("draft")
     servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
-                             metrics=metrics, predraft=predraft_wanted(args.predraft, runner.device if runner else None),
+                             metrics=metrics, predraft=predraft_policy(args.predraft, runner.device if runner else None),
                              gpu=runner.gpu if runner else "", compute=compute)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,

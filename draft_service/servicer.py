@@ -7,7 +7,7 @@ import queue
 import threading
 from typing import Iterable, Iterator
 
-from draft_service.session import DraftSession, SentProposal
+from draft_service.session import NEVER, DraftSession, SentProposal
 from specdec.compute import INLINE, Compute
 from specdec.config import MAX_K
 from specdec.errors import InvalidArgument
@@ -43,10 +43,10 @@ def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float,
-                 metrics: Metrics | None = None, predraft: bool = False, gpu: str = "", compute: Compute = INLINE):
+                 metrics: Metrics | None = None, predraft: str = NEVER, gpu: str = "", compute: Compute = INLINE):
         self.factory = factory
         self.compute = compute  # where drafting runs (specdec.compute: CPU models on one thread)
-        self.predraft = predraft  # overlap pre-drafts every likely outcome (draft_service.session)
+        self.predraft = predraft  # a pre-drafting policy (draft_service.session)
         self.gpu = gpu  # UUID of the GPU the draft model computes on, "" on a CPU or without a model
         self.metrics = metrics or Metrics("draft")
         self.info = info

@@ -123,7 +123,7 @@ class LocalLink:
     """An in-process stand-in for the gRPC draft link: a DraftSession on its own thread, so the draft
     drafts ahead while the target verifies (the `spec-overlap` mode). Same interface as DraftLink."""
 
-    def __init__(self, proposer, prompt_ids: list[int], k: int, greedy: bool, predraft: bool) -> None:
+    def __init__(self, proposer, prompt_ids: list[int], k: int, greedy: bool, predraft: str) -> None:
         import queue
 
         from draft_service.session import DraftSession
@@ -211,7 +211,7 @@ class Bench:
         return result.token_ids
 
     def run_overlap(self, prompt: Prompt, index: int, proposer: str, stats: SpecStats) -> list[int]:
-        from draft_service.session import predraft_wanted
+        from draft_service.session import predraft_policy
         from target_service.session import TargetSession
 
         request = self.request(prompt)
@@ -220,7 +220,7 @@ class Bench:
         drafter = self.factory(index, proposer).open(request.sampling, 0)
         runner = self.engine.draft_runner
         link = LocalLink(drafter, prompt.ids, self.args.k, greedy=True,
-                         predraft=predraft_wanted(self.args.predraft, runner.device if runner else None))
+                         predraft=predraft_policy(self.args.predraft, runner.device if runner else None))
         one = SpecStats()
         try:
             for report in TargetSession(sequence, link, self.chooser(), threading.Event()).run():

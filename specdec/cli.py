@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--predraft", default="auto", choices=["auto", "on", "off"],
                        help="draft, with overlap: while the target verifies a block, draft the next one for every "
                             "likely outcome (each rejection point with the draft's runner-up, and the bonus guess) "
-                            "in one batched pass per step; auto = on a GPU (greedy sessions, model drafts)")
+                            "in one batched pass per step, and keep the draft's cache caught up while adaptive K "
+                            "pauses drafting; auto = on a GPU (branches: greedy sessions, model drafts)")
     serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,

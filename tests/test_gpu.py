@@ -84,10 +84,11 @@ def test_branch_graphs_equal_eager_branches(gpu_engine):
 
 
 def test_predraft_overlap_is_lossless_with_graphs(gpu_engine):
+    from draft_service.session import ALWAYS
     from tests.test_predraft import overlap_run
 
     for prompt in PROMPTS[:4]:
         request = GenerationRequest(prompt_ids=gpu_engine.encode(prompt), max_new_tokens=48, ignore_eos=True)
         plain = SpeculativeDecoder(gpu_engine.target_runner, gpu_engine.tokenizer, gpu_engine.eos_ids).generate(request)
-        ids, hits, drafts = overlap_run(gpu_engine, prompt, predraft=True, max_new=48)
+        ids, hits, drafts = overlap_run(gpu_engine, prompt, predraft=ALWAYS, max_new=48)
         assert ids == plain.token_ids and drafts > 0, prompt

@@ -3,13 +3,14 @@
 import threading
 
 import pytest
+import torch
 
-from draft_service.session import DraftSession, predraft_wanted
+from draft_service.session import ALWAYS, NEVER, RETRY_BRANCHES_EVERY, WHEN_HIDDEN, DraftSession, PredraftCosts, predraft_policy
 from specdec.bench import LocalLink
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams
 from specdec.decoder import FixedK, TargetSequence
-from specdec.proposers import DraftModelFactory, ReplayFactory
+from specdec.proposers import DraftModelFactory, Feedback, ReplayFactory
 from target_service.session import TargetSession
 from tests.conftest import PROMPTS
 from tests.servers import running_stack
@@ -52,18 +53,56 @@ def test_predraft_only_where_it_is_exact_and_cheap(tiny_engine):
     factory = DraftModelFactory(tiny_engine.draft_runner, tiny_engine.target_runner.vocab_size)
     proposer = factory.open(SamplingParams(temperature=0.8, seed=1), 1)
     try:  # a runner-up root is no sample from q: never pre-drafted for a sampled session
-        assert not DraftSession(proposer, [1, 2], 4, overlap=True, greedy=False, predraft=True).predraft
-        assert DraftSession(proposer, [1, 2], 4, overlap=True, greedy=True, predraft=True).predraft
-        assert not DraftSession(proposer, [1, 2], 4, overlap=False, greedy=True, predraft=True).predraft
+        assert not DraftSession(proposer, [1, 2], 4, overlap=True, greedy=False, predraft=ALWAYS).predraft
+        assert DraftSession(proposer, [1, 2], 4, overlap=True, greedy=True, predraft=ALWAYS).predraft
+        assert not DraftSession(proposer, [1, 2], 4, overlap=False, greedy=True, predraft=ALWAYS).predraft
+        assert not DraftSession(proposer, [1, 2], 4, overlap=True, greedy=True, predraft=NEVER).predraft
     finally:
         proposer.close()
     cpu = tiny_engine.draft_runner.device
-    assert not predraft_wanted("auto", cpu) and predraft_wanted("on", cpu) and not predraft_wanted("off", cpu)
+    assert [predraft_policy(c, cpu) for c in ("auto", "on", "off")] == [NEVER, ALWAYS, NEVER]
+    assert predraft_policy("auto", torch.device("cuda:1")) == WHEN_HIDDEN
     with pytest.raises(ValueError):
-        predraft_wanted("sometimes", cpu)
+        predraft_policy("sometimes", cpu)
 
 
-def overlap_run(engine, prompt: str, predraft: bool, k: int = 4, max_new: int = 60) -> tuple[list[int], int, int]:
+def test_auto_predrafts_when_branches_make_the_target_wait_less():
+    costs = PredraftCosts()
+    assert costs.branches_pay(6)  # nothing timed yet: draft branches, which times them
+    # 32B-like: a 26.8 ms verify, 3.3 ms steps; of 25 recent blocks branches hit 19, the plain guess 12
+    costs.branch_hits, costs.plain_hits = [19.0, 25.0], [12.0, 25.0]
+    costs.step_s, costs.verify_s, costs.branch_s = 0.0033, 0.0268, 0.0300
+    assert costs.branches_pay(6)  # a pass a little past the verify still pays: misses cost 6 steps
+    costs.branch_s = 0.060
+    assert not costs.branches_pay(6)
+    costs.plain_blocks = RETRY_BRANCHES_EVERY  # re-timed now and then
+    assert costs.branches_pay(6)
+
+    small = PredraftCosts(step_s=0.0035, verify_s=0.0096, branch_s=0.0225)  # 7B-like, acceptance ~1
+    for _ in range(30):
+        small.settle(small.branch_hits, True)
+        small.settle(small.plain_hits, True)
+    assert not small.branches_pay(4)  # both always hit: only the pass lengths differ
+
+
+def test_a_session_learns_the_costs_from_verdicts_and_its_own_drafting(tiny_engine):
+    factory = DraftModelFactory(tiny_engine.draft_runner, tiny_engine.target_runner.vocab_size)
+    proposer = factory.open(SamplingParams(), 0)
+    try:
+        prompt = tiny_engine.encode("def main():")
+        session = DraftSession(proposer, prompt, 4, overlap=True, predraft=WHEN_HIDDEN)
+        session.start()
+        sent = [*session.on_verdict(len(prompt), [5], feedback=Feedback("", 0, 0, verify_s=0.030))]
+        assert session.costs.verify_s == 0.030 and session.costs.step_s > 0  # the fresh block was timed
+        assert len(sent) == 2 and len(sent[1]) > 1 and session.costs.branch_s > 0  # then branches, timed
+        fresh = sent[0][0]
+        [*session.on_verdict(len(prompt) + 1, fresh.token_ids + [fresh.chain[-1]])]  # all accepted + the guess
+        assert session.costs.branch_hits == [1.0, 1.0] and session.costs.plain_hits == [1.0, 1.0]
+    finally:
+        proposer.close()
+
+
+def overlap_run(engine, prompt: str, predraft: str, k: int = 4, max_new: int = 60) -> tuple[list[int], int, int]:
     """Spec-overlap in process (the bench's LocalLink): output ids, cycles that used a block drafted ahead, drafts."""
     request = GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=max_new, ignore_eos=True)
     sequence = TargetSequence(engine.target_runner, request, engine.eos_ids, seed=0)
@@ -86,8 +125,8 @@ def test_predraft_stays_lossless_and_hits_more_often(tiny_engine):
     for prompt in PROMPTS[:6]:
         expected = tiny_engine.decoder.generate(GenerationRequest(
             prompt_ids=tiny_engine.encode(prompt), max_new_tokens=60, ignore_eos=True)).token_ids
-        plain, hits, _ = overlap_run(tiny_engine, prompt, predraft=False)
-        branched, more, drafts = overlap_run(tiny_engine, prompt, predraft=True)
+        plain, hits, _ = overlap_run(tiny_engine, prompt, predraft=NEVER)
+        branched, more, drafts = overlap_run(tiny_engine, prompt, predraft=ALWAYS)
         assert plain == expected and branched == expected, prompt
         assert more >= hits and drafts > 0, (prompt, hits, more)  # the branches include the plain guess
         plain_hits, branch_hits = plain_hits + hits, branch_hits + more
@@ -103,7 +142,7 @@ def test_predraft_through_the_services(tiny_engine):
                     prompt_ids=tiny_engine.encode(prompt), max_new_tokens=60, ignore_eos=True)).token_ids
                 result = client.generate(build_request(prompt, max_new_tokens=60, k=4, ignore_eos=True))
                 assert result.token_ids == expected, prompt
-                _, hits, drafts = overlap_run(tiny_engine, prompt, predraft=True)
+                _, hits, drafts = overlap_run(tiny_engine, prompt, predraft=ALWAYS)
                 spec = result.summary.speculation
                 assert (spec.overlap_hits, spec.drafts) == (hits, drafts), prompt  # same blocks as in process
 
@@ -159,3 +198,21 @@ def test_adaptive_k_is_charged_the_wait_not_the_hidden_drafting(tiny_engine):
     finally:
         sequence.close()
     assert 0.001 in chooser.seen and 0.5 not in chooser.seen  # (0.0 where no block was wanted: the last token)
+
+
+def test_a_paused_draft_keeps_its_cache_caught_up_only_where_its_forwards_are_free(tiny_engine):
+    factory = DraftModelFactory(tiny_engine.draft_runner, tiny_engine.target_runner.vocab_size)
+    prompt = tiny_engine.encode("def main():")
+    for keep_up in (True, False):
+        proposer = factory.open(SamplingParams(), 0)
+        try:
+            session = DraftSession(proposer, prompt, 3, overlap=True, predraft=ALWAYS if keep_up else NEVER)
+            session.start()
+            assert [*session.on_verdict(len(prompt), [5], next_k=-1)] == []  # paused: nothing drafted
+            assert [*session.on_verdict(len(prompt) + 1, [6, 7])] == []
+            cached = proposer.session.tokens
+            assert (cached == prompt + [5, 6, 7]) if keep_up else (cached == prompt), keep_up
+            resumed = [*session.on_verdict(len(prompt) + 3, [8], next_k=3)]  # the probe: drafting resumes
+            assert len(resumed) >= 1 and resumed[0][0].start == len(prompt) + 4
+        finally:
+            proposer.close()
