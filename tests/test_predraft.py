@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from draft_service.session import ALWAYS, NEVER, RETRY_BRANCHES_EVERY, WHEN_HIDDEN, DraftSession, PredraftCosts, predraft_policy
+from draft_service.session import ALWAYS, NEVER, RETRY_BRANCHES_EVERY, WHEN_PAYS, DraftSession, PredraftCosts, predraft_policy
 from specdec.bench import LocalLink
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams
@@ -61,7 +61,7 @@ def test_predraft_only_where_it_is_exact_and_cheap(tiny_engine):
         proposer.close()
     cpu = tiny_engine.draft_runner.device
     assert [predraft_policy(c, cpu) for c in ("auto", "on", "off")] == [NEVER, ALWAYS, NEVER]
-    assert predraft_policy("auto", torch.device("cuda:1")) == WHEN_HIDDEN
+    assert predraft_policy("auto", torch.device("cuda:1")) == WHEN_PAYS
     with pytest.raises(ValueError):
         predraft_policy("sometimes", cpu)
 
@@ -90,7 +90,7 @@ def test_a_session_learns_the_costs_from_verdicts_and_its_own_drafting(tiny_engi
     proposer = factory.open(SamplingParams(), 0)
     try:
         prompt = tiny_engine.encode("def main():")
-        session = DraftSession(proposer, prompt, 4, overlap=True, predraft=WHEN_HIDDEN)
+        session = DraftSession(proposer, prompt, 4, overlap=True, predraft=WHEN_PAYS)
         session.start()
         sent = [*session.on_verdict(len(prompt), [5], feedback=Feedback("", 0, 0, verify_s=0.030))]
         assert session.costs.verify_s == 0.030 and session.costs.step_s > 0  # the fresh block was timed
