@@ -124,7 +124,7 @@ class DraftSession:
         # waits for. Only where the draft's forwards are free (pre-drafting on: its own GPU).
         self.keep_up = overlap and predraft != NEVER
         self.costs = PredraftCosts()
-        self._ahead: tuple[list[SentProposal], SentProposal] | None = None  # last drafted ahead, its plain guess
+        self._ahead: list[SentProposal] | None = None  # last drafted ahead; its last is the plain guess
         self.pending: list[SentProposal] = []  # sent and still consistent with `committed`
         self.recent: deque[SentProposal] = deque(maxlen=keep_recent)  # for row requests
         self._ids = itertools.count(1)
@@ -154,10 +154,10 @@ class DraftSession:
             self.k = max(0, next_k)  # -1: pause drafting
         self.pending = [p for p in self.pending if self._extends_committed(p)]
         if self._ahead is not None:  # the verdict on the block the last ahead-drafting was for
-            ahead, plain = self._ahead
+            ahead = self._ahead
             if len(ahead) > 1:
                 self.costs.settle(self.costs.branch_hits, any(p is q for p in ahead for q in self.pending))
-            self.costs.settle(self.costs.plain_hits, any(plain is q for q in self.pending))
+            self.costs.settle(self.costs.plain_hits, any(ahead[-1] is q for q in self.pending))
             self._ahead = None
         return self._fill()
 
@@ -202,7 +202,7 @@ class DraftSession:
             ahead = [self._draft(parent)]
             if len(ahead[0].chain) == len(parent.chain):
                 return  # nothing new to propose: don't send a copy of the parent
-        self._ahead = (ahead, ahead[-1])  # branches end with the plain guess's own branch
+        self._ahead = ahead  # branches end with the plain guess's own branch
         yield self._send(ahead)
 
     def _branches_pay(self) -> bool:

@@ -45,8 +45,8 @@ F)  # two GPUs: the services with pre-drafting (planted 7B: a real draft-model p
     --predraft off --modes spec-overlap
   BENCH_TIMEOUT=150 bench f00 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 \
     --adaptive-k --modes target-only,spec-overlap ;;
-G)  # two GPUs, after `--predraft auto` learned to pre-draft only while a branch pass hides behind the verify
-    # (and a paused draft keeps its cache caught up): the draft-bound 7B case, α = 0.9 and α = 0
+G)  # two GPUs, `--predraft auto` choosing per block between branches and the plain guess (run once with a
+    # first, threshold version and once with the cost model; a paused draft keeps its cache caught up): the draft-bound 7B case, α = 0.9 and α = 0
   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
   BENCH_TIMEOUT=200 bench gsvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
     --modes target-only,spec,spec-overlap,services

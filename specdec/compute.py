@@ -5,8 +5,8 @@ thread that has ever run a parallel region, and once it manages more threads tha
 stops spinning between regions (a throttled spin count of 100 instead of ~3 ms), so every one of the
 thousands of small parallel regions in a CPU forward pays a futex wake-up. A gRPC server runs each
 stream on whichever pool thread is free, and models load on the main thread, so a CPU service used to
-have a team per thread that ever computed: its forwards ran ~1.3x slower than the same forwards in one
-thread (docs/benchmarks.md, "CPU: services vs in-process"). Loading and every forward on one thread
+have a team per thread that ever computed: its target forwards ran ~20% slower than the same forwards
+in one thread (docs/benchmarks.md, "CPU: services vs in-process"). Loading and every forward on one thread
 keep a single team.
 
 On CUDA the forwards launch GPU work and run no CPU parallel regions, so work runs on the caller's
