@@ -14,6 +14,8 @@ from specdec.runner import ModelRunner
 from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
+SLOT_WAIT_S = 1.0  # a session's end reaches the draft after the target admitted the next one: wait for its slot
+
 
 def build(args: argparse.Namespace) -> Server:
     runner = None
@@ -24,7 +26,7 @@ def build(args: argparse.Namespace) -> Server:
     else:
         loaded = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
         runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
-                             max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
+                             max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=args.max_sessions, context_length=context,

@@ -76,7 +76,8 @@ class ModelRunner:
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
-                 cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN) -> None:
+                 cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
+                 slot_wait_s: float = 0.0) -> None:
         self.model = model.eval()
         self.config = model.config
         self.device = next(model.parameters()).device
@@ -89,6 +90,8 @@ class ModelRunner:
         self.max_sessions = max_sessions
         self._caches: dict[int, StaticCache] = {}
         self._free_slots = list(range(max_sessions))
+        self.slot_wait_s = slot_wait_s  # how long `open` waits for a slot being given back before refusing
+        self._slot_freed = threading.Condition()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # one forward at a time: the model and caches are shared state
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -107,11 +110,17 @@ class ModelRunner:
         return len(self._free_slots)
 
     def open(self) -> KVSession:
-        """Take a free cache slot for a new sequence."""
-        with self._lock:
-            if not self._free_slots:
+        """Take a free cache slot for a new sequence, waiting up to `slot_wait_s` for one to be given back.
+
+        The wait is for a draft: its session ends only when the target's half-close reaches it, after the
+        target has already freed its own slot and admitted the next session, whose draft stream can
+        arrive first. Refusing that one would drop speculation for a whole request.
+        """
+        with self._slot_freed:
+            if not self._slot_freed.wait_for(lambda: self._free_slots, timeout=self.slot_wait_s):
                 raise ResourceExhausted(f"all {self.max_sessions} KV cache slots are in use")
             slot = self._free_slots.pop()
+        with self._lock:
             if slot not in self._caches:
                 self._caches[slot] = StaticCache(config=self.config, max_cache_len=self.max_len)
             return KVSession(id=next(self._ids), slot=slot)
@@ -119,11 +128,14 @@ class ModelRunner:
     def close(self, session: KVSession) -> None:
         """Give the slot back; safe to call twice."""
         with self._lock:
-            if session.slot >= 0 and session.slot not in self._free_slots:
-                self._set_length(session.slot, 0)
-                self._free_slots.append(session.slot)
-            session.slot = -1
-            session.tokens = []
+            slot, session.slot, session.tokens = session.slot, -1, []
+            if slot < 0:
+                return
+            self._set_length(slot, 0)
+        with self._slot_freed:
+            if slot not in self._free_slots:
+                self._free_slots.append(slot)
+                self._slot_freed.notify()
 
     def truncate(self, session: KVSession, length: int) -> None:
         """Roll the cache back to its first `length` tokens in O(1): only the pointer moves."""
