@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from draft_service.servicer import DraftServicer
 from draft_service.session import predraft_policy
 from specdec.compute import Compute
+from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
 from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
-from specdec.proposers import NGRAM, make_factory
+from specdec.proposers import DRAFT_MODEL, NGRAM, ProposerFactory, ReplayBook, ReplayFactory, make_factory
 from specdec.runner import ModelRunner
 from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
+
+log = logging.getLogger("specdec.draft")
 
 SLOT_WAIT_S = 1.0  # a session's end reaches the draft after the target admitted the next one: wait for its slot
 
@@ -33,7 +37,7 @@ def build(args: argparse.Namespace) -> Server:
                                  proposer=PROPOSER_TO_PB[args.proposer])
     free_slots = (lambda: runner.free_slots) if runner else (lambda: args.max_sessions - len(servicer.sessions))
     metrics = Metrics("draft")
-    servicer = DraftServicer(make_factory(args.proposer, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
+    servicer = DraftServicer(factory(args, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
                              metrics=metrics, predraft=predraft_policy(args.predraft, runner.device if runner else None),
                              gpu=runner.gpu if runner else "", compute=compute)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
@@ -41,3 +45,17 @@ def build(args: argparse.Namespace) -> Server:
                                  max_workers=2 * args.max_sessions + 8),
                   [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
                   interceptors=server_interceptors(), metrics=metrics)
+
+
+def factory(args: argparse.Namespace, runner: ModelRunner | None) -> ProposerFactory:
+    """The proposers this draft serves; with --replay-references, a replayed draft (benchmarks only)."""
+    if args.replay_references is None:
+        return make_factory(args.proposer, runner)
+    if args.proposer != DRAFT_MODEL:
+        raise InvalidArgument("replay_references", f"replays a draft model's cost; --proposer {args.proposer} has none")
+    if not 0.0 <= args.replay_alpha <= 1.0:
+        raise InvalidArgument("replay_alpha", f"must be in [0, 1], got {args.replay_alpha}")
+    book = ReplayBook.load(args.replay_references)
+    log.warning("REPLAYED acceptance: alpha=%.2f over %s (benchmarks only; proposals are not the draft's own)",
+                args.replay_alpha, args.replay_references)
+    return ReplayFactory(runner, book, args.replay_alpha, args.replay_runner_up)

@@ -54,6 +54,13 @@ G)  # two GPUs, `--predraft auto` choosing per block between branches and the pl
     --modes target-only,spec-overlap
   BENCH_TIMEOUT=130 bench g00 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 \
     --adaptive-k --modes target-only,spec-overlap ;;
+H)  # one GPU: replayed acceptance through the services (the draft service replays the bench's references),
+    # next to in process: a useless draft (α = 0) with adaptive K, then α = 0.9. Draft and target share the GPU,
+    # so the services draft without overlap (shared-GPU rule) and in process runs `spec` (overlap off) too.
+  BENCH_TIMEOUT=230 bench h00 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 --adaptive-k \
+    --modes target-only,spec,services
+  BENCH_TIMEOUT=230 bench h09 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
+    --modes target-only,spec,services ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
   python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;

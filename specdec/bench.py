@@ -20,6 +20,7 @@ import json
 import pathlib
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.cpu_kernels import ONEDNN
 from specdec.decoder import FixedK, SpeculativeDecoder, TargetSequence
 from specdec.engine import Engine, EngineConfig
-from specdec.proposers import NGRAM, PROPOSER_KINDS, ReplayFactory, make_factory
+from specdec.proposers import NGRAM, PROPOSER_KINDS, ReplayBook, ReplayFactory, make_factory
 from specdec.stats import SpecStats
 
 MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
@@ -182,15 +183,15 @@ class Bench:
             proposer=proposer if needs_draft else NGRAM, cpu_kernels=args.cpu_kernels))
         self._factories: dict[str, object] = {}
         self._hf_models = None  # (target, draft) as stock HF modules, for the hf-assisted reference
-        self.references: dict[int, list[int]] = {}  # prompt index -> prompt + target greedy output (replay)
+        self.replay_book: ReplayBook | None = None  # the target's greedy output per prompt (replayed acceptance)
 
     def request(self, prompt: Prompt) -> GenerationRequest:
         return GenerationRequest(prompt_ids=prompt.ids, max_new_tokens=self.args.max_new_tokens,
                                  sampling=SamplingParams(), ignore_eos=True)
 
-    def factory(self, index: int, proposer: str):
+    def factory(self, proposer: str):
         if self.args.replay_alpha is not None:
-            return ReplayFactory(self.engine.draft_runner, self.references[index], self.args.replay_alpha,
+            return ReplayFactory(self.engine.draft_runner, self.replay_book, self.args.replay_alpha,
                                  self.args.replay_runner_up)
         if proposer not in self._factories:
             self._factories[proposer] = make_factory(proposer, self.engine.draft_runner,
@@ -201,23 +202,23 @@ class Bench:
         k = self.args.k
         return AdaptiveK(max_k=k, initial_k=k) if self.args.adaptive_k else FixedK(k)
 
-    def run_in_process(self, prompt: Prompt, index: int, proposer: str | None, stats: SpecStats) -> list[int]:
+    def run_in_process(self, prompt: Prompt, proposer: str | None, stats: SpecStats) -> list[int]:
         """Target-only when `proposer` is None, else speculative with overlap off."""
-        factory = None if proposer is None else self.factory(index, proposer)
+        factory = None if proposer is None else self.factory(proposer)
         decoder = SpeculativeDecoder(self.engine.target_runner, self.engine.tokenizer, self.engine.eos_ids, factory,
                                      SpeculationConfig(k=self.args.k if factory else 0, max_k=max(1, self.args.k)))
         result = decoder.generate(self.request(prompt), choose_k=self.chooser() if factory else None)
         merge(stats, result.stats)
         return result.token_ids
 
-    def run_overlap(self, prompt: Prompt, index: int, proposer: str, stats: SpecStats) -> list[int]:
+    def run_overlap(self, prompt: Prompt, proposer: str, stats: SpecStats) -> list[int]:
         from draft_service.session import predraft_policy
         from target_service.session import TargetSession
 
         request = self.request(prompt)
         t0 = time.perf_counter()
         sequence = TargetSequence(self.engine.target_runner, request, self.engine.eos_ids, seed=0)
-        drafter = self.factory(index, proposer).open(request.sampling, 0)
+        drafter = self.factory(proposer).open(request.sampling, 0)
         runner = self.engine.draft_runner
         link = LocalLink(drafter, prompt.ids, self.args.k, greedy=True,
                          predraft=predraft_policy(self.args.predraft, runner.device if runner else None))
@@ -301,9 +302,7 @@ def main(args: argparse.Namespace) -> int:
     bench = Bench(args, needs_draft)
     prompts = load_prompts(args.prompts, args.num_prompts, args.chat, bench.engine)
     if args.replay_alpha is not None:  # the replayed draft needs the target's greedy continuation
-        for i, p in enumerate(prompts):
-            ids = bench.run_in_process(p, i, None, SpecStats())
-            bench.references[i] = p.ids + ids
+        bench.replay_book = ReplayBook([(p.ids, bench.run_in_process(p, None, SpecStats())) for p in prompts])
     if any(base == "hf-assisted" for _, base, _ in modes):
         bench.hf_models()  # load the reference's own copies now, not inside a timed mode
     results = {name: ModeResult(name) for name, _, _ in modes}
@@ -316,15 +315,15 @@ def main(args: argparse.Namespace) -> int:
                 stats = SpecStats()
                 outputs, seconds = [], []
                 t0 = time.perf_counter()
-                for i, p in enumerate(prompts):
+                for p in prompts:
                     bar.set_postfix_str(f"{name} r{repeat}")
                     t1 = time.perf_counter()
                     if base == "spec-overlap":
-                        outputs.append(bench.run_overlap(p, i, proposer, stats))
+                        outputs.append(bench.run_overlap(p, proposer, stats))
                     elif base == "hf-assisted":
                         outputs.append(bench.run_hf(p, stats))
                     else:
-                        outputs.append(bench.run_in_process(p, i, proposer if base == "spec" else None, stats))
+                        outputs.append(bench.run_in_process(p, proposer if base == "spec" else None, stats))
                     seconds.append(time.perf_counter() - t1)
                     bar.update()
                 elapsed = time.perf_counter() - t0
@@ -347,18 +346,21 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
     from specdec.client import Client, build_request
     from specdec.launcher import Stack, free_base_port
 
-    if args.replay_alpha is not None:
-        print("bench: services mode skipped: a replayed draft exists only in process", file=sys.stderr)
-        del result.tokens_per_second[:]
-        return
     quiet = ["--log-level", "warning"]
+    scratch = tempfile.TemporaryDirectory(prefix="specdec-bench-")
+    replay = []
+    if args.replay_alpha is not None:  # the draft service replays the same continuations, from a file
+        book = str(pathlib.Path(scratch.name) / "replay.jsonl")
+        bench.replay_book.save(book)
+        replay = ["--replay-references", book, "--replay-alpha", str(args.replay_alpha),
+                  "--replay-runner-up", str(args.replay_runner_up)]
     models = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
               "--cpu-kernels", args.cpu_kernels]
     stack = Stack(port=free_base_port(), target=args.target, draft=args.draft, env=dict(args.services_env), extra={
         "target": quiet + models,
         "draft": quiet + ["--draft-device", args.draft_device or args.device, "--dtype", args.draft_dtype or args.dtype,
                           "--max-len", str(args.max_len), "--cpu-kernels", args.cpu_kernels, "--proposer", proposer,
-                          "--predraft", args.predraft],
+                          "--predraft", args.predraft] + replay,
         "orchestrator": quiet + ["--k", str(args.k)] + ([] if args.adaptive_k else ["--fixed-k"])
                         + (["--no-overlap"] if args.no_overlap else [])})
     stack.start()
@@ -385,6 +387,7 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, args: argp
                       f"{sum(map(len, outputs)) / elapsed:.2f} tok/s", file=sys.stderr)
     finally:
         stack.stop()
+        scratch.cleanup()
 
 
 def add_summary(stats: SpecStats, summary) -> None:

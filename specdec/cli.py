@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "likely outcome (each rejection point with the draft's runner-up, and the bonus guess) "
                             "in one batched pass per step, and keep the draft's cache caught up while adaptive K "
                             "pauses drafting; auto = on a GPU (branches: greedy sessions, model drafts)")
+    serve.add_argument("--replay-references", default=None, metavar="FILE",
+                       help="draft, systems benchmarks only: replayed acceptance. The draft model runs for real but "
+                            "proposes the target's greedy continuation from FILE (JSON lines of prompt_ids and "
+                            "output_ids, as `specdec bench --replay-alpha` writes them) with probability "
+                            "--replay-alpha; prompts not in FILE are refused")
+    serve.add_argument("--replay-alpha", type=float, default=0.8, help="draft, with --replay-references (default 0.8)")
+    serve.add_argument("--replay-runner-up", type=float, default=0.49,
+                       help="draft, with --replay-references: where the replayed top token is wrong, the runner-up is "
+                            "right with this probability (default 0.49, see bench --replay-runner-up)")
     serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,

@@ -5,6 +5,8 @@ A proposer object belongs to one session (it may hold a KV cache); a `ProposerFa
 
 from __future__ import annotations
 
+import json
+import pathlib
 import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -13,6 +15,7 @@ import torch
 
 from specdec.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
 from specdec.config import MAX_K, SamplingParams
+from specdec.errors import InvalidArgument
 from specdec.runner import KVSession, ModelRunner, common_prefix_len
 from specdec.sampling import Stream, process_logits, sample_from, uniform
 from specdec.verify import DenseDraftProbs, DraftProbs
@@ -408,16 +411,31 @@ class ReplayProposer(ModelDrafting):
     wrong token otherwise (decided per position from the seed, so runs are reproducible). Its runner-up
     (what overlap pre-drafts from where the target rejects) is the right token with probability
     `runner_up` where the top token is wrong: a rate measured on a real pair (scripts/runner_up_rate.py).
-    Greedy only. Results must be labelled "replayed acceptance".
+    The continuation comes from a ReplayBook, found by the prompt the session starts from. Greedy only.
+    Results must be labelled "replayed acceptance".
     """
 
     source = DRAFT_MODEL
 
-    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, seed: int,
+    def __init__(self, runner: ModelRunner, book: "ReplayBook", alpha: float, seed: int,
                  runner_up: float = 0.0) -> None:
-        self.runner, self.reference, self.alpha, self.seed = runner, list(reference), alpha, seed
+        self.runner, self.book, self.alpha, self.seed = runner, book, alpha, seed
         self.runner_up = runner_up
+        self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
         self.session = runner.open()
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self._find(committed)
+        return super().propose(committed, k)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        self._find(chain)
+        return super().propose_branches(chain, roots, k)
+
+    def _find(self, tokens: Sequence[int]) -> None:
+        if self.reference is None:
+            self.reference = self.book.find(tokens)
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         # Read the real forward's tokens as a real draft must (a host sync): without that read a draft on
@@ -434,6 +452,7 @@ class ReplayProposer(ModelDrafting):
         return wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
 
     def prefill(self, prompt: Sequence[int]) -> None:
+        self._find(prompt)  # an unknown prompt is refused here, when its session starts
         self.runner.extend(self.session, prompt, keep=1)
 
     def close(self) -> None:
@@ -443,15 +462,48 @@ class ReplayProposer(ModelDrafting):
         pass  # nothing to weigh: it always drafts the same way
 
 
-class ReplayFactory:
-    """ReplayProposers for one prompt whose target greedy continuation (prompt + output) is `reference`."""
+class ReplayBook:
+    """The target's greedy continuations of known prompts (each: prompt + output), for replayed drafts.
 
-    def __init__(self, runner: ModelRunner, reference: Sequence[int], alpha: float, runner_up: float = 0.0) -> None:
-        self.runner, self.reference, self.alpha, self.runner_up = runner, reference, alpha, runner_up
+    The bench makes one by decoding every prompt target-only; `--replay-references FILE` gives a draft
+    service one (JSON lines of `prompt_ids` and `output_ids`, as `specdec bench` writes them).
+    """
+
+    def __init__(self, references: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
+        self._by_prompt = {tuple(prompt): [*prompt, *output] for prompt, output in references}
+        self._lengths = sorted({len(prompt) for prompt, _ in references}, reverse=True)
+
+    @classmethod
+    def load(cls, path: str) -> "ReplayBook":
+        try:
+            rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+            return cls([(row["prompt_ids"], row["output_ids"]) for row in rows])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument("replay_references", f"cannot read {path}: {exc!r}") from exc
+
+    def save(self, path: str) -> None:
+        pathlib.Path(path).write_text("".join(json.dumps({"prompt_ids": list(p), "output_ids": ids[len(p):]}) + "\n"
+                                              for p, ids in self._by_prompt.items()))
+
+    def find(self, tokens: Sequence[int]) -> list[int]:
+        """Prompt + continuation of the longest known prompt that `tokens` start with."""
+        for n in self._lengths:
+            if n <= len(tokens) and (reference := self._by_prompt.get(tuple(tokens[:n]))) is not None:
+                return reference
+        raise InvalidArgument("prompt_ids", f"no replay reference for this prompt of {len(tokens)} tokens "
+                                            f"({len(self._by_prompt)} known)")
+
+
+class ReplayFactory:
+    """ReplayProposers drafting the continuations of a ReplayBook."""
+
+    def __init__(self, runner: ModelRunner, book: ReplayBook, alpha: float, runner_up: float = 0.0) -> None:
+        self.runner, self.book, self.alpha, self.runner_up = runner, book, alpha, runner_up
 
     def open(self, sampling: SamplingParams, seed: int) -> ReplayProposer:
-        assert sampling.greedy, "replayed acceptance is defined for greedy decoding only"
-        return ReplayProposer(self.runner, self.reference, self.alpha, seed, self.runner_up)
+        if not sampling.greedy:
+            raise InvalidArgument("sampling", "replayed acceptance is defined for greedy decoding only")
+        return ReplayProposer(self.runner, self.book, self.alpha, seed, self.runner_up)
 
 
 def make_factory(kind: str, runner: ModelRunner | None, vocab_size: int | None = None, *,

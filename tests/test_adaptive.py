@@ -5,7 +5,8 @@ import pytest
 from specdec.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.decoder import SpeculativeDecoder, adaptive_k
-from specdec.proposers import ReplayFactory
+from specdec.errors import InvalidArgument
+from specdec.proposers import ReplayBook, ReplayFactory
 
 
 def feed(chooser: AdaptiveK, alpha: float, verify, draft_step: float, cycles: int = 200) -> None:
@@ -83,7 +84,7 @@ def test_replay_proposer_accepts_at_the_replayed_rate(tiny_engine):
     request = GenerationRequest(prompt_ids=prompt, max_new_tokens=200, ignore_eos=True)
     reference = prompt + tiny_engine.decoder.generate(request).token_ids
     for alpha in (0.0, 0.9):
-        factory = ReplayFactory(tiny_engine.draft_runner, reference, alpha)
+        factory = ReplayFactory(tiny_engine.draft_runner, ReplayBook([(prompt, reference[len(prompt):])]), alpha)
         decoder = SpeculativeDecoder(tiny_engine.target_runner, tiny_engine.tokenizer, tiny_engine.eos_ids, factory,
                                      SpeculationConfig(k=4))
         result = decoder.generate(request)
@@ -101,3 +102,18 @@ def test_adaptive_decoder_stays_lossless(tiny_engine):
     sampled = SamplingParams(temperature=0.7, seed=3)
     req2 = GenerationRequest(prompt_ids=prompt, max_new_tokens=30, ignore_eos=True, sampling=sampled)
     assert len(tiny_engine.decoder.generate(req2, choose_k=adaptive_k(AdaptiveK())).token_ids) == 30
+
+
+def test_replay_book_finds_the_longest_known_prompt_and_refuses_unknown_ones(tmp_path):
+    book = ReplayBook([([1, 2], [3, 4]), ([1, 2, 9], [8])])
+    assert book.find([1, 2, 3, 4, 5]) == [1, 2, 3, 4]
+    assert book.find([1, 2, 9, 8]) == [1, 2, 9, 8]  # the longer prompt wins where both match
+    with pytest.raises(InvalidArgument, match="no replay reference"):
+        book.find([7, 1, 2])
+    path = tmp_path / "replay.jsonl"
+    book.save(str(path))
+    assert ReplayBook.load(str(path)).find([1, 2, 9]) == [1, 2, 9, 8]
+    path.write_text("{not json\n")
+    with pytest.raises(InvalidArgument, match="cannot read"):
+        ReplayBook.load(str(path))
+

@@ -34,6 +34,8 @@ def test_bad_flag_value_is_a_clear_error():
     out = specdec("generate", "x", "--top-p", "2")
     assert out.returncode == 2 and "top_p: must be in (0, 1]" in out.stderr
     assert specdec("generate", "", "--no-draft").stderr.count("prompt: must not be empty") == 1
+    out = specdec("serve", "draft", "--port", "0", "--proposer", "ngram", "--replay-references", "refs.jsonl")
+    assert out.returncode == 2 and "replay_references: replays a draft model's cost" in out.stderr
 
 
 def _children(pid: int) -> list[int]:

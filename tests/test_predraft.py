@@ -10,7 +10,7 @@ from specdec.bench import LocalLink
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams
 from specdec.decoder import FixedK, TargetSequence
-from specdec.proposers import DraftModelFactory, Feedback, ReplayFactory
+from specdec.proposers import DraftModelFactory, Feedback, ReplayBook, ReplayFactory
 from target_service.session import TargetSession
 from tests.conftest import PROMPTS
 from tests.servers import running_stack
@@ -40,8 +40,10 @@ def test_branches_draft_what_each_branch_drafts_alone(tiny_engine):
 def test_replayed_runner_up_is_right_at_the_given_rate(tiny_engine):
     reference = list(range(3, 2003))
     for alpha, runner_up in ((0.0, 0.5), (1.0, 0.5), (0.0, 0.0)):
-        proposer = ReplayFactory(tiny_engine.draft_runner, reference, alpha, runner_up).open(SamplingParams(), 1)
+        book = ReplayBook([(reference[:1], reference[1:])])
+        proposer = ReplayFactory(tiny_engine.draft_runner, book, alpha, runner_up).open(SamplingParams(), 1)
         try:
+            proposer.prefill(reference[:1])
             picks = [proposer._replayed(p) for p in range(2000)]
         finally:
             proposer.close()
