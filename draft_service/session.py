@@ -45,6 +45,25 @@ def predraft_policy(choice: str, device: torch.device | None) -> str:
 
 
 @dataclass
+class HitRate:
+    """How often blocks drafted ahead were used, counted with decay (recent blocks weigh most)."""
+
+    hits: float = 0.0
+    blocks: float = 0.0
+
+    DECAY = 0.95
+
+    def observe(self, hit: bool) -> None:
+        self.hits = self.hits * self.DECAY + hit
+        self.blocks = self.blocks * self.DECAY + 1
+
+    @property
+    def value(self) -> float:
+        """The rate with a uniform prior: 1/2 before any block."""
+        return (self.hits + 1) / (self.blocks + 2)
+
+
+@dataclass
 class PredraftCosts:
     """Branches or the plain guess for the next block drafted ahead: whichever the target is expected to
     wait for less. Per block it waits for whatever of the pass outlasts its verify, plus, on a miss, k
@@ -60,22 +79,16 @@ class PredraftCosts:
     branch_s: float | None = None  # the last branch pass
     step_s: float | None = None  # one draft step of one row (from the last chain drafted)
     verify_s: float | None = None  # the target's last verify, from its feedback
-    branch_hits: list[float] = field(default_factory=lambda: [0.0, 0.0])  # decayed (hits, blocks)
-    plain_hits: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    branch_hits: HitRate = field(default_factory=HitRate)  # any branch used
+    plain_hits: HitRate = field(default_factory=HitRate)  # the plain guess's branch used
     plain_blocks: int = 0  # plain blocks drafted ahead since the last branch pass
-
-    DECAY = 0.95
-
-    def settle(self, counts: list[float], hit: bool) -> None:
-        counts[0] = counts[0] * self.DECAY + hit
-        counts[1] = counts[1] * self.DECAY + 1
 
     def branches_pay(self, k: int) -> bool:
         if self.branch_s is None or self.step_s is None or self.verify_s is None:
             return True  # not all timed yet: draft branches, which times them and counts both hit rates
         if self.plain_blocks >= RETRY_BRANCHES_EVERY:
             return True  # re-time the branch pass and re-count its hit rate now and then
-        h_branch, h_plain = [(hits + 1) / (blocks + 2) for hits, blocks in (self.branch_hits, self.plain_hits)]
+        h_branch, h_plain = self.branch_hits.value, self.plain_hits.value
         miss = k * self.step_s
         wait_branch = max(0.0, self.branch_s - self.verify_s) + (1 - h_branch) * miss
         wait_plain = max(0.0, (k + 1) * self.step_s - self.verify_s) + (1 - h_plain) * miss
@@ -156,8 +169,8 @@ class DraftSession:
         if self._ahead is not None:  # the verdict on the block the last ahead-drafting was for
             ahead = self._ahead
             if len(ahead) > 1:
-                self.costs.settle(self.costs.branch_hits, any(p is q for p in ahead for q in self.pending))
-            self.costs.settle(self.costs.plain_hits, any(ahead[-1] is q for q in self.pending))
+                self.costs.branch_hits.observe(any(p is q for p in ahead for q in self.pending))
+            self.costs.plain_hits.observe(any(ahead[-1] is q for q in self.pending))
             self._ahead = None
         return self._fill()
 

@@ -12,6 +12,7 @@ step instead of B (launch-bound on a GPU, that is nearly the price of one).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -100,7 +101,7 @@ class ModelRunner:
         self._graph_pool = None
         self._key_positions = torch.arange(max_len, device=self.device)  # [max_len], for graph masks
 
-    @property
+    @functools.cached_property
     def gpu(self) -> str:
         """UUID of the GPU this runner computes on ("" on a CPU): services compare it to find a shared GPU."""
         return str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else ""

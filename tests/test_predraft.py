@@ -5,7 +5,16 @@ import threading
 import pytest
 import torch
 
-from draft_service.session import ALWAYS, NEVER, RETRY_BRANCHES_EVERY, WHEN_PAYS, DraftSession, PredraftCosts, predraft_policy
+from draft_service.session import (
+    ALWAYS,
+    NEVER,
+    RETRY_BRANCHES_EVERY,
+    WHEN_PAYS,
+    DraftSession,
+    HitRate,
+    PredraftCosts,
+    predraft_policy,
+)
 from specdec.bench import LocalLink
 from specdec.client import Client, build_request
 from specdec.config import GenerationRequest, SamplingParams
@@ -72,7 +81,7 @@ def test_auto_predrafts_when_branches_make_the_target_wait_less():
     costs = PredraftCosts()
     assert costs.branches_pay(6)  # nothing timed yet: draft branches, which times them
     # 32B-like: a 26.8 ms verify, 3.3 ms steps; of 25 recent blocks branches hit 19, the plain guess 12
-    costs.branch_hits, costs.plain_hits = [19.0, 25.0], [12.0, 25.0]
+    costs.branch_hits, costs.plain_hits = HitRate(19.0, 25.0), HitRate(12.0, 25.0)
     costs.step_s, costs.verify_s, costs.branch_s = 0.0033, 0.0268, 0.0300
     assert costs.branches_pay(6)  # a pass a little past the verify still pays: misses cost 6 steps
     costs.branch_s = 0.060
@@ -82,8 +91,8 @@ def test_auto_predrafts_when_branches_make_the_target_wait_less():
 
     small = PredraftCosts(step_s=0.0035, verify_s=0.0096, branch_s=0.0225)  # 7B-like, acceptance ~1
     for _ in range(30):
-        small.settle(small.branch_hits, True)
-        small.settle(small.plain_hits, True)
+        small.branch_hits.observe(True)
+        small.plain_hits.observe(True)
     assert not small.branches_pay(4)  # both always hit: only the pass lengths differ
 
 
@@ -99,7 +108,7 @@ def test_a_session_learns_the_costs_from_verdicts_and_its_own_drafting(tiny_engi
         assert len(sent) == 2 and len(sent[1]) > 1 and session.costs.branch_s > 0  # then branches, timed
         fresh = sent[0][0]
         [*session.on_verdict(len(prompt) + 1, fresh.token_ids + [fresh.chain[-1]])]  # all accepted + the guess
-        assert session.costs.branch_hits == [1.0, 1.0] and session.costs.plain_hits == [1.0, 1.0]
+        assert session.costs.branch_hits == HitRate(1.0, 1.0) and session.costs.plain_hits == HitRate(1.0, 1.0)
     finally:
         proposer.close()
 
