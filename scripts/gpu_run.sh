@@ -61,6 +61,17 @@ H)  # one GPU: replayed acceptance through the services (the draft service repla
     --modes target-only,spec,services
   BENCH_TIMEOUT=230 bench h09 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
     --modes target-only,spec,services ;;
+I)  # two GPUs (nvidia-h200-x2): replayed acceptance through the services with the draft on its own GPU, next
+    # to in-process overlap (GIL contention between its two threads) and overlap off: the ≥ 90%-of-analytic bar
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+  BENCH_TIMEOUT=260 bench i09 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
+    --modes target-only,spec,spec-overlap,services
+  BENCH_TIMEOUT=260 bench i08 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
+    --modes target-only,spec,spec-overlap,services
+  BENCH_TIMEOUT=200 bench i00 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 \
+    --adaptive-k --modes target-only,spec-overlap,services ;;
+T)  # one GPU: the GPU tests only
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
   python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
