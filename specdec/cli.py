@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default 1)")
     bench.add_argument("--replay-alpha", type=float, default=None,
                        help="replayed acceptance: the draft runs for real but proposes the target's greedy token "
-                            "with this probability (random-weight systems benchmarks)")
+                            "with this probability (random-weight systems benchmarks; in process and, through "
+                            "serve draft --replay-references, in the services)")
     bench.add_argument("--replay-runner-up", type=float, default=0.49,
                        help="replayed acceptance: where the draft's top token is wrong, its runner-up is right with "
                             "this probability (default 0.49: Qwen2.5-Coder 0.5B vs 1.5B on HumanEval, measured with "
