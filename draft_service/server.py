@@ -53,9 +53,7 @@ def factory(args: argparse.Namespace, runner: ModelRunner | None) -> ProposerFac
         return make_factory(args.proposer, runner)
     if args.proposer != DRAFT_MODEL:
         raise InvalidArgument("replay_references", f"replays a draft model's cost; --proposer {args.proposer} has none")
-    if not 0.0 <= args.replay_alpha <= 1.0:
-        raise InvalidArgument("replay_alpha", f"must be in [0, 1], got {args.replay_alpha}")
-    book = ReplayBook.load(args.replay_references)
+    replay = ReplayFactory(runner, ReplayBook.load(args.replay_references), args.replay_alpha, args.replay_runner_up)
     log.warning("REPLAYED acceptance: alpha=%.2f over %s (benchmarks only; proposals are not the draft's own)",
                 args.replay_alpha, args.replay_references)
-    return ReplayFactory(runner, book, args.replay_alpha, args.replay_runner_up)
+    return replay

@@ -498,6 +498,9 @@ class ReplayFactory:
     """ReplayProposers drafting the continuations of a ReplayBook."""
 
     def __init__(self, runner: ModelRunner, book: ReplayBook, alpha: float, runner_up: float = 0.0) -> None:
+        for name, rate in (("replay_alpha", alpha), ("replay_runner_up", runner_up)):
+            if not 0.0 <= rate <= 1.0:
+                raise InvalidArgument(name, f"must be in [0, 1], got {rate}")
         self.runner, self.book, self.alpha, self.runner_up = runner, book, alpha, runner_up
 
     def open(self, sampling: SamplingParams, seed: int) -> ReplayProposer:

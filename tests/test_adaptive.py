@@ -113,6 +113,9 @@ def test_replay_book_finds_the_longest_known_prompt_and_refuses_unknown_ones(tmp
     path = tmp_path / "replay.jsonl"
     book.save(str(path))
     assert ReplayBook.load(str(path)).find([1, 2, 9]) == [1, 2, 9, 8]
+    for alpha, runner_up, field in ((1.5, 0.0, "replay_alpha"), (0.9, -0.1, "replay_runner_up")):
+        with pytest.raises(InvalidArgument, match=field):  # the bench and the draft service both build one
+            ReplayFactory(None, book, alpha, runner_up)
     path.write_text("{not json\n")
     with pytest.raises(InvalidArgument, match="cannot read"):
         ReplayBook.load(str(path))
