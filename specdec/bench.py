@@ -174,7 +174,7 @@ class LocalLink:
 class Bench:
     def __init__(self, args: argparse.Namespace, needs_draft: bool) -> None:
         self.args = args
-        proposer = args.proposer if not args.replay_alpha else "draft-model"
+        proposer = args.proposer if args.replay_alpha is None else "draft-model"
         self.engine = Engine.load(EngineConfig(
             target=args.target, draft=args.draft if needs_draft else None, device=args.device,
             draft_device=args.draft_device, dtype=args.dtype, draft_dtype=args.draft_dtype, max_len=args.max_len,
