@@ -12,14 +12,11 @@ from specdec.errors import InvalidArgument
 from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
 from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
 from specdec.proposers import DRAFT_MODEL, NGRAM, ProposerFactory, ReplayBook, ReplayFactory, make_factory
-from specdec.runner import ModelRunner
+from specdec.runner import SLOT_WAIT_S, ModelRunner
 from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.draft")
-
-SLOT_WAIT_S = 1.0  # a session's end reaches the draft after the target admitted the next one: wait for its slot
-
 
 def build(args: argparse.Namespace) -> Server:
     runner = None
@@ -39,7 +36,8 @@ def build(args: argparse.Namespace) -> Server:
     metrics = Metrics("draft")
     servicer = DraftServicer(factory(args, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
                              metrics=metrics, predraft=predraft_policy(args.predraft, runner.device if runner else None),
-                             gpu=runner.gpu if runner else "", compute=compute)
+                             placement=runner.placement if runner else None, compute=compute,
+                             vocab_size=runner.vocab_size if runner else None)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
                                  max_workers=2 * args.max_sessions + 8),

@@ -9,9 +9,10 @@ from typing import Iterable, Iterator
 
 from draft_service.session import NEVER, DraftSession, SentProposal
 from specdec.compute import INLINE, Compute
-from specdec.config import MAX_K
+from specdec.config import MAX_K, check_token_ids
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB, sampling_from_pb
+from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB, placement_from_pb, sampling_from_pb
+from specdec.placement import Placement
 from specdec.proposers import Feedback, ProposerFactory
 from specdec.sessions import SessionTable
 from specdec.telemetry import Metrics, record_cycle
@@ -43,11 +44,13 @@ def row_to_pb(proposal_id: int, index: int, row: tuple[list[int], list[float]]) 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     def __init__(self, factory: ProposerFactory, info: common_pb2.ServerInfo, free_slots, idle_timeout_s: float,
-                 metrics: Metrics | None = None, predraft: str = NEVER, gpu: str = "", compute: Compute = INLINE):
+                 metrics: Metrics | None = None, predraft: str = NEVER, placement: Placement | None = None,
+                 compute: Compute = INLINE, vocab_size: int | None = None):
         self.factory = factory
+        self.vocab_size = vocab_size  # ids a model can embed; None (prompt lookup): any id >= 0
         self.compute = compute  # where drafting runs (specdec.compute: CPU models on one thread)
         self.predraft = predraft  # a pre-drafting policy (draft_service.session)
-        self.gpu = gpu  # UUID of the GPU the draft model computes on, "" on a CPU or without a model
+        self.placement = placement  # where the draft model computes; None without a model (prompt lookup)
         self.metrics = metrics or Metrics("draft")
         self.info = info
         self.free_slots = free_slots  # () -> int
@@ -86,19 +89,21 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         start = first.start
         if not start.prompt_ids:
             raise InvalidArgument("start.prompt_ids", "must not be empty")
+        check_token_ids("start.prompt_ids", start.prompt_ids, self.vocab_size)
         if not 1 <= start.k <= MAX_K:
             raise InvalidArgument("start.k", f"must be in [1, {MAX_K}], got {start.k}")
         sampling = sampling_from_pb(start.sampling).validate()
-        overlap = overlap_pays(start.overlap, self.gpu, start.target_gpu)
+        overlap = overlap_pays(start.overlap, self.placement, placement_from_pb(start.target_placement))
         if overlap != start.overlap:
-            log.info("session %s: the target computes on this draft's GPU (%s): drafting without overlap",
-                     start.session_id, self.gpu)
-        proposer = self.factory.open(sampling, start.seed)
+            log.info("session %s: the target computes on this draft's %s: drafting without overlap",
+                     start.session_id, "GPU" if self.placement.gpu_uuid else "CPUs")
         entry = self.sessions.add(start.session_id)
-        context.add_callback(entry.cancel.set)
+        context.add_callback(entry.cancel_now)
+        proposer = None
         try:
+            proposer = self.factory.open(sampling, start.seed)
             session = DraftSession(proposer, start.prompt_ids, start.k, overlap, greedy=sampling.greedy,
-                                   predraft=self.predraft)
+                                   predraft=self.predraft, vocab_size=self.vocab_size)
             self.compute.run(session.start)
             while not entry.cancel.is_set():
                 try:
@@ -119,15 +124,17 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 else:
                     raise InvalidArgument("message", f"unexpected {kind!r} after start")
         finally:
-            proposer.close()
-            self.sessions.remove(start.session_id)
+            if proposer is not None:
+                proposer.close()
+            self.sessions.remove(entry)
 
 
-def overlap_pays(requested: bool, draft_gpu: str, target_gpu: str) -> bool:
-    """Overlap as requested, except on a GPU the target also computes on: there the draft's forwards and
-    the target's take turns, so drafting ahead hides nothing and only adds draft work (measured on one
-    H100: spec-overlap 0.82-0.94x target-only, docs/benchmarks.md)."""
-    return requested and not (draft_gpu and draft_gpu == target_gpu)
+def overlap_pays(requested: bool, draft: Placement | None, target: Placement | None) -> bool:
+    """Overlap as requested, except where the draft shares its target's compute (its GPU, or its CPU cores):
+    there the draft's forwards and the target's take turns, so drafting ahead hides nothing and only adds
+    draft work (docs/benchmarks.md: one H100, spec-overlap 0.82-0.94x target-only; one 2-core CPU host,
+    the services with overlap 0.40-0.50x)."""
+    return requested and not (draft is not None and draft.shares_compute_with(target))
 
 
 def feedback_from_pb(pb: draft_pb2.ProposeVerdict) -> Feedback:

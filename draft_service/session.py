@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from specdec.config import MAX_K, check_token_ids
 from specdec.errors import InvalidArgument, NotFound
 from specdec.proposers import Feedback, Proposal, Proposer
 
@@ -122,8 +123,10 @@ class SentProposal:
 
 class DraftSession:
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, overlap: bool,
-                 greedy: bool = True, keep_recent: int = 8, predraft: str = NEVER) -> None:
+                 greedy: bool = True, keep_recent: int = 8, predraft: str = NEVER,
+                 vocab_size: int | None = None) -> None:
         self.proposer = proposer
+        self.vocab_size = vocab_size  # verdict ids are checked against it (None: only >= 0)
         self.greedy = greedy  # sampling needs q for every claimed token (1.0 for one-hot proposers)
         self.committed: list[int] = list(prompt_ids)
         self.k = k
@@ -158,6 +161,9 @@ class DraftSession:
             raise InvalidArgument("verdict.start", f"is {start} but the draft has {len(self.committed)} committed tokens")
         if not token_ids:
             raise InvalidArgument("verdict.token_ids", "a cycle commits at least one token")
+        check_token_ids("verdict.token_ids", token_ids, self.vocab_size)
+        if not -1 <= next_k <= MAX_K:
+            raise InvalidArgument("verdict.next_k", f"must be in [-1, {MAX_K}] (-1 pauses, 0 keeps K), got {next_k}")
         self.committed.extend(token_ids)
         if feedback is not None:
             self.proposer.observe(feedback)

@@ -25,8 +25,9 @@ def build(args: argparse.Namespace) -> tuple[Server, BackendPool]:
         max_requests=args.max_requests, max_requests_per_client=args.max_requests_per_client), metrics := Metrics("orchestrator"))
     info = common_pb2.ServerInfo(model=args.target, vocab_fingerprint=fingerprint, role="orchestrator")
     name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+    servicer = OrchestratorServicer(orchestrator, info, authenticated=bool(args.accepted_tokens))
     server = Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
-                                 max_workers=args.max_workers),
-                    [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, OrchestratorServicer(orchestrator, info),
-                      name)], interceptors=server_interceptors(), metrics=metrics)
+                                   max_workers=args.max_workers),
+                    [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, servicer, name)],
+                    interceptors=server_interceptors(), metrics=metrics)
     return server, pool

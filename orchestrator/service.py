@@ -30,6 +30,14 @@ from specdec.v1 import target_pb2, target_pb2_grpc
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 CHAT_ROLES = ("system", "user", "assistant")
+LARGE_PROMPT_BYTES = 16 * 1024  # prompts above this are tokenized one at a time
+
+
+def max_token_bytes(tokenizer) -> int:
+    """An upper bound on the UTF-8 bytes of text one token stands for: the longest vocabulary entry's own
+    UTF-8 length (byte-level and SentencePiece entries spell a byte with a character of 1-3 bytes, so this
+    never undercounts). A prompt longer than context x this cannot fit, whatever its tokens."""
+    return max(len(token.encode("utf-8")) for token in tokenizer.get_vocab())
 
 
 class Admission:
@@ -116,11 +124,13 @@ class Orchestrator:
         self.active = 0
         self._lock = threading.Lock()
         self.admission = Admission(settings.max_requests, settings.max_requests_per_client)
+        self.max_token_bytes = max_token_bytes(tokenizer)
+        self._large_prompts = threading.Lock()
         self.metrics.track(lambda: self.active, lambda: sum(
             b.info.free_kv_slots for b in pool.targets if b.healthy and b.info is not None))
 
-    def validate(self, req: ClientRequest) -> list[int]:
-        """Check every field; return the prompt's token ids."""
+    def validate(self, req: ClientRequest) -> None:
+        """Check every field (the prompt's length is checked against the routed target's context later)."""
         if req.messages is not None:
             if not req.messages:
                 raise InvalidArgument("chat.messages", "must not be empty")
@@ -140,7 +150,31 @@ class Orchestrator:
             if not s or len(s) > MAX_STOP_CHARS:
                 raise InvalidArgument("stop", f"each stop string must have 1..{MAX_STOP_CHARS} characters")
         req.sampling.validate()
-        return encode_prompt(self.tokenizer, req.prompt, req.messages)
+
+    def tokenize(self, req: ClientRequest, context_len: int) -> list[int]:
+        """The prompt's token ids, if they fit `context_len` (with room for one new token).
+
+        A prompt whose text could not fit even if every token were the vocabulary's longest is refused
+        before any tokenizing: tokenizing megabytes costs seconds of CPU and hundreds of MB that the
+        allocator keeps. What passes that bound is tokenized one large prompt at a time, so a burst of
+        them takes one core, not all of them, from everyone else's requests.
+        """
+        texts = [req.prompt] if req.messages is None else [m["content"] for m in req.messages]
+        field = "prompt" if req.messages is None else "chat.messages"
+        limit = (context_len - 1) * self.max_token_bytes
+        chars = sum(map(len, texts))
+        size = chars if chars > limit else sum(len(t.encode()) for t in texts)
+        if size > limit:
+            raise InvalidArgument(field, f"is at least {size} bytes; the target's context of {context_len} tokens "
+                                         f"holds at most {limit} bytes of text")
+        if size > LARGE_PROMPT_BYTES:
+            with self._large_prompts:
+                ids = encode_prompt(self.tokenizer, req.prompt, req.messages)
+        else:
+            ids = encode_prompt(self.tokenizer, req.prompt, req.messages)
+        if len(ids) + 1 > context_len:
+            raise InvalidArgument(field, f"is {len(ids)} tokens; the target's context holds {context_len}")
+        return ids
 
     def generate(self, req: ClientRequest, cancelled: threading.Event,
                  timeout_s: float | None = None) -> Iterator[TextEvent | Summary]:
@@ -150,9 +184,7 @@ class Orchestrator:
                       "gen_ai.request.top_p": sampling.top_p, "gen_ai.request.top_k": sampling.top_k,
                       "gen_ai.request.max_tokens": req.max_new_tokens or self.settings.default_max_new_tokens}
         with tracer().start_as_current_span("Generate", attributes=attributes) as span:
-            with tracer().start_as_current_span("tokenize"):
-                prompt_ids = self.validate(req)
-            span.set_attribute("gen_ai.usage.input_tokens", len(prompt_ids))
+            self.validate(req)
             with tracer().start_as_current_span("route") as route:
                 target, draft = self.pool.pick(req.proposer)
                 route.set_attribute("specdec.target", target.address)
@@ -162,9 +194,9 @@ class Orchestrator:
                 raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
                                          f"{target.info.vocab_fingerprint}, the orchestrator's tokenizer "
                                          f"{self.fingerprint}")
-            context_len = target.info.context_length
-            if len(prompt_ids) + 1 > context_len:
-                raise InvalidArgument("prompt", f"is {len(prompt_ids)} tokens; the target's context holds {context_len}")
+            with tracer().start_as_current_span("tokenize"):
+                prompt_ids = self.tokenize(req, target.info.context_length)
+            span.set_attribute("gen_ai.usage.input_tokens", len(prompt_ids))
             k = self.settings.k if req.k is None else req.k
             session_id = uuid.uuid4().hex
             span.set_attribute("specdec.session_id", session_id)

@@ -8,6 +8,7 @@ import threading
 from orchestrator.service import ClientRequest, Orchestrator, Summary, TextEvent
 from specdec.errors import InvalidArgument
 from specdec.grpc_util import FINISH_TO_PB, PROPOSER_FROM_PB, sampling_from_pb
+from specdec.security import authorization_headers
 from specdec.stats import SpecStats
 from specdec.v1 import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
 
@@ -51,25 +52,29 @@ def summary_to_pb(s: Summary) -> orchestrator_pb2.GenerateSummary:
         tokens_per_second=st.tokens_per_second, draft_failed=s.draft_failed, session_id=s.session_id)
 
 
-def client_identity(context) -> str:
-    """Who is asking, for per-client limits: the bearer token if any, else the peer's host."""
-    for key, value in context.invocation_metadata():
-        if key == "authorization":
-            return "token:" + hashlib.sha256(value.encode()).hexdigest()[:16]
-    peer = context.peer()  # e.g. "ipv4:127.0.0.1:53412"
-    return "peer:" + peer.rsplit(":", 1)[0]
+def client_identity(metadata, peer: str, authenticated: bool) -> str:
+    """Who is asking, for per-client limits: the bearer token when tokens are checked (the interceptor let
+    exactly one valid one through), else the peer's host; a header nobody checked names no one."""
+    headers = authorization_headers(metadata)
+    if len(headers) > 1:
+        raise InvalidArgument("authorization", "more than one `authorization` header")
+    if authenticated:
+        return "token:" + hashlib.sha256(headers[0].encode()).hexdigest()[:16]
+    return "peer:" + peer.rsplit(":", 1)[0]  # e.g. "ipv4:127.0.0.1:53412" -> "peer:ipv4:127.0.0.1"
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
-    def __init__(self, orchestrator: Orchestrator, info: common_pb2.ServerInfo) -> None:
+    def __init__(self, orchestrator: Orchestrator, info: common_pb2.ServerInfo, authenticated: bool = False) -> None:
         self.orchestrator = orchestrator
         self.info = info
+        self.authenticated = authenticated  # bearer tokens are checked (identity = the token)
 
     def Generate(self, request, context):
         return self.orchestrator.metrics.count_outcomes(self._generate(request, context))
 
     def _generate(self, request, context):
-        with self.orchestrator.admission.admit(client_identity(context)):
+        client = client_identity(context.invocation_metadata(), context.peer(), self.authenticated)
+        with self.orchestrator.admission.admit(client):
             yield from self._admitted(request, context)
 
     def _admitted(self, request, context):

@@ -59,6 +59,20 @@ def add_speculation_args(p: argparse.ArgumentParser) -> None:
                         "(default: draft-model)")
 
 
+def cpu_list(text: str) -> frozenset[int]:
+    """'0-3,6' -> {0, 1, 2, 3, 6}."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers and ranges like 0-3,6, got {text!r}") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers and ranges like 0-3,6, got {text!r}")
+    return frozenset(cpus)
+
+
 def env_pair(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -124,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-max-new-tokens", type=int, default=128)
     serve.add_argument("--health-interval", type=float, default=0.5, help="orchestrator: seconds between health checks")
     serve.add_argument("--max-workers", type=int, default=64, help="orchestrator: concurrent requests")
+    serve.add_argument("--cpus", type=cpu_list, default=None, metavar="LIST",
+                       help="run this service on these CPUs only, e.g. 0-3,6 (Linux affinity; torch uses as many "
+                            "threads). A CPU draft pinned apart from its CPU target drafts ahead while the target "
+                            "verifies; sharing cores with the target, it does not (default: all CPUs allowed)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--grace-period", type=float, default=30.0,
                        help="on SIGTERM: report NOT_SERVING, stop accepting, let running requests finish for up to "
@@ -292,6 +310,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s {args.role} %(levelname)s %(name)s: %(message)s")
+    if args.cpus is not None:  # before any model or thread pool exists
+        import torch
+
+        from specdec.errors import InvalidArgument
+
+        try:
+            os.sched_setaffinity(0, args.cpus)
+        except OSError as exc:
+            raise InvalidArgument("cpus", f"cannot run on CPUs {sorted(args.cpus)}: {exc}") from exc
+        torch.set_num_threads(len(args.cpus))
     if args.port is None:
         args.port = DEFAULT_PORTS[args.role]
     args.tls, args.accepted_tokens, args.internal_token = security_of(args)

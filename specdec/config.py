@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Sequence
 
 from specdec.errors import InvalidArgument
 
@@ -73,9 +74,12 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep going past EOS (benchmarks want fixed lengths)
 
-    def validate(self, *, max_new_tokens_limit: int, context_len: int) -> "GenerationRequest":
+    def validate(self, *, max_new_tokens_limit: int, context_len: int,
+                 vocab_size: int | None = None) -> "GenerationRequest":
         if not self.prompt_ids:
             raise InvalidArgument("prompt", "must not be empty")
+        if vocab_size is not None:
+            check_token_ids("prompt_ids", self.prompt_ids, vocab_size)
         if not 1 <= self.max_new_tokens <= max_new_tokens_limit:
             raise InvalidArgument(
                 "max_new_tokens", f"must be in [1, {max_new_tokens_limit}], got {self.max_new_tokens}")
@@ -86,3 +90,11 @@ class GenerationRequest:
             raise InvalidArgument("stop", "stop strings must not be empty")
         self.sampling.validate()
         return self
+
+
+def check_token_ids(field: str, ids: Sequence[int], vocab_size: int | None) -> None:
+    """Every id names a token of the model (in [0, vocab_size); without a vocabulary, at least >= 0)."""
+    bad = next((t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size)), None)
+    if bad is not None:
+        limit = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise InvalidArgument(field, f"token id {bad} is outside the vocabulary {limit}")

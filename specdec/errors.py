@@ -24,6 +24,10 @@ class NotFound(SpecdecError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AlreadyExists(SpecdecError):
+    """A thing with this name (a session id) already exists."""
+
+
 class ResourceExhausted(SpecdecError):
     """A configured limit (sessions, KV slots, context length) is reached; retry later or elsewhere."""
 
@@ -34,6 +38,14 @@ class FailedPrecondition(SpecdecError):
 
 class Unavailable(SpecdecError):
     """A backend service cannot be reached or died mid-request."""
+
+
+class Internal(SpecdecError):
+    """A backend failed in a way retrying will not fix (a bug, or input it should have refused)."""
+
+
+class DeadlineExceeded(SpecdecError):
+    """The request's deadline passed on a backend."""
 
 
 class VocabularyMismatch(FailedPrecondition):

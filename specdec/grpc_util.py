@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from specdec import errors
 from specdec.config import FinishReason, SamplingParams
+from specdec.placement import Placement
 from specdec.security import TLSFiles, TokenAuthInterceptor
 from specdec.v1 import common_pb2
 
@@ -23,22 +24,26 @@ log = logging.getLogger("specdec.grpc")
 STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
 ]
 
 
 def error_from_status(code: grpc.StatusCode, details: str) -> errors.SpecdecError:
-    """The inverse of the interceptor's mapping: a backend's status becomes the same domain error,
-    so the orchestrator passes a target's precise status on to its client."""
+    """The inverse of the interceptor's mapping: a backend's status becomes the same domain error, so the
+    orchestrator passes a target's precise status on to its client. Only UNAVAILABLE stays retryable: a
+    deterministic failure (INTERNAL, or a code we have no class for) must not invite a retry loop."""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field, _, reason = (details or "request: invalid").partition(": ")
         return errors.InvalidArgument(field, reason or details)
     for cls, mapped in STATUS_OF:
         if mapped == code and cls is not errors.InvalidArgument:
             return cls(details)
-    return errors.Unavailable(f"{code.name}: {details}")
+    return errors.Internal(f"{code.name}: {details}")
 
 
 def status_of(exc: Exception) -> grpc.StatusCode:
@@ -260,3 +265,15 @@ def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
     if params.seed is not None:
         pb.seed = params.seed
     return pb
+
+
+def placement_to_pb(placement: Placement) -> common_pb2.ComputePlacement:
+    return common_pb2.ComputePlacement(host_id=placement.host_id, gpu_uuid=placement.gpu_uuid,
+                                       cpus=sorted(placement.cpus))
+
+
+def placement_from_pb(pb: common_pb2.ComputePlacement) -> Placement | None:
+    """None when the peer did not say where it computes."""
+    if not pb.host_id:
+        return None
+    return Placement(pb.host_id, gpu_uuid=pb.gpu_uuid, cpus=frozenset(pb.cpus))

@@ -79,11 +79,13 @@ class ModelDrafting:
         raise NotImplementedError
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        """Up to k tokens after `committed`; fewer near the end of the draft's context, where the last
+        token it can draft is the one at position max_len (drafted from max_len cached tokens)."""
         t0 = time.perf_counter()
         start = len(committed)
         sequence = list(committed)
         picks: list[Pick] = []
-        for i in range(k):
+        for i in range(min(k, self.runner.max_len + 1 - start)):
             picks += self._draw(self.runner.extend(self.session, sequence, keep=1), [start + i])
             sequence.append(picks[-1][0])
         return proposal_of(start, picks, self.source, time.perf_counter() - t0)
@@ -94,6 +96,8 @@ class ModelDrafting:
         per step (`ModelRunner.forward_branches`): on a GPU, drafting the likeliest outcomes of a block
         costs about what drafting one of them does. None if they don't fit in the cache."""
         t0 = time.perf_counter()
+        if max(j for j, _ in roots) + k > self.runner.max_len:
+            return None  # past the end of the context
         self.runner.hold(self.session, chain[:max(j for j, _ in roots)])
         forks = [j for j, _ in roots]
         tokens = [token for _, token in roots]
@@ -175,13 +179,15 @@ class DraftModelProposer(ModelDrafting):
         return [(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
 
     def prefill(self, prompt: Sequence[int]) -> None:
-        self.runner.extend(self.session, prompt, keep=1)
+        if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
+            self.runner.extend(self.session, prompt, keep=1)
 
     def _catch_up(self, committed: Sequence[int]) -> None:
         """Cache all but the last committed token when more than two are missing (after cycles drafted by
         someone else, or none), in one prefill timed apart from drafting: folded into the first draft
         step it would look like an expensive draft and keep adaptive K from drafting again."""
-        if common_prefix_len(self.session.tokens, committed) < len(committed) - 2:
+        missing = common_prefix_len(self.session.tokens, committed) < len(committed) - 2
+        if missing and len(committed) <= self.runner.max_len:
             self.runner.extend(self.session, committed[:-1], keep=1)
 
     def close(self) -> None:
@@ -453,7 +459,8 @@ class ReplayProposer(ModelDrafting):
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self._find(prompt)  # an unknown prompt is refused here, when its session starts
-        self.runner.extend(self.session, prompt, keep=1)
+        if len(prompt) <= self.runner.max_len:
+            self.runner.extend(self.session, prompt, keep=1)
 
     def close(self) -> None:
         self.runner.close(self.session)

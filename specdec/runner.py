@@ -24,8 +24,14 @@ from transformers import StaticCache
 
 from specdec.cpu_kernels import ONEDNN, pack_linear_layers
 from specdec.errors import InvalidArgument, ResourceExhausted
+from specdec.placement import Placement, placement_of
 
 log = logging.getLogger("specdec.runner")
+
+# How long a service's new session waits for a KV slot that another session is giving back: a cancelled or
+# finished session frees its slot within a step, and a client that cancels and resends at once (or a
+# draft stream that arrives before the last one's end) must get that slot, not RESOURCE_EXHAUSTED.
+SLOT_WAIT_S = 1.0
 
 
 @dataclass
@@ -102,21 +108,17 @@ class ModelRunner:
         self._key_positions = torch.arange(max_len, device=self.device)  # [max_len], for graph masks
 
     @functools.cached_property
-    def gpu(self) -> str:
-        """UUID of the GPU this runner computes on ("" on a CPU): services compare it to find a shared GPU."""
-        return str(torch.cuda.get_device_properties(self.device).uuid) if self.device.type == "cuda" else ""
+    def placement(self) -> Placement:
+        """Where this runner computes: services compare it to find a draft sharing its target's compute."""
+        return placement_of(self.device)
 
     @property
     def free_slots(self) -> int:
         return len(self._free_slots)
 
     def open(self) -> KVSession:
-        """Take a free cache slot for a new sequence, waiting up to `slot_wait_s` for one to be given back.
-
-        The wait is for a draft: its session ends only when the target's half-close reaches it, after the
-        target has already freed its own slot and admitted the next session, whose draft stream can
-        arrive first. Refusing that one would drop speculation for a whole request.
-        """
+        """Take a free cache slot for a new sequence, waiting up to `slot_wait_s` for one to be given back
+        (see SLOT_WAIT_S)."""
         with self._slot_freed:
             if not self._slot_freed.wait_for(lambda: self._free_slots, timeout=self.slot_wait_s):
                 raise ResourceExhausted(f"all {self.max_sessions} KV cache slots are in use")

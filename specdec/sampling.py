@@ -17,6 +17,8 @@ import torch
 
 from specdec.config import SamplingParams
 
+FLOAT32_TINY = torch.finfo(torch.float32).tiny  # temperatures below it act as it does: all mass on the argmax
+
 
 class Stream(IntEnum):
     """Independent random streams per position."""
@@ -42,19 +44,24 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     """Turn logits [n, V] into the distributions actually sampled from, [n, V] float32.
 
     Draft and target apply this same function, so p and q in the acceptance test are the processed
-    distributions, as speculative sampling requires. Filtered-out tokens get exactly 0.
+    distributions, as speculative sampling requires. Filtered-out tokens get exactly 0. Every accepted
+    setting gives a valid distribution: the temperature divides logits minus their maximum (all <= 0, so
+    no temperature overflows them; the argmax keeps exp(0) = 1, so they never underflow to all zeros), and
+    top-p always keeps the most likely token, so as T or top_p go to 0 the distribution goes to the argmax.
     """
     assert logits.dim() == 2, f"expected [n, V] logits, got {tuple(logits.shape)}"
     assert not params.greedy, "greedy decoding uses argmax, not probabilities"
-    logits = logits.float() / params.temperature
+    logits = logits.float()
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    shifted = logits - logits.amax(dim=-1, keepdim=True)  # [n, V], <= 0
+    probs = torch.softmax(shifted / max(params.temperature, FLOAT32_TINY), dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
         drop_sorted = mass_before >= params.top_p  # the smallest prefix with mass >= top_p is kept
+        drop_sorted[:, 0] = False  # a top_p below float32's resolution still keeps the argmax
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)

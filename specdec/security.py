@@ -52,9 +52,11 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(OPEN_METHODS):
             return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        header = metadata.get("authorization", "")
-        if not header.startswith("Bearer "):
+        headers = authorization_headers(handler_call_details.invocation_metadata)
+        header = headers[0] if headers else ""
+        if len(headers) > 1:  # which one counts would differ between checks: refuse the ambiguity
+            code, message = grpc.StatusCode.UNAUTHENTICATED, "more than one `authorization` header"
+        elif not header.startswith("Bearer "):
             code, message = grpc.StatusCode.UNAUTHENTICATED, "missing bearer token (metadata `authorization: Bearer ...`)"
         elif not self._allowed(header[len("Bearer "):]):
             code, message = grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not accepted"
@@ -78,6 +80,11 @@ def _deny(handler, code: grpc.StatusCode, message: str):
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
     return grpc.stream_stream_rpc_method_handler(abort, handler.request_deserializer, handler.response_serializer)
+
+
+def authorization_headers(metadata) -> list[str]:
+    """Every `authorization` value a call carries (gRPC metadata may repeat a key)."""
+    return [value for key, value in (metadata or ()) if key == "authorization"]
 
 
 def bearer(token: str | None) -> tuple:

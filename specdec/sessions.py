@@ -1,10 +1,13 @@
-"""A thread-safe table of live sessions, for limits, inspection and cleanup."""
+"""A thread-safe table of live sessions, for limits, inspection and cancellation."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
+
+from specdec.errors import AlreadyExists
 
 
 @dataclass
@@ -12,6 +15,24 @@ class SessionEntry:
     id: str
     started: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
+    _hooks: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when the session is cancelled (at once if it already is): whatever the session is
+        blocked on (waiting for a proposal, a message) must wake up, not wait out its own timeout."""
+        with self._lock:
+            if not self.cancel.is_set():
+                self._hooks.append(hook)
+                return
+        hook()
+
+    def cancel_now(self) -> None:
+        with self._lock:
+            self.cancel.set()
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
 
 
 class SessionTable:
@@ -20,19 +41,18 @@ class SessionTable:
         self._sessions: dict[str, SessionEntry] = {}
 
     def add(self, session_id: str) -> SessionEntry:
+        """A new entry; a session id that is already running is refused (ids key the table and the logs)."""
         entry = SessionEntry(session_id)
         with self._lock:
+            if session_id in self._sessions:
+                raise AlreadyExists(f"session {session_id!r} is already running")
             self._sessions[session_id] = entry
         return entry
 
-    def remove(self, session_id: str) -> None:
+    def remove(self, entry: SessionEntry) -> None:
         with self._lock:
-            self._sessions.pop(session_id, None)
-
-    def cancel_all(self) -> None:
-        with self._lock:
-            for entry in self._sessions.values():
-                entry.cancel.set()
+            if self._sessions.get(entry.id) is entry:
+                del self._sessions[entry.id]
 
     def __len__(self) -> int:
         with self._lock:

@@ -95,6 +95,7 @@ class DraftLink:
         self.vocab_size, self.device, self.timeout_s, self.greedy = vocab_size, device, timeout_s, greedy
         self.failure: str | None = None
         self._closing = False
+        self._answered = False  # the draft has sent something: it is there to end the stream cleanly
         self._outbox: queue.Queue = queue.Queue()
         self._proposals: queue.Queue = queue.Queue()
         self._rows: queue.Queue = queue.Queue()
@@ -114,6 +115,10 @@ class DraftLink:
             self.failure = reason
             log.warning("draft link failed, going on without the draft: %s", reason)
             self.close(cancel=True)
+
+    def wake(self) -> None:
+        """Make a waiting `next_proposal` return now (the session was cancelled)."""
+        self._proposals.put(_BROKEN)
 
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         """The most useful proposal available, waiting for one up to the timeout.
@@ -152,8 +157,9 @@ class DraftLink:
         except queue.Empty:
             self.fail("no row from the draft within the timeout")
             raise Unavailable(f"draft link failed: {self.failure}") from None
-        if pb is _BROKEN or pb.proposal_id != proposal_id or pb.index != index:
-            self.fail("the draft's row answer does not match the request")
+        problem = "the draft's stream ended" if pb is _BROKEN else row_problem(pb, proposal_id, index, self.vocab_size)
+        if problem:
+            self.fail(f"malformed row: {problem}")
             raise Unavailable(f"draft link failed: {self.failure}")
         row = torch.zeros(self.vocab_size, dtype=torch.float32)
         row[torch.tensor(list(pb.ids), dtype=torch.long)] = torch.tensor(list(pb.probs), dtype=torch.float32)
@@ -161,11 +167,13 @@ class DraftLink:
 
     def close(self, cancel: bool = False) -> None:
         """End the session on the draft: half-close the stream so the draft finishes it cleanly (its
-        session span ends, its KV slot is freed at once); cancel only a draft that misbehaves."""
+        session span ends, its KV slot is freed at once). Cancel instead a draft that misbehaves, a
+        session that was cancelled, and a draft that never answered (a dead address: the call would
+        otherwise hold its threads until the channel gives up)."""
         if not self._closing:
             self._closing = True
             self._outbox.put(_CLOSE)
-        if cancel:
+        if cancel or not self._answered:
             self._call.cancel()
 
     def _to_proposal(self, pb: draft_pb2.DraftProposal) -> Proposal:
@@ -178,14 +186,19 @@ class DraftLink:
     def _read(self) -> None:
         try:
             for response in self._call:
+                self._answered = True
                 kind = response.WhichOneof("message")
-                if kind == "proposal":
-                    self._proposals.put(response.proposal)
-                elif kind == "proposals":
-                    for proposal in response.proposals.proposals:
-                        self._proposals.put(proposal)
-                elif kind == "row":
+                if kind == "row":
                     self._rows.put(response.row)
+                    continue
+                batch = [response.proposal] if kind == "proposal" else list(response.proposals.proposals)
+                problem = next((p for p in (proposal_problem(pb, self.vocab_size, self.greedy) for pb in batch) if p),
+                               None)
+                if problem:  # the target goes on alone rather than verify what it cannot trust
+                    self.fail(f"malformed proposal: {problem}")
+                    break
+                for proposal in batch:
+                    self._proposals.put(proposal)
             if not self._closing:
                 self.fail("the draft ended the stream")
         except grpc.RpcError as exc:
@@ -194,6 +207,36 @@ class DraftLink:
         finally:
             self._proposals.put(_BROKEN)
             self._rows.put(_BROKEN)
+
+
+def proposal_problem(pb: draft_pb2.DraftProposal, vocab_size: int, greedy: bool) -> str | None:
+    """What makes a received proposal unusable, or None: every id in the vocabulary and, for sampling,
+    one q(x) per token that is a probability the token could have been drawn with (0 < q <= 1)."""
+    if pb.start < 0:
+        return f"start {pb.start} < 0"
+    if any(not 0 <= t < vocab_size for t in pb.token_ids):
+        return f"token ids {list(pb.token_ids)} outside the vocabulary [0, {vocab_size})"
+    if pb.token_sources and len(pb.token_sources) != len(pb.token_ids):
+        return f"{len(pb.token_sources)} token sources for {len(pb.token_ids)} tokens"
+    if not greedy:
+        if len(pb.token_probs) != len(pb.token_ids):
+            return f"{len(pb.token_probs)} token probabilities for {len(pb.token_ids)} tokens"
+        if not all(0.0 < q <= 1.0 + 1e-6 for q in pb.token_probs):  # NaN fails every comparison
+            return f"token probabilities {list(pb.token_probs)} outside (0, 1]"
+    return None
+
+
+def row_problem(pb: draft_pb2.DraftRow, proposal_id: int, index: int, vocab_size: int) -> str | None:
+    """What makes a received row of q unusable, or None."""
+    if pb.proposal_id != proposal_id or pb.index != index:
+        return f"answers ({pb.proposal_id}, {pb.index}), not the request ({proposal_id}, {index})"
+    if len(pb.ids) != len(pb.probs) or not pb.ids:
+        return f"{len(pb.ids)} ids and {len(pb.probs)} probabilities"
+    if any(not 0 <= t < vocab_size for t in pb.ids) or len(set(pb.ids)) != len(pb.ids):
+        return "ids outside the vocabulary or repeated"
+    if not all(0.0 <= q <= 1.0 + 1e-6 for q in pb.probs) or not sum(pb.probs) > 0:
+        return "probabilities outside [0, 1] or all zero"
+    return None
 
 
 def verdict_to_pb(cycle: CycleResult, next_k: int = 0) -> draft_pb2.ProposeVerdict:

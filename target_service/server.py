@@ -8,7 +8,7 @@ from specdec.compute import Compute
 from specdec.decoder import eos_ids_of
 from specdec.grpc_util import Server, ServerSettings
 from specdec.models import context_length, load_model
-from specdec.runner import ModelRunner
+from specdec.runner import SLOT_WAIT_S, ModelRunner
 from specdec.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from target_service.servicer import TargetServicer, TargetSettings
@@ -18,7 +18,7 @@ def build(args: argparse.Namespace) -> Server:
     compute = Compute.for_device(args.device)  # load and run on one thread (compute.py says why)
     loaded = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
     runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
-                         max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels)
+                         max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=args.max_sessions, context_length=runner.max_len)
     metrics = Metrics("target")

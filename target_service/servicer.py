@@ -12,7 +12,7 @@ from specdec.compute import INLINE, Compute
 from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FixedK, TargetSequence
 from specdec.errors import InvalidArgument
-from specdec.grpc_util import FINISH_TO_PB, PROPOSER_TO_PB, make_channel, sampling_from_pb
+from specdec.grpc_util import FINISH_TO_PB, PROPOSER_TO_PB, make_channel, placement_to_pb, sampling_from_pb
 from specdec.runner import ModelRunner
 from specdec.security import TLSFiles, bearer
 from specdec.sessions import SessionTable
@@ -75,18 +75,20 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         generation = GenerationRequest(
             prompt_ids=list(request.prompt_ids), max_new_tokens=request.max_new_tokens,
             sampling=sampling_from_pb(request.sampling), ignore_eos=request.ignore_eos,
-        ).validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len)
-        sequence = TargetSequence(self.runner, generation, self.eos_ids, seed=request.seed)
+        ).validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len,
+                   vocab_size=self.runner.vocab_size)
         entry = self.sessions.add(request.session_id)
-        context.add_callback(entry.cancel.set)
-        link = None
+        context.add_callback(entry.cancel_now)
+        sequence = link = None
         attributes = {"specdec.session_id": request.session_id, "gen_ai.usage.input_tokens": len(request.prompt_ids),
                       "specdec.k": request.k, "specdec.draft_address": request.draft_address,
                       "specdec.overlap": request.overlap}
-        with tracer().start_as_current_span("session", attributes=attributes) as span:
-            try:
+        try:
+            sequence = TargetSequence(self.runner, generation, self.eos_ids, seed=request.seed)
+            with tracer().start_as_current_span("session", attributes=attributes) as span:
                 if request.draft_address and request.k > 0:
                     link = self._open_link(request, sequence, context.time_remaining())
+                    entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
                 fell_back = False
                 chooser = AdaptiveK(max_k=request.k, initial_k=request.k) if request.adaptive_k else FixedK(request.k)
                 for report in TargetSession(sequence, link, chooser, entry.cancel, self.compute).run():
@@ -97,11 +99,12 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                         span.add_event("draft_failed", {"reason": link.failure or ""})
                     yield report_to_pb(report)
                 span.set_attribute("gen_ai.usage.output_tokens", len(sequence.generated))
-            finally:
-                if link is not None:
-                    link.close()
+        finally:
+            if link is not None:
+                link.close(cancel=entry.cancel.is_set())  # cancelled: the draft stops drafting at once
+            if sequence is not None:
                 sequence.close()
-                self.sessions.remove(request.session_id)
+            self.sessions.remove(entry)
 
     def _observe(self, r: CycleReport) -> None:
         c = r.cycle
@@ -115,7 +118,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def _open_link(self, request, sequence: TargetSequence, remaining_s: float | None) -> DraftLink:
         start = draft_pb2.ProposeStart(session_id=request.session_id, prompt_ids=request.prompt_ids,
                                        sampling=request.sampling, seed=sequence.seed, k=request.k,
-                                       overlap=request.overlap, target_gpu=self.runner.gpu)
+                                       overlap=request.overlap,
+                                       target_placement=placement_to_pb(self.runner.placement))
         return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(request.draft_address)), start,
                          vocab_size=self.runner.vocab_size, device=self.runner.device,
                          timeout_s=self.settings.draft_timeout_s, greedy=sequence.sampling.greedy,

@@ -48,6 +48,9 @@ class TargetSession:
                 self.sequence.finish(FinishReason.CANCELLED)
                 return
             report = self._cycle(use_draft=not first)
+            if report is None:  # cancelled while waiting for the draft: no further forward
+                self.sequence.finish(FinishReason.CANCELLED)
+                return
             if not first:  # the draft costs the target what it waited for it: with overlap, only what was not
                 #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass)
                 self.chooser.observe(report.cycle.k, report.cycle.accepted, report.cycle.verify_s, report.wait_s)
@@ -58,7 +61,7 @@ class TargetSession:
                 self.link.send_verdict(report.cycle, next_k)
             yield report
 
-    def _cycle(self, use_draft: bool) -> CycleReport:
+    def _cycle(self, use_draft: bool) -> CycleReport | None:
         picked = Picked(None, 0.0, 0.0, False)
         wants_draft = use_draft and self.link is not None and not self.link.failed and self.k > 0
         if wants_draft and self.sequence.max_k > 0:
@@ -66,6 +69,8 @@ class TargetSession:
                 found = self.sequence.usable_drafts(p, self.k)
                 return -1 if found is None else len(found[0])
             picked = self.link.next_proposal(usable)
+            if self.cancelled.is_set():
+                return None
         try:
             cycle = self.compute.run(self.sequence.step, picked.proposal, self.k)
         except Unavailable:  # the draft died while we fetched a q row: redo this position alone

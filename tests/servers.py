@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from specdec.launcher import Stack, free_base_port
 
-__all__ = ["free_base_port", "running_stack"]
+__all__ = ["apart", "free_base_port", "running_stack"]
+
+
+def apart(role: str) -> list[str]:
+    """`serve` flags that put the target and the draft on disjoint CPUs of this machine, so the draft is
+    not co-located with its target and drafts ahead (overlap) as it would on a machine of its own."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "overlap through the services needs two CPUs"
+    half = len(cpus) // 2
+    mine = cpus[:half] if role == "target" else cpus[half:]
+    return ["--cpus", ",".join(map(str, mine))]
 
 
 @contextlib.contextmanager

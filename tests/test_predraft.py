@@ -22,7 +22,7 @@ from specdec.decoder import FixedK, TargetSequence
 from specdec.proposers import DraftModelFactory, Feedback, ReplayBook, ReplayFactory
 from target_service.session import TargetSession
 from tests.conftest import PROMPTS
-from tests.servers import running_stack
+from tests.servers import apart, running_stack
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -146,7 +146,8 @@ def test_predraft_stays_lossless_and_hits_more_often(tiny_engine):
 
 def test_predraft_through_the_services(tiny_engine):
     """The branches travel as one DraftProposals message; the target takes the one that came true."""
-    with running_stack(orchestrator=["--k", "4", "--fixed-k"], draft=["--predraft", "on"]) as stack:
+    with running_stack(orchestrator=["--k", "4", "--fixed-k"], target=apart("target"),
+                       draft=["--predraft", "on", *apart("draft")]) as stack:
         with Client(stack.address, timeout_s=120) as client:
             for prompt in PROMPTS[:4]:
                 expected = tiny_engine.decoder.generate(GenerationRequest(
@@ -158,28 +159,38 @@ def test_predraft_through_the_services(tiny_engine):
                 assert (spec.overlap_hits, spec.drafts) == (hits, drafts), prompt  # same blocks as in process
 
 
-def test_overlap_is_dropped_only_on_a_gpu_shared_with_the_target(tiny_engine):
+def test_overlap_is_dropped_where_the_draft_shares_the_targets_compute(tiny_engine):
+    """The co-location rule: no drafting ahead on the target's GPU or on the target's CPU cores."""
     from draft_service.servicer import DraftServicer, overlap_pays
+    from specdec.grpc_util import placement_to_pb
+    from specdec.placement import Placement
     from specdec.v1 import common_pb2, draft_pb2
 
-    assert overlap_pays(True, "", "") and overlap_pays(True, "gpu-a", "gpu-b")
-    assert not overlap_pays(True, "gpu-a", "gpu-a") and not overlap_pays(False, "gpu-a", "gpu-b")
-    assert tiny_engine.draft_runner.gpu == ""  # a CPU is never "shared" by this rule
+    gpu_a, gpu_b = Placement("host", gpu_uuid="gpu-a"), Placement("host", gpu_uuid="gpu-b")
+    cpus_01, cpus_1, cpus_23 = (Placement("host", cpus=frozenset(c)) for c in ({0, 1}, {1}, {2, 3}))
+    other_host = Placement("other", cpus=frozenset({0, 1}))
+    assert not overlap_pays(True, gpu_a, gpu_a) and overlap_pays(True, gpu_a, gpu_b)
+    assert not overlap_pays(True, cpus_01, cpus_1) and overlap_pays(True, cpus_01, cpus_23)
+    assert overlap_pays(True, cpus_01, other_host) and overlap_pays(True, gpu_a, cpus_01)
+    assert overlap_pays(True, None, cpus_01) and overlap_pays(True, cpus_01, None)  # lookup, or an old target
+    assert not overlap_pays(False, gpu_a, gpu_b)
+    here = tiny_engine.draft_runner.placement  # this process: the CPUs it may run on
+    assert here.cpus and not here.gpu_uuid and here.shares_compute_with(tiny_engine.target_runner.placement)
 
     class Context:
         def add_callback(self, fn): pass
 
     prompt = tiny_engine.encode("def main():")
     factory = DraftModelFactory(tiny_engine.draft_runner, tiny_engine.target_runner.vocab_size)
-    servicer = DraftServicer(factory, common_pb2.ServerInfo(), lambda: 1, idle_timeout_s=5, gpu="gpu-a")
-    for target_gpu, ahead in (("gpu-a", False), ("gpu-b", True)):
-        start = draft_pb2.ProposeStart(session_id=target_gpu, prompt_ids=prompt, k=3, overlap=True,
-                                       target_gpu=target_gpu)
+    servicer = DraftServicer(factory, common_pb2.ServerInfo(), lambda: 1, idle_timeout_s=5, placement=here)
+    for name, target, ahead in (("same-cpus", here, False), ("elsewhere", other_host, True)):
+        start = draft_pb2.ProposeStart(session_id=name, prompt_ids=prompt, k=3, overlap=True,
+                                       target_placement=placement_to_pb(target))
         verdict = draft_pb2.ProposeVerdict(start=len(prompt), token_ids=[5])
         replies = servicer._propose(iter([draft_pb2.ProposeRequest(start=start),
                                           draft_pb2.ProposeRequest(verdict=verdict)]), Context())
         sent = [r.proposal for r in replies]
-        assert len(sent) == (2 if ahead else 1) and [p.ahead for p in sent] == [False, True][:len(sent)], target_gpu
+        assert len(sent) == (2 if ahead else 1) and [p.ahead for p in sent] == [False, True][:len(sent)], name
 
 
 def test_adaptive_k_is_charged_the_wait_not_the_hidden_drafting(tiny_engine):

@@ -19,14 +19,16 @@ from specdec.decoder import SpeculativeDecoder
 from specdec.models import ASSETS
 from specdec.v1 import common_pb2, orchestrator_pb2, target_pb2, target_pb2_grpc
 from tests.conftest import PROMPTS
-from tests.servers import running_stack
+from tests.servers import apart, running_stack
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def stack():
-    with running_stack(orchestrator=["--k", "4"], target=["--max-sessions", "16"], draft=["--max-sessions", "16"]) as s:
+    # target and draft on disjoint CPUs: co-located, the draft would not draft ahead (test_overlap_...)
+    with running_stack(orchestrator=["--k", "4"], target=["--max-sessions", "16", *apart("target")],
+                       draft=["--max-sessions", "16", *apart("draft")]) as s:
         yield s
 
 

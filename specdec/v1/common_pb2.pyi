@@ -93,6 +93,16 @@ class LatencyBreakdown(_message.Message):
     total_ms: float
     def __init__(self, time_to_first_token_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_wait_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
+class ComputePlacement(_message.Message):
+    __slots__ = ("host_id", "gpu_uuid", "cpus")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    GPU_UUID_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    gpu_uuid: str
+    cpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., cpus: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
     __slots__ = ("model", "vocab_fingerprint", "active_sessions", "free_kv_slots", "max_sessions", "context_length", "role", "proposer")
     MODEL_FIELD_NUMBER: _ClassVar[int]
