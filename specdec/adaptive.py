@@ -53,43 +53,23 @@ def ema(old: float | None, new: float, weight: float) -> float:
 
 
 @dataclass
-class AdaptiveK:
-    max_k: int = 8
-    initial_k: int = 4
+class StepCosts:
+    """What a cycle costs: the target's verify time per number of drafts and the draft's time per token.
+
+    They depend on the models and the machine, not on the request, so one StepCosts serves every session
+    of a target (a new session starts from what earlier ones measured instead of re-measuring)."""
+
     smoothing: float = 0.2  # EMA weight of a new measurement
-    probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
-    max_probe_every: int = 512
-    acceptance: AcceptanceEstimate | None = None  # made from `smoothing` unless given
     draft_step_s: float | None = None  # per drafted token
     verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
-    _since_probe: int = 0
-    _probing: bool = False
-    last_k: int = -1
 
-    def __post_init__(self) -> None:
-        if self.acceptance is None:
-            self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
-
-    @property
-    def alpha(self) -> float | None:
-        return self.acceptance.value
-
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
-        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
-        w = self.smoothing
-        if self._probing:  # back off from a useless draft: each failed probe doubles the wait
-            self._probing = False
-            self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
-        self.observe_verify(k, verify_s)
-        if k > 0:
-            self.acceptance.observe(k, accepted)
-            self.draft_step_s = ema(self.draft_step_s, draft_s / k, w)
-
-    def observe_verify(self, k: int, verify_s: float) -> None:
-        """Record only what verifying k tokens cost (a block some other proposer drafted)."""
+    def observe(self, k: int, verify_s: float, draft_s: float | None = None) -> None:
         self.verify_s[k] = ema(self.verify_s.get(k), verify_s, self.smoothing)
+        if k > 0 and draft_s is not None:
+            self.draft_step_s = ema(self.draft_step_s, draft_s / k, self.smoothing)
 
     def verify_cost(self, k: int) -> float | None:
+        """verify(k), interpolated (or extrapolated) linearly from the measured sizes."""
         if k in self.verify_s:
             return self.verify_s[k]
         known = sorted(self.verify_s)
@@ -107,12 +87,63 @@ class AdaptiveK:
             return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
         return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
 
-    def rate(self, k: int) -> float | None:
+    def rate(self, alpha: float | None, k: int) -> float | None:
         """Expected committed tokens per second of a cycle drafting k tokens; None before measurements."""
-        if self.alpha is None or self.draft_step_s is None or not self.verify_s:
+        if alpha is None or self.draft_step_s is None or not self.verify_s:
             return None
         cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
-        return expected_tokens(self.alpha, k) / cost if cost > 0 else 0.0
+        return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
+
+
+PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
+
+
+@dataclass
+class AdaptiveK:
+    """Chooses each cycle's K for one session.
+
+    Costs come from `costs` (shared by a target's sessions when given); the session's own acceptance
+    starts from `prior` (the acceptance pooled over earlier sessions, weighted as PRIOR_TOKENS drafts) when
+    there is one, so a request speculates as well as its predecessors from its first cycle and stops
+    speculating at once on a deployment where it does not pay. Every block is also added to `prior`."""
+
+    max_k: int = 8
+    initial_k: int = 4
+    smoothing: float = 0.2  # EMA weight of a new measurement
+    probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
+    max_probe_every: int = 512
+    costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
+    prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
+    acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
+    _since_probe: int = 0
+    _probing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.costs is None:
+            self.costs = StepCosts(self.smoothing)
+        if self.acceptance is None:
+            self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
+            if self.prior is not None and self.prior.judged > 0:
+                scale = PRIOR_TOKENS / self.prior.judged
+                self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, PRIOR_TOKENS
+
+    @property
+    def alpha(self) -> float | None:
+        return self.acceptance.value
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
+        if self._probing:  # back off from a useless draft: each failed probe doubles the wait
+            self._probing = False
+            self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
+        self.costs.observe(k, verify_s, draft_s)
+        if k > 0:
+            self.acceptance.observe(k, accepted)
+            if self.prior is not None:
+                self.prior.observe(k, accepted)
+
+    def rate(self, k: int) -> float | None:
+        return self.costs.rate(self.alpha, k)
 
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""
@@ -120,16 +151,14 @@ class AdaptiveK:
         if cap <= 0:
             return 0
         if self.rate(0) is None:
-            k = min(self.initial_k, cap)  # measure first
-        else:
-            k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
-            if k == 0:
-                self._since_probe += 1
-                if self._since_probe >= self.probe_every:  # speculation may pay again: measure
-                    self._since_probe = 0
-                    self._probing = True
-                    k = 1
-            else:
+            return min(self.initial_k, cap)  # measure first
+        k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
+        if k == 0:
+            self._since_probe += 1
+            if self._since_probe >= self.probe_every:  # speculation may pay again: measure
                 self._since_probe = 0
-        self.last_k = k
+                self._probing = True
+                k = 1
+        else:
+            self._since_probe = 0
         return k

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specdec.adaptive import AdaptiveK
+from specdec.adaptive import AcceptanceEstimate, AdaptiveK, StepCosts
 from specdec.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.cpu_kernels import ONEDNN
 from specdec.decoder import FixedK, SpeculativeDecoder, TargetSequence
@@ -182,6 +182,7 @@ class Bench:
             speculation=SpeculationConfig(k=args.k, max_k=max(1, args.k), adaptive=args.adaptive_k),
             proposer=proposer if needs_draft else NGRAM, cpu_kernels=args.cpu_kernels))
         self._factories: dict[str, object] = {}
+        self._k_state: dict[str, tuple[StepCosts, AcceptanceEstimate]] = {}  # per mode, for adaptive K
         self._hf_models = None  # (target, draft) as stock HF modules, for the hf-assisted reference
         self.replay_book: ReplayBook | None = None  # the target's greedy output per prompt (replayed acceptance)
 
@@ -198,20 +199,25 @@ class Bench:
                                                      self.engine.target_runner.vocab_size)
         return self._factories[proposer]
 
-    def chooser(self):
+    def chooser(self, mode: str):
+        """Fixed K, or adaptive K learning across the prompts of one mode, as a target service does across
+        its sessions (costs and a pooled acceptance shared)."""
         k = self.args.k
-        return AdaptiveK(max_k=k, initial_k=k) if self.args.adaptive_k else FixedK(k)
+        if not self.args.adaptive_k:
+            return FixedK(k)
+        costs, prior = self._k_state.setdefault(mode, (StepCosts(), AcceptanceEstimate(decay=0.95)))
+        return AdaptiveK(max_k=k, initial_k=k, costs=costs, prior=prior)
 
-    def run_in_process(self, prompt: Prompt, proposer: str | None, stats: SpecStats) -> list[int]:
+    def run_in_process(self, prompt: Prompt, proposer: str | None, stats: SpecStats, mode: str = "spec") -> list[int]:
         """Target-only when `proposer` is None, else speculative with overlap off."""
         factory = None if proposer is None else self.factory(proposer)
         decoder = SpeculativeDecoder(self.engine.target_runner, self.engine.tokenizer, self.engine.eos_ids, factory,
                                      SpeculationConfig(k=self.args.k if factory else 0, max_k=max(1, self.args.k)))
-        result = decoder.generate(self.request(prompt), choose_k=self.chooser() if factory else None)
+        result = decoder.generate(self.request(prompt), choose_k=self.chooser(mode) if factory else None)
         merge(stats, result.stats)
         return result.token_ids
 
-    def run_overlap(self, prompt: Prompt, proposer: str, stats: SpecStats) -> list[int]:
+    def run_overlap(self, prompt: Prompt, proposer: str, stats: SpecStats, mode: str = "spec-overlap") -> list[int]:
         from draft_service.session import predraft_policy
         from target_service.session import TargetSession
 
@@ -224,7 +230,7 @@ class Bench:
                          predraft=predraft_policy(self.args.predraft, runner.device if runner else None))
         one = SpecStats()
         try:
-            for report in TargetSession(sequence, link, self.chooser(), threading.Event()).run():
+            for report in TargetSession(sequence, link, self.chooser(mode), threading.Event()).run():
                 c = report.cycle
                 one.observe_cycle(c.k, c.accepted, c.draft_sources)
                 one.verify_time_s += c.verify_s
@@ -319,11 +325,11 @@ def main(args: argparse.Namespace) -> int:
                     bar.set_postfix_str(f"{name} r{repeat}")
                     t1 = time.perf_counter()
                     if base == "spec-overlap":
-                        outputs.append(bench.run_overlap(p, proposer, stats))
+                        outputs.append(bench.run_overlap(p, proposer, stats, name))
                     elif base == "hf-assisted":
                         outputs.append(bench.run_hf(p, stats))
                     else:
-                        outputs.append(bench.run_in_process(p, proposer if base == "spec" else None, stats))
+                        outputs.append(bench.run_in_process(p, proposer if base == "spec" else None, stats, name))
                     seconds.append(time.perf_counter() - t1)
                     bar.update()
                 elapsed = time.perf_counter() - t0

@@ -70,12 +70,25 @@ def _source(spec: str, role: str) -> tuple[str, dict]:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise InvalidArgument(role, f"GGUF file {spec} does not exist")
-        return str(path.parent), {"gguf_file": path.name}
+        return str(path.parent), gguf_kwargs(path.name)
     if path.is_dir():
         return str(path), {}
     if path.exists():
         raise InvalidArgument(role, f"{spec} is a file but not a .gguf; pass a model directory or a .gguf file")
     return spec, {"local_files_only": True}
+
+
+def gguf_kwargs(name: str) -> dict:
+    """from_pretrained arguments for a GGUF file, its weights unpacked to dense tensors at load time.
+
+    Newer transformers (with `GgufConfig`) otherwise keep the quantized blocks and, without a published
+    matmul kernel for the device, unpack them again in every forward; older ones always unpacked. Dense
+    weights are what the runner's kernels (oneDNN on CPU, CUDA graphs) are built for."""
+    import transformers
+
+    if hasattr(transformers, "GgufConfig"):
+        return {"gguf_file": name, "quantization_config": transformers.GgufConfig(gguf_file=name, dequantize=True)}
+    return {"gguf_file": name}
 
 
 RESIDUAL_BRANCH_SCALE = 1e-3  # attention/MLP outputs stay tiny next to unit-scale embeddings
@@ -129,7 +142,13 @@ def random_model(spec: str, *, device: str, dtype: torch.dtype, seed: int = 0) -
 
 
 def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
-    """Load one model and its tokenizer; raise InvalidArgument with a clear message on failure."""
+    """Load one model and its tokenizer; raise InvalidArgument with a clear message on failure.
+
+    `auto` is bf16 on a GPU; on a CPU fp32 for a target and int8 for a draft: a draft only proposes, so its
+    precision moves acceptance, never the output, and on a CPU an int8 draft step costs a fraction of an
+    fp32 one (docs/benchmarks.md), which is what decides whether speculation pays there at all."""
+    if dtype == "auto" and role == "draft" and not device.startswith("cuda"):
+        dtype = INT8
     loaded = _load(spec, role, device=device, dtype=dtype)
     if dtype == INT8:
         loaded.model = quantize_int8(loaded.model)

@@ -355,7 +355,7 @@ class HybridProposer:
     def __init__(self, ngram: NgramProposer, model: DraftModelProposer, min_hit_rate: float = 0.6,
                  max_k: int = MAX_K, weigh_costs: bool = True) -> None:
         self.ngram, self.model, self.min_hit_rate, self.weigh_costs = ngram, model, min_hit_rate, weigh_costs
-        self.costs = AdaptiveK(max_k=max_k)  # the model's acceptance and step cost; verify cost per size
+        self.model_k = AdaptiveK(max_k=max_k)  # the model's acceptance and step cost; verify cost per size
         self.lookup_acceptance: dict[int, AcceptanceEstimate] = {}  # match length n -> of its lookups
         self._last: tuple[str, int, float] = ("", 0, 0.0)  # (source, match length n, draft time) of the last block
 
@@ -363,14 +363,14 @@ class HybridProposer:
         index = self.ngram.index
         index.sync(committed)
         tokens, n = index.lookup(k)
-        model_k = self.costs.choose(k) if self.weigh_costs else k
-        model_rate = self.costs.rate(model_k) if self.weigh_costs else None
+        model_k = self.model_k.choose(k) if self.weigh_costs else k
+        model_rate = self.model_k.rate(model_k) if self.weigh_costs else None
         if model_rate is None:  # sampling, or the model not measured yet
             use_lookup, model_k = bool(tokens) and index.hit_rate(n) >= self.min_hit_rate, k
         else:
             estimate = self.lookup_acceptance.get(n)  # once made, it has seen a block: its value is set
             alpha = estimate.value if estimate else index.hit_rate(n)
-            verify = self.costs.verify_cost(len(tokens))
+            verify = self.model_k.costs.verify_cost(len(tokens))
             use_lookup = bool(tokens) and bool(verify) and expected_tokens(alpha, len(tokens)) / verify >= model_rate
         if use_lookup:
             self._last = (NGRAM, n, 0.0)
@@ -385,11 +385,11 @@ class HybridProposer:
     def observe(self, feedback: Feedback) -> None:
         source, n, draft_s = self._last
         if feedback.k > 0 and feedback.source == DRAFT_MODEL == source:
-            self.costs.observe(feedback.k, feedback.accepted, feedback.verify_s, draft_s)
+            self.model_k.observe(feedback.k, feedback.accepted, feedback.verify_s, draft_s)
             return
-        self.costs.observe_verify(feedback.k, feedback.verify_s)
+        self.model_k.costs.observe(feedback.k, feedback.verify_s)
         if feedback.k > 0 and feedback.source == NGRAM == source:
-            estimate = self.lookup_acceptance.setdefault(n, AcceptanceEstimate(decay=self.costs.acceptance.decay))
+            estimate = self.lookup_acceptance.setdefault(n, AcceptanceEstimate(decay=self.model_k.acceptance.decay))
             estimate.observe(feedback.k, feedback.accepted)
 
     def prefill(self, prompt: Sequence[int]) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from specdec.adaptive import AdaptiveK
+from specdec.adaptive import AcceptanceEstimate, AdaptiveK, StepCosts
 from specdec.compute import INLINE, Compute
 from specdec.config import MAX_K, GenerationRequest
 from specdec.decoder import FixedK, TargetSequence
@@ -53,6 +53,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.info = info
         self.settings = settings
         self.sessions = SessionTable()
+        self.step_costs = StepCosts()  # adaptive K: what cycles cost here, learned by every session
+        self.acceptance_prior = AcceptanceEstimate(decay=0.95)  # and how well this target's drafts do
         self._channels: dict[str, grpc.Channel] = {}
         self._channels_lock = threading.Lock()
         self.metrics.track(lambda: len(self.sessions), lambda: self.runner.free_slots)
@@ -90,7 +92,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                     link = self._open_link(request, sequence, context.time_remaining())
                     entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
                 fell_back = False
-                chooser = AdaptiveK(max_k=request.k, initial_k=request.k) if request.adaptive_k else FixedK(request.k)
+                chooser = (AdaptiveK(max_k=request.k, initial_k=request.k, costs=self.step_costs,
+                                     prior=self.acceptance_prior) if request.adaptive_k else FixedK(request.k))
                 for report in TargetSession(sequence, link, chooser, entry.cancel, self.compute).run():
                     self._observe(report)
                     if report.draft_failed and not fell_back:

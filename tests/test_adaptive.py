@@ -79,6 +79,26 @@ def test_cpu_like_costs_prefer_small_k():
     assert 1 <= chooser.choose() <= 3
 
 
+def test_sessions_share_costs_and_start_from_the_pooled_acceptance():
+    """A new session of a target that has measured its costs chooses from its first cycle: K = 0 where an
+    expensive draft never pays (as a 2-core CPU's fp32 draft), a long K where a cheap one does."""
+    from specdec.adaptive import StepCosts
+
+    expensive = {0: 0.46, 1: 0.88, 2: 0.88, 4: 1.11}
+    costs, prior = StepCosts(), AcceptanceEstimate(decay=0.95)
+    feed(AdaptiveK(max_k=4, costs=costs, prior=prior), alpha=0.6, verify=lambda k: expensive.get(k, 1.11),
+         draft_step=0.20, cycles=40)
+    fresh = AdaptiveK(max_k=4, costs=costs, prior=prior)
+    assert fresh.alpha == pytest.approx(prior.value) and fresh.choose() == 0
+    alone = AdaptiveK(max_k=4)  # without what the earlier session learned: K = 4 until measured
+    assert alone.choose() == 4
+
+    costs, prior = StepCosts(), AcceptanceEstimate(decay=0.95)
+    feed(AdaptiveK(max_k=8, costs=costs, prior=prior), alpha=0.9, verify=lambda k: 0.010 * (1 + 0.03 * k),
+         draft_step=0.0005, cycles=60)
+    assert AdaptiveK(max_k=8, costs=costs, prior=prior).choose() >= 5
+
+
 def test_replay_proposer_accepts_at_the_replayed_rate(tiny_engine):
     prompt = tiny_engine.encode("def main():")
     request = GenerationRequest(prompt_ids=prompt, max_new_tokens=200, ignore_eos=True)

@@ -67,17 +67,17 @@ def test_hybrid_weighs_measured_costs(tiny_engine):
         copying = [11, 12, 13, 14, 15] * 8  # lookup matches 4 tokens here
         assert hybrid.propose(fresh, 4).source == "draft-model"  # cold: the model drafts, to be measured
         hybrid.observe(Feedback("draft-model", 4, 4, 0.40))
-        costs = hybrid.costs
-        assert costs.alpha == 1.0 and costs.verify_s[4] == 0.40 and costs.draft_step_s > 0
+        model_k, costs = hybrid.model_k, hybrid.model_k.costs
+        assert model_k.alpha == 1.0 and costs.verify_s[4] == 0.40 and costs.draft_step_s > 0
         costs.draft_step_s = 0.2  # an expensive model: free lookup wins on copied text
         assert hybrid.propose(copying, 3).source == "ngram"
         hybrid.observe(Feedback("ngram", 3, 0, 0.35))
         assert hybrid.lookup_acceptance[4].value == 0.0  # measured: lookups on 4-token matches failed
 
         # a useless model: plain decoding (an empty proposal) beats drafting
-        costs.acceptance, costs.draft_step_s, costs.verify_s = AcceptanceEstimate(0.8, 0, 5), 0.05, {0: 0.30, 4: 0.50}
+        model_k.acceptance, costs.draft_step_s, costs.verify_s = AcceptanceEstimate(0.8, 0, 5), 0.05, {0: 0.30, 4: 0.50}
         assert hybrid.propose(fresh, 4).token_ids == []
-        costs.acceptance = AcceptanceEstimate(0.8, 9, 10)  # a good, cheap model beats a lookup measured to fail...
+        model_k.acceptance = AcceptanceEstimate(0.8, 9, 10)  # a good, cheap model beats a lookup measured to fail...
         assert hybrid.propose(copying, 3).source == "draft-model"
         # ...and a lookup measured to succeed beats an expensive model
         hybrid.lookup_acceptance[4] = AcceptanceEstimate(0.8, 19, 20)
