@@ -20,20 +20,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install specdec into it (idempotent)
 
-demo: $(STAMP)  ## run the built-in tiny pair end to end and print text + acceptance statistics
-	$(BIN)/python -m specdec.demo
+demo: $(STAMP)  ## the three services on the built-in tiny pair: target-only vs speculative, side by side
+	$(BIN)/python -m specdec.tools.demo
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-protos: $(STAMP)  ## regenerate specdec/_proto from protos/ (never edit generated code by hand)
-	$(BIN)/python -m specdec.protogen
+protos: $(STAMP)  ## regenerate specdec/v1 from protos/ (never edit generated code by hand)
+	$(BIN)/python -m specdec.tools.protogen
 
 certs: $(STAMP)  ## self-signed test certificates in certs/ (CA, server for localhost, client)
-	$(BIN)/python -m specdec.certs certs
+	$(BIN)/python -m specdec.tools.certs certs
 
-lint: $(STAMP)  ## ruff
-	$(BIN)/python -m ruff check specdec draft_service target_service orchestrator tests
+lint: $(STAMP)  ## ruff over the hand-written code
+	$(BIN)/python -m ruff check specdec draft_service target_service orchestrator tests scripts
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,57 +1,93 @@
-"""`specdec serve draft`: wire a proposer factory into a gRPC server."""
+"""`specdec serve draft`: wire a proposer factory into a gRPC server, from typed settings."""
 
 from __future__ import annotations
 
-import argparse
 import logging
+from dataclasses import dataclass
 
+from draft_service.service import DraftService
 from draft_service.servicer import DraftServicer
-from draft_service.session import predraft_policy
-from specdec.compute import Compute
-from specdec.errors import InvalidArgument
-from specdec.grpc_util import PROPOSER_TO_PB, Server, ServerSettings
-from specdec.models import context_length, load_model, load_tokenizer, vocab_fingerprint
-from specdec.proposers import DRAFT_MODEL, NGRAM, ProposerFactory, ReplayBook, ReplayFactory, make_factory
-from specdec.runner import SLOT_WAIT_S, ModelRunner
-from specdec.telemetry import Metrics, server_interceptors
+from specdec.core.compute import Compute
+from specdec.core.config import ProposerKind
+from specdec.core.cpu_kernels import ONEDNN
+from specdec.core.drafting import Predraft, predraft_policy
+from specdec.core.errors import InvalidArgument
+from specdec.core.models import context_length, load_model, load_tokenizer, vocab_fingerprint
+from specdec.core.proposal import ProposerFactory
+from specdec.core.runner import SLOT_WAIT_S, ModelRunner
+from specdec.proposers import make_factory
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+from specdec.serving.convert import proposer_to_pb
+from specdec.serving.server import Server, ServerSettings
+from specdec.serving.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.draft")
 
-def build(args: argparse.Namespace) -> Server:
+
+@dataclass(frozen=True)
+class DraftServerSettings:
+    server: ServerSettings
+    draft: str = "tiny"  # the draft model spec
+    target: str = "tiny"  # the target's spec: its tokenizer is prompt lookup's vocabulary
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_len: int = 2048
+    max_sessions: int = 16
+    cpu_kernels: str = ONEDNN
+    proposer: ProposerKind = ProposerKind.DRAFT_MODEL
+    predraft: Predraft = Predraft.AUTO
+    idle_timeout_s: float = 60.0  # a session without messages this long is reclaimed
+    replay_references: str | None = None  # benchmarks: replay the target's continuations from this file
+    replay: ReplayRates = ReplayRates()
+
+    def validate(self) -> "DraftServerSettings":
+        if self.max_sessions < 1:
+            raise InvalidArgument("max_sessions", f"must be >= 1, got {self.max_sessions}")
+        if not self.idle_timeout_s > 0:
+            raise InvalidArgument("idle_timeout", f"must be > 0 seconds, got {self.idle_timeout_s}")
+        if self.replay_references is not None:
+            self.replay.validate()
+            if self.proposer != ProposerKind.DRAFT_MODEL:
+                raise InvalidArgument("replay_references",
+                                      f"replays a draft model's cost; --proposer {self.proposer.value} has none")
+        return self
+
+
+def build(settings: DraftServerSettings) -> Server:
+    settings.validate()
     runner = None
-    compute = Compute.for_device(None if args.proposer == NGRAM else args.device)  # compute.py says why
-    if args.proposer == NGRAM:  # prompt lookup: no model, no GPU; the vocabulary is the target's tokenizer's
-        tokenizer = load_tokenizer(args.target)
-        model_name, fingerprint, context = f"ngram ({args.target} tokenizer)", vocab_fingerprint(tokenizer), args.max_len
+    lookup = settings.proposer == ProposerKind.NGRAM
+    compute = Compute.for_device(None if lookup else settings.device)  # core/compute.py says why
+    if lookup:  # prompt lookup: no model, no GPU; the vocabulary is the target's tokenizer's
+        tokenizer = load_tokenizer(settings.target)
+        model_name, fingerprint = f"ngram ({settings.target} tokenizer)", vocab_fingerprint(tokenizer)
+        context = settings.max_len
     else:
-        loaded = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
-        runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
-                             max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
+        loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
+        runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
+                             max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
+                             slot_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
-                                 max_sessions=args.max_sessions, context_length=context,
-                                 proposer=PROPOSER_TO_PB[args.proposer])
-    free_slots = (lambda: runner.free_slots) if runner else (lambda: args.max_sessions - len(servicer.sessions))
+                                 max_sessions=settings.max_sessions, context_length=context,
+                                 proposer=proposer_to_pb(settings.proposer))
+    service = DraftService(factory(settings, runner), idle_timeout_s=settings.idle_timeout_s,
+                           predraft=predraft_policy(settings.predraft, runner.device if runner else None),
+                           placement=runner.placement if runner else None, compute=compute,
+                           vocab_size=runner.vocab_size if runner else None)
+    free_slots = (lambda: runner.free_slots) if runner else (lambda: settings.max_sessions - len(service.sessions))
     metrics = Metrics("draft")
-    servicer = DraftServicer(factory(args, runner), info, free_slots, idle_timeout_s=args.idle_timeout,
-                             metrics=metrics, predraft=predraft_policy(args.predraft, runner.device if runner else None),
-                             placement=runner.placement if runner else None, compute=compute,
-                             vocab_size=runner.vocab_size if runner else None)
+    servicer = DraftServicer(service, info, free_slots, metrics)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
-    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
-                                 max_workers=2 * args.max_sessions + 8),
-                  [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
+    return Server(settings.server, [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
                   interceptors=server_interceptors(), metrics=metrics)
 
 
-def factory(args: argparse.Namespace, runner: ModelRunner | None) -> ProposerFactory:
-    """The proposers this draft serves; with --replay-references, a replayed draft (benchmarks only)."""
-    if args.replay_references is None:
-        return make_factory(args.proposer, runner)
-    if args.proposer != DRAFT_MODEL:
-        raise InvalidArgument("replay_references", f"replays a draft model's cost; --proposer {args.proposer} has none")
-    replay = ReplayFactory(runner, ReplayBook.load(args.replay_references), args.replay_alpha, args.replay_runner_up)
+def factory(settings: DraftServerSettings, runner: ModelRunner | None) -> ProposerFactory:
+    """The proposers this draft serves; with replay references, a replayed draft (benchmarks only)."""
+    if settings.replay_references is None:
+        return make_factory(settings.proposer, runner)
     log.warning("REPLAYED acceptance: alpha=%.2f over %s (benchmarks only; proposals are not the draft's own)",
-                args.replay_alpha, args.replay_references)
-    return replay
+                settings.replay.alpha, settings.replay_references)
+    return ReplayFactory(runner, ReplayBook.load(settings.replay_references), settings.replay)

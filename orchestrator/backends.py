@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from specdec.errors import FailedPrecondition, InvalidArgument, Unavailable
-from specdec.grpc_util import PROPOSER_FROM_PB, make_channel
-from specdec.security import TLSFiles, bearer
+from specdec.core.config import ProposerKind
+from specdec.core.errors import FailedPrecondition, Unavailable
+from specdec.serving.convert import PROPOSER_FROM_PB
+from specdec.serving.security import TLSFiles, bearer
+from specdec.serving.server import Role, make_channel
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 log = logging.getLogger("specdec.orchestrator.backends")
@@ -29,7 +31,7 @@ DNS_PREFIX = "dns:///"  # dns:///name:port = one backend per address the name re
 @dataclass
 class Backend:
     address: str
-    role: str  # "target" or "draft"
+    role: Role  # TARGET or DRAFT
     channel: grpc.Channel
     metadata: tuple = ()  # the internal credential
     healthy: bool = False
@@ -38,7 +40,7 @@ class Backend:
     source: str = ""  # the dns:/// entry it was discovered from, if any
 
     def describe(self, timeout: float = 2.0) -> common_pb2.ServerInfo:
-        if self.role == "target":
+        if self.role == Role.TARGET:
             return target_pb2_grpc.TargetServiceStub(self.channel).DescribeTarget(
                 target_pb2.DescribeTargetRequest(), timeout=timeout, metadata=self.metadata).info
         return draft_pb2_grpc.DraftServiceStub(self.channel).DescribeDraft(
@@ -48,12 +50,10 @@ class Backend:
 class BackendPool:
     def __init__(self, targets: list[str], drafts: list[str], interval_s: float = 0.5,
                  tls: TLSFiles | None = None, token: str | None = None) -> None:
-        if not targets:
-            raise InvalidArgument("targets", "at least one target address is required")
         self.tls, self.metadata = tls, bearer(token)
-        self.entries = {"target": list(targets), "draft": list(drafts)}
-        self.targets = [self._make(a, "target") for a in targets if not a.startswith(DNS_PREFIX)]
-        self.drafts = [self._make(a, "draft") for a in drafts if not a.startswith(DNS_PREFIX)]
+        self.entries = {Role.TARGET: list(targets), Role.DRAFT: list(drafts)}
+        self.targets = [self._make(a, Role.TARGET) for a in targets if not a.startswith(DNS_PREFIX)]
+        self.drafts = [self._make(a, Role.DRAFT) for a in drafts if not a.startswith(DNS_PREFIX)]
         self._lock = threading.Lock()
         self.interval_s = interval_s
         self.paired_draft: str | None = None  # set for the paired topology (address as the target sees it)
@@ -73,7 +73,7 @@ class BackendPool:
         for b in self.all:
             b.channel.close()
 
-    def _make(self, address: str, role: str, source: str = "", server_name: str | None = None) -> Backend:
+    def _make(self, address: str, role: Role, source: str = "", server_name: str | None = None) -> Backend:
         return Backend(address, role, make_channel(address, self.tls, server_name), self.metadata, source=source)
 
     def discover(self) -> None:
@@ -86,7 +86,7 @@ class BackendPool:
                 except OSError:
                     found = set()
                 with self._lock:
-                    current = self.targets if role == "target" else self.drafts
+                    current = self.targets if role == Role.TARGET else self.drafts
                     known = {b.address for b in current if b.source == entry}
                     for b in [b for b in current if b.source == entry and b.address not in found]:
                         current.remove(b)
@@ -116,7 +116,7 @@ class BackendPool:
             log.warning("%s %s taken out of routing: %s", backend.role, backend.address, reason)
         backend.healthy = False
 
-    def pick(self, proposer: str | None = None) -> tuple[Backend, Backend | None]:
+    def pick(self, proposer: ProposerKind | None = None) -> tuple[Backend, Backend | None]:
         """The least-loaded healthy target, and a healthy draft with the same vocabulary (or None),
         running `proposer` if one is asked for."""
         targets = [t for t in self.targets if t.healthy and t.info is not None]
@@ -124,12 +124,12 @@ class BackendPool:
             raise Unavailable(f"no healthy target among {[t.address for t in self.targets]}")
         target = min(targets, key=lambda b: (b.active, b.info.active_sessions))
         if self.paired_draft is not None:  # paired topology: every target has its own draft on localhost
-            return target, Backend(self.paired_draft, "draft", None, info=target.info, healthy=True)
+            return target, Backend(self.paired_draft, Role.DRAFT, None, info=target.info, healthy=True)
         drafts = [d for d in self.drafts if d.healthy and d.info is not None]
         if proposer is not None:
             drafts = [d for d in drafts if PROPOSER_FROM_PB.get(d.info.proposer) == proposer]
             if not drafts:
-                raise FailedPrecondition(f"no healthy draft runs the {proposer!r} proposer")
+                raise FailedPrecondition(f"no healthy draft runs the {proposer.value!r} proposer")
         matching = [d for d in drafts if d.info.vocab_fingerprint == target.info.vocab_fingerprint]
         if drafts and not matching:
             d = drafts[0]

@@ -7,7 +7,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 bench() {  # name, extra args
   local name=$1; shift
-  timeout ${BENCH_TIMEOUT:-170} python3 -m specdec.cli bench --device cuda:0 --dtype bfloat16 --num-prompts 3 \
+  timeout ${BENCH_TIMEOUT:-170} python3 -m specdec bench --device cuda:0 --dtype bfloat16 --num-prompts 3 \
     --max-new-tokens 128 --repeats 2 --warmup 1 --max-len 1024 --quiet --report-greedy-mismatch \
     --json "$OUT/$name.json" "$@" 2>&1 | grep -v -i "warn.*deprecat" | tail -14 | tee "$OUT/$name.txt"
 }

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from specdec.models import random_model
-from specdec.runner import ModelRunner
+from specdec.core.random_models import random_model
+from specdec.core.runner import ModelRunner
 
 
 def time_step(runner: ModelRunner, session, prefix: list[int], n: int, reps: int) -> float:

@@ -9,7 +9,7 @@ import argparse
 import json
 import pathlib
 
-from specdec.bench import humaneval_rows
+from specdec.tools.bench import humaneval_rows
 
 INSTRUCTION = ("Rewrite this Python function with type hints on every parameter and return value. "
                "Keep the docstring and the code otherwise unchanged, and reply with only the complete "

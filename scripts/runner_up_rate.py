@@ -15,8 +15,8 @@ import json
 
 import torch
 
-from specdec.bench import humaneval_rows
-from specdec.engine import Engine, EngineConfig
+from specdec.core.pair import ModelPair, PairConfig
+from specdec.tools.bench import humaneval_rows
 
 
 def main() -> None:
@@ -32,8 +32,8 @@ def main() -> None:
     chat = bool(data["config"].get("chat"))
     rows = humaneval_rows() if data["config"].get("prompts") is None else [
         json.loads(line) for line in open(data["config"]["prompts"]) if line.strip()]
-    engine = Engine.load(EngineConfig(target=args.target, draft=args.draft, draft_dtype=args.draft_dtype,
-                                      max_len=2048))
+    engine = ModelPair.load(PairConfig(target=args.target, draft=args.draft, draft_dtype=args.draft_dtype,
+                                       max_len=2048))
     top1 = top2 = positions = 0
     for row, output in list(zip(rows, outputs))[:args.num_prompts]:
         ids = engine.encode(row["prompt"] if "prompt" in row else row["turns"][0], chat=chat) + output

@@ -11,16 +11,21 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import grpc
 import torch
 
-from specdec.decoder import CycleResult
-from specdec.errors import Unavailable
-from specdec.grpc_util import PROPOSER_FROM_PB, PROPOSER_TO_PB
-from specdec.proposers import Proposal
+from specdec.core.decoder import feedback_of
+from specdec.core.drafting import DraftStart
+from specdec.core.errors import Unavailable
+from specdec.core.proposal import Proposal
+from specdec.core.stats import Cycle
+from specdec.core.target_loop import Picked, ProposalPicker
+from specdec.serving.convert import draft_start_to_pb, proposal_from_pb, seconds, verdict_to_pb
+from specdec.serving.security import TLSFiles, bearer
+from specdec.serving.server import make_channel
+from specdec.serving.telemetry import outgoing_metadata
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.target.link")
@@ -45,50 +50,9 @@ class RemoteDraftProbs:
         return self.link.fetch_row(self.pb.id, i)
 
 
-@dataclass
-class Picked:
-    proposal: Proposal | None
-    wait_s: float  # time the target waited for it
-    draft_s: float  # the draft's own time for it
-    ahead: bool  # drafted before the previous verdict arrived (overlap)
-
-
-class ProposalPicker:
-    """Chooses, among received proposals, the one the target can verify most of; keeps the other usable
-    ones for later cycles (a block drafted ahead is for the next cycle) and drops stale ones.
-
-    Shared by DraftLink (protobuf proposals) and the bench's in-process link (draft-session proposals):
-    `to_proposal` turns a received item into a core Proposal.
-    """
-
-    def __init__(self, to_proposal: Callable[[object], Proposal]) -> None:
-        self.to_proposal = to_proposal
-        self.held: list = []  # received, usable, not chosen yet
-        self.best: Proposal | None = None
-        self.best_item = None
-        self._best_n = -1
-
-    def begin(self, usable: Callable[[Proposal], int]) -> None:
-        """Start a cycle: forget the last choice and reconsider the held proposals first."""
-        held, self.held = self.held, []
-        self.best, self.best_item, self._best_n = None, None, -1
-        for item in held:
-            self.consider(item, usable)
-
-    def consider(self, item, usable: Callable[[Proposal], int]) -> None:
-        proposal = self.to_proposal(item)
-        n = usable(proposal)
-        if n < 0:
-            return  # stale: built on a guess the verdicts contradicted
-        if n > self._best_n:
-            if self.best_item is not None:
-                self.held.append(self.best_item)
-            self.best, self.best_item, self._best_n = proposal, item, n
-        else:
-            self.held.append(item)
-
-
 class DraftLink:
+    """The target's end of one Propose stream (a `DraftSource`)."""
+
     def __init__(self, stub: draft_pb2_grpc.DraftServiceStub, start: draft_pb2.ProposeStart, *,
                  vocab_size: int, device: torch.device, timeout_s: float, greedy: bool,
                  metadata: tuple = (), deadline_s: float | None = None) -> None:
@@ -141,11 +105,11 @@ class DraftLink:
                 break
             picker.consider(item, usable)
         pb = picker.best_item
-        return Picked(picker.best, time.perf_counter() - t0, pb.draft_ms / 1e3 if pb else 0.0, bool(pb and pb.ahead))
+        return Picked(picker.best, time.perf_counter() - t0, seconds(pb.draft_ms) if pb else 0.0, bool(pb and pb.ahead))
 
-    def send_verdict(self, cycle: CycleResult, next_k: int = 0) -> None:
+    def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
         if not self.failed:
-            self._outbox.put(draft_pb2.ProposeRequest(verdict=verdict_to_pb(cycle, next_k)))
+            self._outbox.put(draft_pb2.ProposeRequest(verdict=verdict_to_pb(cycle, feedback_of(cycle), next_k)))
 
     def fetch_row(self, proposal_id: int, index: int) -> torch.Tensor:
         if self.failed:
@@ -177,11 +141,7 @@ class DraftLink:
             self._call.cancel()
 
     def _to_proposal(self, pb: draft_pb2.DraftProposal) -> Proposal:
-        probs = None if (self.greedy or not pb.token_probs) else RemoteDraftProbs(pb, self)
-        sources = [PROPOSER_FROM_PB.get(s, "draft-model") for s in pb.token_sources] or None
-        return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs,
-                        source=PROPOSER_FROM_PB.get(pb.source, "draft-model"), token_sources=sources,
-                        draft_s=pb.draft_ms / 1e3)
+        return proposal_from_pb(pb, None if (self.greedy or not pb.token_probs) else RemoteDraftProbs(pb, self))
 
     def _read(self) -> None:
         try:
@@ -239,9 +199,23 @@ def row_problem(pb: draft_pb2.DraftRow, proposal_id: int, index: int, vocab_size
     return None
 
 
-def verdict_to_pb(cycle: CycleResult, next_k: int = 0) -> draft_pb2.ProposeVerdict:
-    """One cycle's verdict for the draft: what was committed, and how its block fared and cost."""
-    fb = cycle.feedback()
-    return draft_pb2.ProposeVerdict(start=cycle.start, token_ids=cycle.new_tokens, next_k=next_k,
-                                    verified_k=fb.k, accepted=fb.accepted, verify_ms=fb.verify_s * 1e3,
-                                    verified_source=PROPOSER_TO_PB.get(fb.source, common_pb2.PROPOSER_KIND_UNSPECIFIED))
+class DraftLinks:
+    """Opens DraftLinks to draft services, one channel per address (TLS and the internal token as set)."""
+
+    def __init__(self, *, vocab_size: int, device: torch.device, timeout_s: float, tls: TLSFiles | None = None,
+                 token: str | None = None) -> None:
+        self.vocab_size, self.device, self.timeout_s, self.tls, self.token = vocab_size, device, timeout_s, tls, token
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def open(self, address: str, start: DraftStart, deadline_s: float | None) -> DraftLink:
+        return DraftLink(draft_pb2_grpc.DraftServiceStub(self._channel(address)), draft_start_to_pb(start),
+                         vocab_size=self.vocab_size, device=self.device, timeout_s=self.timeout_s,
+                         greedy=start.sampling.greedy, metadata=outgoing_metadata(bearer(self.token)),
+                         deadline_s=deadline_s)
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = make_channel(address, self.tls)
+            return self._channels[address]

@@ -1,34 +1,59 @@
-"""`specdec serve target`: wire a target ModelRunner into a gRPC server."""
+"""`specdec serve target`: wire a target ModelRunner into a gRPC server, from typed settings."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-from specdec.compute import Compute
-from specdec.decoder import eos_ids_of
-from specdec.grpc_util import Server, ServerSettings
-from specdec.models import context_length, load_model
-from specdec.runner import SLOT_WAIT_S, ModelRunner
-from specdec.telemetry import Metrics, server_interceptors
+from specdec.core.compute import Compute
+from specdec.core.cpu_kernels import ONEDNN
+from specdec.core.errors import InvalidArgument
+from specdec.core.models import context_length, eos_ids_of, load_model
+from specdec.core.runner import SLOT_WAIT_S, ModelRunner
+from specdec.serving.security import TLSFiles
+from specdec.serving.server import Server, ServerSettings
+from specdec.serving.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
-from target_service.servicer import TargetServicer, TargetSettings
+from target_service.draft_link import DraftLinks
+from target_service.service import TargetService, TargetSettings
+from target_service.servicer import TargetServicer
 
 
-def build(args: argparse.Namespace) -> Server:
-    compute = Compute.for_device(args.device)  # load and run on one thread (compute.py says why)
-    loaded = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
-    runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, args.max_len),
-                         max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
+@dataclass(frozen=True)
+class TargetServerSettings:
+    server: ServerSettings
+    target: str = "tiny"
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_len: int = 2048
+    max_sessions: int = 16
+    cpu_kernels: str = ONEDNN
+    session: TargetSettings = TargetSettings()
+    draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
+    internal_token: str | None = None  # bearer token presented to drafts
+
+    def validate(self) -> "TargetServerSettings":
+        if self.max_sessions < 1:
+            raise InvalidArgument("max_sessions", f"must be >= 1, got {self.max_sessions}")
+        if self.session.max_new_tokens < 1:
+            raise InvalidArgument("max_new_tokens_limit", f"must be >= 1, got {self.session.max_new_tokens}")
+        if not self.session.draft_timeout_s > 0:
+            raise InvalidArgument("draft_timeout", f"must be > 0 seconds, got {self.session.draft_timeout_s}")
+        return self
+
+
+def build(settings: TargetServerSettings) -> Server:
+    settings.validate()
+    compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
+    loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
+    runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
+                         max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
-                                 max_sessions=args.max_sessions, context_length=runner.max_len)
+                                 max_sessions=settings.max_sessions, context_length=runner.max_len)
+    links = DraftLinks(vocab_size=runner.vocab_size, device=runner.device, timeout_s=settings.session.draft_timeout_s,
+                       tls=settings.draft_tls, token=settings.internal_token)
+    service = TargetService(runner, eos_ids_of(loaded.tokenizer, loaded.model), links, settings.session, compute)
     metrics = Metrics("target")
-    servicer = TargetServicer(runner, eos_ids_of(loaded.tokenizer, loaded.model), info,
-                              TargetSettings(max_new_tokens=args.max_new_tokens_limit,
-                                             draft_timeout_s=args.draft_timeout,
-                                             draft_tls=args.tls if args.tls.enabled else None,
-                                             internal_token=args.internal_token), metrics, compute)
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
-    return Server(ServerSettings(host=args.host, port=args.port, tls=args.tls, tokens=args.accepted_tokens,
-                                 max_workers=2 * args.max_sessions + 8),
-                  [(target_pb2_grpc.add_TargetServiceServicer_to_server, servicer, name)],
+    return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
+                                     TargetServicer(service, info, metrics), name)],
                   interceptors=server_interceptors(), metrics=metrics)

@@ -7,7 +7,8 @@ import pathlib
 import pytest
 import torch
 
-from specdec.engine import Engine, EngineConfig
+from specdec.core.pair import ModelPair, PairConfig
+from specdec.proposers import make_factory
 
 # Prompts in the style of the corpus the tiny pair was trained on (Python source) plus a few others.
 PROMPTS = [
@@ -22,6 +23,15 @@ QWEN_DIR = pathlib.Path.home() / ".cache" / "specdec" / "qwen2.5-coder"
 
 
 @pytest.fixture(scope="session")
-def tiny_engine() -> Engine:
+def tiny_pair() -> ModelPair:
     torch.manual_seed(0)
-    return Engine.load(EngineConfig(target="tiny", draft="tiny", max_len=512, max_sessions=16))
+    return ModelPair.load(PairConfig(target="tiny", draft="tiny", max_len=512, max_sessions=16), make_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_fp32() -> ModelPair:
+    """The tiny pair with an fp32 draft. The default CPU draft is int8, whose dynamic quantization scales
+    activations over the whole batch: rows drafted together (branches) then differ slightly from the
+    same rows drafted alone, which moves acceptance but not the output."""
+    return ModelPair.load(PairConfig(target="tiny", draft="tiny", draft_dtype="float32", max_len=512, max_sessions=16),
+                          make_factory)

@@ -1,0 +1,65 @@
+"""`specdec bench`: the same prompts through every decoding mode, side by side, in one run."""
+
+from __future__ import annotations
+
+import argparse
+
+from specdec.cli.options import add_model_args, add_proposer_arg, env_pair
+from specdec.core.config import ProposerKind
+from specdec.core.drafting import Predraft
+from specdec.tools.bench import MODES, BenchSettings, main
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmark every decoding mode side by side on the same prompts",
+                           description="Run the same prompts through target-only, speculative (overlap off/on), "
+                                       "the gRPC services and HF assisted generation, in one run; print a "
+                                       "Markdown table. Greedy outputs must match in every mode.")
+    add_model_args(bench)
+    add_proposer_arg(bench, "who drafts in modes that name no proposer (default: draft-model)")
+    bench.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, each optionally MODE:PROPOSER "
+                                                               f"(default: {','.join(MODES)})")
+    bench.add_argument("--prompts", default=None, help="JSONL with `prompt` or `turns` per line (default: HumanEval)")
+    bench.add_argument("--num-prompts", type=int, default=20)
+    bench.add_argument("--chat", action="store_true", help="apply the chat template to each prompt")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--k", type=int, default=4, help="draft tokens per cycle (the maximum with --adaptive-k)")
+    bench.add_argument("--adaptive-k", action="store_true")
+    bench.add_argument("--no-overlap", action="store_true",
+                       help="services mode: the draft does not draft ahead during verify, so services minus spec "
+                            "is the services' own per-cycle cost (gRPC, session bookkeeping)")
+    bench.add_argument("--repeats", type=int, default=3, help="measured repeats (median and min-max reported; default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default 1)")
+    bench.add_argument("--replay-alpha", type=float, default=None,
+                       help="replayed acceptance: the draft runs for real but proposes the target's greedy token "
+                            "with this probability (random-weight systems benchmarks; in process and, through "
+                            "serve draft --replay-references, in the services)")
+    bench.add_argument("--replay-runner-up", type=float, default=0.49,
+                       help="replayed acceptance: where the draft's top token is wrong, its runner-up is right with "
+                            "this probability (default 0.49: Qwen2.5-Coder 0.5B vs 1.5B on HumanEval, measured with "
+                            "scripts/runner_up_rate.py)")
+    bench.add_argument("--services-env", type=env_pair, action="append", default=[], metavar="NAME=VALUE",
+                       help="services mode: set this in the environment of the three service processes only "
+                            "(repeatable), e.g. OMP_WAIT_POLICY=PASSIVE for CPU services sharing cores")
+    bench.add_argument("--predraft", default=Predraft.AUTO.value, choices=[p.value for p in Predraft],
+                       help="spec-overlap and services: pre-draft every likely outcome of the block being verified "
+                            "(see `specdec serve --help`); auto = when the draft runs on a GPU")
+    bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
+    bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--report-greedy-mismatch", action="store_true",
+                       help="report (loudly) instead of failing when greedy outputs differ. Only for random-weight "
+                            "bf16 runs: near-ties in random logits make a (k+1)-token verify forward round "
+                            "differently from a 1-token decode; trained models in fp32 must match exactly.")
+    bench.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return main(BenchSettings(
+        target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
+        draft_dtype=args.draft_dtype, max_len=args.max_len, cpu_kernels=args.cpu_kernels,
+        proposer=ProposerKind(args.proposer), modes=args.modes, prompts=args.prompts, num_prompts=args.num_prompts,
+        chat=args.chat, max_new_tokens=args.max_new_tokens, k=args.k, adaptive_k=args.adaptive_k,
+        no_overlap=args.no_overlap, repeats=args.repeats, warmup=args.warmup, replay_alpha=args.replay_alpha,
+        replay_runner_up=args.replay_runner_up, services_env=tuple(args.services_env), predraft=Predraft(args.predraft),
+        json=args.json, plot=args.plot, quiet=args.quiet, report_greedy_mismatch=args.report_greedy_mismatch))

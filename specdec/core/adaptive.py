@@ -1,0 +1,186 @@
+"""Adaptive K: choose the draft length per cycle from measured acceptance and step costs.
+
+With per-token acceptance rate a, a cycle that drafts k tokens commits on average
+    E(k) = (1 - a^(k+1)) / (1 - a)            tokens (Leviathan et al. 2023, eq. 1)
+and costs T(k) = k * draft_step + verify(k)   (verify(0) is a plain decode step).
+We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
+costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 to re-measure a).
+Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
+interpolated linearly between the nearest measured sizes. The acceptance rate a pools decayed counts
+over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E(k): expected tokens committed by one cycle with k drafts and acceptance rate alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Per-token acceptance rate a from verified blocks: decayed counts of accepted tokens over decayed
+    counts of tokens judged (accepted ones plus the one rejection that ends a block, if any).
+
+    Under the geometric model behind E(k) this is the maximum-likelihood a. Averaging per-block rates
+    accepted / (accepted + 1) instead is biased low whenever acceptance is all-or-little, as on code:
+    blocks of 6/6 and 0/6 average 0.5 while a = 6/7 is what predicts their mean length.
+    """
+
+    decay: float = 0.8  # weight kept by the past at each new block
+    accepted: float = 0.0
+    judged: float = 0.0
+
+    def observe(self, k: int, accepted: int) -> None:
+        """One block of k > 0 drafts, `accepted` of them accepted."""
+        self.accepted = self.decay * self.accepted + accepted
+        self.judged = self.decay * self.judged + accepted + (accepted < k)
+
+    @property
+    def value(self) -> float | None:
+        """a, or None before any block."""
+        return self.accepted / self.judged if self.judged else None
+
+
+def ema(old: float | None, new: float, weight: float) -> float:
+    """Exponential moving average; the first measurement is taken as is."""
+    return new if old is None else (1 - weight) * old + weight * new
+
+
+@dataclass
+class StepCosts:
+    """What a cycle costs: the target's verify time per number of drafts and the draft's time per token.
+
+    They depend on the models and the machine, not on the request, so one StepCosts serves every session
+    of a target (a new session starts from what earlier ones measured instead of re-measuring)."""
+
+    smoothing: float = 0.2  # EMA weight of a new measurement
+    draft_step_s: float | None = None  # per drafted token
+    verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
+
+    def observe(self, k: int, verify_s: float, draft_s: float | None = None) -> None:
+        self.verify_s[k] = ema(self.verify_s.get(k), verify_s, self.smoothing)
+        if k > 0 and draft_s is not None:
+            self.draft_step_s = ema(self.draft_step_s, draft_s / k, self.smoothing)
+
+    def verify_cost(self, k: int) -> float | None:
+        """verify(k), interpolated (or extrapolated) linearly from the measured sizes."""
+        if k in self.verify_s:
+            return self.verify_s[k]
+        known = sorted(self.verify_s)
+        if not known:
+            return None
+        lower = [x for x in known if x < k]
+        upper = [x for x in known if x > k]
+        if lower and upper:
+            a, b = lower[-1], upper[0]
+            return self.verify_s[a] + (self.verify_s[b] - self.verify_s[a]) * (k - a) / (b - a)
+        if len(known) >= 2:  # extrapolate with the slope of the two nearest points
+            a, b = (known[-2], known[-1]) if not upper else (known[0], known[1])
+            slope = (self.verify_s[b] - self.verify_s[a]) / (b - a)
+            ref = known[-1] if not upper else known[0]
+            return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
+        return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
+
+    def rate(self, alpha: float | None, k: int) -> float | None:
+        """Expected committed tokens per second of a cycle drafting k tokens; None before measurements."""
+        if alpha is None or self.draft_step_s is None or not self.verify_s:
+            return None
+        cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
+        return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
+
+
+PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
+
+
+@dataclass
+class AdaptiveK:
+    """Chooses each cycle's K for one session.
+
+    Costs come from `costs` (shared by a target's sessions when given); the session's own acceptance
+    starts from `prior` (the acceptance pooled over earlier sessions, weighted as PRIOR_TOKENS drafts) when
+    there is one, so a request speculates as well as its predecessors from its first cycle and stops
+    speculating at once on a deployment where it does not pay. Every block is also added to `prior`."""
+
+    max_k: int = 8
+    initial_k: int = 4
+    smoothing: float = 0.2  # EMA weight of a new measurement
+    probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
+    max_probe_every: int = 512
+    costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
+    prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
+    acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
+    _since_probe: int = 0
+    _probing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.costs is None:
+            self.costs = StepCosts(self.smoothing)
+        if self.acceptance is None:
+            self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
+            if self.prior is not None and self.prior.judged > 0:
+                scale = PRIOR_TOKENS / self.prior.judged
+                self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, PRIOR_TOKENS
+
+    @property
+    def alpha(self) -> float | None:
+        return self.acceptance.value
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
+        if self._probing:  # back off from a useless draft: each failed probe doubles the wait
+            self._probing = False
+            self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
+        self.costs.observe(k, verify_s, draft_s)
+        if k > 0:
+            self.acceptance.observe(k, accepted)
+            if self.prior is not None:
+                self.prior.observe(k, accepted)
+
+    def rate(self, k: int) -> float | None:
+        return self.costs.rate(self.alpha, k)
+
+    def choose(self, limit: int | None = None) -> int:
+        """K for the next cycle (<= limit)."""
+        cap = self.max_k if limit is None else min(self.max_k, limit)
+        if cap <= 0:
+            return 0
+        if self.rate(0) is None:
+            return min(self.initial_k, cap)  # measure first
+        k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
+        if k == 0:
+            self._since_probe += 1
+            if self._since_probe >= self.probe_every:  # speculation may pay again: measure
+                self._since_probe = 0
+                self._probing = True
+                k = 1
+        else:
+            self._since_probe = 0
+        return k
+
+
+class KChooser(Protocol):
+    """Decides the draft length of each cycle (FixedK, or AdaptiveK)."""
+
+    def choose(self, limit: int | None = None) -> int: ...
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None: ...
+
+
+@dataclass
+class FixedK:
+    """Always k (at most the limit): a request that fixes K gets exactly K."""
+
+    k: int
+
+    def choose(self, limit: int | None = None) -> int:
+        return self.k if limit is None else min(self.k, limit)
+
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+        pass

@@ -1,0 +1,323 @@
+"""ModelRunner: the only place that calls a model's forward.
+
+Each sequence owns one slot of a static KV cache (HF `StaticCache`, preallocated to `max_len`) and a
+length pointer. Rolling back is O(1): move the pointer. Stale entries past it are overwritten by the
+next write and never attended to, because attention is causal over explicit positions.
+
+`forward_branches` drafts several continuations of one sequence at once (overlap's pre-drafting): the
+branches' tokens go into the cache past the pointer, one row per branch per step, and an explicit
+mask lets each row see only its own prefix and its own branch, so B branches cost one forward per
+step instead of B (launch-bound on a GPU, that is nearly the price of one).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from transformers import StaticCache
+
+from specdec.core.cpu_kernels import ONEDNN, pack_linear_layers
+from specdec.core.errors import InvalidArgument, ResourceExhausted
+from specdec.core.placement import Placement, placement_of
+
+log = logging.getLogger("specdec.runner")
+
+# How long a service's new session waits for a KV slot that another session is giving back: a cancelled or
+# finished session frees its slot within a step, and a client that cancels and resends at once (or a
+# draft stream that arrives before the last one's end) must get that slot, not RESOURCE_EXHAUSTED.
+SLOT_WAIT_S = 1.0
+
+
+@dataclass
+class KVSlot:
+    """One sequence's slot in a runner's KV cache."""
+
+    id: int
+    index: int  # which of the runner's caches
+    tokens: list[int] = field(default_factory=list)  # ids whose keys/values the cache holds, in order
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix; O(1) list compares in the usual append-only case."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # invariant: a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class BranchRows:
+    """The inputs of one step of B branch rows: one [5, B] long tensor (a single host-to-device copy), read
+    by name."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        assert data.dim() == 2 and data.shape[0] == 5, f"expected [5, B], got {tuple(data.shape)}"
+        self.data = data
+
+    @classmethod
+    def of(cls, ids, positions, limits, slots, tree_start, device=None) -> "BranchRows":
+        return cls(torch.tensor([list(ids), list(positions), list(limits), list(slots), list(tree_start)],
+                                dtype=torch.long, device=device))
+
+    @property
+    def ids(self) -> torch.Tensor:  # [B] the token each row feeds
+        return self.data[0]
+
+    @property
+    def positions(self) -> torch.Tensor:  # [B] its position
+        return self.data[1]
+
+    @property
+    def limits(self) -> torch.Tensor:  # [B] it sees the cached tokens before this index...
+        return self.data[2]
+
+    @property
+    def slots(self) -> torch.Tensor:  # [B] ...and its own branch, up to this cache index, where it is written
+        return self.data[3]
+
+    @property
+    def tree_start(self) -> torch.Tensor:  # [B] the cache index where the branches begin
+        return self.data[4]
+
+
+@dataclass
+class _Graph:
+    """One captured forward of n tokens over one cache slot, with its static inputs and output."""
+
+    graph: "torch.cuda.CUDAGraph"
+    ids: torch.Tensor  # [1, n] long, written before replay
+    positions: torch.Tensor  # [n] long, written before replay
+    logits: torch.Tensor  # [1, keep, V], read after replay
+    rows: BranchRows | None = None  # branch graphs' inputs, written before replay
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name a model's forward takes its KV cache by: `cache` in newer transformers, `past_key_values`
+    (deprecated there) before. Asked of the model's own signature, once per runner."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class ModelRunner:
+    """Holds a model and the KV caches of up to `max_sessions` sequences of up to `max_len` tokens.
+
+    On CUDA, forwards of up to `graph_max_tokens` new tokens (decode steps and K+1-token verify steps)
+    are captured once per (slot, n, keep) as CUDA graphs and replayed: an eager HF forward is
+    launch-bound, a replayed graph costs the GPU time only (docs/benchmarks.md). Longer forwards
+    (prefill) run eagerly.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
+                 cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
+                 slot_wait_s: float = 0.0) -> None:
+        self.model = model.eval()
+        self._cache_kw = cache_kwarg(model)
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        head = model.get_output_embeddings()  # nn.Linear, or a quantized one whose .weight is a method
+        self.vocab_size = int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+        if self.device.type == "cpu" and cpu_kernels == ONEDNN:  # see cpu_kernels.py: faster decode, flatter verify
+            if n := pack_linear_layers(model):  # fp32 only: bf16 nn.Linear already runs oneDNN on CPU
+                log.info("packed %d fp32 linear layers for oneDNN (--cpu-kernels stock keeps nn.Linear)", n)
+        self.max_len = max_len
+        self.max_sessions = max_sessions
+        self._caches: dict[int, StaticCache] = {}
+        self._free_slots = list(range(max_sessions))
+        self.slot_wait_s = slot_wait_s  # how long `open` waits for a slot being given back before refusing
+        self._slot_freed = threading.Condition()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()  # one forward at a time: the model and caches are shared state
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        self.graph_max_tokens = graph_max_tokens
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}
+        self._graph_pool = None
+        self._key_positions = torch.arange(max_len, device=self.device)  # [max_len], for graph masks
+
+    @functools.cached_property
+    def placement(self) -> Placement:
+        """Where this runner computes: services compare it to find a draft sharing its target's compute."""
+        return placement_of(self.device)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def open(self) -> KVSlot:
+        """Take a free cache slot for a new sequence, waiting up to `slot_wait_s` for one to be given back
+        (see SLOT_WAIT_S)."""
+        with self._slot_freed:
+            if not self._slot_freed.wait_for(lambda: self._free_slots, timeout=self.slot_wait_s):
+                raise ResourceExhausted(f"all {self.max_sessions} KV cache slots are in use")
+            index = self._free_slots.pop()
+        with self._lock:
+            if index not in self._caches:
+                self._caches[index] = StaticCache(config=self.config, max_cache_len=self.max_len)
+            return KVSlot(id=next(self._ids), index=index)
+
+    def close(self, slot: KVSlot) -> None:
+        """Give the slot back; safe to call twice."""
+        with self._lock:
+            index, slot.index, slot.tokens = slot.index, -1, []
+            if index < 0:
+                return
+            self._set_length(index, 0)
+        with self._slot_freed:
+            if index not in self._free_slots:
+                self._free_slots.append(index)
+                self._slot_freed.notify()
+
+    def truncate(self, slot: KVSlot, length: int) -> None:
+        """Roll the cache back to its first `length` tokens in O(1): only the pointer moves."""
+        assert 0 <= length <= slot.length, f"cannot truncate {slot.length} tokens to {length}"
+        del slot.tokens[length:]
+        self._set_length(slot.index, length)
+
+    def extend(self, slot: KVSlot, ids: Sequence[int], keep: int = 1) -> torch.Tensor:
+        """Make the cache hold exactly `ids` and return the logits of its last `keep` positions.
+
+        The longest prefix of `ids` already cached is reused (always forwarding at least the last
+        `keep` tokens, whose logits are wanted), so a caller can pass its whole sequence every time
+        and pays only for the new tokens: one forward pass.
+        Returns float32 logits [keep, V]; row j predicts the token after ids[len(ids) - keep + j].
+        """
+        assert 1 <= keep <= len(ids), f"keep={keep} must be in [1, {len(ids)}]"
+        if len(ids) > self.max_len:
+            raise InvalidArgument("prompt", f"sequence of {len(ids)} tokens exceeds the context of {self.max_len}")
+        reuse = min(common_prefix_len(slot.tokens, ids), len(ids) - keep)
+        self.truncate(slot, reuse)
+        return self._forward(slot, ids[reuse:], keep)
+
+    def hold(self, slot: KVSlot, ids: Sequence[int]) -> None:
+        """Make the cache hold exactly `ids`, forwarding only what is missing (possibly nothing)."""
+        reuse = common_prefix_len(slot.tokens, ids)
+        self.truncate(slot, reuse)
+        if reuse < len(ids):
+            self._forward(slot, ids[reuse:], 1)
+
+    def forward_branches(self, slot: KVSlot, step: int, tokens: Sequence[int], positions: Sequence[int],
+                         limits: Sequence[int]) -> torch.Tensor | None:
+        """Step `step` of drafting B branches that fork off the cached sequence; None if they don't fit.
+
+        Row b feeds `tokens[b]` at position `positions[b]` and sees the cached tokens before `limits[b]`
+        plus its own branch's tokens of earlier steps. Steps must run 0, 1, ... with the cache untouched
+        in between; the branch tokens are never part of `slot.tokens`, so the next `extend` or `hold`
+        overwrites them. Returns float32 logits [B, V].
+        """
+        b, base = len(tokens), slot.length
+        first = base + step * b  # this step's rows go to cache slots [first, first + b)
+        if first + b > self.max_len or max(limits) > base:
+            return None
+        rows = BranchRows.of(tokens, positions, limits, range(first, first + b), [base] * b)
+        with self._lock, torch.inference_mode():
+            self._set_length(slot.index, first)
+            if self.cuda_graphs and self._caches[slot.index].is_initialized:
+                with torch.cuda.device(self.device):
+                    key = (slot.index, -b, b)  # negative size: branch graphs never clash with chain graphs
+                    if key not in self._graphs:
+                        self._graphs[key] = self._capture(slot.index, b, b, first, branches=True)
+                    g = self._graphs[key]
+                    g.rows.data.copy_(rows.data, non_blocking=True)
+                    g.graph.replay()
+                    return g.logits[0].float()
+            rows = BranchRows(rows.data.to(self.device))
+            out = self.model(input_ids=rows.ids[None], position_ids=rows.positions[None],
+                             attention_mask=self._branch_mask(rows), use_cache=True, logits_to_keep=b,
+                             **{self._cache_kw: self._caches[slot.index]})
+            return out.logits[0].float()
+
+    def _branch_mask(self, rows: BranchRows) -> torch.Tensor:
+        """[1, 1, B, max_len] bool: row b sees keys before its limit, and the keys of its own branch (cache
+        slots tree_start + b, tree_start + B + b, ... up to its own slot)."""
+        keys, limits, slots = self._key_positions[None, :], rows.limits[:, None], rows.slots[:, None]
+        tree_start, b = rows.tree_start[:, None], rows.data.shape[1]
+        own = (keys >= tree_start) & (keys <= slots) & ((slots - keys) % b == 0)
+        return ((keys < limits) | own)[None, None]
+
+    def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
+        if self.cuda_graphs and len(new_ids) <= self.graph_max_tokens and self._caches[slot.index].is_initialized:
+            return self._forward_graph(slot, new_ids, keep)
+        start = slot.length
+        input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)  # [1, n]
+        position_ids = torch.arange(start, start + len(new_ids), device=self.device).unsqueeze(0)  # [1, n]
+        with self._lock, torch.inference_mode():
+            cache = self._caches[slot.index]
+            out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True, logits_to_keep=keep,
+                             **{self._cache_kw: cache})
+        slot.tokens.extend(new_ids)
+        return out.logits[0].float()  # [keep, V]
+
+    def _forward_graph(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
+        start, n = slot.length, len(new_ids)
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):  # replay on our device
+            key = (slot.index, n, keep)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(slot.index, n, keep, start)
+            g = self._graphs[key]
+            g.ids.copy_(torch.tensor([list(new_ids)], dtype=torch.long), non_blocking=True)
+            g.positions.copy_(self._key_positions[start:start + n])
+            self._set_length(slot.index, start)
+            g.graph.replay()
+            logits = g.logits[0].float()  # [keep, V]
+        slot.tokens.extend(new_ids)
+        return logits
+
+    def _capture(self, index: int, n: int, keep: int, start: int, branches: bool = False) -> _Graph:
+        """Capture a forward of n tokens on cache `index` (a chain, or one step of n branches). Warm-up and
+        capture write garbage at [start, start+n), past the valid length, which the real replay overwrites."""
+        cache = self._caches[index]
+        rows = BranchRows(torch.zeros((5, n), dtype=torch.long, device=self.device)) if branches else None
+        ids = rows.ids[None] if branches else torch.zeros((1, n), dtype=torch.long, device=self.device)
+        positions = rows.positions if branches else torch.zeros(n, dtype=torch.long, device=self.device)
+        if branches:
+            rows.limits.fill_(start)  # a valid mask for warm-up: every row sees the cached sequence
+            rows.slots.copy_(torch.arange(start, start + n))
+            rows.tree_start.fill_(start)
+
+        def run() -> torch.Tensor:
+            # Our own 4-D boolean mask (query position >= key position) makes HF skip its mask
+            # construction, which would synchronise with the host during capture.
+            mask = (self._branch_mask(rows) if branches
+                    else (self._key_positions[None, :] <= positions[:, None])[None, None])  # [1, 1, n, max_len]
+            return self.model(input_ids=ids, position_ids=positions[None], attention_mask=mask, use_cache=True,
+                              logits_to_keep=keep, **{self._cache_kw: cache}).logits
+
+        # Warm up and capture on a stream of this runner's device: torch.cuda.graph's default capture
+        # stream lives on whichever device was current first (a draft on cuda:1 must not use cuda:0's).
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._set_length(index, start)
+                run()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self._set_length(index, start)
+        # thread_local: a draft runner on another thread may launch work while we capture
+        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
+            logits = run()
+        self._graph_pool = graph.pool()
+        return _Graph(graph, ids, positions, logits, rows)
+
+    @torch.inference_mode()  # the pointers were created under inference mode (lazily, on first write)
+    def _set_length(self, index: int, length: int) -> None:
+        for layer in self._caches[index].layers:
+            if isinstance(layer.cumulative_length, torch.Tensor):
+                layer.cumulative_length.fill_(length)
+            else:
+                layer.cumulative_length = length

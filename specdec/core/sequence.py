@@ -1,0 +1,141 @@
+"""The target's side of one request: it owns the committed sequence and verifies proposals.
+
+Shared by the in-process decoder and the target service's loop, so there is one implementation of
+"verify a proposal and commit" and the gRPC path cannot drift from the reference. Target-only decoding
+is the same code with no proposal: it is the baseline every benchmark uses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import torch
+
+from specdec.core.config import FinishReason, GenerationRequest
+from specdec.core.proposal import Proposal
+from specdec.core.runner import ModelRunner
+from specdec.core.sampling import fresh_seed, process_logits
+from specdec.core.stats import Cycle
+from specdec.core.verify import DraftProbs, OneHotDraftProbs, VerifyResult, verify_greedy, verify_sampling
+
+
+class UsableDrafts(NamedTuple):
+    """The part of a proposal the target can verify now."""
+
+    token_ids: list[int]  # [k] draft tokens after the committed sequence
+    probs: DraftProbs | None  # their q (None: greedy, or one-hot)
+    sources: list[str]  # proposer of each
+
+
+class _ShiftedDraftProbs:
+    """q rows of a proposal whose first `offset` tokens were already committed."""
+
+    def __init__(self, inner: DraftProbs, offset: int) -> None:
+        self.inner, self.offset = inner, offset
+
+    def token_prob(self, i: int) -> float:
+        return self.inner.token_prob(i + self.offset)
+
+    def row(self, i: int) -> torch.Tensor:
+        return self.inner.row(i + self.offset)
+
+
+class TargetSequence:
+    """KV invariant between steps: the cache holds committed[:-1]; the last committed token is fed
+    together with the drafts, so one forward of k+1 tokens yields the k+1 distributions to verify."""
+
+    def __init__(self, runner: ModelRunner, request: GenerationRequest, eos_ids: set[int],
+                 seed: int | None = None) -> None:
+        self.runner = runner
+        self.request = request
+        self.sampling = request.sampling
+        self.seed = seed if seed is not None else (
+            request.sampling.seed if request.sampling.seed is not None else fresh_seed())
+        self.eos_ids = set() if request.ignore_eos else set(eos_ids)
+        self.committed: list[int] = list(request.prompt_ids)
+        self.prompt_len = len(request.prompt_ids)
+        self.finish_reason: FinishReason | None = None
+        self.slot = runner.open()
+
+    @property
+    def generated(self) -> list[int]:
+        return self.committed[self.prompt_len:]
+
+    @property
+    def remaining(self) -> int:
+        """Tokens this request may still commit (max_new_tokens and the context both bound it)."""
+        by_request = self.request.max_new_tokens - (len(self.committed) - self.prompt_len)
+        by_context = self.runner.max_len + 1 - len(self.committed)
+        return max(0, min(by_request, by_context))
+
+    @property
+    def max_k(self) -> int:
+        """The most draft tokens worth verifying now: more could never all be committed."""
+        return max(0, self.remaining - 1)
+
+    def usable_drafts(self, proposal: Proposal | None, limit: int | None = None) -> UsableDrafts | None:
+        """The part of a proposal that extends the committed sequence, at most `limit` tokens;
+        None if the proposal is stale.
+
+        A proposal claims "from position `start` the sequence is ...". The part before the end of the
+        committed sequence must agree with it, else the proposal was built on a wrong guess.
+        """
+        if proposal is None:
+            return UsableDrafts([], None, [])
+        n = len(self.committed)
+        offset = n - proposal.start
+        if offset < 0 or proposal.token_ids[:offset] != self.committed[proposal.start:n]:
+            return None
+        if offset > 0 and offset >= len(proposal.token_ids) and proposal.token_ids:
+            return None  # everything it claims is already committed: nothing left to verify
+        cap = self.max_k if limit is None else min(limit, self.max_k)
+        drafts = proposal.token_ids[offset:offset + cap]
+        probs = proposal.probs
+        if probs is not None and offset:
+            probs = _ShiftedDraftProbs(probs, offset)
+        return UsableDrafts(drafts, probs, proposal.sources()[offset:offset + len(drafts)])
+
+    def step(self, proposal: Proposal | None = None, limit: int | None = None) -> Cycle:
+        """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens."""
+        assert self.finish_reason is None, "step() after the sequence finished"
+        drafts, probs, sources = self.usable_drafts(proposal, limit) or UsableDrafts([], None, [])
+        start = len(self.committed)
+        t0 = time.perf_counter()
+        logits = self.runner.extend(self.slot, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
+        result = self._verify(drafts, probs, logits, start)
+        self.runner.truncate(self.slot, start + result.accepted)  # holds the new committed[:-1]
+        verify_s = time.perf_counter() - t0
+        new_tokens = self._commit(result.token_ids)
+        return Cycle(new_tokens=new_tokens, start=start, k=len(drafts), accepted=result.accepted, verify_s=verify_s,
+                     draft_sources=sources, finish_reason=self.finish_reason)
+
+    def finish(self, reason: FinishReason) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+    def close(self) -> None:
+        self.runner.close(self.slot)
+
+    def _verify(self, drafts: list[int], probs: DraftProbs | None, logits: torch.Tensor,
+                start: int) -> VerifyResult:
+        if self.sampling.greedy:
+            return verify_greedy(drafts, logits)
+        target_probs = process_logits(logits, self.sampling)
+        if probs is None:
+            probs = OneHotDraftProbs(drafts, target_probs.shape[-1], target_probs.device)
+        return verify_sampling(drafts, probs, target_probs, seed=self.seed, start=start)
+
+    def _commit(self, token_ids: list[int]) -> list[int]:
+        committed = []
+        for token in token_ids:
+            if self.remaining == 0:
+                break
+            self.committed.append(token)
+            committed.append(token)
+            if token in self.eos_ids:
+                self.finish(FinishReason.EOS)
+                return committed
+        if self.remaining == 0:
+            self.finish(FinishReason.LENGTH)
+        return committed

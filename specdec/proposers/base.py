@@ -1,0 +1,79 @@
+"""What the model-based proposers share: drafting with a model runner, a token at a time along one chain,
+or all branches of a block in one forward per step. A subclass only says how a token is picked from a
+row of logits (`_draw`)."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Sequence
+
+import torch
+
+from specdec.core.config import ProposerKind
+from specdec.core.proposal import Proposal
+from specdec.core.runner import KVSlot, ModelRunner
+from specdec.core.verify import DenseDraftProbs
+
+
+class Pick(NamedTuple):
+    """One drafted token."""
+
+    token: int
+    runner_up: int | None  # the draft's likeliest other token (greedy drafts)
+    q: torch.Tensor | None  # [V] its processed distribution (sampled drafts)
+
+
+def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s: float) -> Proposal:
+    """The Proposal for tokens a model drafted one pick at a time from position `start`."""
+    tokens = [p.token for p in picks]
+    rows = [p.q for p in picks if p.q is not None]
+    runner_ups = [p.runner_up for p in picks if p.runner_up is not None]
+    return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
+                    source=source, draft_s=draft_s, runner_ups=runner_ups or None)
+
+
+class ModelDrafting:
+    """Drafting with a model runner (the draft-model and replay proposers)."""
+
+    runner: ModelRunner
+    slot: KVSlot
+    source: ProposerKind
+
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
+        """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions."""
+        raise NotImplementedError
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        """Up to k tokens after `committed`; fewer near the end of the draft's context, where the last
+        token it can draft is the one at position max_len (drafted from max_len cached tokens)."""
+        t0 = time.perf_counter()
+        start = len(committed)
+        sequence = list(committed)
+        picks: list[Pick] = []
+        for i in range(min(k, self.runner.max_len + 1 - start)):
+            picks += self._draw(self.runner.extend(self.slot, sequence, keep=1), [start + i])
+            sequence.append(picks[-1].token)
+        return proposal_of(start, picks, self.source, time.perf_counter() - t0)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        """k tokens after each root (j, token), i.e. after chain[:j] + [token], all roots in one forward
+        per step (`ModelRunner.forward_branches`): on a GPU, drafting the likeliest outcomes of a block
+        costs about what drafting one of them does. None if they don't fit in the cache."""
+        t0 = time.perf_counter()
+        if max(j for j, _ in roots) + k > self.runner.max_len:
+            return None  # past the end of the context
+        self.runner.hold(self.slot, chain[:max(j for j, _ in roots)])
+        forks = [j for j, _ in roots]
+        tokens = [token for _, token in roots]
+        drafted: list[list[Pick]] = [[] for _ in roots]
+        for step in range(k):
+            logits = self.runner.forward_branches(self.slot, step, tokens, [j + step for j in forks], forks)
+            if logits is None:
+                return None
+            picks = self._draw(logits, [j + 1 + step for j in forks])
+            for branch, pick in zip(drafted, picks):
+                branch.append(pick)
+            tokens = [pick.token for pick in picks]
+        draft_s = time.perf_counter() - t0
+        return [proposal_of(j + 1, picks, self.source, draft_s) for j, picks in zip(forks, drafted)]

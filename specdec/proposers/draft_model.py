@@ -1,0 +1,72 @@
+"""The draft-model proposer: a small model drafts k tokens autoregressively over its own KV cache."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.proposal import Feedback, Proposal
+from specdec.core.runner import ModelRunner, common_prefix_len
+from specdec.core.sampling import Stream, process_logits, sample_from, uniform
+from specdec.proposers.base import ModelDrafting, Pick
+
+
+class DraftModelProposer(ModelDrafting):
+    """Drafts with a small model: k autoregressive steps over its own KV cache.
+
+    Rollback is implicit: `ModelRunner.extend` reuses the cached prefix that still agrees with
+    `committed` and overwrites the rest, so a verdict needs no separate message to the draft.
+    """
+
+    source = ProposerKind.DRAFT_MODEL
+
+    def __init__(self, runner: ModelRunner, sampling: SamplingParams, seed: int, vocab_size: int) -> None:
+        self.runner = runner
+        self.sampling = sampling
+        self.seed = seed
+        self.pad = vocab_size - runner.vocab_size  # q rows are padded with zeros to the target's vocab
+        assert self.pad >= 0, "the draft's vocabulary must not be larger than the target's"
+        self.slot = runner.open()
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self._catch_up(committed)
+        return super().propose(committed, k)
+
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
+        """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
+        if self.sampling.greedy:  # argmax, ties to the lowest id as everywhere; one host read for all
+            best = torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
+            return [Pick(r[0], r[1] if r[1] != r[0] else r[2], None) for r in best]
+        q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
+        return [Pick(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
+            self.runner.extend(self.slot, prompt, keep=1)
+
+    def _catch_up(self, committed: Sequence[int]) -> None:
+        """Cache all but the last committed token when more than two are missing (after cycles drafted by
+        someone else, or none), in one prefill timed apart from drafting: folded into the first draft
+        step it would look like an expensive draft and keep adaptive K from drafting again."""
+        missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
+        if missing and len(committed) <= self.runner.max_len:
+            self.runner.extend(self.slot, committed[:-1], keep=1)
+
+    def close(self) -> None:
+        self.runner.close(self.slot)
+
+    def observe(self, feedback: Feedback) -> None:
+        pass  # nothing to weigh: it always drafts the same way
+
+
+class DraftModelFactory:
+    """Makes DraftModelProposers that share one draft runner."""
+
+    def __init__(self, runner: ModelRunner, vocab_size: int) -> None:
+        self.runner = runner
+        self.vocab_size = vocab_size  # the target's: q must be comparable with p
+
+    def open(self, sampling: SamplingParams, seed: int) -> DraftModelProposer:
+        return DraftModelProposer(self.runner, sampling, seed, self.vocab_size)

@@ -1,0 +1,135 @@
+"""Replayed acceptance for systems benchmarks: a real draft's cost, the target's own tokens at a chosen rate."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.errors import InvalidArgument
+from specdec.core.proposal import Feedback, Proposal
+from specdec.core.runner import ModelRunner
+from specdec.core.sampling import Stream, uniform
+from specdec.proposers.base import ModelDrafting, Pick
+
+
+class ReplayProposer(ModelDrafting):
+    """A draft with real cost and replayed acceptance, for systems benchmarks without real weights.
+
+    The draft model's forward runs for every proposed token (its real cost on the real shapes), but
+    the token it proposes is the target's known greedy continuation with probability `alpha` and a
+    wrong token otherwise (decided per position from the seed, so runs are reproducible). Its runner-up
+    (what overlap pre-drafts from where the target rejects) is the right token with probability
+    `runner_up` where the top token is wrong: a rate measured on a real pair (scripts/runner_up_rate.py).
+    The continuation comes from a ReplayBook, found by the prompt the session starts from. Greedy only.
+    Results must be labelled "replayed acceptance".
+    """
+
+    source = ProposerKind.DRAFT_MODEL
+
+    def __init__(self, runner: ModelRunner, book: "ReplayBook", alpha: float, seed: int,
+                 runner_up: float = 0.0) -> None:
+        self.runner, self.book, self.alpha, self.seed = runner, book, alpha, seed
+        self.runner_up = runner_up
+        self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
+        self.slot = runner.open()
+
+    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self._find(committed)
+        return super().propose(committed, k)
+
+    def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
+                         k: int) -> list[Proposal] | None:
+        self._find(chain)
+        return super().propose_branches(chain, roots, k)
+
+    def _find(self, tokens: Sequence[int]) -> None:
+        if self.reference is None:
+            self.reference = self.book.find(tokens)
+
+    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
+        # Read the real forward's tokens as a real draft must (a host sync): without that read a draft on
+        # its own GPU would run unwaited, in parallel with the target, for free. Then replay.
+        logits.argmax(-1).tolist()
+        return [Pick(*self._replayed(p), None) for p in positions]
+
+    def _replayed(self, position: int) -> tuple[int, int]:
+        """(proposed token, runner-up) at `position`."""
+        right = self.reference[position] if position < len(self.reference) else 0
+        wrong = [(right + i) % self.runner.vocab_size for i in (1, 2)]
+        if uniform(self.seed, position, Stream.DRAFT) < self.alpha:
+            return right, wrong[0]
+        return wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
+
+    def prefill(self, prompt: Sequence[int]) -> None:
+        self._find(prompt)  # an unknown prompt is refused here, when its session starts
+        if len(prompt) <= self.runner.max_len:
+            self.runner.extend(self.slot, prompt, keep=1)
+
+    def close(self) -> None:
+        self.runner.close(self.slot)
+
+    def observe(self, feedback: Feedback) -> None:
+        pass  # nothing to weigh: it always drafts the same way
+
+
+class ReplayBook:
+    """The target's greedy continuations of known prompts (each: prompt + output), for replayed drafts.
+
+    The bench makes one by decoding every prompt target-only; `--replay-references FILE` gives a draft
+    service one (JSON lines of `prompt_ids` and `output_ids`, as `specdec bench` writes them).
+    """
+
+    def __init__(self, references: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
+        self._by_prompt = {tuple(prompt): [*prompt, *output] for prompt, output in references}
+        self._lengths = sorted({len(prompt) for prompt, _ in references}, reverse=True)
+
+    @classmethod
+    def load(cls, path: str) -> "ReplayBook":
+        try:
+            rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+            return cls([(row["prompt_ids"], row["output_ids"]) for row in rows])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument("replay_references", f"cannot read {path}: {exc!r}") from exc
+
+    def save(self, path: str) -> None:
+        pathlib.Path(path).write_text("".join(json.dumps({"prompt_ids": list(p), "output_ids": ids[len(p):]}) + "\n"
+                                              for p, ids in self._by_prompt.items()))
+
+    def find(self, tokens: Sequence[int]) -> list[int]:
+        """Prompt + continuation of the longest known prompt that `tokens` start with."""
+        for n in self._lengths:
+            if n <= len(tokens) and (reference := self._by_prompt.get(tuple(tokens[:n]))) is not None:
+                return reference
+        raise InvalidArgument("prompt_ids", f"no replay reference for this prompt of {len(tokens)} tokens "
+                                            f"({len(self._by_prompt)} known)")
+
+
+@dataclass(frozen=True)
+class ReplayRates:
+    """How often a replayed draft is right: its top token (alpha), and where that is wrong, its runner-up."""
+
+    alpha: float = 0.8
+    runner_up: float = 0.49
+
+    def validate(self) -> "ReplayRates":
+        for name, rate in (("replay_alpha", self.alpha), ("replay_runner_up", self.runner_up)):
+            if not 0.0 <= rate <= 1.0:
+                raise InvalidArgument(name, f"must be in [0, 1], got {rate}")
+        return self
+
+
+class ReplayFactory:
+    """ReplayProposers drafting the continuations of a ReplayBook."""
+
+    def __init__(self, runner: ModelRunner, book: ReplayBook, rates: ReplayRates) -> None:
+        self.runner, self.book, self.rates = runner, book, rates.validate()
+
+    def open(self, sampling: SamplingParams, seed: int) -> ReplayProposer:
+        if not sampling.greedy:
+            raise InvalidArgument("sampling", "replayed acceptance is defined for greedy decoding only")
+        return ReplayProposer(self.runner, self.book, self.rates.alpha, seed, self.rates.runner_up)

@@ -1,0 +1,187 @@
+"""OpenTelemetry tracing and Prometheus metrics: set up once per process, names in one place.
+
+Tracing is off unless an OTLP endpoint is configured (`--otlp-endpoint` or the standard
+`OTEL_EXPORTER_OTLP_ENDPOINT`); then spans go to it over OTLP/gRPC, the sampler follows
+`OTEL_TRACES_SAMPLER`, and the service name `OTEL_SERVICE_NAME` (default specdec-<role>). Off means
+the API's no-op tracer: no exporter, no thread, nothing recorded.
+
+Trace context crosses every hop as W3C `traceparent` metadata: servers extract it with
+opentelemetry-instrumentation-grpc's server interceptor; clients inject it with `outgoing_metadata()`
+(the package's client interceptor wraps server-streaming calls in a generator, which would take away
+`.cancel()`, and cancellation is how a session ends).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from opentelemetry import propagate, trace
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from specdec.core.stats import Cycle
+from specdec.serving.interceptors import status_of
+
+TRACER_NAME = "specdec"
+SPAN_EVENTS_ENV = "SPECDEC_TRACE_CYCLES"  # "spans" (default) or "events": per-cycle spans or span events
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    service_name: str
+    otlp_endpoint: str | None = None  # None: read OTEL_EXPORTER_OTLP_ENDPOINT; empty: tracing off
+
+
+_setup_lock = threading.Lock()
+_tracing_on = False
+
+
+def setup_tracing(settings: TelemetrySettings) -> bool:
+    """Install an OTLP-exporting tracer provider if an endpoint is configured; return whether it did."""
+    global _tracing_on
+    endpoint = settings.otlp_endpoint if settings.otlp_endpoint is not None else \
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not endpoint:
+        return False
+    with _setup_lock:
+        if _tracing_on:
+            return True
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        name = os.environ.get("OTEL_SERVICE_NAME") or settings.service_name
+        provider = TracerProvider(resource=Resource.create({"service.name": name}))  # sampler: OTEL_TRACES_SAMPLER
+        insecure = endpoint.startswith("http://") or "://" not in endpoint
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+        trace.set_tracer_provider(provider)
+        _tracing_on = True
+    return True
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still queued (call on shutdown)."""
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def cycle_events() -> bool:
+    return os.environ.get(SPAN_EVENTS_ENV, "spans") == "events"
+
+
+def outgoing_metadata(metadata: tuple = ()) -> tuple:
+    """`metadata` plus the current trace context (W3C traceparent/tracestate), for a client call."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(metadata) + tuple(carrier.items())
+
+
+def server_interceptors() -> list:
+    """Interceptors that extract incoming trace context and open a server span per RPC."""
+    if not _tracing_on:
+        return []
+    from opentelemetry.instrumentation.grpc import server_interceptor
+    return [server_interceptor()]
+
+
+def record_cycle(name: str, attributes: dict) -> None:
+    """One verification or proposal cycle: a child span, or an event on the current span."""
+    if cycle_events():
+        trace.get_current_span().add_event(name, attributes)
+    else:
+        with tracer().start_as_current_span(name, attributes=attributes):
+            pass
+
+
+# ---- metrics --------------------------------------------------------------------------------------
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+
+
+class Metrics:
+    """The speculative-decoding metrics of one service, named like vLLM's spec-decode metrics.
+
+    Only raw counters and histograms are exported; ratios belong in queries, e.g.
+      acceptance rate        = rate(specdec_num_accepted_tokens_total) / rate(specdec_num_draft_tokens_total)
+      mean acceptance length = 1 + rate(specdec_num_accepted_tokens_total) / rate(specdec_num_drafts_total)
+    """
+
+    def __init__(self, role: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, lbl = self.registry, ["role"]
+        self.role = role
+        self.drafts = Counter("specdec_num_drafts", "Verification cycles with at least one draft token", lbl, registry=r)
+        self.draft_tokens = Counter("specdec_num_draft_tokens", "Draft tokens verified", lbl, registry=r)
+        self.accepted_tokens = Counter("specdec_num_accepted_tokens", "Draft tokens accepted", lbl, registry=r)
+        self.accepted_per_pos = Counter("specdec_num_accepted_tokens_per_pos",
+                                        "Cycles in which the draft token at this position was accepted",
+                                        ["role", "position"], registry=r)
+        self.accepted_by_proposer = Counter("specdec_num_accepted_tokens_by_proposer",
+                                            "Accepted draft tokens by the proposer that produced them",
+                                            ["role", "proposer"], registry=r)
+        self.ttft = Histogram("specdec_time_to_first_token_seconds", "Time to first token", lbl,
+                              buckets=LATENCY_BUCKETS + (20.48,), registry=r)
+        self.itl = Histogram("specdec_inter_token_latency_seconds", "Time per generated token within a cycle", lbl,
+                             buckets=LATENCY_BUCKETS, registry=r)
+        self.draft_step = Histogram("specdec_draft_step_seconds", "Drafting time per proposal", lbl,
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.verify_step = Histogram("specdec_verify_step_seconds", "Target forward + verification per cycle", lbl,
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.cycle = Histogram("specdec_cycle_seconds", "Whole verification cycle incl. waiting for the draft", lbl,
+                               buckets=LATENCY_BUCKETS, registry=r)
+        self.request = Histogram("specdec_request_duration_seconds", "End-to-end request time", lbl,
+                                 buckets=REQUEST_BUCKETS, registry=r)
+        self.active_sessions = Gauge("specdec_active_sessions", "Sessions open now", lbl, registry=r)
+        self.free_kv_slots = Gauge("specdec_free_kv_slots", "KV-cache slots free now", lbl, registry=r)
+        self.fallbacks = Counter("specdec_fallback_to_target_only", "Sessions that lost their draft and went on alone",
+                                 lbl, registry=r)
+        self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
+                                registry=r)
+
+    def observe_cycle(self, cycle: Cycle) -> None:
+        role = self.role
+        cycle_s = cycle.verify_s + cycle.wait_s
+        self.verify_step.labels(role).observe(cycle.verify_s)
+        self.cycle.labels(role).observe(cycle_s)
+        if cycle.new_tokens:
+            self.itl.labels(role).observe(cycle_s / len(cycle.new_tokens))
+        if cycle.k == 0:
+            return
+        self.drafts.labels(role).inc()
+        self.draft_tokens.labels(role).inc(cycle.k)
+        self.accepted_tokens.labels(role).inc(cycle.accepted)
+        for i in range(cycle.accepted):
+            self.accepted_per_pos.labels(role, str(i)).inc()
+            if i < len(cycle.draft_sources):
+                self.accepted_by_proposer.labels(role, cycle.draft_sources[i].value).inc()
+
+    def track(self, active, free) -> None:
+        """Report live values through callbacks (read at scrape time)."""
+        self.active_sessions.labels(self.role).set_function(active)
+        self.free_kv_slots.labels(self.role).set_function(free)
+
+    def count_outcomes(self, stream):
+        """Wrap a servicer's response generator: count how each request ended, by gRPC code."""
+        code = "OK"
+        try:
+            yield from stream
+        except GeneratorExit:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            code = status_of(exc).name
+            raise
+        finally:
+            self.requests.labels(self.role, code).inc()
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port

@@ -1,0 +1,81 @@
+"""The target's logic for one session: validate, open a KV slot and (if asked) the draft link, run the
+verification loop, give everything back however the session ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, StepCosts
+from specdec.core.compute import INLINE, Compute
+from specdec.core.config import TargetRequest
+from specdec.core.drafting import DraftStart
+from specdec.core.runner import ModelRunner
+from specdec.core.sequence import TargetSequence
+from specdec.core.stats import Cycle
+from specdec.core.target_loop import DraftSource, TargetLoop
+from specdec.serving.sessions import SessionTable
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    max_new_tokens: int = 4096  # the largest max_new_tokens a request may ask for
+    draft_timeout_s: float = 5.0  # how long to wait for a usable proposal before going on alone
+
+
+class Links(Protocol):
+    def open(self, address: str, start: DraftStart, deadline_s: float | None) -> DraftSource: ...
+
+
+class Observer(Protocol):
+    """What watches sessions (metrics and traces)."""
+
+    def cycle(self, cycle: Cycle) -> None: ...
+
+    def draft_failed(self, reason: str) -> None: ...
+
+
+class TargetService:
+    def __init__(self, runner: ModelRunner, eos_ids: set[int], links: Links, settings: TargetSettings = TargetSettings(),
+                 compute: Compute = INLINE) -> None:
+        self.runner = runner
+        self.eos_ids = eos_ids
+        self.links = links
+        self.settings = settings
+        self.compute = compute  # where verification runs (core.compute: CPU models on one thread)
+        self.sessions = SessionTable()
+        self.step_costs = StepCosts()  # adaptive K: what cycles cost here, learned by every session
+        self.acceptance_prior = AcceptanceEstimate(decay=0.95)  # and how well this target's drafts do
+
+    def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: Observer,
+            deadline_s: float | None = None) -> Iterator[Cycle]:
+        """The session's cycles; `on_cancel(fn)` registers what to run when the caller goes away."""
+        request.validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len,
+                         vocab_size=self.runner.vocab_size)
+        entry = self.sessions.add(request.session_id)
+        on_cancel(entry.cancel_now)
+        sequence = link = None
+        try:
+            sequence = TargetSequence(self.runner, request.generation, self.eos_ids, seed=request.seed)
+            spec = request.speculation
+            if request.draft_address and spec.k > 0:
+                start = DraftStart(request.session_id, request.generation.prompt_ids, request.generation.sampling,
+                                   sequence.seed, spec.k, request.overlap, self.runner.placement)
+                link = self.links.open(request.draft_address, start, deadline_s)
+                entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
+            chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior)
+                       if spec.adaptive else FixedK(spec.k))
+            fell_back = False
+            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute).run():
+                observer.cycle(cycle)
+                if cycle.draft_failed and not fell_back:
+                    fell_back = True
+                    observer.draft_failed(link.failure or "")
+                yield cycle
+        finally:
+            if link is not None:
+                link.close(cancel=entry.cancel.is_set())  # cancelled: the draft stops drafting at once
+            if sequence is not None:
+                sequence.close()
+            self.sessions.remove(entry)
+

@@ -1,0 +1,79 @@
+"""`specdec generate` from the command line, as a user runs it."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def specdec(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specdec", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_generate_json():
+    out = specdec("generate", "def main():", "--max-new-tokens", "24", "--k", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["token_ids"]) == 24 or result["finish_reason"] == "eos"
+    for key in ("drafts", "draft_tokens", "accepted_tokens", "mean_acceptance_length", "tokens_per_second"):
+        assert key in result["stats"]
+    baseline = json.loads(specdec("generate", "def main():", "--max-new-tokens", "24", "--no-draft", "--json").stdout)
+    assert baseline["token_ids"] == result["token_ids"] and baseline["stats"]["drafts"] == 0
+
+
+def test_generate_text_streams_and_reports_stats():
+    out = specdec("generate", "import os", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "mean_acceptance_length=" in out.stderr
+
+
+def test_bad_flag_value_is_a_clear_error():
+    out = specdec("generate", "x", "--top-p", "2")
+    assert out.returncode == 2 and "top_p: must be in (0, 1]" in out.stderr
+    assert specdec("generate", "", "--no-draft").stderr.count("prompt: must not be empty") == 1
+    out = specdec("serve", "draft", "--port", "0", "--proposer", "ngram", "--replay-references", "refs.jsonl")
+    assert out.returncode == 2 and "replay_references: replays a draft model's cost" in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="reads /proc")
+def test_servers_of_a_killed_up_do_not_outlive_it():
+    """`specdec up` SIGKILLed (as by the OOM killer) must not leave its servers, and their models, behind."""
+    from specdec.serving.server import wait_healthy
+    from specdec.tools.launcher import free_base_port
+
+    port = free_base_port()
+    up = subprocess.Popen([sys.executable, "-m", "specdec", "up", "--port", str(port), "--no-draft"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"127.0.0.1:{port}", 120)
+        servers = _children(up.pid)
+        assert len(servers) == 2, servers  # target + orchestrator
+    finally:
+        up.kill()
+        up.wait()
+    deadline = time.monotonic() + 30
+    while any(map(_running, servers)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(map(_running, servers)), "servers outlived the killed `specdec up`"

@@ -1,0 +1,152 @@
+"""One trace per request across all three services, received by a real OTLP/gRPC receiver; and
+Prometheus metrics consistent with the responses."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from concurrent import futures
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from specdec.serving.client import Client, build_request
+from tests.conftest import PROMPTS
+from tests.integration.servers import free_base_port, running_stack
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A minimal OTLP trace collector: keeps every span with its service name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                service = next(a.value.string_value for a in resource_spans.resource.attributes
+                               if a.key == "service.name")
+                for scope in resource_spans.scope_spans:
+                    self.spans.extend((service, span) for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture()
+def receiver():
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    collector = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield collector, f"http://127.0.0.1:{port}"
+    server.stop(None)
+
+
+def attrs(span) -> dict:
+    out = {}
+    for a in span.attributes:
+        v = a.value
+        out[a.key] = {"string_value": v.string_value, "int_value": v.int_value, "double_value": v.double_value,
+                      "bool_value": v.bool_value}.get(v.WhichOneof("value"))
+    return out
+
+
+def test_one_trace_across_all_three_services(receiver, monkeypatch):
+    collector, endpoint = receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    with running_stack() as stack, Client(stack.address, timeout_s=60) as client:
+        result = client.generate(build_request(PROMPTS[0], max_new_tokens=40, ignore_eos=True))
+    # the stack has stopped: every service flushed its spans on SIGTERM
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and {s for s, _ in collector.spans} != {
+            "specdec-orchestrator", "specdec-target", "specdec-draft"}:
+        time.sleep(0.1)
+    generate = [(svc, s) for svc, s in collector.spans if s.name == "Generate" and svc == "specdec-orchestrator"]
+    assert len(generate) == 1
+    trace_id = generate[0][1].trace_id
+    spans = [(svc, s) for svc, s in collector.spans if s.trace_id == trace_id]
+    by_id = {s.span_id: (svc, s) for svc, s in spans}
+    services = defaultdict(set)
+    for svc, s in spans:
+        services[svc].add(s.name)
+    assert {"Generate", "tokenize", "route", "/specdec.v1.Orchestrator/Generate"} <= services["specdec-orchestrator"]
+    assert {"/specdec.v1.TargetService/Generate", "session", "verify"} <= services["specdec-target"]
+    assert {"/specdec.v1.DraftService/Propose", "propose"} <= services["specdec-draft"]
+
+    def parent(name: str, svc: str):
+        span = next(s for v, s in spans if s.name == name and v == svc)
+        return by_id[span.parent_span_id][1].name
+
+    assert parent("/specdec.v1.TargetService/Generate", "specdec-target") == "Generate"  # crosses the hop
+    assert parent("session", "specdec-target") == "/specdec.v1.TargetService/Generate"
+    assert parent("verify", "specdec-target") == "session"
+    assert parent("/specdec.v1.DraftService/Propose", "specdec-draft") == "session"
+    assert parent("propose", "specdec-draft") == "/specdec.v1.DraftService/Propose"
+
+    g = attrs(generate[0][1])
+    assert g["gen_ai.usage.output_tokens"] == 40 and g["gen_ai.usage.input_tokens"] > 0
+    assert g["gen_ai.request.model"] == "tiny"
+    verify = [attrs(s) for v, s in spans if s.name == "verify"]
+    for a in verify:
+        assert {"specdec.k", "specdec.accepted", "specdec.verify_ms", "specdec.wait_for_draft_ms",
+                "specdec.overlap_hit"} <= a.keys()
+    assert sum(a["specdec.accepted"] for a in verify) == result.summary.speculation.accepted_tokens
+    assert sum(1 for a in verify if a["specdec.k"] > 0) == result.summary.speculation.drafts
+    propose = [attrs(s) for v, s in spans if s.name == "propose"]
+    assert propose and all("specdec.draft_ms" in a and "specdec.k" in a for a in propose)
+
+
+def scrape(port: int) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "role")))] = s.value
+    return samples
+
+
+def test_metrics_are_consistent_with_responses():
+    ports = dict(zip(["orchestrator", "target", "draft"], (free_base_port(3) + i for i in range(3))))
+    flags = {role: ["--metrics-port", str(port)] for role, port in ports.items()}
+    with running_stack(**flags) as stack, Client(stack.address, timeout_s=60) as client:
+        results = [client.generate(build_request(p, max_new_tokens=30, ignore_eos=True)) for p in PROMPTS[:4]]
+        totals = defaultdict(int)
+        per_pos = defaultdict(int)
+        for r in results:
+            spec = r.summary.speculation
+            totals["drafts"] += spec.drafts
+            totals["draft_tokens"] += spec.draft_tokens
+            totals["accepted"] += spec.accepted_tokens
+            for i, n in enumerate(spec.accepted_per_position):
+                per_pos[str(i)] += n
+        for role in ("orchestrator", "target"):
+            m = scrape(ports[role])
+            assert m[("specdec_num_drafts_total", ())] == totals["drafts"], role
+            assert m[("specdec_num_draft_tokens_total", ())] == totals["draft_tokens"], role
+            assert m[("specdec_num_accepted_tokens_total", ())] == totals["accepted"], role
+            for pos, n in per_pos.items():
+                if n:
+                    assert m[("specdec_num_accepted_tokens_per_pos_total", (("position", pos),))] == n, (role, pos)
+            assert m[("specdec_active_sessions", ())] == 0
+        orch = scrape(ports["orchestrator"])
+        assert orch[("specdec_requests_total", (("code", "OK"),))] == 4
+        assert orch[("specdec_time_to_first_token_seconds_count", ())] == 4
+        assert orch[("specdec_request_duration_seconds_count", ())] == 4
+        target = scrape(ports["target"])
+        assert target[("specdec_free_kv_slots", ())] == 16
+        draft = scrape(ports["draft"])
+        assert draft[("specdec_draft_step_seconds_count", ())] >= totals["drafts"]
+        # A session's end reaches the draft after the answer: the target half-closes the Propose stream
+        # without waiting, and the draft may still be drafting ahead. It must be released soon, not never.
+        deadline = time.monotonic() + 10
+        while scrape(ports["draft"])[("specdec_active_sessions", ())] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scrape(ports["draft"])[("specdec_active_sessions", ())] == 0

@@ -1,0 +1,143 @@
+"""Adaptive K's choices, and the replay proposer."""
+
+import pytest
+
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
+from specdec.core.config import GenerationRequest, SamplingParams, SpeculationConfig
+from specdec.core.decoder import SpeculativeDecoder
+from specdec.core.errors import InvalidArgument
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+
+
+def feed(chooser: AdaptiveK, alpha: float, verify, draft_step: float, cycles: int = 200) -> None:
+    """Simulate cycles with deterministic acceptance close to alpha."""
+    credit = 0.0
+    for _ in range(cycles):
+        k = chooser.choose()
+        accepted = 0
+        for _ in range(k):
+            credit += alpha
+            if credit >= 1.0:
+                credit -= 1.0
+                accepted += 1
+            else:
+                break
+        chooser.observe(k, accepted, verify(k), k * draft_step)
+
+
+def test_expected_tokens_formula():
+    assert expected_tokens(0.0, 4) == 1.0
+    assert expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_acceptance_pools_blocks_instead_of_averaging_them():
+    """All-or-nothing blocks (as on code): 6 of 6, then 0 of 6. Their mean length is what a = 6/7
+    predicts; averaging per-block rates would say 0.5 and keep K short."""
+    estimate = AcceptanceEstimate(decay=1.0)
+    assert estimate.value is None
+    for _ in range(10):
+        estimate.observe(6, 6)
+        estimate.observe(6, 0)
+    assert estimate.value == pytest.approx(6 / 7)
+    estimate.observe(4, 2)  # 2 accepted, then 1 rejection
+    assert estimate.value == pytest.approx(62 / 73)
+
+
+def test_all_or_nothing_acceptance_keeps_k_long():
+    chooser, blocks = AdaptiveK(max_k=8), 0
+    for _ in range(200):
+        k = chooser.choose()
+        blocks += k > 0
+        chooser.observe(k, k if blocks % 2 else 0, 0.010 * (1 + 0.03 * k), k * 0.0005)
+    assert chooser.choose() >= 5
+
+
+def test_good_draft_on_flat_verify_cost_gets_long_k():
+    chooser = AdaptiveK(max_k=8)
+    feed(chooser, alpha=0.9, verify=lambda k: 0.010 * (1 + 0.03 * k), draft_step=0.0005)
+    assert chooser.choose() >= 5
+
+
+def test_useless_draft_shrinks_to_zero_and_probes_rarely():
+    chooser = AdaptiveK(max_k=8, probe_every=16)
+    feed(chooser, alpha=0.0, verify=lambda k: 0.010 * (1 + 0.1 * k), draft_step=0.002)
+    ks = []
+    for _ in range(64):
+        k = chooser.choose()
+        ks.append(k)
+        chooser.observe(k, 0, 0.010 * (1 + 0.1 * k), k * 0.002)
+    assert ks.count(0) >= 60 and max(ks) <= 1  # plain decoding, with an occasional k=1 probe
+    assert chooser.probe_every > 16  # failed probes back off
+
+
+def test_cpu_like_costs_prefer_small_k():
+    """On the 2-core CPU, verifying 5 tokens costs ~2x one (233 ms vs 475 ms), a draft step ~85 ms."""
+    table = {0: 0.233, 1: 0.240, 2: 0.300, 4: 0.475, 8: 0.636}
+    chooser = AdaptiveK(max_k=8)
+    feed(chooser, alpha=0.8, verify=lambda k: table.get(k, 0.233 + 0.05 * k), draft_step=0.085)
+    assert 1 <= chooser.choose() <= 3
+
+
+def test_sessions_share_costs_and_start_from_the_pooled_acceptance():
+    """A new session of a target that has measured its costs chooses from its first cycle: K = 0 where an
+    expensive draft never pays (as a 2-core CPU's fp32 draft), a long K where a cheap one does."""
+    from specdec.core.adaptive import StepCosts
+
+    expensive = {0: 0.46, 1: 0.88, 2: 0.88, 4: 1.11}
+    costs, prior = StepCosts(), AcceptanceEstimate(decay=0.95)
+    feed(AdaptiveK(max_k=4, costs=costs, prior=prior), alpha=0.6, verify=lambda k: expensive.get(k, 1.11),
+         draft_step=0.20, cycles=40)
+    fresh = AdaptiveK(max_k=4, costs=costs, prior=prior)
+    assert fresh.alpha == pytest.approx(prior.value) and fresh.choose() == 0
+    alone = AdaptiveK(max_k=4)  # without what the earlier session learned: K = 4 until measured
+    assert alone.choose() == 4
+
+    costs, prior = StepCosts(), AcceptanceEstimate(decay=0.95)
+    feed(AdaptiveK(max_k=8, costs=costs, prior=prior), alpha=0.9, verify=lambda k: 0.010 * (1 + 0.03 * k),
+         draft_step=0.0005, cycles=60)
+    assert AdaptiveK(max_k=8, costs=costs, prior=prior).choose() >= 5
+
+
+def test_replay_proposer_accepts_at_the_replayed_rate(tiny_pair):
+    prompt = tiny_pair.encode("def main():")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=200, ignore_eos=True)
+    reference = prompt + tiny_pair.decoder.generate(request).token_ids
+    for alpha in (0.0, 0.9):
+        factory = ReplayFactory(tiny_pair.draft_runner, ReplayBook([(prompt, reference[len(prompt):])]),
+                                ReplayRates(alpha, 0.0))
+        decoder = SpeculativeDecoder(tiny_pair.target_runner, tiny_pair.tokenizer, tiny_pair.eos_ids, factory,
+                                     SpeculationConfig(k=4))
+        result = decoder.generate(request)
+        assert result.token_ids == reference[len(prompt):]  # lossless whatever the draft says
+        rate = result.stats.accepted_tokens / result.stats.draft_tokens
+        assert (rate == 0.0) if alpha == 0.0 else (0.6 < rate < 1.0), rate
+
+
+def test_adaptive_decoder_stays_lossless(tiny_pair):
+    prompt = tiny_pair.encode("class Config:")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=60, ignore_eos=True)
+    plain = SpeculativeDecoder(tiny_pair.target_runner, tiny_pair.tokenizer, tiny_pair.eos_ids).generate(request)
+    adaptive = tiny_pair.decoder.generate(request, choose_k=AdaptiveK(max_k=8))
+    assert adaptive.token_ids == plain.token_ids
+    sampled = SamplingParams(temperature=0.7, seed=3)
+    req2 = GenerationRequest(prompt_ids=prompt, max_new_tokens=30, ignore_eos=True, sampling=sampled)
+    assert len(tiny_pair.decoder.generate(req2, choose_k=AdaptiveK()).token_ids) == 30
+
+
+def test_replay_book_finds_the_longest_known_prompt_and_refuses_unknown_ones(tmp_path):
+    book = ReplayBook([([1, 2], [3, 4]), ([1, 2, 9], [8])])
+    assert book.find([1, 2, 3, 4, 5]) == [1, 2, 3, 4]
+    assert book.find([1, 2, 9, 8]) == [1, 2, 9, 8]  # the longer prompt wins where both match
+    with pytest.raises(InvalidArgument, match="no replay reference"):
+        book.find([7, 1, 2])
+    path = tmp_path / "replay.jsonl"
+    book.save(str(path))
+    assert ReplayBook.load(str(path)).find([1, 2, 9]) == [1, 2, 9, 8]
+    for alpha, runner_up, field in ((1.5, 0.0, "replay_alpha"), (0.9, -0.1, "replay_runner_up")):
+        with pytest.raises(InvalidArgument, match=field):  # the bench and the draft service both build one
+            ReplayFactory(None, book, ReplayRates(alpha, runner_up))
+    path.write_text("{not json\n")
+    with pytest.raises(InvalidArgument, match="cannot read"):
+        ReplayBook.load(str(path))
+

@@ -1,0 +1,72 @@
+"""protobuf <-> core conversions: what goes out comes back, units included."""
+
+import pytest
+
+from specdec.core.config import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    ProposerKind,
+    SamplingParams,
+    SpeculationConfig,
+    TargetRequest,
+    TextRequest,
+)
+from specdec.core.drafting import DraftStart, Verdict
+from specdec.core.errors import InvalidArgument
+from specdec.core.placement import Placement
+from specdec.core.proposal import Feedback
+from specdec.core.stats import Cycle, SpecStats, Summary
+from specdec.serving import convert
+from specdec.v1 import draft_pb2, orchestrator_pb2
+
+
+def test_text_request_round_trip():
+    for request in (TextRequest(prompt="def f():", sampling=SamplingParams(0.7, 40, 0.9, seed=3), max_new_tokens=9,
+                                stop=("\n\n",), k=2, ignore_eos=True, proposer=ProposerKind.NGRAM),
+                    TextRequest(messages=(ChatMessage("user", "hi"),))):
+        assert convert.text_request_from_pb(convert.text_request_to_pb(request)) == request
+    with pytest.raises(InvalidArgument, match="input"):
+        convert.text_request_from_pb(orchestrator_pb2.GenerateRequest())
+    with pytest.raises(InvalidArgument, match="proposer"):
+        convert.text_request_from_pb(orchestrator_pb2.GenerateRequest(prompt="x", proposer=77))
+
+
+def test_target_request_and_draft_start_round_trip():
+    request = TargetRequest("s", GenerationRequest([1, 2, 3], 7, SamplingParams(1.0, seed=5), ignore_eos=True), 11,
+                            SpeculationConfig(k=4, max_k=4, adaptive=True), "host:1", overlap=False)
+    assert convert.target_request_from_pb(convert.target_request_to_pb(request)) == request
+    start = DraftStart("s", [1, 2], SamplingParams(), 3, 4, True, Placement("h", cpus=frozenset({0, 1})))
+    message = draft_pb2.ProposeRequest(start=convert.draft_start_to_pb(start))
+    assert convert.draft_message_from_pb(message) == start
+
+
+def test_cycles_keep_their_milliseconds_and_seconds_apart():
+    cycle = Cycle([5, 6], start=10, k=3, accepted=1, verify_s=0.012, draft_sources=[ProposerKind.NGRAM] * 3,
+                  finish_reason=FinishReason.EOS, wait_s=0.004, draft_s=0.002, ahead=True, draft_failed=True)
+    pb = convert.cycle_to_pb(cycle)
+    assert pb.cycle.verify_ms == pytest.approx(12.0) and pb.cycle.wait_for_draft_ms == pytest.approx(4.0)
+    back = convert.cycle_from_pb(pb)
+    assert back.verify_s == pytest.approx(0.012) and back.draft_s == pytest.approx(0.002)
+    assert (back.new_tokens, back.k, back.draft_sources, back.finish_reason, back.overlap_hit, back.draft_failed) == \
+        ([5, 6], 3, [ProposerKind.NGRAM] * 3, FinishReason.EOS, True, True)
+
+
+def test_verdicts_carry_feedback():
+    cycle = Cycle([7], start=4, k=2, accepted=0, verify_s=0.5, draft_sources=[ProposerKind.DRAFT_MODEL] * 2)
+    feedback = Feedback(ProposerKind.DRAFT_MODEL, 2, 0, 0.5)
+    message = draft_pb2.ProposeRequest(verdict=convert.verdict_to_pb(cycle, feedback, next_k=-1))
+    assert convert.draft_message_from_pb(message) == Verdict(4, [7], -1, feedback)
+    assert isinstance(convert.draft_message_from_pb(draft_pb2.ProposeRequest()), InvalidArgument)
+
+
+def test_summary_to_the_client_and_back():
+    stats = SpecStats()
+    stats.observe(Cycle([1, 2, 3], 0, k=4, accepted=2, verify_s=0.01, draft_sources=[ProposerKind.DRAFT_MODEL] * 4,
+                        wait_s=0.003, draft_s=0.001), overlap=True)
+    stats.new_tokens, stats.wall_time_s, stats.time_to_first_token_s = 3, 0.5, 0.05
+    summary = Summary(FinishReason.LENGTH, prompt_tokens=5, completion_tokens=3, stats=stats, session_id="s")
+    back = convert.stats_from_summary_pb(convert.summary_to_pb(summary))
+    assert (back.drafts, back.draft_tokens, back.accepted_tokens, back.accepted_per_position) == (1, 4, 2, [1, 1, 0, 0])
+    assert back.network_wait_s == pytest.approx(0.002) and back.tokens_per_second == pytest.approx(6.0)
+    assert back.accepted_tokens_by_source == {"draft-model": 2} and back.overlap_misses == 1
