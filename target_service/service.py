@@ -66,7 +66,7 @@ class TargetService:
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior)
                        if spec.adaptive else FixedK(spec.k))
             fell_back = False
-            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute).run():
+            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=spec.k).run():
                 observer.cycle(cycle)
                 if cycle.draft_failed and not fell_back:
                     fell_back = True

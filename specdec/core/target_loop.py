@@ -71,8 +71,11 @@ class ProposalPicker:
         self._best_n = -1
 
     def begin(self, usable: Callable[[Proposal], int]) -> None:
-        """Start a cycle: forget the last choice and reconsider the held proposals first."""
-        held, self.held = self.held, []
+        """Start a cycle: reconsider the held proposals first, and the last choice too: verified with a
+        smaller K than it holds, its remaining tokens still extend the sequence, and the draft, which
+        keeps it pending, drafts nothing new while they do."""
+        held = self.held + ([self.best_item] if self.best_item is not None else [])
+        self.held = []
         self.best, self.best_item, self._best_n = None, None, -1
         for item in held:
             self.consider(item, usable)
@@ -98,12 +101,15 @@ class TargetLoop:
     """
 
     def __init__(self, sequence: TargetSequence, link: DraftSource | None, chooser: KChooser,
-                 cancelled: threading.Event, compute: Compute = INLINE) -> None:
+                 cancelled: threading.Event, compute: Compute = INLINE, link_k: int | None = None) -> None:
+        """`link_k`: the K the draft at the link was started with (None: the chooser's first choice); the
+        first verdict tells the draft the chooser's K when they differ."""
         self.sequence = sequence
         self.compute = compute  # runs the verify step; waiting for the draft stays on the caller's thread
         self.link = link
         self.chooser = chooser
         self.k = chooser.choose(sequence.max_k)
+        self.told_k = self.k if link_k is None else link_k  # the K the draft drafts with now
         self.cancelled = cancelled
 
     @property
@@ -124,9 +130,10 @@ class TargetLoop:
                 #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass)
                 self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, cycle.wait_s)
             first = False
-            previous, self.k = self.k, self.chooser.choose(self.sequence.max_k)
+            self.k = self.chooser.choose(self.sequence.max_k)
             if self.link is not None and not self.link.failed:
-                next_k = (self.k or -1) if self.k != previous else 0
+                next_k = (self.k or -1) if self.k != self.told_k else 0  # -1 pauses, 0 keeps
+                self.told_k = self.k
                 self.link.send_verdict(cycle, next_k)
             yield cycle
 

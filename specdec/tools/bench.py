@@ -243,7 +243,7 @@ class Bench:
                          predraft=predraft_policy(self.settings.predraft, runner.device if runner else None))
         one = SpecStats()
         try:
-            for cycle in TargetLoop(sequence, link, self.chooser(mode), threading.Event()).run():
+            for cycle in TargetLoop(sequence, link, self.chooser(mode), threading.Event(), link_k=self.settings.k).run():
                 one.observe(cycle, overlap=True)
         finally:
             link.close()

@@ -1,0 +1,60 @@
+"""The target's loop and its end of the proposal stream: the draft always knows the K the target wants, and
+a block the target verified only in part is not lost."""
+
+import threading
+
+import pytest
+
+from specdec.core.adaptive import FixedK
+from specdec.core.config import GenerationRequest, ProposerKind
+from specdec.core.drafting import PredraftPolicy
+from specdec.core.proposal import Proposal
+from specdec.core.sequence import TargetSequence
+from specdec.core.target_loop import LocalLink, ProposalPicker, TargetLoop
+from specdec.proposers.draft_model import DraftModelFactory
+
+pytestmark = pytest.mark.timeout(120)  # the bug this file guards against was a wait that never ended
+
+
+def test_a_draft_started_with_a_larger_k_is_told_the_chosen_k_and_never_stalls(tiny_pair):
+    """The services start the draft with the request's K while adaptive K may choose less at once: the
+    first verdict must say so, or the draft keeps a block the target considers used and drafts nothing."""
+    prompt = tiny_pair.encode("def fibonacci(n):")
+    expected = tiny_pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=24,
+                                                            ignore_eos=True)).token_ids
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=24, ignore_eos=True)
+    sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
+    drafter = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size).open(request.sampling, 0)
+    link = LocalLink(drafter, prompt, 4, greedy=True, predraft=PredraftPolicy.NEVER)
+    try:
+        ks = [cycle.k for cycle in TargetLoop(sequence, link, FixedK(1), threading.Event(), link_k=4).run()]
+        drafted = [len(p.token_ids) for p in link.session.recent]  # the last few blocks the draft sent
+    finally:
+        link.close()
+        drafter.close()
+        sequence.close()
+    assert sequence.generated == expected
+    assert max(ks) == 1 and ks.count(1) >= 10, ks
+    assert drafted and max(drafted) <= 3, drafted  # K = 1 (+ 2 for a block drafted ahead: the guess, the bonus)
+
+
+def test_a_partly_verified_proposal_is_offered_again():
+    committed = list(range(10))
+
+    def usable(p: Proposal) -> int:  # as TargetSequence.usable_drafts counts
+        offset = len(committed) - p.start
+        if offset < 0 or p.token_ids[:offset] != committed[p.start:] or offset >= len(p.token_ids):
+            return -1
+        return len(p.token_ids) - offset
+
+    block = Proposal(start=10, token_ids=[20, 21, 22, 23], probs=None, source=ProposerKind.DRAFT_MODEL)
+    picker = ProposalPicker(lambda item: item)
+    picker.begin(usable)
+    picker.consider(block, usable)
+    assert picker.best is block
+    committed += [20, 21]  # verified with K = 1: the token and the target's own next token, which agreed
+    picker.begin(usable)
+    assert picker.best is block  # its last two tokens are still the draft's claim: not waited for again
+    committed += [22, 99]
+    picker.begin(usable)
+    assert picker.best is None
