@@ -67,7 +67,7 @@ def build(settings: DraftServerSettings) -> Server:
         loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
         runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
                              max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
-                             slot_wait_s=SLOT_WAIT_S)
+                             queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=settings.max_sessions, context_length=context,

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -57,6 +58,7 @@ class BackendPool:
         self._lock = threading.Lock()
         self.interval_s = interval_s
         self.paired_draft: str | None = None  # set for the paired topology (address as the target sees it)
+        self.on_change: Callable[[], None] = lambda: None  # called when a backend's health flips
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._monitor, daemon=True, name="backend-health")
 
@@ -107,14 +109,24 @@ class BackendPool:
                 backend.info = backend.describe()
         except grpc.RpcError:
             ok = False
-        if ok != backend.healthy:
+        changed = ok != backend.healthy
+        if changed:
             log.info("%s %s is now %s", backend.role, backend.address, "healthy" if ok else "unhealthy")
         backend.healthy = ok
+        if changed:
+            self.on_change()
 
     def mark_unhealthy(self, backend: Backend, reason: str) -> None:
         if backend.healthy:
             log.warning("%s %s taken out of routing: %s", backend.role, backend.address, reason)
-        backend.healthy = False
+            backend.healthy = False
+            self.on_change()
+
+    def ready(self) -> bool:
+        """Can route as configured: a healthy target, and a healthy draft where drafts are configured."""
+        drafts_ok = (self.paired_draft is not None or not self.entries[Role.DRAFT]
+                     or any(d.healthy for d in self.drafts))
+        return any(t.healthy and t.info is not None for t in self.targets) and drafts_ok
 
     def pick(self, proposer: ProposerKind | None = None) -> tuple[Backend, Backend | None]:
         """The least-loaded healthy target, and a healthy draft with the same vocabulary (or None),

@@ -49,5 +49,6 @@ def build(settings: OrchestratorServerSettings) -> tuple[Server, BackendPool]:
     name = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
     servicer = OrchestratorServicer(orchestrator, info, authenticated=bool(settings.server.tokens))
     server = Server(settings.server, [(orchestrator_pb2_grpc.add_OrchestratorServicer_to_server, servicer, name)],
-                    interceptors=server_interceptors(), metrics=metrics)
+                    interceptors=server_interceptors(), metrics=metrics, ready=pool.ready)
+    pool.on_change = server.refresh_readiness
     return server, pool

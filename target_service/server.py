@@ -8,7 +8,7 @@ from specdec.core.compute import Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import context_length, eos_ids_of, load_model
-from specdec.core.runner import SLOT_WAIT_S, ModelRunner
+from specdec.core.runner import ModelRunner
 from specdec.serving.security import TLSFiles
 from specdec.serving.server import Server, ServerSettings
 from specdec.serving.telemetry import Metrics, server_interceptors
@@ -26,6 +26,8 @@ class TargetServerSettings:
     dtype: str = "auto"
     max_len: int = 2048
     max_sessions: int = 16
+    queue_size: int = 256  # sessions that may wait for a KV slot (FIFO)
+    queue_timeout_s: float = 120.0  # how long one may wait
     cpu_kernels: str = ONEDNN
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
@@ -34,6 +36,10 @@ class TargetServerSettings:
     def validate(self) -> "TargetServerSettings":
         if self.max_sessions < 1:
             raise InvalidArgument("max_sessions", f"must be >= 1, got {self.max_sessions}")
+        if self.queue_size < 0:
+            raise InvalidArgument("queue_size", f"must be >= 0, got {self.queue_size}")
+        if not self.queue_timeout_s > 0:
+            raise InvalidArgument("queue_timeout", f"must be > 0 seconds, got {self.queue_timeout_s}")
         if self.session.max_new_tokens < 1:
             raise InvalidArgument("max_new_tokens_limit", f"must be >= 1, got {self.session.max_new_tokens}")
         if not self.session.draft_timeout_s > 0:
@@ -46,7 +52,8 @@ def build(settings: TargetServerSettings) -> Server:
     compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
     runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
-                         max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels, slot_wait_s=SLOT_WAIT_S)
+                         max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
+                         queue_size=settings.queue_size, queue_wait_s=settings.queue_timeout_s)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=settings.max_sessions, context_length=runner.max_len)
     links = DraftLinks(vocab_size=runner.vocab_size, device=runner.device, timeout_s=settings.session.draft_timeout_s,

@@ -30,6 +30,10 @@ class Links(Protocol):
 class Observer(Protocol):
     """What watches sessions (metrics and traces)."""
 
+    def queued(self, seconds: float) -> None:
+        """The session waited this long for a KV slot (0 when one was free)."""
+        ...
+
     def cycle(self, cycle: Cycle) -> None: ...
 
     def draft_failed(self, reason: str) -> None: ...
@@ -56,7 +60,8 @@ class TargetService:
         on_cancel(entry.cancel_now)
         sequence = link = None
         try:
-            sequence = TargetSequence(self.runner, request.generation, self.eos_ids, seed=request.seed)
+            sequence = TargetSequence(self.runner, request.generation, self.eos_ids, seed=request.seed,
+                                      cancelled=entry.cancel)
             spec = request.speculation
             if request.draft_address and spec.k > 0:
                 start = DraftStart(request.session_id, request.generation.prompt_ids, request.generation.sampling,
@@ -66,7 +71,10 @@ class TargetService:
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior)
                        if spec.adaptive else FixedK(spec.k))
             fell_back = False
+            queued_s = sequence.slot.queued_s
+            observer.queued(queued_s)
             for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=spec.k).run():
+                cycle.queued_s, queued_s = queued_s, 0.0  # reported once, with the first cycle
                 observer.cycle(cycle)
                 if cycle.draft_failed and not fell_back:
                     fell_back = True

@@ -15,6 +15,10 @@ class SessionObserver:
     def __init__(self, metrics: Metrics, span) -> None:
         self.metrics, self.span = metrics, span
 
+    def queued(self, seconds: float) -> None:
+        self.metrics.queue_time.labels(self.metrics.role).observe(seconds)
+        self.span.set_attribute("specdec.queue_ms", ms(seconds))
+
     def cycle(self, c: Cycle) -> None:
         self.metrics.observe_cycle(c)
         record_cycle("verify", {"specdec.k": c.k, "specdec.accepted": c.accepted, "specdec.verify_ms": ms(c.verify_s),
@@ -31,7 +35,8 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.service = service
         self.info = info
         self.metrics = metrics or Metrics("target")
-        self.metrics.track(lambda: len(service.sessions), lambda: service.runner.free_slots)
+        self.metrics.track(lambda: len(service.sessions), lambda: service.runner.free_slots,
+                           lambda: service.runner.slots.waiting)
 
     def DescribeTarget(self, request, context):
         info = common_pb2.ServerInfo()

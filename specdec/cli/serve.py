@@ -46,6 +46,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="draft, with --replay-references: where the replayed top token is wrong, the runner-up is "
                             "right with this probability (default 0.49, see bench --replay-runner-up)")
     serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
+    serve.add_argument("--queue-size", type=int, default=256,
+                       help="target: sessions that may wait for a KV slot when all are taken (FIFO; beyond it, "
+                            "RESOURCE_EXHAUSTED; default 256)")
+    serve.add_argument("--queue-timeout", type=float, default=120.0,
+                       help="target: seconds a session may wait for a KV slot before RESOURCE_EXHAUSTED (default 120)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")
@@ -137,8 +142,9 @@ def build_server(args: argparse.Namespace):
         from target_service.service import TargetSettings
 
         return build(TargetServerSettings(
-            server=server_settings(args, tls, tokens, 2 * args.max_sessions + 8), target=args.target,
-            device=args.device, dtype=args.dtype, max_len=args.max_len, max_sessions=args.max_sessions,
+            server=server_settings(args, tls, tokens, 2 * args.max_sessions + args.queue_size + 8),
+            target=args.target, device=args.device, dtype=args.dtype, max_len=args.max_len,
+            max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
             cpu_kernels=args.cpu_kernels,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             draft_tls=backend_tls, internal_token=internal)), None

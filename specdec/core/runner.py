@@ -24,14 +24,15 @@ import torch
 from transformers import StaticCache
 
 from specdec.core.cpu_kernels import ONEDNN, pack_linear_layers
-from specdec.core.errors import InvalidArgument, ResourceExhausted
+from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement, placement_of
+from specdec.core.slots import SlotQueue
 
 log = logging.getLogger("specdec.runner")
 
-# How long a service's new session waits for a KV slot that another session is giving back: a cancelled or
-# finished session frees its slot within a step, and a client that cancels and resends at once (or a
-# draft stream that arrives before the last one's end) must get that slot, not RESOURCE_EXHAUSTED.
+# How long a draft service's new session waits for a KV slot that another session is giving back: its
+# target's session frees the slot within a step, and a draft stream that arrives before the last one's
+# end must get that slot, not RESOURCE_EXHAUSTED (the target, which queues, must never wait this long).
 SLOT_WAIT_S = 1.0
 
 
@@ -42,6 +43,7 @@ class KVSlot:
     id: int
     index: int  # which of the runner's caches
     tokens: list[int] = field(default_factory=list)  # ids whose keys/values the cache holds, in order
+    queued_s: float = 0.0  # how long its opener waited for it (admission queue)
 
     @property
     def length(self) -> int:
@@ -125,7 +127,9 @@ class ModelRunner:
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
-                 slot_wait_s: float = 0.0) -> None:
+                 queue_size: int = 0, queue_wait_s: float = 0.0) -> None:
+        """`queue_size`, `queue_wait_s`: how many sessions may wait for a slot, and how long (SlotQueue);
+        0 refuses a session at once when every slot is taken."""
         self.model = model.eval()
         self._cache_kw = cache_kwarg(model)
         self.config = model.config
@@ -138,9 +142,7 @@ class ModelRunner:
         self.max_len = max_len
         self.max_sessions = max_sessions
         self._caches: dict[int, StaticCache] = {}
-        self._free_slots = list(range(max_sessions))
-        self.slot_wait_s = slot_wait_s  # how long `open` waits for a slot being given back before refusing
-        self._slot_freed = threading.Condition()
+        self.slots = SlotQueue(max_sessions, queue_size, queue_wait_s)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # one forward at a time: the model and caches are shared state
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -156,19 +158,16 @@ class ModelRunner:
 
     @property
     def free_slots(self) -> int:
-        return len(self._free_slots)
+        return self.slots.free
 
-    def open(self) -> KVSlot:
-        """Take a free cache slot for a new sequence, waiting up to `slot_wait_s` for one to be given back
-        (see SLOT_WAIT_S)."""
-        with self._slot_freed:
-            if not self._slot_freed.wait_for(lambda: self._free_slots, timeout=self.slot_wait_s):
-                raise ResourceExhausted(f"all {self.max_sessions} KV cache slots are in use")
-            index = self._free_slots.pop()
+    def open(self, cancelled: threading.Event | None = None) -> KVSlot:
+        """Take a cache slot for a new sequence, in turn behind those already waiting (SlotQueue);
+        `cancelled` ends the wait of a caller that went away."""
+        index, queued_s = self.slots.acquire(cancelled)
         with self._lock:
             if index not in self._caches:
                 self._caches[index] = StaticCache(config=self.config, max_cache_len=self.max_len)
-            return KVSlot(id=next(self._ids), index=index)
+            return KVSlot(id=next(self._ids), index=index, queued_s=queued_s)
 
     def close(self, slot: KVSlot) -> None:
         """Give the slot back; safe to call twice."""
@@ -177,10 +176,7 @@ class ModelRunner:
             if index < 0:
                 return
             self._set_length(index, 0)
-        with self._slot_freed:
-            if index not in self._free_slots:
-                self._free_slots.append(index)
-                self._slot_freed.notify()
+        self.slots.release(index)
 
     def truncate(self, slot: KVSlot, length: int) -> None:
         """Roll the cache back to its first `length` tokens in O(1): only the pointer moves."""

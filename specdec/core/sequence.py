@@ -7,6 +7,7 @@ is the same code with no proposal: it is the baseline every benchmark uses.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import NamedTuple
 
@@ -46,7 +47,8 @@ class TargetSequence:
     together with the drafts, so one forward of k+1 tokens yields the k+1 distributions to verify."""
 
     def __init__(self, runner: ModelRunner, request: GenerationRequest, eos_ids: set[int],
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, cancelled: threading.Event | None = None) -> None:
+        """Takes a KV slot, waiting its turn if the runner queues (`cancelled` ends that wait)."""
         self.runner = runner
         self.request = request
         self.sampling = request.sampling
@@ -56,7 +58,7 @@ class TargetSequence:
         self.committed: list[int] = list(request.prompt_ids)
         self.prompt_len = len(request.prompt_ids)
         self.finish_reason: FinishReason | None = None
-        self.slot = runner.open()
+        self.slot = runner.open(cancelled)
 
     @property
     def generated(self) -> list[int]:

@@ -27,6 +27,7 @@ class Cycle:
     draft_s: float = 0.0  # the proposer's own time drafting it
     ahead: bool = False  # the proposal was drafted ahead, before the previous verdict (overlap)
     draft_failed: bool = False  # the draft has failed in this session (the target goes on alone)
+    queued_s: float = 0.0  # (first cycle) how long the session waited for a KV slot before it
 
     @property
     def overlap_hit(self) -> bool:
@@ -48,6 +49,7 @@ class SpecStats:
     verify_time_s: float = 0.0  # time in target forward + verification
     wait_time_s: float = 0.0  # time the target waited for proposals
     network_wait_s: float = 0.0  # of that wait, what drafting does not explain (network, queues)
+    queue_time_s: float = 0.0  # time waiting for a KV slot in the target's admission queue
     overlap_hits: int = 0  # cycles whose proposal was drafted ahead, before the previous verdict
     overlap_misses: int = 0  # cycles (with overlap on) that waited for a proposal drafted after the verdict
     wall_time_s: float = 0.0
@@ -58,6 +60,7 @@ class SpecStats:
         a miss). The one place a cycle becomes statistics."""
         self.cycles += 1
         self.verify_time_s += cycle.verify_s
+        self.queue_time_s += cycle.queued_s
         if cycle.k == 0:
             return
         self.draft_time_s += cycle.draft_s

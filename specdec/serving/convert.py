@@ -105,7 +105,8 @@ def stats_to_pb(s: SpecStats) -> common_pb2.SpeculationStats:
 def latency_to_pb(s: SpecStats) -> common_pb2.LatencyBreakdown:
     return common_pb2.LatencyBreakdown(
         time_to_first_token_ms=ms(s.time_to_first_token_s), draft_ms=ms(s.draft_time_s),
-        verify_ms=ms(s.verify_time_s), network_wait_ms=ms(s.network_wait_s), total_ms=ms(s.wall_time_s))
+        verify_ms=ms(s.verify_time_s), network_wait_ms=ms(s.network_wait_s), total_ms=ms(s.wall_time_s),
+        queue_ms=ms(s.queue_time_s))
 
 
 # ---- orchestrator -----------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ def stats_from_summary_pb(pb: orchestrator_pb2.GenerateSummary) -> SpecStats:
                      new_tokens=pb.completion_tokens, prompt_tokens=pb.prompt_tokens,
                      draft_time_s=seconds(lat.draft_ms), verify_time_s=seconds(lat.verify_ms),
                      network_wait_s=seconds(lat.network_wait_ms), wall_time_s=seconds(lat.total_ms),
+                     queue_time_s=seconds(lat.queue_ms),
                      time_to_first_token_s=seconds(lat.time_to_first_token_ms), overlap_hits=spec.overlap_hits,
                      overlap_misses=spec.overlap_misses)
 
@@ -189,7 +191,7 @@ def cycle_to_pb(c: Cycle) -> target_pb2.TargetGenerateResponse:
         start=c.start, token_ids=c.new_tokens,
         cycle=target_pb2.CycleInfo(k=c.k, accepted=c.accepted, verify_ms=ms(c.verify_s), wait_for_draft_ms=ms(c.wait_s),
                                    draft_ms=ms(c.draft_s), overlap_hit=c.overlap_hit,
-                                   draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources]),
+                                   draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources], queued_ms=ms(c.queued_s)),
         finish_reason=finish_to_pb(c.finish_reason), draft_failed=c.draft_failed)
 
 
@@ -198,7 +200,8 @@ def cycle_from_pb(pb: target_pb2.TargetGenerateResponse) -> Cycle:
     return Cycle(new_tokens=list(pb.token_ids), start=pb.start, k=c.k, accepted=c.accepted,
                  verify_s=seconds(c.verify_ms), draft_sources=sources_from_pb(c.draft_sources),
                  finish_reason=FINISH_FROM_PB.get(pb.finish_reason), wait_s=seconds(c.wait_for_draft_ms),
-                 draft_s=seconds(c.draft_ms), ahead=c.overlap_hit, draft_failed=pb.draft_failed)
+                 draft_s=seconds(c.draft_ms), ahead=c.overlap_hit, draft_failed=pb.draft_failed,
+                 queued_s=seconds(c.queued_ms))
 
 
 # ---- draft ------------------------------------------------------------------------------------------

@@ -56,8 +56,13 @@ class Server:
     """A grpc.Server with health checking, reflection and the error interceptor."""
 
     def __init__(self, settings: ServerSettings, register: Iterable[tuple[Callable, object, str]],
-                 interceptors: Iterable[grpc.ServerInterceptor] = (), metrics=None) -> None:
+                 interceptors: Iterable[grpc.ServerInterceptor] = (), metrics=None,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        """`ready`: whether the registered services can do their work now (the orchestrator: whether it
+        can route); their own health names say so, while "" only says the process serves."""
         self.settings = settings
+        self.ready = ready
+        self._serving = False
         self.metrics = metrics  # the service's telemetry.Metrics, served on --metrics-port
         auth = [TokenAuthInterceptor(list(settings.tokens))] if settings.tokens else []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -88,8 +93,14 @@ class Server:
         self.set_serving(True)
 
     def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *self.service_names]:
+        self._serving = serving
+        self.health.set("", _status(serving))
+        self.refresh_readiness()
+
+    def refresh_readiness(self) -> None:
+        """Re-evaluate `ready` for the services' health names (called when what it depends on changes)."""
+        status = _status(self._serving and self.ready())
+        for name in self.service_names:
             self.health.set(name, status)
 
     def stop(self, grace: float | None = 2.0) -> None:
@@ -97,6 +108,10 @@ class Server:
         running calls get up to `grace` seconds to finish."""
         self.set_serving(False)
         self.grpc.stop(grace).wait()
+
+
+def _status(serving: bool) -> int:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def make_channel(address: str, tls: TLSFiles | None = None, server_name: str | None = None) -> grpc.Channel:
@@ -108,14 +123,15 @@ def make_channel(address: str, tls: TLSFiles | None = None, server_name: str | N
     return grpc.insecure_channel(address, options=channel_options())
 
 
-def wait_healthy(address: str, timeout: float, tls: TLSFiles | None = None) -> None:
-    """Block until a server answers SERVING on the health service, or raise Unavailable."""
+def wait_healthy(address: str, timeout: float, tls: TLSFiles | None = None, service: str = "") -> None:
+    """Block until a server answers SERVING for `service` ("" = the process) on the health service, or
+    raise Unavailable."""
     deadline = time.monotonic() + timeout
     with make_channel(address, tls) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
+                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0).status == \
                         health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

@@ -141,6 +141,9 @@ class Metrics:
                                  buckets=REQUEST_BUCKETS, registry=r)
         self.active_sessions = Gauge("specdec_active_sessions", "Sessions open now", lbl, registry=r)
         self.free_kv_slots = Gauge("specdec_free_kv_slots", "KV-cache slots free now", lbl, registry=r)
+        self.queue_length = Gauge("specdec_queue_length", "Sessions waiting for a KV-cache slot now", lbl, registry=r)
+        self.queue_time = Histogram("specdec_queue_seconds", "Time a session waited for a KV-cache slot", lbl,
+                                    buckets=REQUEST_BUCKETS, registry=r)
         self.fallbacks = Counter("specdec_fallback_to_target_only", "Sessions that lost their draft and went on alone",
                                  lbl, registry=r)
         self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
@@ -163,10 +166,11 @@ class Metrics:
             if i < len(cycle.draft_sources):
                 self.accepted_by_proposer.labels(role, cycle.draft_sources[i].value).inc()
 
-    def track(self, active, free) -> None:
+    def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""
         self.active_sessions.labels(self.role).set_function(active)
         self.free_kv_slots.labels(self.role).set_function(free)
+        self.queue_length.labels(self.role).set_function(waiting)
 
     def count_outcomes(self, stream):
         """Wrap a servicer's response generator: count how each request ended, by gRPC code."""

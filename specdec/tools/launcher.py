@@ -1,5 +1,5 @@
 """`specdec up`: start draft, target and orchestrator as child processes on loopback, wait until all
-three are healthy, print the orchestrator's address, and stop them all on Ctrl-C / SIGTERM."""
+three are healthy and the orchestrator can route, print the orchestrator's address, and stop them all on Ctrl-C / SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 
 from specdec.serving.security import TLSFiles
 from specdec.serving.server import wait_healthy
+from specdec.v1 import orchestrator_pb2
 
 log = logging.getLogger("specdec.up")
 PARENT_PID_ENV = "SPECDEC_PARENT_PID"
+# its health name: SERVING once the orchestrator has found its backends healthy (it can route)
+ORCHESTRATOR_SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 
 
 def watch_parent(pid: int, stop: threading.Event) -> None:
@@ -83,24 +86,27 @@ class Stack:
         return proc
 
     def start(self, timeout_s: float = 180.0) -> None:
+        """Start the three at once (each spends seconds loading torch), and return once the orchestrator
+        can route to them."""
         roles = ["draft", "target", "orchestrator"] if self.draft else ["target", "orchestrator"]
-        for role in roles[:-1]:
+        for role in roles:
             self.start_role(role)
-        for role in roles[:-1]:
+        for role in roles:
             self._wait(role, timeout_s)
-        self.start_role("orchestrator")
-        self._wait("orchestrator", timeout_s)
 
     def _wait(self, role: str, timeout_s: float) -> None:
+        """Until the role is healthy; for the orchestrator, until its service is: it has found its backends."""
         proc = self.procs[role]
-        waiter = threading.Thread(target=wait_healthy, args=(self.addresses()[role], timeout_s, self.tls), daemon=True)
+        service = ORCHESTRATOR_SERVICE if role == "orchestrator" else ""
+        waiter = threading.Thread(target=wait_healthy, args=(self.addresses()[role], timeout_s, self.tls, service),
+                                  daemon=True)
         waiter.start()
         while waiter.is_alive():
             waiter.join(0.2)
             if proc.poll() is not None:
                 self.stop()
                 raise SystemExit(f"specdec up: the {role} exited with code {proc.returncode} while starting")
-        wait_healthy(self.addresses()[role], 1.0, self.tls)
+        wait_healthy(self.addresses()[role], 1.0, self.tls, service)
 
     def stop(self, grace_s: float = 10.0) -> None:
         for proc in self.procs.values():

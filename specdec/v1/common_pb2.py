@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"n\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x08\n\x06_top_pB\x07\n\x05_seed\"\x89\x04\n\x10SpeculationStats\x12\x0e\n\x06\x64rafts\x18\x01 \x01(\x03\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x04 \x03(\x03\x12\x1e\n\x16mean_acceptance_length\x18\x05 \x01(\x01\x12\x0e\n\x06\x63ycles\x18\x06 \x01(\x03\x12\x14\n\x0coverlap_hits\x18\x07 \x01(\x03\x12\x16\n\x0eoverlap_misses\x18\x08 \x01(\x03\x12Y\n\x18\x64raft_tokens_by_proposer\x18\t \x03(\x0b\x32\x37.specdec.v1.SpeculationStats.DraftTokensByProposerEntry\x12_\n\x1b\x61\x63\x63\x65pted_tokens_by_proposer\x18\n \x03(\x0b\x32:.specdec.v1.SpeculationStats.AcceptedTokensByProposerEntry\x1a<\n\x1a\x44raftTokensByProposerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a?\n\x1d\x41\x63\x63\x65ptedTokensByProposerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x82\x01\n\x10LatencyBreakdown\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x02 \x01(\x01\x12\x11\n\tverify_ms\x18\x03 \x01(\x01\x12\x17\n\x0fnetwork_wait_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"C\n\x10\x43omputePlacement\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x03(\x05\"\xce\x01\n\nServerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11vocab_fingerprint\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\x05\x12\x15\n\rfree_kv_slots\x18\x04 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\x12\x0c\n\x04role\x18\x07 \x01(\t\x12*\n\x08proposer\x18\x08 \x01(\x0e\x32\x18.specdec.v1.ProposerKind*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03*\x7f\n\x0cProposerKind\x12\x1d\n\x19PROPOSER_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROPOSER_KIND_DRAFT_MODEL\x10\x01\x12\x17\n\x13PROPOSER_KIND_NGRAM\x10\x02\x12\x18\n\x14PROPOSER_KIND_HYBRID\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"n\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x08\n\x06_top_pB\x07\n\x05_seed\"\x89\x04\n\x10SpeculationStats\x12\x0e\n\x06\x64rafts\x18\x01 \x01(\x03\x12\x14\n\x0c\x64raft_tokens\x18\x02 \x01(\x03\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x03\x12\x1d\n\x15\x61\x63\x63\x65pted_per_position\x18\x04 \x03(\x03\x12\x1e\n\x16mean_acceptance_length\x18\x05 \x01(\x01\x12\x0e\n\x06\x63ycles\x18\x06 \x01(\x03\x12\x14\n\x0coverlap_hits\x18\x07 \x01(\x03\x12\x16\n\x0eoverlap_misses\x18\x08 \x01(\x03\x12Y\n\x18\x64raft_tokens_by_proposer\x18\t \x03(\x0b\x32\x37.specdec.v1.SpeculationStats.DraftTokensByProposerEntry\x12_\n\x1b\x61\x63\x63\x65pted_tokens_by_proposer\x18\n \x03(\x0b\x32:.specdec.v1.SpeculationStats.AcceptedTokensByProposerEntry\x1a<\n\x1a\x44raftTokensByProposerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a?\n\x1d\x41\x63\x63\x65ptedTokensByProposerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x94\x01\n\x10LatencyBreakdown\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x02 \x01(\x01\x12\x11\n\tverify_ms\x18\x03 \x01(\x01\x12\x17\n\x0fnetwork_wait_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"C\n\x10\x43omputePlacement\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x03(\x05\"\xce\x01\n\nServerInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11vocab_fingerprint\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\x05\x12\x15\n\rfree_kv_slots\x18\x04 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\x12\x0c\n\x04role\x18\x07 \x01(\t\x12*\n\x08proposer\x18\x08 \x01(\x0e\x32\x18.specdec.v1.ProposerKind*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03*\x7f\n\x0cProposerKind\x12\x1d\n\x19PROPOSER_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROPOSER_KIND_DRAFT_MODEL\x10\x01\x12\x17\n\x13PROPOSER_KIND_NGRAM\x10\x02\x12\x18\n\x14PROPOSER_KIND_HYBRID\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECULATIONSTATS_DRAFTTOKENSBYPROPOSERENTRY']._serialized_options = b'8\001'
   _globals['_SPECULATIONSTATS_ACCEPTEDTOKENSBYPROPOSERENTRY']._loaded_options = None
   _globals['_SPECULATIONSTATS_ACCEPTEDTOKENSBYPROPOSERENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1086
-  _globals['_FINISHREASON']._serialized_end=1204
-  _globals['_PROPOSERKIND']._serialized_start=1206
-  _globals['_PROPOSERKIND']._serialized_end=1333
+  _globals['_FINISHREASON']._serialized_start=1104
+  _globals['_FINISHREASON']._serialized_end=1222
+  _globals['_PROPOSERKIND']._serialized_start=1224
+  _globals['_PROPOSERKIND']._serialized_end=1351
   _globals['_SAMPLINGPARAMS']._serialized_start=39
   _globals['_SAMPLINGPARAMS']._serialized_end=149
   _globals['_SPECULATIONSTATS']._serialized_start=152
@@ -48,9 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECULATIONSTATS_ACCEPTEDTOKENSBYPROPOSERENTRY']._serialized_start=610
   _globals['_SPECULATIONSTATS_ACCEPTEDTOKENSBYPROPOSERENTRY']._serialized_end=673
   _globals['_LATENCYBREAKDOWN']._serialized_start=676
-  _globals['_LATENCYBREAKDOWN']._serialized_end=806
-  _globals['_COMPUTEPLACEMENT']._serialized_start=808
-  _globals['_COMPUTEPLACEMENT']._serialized_end=875
-  _globals['_SERVERINFO']._serialized_start=878
-  _globals['_SERVERINFO']._serialized_end=1084
+  _globals['_LATENCYBREAKDOWN']._serialized_end=824
+  _globals['_COMPUTEPLACEMENT']._serialized_start=826
+  _globals['_COMPUTEPLACEMENT']._serialized_end=893
+  _globals['_SERVERINFO']._serialized_start=896
+  _globals['_SERVERINFO']._serialized_end=1102
 # @@protoc_insertion_point(module_scope)

@@ -80,18 +80,20 @@ class SpeculationStats(_message.Message):
     def __init__(self, drafts: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., accepted_per_position: _Optional[_Iterable[int]] = ..., mean_acceptance_length: _Optional[float] = ..., cycles: _Optional[int] = ..., overlap_hits: _Optional[int] = ..., overlap_misses: _Optional[int] = ..., draft_tokens_by_proposer: _Optional[_Mapping[str, int]] = ..., accepted_tokens_by_proposer: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class LatencyBreakdown(_message.Message):
-    __slots__ = ("time_to_first_token_ms", "draft_ms", "verify_ms", "network_wait_ms", "total_ms")
+    __slots__ = ("time_to_first_token_ms", "draft_ms", "verify_ms", "network_wait_ms", "total_ms", "queue_ms")
     TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     time_to_first_token_ms: float
     draft_ms: float
     verify_ms: float
     network_wait_ms: float
     total_ms: float
-    def __init__(self, time_to_first_token_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_wait_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    queue_ms: float
+    def __init__(self, time_to_first_token_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., verify_ms: _Optional[float] = ..., network_wait_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
 
 class ComputePlacement(_message.Message):
     __slots__ = ("host_id", "gpu_uuid", "cpus")

@@ -32,7 +32,7 @@ class TargetGenerateRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., k: _Optional[int] = ..., draft_address: _Optional[str] = ..., overlap: _Optional[bool] = ..., adaptive_k: _Optional[bool] = ...) -> None: ...
 
 class CycleInfo(_message.Message):
-    __slots__ = ("k", "accepted", "verify_ms", "wait_for_draft_ms", "draft_ms", "overlap_hit", "draft_sources")
+    __slots__ = ("k", "accepted", "verify_ms", "wait_for_draft_ms", "draft_ms", "overlap_hit", "draft_sources", "queued_ms")
     K_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class CycleInfo(_message.Message):
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_HIT_FIELD_NUMBER: _ClassVar[int]
     DRAFT_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_MS_FIELD_NUMBER: _ClassVar[int]
     k: int
     accepted: int
     verify_ms: float
@@ -47,7 +48,8 @@ class CycleInfo(_message.Message):
     draft_ms: float
     overlap_hit: bool
     draft_sources: _containers.RepeatedScalarFieldContainer[_common_pb2.ProposerKind]
-    def __init__(self, k: _Optional[int] = ..., accepted: _Optional[int] = ..., verify_ms: _Optional[float] = ..., wait_for_draft_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., overlap_hit: _Optional[bool] = ..., draft_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ...) -> None: ...
+    queued_ms: float
+    def __init__(self, k: _Optional[int] = ..., accepted: _Optional[int] = ..., verify_ms: _Optional[float] = ..., wait_for_draft_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., overlap_hit: _Optional[bool] = ..., draft_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ..., queued_ms: _Optional[float] = ...) -> None: ...
 
 class TargetGenerateResponse(_message.Message):
     __slots__ = ("start", "token_ids", "cycle", "finish_reason", "draft_failed")

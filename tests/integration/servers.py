@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from specdec.tools.launcher import Stack, free_base_port
 
-__all__ = ["apart", "free_base_port", "running_stack"]
+__all__ = ["apart", "free_base_port", "running_stack", "scrape"]
+
+
+def scrape(port: int) -> dict:
+    """A service's Prometheus metrics on --metrics-port: {(name, labels without role): value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "role")))] = s.value
+    return samples
 
 
 def apart(role: str) -> list[str]:

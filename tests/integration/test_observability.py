@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from concurrent import futures
 
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from specdec.serving.client import Client, build_request
 from tests.conftest import PROMPTS
-from tests.integration.servers import free_base_port, running_stack
+from tests.integration.servers import free_base_port, running_stack, scrape
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,15 +100,6 @@ def test_one_trace_across_all_three_services(receiver, monkeypatch):
     assert sum(1 for a in verify if a["specdec.k"] > 0) == result.summary.speculation.drafts
     propose = [attrs(s) for v, s in spans if s.name == "propose"]
     assert propose and all("specdec.draft_ms" in a and "specdec.k" in a for a in propose)
-
-
-def scrape(port: int) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "role")))] = s.value
-    return samples
 
 
 def test_metrics_are_consistent_with_responses():

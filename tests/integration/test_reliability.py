@@ -36,11 +36,11 @@ def greedy(engine, prompt: str, n: int) -> list[int]:
 
 @pytest.mark.slow
 def test_load_64_concurrent_sessions_times_10_requests(tiny_pair):
-    sessions = ["--max-sessions", "64", "--max-len", "256"]
+    # `specdec up`'s defaults: 16 KV slots per service, so 48 of the 64 wait in the target's queue.
     # Two CPU services computing at once on the same few cores: OpenMP workers spinning between parallel
     # regions take the cores the other service needs (the default, right for one request at a time, made
     # this test 2.3x slower with 4x the CPU time). PASSIVE is what README advises for co-located services.
-    with running_stack(target=sessions, draft=sessions, env={"OMP_WAIT_POLICY": "PASSIVE"}) as stack:
+    with running_stack(env={"OMP_WAIT_POLICY": "PASSIVE"}) as stack:
         pids = {role: p.pid for role, p in stack.procs.items()}
         warm = loadtest.run(stack.address, 8, 2, ["x = 1"], 8, deadline_s=120)  # warm up allocators and caches
         assert not warm.errors
@@ -183,7 +183,7 @@ def hostile_stack():
         yield stack
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=generate_requests())
 def test_hostile_generate_requests_get_precise_codes(hostile_stack, payload):
     with grpc.insecure_channel(hostile_stack.address) as ch:

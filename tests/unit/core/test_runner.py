@@ -89,23 +89,23 @@ def test_slots_run_out_with_resource_exhausted_and_come_back(runner):
     assert runner.free_slots == runner.max_sessions
 
 
-def test_open_waits_for_a_slot_being_given_back(runner):
+def test_open_waits_its_turn_for_a_slot_being_given_back(runner):
     import threading
 
     sessions = [runner.open() for _ in range(runner.free_slots)]
-    runner.slot_wait_s = 5.0
+    runner.slots.queue_size, runner.slots.wait_s = 1, 5.0
     try:
         threading.Timer(0.3, runner.close, args=(sessions[0],)).start()
         t0 = time.monotonic()
-        late = runner.open()  # refused at once without the wait (test above); here it gets the freed slot
-        assert 0.2 < time.monotonic() - t0 < 4.0
+        late = runner.open()  # refused at once without a queue (test above); here it gets the freed slot
+        assert 0.2 < time.monotonic() - t0 < 4.0 and 0.2 < late.queued_s < 4.0
         assert late.index >= 0 and runner.free_slots == 0
-        runner.slot_wait_s = 0.2
+        runner.slots.wait_s = 0.2
         with pytest.raises(ResourceExhausted):  # nothing given back within the wait: still refused
             runner.open()
         sessions[0] = late
     finally:
-        runner.slot_wait_s = 0.0
+        runner.slots.queue_size, runner.slots.wait_s = 0, 0.0
         for s in sessions:
             runner.close(s)
     assert runner.free_slots == runner.max_sessions

@@ -102,3 +102,21 @@ def test_admission_is_released_when_the_request_fails_and_under_contention():
     for t in threads:
         t.join()
     assert (len(admitted), len(refused), admission.running) == (4, 4, 0)
+
+
+def test_ready_once_a_target_and_a_configured_draft_are_healthy():
+    t, d = backend(Role.TARGET, "t", healthy=False), backend(Role.DRAFT, "d", healthy=False)
+    p = BackendPool(["t"], ["d"])
+    p.targets, p.drafts = [t], [d]
+    changes = []
+    p.on_change = lambda: changes.append(p.ready())
+    assert not p.ready()
+    t.healthy = True
+    assert not p.ready()  # drafts are configured: speculative requests would go target-only
+    d.healthy = True
+    assert p.ready()
+    p.mark_unhealthy(d, "failed during a request")
+    assert changes == [False] and not p.ready()
+    only_targets = BackendPool(["t"], [])
+    only_targets.targets = [backend(Role.TARGET, "t")]
+    assert only_targets.ready()
