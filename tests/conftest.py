@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import torch
 
+from specdec.core.config import GenerationRequest
 from specdec.core.pair import ModelPair, PairConfig
 from specdec.proposers import make_factory
 
@@ -35,3 +36,9 @@ def tiny_pair_fp32() -> ModelPair:
     same rows drafted alone, which moves acceptance but not the output."""
     return ModelPair.load(PairConfig(target="tiny", draft="tiny", draft_dtype="float32", max_len=512, max_sessions=16),
                           make_factory)
+
+
+def greedy(engine: ModelPair, prompt: str, n: int) -> list[int]:
+    """The target-only greedy continuation of `prompt` in process: what every path must reproduce."""
+    return engine.decoder.generate(GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=n,
+                                                     ignore_eos=True)).token_ids

@@ -16,7 +16,6 @@ import grpc
 
 from specdec.serving.client import Client, build_request
 
-
 DEFAULT_PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n", "class Config:", "for i in range("]
 
 

@@ -9,17 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from specdec.core.config import GenerationRequest
 from specdec.serving.client import Client, build_request
-from tests.conftest import PROMPTS
+from tests.conftest import PROMPTS, greedy
 from tests.integration.servers import free_base_port, running_stack, scrape
 
 pytestmark = pytest.mark.timeout(600)
 
-
-def greedy(engine, prompt: str, n: int) -> list[int]:
-    return engine.decoder.generate(GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=n,
-                                                     ignore_eos=True)).token_ids
 
 
 def test_requests_beyond_the_slots_wait_their_turn_and_all_finish(tiny_pair):

@@ -13,18 +13,15 @@ from concurrent import futures
 import grpc
 import pytest
 
-from specdec.core.config import GenerationRequest, SamplingParams
+from specdec.core.config import SamplingParams
 from specdec.serving.client import Client, build_request
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, orchestrator_pb2, orchestrator_pb2_grpc, target_pb2, target_pb2_grpc
+from tests.conftest import greedy
 from tests.integration.servers import running_stack
 
 pytestmark = pytest.mark.timeout(600)
 VOCAB = 2048  # the tiny pair's
 
-
-def greedy(engine, prompt: str, n: int) -> list[int]:
-    return engine.decoder.generate(GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=n,
-                                                     ignore_eos=True)).token_ids
 
 
 def backends(stack) -> list[common_pb2.ServerInfo]:

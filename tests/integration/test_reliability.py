@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specdec.core.config import GenerationRequest
 from specdec.serving.client import Client, build_request
 from specdec.tools import loadtest
 from specdec.tools.launcher import Stack, free_base_port
 from specdec.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from tests.conftest import greedy
 from tests.integration.servers import running_stack
 
 pytestmark = pytest.mark.timeout(900)
@@ -28,10 +28,6 @@ def rss_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
 
-
-def greedy(engine, prompt: str, n: int) -> list[int]:
-    return engine.decoder.generate(GenerationRequest(prompt_ids=engine.encode(prompt), max_new_tokens=n,
-                                                     ignore_eos=True)).token_ids
 
 
 @pytest.mark.slow
