@@ -105,7 +105,8 @@ class DraftLink:
                 break
             picker.consider(item, usable)
         pb = picker.best_item
-        return Picked(picker.best, time.perf_counter() - t0, seconds(pb.draft_ms) if pb else 0.0, bool(pb and pb.ahead))
+        return Picked(picker.best, time.perf_counter() - t0, seconds(pb.draft_ms) if pb else 0.0,
+                      seconds(pb.catch_up_ms) if pb else 0.0, bool(pb and pb.ahead))
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
         if not self.failed:

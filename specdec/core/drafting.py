@@ -117,6 +117,7 @@ class SentProposal:
     token_ids: list[int]  # the claim: assumed-but-uncommitted tokens + new drafts
     chain: list[int]  # full sequence the next block builds on: committed + claim + bonus guess
     draft_s: float  # the proposer's own drafting time (Proposal.draft_s)
+    catch_up_s: float  # its catching up before drafting (Proposal.catch_up_s)
     ahead: bool  # drafted on top of an earlier proposal, before its verdict
     source: ProposerKind
     source_of: dict[int, ProposerKind] = field(default_factory=dict)  # position -> proposer of that token
@@ -324,6 +325,7 @@ class DraftSession:
         chain = list(base) + new
         claim = chain[n:len(base) + min(len(new), self.k)]
         proposal = SentProposal(id=next(self._ids), start=n, token_ids=claim, chain=chain, draft_s=drafted.draft_s,
+                                catch_up_s=drafted.catch_up_s,
                                 ahead=parent is not None, source=drafted.source)
         if parent is not None:  # the claim repeats the parent's unverified tokens: carry their details
             same = [p for p in range(n, min(len(base), len(parent.chain))) if base[p] == parent.chain[p]]

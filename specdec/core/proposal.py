@@ -24,6 +24,8 @@ class Proposal:
     token_sources: list[ProposerKind] | None = None  # per token, when a claim mixes proposers (hybrid, remote)
     draft_s: float = 0.0  # the proposer's own time drafting these tokens, catching up on cycles it did
     #                       not draft excluded: what a per-token draft cost (adaptive K) must be fed
+    catch_up_s: float = 0.0  # the proposer's time catching up on cycles it did not draft, before drafting these:
+    #                          latency the target waits through, but not a cost of drafting (adaptive K)
     runner_ups: list[int] | None = None  # per token, the draft's likeliest other token (greedy drafts with a
     #                                      model): what the target most likely picks where it rejects
 

@@ -25,6 +25,7 @@ class Cycle:
     finish_reason: FinishReason | None = None
     wait_s: float = 0.0  # time the target waited for the proposal
     draft_s: float = 0.0  # the proposer's own time drafting it
+    catch_up_s: float = 0.0  # part of wait_s the draft spent catching up on cycles it did not draft
     ahead: bool = False  # the proposal was drafted ahead, before the previous verdict (overlap)
     draft_failed: bool = False  # the draft has failed in this session (the target goes on alone)
     queued_s: float = 0.0  # (first cycle) how long the session waited for a KV slot before it
@@ -65,7 +66,7 @@ class SpecStats:
             return
         self.draft_time_s += cycle.draft_s
         self.wait_time_s += cycle.wait_s
-        self.network_wait_s += max(0.0, cycle.wait_s - cycle.draft_s)
+        self.network_wait_s += max(0.0, cycle.wait_s - cycle.draft_s - cycle.catch_up_s)
         if overlap:
             self.overlap_hits += cycle.overlap_hit
             self.overlap_misses += not cycle.overlap_hit

@@ -28,10 +28,11 @@ class Picked:
     proposal: Proposal | None
     wait_s: float  # time the target waited for it
     draft_s: float  # the draft's own time for it
+    catch_up_s: float  # the draft's catching up before it (included in wait_s, not a cost of drafting)
     ahead: bool  # drafted before the previous verdict (overlap)
 
 
-NOTHING = Picked(None, 0.0, 0.0, False)
+NOTHING = Picked(None, 0.0, 0.0, 0.0, False)
 
 
 class DraftSource(Protocol):
@@ -127,8 +128,9 @@ class TargetLoop:
                 self.sequence.finish(FinishReason.CANCELLED)
                 return
             if not first:  # the draft costs the target what it waited for it: with overlap, only what was not
-                #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass)
-                self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, cycle.wait_s)
+                #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass);
+                #            a paused draft's catching up is the price of the pause, not of drafting
+                self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, cycle.wait_s - cycle.catch_up_s))
             first = False
             self.k = self.chooser.choose(self.sequence.max_k)
             if self.link is not None and not self.link.failed:
@@ -151,7 +153,7 @@ class TargetLoop:
             cycle = self.compute.run(self.sequence.step, picked.proposal, self.k)
         except Unavailable:  # the draft died while we fetched a q row: redo this position alone
             cycle = self.compute.run(self.sequence.step, None)
-        return replace(cycle, wait_s=picked.wait_s, draft_s=picked.draft_s, ahead=picked.ahead,
+        return replace(cycle, wait_s=picked.wait_s, draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
                        draft_failed=self.draft_failed)
 
 
@@ -179,7 +181,8 @@ class LocalLink:
 
     @staticmethod
     def _to_proposal(sent: SentProposal) -> Proposal:
-        return Proposal(sent.start, sent.token_ids, None, sent.source, sent.token_sources(), draft_s=sent.draft_s)
+        return Proposal(sent.start, sent.token_ids, None, sent.source, sent.token_sources(), draft_s=sent.draft_s,
+                        catch_up_s=sent.catch_up_s)
 
     def _run(self) -> None:
         self.session.start()
@@ -194,7 +197,7 @@ class LocalLink:
         while self._picker.best is None or not self._proposals.empty():  # wait for a usable one, then drain
             self._picker.consider(self._proposals.get(), usable)
         sent = self._picker.best_item
-        return Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.ahead)
+        return Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.catch_up_s, sent.ahead)
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
         self._inbox.put(Verdict(cycle.start, cycle.new_tokens, next_k, feedback_of(cycle)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -31,8 +33,10 @@ class DraftModelProposer(ModelDrafting):
         self.slot = runner.open()
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        t0 = time.perf_counter()
         self._catch_up(committed)
-        return super().propose(committed, k)
+        catch_up_s = time.perf_counter() - t0
+        return replace(super().propose(committed, k), catch_up_s=catch_up_s)
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""

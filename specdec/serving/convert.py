@@ -221,13 +221,15 @@ def feedback_from_pb(pb: draft_pb2.ProposeVerdict) -> Feedback:
 def proposal_to_pb(p: SentProposal) -> draft_pb2.DraftProposal:
     return draft_pb2.DraftProposal(
         id=p.id, start=p.start, token_ids=p.token_ids, token_probs=p.token_probs(), draft_ms=ms(p.draft_s),
+        catch_up_ms=ms(p.catch_up_s),
         ahead=p.ahead, source=proposer_to_pb(p.source), token_sources=[PROPOSER_TO_PB[s] for s in p.token_sources()])
 
 
 def proposal_from_pb(pb: draft_pb2.DraftProposal, probs: DraftProbs | None) -> Proposal:
     return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs,
                     source=PROPOSER_FROM_PB.get(pb.source, ProposerKind.DRAFT_MODEL),
-                    token_sources=sources_from_pb(pb.token_sources) or None, draft_s=seconds(pb.draft_ms))
+                    token_sources=sources_from_pb(pb.token_sources) or None, draft_s=seconds(pb.draft_ms),
+                    catch_up_s=seconds(pb.catch_up_ms))
 
 
 def proposals_to_pb(batch: list[SentProposal]) -> draft_pb2.ProposeResponse:

@@ -62,7 +62,7 @@ class ProposeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[ProposeStart, _Mapping]] = ..., verdict: _Optional[_Union[ProposeVerdict, _Mapping]] = ..., row_request: _Optional[_Union[ProposeRowRequest, _Mapping]] = ...) -> None: ...
 
 class DraftProposal(_message.Message):
-    __slots__ = ("id", "start", "token_ids", "token_probs", "draft_ms", "ahead", "source", "token_sources")
+    __slots__ = ("id", "start", "token_ids", "token_probs", "draft_ms", "ahead", "source", "token_sources", "catch_up_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class DraftProposal(_message.Message):
     AHEAD_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_MS_FIELD_NUMBER: _ClassVar[int]
     id: int
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -79,7 +80,8 @@ class DraftProposal(_message.Message):
     ahead: bool
     source: _common_pb2.ProposerKind
     token_sources: _containers.RepeatedScalarFieldContainer[_common_pb2.ProposerKind]
-    def __init__(self, id: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_probs: _Optional[_Iterable[float]] = ..., draft_ms: _Optional[float] = ..., ahead: _Optional[bool] = ..., source: _Optional[_Union[_common_pb2.ProposerKind, str]] = ..., token_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ...) -> None: ...
+    catch_up_ms: float
+    def __init__(self, id: _Optional[int] = ..., start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., token_probs: _Optional[_Iterable[float]] = ..., draft_ms: _Optional[float] = ..., ahead: _Optional[bool] = ..., source: _Optional[_Union[_common_pb2.ProposerKind, str]] = ..., token_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ..., catch_up_ms: _Optional[float] = ...) -> None: ...
 
 class DraftProposals(_message.Message):
     __slots__ = ("proposals",)

@@ -10,7 +10,7 @@ from specdec.core.config import GenerationRequest, ProposerKind
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.proposal import Proposal
 from specdec.core.sequence import TargetSequence
-from specdec.core.target_loop import LocalLink, ProposalPicker, TargetLoop
+from specdec.core.target_loop import LocalLink, Picked, ProposalPicker, TargetLoop
 from specdec.proposers.draft_model import DraftModelFactory
 
 pytestmark = pytest.mark.timeout(120)  # the bug this file guards against was a wait that never ended
@@ -58,3 +58,38 @@ def test_a_partly_verified_proposal_is_offered_again():
     committed += [22, 99]
     picker.begin(usable)
     assert picker.best is None
+
+
+def test_the_chooser_is_charged_the_wait_for_drafting_not_for_catching_up(tiny_pair):
+    """A paused draft catches up on the tokens it missed before it drafts again; charged to the per-token
+    draft cost, that one-off prefill would keep adaptive K at 0 (issue 16, item 8)."""
+    request = GenerationRequest(prompt_ids=tiny_pair.encode("def fibonacci(n):"), max_new_tokens=4, ignore_eos=True)
+    sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
+
+    class CatchingUp:  # answers every cycle after a 0.9 s catch-up and 0.05 s of drafting, 1.0 s waited in all
+        failure = None
+        failed = False
+
+        def wake(self) -> None: ...
+
+        def next_proposal(self, usable) -> Picked:
+            p = Proposal(start=len(sequence.committed), token_ids=[7], probs=None, source=ProposerKind.DRAFT_MODEL)
+            return Picked(p, wait_s=1.0, draft_s=0.05, catch_up_s=0.9, ahead=False)
+
+        def send_verdict(self, cycle, next_k=0) -> None: ...
+
+        def close(self, cancel=False) -> None: ...
+
+    class Recording(FixedK):
+        def observe(self, k, accepted, verify_s, draft_s) -> None:
+            if k:
+                charged.append(draft_s)
+
+    charged: list[float] = []
+    try:
+        cycles = list(TargetLoop(sequence, CatchingUp(), Recording(1), threading.Event()).run())
+    finally:
+        sequence.close()
+    drafted = [c for c in cycles if c.k]  # not the first (prefill) nor the last (nothing worth drafting)
+    assert len(drafted) == 2 and all(c.catch_up_s == 0.9 and c.wait_s == 1.0 for c in drafted)
+    assert len(charged) == 2 and all(abs(s - 0.1) < 1e-9 for s in charged), charged  # was 1.0

@@ -12,7 +12,7 @@ from specdec.core.config import (
     TargetRequest,
     TextRequest,
 )
-from specdec.core.drafting import DraftStart, Verdict
+from specdec.core.drafting import DraftStart, SentProposal, Verdict
 from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement
 from specdec.core.proposal import Feedback
@@ -70,3 +70,13 @@ def test_summary_to_the_client_and_back():
     assert (back.drafts, back.draft_tokens, back.accepted_tokens, back.accepted_per_position) == (1, 4, 2, [1, 1, 0, 0])
     assert back.network_wait_s == pytest.approx(0.002) and back.tokens_per_second == pytest.approx(6.0)
     assert back.accepted_tokens_by_source == {"draft-model": 2} and back.overlap_misses == 1
+
+
+def test_a_proposal_keeps_its_drafting_and_catch_up_times_apart():
+    sent = SentProposal(id=3, start=5, token_ids=[1, 2], chain=[0] * 5 + [1, 2], draft_s=0.012, catch_up_s=0.25,
+                        ahead=False, source=ProposerKind.DRAFT_MODEL,
+                        source_of={5: ProposerKind.DRAFT_MODEL, 6: ProposerKind.DRAFT_MODEL})
+    pb = convert.proposal_to_pb(sent)
+    assert (pb.draft_ms, pb.catch_up_ms) == (12.0, 250.0)
+    back = convert.proposal_from_pb(pb, None)
+    assert (back.start, back.token_ids, back.draft_s, back.catch_up_s) == (5, [1, 2], 0.012, 0.25)
