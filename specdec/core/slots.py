@@ -73,4 +73,5 @@ class SlotQueue:
         with self._cond:
             if index not in self._free:
                 self._free.append(index)
+                self._free.sort(reverse=True)  # still lowest first: a batched runner's rows stay a short prefix
                 self._cond.notify_all()
