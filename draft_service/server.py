@@ -1,4 +1,5 @@
-"""`specdec serve draft`: wire a proposer factory into a gRPC server, from typed settings."""
+"""`specdec serve draft`: wire a proposer factory (over a batched runner by default) into a gRPC server, from typed
+settings."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 
 from draft_service.service import DraftService
 from draft_service.servicer import DraftServicer
-from specdec.core.compute import Compute
+from specdec.core.batching import BatchedRunner
+from specdec.core.compute import INLINE, Compute
 from specdec.core.config import ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.drafting import Predraft, predraft_policy
@@ -40,12 +42,17 @@ class DraftServerSettings:
     idle_timeout_s: float = 60.0  # a session without messages this long is reclaimed
     replay_references: str | None = None  # benchmarks: replay the target's continuations from this file
     replay: ReplayRates = ReplayRates()
+    batching: bool = True  # all sessions' draft steps in one batched forward (core/batching.py)
+    gather_s: float = 0.002  # how long a step waits for the sessions the last one answered
 
     def validate(self) -> "DraftServerSettings":
         if self.max_sessions < 1:
             raise InvalidArgument("max_sessions", f"must be >= 1, got {self.max_sessions}")
         if not self.idle_timeout_s > 0:
             raise InvalidArgument("idle_timeout", f"must be > 0 seconds, got {self.idle_timeout_s}")
+        if self.batching and self.predraft == Predraft.ON and self.proposer != ProposerKind.NGRAM:
+            raise InvalidArgument("predraft", "pre-drafting's branch rows are not batched yet: --predraft on "
+                                              "needs --no-batching")
         if self.replay_references is not None:
             self.replay.validate()
             if self.proposer != ProposerKind.DRAFT_MODEL:
@@ -65,15 +72,24 @@ def build(settings: DraftServerSettings) -> Server:
         context = settings.max_len
     else:
         loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
-        runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
-                             max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
-                             queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
+        runner_kwargs = dict(max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
+                             cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
+        if settings.batching:  # the engine takes over the compute thread; sessions draft on their own threads
+            runner = compute.run(BatchedRunner, loaded.model, gather_s=settings.gather_s, launch=compute.hand_over,
+                                 **runner_kwargs)
+            compute = INLINE
+        else:
+            runner = compute.run(ModelRunner, loaded.model, **runner_kwargs)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=settings.max_sessions, context_length=context,
                                  proposer=proposer_to_pb(settings.proposer))
+    batched = isinstance(runner, BatchedRunner)
+    if batched and settings.predraft == Predraft.AUTO:
+        log.info("pre-drafting is off: batched drafting does not batch its branch rows yet (--no-batching keeps it)")
+    predraft = Predraft.OFF if batched else settings.predraft
     service = DraftService(factory(settings, runner), idle_timeout_s=settings.idle_timeout_s,
-                           predraft=predraft_policy(settings.predraft, runner.device if runner else None),
+                           predraft=predraft_policy(predraft, runner.device if runner else None),
                            placement=runner.placement if runner else None, compute=compute,
                            vocab_size=runner.vocab_size if runner else None)
     free_slots = (lambda: runner.free_slots) if runner else (lambda: settings.max_sessions - len(service.sessions))
@@ -81,7 +97,7 @@ def build(settings: DraftServerSettings) -> Server:
     servicer = DraftServicer(service, info, free_slots, metrics)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(settings.server, [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
-                  interceptors=server_interceptors(), metrics=metrics)
+                  interceptors=server_interceptors(), metrics=metrics, on_stop=runner.stop if batched else lambda: None)
 
 
 def factory(settings: DraftServerSettings, runner: ModelRunner | None) -> ProposerFactory:

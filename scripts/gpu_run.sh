@@ -14,7 +14,7 @@ bench() {  # name, extra args
 D=random:qwen2.5-0.5b
 case "${PART:-A}" in
 A)  # GPU tests, per-step costs, 0.5B -> 7B replayed acceptance
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 260 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-7b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt"
   bench a08 --target random:qwen2.5-7b --draft $D --replay-alpha 0.8 --k 4 --modes target-only,spec
   bench a09 --target random:qwen2.5-7b --draft $D --replay-alpha 0.9 --k 6 --modes target-only,spec ;;
@@ -36,7 +36,7 @@ E)  # two GPUs (nvidia-h200-x2): target on cuda:0, draft on cuda:1; 0.5B -> 32B 
     --modes target-only,spec,spec-overlap
   BENCH_TIMEOUT=120 bench e08g --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
     --predraft off --modes spec-overlap
-  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt" ;;
 F)  # two GPUs: the services with pre-drafting (planted 7B: a real draft-model proposer), α = 0.9 with the
     # plain "all accepted" guess, and a useless draft (α = 0) with adaptive K
   BENCH_TIMEOUT=200 bench fsvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
@@ -47,7 +47,7 @@ F)  # two GPUs: the services with pre-drafting (planted 7B: a real draft-model p
     --adaptive-k --modes target-only,spec-overlap ;;
 G)  # two GPUs, `--predraft auto` choosing per block between branches and the plain guess (run once with a
     # first, threshold version and once with the cost model; a paused draft keeps its cache caught up): the draft-bound 7B case, α = 0.9 and α = 0
-  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
   BENCH_TIMEOUT=200 bench gsvc --draft-device cuda:1 --target random:qwen2.5-7b --draft $D --k 4 \
     --modes target-only,spec,spec-overlap,services
   BENCH_TIMEOUT=130 bench g09 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
@@ -63,16 +63,21 @@ H)  # one GPU: replayed acceptance through the services (the draft service repla
     --modes target-only,spec,services ;;
 I)  # two GPUs (nvidia-h200-x2): replayed acceptance through the services with the draft on its own GPU, next
     # to in-process overlap (GIL contention between its two threads) and overlap off: the ≥ 90%-of-analytic bar
-  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
   BENCH_TIMEOUT=260 bench i09 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
     --modes target-only,spec,spec-overlap,services
   BENCH_TIMEOUT=260 bench i08 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.8 --k 4 \
     --modes target-only,spec,spec-overlap,services
   BENCH_TIMEOUT=200 bench i00 --draft-device cuda:1 --target random:qwen2.5-32b --draft $D --replay-alpha 0.0 --k 4 \
     --adaptive-k --modes target-only,spec-overlap,services ;;
+L)  # one GPU: GPU tests, then the batched services under 1-64 concurrent clients (random 7B target, planted 0.5B
+    # draft on the same GPU, 128 tokens): target-only and speculation (adaptive K), then today's unbatched target
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+  timeout ${LOAD_TIMEOUT:-400} python3 scripts/gpu_load.py --configs ${LOAD_CONFIGS:-target-only,spec} \
+    --concurrency ${LOAD_LEVELS:-1,4,16,64} 2>"$OUT/load_${LOAD_NAME:-l}.log" | tee "$OUT/load_${LOAD_NAME:-l}.jsonl" ;;
 T)  # one GPU: the GPU tests only
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
 esac

@@ -1,10 +1,11 @@
-"""`specdec serve target`: wire a target ModelRunner into a gRPC server, from typed settings."""
+"""`specdec serve target`: wire a target runner (batched by default) into a gRPC server, from typed settings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specdec.core.compute import Compute
+from specdec.core.batching import BatchedRunner
+from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import context_length, eos_ids_of, load_model
@@ -29,6 +30,9 @@ class TargetServerSettings:
     queue_size: int = 256  # sessions that may wait for a KV slot (FIFO)
     queue_timeout_s: float = 120.0  # how long one may wait
     cpu_kernels: str = ONEDNN
+    batching: bool = True  # all sessions' forwards of a step in one batched forward (core/batching.py)
+    gather_s: float = 0.002  # how long a step waits for the sessions the last one answered
+    prefill_chunk: int = 512  # prompt tokens of one session per step
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
     internal_token: str | None = None  # bearer token presented to drafts
@@ -40,6 +44,10 @@ class TargetServerSettings:
             raise InvalidArgument("queue_size", f"must be >= 0, got {self.queue_size}")
         if not self.queue_timeout_s > 0:
             raise InvalidArgument("queue_timeout", f"must be > 0 seconds, got {self.queue_timeout_s}")
+        if self.gather_s < 0:
+            raise InvalidArgument("batch_gather_ms", f"must be >= 0, got {self.gather_s * 1000}")
+        if self.prefill_chunk < 32:
+            raise InvalidArgument("prefill_chunk", f"must be >= 32 tokens, got {self.prefill_chunk}")
         if self.session.max_new_tokens < 1:
             raise InvalidArgument("max_new_tokens_limit", f"must be >= 1, got {self.session.max_new_tokens}")
         if not self.session.draft_timeout_s > 0:
@@ -51,9 +59,15 @@ def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
-    runner = compute.run(ModelRunner, loaded.model, max_len=context_length(loaded.model, settings.max_len),
-                         max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
-                         queue_size=settings.queue_size, queue_wait_s=settings.queue_timeout_s)
+    runner_kwargs = dict(max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
+                         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
+                         queue_wait_s=settings.queue_timeout_s)
+    if settings.batching:  # the engine loop takes over the compute thread; sessions verify on their own
+        runner = compute.run(BatchedRunner, loaded.model, gather_s=settings.gather_s,
+                             prefill_chunk=settings.prefill_chunk, launch=compute.hand_over, **runner_kwargs)
+        compute = INLINE
+    else:
+        runner = compute.run(ModelRunner, loaded.model, **runner_kwargs)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=settings.max_sessions, context_length=runner.max_len)
     links = DraftLinks(vocab_size=runner.vocab_size, device=runner.device, timeout_s=settings.session.draft_timeout_s,
@@ -63,4 +77,5 @@ def build(settings: TargetServerSettings) -> Server:
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                      TargetServicer(service, info, metrics), name)],
-                  interceptors=server_interceptors(), metrics=metrics)
+                  interceptors=server_interceptors(), metrics=metrics,
+                  on_stop=runner.stop if isinstance(runner, BatchedRunner) else lambda: None)

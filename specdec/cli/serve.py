@@ -51,6 +51,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "RESOURCE_EXHAUSTED; default 256)")
     serve.add_argument("--queue-timeout", type=float, default=120.0,
                        help="target: seconds a session may wait for a KV slot before RESOURCE_EXHAUSTED (default 120)")
+    serve.add_argument("--no-batching", action="store_true",
+                       help="target, draft: run each session's forwards one at a time instead of all sessions' "
+                            "forwards of a step in one batched forward (the engine; default). A batched draft does "
+                            "not pre-draft (--predraft auto is off there; on needs this flag)")
+    serve.add_argument("--batch-gather-ms", type=float, default=2.0,
+                       help="target, draft: after a step, how long the engine waits for the sessions it answered before "
+                            "the next step goes without them (the most one late draft holds the others; default 2)")
+    serve.add_argument("--prefill-chunk", type=int, default=512,
+                       help="target: the most prompt tokens of one session forwarded per step, so a long prompt "
+                            "delays the others' next token by one chunk at most (default 512)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")
@@ -145,7 +155,8 @@ def build_server(args: argparse.Namespace):
             server=server_settings(args, tls, tokens, 2 * args.max_sessions + args.queue_size + 8),
             target=args.target, device=args.device, dtype=args.dtype, max_len=args.max_len,
             max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
-            cpu_kernels=args.cpu_kernels,
+            cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
+            prefill_chunk=args.prefill_chunk,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             draft_tls=backend_tls, internal_token=internal)), None
     if args.role == Role.DRAFT:
@@ -158,7 +169,8 @@ def build_server(args: argparse.Namespace):
             max_sessions=args.max_sessions, cpu_kernels=args.cpu_kernels, proposer=ProposerKind(args.proposer),
             predraft=Predraft(args.predraft), idle_timeout_s=args.idle_timeout,
             replay_references=args.replay_references,
-            replay=ReplayRates(args.replay_alpha, args.replay_runner_up))), None
+            replay=ReplayRates(args.replay_alpha, args.replay_runner_up), batching=not args.no_batching,
+            gather_s=args.batch_gather_ms / 1000)), None
     from orchestrator.server import OrchestratorServerSettings, build
     from orchestrator.service import OrchestratorSettings
 

@@ -30,6 +30,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from specdec.core.compute import INLINE
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import Unavailable
 from specdec.core.runner import KVSlot, ModelRunner
@@ -119,9 +120,9 @@ class BatchedRunner(ModelRunner):
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.002,
-                 prefill_chunk: int = 512, launch: Callable[[Callable[[], None]], object] | None = None) -> None:
+                 prefill_chunk: int = 512, launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
-        passes its compute thread)."""
+        passes its compute thread's `Compute.hand_over`)."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
@@ -139,16 +140,13 @@ class BatchedRunner(ModelRunner):
         self._open: set[int] = set()
         self._stopping = False
         self.stats = StepStats()
-        (launch or self._thread)(self._loop)
-
-    @staticmethod
-    def _thread(fn: Callable[[], None]) -> None:
-        threading.Thread(target=fn, daemon=True, name="engine").start()
+        launch(self._loop)
 
     def _allocate(self) -> StaticCache:
         """One cache for all slots, with its layers replaced by RowsLayers over preallocated tensors."""
         cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
-        if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
+        layer_types = getattr(cfg, "layer_types", None) or []
+        if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
             raise ValueError("batched decoding supports full-attention models only")
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -15,6 +15,7 @@ thread there: a hop to another thread would only add latency to every cycle.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, TypeVar
 
@@ -44,6 +45,14 @@ class Compute:
         if self._pool is None:
             return fn(*args, **kwargs)
         return self._pool.submit(fn, *args, **kwargs).result()
+
+    def hand_over(self, fn: Callable[[], None]) -> None:
+        """Run fn (a loop that owns the model for good, like the batching engine) where forwards belong: on
+        the compute thread, which runs nothing else afterwards, or on a new thread when inline."""
+        if self._pool is None:
+            threading.Thread(target=fn, daemon=True, name="engine").start()
+        else:
+            self._pool.submit(fn)
 
     def iterate(self, items: Iterator[T]) -> Iterator[T]:
         """Each step of a lazy iterator on the compute thread, yielded here as soon as it exists: the

@@ -57,11 +57,13 @@ class Server:
 
     def __init__(self, settings: ServerSettings, register: Iterable[tuple[Callable, object, str]],
                  interceptors: Iterable[grpc.ServerInterceptor] = (), metrics=None,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True, on_stop: Callable[[], None] = lambda: None) -> None:
         """`ready`: whether the registered services can do their work now (the orchestrator: whether it
-        can route); their own health names say so, while "" only says the process serves."""
+        can route); their own health names say so, while "" only says the process serves. `on_stop`: what
+        to end once the last call has (a batching engine)."""
         self.settings = settings
         self.ready = ready
+        self.on_stop = on_stop
         self._serving = False
         self.metrics = metrics  # the service's telemetry.Metrics, served on --metrics-port
         auth = [TokenAuthInterceptor(list(settings.tokens))] if settings.tokens else []
@@ -108,6 +110,7 @@ class Server:
         running calls get up to `grace` seconds to finish."""
         self.set_serving(False)
         self.grpc.stop(grace).wait()
+        self.on_stop()
 
 
 def _status(serving: bool) -> int:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_predraft_through_the_services(tiny_pair):
     """The branches travel as one DraftProposals message; the target takes the one that came true."""
     with running_stack(orchestrator=["--k", "4", "--fixed-k"], target=apart("target"),
-                       draft=["--predraft", "on", *apart("draft")]) as stack:
+                       draft=["--predraft", "on", "--no-batching", *apart("draft")]) as stack:
         with Client(stack.address, timeout_s=120) as client:
             for prompt in PROMPTS[:4]:
                 expected = tiny_pair.decoder.generate(GenerationRequest(

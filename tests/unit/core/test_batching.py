@@ -80,7 +80,7 @@ def test_concurrent_greedy_requests_equal_each_decoded_alone(tiny_pair_fp32, bat
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
     got = concurrently([lambda c=c: decode(pair, batched, *c) for c in cases])
-    for (ids, n, k), want, out in zip(cases, expected, got):
+    for (ids, _, k), want, out in zip(cases, expected, got):
         assert out == want, f"k={k}, {len(ids)} prompt tokens"
     assert batched.stats.prefill_chunks >= 3
     assert batched.free_slots == batched.max_sessions
@@ -109,7 +109,7 @@ def test_a_failed_forward_reaches_its_session_and_the_engine_goes_on(tiny_pair_f
         slot = runner.open()
         with torch.inference_mode():
             bad = runner.vocab_size + 10**6  # an id past the embedding table: the forward raises
-            with pytest.raises(Exception):
+            with pytest.raises(IndexError):
                 runner.extend(slot, [1, 2, bad], keep=1)
             runner.truncate(slot, 0)
             assert runner.extend(slot, [1, 2, 3], keep=1).shape == (1, runner.vocab_size)

@@ -1,0 +1,62 @@
+"""Concurrency sweep through the three services on one GPU: aggregate tokens/s, latency and TTFT per number of
+concurrent clients, for each stack configuration. One JSON line per (config, concurrency) on stdout.
+
+    python3 scripts/gpu_load.py --target random:qwen2.5-7b --draft random:qwen2.5-0.5b --concurrency 1,4,16,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from specdec.tools import loadtest
+from specdec.tools.launcher import Stack, free_base_port
+
+CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
+    "target-only": (False, [], []),
+    "target-only-unbatched": (False, ["--no-batching"], []),
+    "spec": (True, [], []),
+    "spec-unbatched": (True, ["--no-batching"], []),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--target", default="random:qwen2.5-7b")
+    p.add_argument("--draft", default="random:qwen2.5-0.5b")
+    p.add_argument("--device", default="cuda:0")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--concurrency", default="1,4,16,64")
+    p.add_argument("--configs", default="target-only,spec")
+    p.add_argument("--rounds", type=int, default=2, help="requests per client (at least 4 in all per point)")
+    p.add_argument("--k", type=int, default=4)
+    args = p.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    for name in args.configs.split(","):
+        with_draft, extra, orch = CONFIGS[name]
+        common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
+                  "--max-sessions", str(args.max_sessions), *extra]
+        stack = Stack(port=free_base_port(), target=args.target, draft=args.draft if with_draft else None,
+                      extra={"target": common, "draft": common + ["--draft-device", args.device],
+                             "orchestrator": ["--k", str(args.k), "--max-workers", str(2 * max(levels)), *orch]})
+        t0 = time.perf_counter()
+        stack.start(timeout_s=400)
+        print(f"# {name}: up in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        try:
+            for c in levels:  # warm-up at this concurrency (CUDA graphs of its buckets), then measured
+                loadtest.run(stack.address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 300)
+                rounds = max(args.rounds, -(-4 // c))
+                r = loadtest.run(stack.address, c, rounds, loadtest.DEFAULT_PROMPTS, args.max_new_tokens, 400)
+                print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)
+        finally:
+            stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
