@@ -94,6 +94,8 @@ def build(settings: DraftServerSettings) -> Server:
                            vocab_size=runner.vocab_size if runner else None)
     free_slots = (lambda: runner.free_slots) if runner else (lambda: settings.max_sessions - len(service.sessions))
     metrics = Metrics("draft")
+    if batched:
+        runner.on_step = metrics.observe_step
     servicer = DraftServicer(service, info, free_slots, metrics)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
     return Server(settings.server, [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],

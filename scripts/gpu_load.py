@@ -17,6 +17,7 @@ from specdec.tools.launcher import Stack, free_base_port
 CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
+    "target-only-gather5": (False, ["--batch-gather-ms", "5"], []),
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }

@@ -72,7 +72,7 @@ I)  # two GPUs (nvidia-h200-x2): replayed acceptance through the services with t
     --adaptive-k --modes target-only,spec-overlap,services ;;
 L)  # one GPU: GPU tests, then the batched services under 1-64 concurrent clients (random 7B target, planted 0.5B
     # draft on the same GPU, 128 tokens): target-only and speculation (adaptive K), then today's unbatched target
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py ${UNIT_TESTS:-} 2>&1 | tail -25 | tee "$OUT/gpu_tests.txt"
   timeout ${LOAD_TIMEOUT:-400} python3 scripts/gpu_load.py --configs ${LOAD_CONFIGS:-target-only,spec} \
     --concurrency ${LOAD_LEVELS:-1,4,16,64} 2>"$OUT/load_${LOAD_NAME:-l}.log" | tee "$OUT/load_${LOAD_NAME:-l}.jsonl" ;;
 T)  # one GPU: the GPU tests only

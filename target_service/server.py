@@ -74,6 +74,8 @@ def build(settings: TargetServerSettings) -> Server:
                        tls=settings.draft_tls, token=settings.internal_token)
     service = TargetService(runner, eos_ids_of(loaded.tokenizer, loaded.model), links, settings.session, compute)
     metrics = Metrics("target")
+    if isinstance(runner, BatchedRunner):
+        runner.on_step = metrics.observe_step
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                      TargetServicer(service, info, metrics), name)],

@@ -39,6 +39,7 @@ log = logging.getLogger("specdec.batching")
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # CUDA graph sizes: rows per step
 TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # ... and tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
+LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -85,15 +86,18 @@ class _Graph:
 
 @dataclass
 class _Request:
-    """One session's forward: feed `ids` from position `start` of slot `index`; wants the last `keep` logits."""
+    """One session's forward: feed `ids` from position `start` of slot `index`; wants the last `keep`
+    positions' logits, or only their argmax (`greedy`)."""
 
     index: int
     start: int
     ids: list[int]
     keep: int
+    greedy: bool
     fed: int = 0  # tokens already forwarded (chunked prefill)
     done: threading.Event = field(default_factory=threading.Event)
-    logits: torch.Tensor | None = None  # [keep, V] float32
+    logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
+    argmax: list[int] | None = None  # [keep]
     error: BaseException | None = None
 
 
@@ -106,6 +110,7 @@ class StepStats:
     prefill_chunks: int = 0
     last_rows: int = 0
     last_step_s: float = 0.0
+    busy_s: float = 0.0  # time in batched steps
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
 
 
@@ -140,6 +145,7 @@ class BatchedRunner(ModelRunner):
         self._open: set[int] = set()
         self._stopping = False
         self.stats = StepStats()
+        self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
         launch(self._loop)
 
     def _allocate(self) -> StaticCache:
@@ -191,8 +197,15 @@ class BatchedRunner(ModelRunner):
             self._cv.notify_all()
 
     def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
+        return self._submit(slot, new_ids, keep, greedy=False).logits
+
+    def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
+        return self._submit(slot, new_ids, keep, greedy=True).argmax
+
+    def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
+        """Hand the engine one forward and wait for it."""
         assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
-        request = _Request(slot.index, slot.length, list(new_ids), keep)
+        request = _Request(slot.index, slot.length, list(new_ids), keep, greedy)
         with self._cv:
             if self._stopping:
                 raise Unavailable("the engine has stopped")
@@ -202,12 +215,25 @@ class BatchedRunner(ModelRunner):
         if request.error is not None:
             raise request.error
         slot.tokens.extend(new_ids)
-        return request.logits
+        return request
 
     # ---- the engine thread ----
 
+    def _report(self, since: StepStats, t0: float) -> StepStats:
+        """Log what the engine did since `since` (every LOG_EVERY_S while it works); a copy of the stats now."""
+        s, wall = self.stats, time.monotonic() - t0
+        if s.steps > since.steps:
+            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step, busy %.0f%%, %d prefill chunks",
+                     s.steps - since.steps, wall, (s.rows - since.rows) / (s.steps - since.steps),
+                     1e3 * (s.busy_s - since.busy_s) / (s.steps - since.steps), 100 * (s.busy_s - since.busy_s) / wall,
+                     s.prefill_chunks - since.prefill_chunks)
+        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s)
+
     def _loop(self) -> None:
+        mark, mark_t = StepStats(), time.monotonic()
         while True:
+            if time.monotonic() - mark_t > LOG_EVERY_S:
+                mark, mark_t = self._report(mark, mark_t), time.monotonic()
             with self._cv:
                 while not self._pending and not self._stopping:
                     self._cv.wait()
@@ -252,13 +278,20 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             ids[r.index, :len(r.ids)] = torch.tensor(r.ids)
             positions[r.index] = torch.arange(r.start, r.start + n)  # real tokens, then padded writes past them
-        logits = self._batched(ids, positions)  # [rows, n, V]
+        logits = self._batched(ids, positions)  # [rows, n, V]; a graph's output, overwritten by the next replay
+        top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
         for r in requests:
-            r.logits = logits[r.index, len(r.ids) - r.keep:len(r.ids)].float()
+            kept = slice(len(r.ids) - r.keep, len(r.ids))
+            if r.greedy:
+                r.argmax = top[r.index][kept]
+            else:
+                r.logits = logits[r.index, kept].to(torch.float32, copy=True)
             r.done.set()
-        s = self.stats
-        s.steps, s.rows, s.last_rows, s.last_step_s = s.steps + 1, s.rows + len(requests), len(requests), time.perf_counter() - t0
+        s, step_s = self.stats, time.perf_counter() - t0
+        s.steps, s.rows, s.last_rows, s.last_step_s = s.steps + 1, s.rows + len(requests), len(requests), step_s
+        s.busy_s += step_s
         s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1
+        self.on_step(len(requests), step_s)
 
     def _run_chunk(self, r: _Request) -> None:
         """The next chunk of a long request, alone (eager: prompt lengths vary)."""
@@ -272,7 +305,8 @@ class BatchedRunner(ModelRunner):
         r.fed += len(chunk)
         self.stats.prefill_chunks += 1
         if last:
-            r.logits = logits[0].float()
+            r.logits = logits[0].float()  # [keep, V]
+            r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
             r.done.set()
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

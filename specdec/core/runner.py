@@ -192,12 +192,25 @@ class ModelRunner:
         and pays only for the new tokens: one forward pass.
         Returns float32 logits [keep, V]; row j predicts the token after ids[len(ids) - keep + j].
         """
+        return self._forward(slot, self._new_tokens(slot, ids, keep), keep)
+
+    def greedy_ids(self, slot: KVSlot, ids: Sequence[int], keep: int = 1) -> list[int]:
+        """`extend`, reduced to the argmax (ties to the lowest id) of each of the last `keep` positions: all
+        greedy verification needs, and a batched runner finds it for every row of a step at once."""
+        return self._forward_greedy(slot, self._new_tokens(slot, ids, keep), keep)
+
+    def _new_tokens(self, slot: KVSlot, ids: Sequence[int], keep: int) -> Sequence[int]:
+        """Roll the cache back to the longest prefix of `ids` it holds (leaving the last `keep` to forward)
+        and return what must be forwarded."""
         assert 1 <= keep <= len(ids), f"keep={keep} must be in [1, {len(ids)}]"
         if len(ids) > self.max_len:
             raise InvalidArgument("prompt", f"sequence of {len(ids)} tokens exceeds the context of {self.max_len}")
         reuse = min(common_prefix_len(slot.tokens, ids), len(ids) - keep)
         self.truncate(slot, reuse)
-        return self._forward(slot, ids[reuse:], keep)
+        return ids[reuse:]
+
+    def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
+        return self._forward(slot, new_ids, keep).argmax(-1).tolist()  # one host sync for the block
 
     def hold(self, slot: KVSlot, ids: Sequence[int]) -> None:
         """Make the cache hold exactly `ids`, forwarding only what is missing (possibly nothing)."""

@@ -104,8 +104,11 @@ class TargetSequence:
         drafts, probs, sources = self.usable_drafts(proposal, limit) or UsableDrafts([], None, [])
         start = len(self.committed)
         t0 = time.perf_counter()
-        logits = self.runner.extend(self.slot, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
-        result = self._verify(drafts, probs, logits, start)
+        if self.sampling.greedy:  # only the argmax is needed: a batched runner finds it for every row at once
+            result = verify_greedy(drafts, self.runner.greedy_ids(self.slot, self.committed + drafts, keep=len(drafts) + 1))
+        else:
+            logits = self.runner.extend(self.slot, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
+            result = self._sample(drafts, probs, logits, start)
         self.runner.truncate(self.slot, start + result.accepted)  # holds the new committed[:-1]
         verify_s = time.perf_counter() - t0
         new_tokens = self._commit(result.token_ids)
@@ -119,10 +122,8 @@ class TargetSequence:
     def close(self) -> None:
         self.runner.close(self.slot)
 
-    def _verify(self, drafts: list[int], probs: DraftProbs | None, logits: torch.Tensor,
+    def _sample(self, drafts: list[int], probs: DraftProbs | None, logits: torch.Tensor,
                 start: int) -> VerifyResult:
-        if self.sampling.greedy:
-            return verify_greedy(drafts, logits)
         target_probs = process_logits(logits, self.sampling)
         if probs is None:
             probs = OneHotDraftProbs(drafts, target_probs.shape[-1], target_probs.device)

@@ -71,15 +71,14 @@ class OneHotDraftProbs:
         return row
 
 
-def verify_greedy(draft_ids: Sequence[int], target_logits: torch.Tensor) -> VerifyResult:
+def verify_greedy(draft_ids: Sequence[int], target_ids: Sequence[int]) -> VerifyResult:
     """Accept draft token i while it equals the target's argmax at that position.
 
-    target_logits: [k+1, V]; row i is the target's prediction for the position of draft_ids[i],
-    row k the bonus position.
+    target_ids: [k+1] the target's argmax (ties to the lowest id) at the position of each draft token, then
+    at the bonus position (ModelRunner.greedy_ids).
     """
     k = len(draft_ids)
-    assert target_logits.shape[0] == k + 1, f"need k+1={k + 1} target rows, got {target_logits.shape[0]}"
-    target_ids = torch.argmax(target_logits, dim=-1).tolist()  # one host sync for the whole block
+    assert len(target_ids) == k + 1, f"need k+1={k + 1} target ids, got {len(target_ids)}"
     for i, draft_id in enumerate(draft_ids):
         if draft_id != target_ids[i]:
             return VerifyResult(accepted=i, token_ids=[*draft_ids[:i], target_ids[i]])  # recovered

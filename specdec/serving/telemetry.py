@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from specdec.core.batching import ROW_BUCKETS
 from specdec.core.stats import Cycle
 from specdec.serving.interceptors import status_of
 
@@ -144,6 +145,10 @@ class Metrics:
         self.queue_length = Gauge("specdec_queue_length", "Sessions waiting for a KV-cache slot now", lbl, registry=r)
         self.queue_time = Histogram("specdec_queue_seconds", "Time a session waited for a KV-cache slot", lbl,
                                     buckets=REQUEST_BUCKETS, registry=r)
+        self.batch_rows = Histogram("specdec_batch_rows", "Sessions' rows in one batched forward (engine step)", lbl,
+                                    buckets=ROW_BUCKETS, registry=r)
+        self.batch_step = Histogram("specdec_batch_step_seconds", "One engine step: the batched forward and its "
+                                    "argmax", lbl, buckets=LATENCY_BUCKETS, registry=r)
         self.fallbacks = Counter("specdec_fallback_to_target_only", "Sessions that lost their draft and went on alone",
                                  lbl, registry=r)
         self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
@@ -165,6 +170,11 @@ class Metrics:
             self.accepted_per_pos.labels(role, str(i)).inc()
             if i < len(cycle.draft_sources):
                 self.accepted_by_proposer.labels(role, cycle.draft_sources[i].value).inc()
+
+    def observe_step(self, rows: int, seconds: float) -> None:
+        """One engine step (BatchedRunner.on_step)."""
+        self.batch_rows.labels(self.role).observe(rows)
+        self.batch_step.labels(self.role).observe(seconds)
 
     def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""

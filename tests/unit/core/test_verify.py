@@ -20,22 +20,22 @@ def logits_with_argmax(ids: list[int], vocab: int = V) -> torch.Tensor:
 
 
 def test_all_accepted_gets_bonus_token():
-    result = verify_greedy([1, 2, 3], logits_with_argmax([1, 2, 3, 4]))
+    result = verify_greedy([1, 2, 3], [1, 2, 3, 4])
     assert result.accepted == 3 and result.token_ids == [1, 2, 3, 4]
 
 
 def test_early_mismatch_is_recovered_by_target_argmax():
-    result = verify_greedy([1, 2, 3], logits_with_argmax([1, 5, 3, 4]))
+    result = verify_greedy([1, 2, 3], [1, 5, 3, 4])
     assert result.accepted == 1 and result.token_ids == [1, 5]
 
 
 def test_first_token_mismatch_commits_one_token():
-    result = verify_greedy([7, 2], logits_with_argmax([0, 2, 3]))
+    result = verify_greedy([7, 2], [0, 2, 3])
     assert result.accepted == 0 and result.token_ids == [0]
 
 
 def test_no_drafts_is_plain_decoding():
-    assert verify_greedy([], logits_with_argmax([6])).token_ids == [6]
+    assert verify_greedy([], [6]).token_ids == [6]
 
 
 def test_seeded_sampling_is_deterministic():
