@@ -18,6 +18,8 @@ CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
     "target-only-gather5": (False, ["--batch-gather-ms", "5"], []),
+    "target-only-si": (False, ["--batch-gather-ms", "5", "--switch-interval-ms", "0.5"], []),
+    "spec-si": (True, ["--batch-gather-ms", "5", "--switch-interval-ms", "0.5"], []),
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }

@@ -273,12 +273,12 @@ class BatchedRunner(ModelRunner):
         rows = max(r.index for r in requests) + 1
         if self.cuda_graphs:
             n, rows = bucket(n, TOKEN_BUCKETS), min(bucket(rows, ROW_BUCKETS), self.max_sessions)
-        ids = torch.zeros((rows, n), dtype=torch.long)
-        positions = torch.arange(self.max_len, self.max_len + n).repeat(rows, 1)  # dummy rows: the padding columns
+        ids = [[0] * n for _ in range(rows)]
+        positions = [list(range(self.max_len, self.max_len + n))] * rows  # dummy rows: the padding columns
         for r in requests:
-            ids[r.index, :len(r.ids)] = torch.tensor(r.ids)
-            positions[r.index] = torch.arange(r.start, r.start + n)  # real tokens, then padded writes past them
-        logits = self._batched(ids, positions)  # [rows, n, V]; a graph's output, overwritten by the next replay
+            ids[r.index] = r.ids + [0] * (n - len(r.ids))
+            positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
+        logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
         top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
