@@ -56,9 +56,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="target, draft: run each session's forwards one at a time instead of all sessions' "
                             "forwards of a step in one batched forward (the engine; default). A batched draft does "
                             "not pre-draft (--predraft auto is off there; on needs this flag)")
-    serve.add_argument("--batch-gather-ms", type=float, default=2.0,
+    serve.add_argument("--batch-gather-ms", type=float, default=5.0,
                        help="target, draft: after a step, how long the engine waits for the sessions it answered before "
-                            "the next step goes without them (the most one late draft holds the others; default 2)")
+                            "the next step goes without them (the most one late draft holds the others; default 5)")
     serve.add_argument("--switch-interval-ms", type=float, default=None,
                        help="Python's thread switch interval (default: Python's, 5 ms). Smaller lets a batching "
                             "engine thread get the interpreter back sooner among many session threads")

@@ -124,7 +124,7 @@ class BatchedRunner(ModelRunner):
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
-                 queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.002,
+                 queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.005,
                  prefill_chunk: int = 512, launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`)."""
