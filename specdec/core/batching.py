@@ -145,6 +145,8 @@ class BatchedRunner(ModelRunner):
         self._open: set[int] = set()
         self._stopping = False
         self.stats = StepStats()
+        if self.cuda_graphs:
+            self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
         launch(self._loop)
 
@@ -315,7 +317,7 @@ class BatchedRunner(ModelRunner):
             if not self.cuda_graphs:
                 return self._eager(ids, positions, keep=n)
             with torch.cuda.device(self.device):
-                g = self._graphs.get((rows, n)) or self._capture(rows, n)
+                g = self._graphs[(rows, n)]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
                 g.inputs.positions.copy_(positions, non_blocking=True)
                 g.graph.replay()
@@ -333,6 +335,18 @@ class BatchedRunner(ModelRunner):
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
+    def _capture_all(self) -> None:
+        """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
+        use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
+        t0 = time.perf_counter()
+        rows = [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
+        with torch.inference_mode(), torch.cuda.device(self.device):
+            for b in rows:
+                for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
+                    self._capture(b, n)
+        log.info("captured %d CUDA graphs (rows %s x tokens up to %d) in %.1f s", len(self._graphs), rows, self.pad,
+                 time.perf_counter() - t0)
+
     def _capture(self, rows: int, n: int) -> _Graph:
         """Capture one step of `rows` x `n` tokens; warm-up and capture write only padding columns."""
         inputs = _StepInputs(torch.zeros((rows, n), dtype=torch.long, device=self.device),
@@ -348,5 +362,4 @@ class BatchedRunner(ModelRunner):
             logits = self._run(inputs, keep=n)
         self._graph_pool = graph.pool()
         g = self._graphs[(rows, n)] = _Graph(graph, inputs, logits)
-        log.info("captured a CUDA graph of %d rows x %d tokens", rows, n)
         return g

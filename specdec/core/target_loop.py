@@ -6,6 +6,7 @@ service (target_service.draft_link) or `LocalLink`, a DraftSession on a thread o
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -33,6 +34,8 @@ class Picked:
 
 
 NOTHING = Picked(None, 0.0, 0.0, 0.0, False)
+_BROKEN = object()  # LocalLink: its drafting thread has failed
+log = logging.getLogger("specdec.target_loop")
 
 
 class DraftSource(Protocol):
@@ -170,11 +173,11 @@ class LocalLink:
         self._thread = threading.Thread(target=self._run, daemon=True, name="local-draft")
         self._thread.start()
 
-    failure = None  # a draft in this process does not fail apart from it
+    failure: str | None = None  # set when the drafting thread raised: the target then goes on alone
 
     @property
     def failed(self) -> bool:
-        return False
+        return self.failure is not None
 
     def wake(self) -> None:
         """Nothing to do: the local draft answers every verdict, so a wait for it is never long."""
@@ -185,17 +188,25 @@ class LocalLink:
                         catch_up_s=sent.catch_up_s)
 
     def _run(self) -> None:
-        self.session.start()
-        while (verdict := self._inbox.get()) is not None:
-            for batch in self.session.on_verdict(verdict):
-                for p in batch:
-                    self._proposals.put(p)
+        try:
+            self.session.start()
+            while (verdict := self._inbox.get()) is not None:
+                for batch in self.session.on_verdict(verdict):
+                    for p in batch:
+                        self._proposals.put(p)
+        except Exception as e:  # noqa: BLE001 - a failed draft must not take the request with it
+            log.exception("in-process draft failed; the target goes on alone")
+            self.failure = f"{type(e).__name__}: {e}"
+            self._proposals.put(_BROKEN)
 
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         t0 = time.perf_counter()
         self._picker.begin(usable)
         while self._picker.best is None or not self._proposals.empty():  # wait for a usable one, then drain
-            self._picker.consider(self._proposals.get(), usable)
+            item = self._proposals.get()
+            if item is _BROKEN:
+                return NOTHING
+            self._picker.consider(item, usable)
         sent = self._picker.best_item
         return Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.catch_up_s, sent.ahead)
 

@@ -93,3 +93,25 @@ def test_the_chooser_is_charged_the_wait_for_drafting_not_for_catching_up(tiny_p
     drafted = [c for c in cycles if c.k]  # not the first (prefill) nor the last (nothing worth drafting)
     assert len(drafted) == 2 and all(c.catch_up_s == 0.9 and c.wait_s == 1.0 for c in drafted)
     assert len(charged) == 2 and all(abs(s - 0.1) < 1e-9 for s in charged), charged  # was 1.0
+
+
+def test_an_in_process_draft_that_raises_leaves_the_target_alone_with_the_same_output(tiny_pair):
+    prompt = tiny_pair.encode("def fibonacci(n):")
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=12, ignore_eos=True)
+    expected = tiny_pair.decoder.generate(request).token_ids
+    drafter = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size).open(request.sampling, 0)
+
+    def broken(committed, k):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    drafter.propose = broken
+    sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
+    link = LocalLink(drafter, prompt, 4, greedy=True, predraft=PredraftPolicy.NEVER)
+    try:
+        cycles = list(TargetLoop(sequence, link, FixedK(4), threading.Event()).run())
+    finally:
+        link.close()
+        drafter.close()
+        sequence.close()
+    assert sequence.generated == expected
+    assert link.failed and "stream is capturing" in link.failure and cycles[-1].draft_failed
