@@ -75,8 +75,8 @@ def test_concurrent_greedy_requests_equal_each_decoded_alone(tiny_pair_fp32, bat
     pair = tiny_pair_fp32
     long_prompt = pair.encode("\n".join(PROMPTS))  # > prefill_chunk tokens: fed in chunks between steps
     assert len(long_prompt) > 2 * batched.prefill_chunk
-    cases = [(pair.encode(p), 8 + 5 * i, k) for i, (p, k) in enumerate(zip(PROMPTS[:9], range(9)))]
-    cases.append((long_prompt, 20, 4))
+    cases = [(pair.encode(p), 6 + 3 * i, k) for i, (p, k) in enumerate(zip(PROMPTS[:9], range(9)))]
+    cases.append((long_prompt, 12, 4))
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
     got = concurrently([lambda c=c: decode(pair, batched, *c) for c in cases])
