@@ -36,6 +36,10 @@ def test_bad_flag_value_is_a_clear_error():
     assert specdec("generate", "", "--no-draft").stderr.count("prompt: must not be empty") == 1
     out = specdec("serve", "draft", "--port", "0", "--proposer", "ngram", "--replay-references", "refs.jsonl")
     assert out.returncode == 2 and "replay_references: replays a draft model's cost" in out.stderr
+    out = specdec("serve", "draft", "--port", "0", "--predraft", "on")
+    assert out.returncode == 2 and "predraft: pre-drafting's branch rows are not batched yet" in out.stderr
+    out = specdec("serve", "target", "--port", "0", "--prefill-chunk", "8")
+    assert out.returncode == 2 and "prefill_chunk: must be >= 32 tokens" in out.stderr
 
 
 def _children(pid: int) -> list[int]:
