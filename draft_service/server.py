@@ -43,7 +43,7 @@ class DraftServerSettings:
     replay_references: str | None = None  # benchmarks: replay the target's continuations from this file
     replay: ReplayRates = ReplayRates()
     batching: bool = True  # all sessions' draft steps in one batched forward (core/batching.py)
-    gather_s: float = 0.005  # how long a step waits for the sessions the last one answered (docs/benchmarks.md)
+    gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
 
     def validate(self) -> "DraftServerSettings":
         if self.max_sessions < 1:

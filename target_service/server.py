@@ -31,7 +31,7 @@ class TargetServerSettings:
     queue_timeout_s: float = 120.0  # how long one may wait
     cpu_kernels: str = ONEDNN
     batching: bool = True  # all sessions' forwards of a step in one batched forward (core/batching.py)
-    gather_s: float = 0.005  # how long a step waits for the sessions the last one answered (docs/benchmarks.md)
+    gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
     prefill_chunk: int = 512  # prompt tokens of one session per step
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts

@@ -56,9 +56,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="target, draft: run each session's forwards one at a time instead of all sessions' "
                             "forwards of a step in one batched forward (the engine; default). A batched draft does "
                             "not pre-draft (--predraft auto is off there; on needs this flag)")
-    serve.add_argument("--batch-gather-ms", type=float, default=5.0,
-                       help="target, draft: after a step, how long the engine waits for the sessions it answered before "
-                            "the next step goes without them (the most one late draft holds the others; default 5)")
+    serve.add_argument("--batch-gather-ms", type=float, default=20.0,
+                       help="target, draft: after a step, the most the engine waits for the sessions it answered "
+                            "before the next step goes without them; it goes sooner once none has come back for 1 ms "
+                            "(so a session waiting for its draft holds the others 1 ms; default 20)")
     serve.add_argument("--switch-interval-ms", type=float, default=None,
                        help="Python's thread switch interval (default: Python's, 5 ms). Smaller lets a batching "
                             "engine thread get the interpreter back sooner among many session threads")

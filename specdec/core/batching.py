@@ -40,6 +40,7 @@ log = logging.getLogger("specdec.batching")
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # CUDA graph sizes: rows per step
 TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # ... and tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
+LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -117,14 +118,15 @@ class StepStats:
 class BatchedRunner(ModelRunner):
     """A ModelRunner whose forwards all go through one engine thread, batched across sessions.
 
-    `gather_s`: after a step, how long the engine waits for the sessions it just answered to come back
-    before it starts the next step without them (the bound one session's late proposal can hold the
-    batch). `prefill_chunk`: the most prompt tokens of one session forwarded in one step.
+    `gather_s`: after a step, the most the engine waits for the sessions it just answered to come back
+    before it starts the next step without them; it goes sooner once none has come back for LULL_S (a
+    session waiting for its draft holds the others that long, not `gather_s`). `prefill_chunk`: the most
+    prompt tokens of one session forwarded in one step.
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
-                 queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.005,
+                 queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`)."""
@@ -143,6 +145,7 @@ class BatchedRunner(ModelRunner):
         self._pending: list[_Request] = []
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
+        self._last_arrival = 0.0  # when the newest pending request came
         self._stopping = False
         self.stats = StepStats()
         if self.cuda_graphs:
@@ -212,6 +215,7 @@ class BatchedRunner(ModelRunner):
             if self._stopping:
                 raise Unavailable("the engine has stopped")
             self._pending.append(request)
+            self._last_arrival = time.monotonic()
             self._cv.notify_all()
         request.done.wait()
         if request.error is not None:
@@ -244,9 +248,10 @@ class BatchedRunner(ModelRunner):
                         r.error = Unavailable("the engine has stopped")
                         r.done.set()
                     return
-                deadline = time.monotonic() + self.gather_s
+                began = time.monotonic()
+                deadline = began + self.gather_s
                 while (self._expected - {r.index for r in self._pending}) and not self._stopping:
-                    left = deadline - time.monotonic()
+                    left = min(deadline, max(began, self._last_arrival) + LULL_S) - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
