@@ -32,7 +32,7 @@ from transformers.cache_utils import StaticLayer
 
 from specdec.core.compute import INLINE
 from specdec.core.cpu_kernels import ONEDNN
-from specdec.core.errors import Unavailable
+from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.runner import KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
@@ -85,7 +85,7 @@ class _Graph:
     logits: torch.Tensor  # [B, n, V]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the engine sorts requests into steps every step
 class _Request:
     """One session's forward: feed `ids` from position `start` of slot `index`; wants the last `keep`
     positions' logits, or only their argmax (`greedy`)."""
@@ -158,7 +158,8 @@ class BatchedRunner(ModelRunner):
         cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
         layer_types = getattr(cfg, "layer_types", None) or []
         if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-            raise ValueError("batched decoding supports full-attention models only")
+            raise InvalidArgument("batching", f"{cfg.model_type} has sliding-window layers; batched decoding supports "
+                                              "full attention only (--no-batching serves it)")
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         dtype = next(self.model.parameters()).dtype
