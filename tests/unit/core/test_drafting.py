@@ -181,7 +181,7 @@ def test_adaptive_k_is_charged_the_wait_not_the_hidden_drafting(tiny_pair):
         failed, failure = False, None
 
         def next_proposal(self, usable):
-            return Picked(None, wait_s=0.001, draft_s=0.5, ahead=True)
+            return Picked(None, wait_s=0.001, draft_s=0.5, catch_up_s=0.0, ahead=True)
 
         def send_verdict(self, cycle, next_k=0):
             pass
