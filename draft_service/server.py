@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from draft_service.service import DraftService
 from draft_service.servicer import DraftServicer
-from specdec.core.batching import BatchedRunner
-from specdec.core.compute import INLINE, Compute
+from specdec.core.batching import BatchedRunner, serving_runner
+from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.drafting import Predraft, predraft_policy
@@ -72,14 +72,10 @@ def build(settings: DraftServerSettings) -> Server:
         context = settings.max_len
     else:
         loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
-        runner_kwargs = dict(max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
-                             cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
-        if settings.batching:  # the engine takes over the compute thread; sessions draft on their own threads
-            runner = compute.run(BatchedRunner, loaded.model, gather_s=settings.gather_s, launch=compute.hand_over,
-                                 **runner_kwargs)
-            compute = INLINE
-        else:
-            runner = compute.run(ModelRunner, loaded.model, **runner_kwargs)
+        runner, compute = serving_runner(
+            compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
+            max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
+            cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=settings.max_sessions, context_length=context,

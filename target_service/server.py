@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specdec.core.batching import BatchedRunner
-from specdec.core.compute import INLINE, Compute
+from specdec.core.batching import BatchedRunner, serving_runner
+from specdec.core.compute import Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import context_length, eos_ids_of, load_model
-from specdec.core.runner import ModelRunner
 from specdec.serving.security import TLSFiles
 from specdec.serving.server import Server, ServerSettings
 from specdec.serving.telemetry import Metrics, server_interceptors
@@ -59,15 +58,11 @@ def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
-    runner_kwargs = dict(max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
-                         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
-                         queue_wait_s=settings.queue_timeout_s)
-    if settings.batching:  # the engine loop takes over the compute thread; sessions verify on their own
-        runner = compute.run(BatchedRunner, loaded.model, gather_s=settings.gather_s,
-                             prefill_chunk=settings.prefill_chunk, launch=compute.hand_over, **runner_kwargs)
-        compute = INLINE
-    else:
-        runner = compute.run(ModelRunner, loaded.model, **runner_kwargs)
+    runner, compute = serving_runner(
+        compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
+        prefill_chunk=settings.prefill_chunk, max_len=context_length(loaded.model, settings.max_len),
+        max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
+        queue_wait_s=settings.queue_timeout_s)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=settings.max_sessions, context_length=runner.max_len)
     links = DraftLinks(vocab_size=runner.vocab_size, device=runner.device, timeout_s=settings.session.draft_timeout_s,

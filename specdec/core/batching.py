@@ -30,7 +30,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from specdec.core.compute import INLINE
+from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.runner import KVSlot, ModelRunner
@@ -109,8 +109,6 @@ class StepStats:
     steps: int = 0  # batched forwards
     rows: int = 0  # real rows over all of them
     prefill_chunks: int = 0
-    last_rows: int = 0
-    last_step_s: float = 0.0
     busy_s: float = 0.0  # time in batched steps
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
 
@@ -296,7 +294,7 @@ class BatchedRunner(ModelRunner):
                 r.logits = logits[r.index, kept].to(torch.float32, copy=True)
             r.done.set()
         s, step_s = self.stats, time.perf_counter() - t0
-        s.steps, s.rows, s.last_rows, s.last_step_s = s.steps + 1, s.rows + len(requests), len(requests), step_s
+        s.steps, s.rows = s.steps + 1, s.rows + len(requests)
         s.busy_s += step_s
         s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1
         self.on_step(len(requests), step_s)
@@ -369,3 +367,13 @@ class BatchedRunner(ModelRunner):
         self._graph_pool = graph.pool()
         g = self._graphs[(rows, n)] = _Graph(graph, inputs, logits)
         return g
+
+
+def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
+                   prefill_chunk: int = 512, **kwargs) -> tuple[ModelRunner, Compute]:
+    """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
+    engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""
+    if not batching:
+        return compute.run(ModelRunner, model, **kwargs), compute
+    return compute.run(BatchedRunner, model, gather_s=gather_s, prefill_chunk=prefill_chunk,
+                       launch=compute.hand_over, **kwargs), INLINE
