@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from typing import Callable
 
 import grpc
 import torch
@@ -21,8 +19,8 @@ from specdec.core.drafting import DraftStart
 from specdec.core.errors import Unavailable
 from specdec.core.proposal import Proposal
 from specdec.core.stats import Cycle
-from specdec.core.target_loop import Picked, ProposalPicker
-from specdec.serving.convert import draft_start_to_pb, proposal_from_pb, seconds, verdict_to_pb
+from specdec.core.target_loop import BROKEN, ProposalInbox
+from specdec.serving.convert import draft_start_to_pb, proposal_from_pb, verdict_to_pb
 from specdec.serving.security import TLSFiles, bearer
 from specdec.serving.server import make_channel
 from specdec.serving.telemetry import outgoing_metadata
@@ -30,7 +28,6 @@ from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.target.link")
 _CLOSE = object()
-_BROKEN = object()
 
 
 class RemoteDraftProbs:
@@ -50,63 +47,29 @@ class RemoteDraftProbs:
         return self.link.fetch_row(self.pb.id, i)
 
 
-class DraftLink:
+class DraftLink(ProposalInbox):
     """The target's end of one Propose stream (a `DraftSource`)."""
 
     def __init__(self, stub: draft_pb2_grpc.DraftServiceStub, start: draft_pb2.ProposeStart, *,
                  vocab_size: int, device: torch.device, timeout_s: float, greedy: bool,
                  metadata: tuple = (), deadline_s: float | None = None) -> None:
-        self.vocab_size, self.device, self.timeout_s, self.greedy = vocab_size, device, timeout_s, greedy
-        self.failure: str | None = None
+        super().__init__(self._to_proposal, timeout_s)
+        self.vocab_size, self.device, self.greedy = vocab_size, device, greedy
         self._closing = False
         self._answered = False  # the draft has sent something: it is there to end the stream cleanly
         self._outbox: queue.Queue = queue.Queue()
-        self._proposals: queue.Queue = queue.Queue()
         self._rows: queue.Queue = queue.Queue()
-        self._picker = ProposalPicker(self._to_proposal)
         self._outbox.put(draft_pb2.ProposeRequest(start=start))
         self._call = stub.Propose(iter(self._outbox.get, _CLOSE), metadata=metadata, wait_for_ready=True,
                                   timeout=deadline_s)  # the client's deadline reaches the draft too
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"draft-link-{start.session_id}")
         self._reader.start()
 
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
-
     def fail(self, reason: str) -> None:
         if self.failure is None:
-            self.failure = reason
+            super().fail(reason)
             log.warning("draft link failed, going on without the draft: %s", reason)
             self.close(cancel=True)
-
-    def wake(self) -> None:
-        """Make a waiting `next_proposal` return now (the session was cancelled)."""
-        self._proposals.put(_BROKEN)
-
-    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
-        """The most useful proposal available, waiting for one up to the timeout.
-
-        `usable(p)` says how many of p's tokens the target can verify now (-1: stale).
-        """
-        t0 = time.perf_counter()
-        deadline = t0 + self.timeout_s
-        picker = self._picker
-        picker.begin(usable)
-        while not self.failed:
-            try:  # once something usable is in hand, take only what has already arrived
-                item = (self._proposals.get_nowait() if picker.best is not None
-                        else self._proposals.get(timeout=max(0.0, deadline - time.perf_counter())))
-            except queue.Empty:
-                if picker.best is None:
-                    self.fail(f"no usable proposal within {self.timeout_s:.2f}s")
-                break
-            if item is _BROKEN:
-                break
-            picker.consider(item, usable)
-        pb = picker.best_item
-        return Picked(picker.best, time.perf_counter() - t0, seconds(pb.draft_ms) if pb else 0.0,
-                      seconds(pb.catch_up_ms) if pb else 0.0, bool(pb and pb.ahead))
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
         if not self.failed:
@@ -122,7 +85,7 @@ class DraftLink:
         except queue.Empty:
             self.fail("no row from the draft within the timeout")
             raise Unavailable(f"draft link failed: {self.failure}") from None
-        problem = "the draft's stream ended" if pb is _BROKEN else row_problem(pb, proposal_id, index, self.vocab_size)
+        problem = "the draft's stream ended" if pb is BROKEN else row_problem(pb, proposal_id, index, self.vocab_size)
         if problem:
             self.fail(f"malformed row: {problem}")
             raise Unavailable(f"draft link failed: {self.failure}")
@@ -159,15 +122,15 @@ class DraftLink:
                     self.fail(f"malformed proposal: {problem}")
                     break
                 for proposal in batch:
-                    self._proposals.put(proposal)
+                    self.put(proposal)
             if not self._closing:
                 self.fail("the draft ended the stream")
         except grpc.RpcError as exc:
             if not self._closing:
                 self.fail(f"draft stream broke: {exc.code().name}: {exc.details()}")
         finally:
-            self._proposals.put(_BROKEN)
-            self._rows.put(_BROKEN)
+            self._rows.put(BROKEN)
+            self.put(BROKEN)
 
 
 def proposal_problem(pb: draft_pb2.DraftProposal, vocab_size: int, greedy: bool) -> str | None:

@@ -1,9 +1,13 @@
 """BatchedRunner: every session's forward of a step runs in one batched forward on one engine thread.
 
-A session's thread still drives its own sequence (TargetSequence: verify, commit, roll back); only the
-model call is shared. `extend` hands the engine the session's new tokens and blocks until its logits
-come back. The engine gathers the requests of all sessions, pads them to a common length n (right
-padding), and runs one forward over the first B slots of one cache [slots, heads, max_len + pad, dim]:
+Two kinds of work meet in a step. A target's sessions are driven by the engine itself (`drive`): each step
+it asks every session's loop for its next forward (a prefill chunk, a plain decode, or the verify of the
+proposal its draft has sent), and after the forward it has the loop verify and commit on the engine
+thread and hands the session the finished cycle; the session's thread only streams cycles out, so no
+step waits for a session's thread. Anything else (a draft's proposer) calls `extend` from its own thread,
+which hands the engine the new tokens and blocks until the logits come back. The engine pads the step's
+rows to a common length n (right padding) and runs one forward over the first B slots of one cache
+[slots, heads, max_len + pad, dim]:
 each row's keys and values are written at that row's own positions, and an explicit mask lets position
 p see only the cache entries at positions <= p. Rolling back stays O(1) (a row's length is its token
 list; entries past it are stale and overwritten before they are ever attended to).
@@ -21,10 +25,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from transformers import StaticCache
@@ -33,7 +38,7 @@ from transformers.cache_utils import StaticLayer
 from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
-from specdec.core.runner import KVSlot, ModelRunner
+from specdec.core.runner import WAITING, Forward, KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
 
@@ -41,6 +46,8 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # CUDA graph 
 TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # ... and tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
+IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
+_END = object()  # a driven session's last item: its sequence is done
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -95,11 +102,46 @@ class _Request:
     ids: list[int]
     keep: int
     greedy: bool
+    row: "_Row | None" = None  # the driven session it is for (None: a caller waits on `done`)
     fed: int = 0  # tokens already forwarded (chunked prefill)
+    started: float = 0.0  # when its first forward began
     done: threading.Event = field(default_factory=threading.Event)
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     error: BaseException | None = None
+
+
+class Driven(Protocol):
+    """A session's loop that the engine drives (TargetLoop)."""
+
+    @property
+    def slot(self) -> KVSlot: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        """`wake()` is to be called when the loop may have become ready (its draft sent a proposal)."""
+        ...
+
+    def plan(self, wait: bool) -> Forward | None:
+        """The next forward; WAITING: not ready yet; None: done."""
+        ...
+
+    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> object:
+        """The cycle made from the forward's argmax (greedy) or logits."""
+        ...
+
+
+@dataclass(eq=False)
+class _Row:
+    """A driven session: its loop, and the queue its thread reads finished cycles from."""
+
+    loop: Driven
+    outbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
+    closed: bool = False  # its reader has gone: drop it once the engine is done with it
+    released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
 
 
 @dataclass
@@ -143,6 +185,7 @@ class BatchedRunner(ModelRunner):
         self._pending: list[_Request] = []
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
+        self._rows: dict[int, _Row] = {}  # driven sessions by slot
         self._last_arrival = 0.0  # when the newest pending request came
         self._stopping = False
         self.stats = StepStats()
@@ -194,6 +237,39 @@ class BatchedRunner(ModelRunner):
     def forward_branches(self, slot, step, tokens, positions, limits):
         return None  # pre-drafting's branch rows are not batched: the caller drafts one chain instead
 
+    def drive(self, loop: Driven) -> Iterator[object]:
+        """Run a session's loop in the engine; yields its cycles as they are committed. Closing the generator
+        (the caller went away) takes the session out of the engine before it returns."""
+        row = _Row(loop)
+        loop.attach(self._wake)
+        with self._cv:
+            if self._stopping:
+                raise Unavailable("the engine has stopped")
+            self._rows[loop.slot.index] = row
+            self._cv.notify_all()
+        try:
+            while (item := row.outbox.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            with self._cv:
+                row.closed = True
+                if not row.busy:
+                    self._drop(row)
+            row.released.wait()  # at most one step: then the caller may close the sequence
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._last_arrival = time.monotonic()
+            self._cv.notify_all()
+
+    def _drop(self, row: _Row) -> None:
+        """Take a driven session out (the caller holds the lock)."""
+        if self._rows.get(row.loop.slot.index) is row:
+            del self._rows[row.loop.slot.index]
+        row.released.set()
+
     def stop(self) -> None:
         """End the engine loop; forwards still waiting fail with UNAVAILABLE."""
         with self._cv:
@@ -239,24 +315,10 @@ class BatchedRunner(ModelRunner):
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:
                 mark, mark_t = self._report(mark, mark_t), time.monotonic()
-            with self._cv:
-                while not self._pending and not self._stopping:
-                    self._cv.wait()
-                if self._stopping:
-                    for r in self._pending:
-                        r.error = Unavailable("the engine has stopped")
-                        r.done.set()
-                    return
-                began = time.monotonic()
-                deadline = began + self.gather_s
-                while (self._expected - {r.index for r in self._pending}) and not self._stopping:
-                    left = min(deadline, max(began, self._last_arrival) + LULL_S) - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-                steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
-                prefill = next((r for r in self._pending if len(r.ids) > self.graph_max_tokens), None)
-                self._pending = [r for r in self._pending if r not in steps and r is not prefill]
+            work = self._gather()
+            if work is None:
+                return
+            steps, prefill = work
             try:
                 if steps:
                     self._run_step(steps)
@@ -265,12 +327,117 @@ class BatchedRunner(ModelRunner):
             except BaseException as e:  # noqa: BLE001 - handed to every waiting session, the loop goes on
                 log.exception("batched forward failed")
                 for r in steps + ([prefill] if prefill is not None else []):
-                    r.error = e
-                    r.done.set()
+                    self._fail(r, e)
             with self._cv:
-                self._expected = {r.index for r in steps if r.done.is_set()} & self._open
-                if prefill is not None and not prefill.done.is_set():
+                self._expected = {r.index for r in steps if r.row is None and r.done.is_set()} & self._open
+                if prefill is not None and prefill.fed < len(prefill.ids) and not prefill.done.is_set():
                     self._pending.append(prefill)  # its next chunk goes with the next step
+
+    def _gather(self) -> tuple[list[_Request], _Request | None] | None:
+        """The next step's work: every driven session that is ready, and the forwards callers handed in.
+        Waits for the sessions answered last step (and those waiting for their drafts) until none has come
+        back for LULL_S, at most `gather_s`; None when the engine stops."""
+        began = None
+        while True:
+            self._plan_rows()
+            with self._cv:
+                if self._stopping:
+                    self._stop_all()
+                    return None
+                now = time.monotonic()
+                waiting = {i for i, row in self._rows.items() if not row.busy}
+                if not self._pending:
+                    self._cv.wait(IDLE_POLL_S if waiting else None)
+                    continue
+                began = now if began is None else began
+                expected = (self._expected - {r.index for r in self._pending}) | waiting
+                left = min(began + self.gather_s, max(began, self._last_arrival) + LULL_S) - now
+                if expected and left > 0:
+                    self._cv.wait(left)
+                    continue
+                steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
+                prefill = next((r for r in self._pending if r not in steps), None)
+                self._pending = [r for r in self._pending if r not in steps and r is not prefill]
+                return steps, prefill
+
+    def _plan_rows(self) -> None:
+        """Ask every driven session that is not in a step yet for its next forward."""
+        with self._cv:
+            rows = [row for row in self._rows.values() if not row.busy and not row.closed]
+            for row in rows:
+                row.busy = True
+        for row in rows:
+            try:
+                forward = row.loop.plan(wait=False)
+                if forward is WAITING or forward is None:
+                    request = None
+                else:
+                    slot = row.loop.slot
+                    ids = self._new_tokens(slot, forward.ids, forward.keep)  # rolls the row back to what it reuses
+                    request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row)
+            except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
+                log.exception("a session's cycle failed")
+                self._end(row, e)
+                continue
+            with self._cv:
+                if forward is None:
+                    self._end(row, _END)
+                elif request is not None:
+                    self._pending.append(request)
+                else:
+                    row.busy = False
+                    if row.closed:
+                        self._drop(row)
+
+    def _end(self, row: _Row, last: object) -> None:
+        """A driven session is over: `last` (_END or an exception) is its reader's last item."""
+        row.outbox.put(last)
+        with self._cv:
+            self._drop(row)
+
+    def _deliver(self, r: _Request) -> None:
+        """A request's forward is done: wake its caller, or complete a driven session's cycle."""
+        row = r.row
+        if row is None:
+            r.done.set()
+            return
+        with self._cv:
+            closed = row.closed
+        if closed:
+            self._end(row, _END)
+            return
+        row.loop.slot.tokens.extend(r.ids)
+        try:
+            cycle = row.loop.complete(r.argmax, r.logits, r.started)
+        except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
+            log.exception("a session's cycle failed")
+            self._end(row, e)
+            return
+        row.outbox.put(cycle)
+        if row.loop.done:
+            self._end(row, _END)
+            return
+        with self._cv:
+            row.busy = False
+            if row.closed:
+                self._drop(row)
+
+    def _fail(self, r: _Request, error: BaseException) -> None:
+        if r.row is not None:
+            self._end(r.row, error)
+        else:
+            r.error = error
+            r.done.set()
+
+    def _stop_all(self) -> None:
+        """The engine stops: every waiting caller and driven session gets UNAVAILABLE (the caller holds the lock)."""
+        for r in self._pending:
+            if r.row is None:
+                r.error = Unavailable("the engine has stopped")
+                r.done.set()
+        for row in list(self._rows.values()):
+            row.outbox.put(Unavailable("the engine has stopped"))
+            self._drop(row)
 
     def _run_step(self, requests: list[_Request]) -> None:
         """One forward over slots [0, B): each request's tokens in its own row, padded to n."""
@@ -292,7 +459,8 @@ class BatchedRunner(ModelRunner):
                 r.argmax = top[r.index][kept]
             else:
                 r.logits = logits[r.index, kept].to(torch.float32, copy=True)
-            r.done.set()
+            r.started = t0
+            self._deliver(r)
         s, step_s = self.stats, time.perf_counter() - t0
         s.steps, s.rows = s.steps + 1, s.rows + len(requests)
         s.busy_s += step_s
@@ -301,6 +469,8 @@ class BatchedRunner(ModelRunner):
 
     def _run_chunk(self, r: _Request) -> None:
         """The next chunk of a long request, alone (eager: prompt lengths vary)."""
+        if not r.fed:
+            r.started = time.perf_counter()
         chunk = r.ids[r.fed:r.fed + self.prefill_chunk]
         start = r.start + r.fed
         ids = torch.tensor([chunk], dtype=torch.long)
@@ -313,7 +483,7 @@ class BatchedRunner(ModelRunner):
         if last:
             r.logits = logits[0].float()  # [keep, V]
             r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
-            r.done.set()
+            self._deliver(r)
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         rows, n = ids.shape

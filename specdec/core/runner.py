@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from transformers import StaticCache
@@ -48,6 +48,18 @@ class KVSlot:
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+
+class Forward(NamedTuple):
+    """The forward a sequence asks of a runner: hold `ids` in the cache, return the last `keep` positions'
+    logits, or only their argmax (`greedy`)."""
+
+    ids: list[int]
+    keep: int
+    greedy: bool
+
+
+WAITING = Forward([], 0, False)  # a sequence that wants no forward yet (its draft's proposal has not come)
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

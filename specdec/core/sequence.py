@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 
 from specdec.core.config import FinishReason, GenerationRequest
+from specdec.core.errors import Unavailable
 from specdec.core.proposal import Proposal
-from specdec.core.runner import ModelRunner
+from specdec.core.runner import Forward, ModelRunner
 from specdec.core.sampling import fresh_seed, process_logits
 from specdec.core.stats import Cycle
 from specdec.core.verify import DraftProbs, OneHotDraftProbs, VerifyResult, verify_greedy, verify_sampling
@@ -27,6 +28,16 @@ class UsableDrafts(NamedTuple):
     token_ids: list[int]  # [k] draft tokens after the committed sequence
     probs: DraftProbs | None  # their q (None: greedy, or one-hot)
     sources: list[str]  # proposer of each
+
+
+class Prepared(NamedTuple):
+    """A cycle between choosing its drafts and verifying them."""
+
+    drafts: list[int]  # [k]
+    probs: DraftProbs | None
+    sources: list[str]
+    start: int  # committed length before the cycle
+    forward: Forward  # what the runner must compute: committed + drafts, k + 1 positions kept
 
 
 class _ShiftedDraftProbs:
@@ -98,22 +109,39 @@ class TargetSequence:
             probs = _ShiftedDraftProbs(probs, offset)
         return UsableDrafts(drafts, probs, proposal.sources()[offset:offset + len(drafts)])
 
-    def step(self, proposal: Proposal | None = None, limit: int | None = None) -> Cycle:
-        """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens."""
-        assert self.finish_reason is None, "step() after the sequence finished"
+    def prepare(self, proposal: Proposal | None = None, limit: int | None = None) -> Prepared:
+        """A cycle's first half: the drafts to verify (none: plain decoding) and the forward that scores them."""
+        assert self.finish_reason is None, "a cycle after the sequence finished"
         drafts, probs, sources = self.usable_drafts(proposal, limit) or UsableDrafts([], None, [])
-        start = len(self.committed)
-        t0 = time.perf_counter()
-        if self.sampling.greedy:  # only the argmax is needed: a batched runner finds it for every row at once
-            result = verify_greedy(drafts, self.runner.greedy_ids(self.slot, self.committed + drafts, keep=len(drafts) + 1))
+        forward = Forward(self.committed + drafts, len(drafts) + 1, self.sampling.greedy)
+        return Prepared(drafts, probs, sources, len(self.committed), forward)
+
+    def complete(self, prepared: Prepared, top: list[int] | None, logits: torch.Tensor | None,
+                 started: float) -> Cycle:
+        """A cycle's second half, given its forward's argmax (greedy) or logits [k+1, V]: verify, roll the
+        cache back to the new committed[:-1], commit 1..k+1 tokens. `started`: when the forward began."""
+        drafts, probs, sources, start, _ = prepared
+        if self.sampling.greedy:
+            result = verify_greedy(drafts, top)
         else:
-            logits = self.runner.extend(self.slot, self.committed + drafts, keep=len(drafts) + 1)  # [k+1, V]
-            result = self._sample(drafts, probs, logits, start)
+            try:
+                result = self._sample(drafts, probs, logits, start)
+            except Unavailable:  # the draft died while we fetched a q row: this position is decided alone
+                drafts, sources = [], []  # (the first logits row does not depend on the drafts)
+                result = self._sample([], None, logits[:1], start)
         self.runner.truncate(self.slot, start + result.accepted)  # holds the new committed[:-1]
-        verify_s = time.perf_counter() - t0
         new_tokens = self._commit(result.token_ids)
-        return Cycle(new_tokens=new_tokens, start=start, k=len(drafts), accepted=result.accepted, verify_s=verify_s,
-                     draft_sources=sources, finish_reason=self.finish_reason)
+        return Cycle(new_tokens=new_tokens, start=start, k=len(drafts), accepted=result.accepted,
+                     verify_s=time.perf_counter() - started, draft_sources=sources, finish_reason=self.finish_reason)
+
+    def step(self, proposal: Proposal | None = None, limit: int | None = None) -> Cycle:
+        """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens: one whole cycle here."""
+        prepared = self.prepare(proposal, limit)
+        ids, keep, greedy = prepared.forward
+        started = time.perf_counter()
+        if greedy:  # only the argmax is needed
+            return self.complete(prepared, self.runner.greedy_ids(self.slot, ids, keep), None, started)
+        return self.complete(prepared, None, self.runner.extend(self.slot, ids, keep), started)
 
     def finish(self, reason: FinishReason) -> None:
         if self.finish_reason is None:

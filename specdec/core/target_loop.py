@@ -13,14 +13,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Protocol, Sequence
 
+import torch
+
 from specdec.core.adaptive import KChooser
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import FinishReason
 from specdec.core.decoder import feedback_of
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
-from specdec.core.errors import Unavailable
 from specdec.core.proposal import Proposal, Proposer
-from specdec.core.sequence import TargetSequence
+from specdec.core.runner import WAITING, Forward, KVSlot
+from specdec.core.sequence import Prepared, TargetSequence
 from specdec.core.stats import Cycle
 
 
@@ -34,7 +36,7 @@ class Picked:
 
 
 NOTHING = Picked(None, 0.0, 0.0, 0.0, False)
-_BROKEN = object()  # LocalLink: its drafting thread has failed
+BROKEN = object()  # put in a link's inbox: nothing more will come (it failed, or the session was cancelled)
 log = logging.getLogger("specdec.target_loop")
 
 
@@ -42,9 +44,13 @@ class DraftSource(Protocol):
     """The target's end of one session's proposal stream."""
 
     failure: str | None  # why the draft was given up on; None while it serves
+    timeout_s: float | None  # the longest the target waits for a usable proposal (None: no limit)
+    on_arrival: Callable[[], None]  # called on the link's thread whenever something arrives (wakes an engine)
 
     @property
     def failed(self) -> bool: ...
+
+    def fail(self, reason: str) -> None: ...
 
     def wake(self) -> None:
         """Make a waiting `next_proposal` return now (the session was cancelled)."""
@@ -53,6 +59,11 @@ class DraftSource(Protocol):
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         """The most useful proposal available (waiting for one); `usable(p)`: how many of p's tokens the
         target can verify now, -1 when p is stale."""
+        ...
+
+    def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
+        """The most useful proposal already received, without waiting (None: none yet; NOTHING: the link
+        broke); `waited_s`: how long the caller has been waiting for it."""
         ...
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None: ...
@@ -97,11 +108,83 @@ class ProposalPicker:
             self.held.append(item)
 
 
+class ProposalInbox:
+    """The received half of a link, shared by its kinds: proposals arrive on the link's own thread (`put`)
+    and the target takes the most useful one when it wants one, waiting for it (`next_proposal`, on a
+    session's thread) or not (`poll`, the batched engine, which never waits for one session's draft)."""
+
+    failure: str | None = None
+
+    def __init__(self, to_proposal: Callable[[object], Proposal], timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self.on_arrival: Callable[[], None] = lambda: None
+        self._picker = ProposalPicker(to_proposal)
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+
+    def put(self, item) -> None:
+        """A received proposal, or BROKEN: the link will bring nothing more."""
+        self._items.put(item)
+        self.on_arrival()
+
+    def wake(self) -> None:
+        self.put(BROKEN)
+
+    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
+        t0 = time.perf_counter()
+        picker = self._picker
+        picker.begin(usable)
+        while not self.failed:
+            try:  # once something usable is in hand, take only what has already arrived
+                item = (self._items.get_nowait() if picker.best is not None else
+                        self._items.get(timeout=None if self.timeout_s is None
+                                        else max(0.0, t0 + self.timeout_s - time.perf_counter())))
+            except queue.Empty:
+                if picker.best is None:
+                    self.fail(f"no usable proposal within {self.timeout_s:.2f}s")
+                break
+            if item is BROKEN:
+                break
+            picker.consider(item, usable)
+        return self._picked(time.perf_counter() - t0)
+
+    def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
+        picker = self._picker
+        picker.begin(usable)
+        broken = self.failed
+        while not broken:
+            try:
+                item = self._items.get_nowait()
+            except queue.Empty:
+                break
+            broken = item is BROKEN
+            if not broken:
+                picker.consider(item, usable)
+        if picker.best is None and not broken:
+            return None
+        return self._picked(waited_s)
+
+    def _picked(self, wait_s: float) -> Picked:
+        p = self._picker.best
+        return NOTHING if p is None else Picked(p, wait_s, p.draft_s, p.catch_up_s, p.ahead)
+
+
 class TargetLoop:
     """Prefill alone (the draft prefills meanwhile), then verify proposals until done.
 
+    A cycle has two halves around its forward: `plan` (pick the proposal, say what to forward) and
+    `complete` (verify, commit, tell the draft). A batched runner's engine calls them for all its sessions
+    from its own thread (`drive`); with a single-sequence runner, `run` calls them on the caller's thread.
+
     The draft is optional at every step: no link, a failed link, or k == 0 all mean plain decoding
-    through the same `TargetSequence.step`, so failing over loses no token and changes no output.
+    through the same `TargetSequence` cycle, so failing over loses no token and changes no output.
     """
 
     def __init__(self, sequence: TargetSequence, link: DraftSource | None, chooser: KChooser,
@@ -109,83 +192,119 @@ class TargetLoop:
         """`link_k`: the K the draft at the link was started with (None: the chooser's first choice); the
         first verdict tells the draft the chooser's K when they differ."""
         self.sequence = sequence
-        self.compute = compute  # runs the verify step; waiting for the draft stays on the caller's thread
+        self.compute = compute  # runs the forward and verification; waiting for the draft stays on the caller's thread
         self.link = link
         self.chooser = chooser
         self.k = chooser.choose(sequence.max_k)
         self.told_k = self.k if link_k is None else link_k  # the K the draft drafts with now
         self.cancelled = cancelled
+        self._first = True  # the prefill cycle: the draft prefills meanwhile
+        self._picked = NOTHING
+        self._prepared: Prepared | None = None
+        self._ready_at = time.perf_counter()  # when the last cycle ended: waiting for the draft since
+
+    @property
+    def slot(self) -> KVSlot:
+        return self.sequence.slot
+
+    @property
+    def done(self) -> bool:
+        return self.sequence.finish_reason is not None
 
     @property
     def draft_failed(self) -> bool:
         return self.link is not None and self.link.failed
 
-    def run(self) -> Iterator[Cycle]:
-        first = True
-        while self.sequence.finish_reason is None:
-            if self.cancelled.is_set():
-                self.sequence.finish(FinishReason.CANCELLED)
-                return
-            cycle = self._cycle(use_draft=not first)
-            if cycle is None:  # cancelled while waiting for the draft: no further forward
-                self.sequence.finish(FinishReason.CANCELLED)
-                return
-            if not first:  # the draft costs the target what it waited for it: with overlap, only what was not
-                #            hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass);
-                #            a paused draft's catching up is the price of the pause, not of drafting
-                self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, cycle.wait_s - cycle.catch_up_s))
-            first = False
-            self.k = self.chooser.choose(self.sequence.max_k)
-            if self.link is not None and not self.link.failed:
-                next_k = (self.k or -1) if self.k != self.told_k else 0  # -1 pauses, 0 keeps
-                self.told_k = self.k
-                self.link.send_verdict(cycle, next_k)
-            yield cycle
+    def attach(self, wake: Callable[[], None]) -> None:
+        """An engine drives this loop: `wake` tells it the draft sent something (or the session ended)."""
+        if self.link is not None:
+            self.link.on_arrival = wake
 
-    def _cycle(self, use_draft: bool) -> Cycle | None:
+    def run(self) -> Iterator[Cycle]:
+        """The session's cycles, as soon as each is committed."""
+        drive = getattr(self.sequence.runner, "drive", None)
+        if drive is not None:
+            yield from drive(self)
+            return
+        while (forward := self.plan(wait=True)) is not None:
+            yield self.compute.run(self._forward_and_complete, forward)
+
+    def plan(self, wait: bool) -> Forward | None:
+        """The next cycle's forward; None when the sequence is done (or cancelled), WAITING (only when not
+        `wait`) while the draft's proposal has not come and the draft timeout has not passed."""
+        if self.done:
+            return None
+        if self.cancelled.is_set():
+            self.sequence.finish(FinishReason.CANCELLED)
+            return None
         picked = NOTHING
-        wants_draft = use_draft and self.link is not None and not self.link.failed and self.k > 0
-        if wants_draft and self.sequence.max_k > 0:
+        if (not self._first and self.link is not None and not self.link.failed and self.k > 0
+                and self.sequence.max_k > 0):
             def usable(p) -> int:
                 found = self.sequence.usable_drafts(p, self.k)
                 return -1 if found is None else len(found.token_ids)
-            picked = self.link.next_proposal(usable)
-            if self.cancelled.is_set():
-                return None
-        try:
-            cycle = self.compute.run(self.sequence.step, picked.proposal, self.k)
-        except Unavailable:  # the draft died while we fetched a q row: redo this position alone
-            cycle = self.compute.run(self.sequence.step, None)
-        return replace(cycle, wait_s=picked.wait_s, draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
-                       draft_failed=self.draft_failed)
+            if wait:
+                picked = self.link.next_proposal(usable)
+                if self.cancelled.is_set():  # woken: no further forward
+                    self.sequence.finish(FinishReason.CANCELLED)
+                    return None
+            else:
+                waited = time.perf_counter() - self._ready_at
+                picked = self.link.poll(usable, waited)
+                if picked is None:
+                    timeout = self.link.timeout_s
+                    if timeout is None or waited < timeout:
+                        return WAITING
+                    self.link.fail(f"no usable proposal within {timeout:.2f}s")
+                    picked = NOTHING
+        self._picked = picked
+        self._prepared = self.sequence.prepare(picked.proposal, self.k)
+        return self._prepared.forward
+
+    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> Cycle:
+        """Verify and commit the planned cycle from its forward's argmax or logits; choose the next K and
+        tell the draft."""
+        picked = self._picked
+        cycle = replace(self.sequence.complete(self._prepared, top, logits, started), wait_s=picked.wait_s,
+                        draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
+                        draft_failed=self.draft_failed)
+        if not self._first:  # the draft costs the target what it waited for it: with overlap, only what was not
+            #                  hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass);
+            #                  a paused draft's catching up is the price of the pause, not of drafting
+            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, cycle.wait_s - cycle.catch_up_s))
+        self._first = False
+        self.k = self.chooser.choose(self.sequence.max_k)
+        if self.link is not None and not self.link.failed:
+            next_k = (self.k or -1) if self.k != self.told_k else 0  # -1 pauses, 0 keeps
+            self.told_k = self.k
+            self.link.send_verdict(cycle, next_k)
+        self._ready_at = time.perf_counter()
+        return cycle
+
+    def _forward_and_complete(self, forward: Forward) -> Cycle:
+        runner, (ids, keep, greedy) = self.sequence.runner, forward
+        started = time.perf_counter()
+        if greedy:  # only the argmax is needed
+            return self.complete(runner.greedy_ids(self.slot, ids, keep), None, started)
+        return self.complete(None, runner.extend(self.slot, ids, keep), started)
 
 
-class LocalLink:
+class LocalLink(ProposalInbox):
     """An in-process draft at the other end of the link: a DraftSession drafting on its own thread, so it
     drafts ahead while the target verifies (overlap), as a draft service does."""
 
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, greedy: bool,
                  predraft: PredraftPolicy) -> None:
-        self._picker = ProposalPicker(self._to_proposal)
+        super().__init__(self._to_proposal, timeout_s=None)  # it answers every verdict: no wait is long
         self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy, predraft=predraft)
         self._inbox: queue.Queue = queue.Queue()
-        self._proposals: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="local-draft")
         self._thread.start()
-
-    failure: str | None = None  # set when the drafting thread raised: the target then goes on alone
-
-    @property
-    def failed(self) -> bool:
-        return self.failure is not None
-
-    def wake(self) -> None:
-        """Nothing to do: the local draft answers every verdict, so a wait for it is never long."""
 
     @staticmethod
     def _to_proposal(sent: SentProposal) -> Proposal:
         return Proposal(sent.start, sent.token_ids, None, sent.source, sent.token_sources(), draft_s=sent.draft_s,
-                        catch_up_s=sent.catch_up_s)
+                        catch_up_s=sent.catch_up_s, ahead=sent.ahead)
 
     def _run(self) -> None:
         try:
@@ -193,22 +312,11 @@ class LocalLink:
             while (verdict := self._inbox.get()) is not None:
                 for batch in self.session.on_verdict(verdict):
                     for p in batch:
-                        self._proposals.put(p)
+                        self.put(p)
         except Exception as e:  # noqa: BLE001 - a failed draft must not take the request with it
             log.exception("in-process draft failed; the target goes on alone")
-            self.failure = f"{type(e).__name__}: {e}"
-            self._proposals.put(_BROKEN)
-
-    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
-        t0 = time.perf_counter()
-        self._picker.begin(usable)
-        while self._picker.best is None or not self._proposals.empty():  # wait for a usable one, then drain
-            item = self._proposals.get()
-            if item is _BROKEN:
-                return NOTHING
-            self._picker.consider(item, usable)
-        sent = self._picker.best_item
-        return Picked(self._picker.best, time.perf_counter() - t0, sent.draft_s, sent.catch_up_s, sent.ahead)
+            self.fail(f"{type(e).__name__}: {e}")
+            self.put(BROKEN)
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
         self._inbox.put(Verdict(cycle.start, cycle.new_tokens, next_k, feedback_of(cycle)))

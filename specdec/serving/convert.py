@@ -229,7 +229,7 @@ def proposal_from_pb(pb: draft_pb2.DraftProposal, probs: DraftProbs | None) -> P
     return Proposal(start=pb.start, token_ids=list(pb.token_ids), probs=probs,
                     source=PROPOSER_FROM_PB.get(pb.source, ProposerKind.DRAFT_MODEL),
                     token_sources=sources_from_pb(pb.token_sources) or None, draft_s=seconds(pb.draft_ms),
-                    catch_up_s=seconds(pb.catch_up_ms))
+                    catch_up_s=seconds(pb.catch_up_ms), ahead=pb.ahead)
 
 
 def proposals_to_pb(batch: list[SentProposal]) -> draft_pb2.ProposeResponse:

@@ -10,7 +10,7 @@ from specdec.core.batching import BatchedRunner, bucket
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.sequence import TargetSequence
-from specdec.core.target_loop import LocalLink, TargetLoop
+from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
 from specdec.proposers.draft_model import DraftModelFactory
 from tests.conftest import PROMPTS
 
@@ -116,3 +116,59 @@ def test_a_failed_forward_reaches_its_session_and_the_engine_goes_on(tiny_pair_f
         runner.close(slot)
     finally:
         runner.stop()
+
+
+class StalledLink(ProposalInbox):
+    """A draft that sends nothing until released (then it fails, and its session goes on alone)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda p: p, timeout_s=60.0)
+
+    def send_verdict(self, cycle, next_k=0) -> None: ...
+
+    def close(self, cancel=False) -> None: ...
+
+    def release(self) -> None:
+        self.fail("released by the test")
+        self.put(BROKEN)
+
+
+def test_no_session_waits_for_another_sessions_late_draft(tiny_pair_fp32, batched):
+    """A session whose draft is stalled waits alone: another session decodes all its tokens meanwhile
+    (the engine steps without the late row), and once released the stalled one finishes alone, exactly."""
+    pair = tiny_pair_fp32
+    prompt = pair.encode(PROMPTS[3])
+    expected = pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True)).token_ids
+    link = StalledLink()
+    sequence = TargetSequence(batched, GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True),
+                              pair.eos_ids, seed=0)
+    cycles: list = []
+    stalled = threading.Thread(target=lambda: cycles.extend(TargetLoop(sequence, link, FixedK(4),
+                                                                        threading.Event()).run()))
+    stalled.start()
+    try:
+        other = decode(pair, batched, pair.encode(PROMPTS[4]), 32)
+        assert len(other) == 32 and len(cycles) == 1  # only the stalled session's prefill cycle so far
+    finally:
+        link.release()
+        stalled.join(timeout=60)
+        sequence.close()
+    assert sequence.generated == expected and cycles[-1].draft_failed
+    assert batched.free_slots == batched.max_sessions
+
+
+def test_a_session_whose_reader_goes_away_leaves_the_engine(tiny_pair_fp32, batched):
+    """The servicer's generator is closed after two cycles (the client went away): the engine drops the row
+    before close() returns, and the next request decodes normally."""
+    pair = tiny_pair_fp32
+    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[5]), max_new_tokens=200, ignore_eos=True)
+    sequence = TargetSequence(batched, request, pair.eos_ids, seed=0)
+    run = TargetLoop(sequence, None, FixedK(0), threading.Event()).run()
+    next(run), next(run)
+    run.close()
+    assert not batched._rows
+    sequence.close()
+    ids = pair.encode(PROMPTS[6])
+    assert decode(pair, batched, ids, 8) == pair.decoder.generate(
+        GenerationRequest(prompt_ids=ids, max_new_tokens=8, ignore_eos=True)).token_ids
+    assert batched.free_slots == batched.max_sessions
