@@ -152,6 +152,7 @@ class StepStats:
     rows: int = 0  # real rows over all of them
     prefill_chunks: int = 0
     busy_s: float = 0.0  # time in batched steps
+    forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
 
 
@@ -186,6 +187,7 @@ class BatchedRunner(ModelRunner):
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
+        self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._stopping = False
         self.stats = StepStats()
@@ -304,11 +306,12 @@ class BatchedRunner(ModelRunner):
         """Log what the engine did since `since` (every LOG_EVERY_S while it works); a copy of the stats now."""
         s, wall = self.stats, time.monotonic() - t0
         if s.steps > since.steps:
-            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step, busy %.0f%%, %d prefill chunks",
-                     s.steps - since.steps, wall, (s.rows - since.rows) / (s.steps - since.steps),
-                     1e3 * (s.busy_s - since.busy_s) / (s.steps - since.steps), 100 * (s.busy_s - since.busy_s) / wall,
+            steps = s.steps - since.steps
+            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f), busy %.0f%%, "
+                     "%d prefill chunks", steps, wall, (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
+                     1e3 * (s.forward_s - since.forward_s) / steps, 100 * (s.busy_s - since.busy_s) / wall,
                      s.prefill_chunks - since.prefill_chunks)
-        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s)
+        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s)
 
     def _loop(self) -> None:
         mark, mark_t = StepStats(), time.monotonic()
@@ -347,12 +350,14 @@ class BatchedRunner(ModelRunner):
                 now = time.monotonic()
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
+                    self._publish()
                     self._cv.wait(IDLE_POLL_S if waiting else None)
                     continue
                 began = now if began is None else began
                 expected = (self._expected - {r.index for r in self._pending}) | waiting
                 left = min(began + self.gather_s, max(began, self._last_arrival) + LULL_S) - now
                 if expected and left > 0:
+                    self._publish()
                     self._cv.wait(left)
                     continue
                 steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
@@ -391,7 +396,7 @@ class BatchedRunner(ModelRunner):
 
     def _end(self, row: _Row, last: object) -> None:
         """A driven session is over: `last` (_END or an exception) is its reader's last item."""
-        row.outbox.put(last)
+        self._outputs.append((row, last))
         with self._cv:
             self._drop(row)
 
@@ -413,7 +418,7 @@ class BatchedRunner(ModelRunner):
             log.exception("a session's cycle failed")
             self._end(row, e)
             return
-        row.outbox.put(cycle)
+        self._outputs.append((row, cycle))
         if row.loop.done:
             self._end(row, _END)
             return
@@ -421,6 +426,14 @@ class BatchedRunner(ModelRunner):
             row.busy = False
             if row.closed:
                 self._drop(row)
+
+    def _publish(self) -> None:
+        """Hand the driven sessions what the engine finished for them. Called once the next forward is
+        launched (or before the engine waits): their threads, woken now, stream while the GPU computes,
+        instead of contending for the interpreter with the engine's verifying and planning."""
+        outputs, self._outputs = self._outputs, []
+        for row, item in outputs:
+            row.outbox.put(item)
 
     def _fail(self, r: _Request, error: BaseException) -> None:
         if r.row is not None:
@@ -435,6 +448,7 @@ class BatchedRunner(ModelRunner):
             if r.row is None:
                 r.error = Unavailable("the engine has stopped")
                 r.done.set()
+        self._publish()
         for row in list(self._rows.values()):
             row.outbox.put(Unavailable("the engine has stopped"))
             self._drop(row)
@@ -451,8 +465,11 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             ids[r.index] = r.ids + [0] * (n - len(r.ids))
             positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
+        t1 = time.perf_counter()
         logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
+        self._publish()  # the last step's results, while this one runs (on a GPU)
         top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
+        self.stats.forward_s += time.perf_counter() - t1
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
             if r.greedy:
@@ -476,6 +493,7 @@ class BatchedRunner(ModelRunner):
         ids = torch.tensor([chunk], dtype=torch.long)
         positions = torch.arange(start, start + len(chunk))[None]
         last = r.fed + len(chunk) == len(r.ids)
+        self._publish()
         with torch.inference_mode():
             logits = self._eager(ids, positions, keep=r.keep if last else 1, first_slot=r.index)  # [1, keep, V]
         r.fed += len(chunk)
