@@ -35,6 +35,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from specdec.core.attention import use_grouped_attention
 from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
@@ -175,6 +176,7 @@ class BatchedRunner(ModelRunner):
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
         assert prefill_chunk >= graph_max_tokens, "a prefill chunk must hold a verify step's logits"
+        use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
