@@ -39,7 +39,7 @@ from specdec.core.attention import use_grouped_attention
 from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
-from specdec.core.runner import WAITING, Forward, KVSlot, ModelRunner
+from specdec.core.runner import WAITING, Draw, Forward, KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
 
@@ -104,12 +104,22 @@ class _Request:
     keep: int
     greedy: bool
     row: "_Row | None" = None  # the driven session it is for (None: a caller waits on `done`)
+    chain: "_Chain | None" = None  # a caller's draft: the engine feeds each pick back itself
     fed: int = 0  # tokens already forwarded (chunked prefill)
     started: float = 0.0  # when its first forward began
     done: threading.Event = field(default_factory=threading.Event)
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Chain:
+    """`steps` tokens drafted one per step, each picked by `draw` on the engine thread (decode_chain)."""
+
+    steps: int
+    draw: Draw
+    picks: list = field(default_factory=list)
 
 
 class Driven(Protocol):
@@ -286,10 +296,24 @@ class BatchedRunner(ModelRunner):
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
         return self._submit(slot, new_ids, keep, greedy=True).argmax
 
+    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw) -> list:
+        if steps <= 0:
+            return []
+        new_ids = self._new_tokens(slot, ids, 1)
+        assert slot.length + len(new_ids) + steps - 1 <= self.max_len, "the caller keeps drafts inside the context"
+        chain = _Chain(steps, draw)
+        self._hand_over(_Request(slot.index, slot.length, list(new_ids), 1, False, chain=chain))
+        slot.tokens.extend([*new_ids, *(p.token for p in chain.picks[:-1])])
+        return chain.picks
+
     def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
         """Hand the engine one forward and wait for it."""
         assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
-        request = _Request(slot.index, slot.length, list(new_ids), keep, greedy)
+        request = self._hand_over(_Request(slot.index, slot.length, list(new_ids), keep, greedy))
+        slot.tokens.extend(new_ids)
+        return request
+
+    def _hand_over(self, request: _Request) -> _Request:
         with self._cv:
             if self._stopping:
                 raise Unavailable("the engine has stopped")
@@ -299,7 +323,6 @@ class BatchedRunner(ModelRunner):
         request.done.wait()
         if request.error is not None:
             raise request.error
-        slot.tokens.extend(new_ids)
         return request
 
     # ---- the engine thread ----
@@ -335,8 +358,6 @@ class BatchedRunner(ModelRunner):
                     self._fail(r, e)
             with self._cv:
                 self._expected = {r.index for r in steps if r.row is None and r.done.is_set()} & self._open
-                if prefill is not None and prefill.fed < len(prefill.ids) and not prefill.done.is_set():
-                    self._pending.append(prefill)  # its next chunk goes with the next step
 
     def _gather(self) -> tuple[list[_Request], _Request | None] | None:
         """The next step's work: every driven session that is ready, and the forwards callers handed in.
@@ -406,6 +427,8 @@ class BatchedRunner(ModelRunner):
         """A request's forward is done: wake its caller, or complete a driven session's cycle."""
         row = r.row
         if row is None:
+            if r.chain is not None and self._next_pick(r):
+                return
             r.done.set()
             return
         with self._cv:
@@ -436,6 +459,21 @@ class BatchedRunner(ModelRunner):
         outputs, self._outputs = self._outputs, []
         for row, item in outputs:
             row.outbox.put(item)
+
+    def _next_pick(self, r: _Request) -> bool:
+        """A draft chain's step is done: pick its token; True when the request goes on to its next step."""
+        chain = r.chain
+        try:
+            chain.picks.append(chain.draw(r.logits[-1:], r.start + len(r.ids)))
+        except BaseException as e:  # noqa: BLE001 - the caller's to handle
+            r.error = e
+            return False
+        if len(chain.picks) == chain.steps:
+            return False
+        r.start, r.ids, r.fed, r.logits = r.start + len(r.ids), [chain.picks[-1].token], 0, None
+        with self._cv:
+            self._pending.append(r)  # in the next step, with no round trip to the caller
+        return True
 
     def _fail(self, r: _Request, error: BaseException) -> None:
         if r.row is not None:
@@ -504,6 +542,9 @@ class BatchedRunner(ModelRunner):
             r.logits = logits[0].float()  # [keep, V]
             r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
             self._deliver(r)
+        else:
+            with self._cv:
+                self._pending.append(r)  # its next chunk goes with the next step
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         rows, n = ids.shape

@@ -48,11 +48,8 @@ class ModelDrafting:
         token it can draft is the one at position max_len (drafted from max_len cached tokens)."""
         t0 = time.perf_counter()
         start = len(committed)
-        sequence = list(committed)
-        picks: list[Pick] = []
-        for i in range(min(k, self.runner.max_len + 1 - start)):
-            picks += self._draw(self.runner.extend(self.slot, sequence, keep=1), [start + i])
-            sequence.append(picks[-1].token)
+        picks = self.runner.decode_chain(self.slot, committed, max(0, min(k, self.runner.max_len + 1 - start)),
+                                         lambda logits, position: self._draw(logits, [position])[0])
         return proposal_of(start, picks, self.source, time.perf_counter() - t0)
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],

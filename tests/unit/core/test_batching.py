@@ -172,3 +172,36 @@ def test_a_session_whose_reader_goes_away_leaves_the_engine(tiny_pair_fp32, batc
     assert decode(pair, batched, ids, 8) == pair.decoder.generate(
         GenerationRequest(prompt_ids=ids, max_new_tokens=8, ignore_eos=True)).token_ids
     assert batched.free_slots == batched.max_sessions
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)],
+                         ids=["greedy", "sampled"])
+def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
+    """Draft sessions at once on a batched draft runner, each drafting k tokens in one engine request
+    (decode_chain: the engine feeds each pick back): the same tokens (and q) as the single-sequence runner."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.draft.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32)
+    try:
+        prompts = [pair.encode(p) for p in PROMPTS[:6]]
+
+        def drafts(draft_runner, ids, k):
+            proposer = DraftModelFactory(draft_runner, pair.target_runner.vocab_size).open(sampling, 3)
+            try:
+                first = proposer.propose(ids, k)
+                second = proposer.propose(ids + first.token_ids[:2] + [5], k)  # after a verdict with a correction
+                return [(p.token_ids, None if p.probs is None else [p.probs.token_prob(i) for i in range(p.k)])
+                        for p in (first, second)]
+            finally:
+                proposer.close()
+
+        alone = [drafts(pair.draft_runner, ids, 2 + i) for i, ids in enumerate(prompts)]
+        steps_before = runner.stats.steps
+        together = concurrently([lambda i=i, ids=ids: drafts(runner, ids, 2 + i) for i, ids in enumerate(prompts)])
+        for want, got in zip(alone, together):
+            assert [t for t, _ in got] == [t for t, _ in want]
+            for (_, q_got), (_, q_want) in zip(got, want):
+                assert q_got == pytest.approx(q_want, rel=1e-4) if q_want else q_got is None
+        assert runner.stats.steps - steps_before < sum(2 * (2 + i) for i in range(6))  # steps were shared
+        assert runner.free_slots == runner.max_sessions
+    finally:
+        runner.stop()
