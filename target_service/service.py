@@ -68,7 +68,8 @@ class TargetService:
                                    sequence.seed, spec.k, request.overlap, self.runner.placement)
                 link = self.links.open(request.draft_address, start, deadline_s)
                 entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
-            chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior)
+            chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
+                                 batch_verify=getattr(self.runner, "batch_verify_cost", None))
                        if spec.adaptive else FixedK(spec.k))
             fell_back = False
             queued_s = sequence.slot.queued_s

@@ -8,12 +8,17 @@ costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 t
 Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
 interpolated linearly between the nearest measured sizes. The acceptance rate a pools decayed counts
 over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
+
+Under a batched engine, verify(k) is the engine's measured step cost at its current number of rows if every
+row verified k drafts (`batch_verify`): rows are padded to a common length, so one session's own cycles
+cannot show what a plain step would cost, and each session choosing as if the batch followed it is what
+lets K fall to 0 together when the load makes speculation cost more than it gains.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -88,11 +93,12 @@ class StepCosts:
             return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
         return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
 
-    def rate(self, alpha: float | None, k: int) -> float | None:
-        """Expected committed tokens per second of a cycle drafting k tokens; None before measurements."""
+    def rate(self, alpha: float | None, k: int, verify_s: float | None = None) -> float | None:
+        """Expected committed tokens per second of a cycle drafting k tokens (verifying in `verify_s` when
+        given); None before measurements."""
         if alpha is None or self.draft_step_s is None or not self.verify_s:
             return None
-        cost = (self.verify_cost(k) or 0.0) + k * self.draft_step_s
+        cost = (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s
         return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
 
 
@@ -116,6 +122,8 @@ class AdaptiveK:
     costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
     prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
     acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
+    batch_verify: Callable[[int], float | None] | None = None  # a batched engine's step cost now, if every row
+    #                                                            verified k drafts (load-aware K); None: alone
     _since_probe: int = 0
     _probing: bool = False
 
@@ -144,7 +152,8 @@ class AdaptiveK:
                 self.prior.observe(k, accepted)
 
     def rate(self, k: int) -> float | None:
-        return self.costs.rate(self.alpha, k)
+        batch = self.batch_verify(k) if self.batch_verify is not None else None
+        return self.costs.rate(self.alpha, k, batch)
 
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""

@@ -156,6 +156,34 @@ class _Row:
 
 
 @dataclass
+class StepCostTable:
+    """t(rows, tokens per row): what a batched step costs at each load, an EMA per (rows bucket, tokens bucket).
+
+    Where a cell was never measured it is scaled from a measured cell of the same rows bucket by the ratio
+    of the two token counts in the nearest rows bucket where both were measured (a plain step at 16 rows
+    is rarely run while every session speculates, but 1-row steps of both sizes are)."""
+
+    smoothing: float = 0.2
+    cells: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    def observe(self, rows: int, tokens: int, seconds: float) -> None:
+        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
+        old = self.cells.get(key)
+        self.cells[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+
+    def cost(self, rows: int, tokens: int) -> float | None:
+        r, n = bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)
+        if (r, n) in self.cells:
+            return self.cells[(r, n)]
+        for m in sorted({m for (b, m) in self.cells if b == r}, key=lambda m: abs(m - n)):
+            others = sorted({b for (b, x) in self.cells if x == m and (b, n) in self.cells}, key=lambda b: abs(b - r))
+            if others:
+                b = others[0]
+                return self.cells[(r, m)] * self.cells[(b, n)] / self.cells[(b, m)]
+        return None
+
+
+@dataclass
 class StepStats:
     """What the engine did, for metrics and tests."""
 
@@ -203,6 +231,7 @@ class BatchedRunner(ModelRunner):
         self._last_arrival = 0.0  # when the newest pending request came
         self._stopping = False
         self.stats = StepStats()
+        self.costs = StepCostTable()
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
@@ -272,6 +301,11 @@ class BatchedRunner(ModelRunner):
                 if not row.busy:
                     self._drop(row)
             row.released.wait()  # at most one step: then the caller may close the sequence
+
+    def batch_verify_cost(self, k: int) -> float | None:
+        """What a step costs now if every driven session verifies k drafts (k + 1 tokens per row): the verify
+        cost load-aware K weighs, since in a padded batch one row's K sets every row's step."""
+        return self.costs.cost(max(1, len(self._rows)), k + 1)
 
     def _wake(self) -> None:
         with self._cv:
@@ -519,6 +553,7 @@ class BatchedRunner(ModelRunner):
             r.started = t0
             self._deliver(r)
         s, step_s = self.stats, time.perf_counter() - t0
+        self.costs.observe(len(requests), max(len(r.ids) for r in requests), step_s)
         s.steps, s.rows = s.steps + 1, s.rows + len(requests)
         s.busy_s += step_s
         s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1

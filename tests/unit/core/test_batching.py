@@ -205,3 +205,28 @@ def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
         assert runner.free_slots == runner.max_sessions
     finally:
         runner.stop()
+
+
+def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
+    from specdec.core.batching import StepCostTable
+    table = StepCostTable(smoothing=1.0)
+    table.observe(1, 1, 0.010)
+    table.observe(1, 5, 0.015)
+    table.observe(16, 5, 0.030)
+    assert table.cost(16, 5) == 0.030 and table.cost(12, 4) == 0.030  # same buckets
+    assert table.cost(16, 1) == pytest.approx(0.030 * 0.010 / 0.015)  # scaled by the 1-row ratio
+    assert table.cost(64, 1) is None
+
+
+def test_load_aware_k_stops_speculating_when_plain_batched_steps_are_cheaper():
+    """The session's own cycles (padded to the batch's K) show verify(0) = verify(4); the engine's table says
+    a plain step at this load costs a third: K goes to 0, while alone the same costs keep K at 4."""
+    from specdec.core.adaptive import AdaptiveK, StepCosts
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.030, draft_s=0.008)  # 2 ms per drafted token
+    costs.observe(0, 0.030)
+    alone = AdaptiveK(max_k=4, costs=costs)
+    batched = AdaptiveK(max_k=4, costs=costs, batch_verify=lambda k: 0.010 if k == 0 else 0.030)
+    for chooser in (alone, batched):
+        chooser.observe(4, 2, 0.030, 0.008)  # a = 2/3: E(4) = 2.6 tokens
+    assert alone.choose() == 4 and batched.choose() == 0
