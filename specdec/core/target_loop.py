@@ -269,9 +269,11 @@ class TargetLoop:
                         draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
                         draft_failed=self.draft_failed)
         if not self._first:  # the draft costs the target what it waited for it: with overlap, only what was not
-            #                  hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass);
-            #                  a paused draft's catching up is the price of the pause, not of drafting
-            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, cycle.wait_s - cycle.catch_up_s))
+            #                  hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass),
+            #                  and in a batched engine also the wait for the step that took the proposal in; a
+            #                  paused draft's catching up is the price of the pause, not of drafting
+            waited = max(picked.wait_s, started - self._ready_at)
+            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, waited - cycle.catch_up_s))
         self._first = False
         self.k = self.chooser.choose(self.sequence.max_k)
         if self.link is not None and not self.link.failed:
