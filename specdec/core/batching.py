@@ -105,6 +105,7 @@ class _Request:
     greedy: bool
     row: "_Row | None" = None  # the driven session it is for (None: a caller waits on `done`)
     chain: "_Chain | None" = None  # a caller's draft: the engine feeds each pick back itself
+    pick: object = None  # its step's pick, when drawn with its chain's group
     fed: int = 0  # tokens already forwarded (chunked prefill)
     started: float = 0.0  # when its first forward began
     done: threading.Event = field(default_factory=threading.Event)
@@ -119,6 +120,7 @@ class _Chain:
 
     steps: int
     draw: Draw
+    group: object = None  # chains of one group are drawn together (runner.decode_chain)
     picks: list = field(default_factory=list)
 
 
@@ -330,12 +332,12 @@ class BatchedRunner(ModelRunner):
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
         return self._submit(slot, new_ids, keep, greedy=True).argmax
 
-    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw) -> list:
+    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw, group: object = None) -> list:
         if steps <= 0:
             return []
         new_ids = self._new_tokens(slot, ids, 1)
         assert slot.length + len(new_ids) + steps - 1 <= self.max_len, "the caller keeps drafts inside the context"
-        chain = _Chain(steps, draw)
+        chain = _Chain(steps, draw, group)
         self._hand_over(_Request(slot.index, slot.length, list(new_ids), 1, False, chain=chain))
         slot.tokens.extend([*new_ids, *(p.token for p in chain.picks[:-1])])
         return chain.picks
@@ -495,16 +497,18 @@ class BatchedRunner(ModelRunner):
             row.outbox.put(item)
 
     def _next_pick(self, r: _Request) -> bool:
-        """A draft chain's step is done: pick its token; True when the request goes on to its next step."""
+        """A draft chain's step is done: pick its token (unless its group's draw did); True when the request
+        goes on to its next step."""
         chain = r.chain
         try:
-            chain.picks.append(chain.draw(r.logits[-1:], r.start + len(r.ids)))
+            pick = r.pick if r.pick is not None else chain.draw(r.logits[-1:], [r.start + len(r.ids)])[0]
         except BaseException as e:  # noqa: BLE001 - the caller's to handle
             r.error = e
             return False
+        chain.picks.append(pick)
         if len(chain.picks) == chain.steps:
             return False
-        r.start, r.ids, r.fed, r.logits = r.start + len(r.ids), [chain.picks[-1].token], 0, None
+        r.start, r.ids, r.fed, r.logits, r.pick = r.start + len(r.ids), [pick.token], 0, None, None
         with self._cv:
             self._pending.append(r)  # in the next step, with no round trip to the caller
         return True
@@ -544,11 +548,12 @@ class BatchedRunner(ModelRunner):
         self._publish()  # the last step's results, while this one runs (on a GPU)
         top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
         self.stats.forward_s += time.perf_counter() - t1
+        self._draw_groups(logits, requests)
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
             if r.greedy:
                 r.argmax = top[r.index][kept]
-            else:
+            elif r.pick is None:
                 r.logits = logits[r.index, kept].to(torch.float32, copy=True)
             r.started = t0
             self._deliver(r)
@@ -558,6 +563,20 @@ class BatchedRunner(ModelRunner):
         s.busy_s += step_s
         s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1
         self.on_step(len(requests), step_s)
+
+    def _draw_groups(self, logits: torch.Tensor, requests: list[_Request]) -> None:
+        """Pick the next token of every grouped draft chain of a step, a group at a time (one draw and one
+        host read for all its rows, instead of one per row)."""
+        groups: dict[object, list[_Request]] = {}
+        for r in requests:
+            if r.chain is not None and r.chain.group is not None:
+                groups.setdefault(r.chain.group, []).append(r)
+        for members in groups.values():
+            rows = torch.tensor([r.index for r in members], device=logits.device)
+            last = torch.tensor([len(r.ids) - 1 for r in members], device=logits.device)
+            picks = members[0].chain.draw(logits[rows, last].float(), [r.start + len(r.ids) for r in members])
+            for r, pick in zip(members, picks):
+                r.pick = pick
 
     def _run_chunk(self, r: _Request) -> None:
         """The next chunk of a long request, alone (eager: prompt lengths vary)."""

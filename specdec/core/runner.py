@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from transformers import StaticCache
@@ -60,7 +60,7 @@ class Forward(NamedTuple):
 
 
 WAITING = Forward([], 0, False)  # a sequence that wants no forward yet (its draft's proposal has not come)
-Draw = Callable[[torch.Tensor, int], Any]  # (logits [1, V], position) -> a pick with a `token`
+Draw = Callable[[torch.Tensor, list[int]], list]  # (logits [B, V], positions [B]) -> a pick (with a `token`) per row
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -225,14 +225,15 @@ class ModelRunner:
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
         return self._forward(slot, new_ids, keep).argmax(-1).tolist()  # one host sync for the block
 
-    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw) -> list:
+    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw, group: object = None) -> list:
         """Make the cache hold `ids`, then `steps` times: pick a token from the last position's logits with
-        `draw(logits [1, V], position of the pick)` and append it (drafting k tokens). Returns the picks (each
+        `draw(logits [1, V], [position of the pick])` and append it (drafting k tokens). Returns the picks (each
         has a `token`); the last pick is not forwarded. A batched runner runs the steps without a round trip
-        to the caller."""
+        to the caller, and draws the rows of chains with one `group` (not None) together, with any one of
+        their `draw`s: a group's draws must not depend on the caller (greedy picks)."""
         sequence, picks = list(ids), []
         for _ in range(steps):
-            picks.append(draw(self.extend(slot, sequence, keep=1), len(sequence)))
+            picks += draw(self.extend(slot, sequence, keep=1), [len(sequence)])
             sequence.append(picks[-1].token)
         return picks
 

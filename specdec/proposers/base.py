@@ -39,6 +39,8 @@ class ModelDrafting:
     slot: KVSlot
     source: ProposerKind
 
+    draw_group: object = None  # proposers whose `_draw`s are interchangeable share one (a batched runner draws them together)
+
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions."""
         raise NotImplementedError
@@ -49,7 +51,7 @@ class ModelDrafting:
         t0 = time.perf_counter()
         start = len(committed)
         picks = self.runner.decode_chain(self.slot, committed, max(0, min(k, self.runner.max_len + 1 - start)),
-                                         lambda logits, position: self._draw(logits, [position])[0])
+                                         self._draw, self.draw_group)
         return proposal_of(start, picks, self.source, time.perf_counter() - t0)
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],

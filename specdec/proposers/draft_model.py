@@ -31,6 +31,7 @@ class DraftModelProposer(ModelDrafting):
         self.pad = vocab_size - runner.vocab_size  # q rows are padded with zeros to the target's vocab
         assert self.pad >= 0, "the draft's vocabulary must not be larger than the target's"
         self.slot = runner.open()
+        self.draw_group = "greedy" if sampling.greedy else None  # greedy picks depend on the logits alone
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
         t0 = time.perf_counter()
