@@ -35,12 +35,16 @@ def main() -> int:
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--configs", default="target-only,spec")
+    p.add_argument("--configs", default="target-only,spec",
+                   help=f"comma-separated: {', '.join(CONFIGS)}, or hf-generate (HF generate() at batch = concurrency)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client (at least 4 in all per point)")
     p.add_argument("--k", type=int, default=4)
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     for name in args.configs.split(","):
+        if name == "hf-generate":
+            hf_generate(args, levels)
+            continue
         with_draft, extra, orch = CONFIGS[name]
         common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
                   "--max-sessions", str(args.max_sessions), *extra]
@@ -59,6 +63,31 @@ def main() -> int:
         finally:
             stack.stop()
     return 0
+
+
+def hf_generate(args: argparse.Namespace, levels: list[int]) -> None:
+    """The outside reference: HF `generate()` (greedy, eager, its own dynamic cache) on the same target, one
+    batch of B prompts per concurrency level B, every row generating max_new_tokens (EOS ignored)."""
+    import torch
+
+    from specdec.core.random_models import random_model
+
+    model = random_model(args.target, dtype=getattr(torch, args.dtype), device=args.device).model
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    for b in levels:
+        ids = torch.randint(0, model.config.vocab_size, (b, 6), device=args.device)  # prompts of 6 tokens
+        kwargs = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False,
+                      attention_mask=torch.ones_like(ids), pad_token_id=0)
+        model.generate(ids, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        out = model.generate(ids, **kwargs)
+        sync()
+        wall = time.perf_counter() - t0
+        tokens = b * (out.shape[1] - ids.shape[1])
+        print(json.dumps({"config": "hf-generate", "concurrency": b, "requests": b, "ok": b,
+                          "throughput_tokens_per_s": tokens / wall, "wall_s": wall}), flush=True)
+    del model
 
 
 if __name__ == "__main__":
