@@ -7,6 +7,7 @@ import argparse
 from specdec.cli.options import add_model_args, add_proposer_arg, env_pair
 from specdec.core.config import ProposerKind
 from specdec.core.drafting import Predraft
+from specdec.core.errors import InvalidArgument
 from specdec.tools.bench import MODES, BenchSettings, main
 
 
@@ -44,6 +45,12 @@ def add_parser(sub) -> None:
     bench.add_argument("--predraft", default=Predraft.AUTO.value, choices=[p.value for p in Predraft],
                        help="spec-overlap and services: pre-draft every likely outcome of the block being verified "
                             "(see `specdec serve --help`); auto = when the draft runs on a GPU")
+    bench.add_argument("--concurrency", default=None, metavar="C1,C2,...",
+                       help="sweep concurrent clients instead (e.g. 1,4,16,64): per mode (target-only, services, "
+                            "hf-generate; default target-only,services) aggregate tokens/s, latency p50/p99, TTFT and "
+                            "inter-token latency through fresh local services, the target-only bound from batched "
+                            "step costs measured in this process; --json and --plot take the sweep")
+    bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -55,6 +62,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        return sweep(args)
     return main(BenchSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, cpu_kernels=args.cpu_kernels,
@@ -63,3 +72,18 @@ def run(args: argparse.Namespace) -> int:
         no_overlap=args.no_overlap, repeats=args.repeats, warmup=args.warmup, replay_alpha=args.replay_alpha,
         replay_runner_up=args.replay_runner_up, services_env=tuple(args.services_env), predraft=Predraft(args.predraft),
         json=args.json, plot=args.plot, quiet=args.quiet, report_greedy_mismatch=args.report_greedy_mismatch))
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from specdec.tools.sweep import SweepSettings
+    from specdec.tools.sweep import main as sweep_main
+
+    modes = ("target-only", "services") if args.modes == ",".join(MODES) else tuple(args.modes.split(","))
+    try:
+        levels = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError:
+        raise InvalidArgument("concurrency", f"{args.concurrency!r}: give numbers of clients, e.g. 1,4,16") from None
+    return sweep_main(SweepSettings(
+        target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
+        draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
+        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, json=args.json, plot=args.plot))

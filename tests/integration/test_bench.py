@@ -51,3 +51,26 @@ def test_bench_replays_acceptance_through_the_services(tmp_path):
     assert modes["services"]["token_ids"] == modes["target-only"]["token_ids"]
     for name in ("spec", "services"):
         assert modes[name]["drafts"] > 0 and modes[name]["accepted_tokens"] == 0, (name, modes[name])
+
+
+def test_bench_sweeps_concurrency(tmp_path):
+    """--concurrency: every point of every mode, all requests answered, the target-only bound next to it."""
+    out_json, out_png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,3", "--max-new-tokens", "8",
+                          "--rounds", "1", "--modes", "target-only,services,hf-generate", "--json", str(out_json),
+                          "--plot", str(out_png)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| target-only | 3 |" in run.stdout and "| hf-generate | 1 |" in run.stdout
+    result = json.loads(out_json.read_text())
+    points = {(p["mode"], p["concurrency"]): p for p in result["points"]}
+    assert set(points) == {(m, c) for m in ("target-only", "services", "hf-generate") for c in (1, 3)}
+    for (mode, c), p in points.items():
+        assert p["ok"] == p["requests"] >= (4 if mode != "hf-generate" else c) and p["tokens_per_s"] > 0, p
+    assert points[("target-only", 3)]["itl_p50_ms"] > 0 and set(result["bounds"]) == {"1", "3"}
+    assert out_png.stat().st_size > 1000
+
+
+def test_bench_sweep_refuses_in_process_modes():
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,4", "--modes", "spec"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "cannot be swept over concurrency" in run.stderr, run.stderr[-500:]

@@ -1,0 +1,198 @@
+"""`specdec bench --concurrency 1,4,16,64`: what the services give as more clients share them.
+
+For each mode and each number of concurrent clients C, C clients (threads of this process, `loadtest`'s
+client) each send `rounds` requests to a fresh local deployment after an unmeasured warm-up round at that
+concurrency; every request generates exactly max_new_tokens (EOS ignored). Reported per point: aggregate
+tokens/s over all clients, request latency p50/p99, time to first token and inter-token latency (p50 over
+requests), errors. Modes:
+  target-only   orchestrator + batched target, no draft
+  services      orchestrator + batched target + batched draft (adaptive K: the services' defaults)
+  hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
+Next to target-only, the analytic bound C / t(C, 1): t is one batched step of C rows measured here, in
+this process, on the target (docs/benchmarks.md). `--json` writes every point, `--plot` tokens/s against C.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from specdec.core.batching import BatchedRunner
+from specdec.core.errors import InvalidArgument
+from specdec.core.models import load_model
+from specdec.tools import loadtest
+from specdec.tools.launcher import Stack, free_base_port
+
+SWEEP_MODES = ("target-only", "services", "hf-generate")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    target: str = "tiny"
+    draft: str = "tiny"
+    device: str = "cpu"
+    draft_device: str | None = None
+    dtype: str = "auto"
+    draft_dtype: str | None = None
+    max_len: int = 1024
+    modes: tuple[str, ...] = ("target-only", "services")
+    levels: tuple[int, ...] = (1, 4, 16)
+    max_new_tokens: int = 128
+    k: int = 4
+    rounds: int = 2  # measured requests per client (at least 4 in all per point)
+    json: str | None = None
+    plot: str | None = None
+
+    def validate(self) -> "SweepSettings":
+        unknown = [m for m in self.modes if m not in SWEEP_MODES]
+        if unknown:
+            raise InvalidArgument("modes", f"{unknown} cannot be swept over concurrency; choose from "
+                                           f"{', '.join(SWEEP_MODES)} (in-process modes do not use the batched engine yet)")
+        if not self.levels or min(self.levels) < 1:
+            raise InvalidArgument("concurrency", f"{list(self.levels)}: give positive numbers of clients, e.g. 1,4,16")
+        if self.rounds < 1:
+            raise InvalidArgument("rounds", "must be >= 1")
+        return self
+
+
+def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps: int = 10) -> float:
+    """Median seconds of one batched step of rows x tokens, every row at position `ctx` (inputs copied in,
+    the step run, logits ready)."""
+    ids = torch.randint(0, runner.vocab_size, (rows, tokens))
+    positions = torch.arange(ctx, ctx + tokens).repeat(rows, 1)
+    cuda = runner.device.type == "cuda"
+    times = []
+    for _ in range(reps + 3):
+        if cuda:
+            torch.cuda.synchronize(runner.device)
+        t0 = time.perf_counter()
+        runner._batched(ids, positions)
+        if cuda:
+            torch.cuda.synchronize(runner.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[3:])
+
+
+def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
+    s = result.summary()
+    itl = [(lat - ttft) / (len(out) - 2) for lat, ttft, out in zip(result.latencies_s, result.ttft_s, result.outputs)
+           if len(out) > 2]  # outputs: [prompt index, *token ids]
+    return {"mode": mode, "concurrency": concurrency, "requests": s["requests"], "ok": s["ok"], "errors": s["errors"],
+            "tokens_per_s": s["throughput_tokens_per_s"], "latency_p50_ms": s["latency_ms"]["p50"],
+            "latency_p99_ms": s["latency_ms"]["p99"], "ttft_p50_ms": s["ttft_ms"]["p50"],
+            "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None}
+
+
+def sweep_services(s: SweepSettings, mode: str) -> list[dict]:
+    common = ["--device", s.device, "--dtype", s.dtype, "--max-len", str(s.max_len),
+              "--max-sessions", str(max(s.levels))]
+    draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
+             "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
+    stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode == "services" else None,
+                  extra={"target": common, "draft": draft,
+                         "orchestrator": ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8)]})
+    stack.start(timeout_s=600)
+    points = []
+    try:
+        for c in s.levels:
+            loadtest.run(stack.address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 600)  # warm-up at this concurrency
+            result = loadtest.run(stack.address, c, max(s.rounds, -(-4 // c)), loadtest.DEFAULT_PROMPTS,
+                                  s.max_new_tokens, 1200)
+            points.append(point(mode, c, result))
+            print(f"sweep: {mode} at {c} clients: {points[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+    finally:
+        stack.stop()
+    return points
+
+
+def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
+    """HF `generate()` (greedy, its own cache) at batch C, C prompts of 6 tokens, each generating max_new_tokens."""
+    device = next(model.parameters()).device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    points = []
+    for c in s.levels:
+        ids = torch.randint(0, model.config.vocab_size, (c, 6), device=device)
+        kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=s.max_new_tokens, min_new_tokens=s.max_new_tokens, **kwargs)
+        sync()
+        wall = time.perf_counter() - t0
+        points.append({"mode": "hf-generate", "concurrency": c, "requests": c, "ok": c, "errors": {},
+                       "tokens_per_s": c * (out.shape[1] - ids.shape[1]) / wall, "latency_p50_ms": 1e3 * wall,
+                       "latency_p99_ms": 1e3 * wall, "ttft_p50_ms": None, "itl_p50_ms": None})
+    return points
+
+
+def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
+    """C / t(C, 1) for each level: the most tokens/s C sessions can commit decoding plainly in batched steps."""
+    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels))
+    try:
+        return {c: c / batched_step_s(runner, c, 1, min(512, s.max_len // 2)) for c in s.levels}
+    finally:
+        runner.stop()
+
+
+def table(points: list[dict], bounds: dict[int, float]) -> str:
+    lines = ["| mode | clients | tokens/s | bound | % of bound | latency p50 / p99 (ms) | TTFT p50 (ms) | ITL p50 (ms) "
+             "| errors |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+    for p in points:
+        bound = bounds.get(p["concurrency"]) if p["mode"] == "target-only" else None
+        share = f"{100 * p['tokens_per_s'] / bound:.0f}%" if bound else "–"
+        itl = "–" if p["itl_p50_ms"] is None else f"{p['itl_p50_ms']:.1f}"
+        lines.append(f"| {p['mode']} | {p['concurrency']} | {p['tokens_per_s']:.0f} | {fmt(bound)} | {share} | "
+                     f"{fmt(p['latency_p50_ms'])} / {fmt(p['latency_p99_ms'])} | {fmt(p['ttft_p50_ms'])} | {itl} | "
+                     f"{sum(p['errors'].values()) if p['errors'] else 0} |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict], bounds: dict[int, float], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in dict.fromkeys(p["mode"] for p in points):
+        mine = [p for p in points if p["mode"] == mode]
+        ax.plot([p["concurrency"] for p in mine], [p["tokens_per_s"] for p in mine], marker="o", label=mode)
+    if bounds:
+        ax.plot(list(bounds), list(bounds.values()), linestyle="--", color="grey", label="bound (target-only)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("tokens/s, all clients")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(s: SweepSettings) -> int:
+    s.validate()
+    points: list[dict] = []
+    for mode in s.modes:
+        if mode != "hf-generate":
+            points += sweep_services(s, mode)
+    bounds: dict[int, float] = {}
+    if "target-only" in s.modes or "hf-generate" in s.modes:  # the target in this process, once the services are gone
+        model = load_model(s.target, "target", device=s.device, dtype=s.dtype).model
+        if "hf-generate" in s.modes:
+            points += sweep_hf_generate(s, model)
+        if "target-only" in s.modes:
+            bounds = step_bounds(s, model)
+        del model
+    failed = sum(p["ok"] < p["requests"] for p in points)
+    print(table(points, bounds))
+    if s.json:
+        with open(s.json, "w") as f:
+            json.dump({"settings": s.__dict__, "points": points, "bounds": bounds}, f, indent=1, default=list)
+    if s.plot:
+        plot(points, bounds, s.plot)
+    if failed:
+        print(f"sweep: {failed} points had failed requests (see errors)", file=sys.stderr)
+    return 1 if failed else 0
