@@ -142,12 +142,12 @@ def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
 def table(points: list[dict], bounds: dict[int, float]) -> str:
     lines = ["| mode | clients | tokens/s | bound | % of bound | latency p50 / p99 (ms) | TTFT p50 (ms) | ITL p50 (ms) "
              "| errors |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+    fmt = lambda v: "–" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
     for p in points:
         bound = bounds.get(p["concurrency"]) if p["mode"] == "target-only" else None
         share = f"{100 * p['tokens_per_s'] / bound:.0f}%" if bound else "–"
         itl = "–" if p["itl_p50_ms"] is None else f"{p['itl_p50_ms']:.1f}"
-        lines.append(f"| {p['mode']} | {p['concurrency']} | {p['tokens_per_s']:.0f} | {fmt(bound)} | {share} | "
+        lines.append(f"| {p['mode']} | {p['concurrency']} | {fmt(p['tokens_per_s'])} | {fmt(bound)} | {share} | "
                      f"{fmt(p['latency_p50_ms'])} / {fmt(p['latency_p99_ms'])} | {fmt(p['ttft_p50_ms'])} | {itl} | "
                      f"{sum(p['errors'].values()) if p['errors'] else 0} |")
     return "\n".join(lines)
