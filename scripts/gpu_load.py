@@ -66,28 +66,14 @@ def main() -> int:
 
 
 def hf_generate(args: argparse.Namespace, levels: list[int]) -> None:
-    """The outside reference: HF `generate()` (greedy, eager, its own dynamic cache) on the same target, one
-    batch of B prompts per concurrency level B, every row generating max_new_tokens (EOS ignored)."""
-    import torch
+    """The outside reference, as `specdec bench --concurrency` runs it: HF `generate()` at batch = concurrency."""
+    from specdec.core.models import load_model
+    from specdec.tools.sweep import SweepSettings, sweep_hf_generate
 
-    from specdec.core.random_models import random_model
-
-    model = random_model(args.target, dtype=getattr(torch, args.dtype), device=args.device).model
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    for b in levels:
-        ids = torch.randint(0, model.config.vocab_size, (b, 6), device=args.device)  # prompts of 6 tokens
-        kwargs = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False,
-                      attention_mask=torch.ones_like(ids), pad_token_id=0)
-        model.generate(ids, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        out = model.generate(ids, **kwargs)
-        sync()
-        wall = time.perf_counter() - t0
-        tokens = b * (out.shape[1] - ids.shape[1])
-        print(json.dumps({"config": "hf-generate", "concurrency": b, "requests": b, "ok": b,
-                          "throughput_tokens_per_s": tokens / wall, "wall_s": wall}), flush=True)
-    del model
+    model = load_model(args.target, "target", device=args.device, dtype=args.dtype).model
+    settings = SweepSettings(levels=tuple(levels), max_new_tokens=args.max_new_tokens)
+    for point in sweep_hf_generate(settings, model):
+        print(json.dumps({"config": "hf-generate", **point}), flush=True)
 
 
 if __name__ == "__main__":
