@@ -11,8 +11,8 @@ import json
 import sys
 import time
 
-from specdec.tools import loadtest
 from specdec.tools.launcher import Stack, free_base_port
+from specdec.tools.sweep import load_levels
 
 CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
     "target-only": (False, [], []),
@@ -55,10 +55,7 @@ def main() -> int:
         stack.start(timeout_s=400)
         print(f"# {name}: up in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         try:
-            for c in levels:  # warm-up at this concurrency (CUDA graphs of its buckets), then measured
-                loadtest.run(stack.address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 300)
-                rounds = max(args.rounds, -(-4 // c))
-                r = loadtest.run(stack.address, c, rounds, loadtest.DEFAULT_PROMPTS, args.max_new_tokens, 400)
+            for c, r in load_levels(stack.address, levels, args.rounds, args.max_new_tokens):
                 print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)
         finally:
             stack.stop()

@@ -167,16 +167,24 @@ class StepCostTable:
 
     smoothing: float = 0.2
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
+    _estimates: dict[tuple[int, int], float | None] = field(default_factory=dict)  # until the next observation
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
         old = self.cells.get(key)
         self.cells[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+        self._estimates = {}
 
     def cost(self, rows: int, tokens: int) -> float | None:
-        r, n = bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)
-        if (r, n) in self.cells:
-            return self.cells[(r, n)]
+        """Every session's K choice asks this, for each K, between two steps: computed once per cell."""
+        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
+        if key in self.cells:
+            return self.cells[key]
+        if key not in self._estimates:
+            self._estimates[key] = self._scaled(*key)
+        return self._estimates[key]
+
+    def _scaled(self, r: int, n: int) -> float | None:
         for m in sorted({m for (b, m) in self.cells if b == r}, key=lambda m: abs(m - n)):
             others = sorted({b for (b, x) in self.cells if x == m and (b, n) in self.cells}, key=lambda b: abs(b - r))
             if others:

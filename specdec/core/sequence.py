@@ -134,14 +134,19 @@ class TargetSequence:
         return Cycle(new_tokens=new_tokens, start=start, k=len(drafts), accepted=result.accepted,
                      verify_s=time.perf_counter() - started, draft_sources=sources, finish_reason=self.finish_reason)
 
+    def run_forward(self, forward: Forward) -> tuple[list[int] | None, torch.Tensor | None]:
+        """A cycle's forward on this sequence's own slot: (argmax, None) for greedy, which needs only that,
+        else (None, logits [k+1, V])."""
+        ids, keep, greedy = forward
+        if greedy:
+            return self.runner.greedy_ids(self.slot, ids, keep), None
+        return None, self.runner.extend(self.slot, ids, keep)
+
     def step(self, proposal: Proposal | None = None, limit: int | None = None) -> Cycle:
         """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens: one whole cycle here."""
         prepared = self.prepare(proposal, limit)
-        ids, keep, greedy = prepared.forward
         started = time.perf_counter()
-        if greedy:  # only the argmax is needed
-            return self.complete(prepared, self.runner.greedy_ids(self.slot, ids, keep), None, started)
-        return self.complete(prepared, None, self.runner.extend(self.slot, ids, keep), started)
+        return self.complete(prepared, *self.run_forward(prepared.forward), started)
 
     def finish(self, reason: FinishReason) -> None:
         if self.finish_reason is None:

@@ -284,11 +284,8 @@ class TargetLoop:
         return cycle
 
     def _forward_and_complete(self, forward: Forward) -> Cycle:
-        runner, (ids, keep, greedy) = self.sequence.runner, forward
         started = time.perf_counter()
-        if greedy:  # only the argmax is needed
-            return self.complete(runner.greedy_ids(self.slot, ids, keep), None, started)
-        return self.complete(None, runner.extend(self.slot, ids, keep), started)
+        return self.complete(*self.sequence.run_forward(forward), started)
 
 
 class LocalLink(ProposalInbox):

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 
@@ -99,15 +100,21 @@ def sweep_services(s: SweepSettings, mode: str) -> list[dict]:
     stack.start(timeout_s=600)
     points = []
     try:
-        for c in s.levels:
-            loadtest.run(stack.address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 600)  # warm-up at this concurrency
-            result = loadtest.run(stack.address, c, max(s.rounds, -(-4 // c)), loadtest.DEFAULT_PROMPTS,
-                                  s.max_new_tokens, 1200)
+        for c, result in load_levels(stack.address, s.levels, s.rounds, s.max_new_tokens):
             points.append(point(mode, c, result))
             print(f"sweep: {mode} at {c} clients: {points[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     finally:
         stack.stop()
     return points
+
+
+def load_levels(address: str, levels: Sequence[int], rounds: int,
+                max_new_tokens: int) -> Iterator[tuple[int, loadtest.LoadResult]]:
+    """Per number of clients C: an unmeasured warm-up round at C (on a GPU it replays C's graph buckets
+    first), then C clients x `rounds` requests (at least 4 in all), measured."""
+    for c in levels:
+        loadtest.run(address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 600)
+        yield c, loadtest.run(address, c, max(rounds, -(-4 // c)), loadtest.DEFAULT_PROMPTS, max_new_tokens, 1200)
 
 
 def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
