@@ -2,17 +2,22 @@
 concurrent clients, for each stack configuration. One JSON line per (config, concurrency) on stdout.
 
     python3 scripts/gpu_load.py --target random:qwen2.5-7b --draft random:qwen2.5-0.5b --concurrency 1,4,16,64
+
+`replay-A` configs (e.g. replay-0.8, replay-0): speculation whose draft replays the target's own output at
+acceptance A (recorded from the target-only deployment, which then runs first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
+import tempfile
 import time
 
 from specdec.tools.launcher import Stack, free_base_port
-from specdec.tools.sweep import load_levels
+from specdec.tools.sweep import load_levels, record_continuations
 
 CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
     "target-only": (False, [], []),
@@ -36,29 +41,42 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--configs", default="target-only,spec",
-                   help=f"comma-separated: {', '.join(CONFIGS)}, or hf-generate (HF generate() at batch = concurrency)")
+                   help=f"comma-separated: {', '.join(CONFIGS)}, replay-A (a replayed draft at acceptance A), or "
+                        "hf-generate (HF generate() at batch = concurrency)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client (at least 4 in all per point)")
     p.add_argument("--k", type=int, default=4)
     args = p.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    for name in args.configs.split(","):
-        if name == "hf-generate":
-            hf_generate(args, levels)
-            continue
-        with_draft, extra, orch = CONFIGS[name]
-        common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
-                  "--max-sessions", str(args.max_sessions), *extra]
-        stack = Stack(port=free_base_port(), target=args.target, draft=args.draft if with_draft else None,
-                      extra={"target": common, "draft": common + ["--draft-device", args.device],
-                             "orchestrator": ["--k", str(args.k), "--max-workers", str(2 * max(levels)), *orch]})
-        t0 = time.perf_counter()
-        stack.start(timeout_s=400)
-        print(f"# {name}: up in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        try:
-            for c, r in load_levels(stack.address, levels, args.rounds, args.max_new_tokens):
-                print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)
-        finally:
-            stack.stop()
+    names = args.configs.split(",")
+    replayed = any(n.startswith("replay-") for n in names)
+    if replayed and "target-only" not in names:
+        names.insert(0, "target-only-record")  # records the continuations only
+    names.sort(key=lambda n: not n.startswith("target-only"))  # the continuations are recorded first
+    with tempfile.TemporaryDirectory() as scratch:
+        book = str(pathlib.Path(scratch) / "replay.jsonl")
+        for name in names:
+            if name == "hf-generate":
+                hf_generate(args, levels)
+                continue
+            with_draft, extra, orch = CONFIGS.get(name.removesuffix("-record"), (True, [], []))
+            draft_extra = ["--replay-references", book, "--replay-alpha", name.split("-", 1)[1]] \
+                if name.startswith("replay-") else []
+            common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
+                      "--max-sessions", str(args.max_sessions), *extra]
+            stack = Stack(port=free_base_port(), target=args.target, draft=args.draft if with_draft else None,
+                          extra={"target": common, "draft": common + ["--draft-device", args.device, *draft_extra],
+                                 "orchestrator": ["--k", str(args.k), "--max-workers", str(2 * max(levels)), *orch]})
+            t0 = time.perf_counter()
+            stack.start(timeout_s=400)
+            print(f"# {name}: up in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            try:
+                if replayed and name.startswith("target-only") and not pathlib.Path(book).exists():
+                    record_continuations(stack.address, args.target, args.max_new_tokens).save(book)
+                for c, r in ([] if name.endswith("-record") else
+                             load_levels(stack.address, levels, args.rounds, args.max_new_tokens)):
+                    print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)
+            finally:
+                stack.stop()
     return 0
 
 

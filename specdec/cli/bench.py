@@ -86,4 +86,5 @@ def sweep(args: argparse.Namespace) -> int:
     return sweep_main(SweepSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
-        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, json=args.json, plot=args.plot))
+        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, replay_alpha=args.replay_alpha, json=args.json,
+        plot=args.plot))

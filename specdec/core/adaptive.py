@@ -2,11 +2,14 @@
 
 With per-token acceptance rate a, a cycle that drafts k tokens commits on average
     E(k) = (1 - a^(k+1)) / (1 - a)            tokens (Leviathan et al. 2023, eq. 1)
-and costs T(k) = k * draft_step + verify(k)   (verify(0) is a plain decode step).
+and costs T(k) = k * draft_step + verify(k) + [k > 0] * round_trip   (verify(0) is a plain decode step).
 We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
 costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 to re-measure a).
 Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
-interpolated linearly between the nearest measured sizes. The acceptance rate a pools decayed counts
+interpolated linearly between the nearest measured sizes. `round_trip` is what a drafted cycle waits for
+beyond the draft's own drafting (the hops to a draft service and back, an engine step taking the proposal
+in): it does not grow with k, and charging it per token would make a k = 1 probe's cost per token look
+several times a real draft step's and keep K at 0 with a perfect draft. The acceptance rate a pools decayed counts
 over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
 
 Under a batched engine, verify(k) is the engine's measured step cost at its current number of rows if every
@@ -67,12 +70,15 @@ class StepCosts:
 
     smoothing: float = 0.2  # EMA weight of a new measurement
     draft_step_s: float | None = None  # per drafted token
+    round_trip_s: float = 0.0  # per drafted cycle, whatever its k
     verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
 
-    def observe(self, k: int, verify_s: float, draft_s: float | None = None) -> None:
+    def observe(self, k: int, verify_s: float, draft_s: float | None = None, round_trip_s: float | None = None) -> None:
         self.verify_s[k] = ema(self.verify_s.get(k), verify_s, self.smoothing)
         if k > 0 and draft_s is not None:
             self.draft_step_s = ema(self.draft_step_s, draft_s / k, self.smoothing)
+        if k > 0 and round_trip_s is not None:
+            self.round_trip_s = ema(self.round_trip_s, round_trip_s, self.smoothing)
 
     def verify_cost(self, k: int) -> float | None:
         """verify(k), interpolated (or extrapolated) linearly from the measured sizes."""
@@ -98,7 +104,7 @@ class StepCosts:
         given); None before measurements."""
         if alpha is None or self.draft_step_s is None or not self.verify_s:
             return None
-        cost = (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s
+        cost = (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s + (self.round_trip_s if k else 0.0)
         return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
 
 
@@ -140,12 +146,13 @@ class AdaptiveK:
     def alpha(self) -> float | None:
         return self.acceptance.value
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
-        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs."""
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
+        """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs (`draft_s`: drafting
+        its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart)."""
         if self._probing:  # back off from a useless draft: each failed probe doubles the wait
             self._probing = False
             self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
-        self.costs.observe(k, verify_s, draft_s)
+        self.costs.observe(k, verify_s, draft_s, round_trip_s)
         if k > 0:
             self.acceptance.observe(k, accepted)
             if self.prior is not None:
@@ -179,7 +186,7 @@ class KChooser(Protocol):
 
     def choose(self, limit: int | None = None) -> int: ...
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None: ...
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None: ...
 
 
 @dataclass
@@ -191,5 +198,5 @@ class FixedK:
     def choose(self, limit: int | None = None) -> int:
         return self.k if limit is None else min(self.k, limit)
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float) -> None:
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
         pass

@@ -268,12 +268,8 @@ class TargetLoop:
         cycle = replace(self.sequence.complete(self._prepared, top, logits, started), wait_s=picked.wait_s,
                         draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
                         draft_failed=self.draft_failed)
-        if not self._first:  # the draft costs the target what it waited for it: with overlap, only what was not
-            #                  hidden behind the last verify (not the draft's K+1 tokens or a whole branch pass),
-            #                  and in a batched engine also the wait for the step that took the proposal in; a
-            #                  paused draft's catching up is the price of the pause, not of drafting
-            waited = max(picked.wait_s, started - self._ready_at)
-            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, max(0.0, waited - cycle.catch_up_s))
+        if not self._first:
+            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, *self._draft_cost(picked, started))
         self._first = False
         self.k = self.chooser.choose(self.sequence.max_k)
         if self.link is not None and not self.link.failed:
@@ -282,6 +278,16 @@ class TargetLoop:
             self.link.send_verdict(cycle, next_k)
         self._ready_at = time.perf_counter()
         return cycle
+
+    def _draft_cost(self, picked: Picked, started: float) -> tuple[float, float]:
+        """What the draft cost the target this cycle: (drafting, round trip). It waited for the draft from the
+        end of the last cycle until this forward started (in a batched engine, the wait for the step that took
+        the proposal in too); with overlap that is only what was not hidden behind the last verify. A paused
+        draft's catching up is the price of the pause, not of drafting; of the rest, up to the draft's own
+        drafting time scales with k, and what is beyond it (hops, handing over) is paid once per cycle."""
+        waited = max(0.0, max(picked.wait_s, started - self._ready_at) - picked.catch_up_s)
+        drafting = min(waited, picked.draft_s) if picked.draft_s > 0 else waited
+        return drafting, waited - drafting
 
     def _forward_and_complete(self, forward: Forward) -> Cycle:
         started = time.perf_counter()

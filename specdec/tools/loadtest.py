@@ -28,6 +28,10 @@ class LoadResult:
     tokens: int = 0
     wall_s: float = 0.0
     outputs: list[list[int]] = field(default_factory=list)
+    cycles: int = 0  # the target's cycles over all successful requests
+    drafts: int = 0  # of them, cycles that verified drafts (what adaptive K chose under this load)
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     def summary(self) -> dict:
         def pct(values: list[float], q: float) -> float:
@@ -37,7 +41,9 @@ class LoadResult:
                 "throughput_requests_per_s": len(self.latencies_s) / self.wall_s if self.wall_s else 0.0,
                 "throughput_tokens_per_s": self.tokens / self.wall_s if self.wall_s else 0.0,
                 "latency_ms": {f"p{q}": 1e3 * pct(self.latencies_s, q) for q in (50, 90, 99)},
-                "ttft_ms": {f"p{q}": 1e3 * pct(self.ttft_s, q) for q in (50, 90, 99)}, "wall_s": self.wall_s}
+                "ttft_ms": {f"p{q}": 1e3 * pct(self.ttft_s, q) for q in (50, 90, 99)}, "wall_s": self.wall_s,
+                "cycles": self.cycles, "drafted_cycles": self.drafts, "draft_tokens": self.draft_tokens,
+                "accepted_tokens": self.accepted_tokens}
 
 
 def check_loopback(address: str) -> None:
@@ -81,6 +87,11 @@ def run(address: str, concurrency: int, requests: int, prompts: list[str], max_n
                     result.ttft_s.append(r.stats.time_to_first_token_s)
                     result.tokens += len(r.token_ids)
                     result.outputs.append([prompts.index(prompt), *r.token_ids])
+                    stats = r.stats
+                    result.cycles += stats.cycles
+                    result.drafts += stats.drafts
+                    result.draft_tokens += stats.draft_tokens
+                    result.accepted_tokens += stats.accepted_tokens
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:

@@ -8,6 +8,9 @@ requests), errors. Modes:
   target-only   orchestrator + batched target, no draft
   services      orchestrator + batched target + batched draft (adaptive K: the services' defaults)
   hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
+With `replay_alpha`, the services' draft replays the target's own continuations at that acceptance rate
+(a real draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from
+the target-only deployment, which then runs first.
 Next to target-only, the analytic bound C / t(C, 1): t is one batched step of C rows measured here, in
 this process, on the target (docs/benchmarks.md). `--json` writes every point, `--plot` tokens/s against C.
 """
@@ -15,8 +18,10 @@ this process, on the target (docs/benchmarks.md). `--json` writes every point, `
 from __future__ import annotations
 
 import json
+import pathlib
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -25,7 +30,8 @@ import torch
 
 from specdec.core.batching import BatchedRunner
 from specdec.core.errors import InvalidArgument
-from specdec.core.models import load_model
+from specdec.core.models import encode_prompt, load_model, load_tokenizer
+from specdec.proposers.replay import ReplayBook, ReplayRates
 from specdec.tools import loadtest
 from specdec.tools.launcher import Stack, free_base_port
 
@@ -46,6 +52,7 @@ class SweepSettings:
     max_new_tokens: int = 128
     k: int = 4
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
+    replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
     json: str | None = None
     plot: str | None = None
 
@@ -58,6 +65,11 @@ class SweepSettings:
             raise InvalidArgument("concurrency", f"{list(self.levels)}: give positive numbers of clients, e.g. 1,4,16")
         if self.rounds < 1:
             raise InvalidArgument("rounds", "must be >= 1")
+        if self.replay_alpha is not None:
+            ReplayRates(self.replay_alpha).validate()
+            if "services" in self.modes and "target-only" not in self.modes:
+                raise InvalidArgument("modes", "replayed acceptance records the target's output in target-only "
+                                               "mode first: add target-only")
         return self
 
 
@@ -86,26 +98,43 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
     return {"mode": mode, "concurrency": concurrency, "requests": s["requests"], "ok": s["ok"], "errors": s["errors"],
             "tokens_per_s": s["throughput_tokens_per_s"], "latency_p50_ms": s["latency_ms"]["p50"],
             "latency_p99_ms": s["latency_ms"]["p99"], "ttft_p50_ms": s["ttft_ms"]["p50"],
-            "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None}
+            "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None, "cycles": s["cycles"],
+            "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"]}
 
 
-def sweep_services(s: SweepSettings, mode: str) -> list[dict]:
+def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> list[dict]:
+    """One deployment per mode; `replay`: a file of the target's continuations (written here in target-only
+    mode, replayed by the draft in services mode)."""
     common = ["--device", s.device, "--dtype", s.dtype, "--max-len", str(s.max_len),
               "--max-sessions", str(max(s.levels))]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
+    if replay is not None and s.replay_alpha is not None:
+        draft += ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)]
     stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode == "services" else None,
                   extra={"target": common, "draft": draft,
                          "orchestrator": ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8)]})
     stack.start(timeout_s=600)
     points = []
     try:
+        if mode == "target-only" and replay is not None:
+            record_continuations(stack.address, s.target, s.max_new_tokens).save(replay)
         for c, result in load_levels(stack.address, s.levels, s.rounds, s.max_new_tokens):
             points.append(point(mode, c, result))
             print(f"sweep: {mode} at {c} clients: {points[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     finally:
         stack.stop()
     return points
+
+
+def record_continuations(address: str, target: str, max_new_tokens: int) -> ReplayBook:
+    """The deployment's greedy output for each of the load client's prompts, as a replayed draft reads it."""
+    prompts = loadtest.DEFAULT_PROMPTS
+    result = loadtest.run(address, 1, len(prompts), prompts, max_new_tokens, 600)
+    if result.errors:
+        raise RuntimeError(f"recording the target's continuations failed: {dict(result.errors)}")
+    tokenizer = load_tokenizer(target)
+    return ReplayBook([(encode_prompt(tokenizer, prompts[index]), ids) for index, *ids in result.outputs])
 
 
 def load_levels(address: str, levels: Sequence[int], rounds: int,
@@ -148,15 +177,19 @@ def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
 
 def table(points: list[dict], bounds: dict[int, float]) -> str:
     lines = ["| mode | clients | tokens/s | bound | % of bound | latency p50 / p99 (ms) | TTFT p50 (ms) | ITL p50 (ms) "
-             "| errors |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| drafted cycles (mean K, accepted per draft) | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v: "–" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
     for p in points:
         bound = bounds.get(p["concurrency"]) if p["mode"] == "target-only" else None
         share = f"{100 * p['tokens_per_s'] / bound:.0f}%" if bound else "–"
         itl = "–" if p["itl_p50_ms"] is None else f"{p['itl_p50_ms']:.1f}"
+        drafted = "–" if not p.get("cycles") else f"{p['drafted_cycles']} / {p['cycles']}" + (
+            f" ({p['draft_tokens'] / p['drafted_cycles']:.1f}, {p['accepted_tokens'] / p['draft_tokens']:.2f})"
+            if p["drafted_cycles"] else "")
         lines.append(f"| {p['mode']} | {p['concurrency']} | {fmt(p['tokens_per_s'])} | {fmt(bound)} | {share} | "
                      f"{fmt(p['latency_p50_ms'])} / {fmt(p['latency_p99_ms'])} | {fmt(p['ttft_p50_ms'])} | {itl} | "
-                     f"{sum(p['errors'].values()) if p['errors'] else 0} |")
+                     f"{drafted} | {sum(p['errors'].values()) if p['errors'] else 0} |")
     return "\n".join(lines)
 
 
@@ -182,9 +215,10 @@ def plot(points: list[dict], bounds: dict[int, float], path: str) -> None:
 def main(s: SweepSettings) -> int:
     s.validate()
     points: list[dict] = []
-    for mode in s.modes:
-        if mode != "hf-generate":
-            points += sweep_services(s, mode)
+    with tempfile.TemporaryDirectory(prefix="specdec-sweep-") as scratch:
+        replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
+        for mode in sorted((m for m in s.modes if m != "hf-generate"), key=lambda m: m != "target-only"):
+            points += sweep_services(s, mode, replay)
     bounds: dict[int, float] = {}
     if "target-only" in s.modes or "hf-generate" in s.modes:  # the target in this process, once the services are gone
         model = load_model(s.target, "target", device=s.device, dtype=s.dtype).model

@@ -71,6 +71,20 @@ def test_useless_draft_shrinks_to_zero_and_probes_rarely():
     assert chooser.probe_every > 16  # failed probes back off
 
 
+def test_a_probe_pays_its_round_trip_once_not_per_token():
+    """A draft service's cycle waits for the hops to the draft and back besides the drafting itself. A k = 1
+    probe of a perfect draft (3 ms per token, 6 ms of round trip, 8 ms steps) must resume drafting: charged
+    per token, the same wait would price a draft token at 9 ms and keep K at 0."""
+    def after_probe(draft_s: float, round_trip_s: float | None) -> int:
+        chooser = AdaptiveK(max_k=4)
+        chooser.observe(0, 0, 0.008, 0.0)
+        chooser.observe(1, 1, 0.008, draft_s, round_trip_s)
+        return chooser.choose()
+
+    assert after_probe(0.003, 0.006) == 4
+    assert after_probe(0.009, None) == 0  # the same wait, all of it taken for drafting
+
+
 def test_cpu_like_costs_prefer_small_k():
     """On the 2-core CPU, verifying 5 tokens costs ~2x one (233 ms vs 475 ms), a draft step ~85 ms."""
     table = {0: 0.233, 1: 0.240, 2: 0.300, 4: 0.475, 8: 0.636}
