@@ -3,10 +3,12 @@ verification loop, give everything back however the session ends."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, StepCosts
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, ProbeSchedule, StepCosts
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import TargetRequest
 from specdec.core.drafting import DraftStart
@@ -15,6 +17,9 @@ from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import DraftSource, TargetLoop
 from specdec.serving.sessions import SessionTable
+
+log = logging.getLogger("specdec.target")
+K_LOG_EVERY_S = 5.0  # at most this often, a finished session logs what adaptive K weighs now
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class TargetService:
         self.sessions = SessionTable()
         self.step_costs = StepCosts()  # adaptive K: what cycles cost here, learned by every session
         self.acceptance_prior = AcceptanceEstimate(decay=0.95)  # and how well this target's drafts do
+        self.probes = ProbeSchedule()  # and when one of them tries a paused draft again
+        self._k_logged = 0.0
 
     def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: Observer,
             deadline_s: float | None = None) -> Iterator[Cycle]:
@@ -58,7 +65,7 @@ class TargetService:
                          vocab_size=self.runner.vocab_size)
         entry = self.sessions.add(request.session_id)
         on_cancel(entry.cancel_now)
-        sequence = link = None
+        sequence = link = chooser = None
         try:
             sequence = TargetSequence(self.runner, request.generation, self.eos_ids, seed=request.seed,
                                       cancelled=entry.cancel)
@@ -69,7 +76,7 @@ class TargetService:
                 link = self.links.open(request.draft_address, start, deadline_s)
                 entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
-                                 batch_verify=getattr(self.runner, "batch_verify_cost", None))
+                                 probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None))
                        if spec.adaptive else FixedK(spec.k))
             fell_back = False
             queued_s = sequence.slot.queued_s
@@ -82,6 +89,9 @@ class TargetService:
                     observer.draft_failed(link.failure or "")
                 yield cycle
         finally:
+            if isinstance(chooser, AdaptiveK) and link is not None and time.monotonic() - self._k_logged > K_LOG_EVERY_S:
+                self._k_logged = time.monotonic()
+                log.info("adaptive K after a session: %s", chooser.summary())
             if link is not None:
                 link.close(cancel=entry.cancel.is_set())  # cancelled: the draft stops drafting at once
             if sequence is not None:

@@ -4,7 +4,7 @@ With per-token acceptance rate a, a cycle that drafts k tokens commits on averag
     E(k) = (1 - a^(k+1)) / (1 - a)            tokens (Leviathan et al. 2023, eq. 1)
 and costs T(k) = k * draft_step + verify(k) + [k > 0] * round_trip   (verify(0) is a plain decode step).
 We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
-costs nothing but an occasional probe (every `probe_every` cycles we try k = 1 to re-measure a).
+costs nothing but an occasional probe (every `ProbeSchedule.every` cycles at k = 0 we try k = 1 to re-measure a).
 Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
 interpolated linearly between the nearest measured sizes. `round_trip` is what a drafted cycle waits for
 beyond the draft's own drafting (the hops to a draft service and back, an engine step taking the proposal
@@ -108,6 +108,31 @@ class StepCosts:
         return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
 
 
+@dataclass
+class ProbeSchedule:
+    """When a cycle that would decode plainly tries k = 1 instead, to see whether the draft pays again.
+
+    Each failed probe doubles the wait and a successful one resets it. Shared by a target's sessions (as the
+    costs and the acceptance prior are), it counts all their plain cycles: sixty-four sessions of a useless
+    draft then probe together as often as one session alone, instead of each paying for its own probes."""
+
+    first: int = 16  # cycles at k = 0 before the first probe, and again after a probe that was accepted
+    max_every: int = 512
+    every: int = 0  # the current wait (0: `first`)
+    since: int = 0  # plain cycles since the last probe
+
+    def due(self) -> bool:
+        """Count one plain cycle; True when it should probe instead."""
+        self.since += 1
+        if self.since < (self.every or self.first):
+            return False
+        self.since = 0
+        return True
+
+    def result(self, accepted: int) -> None:
+        self.every = min(self.max_every, 2 * (self.every or self.first)) if accepted == 0 else self.first
+
+
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
 
 
@@ -123,19 +148,19 @@ class AdaptiveK:
     max_k: int = 8
     initial_k: int = 4
     smoothing: float = 0.2  # EMA weight of a new measurement
-    probe_every: int = 16  # cycles at k = 0 before probing with k = 1 (doubles after each failed probe)
-    max_probe_every: int = 512
+    probes: ProbeSchedule | None = None  # shared between sessions, or this session's own
     costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
     prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
     acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
     batch_verify: Callable[[int], float | None] | None = None  # a batched engine's step cost now, if every row
     #                                                            verified k drafts (load-aware K); None: alone
-    _since_probe: int = 0
     _probing: bool = False
 
     def __post_init__(self) -> None:
         if self.costs is None:
             self.costs = StepCosts(self.smoothing)
+        if self.probes is None:
+            self.probes = ProbeSchedule()
         if self.acceptance is None:
             self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
             if self.prior is not None and self.prior.judged > 0:
@@ -149,9 +174,9 @@ class AdaptiveK:
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs (`draft_s`: drafting
         its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart)."""
-        if self._probing:  # back off from a useless draft: each failed probe doubles the wait
+        if self._probing:
             self._probing = False
-            self.probe_every = min(self.max_probe_every, self.probe_every * 2) if accepted == 0 else 16
+            self.probes.result(accepted)
         self.costs.observe(k, verify_s, draft_s, round_trip_s)
         if k > 0:
             self.acceptance.observe(k, accepted)
@@ -162,6 +187,16 @@ class AdaptiveK:
         batch = self.batch_verify(k) if self.batch_verify is not None else None
         return self.costs.rate(self.alpha, k, batch)
 
+    def summary(self) -> str:
+        """What the next choice weighs, for a log line."""
+        ms = lambda v: "?" if v is None else f"{1e3 * v:.1f}"  # noqa: E731
+        alpha = "?" if self.alpha is None else f"{self.alpha:.2f}"
+        rates = " ".join(f"{k}:{r:.0f}" for k in range(self.max_k + 1) if (r := self.rate(k)) is not None)
+        verify = " ".join(f"{k}:{ms(self.batch_verify(k) if self.batch_verify else None)}/{ms(self.costs.verify_cost(k))}"
+                          for k in range(self.max_k + 1))
+        return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token + {ms(self.costs.round_trip_s)} ms/cycle, "
+                f"verify(k) batch/own ms {verify}, tokens/s by k {rates or '?'}")
+
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""
         cap = self.max_k if limit is None else min(self.max_k, limit)
@@ -170,14 +205,9 @@ class AdaptiveK:
         if self.rate(0) is None:
             return min(self.initial_k, cap)  # measure first
         k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
-        if k == 0:
-            self._since_probe += 1
-            if self._since_probe >= self.probe_every:  # speculation may pay again: measure
-                self._since_probe = 0
-                self._probing = True
-                k = 1
-        else:
-            self._since_probe = 0
+        if k == 0 and self.probes.due():  # speculation may pay again: measure
+            self._probing = True
+            k = 1
         return k
 
 

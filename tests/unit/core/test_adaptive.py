@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, expected_tokens
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, ProbeSchedule, StepCosts, expected_tokens
 from specdec.core.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.errors import InvalidArgument
@@ -60,7 +60,7 @@ def test_good_draft_on_flat_verify_cost_gets_long_k():
 
 
 def test_useless_draft_shrinks_to_zero_and_probes_rarely():
-    chooser = AdaptiveK(max_k=8, probe_every=16)
+    chooser = AdaptiveK(max_k=8)
     feed(chooser, alpha=0.0, verify=lambda k: 0.010 * (1 + 0.1 * k), draft_step=0.002)
     ks = []
     for _ in range(64):
@@ -68,7 +68,7 @@ def test_useless_draft_shrinks_to_zero_and_probes_rarely():
         ks.append(k)
         chooser.observe(k, 0, 0.010 * (1 + 0.1 * k), k * 0.002)
     assert ks.count(0) >= 60 and max(ks) <= 1  # plain decoding, with an occasional k=1 probe
-    assert chooser.probe_every > 16  # failed probes back off
+    assert chooser.probes.every > chooser.probes.first  # failed probes back off
 
 
 def test_a_probe_pays_its_round_trip_once_not_per_token():
@@ -83,6 +83,27 @@ def test_a_probe_pays_its_round_trip_once_not_per_token():
 
     assert after_probe(0.003, 0.006) == 4
     assert after_probe(0.009, None) == 0  # the same wait, all of it taken for drafting
+
+
+def test_sessions_sharing_a_probe_schedule_probe_a_useless_draft_as_rarely_as_one():
+    def probes(sessions: int, shared: bool) -> int:
+        schedule, costs = ProbeSchedule(), StepCosts()
+        choosers = [AdaptiveK(max_k=4, costs=costs, probes=schedule if shared else None) for _ in range(sessions)]
+        for chooser in choosers:
+            chooser.observe(0, 0, 0.010, 0.0)
+            chooser.observe(4, 0, 0.012, 0.008)  # a useless draft: a = 0
+        n = 0
+        for _ in range(128):  # 128 cycles of every session
+            for chooser in choosers:
+                k = chooser.choose()
+                n += k > 0
+                chooser.observe(k, 0, 0.010, 0.002 * k)
+        return n
+
+    alone = probes(1, shared=False)
+    assert 2 <= alone <= 4  # after 16, 32, 64 plain cycles
+    assert probes(16, shared=False) == 16 * alone
+    assert probes(16, shared=True) <= 8  # 2048 plain cycles in all: 16, 32, ..., 512, 512, 512
 
 
 def test_cpu_like_costs_prefer_small_k():

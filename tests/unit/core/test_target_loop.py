@@ -38,6 +38,42 @@ def test_a_draft_started_with_a_larger_k_is_told_the_chosen_k_and_never_stalls(t
     assert drafted and max(drafted) <= 3, drafted  # K = 1 (+ 2 for a block drafted ahead: the guess, the bonus)
 
 
+def test_a_paused_draft_hears_of_the_plain_cycles_in_one_verdict_when_it_resumes(tiny_pair):
+    """Under load a paused draft would otherwise cost both processes a message per token; the tokens it
+    missed reach it in order, with the verdict that resumes it, and the output does not change."""
+    class Script(FixedK):  # drafts, pauses for six cycles, drafts again
+        def choose(self, limit=None):
+            self.n = getattr(self, "n", 0) + 1
+            return 0 if 3 <= self.n < 9 else 2
+
+    prompt = tiny_pair.encode("def fibonacci(n):")
+    expected = tiny_pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=24,
+                                                            ignore_eos=True)).token_ids
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=24, ignore_eos=True)
+    sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
+    drafter = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size).open(request.sampling, 0)
+    link = LocalLink(drafter, prompt, 2, greedy=True, predraft=PredraftPolicy.NEVER)
+    sent, send = [], link.send_verdict
+    link.send_verdict = lambda cycle, next_k=0: (sent.append((cycle.start, list(cycle.new_tokens), next_k)),
+                                                 send(cycle, next_k))
+    try:
+        cycles = list(TargetLoop(sequence, link, Script(2), threading.Event(), link_k=2).run())
+    finally:
+        link.close()
+        drafter.close()
+        sequence.close()
+    assert sequence.generated == expected
+    position = len(prompt)
+    for start, tokens, _ in sent:  # every committed token, once, in order
+        assert start == position
+        position += len(tokens)
+    assert [k for *_, k in sent].count(-1) == 1  # paused once
+    resumed = [tokens for _, tokens, k in sent if k == 2]
+    assert len(resumed) == 1 and len(resumed[0]) == 6, sent  # six plain cycles' tokens in the verdict that resumes
+    assert len(sent) == len(cycles) - 5, (len(sent), len(cycles))  # one verdict per cycle, but one for those six
+    assert [c.k for c in cycles].count(0) >= 7  # the prefill and the six plain cycles
+
+
 def test_a_partly_verified_proposal_is_offered_again():
     committed = list(range(10))
 
