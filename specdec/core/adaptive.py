@@ -112,7 +112,8 @@ class StepCosts:
 class ProbeSchedule:
     """When a cycle that would decode plainly tries k = 1 instead, to see whether the draft pays again.
 
-    Each failed probe doubles the wait and a successful one resets it. Shared by a target's sessions (as the
+    A probe after which drafting still does not pay (nothing accepted, or the draft too slow at this load)
+    doubles the wait, and one that makes it pay resets it. Shared by a target's sessions (as the
     costs and the acceptance prior are), it counts all their plain cycles: sixty-four sessions of a useless
     draft then probe together as often as one session alone, instead of each paying for its own probes."""
 
@@ -129,8 +130,8 @@ class ProbeSchedule:
         self.since = 0
         return True
 
-    def result(self, accepted: int) -> None:
-        self.every = min(self.max_every, 2 * (self.every or self.first)) if accepted == 0 else self.first
+    def result(self, pays: bool) -> None:
+        self.every = self.first if pays else min(self.max_every, 2 * (self.every or self.first))
 
 
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
@@ -174,18 +175,21 @@ class AdaptiveK:
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs (`draft_s`: drafting
         its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart)."""
-        if self._probing:
-            self._probing = False
-            self.probes.result(accepted)
         self.costs.observe(k, verify_s, draft_s, round_trip_s)
         if k > 0:
             self.acceptance.observe(k, accepted)
             if self.prior is not None:
                 self.prior.observe(k, accepted)
+        if self._probing:
+            self._probing = False
+            self.probes.result(self._best(self.max_k) > 0)
 
     def rate(self, k: int) -> float | None:
         batch = self.batch_verify(k) if self.batch_verify is not None else None
         return self.costs.rate(self.alpha, k, batch)
+
+    def _best(self, cap: int) -> int:
+        return max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
 
     def summary(self) -> str:
         """What the next choice weighs, for a log line."""
@@ -204,7 +208,7 @@ class AdaptiveK:
             return 0
         if self.rate(0) is None:
             return min(self.initial_k, cap)  # measure first
-        k = max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
+        k = self._best(cap)
         if k == 0 and self.probes.due():  # speculation may pay again: measure
             self._probing = True
             k = 1

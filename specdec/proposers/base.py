@@ -5,13 +5,14 @@ row of logits (`_draw`)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import NamedTuple, Sequence
 
 import torch
 
 from specdec.core.config import ProposerKind
 from specdec.core.proposal import Proposal
-from specdec.core.runner import KVSlot, ModelRunner
+from specdec.core.runner import KVSlot, ModelRunner, common_prefix_len
 from specdec.core.verify import DenseDraftProbs
 
 
@@ -49,10 +50,20 @@ class ModelDrafting:
         """Up to k tokens after `committed`; fewer near the end of the draft's context, where the last
         token it can draft is the one at position max_len (drafted from max_len cached tokens)."""
         t0 = time.perf_counter()
+        self._catch_up(committed)
+        t1 = time.perf_counter()
         start = len(committed)
         picks = self.runner.decode_chain(self.slot, committed, max(0, min(k, self.runner.max_len + 1 - start)),
                                          self._draw, self.draw_group)
-        return proposal_of(start, picks, self.source, time.perf_counter() - t0)
+        return replace(proposal_of(start, picks, self.source, time.perf_counter() - t1), catch_up_s=t1 - t0)
+
+    def _catch_up(self, committed: Sequence[int]) -> None:
+        """Cache all but the last committed token when more than two are missing (after cycles drafted by
+        someone else, or none), in one prefill timed apart from drafting: folded into the first draft
+        step it would look like an expensive draft and keep adaptive K from drafting again."""
+        missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
+        if missing and len(committed) <= self.runner.max_len:
+            self.runner.extend(self.slot, committed[:-1], keep=1)
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
                          k: int) -> list[Proposal] | None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from typing import Sequence
 
 import torch
 
 from specdec.core.config import ProposerKind, SamplingParams
-from specdec.core.proposal import Feedback, Proposal
-from specdec.core.runner import ModelRunner, common_prefix_len
+from specdec.core.proposal import Feedback
+from specdec.core.runner import ModelRunner
 from specdec.core.sampling import Stream, process_logits, sample_from, uniform
 from specdec.proposers.base import ModelDrafting, Pick
 
@@ -33,12 +31,6 @@ class DraftModelProposer(ModelDrafting):
         self.slot = runner.open()
         self.draw_group = "greedy" if sampling.greedy else None  # greedy picks depend on the logits alone
 
-    def propose(self, committed: Sequence[int], k: int) -> Proposal:
-        t0 = time.perf_counter()
-        self._catch_up(committed)
-        catch_up_s = time.perf_counter() - t0
-        return replace(super().propose(committed, k), catch_up_s=catch_up_s)
-
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
         if self.sampling.greedy:  # argmax, ties to the lowest id as everywhere; one host read for all
@@ -50,14 +42,6 @@ class DraftModelProposer(ModelDrafting):
     def prefill(self, prompt: Sequence[int]) -> None:
         if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
             self.runner.extend(self.slot, prompt, keep=1)
-
-    def _catch_up(self, committed: Sequence[int]) -> None:
-        """Cache all but the last committed token when more than two are missing (after cycles drafted by
-        someone else, or none), in one prefill timed apart from drafting: folded into the first draft
-        step it would look like an expensive draft and keep adaptive K from drafting again."""
-        missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
-        if missing and len(committed) <= self.runner.max_len:
-            self.runner.extend(self.slot, committed[:-1], keep=1)
 
     def close(self) -> None:
         self.runner.close(self.slot)

@@ -106,6 +106,20 @@ def test_sessions_sharing_a_probe_schedule_probe_a_useless_draft_as_rarely_as_on
     assert probes(16, shared=True) <= 8  # 2048 plain cycles in all: 16, 32, ..., 512, 512, 512
 
 
+def test_a_draft_that_is_right_but_too_slow_at_this_load_is_probed_ever_more_rarely():
+    """Accepted probes alone do not mean drafting pays: under load a perfect draft's tokens can cost more than
+    the batch's plain step, and probing it every 16 cycles would cost the batch its probes."""
+    chooser = AdaptiveK(max_k=4)
+    chooser.observe(0, 0, 0.010, 0.0)
+    chooser.observe(4, 4, 0.012, 4 * 0.050)  # every draft accepted, 50 ms a token against 10 ms steps
+    ks = []
+    for _ in range(512):
+        k = chooser.choose()
+        ks.append(k)
+        chooser.observe(k, k, 0.010, 0.050 * k)
+    assert ks.count(0) >= 500 and chooser.probes.every > chooser.probes.first
+
+
 def test_cpu_like_costs_prefer_small_k():
     """On the 2-core CPU, verifying 5 tokens costs ~2x one (233 ms vs 475 ms), a draft step ~85 ms."""
     table = {0: 0.233, 1: 0.240, 2: 0.300, 4: 0.475, 8: 0.636}
