@@ -7,6 +7,7 @@ tokens/s over all clients, request latency p50/p99, time to first token and inte
 requests), errors. Modes:
   target-only   orchestrator + batched target, no draft
   services      orchestrator + batched target + batched draft (adaptive K: the services' defaults)
+  services-no-overlap   the same, the draft drafting only after each verdict
   hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
 With `replay_alpha`, the services' draft replays the target's own continuations at that acceptance rate
 (a real draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from
@@ -35,7 +36,7 @@ from specdec.proposers.replay import ReplayBook, ReplayRates
 from specdec.tools import loadtest
 from specdec.tools.launcher import Stack, free_base_port
 
-SWEEP_MODES = ("target-only", "services", "hf-generate")
+SWEEP_MODES = ("target-only", "services", "services-no-overlap", "hf-generate")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class SweepSettings:
             raise InvalidArgument("rounds", "must be >= 1")
         if self.replay_alpha is not None:
             ReplayRates(self.replay_alpha).validate()
-            if "services" in self.modes and "target-only" not in self.modes:
+            if any(m.startswith("services") for m in self.modes) and "target-only" not in self.modes:
                 raise InvalidArgument("modes", "replayed acceptance records the target's output in target-only "
                                                "mode first: add target-only")
         return self
@@ -111,9 +112,10 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
     if replay is not None and s.replay_alpha is not None:
         draft += ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)]
-    stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode == "services" else None,
+    orchestrator = ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8)]
+    stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode.startswith("services") else None,
                   extra={"target": common, "draft": draft,
-                         "orchestrator": ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8)]})
+                         "orchestrator": orchestrator + (["--no-overlap"] if mode == "services-no-overlap" else [])})
     stack.start(timeout_s=600)
     points = []
     try:

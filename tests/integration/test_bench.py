@@ -70,6 +70,24 @@ def test_bench_sweeps_concurrency(tmp_path):
     assert out_png.stat().st_size > 1000
 
 
+def test_bench_sweep_replays_the_targets_own_output_through_the_services(tmp_path):
+    """--replay-alpha: the target-only deployment records its output for the load client's prompts, and the
+    draft service replays it; at alpha 1 the services' prompts must find it, so every draft is accepted."""
+    out_json = tmp_path / "sweep.json"
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,2", "--max-new-tokens", "12",
+                          "--rounds", "1", "--replay-alpha", "1.0", "--modes", "services-no-overlap,target-only",
+                          "--json", str(out_json)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    points = {(p["mode"], p["concurrency"]): p for p in json.loads(out_json.read_text())["points"]}
+    assert list(points)[0][0] == "target-only"  # recorded first
+    for c in (1, 2):
+        p = points[("services-no-overlap", c)]
+        assert p["ok"] == p["requests"] and p["cycles"] > 0, p
+    drafted = [points[("services-no-overlap", c)] for c in (1, 2)]
+    assert sum(p["draft_tokens"] for p in drafted) > 0
+    assert all(p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
+
+
 def test_bench_sweep_refuses_in_process_modes():
     run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,4", "--modes", "spec"],
                          capture_output=True, text=True, timeout=120)
