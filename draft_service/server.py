@@ -18,6 +18,7 @@ from specdec.core.models import context_length, load_model, load_tokenizer, voca
 from specdec.core.proposal import ProposerFactory
 from specdec.core.runner import SLOT_WAIT_S, ModelRunner
 from specdec.proposers import make_factory
+from specdec.proposers.draft_model import warm_up
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.serving.convert import proposer_to_pb
 from specdec.serving.server import Server, ServerSettings
@@ -77,6 +78,7 @@ def build(settings: DraftServerSettings) -> Server:
             max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
             cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len
+        compute.run(warm_up, runner)
     info = common_pb2.ServerInfo(model=model_name, vocab_fingerprint=fingerprint, role="draft",
                                  max_sessions=settings.max_sessions, context_length=context,
                                  proposer=proposer_to_pb(settings.proposer))

@@ -73,12 +73,15 @@ class StepCosts:
     round_trip_s: float = 0.0  # per drafted cycle, whatever its k
     verify_s: dict[int, float] = field(default_factory=dict)  # k -> verify time of k drafts (+1 position)
 
-    def observe(self, k: int, verify_s: float, draft_s: float | None = None, round_trip_s: float | None = None) -> None:
+    def observe(self, k: int, verify_s: float, draft_s: float | None = None, round_trip_s: float | None = None,
+                weight: float | None = None) -> None:
+        """`weight`: of this cycle's draft costs, when not `smoothing` (a probe's, measured after a long pause)."""
         self.verify_s[k] = ema(self.verify_s.get(k), verify_s, self.smoothing)
+        weight = weight or self.smoothing
         if k > 0 and draft_s is not None:
-            self.draft_step_s = ema(self.draft_step_s, draft_s / k, self.smoothing)
+            self.draft_step_s = ema(self.draft_step_s, draft_s / k, weight)
         if k > 0 and round_trip_s is not None:
-            self.round_trip_s = ema(self.round_trip_s, round_trip_s, self.smoothing)
+            self.round_trip_s = ema(self.round_trip_s, round_trip_s, weight)
 
     def verify_cost(self, k: int) -> float | None:
         """verify(k), interpolated (or extrapolated) linearly from the measured sizes."""
@@ -135,6 +138,7 @@ class ProbeSchedule:
 
 
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
+PROBE_WEIGHT = 0.5  # EMA weight of a probe's draft costs
 
 
 @dataclass
@@ -175,7 +179,8 @@ class AdaptiveK:
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs (`draft_s`: drafting
         its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart)."""
-        self.costs.observe(k, verify_s, draft_s, round_trip_s)
+        # a probe comes after up to hundreds of plain cycles: what the draft costs now outweighs older figures
+        self.costs.observe(k, verify_s, draft_s, round_trip_s, PROBE_WEIGHT if self._probing else None)
         if k > 0:
             self.acceptance.observe(k, accepted)
             if self.prior is not None:

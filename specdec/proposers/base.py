@@ -57,13 +57,22 @@ class ModelDrafting:
                                          self._draw, self.draw_group)
         return replace(proposal_of(start, picks, self.source, time.perf_counter() - t1), catch_up_s=t1 - t0)
 
+    def prefill(self, prompt: Sequence[int]) -> None:
+        if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
+            self._cache(prompt)
+
     def _catch_up(self, committed: Sequence[int]) -> None:
         """Cache all but the last committed token when more than two are missing (after cycles drafted by
         someone else, or none), in one prefill timed apart from drafting: folded into the first draft
         step it would look like an expensive draft and keep adaptive K from drafting again."""
         missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
         if missing and len(committed) <= self.runner.max_len:
-            self.runner.extend(self.slot, committed[:-1], keep=1)
+            self._cache(committed[:-1])
+
+    def _cache(self, ids: Sequence[int]) -> None:
+        """Forward `ids` into the cache and wait for it: on a GPU the forward would otherwise still be running
+        when the first draft step is timed, and its cost would count as drafting."""
+        self.runner.greedy_ids(self.slot, ids, keep=1)  # a host read of the result: done once it returns
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
                          k: int) -> list[Proposal] | None:

@@ -39,10 +39,6 @@ class DraftModelProposer(ModelDrafting):
         q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
         return [Pick(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
 
-    def prefill(self, prompt: Sequence[int]) -> None:
-        if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
-            self.runner.extend(self.slot, prompt, keep=1)
-
     def close(self) -> None:
         self.runner.close(self.slot)
 
@@ -59,3 +55,18 @@ class DraftModelFactory:
 
     def open(self, sampling: SamplingParams, seed: int) -> DraftModelProposer:
         return DraftModelProposer(self.runner, sampling, seed, self.vocab_size)
+
+
+def warm_up(runner: ModelRunner, k: int = 4) -> None:
+    """Draft a few tokens, greedy and sampled, on a throwaway slot before serving: the first use of each kernel
+    costs far more than the next (CUDA loads its modules lazily), and the first drafts a deployment times
+    are what adaptive K starts from; a draft token that looks several times its price keeps K at 0."""
+    factory = DraftModelFactory(runner, runner.vocab_size)
+    prompt = list(range(1, 9))
+    for sampling in (SamplingParams(), SamplingParams(temperature=1.0, seed=0)):
+        proposer = factory.open(sampling, 0)
+        try:
+            proposer.prefill(prompt)
+            proposer.propose(prompt, k)
+        finally:
+            proposer.close()

@@ -67,8 +67,7 @@ class ReplayProposer(ModelDrafting):
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self._find(prompt)  # an unknown prompt is refused here, when its session starts
-        if len(prompt) <= self.runner.max_len:
-            self.runner.extend(self.slot, prompt, keep=1)
+        super().prefill(prompt)
 
     def close(self) -> None:
         self.runner.close(self.slot)

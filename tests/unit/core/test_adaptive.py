@@ -120,6 +120,20 @@ def test_a_draft_that_is_right_but_too_slow_at_this_load_is_probed_ever_more_rar
     assert ks.count(0) >= 500 and chooser.probes.every > chooser.probes.first
 
 
+def test_drafting_resumes_soon_after_the_load_that_made_it_slow_is_gone():
+    """A burst of load priced a perfect draft's token at 50 ms; now it costs 3 ms against 8 ms steps. Probes
+    back off while drafting does not pay, so each must move the estimate enough to resume within a few."""
+    chooser = AdaptiveK(max_k=4)
+    chooser.observe(0, 0, 0.008, 0.0)
+    chooser.observe(4, 4, 0.009, 4 * 0.050)
+    for cycle in range(512):
+        k = chooser.choose()
+        if k > 1:
+            break
+        chooser.observe(k, k, 0.008, 0.003 * k)
+    assert k > 1 and cycle < 300, (k, cycle)
+
+
 def test_cpu_like_costs_prefer_small_k():
     """On the 2-core CPU, verifying 5 tokens costs ~2x one (233 ms vs 475 ms), a draft step ~85 ms."""
     table = {0: 0.233, 1: 0.240, 2: 0.300, 4: 0.475, 8: 0.636}
