@@ -14,12 +14,11 @@ import threading
 import grpc
 import torch
 
-from specdec.core.decoder import feedback_of
 from specdec.core.drafting import DraftStart
 from specdec.core.errors import Unavailable
 from specdec.core.proposal import Proposal
 from specdec.core.stats import Cycle
-from specdec.core.target_loop import BROKEN, ProposalInbox
+from specdec.core.target_loop import BROKEN, ProposalInbox, feedback_of
 from specdec.serving.convert import draft_start_to_pb, proposal_from_pb, verdict_to_pb
 from specdec.serving.security import TLSFiles, bearer
 from specdec.serving.server import make_channel

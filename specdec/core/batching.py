@@ -24,6 +24,7 @@ delays the others' next token by at most one chunk's forward.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import queue
 import threading
@@ -39,6 +40,7 @@ from specdec.core.attention import use_grouped_attention
 from specdec.core.compute import INLINE, Compute
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
+from specdec.core.placement import compute_turns
 from specdec.core.runner import WAITING, Draw, Forward, KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
@@ -242,6 +244,8 @@ class BatchedRunner(ModelRunner):
         self._stopping = False
         self.stats = StepStats()
         self.costs = StepCostTable()
+        turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
+        self._turn = turns.turn if turns is not None else contextlib.nullcontext
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
@@ -552,17 +556,19 @@ class BatchedRunner(ModelRunner):
             ids[r.index] = r.ids + [0] * (n - len(r.ids))
             positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
         t1 = time.perf_counter()
-        logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
-        self._publish()  # the last step's results, while this one runs (on a GPU)
-        top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
-        self.stats.forward_s += time.perf_counter() - t1
-        self._draw_groups(logits, requests)
+        with self._turn():
+            logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
+            self._publish()  # the last step's results, while this one runs (on a GPU)
+            top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
+            self.stats.forward_s += time.perf_counter() - t1
+            self._draw_groups(logits, requests)
+            for r in requests:
+                kept = slice(len(r.ids) - r.keep, len(r.ids))
+                if r.greedy:
+                    r.argmax = top[r.index][kept]
+                elif r.pick is None:
+                    r.logits = logits[r.index, kept].to(torch.float32, copy=True)
         for r in requests:
-            kept = slice(len(r.ids) - r.keep, len(r.ids))
-            if r.greedy:
-                r.argmax = top[r.index][kept]
-            elif r.pick is None:
-                r.logits = logits[r.index, kept].to(torch.float32, copy=True)
             r.started = t0
             self._deliver(r)
         s, step_s = self.stats, time.perf_counter() - t0
@@ -596,13 +602,14 @@ class BatchedRunner(ModelRunner):
         positions = torch.arange(start, start + len(chunk))[None]
         last = r.fed + len(chunk) == len(r.ids)
         self._publish()
-        with torch.inference_mode():
+        with self._turn(), torch.inference_mode():
             logits = self._eager(ids, positions, keep=r.keep if last else 1, first_slot=r.index)  # [1, keep, V]
+            if last:
+                r.logits = logits[0].float()  # [keep, V]
+                r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         r.fed += len(chunk)
         self.stats.prefill_chunks += 1
         if last:
-            r.logits = logits[0].float()  # [keep, V]
-            r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
             self._deliver(r)
         else:
             with self._cv:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -9,10 +10,11 @@ from typing import Callable, Iterator
 from specdec.core.adaptive import AdaptiveK, FixedK, KChooser
 from specdec.core.config import FinishReason, GenerationRequest, SpeculationConfig
 from specdec.core.detokenize import TextStream
-from specdec.core.proposal import Feedback, ProposerFactory
+from specdec.core.proposal import ProposerFactory
 from specdec.core.runner import ModelRunner
 from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle, SpecStats
+from specdec.core.target_loop import InlineLink, TargetLoop
 
 
 @dataclass
@@ -25,12 +27,6 @@ class GenerationResult:
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "finish_reason": self.finish_reason.value,
                 "stats": self.stats.to_dict()}
-
-
-def feedback_of(cycle: Cycle) -> Feedback:
-    """What the proposer learns from a cycle (one block comes from one proposer)."""
-    source = cycle.draft_sources[0] if cycle.k and cycle.draft_sources else None
-    return Feedback(source=source, k=cycle.k, accepted=cycle.accepted, verify_s=cycle.verify_s)
 
 
 class SpeculativeDecoder:
@@ -47,37 +43,24 @@ class SpeculativeDecoder:
 
     def cycles(self, request: GenerationRequest, stats: SpecStats,
                choose_k: KChooser | None = None) -> Iterator[Cycle]:
-        """Run the loop, yielding each cycle's committed tokens as soon as they exist."""
+        """Run the loop, yielding each cycle's committed tokens as soon as they exist: the services' loop
+        (TargetLoop) with the proposer drafting on this thread when a block is wanted."""
         choose_k = choose_k or (AdaptiveK(max_k=self.speculation.max_k, initial_k=max(1, self.speculation.k))
                                 if self.speculation.adaptive else FixedK(self.speculation.k))
         sequence = TargetSequence(self.target, request, self.eos_ids)
-        proposer = None
+        link = None
         if self.proposers is not None and self.speculation.k > 0:
-            proposer = self.proposers.open(request.sampling, sequence.seed)
+            link = InlineLink(self.proposers.open(request.sampling, sequence.seed), lambda: sequence.committed,
+                              self.speculation.k)
         stats.prompt_tokens = len(request.prompt_ids)
         try:
-            while sequence.finish_reason is None:
-                # The first cycle is prefill alone, as in the services (where the draft prefills
-                # meanwhile): time to first token is the target's prefill, and seeded runs line up.
-                k = choose_k.choose(sequence.max_k) if proposer and stats.cycles > 0 else 0
-                proposal = None
-                if k > 0:
-                    t0 = time.perf_counter()
-                    proposal = proposer.propose(sequence.committed, k)
-                    draft_s = time.perf_counter() - t0  # catch-up included: it is latency too
-                cycle = sequence.step(proposal)
-                if proposal is not None:
-                    cycle.draft_s = draft_s
-                if stats.cycles > 0:  # the prefill cycle says nothing about decode costs
-                    choose_k.observe(cycle.k, cycle.accepted, cycle.verify_s, proposal.draft_s if proposal else 0.0)
-                    if proposer is not None:
-                        proposer.observe(feedback_of(cycle))
+            for cycle in TargetLoop(sequence, link, choose_k, threading.Event(), link_k=self.speculation.k).run():
                 stats.observe(cycle)
                 yield cycle  # the caller closes the generator early when a stop string matched
         finally:
             sequence.close()
-            if proposer is not None:
-                proposer.close()
+            if link is not None:
+                link.close()
 
     def generate(self, request: GenerationRequest, on_text: Callable[[str], None] | None = None,
                  choose_k: KChooser | None = None) -> GenerationResult:

@@ -3,15 +3,23 @@
 Drafting ahead (overlap) only pays when the draft computes on something the target does not: on the
 target's own GPU the two take turns on the device, and on the target's own CPU cores the draft's forward
 takes the cores the target's verify needs. Either way drafting ahead adds draft work and hides nothing.
+And processes computing on the same CPUs take turns (`CpuTurns`) rather than compute at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
+import logging
 import os
 import pathlib
 import socket
+import tempfile
+import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -46,3 +54,57 @@ def placement_of(device: torch.device | str) -> Placement:
         return Placement(host_id(), gpu_uuid=str(torch.cuda.get_device_properties(device).uuid))
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     return Placement(host_id(), cpus=frozenset(cpus))
+
+
+log = logging.getLogger("specdec.placement")
+POLL_S = 0.0005  # how often a forward waiting for its turn looks again (CPU forwards take milliseconds or more)
+
+
+class CpuTurns:
+    """Processes computing on the same CPUs take turns, one forward at a time, through an exclusive file lock
+    named after the CPU set.
+
+    Two co-located CPU services (a target and its draft on one laptop) otherwise run their forwards at the
+    same time under load, each with a thread per core: every OpenMP barrier then waits for a thread the
+    kernel has descheduled in favour of the other process, and both run several times slower than in turn.
+    A forward holds its turn only while it computes (never while it waits for anything else). A process that
+    stops while it holds the turn (SIGSTOP, a debugger) must not stop the others: past `wait_s` a forward
+    goes without its turn, and the turns are skipped for `skip_s` before they are tried again."""
+
+    def __init__(self, cpus: frozenset[int], wait_s: float = 2.0, skip_s: float = 10.0) -> None:
+        key = hashlib.sha1(",".join(map(str, sorted(cpus))).encode()).hexdigest()[:16]
+        self.path = pathlib.Path(tempfile.gettempdir()) / f"specdec-cpus-{key}.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.wait_s, self.skip_s = wait_s, skip_s
+        self._skip_until = 0.0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        held = self._acquire()
+        try:
+            yield
+        finally:
+            if held:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _acquire(self) -> bool:
+        now = time.monotonic()
+        if now < self._skip_until:
+            return False
+        deadline = now + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("another process has held the turn on these CPUs for %.1f s: computing without "
+                                "turns for %.0f s", self.wait_s, self.skip_s)
+                    self._skip_until = time.monotonic() + self.skip_s
+                    return False
+                time.sleep(POLL_S)
+
+
+def compute_turns(placement: Placement) -> CpuTurns | None:
+    """The turns of a CPU model's forwards (None on a GPU, where the device itself time-slices)."""
+    return CpuTurns(placement.cpus) if not placement.gpu_uuid and placement.cpus else None

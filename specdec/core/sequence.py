@@ -142,12 +142,6 @@ class TargetSequence:
             return self.runner.greedy_ids(self.slot, ids, keep), None
         return None, self.runner.extend(self.slot, ids, keep)
 
-    def step(self, proposal: Proposal | None = None, limit: int | None = None) -> Cycle:
-        """Verify a proposal (or none: plain decoding) and commit 1..k+1 tokens: one whole cycle here."""
-        prepared = self.prepare(proposal, limit)
-        started = time.perf_counter()
-        return self.complete(prepared, *self.run_forward(prepared.forward), started)
-
     def finish(self, reason: FinishReason) -> None:
         if self.finish_reason is None:
             self.finish_reason = reason

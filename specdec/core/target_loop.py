@@ -18,9 +18,8 @@ import torch
 from specdec.core.adaptive import KChooser
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import FinishReason
-from specdec.core.decoder import feedback_of
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
-from specdec.core.proposal import Proposal, Proposer
+from specdec.core.proposal import Feedback, Proposal, Proposer
 from specdec.core.runner import WAITING, Forward, KVSlot
 from specdec.core.sequence import Prepared, TargetSequence
 from specdec.core.stats import Cycle
@@ -39,6 +38,12 @@ NOTHING = Picked(None, 0.0, 0.0, 0.0, False)
 HOLD_VERDICTS_S = 5.0  # a paused draft hears of the committed tokens at least this often (its idle timeout is longer)
 BROKEN = object()  # put in a link's inbox: nothing more will come (it failed, or the session was cancelled)
 log = logging.getLogger("specdec.target_loop")
+
+
+def feedback_of(cycle: Cycle) -> Feedback:
+    """What the proposer learns from a cycle (one block comes from one proposer)."""
+    source = cycle.draft_sources[0] if cycle.k and cycle.draft_sources else None
+    return Feedback(source=source, k=cycle.k, accepted=cycle.accepted, verify_s=cycle.verify_s)
 
 
 class DraftSource(Protocol):
@@ -309,6 +314,46 @@ class TargetLoop:
     def _forward_and_complete(self, forward: Forward) -> Cycle:
         started = time.perf_counter()
         return self.complete(*self.sequence.run_forward(forward), started)
+
+
+class InlineLink:
+    """A proposer that drafts on the target's own thread when the target asks for a block (no overlap): the
+    in-process decoder's link. The draft's time is all wait, charged to adaptive K as drafting."""
+
+    failure: str | None = None
+    timeout_s: float | None = None
+
+    def __init__(self, proposer: Proposer, committed: Callable[[], list[int]], k: int) -> None:
+        self.proposer = proposer
+        self.committed = committed  # the target's committed tokens now
+        self.k = k  # what the last verdict asked for
+        self.on_arrival: Callable[[], None] = lambda: None
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def fail(self, reason: str) -> None:
+        self.failure = self.failure or reason
+
+    def wake(self) -> None:
+        pass  # nothing waits: drafting happens when asked
+
+    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
+        t0 = time.perf_counter()
+        p = self.proposer.propose(self.committed(), self.k)
+        return NOTHING if usable(p) < 0 else Picked(p, time.perf_counter() - t0, p.draft_s, p.catch_up_s, False)
+
+    def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
+        return self.next_proposal(usable)  # on an engine's thread: one request at a time only
+
+    def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
+        if next_k:
+            self.k = max(0, next_k)
+        self.proposer.observe(feedback_of(cycle))
+
+    def close(self, cancel: bool = False) -> None:
+        self.proposer.close()
 
 
 class LocalLink(ProposalInbox):

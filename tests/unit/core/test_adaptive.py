@@ -126,12 +126,11 @@ def test_drafting_resumes_soon_after_the_load_that_made_it_slow_is_gone():
     chooser = AdaptiveK(max_k=4)
     chooser.observe(0, 0, 0.008, 0.0)
     chooser.observe(4, 4, 0.009, 4 * 0.050)
-    for cycle in range(512):
-        k = chooser.choose()
-        if k > 1:
-            break
-        chooser.observe(k, k, 0.008, 0.003 * k)
-    assert k > 1 and cycle < 300, (k, cycle)
+    ks: list[int] = []
+    while len(ks) < 512 and (not ks or ks[-1] <= 1):
+        ks.append(chooser.choose())
+        chooser.observe(ks[-1], ks[-1], 0.008, 0.003 * ks[-1])
+    assert ks[-1] > 1 and len(ks) < 300, (ks[-1], len(ks))
 
 
 def test_cpu_like_costs_prefer_small_k():

@@ -7,10 +7,11 @@ import pytest
 
 from specdec.core.adaptive import AcceptanceEstimate
 from specdec.core.config import GenerationRequest, ProposerKind, SamplingParams, SpeculationConfig
-from specdec.core.decoder import SpeculativeDecoder, feedback_of
+from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.drafting import DraftSession, Verdict
 from specdec.core.proposal import Feedback, Proposal
 from specdec.core.stats import Cycle
+from specdec.core.target_loop import feedback_of
 from specdec.proposers import make_factory
 from specdec.serving.convert import feedback_from_pb, verdict_to_pb
 from tests.conftest import PROMPTS
