@@ -97,16 +97,21 @@ def test_draft_model_catches_up_apart_from_drafting(tiny_pair, monkeypatch):
     """After cycles drafted by lookup (or none), the gap is one prefill timed apart, so the draft time a
     proposal reports stays k decode steps: the per-token cost adaptive K weighs."""
     proposer = make_factory("draft-model", tiny_pair.draft_runner).open(SamplingParams(), 0)
-    runner, extend = proposer.runner, proposer.runner.extend
+    runner, extend, greedy_ids = proposer.runner, proposer.runner.extend, proposer.runner.greedy_ids
     fed = []
 
-    def slow_prefill(slot, tokens, keep):
+    def slow_prefill(slot, tokens, keep):  # catching up (and prefilling) reads only the argmax: it waits for it
         fed.append(len(tokens) - len(slot.tokens))
         if fed[-1] > 2:
             time.sleep(0.3)  # make the catch-up unmistakable
+        return greedy_ids(slot, tokens, keep)
+
+    def draft_step(slot, tokens, keep):
+        fed.append(len(tokens) - len(slot.tokens))
         return extend(slot, tokens, keep)
 
-    monkeypatch.setattr(runner, "extend", slow_prefill)
+    monkeypatch.setattr(runner, "greedy_ids", slow_prefill)
+    monkeypatch.setattr(runner, "extend", draft_step)
     try:
         sequence = list(range(10, 100))
         proposer.prefill(sequence[:5])
