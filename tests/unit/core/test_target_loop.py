@@ -16,16 +16,22 @@ from specdec.proposers.draft_model import DraftModelFactory
 pytestmark = pytest.mark.timeout(120)  # the bug this file guards against was a wait that never ended
 
 
-def test_a_draft_started_with_a_larger_k_is_told_the_chosen_k_and_never_stalls(tiny_pair):
-    """The services start the draft with the request's K while adaptive K may choose less at once: the
-    first verdict must say so, or the draft keeps a block the target considers used and drafts nothing."""
+def local_session(tiny_pair, k: int):
+    """24 greedy tokens of one prompt with an in-process draft started at K = k, and the output alone."""
     prompt = tiny_pair.encode("def fibonacci(n):")
     expected = tiny_pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=24,
                                                             ignore_eos=True)).token_ids
     request = GenerationRequest(prompt_ids=prompt, max_new_tokens=24, ignore_eos=True)
     sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
     drafter = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size).open(request.sampling, 0)
-    link = LocalLink(drafter, prompt, 4, greedy=True, predraft=PredraftPolicy.NEVER)
+    return expected, sequence, drafter, LocalLink(drafter, prompt, k, greedy=True, predraft=PredraftPolicy.NEVER)
+
+
+
+def test_a_draft_started_with_a_larger_k_is_told_the_chosen_k_and_never_stalls(tiny_pair):
+    """The services start the draft with the request's K while adaptive K may choose less at once: the
+    first verdict must say so, or the draft keeps a block the target considers used and drafts nothing."""
+    expected, sequence, drafter, link = local_session(tiny_pair, 4)
     try:
         ks = [cycle.k for cycle in TargetLoop(sequence, link, FixedK(1), threading.Event(), link_k=4).run()]
         drafted = [len(p.token_ids) for p in link.session.recent]  # the last few blocks the draft sent
@@ -46,13 +52,7 @@ def test_a_paused_draft_hears_of_the_plain_cycles_in_one_verdict_when_it_resumes
             self.n = getattr(self, "n", 0) + 1
             return 0 if 3 <= self.n < 9 else 2
 
-    prompt = tiny_pair.encode("def fibonacci(n):")
-    expected = tiny_pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=24,
-                                                            ignore_eos=True)).token_ids
-    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=24, ignore_eos=True)
-    sequence = TargetSequence(tiny_pair.target_runner, request, tiny_pair.eos_ids, seed=0)
-    drafter = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size).open(request.sampling, 0)
-    link = LocalLink(drafter, prompt, 2, greedy=True, predraft=PredraftPolicy.NEVER)
+    expected, sequence, drafter, link = local_session(tiny_pair, 2)
     sent, send = [], link.send_verdict
     link.send_verdict = lambda cycle, next_k=0: (sent.append((cycle.start, list(cycle.new_tokens), next_k)),
                                                  send(cycle, next_k))
@@ -63,7 +63,7 @@ def test_a_paused_draft_hears_of_the_plain_cycles_in_one_verdict_when_it_resumes
         drafter.close()
         sequence.close()
     assert sequence.generated == expected
-    position = len(prompt)
+    position = len(sequence.committed) - len(sequence.generated)  # the prompt
     for start, tokens, _ in sent:  # every committed token, once, in order
         assert start == position
         position += len(tokens)
