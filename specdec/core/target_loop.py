@@ -291,11 +291,12 @@ class TargetLoop:
         """Send the draft the verdict on this cycle. A paused draft has no use for each plain cycle's tokens
         until it drafts again: they are held and sent as one verdict with the one that resumes it (or after
         HOLD_VERDICTS_S), so under load a paused draft costs neither process a message per token."""
+        paused = cycle.k == 0 and next_k == 0 and self.k == 0  # a plain cycle, and the draft stays paused
         if self._held is not None:
             cycle = replace(cycle, start=self._held.start, new_tokens=[*self._held.new_tokens, *cycle.new_tokens])
-        elif cycle.k == 0 and next_k == 0 and self.k == 0:
+        elif paused:
             self._held_since = time.perf_counter()
-        if cycle.k == 0 and next_k == 0 and self.k == 0 and time.perf_counter() - self._held_since < HOLD_VERDICTS_S:
+        if paused and time.perf_counter() - self._held_since < HOLD_VERDICTS_S:
             self._held = cycle
             return
         self._held = None
