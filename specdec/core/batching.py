@@ -557,6 +557,8 @@ class BatchedRunner(ModelRunner):
             positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
         t1 = time.perf_counter()
         with self._turn():
+            turn_s = time.perf_counter() - t1  # waiting for another process on these CPUs: not this step's cost
+            t1 += turn_s
             logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
             self._publish()  # the last step's results, while this one runs (on a GPU)
             top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
@@ -569,10 +571,10 @@ class BatchedRunner(ModelRunner):
                 elif r.pick is None:
                     r.logits = logits[r.index, kept].to(torch.float32, copy=True)
         for r in requests:
-            r.started = t0
+            r.started = t0 + turn_s
             self._deliver(r)
         s, step_s = self.stats, time.perf_counter() - t0
-        self.costs.observe(len(requests), max(len(r.ids) for r in requests), step_s)
+        self.costs.observe(len(requests), max(len(r.ids) for r in requests), step_s - turn_s)
         s.steps, s.rows = s.steps + 1, s.rows + len(requests)
         s.busy_s += step_s
         s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1
