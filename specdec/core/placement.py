@@ -73,7 +73,7 @@ class CpuTurns:
 
     def __init__(self, cpus: frozenset[int], wait_s: float = 2.0, skip_s: float = 10.0) -> None:
         key = hashlib.sha1(",".join(map(str, sorted(cpus))).encode()).hexdigest()[:16]
-        self.path = pathlib.Path(tempfile.gettempdir()) / f"specdec-cpus-{key}.lock"
+        self.path = pathlib.Path(tempfile.gettempdir()) / f"specdec-cpus-{os.getuid()}-{key}.lock"  # one user's
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self.wait_s, self.skip_s = wait_s, skip_s
         self._skip_until = 0.0
@@ -106,5 +106,13 @@ class CpuTurns:
 
 
 def compute_turns(placement: Placement) -> CpuTurns | None:
-    """The turns of a CPU model's forwards (None on a GPU, where the device itself time-slices)."""
-    return CpuTurns(placement.cpus) if not placement.gpu_uuid and placement.cpus else None
+    """The turns of a CPU model's forwards (None on a GPU, where the device itself time-slices, or where the
+    lock file cannot be opened: then this process computes without turns, and says so)."""
+    if placement.gpu_uuid or not placement.cpus:
+        return None
+    try:
+        return CpuTurns(placement.cpus)
+    except OSError as exc:
+        log.warning("cannot open the lock that co-located CPU services take turns with (%s): computing without turns",
+                    exc)
+        return None

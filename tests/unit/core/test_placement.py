@@ -41,3 +41,16 @@ def test_a_process_waits_for_the_turn_another_holds_on_the_same_cpus():
     finally:
         release.set()
         holder.join(10)
+
+
+def test_a_lock_that_cannot_be_opened_means_no_turns_not_a_dead_service(monkeypatch, caplog):
+    from specdec.core import placement
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(placement.os, "open", refuse)
+    cpu = placement.Placement("host", cpus=frozenset({9993}))
+    assert placement.compute_turns(cpu) is None
+    assert "computing without turns" in caplog.text
+    assert placement.compute_turns(placement.Placement("host", gpu_uuid="GPU-1")) is None
