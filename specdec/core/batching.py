@@ -242,6 +242,7 @@ class BatchedRunner(ModelRunner):
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._stopping = False
+        self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
         turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
@@ -332,11 +333,13 @@ class BatchedRunner(ModelRunner):
             del self._rows[row.loop.slot.index]
         row.released.set()
 
-    def stop(self) -> None:
-        """End the engine loop; forwards still waiting fail with UNAVAILABLE."""
+    def stop(self, wait_s: float = 0.0) -> None:
+        """End the engine loop; forwards still waiting fail with UNAVAILABLE. `wait_s`: wait up to this long
+        for the loop to have ended (a process about to exit should not leave it inside a torch call)."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+        self._ended.wait(wait_s)
 
     def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
         return self._submit(slot, new_ids, keep, greedy=False).logits
@@ -387,6 +390,12 @@ class BatchedRunner(ModelRunner):
         return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s)
 
     def _loop(self) -> None:
+        try:
+            self._steps()
+        finally:
+            self._ended.set()
+
+    def _steps(self) -> None:
         mark, mark_t = StepStats(), time.monotonic()
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:

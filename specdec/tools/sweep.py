@@ -174,7 +174,7 @@ def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
     try:
         return {c: c / batched_step_s(runner, c, 1, min(512, s.max_len // 2)) for c in s.levels}
     finally:
-        runner.stop()
+        runner.stop(wait_s=10.0)  # the process exits soon: the engine thread must be out of torch by then
 
 
 def table(points: list[dict], bounds: dict[int, float]) -> str:
