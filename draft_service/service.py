@@ -55,7 +55,8 @@ class DraftService:
         try:
             proposer = self.factory.open(start.sampling, start.seed)
             session = DraftSession(proposer, start.prompt_ids, start.k, overlap, greedy=start.sampling.greedy,
-                                   predraft=self.predraft, vocab_size=self.vocab_size)
+                                   predraft=self.predraft, vocab_size=self.vocab_size,
+                                   paused=start.paused)
             self.compute.run(session.start)
             while not entry.cancel.is_set():
                 msg = self._get(inbox)

@@ -70,18 +70,19 @@ class TargetService:
             sequence = TargetSequence(self.runner, request.generation, self.eos_ids, seed=request.seed,
                                       cancelled=entry.cancel)
             spec = request.speculation
-            if request.draft_address and spec.k > 0:
-                start = DraftStart(request.session_id, request.generation.prompt_ids, request.generation.sampling,
-                                   sequence.seed, spec.k, request.overlap, self.runner.placement)
-                link = self.links.open(request.draft_address, start, deadline_s)
-                entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
                                  probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None))
                        if spec.adaptive else FixedK(spec.k))
+            paused = not chooser.drafting_pays()  # e.g. under load: the draft need not even prefill for now
+            if request.draft_address and spec.k > 0:
+                start = DraftStart(request.session_id, request.generation.prompt_ids, request.generation.sampling,
+                                   sequence.seed, spec.k, request.overlap, self.runner.placement, paused=paused)
+                link = self.links.open(request.draft_address, start, deadline_s)
+                entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
             fell_back = False
             queued_s = sequence.slot.queued_s
             observer.queued(queued_s)
-            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=spec.k).run():
+            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=0 if paused else spec.k).run():
                 cycle.queued_s, queued_s = queued_s, 0.0  # reported once, with the first cycle
                 observer.cycle(cycle)
                 if cycle.draft_failed and not fell_back:

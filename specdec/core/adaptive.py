@@ -206,6 +206,11 @@ class AdaptiveK:
         return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token + {ms(self.costs.round_trip_s)} ms/cycle, "
                 f"verify(k) batch/own ms {verify}, tokens/s by k {rates or '?'}")
 
+    def drafting_pays(self) -> bool:
+        """Whether drafting pays now (before any measurement: yes). Unlike `choose`, counts no probe: a new
+        session asks it to start its draft paused."""
+        return self.rate(0) is None or self._best(self.max_k) > 0
+
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""
         cap = self.max_k if limit is None else min(self.max_k, limit)
@@ -225,6 +230,8 @@ class KChooser(Protocol):
 
     def choose(self, limit: int | None = None) -> int: ...
 
+    def drafting_pays(self) -> bool: ...
+
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None: ...
 
 
@@ -236,6 +243,9 @@ class FixedK:
 
     def choose(self, limit: int | None = None) -> int:
         return self.k if limit is None else min(self.k, limit)
+
+    def drafting_pays(self) -> bool:
+        return self.k > 0
 
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
         pass

@@ -147,6 +147,7 @@ class DraftStart:
     k: int  # draft tokens per proposal
     overlap: bool  # draft the next block while the target verifies this one
     target_placement: Placement | None = None  # where the target computes (None: not said)
+    paused: bool = False  # the target's K is 0 for now: no prefill until a verdict resumes drafting
 
     def validate(self, vocab_size: int | None) -> "DraftStart":
         if not self.prompt_ids:
@@ -188,12 +189,14 @@ class Row:
 class DraftSession:
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, overlap: bool,
                  greedy: bool = True, keep_recent: int = 8, predraft: PredraftPolicy = PredraftPolicy.NEVER,
-                 vocab_size: int | None = None) -> None:
+                 vocab_size: int | None = None, paused: bool = False) -> None:
+        """`paused`: drafting starts paused (the target's K is 0); a verdict with next_k > 0 resumes it at
+        that K."""
         self.proposer = proposer
         self.vocab_size = vocab_size  # verdict ids are checked against it (None: only >= 0)
         self.greedy = greedy  # sampling needs q for every claimed token (1.0 for one-hot proposers)
         self.committed: list[int] = list(prompt_ids)
-        self.k = k
+        self.k = 0 if paused else k
         self.overlap = overlap
         self.predraft = (overlap and predraft != PredraftPolicy.NEVER and greedy
                          and isinstance(proposer, BranchProposer))
@@ -212,8 +215,11 @@ class DraftSession:
         """Right after the prompt arrives: prefill while the target prefills, and wait for its first
         token. Drafting from the prompt alone would offer the target a shorter block than k on its first
         cycle, and then which block it verifies would depend on timing; waiting keeps every block
-        exactly k tokens long, so a seeded request is reproducible, overlap on or off."""
-        self.proposer.prefill(self.committed)
+        exactly k tokens long, so a seeded request is reproducible, overlap on or off. A session that starts
+        paused prefills nothing (unless its forwards are free, `keep_up`): under load most sessions never
+        draft, and the verdict that resumes one catches it up in one forward."""
+        if self.k > 0 or self.keep_up:
+            self.proposer.prefill(self.committed)
 
     def on_verdict(self, verdict: Verdict) -> Iterator[list[SentProposal]]:
         """The target committed tokens: update and drop broken assumptions now, then draft on lazily: each

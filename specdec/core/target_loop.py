@@ -362,9 +362,10 @@ class LocalLink(ProposalInbox):
     drafts ahead while the target verifies (overlap), as a draft service does."""
 
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, greedy: bool,
-                 predraft: PredraftPolicy) -> None:
+                 predraft: PredraftPolicy, paused: bool = False) -> None:
         super().__init__(self._to_proposal, timeout_s=None)  # it answers every verdict: no wait is long
-        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy, predraft=predraft)
+        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy, predraft=predraft,
+                                    paused=paused)
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="local-draft")
         self._thread.start()

@@ -180,7 +180,7 @@ def target_request_to_pb(r: TargetRequest) -> target_pb2.TargetGenerateRequest:
 def draft_start_to_pb(start: DraftStart) -> draft_pb2.ProposeStart:
     pb = draft_pb2.ProposeStart(session_id=start.session_id, prompt_ids=start.prompt_ids,
                                 sampling=sampling_to_pb(start.sampling), seed=start.seed, k=start.k,
-                                overlap=start.overlap)
+                                overlap=start.overlap, paused=start.paused)
     if start.target_placement is not None:
         pb.target_placement.CopyFrom(placement_to_pb(start.target_placement))
     return pb
@@ -250,7 +250,8 @@ def draft_message_from_pb(msg: draft_pb2.ProposeRequest) -> DraftStart | Verdict
     if kind == "start":
         s = msg.start
         return DraftStart(session_id=s.session_id, prompt_ids=list(s.prompt_ids), sampling=sampling_from_pb(s.sampling),
-                          seed=s.seed, k=s.k, overlap=s.overlap, target_placement=placement_from_pb(s.target_placement))
+                          seed=s.seed, k=s.k, overlap=s.overlap, target_placement=placement_from_pb(s.target_placement),
+                          paused=s.paused)
     if kind == "verdict":
         v = msg.verdict
         return Verdict(v.start, list(v.token_ids), v.next_k, feedback_from_pb(v))

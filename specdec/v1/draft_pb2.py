@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\xcc\x01\n\x0cProposeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x0f\n\x07overlap\x18\x06 \x01(\x08\x12\x36\n\x10target_placement\x18\x08 \x01(\x0b\x32\x1c.specdec.v1.ComputePlacementJ\x04\x08\x07\x10\x08\"\xae\x01\n\x0eProposeVerdict\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06next_k\x18\x03 \x01(\x05\x12\x12\n\nverified_k\x18\x04 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x05\x12\x11\n\tverify_ms\x18\x06 \x01(\x01\x12\x31\n\x0fverified_source\x18\x07 \x01(\x0e\x32\x18.specdec.v1.ProposerKind\"7\n\x11ProposeRowRequest\x12\x13\n\x0bproposal_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x05\"\xab\x01\n\x0eProposeRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.specdec.v1.ProposeStartH\x00\x12-\n\x07verdict\x18\x02 \x01(\x0b\x32\x1a.specdec.v1.ProposeVerdictH\x00\x12\x34\n\x0brow_request\x18\x03 \x01(\x0b\x32\x1d.specdec.v1.ProposeRowRequestH\x00\x42\t\n\x07message\"\xe3\x01\n\rDraftProposal\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x13\n\x0btoken_probs\x18\x04 \x03(\x02\x12\x10\n\x08\x64raft_ms\x18\x05 \x01(\x01\x12\r\n\x05\x61head\x18\x06 \x01(\x08\x12(\n\x06source\x18\x07 \x01(\x0e\x32\x18.specdec.v1.ProposerKind\x12/\n\rtoken_sources\x18\x08 \x03(\x0e\x32\x18.specdec.v1.ProposerKind\x12\x13\n\x0b\x63\x61tch_up_ms\x18\t \x01(\x01\">\n\x0e\x44raftProposals\x12,\n\tproposals\x18\x01 \x03(\x0b\x32\x19.specdec.v1.DraftProposal\"J\n\x08\x44raftRow\x12\x13\n\x0bproposal_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0b\n\x03ids\x18\x03 \x03(\x05\x12\r\n\x05probs\x18\x04 \x03(\x02\"\xa1\x01\n\x0fProposeResponse\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x19.specdec.v1.DraftProposalH\x00\x12#\n\x03row\x18\x02 \x01(\x0b\x32\x14.specdec.v1.DraftRowH\x00\x12/\n\tproposals\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.DraftProposalsH\x00\x42\t\n\x07message\"\x16\n\x14\x44\x65scribeDraftRequest\"=\n\x15\x44\x65scribeDraftResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo2\xac\x01\n\x0c\x44raftService\x12\x46\n\x07Propose\x12\x1a.specdec.v1.ProposeRequest\x1a\x1b.specdec.v1.ProposeResponse(\x01\x30\x01\x12T\n\rDescribeDraft\x12 .specdec.v1.DescribeDraftRequest\x1a!.specdec.v1.DescribeDraftResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\xdc\x01\n\x0cProposeStart\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x0f\n\x07overlap\x18\x06 \x01(\x08\x12\x36\n\x10target_placement\x18\x08 \x01(\x0b\x32\x1c.specdec.v1.ComputePlacement\x12\x0e\n\x06paused\x18\t \x01(\x08J\x04\x08\x07\x10\x08\"\xae\x01\n\x0eProposeVerdict\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06next_k\x18\x03 \x01(\x05\x12\x12\n\nverified_k\x18\x04 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x05 \x01(\x05\x12\x11\n\tverify_ms\x18\x06 \x01(\x01\x12\x31\n\x0fverified_source\x18\x07 \x01(\x0e\x32\x18.specdec.v1.ProposerKind\"7\n\x11ProposeRowRequest\x12\x13\n\x0bproposal_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x05\"\xab\x01\n\x0eProposeRequest\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x18.specdec.v1.ProposeStartH\x00\x12-\n\x07verdict\x18\x02 \x01(\x0b\x32\x1a.specdec.v1.ProposeVerdictH\x00\x12\x34\n\x0brow_request\x18\x03 \x01(\x0b\x32\x1d.specdec.v1.ProposeRowRequestH\x00\x42\t\n\x07message\"\xe3\x01\n\rDraftProposal\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x13\n\x0btoken_probs\x18\x04 \x03(\x02\x12\x10\n\x08\x64raft_ms\x18\x05 \x01(\x01\x12\r\n\x05\x61head\x18\x06 \x01(\x08\x12(\n\x06source\x18\x07 \x01(\x0e\x32\x18.specdec.v1.ProposerKind\x12/\n\rtoken_sources\x18\x08 \x03(\x0e\x32\x18.specdec.v1.ProposerKind\x12\x13\n\x0b\x63\x61tch_up_ms\x18\t \x01(\x01\">\n\x0e\x44raftProposals\x12,\n\tproposals\x18\x01 \x03(\x0b\x32\x19.specdec.v1.DraftProposal\"J\n\x08\x44raftRow\x12\x13\n\x0bproposal_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x0b\n\x03ids\x18\x03 \x03(\x05\x12\r\n\x05probs\x18\x04 \x03(\x02\"\xa1\x01\n\x0fProposeResponse\x12-\n\x08proposal\x18\x01 \x01(\x0b\x32\x19.specdec.v1.DraftProposalH\x00\x12#\n\x03row\x18\x02 \x01(\x0b\x32\x14.specdec.v1.DraftRowH\x00\x12/\n\tproposals\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.DraftProposalsH\x00\x42\t\n\x07message\"\x16\n\x14\x44\x65scribeDraftRequest\"=\n\x15\x44\x65scribeDraftResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo2\xac\x01\n\x0c\x44raftService\x12\x46\n\x07Propose\x12\x1a.specdec.v1.ProposeRequest\x1a\x1b.specdec.v1.ProposeResponse(\x01\x30\x01\x12T\n\rDescribeDraft\x12 .specdec.v1.DescribeDraftRequest\x1a!.specdec.v1.DescribeDraftResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec.v1.draft_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROPOSESTART']._serialized_start=64
-  _globals['_PROPOSESTART']._serialized_end=268
-  _globals['_PROPOSEVERDICT']._serialized_start=271
-  _globals['_PROPOSEVERDICT']._serialized_end=445
-  _globals['_PROPOSEROWREQUEST']._serialized_start=447
-  _globals['_PROPOSEROWREQUEST']._serialized_end=502
-  _globals['_PROPOSEREQUEST']._serialized_start=505
-  _globals['_PROPOSEREQUEST']._serialized_end=676
-  _globals['_DRAFTPROPOSAL']._serialized_start=679
-  _globals['_DRAFTPROPOSAL']._serialized_end=906
-  _globals['_DRAFTPROPOSALS']._serialized_start=908
-  _globals['_DRAFTPROPOSALS']._serialized_end=970
-  _globals['_DRAFTROW']._serialized_start=972
-  _globals['_DRAFTROW']._serialized_end=1046
-  _globals['_PROPOSERESPONSE']._serialized_start=1049
-  _globals['_PROPOSERESPONSE']._serialized_end=1210
-  _globals['_DESCRIBEDRAFTREQUEST']._serialized_start=1212
-  _globals['_DESCRIBEDRAFTREQUEST']._serialized_end=1234
-  _globals['_DESCRIBEDRAFTRESPONSE']._serialized_start=1236
-  _globals['_DESCRIBEDRAFTRESPONSE']._serialized_end=1297
-  _globals['_DRAFTSERVICE']._serialized_start=1300
-  _globals['_DRAFTSERVICE']._serialized_end=1472
+  _globals['_PROPOSESTART']._serialized_end=284
+  _globals['_PROPOSEVERDICT']._serialized_start=287
+  _globals['_PROPOSEVERDICT']._serialized_end=461
+  _globals['_PROPOSEROWREQUEST']._serialized_start=463
+  _globals['_PROPOSEROWREQUEST']._serialized_end=518
+  _globals['_PROPOSEREQUEST']._serialized_start=521
+  _globals['_PROPOSEREQUEST']._serialized_end=692
+  _globals['_DRAFTPROPOSAL']._serialized_start=695
+  _globals['_DRAFTPROPOSAL']._serialized_end=922
+  _globals['_DRAFTPROPOSALS']._serialized_start=924
+  _globals['_DRAFTPROPOSALS']._serialized_end=986
+  _globals['_DRAFTROW']._serialized_start=988
+  _globals['_DRAFTROW']._serialized_end=1062
+  _globals['_PROPOSERESPONSE']._serialized_start=1065
+  _globals['_PROPOSERESPONSE']._serialized_end=1226
+  _globals['_DESCRIBEDRAFTREQUEST']._serialized_start=1228
+  _globals['_DESCRIBEDRAFTREQUEST']._serialized_end=1250
+  _globals['_DESCRIBEDRAFTRESPONSE']._serialized_start=1252
+  _globals['_DESCRIBEDRAFTRESPONSE']._serialized_end=1313
+  _globals['_DRAFTSERVICE']._serialized_start=1316
+  _globals['_DRAFTSERVICE']._serialized_end=1488
 # @@protoc_insertion_point(module_scope)

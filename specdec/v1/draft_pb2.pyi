@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProposeStart(_message.Message):
-    __slots__ = ("session_id", "prompt_ids", "sampling", "seed", "k", "overlap", "target_placement")
+    __slots__ = ("session_id", "prompt_ids", "sampling", "seed", "k", "overlap", "target_placement", "paused")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ProposeStart(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     TARGET_PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
@@ -23,7 +24,8 @@ class ProposeStart(_message.Message):
     k: int
     overlap: bool
     target_placement: _common_pb2.ComputePlacement
-    def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., k: _Optional[int] = ..., overlap: _Optional[bool] = ..., target_placement: _Optional[_Union[_common_pb2.ComputePlacement, _Mapping]] = ...) -> None: ...
+    paused: bool
+    def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., k: _Optional[int] = ..., overlap: _Optional[bool] = ..., target_placement: _Optional[_Union[_common_pb2.ComputePlacement, _Mapping]] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class ProposeVerdict(_message.Message):
     __slots__ = ("start", "token_ids", "next_k", "verified_k", "accepted", "verify_ms", "verified_source")

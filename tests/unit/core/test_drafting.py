@@ -217,3 +217,27 @@ def test_a_paused_draft_keeps_its_cache_caught_up_only_where_its_forwards_are_fr
             assert len(resumed) >= 1 and resumed[0][0].start == len(prompt) + 4
         finally:
             proposer.close()
+
+
+def test_a_draft_started_paused_prefills_nothing_and_drafts_the_same_block_once_resumed(tiny_pair):
+    """Under load the target starts most drafts paused: a session that never drafts must cost the draft
+    no forward, and one that does draft must offer what a draft that prefilled at once would have."""
+    factory = DraftModelFactory(tiny_pair.draft_runner, tiny_pair.target_runner.vocab_size)
+    prompt = tiny_pair.encode("def main():")
+    paused, eager = factory.open(SamplingParams(), 0), factory.open(SamplingParams(), 0)
+    try:
+        late = DraftSession(paused, prompt, 3, overlap=False, paused=True)
+        early = DraftSession(eager, prompt, 3, overlap=False)
+        late.start()
+        early.start()
+        assert paused.slot.tokens == [] and eager.slot.tokens == prompt
+        assert [*late.on_verdict(Verdict(len(prompt), [5]))] == []  # still paused: nothing drafted or cached
+        assert paused.slot.tokens == []
+        [[resumed]] = [*late.on_verdict(Verdict(len(prompt) + 1, [6], next_k=3))]
+        assert [*early.on_verdict(Verdict(len(prompt), [5], next_k=-1))] == []  # paused after its prefill
+        [[want]] = [*early.on_verdict(Verdict(len(prompt) + 1, [6], next_k=3))]
+        assert paused.slot.tokens[:len(prompt) + 2] == prompt + [5, 6]  # caught up when resumed
+        assert (resumed.start, resumed.token_ids) == (want.start, want.token_ids) and len(want.token_ids) == 3
+    finally:
+        paused.close()
+        eager.close()
