@@ -77,14 +77,17 @@ L)  # one GPU: GPU tests, then the batched services under 1-64 concurrent client
     --concurrency ${LOAD_LEVELS:-1,4,16,64} 2>"$OUT/load_${LOAD_NAME:-l}.log" | tee "$OUT/load_${LOAD_NAME:-l}.jsonl" ;;
 M)  # issue 18, two GPUs (nvidia-h200-x2): target on cuda:0, draft service on cuda:1, batched, under 1-64 clients:
     # target-only, speculation with and without overlap, replayed acceptance 0.8 and 0 (adaptive K), 7B and 32B.
-    # DRAFT_DEVICE=cuda:0 checks the same part end to end on one GPU.
-  for T in ${TARGETS:-7b 32b}; do for A in 0.8 0; do
+    # DRAFT_DEVICE=cuda:0 checks the same part end to end on one GPU (TARGETS, ALPHAS, LEVELS narrow it).
+  for T in ${TARGETS:-7b 32b}; do for A in ${ALPHAS:-0.8 0}; do
     timeout ${SWEEP_TIMEOUT:-900} python3 -m specdec bench --concurrency ${LEVELS:-1,4,16,64} --device cuda:0 \
       --draft-device ${DRAFT_DEVICE:-cuda:1} --dtype bfloat16 --max-len 1024 --max-new-tokens 128 \
       --target random:qwen2.5-$T --draft $D --replay-alpha $A --modes target-only,services,services-no-overlap \
       --json "$OUT/issue18_${T}_a$A.json" --plot "$OUT/issue18_${T}_a$A.png" 2>"$OUT/issue18_${T}_a$A.log" \
       | tee "$OUT/issue18_${T}_a$A.txt"
   done; done ;;
+S)  # one GPU: the single-session re-check after batching (issue 17): 32B, replayed 0.9, K = 6, services vs target-only
+  BENCH_TIMEOUT=${BENCH_TIMEOUT:-300} bench s09 --target random:qwen2.5-32b --draft $D --replay-alpha 0.9 --k 6 \
+    --modes target-only,services ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
