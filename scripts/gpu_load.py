@@ -22,9 +22,7 @@ from specdec.tools.sweep import load_levels, record_continuations
 CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
-    "target-only-gather5": (False, ["--batch-gather-ms", "5"], []),
-    "target-only-si": (False, ["--batch-gather-ms", "5", "--switch-interval-ms", "0.5"], []),
-    "spec-si": (True, ["--batch-gather-ms", "5", "--switch-interval-ms", "0.5"], []),
+    "target-only-si": (False, ["--switch-interval-ms", "0.5"], []),  # the engine thread gets the GIL back sooner
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }

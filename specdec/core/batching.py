@@ -110,7 +110,7 @@ class _Request:
     pick: object = None  # its step's pick, when drawn with its chain's group
     fed: int = 0  # tokens already forwarded (chunked prefill)
     started: float = 0.0  # when its first forward began
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = field(default_factory=threading.Event)  # None for a driven session's
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     error: BaseException | None = None
@@ -459,7 +459,8 @@ class BatchedRunner(ModelRunner):
                 else:
                     slot = row.loop.slot
                     ids = self._new_tokens(slot, forward.ids, forward.keep)  # rolls the row back to what it reuses
-                    request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row)
+                    request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
+                                       done=None)  # the engine completes it: nobody waits on an event
             except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
                 log.exception("a session's cycle failed")
                 self._end(row, e)

@@ -208,7 +208,7 @@ class TargetLoop:
         self._picked = NOTHING
         self._prepared: Prepared | None = None
         self._ready_at = time.perf_counter()  # when the last cycle ended: waiting for the draft since
-        self._held: Cycle | None = None  # cycles committed while the draft is paused, not told yet (merged)
+        self._held: tuple[int, list[int]] | None = None  # (start, tokens) committed while the draft is paused, not told yet
         self._held_since = 0.0
 
     @property
@@ -273,9 +273,9 @@ class TargetLoop:
         """Verify and commit the planned cycle from its forward's argmax or logits; choose the next K and
         tell the draft."""
         picked = self._picked
-        cycle = replace(self.sequence.complete(self._prepared, top, logits, started), wait_s=picked.wait_s,
-                        draft_s=picked.draft_s, catch_up_s=picked.catch_up_s, ahead=picked.ahead,
-                        draft_failed=self.draft_failed)
+        cycle = self.sequence.complete(self._prepared, top, logits, started)  # a new Cycle: filled in here
+        cycle.wait_s, cycle.draft_s, cycle.catch_up_s = picked.wait_s, picked.draft_s, picked.catch_up_s
+        cycle.ahead, cycle.draft_failed = picked.ahead, self.draft_failed
         if not self._first:
             self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, *self._draft_cost(picked, started))
         self._first = False
@@ -292,14 +292,17 @@ class TargetLoop:
         until it drafts again: they are held and sent as one verdict with the one that resumes it (or after
         HOLD_VERDICTS_S), so under load a paused draft costs neither process a message per token."""
         paused = cycle.k == 0 and next_k == 0 and self.k == 0  # a plain cycle, and the draft stays paused
-        if self._held is not None:
-            cycle = replace(cycle, start=self._held.start, new_tokens=[*self._held.new_tokens, *cycle.new_tokens])
-        elif paused:
+        if self._held is None and paused:
             self._held_since = time.perf_counter()
         if paused and time.perf_counter() - self._held_since < HOLD_VERDICTS_S:
-            self._held = cycle
+            if self._held is None:
+                self._held = (cycle.start, [])
+            self._held[1].extend(cycle.new_tokens)
             return
-        self._held = None
+        if self._held is not None:  # one verdict for all: the held tokens, then this cycle's (which it describes)
+            start, tokens = self._held
+            cycle = replace(cycle, start=start, new_tokens=tokens + cycle.new_tokens)
+            self._held = None
         self.link.send_verdict(cycle, next_k)
 
     def _draft_cost(self, picked: Picked, started: float) -> tuple[float, float]:

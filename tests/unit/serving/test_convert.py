@@ -39,9 +39,9 @@ def test_target_request_and_draft_start_round_trip():
                             SpeculationConfig(k=4, max_k=4, adaptive=True), "host:1", overlap=False)
     assert convert.target_request_from_pb(convert.target_request_to_pb(request)) == request
     start = DraftStart("s", [1, 2], SamplingParams(), 3, 4, True, Placement("h", cpus=frozenset({0, 1})))
-    for start in (start, replace(start, paused=True)):
-        message = draft_pb2.ProposeRequest(start=convert.draft_start_to_pb(start))
-        assert convert.draft_message_from_pb(message) == start
+    for sent in (start, replace(start, paused=True)):
+        message = draft_pb2.ProposeRequest(start=convert.draft_start_to_pb(sent))
+        assert convert.draft_message_from_pb(message) == sent
 
 
 def test_cycles_keep_their_milliseconds_and_seconds_apart():
