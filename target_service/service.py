@@ -71,7 +71,8 @@ class TargetService:
                                       cancelled=entry.cancel)
             spec = request.speculation
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
-                                 probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None))
+                                 probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None),
+                                 batch_rows=getattr(self.runner, "batch_rows", None))
                        if spec.adaptive else FixedK(spec.k))
             paused = not chooser.drafting_pays()  # e.g. under load: the draft need not even prefill for now
             if request.draft_address and spec.k > 0:

@@ -117,20 +117,23 @@ class ProbeSchedule:
 
     A probe after which drafting still does not pay (nothing accepted, or the draft too slow at this load)
     doubles the wait, and one that makes it pay resets it. Shared by a target's sessions (as the
-    costs and the acceptance prior are), it counts all their plain cycles: sixty-four sessions of a useless
-    draft then probe together as often as one session alone, instead of each paying for its own probes."""
+    costs and the acceptance prior are), it counts their plain cycles in steps: a cycle of a batch of R
+    rows is 1/R of a step. A probe costs the whole batch about the same at any R (every row is padded to
+    the probe's verify, and the draft's catching up shares the device), so sixty-four sessions of a
+    useless draft probe together as often in time as one session alone, and what they lose stays a small,
+    fixed share of the steps instead of growing with the load."""
 
-    first: int = 16  # cycles at k = 0 before the first probe, and again after a probe that was accepted
+    first: int = 16  # steps at k = 0 before the first probe, and again after a probe that made drafting pay
     max_every: int = 512
     every: int = 0  # the current wait (0: `first`)
-    since: int = 0  # plain cycles since the last probe
+    since: float = 0.0  # plain steps since the last probe
 
-    def due(self) -> bool:
-        """Count one plain cycle; True when it should probe instead."""
-        self.since += 1
+    def due(self, share: float = 1.0) -> bool:
+        """Count one plain cycle, `share` of a step (1 / rows in a batch); True when it should probe instead."""
+        self.since += share
         if self.since < (self.every or self.first):
             return False
-        self.since = 0
+        self.since = 0.0
         return True
 
     def result(self, pays: bool) -> None:
@@ -159,6 +162,7 @@ class AdaptiveK:
     acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
     batch_verify: Callable[[int], float | None] | None = None  # a batched engine's step cost now, if every row
     #                                                            verified k drafts (load-aware K); None: alone
+    batch_rows: Callable[[], int] | None = None  # a batched engine's rows now (probes are counted in steps)
     _probing: bool = False
 
     def __post_init__(self) -> None:
@@ -219,7 +223,8 @@ class AdaptiveK:
         if self.rate(0) is None:
             return min(self.initial_k, cap)  # measure first
         k = self._best(cap)
-        if k == 0 and self.probes.due():  # speculation may pay again: measure
+        share = 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
+        if k == 0 and self.probes.due(share):  # speculation may pay again: measure
             self._probing = True
             k = 1
         return k

@@ -320,7 +320,11 @@ class BatchedRunner(ModelRunner):
     def batch_verify_cost(self, k: int) -> float | None:
         """What a step costs now if every driven session verifies k drafts (k + 1 tokens per row): the verify
         cost load-aware K weighs, since in a padded batch one row's K sets every row's step."""
-        return self.costs.cost(max(1, len(self._rows)), k + 1)
+        return self.costs.cost(self.batch_rows(), k + 1)
+
+    def batch_rows(self) -> int:
+        """The driven sessions now: the rows of a step (at least 1)."""
+        return max(1, len(self._rows))
 
     def _wake(self) -> None:
         with self._cv:
