@@ -36,6 +36,7 @@ class DraftService:
         self.compute = compute  # where drafting runs (core.compute: CPU models on one thread)
         self.vocab_size = vocab_size  # ids a model can embed; None (prompt lookup): any id >= 0
         self.sessions = SessionTable()
+        self._shared_with: set[Placement] = set()  # targets already told of: under load, a line per session is noise
 
     def serve(self, inbox: queue.Queue, on_cancel: Callable[[Callable[[], None]], None]
               ) -> Iterator[list[SentProposal] | Row]:
@@ -46,9 +47,10 @@ class DraftService:
             raise InvalidArgument("start", "the first message of a Propose stream must be `start`")
         start.validate(self.vocab_size)
         overlap = overlap_pays(start.overlap, self.placement, start.target_placement)
-        if overlap != start.overlap:
-            log.info("session %s: the target computes on this draft's %s: drafting without overlap",
-                     start.session_id, "GPU" if self.placement.gpu_uuid else "CPUs")
+        if overlap != start.overlap and start.target_placement not in self._shared_with:
+            self._shared_with.add(start.target_placement)
+            log.info("session %s: the target computes on this draft's %s: drafting without overlap (said once per "
+                     "target)", start.session_id, "GPU" if self.placement.gpu_uuid else "CPUs")
         entry = self.sessions.add(start.session_id)
         on_cancel(entry.cancel_now)
         proposer = None
