@@ -4,7 +4,7 @@ With per-token acceptance rate a, a cycle that drafts k tokens commits on averag
     E(k) = (1 - a^(k+1)) / (1 - a)            tokens (Leviathan et al. 2023, eq. 1)
 and costs T(k) = k * draft_step + verify(k) + [k > 0] * round_trip   (verify(0) is a plain decode step).
 We pick k in [0, max_k] maximising E(k) / T(k). k = 0 means plain target decoding: a useless draft
-costs nothing but an occasional probe (every `ProbeSchedule.every` cycles at k = 0 we try k = 1 to re-measure a).
+costs nothing but an occasional probe (after `ProbeSchedule.every` steps at k = 0 a cycle tries k = 1 to re-measure a).
 Costs are exponential moving averages of measured times; verify(k) for an unmeasured k is
 interpolated linearly between the nearest measured sizes. `round_trip` is what a drafted cycle waits for
 beyond the draft's own drafting (the hops to a draft service and back, an engine step taking the proposal
