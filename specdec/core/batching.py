@@ -245,8 +245,8 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
-        turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
-        self._turn = turns.turn if turns is not None else contextlib.nullcontext
+        self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
+        self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
@@ -397,6 +397,8 @@ class BatchedRunner(ModelRunner):
         try:
             self._steps()
         finally:
+            if self._turns is not None:
+                self._turns.close()  # no forward after the loop: the lock file goes back
             self._ended.set()
 
     def _steps(self) -> None:

@@ -78,6 +78,12 @@ class CpuTurns:
         self.wait_s, self.skip_s = wait_s, skip_s
         self._skip_until = 0.0
 
+    def close(self) -> None:
+        """Give the lock file back (the engine that took turns has ended): a turn held now is released."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
         held = self._acquire()
@@ -89,7 +95,7 @@ class CpuTurns:
 
     def _acquire(self) -> bool:
         now = time.monotonic()
-        if now < self._skip_until:
+        if now < self._skip_until or self._fd < 0:
             return False
         deadline = now + self.wait_s
         while True:

@@ -1,7 +1,10 @@
 """Co-located CPU services take turns: one forward at a time across processes on the same CPUs."""
 
 import multiprocessing
+import os
 import time
+
+import pytest
 
 from specdec.core.placement import CpuTurns
 
@@ -54,3 +57,16 @@ def test_a_lock_that_cannot_be_opened_means_no_turns_not_a_dead_service(monkeypa
     assert placement.compute_turns(cpu) is None
     assert "computing without turns" in caplog.text
     assert placement.compute_turns(placement.Placement("host", gpu_uuid="GPU-1")) is None
+
+
+def test_turns_give_their_lock_file_back_when_closed():
+    """Each CPU engine opens the lock file once; an engine that stops closes it (tests build many)."""
+    turns = CpuTurns(frozenset({9994}))
+    fd = turns._fd
+    os.fstat(fd)
+    turns.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with turns.turn():  # closed: goes without a turn instead of failing
+        pass
+    turns.close()  # twice is fine
