@@ -210,6 +210,10 @@ class AdaptiveK:
         return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token + {ms(self.costs.round_trip_s)} ms/cycle, "
                 f"verify(k) batch/own ms {verify}, tokens/s by k {rates or '?'}")
 
+    def _step_share(self) -> float:
+        """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
+        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
+
     def drafting_pays(self) -> bool:
         """Whether drafting pays now (before any measurement: yes). Unlike `choose`, counts no probe: a new
         session asks it to start its draft paused."""
@@ -223,8 +227,7 @@ class AdaptiveK:
         if self.rate(0) is None:
             return min(self.initial_k, cap)  # measure first
         k = self._best(cap)
-        share = 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
-        if k == 0 and self.probes.due(share):  # speculation may pay again: measure
+        if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
         return k
@@ -234,6 +237,10 @@ class KChooser(Protocol):
     """Decides the draft length of each cycle (FixedK, or AdaptiveK)."""
 
     def choose(self, limit: int | None = None) -> int: ...
+
+    def _step_share(self) -> float:
+        """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
+        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
 
     def drafting_pays(self) -> bool: ...
 
@@ -248,6 +255,10 @@ class FixedK:
 
     def choose(self, limit: int | None = None) -> int:
         return self.k if limit is None else min(self.k, limit)
+
+    def _step_share(self) -> float:
+        """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
+        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
 
     def drafting_pays(self) -> bool:
         return self.k > 0
