@@ -23,6 +23,7 @@ CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
     "target-only-si": (False, ["--switch-interval-ms", "0.5"], []),  # the engine thread gets the GIL back sooner
+    "target-only-nolook": (False, ["--no-lookahead"], []),  # each step read before the next is launched
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }

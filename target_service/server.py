@@ -32,6 +32,7 @@ class TargetServerSettings:
     batching: bool = True  # all sessions' forwards of a step in one batched forward (core/batching.py)
     gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
     prefill_chunk: int = 512  # prompt tokens of one session per step
+    lookahead: bool = True  # on a GPU, launch a step of plain greedy decodes before reading the last (core.batching)
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
     internal_token: str | None = None  # bearer token presented to drafts
@@ -60,7 +61,7 @@ def build(settings: TargetServerSettings) -> Server:
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
-        prefill_chunk=settings.prefill_chunk, max_len=context_length(loaded.model, settings.max_len),
+        prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False, max_len=context_length(loaded.model, settings.max_len),
         max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",

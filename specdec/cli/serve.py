@@ -66,6 +66,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="target: the most prompt tokens of one session forwarded per step, so a long prompt "
                             "delays the others' next token by one chunk at most (default 512)")
+    serve.add_argument("--no-lookahead", action="store_true",
+                       help="target on a GPU: read each step before launching the next. By default, while every "
+                            "row of a step decodes plainly and greedily, the engine launches the next step on the "
+                            "tokens the device just drew, before it reads them, so the GPU does not wait for the "
+                            "host's verifying and planning (outputs are the same either way)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")
@@ -161,7 +166,7 @@ def build_server(args: argparse.Namespace):
             target=args.target, device=args.device, dtype=args.dtype, max_len=args.max_len,
             max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
             cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
-            prefill_chunk=args.prefill_chunk,
+            prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             draft_tls=backend_tls, internal_token=internal)), None
     if args.role == Role.DRAFT:

@@ -19,6 +19,13 @@ step is a CUDA graph captured per (rows bucket, tokens bucket).
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt
 delays the others' next token by at most one chunk's forward.
+
+Looking ahead (on by default with CUDA graphs): when every row of a step is a plain greedy decode, the engine
+launches the next step before it reads this one, each row fed the token the device just drew for it (a
+guess that the session goes on decoding plainly). While the device computes, the host verifies, plans and
+waits for the interpreter; then each session's plan decides: a guess is kept only where the plan asks for
+exactly that forward, and dropped otherwise (the session ended, or it verifies a draft next), its row's
+writes landing past the row's length, where the next forward overwrites them. The output never depends on a guess.
 """
 
 from __future__ import annotations
@@ -114,6 +121,25 @@ class _Request:
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     error: BaseException | None = None
+    guess: bool = False  # launched before its token was read: the token its row's last step drew on the device
+    void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
+    next: "_Request | None" = None  # the guess launched after this forward for the same row
+
+
+@dataclass(eq=False)
+class _Launched:
+    """A step on the device whose results the host has not read yet."""
+
+    requests: list[_Request]
+    n: int  # tokens per row
+    logits: torch.Tensor  # [rows, n, V]: a graph's output, overwritten by the next replay
+    top: torch.Tensor | None  # [rows, n] argmax on the device (None: no greedy request); a guess's token
+    host_top: torch.Tensor | None  # its copy on the host, complete once `ready` has passed
+    ready: "torch.cuda.Event | None"  # recorded after that copy (None: computed on the host)
+    began: float  # when the engine began building it
+    launched: float  # when its forward was launched
+    ahead: bool = False  # the next step was launched before this one was read: only `top` is still valid
+    cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
 
 
 @dataclass(eq=False)
@@ -204,6 +230,8 @@ class StepStats:
     prefill_chunks: int = 0
     busy_s: float = 0.0  # time in batched steps
     forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
+    guesses: int = 0  # rows launched ahead on a guess (looking ahead)
+    guesses_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
 
 
@@ -213,13 +241,16 @@ class BatchedRunner(ModelRunner):
     `gather_s`: after a step, the most the engine waits for the sessions it just answered to come back
     before it starts the next step without them; it goes sooner once none has come back for LULL_S (a
     session waiting for its draft holds the others that long, not `gather_s`). `prefill_chunk`: the most
-    prompt tokens of one session forwarded in one step.
+    prompt tokens of one session forwarded in one step. `lookahead`: launch a step of plain greedy decodes
+    before reading the one in flight (module docstring; default: with CUDA graphs, where the device would
+    otherwise idle while the host works; on a CPU the host is the device).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
-                 prefill_chunk: int = 512, launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
+                 prefill_chunk: int = 512, lookahead: bool | None = None,
+                 launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`)."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
@@ -229,6 +260,7 @@ class BatchedRunner(ModelRunner):
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
+        self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -241,6 +273,7 @@ class BatchedRunner(ModelRunner):
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
+        self._read_at = 0.0  # when the host last read a step's results
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
@@ -387,11 +420,14 @@ class BatchedRunner(ModelRunner):
         s, wall = self.stats, time.monotonic() - t0
         if s.steps > since.steps:
             steps = s.steps - since.steps
+            guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f), busy %.0f%%, "
-                     "%d prefill chunks", steps, wall, (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
-                     1e3 * (s.forward_s - since.forward_s) / steps, 100 * (s.busy_s - since.busy_s) / wall,
-                     s.prefill_chunks - since.prefill_chunks)
-        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s)
+                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept)", steps, wall, (s.rows - since.rows) / steps,
+                     1e3 * (s.busy_s - since.busy_s) / steps, 1e3 * (s.forward_s - since.forward_s) / steps,
+                     100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
+                     100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses))
+        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s, guesses=s.guesses,
+                         guesses_kept=s.guesses_kept)
 
     def _loop(self) -> None:
         try:
@@ -403,24 +439,49 @@ class BatchedRunner(ModelRunner):
 
     def _steps(self) -> None:
         mark, mark_t = StepStats(), time.monotonic()
+        inflight: _Launched | None = None  # launched ahead, on guesses: the next step to read
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:
                 mark, mark_t = self._report(mark, mark_t), time.monotonic()
-            work = self._gather()
-            if work is None:
-                return
-            steps, prefill = work
+            prefill = None
+            if inflight is None:
+                work = self._gather()
+                if work is None:
+                    return
+                steps, prefill = work
+            ahead = None
             try:
-                if steps:
-                    self._run_step(steps)
-                if prefill is not None:
-                    self._run_chunk(prefill)
+                with self._turn():
+                    if inflight is None and steps:
+                        inflight = self._launch_or_fail(steps)
+                    if inflight is not None and self._looks_ahead(inflight):
+                        steps, more = self._take()
+                        if more is not None and prefill is not None:
+                            with self._cv:
+                                self._pending.append(more)  # one chunk a step
+                        prefill = prefill or more
+                        ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
+                        inflight.ahead = ahead is not None
+                    if inflight is not None:
+                        self._read(inflight)
+                if inflight is not None:
+                    self._hand_on(inflight)
+                if ahead is not None:
+                    self._publish()  # the device is busy with the next step: stream now
             except BaseException as e:  # noqa: BLE001 - handed to every waiting session, the loop goes on
                 log.exception("batched forward failed")
-                for r in steps + ([prefill] if prefill is not None else []):
+                for r in inflight.requests if inflight is not None else []:
                     self._fail(r, e)
-            with self._cv:
-                self._expected = {r.index for r in steps if r.row is None and r.done.is_set()} & self._open
+            if inflight is not None:
+                with self._cv:
+                    self._expected = {r.index for r in inflight.requests if r.row is None and r.done.is_set()} & self._open
+            if prefill is not None:
+                try:
+                    self._run_chunk(prefill)
+                except BaseException as e:  # noqa: BLE001
+                    log.exception("batched forward failed")
+                    self._fail(prefill, e)
+            inflight = ahead
 
     def _gather(self) -> tuple[list[_Request], _Request | None] | None:
         """The next step's work: every driven session that is ready, and the forwards callers handed in.
@@ -446,10 +507,20 @@ class BatchedRunner(ModelRunner):
                     self._publish()
                     self._cv.wait(left)
                     continue
-                steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
-                prefill = next((r for r in self._pending if r not in steps), None)
-                self._pending = [r for r in self._pending if r not in steps and r is not prefill]
-                return steps, prefill
+                return self._split_pending()
+
+    def _take(self) -> tuple[list[_Request], _Request | None]:
+        """What is ready now, without waiting (a step is on the device)."""
+        self._plan_rows()
+        with self._cv:
+            return self._split_pending()
+
+    def _split_pending(self) -> tuple[list[_Request], _Request | None]:
+        """The pending forwards that fit a step, and one prompt chunk (the caller holds the lock)."""
+        steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
+        prefill = next((r for r in self._pending if r not in steps), None)
+        self._pending = [r for r in self._pending if r not in steps and r is not prefill]
+        return steps, prefill
 
     def _plan_rows(self) -> None:
         """Ask every driven session that is not in a step yet for its next forward."""
@@ -458,28 +529,45 @@ class BatchedRunner(ModelRunner):
             for row in rows:
                 row.busy = True
         for row in rows:
-            try:
-                forward = row.loop.plan(wait=False)
-                if forward is WAITING or forward is None:
-                    request = None
-                else:
-                    slot = row.loop.slot
-                    ids = self._new_tokens(slot, forward.ids, forward.keep)  # rolls the row back to what it reuses
-                    request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
-                                       done=None)  # the engine completes it: nobody waits on an event
-            except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
-                log.exception("a session's cycle failed")
-                self._end(row, e)
-                continue
-            with self._cv:
-                if forward is None:
-                    self._end(row, _END)
-                elif request is not None:
-                    self._pending.append(request)
-                else:
-                    row.busy = False
-                    if row.closed:
-                        self._drop(row)
+            self._replan(row)
+
+    def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
+        """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess
+        that it decodes `token` plainly next; kept only when the plan is exactly that forward."""
+        forward = None
+        try:
+            forward = row.loop.plan(wait=False)
+            request = None
+            if forward is not WAITING and forward is not None:
+                slot = row.loop.slot
+                ids = self._new_tokens(slot, forward.ids, forward.keep)  # rolls the row back to what it reuses
+                if (guess is not None and forward.greedy and forward.keep == 1 and slot.length == guess.start
+                        and list(ids) == [token]):
+                    guess.ids = [token]
+                    self.stats.guesses_kept += 1
+                    return  # its forward is on the device: the row stays busy
+                request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
+                                   done=None)  # the engine completes it: nobody waits on an event
+        except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
+            log.exception("a session's cycle failed")
+            self._void(guess)
+            self._end(row, e)
+            return
+        self._void(guess)
+        with self._cv:
+            if forward is None:
+                self._end(row, _END)
+            elif request is not None:
+                self._pending.append(request)
+            else:
+                row.busy = False
+                if row.closed:
+                    self._drop(row)
+
+    @staticmethod
+    def _void(guess: _Request | None) -> None:
+        if guess is not None:
+            guess.void = True
 
     def _end(self, row: _Row, last: object) -> None:
         """A driven session is over: `last` (_END or an exception) is its reader's last item."""
@@ -488,16 +576,19 @@ class BatchedRunner(ModelRunner):
             self._drop(row)
 
     def _deliver(self, r: _Request) -> None:
-        """A request's forward is done: wake its caller, or complete a driven session's cycle."""
+        """A request's forward is done: wake its caller, or complete a driven session's cycle (and confirm or
+        drop the guess launched after it)."""
         row = r.row
         if row is None:
             if r.chain is not None and self._next_pick(r):
                 return
             r.done.set()
             return
+        guess, r.next = r.next, None
         with self._cv:
             closed = row.closed
         if closed:
+            self._void(guess)
             self._end(row, _END)
             return
         row.loop.slot.tokens.extend(r.ids)
@@ -505,11 +596,16 @@ class BatchedRunner(ModelRunner):
             cycle = row.loop.complete(r.argmax, r.logits, r.started)
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
+            self._void(guess)
             self._end(row, e)
             return
         self._outputs.append((row, cycle))
         if row.loop.done:
+            self._void(guess)
             self._end(row, _END)
+            return
+        if guess is not None and not guess.void:
+            self._replan(row, guess, r.argmax[-1])
             return
         with self._cv:
             row.busy = False
@@ -542,6 +638,9 @@ class BatchedRunner(ModelRunner):
         return True
 
     def _fail(self, r: _Request, error: BaseException) -> None:
+        if r.void:
+            return
+        self._void(r.next)
         if r.row is not None:
             self._end(r.row, error)
         else:
@@ -559,10 +658,41 @@ class BatchedRunner(ModelRunner):
             row.outbox.put(Unavailable("the engine has stopped"))
             self._drop(row)
 
-    def _run_step(self, requests: list[_Request]) -> None:
-        """One forward over slots [0, B): each request's tokens in its own row, padded to n."""
-        t0 = time.perf_counter()
-        n = max(len(r.ids) for r in requests)
+    def _looks_ahead(self, step: _Launched) -> bool:
+        """Whether the next step may be launched before `step` is read: every row of it a driven session's
+        plain greedy decode (whose next forward, if it goes on decoding plainly, is the token just drawn)."""
+        return (self.lookahead and step.n == 1 and not self._stopping
+                and all(r.void or (r.row is not None and r.greedy and r.keep == 1) for r in step.requests))
+
+    def _guesses(self, step: _Launched) -> list[_Request]:
+        """A plain decode of the token each row of `step` draws, one position on."""
+        guesses = []
+        for r in step.requests:
+            if not r.void and r.start + 2 <= self.max_len:
+                r.next = _Request(r.index, r.start + 1, [], 1, True, row=r.row, done=None, guess=True)
+                guesses.append(r.next)
+        self.stats.guesses += len(guesses)
+        return guesses
+
+    def _launch_or_fail(self, requests: list[_Request], after: _Launched | None = None) -> _Launched | None:
+        if not requests:
+            return None
+        try:
+            return self._launch(requests, after)
+        except BaseException as e:  # noqa: BLE001 - handed to every waiting session, the loop goes on
+            log.exception("batched forward failed")
+            for r in requests:
+                if r.guess:
+                    r.void = True  # its row goes on from the step it was guessed from
+                else:
+                    self._fail(r, e)
+            return None
+
+    def _launch(self, requests: list[_Request], after: _Launched | None = None) -> _Launched:
+        """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
+        token is `after`'s argmax for its row, read on the device."""
+        began = time.perf_counter()
+        n = max(max(len(r.ids), 1) for r in requests)
         rows = max(r.index for r in requests) + 1
         if self.cuda_graphs:
             n, rows = bucket(n, TOKEN_BUCKETS), min(bucket(rows, ROW_BUCKETS), self.max_sessions)
@@ -571,30 +701,54 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             ids[r.index] = r.ids + [0] * (n - len(r.ids))
             positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
-        t1 = time.perf_counter()
-        with self._turn():
-            turn_s = time.perf_counter() - t1  # waiting for another process on these CPUs: not this step's cost
-            t1 += turn_s
-            logits = self._batched(torch.tensor(ids), torch.tensor(positions))  # [rows, n, V], overwritten by the next replay
-            self._publish()  # the last step's results, while this one runs (on a GPU)
-            top = logits.argmax(-1).tolist() if any(r.greedy for r in requests) else None  # one host sync for all rows
-            self.stats.forward_s += time.perf_counter() - t1
-            self._draw_groups(logits, requests)
-            for r in requests:
-                kept = slice(len(r.ids) - r.keep, len(r.ids))
-                if r.greedy:
-                    r.argmax = top[r.index][kept]
-                elif r.pick is None:
-                    r.logits = logits[r.index, kept].to(torch.float32, copy=True)
+        guessed = [r.index for r in requests if r.guess]
+        launched = time.perf_counter()
+        logits = self._batched(torch.tensor(ids), torch.tensor(positions), guessed, after)  # [rows, n, V]
+        top = host_top = ready = None
+        if any(r.greedy for r in requests):
+            top = logits.argmax(-1)  # [rows, n]
+            host_top = top
+            if top.is_cuda:
+                host_top = torch.empty(top.shape, dtype=top.dtype, pin_memory=True)
+                host_top.copy_(top, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+        self._publish()  # the last step's results, while this one runs (on a GPU)
+        return _Launched(requests, n, logits, top, host_top, ready, began, launched)
+
+    def _read(self, step: _Launched) -> None:
+        """Read a launched step's results: one host sync for all rows."""
+        if step.ready is not None:
+            step.ready.synchronize()
+        top = step.host_top.tolist() if step.host_top is not None else None
+        read = time.perf_counter()
+        began = max(step.began, self._read_at)  # launched ahead: its cost starts when the last step was read
+        self.stats.forward_s += read - max(step.launched, self._read_at)
+        self._read_at = read
+        step.cost_from = began
+        requests = [r for r in step.requests if not r.void]
+        if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
+            self._draw_groups(step.logits, requests)
         for r in requests:
-            r.started = t0 + turn_s
-            self._deliver(r)
-        s, step_s = self.stats, time.perf_counter() - t0
-        self.costs.observe(len(requests), max(len(r.ids) for r in requests), step_s - turn_s)
-        s.steps, s.rows = s.steps + 1, s.rows + len(requests)
+            kept = slice(len(r.ids) - r.keep, len(r.ids))
+            if r.greedy:
+                r.argmax = top[r.index][kept]
+            elif r.pick is None:
+                r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
+            r.started = began
+
+    def _hand_on(self, step: _Launched) -> None:
+        """Complete every row of a step that was read; the step's cost goes into the table."""
+        for r in step.requests:
+            if not r.void:
+                self._deliver(r)
+        began = step.cost_from
+        s, step_s = self.stats, (self._read_at if step.ahead else time.perf_counter()) - began
+        self.costs.observe(len(step.requests), step.n, step_s)
+        s.steps, s.rows = s.steps + 1, s.rows + len(step.requests)
         s.busy_s += step_s
-        s.rows_seen[len(requests)] = s.rows_seen.get(len(requests), 0) + 1
-        self.on_step(len(requests), step_s)
+        s.rows_seen[len(step.requests)] = s.rows_seen.get(len(step.requests), 0) + 1
+        self.on_step(len(step.requests), step_s)
 
     def _draw_groups(self, logits: torch.Tensor, requests: list[_Request]) -> None:
         """Pick the next token of every grouped draft chain of a step, a group at a time (one draw and one
@@ -633,17 +787,32 @@ class BatchedRunner(ModelRunner):
             with self._cv:
                 self._pending.append(r)  # its next chunk goes with the next step
 
-    def _batched(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One step's forward of ids [rows, n] at positions [rows, n] into slots [0, rows), as the engine runs it
+        (a CUDA graph where one is captured), outside its loop: for measuring step costs on an idle runner."""
+        return self._batched(ids, positions, [], None)
+
+    def _batched(self, ids: torch.Tensor, positions: torch.Tensor, guessed: list[int],
+                 after: _Launched | None) -> torch.Tensor:
+        """ids, positions [rows, n]; rows `guessed` take their first token from `after`'s argmax on the device."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
-                return self._eager(ids, positions, keep=n)
+                ids = ids.to(self.device)
+                self._fill_guesses(ids, guessed, after)
+                return self._run(_StepInputs(ids, positions.to(self.device), 0), keep=n)
             with torch.cuda.device(self.device):
                 g = self._graphs[(rows, n)]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
                 g.inputs.positions.copy_(positions, non_blocking=True)
+                self._fill_guesses(g.inputs.ids, guessed, after)
                 g.graph.replay()
                 return g.logits
+
+    def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], after: _Launched | None) -> None:
+        if guessed:
+            index = torch.tensor(guessed, device=self.device)
+            ids[index, 0] = after.top[index, -1]  # `after` was a step of one token per row
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""
@@ -688,10 +857,10 @@ class BatchedRunner(ModelRunner):
 
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
-                   prefill_chunk: int = 512, **kwargs) -> tuple[ModelRunner, Compute]:
+                   prefill_chunk: int = 512, lookahead: bool | None = None, **kwargs) -> tuple[ModelRunner, Compute]:
     """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
     engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""
     if not batching:
         return compute.run(ModelRunner, model, **kwargs), compute
-    return compute.run(BatchedRunner, model, gather_s=gather_s, prefill_chunk=prefill_chunk,
+    return compute.run(BatchedRunner, model, gather_s=gather_s, prefill_chunk=prefill_chunk, lookahead=lookahead,
                        launch=compute.hand_over, **kwargs), INLINE

@@ -85,7 +85,7 @@ def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps
         if cuda:
             torch.cuda.synchronize(runner.device)
         t0 = time.perf_counter()
-        runner._batched(ids, positions)
+        runner.forward_rows(ids, positions)
         if cuda:
             torch.cuda.synchronize(runner.device)
         times.append(time.perf_counter() - t0)

@@ -103,6 +103,47 @@ def test_seeded_sampling_in_a_batch_equals_alone(tiny_pair_fp32, batched):
     assert together == alone
 
 
+@pytest.fixture(scope="module")
+def looking_ahead(tiny_pair_fp32):
+    """The engine as it runs on a GPU by default: each step of plain greedy decodes launched before the last
+    is read (on a CPU it gains nothing, but the guesses and their confirmation are the same code)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=512, max_sessions=16, gather_s=0.005,
+                           prefill_chunk=32, lookahead=True)
+    yield runner
+    runner.stop()
+
+
+def test_looking_ahead_changes_no_output(tiny_pair_fp32, looking_ahead):
+    """Plain sessions of mixed lengths, joining and leaving, with speculating ones among them (whose verify
+    steps are not looked past) and a long prompt fed in chunks: every output equals greedy decoding alone;
+    guesses were launched, most were kept, and those of sessions that ended or went on to verify were dropped."""
+    pair, runner = tiny_pair_fp32, looking_ahead
+    long_prompt = pair.encode("\n".join(PROMPTS))
+    cases = [(pair.encode(p), 5 + 4 * i, 0) for i, p in enumerate(PROMPTS[:10])]
+    cases += [(pair.encode(PROMPTS[11]), 30, 3), (long_prompt, 12, 0)]
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    got = concurrently([lambda c=c: decode(pair, runner, *c) for c in cases])
+    for (ids, n, k), want, out in zip(cases, expected, got):
+        assert out == want, f"k={k}, {len(ids)} prompt tokens, {n} new"
+    s = runner.stats
+    assert s.guesses_kept > 0.5 * s.guesses > 0, f"{s.guesses_kept} of {s.guesses} guesses kept"
+    assert s.guesses_kept < s.guesses  # the sessions that ended had a guess in flight
+    assert runner.free_slots == runner.max_sessions
+
+
+def test_seeded_sampling_is_not_looked_past(tiny_pair_fp32, looking_ahead):
+    """A sampled token is drawn on the host: a step with a sampling row is read before the next is launched."""
+    pair, runner = tiny_pair_fp32, looking_ahead
+    sampling = SamplingParams(temperature=0.8, top_p=0.95)
+    cases = [(pair.encode(p), 12, 0) for p in PROMPTS[10:14]]
+    alone = [decode(pair, pair.target_runner, ids, n, k, sampling, seed=3) for ids, n, k in cases]
+    guesses = runner.stats.guesses
+    together = concurrently([lambda c=c: decode(pair, runner, *c, sampling=sampling, seed=3) for c in cases])
+    assert together == alone
+    assert runner.stats.guesses == guesses
+
+
 def test_a_failed_forward_reaches_its_session_and_the_engine_goes_on(tiny_pair_fp32):
     runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
     try:
