@@ -4,7 +4,8 @@ concurrent clients, for each stack configuration. One JSON line per (config, con
     python3 scripts/gpu_load.py --target random:qwen2.5-7b --draft random:qwen2.5-0.5b --concurrency 1,4,16,64
 
 `replay-A` configs (e.g. replay-0.8, replay-0): speculation whose draft replays the target's own output at
-acceptance A (recorded from the target-only deployment, which then runs first).
+acceptance A (recorded from the target-only deployment, which then runs first). A `-nolook` suffix on any
+config serves it with `--no-lookahead` (each engine step read before the next is launched).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
     "target-only-si": (False, ["--switch-interval-ms", "0.5"], []),  # the engine thread gets the GIL back sooner
-    "target-only-nolook": (False, ["--no-lookahead"], []),  # each step read before the next is launched
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }
@@ -57,9 +57,11 @@ def main() -> int:
             if name == "hf-generate":
                 hf_generate(args, levels)
                 continue
-            with_draft, extra, orch = CONFIGS.get(name.removesuffix("-record"), (True, [], []))
-            draft_extra = ["--replay-references", book, "--replay-alpha", name.split("-", 1)[1]] \
-                if name.startswith("replay-") else []
+            base = name.removesuffix("-record").removesuffix("-nolook")
+            with_draft, extra, orch = CONFIGS.get(base, (True, [], []))
+            extra = extra + (["--no-lookahead"] if name.endswith("-nolook") else [])
+            draft_extra = ["--replay-references", book, "--replay-alpha", base.split("-", 1)[1]] \
+                if base.startswith("replay-") else []
             common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),
                       "--max-sessions", str(args.max_sessions), *extra]
             stack = Stack(port=free_base_port(), target=args.target, draft=args.draft if with_draft else None,

@@ -195,13 +195,20 @@ class StepCostTable:
 
     smoothing: float = 0.2
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
+    touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
     _estimates: dict[tuple[int, int], float | None] = field(default_factory=dict)  # until the next observation
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
         old = self.cells.get(key)
         self.cells[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+        self.touched.add(key)
         self._estimates = {}
+
+    def report(self) -> str:
+        """The cells observed since the last report, 'rows x tokens: ms' (for the engine's log line)."""
+        cells, self.touched = sorted(self.touched), set()
+        return ", ".join(f"{r}x{n}: {1e3 * self.cells[(r, n)]:.1f}" for r, n in cells)
 
     def cost(self, rows: int, tokens: int) -> float | None:
         """Every session's K choice asks this, for each K, between two steps: computed once per cell."""
@@ -274,6 +281,7 @@ class BatchedRunner(ModelRunner):
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
+        self._readbacks: dict[tuple[int, ...], list] = {}  # argmax shape -> two (pinned host buffer, event), used in turn
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
@@ -422,10 +430,10 @@ class BatchedRunner(ModelRunner):
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f), busy %.0f%%, "
-                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept)", steps, wall, (s.rows - since.rows) / steps,
+                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept); t(rows x tokens) ms %s", steps, wall, (s.rows - since.rows) / steps,
                      1e3 * (s.busy_s - since.busy_s) / steps, 1e3 * (s.forward_s - since.forward_s) / steps,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
-                     100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses))
+                     100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), self.costs.report())
         return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s, guesses=s.guesses,
                          guesses_kept=s.guesses_kept)
 
@@ -706,15 +714,27 @@ class BatchedRunner(ModelRunner):
         logits = self._batched(torch.tensor(ids), torch.tensor(positions), guessed, after)  # [rows, n, V]
         top = host_top = ready = None
         if any(r.greedy for r in requests):
-            top = logits.argmax(-1)  # [rows, n]
-            host_top = top
+            top = host_top = logits.argmax(-1)  # [rows, n]
             if top.is_cuda:
-                host_top = torch.empty(top.shape, dtype=top.dtype, pin_memory=True)
-                host_top.copy_(top, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
+                host_top, ready = self._readback(top)
         self._publish()  # the last step's results, while this one runs (on a GPU)
         return _Launched(requests, n, logits, top, host_top, ready, began, launched)
+
+    def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
+        """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
+        in turn (at most two steps are unread at once), with an event recorded after the copy."""
+        ring = self._readbacks.get(tuple(top.shape)) or self._add_readbacks(tuple(top.shape))
+        ring.append(ring.pop(0))
+        host_top, ready = ring[0]
+        host_top.copy_(top, non_blocking=True)
+        ready.record(torch.cuda.current_stream(top.device))
+        return host_top, ready
+
+    def _add_readbacks(self, shape: tuple[int, ...]) -> list:
+        """Pinned buffers are allocated before serving (`_capture_all`): a first allocation costs milliseconds."""
+        ring = self._readbacks[shape] = [(torch.empty(shape, dtype=torch.long, pin_memory=True), torch.cuda.Event())
+                                         for _ in range(2)]
+        return ring
 
     def _read(self, step: _Launched) -> None:
         """Read a launched step's results: one host sync for all rows."""
@@ -811,7 +831,7 @@ class BatchedRunner(ModelRunner):
 
     def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], after: _Launched | None) -> None:
         if guessed:
-            index = torch.tensor(guessed, device=self.device)
+            index = torch.tensor(guessed).to(self.device, non_blocking=True)  # blocking, it would wait for the device
             ids[index, 0] = after.top[index, -1]  # `after` was a step of one token per row
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
@@ -835,6 +855,7 @@ class BatchedRunner(ModelRunner):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
                     self._capture(b, n)
+                    self._add_readbacks((b, n))
         log.info("captured %d CUDA graphs (rows %s x tokens up to %d) in %.1f s", len(self._graphs), rows, self.pad,
                  time.perf_counter() - t0)
 
