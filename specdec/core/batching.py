@@ -161,6 +161,11 @@ class Driven(Protocol):
     @property
     def done(self) -> bool: ...
 
+    @property
+    def drafting(self) -> bool:
+        """Its next forward verifies a draft (unless the draft has nothing usable): not worth a guess."""
+        ...
+
     def attach(self, wake: Callable[[], None]) -> None:
         """`wake()` is to be called when the loop may have become ready (its draft sent a proposal)."""
         ...
@@ -675,8 +680,8 @@ class BatchedRunner(ModelRunner):
     def _guesses(self, step: _Launched) -> list[_Request]:
         """A plain decode of the token each row of `step` draws, one position on."""
         guesses = []
-        for r in step.requests:
-            if not r.void and r.start + 2 <= self.max_len:
+        for r in step.requests:  # a drafting session's next forward waits for its draft: no guess for it
+            if not r.void and r.start + 2 <= self.max_len and not r.row.loop.drafting:
                 r.next = _Request(r.index, r.start + 1, [], 1, True, row=r.row, done=None, guess=True)
                 guesses.append(r.next)
         self.stats.guesses += len(guesses)
@@ -758,13 +763,15 @@ class BatchedRunner(ModelRunner):
             r.started = began
 
     def _hand_on(self, step: _Launched) -> None:
-        """Complete every row of a step that was read; the step's cost goes into the table."""
-        for r in step.requests:
-            if not r.void:
-                self._deliver(r)
+        """Complete every row of a step that was read; the step's cost goes into the table (unless every row
+        of it was a dropped guess: such a step ran while its sessions' drafts drafted, on a shared GPU)."""
+        useful = [r for r in step.requests if not r.void]
+        for r in useful:
+            self._deliver(r)
         began = step.cost_from
         s, step_s = self.stats, (self._read_at if step.ahead else time.perf_counter()) - began
-        self.costs.observe(len(step.requests), step.n, step_s)
+        if useful:
+            self.costs.observe(len(step.requests), step.n, step_s)
         s.steps, s.rows = s.steps + 1, s.rows + len(step.requests)
         s.busy_s += step_s
         s.rows_seen[len(step.requests)] = s.rows_seen.get(len(step.requests), 0) + 1
@@ -855,7 +862,8 @@ class BatchedRunner(ModelRunner):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
                     self._capture(b, n)
-                    self._add_readbacks((b, n))
+        for b, n in self._graphs:
+            self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
         log.info("captured %d CUDA graphs (rows %s x tokens up to %d) in %.1f s", len(self._graphs), rows, self.pad,
                  time.perf_counter() - t0)
 

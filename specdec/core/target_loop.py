@@ -220,6 +220,11 @@ class TargetLoop:
         return self.sequence.finish_reason is not None
 
     @property
+    def drafting(self) -> bool:
+        """Its cycles verify drafts now (a K > 0 and a draft to ask): its next forward is not a plain decode."""
+        return self.link is not None and not self.link.failed and self.k > 0 and self.sequence.max_k > 0
+
+    @property
     def draft_failed(self) -> bool:
         return self.link is not None and self.link.failed
 
