@@ -194,11 +194,29 @@ class AdaptiveK:
             self.probes.result(self._best(self.max_k) > 0)
 
     def rate(self, k: int) -> float | None:
-        batch = self.batch_verify(k) if self.batch_verify is not None else None
-        return self.costs.rate(self.alpha, k, batch)
+        return self._rates(k)[k]
+
+    def _rates(self, cap: int) -> list[float | None]:
+        """Expected tokens per second of a cycle of each k <= cap."""
+        verify = self._verify_costs()
+        return [self.costs.rate(self.alpha, k, verify[k]) for k in range(cap + 1)]
+
+    def _verify_costs(self) -> list[float | None]:
+        """verify(k) for k = 0..max_k: the batch's at its rows now (else this target's own), never more than a
+        larger k's. A forward of fewer tokens per row does less of the same work, so a larger figure for it is
+        a stale or disturbed estimate (a fresh service's first cycles, a step timed beside the draft on a
+        shared GPU); taken as is, drafting looks better than plain decoding even where nothing is accepted,
+        and then plain decoding is never measured again."""
+        costs = [self.batch_verify(k) if self.batch_verify is not None else None for k in range(self.max_k + 1)]
+        costs = [c if c is not None else self.costs.verify_cost(k) for k, c in enumerate(costs)]
+        for k in reversed(range(self.max_k)):
+            if costs[k] is not None and costs[k + 1] is not None:
+                costs[k] = min(costs[k], costs[k + 1])
+        return costs
 
     def _best(self, cap: int) -> int:
-        return max(range(cap + 1), key=lambda k: self.rate(k) or 0.0)  # the first best on ties
+        rates = self._rates(cap)
+        return max(range(cap + 1), key=lambda k: rates[k] or 0.0)  # the first best on ties
 
     def summary(self) -> str:
         """What the next choice weighs, for a log line."""

@@ -71,6 +71,20 @@ def test_useless_draft_shrinks_to_zero_and_probes_rarely():
     assert chooser.probes.every > chooser.probes.first  # failed probes back off
 
 
+def test_a_stale_plain_cost_does_not_lock_a_useless_draft_in():
+    """A fresh service's first plain cycles were slow (20 ms) and then every cycle drafted (k = 1 verifies in
+    8 ms): taken as is, plain decoding would look slower than drafting a token nobody accepts, and it would
+    never be timed again. A forward of one token per row costs no more than one of two: k = 0 wins."""
+    chooser = AdaptiveK(max_k=4)
+    for _ in range(5):
+        chooser.observe(0, 0, 0.020, 0.0)
+    for _ in range(20):
+        chooser.observe(1, 0, 0.008, 0.003)
+    assert chooser.costs.verify_cost(0) > chooser.costs.verify_cost(1)  # the stale figure is still there
+    assert chooser.rate(0) > chooser.rate(1)
+    assert chooser.choose() == 0
+
+
 def test_a_probe_pays_its_round_trip_once_not_per_token():
     """A draft service's cycle waits for the hops to the draft and back besides the drafting itself. A k = 1
     probe of a perfect draft (3 ms per token, 6 ms of round trip, 8 ms steps) must resume drafting: charged
