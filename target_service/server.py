@@ -61,8 +61,9 @@ def build(settings: TargetServerSettings) -> Server:
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
-        prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False, max_len=context_length(loaded.model, settings.max_len),
-        max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
+        prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False,
+        max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
+        cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
                                  max_sessions=settings.max_sessions, context_length=runner.max_len)

@@ -435,8 +435,9 @@ class BatchedRunner(ModelRunner):
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f), busy %.0f%%, "
-                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept); t(rows x tokens) ms %s", steps, wall, (s.rows - since.rows) / steps,
-                     1e3 * (s.busy_s - since.busy_s) / steps, 1e3 * (s.forward_s - since.forward_s) / steps,
+                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept); t(rows x tokens) ms %s", steps, wall,
+                     (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
+                     1e3 * (s.forward_s - since.forward_s) / steps,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), self.costs.report())
         return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s, guesses=s.guesses,
