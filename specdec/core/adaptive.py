@@ -191,7 +191,7 @@ class AdaptiveK:
                 self.prior.observe(k, accepted)
         if self._probing:
             self._probing = False
-            self.probes.result(self._best(self.max_k) > 0)
+            self.probes.result(self._best(self._rates(self.max_k)) > 0)
 
     def rate(self, k: int) -> float | None:
         return self._rates(k)[k]
@@ -214,9 +214,9 @@ class AdaptiveK:
                 costs[k] = min(costs[k], costs[k + 1])
         return costs
 
-    def _best(self, cap: int) -> int:
-        rates = self._rates(cap)
-        return max(range(cap + 1), key=lambda k: rates[k] or 0.0)  # the first best on ties
+    @staticmethod
+    def _best(rates: list[float | None]) -> int:
+        return max(range(len(rates)), key=lambda k: rates[k] or 0.0)  # the first best on ties
 
     def summary(self) -> str:
         """What the next choice weighs, for a log line."""
@@ -235,16 +235,18 @@ class AdaptiveK:
     def drafting_pays(self) -> bool:
         """Whether drafting pays now (before any measurement: yes). Unlike `choose`, counts no probe: a new
         session asks it to start its draft paused."""
-        return self.rate(0) is None or self._best(self.max_k) > 0
+        rates = self._rates(self.max_k)
+        return rates[0] is None or self._best(rates) > 0
 
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit)."""
         cap = self.max_k if limit is None else min(self.max_k, limit)
         if cap <= 0:
             return 0
-        if self.rate(0) is None:
+        rates = self._rates(cap)  # one pass over the costs per choice: every session's every cycle asks
+        if rates[0] is None:
             return min(self.initial_k, cap)  # measure first
-        k = self._best(cap)
+        k = self._best(rates)
         if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
@@ -255,10 +257,6 @@ class KChooser(Protocol):
     """Decides the draft length of each cycle (FixedK, or AdaptiveK)."""
 
     def choose(self, limit: int | None = None) -> int: ...
-
-    def _step_share(self) -> float:
-        """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
-        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
 
     def drafting_pays(self) -> bool: ...
 
@@ -273,10 +271,6 @@ class FixedK:
 
     def choose(self, limit: int | None = None) -> int:
         return self.k if limit is None else min(self.k, limit)
-
-    def _step_share(self) -> float:
-        """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
-        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
 
     def drafting_pays(self) -> bool:
         return self.k > 0
