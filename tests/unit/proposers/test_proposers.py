@@ -45,7 +45,10 @@ def test_greedy_equality_for_every_proposer(tiny_pair, baselines, kind):
 
 
 def test_hybrid_uses_lookup_where_it_is_reliable_and_the_model_elsewhere(tiny_pair):
-    stats = run(tiny_pair, COPY_PROMPTS[0], "hybrid", max_new=60).stats
+    # A seeded sampled request takes the token-only rule (hit rate >= min_hit_rate), so which proposer
+    # drafts is the same on every machine; a greedy run weighs measured times, which a loaded CI box moves.
+    sampling = SamplingParams(temperature=0.7, seed=0)
+    stats = run(tiny_pair, COPY_PROMPTS[1], "hybrid", max_new=60, sampling=sampling).stats
     assert stats.draft_tokens_by_source.get("ngram", 0) > 0
     assert stats.draft_tokens_by_source.get("draft-model", 0) > 0
     hybrid = make_factory("hybrid", tiny_pair.draft_runner).open(SamplingParams(), 0)
