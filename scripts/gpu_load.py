@@ -16,8 +16,11 @@ import pathlib
 import sys
 import tempfile
 import time
+from functools import partial
 
+from specdec.core.models import load_tokenizer
 from specdec.tools.launcher import Stack, free_base_port
+from specdec.tools.loadtest import grpc_client
 from specdec.tools.sweep import load_levels, record_continuations
 
 CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator flags)
@@ -72,9 +75,11 @@ def main() -> int:
             print(f"# {name}: up in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             try:
                 if replayed and name.startswith("target-only") and not pathlib.Path(book).exists():
-                    record_continuations(stack.address, args.target, args.max_new_tokens).save(book)
+                    record_continuations(partial(grpc_client, stack.address), load_tokenizer(args.target),
+                                         args.max_new_tokens).save(book)
                 for c, r in ([] if name.endswith("-record") else
-                             load_levels(stack.address, levels, args.rounds, args.max_new_tokens)):
+                             load_levels(partial(grpc_client, stack.address), levels, args.rounds,
+                                         args.max_new_tokens)):
                     print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)
             finally:
                 stack.stop()

@@ -47,11 +47,12 @@ def add_parser(sub) -> None:
                             "(see `specdec serve --help`); auto = when the draft runs on a GPU")
     bench.add_argument("--concurrency", default=None, metavar="C1,C2,...",
                        help="sweep concurrent clients instead (e.g. 1,4,16,64): per mode (target-only, services, "
-                            "services-no-overlap, hf-generate; default target-only,services) aggregate tokens/s, "
-                            "latency p50/p99, TTFT, inter-token latency and what adaptive K drafted, through fresh "
-                            "local services, the target-only bound from batched step costs measured in this process; "
-                            "with --replay-alpha the draft replays the target-only deployment's output; --json and "
-                            "--plot take the sweep")
+                            "services-no-overlap through fresh local services; engine-target-only, engine-spec: the "
+                            "target service's logic over batched engines in this process, no gRPC; hf-generate; "
+                            "default target-only,services) aggregate tokens/s, latency p50/p99, TTFT, inter-token "
+                            "latency and what adaptive K drafted, the target-only bound from batched step costs "
+                            "measured in this process; with --replay-alpha the draft replays the target's own output; "
+                            "--json and --plot take the sweep")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")

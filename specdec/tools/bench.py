@@ -111,11 +111,11 @@ def parse_modes(text: str, default_proposer: ProposerKind) -> list[Mode]:
             continue
         base, _, proposer = name.partition(":")
         if base not in MODES:
-            raise SystemExit(f"bench: unknown mode {base!r}; choose from {', '.join(MODES)}")
+            raise InvalidArgument("modes", f"unknown mode {base!r}; choose from {', '.join(MODES)}")
         if proposer and base not in WITH_PROPOSER:
-            raise SystemExit(f"bench: mode {base!r} takes no proposer (only {', '.join(WITH_PROPOSER)} do)")
+            raise InvalidArgument("modes", f"mode {base!r} takes no proposer (only {', '.join(WITH_PROPOSER)} do)")
         if proposer and proposer not in kinds:
-            raise SystemExit(f"bench: unknown proposer {proposer!r}; choose from {', '.join(kinds)}")
+            raise InvalidArgument("modes", f"unknown proposer {proposer!r}; choose from {', '.join(kinds)}")
         modes.append(Mode(name, base, ProposerKind(proposer) if proposer else default_proposer))
     if all(m.base != "target-only" for m in modes):
         modes.insert(0, Mode("target-only", "target-only", default_proposer))

@@ -1,21 +1,28 @@
 """`specdec loadtest`: N concurrent clients send M requests each to an orchestrator on loopback and
-report throughput, latency percentiles and errors. Bounded in count and time; loopback only."""
+report throughput, latency percentiles and errors. Bounded in count and time; loopback only. The same
+clients drive an in-process engine (`run_clients`, tools/inprocess.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import logging
 import statistics
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator
 
 import grpc
 
+from specdec.core.errors import SpecdecError
 from specdec.serving.client import Client, build_request
+from specdec.serving.interceptors import status_of
 
+log = logging.getLogger("specdec.loadtest")
 DEFAULT_PROMPTS = ["def fibonacci(n):", "import os\nimport sys\n", "class Config:", "for i in range("]
 
 
@@ -58,15 +65,60 @@ def check_loopback(address: str) -> None:
     raise SystemExit(f"loadtest: {address} is not a loopback address; this tool only loads local servers")
 
 
+@dataclass
+class Reply:
+    """One finished request, as a load client counts it."""
+
+    token_ids: list[int]
+    ttft_s: float
+    cycles: int = 0  # the target's cycles
+    drafts: int = 0  # of them, cycles that verified drafts
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+Call = Callable[[str, int], Reply]  # (prompt, max_new_tokens) -> the reply; raises on a failed request
+
+
+def error_name(exc: Exception) -> str:
+    """A failed request's status code name, whether it failed over gRPC or in this process (where an error
+    the core did not raise on purpose is a bug: its traceback is logged)."""
+    if isinstance(exc, grpc.RpcError):
+        return exc.code().name
+    if not isinstance(exc, SpecdecError):
+        log.error("a request failed in this process", exc_info=exc)
+    return status_of(exc).name
+
+
+@contextlib.contextmanager
+def grpc_client(address: str, timeout_s: float = 120.0) -> Iterator[Call]:
+    """One client of an orchestrator: requests by prompt text, EOS ignored."""
+    with Client(address, timeout_s=timeout_s) as client:
+        def call(prompt: str, max_new_tokens: int) -> Reply:
+            r = client.generate(build_request(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
+            s = r.stats
+            return Reply(list(r.token_ids), s.time_to_first_token_s, s.cycles, s.drafts, s.draft_tokens,
+                         s.accepted_tokens)
+        yield call
+
+
 def run(address: str, concurrency: int, requests: int, prompts: list[str], max_new_tokens: int,
         deadline_s: float, timeout_s: float = 120.0) -> LoadResult:
     check_loopback(address)
+    return run_clients(lambda: grpc_client(address, timeout_s), concurrency, requests, prompts, max_new_tokens,
+                       deadline_s)
+
+
+def run_clients(connect: Callable[[], ContextManager[Call]], concurrency: int, requests: int, prompts: list[str],
+                max_new_tokens: int, deadline_s: float) -> LoadResult:
+    """`concurrency` clients (threads), each `connect`ed once, send `requests` requests each, in turn over
+    `prompts`; none starts after `deadline_s`."""
     result = LoadResult()
     lock = threading.Lock()
     stop_at = time.monotonic() + deadline_s
 
     def worker(index: int) -> None:
-        with Client(address, timeout_s=timeout_s) as client:
+        with connect() as call:
             for j in range(requests):
                 if time.monotonic() > stop_at:
                     with lock:
@@ -75,23 +127,22 @@ def run(address: str, concurrency: int, requests: int, prompts: list[str], max_n
                 prompt = prompts[(index + j) % len(prompts)]
                 t0 = time.perf_counter()
                 try:
-                    r = client.generate(build_request(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
-                except grpc.RpcError as exc:
+                    r = call(prompt, max_new_tokens)
+                except Exception as exc:  # noqa: BLE001 - a failed request is counted by its status, not raised
                     with lock:
                         result.requests += 1
-                        result.errors[exc.code().name] += 1
+                        result.errors[error_name(exc)] += 1
                     continue
                 with lock:
                     result.requests += 1
                     result.latencies_s.append(time.perf_counter() - t0)
-                    result.ttft_s.append(r.stats.time_to_first_token_s)
+                    result.ttft_s.append(r.ttft_s)
                     result.tokens += len(r.token_ids)
                     result.outputs.append([prompts.index(prompt), *r.token_ids])
-                    stats = r.stats
-                    result.cycles += stats.cycles
-                    result.drafts += stats.drafts
-                    result.draft_tokens += stats.draft_tokens
-                    result.accepted_tokens += stats.accepted_tokens
+                    result.cycles += r.cycles
+                    result.drafts += r.drafts
+                    result.draft_tokens += r.draft_tokens
+                    result.accepted_tokens += r.accepted_tokens
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:

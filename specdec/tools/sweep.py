@@ -8,12 +8,16 @@ requests), errors. Modes:
   target-only   orchestrator + batched target, no draft
   services      orchestrator + batched target + batched draft (adaptive K: the services' defaults)
   services-no-overlap   the same, the draft drafting only after each verdict
+  engine-target-only    the target service's logic over a batched engine in this process, clients calling
+                        it directly: no gRPC, no orchestrator (tools/inprocess.py)
+  engine-spec   the same with a batched draft engine in this process (adaptive K, drafting ahead)
   hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
-With `replay_alpha`, the services' draft replays the target's own continuations at that acceptance rate
-(a real draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from
-the target-only deployment, which then runs first.
-Next to target-only, the analytic bound C / t(C, 1): t is one batched step of C rows measured here, in
-this process, on the target (docs/benchmarks.md). `--json` writes every point, `--plot` tokens/s against C.
+With `replay_alpha`, the draft replays the target's own continuations at that acceptance rate (a real
+draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
+target-only deployment, which then runs first (engine-spec records its own in process).
+Next to target-only and engine-target-only, the analytic bound C / t(C, 1): t is one batched step of C rows
+measured here, in this process, on the target (docs/benchmarks.md). `--json` writes every point, `--plot`
+tokens/s against C.
 """
 
 from __future__ import annotations
@@ -25,18 +29,25 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Sequence
 
 import torch
 
 from specdec.core.batching import BatchedRunner
+from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
-from specdec.core.models import encode_prompt, load_model, load_tokenizer
-from specdec.proposers.replay import ReplayBook, ReplayRates
+from specdec.core.models import LoadedModel, context_length, encode_prompt, load_model, load_tokenizer
+from specdec.proposers import make_factory
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import loadtest
+from specdec.tools.inprocess import InProcessTarget
 from specdec.tools.launcher import Stack, free_base_port
 
-SWEEP_MODES = ("target-only", "services", "services-no-overlap", "hf-generate")
+SERVICE_MODES = ("target-only", "services", "services-no-overlap")
+ENGINE_MODES = ("engine-target-only", "engine-spec")
+SWEEP_MODES = (*SERVICE_MODES, *ENGINE_MODES, "hf-generate")
+BOUNDED_MODES = ("target-only", "engine-target-only")  # plain decoding: C / t(C, 1) bounds them
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class SweepSettings:
         unknown = [m for m in self.modes if m not in SWEEP_MODES]
         if unknown:
             raise InvalidArgument("modes", f"{unknown} cannot be swept over concurrency; choose from "
-                                           f"{', '.join(SWEEP_MODES)} (in-process modes do not use the batched engine yet)")
+                                           f"{', '.join(SWEEP_MODES)} (engine-* are the in-process modes)")
         if not self.levels or min(self.levels) < 1:
             raise InvalidArgument("concurrency", f"{list(self.levels)}: give positive numbers of clients, e.g. 1,4,16")
         if self.rounds < 1:
@@ -117,35 +128,67 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
                   extra={"target": common, "draft": draft,
                          "orchestrator": orchestrator + (["--no-overlap"] if mode == "services-no-overlap" else [])})
     stack.start(timeout_s=600)
-    points = []
     try:
+        connect = partial(loadtest.grpc_client, stack.address)
         if mode == "target-only" and replay is not None:
-            record_continuations(stack.address, s.target, s.max_new_tokens).save(replay)
-        for c, result in load_levels(stack.address, s.levels, s.rounds, s.max_new_tokens):
-            points.append(point(mode, c, result))
-            print(f"sweep: {mode} at {c} clients: {points[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+            record_continuations(connect, load_tokenizer(s.target), s.max_new_tokens).save(replay)
+        return list(measure_levels(mode, connect, s))
     finally:
         stack.stop()
-    return points
 
 
-def record_continuations(address: str, target: str, max_new_tokens: int) -> ReplayBook:
-    """The deployment's greedy output for each of the load client's prompts, as a replayed draft reads it."""
+def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel) -> list[dict]:
+    """An engine-* mode: load clients calling the target service's logic in this process (tools/inprocess.py),
+    with a batched draft engine for engine-spec (replaying the target's own output with `replay_alpha`)."""
+    sessions = max(s.levels)
+    book = None
+    if mode == "engine-spec" and s.replay_alpha is not None:
+        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1)
+        try:
+            book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
+        finally:
+            plain.close()
+    draft_runner = drafts = None
+    if mode == "engine-spec":
+        draft = load_model(s.draft, "draft", device=s.draft_device or s.device, dtype=s.draft_dtype or s.dtype)
+        draft_runner = BatchedRunner(draft.model, max_len=context_length(draft.model, s.max_len), max_sessions=sessions)
+        drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
+                  else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
+    engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, drafts=drafts,
+                             draft_runner=draft_runner)
+    try:
+        return list(measure_levels(mode, engine.client, s))
+    finally:
+        engine.close()
+
+
+def measure_levels(mode: str, connect, s: SweepSettings) -> Iterator[dict]:
+    """Each level's point (`connect`: a load client, loadtest.run_clients)."""
+    for c, result in load_levels(connect, s.levels, s.rounds, s.max_new_tokens):
+        yield point(mode, c, result)
+        print(f"sweep: {mode} at {c} clients: {result.summary()['throughput_tokens_per_s']:.0f} tok/s",
+              file=sys.stderr, flush=True)
+
+
+def record_continuations(connect, tokenizer, max_new_tokens: int) -> ReplayBook:
+    """The target's greedy output for each of the load client's prompts, as a replayed draft reads it
+    (`connect`: a load client of a target-only deployment or engine)."""
     prompts = loadtest.DEFAULT_PROMPTS
-    result = loadtest.run(address, 1, len(prompts), prompts, max_new_tokens, 600)
+    result = loadtest.run_clients(connect, 1, len(prompts), prompts, max_new_tokens, 600)
     if result.errors:
         raise RuntimeError(f"recording the target's continuations failed: {dict(result.errors)}")
-    tokenizer = load_tokenizer(target)
     return ReplayBook([(encode_prompt(tokenizer, prompts[index]), ids) for index, *ids in result.outputs])
 
 
-def load_levels(address: str, levels: Sequence[int], rounds: int,
+def load_levels(connect, levels: Sequence[int], rounds: int,
                 max_new_tokens: int) -> Iterator[tuple[int, loadtest.LoadResult]]:
     """Per number of clients C: an unmeasured warm-up round at C (on a GPU it replays C's graph buckets
-    first), then C clients x `rounds` requests (at least 4 in all), measured."""
+    first), then C clients x `rounds` requests (at least 4 in all), measured. `connect`: a load client
+    (loadtest.grpc_client of a deployment, or an in-process engine's)."""
+    prompts = loadtest.DEFAULT_PROMPTS
     for c in levels:
-        loadtest.run(address, c, 1, loadtest.DEFAULT_PROMPTS, 16, 600)
-        yield c, loadtest.run(address, c, max(rounds, -(-4 // c)), loadtest.DEFAULT_PROMPTS, max_new_tokens, 1200)
+        loadtest.run_clients(connect, c, 1, prompts, 16, 600)
+        yield c, loadtest.run_clients(connect, c, max(rounds, -(-4 // c)), prompts, max_new_tokens, 1200)
 
 
 def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
@@ -183,7 +226,7 @@ def table(points: list[dict], bounds: dict[int, float]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v: "–" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
     for p in points:
-        bound = bounds.get(p["concurrency"]) if p["mode"] == "target-only" else None
+        bound = bounds.get(p["concurrency"]) if p["mode"] in BOUNDED_MODES else None
         share = f"{100 * p['tokens_per_s'] / bound:.0f}%" if bound else "–"
         itl = "–" if p["itl_p50_ms"] is None else f"{p['itl_p50_ms']:.1f}"
         drafted = "–" if not p.get("cycles") else f"{p['drafted_cycles']} / {p['cycles']}" + (
@@ -219,16 +262,18 @@ def main(s: SweepSettings) -> int:
     points: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="specdec-sweep-") as scratch:
         replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
-        for mode in sorted((m for m in s.modes if m != "hf-generate"), key=lambda m: m != "target-only"):
+        for mode in sorted((m for m in s.modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
     bounds: dict[int, float] = {}
-    if "target-only" in s.modes or "hf-generate" in s.modes:  # the target in this process, once the services are gone
-        model = load_model(s.target, "target", device=s.device, dtype=s.dtype).model
-        if "hf-generate" in s.modes:
-            points += sweep_hf_generate(s, model)
-        if "target-only" in s.modes:
-            bounds = step_bounds(s, model)
-        del model
+    if set(s.modes) - {"services", "services-no-overlap"}:  # the target in this process, once the services are gone
+        target = load_model(s.target, "target", device=s.device, dtype=s.dtype)
+        if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
+            points += sweep_hf_generate(s, target.model)
+        for mode in (m for m in ENGINE_MODES if m in s.modes):
+            points += sweep_engine(s, mode, target)
+        if set(BOUNDED_MODES) & set(s.modes):
+            bounds = step_bounds(s, target.model)
+        del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points, bounds))
     if s.json:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from specdec.cli import main as cli_main
+
 
 def test_bench_runs_modes_side_by_side(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
@@ -28,12 +30,13 @@ def test_bench_runs_modes_side_by_side(tmp_path):
     assert out_png.stat().st_size > 1000
 
 
-def test_bench_refuses_bad_modes():
-    for modes, message in [("spec:nope", "unknown proposer"), ("hf-assisted:ngram", "takes no proposer"),
-                           ("fast", "unknown mode")]:
-        run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--modes", modes, "--quiet"],
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode != 0 and message in run.stderr, (modes, run.stderr[-500:])
+def test_bench_refuses_bad_modes(capsys):
+    """Checked before any model loads, in this process (`specdec` returns 2 with the message)."""
+    for args, message in [(["--modes", "spec:nope"], "unknown proposer"),
+                          (["--modes", "hf-assisted:ngram"], "takes no proposer"), (["--modes", "fast"], "unknown mode"),
+                          (["--concurrency", "1,4", "--modes", "spec"], "cannot be swept over concurrency")]:
+        assert cli_main(["bench", "--quiet", *args]) == 2, args
+        assert message in capsys.readouterr().err, args
 
 
 def test_bench_replays_acceptance_through_the_services(tmp_path):
@@ -54,41 +57,25 @@ def test_bench_replays_acceptance_through_the_services(tmp_path):
 
 
 def test_bench_sweeps_concurrency(tmp_path):
-    """--concurrency: every point of every mode, all requests answered, the target-only bound next to it."""
+    """--concurrency: every point of every mode, all requests answered, the target-only bound next to it.
+    --replay-alpha: the target-only deployment records its output for the load client's prompts and the draft
+    service replays it (engine-spec records its own); at alpha 1 every draft must be accepted."""
     out_json, out_png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,3", "--max-new-tokens", "8",
-                          "--rounds", "1", "--modes", "target-only,services,hf-generate", "--json", str(out_json),
+    modes = ("services-no-overlap", "target-only", "engine-target-only", "engine-spec", "hf-generate")
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,3", "--max-new-tokens", "12",
+                          "--rounds", "1", "--replay-alpha", "1.0", "--modes", ",".join(modes), "--json", str(out_json),
                           "--plot", str(out_png)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| target-only | 3 |" in run.stdout and "| hf-generate | 1 |" in run.stdout
     result = json.loads(out_json.read_text())
     points = {(p["mode"], p["concurrency"]): p for p in result["points"]}
-    assert set(points) == {(m, c) for m in ("target-only", "services", "hf-generate") for c in (1, 3)}
+    assert set(points) == {(m, c) for m in modes for c in (1, 3)} and list(points)[0][0] == "target-only"
     for (mode, c), p in points.items():
         assert p["ok"] == p["requests"] >= (4 if mode != "hf-generate" else c) and p["tokens_per_s"] > 0, p
     assert points[("target-only", 3)]["itl_p50_ms"] > 0 and set(result["bounds"]) == {"1", "3"}
+    assert "| engine-target-only | 3 |" in run.stdout and "%" in run.stdout.split("| engine-target-only | 3 |")[1]
+    for mode in ("services-no-overlap", "engine-spec"):
+        drafted = [points[(mode, c)] for c in (1, 3)]
+        assert all(p["cycles"] > 0 and p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
+    assert sum(points[("services-no-overlap", c)]["draft_tokens"] for c in (1, 3)) > 0
     assert out_png.stat().st_size > 1000
-
-
-def test_bench_sweep_replays_the_targets_own_output_through_the_services(tmp_path):
-    """--replay-alpha: the target-only deployment records its output for the load client's prompts, and the
-    draft service replays it; at alpha 1 the services' prompts must find it, so every draft is accepted."""
-    out_json = tmp_path / "sweep.json"
-    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,2", "--max-new-tokens", "12",
-                          "--rounds", "1", "--replay-alpha", "1.0", "--modes", "services-no-overlap,target-only",
-                          "--json", str(out_json)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    points = {(p["mode"], p["concurrency"]): p for p in json.loads(out_json.read_text())["points"]}
-    assert list(points)[0][0] == "target-only"  # recorded first
-    for c in (1, 2):
-        p = points[("services-no-overlap", c)]
-        assert p["ok"] == p["requests"] and p["cycles"] > 0, p
-    drafted = [points[("services-no-overlap", c)] for c in (1, 2)]
-    assert sum(p["draft_tokens"] for p in drafted) > 0
-    assert all(p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
-
-
-def test_bench_sweep_refuses_in_process_modes():
-    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,4", "--modes", "spec"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "cannot be swept over concurrency" in run.stderr, run.stderr[-500:]

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from specdec.cli import main as cli_main
+
 
 def specdec(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "specdec", *args], capture_output=True, text=True, timeout=120)
@@ -30,16 +32,17 @@ def test_generate_text_streams_and_reports_stats():
     assert out.stdout.strip() and "mean_acceptance_length=" in out.stderr
 
 
-def test_bad_flag_value_is_a_clear_error():
-    out = specdec("generate", "x", "--top-p", "2")
+def test_bad_flag_value_is_a_clear_error(capsys):
+    out = specdec("generate", "x", "--top-p", "2")  # the installed command: status 2 and the message
     assert out.returncode == 2 and "top_p: must be in (0, 1]" in out.stderr
-    assert specdec("generate", "", "--no-draft").stderr.count("prompt: must not be empty") == 1
-    out = specdec("serve", "draft", "--port", "0", "--proposer", "ngram", "--replay-references", "refs.jsonl")
-    assert out.returncode == 2 and "replay_references: replays a draft model's cost" in out.stderr
-    out = specdec("serve", "draft", "--port", "0", "--predraft", "on")
-    assert out.returncode == 2 and "predraft: pre-drafting's branch rows are not batched yet" in out.stderr
-    out = specdec("serve", "target", "--port", "0", "--prefill-chunk", "8")
-    assert out.returncode == 2 and "prefill_chunk: must be >= 32 tokens" in out.stderr
+    for args, message in [(["generate", "", "--no-draft"], "prompt: must not be empty"),  # checked in this process
+                          (["serve", "draft", "--port", "0", "--proposer", "ngram", "--replay-references", "refs.jsonl"],
+                           "replay_references: replays a draft model's cost"),
+                          (["serve", "draft", "--port", "0", "--predraft", "on"],
+                           "predraft: pre-drafting's branch rows are not batched yet"),
+                          (["serve", "target", "--port", "0", "--prefill-chunk", "8"], "prefill_chunk: must be >= 32 tokens")]:
+        assert cli_main(args) == 2, args
+        assert capsys.readouterr().err.count(message) == 1, args
 
 
 def _children(pid: int) -> list[int]:

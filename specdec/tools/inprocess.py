@@ -1,0 +1,107 @@
+"""The sweep's engine-* modes: a target service's logic over a batched engine in this process, its drafts
+on a second batched engine in this process too, called by load clients directly.
+
+What the batched engine gives many clients with no gRPC, no orchestrator and no second process in the way:
+next to the services' figures it shows what the network path costs under load. Each request runs what a
+target service runs for one session (target_service.service.TargetService: the one loop, load-aware
+adaptive K over the engine's measured step costs); its draft is a DraftSession drafting ahead on a thread
+of this process (target_loop.LocalLink), as a draft service's session would. Prompts are encoded as the
+orchestrator encodes a plain prompt, so outputs and replayed continuations match the services'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from typing import Iterator
+
+from specdec.core.batching import BatchedRunner
+from specdec.core.config import GenerationRequest, SpeculationConfig, TargetRequest
+from specdec.core.drafting import DraftStart, Predraft, predraft_policy
+from specdec.core.models import LoadedModel, context_length, encode_prompt, eos_ids_of
+from specdec.core.proposal import ProposerFactory
+from specdec.core.stats import Cycle, SpecStats
+from specdec.core.target_loop import LocalLink
+from specdec.tools.loadtest import Call, Reply
+from target_service.service import TargetService
+
+
+class _DraftLink(LocalLink):
+    """A link that owns its proposer, as a draft service's session does: closing it frees the draft's slot."""
+
+    def close(self, cancel: bool = False) -> None:
+        super().close(cancel)
+        self.session.proposer.close()
+
+
+class LocalDrafts:
+    """A target service's links, to drafts in this process: each session's DraftSession drafts on its own
+    thread through the factory's runner (a batched engine: every session's draft step in one forward)."""
+
+    def __init__(self, factory: ProposerFactory, runner: BatchedRunner | None) -> None:
+        self.factory = factory
+        self.predraft = predraft_policy(Predraft.AUTO, runner.device if runner is not None else None)
+
+    def open(self, address: str, start: DraftStart, deadline_s: float | None) -> LocalLink:
+        proposer = self.factory.open(start.sampling, start.seed)
+        return _DraftLink(proposer, start.prompt_ids, start.k, greedy=start.sampling.greedy, predraft=self.predraft,
+                         paused=start.paused)
+
+
+class _Unobserved:
+    """The service's observer: the load client reads each request's cycles itself."""
+
+    def queued(self, seconds: float) -> None:
+        pass
+
+    def cycle(self, cycle: Cycle) -> None:
+        pass
+
+    def draft_failed(self, reason: str) -> None:
+        pass
+
+
+class InProcessTarget:
+    """A target engine (and, with `drafts`, their draft engine) serving load clients in this process.
+    `drafts`: proposers over `draft_runner` (None: target only). `k`: the most draft tokens per cycle, chosen
+    per cycle by adaptive K as the services do by default (`adaptive_k`), or exactly k."""
+
+    def __init__(self, target: LoadedModel, *, max_len: int, max_sessions: int, k: int = 4, adaptive_k: bool = True,
+                 drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None) -> None:
+        self.tokenizer = target.tokenizer
+        self.runner = BatchedRunner(target.model, max_len=context_length(target.model, max_len),
+                                    max_sessions=max_sessions, queue_size=4 * max_sessions, queue_wait_s=600.0)
+        self.draft_runner = draft_runner
+        links = LocalDrafts(drafts, draft_runner) if drafts is not None else None
+        self.service = TargetService(self.runner, eos_ids_of(target.tokenizer, target.model), links)
+        self.k = k if drafts is not None else 0
+        self.adaptive_k = adaptive_k
+        self._ids = itertools.count()
+
+    def generate(self, prompt: str, max_new_tokens: int) -> Reply:
+        """One request, greedy, EOS ignored: what a load client's Generate does, minus the network."""
+        request = TargetRequest(
+            session_id=f"in-process-{next(self._ids)}", seed=0, draft_address="in-process" if self.k else "",
+            generation=GenerationRequest(prompt_ids=encode_prompt(self.tokenizer, prompt),
+                                         max_new_tokens=max_new_tokens, ignore_eos=True),
+            speculation=SpeculationConfig(k=self.k, max_k=max(1, self.k), adaptive=self.adaptive_k))
+        stats, tokens, ttft = SpecStats(), [], None
+        t0 = time.perf_counter()
+        for cycle in self.service.run(request, on_cancel=lambda fn: None, observer=_Unobserved()):
+            if ttft is None and cycle.new_tokens:
+                ttft = time.perf_counter() - t0
+            stats.observe(cycle)
+            tokens += cycle.new_tokens
+        return Reply(tokens, ttft or 0.0, stats.cycles, stats.drafts, stats.draft_tokens, stats.accepted_tokens)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Call]:
+        """A load client (loadtest.run_clients): calls `generate` on its own thread."""
+        yield self.generate
+
+    def close(self) -> None:
+        """Stop the engines (waiting a little: the process may exit soon, and must not while they are in torch)."""
+        self.runner.stop(wait_s=10.0)
+        if self.draft_runner is not None:
+            self.draft_runner.stop(wait_s=10.0)
