@@ -1,5 +1,7 @@
 """TextStream: incremental text that never has to be taken back, and stop strings."""
 
+import random
+
 import pytest
 
 from specdec.core.detokenize import TextStream
@@ -56,3 +58,19 @@ def test_push_after_the_stop_is_a_bug(tokenizer):
         text.push(token)
     with pytest.raises(AssertionError):
         text.push(5)
+
+
+def test_the_fast_decoder_streams_what_transformers_decode_streams(tokenizer):
+    """TextStream decodes through a fast tokenizer's backend; any ids, special ones and broken UTF-8
+    included, give the same deltas as through transformers' decode()."""
+
+    class Decoding:  # the tokenizer without its backend: TextStream goes through decode()
+        def decode(self, *args, **kwargs):
+            return tokenizer.decode(*args, **kwargs)
+
+    assert tokenizer.backend_tokenizer is not None
+    rng = random.Random(0)
+    vocab = len(tokenizer)
+    for _ in range(20):
+        ids = [rng.randrange(vocab) for _ in range(120)]
+        assert stream_all(tokenizer, ids, ("\n\n",))[1] == stream_all(Decoding(), ids, ("\n\n",))[1]
