@@ -367,12 +367,12 @@ class InlineLink:
 
 class LocalLink(ProposalInbox):
     """An in-process draft at the other end of the link: a DraftSession drafting on its own thread, so it
-    drafts ahead while the target verifies (overlap), as a draft service does."""
+    drafts ahead while the target verifies (`overlap`), as a draft service does."""
 
     def __init__(self, proposer: Proposer, prompt_ids: Sequence[int], k: int, greedy: bool,
-                 predraft: PredraftPolicy, paused: bool = False) -> None:
+                 predraft: PredraftPolicy, paused: bool = False, overlap: bool = True) -> None:
         super().__init__(self._to_proposal, timeout_s=None)  # it answers every verdict: no wait is long
-        self.session = DraftSession(proposer, prompt_ids, k, overlap=True, greedy=greedy, predraft=predraft,
+        self.session = DraftSession(proposer, prompt_ids, k, overlap=overlap, greedy=greedy, predraft=predraft,
                                     paused=paused)
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="local-draft")

@@ -4,8 +4,8 @@ on a second batched engine in this process too, called by load clients directly.
 What the batched engine gives many clients with no gRPC, no orchestrator and no second process in the way:
 next to the services' figures it shows what the network path costs under load. Each request runs what a
 target service runs for one session (target_service.service.TargetService: the one loop, load-aware
-adaptive K over the engine's measured step costs); its draft is a DraftSession drafting ahead on a thread
-of this process (target_loop.LocalLink), as a draft service's session would. Prompts are encoded as the
+adaptive K over the engine's measured step costs); its draft is a DraftSession on a thread of this process
+(target_loop.LocalLink), drafting ahead where a draft service's session would. Prompts are encoded as the
 orchestrator encodes a plain prompt, so outputs and replayed continuations match the services'.
 """
 
@@ -16,6 +16,7 @@ import itertools
 import time
 from typing import Iterator
 
+from draft_service.service import overlap_pays
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import GenerationRequest, SpeculationConfig, TargetRequest
 from specdec.core.drafting import DraftStart, Predraft, predraft_policy
@@ -42,11 +43,14 @@ class LocalDrafts:
     def __init__(self, factory: ProposerFactory, runner: BatchedRunner | None) -> None:
         self.factory = factory
         self.predraft = predraft_policy(Predraft.AUTO, runner.device if runner is not None else None)
+        self.placement = runner.placement if runner is not None else None
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> LocalLink:
+        """A session's draft, drafting ahead only where a draft service would (not on its target's GPU or CPUs)."""
         proposer = self.factory.open(start.sampling, start.seed)
         return _DraftLink(proposer, start.prompt_ids, start.k, greedy=start.sampling.greedy, predraft=self.predraft,
-                         paused=start.paused)
+                          paused=start.paused,
+                          overlap=overlap_pays(start.overlap, self.placement, start.target_placement))
 
 
 class _Unobserved:

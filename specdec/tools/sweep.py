@@ -22,6 +22,7 @@ tokens/s against C.
 
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import statistics
@@ -160,6 +161,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel) -> list[dict]
         return list(measure_levels(mode, engine.client, s))
     finally:
         engine.close()
+        del engine, drafts, draft_runner
+        gc.collect()  # the engines' caches (and CUDA graphs) go before the next mode makes its own
 
 
 def measure_levels(mode: str, connect, s: SweepSettings) -> Iterator[dict]:

@@ -202,7 +202,7 @@ def wait_orchestrator_idle(stack, metadata=()) -> None:
 
 
 def test_per_client_limit_ignores_made_up_authorization_headers():
-    with running_stack(orchestrator=["--max-requests-per-client", "2"]) as stack:
+    with running_stack(draft_model=None, orchestrator=["--max-requests-per-client", "2"]) as stack:  # the front door's rule
         codes = hold_requests(stack.address, [(("authorization", f"Bearer random-{i}"),) for i in range(4)])
         assert codes == {"OK": 2, "RESOURCE_EXHAUSTED": 2}, codes
 
@@ -210,7 +210,8 @@ def test_per_client_limit_ignores_made_up_authorization_headers():
 def test_per_client_limit_with_tokens_and_duplicate_headers(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-a\ntok-b\n")
-    with running_stack(orchestrator=["--max-requests-per-client", "2", "--api-token-file", str(tokens)]) as stack:
+    with running_stack(draft_model=None,
+                       orchestrator=["--max-requests-per-client", "2", "--api-token-file", str(tokens)]) as stack:
         dup = [(("authorization", f"Bearer random-{i}"), ("authorization", "Bearer tok-a")) for i in range(2)]
         assert hold_requests(stack.address, dup) == {"UNAUTHENTICATED": 2}
         same = [(("authorization", "Bearer tok-a"),)] * 4
