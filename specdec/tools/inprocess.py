@@ -17,7 +17,8 @@ import time
 from typing import Iterator
 
 from draft_service.service import overlap_pays
-from specdec.core.batching import BatchedRunner
+from specdec.core.batching import BatchedRunner, serving_runner
+from specdec.core.compute import INLINE, Compute
 from specdec.core.config import GenerationRequest, SpeculationConfig, TargetRequest
 from specdec.core.drafting import DraftStart, Predraft, predraft_policy
 from specdec.core.models import LoadedModel, context_length, encode_prompt, eos_ids_of
@@ -25,7 +26,18 @@ from specdec.core.proposal import ProposerFactory
 from specdec.core.stats import Cycle, SpecStats
 from specdec.core.target_loop import LocalLink
 from specdec.tools.loadtest import Call, Reply
+from target_service.server import TargetServerSettings
 from target_service.service import TargetService
+
+GATHER_S = TargetServerSettings.gather_s  # a target service's default
+
+
+def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int) -> BatchedRunner:
+    """A batched engine over `loaded`, built and run on `compute` as a service builds its own."""
+    runner, _ = serving_runner(compute, loaded.model, batching=True, gather_s=GATHER_S,
+                               max_len=context_length(loaded.model, max_len), max_sessions=max_sessions,
+                               queue_size=4 * max_sessions, queue_wait_s=600.0)
+    return runner
 
 
 class _DraftLink(LocalLink):
@@ -72,10 +84,12 @@ class InProcessTarget:
     per cycle by adaptive K as the services do by default (`adaptive_k`), or exactly k."""
 
     def __init__(self, target: LoadedModel, *, max_len: int, max_sessions: int, k: int = 4, adaptive_k: bool = True,
-                 drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None) -> None:
+                 drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None,
+                 compute: Compute = INLINE) -> None:
+        """`compute`: where the target's engine runs, as in a target service (a CPU model: the thread that loaded
+        it, core/compute.py); a draft runner is built by `engine_runner` on its own."""
         self.tokenizer = target.tokenizer
-        self.runner = BatchedRunner(target.model, max_len=context_length(target.model, max_len),
-                                    max_sessions=max_sessions, queue_size=4 * max_sessions, queue_wait_s=600.0)
+        self.runner = engine_runner(compute, target, max_len, max_sessions)
         self.draft_runner = draft_runner
         links = LocalDrafts(drafts, draft_runner) if drafts is not None else None
         self.service = TargetService(self.runner, eos_ids_of(target.tokenizer, target.model), links)

@@ -36,13 +36,14 @@ from typing import Iterator, Sequence
 import torch
 
 from specdec.core.batching import BatchedRunner
+from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
-from specdec.core.models import LoadedModel, context_length, encode_prompt, load_model, load_tokenizer
+from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import loadtest
-from specdec.tools.inprocess import InProcessTarget
+from specdec.tools.inprocess import InProcessTarget, engine_runner
 from specdec.tools.launcher import Stack, free_base_port
 
 SERVICE_MODES = ("target-only", "services", "services-no-overlap")
@@ -138,25 +139,29 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
         stack.stop()
 
 
-def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel) -> list[dict]:
+def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Compute) -> list[dict]:
     """An engine-* mode: load clients calling the target service's logic in this process (tools/inprocess.py),
-    with a batched draft engine for engine-spec (replaying the target's own output with `replay_alpha`)."""
+    with a batched draft engine for engine-spec (replaying the target's own output with `replay_alpha`).
+    `compute`: the thread the target was loaded on, where its engine runs; the draft gets its own, so on a CPU
+    this process has two OpenMP teams where the services have one per process (core/compute.py)."""
     sessions = max(s.levels)
     book = None
     if mode == "engine-spec" and s.replay_alpha is not None:
-        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1)
+        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute)
         try:
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
         finally:
             plain.close()
     draft_runner = drafts = None
     if mode == "engine-spec":
-        draft = load_model(s.draft, "draft", device=s.draft_device or s.device, dtype=s.draft_dtype or s.dtype)
-        draft_runner = BatchedRunner(draft.model, max_len=context_length(draft.model, s.max_len), max_sessions=sessions)
+        draft_compute = Compute.for_device(s.draft_device or s.device)
+        draft = draft_compute.run(load_model, s.draft, "draft", device=s.draft_device or s.device,
+                                  dtype=s.draft_dtype or s.dtype)
+        draft_runner = engine_runner(draft_compute, draft, s.max_len, sessions)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, drafts=drafts,
-                             draft_runner=draft_runner)
+                             draft_runner=draft_runner, compute=compute)
     try:
         return list(measure_levels(mode, engine.client, s))
     finally:
@@ -269,13 +274,14 @@ def main(s: SweepSettings) -> int:
             points += sweep_services(s, mode, replay)
     bounds: dict[int, float] = {}
     if set(s.modes) - {"services", "services-no-overlap"}:  # the target in this process, once the services are gone
-        target = load_model(s.target, "target", device=s.device, dtype=s.dtype)
+        compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
+        target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
         if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
-            points += sweep_hf_generate(s, target.model)
+            points += compute.run(sweep_hf_generate, s, target.model)
         for mode in (m for m in ENGINE_MODES if m in s.modes):
-            points += sweep_engine(s, mode, target)
+            points += sweep_engine(s, mode, target, compute)
         if set(BOUNDED_MODES) & set(s.modes):
-            bounds = step_bounds(s, target.model)
+            bounds = compute.run(step_bounds, s, target.model)
         del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points, bounds))
