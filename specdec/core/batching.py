@@ -45,6 +45,7 @@ from transformers.cache_utils import StaticLayer
 
 from specdec.core.attention import use_grouped_attention
 from specdec.core.compute import INLINE, Compute
+from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
@@ -52,8 +53,6 @@ from specdec.core.runner import WAITING, Draw, Forward, KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
 
-ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # CUDA graph sizes: rows per step
-TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # ... and tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts

@@ -16,6 +16,11 @@ from specdec.core.errors import InvalidArgument
 MAX_K = 16  # the largest speculation length any code path accepts
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+# The sizes of a batched step: core/batching.py captures a CUDA graph per pair, and its cost table and every
+# service's rows-per-step histogram use the same cells. Here, not in batching, so that the orchestrator's
+# metrics do not import the engine and with it transformers' model code (seconds at every start).
+ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # rows per step
+TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
 CHAT_ROLES = ("system", "user", "assistant")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from specdec.core.batching import ROW_BUCKETS
+from specdec.core.config import ROW_BUCKETS
 from specdec.core.stats import Cycle
 from specdec.serving.interceptors import status_of
 

@@ -77,3 +77,23 @@ def test_the_check_sees_an_upward_import(tmp_path):
     bad.write_text("from specdec.serving.convert import ms\nimport grpc\n")
     assert imports_of(bad) == ["specdec.serving.convert", "specdec.serving.convert.ms", "grpc"]
     assert RANK[layer_of("specdec.serving.convert")] > RANK[layer_of("specdec.core.verify")]
+
+
+def imported_closure(module: str) -> set[str]:
+    """Every module of this tree that importing `module` imports, directly or not."""
+    paths = dict(modules())
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in paths:
+            continue
+        seen.add(name)
+        todo += imports_of(paths[name])
+    return seen
+
+
+def test_the_orchestrator_does_not_import_the_engine():
+    """The front door runs no model: the engine would bring transformers' model code, seconds at every start."""
+    found = imported_closure("orchestrator.server")
+    assert "orchestrator.service" in found and "specdec.serving.telemetry" in found  # the walk follows imports
+    assert "specdec.core.batching" not in found and "specdec.core.runner" not in found
