@@ -152,6 +152,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
         finally:
             plain.close()
+            del plain
+            gc.collect()  # freed now, not by a collection during the next engine's CUDA graph capture
     draft_runner = drafts = None
     if mode == "engine-spec":
         draft_compute = Compute.for_device(s.draft_device or s.device)

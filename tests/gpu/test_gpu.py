@@ -136,3 +136,33 @@ def test_looking_ahead_with_graphs_equals_each_request_decoded_alone(gpu_engine)
         assert s.guesses_kept > 0.5 * s.guesses > 0, f"{s.guesses_kept} of {s.guesses} kept"
     finally:
         runner.stop()
+
+
+def test_in_process_engines_with_graphs_equal_each_request_decoded_alone(gpu_engine):
+    """The sweep's engine modes on a GPU: a target engine and a draft engine in one process, each capturing its
+    CUDA graphs when built (before either steps), six clients at a fixed K = 3 and then target-only: each
+    output is what its request gives decoded alone."""
+    from specdec.core.compute import INLINE
+    from specdec.core.config import ProposerKind
+    from specdec.tools.inprocess import InProcessTarget, engine_runner
+    from specdec.tools.loadtest import run_clients
+
+    prompts = PROMPTS[:6]
+    expected = {p: gpu_engine.decoder.generate(GenerationRequest(prompt_ids=gpu_engine.encode(p), max_new_tokens=16,
+                                                                 ignore_eos=True)).token_ids for p in prompts}
+    draft_runner = engine_runner(INLINE, gpu_engine.draft, 512, 8)
+    speculating = InProcessTarget(gpu_engine.target, max_len=512, max_sessions=8, k=3, adaptive_k=False,
+                                  drafts=make_factory(ProposerKind.DRAFT_MODEL, draft_runner), draft_runner=draft_runner)
+    try:
+        assert speculating.runner.cuda_graphs and draft_runner.cuda_graphs
+        result = run_clients(speculating.client, 6, 2, prompts, 16, 300)
+        assert not result.errors and result.draft_tokens > 0, result.errors
+        assert all(ids == expected[prompts[i]] for i, *ids in result.outputs)
+    finally:
+        speculating.close()
+    plain = InProcessTarget(gpu_engine.target, max_len=512, max_sessions=8)
+    try:
+        result = run_clients(plain.client, 6, 1, prompts, 16, 300)
+        assert not result.errors and all(ids == expected[prompts[i]] for i, *ids in result.outputs)
+    finally:
+        plain.close()
