@@ -58,9 +58,11 @@ def add_parser(sub) -> None:
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.add_argument("--report-greedy-mismatch", action="store_true",
-                       help="report (loudly) instead of failing when greedy outputs differ. Only for random-weight "
-                            "bf16 runs: near-ties in random logits make a (k+1)-token verify forward round "
-                            "differently from a 1-token decode; trained models in fp32 must match exactly.")
+                       help="report (loudly) instead of failing when greedy outputs differ (with --concurrency: "
+                            "across every point, each with the target's top-2 logit gap where it differs). Only for "
+                            "random-weight bf16 runs: near-ties in random logits make a (k+1)-token verify or a "
+                            "batched forward round differently from a 1-token decode; trained models in fp32 must "
+                            "match exactly.")
     bench.set_defaults(func=run)
 
 
@@ -89,5 +91,5 @@ def sweep(args: argparse.Namespace) -> int:
     return sweep_main(SweepSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
-        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, replay_alpha=args.replay_alpha, json=args.json,
-        plot=args.plot))
+        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, replay_alpha=args.replay_alpha,
+        report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot))

@@ -42,6 +42,7 @@ from specdec.core.target_loop import LocalLink, TargetLoop
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.serving.client import Client, build_request
+from specdec.tools.exactness import first_difference
 from specdec.tools.launcher import Stack, free_base_port
 
 MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
@@ -469,9 +470,6 @@ def report(results: dict[str, ModeResult], modes: list[Mode], prompts: list[Prom
               file=sys.stderr)
     return 0
 
-
-def first_difference(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:

@@ -16,8 +16,10 @@ With `replay_alpha`, the draft replays the target's own continuations at that ac
 draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
 target-only deployment, which then runs first (engine-spec records its own in process).
 Next to target-only and engine-target-only, the analytic bound C / t(C, 1): t is one batched step of C rows
-measured here, in this process, on the target (docs/benchmarks.md). `--json` writes every point, `--plot`
-tokens/s against C.
+measured here, in this process, on the target (docs/benchmarks.md). Every request is greedy: each output
+must equal its prompt's first plain-decoding output (tools/exactness.py; a difference is reported with the
+target's top-2 logit gap there, and fails the sweep unless `report_greedy_mismatch`). `--json` writes every
+point with its outputs, `--plot` tokens/s against C.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tok
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import loadtest
+from specdec.tools.exactness import mismatches, references, top2_gap
 from specdec.tools.inprocess import InProcessTarget, engine_runner
 from specdec.tools.launcher import Stack, free_base_port
 
@@ -67,6 +70,7 @@ class SweepSettings:
     k: int = 4
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
+    report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     json: str | None = None
     plot: str | None = None
 
@@ -113,7 +117,8 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
             "tokens_per_s": s["throughput_tokens_per_s"], "latency_p50_ms": s["latency_ms"]["p50"],
             "latency_p99_ms": s["latency_ms"]["p99"], "ttft_p50_ms": s["ttft_ms"]["p50"],
             "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None, "cycles": s["cycles"],
-            "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"]}
+            "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"],
+            "outputs": result.outputs}  # [prompt index, *token ids] per request: exactness is checked across points
 
 
 def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> list[dict]:
@@ -275,6 +280,7 @@ def main(s: SweepSettings) -> int:
         for mode in sorted((m for m in s.modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
     bounds: dict[int, float] = {}
+    compute = target = None
     if set(s.modes) - {"services", "services-no-overlap"}:  # the target in this process, once the services are gone
         compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
         target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
@@ -284,14 +290,33 @@ def main(s: SweepSettings) -> int:
             points += sweep_engine(s, mode, target, compute)
         if set(BOUNDED_MODES) & set(s.modes):
             bounds = compute.run(step_bounds, s, target.model)
-        del target
+    reference = references(points)
+    differ = mismatches(points, reference)
+    if differ:  # how near a tie each was: the target's top-2 logit gap there
+        if target is None:
+            compute = Compute.for_device(s.device)
+            target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
+        for m in differ:
+            prefix = encode_prompt(target.tokenizer, loadtest.DEFAULT_PROMPTS[m.prompt]) + reference[m.prompt][:m.position]
+            m.gap = compute.run(top2_gap, target.model, prefix)
+    del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points, bounds))
     if s.json:
         with open(s.json, "w") as f:
-            json.dump({"settings": s.__dict__, "points": points, "bounds": bounds}, f, indent=1, default=list)
+            json.dump({"settings": s.__dict__, "points": points, "bounds": bounds,
+                       "greedy_mismatches": [m.to_dict() for m in differ]}, f, indent=1, default=list)
     if s.plot:
         plot(points, bounds, s.plot)
     if failed:
         print(f"sweep: {failed} points had failed requests (see errors)", file=sys.stderr)
+    if differ:
+        print(f"sweep: {len(differ)} greedy outputs differ from their prompt's reference:", file=sys.stderr)
+        for m in differ:
+            print(f"  {m}", file=sys.stderr)
+        if not s.report_greedy_mismatch:
+            print("sweep: FAILED (lossless decoding must give identical greedy outputs)", file=sys.stderr)
+            return 1
+        print("sweep: WARNING: reported, not failed (--report-greedy-mismatch: random-weight bf16 numerics)",
+              file=sys.stderr)
     return 1 if failed else 0

@@ -78,4 +78,5 @@ def test_bench_sweeps_concurrency(tmp_path):
         drafted = [points[(mode, c)] for c in (1, 3)]
         assert all(p["cycles"] > 0 and p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
     assert sum(points[("services-no-overlap", c)]["draft_tokens"] for c in (1, 3)) > 0
+    assert result["greedy_mismatches"] == [] and len(points[("engine-spec", 3)]["outputs"]) >= 4  # all compared
     assert out_png.stat().st_size > 1000

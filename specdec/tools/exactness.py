@@ -1,0 +1,81 @@
+"""Greedy exactness across a benchmark's modes: every output against its prompt's reference decoding, and
+where one differs, how near a tie the target's choice was there.
+
+Lossless decoding gives every mode and every batch the same greedy tokens. Batched kernels round differently
+from one-row ones, and on real weights in bf16 that can flip a near-tie: a benchmark reports each such
+difference with the target's top-2 logit gap at that position (a gap of a rounding error says "near-tie"; a
+large one says "bug"), and never hides it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+REFERENCE_MODES = ("target-only", "engine-target-only")  # plain decoding, preferred in this order
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """The first index where a and b differ (the shorter length when one is a prefix of the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@dataclass
+class Mismatch:
+    """Where one output first differs from its prompt's reference."""
+
+    mode: str
+    concurrency: int
+    prompt: int  # index into the prompts
+    position: int  # the first generated token that differs
+    expected: int  # the reference's token there (-1: past its end)
+    got: int  # (-1: past the output's end)
+    gap: float | None = None  # the target's top-1 minus top-2 logit there (an eager forward); None: not computed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        gap = "?" if self.gap is None else f"{self.gap:.4f}"
+        return (f"{self.mode} at {self.concurrency} clients, prompt {self.prompt}: token {self.position} is {self.got}, "
+                f"the reference has {self.expected} (the target's top-2 logit gap there: {gap})")
+
+
+def references(points: list[dict]) -> dict[int, list[int]]:
+    """Each prompt's reference output: its first output in plain decoding (REFERENCE_MODES in order, the lowest
+    concurrency first), else in any mode. `points`: sweep points with `outputs` ([prompt index, *ids])."""
+    def rank(p: dict) -> tuple[int, int]:
+        mode = REFERENCE_MODES.index(p["mode"]) if p["mode"] in REFERENCE_MODES else len(REFERENCE_MODES)
+        return mode, p["concurrency"]
+
+    found: dict[int, list[int]] = {}
+    for p in sorted((p for p in points if p.get("outputs")), key=rank):
+        for index, *ids in p["outputs"]:
+            found.setdefault(index, ids)
+    return found
+
+
+def mismatches(points: list[dict], reference: dict[int, list[int]]) -> list[Mismatch]:
+    """Every point's outputs that differ from their prompt's reference, once per (point, prompt, position, token)."""
+    found: dict[tuple, Mismatch] = {}
+    for p in points:
+        for index, *ids in p.get("outputs") or []:
+            want = reference[index]
+            if ids == want:
+                continue
+            at = first_difference(ids, want)
+            got, expected = (ids[at] if at < len(ids) else -1), (want[at] if at < len(want) else -1)
+            found.setdefault((p["mode"], p["concurrency"], index, at, got),
+                             Mismatch(p["mode"], p["concurrency"], index, at, expected, got))
+    return list(found.values())
+
+
+def top2_gap(model: torch.nn.Module, ids: Sequence[int]) -> float:
+    """The target's top-1 minus top-2 logit for the token after `ids`, from one eager forward."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(torch.tensor([list(ids)], device=device)).logits[0, -1].float()  # [V]
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
