@@ -82,6 +82,7 @@ M)  # issue 18, two GPUs (nvidia-h200-x2): target on cuda:0, draft service on cu
     timeout ${SWEEP_TIMEOUT:-900} python3 -m specdec bench --concurrency ${LEVELS:-1,4,16,64} --device cuda:0 \
       --draft-device ${DRAFT_DEVICE:-cuda:1} --dtype bfloat16 --max-len 1024 --max-new-tokens 128 \
       --target random:qwen2.5-$T --draft $D --replay-alpha $A --modes target-only,services,services-no-overlap \
+      --report-greedy-mismatch \
       --json "$OUT/issue18_${T}_a$A.json" --plot "$OUT/issue18_${T}_a$A.png" 2>"$OUT/issue18_${T}_a$A.log" \
       | tee "$OUT/issue18_${T}_a$A.txt"
   done; done ;;
@@ -94,7 +95,7 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
   for A in ${ALPHAS:-0.8}; do
     timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
       --dtype bfloat16 --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha $A \
-      --modes ${MODES:-target-only,engine-target-only,engine-spec} --json "$OUT/engine_a$A.json" \
+      --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch --json "$OUT/engine_a$A.json" \
       2>"$OUT/engine_a$A.log" | tee "$OUT/engine_a$A.txt"
   done ;;
 T)  # one GPU: the GPU tests only
