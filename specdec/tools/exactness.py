@@ -10,7 +10,7 @@ large one says "bug"), and never hides it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -39,7 +39,8 @@ class Mismatch:
 
     def __str__(self) -> str:
         gap = "?" if self.gap is None else f"{self.gap:.4f}"
-        return (f"{self.mode} at {self.concurrency} clients, prompt {self.prompt}: token {self.position} is {self.got}, "
+        clients = f"{self.concurrency} client{'s' if self.concurrency != 1 else ''}"
+        return (f"{self.mode} at {clients}, prompt {self.prompt}: token {self.position} is {self.got}, "
                 f"the reference has {self.expected} (the target's top-2 logit gap there: {gap})")
 
 
@@ -79,3 +80,11 @@ def top2_gap(model: torch.nn.Module, ids: Sequence[int]) -> float:
         logits = model(torch.tensor([list(ids)], device=device)).logits[0, -1].float()  # [V]
     top = logits.topk(2).values
     return float(top[0] - top[1])
+
+
+def measure_gaps(found: list[Mismatch], reference: dict[int, list[int]], prompt_ids: Sequence[Sequence[int]],
+                 model: torch.nn.Module, run: Callable = lambda fn, *args: fn(*args)) -> None:
+    """Fill each mismatch's gap: the target's margin for the reference's token there. `run(fn, *args)`: where the
+    model computes (a CPU model's compute thread)."""
+    for m in found:
+        m.gap = run(top2_gap, model, list(prompt_ids[m.prompt]) + reference[m.prompt][:m.position])

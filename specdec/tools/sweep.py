@@ -45,7 +45,7 @@ from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tok
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import loadtest
-from specdec.tools.exactness import mismatches, references, top2_gap
+from specdec.tools.exactness import measure_gaps, mismatches, references
 from specdec.tools.inprocess import InProcessTarget, engine_runner
 from specdec.tools.launcher import Stack, free_base_port
 
@@ -296,9 +296,8 @@ def main(s: SweepSettings) -> int:
         if target is None:
             compute = Compute.for_device(s.device)
             target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
-        for m in differ:
-            prefix = encode_prompt(target.tokenizer, loadtest.DEFAULT_PROMPTS[m.prompt]) + reference[m.prompt][:m.position]
-            m.gap = compute.run(top2_gap, target.model, prefix)
+        prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
+        measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points, bounds))

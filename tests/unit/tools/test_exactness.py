@@ -1,6 +1,7 @@
 """Greedy exactness across a sweep's points: the reference per prompt, each difference found once, and the
 target's top-2 logit gap where it differs."""
 
+import pytest
 import torch
 
 from specdec.tools.exactness import Mismatch, first_difference, mismatches, references, top2_gap
@@ -34,3 +35,18 @@ def test_the_top2_gap_is_the_target_own_margin_there(tiny_pair):
         logits = tiny_pair.target.model(torch.tensor([ids + out[:3]])).logits[0, -1]
     first, second = logits.topk(2).values.tolist()
     assert gap == first - second > 0 and int(logits.argmax()) == out[3]  # the margin of greedy's 4th token
+
+
+def test_the_bench_reports_where_a_mode_differs_with_the_gap(tiny_pair):
+    from specdec.tools.bench import BenchSettings, ModeResult, Prompt, mismatch_details
+
+    prompts = [Prompt(p, tiny_pair.encode(p)) for p in PROMPTS[:2]]
+    plain = [greedy(tiny_pair, p.text, 6) for p in prompts]
+    spec = ModeResult("spec", token_ids=[plain[0], plain[1][:4] + [plain[1][4] + 1, plain[1][5]]])
+    results = {"target-only": ModeResult("target-only", token_ids=plain), "spec": spec}
+    found = mismatch_details(results, ["target-only", "spec"], prompts, BenchSettings())
+    assert [(m.mode, m.prompt, m.position, m.expected, m.got) for m in found] == [
+        ("spec", 1, 4, plain[1][4], plain[1][4] + 1)]
+    # the bench loads the target again (stock linears here, oneDNN-packed in the pair): the same margin, rounded
+    assert found[0].gap == pytest.approx(top2_gap(tiny_pair.target.model, prompts[1].ids + plain[1][:4]), abs=1e-3)
+    assert found[0].gap > 0
