@@ -15,21 +15,22 @@ def specdec(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "specdec", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_generate_json():
-    out = specdec("generate", "def main():", "--max-new-tokens", "24", "--k", "3", "--json")
+def test_generate_json(capsys):
+    out = specdec("generate", "def main():", "--max-new-tokens", "24", "--k", "3", "--json")  # the installed command
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert len(result["token_ids"]) == 24 or result["finish_reason"] == "eos"
     for key in ("drafts", "draft_tokens", "accepted_tokens", "mean_acceptance_length", "tokens_per_second"):
         assert key in result["stats"]
-    baseline = json.loads(specdec("generate", "def main():", "--max-new-tokens", "24", "--no-draft", "--json").stdout)
+    assert cli_main(["generate", "def main():", "--max-new-tokens", "24", "--no-draft", "--json"]) == 0  # in process
+    baseline = json.loads(capsys.readouterr().out)
     assert baseline["token_ids"] == result["token_ids"] and baseline["stats"]["drafts"] == 0
 
 
-def test_generate_text_streams_and_reports_stats():
-    out = specdec("generate", "import os", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "3")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() and "mean_acceptance_length=" in out.stderr
+def test_generate_text_streams_and_reports_stats(capsys):
+    assert cli_main(["generate", "import os", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() and "mean_acceptance_length=" in out.err
 
 
 def test_bad_flag_value_is_a_clear_error(capsys):
