@@ -43,6 +43,7 @@ from specdec.core.target_loop import LocalLink, TargetLoop
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.serving.client import Client, build_request
+from specdec.tools import exactness
 from specdec.tools.exactness import Mismatch, measure_gaps, mismatches
 from specdec.tools.launcher import Stack, free_base_port
 
@@ -474,16 +475,8 @@ def report(results: dict[str, ModeResult], modes: list[Mode], prompts: list[Prom
         pathlib.Path(settings.json).write_text(json.dumps(out, indent=1))
     if settings.plot:
         plot(rows, settings.plot, header)
-    if details:
-        print("bench: greedy outputs differ from target-only:", file=sys.stderr)
-        for m in details:
-            print(f"  {m}", file=sys.stderr)
-        if not settings.report_greedy_mismatch:
-            print("bench: FAILED (lossless decoding must give identical greedy outputs)", file=sys.stderr)
-            return 1
-        print("bench: WARNING: reported, not failed (--report-greedy-mismatch: random-weight bf16 numerics)",
-              file=sys.stderr)
-    return 0
+    return 1 if exactness.report(details, "bench", "greedy outputs differ from target-only",
+                                 settings.report_greedy_mismatch) else 0
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:

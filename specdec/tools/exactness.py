@@ -9,6 +9,7 @@ large one says "bug"), and never hides it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -88,3 +89,18 @@ def measure_gaps(found: list[Mismatch], reference: dict[int, list[int]], prompt_
     model computes (a CPU model's compute thread)."""
     for m in found:
         m.gap = run(top2_gap, model, list(prompt_ids[m.prompt]) + reference[m.prompt][:m.position])
+
+
+def report(found: list[Mismatch], tool: str, headline: str, report_only: bool) -> bool:
+    """Print each difference on stderr; True when the run must fail (differences, and not `report_only`)."""
+    if not found:
+        return False
+    print(f"{tool}: {headline}:", file=sys.stderr)
+    for m in found:
+        print(f"  {m}", file=sys.stderr)
+    if not report_only:
+        print(f"{tool}: FAILED (lossless decoding must give identical greedy outputs)", file=sys.stderr)
+        return True
+    print(f"{tool}: WARNING: reported, not failed (--report-greedy-mismatch: random-weight bf16 numerics)",
+          file=sys.stderr)
+    return False

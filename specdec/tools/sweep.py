@@ -44,7 +44,7 @@ from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
-from specdec.tools import loadtest
+from specdec.tools import exactness, loadtest
 from specdec.tools.exactness import measure_gaps, mismatches, references
 from specdec.tools.inprocess import InProcessTarget, engine_runner
 from specdec.tools.launcher import Stack, free_base_port
@@ -309,13 +309,7 @@ def main(s: SweepSettings) -> int:
         plot(points, bounds, s.plot)
     if failed:
         print(f"sweep: {failed} points had failed requests (see errors)", file=sys.stderr)
-    if differ:
-        print(f"sweep: {len(differ)} greedy outputs differ from their prompt's reference:", file=sys.stderr)
-        for m in differ:
-            print(f"  {m}", file=sys.stderr)
-        if not s.report_greedy_mismatch:
-            print("sweep: FAILED (lossless decoding must give identical greedy outputs)", file=sys.stderr)
-            return 1
-        print("sweep: WARNING: reported, not failed (--report-greedy-mismatch: random-weight bf16 numerics)",
-              file=sys.stderr)
+    if exactness.report(differ, "sweep", f"{len(differ)} greedy outputs differ from their prompt's reference",
+                        s.report_greedy_mismatch):
+        return 1
     return 1 if failed else 0
