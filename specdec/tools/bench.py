@@ -44,7 +44,6 @@ from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.serving.client import Client, build_request
 from specdec.tools import exactness
-from specdec.tools.exactness import Mismatch, measure_gaps, mismatches
 from specdec.tools.launcher import Stack, free_base_port
 
 MODES = ("target-only", "spec", "spec-overlap", "services", "hf-assisted")
@@ -414,16 +413,16 @@ def save_partial(results: dict[str, ModeResult], settings: BenchSettings) -> Non
 
 
 def mismatch_details(results: dict[str, ModeResult], names: list[str], prompts: list[Prompt],
-                     settings: BenchSettings) -> list[Mismatch]:
+                     settings: BenchSettings) -> list[exactness.Mismatch]:
     """Where each mode's output first differs from target-only's, with the target's top-2 logit gap there (the
     in-process models are released by now: the target is loaded again, on its compute thread)."""
     reference = dict(enumerate(results["target-only"].token_ids))
     points = [{"mode": m, "concurrency": 1, "outputs": [[i, *ids] for i, ids in enumerate(results[m].token_ids)]}
               for m in names]
-    found = mismatches(points, reference)
+    found = exactness.mismatches(points, reference)
     compute = Compute.for_device(settings.device)
     target = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
-    measure_gaps(found, reference, [p.ids for p in prompts], target.model, compute.run)
+    exactness.measure_gaps(found, reference, [p.ids for p in prompts], target.model, compute.run)
     return found
 
 

@@ -45,7 +45,6 @@ from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tok
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import exactness, loadtest
-from specdec.tools.exactness import measure_gaps, mismatches, references
 from specdec.tools.inprocess import InProcessTarget, engine_runner
 from specdec.tools.launcher import Stack, free_base_port
 
@@ -180,9 +179,9 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
 def measure_levels(mode: str, connect, s: SweepSettings) -> Iterator[dict]:
     """Each level's point (`connect`: a load client, loadtest.run_clients)."""
     for c, result in load_levels(connect, s.levels, s.rounds, s.max_new_tokens):
-        yield point(mode, c, result)
-        print(f"sweep: {mode} at {c} clients: {result.summary()['throughput_tokens_per_s']:.0f} tok/s",
-              file=sys.stderr, flush=True)
+        p = point(mode, c, result)
+        print(f"sweep: {mode} at {c} clients: {p['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+        yield p
 
 
 def record_continuations(connect, tokenizer, max_new_tokens: int) -> ReplayBook:
@@ -290,14 +289,14 @@ def main(s: SweepSettings) -> int:
             points += sweep_engine(s, mode, target, compute)
         if set(BOUNDED_MODES) & set(s.modes):
             bounds = compute.run(step_bounds, s, target.model)
-    reference = references(points)
-    differ = mismatches(points, reference)
+    reference = exactness.references(points)
+    differ = exactness.mismatches(points, reference)
     if differ:  # how near a tie each was: the target's top-2 logit gap there
         if target is None:
             compute = Compute.for_device(s.device)
             target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
         prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
-        measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
+        exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points, bounds))
