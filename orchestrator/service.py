@@ -22,7 +22,7 @@ from specdec.core.errors import FailedPrecondition, InvalidArgument, ResourceExh
 from specdec.core.models import encode_prompt
 from specdec.core.sampling import fresh_seed
 from specdec.core.stats import SpecStats, Summary
-from specdec.serving.convert import cycle_from_pb, target_request_to_pb
+from specdec.serving.convert import cycles_from_pb, target_request_to_pb
 from specdec.serving.interceptors import error_from_status
 from specdec.serving.telemetry import Metrics, outgoing_metadata, tracer
 from specdec.v1 import target_pb2_grpc
@@ -191,17 +191,21 @@ class Orchestrator:
         for b in backends:
             b.active += 1
         try:
-            for msg in call:
-                cycle = cycle_from_pb(msg)
-                stats.observe(cycle, overlap=request.overlap)
-                self.metrics.observe_cycle(cycle)
-                draft_failed |= cycle.draft_failed
+            for msg in call:  # one text event per message, whatever the number of cycles in it
                 emitted, delta = [], ""
-                for token in cycle.new_tokens:
-                    emitted.append(token)
-                    delta += text.push(token)
+                for cycle in cycles_from_pb(msg):
+                    stats.observe(cycle, overlap=request.overlap)
+                    self.metrics.observe_cycle(cycle)
+                    draft_failed |= cycle.draft_failed
+                    for token in cycle.new_tokens:
+                        emitted.append(token)
+                        delta += text.push(token)
+                        if text.stopped:
+                            break
                     if text.stopped:
                         break
+                    if cycle.finish_reason is not None:
+                        finish = cycle.finish_reason
                 if stats.new_tokens == 0 and emitted:
                     stats.time_to_first_token_s = time.perf_counter() - t0
                 stats.new_tokens += len(emitted)
@@ -210,8 +214,6 @@ class Orchestrator:
                     call.cancel()
                     yield TextEvent(delta, emitted)
                     break
-                if cycle.finish_reason is not None:
-                    finish = cycle.finish_reason
                 yield TextEvent(delta, emitted)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and (cancelled.is_set() or text.stopped):

@@ -59,8 +59,9 @@ class TargetService:
         self._k_logged = 0.0
 
     def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: Observer,
-            deadline_s: float | None = None) -> Iterator[Cycle]:
-        """The session's cycles; `on_cancel(fn)` registers what to run when the caller goes away."""
+            deadline_s: float | None = None) -> Iterator[list[Cycle]]:
+        """The session's cycles, those committed since the caller last asked together (at least one);
+        `on_cancel(fn)` registers what to run when the caller goes away."""
         request.validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len,
                          vocab_size=self.runner.vocab_size)
         entry = self.sessions.add(request.session_id)
@@ -83,13 +84,15 @@ class TargetService:
             fell_back = False
             queued_s = sequence.slot.queued_s
             observer.queued(queued_s)
-            for cycle in TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=0 if paused else spec.k).run():
-                cycle.queued_s, queued_s = queued_s, 0.0  # reported once, with the first cycle
-                observer.cycle(cycle)
-                if cycle.draft_failed and not fell_back:
-                    fell_back = True
-                    observer.draft_failed(link.failure or "")
-                yield cycle
+            loop = TargetLoop(sequence, link, chooser, entry.cancel, self.compute, link_k=0 if paused else spec.k)
+            for cycles in loop.run_batches():
+                for cycle in cycles:
+                    cycle.queued_s, queued_s = queued_s, 0.0  # reported once, with the first cycle
+                    observer.cycle(cycle)
+                    if cycle.draft_failed and not fell_back:
+                        fell_back = True
+                        observer.draft_failed(link.failure or "")
+                yield cycles
         finally:
             if isinstance(chooser, AdaptiveK) and link is not None and time.monotonic() - self._k_logged > K_LOG_EVERY_S:
                 self._k_logged = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from specdec.core.stats import Cycle
-from specdec.serving.convert import cycle_to_pb, ms, target_request_from_pb
+from specdec.serving.convert import cycles_to_pb, ms, target_request_from_pb
 from specdec.serving.telemetry import Metrics, record_cycle, tracer
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from target_service.service import TargetService
@@ -56,7 +56,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                       "specdec.k": pb.k, "specdec.draft_address": pb.draft_address, "specdec.overlap": pb.overlap}
         with tracer().start_as_current_span("session", attributes=attributes) as span:
             generated = 0
-            for cycle in self.service.run(request, context.add_callback, SessionObserver(self.metrics, span), deadline):
-                generated += len(cycle.new_tokens)
-                yield cycle_to_pb(cycle)
+            for cycles in self.service.run(request, context.add_callback, SessionObserver(self.metrics, span), deadline):
+                generated += sum(len(c.new_tokens) for c in cycles)
+                yield cycles_to_pb(cycles)
             span.set_attribute("gen_ai.usage.output_tokens", generated)

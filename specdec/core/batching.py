@@ -340,9 +340,11 @@ class BatchedRunner(ModelRunner):
     def forward_branches(self, slot, step, tokens, positions, limits):
         return None  # pre-drafting's branch rows are not batched: the caller drafts one chain instead
 
-    def drive(self, loop: Driven) -> Iterator[object]:
-        """Run a session's loop in the engine; yields its cycles as they are committed. Closing the generator
-        (the caller went away) takes the session out of the engine before it returns."""
+    def drive(self, loop: Driven) -> Iterator[list]:
+        """Run a session's loop in the engine; yields its cycles committed since the caller last asked (at
+        least one: a caller slower than the engine takes them together, not one by one behind a growing
+        backlog). Closing the generator (the caller went away) takes the session out of the engine before
+        it returns."""
         row = _Row(loop)
         loop.attach(self._wake)
         with self._cv:
@@ -351,10 +353,21 @@ class BatchedRunner(ModelRunner):
             self._rows[loop.slot.index] = row
             self._cv.notify_all()
         try:
-            while (item := row.outbox.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while True:
+                cycles, last = [], row.outbox.get()
+                while last is not _END and not isinstance(last, BaseException):
+                    cycles.append(last)
+                    try:
+                        last = row.outbox.get_nowait()
+                    except queue.Empty:
+                        last = None
+                        break
+                if cycles:
+                    yield cycles
+                if isinstance(last, BaseException):
+                    raise last
+                if last is _END:
+                    return
         finally:
             with self._cv:
                 row.closed = True

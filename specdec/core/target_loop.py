@@ -235,12 +235,23 @@ class TargetLoop:
 
     def run(self) -> Iterator[Cycle]:
         """The session's cycles, as soon as each is committed."""
+        batches = self.run_batches()
+        try:
+            for cycles in batches:
+                yield from cycles
+        finally:
+            batches.close()
+
+    def run_batches(self) -> Iterator[list[Cycle]]:
+        """The session's cycles committed since the caller last asked, at least one: a batched engine hands a
+        caller that fell behind it everything at once (a stream sends them as one message); alone, each cycle
+        as it is committed."""
         drive = getattr(self.sequence.runner, "drive", None)
         if drive is not None:
             yield from drive(self)
             return
         while (forward := self.plan(wait=True)) is not None:
-            yield self.compute.run(self._forward_and_complete, forward)
+            yield [self.compute.run(self._forward_and_complete, forward)]
 
     def plan(self, wait: bool) -> Forward | None:
         """The next cycle's forward; None when the sequence is done (or cancelled), WAITING (only when not

@@ -5,6 +5,8 @@ Units change here and only here: the wire carries milliseconds (`*_ms`), the cor
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from specdec.core.config import (
     ChatMessage,
     FinishReason,
@@ -186,22 +188,31 @@ def draft_start_to_pb(start: DraftStart) -> draft_pb2.ProposeStart:
     return pb
 
 
-def cycle_to_pb(c: Cycle) -> target_pb2.TargetGenerateResponse:
+def cycles_to_pb(cycles: Sequence[Cycle]) -> target_pb2.TargetGenerateResponse:
+    """One message for the cycles committed since the last one (in order, at least one)."""
+    last = cycles[-1]
     return target_pb2.TargetGenerateResponse(
-        start=c.start, token_ids=c.new_tokens,
-        cycle=target_pb2.CycleInfo(k=c.k, accepted=c.accepted, verify_ms=ms(c.verify_s), wait_for_draft_ms=ms(c.wait_s),
-                                   draft_ms=ms(c.draft_s), overlap_hit=c.overlap_hit,
-                                   draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources], queued_ms=ms(c.queued_s)),
-        finish_reason=finish_to_pb(c.finish_reason), draft_failed=c.draft_failed)
+        start=cycles[0].start, token_ids=[t for c in cycles for t in c.new_tokens],
+        cycles=[target_pb2.CycleInfo(k=c.k, accepted=c.accepted, verify_ms=ms(c.verify_s), wait_for_draft_ms=ms(c.wait_s),
+                                     draft_ms=ms(c.draft_s), overlap_hit=c.overlap_hit,
+                                     draft_sources=[PROPOSER_TO_PB[s] for s in c.draft_sources],
+                                     queued_ms=ms(c.queued_s), committed=len(c.new_tokens)) for c in cycles],
+        finish_reason=finish_to_pb(last.finish_reason), draft_failed=last.draft_failed)
 
 
-def cycle_from_pb(pb: target_pb2.TargetGenerateResponse) -> Cycle:
-    c = pb.cycle
-    return Cycle(new_tokens=list(pb.token_ids), start=pb.start, k=c.k, accepted=c.accepted,
-                 verify_s=seconds(c.verify_ms), draft_sources=sources_from_pb(c.draft_sources),
-                 finish_reason=FINISH_FROM_PB.get(pb.finish_reason), wait_s=seconds(c.wait_for_draft_ms),
-                 draft_s=seconds(c.draft_ms), ahead=c.overlap_hit, draft_failed=pb.draft_failed,
-                 queued_s=seconds(c.queued_ms))
+def cycles_from_pb(pb: target_pb2.TargetGenerateResponse) -> list[Cycle]:
+    """The message's cycles, each with its own tokens; the finish reason goes to the last."""
+    cycles, start, tokens = [], pb.start, list(pb.token_ids)
+    for i, c in enumerate(pb.cycles):
+        last = i == len(pb.cycles) - 1
+        new, tokens = tokens[:c.committed], tokens[c.committed:]
+        cycles.append(Cycle(new_tokens=new, start=start, k=c.k, accepted=c.accepted, verify_s=seconds(c.verify_ms),
+                            draft_sources=sources_from_pb(c.draft_sources),
+                            finish_reason=FINISH_FROM_PB.get(pb.finish_reason) if last else None,
+                            wait_s=seconds(c.wait_for_draft_ms), draft_s=seconds(c.draft_ms), ahead=c.overlap_hit,
+                            draft_failed=pb.draft_failed if last else False, queued_s=seconds(c.queued_ms)))
+        start += len(new)
+    return cycles
 
 
 # ---- draft ------------------------------------------------------------------------------------------

@@ -106,11 +106,12 @@ class InProcessTarget:
             speculation=SpeculationConfig(k=self.k, max_k=max(1, self.k), adaptive=self.adaptive_k))
         stats, tokens, ttft = SpecStats(), [], None
         t0 = time.perf_counter()
-        for cycle in self.service.run(request, on_cancel=lambda fn: None, observer=_Unobserved()):
-            if ttft is None and cycle.new_tokens:
-                ttft = time.perf_counter() - t0
-            stats.observe(cycle)
-            tokens += cycle.new_tokens
+        for cycles in self.service.run(request, on_cancel=lambda fn: None, observer=_Unobserved()):
+            for cycle in cycles:
+                if ttft is None and cycle.new_tokens:
+                    ttft = time.perf_counter() - t0
+                stats.observe(cycle)
+                tokens += cycle.new_tokens
         return Reply(tokens, ttft or 0.0, stats.cycles, stats.drafts, stats.draft_tokens, stats.accepted_tokens)
 
     @contextlib.contextmanager

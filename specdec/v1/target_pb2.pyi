@@ -32,7 +32,7 @@ class TargetGenerateRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., k: _Optional[int] = ..., draft_address: _Optional[str] = ..., overlap: _Optional[bool] = ..., adaptive_k: _Optional[bool] = ...) -> None: ...
 
 class CycleInfo(_message.Message):
-    __slots__ = ("k", "accepted", "verify_ms", "wait_for_draft_ms", "draft_ms", "overlap_hit", "draft_sources", "queued_ms")
+    __slots__ = ("k", "accepted", "verify_ms", "wait_for_draft_ms", "draft_ms", "overlap_hit", "draft_sources", "queued_ms", "committed")
     K_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class CycleInfo(_message.Message):
     OVERLAP_HIT_FIELD_NUMBER: _ClassVar[int]
     DRAFT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
     k: int
     accepted: int
     verify_ms: float
@@ -49,21 +50,22 @@ class CycleInfo(_message.Message):
     overlap_hit: bool
     draft_sources: _containers.RepeatedScalarFieldContainer[_common_pb2.ProposerKind]
     queued_ms: float
-    def __init__(self, k: _Optional[int] = ..., accepted: _Optional[int] = ..., verify_ms: _Optional[float] = ..., wait_for_draft_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., overlap_hit: _Optional[bool] = ..., draft_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ..., queued_ms: _Optional[float] = ...) -> None: ...
+    committed: int
+    def __init__(self, k: _Optional[int] = ..., accepted: _Optional[int] = ..., verify_ms: _Optional[float] = ..., wait_for_draft_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., overlap_hit: _Optional[bool] = ..., draft_sources: _Optional[_Iterable[_Union[_common_pb2.ProposerKind, str]]] = ..., queued_ms: _Optional[float] = ..., committed: _Optional[int] = ...) -> None: ...
 
 class TargetGenerateResponse(_message.Message):
-    __slots__ = ("start", "token_ids", "cycle", "finish_reason", "draft_failed")
+    __slots__ = ("start", "token_ids", "cycles", "finish_reason", "draft_failed")
     START_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    CYCLE_FIELD_NUMBER: _ClassVar[int]
+    CYCLES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     DRAFT_FAILED_FIELD_NUMBER: _ClassVar[int]
     start: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    cycle: CycleInfo
+    cycles: _containers.RepeatedCompositeFieldContainer[CycleInfo]
     finish_reason: _common_pb2.FinishReason
     draft_failed: bool
-    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., cycle: _Optional[_Union[CycleInfo, _Mapping]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., draft_failed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, start: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., cycles: _Optional[_Iterable[_Union[CycleInfo, _Mapping]]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., draft_failed: _Optional[bool] = ...) -> None: ...
 
 class DescribeTargetRequest(_message.Message):
     __slots__ = ()

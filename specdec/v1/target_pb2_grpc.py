@@ -54,8 +54,9 @@ class TargetServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Run one session: prefill, then verification cycles until done. Server-streaming: one message per
-        cycle with the tokens it committed. Cancelling the call ends the session and frees its KV cache.
+        """Run one session: prefill, then verification cycles until done. Server-streaming: each message
+        carries the cycles committed since the previous one (one, unless this stream fell behind the
+        engine) and their tokens. Cancelling the call ends the session and frees its KV cache.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,7 @@
 """The batched runner: sessions decoded together give exactly what each gives alone, and they are batched."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -213,6 +214,29 @@ def test_a_session_whose_reader_goes_away_leaves_the_engine(tiny_pair_fp32, batc
     assert decode(pair, batched, ids, 8) == pair.decoder.generate(
         GenerationRequest(prompt_ids=ids, max_new_tokens=8, ignore_eos=True)).token_ids
     assert batched.free_slots == batched.max_sessions
+
+
+def test_a_reader_that_falls_behind_gets_the_backlog_at_once(tiny_pair_fp32, batched):
+    """The engine does not wait for a session's reader: the cycles it committed meanwhile come as one batch
+    (one message of the target's stream), in order, with the tokens the session decodes alone."""
+    pair = tiny_pair_fp32
+    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[7]), max_new_tokens=12, ignore_eos=True)
+    expected = pair.decoder.generate(request).token_ids
+    sequence = TargetSequence(batched, request, pair.eos_ids, seed=0)
+    try:
+        batches = TargetLoop(sequence, None, FixedK(0), threading.Event()).run_batches()
+        first = next(batches)
+        deadline = time.monotonic() + 60
+        while sequence.finish_reason is None and time.monotonic() < deadline:  # the reader sleeps meanwhile
+            time.sleep(0.01)
+        time.sleep(0.2)  # the last cycle reaches the outbox just after the sequence finishes
+        rest = list(batches)
+    finally:
+        sequence.close()
+    assert len(first) == 1 and len(rest) == 1 and len(rest[0]) >= 10, [len(b) for b in (first, *rest)]
+    cycles = first + rest[0]
+    assert [t for c in cycles for t in c.new_tokens] == expected
+    assert [c.start for c in cycles[1:]] == [c.start + len(c.new_tokens) for c in cycles[:-1]]
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)],

@@ -47,12 +47,24 @@ def test_target_request_and_draft_start_round_trip():
 def test_cycles_keep_their_milliseconds_and_seconds_apart():
     cycle = Cycle([5, 6], start=10, k=3, accepted=1, verify_s=0.012, draft_sources=[ProposerKind.NGRAM] * 3,
                   finish_reason=FinishReason.EOS, wait_s=0.004, draft_s=0.002, ahead=True, draft_failed=True)
-    pb = convert.cycle_to_pb(cycle)
-    assert pb.cycle.verify_ms == pytest.approx(12.0) and pb.cycle.wait_for_draft_ms == pytest.approx(4.0)
-    back = convert.cycle_from_pb(pb)
+    pb = convert.cycles_to_pb([cycle])
+    assert pb.cycles[0].verify_ms == pytest.approx(12.0) and pb.cycles[0].wait_for_draft_ms == pytest.approx(4.0)
+    [back] = convert.cycles_from_pb(pb)
     assert back.verify_s == pytest.approx(0.012) and back.draft_s == pytest.approx(0.002)
-    assert (back.new_tokens, back.k, back.draft_sources, back.finish_reason, back.overlap_hit, back.draft_failed) == \
-        ([5, 6], 3, [ProposerKind.NGRAM] * 3, FinishReason.EOS, True, True)
+    assert (back.new_tokens, back.start, back.k, back.draft_sources, back.finish_reason, back.overlap_hit,
+            back.draft_failed) == ([5, 6], 10, 3, [ProposerKind.NGRAM] * 3, FinishReason.EOS, True, True)
+
+
+def test_cycles_of_one_message_keep_their_own_tokens_and_the_last_its_finish():
+    cycles = [Cycle([5], start=10, k=0, accepted=0, verify_s=0.01, draft_sources=[], queued_s=0.5),
+              Cycle([6, 7, 8], start=11, k=3, accepted=2, verify_s=0.02, draft_sources=[ProposerKind.NGRAM] * 3),
+              Cycle([9], start=14, k=0, accepted=0, verify_s=0.01, draft_sources=[], finish_reason=FinishReason.LENGTH)]
+    pb = convert.cycles_to_pb(cycles)
+    assert (pb.start, list(pb.token_ids), len(pb.cycles)) == (10, [5, 6, 7, 8, 9], 3)
+    back = convert.cycles_from_pb(pb)
+    assert [(c.start, c.new_tokens, c.k, c.accepted, c.finish_reason) for c in back] == \
+        [(10, [5], 0, 0, None), (11, [6, 7, 8], 3, 2, None), (14, [9], 0, 0, FinishReason.LENGTH)]
+    assert back[0].queued_s == pytest.approx(0.5) and back[1].verify_s == pytest.approx(0.02)
 
 
 def test_verdicts_carry_feedback():

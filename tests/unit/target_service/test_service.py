@@ -45,7 +45,7 @@ def test_a_session_starts_its_draft_paused_once_drafting_stopped_paying(tiny_pai
     def session(name):
         request = TargetRequest(name, GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True), 0,
                                 SpeculationConfig(k=3, max_k=3, adaptive=True), "local")
-        tokens = [t for cycle in service.run(request, lambda fn: None, Observer()) for t in cycle.new_tokens]
+        tokens = [t for cycles in service.run(request, lambda fn: None, Observer()) for c in cycles for t in c.new_tokens]
         start, proposer = opened[-1]
         cached = list(proposer.slot.tokens)
         proposer.close()
