@@ -40,9 +40,10 @@ def channel_options(max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-            # reconnect quickly to a restarted peer (the default backoff grows to two minutes)
-            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1_000)]
+            # reconnect quickly to a (re)started peer: the default backoff grows to two minutes, and even at
+            # 1 s a backend that came up just after a failed attempt stayed out of routing that long
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 250)]
 
 
 # Accept our clients' keepalive pings (every 10 s, see channel_options) during long streams: by default a

@@ -50,33 +50,32 @@ def threads_of(pid: int) -> int:
 
 # ---- 1. cancellation frees both KV slots promptly; a cancel storm starves nobody ------------------
 
-def test_cancel_churn_does_not_starve_another_client(tiny_pair):
-    slots = ["--max-sessions", "4"]
-    with running_stack(target=slots, draft=slots) as stack:
-        expected = greedy(tiny_pair, "import os", 8)
-        refused, done = [], threading.Event()
+def test_cancel_churn_does_not_starve_another_client(short_context_stack, tiny_pair):
+    stack = short_context_stack  # 4 slots each
+    expected = greedy(tiny_pair, "import os", 8)
+    refused, done = [], threading.Event()
 
-        def churn():
-            with Client(stack.address, timeout_s=60) as c:
-                for _ in range(40):
-                    try:
-                        stream = c.stream(build_request("def fibonacci(n):", max_new_tokens=400, ignore_eos=True))
-                        next(stream)
-                        stream.cancel()
-                    except grpc.RpcError as exc:
-                        refused.append(exc.code())
-            done.set()
-
-        worker = threading.Thread(target=churn)
-        worker.start()
-        outputs = []
+    def churn():
         with Client(stack.address, timeout_s=60) as c:
-            while not done.is_set():
-                outputs.append(c.generate(build_request("import os", max_new_tokens=8, ignore_eos=True)).token_ids)
-        worker.join()
-        assert not refused, refused  # one client, one request at a time: never out of slots
-        assert outputs and all(out == expected for out in outputs)
-        wait_all_free(stack, 5.0)
+            for _ in range(40):
+                try:
+                    stream = c.stream(build_request("def fibonacci(n):", max_new_tokens=200, ignore_eos=True))
+                    next(stream)
+                    stream.cancel()
+                except grpc.RpcError as exc:
+                    refused.append(exc.code())
+        done.set()
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    outputs = []
+    with Client(stack.address, timeout_s=60) as c:
+        while not done.is_set():
+            outputs.append(c.generate(build_request("import os", max_new_tokens=8, ignore_eos=True)).token_ids)
+    worker.join()
+    assert not refused, refused  # one client, one request at a time: never out of slots
+    assert outputs and all(out == expected for out in outputs)
+    wait_all_free(stack, 5.0)
 
 
 def test_cancel_frees_the_target_slot_while_the_draft_is_stalled(tiny_pair):
@@ -308,8 +307,9 @@ def test_malformed_sampled_proposals_and_rows_are_a_draft_failure(hostile, tiny_
 
 @pytest.fixture(scope="module")
 def short_context_stack():
-    context = ["--max-len", "256"]
-    with running_stack(target=context, draft=context) as stack:
+    """256 tokens of context and 4 KV slots on the target and the draft."""
+    flags = ["--max-len", "256", "--max-sessions", "4"]
+    with running_stack(target=flags, draft=flags) as stack:
         yield stack
 
 

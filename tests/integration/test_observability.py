@@ -36,17 +36,6 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-@pytest.fixture()
-def receiver():
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    collector = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield collector, f"http://127.0.0.1:{port}"
-    server.stop(None)
-
-
 def attrs(span) -> dict:
     out = {}
     for a in span.attributes:
@@ -56,21 +45,48 @@ def attrs(span) -> dict:
     return out
 
 
-def test_one_trace_across_all_three_services(receiver, monkeypatch):
-    collector, endpoint = receiver
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-    with running_stack() as stack, Client(stack.address, timeout_s=60) as client:
-        result = client.generate(build_request(PROMPTS[0], max_new_tokens=40, ignore_eos=True))
-    # the stack has stopped: every service flushed its spans on SIGTERM
+def test_one_trace_per_request_across_the_services_and_metrics_that_match_the_responses():
+    """One stack (three services exporting spans to a real OTLP/gRPC receiver, each serving Prometheus
+    metrics) answers four requests; their counters must add up to the responses', and the first request's
+    trace must cross every hop."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    collector = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    otlp_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ports = dict(zip(["orchestrator", "target", "draft"], (free_base_port(3) + i for i in range(3))))
+    flags = {role: ["--metrics-port", str(port)] for role, port in ports.items()}
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with running_stack(env=env, **flags) as stack, Client(stack.address, timeout_s=60) as client:
+            results = [client.generate(build_request(p, max_new_tokens=30, ignore_eos=True)) for p in PROMPTS[:4]]
+            check_metrics(ports, results)
+            check_trace(collector, results[0])
+    finally:
+        server.stop(None)
+
+
+def check_trace(collector: Receiver, result) -> None:
+    """The request's spans, exported while the stack serves (100 ms batches), form one trace."""
+    spec = result.summary.speculation
+
+    def trace():
+        with collector.lock:
+            mine = [s for svc, s in collector.spans if s.name == "Generate" and svc == "specdec-orchestrator"
+                    and attrs(s).get("specdec.session_id") == result.summary.session_id]
+            return mine, [(svc, s) for svc, s in collector.spans if mine and s.trace_id == mine[0].trace_id]
+
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and {s for s, _ in collector.spans} != {
-            "specdec-orchestrator", "specdec-target", "specdec-draft"}:
+    while time.monotonic() < deadline:
+        generate, spans = trace()
+        verify = [attrs(s) for _, s in spans if s.name == "verify"]
+        if {svc for svc, _ in spans} == {"specdec-orchestrator", "specdec-target", "specdec-draft"} and \
+                sum(a["specdec.accepted"] for a in verify) == spec.accepted_tokens and \
+                sum(1 for a in verify if a["specdec.k"] > 0) == spec.drafts and \
+                any(s.name == "propose" for _, s in spans):
+            break
         time.sleep(0.1)
-    generate = [(svc, s) for svc, s in collector.spans if s.name == "Generate" and svc == "specdec-orchestrator"]
     assert len(generate) == 1
-    trace_id = generate[0][1].trace_id
-    spans = [(svc, s) for svc, s in collector.spans if s.trace_id == trace_id]
     by_id = {s.span_id: (svc, s) for svc, s in spans}
     services = defaultdict(set)
     for svc, s in spans:
@@ -89,53 +105,50 @@ def test_one_trace_across_all_three_services(receiver, monkeypatch):
     assert parent("/specdec.v1.DraftService/Propose", "specdec-draft") == "session"
     assert parent("propose", "specdec-draft") == "/specdec.v1.DraftService/Propose"
 
-    g = attrs(generate[0][1])
-    assert g["gen_ai.usage.output_tokens"] == 40 and g["gen_ai.usage.input_tokens"] > 0
+    g = attrs(generate[0])
+    assert g["gen_ai.usage.output_tokens"] == 30 and g["gen_ai.usage.input_tokens"] > 0
     assert g["gen_ai.request.model"] == "tiny"
     verify = [attrs(s) for v, s in spans if s.name == "verify"]
     for a in verify:
         assert {"specdec.k", "specdec.accepted", "specdec.verify_ms", "specdec.wait_for_draft_ms",
                 "specdec.overlap_hit"} <= a.keys()
-    assert sum(a["specdec.accepted"] for a in verify) == result.summary.speculation.accepted_tokens
-    assert sum(1 for a in verify if a["specdec.k"] > 0) == result.summary.speculation.drafts
+    assert sum(a["specdec.accepted"] for a in verify) == spec.accepted_tokens
+    assert sum(1 for a in verify if a["specdec.k"] > 0) == spec.drafts
     propose = [attrs(s) for v, s in spans if s.name == "propose"]
     assert propose and all("specdec.draft_ms" in a and "specdec.k" in a for a in propose)
 
 
-def test_metrics_are_consistent_with_responses():
-    ports = dict(zip(["orchestrator", "target", "draft"], (free_base_port(3) + i for i in range(3))))
-    flags = {role: ["--metrics-port", str(port)] for role, port in ports.items()}
-    with running_stack(**flags) as stack, Client(stack.address, timeout_s=60) as client:
-        results = [client.generate(build_request(p, max_new_tokens=30, ignore_eos=True)) for p in PROMPTS[:4]]
-        totals = defaultdict(int)
-        per_pos = defaultdict(int)
-        for r in results:
-            spec = r.summary.speculation
-            totals["drafts"] += spec.drafts
-            totals["draft_tokens"] += spec.draft_tokens
-            totals["accepted"] += spec.accepted_tokens
-            for i, n in enumerate(spec.accepted_per_position):
-                per_pos[str(i)] += n
-        for role in ("orchestrator", "target"):
-            m = scrape(ports[role])
-            assert m[("specdec_num_drafts_total", ())] == totals["drafts"], role
-            assert m[("specdec_num_draft_tokens_total", ())] == totals["draft_tokens"], role
-            assert m[("specdec_num_accepted_tokens_total", ())] == totals["accepted"], role
-            for pos, n in per_pos.items():
-                if n:
-                    assert m[("specdec_num_accepted_tokens_per_pos_total", (("position", pos),))] == n, (role, pos)
-            assert m[("specdec_active_sessions", ())] == 0
-        orch = scrape(ports["orchestrator"])
-        assert orch[("specdec_requests_total", (("code", "OK"),))] == 4
-        assert orch[("specdec_time_to_first_token_seconds_count", ())] == 4
-        assert orch[("specdec_request_duration_seconds_count", ())] == 4
-        target = scrape(ports["target"])
-        assert target[("specdec_free_kv_slots", ())] == 16
-        draft = scrape(ports["draft"])
-        assert draft[("specdec_draft_step_seconds_count", ())] >= totals["drafts"]
-        # A session's end reaches the draft after the answer: the target half-closes the Propose stream
-        # without waiting, and the draft may still be drafting ahead. It must be released soon, not never.
-        deadline = time.monotonic() + 10
-        while scrape(ports["draft"])[("specdec_active_sessions", ())] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert scrape(ports["draft"])[("specdec_active_sessions", ())] == 0
+def check_metrics(ports: dict[str, int], results: list) -> None:
+    """Every service's counters add up to what the responses say."""
+    totals = defaultdict(int)
+    per_pos = defaultdict(int)
+    for r in results:
+        spec = r.summary.speculation
+        totals["drafts"] += spec.drafts
+        totals["draft_tokens"] += spec.draft_tokens
+        totals["accepted"] += spec.accepted_tokens
+        for i, n in enumerate(spec.accepted_per_position):
+            per_pos[str(i)] += n
+    for role in ("orchestrator", "target"):
+        m = scrape(ports[role])
+        assert m[("specdec_num_drafts_total", ())] == totals["drafts"], role
+        assert m[("specdec_num_draft_tokens_total", ())] == totals["draft_tokens"], role
+        assert m[("specdec_num_accepted_tokens_total", ())] == totals["accepted"], role
+        for pos, n in per_pos.items():
+            if n:
+                assert m[("specdec_num_accepted_tokens_per_pos_total", (("position", pos),))] == n, (role, pos)
+        assert m[("specdec_active_sessions", ())] == 0
+    orch = scrape(ports["orchestrator"])
+    assert orch[("specdec_requests_total", (("code", "OK"),))] == 4
+    assert orch[("specdec_time_to_first_token_seconds_count", ())] == 4
+    assert orch[("specdec_request_duration_seconds_count", ())] == 4
+    target = scrape(ports["target"])
+    assert target[("specdec_free_kv_slots", ())] == 16
+    draft = scrape(ports["draft"])
+    assert draft[("specdec_draft_step_seconds_count", ())] >= totals["drafts"]
+    # A session's end reaches the draft after the answer: the target half-closes the Propose stream
+    # without waiting, and the draft may still be drafting ahead. It must be released soon, not never.
+    deadline = time.monotonic() + 10
+    while scrape(ports["draft"])[("specdec_active_sessions", ())] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape(ports["draft"])[("specdec_active_sessions", ())] == 0
