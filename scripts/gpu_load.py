@@ -5,7 +5,8 @@ concurrent clients, for each stack configuration. One JSON line per (config, con
 
 `replay-A` configs (e.g. replay-0.8, replay-0): speculation whose draft replays the target's own output at
 acceptance A (recorded from the target-only deployment, which then runs first). A `-nolook` suffix on any
-config serves it with `--no-lookahead` (each engine step read before the next is launched).
+config serves it with `--no-lookahead` (each engine step read before the next is launched); `-fixedk` has the
+orchestrator draft exactly --k tokens every cycle (no adaptive K).
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def main() -> int:
             if name == "hf-generate":
                 hf_generate(args, levels)
                 continue
-            base = name.removesuffix("-record").removesuffix("-nolook")
+            base = name.removesuffix("-record").removesuffix("-nolook").removesuffix("-fixedk")
             with_draft, extra, orch = CONFIGS.get(base, (True, [], []))
             extra = extra + (["--no-lookahead"] if name.endswith("-nolook") else [])
+            orch = orch + (["--fixed-k"] if name.endswith("-fixedk") else [])
             draft_extra = ["--replay-references", book, "--replay-alpha", base.split("-", 1)[1]] \
                 if base.startswith("replay-") else []
             common = ["--device", args.device, "--dtype", args.dtype, "--max-len", str(args.max_len),

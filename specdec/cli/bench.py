@@ -25,7 +25,12 @@ def add_parser(sub) -> None:
     bench.add_argument("--chat", action="store_true", help="apply the chat template to each prompt")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--k", type=int, default=4, help="draft tokens per cycle (the maximum with --adaptive-k)")
-    bench.add_argument("--adaptive-k", action="store_true")
+    bench.add_argument("--adaptive-k", action="store_true",
+                       help="one-request modes: choose K per cycle (at most --k); sweeps always do unless --fixed-k")
+    bench.add_argument("--fixed-k", action="store_true",
+                       help="with --concurrency: every drafting mode drafts exactly --k tokens each cycle (the "
+                            "services' orchestrator with --fixed-k, engine-spec without adaptive K), to measure what "
+                            "speculation gives where adaptive K would not draft")
     bench.add_argument("--no-overlap", action="store_true",
                        help="services mode: the draft does not draft ahead during verify, so services minus spec "
                             "is the services' own per-cycle cost (gRPC, session bookkeeping)")
@@ -69,6 +74,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         return sweep(args)
+    if args.fixed_k:
+        raise InvalidArgument("fixed-k", "only with --concurrency (one-request modes draft exactly --k unless "
+                                         "--adaptive-k)")
     return main(BenchSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, cpu_kernels=args.cpu_kernels,
@@ -91,5 +99,5 @@ def sweep(args: argparse.Namespace) -> int:
     return sweep_main(SweepSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
-        max_new_tokens=args.max_new_tokens, k=args.k, rounds=args.rounds, replay_alpha=args.replay_alpha,
-        report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot))
+        max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
+        replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot))

@@ -6,7 +6,7 @@ concurrency; every request generates exactly max_new_tokens (EOS ignored). Repor
 tokens/s over all clients, request latency p50/p99, time to first token and inter-token latency (p50 over
 requests), errors. Modes:
   target-only   orchestrator + batched target, no draft
-  services      orchestrator + batched target + batched draft (adaptive K: the services' defaults)
+  services      orchestrator + batched target + batched draft (adaptive K, the services' default, unless fixed_k)
   services-no-overlap   the same, the draft drafting only after each verdict
   engine-target-only    the target service's logic over a batched engine in this process, clients calling
                         it directly: no gRPC, no orchestrator (tools/inprocess.py)
@@ -66,7 +66,8 @@ class SweepSettings:
     modes: tuple[str, ...] = ("target-only", "services")
     levels: tuple[int, ...] = (1, 4, 16)
     max_new_tokens: int = 128
-    k: int = 4
+    k: int = 4  # draft tokens per cycle: the most, with adaptive K
+    fixed_k: bool = False  # draft exactly k every cycle (services and engine-spec) instead of adaptive K
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
@@ -129,7 +130,7 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
     if replay is not None and s.replay_alpha is not None:
         draft += ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)]
-    orchestrator = ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8)]
+    orchestrator = ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8), *(["--fixed-k"] if s.fixed_k else [])]
     stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode.startswith("services") else None,
                   extra={"target": common, "draft": draft,
                          "orchestrator": orchestrator + (["--no-overlap"] if mode == "services-no-overlap" else [])})
@@ -166,8 +167,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
         draft_runner = engine_runner(draft_compute, draft, s.max_len, sessions)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
-    engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, drafts=drafts,
-                             draft_runner=draft_runner, compute=compute)
+    engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
+                             drafts=drafts, draft_runner=draft_runner, compute=compute)
     try:
         return list(measure_levels(mode, engine.client, s))
     finally:
