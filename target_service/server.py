@@ -33,6 +33,7 @@ class TargetServerSettings:
     gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
     prefill_chunk: int = 512  # prompt tokens of one session per step
     lookahead: bool = True  # on a GPU, launch a step of plain greedy decodes before reading the last (core.batching)
+    stream_interval: int = 1  # a session's cycles are streamed this many at a time (its first at once)
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
     internal_token: str | None = None  # bearer token presented to drafts
@@ -46,6 +47,8 @@ class TargetServerSettings:
             raise InvalidArgument("queue_timeout", f"must be > 0 seconds, got {self.queue_timeout_s}")
         if self.gather_s < 0:
             raise InvalidArgument("batch_gather_ms", f"must be >= 0, got {self.gather_s * 1000}")
+        if self.stream_interval < 1:
+            raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {self.stream_interval}")
         if self.prefill_chunk < 32:
             raise InvalidArgument("prefill_chunk", f"must be >= 32 tokens, got {self.prefill_chunk}")
         if self.session.max_new_tokens < 1:
@@ -62,6 +65,7 @@ def build(settings: TargetServerSettings) -> Server:
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
         prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False,
+        stream_interval=settings.stream_interval,
         max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)

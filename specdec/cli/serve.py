@@ -64,6 +64,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     serve.add_argument("--switch-interval-ms", type=float, default=None,
                        help="Python's thread switch interval (default: Python's, 5 ms). Smaller lets a batching "
                             "engine thread get the interpreter back sooner among many session threads")
+    serve.add_argument("--stream-interval", type=int, default=1,
+                       help="target (batched): stream each session's cycles this many at a time, its first at once "
+                            "and its last with the end: under heavy load fewer messages and fewer wake-ups of session "
+                            "threads competing with the engine for the interpreter, at the cost of coarser streaming "
+                            "(default 1: every cycle as soon as it is committed)")
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="target: the most prompt tokens of one session forwarded per step, so a long prompt "
                             "delays the others' next token by one chunk at most (default 512)")
@@ -167,7 +172,7 @@ def build_server(args: argparse.Namespace):
             target=args.target, device=args.device, dtype=args.dtype, max_len=args.max_len,
             max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
             cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
-            prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead,
+            prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead, stream_interval=args.stream_interval,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             draft_tls=backend_tls, internal_token=internal)), None
     if args.role == Role.DRAFT:

@@ -184,6 +184,8 @@ class _Row:
 
     loop: Driven
     outbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    held: list = field(default_factory=list)  # cycles finished but not handed over yet (a stream interval > 1)
+    handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
@@ -260,14 +262,19 @@ class BatchedRunner(ModelRunner):
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
-                 prefill_chunk: int = 512, lookahead: bool | None = None,
+                 prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
                  launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
-        passes its compute thread's `Compute.hand_over`)."""
+        passes its compute thread's `Compute.hand_over`). `stream_interval`: a driven session's reader is
+        handed its cycles this many at a time (its first at once, its last with its end): fewer wake-ups
+        of session threads competing with the engine for the interpreter, coarser streaming."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
         assert prefill_chunk >= graph_max_tokens, "a prefill chunk must hold a verify step's logits"
+        if stream_interval < 1:
+            raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {stream_interval}")
+        self.stream_interval = stream_interval
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
@@ -353,15 +360,14 @@ class BatchedRunner(ModelRunner):
             self._rows[loop.slot.index] = row
             self._cv.notify_all()
         try:
-            while True:
+            while True:  # the outbox holds lists of cycles, then _END or an exception
                 cycles, last = [], row.outbox.get()
-                while last is not _END and not isinstance(last, BaseException):
-                    cycles.append(last)
+                while isinstance(last, list):
+                    cycles.extend(last)
                     try:
                         last = row.outbox.get_nowait()
                     except queue.Empty:
                         last = None
-                        break
                 if cycles:
                     yield cycles
                 if isinstance(last, BaseException):
@@ -644,7 +650,20 @@ class BatchedRunner(ModelRunner):
         instead of contending for the interpreter with the engine's verifying and planning."""
         outputs, self._outputs = self._outputs, []
         for row, item in outputs:
-            row.outbox.put(item)
+            if item is _END or isinstance(item, BaseException):
+                self._hand(row)
+                row.outbox.put(item)
+                continue
+            row.held.append(item)
+            if not row.handed or len(row.held) >= self.stream_interval:
+                self._hand(row)
+
+    @staticmethod
+    def _hand(row: _Row) -> None:
+        """Give a session's reader the cycles held for it, as one item."""
+        if row.held:
+            row.outbox.put(row.held)
+            row.held, row.handed = [], True
 
     def _next_pick(self, r: _Request) -> bool:
         """A draft chain's step is done: pick its token (unless its group's draw did); True when the request
@@ -681,6 +700,7 @@ class BatchedRunner(ModelRunner):
                 r.done.set()
         self._publish()
         for row in list(self._rows.values()):
+            self._hand(row)
             row.outbox.put(Unavailable("the engine has stopped"))
             self._drop(row)
 
@@ -899,10 +919,11 @@ class BatchedRunner(ModelRunner):
 
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
-                   prefill_chunk: int = 512, lookahead: bool | None = None, **kwargs) -> tuple[ModelRunner, Compute]:
+                   prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
+                   **kwargs) -> tuple[ModelRunner, Compute]:
     """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
     engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""
     if not batching:
         return compute.run(ModelRunner, model, **kwargs), compute
     return compute.run(BatchedRunner, model, gather_s=gather_s, prefill_chunk=prefill_chunk, lookahead=lookahead,
-                       launch=compute.hand_over, **kwargs), INLINE
+                       stream_interval=stream_interval, launch=compute.hand_over, **kwargs), INLINE

@@ -27,8 +27,10 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def stack():
     # target and draft on disjoint CPUs: co-located, the draft would not draft ahead (test_overlap_...);
-    # an fp32 draft, so that seeded sampling can be compared with the same draft in process (tiny_pair_fp32)
-    with running_stack(orchestrator=["--k", "4"], target=["--max-sessions", "16", *apart("target")],
+    # an fp32 draft, so that seeded sampling can be compared with the same draft in process (tiny_pair_fp32);
+    # the target streams 3 cycles at a time, so every test here also checks that nothing is lost or reordered
+    with running_stack(orchestrator=["--k", "4"], target=["--max-sessions", "16", "--stream-interval", "3",
+                                                          *apart("target")],
                        draft=["--max-sessions", "16", "--dtype", "float32", *apart("draft")]) as s:
         yield s
 

@@ -10,6 +10,7 @@ from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner, bucket
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
+from specdec.core.errors import InvalidArgument
 from specdec.core.sequence import TargetSequence
 from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
 from specdec.proposers.draft_model import DraftModelFactory
@@ -237,6 +238,28 @@ def test_a_reader_that_falls_behind_gets_the_backlog_at_once(tiny_pair_fp32, bat
     cycles = first + rest[0]
     assert [t for c in cycles for t in c.new_tokens] == expected
     assert [c.start for c in cycles[1:]] == [c.start + len(c.new_tokens) for c in cycles[:-1]]
+
+
+def test_a_stream_interval_hands_cycles_over_that_many_at_a_time(tiny_pair_fp32):
+    """stream_interval = 4: the first cycle at once (the time to first token), then at least four at a time,
+    the rest with the end; the tokens are the session's alone."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=2, gather_s=0.005, prefill_chunk=32,
+                           stream_interval=4)
+    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[8]), max_new_tokens=11, ignore_eos=True)
+    try:
+        sequence = TargetSequence(runner, request, pair.eos_ids, seed=0)
+        try:
+            batches = list(TargetLoop(sequence, None, FixedK(0), threading.Event()).run_batches())
+        finally:
+            sequence.close()
+    finally:
+        runner.stop()
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == 1 and all(n >= 4 for n in sizes[1:-1]) and sum(sizes) == 11, sizes
+    assert [t for b in batches for c in b for t in c.new_tokens] == pair.decoder.generate(request).token_ids
+    with pytest.raises(InvalidArgument):
+        BatchedRunner(pair.target.model, max_len=64, max_sessions=1, stream_interval=0)
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)],
