@@ -28,6 +28,7 @@ CONFIGS = {  # name -> (with draft, extra target/draft flags, extra orchestrator
     "target-only": (False, [], []),
     "target-only-unbatched": (False, ["--no-batching"], []),
     "target-only-si": (False, ["--switch-interval-ms", "0.5"], []),  # the engine thread gets the GIL back sooner
+    "target-only-stream4": (False, ["--stream-interval", "4"], []),  # session threads woken once per 4 cycles
     "spec": (True, [], []),
     "spec-unbatched": (True, ["--no-batching"], []),
 }
