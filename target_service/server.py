@@ -49,6 +49,9 @@ class TargetServerSettings:
             raise InvalidArgument("batch_gather_ms", f"must be >= 0, got {self.gather_s * 1000}")
         if self.stream_interval < 1:
             raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {self.stream_interval}")
+        if self.stream_interval > 1 and not self.batching:
+            raise InvalidArgument("stream_interval", "holds cycles in the batched engine; --no-batching streams "
+                                                     "every cycle as it is committed")
         if self.prefill_chunk < 32:
             raise InvalidArgument("prefill_chunk", f"must be >= 32 tokens, got {self.prefill_chunk}")
         if self.session.max_new_tokens < 1:

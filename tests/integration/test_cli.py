@@ -42,7 +42,9 @@ def test_bad_flag_value_is_a_clear_error(capsys):
                           (["serve", "draft", "--port", "0", "--predraft", "on"],
                            "predraft: pre-drafting's branch rows are not batched yet"),
                           (["serve", "target", "--port", "0", "--prefill-chunk", "8"], "prefill_chunk: must be >= 32 tokens"),
-                          (["serve", "target", "--port", "0", "--stream-interval", "0"], "stream_interval: must be >= 1")]:
+                          (["serve", "target", "--port", "0", "--stream-interval", "0"], "stream_interval: must be >= 1"),
+                          (["serve", "target", "--port", "0", "--no-batching", "--stream-interval", "2"],
+                           "stream_interval: holds cycles in the batched engine")]:
         assert cli_main(args) == 2, args
         assert capsys.readouterr().err.count(message) == 1, args
 
