@@ -19,7 +19,7 @@ from specdec.core.proposal import ProposerFactory
 from specdec.core.runner import SLOT_WAIT_S, ModelRunner
 from specdec.proposers import make_factory
 from specdec.proposers.draft_model import warm_up
-from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+from specdec.proposers.replay import ReplayRates, replay_factory
 from specdec.serving.convert import proposer_to_pb
 from specdec.serving.server import Server, ServerSettings
 from specdec.serving.telemetry import Metrics, server_interceptors
@@ -104,6 +104,4 @@ def factory(settings: DraftServerSettings, runner: ModelRunner | None) -> Propos
     """The proposers this draft serves; with replay references, a replayed draft (benchmarks only)."""
     if settings.replay_references is None:
         return make_factory(settings.proposer, runner)
-    log.warning("REPLAYED acceptance: alpha=%.2f over %s (benchmarks only; proposals are not the draft's own)",
-                settings.replay.alpha, settings.replay_references)
-    return ReplayFactory(runner, ReplayBook.load(settings.replay_references), settings.replay)
+    return replay_factory(runner, settings.replay_references, settings.replay)

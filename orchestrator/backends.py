@@ -39,6 +39,7 @@ class Backend:
     info: common_pb2.ServerInfo | None = None
     active: int = 0  # requests the orchestrator has running on it
     source: str = ""  # the dns:/// entry it was discovered from, if any
+    own: bool = False  # a target's own draft (ServerInfo.own_draft): no service, no address of its own
 
     def describe(self, timeout: float = 2.0) -> common_pb2.ServerInfo:
         if self.role == Role.TARGET:
@@ -130,13 +131,16 @@ class BackendPool:
 
     def pick(self, proposer: ProposerKind | None = None) -> tuple[Backend, Backend | None]:
         """The least-loaded healthy target, and a healthy draft with the same vocabulary (or None),
-        running `proposer` if one is asked for."""
+        running `proposer` if one is asked for; where no draft service is configured, the target's own
+        draft if it runs one."""
         targets = [t for t in self.targets if t.healthy and t.info is not None]
         if not targets:
             raise Unavailable(f"no healthy target among {[t.address for t in self.targets]}")
         target = min(targets, key=lambda b: (b.active, b.info.active_sessions))
         if self.paired_draft is not None:  # paired topology: every target has its own draft on localhost
             return target, Backend(self.paired_draft, Role.DRAFT, None, info=target.info, healthy=True)
+        if target.info.own_draft and not self.entries[Role.DRAFT] and proposer in (None, ProposerKind.DRAFT_MODEL):
+            return target, Backend("", Role.DRAFT, None, info=target.info, healthy=True, own=True)
         drafts = [d for d in self.drafts if d.healthy and d.info is not None]
         if proposer is not None:
             drafts = [d for d in drafts if PROPOSER_FROM_PB.get(d.info.proposer) == proposer]

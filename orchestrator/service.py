@@ -141,7 +141,8 @@ class Orchestrator:
             with tracer().start_as_current_span("route") as route:
                 target, draft = self.pool.pick(req.proposer)
                 route.set_attribute("specdec.target", target.address)
-                route.set_attribute("specdec.draft", draft.address if draft else "")
+                route.set_attribute("specdec.draft", ("(the target's own)" if draft.own else draft.address)
+                                    if draft else "")
             span.set_attribute("gen_ai.request.model", target.info.model)
             if target.info.vocab_fingerprint != self.fingerprint:
                 raise FailedPrecondition(f"target {target.info.model!r} at {target.address} has vocabulary "
@@ -161,7 +162,8 @@ class Orchestrator:
                 session_id=session_id, generation=generation,
                 seed=sampling.seed if sampling.seed is not None else fresh_seed(),
                 speculation=SpeculationConfig(k=k, max_k=max(1, k), adaptive=self.settings.adaptive_k and req.k is None),
-                draft_address=draft.address if draft and k else "", overlap=self.settings.overlap)
+                draft_address=draft.address if draft and k and not draft.own else "", overlap=self.settings.overlap,
+                own_draft=bool(draft and k and draft.own))
             for event in self._relay(request, target, draft, cancelled, timeout_s, t0):
                 if isinstance(event, Summary):
                     st = event.stats
@@ -226,7 +228,7 @@ class Orchestrator:
             for b in backends:
                 b.active -= 1
             cancelled.set()  # releases the watcher thread
-        if draft_failed and draft is not None:
+        if draft_failed and draft is not None and not draft.own:
             self.pool.mark_unhealthy(draft, "failed during a request")
             self.metrics.fallbacks.labels("orchestrator").inc()
         tail = text.flush()

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 from specdec.core.batching import BatchedRunner, serving_runner
 from specdec.core.compute import Compute
+from specdec.core.config import ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
-from specdec.core.models import context_length, eos_ids_of, load_model
+from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, eos_ids_of, load_model
+from specdec.proposers import make_factory, own_drafts
+from specdec.proposers.draft_model import warm_up
+from specdec.proposers.replay import ReplayRates, replay_factory
 from specdec.serving.security import TLSFiles
 from specdec.serving.server import Server, ServerSettings
 from specdec.serving.telemetry import Metrics, server_interceptors
@@ -34,6 +38,9 @@ class TargetServerSettings:
     prefill_chunk: int = 512  # prompt tokens of one session per step
     lookahead: bool = True  # on a GPU, launch a step of plain greedy decodes before reading the last (core.batching)
     stream_interval: int = 1  # a session's cycles are streamed this many at a time (its first at once)
+    own_draft: str | None = None  # a draft model run in this process, drafting between the engine's steps
+    replay_references: str | None = None  # benchmarks: the own draft replays the target's continuations from this file
+    replay: ReplayRates = ReplayRates()
     session: TargetSettings = TargetSettings()
     draft_tls: TLSFiles | None = None  # TLS (mTLS with a client cert) towards drafts
     internal_token: str | None = None  # bearer token presented to drafts
@@ -52,6 +59,13 @@ class TargetServerSettings:
         if self.stream_interval > 1 and not self.batching:
             raise InvalidArgument("stream_interval", "holds cycles in the batched engine; --no-batching streams "
                                                      "every cycle as it is committed")
+        if self.own_draft is not None and not self.batching:
+            raise InvalidArgument("own_draft", "drafts between the batched engine's steps; --no-batching has none")
+        if self.replay_references is not None:
+            if self.own_draft is None:
+                raise InvalidArgument("replay_references", "replays a draft's cost: give the target --own-draft "
+                                                           "(or give the flag to a draft service)")
+            self.replay.validate()
         if self.prefill_chunk < 32:
             raise InvalidArgument("prefill_chunk", f"must be >= 32 tokens, got {self.prefill_chunk}")
         if self.session.max_new_tokens < 1:
@@ -61,10 +75,30 @@ class TargetServerSettings:
         return self
 
 
+@dataclass
+class OwnDraft:
+    name: str
+    runner: BatchedRunner  # without an engine loop: it drafts on the target engine's thread
+
+
+def load_own_draft(settings: TargetServerSettings, target: LoadedModel) -> OwnDraft:
+    """The target's own draft: loaded on the target's device, over a batched runner with no engine loop of its
+    own, warmed up before serving (as a draft service's is)."""
+    loaded = load_model(settings.own_draft, "draft", device=settings.device, dtype=settings.dtype)
+    check_same_vocabulary(target, loaded)
+    runner = BatchedRunner(loaded.model, launch=None, max_len=context_length(loaded.model, settings.max_len),
+                           max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels)
+    warm_up(runner)
+    return OwnDraft(loaded.name, runner)
+
+
 def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
+    own_draft = None  # loaded before the engine starts: on a CPU it takes over the compute thread
+    if settings.own_draft is not None:
+        own_draft = compute.run(load_own_draft, settings, loaded)
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
         prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False,
@@ -73,10 +107,18 @@ def build(settings: TargetServerSettings) -> Server:
         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)
     info = common_pb2.ServerInfo(model=loaded.name, vocab_fingerprint=loaded.fingerprint, role="target",
-                                 max_sessions=settings.max_sessions, context_length=runner.max_len)
+                                 max_sessions=settings.max_sessions, context_length=runner.max_len,
+                                 own_draft=own_draft.name if own_draft else "")
+    own = None
+    if own_draft is not None:
+        own = own_drafts(replay_factory(own_draft.runner, settings.replay_references, settings.replay)
+                         if settings.replay_references else
+                         make_factory(ProposerKind.DRAFT_MODEL, own_draft.runner, runner.vocab_size))
+        runner.drafter = own
     links = DraftLinks(vocab_size=runner.vocab_size, device=runner.device, timeout_s=settings.session.draft_timeout_s,
                        tls=settings.draft_tls, token=settings.internal_token)
-    service = TargetService(runner, eos_ids_of(loaded.tokenizer, loaded.model), links, settings.session, compute)
+    service = TargetService(runner, eos_ids_of(loaded.tokenizer, loaded.model), links, settings.session, compute,
+                            own_drafts=own)
     metrics = Metrics("target")
     if isinstance(runner, BatchedRunner):
         runner.on_step = metrics.observe_step

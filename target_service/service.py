@@ -12,6 +12,7 @@ from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, ProbeSc
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import TargetRequest
 from specdec.core.drafting import DraftStart
+from specdec.core.errors import FailedPrecondition
 from specdec.core.runner import ModelRunner
 from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
@@ -46,10 +47,12 @@ class Observer(Protocol):
 
 class TargetService:
     def __init__(self, runner: ModelRunner, eos_ids: set[int], links: Links, settings: TargetSettings = TargetSettings(),
-                 compute: Compute = INLINE) -> None:
+                 compute: Compute = INLINE, own_drafts: Links | None = None) -> None:
+        """`own_drafts`: links to the target's own draft (core.own_draft), for requests that ask for it."""
         self.runner = runner
         self.eos_ids = eos_ids
         self.links = links
+        self.own_drafts = own_drafts
         self.settings = settings
         self.compute = compute  # where verification runs (core.compute: CPU models on one thread)
         self.sessions = SessionTable()
@@ -64,6 +67,8 @@ class TargetService:
         `on_cancel(fn)` registers what to run when the caller goes away."""
         request.validate(max_new_tokens_limit=self.settings.max_new_tokens, context_len=self.runner.max_len,
                          vocab_size=self.runner.vocab_size)
+        if request.own_draft and self.own_drafts is None:
+            raise FailedPrecondition("this target runs no draft of its own (serve target --own-draft MODEL)")
         entry = self.sessions.add(request.session_id)
         on_cancel(entry.cancel_now)
         sequence = link = chooser = None
@@ -76,10 +81,11 @@ class TargetService:
                                  batch_rows=getattr(self.runner, "batch_rows", None))
                        if spec.adaptive else FixedK(spec.k))
             paused = not chooser.drafting_pays()  # e.g. under load: the draft need not even prefill for now
-            if request.draft_address and spec.k > 0:
+            if (request.draft_address or request.own_draft) and spec.k > 0:
                 start = DraftStart(request.session_id, request.generation.prompt_ids, request.generation.sampling,
                                    sequence.seed, spec.k, request.overlap, self.runner.placement, paused=paused)
-                link = self.links.open(request.draft_address, start, deadline_s)
+                links = self.own_drafts if request.own_draft else self.links
+                link = links.open(request.draft_address, start, deadline_s)
                 entry.on_cancel(link.wake)  # a cancelled session must not wait out the draft timeout
             fell_back = False
             queued_s = sequence.slot.queued_s

@@ -31,6 +31,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_model_args(serve, draft=False)
     serve.add_argument("--draft", default="tiny", help="draft model (role draft)")
     serve.add_argument("--draft-device", default=None, help="device of the draft (role draft; default: --device)")
+    serve.add_argument("--own-draft", default=None, metavar="MODEL",
+                       help="target (batched): also load this draft model, on the target's device, and draft with it "
+                            "in the target's own engine: before each step it drafts for every session that wants a "
+                            "block, all rows at once, then verifies them all in that step. The choice for one GPU "
+                            "shared by draft and target (two engines there fall out of phase). An orchestrator with "
+                            "no --drafts routes speculative requests to it")
     serve.add_argument("--proposer", default=ProposerKind.DRAFT_MODEL.value, choices=PROPOSERS,
                        help="draft: what proposes tokens (ngram loads no model and needs no GPU)")
     serve.add_argument("--predraft", default=Predraft.AUTO.value, choices=[p.value for p in Predraft],
@@ -39,13 +45,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "in one batched pass per step, and keep the draft's cache caught up while adaptive K "
                             "pauses drafting; auto = on a GPU (branches: greedy sessions, model drafts)")
     serve.add_argument("--replay-references", default=None, metavar="FILE",
-                       help="draft, systems benchmarks only: replayed acceptance. The draft model runs for real but "
+                       help="draft (or target with --own-draft), systems benchmarks only: replayed acceptance. The "
+                            "draft model runs for real but "
                             "proposes the target's greedy continuation from FILE (JSON lines of prompt_ids and "
                             "output_ids, as `specdec bench --replay-alpha` writes them) with probability "
                             "--replay-alpha; prompts not in FILE are refused")
-    serve.add_argument("--replay-alpha", type=float, default=0.8, help="draft, with --replay-references (default 0.8)")
+    serve.add_argument("--replay-alpha", type=float, default=0.8, help="with --replay-references (default 0.8)")
     serve.add_argument("--replay-runner-up", type=float, default=0.49,
-                       help="draft, with --replay-references: where the replayed top token is wrong, the runner-up is "
+                       help="with --replay-references: where the replayed top token is wrong, the runner-up is "
                             "right with this probability (default 0.49, see bench --replay-runner-up)")
     serve.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (KV slots) per service")
     serve.add_argument("--queue-size", type=int, default=256,
@@ -164,6 +171,7 @@ def build_server(args: argparse.Namespace):
     tls, tokens, internal = security_of(args, args.role)
     backend_tls = tls if tls.enabled else None
     if args.role == Role.TARGET:
+        from specdec.proposers.replay import ReplayRates
         from target_service.server import TargetServerSettings, build
         from target_service.service import TargetSettings
 
@@ -174,6 +182,8 @@ def build_server(args: argparse.Namespace):
             cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
             prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead, stream_interval=args.stream_interval,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
+            own_draft=args.own_draft, replay_references=args.replay_references,
+            replay=ReplayRates(args.replay_alpha, args.replay_runner_up),
             draft_tls=backend_tls, internal_token=internal)), None
     if args.role == Role.DRAFT:
         from draft_service.server import DraftServerSettings, build

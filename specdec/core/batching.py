@@ -49,7 +49,7 @@ from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
-from specdec.core.runner import WAITING, Draw, Forward, KVSlot, ModelRunner
+from specdec.core.runner import WAITING, Chain, Draw, Forward, Grouped, KVSlot, ModelRunner
 
 log = logging.getLogger("specdec.batching")
 
@@ -147,8 +147,17 @@ class _Chain:
 
     steps: int
     draw: Draw
-    group: object = None  # chains of one group are drawn together (runner.decode_chain)
+    group: Grouped | None = None  # chains whose groups share a `read` are drawn together (runner.decode_chain)
     picks: list = field(default_factory=list)
+
+
+class StepDrafter(Protocol):
+    """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
+    the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
+
+    def draft(self) -> bool:
+        """Draft for the sessions that asked; False when none had."""
+        ...
 
 
 class Driven(Protocol):
@@ -243,6 +252,7 @@ class StepStats:
     prefill_chunks: int = 0
     busy_s: float = 0.0  # time in batched steps
     forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
+    drafting_s: float = 0.0  # time the engine spent drafting for its sessions between steps (a StepDrafter)
     guesses: int = 0  # rows launched ahead on a guess (looking ahead)
     guesses_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
@@ -263,11 +273,13 @@ class BatchedRunner(ModelRunner):
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
-                 launch: Callable[[Callable[[], None]], object] = INLINE.hand_over) -> None:
+                 launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
-        passes its compute thread's `Compute.hand_over`). `stream_interval`: a driven session's reader is
-        handed its cycles this many at a time (its first at once, its last with its end): fewer wake-ups
-        of session threads competing with the engine for the interpreter, coarser streaming."""
+        passes its compute thread's `Compute.hand_over`); None: no engine loop, each caller's forwards run on
+        its own thread when it hands them over, one caller at a time (the draft of a target engine that
+        drafts for its sessions between its steps, core.own_draft). `stream_interval`: a driven session's
+        reader is handed its cycles this many at a time (its first at once, its last with its end): fewer
+        wake-ups of session threads competing with the engine for the interpreter, coarser streaming."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
@@ -302,7 +314,12 @@ class BatchedRunner(ModelRunner):
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
-        launch(self._loop)
+        self.drafter: StepDrafter | None = None
+        self.passive = launch is None
+        if self.passive:
+            self._ended.set()
+        else:
+            launch(self._loop)
 
     def _allocate(self) -> StaticCache:
         """One cache for all slots, with its layers replaced by RowsLayers over preallocated tensors."""
@@ -415,34 +432,81 @@ class BatchedRunner(ModelRunner):
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
         return self._submit(slot, new_ids, keep, greedy=True).argmax
 
-    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw, group: object = None) -> list:
-        if steps <= 0:
-            return []
-        new_ids = self._new_tokens(slot, ids, 1)
-        assert slot.length + len(new_ids) + steps - 1 <= self.max_len, "the caller keeps drafts inside the context"
-        chain = _Chain(steps, draw, group)
-        self._hand_over(_Request(slot.index, slot.length, list(new_ids), 1, False, chain=chain))
-        slot.tokens.extend([*new_ids, *(p.token for p in chain.picks[:-1])])
-        return chain.picks
+    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw,
+                     group: Grouped | None = None) -> list:
+        return self.decode_chains([Chain(slot, ids, steps, draw, group)])[0]
+
+    def decode_chains(self, chains: Sequence[Chain]) -> list[list]:
+        drafting = [(c, list(self._new_tokens(c.slot, c.ids, 1))) for c in chains if c.steps > 0]
+        requests = []
+        for c, new_ids in drafting:
+            assert c.slot.length + len(new_ids) + c.steps - 1 <= self.max_len, "drafts stay inside the context"
+            requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False,
+                                     chain=_Chain(c.steps, c.draw, c.group)))
+        self._hand_over(*requests)
+        for (c, new_ids), r in zip(drafting, requests):
+            c.slot.tokens.extend([*new_ids, *(p.token for p in r.chain.picks[:-1])])
+        picks = iter(r.chain.picks for r in requests)
+        return [next(picks) if c.steps > 0 else [] for c in chains]
+
+    def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
+        requests = []
+        for slot, ids, keep in calls:
+            new_ids = self._new_tokens(slot, ids, keep)
+            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, True))
+        self._hand_over(*requests)
+        for (slot, _, _), r in zip(calls, requests):
+            slot.tokens.extend(r.ids)  # a step's or prompt chunks' request keeps its ids (a chain's would not)
+        return [r.argmax for r in requests]
 
     def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
         """Hand the engine one forward and wait for it."""
         assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
-        request = self._hand_over(_Request(slot.index, slot.length, list(new_ids), keep, greedy))
+        request = _Request(slot.index, slot.length, list(new_ids), keep, greedy)
+        self._hand_over(request)
         slot.tokens.extend(new_ids)
         return request
 
-    def _hand_over(self, request: _Request) -> _Request:
+    def _hand_over(self, *requests: _Request) -> None:
+        """Hand the engine forwards (all in the same steps) and wait for them; the first error is raised."""
+        if not requests:
+            return
         with self._cv:
             if self._stopping:
                 raise Unavailable("the engine has stopped")
-            self._pending.append(request)
+            self._pending.extend(requests)
             self._last_arrival = time.monotonic()
+            self._expected -= {r.index for r in requests}
             self._cv.notify_all()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request
+        if self.passive:
+            self._run_here()
+        for r in requests:
+            r.done.wait()
+        for r in requests:
+            if r.error is not None:
+                raise r.error
+
+    def _run_here(self) -> None:
+        """A runner without an engine loop: run the pending forwards on this thread until none is left."""
+        while True:
+            with self._cv:
+                steps, prefill = self._split_pending()
+            if not steps and prefill is None:
+                return
+            with self._turn():
+                step = self._launch_or_fail(steps)
+                if step is not None:
+                    try:
+                        self._read(step)
+                        self._hand_on(step)
+                    except BaseException as e:  # noqa: BLE001 - handed to its callers
+                        for r in step.requests:
+                            self._fail(r, e)
+            if prefill is not None:
+                try:
+                    self._run_chunk(prefill)
+                except BaseException as e:  # noqa: BLE001
+                    self._fail(prefill, e)
 
     # ---- the engine thread ----
 
@@ -452,14 +516,15 @@ class BatchedRunner(ModelRunner):
         if s.steps > since.steps:
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
-            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f), busy %.0f%%, "
-                     "%d prefill chunks, %d rows launched ahead (%.0f%% kept); t(rows x tokens) ms %s", steps, wall,
+            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
+                     "steps %.1f), busy %.0f%%, %d prefill chunks, %d rows launched ahead (%.0f%% kept); "
+                     "t(rows x tokens) ms %s", steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
-                     1e3 * (s.forward_s - since.forward_s) / steps,
+                     1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), self.costs.report())
-        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s, guesses=s.guesses,
-                         guesses_kept=s.guesses_kept)
+        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s,
+                         drafting_s=s.drafting_s, guesses=s.guesses, guesses_kept=s.guesses_kept)
 
     def _loop(self) -> None:
         try:
@@ -555,13 +620,21 @@ class BatchedRunner(ModelRunner):
         return steps, prefill
 
     def _plan_rows(self) -> None:
-        """Ask every driven session that is not in a step yet for its next forward."""
-        with self._cv:
-            rows = [row for row in self._rows.values() if not row.busy and not row.closed]
+        """Ask every driven session that is not in a step yet for its next forward. With a drafter, those that
+        asked for a draft block are drafted for together, then asked again."""
+        while True:
+            with self._cv:
+                rows = [row for row in self._rows.values() if not row.busy and not row.closed]
+                for row in rows:
+                    row.busy = True
             for row in rows:
-                row.busy = True
-        for row in rows:
-            self._replan(row)
+                self._replan(row)
+            if self.drafter is None:
+                return
+            t0 = time.perf_counter()
+            if not self.drafter.draft():
+                return
+            self.stats.drafting_s += time.perf_counter() - t0
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess
@@ -816,13 +889,13 @@ class BatchedRunner(ModelRunner):
         groups: dict[object, list[_Request]] = {}
         for r in requests:
             if r.chain is not None and r.chain.group is not None:
-                groups.setdefault(r.chain.group, []).append(r)
+                groups.setdefault(r.chain.group.read, []).append(r)
         for members in groups.values():
             rows = torch.tensor([r.index for r in members], device=logits.device)
             last = torch.tensor([len(r.ids) - 1 for r in members], device=logits.device)
-            picks = members[0].chain.draw(logits[rows, last].float(), [r.start + len(r.ids) for r in members])
-            for r, pick in zip(members, picks):
-                r.pick = pick
+            values = members[0].chain.group.read(logits[rows, last].float())
+            for r, value in zip(members, values):
+                r.pick = r.chain.group.pick(value, r.start + len(r.ids))
 
     def _run_chunk(self, r: _Request) -> None:
         """The next chunk of a long request, alone (eager: prompt lengths vary)."""

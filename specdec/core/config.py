@@ -167,10 +167,14 @@ class TargetRequest:
     speculation: SpeculationConfig = SpeculationConfig(k=0)  # k = 0: target only
     draft_address: str = ""  # host:port of the draft; "" = target only
     overlap: bool = True  # let the draft draft ahead while the target verifies
+    own_draft: bool = False  # draft with the target's own draft model (core.own_draft) instead of a draft service
 
     def validate(self, *, max_new_tokens_limit: int, context_len: int, vocab_size: int) -> "TargetRequest":
         if not self.session_id:
             raise InvalidArgument("session_id", "must not be empty")
+        if self.own_draft and self.draft_address:
+            raise InvalidArgument("own_draft", f"drafts with the target's own draft; draft_address "
+                                               f"{self.draft_address!r} must be empty")
         self.speculation.validate()
         self.generation.validate(max_new_tokens_limit=max_new_tokens_limit, context_len=context_len,
                                  vocab_size=vocab_size)

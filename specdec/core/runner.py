@@ -63,6 +63,25 @@ WAITING = Forward([], 0, False)  # a sequence that wants no forward yet (its dra
 Draw = Callable[[torch.Tensor, list[int]], list]  # (logits [B, V], positions [B]) -> a pick (with a `token`) per row
 
 
+class Grouped(NamedTuple):
+    """How a chain's picks are drawn together with other chains' in a batched step: `read` (one function shared
+    by the group) turns the rows' logits [B, V] into one host value per row in one read; `pick(value, position)`,
+    the chain's own, makes its pick from its row's value. `draw` must equal reading then picking."""
+
+    read: Callable[[torch.Tensor], list]
+    pick: Callable[[object, int], object]
+
+
+class Chain(NamedTuple):
+    """One decode_chain call, for `decode_chains`."""
+
+    slot: "KVSlot"
+    ids: Sequence[int]
+    steps: int
+    draw: Draw
+    group: Grouped | None = None
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix; O(1) list compares in the usual append-only case."""
     n = min(len(a), len(b))
@@ -225,17 +244,25 @@ class ModelRunner:
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
         return self._forward(slot, new_ids, keep).argmax(-1).tolist()  # one host sync for the block
 
-    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw, group: object = None) -> list:
+    def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw,
+                     group: Grouped | None = None) -> list:
         """Make the cache hold `ids`, then `steps` times: pick a token from the last position's logits with
         `draw(logits [1, V], [position of the pick])` and append it (drafting k tokens). Returns the picks (each
         has a `token`); the last pick is not forwarded. A batched runner runs the steps without a round trip
-        to the caller, and draws the rows of chains with one `group` (not None) together, with any one of
-        their `draw`s: a group's draws must not depend on the caller (greedy picks)."""
+        to the caller, and draws the rows of chains whose `group`s share a `read` together (Grouped)."""
         sequence, picks = list(ids), []
         for _ in range(steps):
             picks += draw(self.extend(slot, sequence, keep=1), [len(sequence)])
             sequence.append(picks[-1].token)
         return picks
+
+    def decode_chains(self, chains: Sequence[Chain]) -> list[list]:
+        """`decode_chain` for each; a batched runner runs them all in the same steps."""
+        return [self.decode_chain(*chain) for chain in chains]
+
+    def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
+        """`greedy_ids(slot, ids, keep)` for each; a batched runner runs them all in the same steps."""
+        return [self.greedy_ids(*call) for call in calls]
 
     def hold(self, slot: KVSlot, ids: Sequence[int]) -> None:
         """Make the cache hold exactly `ids`, forwarding only what is missing (possibly nothing)."""

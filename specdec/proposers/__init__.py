@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from specdec.core.config import ProposerKind
+from specdec.core.own_draft import OwnDrafts
 from specdec.core.proposal import ProposerFactory
 from specdec.core.runner import ModelRunner
+from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory
 from specdec.proposers.hybrid import HybridFactory
 from specdec.proposers.ngram import NgramFactory
@@ -22,3 +24,8 @@ def make_factory(kind: ProposerKind, runner: ModelRunner | None, vocab_size: int
     if kind == ProposerKind.DRAFT_MODEL:
         return model
     return HybridFactory(NgramFactory(ngram_min, ngram_max), model)
+
+
+def own_drafts(factory: ProposerFactory) -> OwnDrafts:
+    """A target's own draft (core.own_draft) over `factory`'s model proposers, which draft together."""
+    return OwnDrafts(factory, propose_together)

@@ -12,7 +12,7 @@ import torch
 
 from specdec.core.config import ProposerKind
 from specdec.core.proposal import Proposal
-from specdec.core.runner import KVSlot, ModelRunner, common_prefix_len
+from specdec.core.runner import Chain, Grouped, KVSlot, ModelRunner, common_prefix_len
 from specdec.core.verify import DenseDraftProbs
 
 
@@ -33,6 +33,26 @@ def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s
                     source=source, draft_s=draft_s, runner_ups=runner_ups or None)
 
 
+def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[Sequence[int]],
+                     ks: Sequence[int]) -> list[Proposal]:
+    """`propose(committed[i], ks[i])` of each proposer, all over one runner: their catch-ups in one batch of
+    forwards, then their chains in the same steps (on a batched runner: one forward per step for all)."""
+    runner = proposers[0].runner
+    assert all(p.runner is runner for p in proposers), "proposals are drafted together on one runner"
+    t0 = time.perf_counter()
+    for p, c in zip(proposers, committed):
+        p._before_propose(c)
+    behind = [(p.slot, c[:-1], 1) for p, c in zip(proposers, committed) if p._behind(c)]
+    if behind:  # a host read of the result: the prefill is done, not still running, when drafting is timed
+        runner.greedy_ids_together(behind)
+    t1 = time.perf_counter()
+    chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group)
+                                   for p, c, k in zip(proposers, committed, ks)])
+    draft_s = time.perf_counter() - t1
+    return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=t1 - t0)
+            for p, c, picks in zip(proposers, committed, chains)]
+
+
 class ModelDrafting:
     """Drafting with a model runner (the draft-model and replay proposers)."""
 
@@ -40,34 +60,33 @@ class ModelDrafting:
     slot: KVSlot
     source: ProposerKind
 
-    draw_group: object = None  # proposers whose `_draw`s are interchangeable share one (a batched runner draws them together)
+    group: Grouped | None = None  # how its picks are read from the logits with other proposers' (batched runner)
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
-        """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions."""
-        raise NotImplementedError
+        """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions. A grouped
+        proposer reads the rows, then picks from its row's value."""
+        if self.group is None:
+            raise NotImplementedError
+        return [self.group.pick(value, p) for value, p in zip(self.group.read(logits), positions)]
+
+    def _before_propose(self, committed: Sequence[int]) -> None:
+        """What a proposer learns from the sequence before it drafts (the replay finds its reference)."""
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:
         """Up to k tokens after `committed`; fewer near the end of the draft's context, where the last
         token it can draft is the one at position max_len (drafted from max_len cached tokens)."""
-        t0 = time.perf_counter()
-        self._catch_up(committed)
-        t1 = time.perf_counter()
-        start = len(committed)
-        picks = self.runner.decode_chain(self.slot, committed, max(0, min(k, self.runner.max_len + 1 - start)),
-                                         self._draw, self.draw_group)
-        return replace(proposal_of(start, picks, self.source, time.perf_counter() - t1), catch_up_s=t1 - t0)
+        return propose_together([self], [committed], [k])[0]
 
     def prefill(self, prompt: Sequence[int]) -> None:
         if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
             self._cache(prompt)
 
-    def _catch_up(self, committed: Sequence[int]) -> None:
-        """Cache all but the last committed token when more than two are missing (after cycles drafted by
-        someone else, or none), in one prefill timed apart from drafting: folded into the first draft
-        step it would look like an expensive draft and keep adaptive K from drafting again."""
+    def _behind(self, committed: Sequence[int]) -> bool:
+        """Whether to cache all but the last committed token first, in one prefill timed apart from drafting:
+        when more than two are missing (after cycles drafted by someone else, or none). Folded into the first
+        draft step it would look like an expensive draft and keep adaptive K from drafting again."""
         missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
-        if missing and len(committed) <= self.runner.max_len:
-            self._cache(committed[:-1])
+        return missing and len(committed) <= self.runner.max_len
 
     def _cache(self, ids: Sequence[int]) -> None:
         """Forward `ids` into the cache and wait for it: on a GPU the forward would otherwise still be running

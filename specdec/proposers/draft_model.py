@@ -8,9 +8,22 @@ import torch
 
 from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.proposal import Feedback
-from specdec.core.runner import ModelRunner
+from specdec.core.runner import Grouped, ModelRunner
 from specdec.core.sampling import Stream, process_logits, sample_from, uniform
 from specdec.proposers.base import ModelDrafting, Pick
+
+
+def top_three(logits: torch.Tensor) -> list[list[int]]:
+    """Per row of logits [B, V]: its argmax (ties to the lowest id, as everywhere) and its top two, one host read."""
+    return torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
+
+
+def pick_greedy(best: list[int], position: int) -> Pick:
+    """The drafted token and its runner-up, from a row of `top_three`."""
+    return Pick(best[0], best[1] if best[1] != best[0] else best[2], None)
+
+
+GREEDY = Grouped(top_three, pick_greedy)
 
 
 class DraftModelProposer(ModelDrafting):
@@ -29,13 +42,12 @@ class DraftModelProposer(ModelDrafting):
         self.pad = vocab_size - runner.vocab_size  # q rows are padded with zeros to the target's vocab
         assert self.pad >= 0, "the draft's vocabulary must not be larger than the target's"
         self.slot = runner.open()
-        self.draw_group = "greedy" if sampling.greedy else None  # greedy picks depend on the logits alone
+        self.group = GREEDY if sampling.greedy else None  # greedy picks depend on the logits alone
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
-        if self.sampling.greedy:  # argmax, ties to the lowest id as everywhere; one host read for all
-            best = torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
-            return [Pick(r[0], r[1] if r[1] != r[0] else r[2], None) for r in best]
+        if self.sampling.greedy:
+            return super()._draw(logits, positions)
         q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
         return [Pick(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
 

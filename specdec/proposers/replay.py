@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -12,9 +13,17 @@ import torch
 from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.errors import InvalidArgument
 from specdec.core.proposal import Feedback, Proposal
-from specdec.core.runner import ModelRunner
+from specdec.core.runner import Grouped, ModelRunner
 from specdec.core.sampling import Stream, uniform
 from specdec.proposers.base import ModelDrafting, Pick
+
+log = logging.getLogger("specdec.replay")
+
+
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """Read the real forward's tokens as a real draft must (a host sync): without that read a draft on its own GPU
+    would run unwaited, in parallel with the target, for free. The replay then picks its own."""
+    return logits.argmax(-1).tolist()
 
 
 class ReplayProposer(ModelDrafting):
@@ -37,10 +46,10 @@ class ReplayProposer(ModelDrafting):
         self.runner_up = runner_up
         self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
         self.slot = runner.open()
+        self.group = Grouped(argmax_rows, self._pick)
 
-    def propose(self, committed: Sequence[int], k: int) -> Proposal:
+    def _before_propose(self, committed: Sequence[int]) -> None:
         self._find(committed)
-        return super().propose(committed, k)
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
                          k: int) -> list[Proposal] | None:
@@ -51,11 +60,8 @@ class ReplayProposer(ModelDrafting):
         if self.reference is None:
             self.reference = self.book.find(tokens)
 
-    def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
-        # Read the real forward's tokens as a real draft must (a host sync): without that read a draft on
-        # its own GPU would run unwaited, in parallel with the target, for free. Then replay.
-        logits.argmax(-1).tolist()
-        return [Pick(*self._replayed(p), None) for p in positions]
+    def _pick(self, drafted: int, position: int) -> Pick:
+        return Pick(*self._replayed(position), None)
 
     def _replayed(self, position: int) -> tuple[int, int]:
         """(proposed token, runner-up) at `position`."""
@@ -120,6 +126,13 @@ class ReplayRates:
             if not 0.0 <= rate <= 1.0:
                 raise InvalidArgument(name, f"must be in [0, 1], got {rate}")
         return self
+
+
+def replay_factory(runner: ModelRunner, references: str, rates: ReplayRates) -> "ReplayFactory":
+    """A replayed draft over `runner`, from a file of the target's continuations (benchmarks only: said loudly)."""
+    log.warning("REPLAYED acceptance: alpha=%.2f over %s (benchmarks only; proposals are not the draft's own)",
+                rates.alpha, references)
+    return ReplayFactory(runner, ReplayBook.load(references), rates)
 
 
 class ReplayFactory:

@@ -168,7 +168,7 @@ def target_request_from_pb(pb: target_pb2.TargetGenerateRequest) -> TargetReques
                                    sampling=sampling_from_pb(pb.sampling), ignore_eos=pb.ignore_eos)
     return TargetRequest(session_id=pb.session_id, generation=generation, seed=pb.seed,
                          speculation=SpeculationConfig(k=pb.k, max_k=max(1, pb.k), adaptive=pb.adaptive_k),
-                         draft_address=pb.draft_address, overlap=pb.overlap)
+                         draft_address=pb.draft_address, overlap=pb.overlap, own_draft=pb.own_draft)
 
 
 def target_request_to_pb(r: TargetRequest) -> target_pb2.TargetGenerateRequest:
@@ -176,7 +176,7 @@ def target_request_to_pb(r: TargetRequest) -> target_pb2.TargetGenerateRequest:
     return target_pb2.TargetGenerateRequest(
         session_id=r.session_id, prompt_ids=g.prompt_ids, sampling=sampling_to_pb(g.sampling), seed=r.seed,
         max_new_tokens=g.max_new_tokens, ignore_eos=g.ignore_eos, k=r.speculation.k, draft_address=r.draft_address,
-        overlap=r.overlap, adaptive_k=r.speculation.adaptive)
+        overlap=r.overlap, adaptive_k=r.speculation.adaptive, own_draft=r.own_draft)
 
 
 def draft_start_to_pb(start: DraftStart) -> draft_pb2.ProposeStart:

@@ -25,6 +25,7 @@ from specdec.core.models import LoadedModel, context_length, encode_prompt, eos_
 from specdec.core.proposal import ProposerFactory
 from specdec.core.stats import Cycle, SpecStats
 from specdec.core.target_loop import LocalLink
+from specdec.proposers import own_drafts
 from specdec.tools.loadtest import Call, Reply
 from target_service.server import TargetServerSettings
 from target_service.service import TargetService
@@ -38,6 +39,13 @@ def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessi
                                max_len=context_length(loaded.model, max_len), max_sessions=max_sessions,
                                queue_size=4 * max_sessions, queue_wait_s=600.0)
     return runner
+
+
+def own_draft_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int) -> BatchedRunner:
+    """A batched runner over `loaded` with no engine loop: a target engine's own draft (core.own_draft), built on
+    `compute`, the target engine's thread-to-be."""
+    return compute.run(BatchedRunner, loaded.model, launch=None, max_len=context_length(loaded.model, max_len),
+                       max_sessions=max_sessions)
 
 
 class _DraftLink(LocalLink):
@@ -80,19 +88,27 @@ class _Unobserved:
 
 class InProcessTarget:
     """A target engine (and, with `drafts`, their draft engine) serving load clients in this process.
-    `drafts`: proposers over `draft_runner` (None: target only). `k`: the most draft tokens per cycle, chosen
-    per cycle by adaptive K as the services do by default (`adaptive_k`), or exactly k."""
+    `drafts`: proposers over `draft_runner` (None: target only); with `own_draft`, the target's own draft
+    (core.own_draft: `draft_runner` has no engine loop, the target's engine drafts between its steps). `k`: the
+    most draft tokens per cycle, chosen per cycle by adaptive K as the services do by default (`adaptive_k`), or
+    exactly k."""
 
     def __init__(self, target: LoadedModel, *, max_len: int, max_sessions: int, k: int = 4, adaptive_k: bool = True,
                  drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None,
-                 compute: Compute = INLINE) -> None:
+                 own_draft: bool = False, compute: Compute = INLINE) -> None:
         """`compute`: where the target's engine runs, as in a target service (a CPU model: the thread that loaded
-        it, core/compute.py); a draft runner is built by `engine_runner` on its own."""
+        it, core/compute.py); a draft runner is built by `engine_runner` on its own (`own_draft_runner` for an
+        own draft, before this engine takes over a CPU's compute thread)."""
         self.tokenizer = target.tokenizer
         self.runner = engine_runner(compute, target, max_len, max_sessions)
         self.draft_runner = draft_runner
-        links = LocalDrafts(drafts, draft_runner) if drafts is not None else None
-        self.service = TargetService(self.runner, eos_ids_of(target.tokenizer, target.model), links)
+        own = links = None
+        if drafts is not None and own_draft:
+            own = self.runner.drafter = own_drafts(drafts)
+        elif drafts is not None:
+            links = LocalDrafts(drafts, draft_runner)
+        self.service = TargetService(self.runner, eos_ids_of(target.tokenizer, target.model), links, own_drafts=own)
+        self.own_draft = own is not None
         self.k = k if drafts is not None else 0
         self.adaptive_k = adaptive_k
         self._ids = itertools.count()
@@ -100,7 +116,8 @@ class InProcessTarget:
     def generate(self, prompt: str, max_new_tokens: int) -> Reply:
         """One request, greedy, EOS ignored: what a load client's Generate does, minus the network."""
         request = TargetRequest(
-            session_id=f"in-process-{next(self._ids)}", seed=0, draft_address="in-process" if self.k else "",
+            session_id=f"in-process-{next(self._ids)}", seed=0, own_draft=self.own_draft and self.k > 0,
+            draft_address="in-process" if self.k and not self.own_draft else "",
             generation=GenerationRequest(prompt_ids=encode_prompt(self.tokenizer, prompt),
                                          max_new_tokens=max_new_tokens, ignore_eos=True),
             speculation=SpeculationConfig(k=self.k, max_k=max(1, self.k), adaptive=self.adaptive_k))

@@ -106,7 +106,7 @@ class ComputePlacement(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., gpu_uuid: _Optional[str] = ..., cpus: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("model", "vocab_fingerprint", "active_sessions", "free_kv_slots", "max_sessions", "context_length", "role", "proposer")
+    __slots__ = ("model", "vocab_fingerprint", "active_sessions", "free_kv_slots", "max_sessions", "context_length", "role", "proposer", "own_draft")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class ServerInfo(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    OWN_DRAFT_FIELD_NUMBER: _ClassVar[int]
     model: str
     vocab_fingerprint: str
     active_sessions: int
@@ -123,4 +124,5 @@ class ServerInfo(_message.Message):
     context_length: int
     role: str
     proposer: ProposerKind
-    def __init__(self, model: _Optional[str] = ..., vocab_fingerprint: _Optional[str] = ..., active_sessions: _Optional[int] = ..., free_kv_slots: _Optional[int] = ..., max_sessions: _Optional[int] = ..., context_length: _Optional[int] = ..., role: _Optional[str] = ..., proposer: _Optional[_Union[ProposerKind, str]] = ...) -> None: ...
+    own_draft: str
+    def __init__(self, model: _Optional[str] = ..., vocab_fingerprint: _Optional[str] = ..., active_sessions: _Optional[int] = ..., free_kv_slots: _Optional[int] = ..., max_sessions: _Optional[int] = ..., context_length: _Optional[int] = ..., role: _Optional[str] = ..., proposer: _Optional[_Union[ProposerKind, str]] = ..., own_draft: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/target.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\xee\x01\n\x15TargetGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\t\n\x01k\x18\x07 \x01(\x05\x12\x15\n\rdraft_address\x18\x08 \x01(\t\x12\x0f\n\x07overlap\x18\t \x01(\x08\x12\x12\n\nadaptive_k\x18\n \x01(\x08\"\xd4\x01\n\tCycleInfo\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x11\n\tverify_ms\x18\x03 \x01(\x01\x12\x19\n\x11wait_for_draft_ms\x18\x04 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x05 \x01(\x01\x12\x13\n\x0boverlap_hit\x18\x06 \x01(\x08\x12/\n\rdraft_sources\x18\x07 \x03(\x0e\x32\x18.specdec.v1.ProposerKind\x12\x11\n\tqueued_ms\x18\x08 \x01(\x01\x12\x11\n\tcommitted\x18\t \x01(\x05\"\xb5\x01\n\x16TargetGenerateResponse\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12%\n\x06\x63ycles\x18\x06 \x03(\x0b\x32\x15.specdec.v1.CycleInfo\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x14\n\x0c\x64raft_failed\x18\x05 \x01(\x08J\x04\x08\x03\x10\x04R\x05\x63ycle\"\x17\n\x15\x44\x65scribeTargetRequest\">\n\x16\x44\x65scribeTargetResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo2\xbd\x01\n\rTargetService\x12S\n\x08Generate\x12!.specdec.v1.TargetGenerateRequest\x1a\".specdec.v1.TargetGenerateResponse0\x01\x12W\n\x0e\x44\x65scribeTarget\x12!.specdec.v1.DescribeTargetRequest\x1a\".specdec.v1.DescribeTargetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/target.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x81\x02\n\x15TargetGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\t\n\x01k\x18\x07 \x01(\x05\x12\x15\n\rdraft_address\x18\x08 \x01(\t\x12\x0f\n\x07overlap\x18\t \x01(\x08\x12\x12\n\nadaptive_k\x18\n \x01(\x08\x12\x11\n\town_draft\x18\x0b \x01(\x08\"\xd4\x01\n\tCycleInfo\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x11\n\tverify_ms\x18\x03 \x01(\x01\x12\x19\n\x11wait_for_draft_ms\x18\x04 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x05 \x01(\x01\x12\x13\n\x0boverlap_hit\x18\x06 \x01(\x08\x12/\n\rdraft_sources\x18\x07 \x03(\x0e\x32\x18.specdec.v1.ProposerKind\x12\x11\n\tqueued_ms\x18\x08 \x01(\x01\x12\x11\n\tcommitted\x18\t \x01(\x05\"\xb5\x01\n\x16TargetGenerateResponse\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12%\n\x06\x63ycles\x18\x06 \x03(\x0b\x32\x15.specdec.v1.CycleInfo\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x14\n\x0c\x64raft_failed\x18\x05 \x01(\x08J\x04\x08\x03\x10\x04R\x05\x63ycle\"\x17\n\x15\x44\x65scribeTargetRequest\">\n\x16\x44\x65scribeTargetResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.specdec.v1.ServerInfo2\xbd\x01\n\rTargetService\x12S\n\x08Generate\x12!.specdec.v1.TargetGenerateRequest\x1a\".specdec.v1.TargetGenerateResponse0\x01\x12W\n\x0e\x44\x65scribeTarget\x12!.specdec.v1.DescribeTargetRequest\x1a\".specdec.v1.DescribeTargetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec.v1.target_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TARGETGENERATEREQUEST']._serialized_start=65
-  _globals['_TARGETGENERATEREQUEST']._serialized_end=303
-  _globals['_CYCLEINFO']._serialized_start=306
-  _globals['_CYCLEINFO']._serialized_end=518
-  _globals['_TARGETGENERATERESPONSE']._serialized_start=521
-  _globals['_TARGETGENERATERESPONSE']._serialized_end=702
-  _globals['_DESCRIBETARGETREQUEST']._serialized_start=704
-  _globals['_DESCRIBETARGETREQUEST']._serialized_end=727
-  _globals['_DESCRIBETARGETRESPONSE']._serialized_start=729
-  _globals['_DESCRIBETARGETRESPONSE']._serialized_end=791
-  _globals['_TARGETSERVICE']._serialized_start=794
-  _globals['_TARGETSERVICE']._serialized_end=983
+  _globals['_TARGETGENERATEREQUEST']._serialized_end=322
+  _globals['_CYCLEINFO']._serialized_start=325
+  _globals['_CYCLEINFO']._serialized_end=537
+  _globals['_TARGETGENERATERESPONSE']._serialized_start=540
+  _globals['_TARGETGENERATERESPONSE']._serialized_end=721
+  _globals['_DESCRIBETARGETREQUEST']._serialized_start=723
+  _globals['_DESCRIBETARGETREQUEST']._serialized_end=746
+  _globals['_DESCRIBETARGETRESPONSE']._serialized_start=748
+  _globals['_DESCRIBETARGETRESPONSE']._serialized_end=810
+  _globals['_TARGETSERVICE']._serialized_start=813
+  _globals['_TARGETSERVICE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

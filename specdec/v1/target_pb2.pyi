@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TargetGenerateRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_ids", "sampling", "seed", "max_new_tokens", "ignore_eos", "k", "draft_address", "overlap", "adaptive_k")
+    __slots__ = ("session_id", "prompt_ids", "sampling", "seed", "max_new_tokens", "ignore_eos", "k", "draft_address", "overlap", "adaptive_k", "own_draft")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class TargetGenerateRequest(_message.Message):
     DRAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_K_FIELD_NUMBER: _ClassVar[int]
+    OWN_DRAFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
@@ -29,7 +30,8 @@ class TargetGenerateRequest(_message.Message):
     draft_address: str
     overlap: bool
     adaptive_k: bool
-    def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., k: _Optional[int] = ..., draft_address: _Optional[str] = ..., overlap: _Optional[bool] = ..., adaptive_k: _Optional[bool] = ...) -> None: ...
+    own_draft: bool
+    def __init__(self, session_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., ignore_eos: _Optional[bool] = ..., k: _Optional[int] = ..., draft_address: _Optional[str] = ..., overlap: _Optional[bool] = ..., adaptive_k: _Optional[bool] = ..., own_draft: _Optional[bool] = ...) -> None: ...
 
 class CycleInfo(_message.Message):
     __slots__ = ("k", "accepted", "verify_ms", "wait_for_draft_ms", "draft_ms", "overlap_hit", "draft_sources", "queued_ms", "committed")

@@ -1,0 +1,100 @@
+"""The target's own draft: a draft model in the target's process, drafting for all of the target engine's
+sessions together, between the engine's steps.
+
+Two engines sharing one GPU (a draft service's and a target's, or two in one process) each step on their own
+and fall out of phase: the sessions split into cohorts, and each engine's steps wait on the device for the
+other's (docs/benchmarks.md). Here the target's engine, before a step, drafts for every session that asked
+for a block (the draft's K steps for all their rows, batched), then verifies them all in that step: draft and
+verify take turns in one schedule, on one thread, as vLLM's and SGLang's speculative workers do. The draft
+runner has no engine loop of its own (BatchedRunner with launch=None): its forwards run on the target
+engine's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Sequence
+
+from specdec.core.drafting import DraftStart
+from specdec.core.proposal import Proposal, Proposer, ProposerFactory
+from specdec.core.stats import Cycle
+from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
+
+log = logging.getLogger("specdec.own_draft")
+
+ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int]], list[Proposal]]
+
+
+class OwnDraftLink(ProposalInbox):
+    """A session's end of its own-draft link: when the target looks for a proposal and has none, the session
+    asks the drafter for a block, which the engine drafts with everyone else's before its next step."""
+
+    def __init__(self, drafter: "OwnDrafts", proposer: Proposer, prompt_ids: Sequence[int], k: int) -> None:
+        super().__init__(lambda proposal: proposal, timeout_s=None)  # drafted before the step that wants it
+        self.drafter = drafter
+        self.proposer = proposer
+        self.k = k  # what the last verdict asked for
+        self.committed = list(prompt_ids)  # the target's sequence, as the verdicts told it
+
+    def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
+        picked = super().poll(usable, waited_s)
+        if picked is None:
+            self.drafter.ask(self)
+        return picked
+
+    def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
+        """Outside an engine (a session's own thread): draft this session's block alone, now."""
+        self.drafter.ask(self)
+        self.drafter.draft()
+        return super().next_proposal(usable)
+
+    def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
+        del self.committed[cycle.start:]
+        self.committed.extend(cycle.new_tokens)
+        if next_k:
+            self.k = max(0, next_k)
+        self.proposer.observe(feedback_of(cycle))
+
+    def close(self, cancel: bool = False) -> None:
+        self.proposer.close()
+
+
+class OwnDrafts:
+    """The target service's links to its own draft (the `Links` of target_service), and the drafter its batched
+    engine calls between steps (BatchedRunner.drafter). `propose_all`: the proposers' batched propose
+    (proposers.base.propose_together)."""
+
+    def __init__(self, factory: ProposerFactory, propose_all: ProposeAll) -> None:
+        self.factory = factory
+        self.propose_all = propose_all
+        self._asked: list[OwnDraftLink] = []
+        self._lock = threading.Lock()  # the engine's thread drafts; a session outside an engine may too
+
+    def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
+        return OwnDraftLink(self, self.factory.open(start.sampling, start.seed), start.prompt_ids, start.k)
+
+    def ask(self, link: OwnDraftLink) -> None:
+        with self._lock:
+            if link not in self._asked:
+                self._asked.append(link)
+
+    def draft(self) -> bool:
+        """Draft a block for every session that asked since the last call, together; False when none had. A
+        failed draft fails those sessions' links: they go on decoding alone, the other sessions are untouched."""
+        with self._lock:
+            asked, self._asked = self._asked, []
+            if not asked:
+                return False
+            try:
+                proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
+                                             [link.k for link in asked])
+            except Exception as e:  # noqa: BLE001 - a failed draft must not take the requests with it
+                log.exception("the own draft failed; %d sessions go on alone", len(asked))
+                for link in asked:
+                    link.fail(f"{type(e).__name__}: {e}")
+                    link.put(BROKEN)
+                return True
+        for link, proposal in zip(asked, proposals):
+            link.put(proposal)
+        return True

@@ -1,0 +1,125 @@
+"""The target's own draft: the target's engine drafts for all its sessions between its steps (core.own_draft).
+Outputs equal target-only decoding (greedy) and the same request drafted by a separate draft (seeded sampling);
+the drafting is batched; a failing draft leaves the sessions decoding alone, output unchanged."""
+
+import threading
+
+import pytest
+
+from specdec.core.adaptive import FixedK
+from specdec.core.batching import BatchedRunner
+from specdec.core.config import GenerationRequest, SamplingParams
+from specdec.core.drafting import DraftStart
+from specdec.core.sequence import TargetSequence
+from specdec.core.target_loop import InlineLink, TargetLoop
+from specdec.proposers import own_drafts
+from specdec.proposers.draft_model import DraftModelFactory
+from tests.conftest import PROMPTS
+from tests.unit.core.test_batching import concurrently
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pair_fp32):
+    """A target engine whose drafter drafts with the tiny draft on a runner without an engine loop."""
+    pair = tiny_pair_fp32
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
+    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=16, prefill_chunk=32)
+    target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    yield target, draft
+    target.stop()
+
+
+def own_decode(pair, engine, prompt_ids, max_new, k, sampling=SamplingParams(), seed=0, drafts=None):
+    """One request through the target's loop on `engine`, drafting with its own draft: (ids, cycles)."""
+    target, _ = engine
+    drafts = drafts or target.drafter
+    request = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=max_new, ignore_eos=True, sampling=sampling)
+    sequence = TargetSequence(target, request, pair.eos_ids, seed=seed)
+    link = drafts.open("", DraftStart("s", prompt_ids, sampling, seed, k, overlap=False), None)
+    try:
+        cycles = [c for c in TargetLoop(sequence, link, FixedK(k), threading.Event()).run()]
+        return sequence.generated, cycles
+    finally:
+        link.close()
+        sequence.close()
+
+
+def separate_decode(pair, prompt_ids, max_new, k, sampling, seed):
+    """The request alone on the single-sequence runners, drafting each block when the target asks for it, as
+    the in-process decoder does (InlineLink: block for block what the own draft drafts, q included)."""
+    request = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=max_new, ignore_eos=True, sampling=sampling)
+    sequence = TargetSequence(pair.target_runner, request, pair.eos_ids, seed=seed)
+    proposer = DraftModelFactory(pair.draft_runner, pair.target_runner.vocab_size).open(sampling, seed)
+    link = InlineLink(proposer, lambda: sequence.committed, k)
+    try:
+        for _ in TargetLoop(sequence, link, FixedK(k), threading.Event()).run():
+            pass
+        return sequence.generated
+    finally:
+        link.close()
+        sequence.close()
+
+
+def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
+    """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
+    leaving: each output equals target-only greedy decoding alone; the draft steps held several rows."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    long_prompt = pair.encode("\n".join(PROMPTS[:6]))
+    assert len(long_prompt) > target.prefill_chunk
+    cases = [(pair.encode(p), 6 + 3 * i, 1 + i % 8) for i, p in enumerate(PROMPTS[:11])]
+    cases.append((long_prompt, 12, 4))
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    drafted_before = target.stats.drafting_s
+    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    for (ids, n, k), want, (out, cycles) in zip(cases, expected, got):
+        assert out == want, f"k={k}, {len(ids)} prompt tokens, {n} new"
+        assert sum(c.k for c in cycles) > 0, "it never drafted"
+    assert max(rows for rows in draft.stats.rows_seen) > 4, f"draft steps' rows: {draft.stats.rows_seen}"
+    assert target.stats.drafting_s > drafted_before
+    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
+
+
+def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair_fp32, engine):
+    """Same K, same seed: the own draft proposes what a draft on its own runner proposes (the draft's random
+    numbers are counter-based), so the sampled output is the same, batched or alone."""
+    pair = tiny_pair_fp32
+    sampling = SamplingParams(temperature=0.8, top_p=0.95)
+    cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[12:17], (1, 2, 3, 4, 6))]
+    alone = [separate_decode(pair, ids, n, k, sampling, seed=7) for ids, n, k in cases]
+    together = concurrently([lambda c=c: own_decode(pair, engine, *c, sampling=sampling, seed=7)[0] for c in cases])
+    assert together == alone
+
+
+class FailingRunner(BatchedRunner):
+    """A draft runner whose drafting fails from its `fail_at`-th batch of chains on (the device lost)."""
+
+    fail_at = 3
+
+    def decode_chains(self, chains):
+        self.fail_at -= 1
+        if self.fail_at <= 0:
+            raise RuntimeError("draft device lost")
+        return super().decode_chains(chains)
+
+
+def test_a_failing_draft_leaves_the_sessions_decoding_alone(tiny_pair_fp32, engine):
+    """The draft fails mid-request: every session goes on alone, no token lost, the output unchanged."""
+    pair, (target, _) = tiny_pair_fp32, engine
+    failing = FailingRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4)
+    drafts = own_drafts(DraftModelFactory(failing, target.vocab_size))
+    target.drafter, old = drafts, target.drafter
+    try:
+        cases = [(pair.encode(p), 30, 3) for p in PROMPTS[17:21]]
+        expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n,
+                                                            ignore_eos=True)).token_ids for ids, n, _ in cases]
+        got = concurrently([lambda c=c: own_decode(pair, engine, *c, drafts=drafts) for c in cases])
+        for want, (out, cycles) in zip(expected, got):
+            assert out == want
+            assert cycles[-1].draft_failed and cycles[-1].k == 0
+        assert sum(c.k for _, cycles in got for c in cycles) > 0  # they drafted before it failed
+        assert failing.free_slots == failing.max_sessions
+    finally:
+        target.drafter = old
