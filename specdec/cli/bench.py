@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
                        help="one-request modes: choose K per cycle (at most --k); sweeps always do unless --fixed-k")
     bench.add_argument("--fixed-k", action="store_true",
                        help="with --concurrency: every drafting mode drafts exactly --k tokens each cycle (the "
-                            "services' orchestrator with --fixed-k, engine-spec without adaptive K), to measure what "
+                            "services' orchestrator with --fixed-k, engine-* without adaptive K), to measure what "
                             "speculation gives where adaptive K would not draft")
     bench.add_argument("--no-overlap", action="store_true",
                        help="services mode: the draft does not draft ahead during verify, so services minus spec "
@@ -52,8 +52,10 @@ def add_parser(sub) -> None:
                             "(see `specdec serve --help`); auto = when the draft runs on a GPU")
     bench.add_argument("--concurrency", default=None, metavar="C1,C2,...",
                        help="sweep concurrent clients instead (e.g. 1,4,16,64): per mode (target-only, services, "
-                            "services-no-overlap through fresh local services; engine-target-only, engine-spec: the "
-                            "target service's logic over batched engines in this process, no gRPC; hf-generate; "
+                            "services-no-overlap, services-own-draft (the target drafts itself: serve target "
+                            "--own-draft) through fresh local services; engine-target-only, engine-spec, "
+                            "engine-own-draft: the target service's logic over batched engines in this process, no "
+                            "gRPC; hf-generate; "
                             "default target-only,services) aggregate tokens/s, latency p50/p99, TTFT, inter-token "
                             "latency and what adaptive K drafted, the target-only bound from batched step costs "
                             "measured in this process; with --replay-alpha the draft replays the target's own output; "

@@ -8,9 +8,12 @@ requests), errors. Modes:
   target-only   orchestrator + batched target, no draft
   services      orchestrator + batched target + batched draft (adaptive K, the services' default, unless fixed_k)
   services-no-overlap   the same, the draft drafting only after each verdict
+  services-own-draft    orchestrator + batched target running the draft itself (`serve target --own-draft`):
+                        its engine drafts for all sessions between its steps (core.own_draft)
   engine-target-only    the target service's logic over a batched engine in this process, clients calling
                         it directly: no gRPC, no orchestrator (tools/inprocess.py)
   engine-spec   the same with a batched draft engine in this process (adaptive K, drafting ahead)
+  engine-own-draft      the same with the target engine drafting for its sessions itself (core.own_draft)
   hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
 With `replay_alpha`, the draft replays the target's own continuations at that acceptance rate (a real
 draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
@@ -45,11 +48,11 @@ from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tok
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.tools import exactness, loadtest
-from specdec.tools.inprocess import InProcessTarget, engine_runner
+from specdec.tools.inprocess import InProcessTarget, engine_runner, own_draft_runner
 from specdec.tools.launcher import Stack, free_base_port
 
-SERVICE_MODES = ("target-only", "services", "services-no-overlap")
-ENGINE_MODES = ("engine-target-only", "engine-spec")
+SERVICE_MODES = ("target-only", "services", "services-no-overlap", "services-own-draft")
+ENGINE_MODES = ("engine-target-only", "engine-spec", "engine-own-draft")
 SWEEP_MODES = (*SERVICE_MODES, *ENGINE_MODES, "hf-generate")
 BOUNDED_MODES = ("target-only", "engine-target-only")  # plain decoding: C / t(C, 1) bounds them
 
@@ -128,10 +131,15 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
               "--max-sessions", str(max(s.levels))]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
-    if replay is not None and s.replay_alpha is not None:
-        draft += ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)]
+    replaying = ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)] if (
+        replay is not None and s.replay_alpha is not None) else []
+    if mode == "services-own-draft":  # the target runs the draft: no draft service
+        common += ["--own-draft", s.draft, *replaying]
+    else:
+        draft += replaying
     orchestrator = ["--k", str(s.k), "--max-workers", str(2 * max(s.levels) + 8), *(["--fixed-k"] if s.fixed_k else [])]
-    stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if mode.startswith("services") else None,
+    separate = mode in ("services", "services-no-overlap")
+    stack = Stack(port=free_base_port(), target=s.target, draft=s.draft if separate else None,
                   extra={"target": common, "draft": draft,
                          "orchestrator": orchestrator + (["--no-overlap"] if mode == "services-no-overlap" else [])})
     stack.start(timeout_s=600)
@@ -151,7 +159,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     this process has two OpenMP teams where the services have one per process (core/compute.py)."""
     sessions = max(s.levels)
     book = None
-    if mode == "engine-spec" and s.replay_alpha is not None:
+    drafting = mode in ("engine-spec", "engine-own-draft")
+    if drafting and s.replay_alpha is not None:
         plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute)
         try:
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
@@ -160,15 +169,17 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
             del plain
             gc.collect()  # freed now, not by a collection during the next engine's CUDA graph capture
     draft_runner = drafts = None
-    if mode == "engine-spec":
-        draft_compute = Compute.for_device(s.draft_device or s.device)
-        draft = draft_compute.run(load_model, s.draft, "draft", device=s.draft_device or s.device,
+    if drafting:
+        own = mode == "engine-own-draft"  # on the target's thread; else a draft engine on its own
+        draft_compute = compute if own else Compute.for_device(s.draft_device or s.device)
+        draft = draft_compute.run(load_model, s.draft, "draft", device=s.device if own else s.draft_device or s.device,
                                   dtype=s.draft_dtype or s.dtype)
-        draft_runner = engine_runner(draft_compute, draft, s.max_len, sessions)
+        draft_runner = (own_draft_runner if own else engine_runner)(draft_compute, draft, s.max_len, sessions)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
-                             drafts=drafts, draft_runner=draft_runner, compute=compute)
+                             drafts=drafts, draft_runner=draft_runner, own_draft=mode == "engine-own-draft",
+                             compute=compute)
     try:
         return list(measure_levels(mode, engine.client, s))
     finally:
@@ -281,7 +292,8 @@ def main(s: SweepSettings) -> int:
             points += sweep_services(s, mode, replay)
     bounds: dict[int, float] = {}
     compute = target = None
-    if set(s.modes) - {"services", "services-no-overlap"}:  # the target in this process, once the services are gone
+    if set(s.modes) - {"services", "services-no-overlap", "services-own-draft"}:  # the target in this process, once
+        # the services are gone (hf-generate, the engines, the bounds)
         compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
         target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
         if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)

@@ -59,9 +59,11 @@ def test_bench_replays_acceptance_through_the_services(tmp_path):
 def test_bench_sweeps_concurrency(tmp_path):
     """--concurrency: every point of every mode, all requests answered, the target-only bound next to it.
     --replay-alpha: the target-only deployment records its output for the load client's prompts and the draft
-    service replays it (engine-spec records its own); at alpha 1 every draft must be accepted."""
+    service (or the target's own draft) replays it (the engines record their own); at alpha 1 every draft must be
+    accepted. Every greedy output equals its prompt's first plain-decoding output."""
     out_json, out_png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    modes = ("services-no-overlap", "target-only", "engine-target-only", "engine-spec", "hf-generate")
+    modes = ("services-no-overlap", "services-own-draft", "target-only", "engine-target-only", "engine-spec",
+             "engine-own-draft", "hf-generate")
     run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,3", "--max-new-tokens", "12",
                           "--rounds", "1", "--replay-alpha", "1.0", "--modes", ",".join(modes), "--json", str(out_json),
                           "--plot", str(out_png)], capture_output=True, text=True, timeout=300)
@@ -74,9 +76,10 @@ def test_bench_sweeps_concurrency(tmp_path):
         assert p["ok"] == p["requests"] >= (4 if mode != "hf-generate" else c) and p["tokens_per_s"] > 0, p
     assert points[("target-only", 3)]["itl_p50_ms"] > 0 and set(result["bounds"]) == {"1", "3"}
     assert "| engine-target-only | 3 |" in run.stdout and "%" in run.stdout.split("| engine-target-only | 3 |")[1]
-    for mode in ("services-no-overlap", "engine-spec"):
+    for mode in ("services-no-overlap", "services-own-draft", "engine-spec", "engine-own-draft"):
         drafted = [points[(mode, c)] for c in (1, 3)]
         assert all(p["cycles"] > 0 and p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
-    assert sum(points[("services-no-overlap", c)]["draft_tokens"] for c in (1, 3)) > 0
+    for mode in ("services-no-overlap", "services-own-draft"):
+        assert sum(points[(mode, c)]["draft_tokens"] for c in (1, 3)) > 0, mode
     assert result["greedy_mismatches"] == [] and len(points[("engine-spec", 3)]["outputs"]) >= 4  # all compared
     assert out_png.stat().st_size > 1000

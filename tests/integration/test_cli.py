@@ -44,7 +44,11 @@ def test_bad_flag_value_is_a_clear_error(capsys):
                           (["serve", "target", "--port", "0", "--prefill-chunk", "8"], "prefill_chunk: must be >= 32 tokens"),
                           (["serve", "target", "--port", "0", "--stream-interval", "0"], "stream_interval: must be >= 1"),
                           (["serve", "target", "--port", "0", "--no-batching", "--stream-interval", "2"],
-                           "stream_interval: holds cycles in the batched engine")]:
+                           "stream_interval: holds cycles in the batched engine"),
+                          (["serve", "target", "--port", "0", "--no-batching", "--own-draft", "tiny"],
+                           "own_draft: drafts between the batched engine's steps"),
+                          (["serve", "target", "--port", "0", "--replay-references", "x.jsonl"],
+                           "replay_references: replays a draft's cost")]:
         assert cli_main(args) == 2, args
         assert capsys.readouterr().err.count(message) == 1, args
 

@@ -78,6 +78,8 @@ def test_target_request_checks_its_session_and_generation():
     refused("session_id", lambda: TargetRequest("", generation, seed=0).validate(**LIMITS))
     refused("k", lambda: TargetRequest("s", generation, 0, SpeculationConfig(k=99)).validate(**LIMITS))
     refused("prompt_ids", lambda: TargetRequest("s", GenerationRequest(prompt_ids=[5000]), 0).validate(**LIMITS))
+    refused("own_draft", lambda: TargetRequest("s", generation, 0, SpeculationConfig(k=2), "d:1",
+                                               own_draft=True).validate(**LIMITS))
     assert TargetRequest("s", generation, 0).validate(**LIMITS)
 
 

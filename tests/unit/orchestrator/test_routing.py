@@ -64,6 +64,19 @@ def test_paired_topology_gives_every_target_its_own_draft():
     assert draft.address == "127.0.0.1:50053" and draft.info is target.info
 
 
+def test_a_target_with_its_own_draft_drafts_itself_where_no_draft_service_is_configured():
+    target = backend(Role.TARGET, "t")
+    target.info.own_draft = "tiny"
+    p = pool([target], [])
+    assert p.pick()[1].own and p.pick(ProposerKind.DRAFT_MODEL)[1].own
+    with pytest.raises(FailedPrecondition, match="no healthy draft runs the 'ngram'"):
+        p.pick(ProposerKind.NGRAM)  # its own draft is a draft model
+    p = pool([target], [backend(Role.DRAFT, "d")])
+    p.entries[Role.DRAFT] = ["d"]  # configured draft services win
+    assert p.pick()[1].address == "d" and not p.pick()[1].own
+    assert pool([backend(Role.TARGET, "plain")], []).pick()[1] is None
+
+
 def test_admission_limits_all_clients_and_each_one():
     admission = Admission(max_requests=3, max_per_client=2)
     with admission.admit("a"), admission.admit("a"):

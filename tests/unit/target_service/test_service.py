@@ -5,6 +5,7 @@ import pytest
 from specdec.core.adaptive import ProbeSchedule
 from specdec.core.config import GenerationRequest, SpeculationConfig, TargetRequest
 from specdec.core.drafting import PredraftPolicy
+from specdec.core.errors import FailedPrecondition
 from specdec.core.target_loop import LocalLink
 from specdec.proposers.draft_model import DraftModelFactory
 from target_service.service import TargetService
@@ -58,3 +59,12 @@ def test_a_session_starts_its_draft_paused_once_drafting_stopped_paying(tiny_pai
     service.probes = ProbeSchedule(first=1000)  # and no probe within this short request
     start, cached, tokens = session("later")
     assert start.paused and cached == [] and tokens == expected  # the draft never computed for it
+
+
+def test_a_request_for_an_own_draft_the_target_does_not_run_is_refused(tiny_pair):
+    service = TargetService(tiny_pair.target_runner, tiny_pair.eos_ids, links=None)
+    request = TargetRequest("s", GenerationRequest(prompt_ids=[1, 2], max_new_tokens=4), 0,
+                            SpeculationConfig(k=3, max_k=3), own_draft=True)
+    with pytest.raises(FailedPrecondition, match="runs no draft of its own"):
+        next(service.run(request, lambda fn: None, Observer()))
+    assert len(service.sessions) == 0 and tiny_pair.target_runner.free_slots == tiny_pair.target_runner.max_sessions
