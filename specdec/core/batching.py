@@ -139,6 +139,7 @@ class _Launched:
     launched: float  # when its forward was launched
     ahead: bool = False  # the next step was launched before this one was read: only `top` is still valid
     cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
+    drafted_before: float = 0.0  # the engine's drafting time (StepStats.drafting_s) when it was launched
 
 
 @dataclass(eq=False)
@@ -450,14 +451,23 @@ class BatchedRunner(ModelRunner):
         return [next(picks) if c.steps > 0 else [] for c in chains]
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
-        requests = []
-        for slot, ids, keep in calls:
-            new_ids = self._new_tokens(slot, ids, keep)
-            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, True))
-        self._hand_over(*requests)
-        for (slot, _, _), r in zip(calls, requests):
-            slot.tokens.extend(r.ids)  # a step's or prompt chunks' request keeps its ids (a chain's would not)
-        return [r.argmax for r in requests]
+        """Each call's tokens go in pieces of at most a step's tokens, one piece per call per batched step: n
+        sessions catching up on long sequences cost steps of n rows, not n eager forwards one after another."""
+        rest = [list(self._new_tokens(slot, ids, keep)) for slot, ids, keep in calls]
+        out: list[list[int]] = [[] for _ in calls]
+        while any(rest):
+            requests = []
+            for i, ((slot, _, keep), ids) in enumerate(zip(calls, rest)):
+                if ids:  # the last piece holds the `keep` positions wanted
+                    n = (len(ids) if len(ids) <= max(self.graph_max_tokens, keep)
+                         else min(self.graph_max_tokens, len(ids) - keep))
+                    requests.append((i, _Request(slot.index, slot.length, ids[:n], keep if n == len(ids) else 1, True)))
+                    rest[i] = ids[n:]
+            self._hand_over(*(r for _, r in requests))
+            for i, r in requests:
+                calls[i][0].tokens.extend(r.ids)
+                out[i] = r.argmax
+        return out
 
     def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
         """Hand the engine one forward and wait for it."""
@@ -829,7 +839,8 @@ class BatchedRunner(ModelRunner):
             if top.is_cuda:
                 host_top, ready = self._readback(top)
         self._publish()  # the last step's results, while this one runs (on a GPU)
-        return _Launched(requests, n, logits, top, host_top, ready, began, launched)
+        return _Launched(requests, n, logits, top, host_top, ready, began, launched,
+                         drafted_before=self.stats.drafting_s)
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
@@ -874,8 +885,9 @@ class BatchedRunner(ModelRunner):
         useful = [r for r in step.requests if not r.void]
         for r in useful:
             self._deliver(r)
-        began = step.cost_from
-        s, step_s = self.stats, (self._read_at if step.ahead else time.perf_counter()) - began
+        began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
+        s = self.stats
+        step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
         if useful:
             self.costs.observe(len(step.requests), step.n, step_s)
         s.steps, s.rows = s.steps + 1, s.rows + len(step.requests)
