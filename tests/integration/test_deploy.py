@@ -17,6 +17,7 @@ VALUES = {
     "default": [],
     "split": ["--set", "topology=split"],
     "paired": ["--set", "topology=paired"],
+    "shared": ["--set", "topology=shared"],
     "tls": ["--set", "tls.enabled=true", "--set", "tls.secretName=specdec-tls", "--set", "auth.enabled=true",
             "--set", "auth.secretName=specdec-tokens"],
     "metrics": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "tracing.otlpEndpoint=http://jaeger:4317"],
@@ -106,6 +107,18 @@ def test_paired_topology_runs_the_draft_beside_the_target(helm):
     assert orch["paired_draft"] == "127.0.0.1:50053" and "drafts" not in orch
 
 
+def test_shared_topology_runs_the_draft_inside_the_target(helm):
+    docs = render(helm, *VALUES["shared"])
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"} == {
+        "rel-specdec-orchestrator", "rel-specdec-target"}
+    assert not [d for d in docs if d["kind"] == "Service" and "draft" in d["metadata"]["name"]]
+    pod = containers(find(docs, "Deployment", "-target"))
+    assert set(pod) == {"target"} and pod["target"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert config(docs, "target")["own_draft"] == config(render(helm), "draft")["draft"]
+    orch = config(docs, "orchestrator")
+    assert "drafts" not in orch and "paired_draft" not in orch
+
+
 def test_otlp_endpoint_and_service_monitor(helm):
     docs = render(helm, *VALUES["metrics"])
     for d in (d for d in docs if d["kind"] == "Deployment"):
@@ -161,11 +174,12 @@ def test_rendered_configs_are_accepted_by_specdec_serve(helm, tmp_path):
     """Every key the chart writes into the ConfigMap is a real `specdec serve` setting."""
     from specdec.cli import build_parser
 
-    docs = render(helm, *VALUES["tls"])
-    for role in ("orchestrator", "target", "draft"):
-        settings = config(docs, role)
-        args = build_parser()[0].parse_args(["serve", role])
-        assert not [k for k in settings if not hasattr(args, k)], role
+    for values in ("tls", "shared"):
+        docs = render(helm, *VALUES[values])
+        for role in ("orchestrator", "target", "draft"):
+            settings = config(docs, role)
+            args = build_parser()[0].parse_args(["serve", role])
+            assert not [k for k in settings if not hasattr(args, k)], (values, role)
 
 
 def test_dockerfile_lints_and_is_sane():

@@ -1,0 +1,76 @@
+"""What one drafting phase of the target's own draft costs on a GPU, and where the time goes.
+
+For R rows (each with a 256-token cached sequence): the draft's raw batched step (R x 1 and R x 5 tokens,
+CUDA graph, inputs copied in, logits ready), then `propose_together` for R greedy draft-model proposers
+drafting K tokens, timed as a whole and per engine step (the runner's own StepStats), and the greedy group read
+(argmax and top two of R rows of logits). Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+from specdec.core.batching import BatchedRunner
+from specdec.core.config import SamplingParams
+from specdec.core.models import load_model
+from specdec.proposers.base import propose_together
+from specdec.proposers.draft_model import DraftModelFactory, top_three
+from specdec.tools.sweep import batched_step_s
+
+
+DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"  # a CPU run only checks the script
+
+
+def sync() -> None:
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int = 20) -> float:
+    times = []
+    for _ in range(reps + 3):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[3:])
+
+
+def main() -> None:
+    spec = sys.argv[1] if len(sys.argv) > 1 else "random:qwen2.5-0.5b"
+    k = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    loaded = load_model(spec, "draft", device=DEVICE, dtype="bfloat16" if DEVICE != "cpu" else "auto")
+    runner = BatchedRunner(loaded.model, launch=None, max_len=1024, max_sessions=64)
+    factory = DraftModelFactory(runner, runner.vocab_size)
+    for rows in (1, 16, 64) if DEVICE != "cpu" else (1, 4):
+        proposers = [factory.open(SamplingParams(), i) for i in range(rows)]
+        sequences = [torch.randint(0, runner.vocab_size, (256,)).tolist() for _ in range(rows)]
+        propose_together(proposers, sequences, [k] * rows)  # prefill (catch-up) and a first block
+        committed = [s + p.token_ids[:1] + [7] for s, p in zip(sequences, propose_together(proposers, sequences,
+                                                                                               [k] * rows))]
+
+        def phase():
+            for c in committed:
+                del c[257:]
+            propose_together(proposers, committed, [k] * rows)
+
+        before = (runner.stats.steps, runner.stats.busy_s, runner.stats.forward_s)
+        phase_ms = timed(phase)
+        steps = runner.stats.steps - before[0]
+        logits = torch.randn(rows, runner.vocab_size, device=DEVICE)
+        print(f"rows {rows}: step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms (x1), "
+              f"{1e3 * batched_step_s(runner, rows, 5, 256):.2f} ms (x5); drafting K={k}: {phase_ms:.2f} ms per phase, "
+              f"{1e3 * (runner.stats.busy_s - before[1]) / steps:.2f} ms per engine step "
+              f"(forward {1e3 * (runner.stats.forward_s - before[2]) / steps:.2f}); group read "
+              f"{timed(lambda: top_three(logits)):.2f} ms", flush=True)
+        for p in proposers:
+            p.close()
+
+
+if __name__ == "__main__":
+    main()
