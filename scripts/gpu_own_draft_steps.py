@@ -21,7 +21,6 @@ from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory, top_three
 from specdec.tools.sweep import batched_step_s
 
-
 DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"  # a CPU run only checks the script
 
 
