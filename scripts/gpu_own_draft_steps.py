@@ -53,7 +53,7 @@ def main() -> None:
         committed = [s + p.token_ids[:1] + [7] for s, p in zip(sequences, propose_together(proposers, sequences,
                                                                                                [k] * rows))]
 
-        def phase():
+        def phase(proposers=proposers, committed=committed, rows=rows):
             for c in committed:
                 del c[257:]
             propose_together(proposers, committed, [k] * rows)
@@ -66,7 +66,7 @@ def main() -> None:
               f"{1e3 * batched_step_s(runner, rows, 5, 256):.2f} ms (x5); drafting K={k}: {phase_ms:.2f} ms per phase, "
               f"{1e3 * (runner.stats.busy_s - before[1]) / steps:.2f} ms per engine step "
               f"(forward {1e3 * (runner.stats.forward_s - before[2]) / steps:.2f}); group read "
-              f"{timed(lambda: top_three(logits)):.2f} ms", flush=True)
+              f"{timed(lambda logits=logits: top_three(logits)):.2f} ms", flush=True)
         for p in proposers:
             p.close()
 
