@@ -1,15 +1,19 @@
-"""Where the GPU time of one batched step goes: torch.profiler over eager and graph steps of the batched runner.
-Usage: python3 scripts/gpu_profile_step.py [model] [rows]"""
+"""Where the GPU time of one batched step goes: torch.profiler over eager and graph steps of the batched runner,
+then the same graph step with the model's forward compiled by torch.compile (COMPILE=1): how much of a step is
+the launch of HF's many small kernels. Usage: python3 scripts/gpu_profile_step.py [model] [rows]"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from specdec.core.batching import BatchedRunner
 from specdec.core.models import load_model
+from specdec.tools.sweep import batched_step_s
 
 
 def main() -> None:
@@ -34,6 +38,15 @@ def main() -> None:
               f"{sum(e.count for e in events) // 5} kernels per step", flush=True)
         for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
             print(f"  {e.self_device_time_total / 5 / 1000:7.3f} ms  x{e.count // 5:4d}  {e.key[:110]}", flush=True)
+    runner.cuda_graphs = True
+    print(f"graph step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms", flush=True)
+    if os.environ.get("COMPILE"):
+        t0 = time.perf_counter()
+        runner.model.forward = torch.compile(runner.model.forward, dynamic=False)
+        del runner._graphs[(rows, 1)]
+        runner._capture(rows, 1)
+        print(f"compiled graph step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms "
+              f"(compile and capture {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
