@@ -451,23 +451,14 @@ class BatchedRunner(ModelRunner):
         return [next(picks) if c.steps > 0 else [] for c in chains]
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
-        """Each call's tokens go in pieces of at most a step's tokens, one piece per call per batched step: n
-        sessions catching up on long sequences cost steps of n rows, not n eager forwards one after another."""
-        rest = [list(self._new_tokens(slot, ids, keep)) for slot, ids, keep in calls]
-        out: list[list[int]] = [[] for _ in calls]
-        while any(rest):
-            requests = []
-            for i, ((slot, _, keep), ids) in enumerate(zip(calls, rest)):
-                if ids:  # the last piece holds the `keep` positions wanted
-                    n = (len(ids) if len(ids) <= max(self.graph_max_tokens, keep)
-                         else min(self.graph_max_tokens, len(ids) - keep))
-                    requests.append((i, _Request(slot.index, slot.length, ids[:n], keep if n == len(ids) else 1, True)))
-                    rest[i] = ids[n:]
-            self._hand_over(*(r for _, r in requests))
-            for i, r in requests:
-                calls[i][0].tokens.extend(r.ids)
-                out[i] = r.argmax
-        return out
+        requests = []
+        for slot, ids, keep in calls:
+            new_ids = self._new_tokens(slot, ids, keep)
+            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, True))
+        self._hand_over(*requests)
+        for (slot, _, _), r in zip(calls, requests):
+            slot.tokens.extend(r.ids)  # a step's or prompt chunks' request keeps its ids (a chain's would not)
+        return [r.argmax for r in requests]
 
     def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
         """Hand the engine one forward and wait for it."""
@@ -497,11 +488,14 @@ class BatchedRunner(ModelRunner):
                 raise r.error
 
     def _run_here(self) -> None:
-        """A runner without an engine loop: run the pending forwards on this thread until none is left."""
+        """A runner without an engine loop: run the pending forwards on this thread until none is left (all the
+        long ones' next chunks in one forward: sessions catching up together cost one forward, not one each)."""
         while True:
             with self._cv:
-                steps, prefill = self._split_pending()
-            if not steps and prefill is None:
+                steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
+                long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens]
+                self._pending = []
+            if not steps and not long:
                 return
             with self._turn():
                 step = self._launch_or_fail(steps)
@@ -512,11 +506,12 @@ class BatchedRunner(ModelRunner):
                     except BaseException as e:  # noqa: BLE001 - handed to its callers
                         for r in step.requests:
                             self._fail(r, e)
-            if prefill is not None:
+            if long:
                 try:
-                    self._run_chunk(prefill)
-                except BaseException as e:  # noqa: BLE001
-                    self._fail(prefill, e)
+                    self._run_chunks(long)
+                except BaseException as e:  # noqa: BLE001 - handed to their callers
+                    for r in long:
+                        self._fail(r, e)
 
     # ---- the engine thread ----
 
@@ -584,7 +579,7 @@ class BatchedRunner(ModelRunner):
                     self._expected = {r.index for r in inflight.requests if r.row is None and r.done.is_set()} & self._open
             if prefill is not None:
                 try:
-                    self._run_chunk(prefill)
+                    self._run_chunks([prefill])
                 except BaseException as e:  # noqa: BLE001
                     log.exception("batched forward failed")
                     self._fail(prefill, e)
@@ -909,28 +904,37 @@ class BatchedRunner(ModelRunner):
             for r, value in zip(members, values):
                 r.pick = r.chain.group.pick(value, r.start + len(r.ids))
 
-    def _run_chunk(self, r: _Request) -> None:
-        """The next chunk of a long request, alone (eager: prompt lengths vary)."""
-        if not r.fed:
-            r.started = time.perf_counter()
-        chunk = r.ids[r.fed:r.fed + self.prefill_chunk]
-        start = r.start + r.fed
-        ids = torch.tensor([chunk], dtype=torch.long)
-        positions = torch.arange(start, start + len(chunk))[None]
-        last = r.fed + len(chunk) == len(r.ids)
+    def _run_chunks(self, requests: list[_Request]) -> None:
+        """The next chunk of each long request, in one eager forward (prompt lengths vary) over slots [lo, hi):
+        each row is left-padded so that its last token is in the last column, where the kept logits are; the
+        padding (and a slot in the range with nothing to do) writes only into the padding column max_len."""
+        now = time.perf_counter()
+        chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
+        last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
+        lo, hi = min(r.index for r in requests), max(r.index for r in requests) + 1
+        n = max(len(c) for c in chunks)
+        keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
+        ids = torch.zeros((hi - lo, n), dtype=torch.long)
+        positions = torch.full((hi - lo, n), self.max_len, dtype=torch.long)
+        for r, c in zip(requests, chunks):
+            r.started = r.started if r.fed else now
+            ids[r.index - lo, n - len(c):] = torch.tensor(c)
+            positions[r.index - lo, n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
         self._publish()
         with self._turn(), torch.inference_mode():
-            logits = self._eager(ids, positions, keep=r.keep if last else 1, first_slot=r.index)  # [1, keep, V]
-            if last:
-                r.logits = logits[0].float()  # [keep, V]
-                r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
-        r.fed += len(chunk)
+            logits = self._eager(ids, positions, keep=keep, first_slot=lo)  # [hi - lo, keep, V]
+            for r, done in zip(requests, last):
+                if done:
+                    r.logits = logits[r.index - lo, keep - min(r.keep, keep):].float()  # [keep, V]
+                    r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
-        if last:
-            self._deliver(r)
-        else:
-            with self._cv:
-                self._pending.append(r)  # its next chunk goes with the next step
+        for r, c, done in zip(requests, chunks, last):
+            r.fed += len(c)
+            if done:
+                self._deliver(r)
+            else:
+                with self._cv:
+                    self._pending.append(r)  # its next chunk goes with the next step
 
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One step's forward of ids [rows, n] at positions [rows, n] into slots [0, rows), as the engine runs it
