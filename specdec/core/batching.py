@@ -45,7 +45,7 @@ from transformers.cache_utils import StaticLayer
 
 from specdec.core.attention import use_grouped_attention
 from specdec.core.compute import INLINE, Compute
-from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS
+from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, TOKEN_BUCKETS
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
@@ -291,6 +291,7 @@ class BatchedRunner(ModelRunner):
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
+        self.bucket_chunks = self.device.type == "cuda"  # round prompt chunks' shapes up (_run_chunks)
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
@@ -907,12 +908,19 @@ class BatchedRunner(ModelRunner):
     def _run_chunks(self, requests: list[_Request]) -> None:
         """The next chunk of each long request, in one eager forward (prompt lengths vary) over slots [lo, hi):
         each row is left-padded so that its last token is in the last column, where the kept logits are; the
-        padding (and a slot in the range with nothing to do) writes only into the padding column max_len."""
+        padding (and a slot in the range with nothing to do) writes only into the padding column max_len. On a
+        GPU the shape is rounded up to a bucket of rows and of tokens: each new shape costs the attention
+        kernels' set-up again, and a catch-up's length is new almost every time."""
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
         lo, hi = min(r.index for r in requests), max(r.index for r in requests) + 1
         n = max(len(c) for c in chunks)
+        if self.bucket_chunks:
+            n = max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk))
+            rows = min(bucket(hi - lo, ROW_BUCKETS), self.max_sessions)
+            lo = min(lo, self.max_sessions - rows)
+            hi = lo + rows
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
         ids = torch.zeros((hi - lo, n), dtype=torch.long)
         positions = torch.full((hi - lo, n), self.max_len, dtype=torch.long)

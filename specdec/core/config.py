@@ -21,6 +21,7 @@ MAX_STOP_CHARS = 256
 # metrics do not import the engine and with it transformers' model code (seconds at every start).
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # rows per step
 TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
+CHUNK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # tokens per row of an eager prompt chunk on a GPU (few shapes)
 CHAT_ROLES = ("system", "user", "assistant")
 
 

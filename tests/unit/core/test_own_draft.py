@@ -125,17 +125,20 @@ def test_a_failing_draft_leaves_the_sessions_decoding_alone(tiny_pair_fp32, engi
         target.drafter = old
 
 
-def test_sessions_catching_up_together_fill_their_caches_in_one_forward(tiny_pair_fp32):
-    """Long catch-ups of several slots (not adjacent, different lengths) go in one left-padded forward per chunk;
-    each slot's cache then holds exactly its sequence: its next tokens equal the single-sequence runner's."""
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_sessions_catching_up_together_fill_their_caches_in_one_forward(tiny_pair_fp32, bucketed):
+    """Long catch-ups of several slots (not adjacent, different lengths) go in one left-padded forward per chunk
+    (`bucketed`, as on a GPU: rounded up to a bucket of rows and tokens); each slot's cache then holds exactly
+    its sequence: its next tokens equal the single-sequence runner's."""
     pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=6, prefill_chunk=32)
+    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=6, prefill_chunk=48)
+    runner.bucket_chunks = bucketed
     slots = [runner.open() for _ in range(6)]
     sequences = [pair.encode("\n".join(PROMPTS[i:i + 3 + 2 * i])) for i in range(3)]
     chosen = [slots[1], slots[4], slots[5]]  # slots 2 and 3 sit in the range with nothing to do
     chunks_before = runner.stats.prefill_chunks
     got = runner.greedy_ids_together([(slot, ids, 1) for slot, ids in zip(chosen, sequences)])
-    assert runner.stats.prefill_chunks - chunks_before == -(-max(map(len, sequences)) // 32)  # chunks of all at once
+    assert runner.stats.prefill_chunks - chunks_before == -(-max(map(len, sequences)) // 48)  # chunks of all at once
     reference = pair.draft_runner
     for slot, ids, top in zip(chosen, sequences, got):
         ref = reference.open()
