@@ -6,6 +6,8 @@ import argparse
 import logging
 
 from specdec.cli.options import add_cpu_kernels_arg, add_proposer_arg
+from specdec.core.config import ProposerKind
+from specdec.core.errors import InvalidArgument
 from specdec.tools.launcher import Stack
 
 
@@ -17,6 +19,9 @@ def add_parser(sub) -> None:
     up.add_argument("--target", default="tiny", help="target model (default: tiny)")
     up.add_argument("--draft", default="tiny", help="draft model (default: tiny)")
     up.add_argument("--no-draft", action="store_true", help="target only")
+    up.add_argument("--own-draft", action="store_true",
+                    help="no draft service: the target runs --draft itself, on its device, drafting for all its "
+                         "sessions between its batched steps (the choice for one GPU shared by both models)")
     up.add_argument("--device", default="cpu", help="device of the target (default: cpu)")
     up.add_argument("--draft-device", default=None, help="device of the draft (default: --device)")
     up.add_argument("--dtype", default="auto", help="dtype of the target (default: auto)")
@@ -30,7 +35,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
     common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels]
-    stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft else args.draft,
+    if args.own_draft:
+        elsewhere = args.draft_device not in (None, args.device)
+        if args.no_draft or elsewhere or args.proposer != ProposerKind.DRAFT_MODEL.value:
+            raise InvalidArgument("own_draft", "runs the draft model in the target, on the target's device: it goes "
+                                               "with neither --no-draft, another --draft-device nor --proposer "
+                                               f"{args.proposer}")
+        common += ["--own-draft", args.draft]
+    stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft or args.own_draft else args.draft,
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
                                                      "--dtype", args.draft_dtype or args.dtype,
                                                      "--cpu-kernels", args.cpu_kernels,

@@ -627,15 +627,16 @@ class BatchedRunner(ModelRunner):
 
     def _plan_rows(self) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, those that
-        asked for a draft block are drafted for together, then asked again."""
-        while True:
+        asked for a draft block are drafted for together, then asked again (once: one that asks again waits for
+        the engine's next round)."""
+        for again in (False, True):
             with self._cv:
                 rows = [row for row in self._rows.values() if not row.busy and not row.closed]
                 for row in rows:
                     row.busy = True
             for row in rows:
                 self._replan(row)
-            if self.drafter is None:
+            if self.drafter is None or again:
                 return
             t0 = time.perf_counter()
             if not self.drafter.draft():
