@@ -36,6 +36,7 @@ class OwnDraftLink(ProposalInbox):
         self.proposer = proposer
         self.k = k  # what the last verdict asked for
         self.committed = list(prompt_ids)  # the target's sequence, as the verdicts told it
+        self.closed = False  # its session is over: the drafter must not touch its proposer (or slot) again
 
     def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
         picked = super().poll(usable, waited_s)
@@ -57,7 +58,11 @@ class OwnDraftLink(ProposalInbox):
         self.proposer.observe(feedback_of(cycle))
 
     def close(self, cancel: bool = False) -> None:
-        self.proposer.close()
+        """Give the proposer's slot back, once no drafting phase is using it (a cancelled session may have
+        asked for a block just before it ended)."""
+        with self.drafter.lock:
+            self.closed = True
+            self.proposer.close()
 
 
 class OwnDrafts:
@@ -69,21 +74,21 @@ class OwnDrafts:
         self.factory = factory
         self.propose_all = propose_all
         self._asked: list[OwnDraftLink] = []
-        self._lock = threading.Lock()  # the engine's thread drafts; a session outside an engine may too
+        self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
         return OwnDraftLink(self, self.factory.open(start.sampling, start.seed), start.prompt_ids, start.k)
 
     def ask(self, link: OwnDraftLink) -> None:
-        with self._lock:
-            if link not in self._asked:
+        with self.lock:
+            if link not in self._asked and not link.closed:
                 self._asked.append(link)
 
     def draft(self) -> bool:
         """Draft a block for every session that asked since the last call, together; False when none had. A
         failed draft fails those sessions' links: they go on decoding alone, the other sessions are untouched."""
-        with self._lock:
-            asked, self._asked = self._asked, []
+        with self.lock:
+            asked, self._asked = [link for link in self._asked if not link.closed], []
             if not asked:
                 return False
             try:

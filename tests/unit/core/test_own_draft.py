@@ -149,3 +149,25 @@ def test_sessions_catching_up_together_fill_their_caches_in_one_forward(tiny_pai
             assert slot.tokens == more
         finally:
             reference.close(ref)
+
+
+def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
+    """A session cancelled between asking for a block and the drafting phase: its proposer (and draft slot) is
+    given back, and the phase drafts only for the others."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    prompt = pair.encode(PROMPTS[0])
+    start = DraftStart("s", prompt, SamplingParams(), 0, 2, overlap=False)
+    gone, kept = drafts.open("", start, None), drafts.open("", start, None)
+    try:
+        drafts.ask(gone)
+        drafts.ask(kept)
+        gone.close()
+        assert drafts.draft()
+        assert kept.poll(lambda p: len(p.token_ids), 0.0).proposal.k == 2
+        assert gone.poll(lambda p: len(p.token_ids), 0.0) is None  # nothing was drafted for it
+    finally:
+        kept.close()
+    drafts.ask(gone)
+    assert not drafts.draft()  # a closed link's ask is ignored
+    assert draft.free_slots == draft.max_sessions
