@@ -160,6 +160,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     sessions = max(s.levels)
     book = None
     drafting = mode in ("engine-spec", "engine-own-draft")
+    own = mode == "engine-own-draft"  # the draft on the target's thread; else a draft engine on its own
     if drafting and s.replay_alpha is not None:
         plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute)
         try:
@@ -170,7 +171,6 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
             gc.collect()  # freed now, not by a collection during the next engine's CUDA graph capture
     draft_runner = drafts = None
     if drafting:
-        own = mode == "engine-own-draft"  # on the target's thread; else a draft engine on its own
         draft_compute = compute if own else Compute.for_device(s.draft_device or s.device)
         draft = draft_compute.run(load_model, s.draft, "draft", device=s.device if own else s.draft_device or s.device,
                                   dtype=s.draft_dtype or s.dtype)
@@ -178,7 +178,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
-                             drafts=drafts, draft_runner=draft_runner, own_draft=mode == "engine-own-draft",
+                             drafts=drafts, draft_runner=draft_runner, own_draft=own,
                              compute=compute)
     try:
         return list(measure_levels(mode, engine.client, s))
