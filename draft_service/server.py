@@ -45,6 +45,7 @@ class DraftServerSettings:
     replay: ReplayRates = ReplayRates()
     batching: bool = True  # all sessions' draft steps in one batched forward (core/batching.py)
     gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
+    compile: bool = True  # on a GPU, torch.compile the draft's decoder layers at start (batched)
 
     def validate(self) -> "DraftServerSettings":
         if self.max_sessions < 1:
@@ -75,6 +76,7 @@ def build(settings: DraftServerSettings) -> Server:
         loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
         runner, compute = serving_runner(
             compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
+            compile=None if settings.compile else False,
             max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
             cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len

@@ -38,6 +38,7 @@ class TargetServerSettings:
     prefill_chunk: int = 512  # prompt tokens of one session per step
     lookahead: bool = True  # on a GPU, launch a step of plain greedy decodes before reading the last (core.batching)
     stream_interval: int = 1  # a session's cycles are streamed this many at a time (its first at once)
+    compile: bool = True  # on a GPU, torch.compile the decoder layers of the target (and own draft) at start
     own_draft: str | None = None  # a draft model run in this process, drafting between the engine's steps
     replay_references: str | None = None  # benchmarks: the own draft replays the target's continuations from this file
     replay: ReplayRates = ReplayRates()
@@ -87,7 +88,8 @@ def load_own_draft(settings: TargetServerSettings, target: LoadedModel) -> OwnDr
     loaded = load_model(settings.own_draft, "draft", device=settings.device, dtype=settings.dtype)
     check_same_vocabulary(target, loaded)
     runner = BatchedRunner(loaded.model, launch=None, max_len=context_length(loaded.model, settings.max_len),
-                           max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels)
+                           max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
+                           compile=None if settings.compile else False)
     warm_up(runner)
     return OwnDraft(loaded.name, runner)
 
@@ -102,7 +104,7 @@ def build(settings: TargetServerSettings) -> Server:
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
         prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False,
-        stream_interval=settings.stream_interval,
+        stream_interval=settings.stream_interval, compile=None if settings.compile else False,
         max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)

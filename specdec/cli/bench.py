@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
                             "latency and what adaptive K drafted, the target-only bound from batched step costs "
                             "measured in this process; with --replay-alpha the draft replays the target's own output; "
                             "--json and --plot take the sweep")
+    bench.add_argument("--no-compile", action="store_true",
+                       help="with --concurrency on a GPU: batched engines (in process and services) skip torch.compile "
+                            "of the models' layers (see `specdec serve --help`)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
@@ -76,6 +79,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         return sweep(args)
+    if args.no_compile:
+        raise InvalidArgument("no-compile", "only with --concurrency (one-request modes run no batched engine)")
     if args.fixed_k:
         raise InvalidArgument("fixed-k", "only with --concurrency (one-request modes draft exactly --k unless "
                                          "--adaptive-k)")
@@ -102,4 +107,5 @@ def sweep(args: argparse.Namespace) -> int:
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
-        replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot))
+        replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
+        compile=not args.no_compile))

@@ -84,6 +84,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "row of a step decodes plainly and greedily, the engine launches the next step on the "
                             "tokens the device just drew, before it reads them, so the GPU does not wait for the "
                             "host's verifying and planning (outputs are the same either way)")
+    serve.add_argument("--no-compile", action="store_true",
+                       help="target, draft (batched) on a GPU: skip torch.compile of the models' decoder layers. By "
+                            "default they are compiled at start (about a minute per model, fewer and fused kernels: "
+                            "a faster step, docs/benchmarks.md), then captured in CUDA graphs")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")
@@ -181,6 +185,7 @@ def build_server(args: argparse.Namespace):
             max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
             cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
             prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead, stream_interval=args.stream_interval,
+            compile=not args.no_compile,
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             own_draft=args.own_draft, replay_references=args.replay_references,
             replay=ReplayRates(args.replay_alpha, args.replay_runner_up),
@@ -196,7 +201,7 @@ def build_server(args: argparse.Namespace):
             predraft=Predraft(args.predraft), idle_timeout_s=args.idle_timeout,
             replay_references=args.replay_references,
             replay=ReplayRates(args.replay_alpha, args.replay_runner_up), batching=not args.no_batching,
-            gather_s=args.batch_gather_ms / 1000)), None
+            gather_s=args.batch_gather_ms / 1000, compile=not args.no_compile)), None
     from orchestrator.server import OrchestratorServerSettings, build
     from orchestrator.service import OrchestratorSettings
 

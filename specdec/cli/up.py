@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     up.add_argument("--dtype", default="auto", help="dtype of the target (default: auto)")
     up.add_argument("--draft-dtype", default=None, help="dtype of the draft (default: --dtype; auto = int8 on CPU)")
     add_cpu_kernels_arg(up)
+    up.add_argument("--no-compile", action="store_true",
+                    help="on a GPU: skip torch.compile of the models' layers at start (see `specdec serve --help`)")
     up.add_argument("--k", type=int, default=4, help="draft tokens per cycle, at most (adaptive K; default 4)")
     add_proposer_arg(up, "who drafts (default: draft-model)")
     up.set_defaults(func=run)
@@ -34,7 +36,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
-    common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels]
+    compiling = ["--no-compile"] if args.no_compile else []
+    common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels, *compiling]
     if args.own_draft:
         elsewhere = args.draft_device not in (None, args.device)
         if args.no_draft or elsewhere or args.proposer != ProposerKind.DRAFT_MODEL.value:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
                                                      "--dtype", args.draft_dtype or args.dtype,
                                                      "--cpu-kernels", args.cpu_kernels,
-                                                     "--proposer", args.proposer],
+                                                     "--proposer", args.proposer, *compiling],
                          "orchestrator": ["--k", str(args.k)]})
     stack.start()
     return stack.run_until_signal()

@@ -44,6 +44,7 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from specdec.core.attention import use_grouped_attention
+from specdec.core.compiled import compile_layers
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, TOKEN_BUCKETS
 from specdec.core.cpu_kernels import ONEDNN
@@ -274,13 +275,16 @@ class BatchedRunner(ModelRunner):
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
+                 compile: bool | None = None,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`); None: no engine loop, each caller's forwards run on
         its own thread when it hands them over, one caller at a time (the draft of a target engine that
         drafts for its sessions between its steps, core.own_draft). `stream_interval`: a driven session's
         reader is handed its cycles this many at a time (its first at once, its last with its end): fewer
-        wake-ups of session threads competing with the engine for the interpreter, coarser streaming."""
+        wake-ups of session threads competing with the engine for the interpreter, coarser streaming.
+        `compile`: torch.compile the model's decoder layers in place (core.compiled), before capturing the CUDA
+        graphs (default: where there are CUDA graphs)."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
@@ -313,6 +317,12 @@ class BatchedRunner(ModelRunner):
         self.costs = StepCostTable()
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
+        self.compiled = self.cuda_graphs if compile is None else compile
+        if self.compiled:
+            t0 = time.perf_counter()
+            layers = compile_layers(self.model)
+            self._warm_compiled()
+            log.info("compiled %d decoder layers in %.1f s", layers, time.perf_counter() - t0)
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
@@ -984,6 +994,16 @@ class BatchedRunner(ModelRunner):
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
+    def _warm_compiled(self) -> None:
+        """One forward of each shape class the engine runs (rows 1 or more x one token, a verify's tokens, a
+        prompt chunk's), so that compiling happens here, at start, and never in a served step. The writes
+        land in slots no session holds yet."""
+        for b in sorted({1, min(2, self.max_sessions)}):
+            for n in (1, self.pad, min(self.prefill_chunk, self.max_len)):
+                ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
+                with torch.inference_mode():
+                    self._eager(ids, positions, keep=1)
+
     def _capture_all(self) -> None:
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
@@ -1018,10 +1038,10 @@ class BatchedRunner(ModelRunner):
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
                    prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
-                   **kwargs) -> tuple[ModelRunner, Compute]:
+                   compile: bool | None = None, **kwargs) -> tuple[ModelRunner, Compute]:
     """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
     engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""
     if not batching:
         return compute.run(ModelRunner, model, **kwargs), compute
     return compute.run(BatchedRunner, model, gather_s=gather_s, prefill_chunk=prefill_chunk, lookahead=lookahead,
-                       stream_interval=stream_interval, launch=compute.hand_over, **kwargs), INLINE
+                       stream_interval=stream_interval, compile=compile, launch=compute.hand_over, **kwargs), INLINE

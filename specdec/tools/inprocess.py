@@ -33,19 +33,21 @@ from target_service.service import TargetService
 GATHER_S = TargetServerSettings.gather_s  # a target service's default
 
 
-def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int) -> BatchedRunner:
+def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int,
+                  compile: bool | None = None) -> BatchedRunner:
     """A batched engine over `loaded`, built and run on `compute` as a service builds its own."""
-    runner, _ = serving_runner(compute, loaded.model, batching=True, gather_s=GATHER_S,
+    runner, _ = serving_runner(compute, loaded.model, batching=True, gather_s=GATHER_S, compile=compile,
                                max_len=context_length(loaded.model, max_len), max_sessions=max_sessions,
                                queue_size=4 * max_sessions, queue_wait_s=600.0)
     return runner
 
 
-def own_draft_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int) -> BatchedRunner:
+def own_draft_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int,
+                     compile: bool | None = None) -> BatchedRunner:
     """A batched runner over `loaded` with no engine loop: a target engine's own draft (core.own_draft), built on
     `compute`, the target engine's thread-to-be."""
     return compute.run(BatchedRunner, loaded.model, launch=None, max_len=context_length(loaded.model, max_len),
-                       max_sessions=max_sessions)
+                       max_sessions=max_sessions, compile=compile)
 
 
 class _DraftLink(LocalLink):
@@ -95,12 +97,12 @@ class InProcessTarget:
 
     def __init__(self, target: LoadedModel, *, max_len: int, max_sessions: int, k: int = 4, adaptive_k: bool = True,
                  drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None,
-                 own_draft: bool = False, compute: Compute = INLINE) -> None:
+                 own_draft: bool = False, compute: Compute = INLINE, compile: bool | None = None) -> None:
         """`compute`: where the target's engine runs, as in a target service (a CPU model: the thread that loaded
         it, core/compute.py); a draft runner is built by `engine_runner` on its own (`own_draft_runner` for an
-        own draft, before this engine takes over a CPU's compute thread)."""
+        own draft, before this engine takes over a CPU's compute thread). `compile`: BatchedRunner's."""
         self.tokenizer = target.tokenizer
-        self.runner = engine_runner(compute, target, max_len, max_sessions)
+        self.runner = engine_runner(compute, target, max_len, max_sessions, compile)
         self.draft_runner = draft_runner
         own = links = None
         if drafts is not None and own_draft:

@@ -73,9 +73,15 @@ class SweepSettings:
     fixed_k: bool = False  # draft exactly k every cycle (services and engine-spec) instead of adaptive K
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
+    compile: bool = True  # batched engines on a GPU compile their models' layers (core.compiled), as services do
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     json: str | None = None
     plot: str | None = None
+
+    @property
+    def compiling(self) -> bool | None:
+        """BatchedRunner's `compile`: its default (on a GPU) unless turned off."""
+        return None if self.compile else False
 
     def validate(self) -> "SweepSettings":
         unknown = [m for m in self.modes if m not in SWEEP_MODES]
@@ -127,10 +133,11 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
 def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> list[dict]:
     """One deployment per mode; `replay`: a file of the target's continuations (written here in target-only
     mode, replayed by the draft in services mode)."""
+    compiling = [] if s.compile else ["--no-compile"]
     common = ["--device", s.device, "--dtype", s.dtype, "--max-len", str(s.max_len),
-              "--max-sessions", str(max(s.levels))]
+              "--max-sessions", str(max(s.levels)), *compiling]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
-             "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype]
+             "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype, *compiling]
     replaying = ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)] if (
         replay is not None and s.replay_alpha is not None) else []
     if mode == "services-own-draft":  # the target runs the draft: no draft service
@@ -162,7 +169,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     drafting = mode in ("engine-spec", "engine-own-draft")
     own = mode == "engine-own-draft"  # the draft on the target's thread; else a draft engine on its own
     if drafting and s.replay_alpha is not None:
-        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute)
+        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute, compile=s.compiling)
         try:
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
         finally:
@@ -174,12 +181,13 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
         draft_compute = compute if own else Compute.for_device(s.draft_device or s.device)
         draft = draft_compute.run(load_model, s.draft, "draft", device=s.device if own else s.draft_device or s.device,
                                   dtype=s.draft_dtype or s.dtype)
-        draft_runner = (own_draft_runner if own else engine_runner)(draft_compute, draft, s.max_len, sessions)
+        draft_runner = (own_draft_runner if own else engine_runner)(draft_compute, draft, s.max_len, sessions,
+                                                                    s.compiling)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
                              drafts=drafts, draft_runner=draft_runner, own_draft=own,
-                             compute=compute)
+                             compute=compute, compile=s.compiling)
     try:
         return list(measure_levels(mode, engine.client, s))
     finally:
@@ -239,7 +247,7 @@ def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
 
 def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
     """C / t(C, 1) for each level: the most tokens/s C sessions can commit decoding plainly in batched steps."""
-    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels))
+    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compiling)
     try:
         return {c: c / batched_step_s(runner, c, 1, min(512, s.max_len // 2)) for c in s.levels}
     finally:

@@ -171,7 +171,8 @@ def test_in_process_engines_with_graphs_equal_each_request_decoded_alone(gpu_eng
 def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
     """The target's own draft on a GPU (core.own_draft): the draft runner, with no engine loop, captures its graphs
     when built and drafts on the target engine's thread between its steps; six clients at a fixed K = 3 get what
-    each request gives decoded alone, and the draft steps held several rows."""
+    each request gives decoded alone, and the draft steps held several rows. Both models' layers are compiled
+    (the default on a GPU), every shape class before the first request: serving compiles nothing."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
     from specdec.tools.inprocess import InProcessTarget, own_draft_runner
@@ -183,11 +184,16 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
     draft_runner = own_draft_runner(INLINE, gpu_engine.draft, 512, 8)
     engine = InProcessTarget(gpu_engine.target, max_len=512, max_sessions=8, k=3, adaptive_k=False, own_draft=True,
                              drafts=make_factory(ProposerKind.DRAFT_MODEL, draft_runner), draft_runner=draft_runner)
+    from torch._dynamo.utils import counters
+
+    compiled = counters["stats"]["unique_graphs"]
     try:
         assert engine.runner.cuda_graphs and draft_runner.cuda_graphs and draft_runner.passive
+        assert engine.runner.compiled and draft_runner.compiled  # by default on a GPU (core.compiled)
         result = run_clients(engine.client, 6, 2, prompts, 16, 300)
         assert not result.errors and result.draft_tokens > 0, result.errors
         assert all(ids == expected[prompts[i]] for i, *ids in result.outputs)
         assert max(draft_runner.stats.rows_seen) > 1, draft_runner.stats.rows_seen
+        assert counters["stats"]["unique_graphs"] == compiled  # every shape class compiled before serving
     finally:
         engine.close()

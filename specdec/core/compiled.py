@@ -1,0 +1,51 @@
+"""torch.compile for the batched runner's forwards: each decoder layer compiled once, for every shape.
+
+Why: a small model's batched step on a GPU is bound by its kernel count, not by its weights: HF's layer
+runs each RMSNorm, rotary embedding and activation as several elementwise kernels, and a CUDA graph
+removes their launch cost but not their number or their trips through memory (docs/benchmarks.md, the
+draft step's profile). Inductor fuses them.
+
+How: the decoder layers share one code object, so compiling each layer's `forward` with dynamic shapes
+gives one compiled program per shape class (rows 1 or more, tokens 1 or more), not one per layer and
+bucket, when two things stay out of the traced code: a layer's index (an integer attribute, static by
+default: `allow_unspec_int_on_nn_module`) and the KV cache's update, which looks its layer up by that
+index in a list (`torch.compiler.disable` on `Cache.update`: it runs eagerly between two compiled parts
+of the layer). Both are process-wide, as compiling is model-wide: every runner over a compiled model runs
+its layers compiled. The arithmetic is the same; fused kernels round differently, so a compiled engine's
+outputs are compared with a compiled target-only run (the bench's greedy comparison reports any flipped
+near-tie).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MARK = "_specdec_compiled_layers"
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated decoder layers (the modules whose class name ends in DecoderLayer)."""
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """Compile every decoder layer of `model` in place (once: again is a no-op); returns how many. Raises
+    ValueError for a model without recognisable decoder layers rather than running it uncompiled. `backend`:
+    torch.compile's (tests trace with "aot_eager", which generates no kernels)."""
+    import torch._dynamo
+    from transformers.cache_utils import Cache
+
+    if getattr(model, _MARK, 0):
+        return getattr(model, _MARK)
+    layers = decoder_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no *DecoderLayer modules to compile")
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True  # layer_idx: one program for every layer
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # the shape classes
+    if not getattr(Cache.update, "_specdec_eager", False):
+        Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
+        Cache.update._specdec_eager = True
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True, backend=backend)
+    setattr(model, _MARK, len(layers))
+    return len(layers)
