@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, ProbeSchedule, StepCosts
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, ProbeSchedule, SharedPhase, StepCosts
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import TargetRequest
 from specdec.core.drafting import DraftStart
@@ -59,6 +59,7 @@ class TargetService:
         self.step_costs = StepCosts()  # adaptive K: what cycles cost here, learned by every session
         self.acceptance_prior = AcceptanceEstimate(decay=0.95)  # and how well this target's drafts do
         self.probes = ProbeSchedule()  # and when one of them tries a paused draft again
+        self.own_phase = SharedPhase()  # own-draft sessions draft in one phase: K is chosen for all of them
         self._k_logged = 0.0
 
     def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: Observer,
@@ -78,7 +79,8 @@ class TargetService:
             spec = request.speculation
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
                                  probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None),
-                                 batch_rows=getattr(self.runner, "batch_rows", None))
+                                 batch_rows=getattr(self.runner, "batch_rows", None),
+                                 phase=self.own_phase if request.own_draft else None)
                        if spec.adaptive else FixedK(spec.k))
             paused = not chooser.drafting_pays()  # e.g. under load: the draft need not even prefill for now
             if (request.draft_address or request.own_draft) and spec.k > 0:
@@ -103,6 +105,8 @@ class TargetService:
             if isinstance(chooser, AdaptiveK) and link is not None and time.monotonic() - self._k_logged > K_LOG_EVERY_S:
                 self._k_logged = time.monotonic()
                 log.info("adaptive K after a session: %s", chooser.summary())
+            if chooser is not None:
+                chooser.close()
             if link is not None:
                 link.close(cancel=entry.cancel.is_set())  # cancelled: the draft stops drafting at once
             if sequence is not None:

@@ -20,8 +20,11 @@ lets K fall to 0 together when the load makes speculation cost more than it gain
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from specdec.core.config import MAX_K
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -102,13 +105,64 @@ class StepCosts:
             return max(self.verify_s[ref] + slope * (k - ref), 1e-6)
         return self.verify_s[known[0]]  # one point: assume flat (launch-bound GPUs are nearly so)
 
-    def rate(self, alpha: float | None, k: int, verify_s: float | None = None) -> float | None:
-        """Expected committed tokens per second of a cycle drafting k tokens (verifying in `verify_s` when
-        given); None before measurements."""
-        if alpha is None or self.draft_step_s is None or not self.verify_s:
+    def cycle_cost(self, k: int, verify_s: float | None = None) -> float | None:
+        """T(k): seconds of a cycle drafting k tokens (verifying in `verify_s` when given); None before
+        measurements."""
+        if self.draft_step_s is None or not self.verify_s:
             return None
-        cost = (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s + (self.round_trip_s if k else 0.0)
-        return expected_tokens(alpha, k) / cost if cost > 0 else 0.0
+        return (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s + (self.round_trip_s if k else 0.0)
+
+    def rate(self, tokens: float | None, k: int, verify_s: float | None = None) -> float | None:
+        """Committed tokens per second of a cycle drafting k tokens that commits `tokens` on average (E(a, k));
+        None before measurements."""
+        cost = self.cycle_cost(k, verify_s)
+        if tokens is None or cost is None:
+            return None
+        return tokens / cost if cost > 0 else 0.0
+
+
+class SharedPhase:
+    """The sessions whose drafts are drafted in one phase and verified in one step (the target's own draft,
+    core.own_draft): every row waits for the longest chain drafted and is padded to the longest block verified,
+    so K is the batch's: the k that maximises the tokens all of them commit per second, sum_i E(a_i, k) / T(k),
+    which each of them computes alike. Each session choosing for itself instead, one with acceptance 1.0 drafts
+    K = 4 and every row pays for it (docs/benchmarks.md: 0.63x target-only at 8 CPU clients).
+    Keeps the sum of its members' E(a_i, k) for k = 0..max_k, updated when a member's acceptance moves."""
+
+    def __init__(self, max_k: int = MAX_K) -> None:
+        self.max_k = max_k
+        self._tokens: dict[int, list[float]] = {}  # id(member) -> E(a, k) for k = 0..max_k
+        self._sum = [0.0] * (max_k + 1)
+        self._lock = threading.Lock()  # members observe on the engine's thread and leave on their own
+        self._mean: list[float] | None = None
+
+    def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
+        """A member's acceptance now (None: not known yet, so it does not weigh in)."""
+        tokens = None if alpha is None else [expected_tokens(alpha, min(k, member_max_k)) for k in range(self.max_k + 1)]
+        with self._lock:
+            self._remove(member)
+            if tokens is not None:
+                self._tokens[id(member)] = tokens
+                self._sum = [s + t for s, t in zip(self._sum, tokens)]
+            self._publish()
+
+    def leave(self, member: object) -> None:
+        with self._lock:
+            self._remove(member)
+            self._publish()
+
+    def _remove(self, member: object) -> None:
+        tokens = self._tokens.pop(id(member), None)
+        if tokens is not None:  # recomputed from zero when the last leaves: no rounding residue accumulates
+            self._sum = [s - t for s, t in zip(self._sum, tokens)] if self._tokens else [0.0] * (self.max_k + 1)
+
+    def _publish(self) -> None:
+        self._mean = [s / len(self._tokens) for s in self._sum] if self._tokens else None  # one reference: read unlocked
+
+    def tokens(self, k: int) -> float | None:
+        """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
+        mean = self._mean
+        return None if mean is None else mean[min(k, self.max_k)]
 
 
 @dataclass
@@ -163,6 +217,7 @@ class AdaptiveK:
     batch_verify: Callable[[int], float | None] | None = None  # a batched engine's step cost now, if every row
     #                                                            verified k drafts (load-aware K); None: alone
     batch_rows: Callable[[], int] | None = None  # a batched engine's rows now (probes are counted in steps)
+    phase: SharedPhase | None = None  # sessions drafted and verified together: K is chosen for all of them
     _probing: bool = False
 
     def __post_init__(self) -> None:
@@ -175,6 +230,8 @@ class AdaptiveK:
             if self.prior is not None and self.prior.judged > 0:
                 scale = PRIOR_TOKENS / self.prior.judged
                 self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, PRIOR_TOKENS
+        if self.phase is not None:
+            self.phase.update(self, self.alpha, self.max_k)
 
     @property
     def alpha(self) -> float | None:
@@ -189,6 +246,8 @@ class AdaptiveK:
             self.acceptance.observe(k, accepted)
             if self.prior is not None:
                 self.prior.observe(k, accepted)
+            if self.phase is not None:
+                self.phase.update(self, self.alpha, self.max_k)
         if self._probing:
             self._probing = False
             self.probes.result(self._best(self._rates(self.max_k)) > 0)
@@ -196,10 +255,19 @@ class AdaptiveK:
     def rate(self, k: int) -> float | None:
         return self._rates(k)[k]
 
+    def close(self) -> None:
+        """The session is over: its acceptance no longer weighs in the shared phase's K."""
+        if self.phase is not None:
+            self.phase.leave(self)
+
     def _rates(self, cap: int) -> list[float | None]:
-        """Expected tokens per second of a cycle of each k <= cap."""
+        """Expected tokens per second of a cycle of each k <= cap: this session's, or per session of the shared
+        phase it drafts in."""
         verify = self._verify_costs()
-        return [self.costs.rate(self.alpha, k, verify[k]) for k in range(cap + 1)]
+        shared = self.phase is not None and self.phase.tokens(0) is not None
+        tokens = [self.phase.tokens(k) if shared else None if self.alpha is None else expected_tokens(self.alpha, k)
+                  for k in range(cap + 1)]
+        return [self.costs.rate(tokens[k], k, verify[k]) for k in range(cap + 1)]
 
     def _verify_costs(self) -> list[float | None]:
         """verify(k) for k = 0..max_k: the batch's at its rows now (else this target's own), never more than a
@@ -262,6 +330,8 @@ class KChooser(Protocol):
 
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass
 class FixedK:
@@ -276,4 +346,7 @@ class FixedK:
         return self.k > 0
 
     def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
         pass

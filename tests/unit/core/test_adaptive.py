@@ -2,7 +2,7 @@
 
 import pytest
 
-from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, ProbeSchedule, StepCosts, expected_tokens
+from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, ProbeSchedule, SharedPhase, StepCosts, expected_tokens
 from specdec.core.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.errors import InvalidArgument
@@ -176,6 +176,45 @@ def test_sessions_share_costs_and_start_from_the_pooled_acceptance():
     feed(AdaptiveK(max_k=8, costs=costs, prior=prior), alpha=0.9, verify=lambda k: 0.010 * (1 + 0.03 * k),
          draft_step=0.0005, cycles=60)
     assert AdaptiveK(max_k=8, costs=costs, prior=prior).choose() >= 5
+
+
+def phase_member(phase: SharedPhase, costs: StepCosts, alpha: float) -> AdaptiveK:
+    """A session drafting in `phase` whose blocks of 8 were all accepted (alpha 1) or none was (alpha 0)."""
+    chooser = AdaptiveK(max_k=8, costs=costs, phase=phase, probes=ProbeSchedule(first=10**6))
+    for _ in range(5):
+        chooser.observe(8, 8 if alpha else 0, 0.018, 0.032)
+    assert chooser.alpha == alpha
+    return chooser
+
+
+def test_sessions_drafting_in_one_phase_choose_k_for_the_whole_batch():
+    """Own-draft sessions all wait for one drafting phase and one padded verify: one session's perfect draft
+    must not make seven sessions with useless ones draft (each would pay for its K), and once they leave it
+    drafts long again. Costs: verify(k) = 10 ms x (1 + 0.1 k), drafting 4 ms per token."""
+    costs = StepCosts(smoothing=1.0)
+    for k in range(9):
+        costs.observe(k, 0.010 * (1 + 0.1 * k), 0.004 * k)
+    alone = phase_member(SharedPhase(), costs, 1.0)
+    assert alone.choose() == 8  # 9 tokens in 50 ms beat 1 in 10 ms
+    phase = SharedPhase()
+    perfect = phase_member(phase, costs, 1.0)
+    useless = [phase_member(phase, costs, 0.0) for _ in range(7)]
+    assert phase.tokens(4) == pytest.approx((7 + 5) / 8)
+    assert [c.choose() for c in [perfect, *useless]] == [0] * 8  # 1 + k/8 tokens in 10 + 5k ms: k = 0 for all
+    for c in useless:
+        c.close()
+    assert perfect.choose() == 8 and phase.tokens(8) == 9.0
+    perfect.close()
+    assert phase.tokens(0) is None
+
+
+def test_a_phase_of_like_sessions_chooses_what_each_would_alone():
+    costs = StepCosts(smoothing=1.0)
+    for k in range(9):
+        costs.observe(k, 0.010 * (1 + 0.1 * k), 0.004 * k)
+    phase = SharedPhase()
+    members = [phase_member(phase, costs, 1.0) for _ in range(4)]
+    assert [c.choose() for c in members] == [phase_member(SharedPhase(), costs, 1.0).choose()] * 4
 
 
 def test_replay_proposer_accepts_at_the_replayed_rate(tiny_pair):
