@@ -49,7 +49,8 @@ def test_bad_flag_value_is_a_clear_error(capsys):
                            "own_draft: drafts between the batched engine's steps"),
                           (["serve", "target", "--port", "0", "--replay-references", "x.jsonl"],
                            "replay_references: replays a draft's cost"),
-                          (["up", "--own-draft", "--no-draft"], "own_draft: runs the draft model in the target")]:
+                          (["up", "--own-draft", "--no-draft"], "own_draft: runs the draft model in the target"),
+                          (["bench", "--no-compile"], "no-compile: only with --concurrency")]:
         assert cli_main(args) == 2, args
         assert capsys.readouterr().err.count(message) == 1, args
 
