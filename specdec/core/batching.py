@@ -318,11 +318,12 @@ class BatchedRunner(ModelRunner):
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = self.cuda_graphs if compile is None else compile
+        t0 = time.perf_counter()
         if self.compiled:
-            t0 = time.perf_counter()
-            layers = compile_layers(self.model)
-            self._warm_compiled()
-            log.info("compiled %d decoder layers in %.1f s", layers, time.perf_counter() - t0)
+            log.info("compiling %d decoder layers", compile_layers(self.model))
+        self._warm_up_shapes()
+        if self.compiled:
+            log.info("compiled and warmed up in %.1f s", time.perf_counter() - t0)
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
@@ -994,15 +995,22 @@ class BatchedRunner(ModelRunner):
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
-    def _warm_compiled(self) -> None:
-        """One forward of each shape class the engine runs (rows 1 or more x one token, a verify's tokens, a
-        prompt chunk's), so that compiling happens here, at start, and never in a served step. The writes
-        land in slots no session holds yet."""
-        for b in sorted({1, min(2, self.max_sessions)}):
-            for n in (1, self.pad, min(self.prefill_chunk, self.max_len)):
-                ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
-                with torch.inference_mode():
-                    self._eager(ids, positions, keep=1)
+    def _warm_up_shapes(self) -> None:
+        """Run each eager shape the engine will run once, at start, writing only slots no session holds yet:
+        compiled layers compile each shape class here (rows 1 or more x one token, a verify's tokens, a prompt
+        chunk's), never in a served step; and on a GPU each bucketed prompt-chunk shape of up to four rows sets
+        up its attention kernels here, where a probe's catch-up would otherwise pay for it."""
+        longest = min(self.prefill_chunk, self.max_len)
+        shapes = set()
+        if self.compiled:
+            shapes |= {(b, n) for b in {1, min(2, self.max_sessions)} for n in (1, self.pad, longest)}
+        if self.bucket_chunks:
+            shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3]
+                       for n in {*(c for c in CHUNK_BUCKETS if c < longest), longest}}
+        for b, n in sorted(shapes):
+            ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
+            with torch.inference_mode():
+                self._eager(ids, positions, keep=1)
 
     def _capture_all(self) -> None:
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
