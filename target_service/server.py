@@ -124,6 +124,7 @@ def build(settings: TargetServerSettings) -> Server:
     metrics = Metrics("target")
     if isinstance(runner, BatchedRunner):
         runner.on_step = metrics.observe_step
+        runner.on_drafting = metrics.observe_drafting
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                      TargetServicer(service, info, metrics), name)],

@@ -327,6 +327,7 @@ class BatchedRunner(ModelRunner):
         if self.cuda_graphs:
             self._capture_all()
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
+        self.on_drafting: Callable[[float], None] = lambda seconds: None  # metrics: a drafter's phase
         self.drafter: StepDrafter | None = None
         self.passive = launch is None
         if self.passive:
@@ -652,7 +653,9 @@ class BatchedRunner(ModelRunner):
             t0 = time.perf_counter()
             if not self.drafter.draft():
                 return
-            self.stats.drafting_s += time.perf_counter() - t0
+            drafting_s = time.perf_counter() - t0
+            self.stats.drafting_s += drafting_s
+            self.on_drafting(drafting_s)
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess

@@ -153,6 +153,9 @@ class Metrics:
                                     buckets=ROW_BUCKETS, registry=r)
         self.batch_step = Histogram("specdec_batch_step_seconds", "One engine step: the batched forward and its "
                                     "argmax", lbl, buckets=LATENCY_BUCKETS, registry=r)
+        self.draft_phase = Histogram("specdec_draft_phase_seconds", "The target's own draft: one drafting phase "
+                                     "between engine steps, for every session that asked for a block", lbl,
+                                     buckets=LATENCY_BUCKETS, registry=r)
         self.fallbacks = Counter("specdec_fallback_to_target_only", "Sessions that lost their draft and went on alone",
                                  lbl, registry=r)
         self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
@@ -182,6 +185,10 @@ class Metrics:
         """One engine step (BatchedRunner.on_step)."""
         self._rows.observe(rows)
         self._step.observe(seconds)
+
+    def observe_drafting(self, seconds: float) -> None:
+        """One drafting phase of the target's own draft (BatchedRunner.on_drafting)."""
+        self.draft_phase.labels(self.role).observe(seconds)
 
     def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""

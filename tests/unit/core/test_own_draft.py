@@ -72,13 +72,17 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     cases.append((long_prompt, 12, 4))
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
-    drafted_before = target.stats.drafting_s
-    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    drafted_before, phases = target.stats.drafting_s, []
+    target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
+    try:
+        got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    finally:
+        target.on_drafting = lambda seconds: None
     for (ids, n, k), want, (out, cycles) in zip(cases, expected, got):
         assert out == want, f"k={k}, {len(ids)} prompt tokens, {n} new"
         assert sum(c.k for c in cycles) > 0, "it never drafted"
     assert max(rows for rows in draft.stats.rows_seen) > 4, f"draft steps' rows: {draft.stats.rows_seen}"
-    assert target.stats.drafting_s > drafted_before
+    assert phases and sum(phases) == pytest.approx(target.stats.drafting_s - drafted_before)
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
 
