@@ -87,11 +87,18 @@ def load_own_draft(settings: TargetServerSettings, target: LoadedModel) -> OwnDr
     own, warmed up before serving (as a draft service's is)."""
     loaded = load_model(settings.own_draft, "draft", device=settings.device, dtype=settings.dtype)
     check_same_vocabulary(target, loaded)
-    runner = BatchedRunner(loaded.model, launch=None, max_len=context_length(loaded.model, settings.max_len),
-                           max_sessions=settings.max_sessions, cpu_kernels=settings.cpu_kernels,
-                           compile=None if settings.compile else False)
+    return OwnDraft(loaded.name, own_draft_runner(loaded, settings.max_len, settings.max_sessions,
+                                                  cpu_kernels=settings.cpu_kernels,
+                                                  compile=None if settings.compile else False))
+
+
+def own_draft_runner(loaded: LoadedModel, max_len: int, max_sessions: int, **kwargs) -> BatchedRunner:
+    """A draft's batched runner with no engine loop (it drafts on the target engine's thread), warmed up.
+    `kwargs`: BatchedRunner's."""
+    runner = BatchedRunner(loaded.model, launch=None, max_len=context_length(loaded.model, max_len),
+                           max_sessions=max_sessions, **kwargs)
     warm_up(runner)
-    return OwnDraft(loaded.name, runner)
+    return runner
 
 
 def build(settings: TargetServerSettings) -> Server:

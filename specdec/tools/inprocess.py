@@ -28,6 +28,7 @@ from specdec.core.target_loop import LocalLink
 from specdec.proposers import own_drafts
 from specdec.tools.loadtest import Call, Reply
 from target_service.server import TargetServerSettings
+from target_service.server import own_draft_runner as build_own_draft_runner
 from target_service.service import TargetService
 
 GATHER_S = TargetServerSettings.gather_s  # a target service's default
@@ -44,10 +45,9 @@ def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessi
 
 def own_draft_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int,
                      compile: bool | None = None) -> BatchedRunner:
-    """A batched runner over `loaded` with no engine loop: a target engine's own draft (core.own_draft), built on
-    `compute`, the target engine's thread-to-be."""
-    return compute.run(BatchedRunner, loaded.model, launch=None, max_len=context_length(loaded.model, max_len),
-                       max_sessions=max_sessions, compile=compile)
+    """A target engine's own draft (core.own_draft) as a target service builds it, on `compute`, the target
+    engine's thread-to-be."""
+    return compute.run(build_own_draft_runner, loaded, max_len, max_sessions, compile=compile)
 
 
 class _DraftLink(LocalLink):
