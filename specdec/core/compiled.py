@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from specdec.core.errors import InvalidArgument
+
 _MARK = "_specdec_compiled_layers"
 
 
@@ -30,7 +32,7 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
     """Compile every decoder layer of `model` in place (once: again is a no-op); returns how many. Raises
-    ValueError for a model without recognisable decoder layers rather than running it uncompiled. `backend`:
+    InvalidArgument for a model without recognisable decoder layers rather than running it uncompiled. `backend`:
     torch.compile's (tests trace with "aot_eager", which generates no kernels)."""
     import torch._dynamo
     from transformers.cache_utils import Cache
@@ -39,7 +41,8 @@ def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
         return getattr(model, _MARK)
     layers = decoder_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no *DecoderLayer modules to compile")
+        raise InvalidArgument("compile", f"{type(model).__name__} has no *DecoderLayer modules to compile; "
+                                         "--no-compile runs it as is")
     torch._dynamo.config.allow_unspec_int_on_nn_module = True  # layer_idx: one program for every layer
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # the shape classes
     if not getattr(Cache.update, "_specdec_eager", False):
