@@ -152,3 +152,21 @@ def check_metrics(ports: dict[str, int], results: list) -> None:
     while scrape(ports["draft"])[("specdec_active_sessions", ())] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert scrape(ports["draft"])[("specdec_active_sessions", ())] == 0
+
+
+def test_the_target_s_own_draft_reports_its_drafting_phases():
+    """A target with its own draft (no draft service; the orchestrator routes speculative requests to it):
+    the responses' drafts are on the target's counters, and its drafting phases, the engine's steps and its
+    rows per step on its histograms."""
+    ports = dict(zip(["orchestrator", "target"], (free_base_port(2) + i for i in range(2))))
+    with running_stack(draft_model=None, target=["--own-draft", "tiny", "--metrics-port", str(ports["target"])],
+                       orchestrator=["--k", "3", "--fixed-k"]) as stack, Client(stack.address, timeout_s=60) as client:
+        results = [client.generate(build_request(p, max_new_tokens=24, ignore_eos=True)) for p in PROMPTS[:2]]
+        m = scrape(ports["target"])
+    drafts = sum(r.summary.speculation.drafts for r in results)
+    assert drafts > 0 and m[("specdec_num_drafts_total", ())] == drafts
+    # sessions one at a time: a phase per block drafted, each verified at least once (a block outlasting a short
+    # last cycle serves the next one too) but the one a session may ask for as it ends
+    assert 0 < m[("specdec_draft_phase_seconds_count", ())] <= drafts + len(results)
+    assert m[("specdec_draft_phase_seconds_sum", ())] > 0
+    assert m[("specdec_batch_step_seconds_count", ())] > 0 and m[("specdec_batch_rows_count", ())] > 0
