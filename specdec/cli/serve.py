@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -215,6 +216,16 @@ def build_server(args: argparse.Namespace):
         backend_tls=backend_tls, internal_token=internal))
 
 
+def freeze_heap() -> int:
+    """Move every object built before serving (models, compiled programs, graphs: about a million) out of the
+    garbage collector's reach, and return how many. None of it becomes garbage while the process serves, and a
+    full collection over it stalls every session for hundreds of milliseconds (0.3-0.6 s measured, after
+    compiling; docs/benchmarks.md); vLLM and SGLang freeze their heap after start for the same reason."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def pin(cpus: frozenset[int]) -> None:
     """Run on these CPUs only, before any model or thread pool exists (threads inherit it)."""
     import torch
@@ -242,6 +253,7 @@ def run(args: argparse.Namespace) -> NoReturn:
     traced = telemetry.setup_tracing(telemetry.TelemetrySettings(
         service_name=args.service_name or f"specdec-{args.role.value}", otlp_endpoint=args.otlp_endpoint))
     server, pool = build_server(args)
+    frozen = freeze_heap()
     if pool is not None:
         pool.start()
     stop = threading.Event()  # armed before the server is reachable: a SIGTERM right after start must drain
@@ -250,9 +262,10 @@ def run(args: argparse.Namespace) -> NoReturn:
     server.start()
     log = logging.getLogger("specdec")
     tls = server.settings.tls
-    log.info("%s serving on %s (%s%s); tracing %s", args.role.value, server.address,
-             "TLS" + (" with client certificates" if tls.client_auth else "") if tls.cert else "plaintext",
-             ", bearer tokens required" if server.settings.tokens else "", "on" if traced else "off")
+    log.info("%s serving on %s (%s%s); tracing %s; %d objects kept out of garbage collection", args.role.value,
+             server.address, "TLS" + (" with client certificates" if tls.client_auth else "") if tls.cert else
+             "plaintext", ", bearer tokens required" if server.settings.tokens else "", "on" if traced else "off",
+             frozen)
     if args.metrics_port is not None:
         port = server.metrics.serve(args.metrics_port)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)

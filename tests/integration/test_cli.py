@@ -94,3 +94,18 @@ def test_servers_of_a_killed_up_do_not_outlive_it():
     while any(map(_running, servers)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(map(_running, servers)), "servers outlived the killed `specdec up`"
+
+
+def test_a_server_keeps_what_it_built_out_of_garbage_collection(tiny_pair):
+    """`serve` freezes the heap before serving: a full collection over the models' and compiled programs' objects
+    would stall every session; what is frozen is never scanned again (undone here: this is the test process)."""
+    import gc
+
+    from specdec.cli.serve import freeze_heap
+
+    try:
+        frozen = freeze_heap()
+        assert frozen == gc.get_freeze_count() > 100_000  # a loaded model's process holds hundreds of thousands
+        assert gc.get_count()[2] == 0
+    finally:
+        gc.unfreeze()
