@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from specdec.core.config import ProposerKind
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
 from specdec.serving.security import TLSFiles, read_tokens
-from specdec.serving.server import Role, ServerSettings
+from specdec.serving.server import Role, ServerSettings, freeze_heap
 
 DEFAULT_PORTS = {Role.ORCHESTRATOR: 50051, Role.TARGET: 50052, Role.DRAFT: 50053}
 
@@ -214,16 +213,6 @@ def build_server(args: argparse.Namespace):
             adaptive_k=not args.fixed_k, overlap=not args.no_overlap, max_requests=args.max_requests,
             max_requests_per_client=args.max_requests_per_client),
         backend_tls=backend_tls, internal_token=internal))
-
-
-def freeze_heap() -> int:
-    """Move every object built before serving (models, compiled programs, graphs: about a million) out of the
-    garbage collector's reach, and return how many. None of it becomes garbage while the process serves, and a
-    full collection over it stalls every session for hundreds of milliseconds (0.3-0.6 s measured, after
-    compiling; docs/benchmarks.md); vLLM and SGLang freeze their heap after start for the same reason."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 def pin(cpus: frozenset[int]) -> None:

@@ -47,6 +47,7 @@ from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+from specdec.serving.server import freeze_heap
 from specdec.tools import exactness, loadtest
 from specdec.tools.inprocess import InProcessTarget, engine_runner, own_draft_runner
 from specdec.tools.launcher import Stack, free_base_port
@@ -188,9 +189,11 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
                              drafts=drafts, draft_runner=draft_runner, own_draft=own,
                              compute=compute, compile=s.compiling)
+    freeze_heap()  # as a server does before serving
     try:
         return list(measure_levels(mode, engine.client, s))
     finally:
+        gc.unfreeze()  # this engine's objects must go with it, before the next mode builds its own
         engine.close()
         del engine, drafts, draft_runner
         gc.collect()  # the engines' caches (and CUDA graphs) go before the next mode makes its own

@@ -101,7 +101,7 @@ def test_a_server_keeps_what_it_built_out_of_garbage_collection(tiny_pair):
     would stall every session; what is frozen is never scanned again (undone here: this is the test process)."""
     import gc
 
-    from specdec.cli.serve import freeze_heap
+    from specdec.serving.server import freeze_heap
 
     try:
         frozen = freeze_heap()
