@@ -505,9 +505,7 @@ class BatchedRunner(ModelRunner):
         long ones' next chunks in one forward: sessions catching up together cost one forward, not one each)."""
         while True:
             with self._cv:
-                steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
-                long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens]
-                self._pending = []
+                steps, long = self._split_pending(chunks=None)
             if not steps and not long:
                 return
             with self._turn():
@@ -558,7 +556,7 @@ class BatchedRunner(ModelRunner):
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:
                 mark, mark_t = self._report(mark, mark_t), time.monotonic()
-            prefill = None
+            prefill: list[_Request] = []  # a prompt chunk, at most one a step
             if inflight is None:
                 work = self._gather()
                 if work is None:
@@ -571,9 +569,9 @@ class BatchedRunner(ModelRunner):
                         inflight = self._launch_or_fail(steps)
                     if inflight is not None and self._looks_ahead(inflight):
                         steps, more = self._take()
-                        if more is not None and prefill is not None:
+                        if more and prefill:
                             with self._cv:
-                                self._pending.append(more)  # one chunk a step
+                                self._pending.extend(more)  # one chunk a step
                         prefill = prefill or more
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
                         inflight.ahead = ahead is not None
@@ -590,15 +588,16 @@ class BatchedRunner(ModelRunner):
             if inflight is not None:
                 with self._cv:
                     self._expected = {r.index for r in inflight.requests if r.row is None and r.done.is_set()} & self._open
-            if prefill is not None:
+            if prefill:
                 try:
-                    self._run_chunks([prefill])
+                    self._run_chunks(prefill)
                 except BaseException as e:  # noqa: BLE001
                     log.exception("batched forward failed")
-                    self._fail(prefill, e)
+                    for r in prefill:
+                        self._fail(r, e)
             inflight = ahead
 
-    def _gather(self) -> tuple[list[_Request], _Request | None] | None:
+    def _gather(self) -> tuple[list[_Request], list[_Request]] | None:
         """The next step's work: every driven session that is ready, and the forwards callers handed in.
         Waits for the sessions answered last step (and those waiting for their drafts) until none has come
         back for LULL_S, at most `gather_s`; None when the engine stops."""
@@ -624,18 +623,19 @@ class BatchedRunner(ModelRunner):
                     continue
                 return self._split_pending()
 
-    def _take(self) -> tuple[list[_Request], _Request | None]:
+    def _take(self) -> tuple[list[_Request], list[_Request]]:
         """What is ready now, without waiting (a step is on the device)."""
         self._plan_rows()
         with self._cv:
             return self._split_pending()
 
-    def _split_pending(self) -> tuple[list[_Request], _Request | None]:
-        """The pending forwards that fit a step, and one prompt chunk (the caller holds the lock)."""
+    def _split_pending(self, chunks: int | None = 1) -> tuple[list[_Request], list[_Request]]:
+        """The pending forwards that fit a step, and the longer ones whose next chunks run eagerly: at most
+        `chunks` of them (None: all); the rest stay pending. The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
-        prefill = next((r for r in self._pending if r not in steps), None)
-        self._pending = [r for r in self._pending if r not in steps and r is not prefill]
-        return steps, prefill
+        long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
+        self._pending = [r for r in self._pending if r not in steps and r not in long]
+        return steps, long
 
     def _plan_rows(self) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, those that
