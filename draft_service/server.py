@@ -76,7 +76,7 @@ def build(settings: DraftServerSettings) -> Server:
         loaded = compute.run(load_model, settings.draft, "draft", device=settings.device, dtype=settings.dtype)
         runner, compute = serving_runner(
             compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
-            compile=None if settings.compile else False,
+            compile=settings.compile,
             max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
             cpu_kernels=settings.cpu_kernels, queue_size=settings.max_sessions, queue_wait_s=SLOT_WAIT_S)
         model_name, fingerprint, context = loaded.name, loaded.fingerprint, runner.max_len

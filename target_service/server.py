@@ -89,7 +89,7 @@ def load_own_draft(settings: TargetServerSettings, target: LoadedModel) -> OwnDr
     check_same_vocabulary(target, loaded)
     return OwnDraft(loaded.name, own_draft_runner(loaded, settings.max_len, settings.max_sessions,
                                                   cpu_kernels=settings.cpu_kernels,
-                                                  compile=None if settings.compile else False))
+                                                  compile=settings.compile))
 
 
 def own_draft_runner(loaded: LoadedModel, max_len: int, max_sessions: int, **kwargs) -> BatchedRunner:
@@ -111,7 +111,7 @@ def build(settings: TargetServerSettings) -> Server:
     runner, compute = serving_runner(
         compute, loaded.model, batching=settings.batching, gather_s=settings.gather_s,
         prefill_chunk=settings.prefill_chunk, lookahead=None if settings.lookahead else False,
-        stream_interval=settings.stream_interval, compile=None if settings.compile else False,
+        stream_interval=settings.stream_interval, compile=settings.compile,
         max_len=context_length(loaded.model, settings.max_len), max_sessions=settings.max_sessions,
         cpu_kernels=settings.cpu_kernels, queue_size=settings.queue_size,
         queue_wait_s=settings.queue_timeout_s)

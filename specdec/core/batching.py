@@ -275,7 +275,7 @@ class BatchedRunner(ModelRunner):
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
-                 compile: bool | None = None,
+                 compile: bool = True,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`); None: no engine loop, each caller's forwards run on
@@ -283,8 +283,8 @@ class BatchedRunner(ModelRunner):
         drafts for its sessions between its steps, core.own_draft). `stream_interval`: a driven session's
         reader is handed its cycles this many at a time (its first at once, its last with its end): fewer
         wake-ups of session threads competing with the engine for the interpreter, coarser streaming.
-        `compile`: torch.compile the model's decoder layers in place (core.compiled), before capturing the CUDA
-        graphs (default: where there are CUDA graphs)."""
+        `compile`: where there are CUDA graphs, torch.compile the model's decoder layers in place (core.compiled)
+        before capturing them (on a CPU compiled steps were slower)."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
@@ -317,7 +317,7 @@ class BatchedRunner(ModelRunner):
         self.costs = StepCostTable()
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
-        self.compiled = self.cuda_graphs if compile is None else compile
+        self.compiled = compile and self.cuda_graphs
         t0 = time.perf_counter()
         if self.compiled:
             log.info("compiling %d decoder layers", compile_layers(self.model))
@@ -1049,7 +1049,7 @@ class BatchedRunner(ModelRunner):
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
                    prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
-                   compile: bool | None = None, **kwargs) -> tuple[ModelRunner, Compute]:
+                   compile: bool = True, **kwargs) -> tuple[ModelRunner, Compute]:
     """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
     engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""
     if not batching:

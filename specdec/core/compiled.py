@@ -30,10 +30,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+def compile_layers(model: torch.nn.Module) -> int:
     """Compile every decoder layer of `model` in place (once: again is a no-op); returns how many. Raises
-    InvalidArgument for a model without recognisable decoder layers rather than running it uncompiled. `backend`:
-    torch.compile's (tests trace with "aot_eager", which generates no kernels)."""
+    InvalidArgument for a model without recognisable decoder layers rather than running it uncompiled."""
     import torch._dynamo
     from transformers.cache_utils import Cache
 
@@ -49,6 +48,6 @@ def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
         Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
         Cache.update._specdec_eager = True
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True, backend=backend)
+        layer.forward = torch.compile(layer.forward, dynamic=True)
     setattr(model, _MARK, len(layers))
     return len(layers)

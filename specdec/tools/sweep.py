@@ -79,11 +79,6 @@ class SweepSettings:
     json: str | None = None
     plot: str | None = None
 
-    @property
-    def compiling(self) -> bool | None:
-        """BatchedRunner's `compile`: its default (on a GPU) unless turned off."""
-        return None if self.compile else False
-
     def validate(self) -> "SweepSettings":
         unknown = [m for m in self.modes if m not in SWEEP_MODES]
         if unknown:
@@ -170,7 +165,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     drafting = mode in ("engine-spec", "engine-own-draft")
     own = mode == "engine-own-draft"  # the draft on the target's thread; else a draft engine on its own
     if drafting and s.replay_alpha is not None:
-        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute, compile=s.compiling)
+        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute, compile=s.compile)
         try:
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
         finally:
@@ -183,12 +178,12 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
         draft = draft_compute.run(load_model, s.draft, "draft", device=s.device if own else s.draft_device or s.device,
                                   dtype=s.draft_dtype or s.dtype)
         draft_runner = (own_draft_runner if own else engine_runner)(draft_compute, draft, s.max_len, sessions,
-                                                                    s.compiling)
+                                                                    s.compile)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
                              drafts=drafts, draft_runner=draft_runner, own_draft=own,
-                             compute=compute, compile=s.compiling)
+                             compute=compute, compile=s.compile)
     freeze_heap()  # as a server does before serving
     try:
         return list(measure_levels(mode, engine.client, s))
@@ -250,7 +245,7 @@ def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
 
 def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
     """C / t(C, 1) for each level: the most tokens/s C sessions can commit decoding plainly in batched steps."""
-    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compiling)
+    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compile)
     try:
         return {c: c / batched_step_s(runner, c, 1, min(512, s.max_len // 2)) for c in s.levels}
     finally:

@@ -20,6 +20,6 @@ def test_a_model_without_decoder_layers_is_refused_not_run_uncompiled():
         compile_layers(torch.nn.Linear(2, 2))
 
 
-def test_a_cpu_runner_compiles_only_when_asked(tiny_pair_fp32):
-    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=2)
+def test_a_cpu_runner_does_not_compile(tiny_pair_fp32):
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=2, compile=True)
     assert not runner.cuda_graphs and not runner.compiled
