@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specdec.core.batching import BatchedRunner, serving_runner
+from specdec.core.batching import BatchedRunner, check_stream_interval, serving_runner
 from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
@@ -55,9 +55,7 @@ class TargetServerSettings:
             raise InvalidArgument("queue_timeout", f"must be > 0 seconds, got {self.queue_timeout_s}")
         if self.gather_s < 0:
             raise InvalidArgument("batch_gather_ms", f"must be >= 0, got {self.gather_s * 1000}")
-        if self.stream_interval < 1:
-            raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {self.stream_interval}")
-        if self.stream_interval > 1 and not self.batching:
+        if check_stream_interval(self.stream_interval) > 1 and not self.batching:
             raise InvalidArgument("stream_interval", "holds cycles in the batched engine; --no-batching streams "
                                                      "every cycle as it is committed")
         if self.own_draft is not None and not self.batching:

@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--no-compile", action="store_true",
                        help="with --concurrency on a GPU: batched engines (in process and services) skip torch.compile "
                             "of the models' layers (see `specdec serve --help`)")
+    bench.add_argument("--stream-interval", type=int, default=None, metavar="N",
+                       help="with --concurrency: batched targets (services and in process) hand each session its "
+                            "cycles N at a time (see `specdec serve --help`; default 1)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         return sweep(args)
     if args.no_compile:
         raise InvalidArgument("no-compile", "only with --concurrency (one-request modes run no batched engine)")
+    if args.stream_interval is not None:
+        raise InvalidArgument("stream-interval", "only with --concurrency (one-request modes stream every cycle)")
     if args.fixed_k:
         raise InvalidArgument("fixed-k", "only with --concurrency (one-request modes draft exactly --k unless "
                                          "--adaptive-k)")
@@ -108,4 +113,4 @@ def sweep(args: argparse.Namespace) -> int:
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
         replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile))
+        compile=not args.no_compile, stream_interval=1 if args.stream_interval is None else args.stream_interval))

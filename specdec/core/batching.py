@@ -60,6 +60,13 @@ IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often t
 _END = object()  # a driven session's last item: its sequence is done
 
 
+def check_stream_interval(cycles: int) -> int:
+    """A stream interval (BatchedRunner's `stream_interval`) as given, or InvalidArgument."""
+    if cycles < 1:
+        raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {cycles}")
+    return cycles
+
+
 def bucket(n: int, sizes: Sequence[int]) -> int:
     """The smallest size >= n (n itself past the largest)."""
     i = bisect.bisect_left(sizes, n)
@@ -289,9 +296,7 @@ class BatchedRunner(ModelRunner):
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
         assert prefill_chunk >= graph_max_tokens, "a prefill chunk must hold a verify step's logits"
-        if stream_interval < 1:
-            raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {stream_interval}")
-        self.stream_interval = stream_interval
+        self.stream_interval = check_stream_interval(stream_interval)
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk

@@ -40,7 +40,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from specdec.core.batching import BatchedRunner
+from specdec.core.batching import BatchedRunner, check_stream_interval
 from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
@@ -74,6 +74,7 @@ class SweepSettings:
     fixed_k: bool = False  # draft exactly k every cycle (services and engine-spec) instead of adaptive K
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
+    stream_interval: int = 1  # batched targets hand a session's reader its cycles this many at a time
     compile: bool = True  # batched engines on a GPU compile their models' layers (core.compiled), as services do
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     json: str | None = None
@@ -88,6 +89,7 @@ class SweepSettings:
             raise InvalidArgument("concurrency", f"{list(self.levels)}: give positive numbers of clients, e.g. 1,4,16")
         if self.rounds < 1:
             raise InvalidArgument("rounds", "must be >= 1")
+        check_stream_interval(self.stream_interval)
         if self.replay_alpha is not None:
             ReplayRates(self.replay_alpha).validate()
             if any(m.startswith("services") for m in self.modes) and "target-only" not in self.modes:
@@ -131,7 +133,7 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
     mode, replayed by the draft in services mode)."""
     compiling = [] if s.compile else ["--no-compile"]
     common = ["--device", s.device, "--dtype", s.dtype, "--max-len", str(s.max_len),
-              "--max-sessions", str(max(s.levels)), *compiling]
+              "--max-sessions", str(max(s.levels)), "--stream-interval", str(s.stream_interval), *compiling]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype, *compiling]
     replaying = ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)] if (
@@ -165,7 +167,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
     drafting = mode in ("engine-spec", "engine-own-draft")
     own = mode == "engine-own-draft"  # the draft on the target's thread; else a draft engine on its own
     if drafting and s.replay_alpha is not None:
-        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute, compile=s.compile)
+        plain = InProcessTarget(target, max_len=s.max_len, max_sessions=1, compute=compute, compile=s.compile,
+                                stream_interval=s.stream_interval)
         try:
             book = record_continuations(plain.client, target.tokenizer, s.max_new_tokens)
         finally:
@@ -183,7 +186,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
                              drafts=drafts, draft_runner=draft_runner, own_draft=own,
-                             compute=compute, compile=s.compile)
+                             compute=compute, compile=s.compile, stream_interval=s.stream_interval)
     freeze_heap()  # as a server does before serving
     try:
         return list(measure_levels(mode, engine.client, s))

@@ -50,7 +50,9 @@ def test_bad_flag_value_is_a_clear_error(capsys):
                           (["serve", "target", "--port", "0", "--replay-references", "x.jsonl"],
                            "replay_references: replays a draft's cost"),
                           (["up", "--own-draft", "--no-draft"], "own_draft: runs the draft model in the target"),
-                          (["bench", "--no-compile"], "no-compile: only with --concurrency")]:
+                          (["bench", "--no-compile"], "no-compile: only with --concurrency"),
+                          (["bench", "--stream-interval", "4"], "stream-interval: only with --concurrency"),
+                          (["bench", "--concurrency", "1", "--stream-interval", "0"], "stream_interval: must be >= 1")]:
         assert cli_main(args) == 2, args
         assert capsys.readouterr().err.count(message) == 1, args
 
