@@ -643,24 +643,34 @@ class BatchedRunner(ModelRunner):
         return steps, long
 
     def _plan_rows(self) -> None:
-        """Ask every driven session that is not in a step yet for its next forward. With a drafter, those that
-        asked for a draft block are drafted for together, then asked again (once: one that asks again waits for
-        the engine's next round)."""
-        for again in (False, True):
-            with self._cv:
-                rows = [row for row in self._rows.values() if not row.busy and not row.closed]
-                for row in rows:
-                    row.busy = True
+        """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks
+        sessions asked for with their last verdicts are drafted first, together; those that asked while being
+        planned (none was asked for yet, or it was stale) are drafted for next and planned again (once: one that
+        asks again waits for the engine's next round)."""
+        self._draft()
+        self._plan_ready()
+        if self._draft():
+            self._plan_ready()
+
+    def _plan_ready(self) -> None:
+        with self._cv:
+            rows = [row for row in self._rows.values() if not row.busy and not row.closed]
             for row in rows:
-                self._replan(row)
-            if self.drafter is None or again:
-                return
-            t0 = time.perf_counter()
-            if not self.drafter.draft():
-                return
-            drafting_s = time.perf_counter() - t0
-            self.stats.drafting_s += drafting_s
-            self.on_drafting(drafting_s)
+                row.busy = True
+        for row in rows:
+            self._replan(row)
+
+    def _draft(self) -> bool:
+        """Draft for every session that asked (a StepDrafter); False when none had."""
+        if self.drafter is None:
+            return False
+        t0 = time.perf_counter()
+        if not self.drafter.draft():
+            return False
+        drafting_s = time.perf_counter() - t0
+        self.stats.drafting_s += drafting_s
+        self.on_drafting(drafting_s)
+        return True
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess

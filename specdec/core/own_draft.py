@@ -27,8 +27,9 @@ ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int
 
 
 class OwnDraftLink(ProposalInbox):
-    """A session's end of its own-draft link: when the target looks for a proposal and has none, the session
-    asks the drafter for a block, which the engine drafts with everyone else's before its next step."""
+    """A session's end of its own-draft link: with each verdict (or when the target looks for a proposal and has
+    none) the session asks the drafter for a block, which the engine drafts with everyone else's before its next
+    step."""
 
     def __init__(self, drafter: "OwnDrafts", proposer: Proposer, prompt_ids: Sequence[int], k: int) -> None:
         super().__init__(lambda proposal: proposal, timeout_s=None)  # drafted before the step that wants it
@@ -51,11 +52,15 @@ class OwnDraftLink(ProposalInbox):
         return super().next_proposal(usable)
 
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None:
+        """Learn the committed tokens, and ask for the next block now (unless the session is done or paused): the
+        engine drafts it before it plans its next step, so a drafting session is planned once per cycle."""
         del self.committed[cycle.start:]
         self.committed.extend(cycle.new_tokens)
         if next_k:
             self.k = max(0, next_k)
         self.proposer.observe(feedback_of(cycle))
+        if self.k > 0 and cycle.finish_reason is None:
+            self.drafter.ask(self)
 
     def close(self, cancel: bool = False) -> None:
         """Give the proposer's slot back, once no drafting phase is using it (a cancelled session may have
