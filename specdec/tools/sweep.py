@@ -18,8 +18,8 @@ requests), errors. Modes:
 With `replay_alpha`, the draft replays the target's own continuations at that acceptance rate (a real
 draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
 target-only deployment, which then runs first (engine-spec records its own in process).
-Next to target-only and engine-target-only, the analytic bound C / t(C, 1): t is one batched step of C rows
-measured here, in this process, on the target (docs/benchmarks.md). Every request is greedy: each output
+Next to every point, its analytic bound (point_bound, docs/benchmarks.md): from batched step costs measured here,
+in this process, on the target (and the draft), and the point's own cycles (C / t(C, 1) for plain decoding). Every request is greedy: each output
 must equal its prompt's first plain-decoding output (tools/exactness.py; a difference is reported with the
 target's top-2 logit gap there, and fails the sweep unless `report_greedy_mismatch`). `--json` writes every
 point with its outputs, `--plot` tokens/s against C.
@@ -40,9 +40,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from specdec.core.batching import BatchedRunner, check_stream_interval
+from specdec.core.batching import BatchedRunner, bucket, check_stream_interval
 from specdec.core.compute import Compute
-from specdec.core.config import ProposerKind
+from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS, ProposerKind
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
@@ -55,7 +55,6 @@ from specdec.tools.launcher import Stack, free_base_port
 SERVICE_MODES = ("target-only", "services", "services-no-overlap", "services-own-draft")
 ENGINE_MODES = ("engine-target-only", "engine-spec", "engine-own-draft")
 SWEEP_MODES = (*SERVICE_MODES, *ENGINE_MODES, "hf-generate")
-BOUNDED_MODES = ("target-only", "engine-target-only")  # plain decoding: C / t(C, 1) bounds them
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,9 @@ class SweepSettings:
 
 def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps: int = 10) -> float:
     """Median seconds of one batched step of rows x tokens, every row at position `ctx` (inputs copied in,
-    the step run, logits ready)."""
+    the step run, logits ready); with CUDA graphs, of the bucketed shape the engine runs for it."""
+    if runner.cuda_graphs:
+        rows, tokens = min(bucket(rows, ROW_BUCKETS), runner.max_sessions), bucket(tokens, TOKEN_BUCKETS)
     ids = torch.randint(0, runner.vocab_size, (rows, tokens))
     positions = torch.arange(ctx, ctx + tokens).repeat(rows, 1)
     cuda = runner.device.type == "cuda"
@@ -246,22 +247,45 @@ def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
     return points
 
 
-def step_bounds(s: SweepSettings, model: torch.nn.Module) -> dict[int, float]:
-    """C / t(C, 1) for each level: the most tokens/s C sessions can commit decoding plainly in batched steps."""
+def step_costs(s: SweepSettings, model: torch.nn.Module, tokens: Sequence[int]) -> dict[tuple[int, int], float]:
+    """t(C, n): one batched step of C rows x n tokens on `model`, for each level C and each n in `tokens`."""
     runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compile)
     try:
-        return {c: c / batched_step_s(runner, c, 1, min(512, s.max_len // 2)) for c in s.levels}
+        return {(c, n): batched_step_s(runner, c, n, min(512, s.max_len // 2)) for c in s.levels for n in tokens}
     finally:
         runner.stop(wait_s=10.0)  # the process exits soon: the engine thread must be out of torch by then
 
 
-def table(points: list[dict], bounds: dict[int, float]) -> str:
+def point_bound(p: dict, target: dict[tuple[int, int], float], draft: dict[tuple[int, int], float] | None) -> float | None:
+    """The most tokens/s a point's cycles could give at its concurrency C (docs/benchmarks.md): every step carries
+    all C sessions, a plain cycle costs t(C, 1), a drafted one K draft steps d(C, 1) and a verify t(C, K + 1), at the
+    point's measured share of drafted cycles, mean K and tokens per cycle:
+        C * tau / ((1 - f) * t(C, 1) + f * (K * d(C, 1) + t(C, K + 1))).
+    None without cycles (hf-generate), or for drafted cycles without the draft's costs (a draft on its own device
+    overlaps with verifying: not a sum)."""
+    c, cycles = p["concurrency"], p.get("cycles") or 0
+    if not cycles or (c, 1) not in target:
+        return None
+    tokens = sum(len(out) - 1 for out in p["outputs"])
+    drafted, cost = p["drafted_cycles"], (1 - p["drafted_cycles"] / cycles) * target[(c, 1)]
+    if drafted:
+        if draft is None:
+            return None
+        k = p["draft_tokens"] / drafted
+        lo = int(k)
+        hi = min(lo + 1, max(n for (level, n) in target if level == c) - 1)
+        verify = target[(c, lo + 1)] + (k - lo) * (target[(c, hi + 1)] - target[(c, lo + 1)])  # t(C, K + 1), K between
+        cost += drafted / cycles * (k * draft[(c, 1)] + verify)
+    return c * tokens / cycles / cost
+
+
+def table(points: list[dict]) -> str:
     lines = ["| mode | clients | tokens/s | bound | % of bound | latency p50 / p99 (ms) | TTFT p50 (ms) | ITL p50 (ms) "
              "| drafted cycles (mean K, accepted per draft) | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     fmt = lambda v: "–" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
     for p in points:
-        bound = bounds.get(p["concurrency"]) if p["mode"] in BOUNDED_MODES else None
+        bound = p.get("bound_tokens_per_s")
         share = f"{100 * p['tokens_per_s'] / bound:.0f}%" if bound else "–"
         itl = "–" if p["itl_p50_ms"] is None else f"{p['itl_p50_ms']:.1f}"
         drafted = "–" if not p.get("cycles") else f"{p['drafted_cycles']} / {p['cycles']}" + (
@@ -292,6 +316,21 @@ def plot(points: list[dict], bounds: dict[int, float], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, compute: Compute) -> dict[int, float]:
+    """Each point's analytic bound (`bound_tokens_per_s`, point_bound) from batched step costs measured here, the
+    draft's too where a point drafted on the target's device; returns target-only's, C / t(C, 1) per level."""
+    drafted = any(p.get("drafted_cycles") for p in points) and (s.draft_device or s.device) == s.device
+    costs = compute.run(step_costs, s, target.model, range(1, s.k + 2) if drafted else [1])
+    draft_costs = None
+    if drafted:
+        draft = compute.run(load_model, s.draft, "draft", device=s.device, dtype=s.draft_dtype or s.dtype)
+        draft_costs = compute.run(step_costs, s, draft.model, [1])
+        del draft
+    for p in points:
+        p["bound_tokens_per_s"] = point_bound(p, costs, draft_costs)
+    return {c: c / costs[(c, 1)] for c in s.levels}
+
+
 def main(s: SweepSettings) -> int:
     s.validate()
     points: list[dict] = []
@@ -299,29 +338,22 @@ def main(s: SweepSettings) -> int:
         replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
         for mode in sorted((m for m in s.modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
-    bounds: dict[int, float] = {}
-    compute = target = None
-    if set(s.modes) - {"services", "services-no-overlap", "services-own-draft"}:  # the target in this process, once
-        # the services are gone (hf-generate, the engines, the bounds)
-        compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
-        target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
-        if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
-            points += compute.run(sweep_hf_generate, s, target.model)
-        for mode in (m for m in ENGINE_MODES if m in s.modes):
-            points += sweep_engine(s, mode, target, compute)
-        if set(BOUNDED_MODES) & set(s.modes):
-            bounds = compute.run(step_bounds, s, target.model)
+    # the target in this process, once the services are gone (hf-generate, the engines, the bounds)
+    compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
+    target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
+    if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
+        points += compute.run(sweep_hf_generate, s, target.model)
+    for mode in (m for m in ENGINE_MODES if m in s.modes):
+        points += sweep_engine(s, mode, target, compute)
+    bounds = add_bounds(s, points, target, compute)
     reference = exactness.references(points)
     differ = exactness.mismatches(points, reference)
     if differ:  # how near a tie each was: the target's top-2 logit gap there
-        if target is None:
-            compute = Compute.for_device(s.device)
-            target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
         prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
-    print(table(points, bounds))
+    print(table(points))
     if s.json:
         with open(s.json, "w") as f:
             json.dump({"settings": s.__dict__, "points": points, "bounds": bounds,

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from specdec.cli import main as cli_main
 
 
@@ -79,6 +81,9 @@ def test_bench_sweeps_concurrency(tmp_path):
     for mode in ("services-no-overlap", "services-own-draft", "engine-spec", "engine-own-draft"):
         drafted = [points[(mode, c)] for c in (1, 3)]
         assert all(p["cycles"] > 0 and p["accepted_tokens"] == p["draft_tokens"] for p in drafted), drafted
+        assert all(p["bound_tokens_per_s"] > 0 for p in drafted), drafted  # the bound of its own cycles
+    assert points[("target-only", 3)]["bound_tokens_per_s"] == pytest.approx(result["bounds"]["3"])
+    assert points[("hf-generate", 3)]["bound_tokens_per_s"] is None
     for mode in ("services-no-overlap", "services-own-draft"):
         assert sum(points[(mode, c)]["draft_tokens"] for c in (1, 3)) > 0, mode
     assert result["greedy_mismatches"] == [] and len(points[("engine-spec", 3)]["outputs"]) >= 4  # all compared

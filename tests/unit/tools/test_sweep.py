@@ -1,0 +1,31 @@
+"""The sweep's analytic bound per point, from step costs and the point's own cycles."""
+
+import pytest
+
+from specdec.tools.sweep import point_bound
+
+TARGET = {(4, 1): 0.010, (4, 2): 0.011, (4, 3): 0.012, (4, 4): 0.014}  # t(rows, tokens), seconds
+DRAFT = {(4, 1): 0.002}
+
+
+def _point(cycles: int, drafted: int, draft_tokens: int, tokens_per_request: list[int], concurrency: int = 4) -> dict:
+    return {"concurrency": concurrency, "cycles": cycles, "drafted_cycles": drafted, "draft_tokens": draft_tokens,
+            "outputs": [[0, *range(n)] for n in tokens_per_request]}
+
+
+def test_plain_decoding_is_rows_over_one_step():
+    assert point_bound(_point(400, 0, 0, [100] * 4), TARGET, None) == pytest.approx(4 / 0.010)
+
+
+def test_drafted_cycles_pay_k_draft_steps_and_a_verify():
+    # 100 cycles, all drafting K = 2, 250 tokens: tau 2.5, a cycle 2 * 2 ms + t(4, 3) = 16 ms
+    assert point_bound(_point(100, 100, 200, [250]), TARGET, DRAFT) == pytest.approx(4 * 2.5 / 0.016)
+    # half the cycles plain, the others K = 1.5: the verify between t(4, 2) and t(4, 3)
+    mixed = point_bound(_point(100, 50, 75, [160]), TARGET, DRAFT)
+    assert mixed == pytest.approx(4 * 1.6 / (0.5 * 0.010 + 0.5 * (1.5 * 0.002 + 0.0115)))
+
+
+def test_no_bound_without_cycles_or_without_the_drafts_costs():
+    assert point_bound(_point(0, 0, 0, []), TARGET, DRAFT) is None  # hf-generate
+    assert point_bound(_point(100, 10, 20, [120]), TARGET, None) is None  # a draft on its own device
+    assert point_bound(_point(100, 0, 0, [100], concurrency=8), TARGET, DRAFT) is None  # not measured
