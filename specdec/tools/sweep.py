@@ -19,9 +19,10 @@ With `replay_alpha`, the draft replays the target's own continuations at that ac
 draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
 target-only deployment, which then runs first (engine-spec records its own in process).
 Next to every point, its analytic bound (point_bound, docs/benchmarks.md): from batched step costs measured here,
-in this process, on the target (and the draft), and the point's own cycles (C / t(C, 1) for plain decoding). Every request is greedy: each output
-must equal its prompt's first plain-decoding output (tools/exactness.py; a difference is reported with the
-target's top-2 logit gap there, and fails the sweep unless `report_greedy_mismatch`). `--json` writes every
+in this process, on the target (and the draft), and the point's own cycles (C / t(C, 1) for plain decoding).
+Every request is greedy: each output must equal its prompt's first plain-decoding output (tools/exactness.py; a
+difference is reported with the target's top-2 logit gap there, and fails the sweep unless
+`report_greedy_mismatch`). `--json` writes every
 point with its outputs, `--plot` tokens/s against C.
 """
 
