@@ -306,6 +306,7 @@ class BatchedRunner(ModelRunner):
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
+        self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
         self._graphs: dict[tuple[int, int], _Graph] = {}  # (rows, tokens) -> graph
         self._cv = threading.Condition()
         self._pending: list[_Request] = []
@@ -851,14 +852,14 @@ class BatchedRunner(ModelRunner):
         rows = max(r.index for r in requests) + 1
         if self.cuda_graphs:
             n, rows = bucket(n, TOKEN_BUCKETS), min(bucket(rows, ROW_BUCKETS), self.max_sessions)
-        ids = [[0] * n for _ in range(rows)]
-        positions = [list(range(self.max_len, self.max_len + n))] * rows  # dummy rows: the padding columns
+        ids, starts = [0] * (rows * n), [self.max_len] * rows  # dummy rows: the padding columns
         for r in requests:
-            ids[r.index] = r.ids + [0] * (n - len(r.ids))
-            positions[r.index] = list(range(r.start, r.start + n))  # real tokens, then padded writes past them
+            ids[r.index * n:r.index * n + len(r.ids)] = r.ids
+            starts[r.index] = r.start  # real tokens, then padded writes past them
+        positions = torch.tensor(starts)[:, None] + self._columns[:n]  # [rows, n]
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
-        logits = self._batched(torch.tensor(ids), torch.tensor(positions), guessed, after)  # [rows, n, V]
+        logits = self._batched(torch.tensor(ids).view(rows, n), positions, guessed, after)  # [rows, n, V]
         top = host_top = ready = None
         if any(r.greedy for r in requests):
             top = host_top = logits.argmax(-1)  # [rows, n]
