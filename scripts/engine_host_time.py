@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--target", default="tiny")
     parser.add_argument("--draft", default="tiny")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--k", type=int, default=2, help="draft tokens per cycle (the most, with --adaptive-k)")
+    parser.add_argument("--adaptive-k", action="store_true", help="choose K per cycle, as the services do by default")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--max-len", type=int, default=128, help="context per slot (short: the forwards stay small)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
@@ -54,7 +55,7 @@ def main() -> None:
             finally:
                 profiler.disable()
         BatchedRunner._loop = profiled
-    engine = InProcessTarget(target, max_len=args.max_len, max_sessions=args.clients, k=args.k, adaptive_k=False,
+    engine = InProcessTarget(target, max_len=args.max_len, max_sessions=args.clients, k=args.k, adaptive_k=args.adaptive_k,
                              drafts=drafts, draft_runner=draft_runner, own_draft=True, compute=compute)
     engine.runner.stream_interval = args.stream_interval
     freeze_heap()
@@ -68,7 +69,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         n = t.steps - steps
         host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-        print(f"{args.clients} clients, K={args.k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
+        print(f"{args.clients} clients, K={'<=' if args.adaptive_k else ''}{args.k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
               f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
               f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
               f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row)", flush=True)

@@ -220,14 +220,15 @@ class StepCostTable:
     smoothing: float = 0.2
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
     touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
-    _estimates: dict[tuple[int, int], float | None] = field(default_factory=dict)  # until the next observation
+    _answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # (rows, tokens) asked, until the
+    # next observation
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
         old = self.cells.get(key)
         self.cells[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
         self.touched.add(key)
-        self._estimates = {}
+        self._answers = {}
 
     def report(self) -> str:
         """The cells observed since the last report, 'rows x tokens: ms' (for the engine's log line)."""
@@ -235,13 +236,12 @@ class StepCostTable:
         return ", ".join(f"{r}x{n}: {1e3 * self.cells[(r, n)]:.1f}" for r, n in cells)
 
     def cost(self, rows: int, tokens: int) -> float | None:
-        """Every session's K choice asks this, for each K, between two steps: computed once per cell."""
-        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-        if key in self.cells:
-            return self.cells[key]
-        if key not in self._estimates:
-            self._estimates[key] = self._scaled(*key)
-        return self._estimates[key]
+        """Every session's K choice asks this, for each K, between two steps: answered once per question."""
+        answer = self._answers.get((rows, tokens), self)
+        if answer is self:
+            key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
+            answer = self._answers[(rows, tokens)] = self.cells[key] if key in self.cells else self._scaled(*key)
+        return answer
 
     def _scaled(self, r: int, n: int) -> float | None:
         for m in sorted({m for (b, m) in self.cells if b == r}, key=lambda m: abs(m - n)):
