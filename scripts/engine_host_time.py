@@ -69,7 +69,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         n = t.steps - steps
         host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-        print(f"{args.clients} clients, K={'<=' if args.adaptive_k else ''}{args.k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
+        k = f"<={args.k}" if args.adaptive_k else args.k
+        print(f"{args.clients} clients, K={k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
               f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
               f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
               f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row)", flush=True)
