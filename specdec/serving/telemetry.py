@@ -161,8 +161,11 @@ class Metrics:
         self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
                                 registry=r)
         # what every cycle and engine step updates, with this service's label resolved once (not per token)
-        self._verify, self._cycle, self._itl, self._rows, self._step = (
-            m.labels(role) for m in (self.verify_step, self.cycle, self.itl, self.batch_rows, self.batch_step))
+        self._verify, self._cycle, self._itl, self._rows, self._step, self._drafts, self._draft_tokens, self._accepted = (
+            m.labels(role) for m in (self.verify_step, self.cycle, self.itl, self.batch_rows, self.batch_step,
+                                     self.drafts, self.draft_tokens, self.accepted_tokens))
+        self._per_pos: dict[int, object] = {}  # position -> its counter, resolved on first use
+        self._by_proposer: dict[object, object] = {}  # proposer kind -> its counter
 
     def observe_cycle(self, cycle: Cycle) -> None:
         cycle_s = cycle.verify_s + cycle.wait_s
@@ -172,14 +175,17 @@ class Metrics:
             self._itl.observe(cycle_s / len(cycle.new_tokens))
         if cycle.k == 0:
             return
-        role = self.role
-        self.drafts.labels(role).inc()
-        self.draft_tokens.labels(role).inc(cycle.k)
-        self.accepted_tokens.labels(role).inc(cycle.accepted)
+        self._drafts.inc()
+        self._draft_tokens.inc(cycle.k)
+        self._accepted.inc(cycle.accepted)
         for i in range(cycle.accepted):
-            self.accepted_per_pos.labels(role, str(i)).inc()
+            at = self._per_pos.get(i) or self._per_pos.setdefault(i, self.accepted_per_pos.labels(self.role, str(i)))
+            at.inc()
             if i < len(cycle.draft_sources):
-                self.accepted_by_proposer.labels(role, cycle.draft_sources[i].value).inc()
+                source = cycle.draft_sources[i]
+                by = self._by_proposer.get(source) or self._by_proposer.setdefault(
+                    source, self.accepted_by_proposer.labels(self.role, source.value))
+                by.inc()
 
     def observe_step(self, rows: int, seconds: float) -> None:
         """One engine step (BatchedRunner.on_step)."""
