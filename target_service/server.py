@@ -37,7 +37,8 @@ class TargetServerSettings:
     gather_s: float = 0.02  # the most a step waits for the sessions the last one answered (docs/benchmarks.md)
     prefill_chunk: int = 512  # prompt tokens of one session per step
     lookahead: bool = True  # on a GPU, launch a step of plain greedy decodes before reading the last (core.batching)
-    stream_interval: int = 1  # a session's cycles are streamed this many at a time (its first at once)
+    stream_interval: int | None = None  # a session's cycles are streamed this many at a time (its first at once;
+    # None: auto, by the load, BatchedRunner)
     compile: bool = True  # on a GPU, torch.compile the decoder layers of the target (and own draft) at start
     own_draft: str | None = None  # a draft model run in this process, drafting between the engine's steps
     replay_references: str | None = None  # benchmarks: the own draft replays the target's continuations from this file
@@ -55,7 +56,7 @@ class TargetServerSettings:
             raise InvalidArgument("queue_timeout", f"must be > 0 seconds, got {self.queue_timeout_s}")
         if self.gather_s < 0:
             raise InvalidArgument("batch_gather_ms", f"must be >= 0, got {self.gather_s * 1000}")
-        if check_stream_interval(self.stream_interval) > 1 and not self.batching:
+        if (check_stream_interval(self.stream_interval) or 1) > 1 and not self.batching:
             raise InvalidArgument("stream_interval", "holds cycles in the batched engine; --no-batching streams "
                                                      "every cycle as it is committed")
         if self.own_draft is not None and not self.batching:

@@ -65,7 +65,7 @@ def add_parser(sub) -> None:
                             "of the models' layers (see `specdec serve --help`)")
     bench.add_argument("--stream-interval", type=int, default=None, metavar="N",
                        help="with --concurrency: batched targets (services and in process) hand each session its "
-                            "cycles N at a time (see `specdec serve --help`; default 1)")
+                            "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
@@ -113,4 +113,4 @@ def sweep(args: argparse.Namespace) -> int:
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
         replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile, stream_interval=1 if args.stream_interval is None else args.stream_interval))
+        compile=not args.no_compile, stream_interval=args.stream_interval))

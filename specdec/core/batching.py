@@ -55,16 +55,23 @@ from specdec.core.runner import WAITING, Chain, Draw, Forward, Grouped, KVSlot, 
 log = logging.getLogger("specdec.batching")
 
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
+WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session readers woken per step, at any load
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
 _END = object()  # a driven session's last item: its sequence is done
 
 
-def check_stream_interval(cycles: int) -> int:
+def check_stream_interval(cycles: int | None) -> int | None:
     """A stream interval (BatchedRunner's `stream_interval`) as given, or InvalidArgument."""
-    if cycles < 1:
+    if cycles is not None and cycles < 1:
         raise InvalidArgument("stream_interval", f"must be >= 1 cycle, got {cycles}")
     return cycles
+
+
+def auto_stream_interval(rows: int) -> int:
+    """Cycles per message with the stream interval on auto: every cycle up to WAKES_PER_STEP driven sessions, then
+    rows / WAKES_PER_STEP (rounded up), so about WAKES_PER_STEP session readers are woken per step."""
+    return max(1, -(-rows // WAKES_PER_STEP))
 
 
 def bucket(n: int, sizes: Sequence[int]) -> int:
@@ -281,7 +288,7 @@ class BatchedRunner(ModelRunner):
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
-                 prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
+                 prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
                  compile: bool = True,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
@@ -289,7 +296,8 @@ class BatchedRunner(ModelRunner):
         its own thread when it hands them over, one caller at a time (the draft of a target engine that
         drafts for its sessions between its steps, core.own_draft). `stream_interval`: a driven session's
         reader is handed its cycles this many at a time (its first at once, its last with its end): fewer
-        wake-ups of session threads competing with the engine for the interpreter, coarser streaming.
+        wake-ups of session threads competing with the engine for the interpreter, coarser streaming. None:
+        auto, by the load (auto_stream_interval).
         `compile`: where there are CUDA graphs, torch.compile the model's decoder layers in place (core.compiled)
         before capturing them (on a CPU compiled steps were slower)."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
@@ -758,6 +766,7 @@ class BatchedRunner(ModelRunner):
         """Hand the driven sessions what the engine finished for them. Called once the next forward is
         launched (or before the engine waits): their threads, woken now, stream while the GPU computes,
         instead of contending for the interpreter with the engine's verifying and planning."""
+        interval = self.stream_interval or auto_stream_interval(len(self._rows))
         outputs, self._outputs = self._outputs, []
         for row, item in outputs:
             if item is _END or isinstance(item, BaseException):
@@ -765,7 +774,7 @@ class BatchedRunner(ModelRunner):
                 row.outbox.put(item)
                 continue
             row.held.append(item)
-            if not row.handed or len(row.held) >= self.stream_interval:
+            if not row.handed or len(row.held) >= interval:
                 self._hand(row)
 
     @staticmethod
@@ -1064,7 +1073,7 @@ class BatchedRunner(ModelRunner):
 
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,
-                   prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int = 1,
+                   prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
                    compile: bool = True, **kwargs) -> tuple[ModelRunner, Compute]:
     """A service's runner, built on its compute thread, and where its sessions then compute: batched, the
     engine loop takes over the compute thread and sessions run inline (their forwards go to the engine)."""

@@ -35,7 +35,7 @@ GATHER_S = TargetServerSettings.gather_s  # a target service's default
 
 
 def engine_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_sessions: int,
-                  compile: bool = True, stream_interval: int = 1) -> BatchedRunner:
+                  compile: bool = True, stream_interval: int | None = None) -> BatchedRunner:
     """A batched engine over `loaded`, built and run on `compute` as a service builds its own."""
     runner, _ = serving_runner(compute, loaded.model, batching=True, gather_s=GATHER_S, compile=compile,
                                stream_interval=stream_interval,
@@ -99,7 +99,7 @@ class InProcessTarget:
     def __init__(self, target: LoadedModel, *, max_len: int, max_sessions: int, k: int = 4, adaptive_k: bool = True,
                  drafts: ProposerFactory | None = None, draft_runner: BatchedRunner | None = None,
                  own_draft: bool = False, compute: Compute = INLINE, compile: bool = True,
-                 stream_interval: int = 1) -> None:
+                 stream_interval: int | None = None) -> None:
         """`compute`: where the target's engine runs, as in a target service (a CPU model: the thread that loaded
         it, core/compute.py); a draft runner is built by `engine_runner` on its own (`own_draft_runner` for an
         own draft, before this engine takes over a CPU's compute thread). `compile`, `stream_interval`: BatchedRunner's."""

@@ -74,7 +74,8 @@ class SweepSettings:
     fixed_k: bool = False  # draft exactly k every cycle (services and engine-spec) instead of adaptive K
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
-    stream_interval: int = 1  # batched targets hand a session's reader its cycles this many at a time
+    stream_interval: int | None = None  # batched targets hand a session's reader its cycles this many at a time
+    # (None: the targets' default, auto)
     compile: bool = True  # batched engines on a GPU compile their models' layers (core.compiled), as services do
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     json: str | None = None
@@ -135,7 +136,9 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
     mode, replayed by the draft in services mode)."""
     compiling = [] if s.compile else ["--no-compile"]
     common = ["--device", s.device, "--dtype", s.dtype, "--max-len", str(s.max_len),
-              "--max-sessions", str(max(s.levels)), "--stream-interval", str(s.stream_interval), *compiling]
+              "--max-sessions", str(max(s.levels)), *compiling]
+    if s.stream_interval is not None:
+        common += ["--stream-interval", str(s.stream_interval)]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype, *compiling]
     replaying = ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)] if (

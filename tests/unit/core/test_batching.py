@@ -6,8 +6,9 @@ import time
 import pytest
 import torch
 
+from specdec.core import batching
 from specdec.core.adaptive import FixedK
-from specdec.core.batching import BatchedRunner, bucket
+from specdec.core.batching import BatchedRunner, auto_stream_interval, bucket
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
@@ -260,6 +261,29 @@ def test_a_stream_interval_hands_cycles_over_that_many_at_a_time(tiny_pair_fp32)
     assert [t for b in batches for c in b for t in c.new_tokens] == pair.decoder.generate(request).token_ids
     with pytest.raises(InvalidArgument):
         BatchedRunner(pair.target.model, max_len=64, max_sessions=1, stream_interval=0)
+
+
+def test_the_auto_stream_interval_wakes_about_eight_readers_a_step(tiny_pair_fp32, monkeypatch):
+    """Auto (no stream_interval given): every cycle up to 8 sessions, then rows / 8 cycles per message, asked of
+    the rows running when cycles are handed on (here made 5 at any load, to see the engine follow it)."""
+    assert [auto_stream_interval(r) for r in (0, 1, 8, 9, 16, 17, 64, 65)] == [1, 1, 1, 2, 2, 3, 8, 9]
+    asked = []
+    monkeypatch.setattr(batching, "auto_stream_interval", lambda rows: asked.append(rows) or 5)
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=2, gather_s=0.005, prefill_chunk=32)
+    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[8]), max_new_tokens=13, ignore_eos=True)
+    try:
+        sequence = TargetSequence(runner, request, pair.eos_ids, seed=0)
+        try:
+            batches = list(TargetLoop(sequence, None, FixedK(0), threading.Event()).run_batches())
+        finally:
+            sequence.close()
+    finally:
+        runner.stop()
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == 1 and all(n >= 5 for n in sizes[1:-1]) and sum(sizes) == 13, sizes
+    assert [t for b in batches for c in b for t in c.new_tokens] == pair.decoder.generate(request).token_ids
+    assert asked and set(asked) <= {0, 1}, asked  # one driven session (none once it ended)
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(), SamplingParams(temperature=0.9, top_k=20)],
