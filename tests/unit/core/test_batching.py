@@ -241,13 +241,11 @@ def test_a_reader_that_falls_behind_gets_the_backlog_at_once(tiny_pair_fp32, bat
     assert [c.start for c in cycles[1:]] == [c.start + len(c.new_tokens) for c in cycles[:-1]]
 
 
-def test_a_stream_interval_hands_cycles_over_that_many_at_a_time(tiny_pair_fp32):
-    """stream_interval = 4: the first cycle at once (the time to first token), then at least four at a time,
-    the rest with the end; the tokens are the session's alone."""
-    pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=2, gather_s=0.005, prefill_chunk=32,
-                           stream_interval=4)
-    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[8]), max_new_tokens=11, ignore_eos=True)
+def _streamed_alone(pair, max_new_tokens: int, **engine) -> list[int]:
+    """One session decoded plainly on a fresh engine: how many cycles each message to its reader held; its
+    tokens must be its own."""
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=2, gather_s=0.005, prefill_chunk=32, **engine)
+    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[8]), max_new_tokens=max_new_tokens, ignore_eos=True)
     try:
         sequence = TargetSequence(runner, request, pair.eos_ids, seed=0)
         try:
@@ -256,11 +254,17 @@ def test_a_stream_interval_hands_cycles_over_that_many_at_a_time(tiny_pair_fp32)
             sequence.close()
     finally:
         runner.stop()
-    sizes = [len(b) for b in batches]
-    assert sizes[0] == 1 and all(n >= 4 for n in sizes[1:-1]) and sum(sizes) == 11, sizes
     assert [t for b in batches for c in b for t in c.new_tokens] == pair.decoder.generate(request).token_ids
+    return [len(b) for b in batches]
+
+
+def test_a_stream_interval_hands_cycles_over_that_many_at_a_time(tiny_pair_fp32):
+    """stream_interval = 4: the first cycle at once (the time to first token), then at least four at a time,
+    the rest with the end; the tokens are the session's alone."""
+    sizes = _streamed_alone(tiny_pair_fp32, 11, stream_interval=4)
+    assert sizes[0] == 1 and all(n >= 4 for n in sizes[1:-1]) and sum(sizes) == 11, sizes
     with pytest.raises(InvalidArgument):
-        BatchedRunner(pair.target.model, max_len=64, max_sessions=1, stream_interval=0)
+        BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=1, stream_interval=0)
 
 
 def test_the_auto_stream_interval_wakes_about_eight_readers_a_step(tiny_pair_fp32, monkeypatch):
@@ -269,20 +273,8 @@ def test_the_auto_stream_interval_wakes_about_eight_readers_a_step(tiny_pair_fp3
     assert [auto_stream_interval(r) for r in (0, 1, 8, 9, 16, 17, 64, 65)] == [1, 1, 1, 2, 2, 3, 8, 9]
     asked = []
     monkeypatch.setattr(batching, "auto_stream_interval", lambda rows: asked.append(rows) or 5)
-    pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=2, gather_s=0.005, prefill_chunk=32)
-    request = GenerationRequest(prompt_ids=pair.encode(PROMPTS[8]), max_new_tokens=13, ignore_eos=True)
-    try:
-        sequence = TargetSequence(runner, request, pair.eos_ids, seed=0)
-        try:
-            batches = list(TargetLoop(sequence, None, FixedK(0), threading.Event()).run_batches())
-        finally:
-            sequence.close()
-    finally:
-        runner.stop()
-    sizes = [len(b) for b in batches]
+    sizes = _streamed_alone(tiny_pair_fp32, 13)
     assert sizes[0] == 1 and all(n >= 5 for n in sizes[1:-1]) and sum(sizes) == 13, sizes
-    assert [t for b in batches for c in b for t in c.new_tokens] == pair.decoder.generate(request).token_ids
     assert asked and set(asked) <= {0, 1}, asked  # one driven session (none once it ended)
 
 
