@@ -82,7 +82,8 @@ class OwnDrafts:
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
-        return OwnDraftLink(self, self.factory.open(start.sampling, start.seed), start.prompt_ids, start.k)
+        k = 0 if start.paused else start.k  # a paused session asks for nothing until a verdict resumes it
+        return OwnDraftLink(self, self.factory.open(start.sampling, start.seed), start.prompt_ids, k)
 
     def ask(self, link: OwnDraftLink) -> None:
         with self.lock:

@@ -8,9 +8,10 @@ import pytest
 
 from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
-from specdec.core.config import GenerationRequest, SamplingParams
+from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
 from specdec.core.drafting import DraftStart
 from specdec.core.sequence import TargetSequence
+from specdec.core.stats import Cycle
 from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
 from specdec.proposers.draft_model import DraftModelFactory
@@ -174,4 +175,30 @@ def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
         kept.close()
     drafts.ask(gone)
     assert not drafts.draft()  # a closed link's ask is ignored
+    assert draft.free_slots == draft.max_sessions
+
+
+def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
+    """Each verdict asks for the next block (the engine drafts it before planning the session once), except
+    the last one, and none while adaptive K pauses the draft: a session started paused asks only once a
+    verdict resumes it, and one whose verdict pauses it stops asking."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    prompt = pair.encode(PROMPTS[0])
+    paused = drafts.open("", DraftStart("s", prompt, SamplingParams(), 0, 2, overlap=False, paused=True), None)
+    try:
+        n = len(prompt)
+        paused.send_verdict(Cycle(new_tokens=[5], start=n))  # plain cycles' tokens, held and sent together
+        assert not drafts.draft()
+        paused.send_verdict(Cycle(new_tokens=[6], start=n + 1), next_k=3)  # resumed: the next block, 3 tokens
+        assert drafts.draft()
+        assert paused.poll(lambda p: len(p.token_ids), 0.0).proposal.token_ids != []
+        paused.send_verdict(Cycle(new_tokens=[7], start=n + 2, k=3), next_k=-1)  # paused again
+        assert not drafts.draft()
+        paused.send_verdict(Cycle(new_tokens=[8], start=n + 3), next_k=2)
+        assert drafts.draft()
+        paused.send_verdict(Cycle(new_tokens=[9], start=n + 4, k=2, finish_reason=FinishReason.LENGTH))
+        assert not drafts.draft()  # the session is done: nothing more to draft
+    finally:
+        paused.close()
     assert draft.free_slots == draft.max_sessions
