@@ -75,8 +75,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="target (batched): stream each session's cycles N at a time, its first at once and its "
                             "last with the end: under heavy load fewer messages and fewer wake-ups of session threads "
                             "competing with the engine for the interpreter, at the cost of coarser streaming. Default "
-                            "auto: every cycle while at most 8 sessions run, then one message per rows/8 cycles "
-                            "(8 at 64 sessions: 1.75x the tokens/s of every cycle on an H200, docs/benchmarks.md)")
+                            "auto: every cycle while at most 8 sessions run, then one message per rows/8 cycles, so "
+                            "about 8 session threads wake per engine step (docs/benchmarks.md measures it)")
     serve.add_argument("--prefill-chunk", type=int, default=512,
                        help="target: the most prompt tokens of one session forwarded per step, so a long prompt "
                             "delays the others' next token by one chunk at most (default 512)")
