@@ -857,10 +857,7 @@ class BatchedRunner(ModelRunner):
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
         token is `after`'s argmax for its row, read on the device."""
         began = time.perf_counter()
-        n = max(max(len(r.ids), 1) for r in requests)
-        rows = max(r.index for r in requests) + 1
-        if self.cuda_graphs:
-            n, rows = bucket(n, TOKEN_BUCKETS), min(bucket(rows, ROW_BUCKETS), self.max_sessions)
+        rows, n = self.step_shape(max(r.index for r in requests) + 1, max(max(len(r.ids), 1) for r in requests))
         ids, starts = [0] * (rows * n), [self.max_len] * rows  # dummy rows: the padding columns
         for r in requests:
             ids[r.index * n:r.index * n + len(r.ids)] = r.ids
@@ -983,6 +980,12 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+
+    def step_shape(self, rows: int, tokens: int) -> tuple[int, int]:
+        """The (rows, tokens per row) a step of that many runs as: with CUDA graphs, the captured bucket."""
+        if not self.cuda_graphs:
+            return rows, tokens
+        return min(bucket(rows, ROW_BUCKETS), self.max_sessions), bucket(tokens, TOKEN_BUCKETS)
 
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One step's forward of ids [rows, n] at positions [rows, n] into slots [0, rows), as the engine runs it

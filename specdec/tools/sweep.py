@@ -41,9 +41,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from specdec.core.batching import BatchedRunner, bucket, check_stream_interval
+from specdec.core.batching import BatchedRunner, check_stream_interval
 from specdec.core.compute import Compute
-from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS, ProposerKind
+from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
@@ -102,8 +102,7 @@ class SweepSettings:
 def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps: int = 10) -> float:
     """Median seconds of one batched step of rows x tokens, every row at position `ctx` (inputs copied in,
     the step run, logits ready); with CUDA graphs, of the bucketed shape the engine runs for it."""
-    if runner.cuda_graphs:
-        rows, tokens = min(bucket(rows, ROW_BUCKETS), runner.max_sessions), bucket(tokens, TOKEN_BUCKETS)
+    rows, tokens = runner.step_shape(rows, tokens)
     ids = torch.randint(0, runner.vocab_size, (rows, tokens))
     positions = torch.arange(ctx, ctx + tokens).repeat(rows, 1)
     cuda = runner.device.type == "cuda"
