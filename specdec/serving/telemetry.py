@@ -161,9 +161,10 @@ class Metrics:
         self.requests = Counter("specdec_requests", "Finished requests by gRPC status code", ["role", "code"],
                                 registry=r)
         # what every cycle and engine step updates, with this service's label resolved once (not per token)
-        self._verify, self._cycle, self._itl, self._rows, self._step, self._drafts, self._draft_tokens, self._accepted = (
-            m.labels(role) for m in (self.verify_step, self.cycle, self.itl, self.batch_rows, self.batch_step,
-                                     self.drafts, self.draft_tokens, self.accepted_tokens))
+        (self._verify, self._cycle, self._itl, self._rows, self._step, self._phase, self._drafts, self._draft_tokens,
+         self._accepted) = (m.labels(role) for m in (self.verify_step, self.cycle, self.itl, self.batch_rows,
+                                                      self.batch_step, self.draft_phase, self.drafts, self.draft_tokens,
+                                                      self.accepted_tokens))
         self._per_pos: dict[int, object] = {}  # position -> its counter, resolved on first use
         self._by_proposer: dict[object, object] = {}  # proposer kind -> its counter
 
@@ -194,7 +195,7 @@ class Metrics:
 
     def observe_drafting(self, seconds: float) -> None:
         """One drafting phase of the target's own draft (BatchedRunner.on_drafting)."""
-        self.draft_phase.labels(self.role).observe(seconds)
+        self._phase.observe(seconds)
 
     def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""
