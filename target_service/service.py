@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, FixedK, ProbeSchedule, SharedPhase, StepCosts
+from specdec.core.batching import BatchedRunner
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import TargetRequest
 from specdec.core.drafting import DraftStart
@@ -78,8 +79,8 @@ class TargetService:
                                       cancelled=entry.cancel)
             spec = request.speculation
             chooser = (AdaptiveK(max_k=spec.k, initial_k=spec.k, costs=self.step_costs, prior=self.acceptance_prior,
-                                 probes=self.probes, batch_verify=getattr(self.runner, "batch_verify_cost", None),
-                                 batch_rows=getattr(self.runner, "batch_rows", None),
+                                 probes=self.probes,
+                                 batch=self.runner if isinstance(self.runner, BatchedRunner) else None,
                                  phase=self.own_phase if request.own_draft else None)
                        if spec.adaptive else FixedK(spec.k))
             paused = not chooser.drafting_pays()  # e.g. under load: the draft need not even prefill for now

@@ -13,16 +13,19 @@ several times a real draft step's and keep K at 0 with a perfect draft. The acce
 over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
 
 Under a batched engine, verify(k) is the engine's measured step cost at its current number of rows if every
-row verified k drafts (`batch_verify`): rows are padded to a common length, so one session's own cycles
-cannot show what a plain step would cost, and each session choosing as if the batch followed it is what
-lets K fall to 0 together when the load makes speculation cost more than it gains.
+row verified k drafts (`BatchLoad.batch_verify_cost`): rows are padded to a common length, so one session's
+own cycles cannot show what a plain step would cost, and each session choosing as if the batch followed it is
+what lets K fall to 0 together when the load makes speculation cost more than it gains. Sessions that draft in
+one phase between the engine's steps (SharedPhase) weigh the engine's measured cycles instead, where it has
+them: T(k) summed from parts misses what the host does per drafting step and that plain steps run launched
+ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from specdec.core.config import MAX_K
 
@@ -194,6 +197,26 @@ class ProbeSchedule:
         self.every = self.first if pays else min(self.max_every, 2 * (self.every or self.first))
 
 
+class BatchLoad(Protocol):
+    """What a batched engine (core.batching.BatchedRunner) tells load-aware K about the load now."""
+
+    def batch_rows(self) -> int:
+        """The driven sessions: the rows of a step (at least 1)."""
+        ...
+
+    def batch_verify_cost(self, k: int) -> float | None:
+        """A step's cost if every row verified k drafts (in a padded batch one row's K sets every row's step)."""
+        ...
+
+    def batch_cycle_cost(self, k: int) -> float | None:
+        """The measured cycle of steps of k drafts per row, drafting between steps included; None: not measured."""
+        ...
+
+    def plain_untried(self) -> bool:
+        """Whether sessions drafting in one phase should decode plainly now, to measure a plain cycle."""
+        ...
+
+
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
 PROBE_WEIGHT = 0.5  # EMA weight of a probe's draft costs
 
@@ -214,9 +237,8 @@ class AdaptiveK:
     costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
     prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
     acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
-    batch_verify: Callable[[int], float | None] | None = None  # a batched engine's step cost now, if every row
-    #                                                            verified k drafts (load-aware K); None: alone
-    batch_rows: Callable[[], int] | None = None  # a batched engine's rows now (probes are counted in steps)
+    batch: BatchLoad | None = None  # the batched engine it runs in (load-aware K; probes are counted in its
+    #                                 steps); None: alone
     phase: SharedPhase | None = None  # sessions drafted and verified together: K is chosen for all of them
     _probing: bool = False
 
@@ -262,12 +284,17 @@ class AdaptiveK:
 
     def _rates(self, cap: int) -> list[float | None]:
         """Expected tokens per second of a cycle of each k <= cap: this session's, or per session of the shared
-        phase it drafts in."""
+        phase it drafts in. A shared phase in an engine divides by the cycles measured at this load where there
+        are: its verify, drafting and the host's work between steps as they add up (a K never measured keeps
+        the sum of its parts, rarely more than it costs, so it gets tried)."""
         verify = self._verify_costs()
         shared = self.phase is not None and self.phase.tokens(0) is not None
         tokens = [self.phase.tokens(k) if shared else None if self.alpha is None else expected_tokens(self.alpha, k)
                   for k in range(cap + 1)]
-        return [self.costs.rate(tokens[k], k, verify[k]) for k in range(cap + 1)]
+        cycles = ([self.batch.batch_cycle_cost(k) for k in range(cap + 1)] if shared and self.batch is not None
+                  else [None] * (cap + 1))
+        return [self.costs.rate(tokens[k], k, verify[k]) if cycles[k] is None else tokens[k] / cycles[k]
+                for k in range(cap + 1)]
 
     def _verify_costs(self) -> list[float | None]:
         """verify(k) for k = 0..max_k: the batch's at its rows now (else this target's own), never more than a
@@ -275,7 +302,7 @@ class AdaptiveK:
         a stale or disturbed estimate (a fresh service's first cycles, a step timed beside the draft on a
         shared GPU); taken as is, drafting looks better than plain decoding even where nothing is accepted,
         and then plain decoding is never measured again."""
-        costs = [self.batch_verify(k) if self.batch_verify is not None else None for k in range(self.max_k + 1)]
+        costs = [self.batch.batch_verify_cost(k) if self.batch is not None else None for k in range(self.max_k + 1)]
         costs = [c if c is not None else self.costs.verify_cost(k) for k, c in enumerate(costs)]
         for k in reversed(range(self.max_k)):
             if costs[k] is not None and costs[k + 1] is not None:
@@ -291,14 +318,18 @@ class AdaptiveK:
         ms = lambda v: "?" if v is None else f"{1e3 * v:.1f}"  # noqa: E731
         alpha = "?" if self.alpha is None else f"{self.alpha:.2f}"
         rates = " ".join(f"{k}:{r:.0f}" for k in range(self.max_k + 1) if (r := self.rate(k)) is not None)
-        verify = " ".join(f"{k}:{ms(self.batch_verify(k) if self.batch_verify else None)}/{ms(self.costs.verify_cost(k))}"
+        batch = self.batch
+        verify = " ".join(f"{k}:{ms(batch.batch_verify_cost(k) if batch else None)}/{ms(self.costs.verify_cost(k))}"
                           for k in range(self.max_k + 1))
+        cycles = (" ".join(f"{k}:{ms(c)}" for k in range(self.max_k + 1) if (c := batch.batch_cycle_cost(k)) is not None)
+                  if batch is not None and self.phase is not None else "")
         return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token + {ms(self.costs.round_trip_s)} ms/cycle, "
-                f"verify(k) batch/own ms {verify}, tokens/s by k {rates or '?'}")
+                f"verify(k) batch/own ms {verify}, {f'measured cycles ms {cycles}, ' if cycles else ''}"
+                f"tokens/s by k {rates or '?'}")
 
     def _step_share(self) -> float:
         """What one of this session's cycles is of an engine step: 1 / rows in a batch, 1 alone."""
-        return 1.0 / max(1, self.batch_rows()) if self.batch_rows is not None else 1.0
+        return 1.0 / max(1, self.batch.batch_rows()) if self.batch is not None else 1.0
 
     def drafting_pays(self) -> bool:
         """Whether drafting pays now (before any measurement: yes). Unlike `choose`, counts no probe: a new
@@ -318,6 +349,8 @@ class AdaptiveK:
         if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
+        elif k > 0 and self.phase is not None and self.batch is not None and self.batch.plain_untried():
+            k = 0  # the whole phase decodes plainly for a few steps, so that plain cycles get measured here too
         return k
 
 

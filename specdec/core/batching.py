@@ -56,6 +56,7 @@ log = logging.getLogger("specdec.batching")
 
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
 WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session readers woken per step, at any load
+TRIAL_STEPS = 8  # the most steps a rows bucket decodes plainly to measure a plain cycle (plain_untried)
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
 _END = object()  # a driven session's last item: its sequence is done
@@ -229,18 +230,40 @@ class StepCostTable:
     touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
     _answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # (rows, tokens) asked, until the
     # next observation
+    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> the
+    # engine's wall time from one step's read to the next's, in a run of steps of that many tokens per row
+    cycles_touched: set[tuple[int, int]] = field(default_factory=set)
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
-        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-        old = self.cells.get(key)
-        self.cells[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
-        self.touched.add(key)
+        self._average(self.cells, rows, tokens, seconds, self.touched)
         self._answers = {}
 
+    def observe_cycle(self, rows: int, tokens: int, seconds: float) -> None:
+        """A step's whole cycle, as its sessions live it: everything the engine did since it read the last step
+        (completing the rows, drafting for them, planning, the step itself), at `rows` driven sessions. What
+        a plain step costs in a run of them (launched while the last one computes) and what a drafting step
+        costs with its drafting phase are each measured as they are, not summed from parts."""
+        self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
+
+    def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
+                 touched: set[tuple[int, int]]) -> None:
+        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
+        old = table.get(key)
+        table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+        touched.add(key)
+
+    def cycle(self, rows: int, tokens: int) -> float | None:
+        """The measured cycle at that load and step size; None where none was measured."""
+        return self.cycles.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
+
     def report(self) -> str:
-        """The cells observed since the last report, 'rows x tokens: ms' (for the engine's log line)."""
+        """The cells observed since the last report, 'rows x tokens: ms', and the cycles (for the engine's log line)."""
         cells, self.touched = sorted(self.touched), set()
-        return ", ".join(f"{r}x{n}: {1e3 * self.cells[(r, n)]:.1f}" for r, n in cells)
+        cycles, self.cycles_touched = sorted(self.cycles_touched), set()
+        line = ", ".join(f"{r}x{n}: {1e3 * self.cells[(r, n)]:.1f}" for r, n in cells)
+        if cycles:
+            line += "; cycles " + ", ".join(f"{r}x{n}: {1e3 * self.cycles[(r, n)]:.1f}" for r, n in cycles)
+        return line
 
     def cost(self, rows: int, tokens: int) -> float | None:
         """Every session's K choice asks this, for each K, between two steps: answered once per question."""
@@ -329,6 +352,9 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
+        self._cycle_from: float | None = None  # when the last step was read, unless the engine idled since
+        self._cycle_n = 0  # that step's tokens per row
+        self._trials: dict[int, int] = {}  # rows bucket -> the step its plain trial began at (plain_untried)
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -430,6 +456,22 @@ class BatchedRunner(ModelRunner):
         """What a step costs now if every driven session verifies k drafts (k + 1 tokens per row): the verify
         cost load-aware K weighs, since in a padded batch one row's K sets every row's step."""
         return self.costs.cost(self.batch_rows(), k + 1)
+
+    def batch_cycle_cost(self, k: int) -> float | None:
+        """The measured cycle of a step of k drafts per row at this load, drafting included (None: not measured):
+        what sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K."""
+        return self.costs.cycle(self.batch_rows(), k + 1)
+
+    def plain_untried(self) -> bool:
+        """Whether a batch drafting in one phase should decode plainly for a few steps first: what a plain
+        cycle costs at this load is not measured yet, and it cannot be told from drafting steps (a run of
+        plain steps is launched ahead, one while the last computes; a step amid drafting is not). At most
+        TRIAL_STEPS steps per rows bucket: a batch that never gets to decode plainly drafts on."""
+        rows = bucket(self.batch_rows(), ROW_BUCKETS)
+        if self.costs.cycle(rows, 1) is not None:
+            return False
+        began = self._trials.setdefault(rows, self.stats.steps)
+        return self.stats.steps - began < TRIAL_STEPS
 
     def batch_rows(self) -> int:
         """The driven sessions now: the rows of a step (at least 1)."""
@@ -626,6 +668,8 @@ class BatchedRunner(ModelRunner):
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
                     self._publish()
+                    if not waiting:
+                        self._cycle_from = None  # nothing to do: the wait is nobody's cycle
                     self._cv.wait(IDLE_POLL_S if waiting else None)
                     continue
                 began = now if began is None else began
@@ -902,6 +946,8 @@ class BatchedRunner(ModelRunner):
         self._read_at = read
         step.cost_from = began
         requests = [r for r in step.requests if not r.void]
+        if requests and not self.passive:
+            self._time_cycle(step.n, read)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
         for r in requests:
@@ -911,6 +957,14 @@ class BatchedRunner(ModelRunner):
             elif r.pick is None:
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
+
+    def _time_cycle(self, n: int, read: float) -> None:
+        """The cycle since the last step was read (StepCostTable.observe_cycle), in a run of steps of n tokens per
+        row: the first step of another size is a transition (the first plain step of a batch that stops
+        drafting was not launched ahead; the first drafting step's phase drafted for rows of another K)."""
+        if self._cycle_from is not None and n == self._cycle_n:
+            self.costs.observe_cycle(self.batch_rows(), n, read - self._cycle_from)
+        self._cycle_from, self._cycle_n = read, n
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
@@ -973,6 +1027,8 @@ class BatchedRunner(ModelRunner):
                     r.logits = logits[r.index - lo, keep - min(r.keep, keep):].float()  # [keep, V]
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
+        if self._cycle_from is not None:  # a new session's prompt: not the running sessions' cycle
+            self._cycle_from += time.perf_counter() - now
         for r, c, done in zip(requests, chunks, last):
             r.fed += len(c)
             if done:

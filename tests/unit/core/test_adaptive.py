@@ -1,5 +1,7 @@
 """Adaptive K's choices, and the replay proposer."""
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, ProbeSchedule, SharedPhase, StepCosts, expected_tokens
@@ -7,6 +9,28 @@ from specdec.core.config import GenerationRequest, SamplingParams, SpeculationCo
 from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.errors import InvalidArgument
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+
+
+@dataclass
+class Load:
+    """A batched engine's load as AdaptiveK sees it (adaptive.BatchLoad), set by hand."""
+
+    rows: int = 1
+    verify: dict[int, float] = field(default_factory=dict)  # k -> a step's cost if every row verified k drafts
+    cycles: dict[int, float] = field(default_factory=dict)  # k -> the measured cycle of steps of k drafts
+    untried: bool = False  # a plain cycle at this load is not measured yet
+
+    def batch_rows(self) -> int:
+        return self.rows
+
+    def batch_verify_cost(self, k: int) -> float | None:
+        return self.verify.get(k)
+
+    def batch_cycle_cost(self, k: int) -> float | None:
+        return self.cycles.get(k)
+
+    def plain_untried(self) -> bool:
+        return self.untried
 
 
 def feed(chooser: AdaptiveK, alpha: float, verify, draft_step: float, cycles: int = 200) -> None:
@@ -105,7 +129,7 @@ def test_sessions_sharing_a_probe_schedule_probe_a_useless_draft_as_rarely_as_on
     def probes(sessions: int, shared: bool) -> int:
         schedule, costs = ProbeSchedule(), StepCosts()
         choosers = [AdaptiveK(max_k=4, costs=costs, probes=schedule if shared else None,
-                              batch_rows=(lambda: sessions) if shared else None) for _ in range(sessions)]
+                              batch=Load(rows=sessions) if shared else None) for _ in range(sessions)]
         for chooser in choosers:
             chooser.observe(0, 0, 0.010, 0.0)
             chooser.observe(4, 0, 0.012, 0.008)  # a useless draft: a = 0
@@ -252,10 +276,60 @@ def test_replay_book_finds_the_longest_known_prompt_and_refuses_unknown_ones(tmp
     path = tmp_path / "replay.jsonl"
     book.save(str(path))
     assert ReplayBook.load(str(path)).find([1, 2, 9]) == [1, 2, 9, 8]
-    for alpha, runner_up, field in ((1.5, 0.0, "replay_alpha"), (0.9, -0.1, "replay_runner_up")):
-        with pytest.raises(InvalidArgument, match=field):  # the bench and the draft service both build one
+    for alpha, runner_up, name in ((1.5, 0.0, "replay_alpha"), (0.9, -0.1, "replay_runner_up")):
+        with pytest.raises(InvalidArgument, match=name):  # the bench and the draft service both build one
             ReplayFactory(None, book, ReplayRates(alpha, runner_up))
     path.write_text("{not json\n")
     with pytest.raises(InvalidArgument, match="cannot read"):
         ReplayBook.load(str(path))
 
+
+
+def test_load_aware_k_stops_speculating_when_plain_batched_steps_are_cheaper():
+    """The session's own cycles (padded to the batch's K) show verify(0) = verify(4); the engine's table says
+    a plain step at this load costs a third: K goes to 0, while alone the same costs keep K at 4."""
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.030, draft_s=0.008)  # 2 ms per drafted token
+    costs.observe(0, 0.030)
+    alone = AdaptiveK(max_k=4, costs=costs)
+    batched = AdaptiveK(max_k=4, costs=costs, batch=Load(verify={0: 0.010, **{k: 0.030 for k in range(1, 5)}}))
+    for chooser in (alone, batched):
+        chooser.observe(4, 2, 0.030, 0.008)  # a = 2/3: E(4) = 2.6 tokens
+    assert alone.choose() == 4 and batched.choose() == 0
+
+
+def phase_at(load: Load, alpha_blocks: int = 4) -> AdaptiveK:
+    """A session drafting in a phase of a batch at `load`, whose blocks of 4 had 3 drafts accepted (a = 3/4)."""
+    costs = StepCosts(smoothing=1.0)
+    for k in range(5):  # the parts: verify 13 ms and up, drafting 3.6 ms per token + 1.4 ms per cycle
+        costs.observe(k, 0.013 + 0.001 * k, 0.0036 * k, 0.0014 if k else None)
+    chooser = AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6))
+    for _ in range(alpha_blocks):
+        chooser.observe(4, 3, 0.017, 0.0144)
+    return chooser
+
+
+def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_parts():
+    """64 rows drafting in one phase (the H200 at 64 clients, docs/benchmarks.md): summed from parts, drafting
+    two tokens looks worth 1.27x a plain step (2.3 tokens in 23.6 ms against 1 in 13); measured, a plain cycle
+    launched ahead takes 9.5 ms and a drafting one 27: plain decoding wins, and it is chosen."""
+    assert phase_at(Load()).alpha == 0.75
+    verify = {k: 0.013 + 0.001 * k for k in range(5)}
+    by_parts = phase_at(Load(rows=64, verify=verify))
+    assert by_parts.choose() == 2 and by_parts.rate(2) / by_parts.rate(0) == pytest.approx(1.27, abs=0.01)
+    measured = phase_at(Load(rows=64, verify=verify, cycles={0: 0.0095, 2: 0.027}))
+    assert measured.rate(0) == pytest.approx(1 / 0.0095) and measured.choose() == 0
+    assert "measured cycles ms 0:9.5 2:27.0" in measured.summary()
+    cheap_drafts = phase_at(Load(rows=64, verify=verify, cycles={0: 0.0095, 1: 0.011, 2: 0.012, 3: 0.013, 4: 0.014}))
+    assert cheap_drafts.choose() == 4  # where drafting measures cheap, the phase drafts long
+
+
+def test_a_phase_decodes_plainly_until_its_engine_has_measured_a_plain_cycle():
+    load = Load(rows=64, verify={k: 0.013 + 0.001 * k for k in range(5)}, untried=True)
+    chooser = phase_at(load)
+    assert chooser.choose() == 0
+    load.untried = False
+    assert chooser.choose() > 0
+    alone = AdaptiveK(max_k=4, costs=chooser.costs, batch=Load(rows=64, verify=load.verify, untried=True))
+    alone.observe(4, 3, 0.017, 0.0144)
+    assert alone.choose() > 0  # sessions drafting on their own are not held back: no phase to measure plainly

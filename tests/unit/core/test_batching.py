@@ -322,15 +322,37 @@ def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
     assert table.cost(64, 1) is None
 
 
-def test_load_aware_k_stops_speculating_when_plain_batched_steps_are_cheaper():
-    """The session's own cycles (padded to the batch's K) show verify(0) = verify(4); the engine's table says
-    a plain step at this load costs a third: K goes to 0, while alone the same costs keep K at 4."""
-    from specdec.core.adaptive import AdaptiveK, StepCosts
-    costs = StepCosts(smoothing=1.0)
-    costs.observe(4, 0.030, draft_s=0.008)  # 2 ms per drafted token
-    costs.observe(0, 0.030)
-    alone = AdaptiveK(max_k=4, costs=costs)
-    batched = AdaptiveK(max_k=4, costs=costs, batch_verify=lambda k: 0.010 if k == 0 else 0.030)
-    for chooser in (alone, batched):
-        chooser.observe(4, 2, 0.030, 0.008)  # a = 2/3: E(4) = 2.6 tokens
-    assert alone.choose() == 4 and batched.choose() == 0
+def test_the_engine_measures_a_plain_cycle_per_load_and_gives_a_trial_up(tiny_pair_fp32, monkeypatch):
+    """plain_untried holds a drafting phase at K = 0 until a run of plain steps at this load was timed, and for
+    at most TRIAL_STEPS steps where it never is; a run of drafting steps is timed as one too."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005)
+    try:
+        assert runner.plain_untried() and runner.batch_cycle_cost(0) is None
+        decode(pair, runner, pair.encode(PROMPTS[0]), 12)
+        assert runner.batch_cycle_cost(0) is not None and not runner.plain_untried()
+        assert runner.batch_cycle_cost(2) is None
+        decode(pair, runner, pair.encode(PROMPTS[1]), 12, k=2)
+        assert runner.batch_cycle_cost(2) is not None
+
+        monkeypatch.setattr(runner, "batch_rows", lambda: 16)
+        assert runner.plain_untried()  # 16 rows: never measured, the trial begins
+        monkeypatch.undo()
+        steps = runner.stats.steps
+        decode(pair, runner, pair.encode(PROMPTS[2]), batching.TRIAL_STEPS + 2)  # at 1 row: 16 rows stay unmeasured
+        assert runner.stats.steps - steps >= batching.TRIAL_STEPS
+        monkeypatch.setattr(runner, "batch_rows", lambda: 16)
+        assert runner.costs.cycle(16, 1) is None and not runner.plain_untried()  # given up
+    finally:
+        runner.stop()
+
+
+def test_step_cost_table_keeps_cycles_apart_from_steps():
+    from specdec.core.batching import StepCostTable
+    table = StepCostTable(smoothing=0.5)
+    table.observe(64, 1, 0.019)
+    table.observe_cycle(64, 1, 0.010)
+    table.observe_cycle(60, 1, 0.008)  # the same buckets
+    assert table.cost(64, 1) == 0.019 and table.cycle(64, 1) == pytest.approx(0.009)
+    assert table.cycle(64, 3) is None and table.cycle(16, 1) is None  # never scaled from another cell
+    assert table.report() == "64x1: 19.0; cycles 64x1: 9.0" and table.report() == ""  # each cell once
