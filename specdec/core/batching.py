@@ -36,7 +36,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
@@ -292,6 +292,8 @@ class StepStats:
     busy_s: float = 0.0  # time in batched steps
     forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
     drafting_s: float = 0.0  # time the engine spent drafting for its sessions between steps (a StepDrafter)
+    drafting_phases: int = 0  # how many times it did
+    drafting_longest_s: float = 0.0  # the longest of them since the engine last logged (a catch-up shows here)
     guesses: int = 0  # rows launched ahead on a guess (looking ahead)
     guesses_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
@@ -589,14 +591,15 @@ class BatchedRunner(ModelRunner):
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
-                     "steps %.1f), busy %.0f%%, %d prefill chunks, %d rows launched ahead (%.0f%% kept); "
-                     "t(rows x tokens) ms %s", steps, wall,
+                     "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks, %d rows launched ahead "
+                     "(%.0f%% kept); t(rows x tokens) ms %s", steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
+                     s.drafting_phases - since.drafting_phases, 1e3 * s.drafting_longest_s,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), self.costs.report())
-        return StepStats(s.steps, s.rows, s.prefill_chunks, busy_s=s.busy_s, forward_s=s.forward_s,
-                         drafting_s=s.drafting_s, guesses=s.guesses, guesses_kept=s.guesses_kept)
+        s.drafting_longest_s = 0.0
+        return replace(s, rows_seen={})
 
     def _loop(self) -> None:
         try:
@@ -721,7 +724,9 @@ class BatchedRunner(ModelRunner):
         if not self.drafter.draft():
             return False
         drafting_s = time.perf_counter() - t0
-        self.stats.drafting_s += drafting_s
+        s = self.stats
+        s.drafting_s, s.drafting_phases = s.drafting_s + drafting_s, s.drafting_phases + 1
+        s.drafting_longest_s = max(s.drafting_longest_s, drafting_s)
         self.on_drafting(drafting_s)
         return True
 
