@@ -209,11 +209,8 @@ class BatchLoad(Protocol):
         ...
 
     def batch_cycle_cost(self, k: int) -> float | None:
-        """The measured cycle of steps of k drafts per row, drafting between steps included; None: not measured."""
-        ...
-
-    def plain_untried(self) -> bool:
-        """Whether sessions drafting in one phase should decode plainly now, to measure a plain cycle."""
+        """The measured cycle of steps of k drafts per row, drafting between steps included (k = 0: or a hopeful
+        estimate of it); None: not measured."""
         ...
 
 
@@ -349,8 +346,6 @@ class AdaptiveK:
         if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
-        elif k > 0 and self.phase is not None and self.batch is not None and self.batch.plain_untried():
-            k = 0  # the whole phase decodes plainly for a few steps, so that plain cycles get measured here too
         return k
 
 

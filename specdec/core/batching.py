@@ -56,7 +56,6 @@ log = logging.getLogger("specdec.batching")
 
 LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this often
 WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session readers woken per step, at any load
-TRIAL_STEPS = 8  # the most steps a rows bucket decodes plainly to measure a plain cycle (plain_untried)
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
 _END = object()  # a driven session's last item: its sequence is done
@@ -154,6 +153,7 @@ class _Launched:
     began: float  # when the engine began building it
     launched: float  # when its forward was launched
     ahead: bool = False  # the next step was launched before this one was read: only `top` is still valid
+    pipelined: bool = False  # launched while the step before it was on the device (`after` it)
     cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
     drafted_before: float = 0.0  # the engine's drafting time (StepStats.drafting_s) when it was launched
 
@@ -171,6 +171,9 @@ class _Chain:
 class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
+
+    last_catch_up_s: float  # of the last drafting phase, the time its draft spent catching up on tokens it had
+    #                        not seen (a paused session's): the price of the pause, not of a cycle
 
     def draft(self) -> bool:
         """Draft for the sessions that asked; False when none had."""
@@ -233,6 +236,8 @@ class StepCostTable:
     cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> the
     # engine's wall time from one step's read to the next's, in a run of steps of that many tokens per row
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
+    forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
+    # launched alone, from launch to read
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         self._average(self.cells, rows, tokens, seconds, self.touched)
@@ -252,9 +257,16 @@ class StepCostTable:
         table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
         touched.add(key)
 
+    def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
+        self._average(self.forwards, rows, tokens, seconds, set())
+
     def cycle(self, rows: int, tokens: int) -> float | None:
         """The measured cycle at that load and step size; None where none was measured."""
         return self.cycles.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
+
+    def forward(self, rows: int, tokens: int) -> float | None:
+        """A forward of a step at that load and size, launched alone; None where none was measured."""
+        return self.forwards.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
 
     def report(self) -> str:
         """The cells observed since the last report, 'rows x tokens: ms', and the cycles (for the engine's log line)."""
@@ -356,7 +368,7 @@ class BatchedRunner(ModelRunner):
         self.costs = StepCostTable()
         self._cycle_from: float | None = None  # when the last step was read, unless the engine idled since
         self._cycle_n = 0  # that step's tokens per row
-        self._trials: dict[int, int] = {}  # rows bucket -> the step its plain trial began at (plain_untried)
+        self._drafted_since_read = False  # a drafting phase ran since the last step was read
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -461,19 +473,14 @@ class BatchedRunner(ModelRunner):
 
     def batch_cycle_cost(self, k: int) -> float | None:
         """The measured cycle of a step of k drafts per row at this load, drafting included (None: not measured):
-        what sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K."""
-        return self.costs.cycle(self.batch_rows(), k + 1)
-
-    def plain_untried(self) -> bool:
-        """Whether a batch drafting in one phase should decode plainly for a few steps first: what a plain
-        cycle costs at this load is not measured yet, and it cannot be told from drafting steps (a run of
-        plain steps is launched ahead, one while the last computes; a step amid drafting is not). At most
-        TRIAL_STEPS steps per rows bucket: a batch that never gets to decode plainly drafts on."""
-        rows = bucket(self.batch_rows(), ROW_BUCKETS)
-        if self.costs.cycle(rows, 1) is not None:
-            return False
-        began = self._trials.setdefault(rows, self.stats.steps)
-        return self.stats.steps - began < TRIAL_STEPS
+        what sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. A plain
+        cycle never measured at this load is taken to cost its forward (a run of plain steps launched ahead
+        costs about that, where the host keeps up): a step amid drafting is not launched ahead, and its cost
+        would keep a batch drafting where plain decoding is faster; if the forward was too hopeful, the run of
+        plain steps it leads to is measured."""
+        rows = self.batch_rows()
+        cycle = self.costs.cycle(rows, k + 1)
+        return self.costs.forward(rows, 1) if cycle is None and k == 0 and self.lookahead else cycle
 
     def batch_rows(self) -> int:
         """The driven sessions now: the rows of a step (at least 1)."""
@@ -724,6 +731,9 @@ class BatchedRunner(ModelRunner):
         if not self.drafter.draft():
             return False
         drafting_s = time.perf_counter() - t0
+        self._drafted_since_read = True
+        if self._cycle_from is not None:  # a resumed draft's catching up: not what a cycle at this K costs
+            self._cycle_from += self.drafter.last_catch_up_s
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + drafting_s, s.drafting_phases + 1
         s.drafting_longest_s = max(s.drafting_longest_s, drafting_s)
@@ -921,7 +931,7 @@ class BatchedRunner(ModelRunner):
             if top.is_cuda:
                 host_top, ready = self._readback(top)
         self._publish()  # the last step's results, while this one runs (on a GPU)
-        return _Launched(requests, n, logits, top, host_top, ready, began, launched,
+        return _Launched(requests, n, logits, top, host_top, ready, began, launched, pipelined=after is not None,
                          drafted_before=self.stats.drafting_s)
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
@@ -952,7 +962,7 @@ class BatchedRunner(ModelRunner):
         step.cost_from = began
         requests = [r for r in step.requests if not r.void]
         if requests and not self.passive:
-            self._time_cycle(step.n, read)
+            self._time_cycle(step, read)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
         for r in requests:
@@ -963,13 +973,18 @@ class BatchedRunner(ModelRunner):
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
 
-    def _time_cycle(self, n: int, read: float) -> None:
+    def _time_cycle(self, step: _Launched, read: float) -> None:
         """The cycle since the last step was read (StepCostTable.observe_cycle), in a run of steps of n tokens per
         row: the first step of another size is a transition (the first plain step of a batch that stops
-        drafting was not launched ahead; the first drafting step's phase drafted for rows of another K)."""
-        if self._cycle_from is not None and n == self._cycle_n:
-            self.costs.observe_cycle(self.batch_rows(), n, read - self._cycle_from)
-        self._cycle_from, self._cycle_n = read, n
+        drafting was not launched ahead; the first drafting step's phase drafted for rows of another K), and a
+        plain step after a drafting phase had rows waiting for drafts. A step launched alone also gives its
+        forward's time (launch to read: the device's, as the host only streams meanwhile)."""
+        rows, n = self.batch_rows(), step.n
+        if self._cycle_from is not None and n == self._cycle_n and not (n == 1 and self._drafted_since_read):
+            self.costs.observe_cycle(rows, n, read - self._cycle_from)
+        if not step.pipelined:
+            self.costs.observe_forward(rows, n, read - step.launched)
+        self._cycle_from, self._cycle_n, self._drafted_since_read = read, n, False
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row

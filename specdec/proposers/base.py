@@ -49,7 +49,8 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
     chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group)
                                    for p, c, k in zip(proposers, committed, ks)])
     draft_s = time.perf_counter() - t1
-    return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=t1 - t0)
+    catch_up_s = t1 - t0 if behind else 0.0
+    return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=catch_up_s)
             for p, c, picks in zip(proposers, committed, chains)]
 
 

@@ -18,7 +18,6 @@ class Load:
     rows: int = 1
     verify: dict[int, float] = field(default_factory=dict)  # k -> a step's cost if every row verified k drafts
     cycles: dict[int, float] = field(default_factory=dict)  # k -> the measured cycle of steps of k drafts
-    untried: bool = False  # a plain cycle at this load is not measured yet
 
     def batch_rows(self) -> int:
         return self.rows
@@ -28,9 +27,6 @@ class Load:
 
     def batch_cycle_cost(self, k: int) -> float | None:
         return self.cycles.get(k)
-
-    def plain_untried(self) -> bool:
-        return self.untried
 
 
 def feed(chooser: AdaptiveK, alpha: float, verify, draft_step: float, cycles: int = 200) -> None:
@@ -322,14 +318,3 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
     assert "measured cycles ms 0:9.5 2:27.0" in measured.summary()
     cheap_drafts = phase_at(Load(rows=64, verify=verify, cycles={0: 0.0095, 1: 0.011, 2: 0.012, 3: 0.013, 4: 0.014}))
     assert cheap_drafts.choose() == 4  # where drafting measures cheap, the phase drafts long
-
-
-def test_a_phase_decodes_plainly_until_its_engine_has_measured_a_plain_cycle():
-    load = Load(rows=64, verify={k: 0.013 + 0.001 * k for k in range(5)}, untried=True)
-    chooser = phase_at(load)
-    assert chooser.choose() == 0
-    load.untried = False
-    assert chooser.choose() > 0
-    alone = AdaptiveK(max_k=4, costs=chooser.costs, batch=Load(rows=64, verify=load.verify, untried=True))
-    alone.observe(4, 3, 0.017, 0.0144)
-    assert alone.choose() > 0  # sessions drafting on their own are not held back: no phase to measure plainly

@@ -322,27 +322,25 @@ def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
     assert table.cost(64, 1) is None
 
 
-def test_the_engine_measures_a_plain_cycle_per_load_and_gives_a_trial_up(tiny_pair_fp32, monkeypatch):
-    """plain_untried holds a drafting phase at K = 0 until a run of plain steps at this load was timed, and for
-    at most TRIAL_STEPS steps where it never is; a run of drafting steps is timed as one too."""
+def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_forward(tiny_pair_fp32):
+    """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; a plain cycle
+    never measured at this load is taken to cost a plain forward there (with lookahead), until plain steps run."""
     pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005)
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=True)
     try:
-        assert runner.plain_untried() and runner.batch_cycle_cost(0) is None
-        decode(pair, runner, pair.encode(PROMPTS[0]), 12)
-        assert runner.batch_cycle_cost(0) is not None and not runner.plain_untried()
-        assert runner.batch_cycle_cost(2) is None
+        assert runner.batch_cycle_cost(0) is None and runner.batch_cycle_cost(2) is None
         decode(pair, runner, pair.encode(PROMPTS[1]), 12, k=2)
-        assert runner.batch_cycle_cost(2) is not None
-
-        monkeypatch.setattr(runner, "batch_rows", lambda: 16)
-        assert runner.plain_untried()  # 16 rows: never measured, the trial begins
-        monkeypatch.undo()
-        steps = runner.stats.steps
-        decode(pair, runner, pair.encode(PROMPTS[2]), batching.TRIAL_STEPS + 2)  # at 1 row: 16 rows stay unmeasured
-        assert runner.stats.steps - steps >= batching.TRIAL_STEPS
-        monkeypatch.setattr(runner, "batch_rows", lambda: 16)
-        assert runner.costs.cycle(16, 1) is None and not runner.plain_untried()  # given up
+        assert runner.batch_cycle_cost(2) >= runner.costs.forward(1, 3) > 0  # a cycle includes its forward
+        runner.costs.forwards.pop((1, 1), None)
+        runner.costs.cycles.pop((1, 1), None)
+        assert runner.batch_cycle_cost(0) is None
+        runner.costs.observe_forward(1, 1, 0.004)
+        assert runner.batch_cycle_cost(0) == 0.004  # hoped for
+        runner.lookahead = False
+        assert runner.batch_cycle_cost(0) is None  # without lookahead a plain step is no faster in a run
+        runner.lookahead = True
+        decode(pair, runner, pair.encode(PROMPTS[0]), 12)
+        assert runner.batch_cycle_cost(0) == runner.costs.cycle(1, 1) > 0  # measured
     finally:
         runner.stop()
 
