@@ -218,6 +218,10 @@ class _Row:
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
+    cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
+    cycle_tokens: int = 0  # that forward's tokens (0: none yet)
+    cycle_phases: int = 0  # the engine's drafting phases then (StepStats.drafting_phases)
+    cycle_uncharged: float = 0.0  # and its uncharged time then
 
 
 @dataclass
@@ -233,8 +237,8 @@ class StepCostTable:
     touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
     _answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # (rows, tokens) asked, until the
     # next observation
-    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> the
-    # engine's wall time from one step's read to the next's, in a run of steps of that many tokens per row
+    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a
+    # session's wall time from one forward of that many tokens to its next (observe_cycle)
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
     forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
     # launched alone, from launch to read
@@ -244,10 +248,11 @@ class StepCostTable:
         self._answers = {}
 
     def observe_cycle(self, rows: int, tokens: int, seconds: float) -> None:
-        """A step's whole cycle, as its sessions live it: everything the engine did since it read the last step
-        (completing the rows, drafting for them, planning, the step itself), at `rows` driven sessions. What
-        a plain step costs in a run of them (launched while the last one computes) and what a drafting step
-        costs with its drafting phase are each measured as they are, not summed from parts."""
+        """A session's whole cycle as it lives it, from the end of its last forward to the end of this one, at
+        `rows` driven sessions: completing, drafting, planning, the steps it waited for. What a plain cycle
+        costs in a run of plain steps (each launched while the last computes) and what a drafting cycle costs
+        with its drafting phase are each measured as they are, not summed from parts; and a session left out
+        of a step (sessions falling into cohorts) pays for it here."""
         self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
 
     def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
@@ -265,8 +270,10 @@ class StepCostTable:
         return self.cycles.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
 
     def forward(self, rows: int, tokens: int) -> float | None:
-        """A forward of a step at that load and size, launched alone; None where none was measured."""
-        return self.forwards.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
+        """A forward of a step at that load and size, launched alone, scaled as `cost` scales where never measured
+        (a batch that drafts throughout launches no plain step alone at its load); None without a scale."""
+        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
+        return self.forwards[key] if key in self.forwards else self._scaled(self.forwards, *key)
 
     def report(self) -> str:
         """The cells observed since the last report, 'rows x tokens: ms', and the cycles (for the engine's log line)."""
@@ -282,15 +289,16 @@ class StepCostTable:
         answer = self._answers.get((rows, tokens), self)
         if answer is self:
             key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-            answer = self._answers[(rows, tokens)] = self.cells[key] if key in self.cells else self._scaled(*key)
+            answer = self._answers[(rows, tokens)] = self.cells[key] if key in self.cells else self._scaled(self.cells, *key)
         return answer
 
-    def _scaled(self, r: int, n: int) -> float | None:
-        for m in sorted({m for (b, m) in self.cells if b == r}, key=lambda m: abs(m - n)):
-            others = sorted({b for (b, x) in self.cells if x == m and (b, n) in self.cells}, key=lambda b: abs(b - r))
+    @staticmethod
+    def _scaled(cells: dict[tuple[int, int], float], r: int, n: int) -> float | None:
+        for m in sorted({m for (b, m) in cells if b == r}, key=lambda m: abs(m - n)):
+            others = sorted({b for (b, x) in cells if x == m and (b, n) in cells}, key=lambda b: abs(b - r))
             if others:
                 b = others[0]
-                return self.cells[(r, m)] * self.cells[(b, n)] / self.cells[(b, m)]
+                return cells[(r, m)] * cells[(b, n)] / cells[(b, m)]
         return None
 
 
@@ -366,9 +374,7 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
-        self._cycle_from: float | None = None  # when the last step was read, unless the engine idled since
-        self._cycle_n = 0  # that step's tokens per row
-        self._drafted_since_read = False  # a drafting phase ran since the last step was read
+        self._uncharged_s = 0.0  # engine time that is no running session's cycle: prompt chunks, drafts' catch-ups
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -472,12 +478,12 @@ class BatchedRunner(ModelRunner):
         return self.costs.cost(self.batch_rows(), k + 1)
 
     def batch_cycle_cost(self, k: int) -> float | None:
-        """The measured cycle of a step of k drafts per row at this load, drafting included (None: not measured):
-        what sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. A plain
-        cycle never measured at this load is taken to cost its forward (a run of plain steps launched ahead
-        costs about that, where the host keeps up): a step amid drafting is not launched ahead, and its cost
-        would keep a batch drafting where plain decoding is faster; if the forward was too hopeful, the run of
-        plain steps it leads to is measured."""
+        """A session's measured cycle verifying k drafts at this load, drafting included (None: not measured): what
+        sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. A plain cycle
+        never measured at this load is taken to cost a plain step's forward (a run of plain steps launched
+        ahead costs about that, where the host keeps up): a plain step amid drafting is not launched ahead, and
+        its cost would keep a batch drafting where plain decoding is faster; if the forward was too hopeful,
+        the run of plain steps it leads to is measured."""
         rows = self.batch_rows()
         cycle = self.costs.cycle(rows, k + 1)
         return self.costs.forward(rows, 1) if cycle is None and k == 0 and self.lookahead else cycle
@@ -678,8 +684,6 @@ class BatchedRunner(ModelRunner):
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
                     self._publish()
-                    if not waiting:
-                        self._cycle_from = None  # nothing to do: the wait is nobody's cycle
                     self._cv.wait(IDLE_POLL_S if waiting else None)
                     continue
                 began = now if began is None else began
@@ -731,9 +735,7 @@ class BatchedRunner(ModelRunner):
         if not self.drafter.draft():
             return False
         drafting_s = time.perf_counter() - t0
-        self._drafted_since_read = True
-        if self._cycle_from is not None:  # a resumed draft's catching up: not what a cycle at this K costs
-            self._cycle_from += self.drafter.last_catch_up_s
+        self._uncharged_s += self.drafter.last_catch_up_s  # the price of a pause, not of a cycle at this K
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + drafting_s, s.drafting_phases + 1
         s.drafting_longest_s = max(s.drafting_longest_s, drafting_s)
@@ -801,6 +803,7 @@ class BatchedRunner(ModelRunner):
             self._end(row, _END)
             return
         row.loop.slot.tokens.extend(r.ids)
+        self._time_cycle(row, len(r.ids))
         try:
             cycle = row.loop.complete(r.argmax, r.logits, r.started)
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
@@ -961,8 +964,8 @@ class BatchedRunner(ModelRunner):
         self._read_at = read
         step.cost_from = began
         requests = [r for r in step.requests if not r.void]
-        if requests and not self.passive:
-            self._time_cycle(step, read)
+        if requests and not step.pipelined and not self.passive:
+            self.costs.observe_forward(self.batch_rows(), step.n, read - step.launched)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
         for r in requests:
@@ -973,18 +976,15 @@ class BatchedRunner(ModelRunner):
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
 
-    def _time_cycle(self, step: _Launched, read: float) -> None:
-        """The cycle since the last step was read (StepCostTable.observe_cycle), in a run of steps of n tokens per
-        row: the first step of another size is a transition (the first plain step of a batch that stops
-        drafting was not launched ahead; the first drafting step's phase drafted for rows of another K), and a
-        plain step after a drafting phase had rows waiting for drafts. A step launched alone also gives its
-        forward's time (launch to read: the device's, as the host only streams meanwhile)."""
-        rows, n = self.batch_rows(), step.n
-        if self._cycle_from is not None and n == self._cycle_n and not (n == 1 and self._drafted_since_read):
-            self.costs.observe_cycle(rows, n, read - self._cycle_from)
-        if not step.pipelined:
-            self.costs.observe_forward(rows, n, read - step.launched)
-        self._cycle_from, self._cycle_n, self._drafted_since_read = read, n, False
+    def _time_cycle(self, row: _Row, tokens: int) -> None:
+        """A session's cycle, from its last cycle's end to this one's (StepCostTable.observe_cycle), where both
+        forwarded `tokens` tokens: a change of K is a transition (a session that stops drafting waits for the
+        step launched ahead of it; one that starts waits for its draft to catch up). A plain cycle with a
+        drafting phase in it had others' drafts to wait for: not what plain cycles cost when all are plain."""
+        now, s = time.perf_counter(), self.stats
+        if row.cycle_tokens == tokens and not (tokens == 1 and s.drafting_phases > row.cycle_phases):
+            self.costs.observe_cycle(self.batch_rows(), tokens, now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
+        row.cycle_end, row.cycle_tokens, row.cycle_phases, row.cycle_uncharged = now, tokens, s.drafting_phases, self._uncharged_s
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
@@ -1047,8 +1047,7 @@ class BatchedRunner(ModelRunner):
                     r.logits = logits[r.index - lo, keep - min(r.keep, keep):].float()  # [keep, V]
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
-        if self._cycle_from is not None:  # a new session's prompt: not the running sessions' cycle
-            self._cycle_from += time.perf_counter() - now
+        self._uncharged_s += time.perf_counter() - now  # a new session's prompt: not the running sessions' cycles
         for r, c, done in zip(requests, chunks, last):
             r.fed += len(c)
             if done:

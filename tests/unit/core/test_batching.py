@@ -330,7 +330,7 @@ def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_
     try:
         assert runner.batch_cycle_cost(0) is None and runner.batch_cycle_cost(2) is None
         decode(pair, runner, pair.encode(PROMPTS[1]), 12, k=2)
-        assert runner.batch_cycle_cost(2) >= runner.costs.forward(1, 3) > 0  # a cycle includes its forward
+        assert runner.batch_cycle_cost(2) > 0 and runner.costs.forward(1, 3) > 0
         runner.costs.forwards.pop((1, 1), None)
         runner.costs.cycles.pop((1, 1), None)
         assert runner.batch_cycle_cost(0) is None
@@ -345,6 +345,28 @@ def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_
         runner.stop()
 
 
+def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_fp32, monkeypatch):
+    """From the end of one forward to the end of the next of as many tokens, less what the engine did for no
+    running session meanwhile (prompt chunks, a resumed draft's catching up); a change of K is a transition,
+    and a plain cycle with a drafting phase in it is not what plain cycles cost."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
+    try:
+        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.080, 1.090])
+        monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
+        row = batching._Row(loop=None)
+        runner._time_cycle(row, 3)  # 1.000: its first forward
+        runner._uncharged_s += 0.010  # a prompt chunk of another session
+        runner._time_cycle(row, 3)  # 1.030: 20 ms charged
+        runner._time_cycle(row, 1)  # 1.050: K 2 -> 0, a transition
+        runner.stats.drafting_phases += 1  # another session's probe drafted meanwhile
+        runner._time_cycle(row, 1)  # 1.060: not a plain cycle of an all-plain batch
+        runner._time_cycle(row, 1)  # 1.070: 10 ms
+        monkeypatch.undo()
+        assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(0.010)}
+    finally:
+        runner.stop()
+
+
 def test_step_cost_table_keeps_cycles_apart_from_steps():
     from specdec.core.batching import StepCostTable
     table = StepCostTable(smoothing=0.5)
@@ -354,3 +376,8 @@ def test_step_cost_table_keeps_cycles_apart_from_steps():
     assert table.cost(64, 1) == 0.019 and table.cycle(64, 1) == pytest.approx(0.009)
     assert table.cycle(64, 3) is None and table.cycle(16, 1) is None  # never scaled from another cell
     assert table.report() == "64x1: 19.0; cycles 64x1: 9.0" and table.report() == ""  # each cell once
+    table.observe_forward(1, 1, 0.006)
+    table.observe_forward(1, 5, 0.0072)
+    table.observe_forward(64, 5, 0.015)
+    assert table.forward(64, 1) == pytest.approx(0.015 * 0.006 / 0.0072)  # never launched alone at 64 rows: scaled
+    assert table.forward(8, 1) is None
