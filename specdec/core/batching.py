@@ -172,9 +172,6 @@ class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
 
-    last_catch_up_s: float  # of the last drafting phase, the time its draft spent catching up on tokens it had
-    #                        not seen (a paused session's): the price of the pause, not of a cycle
-
     def draft(self) -> bool:
         """Draft for the sessions that asked; False when none had."""
         ...
@@ -374,7 +371,7 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
-        self._uncharged_s = 0.0  # engine time that is no running session's cycle: prompt chunks, drafts' catch-ups
+        self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -735,7 +732,6 @@ class BatchedRunner(ModelRunner):
         if not self.drafter.draft():
             return False
         drafting_s = time.perf_counter() - t0
-        self._uncharged_s += self.drafter.last_catch_up_s  # the price of a pause, not of a cycle at this K
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + drafting_s, s.drafting_phases + 1
         s.drafting_longest_s = max(s.drafting_longest_s, drafting_s)

@@ -79,7 +79,6 @@ class OwnDrafts:
         self.factory = factory
         self.propose_all = propose_all
         self._asked: list[OwnDraftLink] = []
-        self.last_catch_up_s = 0.0  # StepDrafter: of the last phase
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
@@ -98,11 +97,9 @@ class OwnDrafts:
             asked, self._asked = [link for link in self._asked if not link.closed], []
             if not asked:
                 return False
-            self.last_catch_up_s = 0.0
             try:
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked])
-                self.last_catch_up_s = max(p.catch_up_s for p in proposals)
             except Exception as e:  # noqa: BLE001 - a failed draft must not take the requests with it
                 log.exception("the own draft failed; %d sessions go on alone", len(asked))
                 for link in asked:

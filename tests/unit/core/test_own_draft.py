@@ -191,12 +191,15 @@ def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, e
         paused.send_verdict(Cycle(new_tokens=[5], start=n))  # plain cycles' tokens, held and sent together
         assert not drafts.draft()
         paused.send_verdict(Cycle(new_tokens=[6], start=n + 1), next_k=3)  # resumed: the next block, 3 tokens
-        assert drafts.draft() and drafts.last_catch_up_s > 0  # the prompt and the held tokens first
-        assert paused.poll(lambda p: len(p.token_ids), 0.0).proposal.token_ids != []
+        assert drafts.draft()
+        picked = paused.poll(lambda p: len(p.token_ids), 0.0)
+        assert picked.proposal.token_ids != [] and picked.catch_up_s > 0  # the prompt and the held tokens first
         paused.send_verdict(Cycle(new_tokens=[7], start=n + 2, k=3), next_k=-1)  # paused again
         assert not drafts.draft()
         paused.send_verdict(Cycle(new_tokens=[8], start=n + 3), next_k=2)
-        assert drafts.draft() and drafts.last_catch_up_s == 0.0  # two tokens behind: fed with the first draft step
+        assert drafts.draft()
+        second = paused.poll(lambda p: len(p.token_ids) if p.start == n + 4 else -1, 0.0)
+        assert second.catch_up_s == 0.0  # two tokens behind: fed with the first draft step, no catch-up
         paused.send_verdict(Cycle(new_tokens=[9], start=n + 4, k=2, finish_reason=FinishReason.LENGTH))
         assert not drafts.draft()  # the session is done: nothing more to draft
     finally:
