@@ -23,6 +23,7 @@ ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.m
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -193,8 +194,15 @@ class ProbeSchedule:
         self.since = 0.0
         return True
 
-    def result(self, pays: bool) -> None:
-        self.every = self.first if pays else min(self.max_every, 2 * (self.every or self.first))
+    def result(self, pays: bool, cost_steps: float = 0.0) -> None:
+        """After a probe: `cost_steps` is what it cost beyond a plain cycle, in plain steps (its draft catching up
+        on the tokens of the pause, and drafting). A draft that does not pay waits twice as long each time, and
+        long enough that such probes take at most PROBE_SHARE of the steps: on a GPU a catch-up after a pause
+        can cost ten steps, and probing every few dozen steps then loses more than a useless draft may."""
+        if pays:
+            self.every = self.first
+            return
+        self.every = max(min(self.max_every, 2 * (self.every or self.first)), math.ceil(cost_steps / PROBE_SHARE))
 
 
 class BatchLoad(Protocol):
@@ -209,13 +217,14 @@ class BatchLoad(Protocol):
         ...
 
     def batch_cycle_cost(self, k: int) -> float | None:
-        """The measured cycle of steps of k drafts per row, drafting between steps included (k = 0: or a hopeful
+        """A session's measured cycle verifying k drafts, drafting between steps included (k = 0: or a hopeful
         estimate of it); None: not measured."""
         ...
 
 
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
 PROBE_WEIGHT = 0.5  # EMA weight of a probe's draft costs
+PROBE_SHARE = 0.03  # the most of the steps that probes of a draft that does not pay may cost
 
 
 @dataclass
@@ -256,9 +265,11 @@ class AdaptiveK:
     def alpha(self) -> float | None:
         return self.acceptance.value
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None,
+                catch_up_s: float = 0.0) -> None:
         """Record one cycle: k drafts verified, `accepted` of them accepted, and its costs (`draft_s`: drafting
-        its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart)."""
+        its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart;
+        `catch_up_s`: the draft's catching up on a pause before drafting, which only a probe's cost counts)."""
         # a probe comes after up to hundreds of plain cycles: what the draft costs now outweighs older figures
         self.costs.observe(k, verify_s, draft_s, round_trip_s, PROBE_WEIGHT if self._probing else None)
         if k > 0:
@@ -269,7 +280,9 @@ class AdaptiveK:
                 self.phase.update(self, self.alpha, self.max_k)
         if self._probing:
             self._probing = False
-            self.probes.result(self._best(self._rates(self.max_k)) > 0)
+            plain = self._verify_costs()[0]
+            cost_steps = (catch_up_s + draft_s + (round_trip_s or 0.0)) / plain if plain else 0.0
+            self.probes.result(self._best(self._rates(self.max_k)) > 0, cost_steps)
 
     def rate(self, k: int) -> float | None:
         return self._rates(k)[k]
@@ -356,7 +369,8 @@ class KChooser(Protocol):
 
     def drafting_pays(self) -> bool: ...
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None: ...
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None,
+                catch_up_s: float = 0.0) -> None: ...
 
     def close(self) -> None: ...
 
@@ -373,7 +387,8 @@ class FixedK:
     def drafting_pays(self) -> bool:
         return self.k > 0
 
-    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None) -> None:
+    def observe(self, k: int, accepted: int, verify_s: float, draft_s: float, round_trip_s: float | None = None,
+                catch_up_s: float = 0.0) -> None:
         pass
 
     def close(self) -> None:

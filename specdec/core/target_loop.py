@@ -293,7 +293,8 @@ class TargetLoop:
         cycle.wait_s, cycle.draft_s, cycle.catch_up_s = picked.wait_s, picked.draft_s, picked.catch_up_s
         cycle.ahead, cycle.draft_failed = picked.ahead, self.draft_failed
         if not self._first:
-            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, *self._draft_cost(picked, started))
+            self.chooser.observe(cycle.k, cycle.accepted, cycle.verify_s, *self._draft_cost(picked, started),
+                                 catch_up_s=picked.catch_up_s)
         self._first = False
         self.k = self.chooser.choose(self.sequence.max_k)
         if self.link is not None and not self.link.failed:

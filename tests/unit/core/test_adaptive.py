@@ -1,10 +1,19 @@
 """Adaptive K's choices, and the replay proposer."""
 
+import math
 from dataclasses import dataclass, field
 
 import pytest
 
-from specdec.core.adaptive import AcceptanceEstimate, AdaptiveK, ProbeSchedule, SharedPhase, StepCosts, expected_tokens
+from specdec.core.adaptive import (
+    PROBE_SHARE,
+    AcceptanceEstimate,
+    AdaptiveK,
+    ProbeSchedule,
+    SharedPhase,
+    StepCosts,
+    expected_tokens,
+)
 from specdec.core.config import GenerationRequest, SamplingParams, SpeculationConfig
 from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.errors import InvalidArgument
@@ -89,6 +98,28 @@ def test_useless_draft_shrinks_to_zero_and_probes_rarely():
         chooser.observe(k, 0, 0.010 * (1 + 0.1 * k), k * 0.002)
     assert ks.count(0) >= 60 and max(ks) <= 1  # plain decoding, with an occasional k=1 probe
     assert chooser.probes.every > chooser.probes.first  # failed probes back off
+
+
+def test_probes_whose_catch_up_costs_steps_wait_long_enough_to_take_a_small_share():
+    """A paused draft catches up before a probe's block: ~65 ms on the H200, ten plain steps of 6.5 ms
+    (docs/benchmarks.md). Doubling from 16 steps alone, a fresh service's first 512 steps held five probes (13%
+    of the time); the wait after each is at least its cost over PROBE_SHARE."""
+    def probe_waits(catch_up_s: float) -> list[int]:
+        chooser = AdaptiveK(max_k=4)
+        chooser.observe(0, 0, 0.0065, 0.0)
+        chooser.observe(4, 0, 0.0075, 4 * 0.003)  # a useless draft
+        waits = []
+        for _ in range(2000):
+            k = chooser.choose()
+            chooser.observe(k, 0, 0.0065 if k == 0 else 0.0070, 0.003 * k, catch_up_s=catch_up_s if k else 0.0)
+            if k:
+                waits.append(chooser.probes.every)
+        return waits
+
+    assert probe_waits(0.0)[:4] == [32, 64, 128, 256]  # cheap probes: doubling
+    costly = probe_waits(0.065)
+    steps = (0.065 + 0.003) / 0.0065  # what one costs, in plain steps
+    assert costly[0] == math.ceil(steps / PROBE_SHARE) and sum(steps for _ in costly) / 2000 <= 2 * PROBE_SHARE
 
 
 def test_a_stale_plain_cost_does_not_lock_a_useless_draft_in():

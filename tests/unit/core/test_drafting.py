@@ -187,7 +187,7 @@ def test_adaptive_k_is_charged_the_wait_not_the_hidden_drafting(tiny_pair):
             pass
 
     class Recorder(FixedK):
-        def observe(self, k, accepted, verify_s, draft_s, round_trip_s=None):
+        def observe(self, k, accepted, verify_s, draft_s, round_trip_s=None, catch_up_s=0.0):
             self.seen.append(draft_s + (round_trip_s or 0.0))
 
     request = GenerationRequest(prompt_ids=tiny_pair.encode("x = ["), max_new_tokens=4, ignore_eos=True)

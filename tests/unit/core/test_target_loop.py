@@ -118,11 +118,11 @@ def test_the_chooser_is_charged_the_wait_for_drafting_not_for_catching_up(tiny_p
         def close(self, cancel=False) -> None: ...
 
     class Recording(FixedK):
-        def observe(self, k, accepted, verify_s, draft_s, round_trip_s=None) -> None:
+        def observe(self, k, accepted, verify_s, draft_s, round_trip_s=None, catch_up_s=0.0) -> None:
             if k:
-                charged.append((draft_s, round_trip_s))
+                charged.append((draft_s, round_trip_s, catch_up_s))
 
-    charged: list[float] = []
+    charged: list[tuple] = []
     try:
         cycles = list(TargetLoop(sequence, CatchingUp(), Recording(1), threading.Event()).run())
     finally:
@@ -130,7 +130,8 @@ def test_the_chooser_is_charged_the_wait_for_drafting_not_for_catching_up(tiny_p
     drafted = [c for c in cycles if c.k]  # not the first (prefill) nor the last (nothing worth drafting)
     assert len(drafted) == 2 and all(c.catch_up_s == 0.9 and c.wait_s == 1.0 for c in drafted)
     assert len(charged) == 2, charged
-    assert all(abs(d - 0.05) < 1e-9 and abs(r - 0.05) < 1e-9 for d, r in charged), charged  # was (1.0, none)
+    assert all(abs(d - 0.05) < 1e-9 and abs(r - 0.05) < 1e-9 for d, r, _ in charged), charged  # was (1.0, none)
+    assert all(c == 0.9 for _, _, c in charged)  # told apart: a probe's cost counts it (ProbeSchedule.result)
 
 
 def test_an_in_process_draft_that_raises_leaves_the_target_alone_with_the_same_output(tiny_pair):
