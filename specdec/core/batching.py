@@ -509,10 +509,10 @@ class BatchedRunner(ModelRunner):
         self._ended.wait(wait_s)
 
     def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
-        return self._submit(slot, new_ids, keep, greedy=False).logits
+        return self._submit([(slot, new_ids, keep)], greedy=False)[0].logits
 
     def _forward_greedy(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> list[int]:
-        return self._submit(slot, new_ids, keep, greedy=True).argmax
+        return self._submit([(slot, new_ids, keep)], greedy=True)[0].argmax
 
     def decode_chain(self, slot: KVSlot, ids: Sequence[int], steps: int, draw: Draw,
                      group: Grouped | None = None) -> list:
@@ -532,22 +532,19 @@ class BatchedRunner(ModelRunner):
         return [next(picks) if c.steps > 0 else [] for c in chains]
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
-        requests = []
-        for slot, ids, keep in calls:
-            new_ids = self._new_tokens(slot, ids, keep)
-            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, True))
-        self._hand_over(*requests)
-        for (slot, _, _), r in zip(calls, requests):
-            slot.tokens.extend(r.ids)  # a step's or prompt chunks' request keeps its ids (a chain's would not)
-        return [r.argmax for r in requests]
+        forwards = [(slot, self._new_tokens(slot, ids, keep), keep) for slot, ids, keep in calls]
+        return [r.argmax for r in self._submit(forwards, greedy=True)]
 
-    def _submit(self, slot: KVSlot, new_ids: Sequence[int], keep: int, greedy: bool) -> _Request:
-        """Hand the engine one forward and wait for it."""
-        assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
-        request = _Request(slot.index, slot.length, list(new_ids), keep, greedy)
-        self._hand_over(request)
-        slot.tokens.extend(new_ids)
-        return request
+    def _submit(self, forwards: Sequence[tuple[KVSlot, Sequence[int], int]], greedy: bool) -> list[_Request]:
+        """Hand the engine forwards of new tokens (slot, new_ids, keep), in the same steps, and wait for them."""
+        requests = []
+        for slot, new_ids, keep in forwards:
+            assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
+            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, greedy))
+        self._hand_over(*requests)
+        for slot, new_ids, _ in forwards:
+            slot.tokens.extend(new_ids)
+        return requests
 
     def _hand_over(self, *requests: _Request) -> None:
         """Hand the engine forwards (all in the same steps) and wait for them; the first error is raised."""
