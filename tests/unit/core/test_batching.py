@@ -8,7 +8,7 @@ import torch
 
 from specdec.core import batching
 from specdec.core.adaptive import FixedK
-from specdec.core.batching import BatchedRunner, auto_stream_interval, bucket
+from specdec.core.batching import BatchedRunner, StepCostTable, auto_stream_interval, bucket
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
@@ -312,7 +312,6 @@ def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
 
 
 def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
-    from specdec.core.batching import StepCostTable
     table = StepCostTable(smoothing=1.0)
     table.observe(1, 1, 0.010)
     table.observe(1, 5, 0.015)
@@ -368,7 +367,6 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
 
 
 def test_step_cost_table_keeps_cycles_apart_from_steps():
-    from specdec.core.batching import StepCostTable
     table = StepCostTable(smoothing=0.5)
     table.observe(64, 1, 0.019)
     table.observe_cycle(64, 1, 0.010)
