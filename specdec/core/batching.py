@@ -260,6 +260,7 @@ class StepCostTable:
         touched.add(key)
 
     def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
+        """A step launched while none was on the device, from launch to read: about the device's time for it."""
         self._average(self.forwards, rows, tokens, seconds, set())
 
     def cycle(self, rows: int, tokens: int) -> float | None:
