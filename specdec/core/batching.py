@@ -239,6 +239,11 @@ class StepCostTable:
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
     forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
     # launched alone, from launch to read
+    _forward_answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # as _answers, of forwards
+
+    @staticmethod
+    def _key(rows: int, tokens: int) -> tuple[int, int]:
+        return bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         self._average(self.cells, rows, tokens, seconds, self.touched)
@@ -252,26 +257,27 @@ class StepCostTable:
         of a step (sessions falling into cohorts) pays for it here."""
         self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
 
-    def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
-                 touched: set[tuple[int, int]]) -> None:
-        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-        old = table.get(key)
-        table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
-        touched.add(key)
-
     def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
         """A step launched while none was on the device, from launch to read: about the device's time for it."""
-        self._average(self.forwards, rows, tokens, seconds, set())
+        self._average(self.forwards, rows, tokens, seconds)
+        self._forward_answers = {}
+
+    def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
+                 touched: set[tuple[int, int]] | None = None) -> None:
+        key = self._key(rows, tokens)
+        old = table.get(key)
+        table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
+        if touched is not None:
+            touched.add(key)
 
     def cycle(self, rows: int, tokens: int) -> float | None:
         """The measured cycle at that load and step size; None where none was measured."""
-        return self.cycles.get((bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)))
+        return self.cycles.get(self._key(rows, tokens))
 
     def forward(self, rows: int, tokens: int) -> float | None:
         """A forward of a step at that load and size, launched alone, scaled as `cost` scales where never measured
         (a batch that drafts throughout launches no plain step alone at its load); None without a scale."""
-        key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-        return self.forwards[key] if key in self.forwards else self._scaled(self.forwards, *key)
+        return self._lookup(self.forwards, self._forward_answers, rows, tokens)
 
     def report(self) -> str:
         """The cells observed since the last report, 'rows x tokens: ms', and the cycles (for the engine's log line)."""
@@ -283,11 +289,16 @@ class StepCostTable:
         return line
 
     def cost(self, rows: int, tokens: int) -> float | None:
-        """Every session's K choice asks this, for each K, between two steps: answered once per question."""
-        answer = self._answers.get((rows, tokens), self)
+        return self._lookup(self.cells, self._answers, rows, tokens)
+
+    def _lookup(self, table: dict[tuple[int, int], float], answers: dict[tuple[int, int], float | None], rows: int,
+                tokens: int) -> float | None:
+        """A cell, or its scaled estimate. Every session's K choice asks for each K between two steps: answered
+        once per question until the table is next observed."""
+        answer = answers.get((rows, tokens), self)
         if answer is self:
-            key = (bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS))
-            answer = self._answers[(rows, tokens)] = self.cells[key] if key in self.cells else self._scaled(self.cells, *key)
+            key = self._key(rows, tokens)
+            answer = answers[(rows, tokens)] = table[key] if key in table else self._scaled(table, *key)
         return answer
 
     @staticmethod
