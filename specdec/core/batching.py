@@ -327,6 +327,11 @@ class StepStats:
     guesses_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
 
+    def count(self, rows: int) -> None:
+        """One more step, of `rows` rows."""
+        self.steps, self.rows = self.steps + 1, self.rows + rows
+        self.rows_seen[rows] = self.rows_seen.get(rows, 0) + 1
+
 
 class BatchedRunner(ModelRunner):
     """A ModelRunner whose forwards all go through one engine thread, batched across sessions.
@@ -585,6 +590,9 @@ class BatchedRunner(ModelRunner):
                 steps, long = self._split_pending(chunks=None)
             if not steps and not long:
                 return
+            if not long and all(r.chain is not None and r.chain.group is not None for r in steps):
+                self._draft_chained(steps)
+                continue
             with self._turn():
                 step = self._launch_or_fail(steps)
                 if step is not None:
@@ -924,23 +932,68 @@ class BatchedRunner(ModelRunner):
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
         token is `after`'s argmax for its row, read on the device."""
         began = time.perf_counter()
-        rows, n = self.step_shape(max(r.index for r in requests) + 1, max(max(len(r.ids), 1) for r in requests))
-        ids, starts = [0] * (rows * n), [self.max_len] * rows  # dummy rows: the padding columns
-        for r in requests:
-            ids[r.index * n:r.index * n + len(r.ids)] = r.ids
-            starts[r.index] = r.start  # real tokens, then padded writes past them
-        positions = torch.tensor(starts)[:, None] + self._columns[:n]  # [rows, n]
+        ids, positions = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
-        logits = self._batched(torch.tensor(ids).view(rows, n), positions, guessed, after)  # [rows, n, V]
+        logits = self._batched(ids, positions, guessed, after.top[:, -1] if after is not None else None)  # [rows, n, V]
         top = host_top = ready = None
         if any(r.greedy for r in requests):
             top = host_top = logits.argmax(-1)  # [rows, n]
             if top.is_cuda:
                 host_top, ready = self._readback(top)
         self._publish()  # the last step's results, while this one runs (on a GPU)
-        return _Launched(requests, n, logits, top, host_top, ready, began, launched, pipelined=after is not None,
-                         drafted_before=self.stats.drafting_s)
+        return _Launched(requests, ids.shape[1], logits, top, host_top, ready, began, launched,
+                         pipelined=after is not None, drafted_before=self.stats.drafting_s)
+
+    def _inputs(self, requests: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step's token ids and positions [rows, n] on the host: each request's tokens in its own row from its
+        start, padded to n; dummy rows and the padding write past max_len."""
+        rows, n = self.step_shape(max(r.index for r in requests) + 1, max(max(len(r.ids), 1) for r in requests))
+        ids, starts = [0] * (rows * n), [self.max_len] * rows  # dummy rows: the padding columns
+        for r in requests:
+            ids[r.index * n:r.index * n + len(r.ids)] = r.ids
+            starts[r.index] = r.start  # real tokens, then padded writes past them
+        return torch.tensor(ids).view(rows, n), torch.tensor(starts)[:, None] + self._columns[:n]
+
+    def _draft_chained(self, requests: list[_Request]) -> None:
+        """Every step of these draft chains (a runner without an engine loop), with no host read between steps:
+        a row's next input is the token its last step drafted, its group's first value on the device, or the
+        token a replayed draft knows beforehand (`Grouped.known`); every step's values are read at the end, in
+        one host read, and picked from then. A draft step costs its forward, not a trip through the host."""
+        try:
+            reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device)
+            fed = torch.zeros(max(r.index for r in requests) + 1, dtype=torch.long, device=self.device)  # [slots]
+            live, step = requests, 0
+            while live:
+                ids, positions = self._inputs(live)
+                with self._turn(), torch.inference_mode():
+                    logits = self._batched(ids, positions, [r.index for r in live if step and r.chain.group.known is None],
+                                           fed)  # [rows, n, V]
+                    for read, members in self._by_read(live).items():
+                        where = torch.tensor([[r.index for r in members], [len(r.ids) - 1 for r in members]])
+                        where = where.to(self.device, non_blocking=True)  # [2, members]: each row's last token
+                        values = read(logits[where[0], where[1]].float())  # [members, m]
+                        fed[where[0]] = values[:, 0]
+                        reads.append((members, [r.start + len(r.ids) for r in members], values))
+                self.stats.count(len(live))
+                for r in live:
+                    r.start, known = r.start + len(r.ids), r.chain.group.known
+                    r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
+                step += 1
+                live = [r for r in live if r.chain.steps > step]
+            flat = torch.cat([values.flatten() for _, _, values in reads]).tolist()  # the host read
+            at = 0
+            for members, picked_at, values in reads:
+                m = values.shape[1]
+                for r, position in zip(members, picked_at):
+                    r.chain.picks.append(r.chain.group.pick(flat[at:at + m], position))
+                    at += m
+        except BaseException as e:  # noqa: BLE001 - the caller's to handle
+            for r in requests:
+                self._fail(r, e)
+            return
+        for r in requests:
+            r.done.set()
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
@@ -1002,24 +1055,27 @@ class BatchedRunner(ModelRunner):
         step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
         if useful:
             self.costs.observe(len(step.requests), step.n, step_s)
-        s.steps, s.rows = s.steps + 1, s.rows + len(step.requests)
+        s.count(len(step.requests))
         s.busy_s += step_s
-        s.rows_seen[len(step.requests)] = s.rows_seen.get(len(step.requests), 0) + 1
         self.on_step(len(step.requests), step_s)
 
     def _draw_groups(self, logits: torch.Tensor, requests: list[_Request]) -> None:
         """Pick the next token of every grouped draft chain of a step, a group at a time (one draw and one
         host read for all its rows, instead of one per row)."""
+        for read, members in self._by_read(requests).items():
+            rows = torch.tensor([r.index for r in members], device=logits.device)
+            last = torch.tensor([len(r.ids) - 1 for r in members], device=logits.device)
+            for r, values in zip(members, read(logits[rows, last].float()).tolist()):
+                r.pick = r.chain.group.pick(values, r.start + len(r.ids))
+
+    @staticmethod
+    def _by_read(requests: list[_Request]) -> dict[object, list[_Request]]:
+        """The grouped draft chains' requests, by their groups' shared `read`."""
         groups: dict[object, list[_Request]] = {}
         for r in requests:
             if r.chain is not None and r.chain.group is not None:
                 groups.setdefault(r.chain.group.read, []).append(r)
-        for members in groups.values():
-            rows = torch.tensor([r.index for r in members], device=logits.device)
-            last = torch.tensor([len(r.ids) - 1 for r in members], device=logits.device)
-            values = members[0].chain.group.read(logits[rows, last].float())
-            for r, value in zip(members, values):
-                r.pick = r.chain.group.pick(value, r.start + len(r.ids))
+        return groups
 
     def _run_chunks(self, requests: list[_Request]) -> None:
         """The next chunk of each long request, in one eager forward (prompt lengths vary) over slots [lo, hi):
@@ -1073,26 +1129,27 @@ class BatchedRunner(ModelRunner):
         return self._batched(ids, positions, [], None)
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor, guessed: list[int],
-                 after: _Launched | None) -> torch.Tensor:
-        """ids, positions [rows, n]; rows `guessed` take their first token from `after`'s argmax on the device."""
+                 fed: torch.Tensor | None) -> torch.Tensor:
+        """ids, positions [rows, n]; rows `guessed` take their first token from `fed` [rows or more] on the device
+        (a token the last step drew there)."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
                 ids = ids.to(self.device)
-                self._fill_guesses(ids, guessed, after)
+                self._fill_guesses(ids, guessed, fed)
                 return self._run(_StepInputs(ids, positions.to(self.device), 0), keep=n)
             with torch.cuda.device(self.device):
                 g = self._graphs[(rows, n)]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
                 g.inputs.positions.copy_(positions, non_blocking=True)
-                self._fill_guesses(g.inputs.ids, guessed, after)
+                self._fill_guesses(g.inputs.ids, guessed, fed)
                 g.graph.replay()
                 return g.logits
 
-    def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], after: _Launched | None) -> None:
+    def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], fed: torch.Tensor | None) -> None:
         if guessed:
             index = torch.tensor(guessed).to(self.device, non_blocking=True)  # blocking, it would wait for the device
-            ids[index, 0] = after.top[index, -1]  # `after` was a step of one token per row
+            ids[index, 0] = fed[index]
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""

@@ -65,11 +65,14 @@ Draw = Callable[[torch.Tensor, list[int]], list]  # (logits [B, V], positions [B
 
 class Grouped(NamedTuple):
     """How a chain's picks are drawn together with other chains' in a batched step: `read` (one function shared
-    by the group) turns the rows' logits [B, V] into one host value per row in one read; `pick(value, position)`,
-    the chain's own, makes its pick from its row's value. `draw` must equal reading then picking."""
+    by the group) turns the rows' logits [B, V] into values [B, m] on the device, read to the host for all rows
+    at once; `pick(values, position)`, the chain's own, makes its pick from its row's values (a list). `draw`
+    must equal reading then picking. The drafted token is the row's first value, unless `known(position)` gives
+    it before its logits exist (a replayed draft): either way the next step's input needs no host read."""
 
-    read: Callable[[torch.Tensor], list]
-    pick: Callable[[object, int], object]
+    read: Callable[[torch.Tensor], torch.Tensor]
+    pick: Callable[[list, int], object]
+    known: Callable[[int], int] | None = None
 
 
 class Chain(NamedTuple):

@@ -68,7 +68,7 @@ class ModelDrafting:
         proposer reads the rows, then picks from its row's value."""
         if self.group is None:
             raise NotImplementedError
-        return [self.group.pick(value, p) for value, p in zip(self.group.read(logits), positions)]
+        return [self.group.pick(values, p) for values, p in zip(self.group.read(logits).tolist(), positions)]
 
     def _before_propose(self, committed: Sequence[int]) -> None:
         """What a proposer learns from the sequence before it drafts (the replay finds its reference)."""

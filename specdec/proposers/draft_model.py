@@ -13,9 +13,9 @@ from specdec.core.sampling import Stream, process_logits, sample_from, uniform
 from specdec.proposers.base import ModelDrafting, Pick
 
 
-def top_three(logits: torch.Tensor) -> list[list[int]]:
-    """Per row of logits [B, V]: its argmax (ties to the lowest id, as everywhere) and its top two, one host read."""
-    return torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1).tolist()
+def top_three(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of logits [B, V]: its argmax (ties to the lowest id, as everywhere) and its top two, [B, 3]."""
+    return torch.cat([logits.argmax(-1, keepdim=True), logits.topk(2, dim=-1).indices], dim=-1)
 
 
 def pick_greedy(best: list[int], position: int) -> Pick:

@@ -20,10 +20,10 @@ from specdec.proposers.base import ModelDrafting, Pick
 log = logging.getLogger("specdec.replay")
 
 
-def argmax_rows(logits: torch.Tensor) -> list[int]:
-    """Read the real forward's tokens as a real draft must (a host sync): without that read a draft on its own GPU
-    would run unwaited, in parallel with the target, for free. The replay then picks its own."""
-    return logits.argmax(-1).tolist()
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """The real forward's tokens [B, 1], read to the host as a real draft's must be: without that read a draft on
+    its own GPU would run unwaited, in parallel with the target, for free. The replay then picks its own."""
+    return logits.argmax(-1, keepdim=True)
 
 
 class ReplayProposer(ModelDrafting):
@@ -46,7 +46,7 @@ class ReplayProposer(ModelDrafting):
         self.runner_up = runner_up
         self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
         self.slot = runner.open()
-        self.group = Grouped(argmax_rows, self._pick)
+        self.group = Grouped(argmax_rows, self._pick, self._token)
 
     def _before_propose(self, committed: Sequence[int]) -> None:
         self._find(committed)
@@ -60,8 +60,12 @@ class ReplayProposer(ModelDrafting):
         if self.reference is None:
             self.reference = self.book.find(tokens)
 
-    def _pick(self, drafted: int, position: int) -> Pick:
+    def _pick(self, drafted: list[int], position: int) -> Pick:
         return Pick(*self._replayed(position), None)
+
+    def _token(self, position: int) -> int:
+        """The token it drafts at `position`, known before the draft's logits: a chained draft feeds it on."""
+        return self._replayed(position)[0]
 
     def _replayed(self, position: int) -> tuple[int, int]:
         """(proposed token, runner-up) at `position`."""

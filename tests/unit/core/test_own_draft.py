@@ -10,11 +10,13 @@ from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
 from specdec.core.drafting import DraftStart
+from specdec.core.runner import Chain, Grouped
 from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
-from specdec.proposers.draft_model import DraftModelFactory
+from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
 
@@ -205,3 +207,70 @@ def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, e
     finally:
         paused.close()
     assert draft.free_slots == draft.max_sessions
+
+
+def test_a_chained_draft_reads_its_picks_once_and_drafts_what_it_drafts_alone(tiny_pair_fp32, engine):
+    """Greedy chains of different lengths (K = 1..5) and different tokens missing from the cache, drafted together
+    on a runner without an engine loop: every step runs before any pick is read (one host read, no trip through
+    the host between steps), the steps are shared, and each chain's picks and cache equal the single-sequence
+    runner's."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    events = []
+
+    def read(logits):
+        events.append("read")
+        return top_three(logits)
+
+    def pick(values, position):
+        events.append("pick")
+        return pick_greedy(values, position)
+
+    group = Grouped(read, pick)
+    sequences = [pair.encode(p) for p in PROMPTS[:5]]
+    slots = [draft.open() for _ in sequences]
+    try:
+        for slot, ids, cached in zip(slots, sequences, (0, 1, 2, 0, 1)):
+            draft.greedy_ids(slot, ids[:len(ids) - 1 - cached], keep=1)  # 1..3 tokens left for the first step
+        steps_before = draft.stats.steps
+        chains = [Chain(slot, ids, k, None, group) for slot, ids, k in zip(slots, sequences, range(1, 6))]
+        got = draft.decode_chains(chains)
+        assert draft.stats.steps - steps_before == 5  # the longest chain's steps, shared by all
+        assert events == ["read"] * 5 + ["pick"] * 15
+        reference = pair.draft_runner
+        for slot, ids, k, picks in zip(slots, sequences, range(1, 6), got):
+            ref = reference.open()
+            try:
+                want = reference.decode_chain(ref, ids, k, lambda logits, at: [pick_greedy(v, p) for v, p in
+                                                                               zip(top_three(logits).tolist(), at)])
+                assert picks == want
+                assert slot.tokens == ref.tokens == ids + [p.token for p in want[:-1]]
+                more = slot.tokens + [want[-1].token]
+                assert draft.greedy_ids(slot, more, keep=1) == reference.greedy_ids(ref, more, keep=1)
+            finally:
+                reference.close(ref)
+    finally:
+        for slot in slots:
+            draft.close(slot)
+
+
+def test_a_chained_replayed_draft_feeds_the_tokens_it_replays(tiny_pair_fp32, engine):
+    """A replayed draft's tokens are known before its logits: chained, it feeds those (not the draft's argmax), so
+    its cache holds what its slot says, as a fresh forward of the same tokens."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    prompt = pair.encode(PROMPTS[3])
+    reference = prompt + [(7 * i + 3) % draft.vocab_size for i in range(12)]
+    factory = ReplayFactory(draft, ReplayBook([(prompt, reference[len(prompt):])]), ReplayRates(alpha=0.5))
+    proposer = factory.open(SamplingParams(), seed=1)
+    try:
+        proposer.prefill(prompt)
+        proposal = proposer.propose(prompt, 6)
+        assert proposal.token_ids == [proposer._token(len(prompt) + i) for i in range(6)]
+        assert proposer.slot.tokens == prompt + proposal.token_ids[:-1]
+        more = proposer.slot.tokens + [proposal.token_ids[-1]]
+        ref = pair.draft_runner.open()
+        try:
+            assert draft.greedy_ids(proposer.slot, more, keep=1) == pair.draft_runner.greedy_ids(ref, more, keep=1)
+        finally:
+            pair.draft_runner.close(ref)
+    finally:
+        proposer.close()
