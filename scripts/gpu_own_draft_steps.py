@@ -3,7 +3,9 @@
 For R rows (each with a 256-token cached sequence): the draft's raw batched step (R x 1 and R x 5 tokens,
 CUDA graph, inputs copied in, logits ready), then `propose_together` for R greedy draft-model proposers
 drafting K tokens, timed as a whole and per engine step (the runner's own StepStats), and the greedy group read
-(argmax and top two of R rows of logits). Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K]
+(argmax and top two of R rows of logits); then, for one row, a phase whose draft is N tokens behind (a paused
+session's probe): its catch-up and its drafting, timed apart as the proposal reports them.
+Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K]
 """
 
 from __future__ import annotations
@@ -58,17 +60,30 @@ def main() -> None:
                 del c[257:]
             propose_together(proposers, committed, [k] * rows)
 
-        before = (runner.stats.steps, runner.stats.busy_s, runner.stats.forward_s)
+        before = runner.stats.steps
         phase_ms = timed(phase)
-        steps = runner.stats.steps - before[0]
+        steps = (runner.stats.steps - before) / 23  # timed's runs
         logits = torch.randn(rows, runner.vocab_size, device=DEVICE)
         print(f"rows {rows}: step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms (x1), "
-              f"{1e3 * batched_step_s(runner, rows, 5, 256):.2f} ms (x5); drafting K={k}: {phase_ms:.2f} ms per phase, "
-              f"{1e3 * (runner.stats.busy_s - before[1]) / steps:.2f} ms per engine step "
-              f"(forward {1e3 * (runner.stats.forward_s - before[2]) / steps:.2f}); group read "
+              f"{1e3 * batched_step_s(runner, rows, 5, 256):.2f} ms (x5); drafting K={k}: {phase_ms:.2f} ms per phase "
+              f"of {steps:.0f} steps; group read "
               f"{timed(lambda logits=logits: top_three(logits)):.2f} ms", flush=True)
         for p in proposers:
             p.close()
+    proposer = factory.open(SamplingParams(), 0)
+    base = torch.randint(0, runner.vocab_size, (256,)).tolist()
+    propose_together([proposer], [base], [k])
+    for behind in (16, 64, 200, 512):
+        times = []
+        for _ in range(5):  # new tokens after the same 256 each time: the cache rolls back to 256, N behind
+            sequence = base + torch.randint(0, runner.vocab_size, (behind,)).tolist()
+            t0 = time.perf_counter()
+            p = propose_together([proposer], [sequence], [k])[0]
+            times.append((1e3 * (time.perf_counter() - t0), 1e3 * p.catch_up_s, 1e3 * p.draft_s))
+        phase, catch_up, draft = (statistics.median(t[i] for t in times) for i in range(3))
+        print(f"1 row, {behind} tokens behind: phase {phase:.2f} ms (catch-up {catch_up:.2f}, drafting K={k} "
+              f"{draft:.2f}); first {times[0][0]:.2f} ms", flush=True)
+    proposer.close()
 
 
 if __name__ == "__main__":
