@@ -799,9 +799,9 @@ class BatchedRunner(ModelRunner):
         with self._cv:
             self._drop(row)
 
-    def _deliver(self, r: _Request) -> None:
-        """A request's forward is done: wake its caller, or complete a driven session's cycle (and confirm or
-        drop the guess launched after it)."""
+    def _deliver(self, r: _Request, width: int) -> None:
+        """A request's forward is done (in a step `width` tokens wide): wake its caller, or complete a driven
+        session's cycle (and confirm or drop the guess launched after it)."""
         row = r.row
         if row is None:
             if r.chain is not None and self._next_pick(r):
@@ -816,7 +816,7 @@ class BatchedRunner(ModelRunner):
             self._end(row, _END)
             return
         row.loop.slot.tokens.extend(r.ids)
-        self._time_cycle(row, len(r.ids))
+        self._time_cycle(row, len(r.ids), width)
         try:
             cycle = row.loop.complete(r.argmax, r.logits, r.started)
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
@@ -1034,13 +1034,17 @@ class BatchedRunner(ModelRunner):
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
 
-    def _time_cycle(self, row: _Row, tokens: int) -> None:
+    def _time_cycle(self, row: _Row, tokens: int, width: int) -> None:
         """A session's cycle, from its last cycle's end to this one's (StepCostTable.observe_cycle), where both
         forwarded `tokens` tokens: a change of K is a transition (a session that stops drafting waits for the
-        step launched ahead of it; one that starts waits for its draft to catch up). A plain cycle with a
-        drafting phase in it had others' drafts to wait for: not what plain cycles cost when all are plain."""
+        step launched ahead of it; one that starts waits for its draft to catch up). Not what the cycle costs
+        when every row does as this one: a cycle whose step was wider than its own forward (`width` tokens: others
+        verified more), which paid for theirs, and a plain cycle with a drafting phase in it, which waited for
+        others' drafts. Timed anyway, a plain cycle amid drafting ones looks as slow as theirs, and every session
+        drafts where all decoding plainly would be faster."""
         now, s = time.perf_counter(), self.stats
-        if row.cycle_tokens == tokens and not (tokens == 1 and s.drafting_phases > row.cycle_phases):
+        if (row.cycle_tokens == tokens and width == self.step_shape(1, tokens)[1]
+                and not (tokens == 1 and s.drafting_phases > row.cycle_phases)):
             self.costs.observe_cycle(self.batch_rows(), tokens, now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
         row.cycle_end, row.cycle_tokens, row.cycle_phases, row.cycle_uncharged = now, tokens, s.drafting_phases, self._uncharged_s
 
@@ -1049,7 +1053,7 @@ class BatchedRunner(ModelRunner):
         of it was a dropped guess: such a step ran while its sessions' drafts drafted, on a shared GPU)."""
         useful = [r for r in step.requests if not r.void]
         for r in useful:
-            self._deliver(r)
+            self._deliver(r, step.n)
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
         step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
@@ -1112,7 +1116,7 @@ class BatchedRunner(ModelRunner):
         for r, c, done in zip(requests, chunks, last):
             r.fed += len(c)
             if done:
-                self._deliver(r)
+                self._deliver(r, n)
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
