@@ -218,6 +218,7 @@ class _Row:
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
     cycle_tokens: int = 0  # that forward's tokens (0: none yet)
     cycle_phases: int = 0  # the engine's drafting phases then (StepStats.drafting_phases)
+    cycle_others: int = 0  # and its steps of another width than that forward's (StepStats.others)
     cycle_uncharged: float = 0.0  # and its uncharged time then
 
 
@@ -326,11 +327,17 @@ class StepStats:
     guesses: int = 0  # rows launched ahead on a guess (looking ahead)
     guesses_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
+    widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 
-    def count(self, rows: int) -> None:
-        """One more step, of `rows` rows."""
+    def count(self, rows: int, width: int) -> None:
+        """One more step, of `rows` rows of `width` tokens."""
         self.steps, self.rows = self.steps + 1, self.rows + rows
         self.rows_seen[rows] = self.rows_seen.get(rows, 0) + 1
+        self.widths[width] = self.widths.get(width, 0) + 1
+
+    def others(self, width: int) -> int:
+        """How many steps so far were of another width."""
+        return self.steps - self.widths.get(width, 0)
 
 
 class BatchedRunner(ModelRunner):
@@ -975,7 +982,7 @@ class BatchedRunner(ModelRunner):
                         values = read(logits[where[0], where[1]].float())  # [members, m]
                         fed[where[0]] = values[:, 0]
                         reads.append((members, [r.start + len(r.ids) for r in members], values))
-                self.stats.count(len(live))
+                self.stats.count(len(live), ids.shape[1])
                 for r in live:
                     r.start, known = r.start + len(r.ids), r.chain.group.known
                     r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1037,16 +1044,19 @@ class BatchedRunner(ModelRunner):
     def _time_cycle(self, row: _Row, tokens: int, width: int) -> None:
         """A session's cycle, from its last cycle's end to this one's (StepCostTable.observe_cycle), where both
         forwarded `tokens` tokens: a change of K is a transition (a session that stops drafting waits for the
-        step launched ahead of it; one that starts waits for its draft to catch up). Not what the cycle costs
-        when every row does as this one: a cycle whose step was wider than its own forward (`width` tokens: others
-        verified more), which paid for theirs, and a plain cycle with a drafting phase in it, which waited for
-        others' drafts. Timed anyway, a plain cycle amid drafting ones looks as slow as theirs, and every session
+        step launched ahead of it; one that starts waits for its draft to catch up). Timed only where every row
+        did as this one: not in a step wider than its own forward (`width` tokens: others verified more), nor
+        with steps of another width in it (others' verifies, or plain steps it was not in), nor, plain, with a
+        drafting phase in it. A plain cycle timed amid drafting ones looks as slow as theirs, and every session
         drafts where all decoding plainly would be faster."""
         now, s = time.perf_counter(), self.stats
-        if (row.cycle_tokens == tokens and width == self.step_shape(1, tokens)[1]
+        own = self.step_shape(1, tokens)[1]
+        others = s.others(own)
+        if (row.cycle_tokens == tokens and width == own and others == row.cycle_others
                 and not (tokens == 1 and s.drafting_phases > row.cycle_phases)):
             self.costs.observe_cycle(self.batch_rows(), tokens, now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
-        row.cycle_end, row.cycle_tokens, row.cycle_phases, row.cycle_uncharged = now, tokens, s.drafting_phases, self._uncharged_s
+        row.cycle_end, row.cycle_tokens, row.cycle_phases = now, tokens, s.drafting_phases
+        row.cycle_uncharged, row.cycle_others = self._uncharged_s, others
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
@@ -1059,7 +1069,7 @@ class BatchedRunner(ModelRunner):
         step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
         if useful:
             self.costs.observe(len(step.requests), step.n, step_s)
-        s.count(len(step.requests))
+        s.count(len(step.requests), step.n)
         s.busy_s += step_s
         self.on_step(len(step.requests), step_s)
 

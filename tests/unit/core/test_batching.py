@@ -347,11 +347,12 @@ def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_
 def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_fp32, monkeypatch):
     """From the end of one forward to the end of the next of as many tokens, less what the engine did for no
     running session meanwhile (prompt chunks, a resumed draft's catching up); a change of K is a transition;
-    a plain cycle with a drafting phase in it, and a cycle in a step wider than its own forward (others verified
-    more tokens), are not what the cycle costs when every row does the same."""
+    a plain cycle with a drafting phase in it, a cycle in a step wider than its own forward (others verified
+    more tokens), and one with steps of another width in it, are not what the cycle costs when every row does
+    the same."""
     runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
     try:
-        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.120])
+        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.160])
         monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
         row = batching._Row(loop=None)
         runner._time_cycle(row, 3, 3)  # 1.000: its first forward
@@ -363,9 +364,14 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
         runner._time_cycle(row, 1, 1)  # 1.070: 10 ms
         runner._time_cycle(row, 1, 5)  # 1.095: in another session's verify step: not a plain step's cycle
         runner._time_cycle(row, 1, 1)  # 1.100: 5 ms
-        runner._time_cycle(row, 3, 3)  # 1.120: K 0 -> 2
+        runner.stats.count(2, 3)  # another session's verify, a step this row was not in
+        runner._time_cycle(row, 1, 1)  # 1.130: not a plain cycle of an all-plain batch
+        runner.stats.count(2, 1)  # the step of that cycle
+        runner._time_cycle(row, 1, 1)  # 1.140: 10 ms
+        runner._time_cycle(row, 3, 3)  # 1.160: K 0 -> 2
         monkeypatch.undo()
-        assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(0.010 * 0.8 + 0.005 * 0.2)}
+        plain = (0.010 * 0.8 + 0.005 * 0.2) * 0.8 + 0.010 * 0.2
+        assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(plain)}
     finally:
         runner.stop()
 
