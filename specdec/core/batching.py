@@ -58,6 +58,7 @@ LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this o
 WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session readers woken per step, at any load
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
+CATCH_UP_ROWS = 4  # catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
 _END = object()  # a driven session's last item: its sequence is done
 
 
@@ -590,8 +591,9 @@ class BatchedRunner(ModelRunner):
                 raise r.error
 
     def _run_here(self) -> None:
-        """A runner without an engine loop: run the pending forwards on this thread until none is left (all the
-        long ones' next chunks in one forward: sessions catching up together cost one forward, not one each)."""
+        """A runner without an engine loop: run the pending forwards on this thread until none is left (the long
+        ones' next chunks in as few forwards as their slots allow: sessions catching up together cost one
+        forward, not one each)."""
         while True:
             with self._cv:
                 steps, long = self._split_pending(chunks=None)
@@ -609,12 +611,28 @@ class BatchedRunner(ModelRunner):
                     except BaseException as e:  # noqa: BLE001 - handed to its callers
                         for r in step.requests:
                             self._fail(r, e)
-            if long:
+            for group in self._catch_up_groups(long):
                 try:
-                    self._run_chunks(long)
+                    self._run_chunks(group)
                 except BaseException as e:  # noqa: BLE001 - handed to their callers
-                    for r in long:
+                    for r in group:
                         self._fail(r, e)
+
+    def _catch_up_groups(self, requests: list[_Request]) -> list[list[_Request]]:
+        """Long requests grouped by slot into forwards (`_run_chunks`): a forward computes every row of its span of
+        slots, so two catch-ups at slots 3 and 60 in one forward would compute 64 rows for two. A group's span
+        is at most CATCH_UP_ROWS rows or twice its members."""
+        groups: list[list[_Request]] = []
+        for r in sorted(requests, key=lambda r: r.index):
+            if groups and self._span_rows(r.index + 1 - groups[-1][0].index) <= max(CATCH_UP_ROWS, 2 * (len(groups[-1]) + 1)):
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        return groups
+
+    def _span_rows(self, span: int) -> int:
+        """The rows a prompt-chunk forward over `span` slots computes (on a GPU, rounded up to a bucket)."""
+        return min(bucket(span, ROW_BUCKETS), self.max_sessions) if self.bucket_chunks else span
 
     # ---- the engine thread ----
 
@@ -1104,7 +1122,7 @@ class BatchedRunner(ModelRunner):
         n = max(len(c) for c in chunks)
         if self.bucket_chunks:
             n = max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk))
-            rows = min(bucket(hi - lo, ROW_BUCKETS), self.max_sessions)
+            rows = self._span_rows(hi - lo)
             lo = min(lo, self.max_sessions - rows)
             hi = lo + rows
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))

@@ -158,6 +158,33 @@ def test_sessions_catching_up_together_fill_their_caches_in_one_forward(tiny_pai
             reference.close(ref)
 
 
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_catch_ups_at_slots_far_apart_do_not_compute_the_rows_between(tiny_pair_fp32, bucketed):
+    """Catch-ups at slots 0, 1 and 15 of 16: a forward over the whole span would compute 16 rows for three, so
+    slots 0 and 1 share a forward and slot 15 has its own; each cache then holds exactly its sequence."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=16, prefill_chunk=48)
+    runner.bucket_chunks = bucketed
+    slots = [runner.open() for _ in range(16)]
+    chosen = [slots[0], slots[1], slots[15]]
+    sequences = [pair.encode("\n".join(PROMPTS[i:i + 3 + 2 * i])) for i in range(3)]
+    assert min(map(len, sequences)) > runner.graph_max_tokens  # prompt chunks, not steps
+    rows, eager = [], runner._eager
+    runner._eager = lambda ids, *args, **kwargs: rows.append(ids.shape[0]) or eager(ids, *args, **kwargs)
+    got = runner.greedy_ids_together([(slot, ids, 1) for slot, ids in zip(chosen, sequences)])
+    chunks = -(-max(map(len, sequences)) // 48)
+    assert len(rows) == 2 * chunks and max(rows) <= 4  # never the 16-row span
+    reference = pair.draft_runner
+    for slot, ids, top in zip(chosen, sequences, got):
+        ref = reference.open()
+        try:
+            assert top == reference.greedy_ids(ref, ids, keep=1)
+            more = ids + top
+            assert runner.greedy_ids(slot, more, keep=1) == reference.greedy_ids(ref, more, keep=1)
+        finally:
+            reference.close(ref)
+
+
 def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
     """A session cancelled between asking for a block and the drafting phase: its proposer (and draft slot) is
     given back, and the phase drafts only for the others."""
