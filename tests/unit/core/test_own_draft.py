@@ -133,54 +133,33 @@ def test_a_failing_draft_leaves_the_sessions_decoding_alone(tiny_pair_fp32, engi
 
 
 @pytest.mark.parametrize("bucketed", [False, True])
-def test_sessions_catching_up_together_fill_their_caches_in_one_forward(tiny_pair_fp32, bucketed):
-    """Long catch-ups of several slots (not adjacent, different lengths) go in one left-padded forward per chunk
-    (`bucketed`, as on a GPU: rounded up to a bucket of rows and tokens); each slot's cache then holds exactly
-    its sequence: its next tokens equal the single-sequence runner's."""
+@pytest.mark.parametrize("sessions, chosen, groups", [(6, (1, 4, 5), [(0, 1, 2)]), (16, (0, 1, 15), [(0, 1), (2,)])],
+                         ids=["near", "far-apart"])
+def test_catch_ups_share_forwards_by_slot_and_fill_their_caches(tiny_pair_fp32, bucketed, sessions, chosen, groups):
+    """Long catch-ups of several slots (different lengths) go in left-padded forwards, one per chunk of each group
+    (`bucketed`, as on a GPU: rounded up to a bucket of rows and tokens): slots near each other share one (slots 2
+    and 3 sit in the range with nothing to do), but a forward computes every row of its span, so slots far apart
+    (0, 1 and 15 of 16) get forwards of their own. Each slot's cache then holds exactly its sequence: its next
+    tokens equal the single-sequence runner's."""
     pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=6, prefill_chunk=48)
+    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=sessions, prefill_chunk=48)
     runner.bucket_chunks = bucketed
-    slots = [runner.open() for _ in range(6)]
-    sequences = [pair.encode("\n".join(PROMPTS[i:i + 3 + 2 * i])) for i in range(3)]
-    chosen = [slots[1], slots[4], slots[5]]  # slots 2 and 3 sit in the range with nothing to do
-    chunks_before = runner.stats.prefill_chunks
-    got = runner.greedy_ids_together([(slot, ids, 1) for slot, ids in zip(chosen, sequences)])
-    assert runner.stats.prefill_chunks - chunks_before == -(-max(map(len, sequences)) // 48)  # chunks of all at once
-    reference = pair.draft_runner
-    for slot, ids, top in zip(chosen, sequences, got):
-        ref = reference.open()
-        try:
-            assert top == reference.greedy_ids(ref, ids, keep=1)
-            more = ids + top
-            assert runner.greedy_ids(slot, more, keep=1) == reference.greedy_ids(ref, more, keep=1)
-            assert slot.tokens == more
-        finally:
-            reference.close(ref)
-
-
-@pytest.mark.parametrize("bucketed", [False, True])
-def test_catch_ups_at_slots_far_apart_do_not_compute_the_rows_between(tiny_pair_fp32, bucketed):
-    """Catch-ups at slots 0, 1 and 15 of 16: a forward over the whole span would compute 16 rows for three, so
-    slots 0 and 1 share a forward and slot 15 has its own; each cache then holds exactly its sequence."""
-    pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=16, prefill_chunk=48)
-    runner.bucket_chunks = bucketed
-    slots = [runner.open() for _ in range(16)]
-    chosen = [slots[0], slots[1], slots[15]]
+    slots = [runner.open() for _ in range(sessions)]
     sequences = [pair.encode("\n".join(PROMPTS[i:i + 3 + 2 * i])) for i in range(3)]
     assert min(map(len, sequences)) > runner.graph_max_tokens  # prompt chunks, not steps
     rows, eager = [], runner._eager
     runner._eager = lambda ids, *args, **kwargs: rows.append(ids.shape[0]) or eager(ids, *args, **kwargs)
-    got = runner.greedy_ids_together([(slot, ids, 1) for slot, ids in zip(chosen, sequences)])
-    chunks = -(-max(map(len, sequences)) // 48)
-    assert len(rows) == 2 * chunks and max(rows) <= 4  # never the 16-row span
+    got = runner.greedy_ids_together([(slots[i], ids, 1) for i, ids in zip(chosen, sequences)])
+    assert len(rows) == sum(-(-max(len(sequences[i]) for i in g) // 48) for g in groups)  # chunks of each group
+    assert max(rows) <= max(4, 2 * max(map(len, groups)))  # never a 16-row span for three
     reference = pair.draft_runner
-    for slot, ids, top in zip(chosen, sequences, got):
+    for i, ids, top in zip(chosen, sequences, got):
         ref = reference.open()
         try:
             assert top == reference.greedy_ids(ref, ids, keep=1)
             more = ids + top
-            assert runner.greedy_ids(slot, more, keep=1) == reference.greedy_ids(ref, more, keep=1)
+            assert runner.greedy_ids(slots[i], more, keep=1) == reference.greedy_ids(ref, more, keep=1)
+            assert slots[i].tokens == more
         finally:
             reference.close(ref)
 
