@@ -67,7 +67,7 @@ def main() -> None:
         print(f"rows {rows}: step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms (x1), "
               f"{1e3 * batched_step_s(runner, rows, 5, 256):.2f} ms (x5); drafting K={k}: {phase_ms:.2f} ms per phase "
               f"of {steps:.0f} steps; group read "
-              f"{timed(lambda logits=logits: top_three(logits)):.2f} ms", flush=True)
+              f"{timed(lambda logits=logits: top_three(logits).tolist()):.2f} ms", flush=True)
         for p in proposers:
             p.close()
     proposer = factory.open(SamplingParams(), 0)
