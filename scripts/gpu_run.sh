@@ -93,7 +93,8 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # target-only under 1-64 clients, random 7B target + planted 0.5B draft on cuda:0, replayed acceptance 0.8
     # (ALPHAS="0.8 0" adds a useless draft; MODES adds services, e.g. services-own-draft; GPU_TESTS="-k EXPR" first
     # runs those GPU tests; K (default 4) and FIXED_K=--fixed-k: draft exactly K; STREAM_INTERVALS="1 8": one sweep
-    # per stream interval, back to back; default auto; EXTRA: more bench flags, e.g. --no-compile --rounds 4)
+    # per stream interval, back to back; default auto; ROUNDS: requests per client (default 6: at 2, a 64-client
+    # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile)
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
@@ -101,7 +102,8 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
       --dtype bfloat16 --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
-      --json "$OUT/engine_a${A}_s$SI.json" ${FIXED_K:-} ${EXTRA:-} 2>"$OUT/engine_a${A}_s$SI.log" | tee "$OUT/engine_a${A}_s$SI.txt"
+      --rounds ${ROUNDS:-6} --json "$OUT/engine_a${A}_s$SI.json" ${FIXED_K:-} ${EXTRA:-} 2>"$OUT/engine_a${A}_s$SI.log" \
+      | tee "$OUT/engine_a${A}_s$SI.txt"
   done; done ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
