@@ -97,17 +97,19 @@ class RowsLayer(StaticLayer):
         keys, values = self.keys[rows], self.values[rows]  # views: [B, H, L, D]
         keys.scatter_(2, self.step.positions[:, None, :, None].expand_as(key_states), key_states)
         values.scatter_(2, self.step.positions[:, None, :, None].expand_as(value_states), value_states)
-        return keys, values
+        span = self.step.span
+        return (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
 
 
 @dataclass
 class _StepInputs:
     """What one batched forward reads: token ids and positions [B, n] (static buffers for a CUDA graph),
-    for slots [first_slot, first_slot + B)."""
+    for slots [first_slot, first_slot + B), attending over the cache's first `span` columns (None: all)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
     first_slot: int = 0
+    span: int | None = None
 
 
 @dataclass
@@ -1169,7 +1171,7 @@ class BatchedRunner(ModelRunner):
             if not self.cuda_graphs:
                 ids = ids.to(self.device)
                 self._fill_guesses(ids, guessed, fed)
-                return self._run(_StepInputs(ids, positions.to(self.device), 0), keep=n)
+                return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
             with torch.cuda.device(self.device):
                 g = self._graphs[(rows, n)]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
@@ -1185,13 +1187,26 @@ class BatchedRunner(ModelRunner):
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""
-        return self._run(_StepInputs(ids.to(self.device), positions.to(self.device), first_slot), keep)
+        return self._run(_StepInputs(ids.to(self.device), positions.to(self.device), first_slot, self._span(positions)),
+                         keep)
+
+    def _span(self, positions: torch.Tensor) -> int | None:
+        """On a CPU, the cache columns an eager step's rows reach (positions [B, n] on the host; dummy rows and
+        padding past max_len are not real rows'): its attention reads no further, so it costs what the rows'
+        lengths ask, not the whole context. None on a GPU, where a step's shape is a captured graph's or a
+        warmed-up bucket's (a new key length would be compiled or set up anew)."""
+        if self.device.type != "cpu":
+            return None
+        real = positions[positions < self.max_len]
+        return int(real.max()) + 1 if real.numel() else None
 
     def _run(self, inputs: _StepInputs, keep: int) -> torch.Tensor:
         """The model's forward over `inputs`; returns logits [B, keep, V]."""
         step = self.step
         step.ids, step.positions, step.first_slot = inputs.ids, inputs.positions, inputs.first_slot  # read by RowsLayers
-        mask = self._key_positions[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
+        step.span = inputs.span
+        keys = self._key_positions[:inputs.span]  # [L]: the columns attended over
+        mask = keys[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 

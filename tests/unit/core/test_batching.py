@@ -389,3 +389,23 @@ def test_step_cost_table_keeps_cycles_apart_from_steps():
     table.observe_forward(64, 5, 0.015)
     assert table.forward(64, 1) == pytest.approx(0.015 * 0.006 / 0.0072)  # never launched alone at 64 rows: scaled
     assert table.forward(8, 1) is None
+
+
+def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
+    """On a CPU a step's attention reads the cache's columns up to the furthest real row's last position, not the
+    whole context (dummy rows and padding past max_len do not count): the same logits as over the whole cache."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=4)
+    prompt = tiny_pair_fp32.encode(PROMPTS[0])
+    slots = [runner.open() for _ in range(2)]
+    for slot in slots:
+        runner.greedy_ids(slot, prompt, keep=1)
+    n = len(prompt)
+    ids = torch.tensor([[5, 6, 0], [7, 0, 0], [0, 0, 0]])  # rows 0 and 1 real (3 and 1 tokens), row 2 a dummy
+    positions = torch.tensor([[n, n + 1, n + 2], [n, n + 1, n + 2], [256, 257, 258]])
+    assert runner._span(positions) == n + 3
+    narrow = runner.forward_rows(ids, positions)
+    assert runner.step.span == n + 3
+    runner._span = lambda positions: None  # the whole cache
+    whole = runner.forward_rows(ids, positions)
+    assert runner.step.span is None
+    torch.testing.assert_close(narrow[:2], whole[:2], rtol=1e-5, atol=1e-5)
