@@ -116,14 +116,6 @@ class StepCosts:
             return None
         return (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s + (self.round_trip_s if k else 0.0)
 
-    def rate(self, tokens: float | None, k: int, verify_s: float | None = None) -> float | None:
-        """Committed tokens per second of a cycle drafting k tokens that commits `tokens` on average (E(a, k));
-        None before measurements."""
-        cost = self.cycle_cost(k, verify_s)
-        if tokens is None or cost is None:
-            return None
-        return tokens / cost if cost > 0 else 0.0
-
 
 class SharedPhase:
     """The sessions whose drafts are drafted in one phase and verified in one step (the target's own draft,
@@ -296,14 +288,20 @@ class AdaptiveK:
         """Expected tokens per second of a cycle of each k <= cap: this session's, or per session of the shared
         phase it drafts in. A shared phase in an engine divides by the cycles measured at this load where there
         are: its verify, drafting and the host's work between steps as they add up (a K never measured keeps
-        the sum of its parts, rarely more than it costs, so it gets tried)."""
+        the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting more costs no less
+        than one drafting fewer: a cheaper figure for it is noise or stale, and taken as is, a session whose drafts
+        are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones."""
         verify = self._verify_costs()
         shared = self.phase is not None and self.phase.tokens(0) is not None
         tokens = [self.phase.tokens(k) if shared else None if self.alpha is None else expected_tokens(self.alpha, k)
                   for k in range(cap + 1)]
         cycles = ([self.batch.batch_cycle_cost(k) for k in range(cap + 1)] if shared and self.batch is not None
                   else [None] * (cap + 1))
-        return [self.costs.rate(tokens[k], k, verify[k]) if cycles[k] is None else tokens[k] / cycles[k]
+        costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in range(cap + 1)]
+        for k in range(1, cap + 1):
+            if costs[k] is not None and costs[k - 1] is not None:
+                costs[k] = max(costs[k], costs[k - 1])
+        return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in range(cap + 1)]
 
     def _verify_costs(self) -> list[float | None]:

@@ -349,3 +349,22 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
     assert "measured cycles ms 0:9.5 2:27.0" in measured.summary()
     cheap_drafts = phase_at(Load(rows=64, verify=verify, cycles={0: 0.0095, 1: 0.011, 2: 0.012, 3: 0.013, 4: 0.014}))
     assert cheap_drafts.choose() == 4  # where drafting measures cheap, the phase drafts long
+
+
+def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
+    """A CPU at 32 clients, drafts never accepted: the engine measured k = 1 cycles at 37.4 ms and plain ones at
+    39.1 (noise: a k = 1 cycle does a plain cycle's work and more). Taken as is, one token in 37.4 ms beat one in
+    39.1 and the batch drafted a third of its cycles for nothing; a drafting cycle now costs at least a plain one,
+    so the tie goes to plain decoding, while a draft that is accepted still drafts."""
+    load = Load(rows=32, verify={0: 0.0214, 1: 0.0214}, cycles={0: 0.0391, 1: 0.0374})
+    costs = StepCosts(smoothing=1.0)
+    for k in range(5):
+        costs.observe(k, 0.020 + 0.002 * k, 0.0148 * k, 0.0067 if k else None)
+    useless = AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6))
+    useless.observe(4, 0, 0.03, 0.06)
+    assert useless.alpha == 0.0
+    assert useless.rate(1) == useless.rate(0) == pytest.approx(1 / 0.0391) and useless.choose() == 0
+    useful = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=32, verify=load.verify, cycles={0: 0.0391, 1: 0.0374}),
+                       phase=SharedPhase(), probes=ProbeSchedule(first=10**6))
+    useful.observe(1, 1, 0.03, 0.015)
+    assert useful.choose() > 0
