@@ -997,10 +997,8 @@ class BatchedRunner(ModelRunner):
                     logits = self._batched(ids, positions, [r.index for r in live if step and r.chain.group.known is None],
                                            fed)  # [rows, n, V]
                     for read, members in self._by_read(live).items():
-                        where = torch.tensor([[r.index for r in members], [len(r.ids) - 1 for r in members]])
-                        where = where.to(self.device, non_blocking=True)  # [2, members]: each row's last token
-                        values = read(logits[where[0], where[1]].float())  # [members, m]
-                        fed[where[0]] = values[:, 0]
+                        rows, values = self._read_rows(logits, read, members)  # [members], [members, m]
+                        fed[rows] = values[:, 0]
                         reads.append((members, [r.start + len(r.ids) for r in members], values))
                 self.stats.count(len(live), ids.shape[1])
                 for r in live:
@@ -1097,10 +1095,17 @@ class BatchedRunner(ModelRunner):
         """Pick the next token of every grouped draft chain of a step, a group at a time (one draw and one
         host read for all its rows, instead of one per row)."""
         for read, members in self._by_read(requests).items():
-            rows = torch.tensor([r.index for r in members], device=logits.device)
-            last = torch.tensor([len(r.ids) - 1 for r in members], device=logits.device)
-            for r, values in zip(members, read(logits[rows, last].float()).tolist()):
+            for r, values in zip(members, self._read_rows(logits, read, members)[1].tolist()):
                 r.pick = r.chain.group.pick(values, r.start + len(r.ids))
+
+    @staticmethod
+    def _read_rows(logits: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
+                   members: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A group's `read` of its members' rows of a step's logits [rows, n, V], each at its last token: (their
+        rows [members], the values [members, m]), on the device."""
+        where = torch.tensor([[r.index for r in members], [len(r.ids) - 1 for r in members]])
+        where = where.to(logits.device, non_blocking=True)  # [2, members]; blocking, it would wait for the device
+        return where[0], read(logits[where[0], where[1]].float())
 
     @staticmethod
     def _by_read(requests: list[_Request]) -> dict[object, list[_Request]]:
