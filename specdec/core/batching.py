@@ -244,6 +244,8 @@ class StepCostTable:
     forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
     # launched alone, from launch to read
     _forward_answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # as _answers, of forwards
+    seeds: dict[tuple[int, int], float] = field(default_factory=dict)  # buckets -> a step's device time, timed once
+    # at start (seed): what a cell never measured costs, before scaling from other cells
 
     @staticmethod
     def _key(rows: int, tokens: int) -> tuple[int, int]:
@@ -260,6 +262,13 @@ class StepCostTable:
         with its drafting phase are each measured as they are, not summed from parts; and a session left out
         of a step (sessions falling into cohorts) pays for it here."""
         self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
+
+    def seed(self, rows: int, tokens: int, seconds: float) -> None:
+        """A captured step's device time, replayed on an idle device at start. A ratio scaled from another load
+        misjudges a load never run: from 8 rows, where a step's cost hardly depends on its tokens, it put a
+        64-row plain step at twice its cost, and a batch kept drafting where decoding plainly was faster."""
+        self.seeds[self._key(rows, tokens)] = seconds
+        self._answers, self._forward_answers = {}, {}
 
     def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
         """A step launched while none was on the device, from launch to read: about the device's time for it."""
@@ -279,8 +288,9 @@ class StepCostTable:
         return self.cycles.get(self._key(rows, tokens))
 
     def forward(self, rows: int, tokens: int) -> float | None:
-        """A forward of a step at that load and size, launched alone, scaled as `cost` scales where never measured
-        (a batch that drafts throughout launches no plain step alone at its load); None without a scale."""
+        """A forward of a step at that load and size, launched alone; where never measured (a batch that drafts
+        throughout launches no plain step alone at its load), its seed or, without one, scaled as `cost` scales;
+        None without a scale."""
         return self._lookup(self.forwards, self._forward_answers, rows, tokens)
 
     def report(self) -> str:
@@ -297,12 +307,13 @@ class StepCostTable:
 
     def _lookup(self, table: dict[tuple[int, int], float], answers: dict[tuple[int, int], float | None], rows: int,
                 tokens: int) -> float | None:
-        """A cell, or its scaled estimate. Every session's K choice asks for each K between two steps: answered
-        once per question until the table is next observed."""
+        """A cell, else its seed, else its scaled estimate. Every session's K choice asks for each K between two
+        steps: answered once per question until the table is next observed."""
         answer = answers.get((rows, tokens), self)
         if answer is self:
             key = self._key(rows, tokens)
-            answer = answers[(rows, tokens)] = table[key] if key in table else self._scaled(table, *key)
+            answer = table.get(key, self.seeds.get(key))
+            answer = answers[(rows, tokens)] = self._scaled(table, *key) if answer is None else answer
         return answer
 
     @staticmethod
@@ -1243,8 +1254,24 @@ class BatchedRunner(ModelRunner):
                     self._capture(b, n)
         for b, n in self._graphs:
             self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
-        log.info("captured %d CUDA graphs (rows %s x tokens up to %d) in %.1f s", len(self._graphs), rows, self.pad,
-                 time.perf_counter() - t0)
+        self._time_graphs()
+        log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d) in %.1f s; device ms %s",
+                 len(self._graphs), rows, self.pad, time.perf_counter() - t0,
+                 ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
+
+    def _time_graphs(self, replays: int = 3) -> None:
+        """Seed the cost table with each captured step's device time (StepCostTable.seed): replays write only
+        padding columns, as the capture did."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.device(self.device):
+            for (b, n), g in self._graphs.items():
+                g.graph.replay()  # warm
+                start.record()
+                for _ in range(replays):
+                    g.graph.replay()
+                end.record()
+                end.synchronize()
+                self.costs.seed(b, n, start.elapsed_time(end) / 1e3 / replays)
 
     def _capture(self, rows: int, n: int) -> _Graph:
         """Capture one step of `rows` x `n` tokens; warm-up and capture write only padding columns."""

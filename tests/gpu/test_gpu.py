@@ -109,6 +109,9 @@ def test_batched_graph_steps_equal_each_request_decoded_alone(gpu_engine):
     pair = SimpleNamespace(eos_ids=gpu_engine.eos_ids, draft_runner=ModelRunner(
         gpu_engine.draft.model, max_len=512, max_sessions=16, cuda_graphs=False))
     try:
+        assert set(runner.costs.seeds) == set(runner._graphs)  # every captured step timed at start, and nothing else
+        assert all(0 < s < 1 for s in runner.costs.seeds.values())
+        assert runner.costs.cost(16, 9) == runner.costs.forward(16, 9) == runner.costs.seeds[(16, 9)]
         cases = [(gpu_engine.encode(p), 10 + 4 * i, i % 9) for i, p in enumerate(PROMPTS[:12])]
         expected = [decode(pair, gpu_engine.target_runner, *c) for c in cases]
         got = concurrently([lambda c=c: decode(pair, runner, *c) for c in cases])

@@ -321,6 +321,25 @@ def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
     assert table.cost(64, 1) is None
 
 
+def test_a_seeded_cell_answers_until_measured_and_before_any_scaling():
+    """A step's device time timed at start (CUDA graphs) stands for a cell never measured, where scaling the
+    1-row ratio would double a 64-row plain step; a measurement replaces it."""
+    table = StepCostTable(smoothing=0.5)
+    table.observe(1, 1, 0.010)
+    table.observe(1, 5, 0.015)
+    table.observe(64, 5, 0.030)
+    table.observe_forward(64, 5, 0.028)
+    assert table.cost(64, 1) == pytest.approx(0.020)  # scaled
+    table.seed(64, 1, 0.011)
+    table.seed(16, 3, 0.009)
+    assert table.cost(64, 1) == table.forward(64, 1) == table.forward(60, 1) == 0.011
+    assert table.cost(16, 3) == 0.009 and table.forward(16, 2) is None  # another bucket: no seed, nothing to scale
+    table.observe(64, 1, 0.013)
+    table.observe_forward(64, 1, 0.012)
+    assert table.cost(64, 1) == 0.013 and table.forward(64, 1) == 0.012  # measured: the first taken as is
+    assert table.report() == "1x1: 10.0, 1x5: 15.0, 64x1: 13.0, 64x5: 30.0"  # seeds are not measurements
+
+
 def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_forward(tiny_pair_fp32):
     """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; a plain cycle
     never measured at this load is taken to cost a plain forward there (with lookahead), until plain steps run."""
