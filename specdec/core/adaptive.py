@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from specdec.core.config import MAX_K
 
@@ -131,6 +131,7 @@ class SharedPhase:
         self._sum = [0.0] * (max_k + 1)
         self._lock = threading.Lock()  # members observe on the engine's thread and leave on their own
         self._mean: list[float] | None = None
+        self._rates: tuple[object, list[float | None]] | None = None  # (key, rates) last computed (`rates`)
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """A member's acceptance now (None: not known yet, so it does not weigh in)."""
@@ -154,6 +155,17 @@ class SharedPhase:
 
     def _publish(self) -> None:
         self._mean = [s / len(self._tokens) for s in self._sum] if self._tokens else None  # one reference: read unlocked
+
+    def rates(self, key: object, compute: Callable[[], list[float | None]]) -> list[float | None]:
+        """The members' rates by k at `key` (an engine's step and a cap), computed by the first member that asks:
+        they weigh the same mean and the same engine's costs, and sixty-four sessions each computing them after
+        every step cost the host a millisecond a step."""
+        cached = self._rates
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rates = compute()
+        self._rates = (key, rates)  # one reference: read unlocked
+        return rates
 
     def tokens(self, k: int) -> float | None:
         """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
@@ -211,6 +223,10 @@ class BatchLoad(Protocol):
     def batch_cycle_cost(self, k: int) -> float | None:
         """A session's measured cycle verifying k drafts, drafting between steps included (k = 0: or a hopeful
         estimate of it); None: not measured."""
+        ...
+
+    def batch_steps(self) -> int | None:
+        """Steps run so far: what a shared phase's rates are computed once per (None: every time)."""
         ...
 
 
@@ -291,6 +307,12 @@ class AdaptiveK:
         the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting more costs no less
         than one drafting fewer: a cheaper figure for it is noise or stale, and taken as is, a session whose drafts
         are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones."""
+        steps = self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
+        if steps is None:
+            return self._compute_rates(cap)
+        return self.phase.rates((steps, cap), lambda: self._compute_rates(cap))
+
+    def _compute_rates(self, cap: int) -> list[float | None]:
         verify = self._verify_costs()
         shared = self.phase is not None and self.phase.tokens(0) is not None
         tokens = [self.phase.tokens(k) if shared else None if self.alpha is None else expected_tokens(self.alpha, k)

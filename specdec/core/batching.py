@@ -523,6 +523,9 @@ class BatchedRunner(ModelRunner):
         cycle = self.costs.cycle(rows, k + 1)
         return self.costs.forward(rows, 1) if cycle is None and k == 0 and self.lookahead else cycle
 
+    def batch_steps(self) -> int:
+        return self.stats.steps
+
     def batch_rows(self) -> int:
         """The driven sessions now: the rows of a step (at least 1)."""
         return max(1, len(self._rows))

@@ -27,6 +27,11 @@ class Load:
     rows: int = 1
     verify: dict[int, float] = field(default_factory=dict)  # k -> a step's cost if every row verified k drafts
     cycles: dict[int, float] = field(default_factory=dict)  # k -> the measured cycle of steps of k drafts
+    steps: int | None = None  # the engine's steps so far (None: a shared phase's rates are never reused)
+    asked: int = 0  # calls of batch_cycle_cost
+
+    def batch_steps(self) -> int | None:
+        return self.steps
 
     def batch_rows(self) -> int:
         return self.rows
@@ -35,6 +40,7 @@ class Load:
         return self.verify.get(k)
 
     def batch_cycle_cost(self, k: int) -> float | None:
+        self.asked += 1
         return self.cycles.get(k)
 
 
@@ -368,3 +374,23 @@ def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
                        phase=SharedPhase(), probes=ProbeSchedule(first=10**6))
     useful.observe(1, 1, 0.03, 0.015)
     assert useful.choose() > 0
+
+
+def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
+    """Every member of a shared phase weighs the same mean and the same engine's costs: the first to choose after a
+    step computes the rates, the others of that step reuse them, and the next step (or another cap) computes anew."""
+    load = Load(rows=64, verify={k: 0.013 + 0.001 * k for k in range(5)}, cycles={0: 0.0095, 2: 0.027}, steps=7)
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.017, 0.0144, 0.0014)
+    phase = SharedPhase()
+    members = [AdaptiveK(max_k=4, costs=costs, batch=load, phase=phase, probes=ProbeSchedule(first=10**6))
+               for _ in range(3)]
+    for m in members:
+        m.observe(4, 3, 0.017, 0.0144)
+    load.asked = 0
+    assert [m.choose() for m in members] == [0, 0, 0] and load.asked == 5  # k = 0..4, once for all three
+    load.cycles = {0: 0.0095, 1: 0.011, 2: 0.012, 3: 0.013, 4: 0.014}  # drafting measured cheap at the next step
+    assert members[0].choose() == 0  # the same step: its rates stand
+    load.steps = 8
+    assert [m.choose() for m in members] == [4, 4, 4] and load.asked == 10
+    assert members[0].choose(limit=2) == 2 and load.asked == 13  # another cap
