@@ -105,6 +105,15 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
       --rounds ${ROUNDS:-6} --json "$OUT/engine_a${A}_s$SI.json" ${FIXED_K:-} ${EXTRA:-} 2>"$OUT/engine_a${A}_s$SI.log" \
       | tee "$OUT/engine_a${A}_s$SI.txt"
   done; done ;;
+Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice
+    # target-only's, calls g1-g3): py-spy (carried as a wheel) over a sweep, uncompiled so that the services start
+    # in seconds, then the engine threads' samples by what they were doing (scripts/profile_summary.py)
+  timeout ${SWEEP_TIMEOUT:-400} /tmp/site/bin/py-spy record --nonblocking --subprocesses --threads --idle -r 100 --format raw \
+    -o "$OUT/profile.txt" -- python3 -m specdec bench --concurrency ${LEVELS:-64} --device cuda:0 --dtype bfloat16 \
+    --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha ${ALPHAS:-0} --k 4 \
+    --modes ${MODES:-target-only,services-own-draft} --rounds ${ROUNDS:-6} --no-compile --quiet \
+    --json "$OUT/profiled.json" 2>"$OUT/profiled.log" | tee "$OUT/profiled.txt"
+  python3 scripts/profile_summary.py "$OUT/profile.txt" | tee "$OUT/profile_summary.txt" ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)

@@ -1,0 +1,55 @@
+"""Where a batched engine's process spends its time, from a py-spy profile (`py-spy record --subprocesses
+--threads --idle --format raw`): samples per process and thread kind, and the engine thread's samples by what it
+was doing under `BatchedRunner._steps` (launching, reading, handing rows on, planning, drafting, waiting). Used
+to find why a target with its own draft takes twice target-only's time per plain step at 64 rows on the H200
+(docs/benchmarks.md, calls g1-g3).
+
+Usage: python3 scripts/profile_summary.py PROFILE [--depth 2] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+
+
+def frames_of(stack: str) -> list[str]:
+    """'function (file:line)' frames, outermost first, without the process and thread entries."""
+    return [f.split(" (")[0] for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("profile")
+    parser.add_argument("--depth", type=int, default=2, help="frames under the engine loop to group by")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    threads: collections.Counter = collections.Counter()  # (process, thread kind) -> samples
+    engine: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> frames -> samples
+    for line in open(args.profile):
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not count.isdigit():
+            continue
+        process = re.match(r'process \d+:"([^"]*)"', stack)
+        name = " ".join((process.group(1) if process else "?").split()[:4])
+        frames = frames_of(stack)
+        kind = ("engine" if "BatchedRunner._steps" in frames
+                else next((f for f in frames if f in ("_worker", "_serve", "run_clients")), None)
+                or (frames[3] if len(frames) > 3 else frames[-1] if frames else "?"))
+        threads[(name, kind)] += int(count)
+        if "BatchedRunner._steps" in frames:
+            i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
+            engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
+    print("samples by process and thread kind:")
+    for (name, kind), n in threads.most_common(args.top):
+        print(f"  {n:7d}  {name[:60]:60s}  {kind}")
+    for name, counter in engine.items():
+        total = sum(counter.values())
+        print(f"\nengine thread of {name[:70]} ({total} samples):")
+        for frames, n in counter.most_common(args.top):
+            print(f"  {100 * n / total:5.1f}%  {frames}")
+
+
+if __name__ == "__main__":
+    main()
