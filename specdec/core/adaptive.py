@@ -117,6 +117,40 @@ class StepCosts:
         return (verify_s or self.verify_cost(k) or 0.0) + k * self.draft_step_s + (self.round_trip_s if k else 0.0)
 
 
+@dataclass
+class PlainProbes:
+    """When a phase that drafts decodes plainly for a few steps, to measure a plain cycle at its load again.
+
+    The mirror of ProbeSchedule: a phase's plain cycle is measured only while it decodes plainly, so a figure
+    measured once in other conditions (a ramp of joining sessions: 16 ms at 64 rows where its steps took 10) keeps
+    it drafting for good. After `first` steps of drafting its cycles decode plainly for `length` steps (the first
+    is a transition; the next are timed); each probe after which drafting still wins doubles the wait, up to
+    `max_every`, so a batch where drafting does pay loses at most `length` plain steps in `max_every`."""
+
+    first: int = 64
+    max_every: int = 1024
+    length: int = 3
+    every: int = 0  # the current wait in steps (0: `first`)
+    since: int | None = None  # the step from which drafting is counted (None: the phase decodes plainly)
+    until: int = -1  # a probe's plain steps run up to this step (exclusive)
+
+    def plain(self, step: int, drafting: bool) -> bool:
+        """Whether the cycles completed at engine step `step` decode plainly, the phase's rates asking for drafting
+        (`drafting`) or not."""
+        if step < self.until:
+            return True
+        if not drafting:
+            self.since, self.every = None, 0
+            return False
+        if self.since is None:
+            self.since = step
+        elif step - self.since >= (self.every or self.first):
+            self.until = self.since = step + self.length
+            self.every = min(self.max_every, 2 * (self.every or self.first))
+            return True
+        return False
+
+
 class SharedPhase:
     """The sessions whose drafts are drafted in one phase and verified in one step (the target's own draft,
     core.own_draft): every row waits for the longest chain drafted and is padded to the longest block verified,
@@ -132,6 +166,8 @@ class SharedPhase:
         self._lock = threading.Lock()  # members observe on the engine's thread and leave on their own
         self._mean: list[float] | None = None
         self._rates: tuple[object, list[float | None]] | None = None  # (key, rates) last computed (`rates`)
+        self.plain_probes = PlainProbes()
+        self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """A member's acceptance now (None: not known yet, so it does not weigh in)."""
@@ -166,6 +202,14 @@ class SharedPhase:
         rates = compute()
         self._rates = (key, rates)  # one reference: read unlocked
         return rates
+
+    def plain_now(self, step: int, drafting: bool) -> bool:
+        """Whether the members' cycles completed at engine step `step` decode plainly (PlainProbes); every member of
+        a step gets the first one's answer."""
+        with self._lock:
+            if self._plain is None or self._plain[0] != step:
+                self._plain = (step, self.plain_probes.plain(step, drafting))
+            return self._plain[1]
 
     def tokens(self, k: int) -> float | None:
         """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
@@ -376,6 +420,9 @@ class AdaptiveK:
         if rates[0] is None:
             return min(self.initial_k, cap)  # measure first
         k = self._best(rates)
+        steps = self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
+        if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
+            return 0
         if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1

@@ -9,6 +9,7 @@ from specdec.core.adaptive import (
     PROBE_SHARE,
     AcceptanceEstimate,
     AdaptiveK,
+    PlainProbes,
     ProbeSchedule,
     SharedPhase,
     StepCosts,
@@ -394,3 +395,38 @@ def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     load.steps = 8
     assert [m.choose() for m in members] == [4, 4, 4] and load.asked == 10
     assert members[0].choose(limit=2) == 2 and load.asked == 13  # another cap
+
+
+def test_a_drafting_phase_decodes_plainly_for_a_few_steps_to_measure_a_plain_cycle_again():
+    """The H200 at 64 clients (calls g1-g3): a plain cycle measured at 16 ms during the ramp, where target-only's
+    takes 8-9, kept the phase drafting, and no plain cycle was measured again. After `first` steps of drafting, the
+    phase decodes plainly for `length` steps; when the fresh plain cycle wins it stays plain, and where drafting
+    still wins, the next probe waits twice as long."""
+    load = Load(rows=64, verify={k: 0.009 + 0.002 * k for k in range(5)}, cycles={0: 0.0164, 2: 0.026}, steps=0)
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(2, 0.013, 0.008, 0.001)
+    phase = SharedPhase()
+    phase.plain_probes = PlainProbes(first=10, length=3)
+    members = [AdaptiveK(max_k=4, costs=costs, batch=load, phase=phase, probes=ProbeSchedule(first=10**6))
+               for _ in range(2)]
+    for m in members:
+        m.observe(2, 1, 0.013, 0.008)  # a = 1/2: k = 1 makes 1.5 tokens in 16 ms, plain 1 in 16.4
+    chosen = []
+    for step in range(40):
+        load.steps = step
+        ks = {m.choose() for m in members}
+        assert len(ks) == 1  # one answer per step for the phase
+        chosen.append(ks.pop())
+    plain = [step for step, k in enumerate(chosen) if k == 0]
+    assert plain == [10, 11, 12, 33, 34, 35]  # after 10 steps of drafting, then 20 (drafting still won)
+    load.cycles[0] = 0.009  # the probe's plain cycles measured what target-only's are
+    load.steps = 40
+    assert [m.choose() for m in members] == [0, 0] and phase.plain_probes.since is None  # plain by choice now
+
+
+def test_plain_probes_back_off_and_reset():
+    probes = PlainProbes(first=4, max_every=8, length=2)
+    got = [probes.plain(step, drafting=True) for step in range(30)]
+    assert [s for s, p in enumerate(got) if p] == [4, 5, 14, 15, 24, 25]  # 4 steps of drafting, then 8 (the most)
+    assert not probes.plain(30, drafting=False) and probes.every == 0  # plain by choice: the next wait is `first`
+    assert [s for s in range(31, 40) if probes.plain(s, drafting=True)] == [35, 36]
