@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, step costs, and replayed-acceptance benchmarks. Output under $OUT.
+# Carries .whl (scripts/fetch_device_wheels.sh fetches it here first).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
