@@ -351,10 +351,15 @@ class AdaptiveK:
         the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting more costs no less
         than one drafting fewer: a cheaper figure for it is noise or stale, and taken as is, a session whose drafts
         are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones."""
-        steps = self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
+        steps = self._phase_step()
         if steps is None:
             return self._compute_rates(cap)
         return self.phase.rates((steps, cap), lambda: self._compute_rates(cap))
+
+    def _phase_step(self) -> int | None:
+        """The engine's step count, for a session of a shared phase in an engine that keeps one (else None): what
+        the phase's rates and plain probes go by."""
+        return self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
 
     def _compute_rates(self, cap: int) -> list[float | None]:
         verify = self._verify_costs()
@@ -420,7 +425,7 @@ class AdaptiveK:
         if rates[0] is None:
             return min(self.initial_k, cap)  # measure first
         k = self._best(rates)
-        steps = self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
+        steps = self._phase_step()
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0
         if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
