@@ -58,7 +58,7 @@ class TargetService:
         self.compute = compute  # where verification runs (core.compute: CPU models on one thread)
         self.sessions = SessionTable()
         self.step_costs = StepCosts()  # adaptive K: what cycles cost here, learned by every session
-        self.acceptance_prior = AcceptanceEstimate(decay=0.95)  # and how well this target's drafts do
+        self.acceptance_prior = AcceptanceEstimate()  # and how well this target's drafts do
         self.probes = ProbeSchedule()  # and when one of them tries a paused draft again
         self.own_phase = SharedPhase()  # own-draft sessions draft in one phase: K is chosen for all of them
         self._k_logged = 0.0

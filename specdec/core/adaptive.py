@@ -10,7 +10,10 @@ interpolated linearly between the nearest measured sizes. `round_trip` is what a
 beyond the draft's own drafting (the hops to a draft service and back, an engine step taking the proposal
 in): it does not grow with k, and charging it per token would make a k = 1 probe's cost per token look
 several times a real draft step's and keep K at 0 with a perfect draft. The acceptance rate a pools decayed counts
-over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low.
+over blocks (see AcceptanceEstimate), which averaging per-block rates would bias low, and K is chosen as if a
+were at the upper end of its confidence interval (`AcceptanceEstimate.hoped`): a decision on the estimate
+itself stops drafting after a few unlucky blocks (one block of 0 accepted out of 4 says a = 0), and a session
+that drafts no more learns nothing more but a probe's one token, so a good draft stays off for good.
 
 Under a batched engine, verify(k) is the engine's measured step cost at its current number of rows if every
 row verified k drafts (`BatchLoad.batch_verify_cost`): rows are padded to a common length, so one session's
@@ -30,6 +33,9 @@ from typing import Callable, Protocol
 
 from specdec.core.config import MAX_K
 
+ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
+OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
+
 
 def expected_tokens(alpha: float, k: int) -> float:
     """E(k): expected tokens committed by one cycle with k drafts and acceptance rate alpha."""
@@ -48,7 +54,7 @@ class AcceptanceEstimate:
     blocks of 6/6 and 0/6 average 0.5 while a = 6/7 is what predicts their mean length.
     """
 
-    decay: float = 0.8  # weight kept by the past at each new block
+    decay: float = ACCEPTANCE_DECAY  # weight kept by the past at each new block
     accepted: float = 0.0
     judged: float = 0.0
 
@@ -61,6 +67,17 @@ class AcceptanceEstimate:
     def value(self) -> float | None:
         """a, or None before any block."""
         return self.accepted / self.judged if self.judged else None
+
+    @property
+    def hoped(self) -> float | None:
+        """The upper end of a's Wilson score interval at OPTIMISM standard errors (the decayed counts as the
+        sample): what K is chosen by. Near a on much evidence, above it on little, so a session stops drafting
+        only once the evidence says drafting loses; None before any block."""
+        n = self.judged
+        if not n:
+            return None
+        a, z2 = self.accepted / n, OPTIMISM * OPTIMISM
+        return (a + z2 / (2 * n) + OPTIMISM * math.sqrt(a * (1 - a) / n + z2 / (4 * n * n))) / (1 + z2 / n)
 
 
 def ema(old: float | None, new: float, weight: float) -> float:
@@ -170,7 +187,7 @@ class SharedPhase:
         self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
-        """A member's acceptance now (None: not known yet, so it does not weigh in)."""
+        """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
         tokens = None if alpha is None else [expected_tokens(alpha, min(k, member_max_k)) for k in range(self.max_k + 1)]
         with self._lock:
             self._remove(member)
@@ -290,11 +307,11 @@ class AdaptiveK:
 
     max_k: int = 8
     initial_k: int = 4
-    smoothing: float = 0.2  # EMA weight of a new measurement
+    smoothing: float = 0.2  # EMA weight of a new cost measurement
     probes: ProbeSchedule | None = None  # shared between sessions, or this session's own
     costs: StepCosts | None = None  # shared between sessions, or made from `smoothing`
     prior: AcceptanceEstimate | None = None  # pooled over sessions; updated with every block
-    acceptance: AcceptanceEstimate | None = None  # this session's, made from `smoothing` (and the prior)
+    acceptance: AcceptanceEstimate | None = None  # this session's (from the prior, when there is one)
     batch: BatchLoad | None = None  # the batched engine it runs in (load-aware K; probes are counted in its
     #                                 steps); None: alone
     phase: SharedPhase | None = None  # sessions drafted and verified together: K is chosen for all of them
@@ -306,12 +323,12 @@ class AdaptiveK:
         if self.probes is None:
             self.probes = ProbeSchedule()
         if self.acceptance is None:
-            self.acceptance = AcceptanceEstimate(decay=1.0 - self.smoothing)
+            self.acceptance = AcceptanceEstimate()
             if self.prior is not None and self.prior.judged > 0:
                 scale = PRIOR_TOKENS / self.prior.judged
                 self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, PRIOR_TOKENS
         if self.phase is not None:
-            self.phase.update(self, self.alpha, self.max_k)
+            self.phase.update(self, self.acceptance.hoped, self.max_k)
 
     @property
     def alpha(self) -> float | None:
@@ -329,7 +346,7 @@ class AdaptiveK:
             if self.prior is not None:
                 self.prior.observe(k, accepted)
             if self.phase is not None:
-                self.phase.update(self, self.alpha, self.max_k)
+                self.phase.update(self, self.acceptance.hoped, self.max_k)
         if self._probing:
             self._probing = False
             plain = self._verify_costs()[0]
@@ -348,9 +365,10 @@ class AdaptiveK:
         """Expected tokens per second of a cycle of each k <= cap: this session's, or per session of the shared
         phase it drafts in. A shared phase in an engine divides by the cycles measured at this load where there
         are: its verify, drafting and the host's work between steps as they add up (a K never measured keeps
-        the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting more costs no less
-        than one drafting fewer: a cheaper figure for it is noise or stale, and taken as is, a session whose drafts
-        are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones."""
+        the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting one more token costs
+        at least a draft step more: a cheaper figure for it is noise or stale, and taken as is, a session whose
+        drafts are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones (a
+        tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft)."""
         steps = self._phase_step()
         if steps is None:
             return self._compute_rates(cap)
@@ -364,14 +382,16 @@ class AdaptiveK:
     def _compute_rates(self, cap: int) -> list[float | None]:
         verify = self._verify_costs()
         shared = self.phase is not None and self.phase.tokens(0) is not None
-        tokens = [self.phase.tokens(k) if shared else None if self.alpha is None else expected_tokens(self.alpha, k)
+        hoped = self.acceptance.hoped
+        tokens = [self.phase.tokens(k) if shared else None if hoped is None else expected_tokens(hoped, k)
                   for k in range(cap + 1)]
         cycles = ([self.batch.batch_cycle_cost(k) for k in range(cap + 1)] if shared and self.batch is not None
                   else [None] * (cap + 1))
         costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in range(cap + 1)]
+        step = self.costs.draft_step_s or 0.0
         for k in range(1, cap + 1):
             if costs[k] is not None and costs[k - 1] is not None:
-                costs[k] = max(costs[k], costs[k - 1])
+                costs[k] = max(costs[k], costs[k - 1] + step)
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in range(cap + 1)]
 
@@ -395,7 +415,7 @@ class AdaptiveK:
     def summary(self) -> str:
         """What the next choice weighs, for a log line."""
         ms = lambda v: "?" if v is None else f"{1e3 * v:.1f}"  # noqa: E731
-        alpha = "?" if self.alpha is None else f"{self.alpha:.2f}"
+        alpha = "?" if self.alpha is None else f"{self.alpha:.2f} (hoped {self.acceptance.hoped:.2f})"
         rates = " ".join(f"{k}:{r:.0f}" for k in range(self.max_k + 1) if (r := self.rate(k)) is not None)
         batch = self.batch
         verify = " ".join(f"{k}:{ms(batch.batch_verify_cost(k) if batch else None)}/{ms(self.costs.verify_cost(k))}"

@@ -56,7 +56,7 @@ class HybridProposer:
             use_lookup, model_k = bool(tokens) and index.hit_rate(n) >= self.min_hit_rate, k
         else:
             estimate = self.lookup_acceptance.get(n)  # once made, it has seen a block: its value is set
-            alpha = estimate.value if estimate else index.hit_rate(n)
+            alpha = estimate.hoped if estimate else index.hit_rate(n)  # chosen as the model is (AdaptiveK)
             verify = self.model_k.costs.verify_cost(len(tokens))
             use_lookup = bool(tokens) and bool(verify) and expected_tokens(alpha, len(tokens)) / verify >= model_rate
         if use_lookup:
@@ -76,7 +76,7 @@ class HybridProposer:
             return
         self.model_k.costs.observe(feedback.k, feedback.verify_s)
         if feedback.k > 0 and feedback.source == ProposerKind.NGRAM == source:
-            estimate = self.lookup_acceptance.setdefault(n, AcceptanceEstimate(decay=self.model_k.acceptance.decay))
+            estimate = self.lookup_acceptance.setdefault(n, AcceptanceEstimate())
             estimate.observe(feedback.k, feedback.accepted)
 
     def prefill(self, prompt: Sequence[int]) -> None:

@@ -221,7 +221,7 @@ class Bench:
         k = self.settings.k
         if not self.settings.adaptive_k:
             return FixedK(k)
-        costs, prior = self._k_state.setdefault(mode, (StepCosts(), AcceptanceEstimate(decay=0.95)))
+        costs, prior = self._k_state.setdefault(mode, (StepCosts(), AcceptanceEstimate()))
         return AdaptiveK(max_k=k, initial_k=k, costs=costs, prior=prior)
 
     def run_in_process(self, prompt: Prompt, proposer: ProposerKind | None, stats: SpecStats,
