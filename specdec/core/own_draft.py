@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Sequence
 
 from specdec.core.drafting import DraftStart
@@ -24,6 +25,7 @@ from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
 log = logging.getLogger("specdec.own_draft")
 
 ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int]], list[Proposal]]
+SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
 
 
 class OwnDraftLink(ProposalInbox):
@@ -98,8 +100,14 @@ class OwnDrafts:
             if not asked:
                 return False
             try:
+                t0 = time.perf_counter()
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked])
+                if time.perf_counter() - t0 > SLOW_PHASE_S:
+                    log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "
+                             "drafting %.1f ms", 1e3 * (time.perf_counter() - t0), len(asked),
+                             max(link.k for link in asked), 1e3 * max(p.catch_up_s for p in proposals),
+                             1e3 * max(p.draft_s for p in proposals))
             except Exception as e:  # noqa: BLE001 - a failed draft must not take the requests with it
                 log.exception("the own draft failed; %d sessions go on alone", len(asked))
                 for link in asked:

@@ -2,10 +2,13 @@
 Outputs equal target-only decoding (greedy) and the same request drafted by a separate draft (seeded sampling);
 the drafting is batched; a failing draft leaves the sessions decoding alone, output unchanged."""
 
+import logging
+import re
 import threading
 
 import pytest
 
+from specdec.core import own_draft
 from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
@@ -184,6 +187,24 @@ def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
     drafts.ask(gone)
     assert not drafts.draft()  # a closed link's ask is ignored
     assert draft.free_slots == draft.max_sessions
+
+
+def test_a_slow_drafting_phase_says_what_it_spent_its_time_on(tiny_pair_fp32, engine, caplog, monkeypatch):
+    """A long phase holds every session's step (on the H200, 125-450 ms now and then): the log splits it into
+    the draft's catching up (here on the whole prompt, its first block) and its drafting."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    link = drafts.open("", DraftStart("s", pair.encode(PROMPTS[1]), SamplingParams(), 0, 2, overlap=False), None)
+    monkeypatch.setattr(own_draft, "SLOW_PHASE_S", 0.0)
+    try:
+        drafts.ask(link)
+        with caplog.at_level(logging.INFO, logger="specdec.own_draft"):
+            assert drafts.draft()
+        found = re.search(r"1 sessions drafting up to 2 tokens, catching up ([0-9.]+) ms, drafting ([0-9.]+) ms",
+                          caplog.text)
+        assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, caplog.text
+    finally:
+        link.close()
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
