@@ -514,14 +514,18 @@ class BatchedRunner(ModelRunner):
 
     def batch_cycle_cost(self, k: int) -> float | None:
         """A session's measured cycle verifying k drafts at this load, drafting included (None: not measured): what
-        sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. A plain cycle
-        never measured at this load is taken to cost a plain step's forward (a run of plain steps launched
-        ahead costs about that, where the host keeps up): a plain step amid drafting is not launched ahead, and
-        its cost would keep a batch drafting where plain decoding is faster; if the forward was too hopeful,
-        the run of plain steps it leads to is measured."""
+        sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. With lookahead a
+        plain cycle is taken to cost at most a plain step's forward at this load (launched alone): a run of plain
+        steps launched ahead costs about that where the host keeps up, and a dearer figure was timed where they
+        were not launched ahead (a plain step amid drafting, or after a verify) or in a ramp of joining sessions
+        (on the H200, 15-18 ms at 64 rows where a plain step takes 9.4): it kept a batch drafting where plain
+        decoding was faster."""
         rows = self.batch_rows()
         cycle = self.costs.cycle(rows, k + 1)
-        return self.costs.forward(rows, 1) if cycle is None and k == 0 and self.lookahead else cycle
+        if k > 0 or not self.lookahead:
+            return cycle
+        forward = self.costs.forward(rows, 1)
+        return forward if cycle is None else cycle if forward is None else min(cycle, forward)
 
     def batch_steps(self) -> int:
         return self.stats.steps

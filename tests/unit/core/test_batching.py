@@ -341,8 +341,8 @@ def test_a_seeded_cell_answers_until_measured_and_before_any_scaling():
 
 
 def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_forward(tiny_pair_fp32):
-    """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; a plain cycle
-    never measured at this load is taken to cost a plain forward there (with lookahead), until plain steps run."""
+    """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; with lookahead a
+    plain cycle is taken to cost at most a plain forward at this load (never measured: the forward)."""
     pair = tiny_pair_fp32
     runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=True)
     try:
@@ -358,7 +358,15 @@ def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_
         assert runner.batch_cycle_cost(0) is None  # without lookahead a plain step is no faster in a run
         runner.lookahead = True
         decode(pair, runner, pair.encode(PROMPTS[0]), 12)
-        assert runner.batch_cycle_cost(0) == runner.costs.cycle(1, 1) > 0  # measured
+        cycle, forward = runner.costs.cycle(1, 1), runner.costs.forward(1, 1)
+        assert cycle > 0 and runner.batch_cycle_cost(0) == min(cycle, forward)  # measured
+        runner.costs.cycles[(1, 1)] = forward + 0.010  # timed in a ramp, or plain steps not launched ahead
+        assert runner.batch_cycle_cost(0) == forward
+        runner.costs.cycles[(1, 1)] = forward / 2  # a run of plain steps costs less than one launched alone
+        assert runner.batch_cycle_cost(0) == forward / 2
+        runner.costs.cycles[(1, 1)] = forward + 0.010
+        runner.lookahead = False
+        assert runner.batch_cycle_cost(0) == forward + 0.010  # without lookahead the host's work adds to each step
     finally:
         runner.stop()
 
