@@ -5,7 +5,9 @@ Host time per step = (wall - the target's forward time - the draft's forward tim
 engine's Python (planning, verifying, completing, handing on rows, drafting's bookkeeping) costs a step, the
 part that does not shrink with a faster device. `--profile FILE` also writes a cProfile of the engine thread.
 
-Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] [--profile out.prof]
+`--target-only` runs the same engine with no draft at all, the baseline of `--k 0` (an own draft that never drafts).
+
+Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--target-only] [--tokens 64] [--profile out.prof]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--k", type=int, default=2, help="draft tokens per cycle (the most, with --adaptive-k)")
     parser.add_argument("--adaptive-k", action="store_true", help="choose K per cycle, as the services do by default")
+    parser.add_argument("--target-only", action="store_true", help="no draft: the target engine alone")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--max-len", type=int, default=128, help="context per slot (short: the forwards stay small)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
@@ -56,7 +59,8 @@ def main() -> None:
                 profiler.disable()
         BatchedRunner._loop = profiled
     engine = InProcessTarget(target, max_len=args.max_len, max_sessions=args.clients, k=args.k, adaptive_k=args.adaptive_k,
-                             drafts=drafts, draft_runner=draft_runner, own_draft=True, compute=compute)
+                             drafts=None if args.target_only else drafts, draft_runner=draft_runner, own_draft=True,
+                             compute=compute)
     engine.runner.stream_interval = args.stream_interval
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
@@ -69,7 +73,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         n = t.steps - steps
         host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-        k = f"<={args.k}" if args.adaptive_k else args.k
+        k = "target-only" if args.target_only else f"<={args.k}" if args.adaptive_k else args.k
         print(f"{args.clients} clients, K={k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
               f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
               f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
