@@ -3,8 +3,9 @@
 For R rows (each with a 256-token cached sequence): the draft's raw batched step (R x 1 and R x 5 tokens,
 CUDA graph, inputs copied in, logits ready), then `propose_together` for R greedy draft-model proposers
 drafting K tokens, timed as a whole and per engine step (the runner's own StepStats), and the greedy group read
-(argmax and top two of R rows of logits); then, for one row, a phase whose draft is N tokens behind (a paused
-session's probe): its catch-up and its drafting, timed apart as the proposal reports them.
+(argmax and top two of R rows of logits); then, for R rows, a phase whose drafts are N tokens behind (paused
+sessions' probe, or their first block after a switch to drafting): its catch-up and its drafting, timed apart as
+the proposals report them; "first" is the first of five runs (a shape's first use).
 Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K]
 """
 
@@ -70,20 +71,22 @@ def main() -> None:
               f"{timed(lambda logits=logits: top_three(logits).tolist()):.2f} ms", flush=True)
         for p in proposers:
             p.close()
-    proposer = factory.open(SamplingParams(), 0)
-    base = torch.randint(0, runner.vocab_size, (256,)).tolist()
-    propose_together([proposer], [base], [k])
-    for behind in (16, 64, 200, 512):
-        times = []
-        for _ in range(5):  # new tokens after the same 256 each time: the cache rolls back to 256, N behind
-            sequence = base + torch.randint(0, runner.vocab_size, (behind,)).tolist()
-            t0 = time.perf_counter()
-            p = propose_together([proposer], [sequence], [k])[0]
-            times.append((1e3 * (time.perf_counter() - t0), 1e3 * p.catch_up_s, 1e3 * p.draft_s))
-        phase, catch_up, draft = (statistics.median(t[i] for t in times) for i in range(3))
-        print(f"1 row, {behind} tokens behind: phase {phase:.2f} ms (catch-up {catch_up:.2f}, drafting K={k} "
-              f"{draft:.2f}); first {times[0][0]:.2f} ms", flush=True)
-    proposer.close()
+    for rows in (1, 16, 64) if DEVICE != "cpu" else (1, 4):
+        proposers = [factory.open(SamplingParams(), i) for i in range(rows)]
+        bases = [torch.randint(0, runner.vocab_size, (256,)).tolist() for _ in range(rows)]
+        propose_together(proposers, bases, [k] * rows)
+        for behind in (16, 64, 200, 512):
+            times = []
+            for _ in range(5):  # new tokens after the same 256 each time: the caches roll back to 256, N behind
+                sequences = [b + torch.randint(0, runner.vocab_size, (behind,)).tolist() for b in bases]
+                t0 = time.perf_counter()
+                p = propose_together(proposers, sequences, [k] * rows)[0]
+                times.append((1e3 * (time.perf_counter() - t0), 1e3 * p.catch_up_s, 1e3 * p.draft_s))
+            phase, catch_up, draft = (statistics.median(t[i] for t in times) for i in range(3))
+            print(f"{rows} rows, {behind} tokens behind: phase {phase:.2f} ms (catch-up {catch_up:.2f}, drafting K={k} "
+                  f"{draft:.2f}); first {times[0][0]:.2f} ms", flush=True)
+        for p in proposers:
+            p.close()
 
 
 if __name__ == "__main__":
