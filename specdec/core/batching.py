@@ -517,9 +517,8 @@ class BatchedRunner(ModelRunner):
         sessions that draft in one phase between steps (core.own_draft) pay per cycle at that K. With lookahead a
         plain cycle is taken to cost at most a plain step's forward at this load (launched alone): a run of plain
         steps launched ahead costs about that where the host keeps up, and a dearer figure was timed where they
-        were not launched ahead (a plain step amid drafting, or after a verify) or in a ramp of joining sessions
-        (on the H200, 15-18 ms at 64 rows where a plain step takes 9.4): it kept a batch drafting where plain
-        decoding was faster."""
+        were not launched ahead (a plain step amid drafting, or after a verify) or in a ramp of joining sessions,
+        and kept a batch drafting where plain decoding was faster (docs/benchmarks.md, call g5)."""
         rows = self.batch_rows()
         cycle = self.costs.cycle(rows, k + 1)
         if k > 0 or not self.lookahead:
