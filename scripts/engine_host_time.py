@@ -5,7 +5,8 @@ Host time per step = (wall - the target's forward time - the draft's forward tim
 engine's Python (planning, verifying, completing, handing on rows, drafting's bookkeeping) costs a step, the
 part that does not shrink with a faster device. `--profile FILE` also writes a cProfile of the engine thread.
 
-`--target-only` runs the same engine with no draft at all, the baseline of `--k 0` (an own draft that never drafts).
+`--target-only` runs the same engine with no drafter (the draft runner is still built beside it): the baseline of
+`--k 0`, an own draft that never drafts.
 
 Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--target-only] [--tokens 64] [--profile out.prof]
 """
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--k", type=int, default=2, help="draft tokens per cycle (the most, with --adaptive-k)")
     parser.add_argument("--adaptive-k", action="store_true", help="choose K per cycle, as the services do by default")
-    parser.add_argument("--target-only", action="store_true", help="no draft: the target engine alone")
+    parser.add_argument("--target-only", action="store_true", help="no drafter: the target engine's sessions never draft")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--max-len", type=int, default=128, help="context per slot (short: the forwards stay small)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")

@@ -34,11 +34,12 @@ def main() -> None:
         process = re.match(r'process \d+:"([^"]*)"', stack)
         name = " ".join((process.group(1) if process else "?").split()[:4])
         frames = frames_of(stack)
-        kind = ("engine" if "BatchedRunner._steps" in frames
+        in_engine = "BatchedRunner._steps" in frames
+        kind = ("engine" if in_engine
                 else next((f for f in frames if f in ("_worker", "_serve", "run_clients")), None)
                 or (frames[3] if len(frames) > 3 else frames[-1] if frames else "?"))
         threads[(name, kind)] += int(count)
-        if "BatchedRunner._steps" in frames:
+        if in_engine:
             i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
             engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
     print("samples by process and thread kind:")

@@ -103,9 +103,10 @@ class OwnDrafts:
                 t0 = time.perf_counter()
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked])
-                if time.perf_counter() - t0 > SLOW_PHASE_S:
+                elapsed = time.perf_counter() - t0
+                if elapsed > SLOW_PHASE_S:
                     log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "
-                             "drafting %.1f ms", 1e3 * (time.perf_counter() - t0), len(asked),
+                             "drafting %.1f ms", 1e3 * elapsed, len(asked),
                              max(link.k for link in asked), 1e3 * max(p.catch_up_s for p in proposals),
                              1e3 * max(p.draft_s for p in proposals))
             except Exception as e:  # noqa: BLE001 - a failed draft must not take the requests with it
