@@ -6,6 +6,12 @@ dim elements written and read per layer, and at 64 rows it costs more than the w
 that share a key/value head are folded into the query length instead ([B, kv heads, groups * n, dim], with
 the mask repeated per group), which is the same arithmetic on the same cached tensors, copied nowhere.
 Everything else (prefill chunks, no mask) goes to HF's SDPA path unchanged.
+
+On a GPU, a small step (few rows, one or a few tokens each) attends written out instead: matmul, masked softmax,
+matmul, as HF's eager attention computes it (scores rounded to the model's dtype, softmax in float32). Fused by
+the compiled layers (core.compiled), that is a few kernels where SDPA with a mask over the whole cache costs
+several times as long at these shapes; at large steps SDPA is as fast or faster (docs/benchmarks.md, "Attention
+over a span, or written out").
 """
 
 from __future__ import annotations
@@ -17,6 +23,20 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "specdec_grouped"
 MAX_FOLDED = 512  # fold queries of at most this many rows per key/value head (decode and verify steps)
+WRITTEN_OUT_MAX = 128  # on a GPU, attend written out when a step folds at most this many query rows in all
+
+
+def writes_out(device: torch.device, folded_rows: int) -> bool:
+    """Whether a step of `folded_rows` query rows in all (rows x query heads per key/value head x tokens) attends
+    written out: on a GPU, at small steps only."""
+    return device.type == "cuda" and folded_rows <= WRITTEN_OUT_MAX
+
+
+def written_out_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    """query [B, H_kv, m, D], key/value [B, H_kv, L, D], a boolean mask [B, 1, m, L] -> [B, H_kv, m, D]."""
+    scores = (query @ key.transpose(-1, -2)).float() * scale  # [B, H_kv, m, L]
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(value.dtype) @ value
 
 
 def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -31,8 +51,11 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     kv_heads = heads // groups
     folded = query.reshape(b, kv_heads, groups * n, dim)  # query head kv * groups + g -> rows g * n .. g * n + n - 1
     mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(attention_mask.shape[0], 1, groups * n, -1)
-    out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout,
-                                                           scale=scaling)  # [B, H_kv, groups * n, D]
+    if writes_out(query.device, b * groups * n) and not dropout:
+        out = written_out_attention(folded, key, value, mask, dim ** -0.5 if scaling is None else scaling)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout,
+                                                               scale=scaling)  # [B, H_kv, groups * n, D]
     return out.reshape(b, heads, n, dim).transpose(1, 2).contiguous(), None
 
 
