@@ -6,7 +6,10 @@ drafting K tokens, timed as a whole and per engine step (the runner's own StepSt
 (argmax and top two of R rows of logits); then, for R rows, a phase whose drafts are N tokens behind (paused
 sessions' probe, or their first block after a switch to drafting): its catch-up and its drafting, timed apart as
 the proposals report them; "first" is the first of five runs (a shape's first use).
-Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K]
+With --profile: only a one-row catch-up of 16 and of 64 tokens behind, under torch.profiler (its top operators by
+host time and by device time) and dynamo's counters (a compile or a fallback to eager while serving shows there):
+a one-row catch-up of 64 tokens took ~20 ms where one of 16 took ~3 (call h1).
+Usage: python3 scripts/gpu_own_draft_steps.py [draft] [K] [--profile]
 """
 
 from __future__ import annotations
@@ -43,12 +46,48 @@ def timed(fn, reps: int = 20) -> float:
     return 1e3 * statistics.median(times[3:])
 
 
+def profile_catch_ups(runner: BatchedRunner, factory: DraftModelFactory, k: int) -> None:
+    """A one-row catch-up of 16 and of 64 tokens behind, each run thrice, the third under the profiler."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+
+    proposer = factory.open(SamplingParams(), 0)
+    base = torch.randint(0, runner.vocab_size, (256,)).tolist()
+    propose_together([proposer], [base], [k])
+    before = {name: dict(c) for name, c in counters.items()}
+    for behind in (16, 64):
+        for run in range(3):
+            sequence = base + torch.randint(0, runner.vocab_size, (behind,)).tolist()
+            sync()
+            if run < 2:
+                p = propose_together([proposer], [sequence], [k])[0]
+                print(f"{behind} behind, run {run}: catch-up {1e3 * p.catch_up_s:.2f} ms", flush=True)
+                continue
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE != "cpu" else [])
+            with profile(activities=activities) as prof:
+                p = propose_together([proposer], [sequence], [k])[0]
+                sync()
+            print(f"{behind} behind, profiled: catch-up {1e3 * p.catch_up_s:.2f} ms", flush=True)
+            table = prof.key_averages()
+            print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60), flush=True)
+            if DEVICE != "cpu":
+                print(table.table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=60), flush=True)
+    changed = {name: {key: value - before.get(name, {}).get(key, 0) for key, value in c.items()
+                      if value != before.get(name, {}).get(key, 0)} for name, c in counters.items()}
+    print("dynamo counters that changed while catching up:", {n: c for n, c in changed.items() if c}, flush=True)
+    proposer.close()
+
+
 def main() -> None:
-    spec = sys.argv[1] if len(sys.argv) > 1 else "random:qwen2.5-0.5b"
-    k = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    spec = args[0] if args else "random:qwen2.5-0.5b"
+    k = int(args[1]) if len(args) > 1 else 2
     loaded = load_model(spec, "draft", device=DEVICE, dtype="bfloat16" if DEVICE != "cpu" else "auto")
     runner = BatchedRunner(loaded.model, launch=None, max_len=1024, max_sessions=64)
     factory = DraftModelFactory(runner, runner.vocab_size)
+    if "--profile" in sys.argv:
+        profile_catch_ups(runner, factory, k)
+        return
     for rows in (1, 16, 64) if DEVICE != "cpu" else (1, 4):
         proposers = [factory.open(SamplingParams(), i) for i in range(rows)]
         sequences = [torch.randint(0, runner.vocab_size, (256,)).tolist() for _ in range(rows)]

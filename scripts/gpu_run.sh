@@ -117,7 +117,9 @@ Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own
   python3 scripts/profile_summary.py "$OUT/profile.txt" | tee "$OUT/profile_summary.txt" ;;
 R)  # one GPU, issue 17: what the own draft's phases cost, catch-ups included (1 / 16 / 64 rows, 16-512 tokens
     # behind, compiled as the services run it): a probe's one-row catch-up took ~130 ms in calls g4-g5
-  timeout ${STEPS_TIMEOUT:-300} python3 scripts/gpu_own_draft_steps.py $D ${K:-4} 2>&1 | grep -v Warning | tee "$OUT/own_draft_phases.txt" ;;
+    # (PROFILE=1: only one-row catch-ups under torch.profiler, and dynamo's counters)
+  timeout ${STEPS_TIMEOUT:-300} python3 scripts/gpu_own_draft_steps.py $D ${K:-4} ${PROFILE:+--profile} 2>&1 \
+    | grep -v Warning | tee "$OUT/own_draft_phases${PROFILE:+_profile}.txt" ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
