@@ -10,8 +10,8 @@ Everything else (prefill chunks, no mask) goes to HF's SDPA path unchanged.
 On a GPU, a small step (few rows, one or a few tokens each) attends written out instead: matmul, masked softmax,
 matmul, as HF's eager attention computes it (scores rounded to the model's dtype, softmax in float32). Fused by
 the compiled layers (core.compiled), that is a few kernels where SDPA with a mask over the whole cache costs
-several times as long at these shapes; at large steps SDPA is as fast or faster (docs/benchmarks.md, "Attention
-over a span, or written out").
+several times as long for one or two rows of one token; from four rows on it was no faster in a whole step, and
+slower for the 7B at sixteen (docs/benchmarks.md, call h3).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "specdec_grouped"
 MAX_FOLDED = 512  # fold queries of at most this many rows per key/value head (decode and verify steps)
-WRITTEN_OUT_MAX = 128  # on a GPU, attend written out when a step folds at most this many query rows in all
+WRITTEN_OUT_MAX = 16  # on a GPU, attend written out when a step folds at most this many query rows in all
 
 
 def writes_out(device: torch.device, folded_rows: int) -> bool:

@@ -18,7 +18,11 @@ writes land in the cache's padding columns, past every position a real row atten
 step is a CUDA graph captured per (rows bucket, tokens bucket).
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt
-delays the others' next token by at most one chunk's forward.
+delays the others' next token by at most one chunk's forward. On CUDA, a chunk of up to CATCH_UP_ROWS rows
+(a new prompt, a draft catching up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any
+slots: it writes their new entries in place and attends over a copy of their rows of the cache. An eager
+chunk's forward is bound by the host's work (per layer, the compiled code's guards and launches), which a
+busy process's other threads stretch several times over (docs/benchmarks.md, calls h1-h3).
 
 Looking ahead (on by default with CUDA graphs): when every row of a step is a plain greedy decode, the engine
 launches the next step before it reads this one, each row fed the token the device just drew for it (a
@@ -93,10 +97,17 @@ class RowsLayer(StaticLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        rows = slice(self.step.first_slot, self.step.first_slot + key_states.shape[0])  # key_states [B, H, n, D]
-        keys, values = self.keys[rows], self.values[rows]  # views: [B, H, L, D]
-        keys.scatter_(2, self.step.positions[:, None, :, None].expand_as(key_states), key_states)
-        values.scatter_(2, self.step.positions[:, None, :, None].expand_as(value_states), value_states)
+        slots = self.step.slots
+        if slots is not None:  # rows at any slots: new entries written in place, attended over a copy of the rows
+            at = (slots[:, None], slice(None), self.step.positions)  # -> [B, n, H, D]
+            self.keys[at] = key_states.transpose(1, 2)
+            self.values[at] = value_states.transpose(1, 2)
+            keys, values = self.keys.index_select(0, slots), self.values.index_select(0, slots)  # [B, H, L, D]
+        else:
+            rows = slice(self.step.first_slot, self.step.first_slot + key_states.shape[0])  # key_states [B, H, n, D]
+            keys, values = self.keys[rows], self.values[rows]  # views: [B, H, L, D]
+            keys.scatter_(2, self.step.positions[:, None, :, None].expand_as(key_states), key_states)
+            values.scatter_(2, self.step.positions[:, None, :, None].expand_as(value_states), value_states)
         span = self.step.span
         return (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
 
@@ -104,12 +115,14 @@ class RowsLayer(StaticLayer):
 @dataclass
 class _StepInputs:
     """What one batched forward reads: token ids and positions [B, n] (static buffers for a CUDA graph),
-    for slots [first_slot, first_slot + B), attending over the cache's first `span` columns (None: all)."""
+    for slots [first_slot, first_slot + B), or for the slots [B] `slots` names (on the device), attending over
+    the cache's first `span` columns (None: all)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
     first_slot: int = 0
     span: int | None = None
+    slots: torch.Tensor | None = None
 
 
 @dataclass
@@ -396,6 +409,7 @@ class BatchedRunner(ModelRunner):
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
         self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
         self._graphs: dict[tuple[int, int], _Graph] = {}  # (rows, tokens) -> graph
+        self._chunk_graphs: dict[tuple[int, int], _Graph] = {}  # prompt chunks: (rows, chunk tokens) -> graph
         self._cv = threading.Condition()
         self._pending: list[_Request] = []
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
@@ -640,8 +654,11 @@ class BatchedRunner(ModelRunner):
     def _catch_up_groups(self, requests: list[_Request]) -> list[list[_Request]]:
         """Long requests grouped by slot into forwards (`_run_chunks`): a forward computes every row of its span of
         slots, so two catch-ups at slots 3 and 60 in one forward would compute 64 rows for two. A group's span
-        is at most CATCH_UP_ROWS rows or twice its members."""
+        is at most CATCH_UP_ROWS rows or twice its members. With chunk graphs (rows at any slots), groups of
+        CATCH_UP_ROWS, whatever their slots."""
         groups: list[list[_Request]] = []
+        if self._chunk_graphs:
+            return [requests[i:i + CATCH_UP_ROWS] for i in range(0, len(requests), CATCH_UP_ROWS)]
         for r in sorted(requests, key=lambda r: r.index):
             if groups and self._span_rows(r.index + 1 - groups[-1][0].index) <= max(CATCH_UP_ROWS, 2 * (len(groups[-1]) + 1)):
                 groups[-1].append(r)
@@ -1150,18 +1167,25 @@ class BatchedRunner(ModelRunner):
             lo = min(lo, self.max_sessions - rows)
             hi = lo + rows
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
-        ids = torch.zeros((hi - lo, n), dtype=torch.long)
-        positions = torch.full((hi - lo, n), self.max_len, dtype=torch.long)
+        graph = self._chunk_graphs.get((bucket(len(requests), ROW_BUCKETS), n)) if keep == 1 else None
+        rows = graph.inputs.ids.shape[0] if graph is not None else hi - lo
+        row_of = {id(r): i if graph is not None else r.index - lo for i, r in enumerate(requests)}
+        ids = torch.zeros((rows, n), dtype=torch.long)
+        positions = torch.full((rows, n), self.max_len, dtype=torch.long)  # padding and dummy rows: column max_len
         for r, c in zip(requests, chunks):
             r.started = r.started if r.fed else now
-            ids[r.index - lo, n - len(c):] = torch.tensor(c)
-            positions[r.index - lo, n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
+            ids[row_of[id(r)], n - len(c):] = torch.tensor(c)
+            positions[row_of[id(r)], n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
         self._publish()
         with self._turn(), torch.inference_mode():
-            logits = self._eager(ids, positions, keep=keep, first_slot=lo)  # [hi - lo, keep, V]
+            if graph is not None:
+                slots = [r.index for r in requests] + [requests[0].index] * (rows - len(requests))  # dummies: padding
+                logits = self._replay(graph, ids, positions, torch.tensor(slots))  # [rows, 1, V]
+            else:
+                logits = self._eager(ids, positions, keep=keep, first_slot=lo)  # [hi - lo, keep, V]
             for r, done in zip(requests, last):
                 if done:
-                    r.logits = logits[r.index - lo, keep - min(r.keep, keep):].float()  # [keep, V]
+                    r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].float()  # [keep, V]
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
         self._uncharged_s += time.perf_counter() - now  # a new session's prompt: not the running sessions' cycles
@@ -1202,6 +1226,15 @@ class BatchedRunner(ModelRunner):
                 g.graph.replay()
                 return g.logits
 
+    def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """A prompt-chunk graph's forward of ids, positions [rows, n] for the rows at `slots` [rows]."""
+        with torch.cuda.device(self.device):
+            g.inputs.ids.copy_(ids, non_blocking=True)
+            g.inputs.positions.copy_(positions, non_blocking=True)
+            g.inputs.slots.copy_(slots, non_blocking=True)
+            g.graph.replay()
+            return g.logits
+
     def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], fed: torch.Tensor | None) -> None:
         if guessed:
             index = torch.tensor(guessed).to(self.device, non_blocking=True)  # blocking, it would wait for the device
@@ -1226,7 +1259,7 @@ class BatchedRunner(ModelRunner):
         """The model's forward over `inputs`; returns logits [B, keep, V]."""
         step = self.step
         step.ids, step.positions, step.first_slot = inputs.ids, inputs.positions, inputs.first_slot  # read by RowsLayers
-        step.span = inputs.span
+        step.span, step.slots = inputs.span, inputs.slots
         keys = self._key_positions[:inputs.span]  # [L]: the columns attended over
         mask = keys[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
@@ -1254,15 +1287,23 @@ class BatchedRunner(ModelRunner):
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
         rows = [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
+        longest = min(self.prefill_chunk, self.max_len)
+        chunks = [(b, n) for b in ROW_BUCKETS if b <= min(CATCH_UP_ROWS, self.max_sessions)
+                  for n in {*(c for c in CHUNK_BUCKETS if c < longest), longest}]
         with torch.inference_mode(), torch.cuda.device(self.device):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
                     self._capture(b, n)
+            for b, n in sorted(chunks):
+                self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
+                    torch.zeros((b, n), dtype=torch.long, device=self.device),
+                    torch.full((b, n), self.max_len, device=self.device),
+                    slots=torch.zeros(b, dtype=torch.long, device=self.device)), keep=1)
         for b, n in self._graphs:
             self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
         self._time_graphs()
-        log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d) in %.1f s; device ms %s",
-                 len(self._graphs), rows, self.pad, time.perf_counter() - t0,
+        log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d; and %d of prompt chunks) in %.1f s; "
+                 "device ms %s", len(self._graphs), rows, self.pad, len(self._chunk_graphs), time.perf_counter() - t0,
                  ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
 
     def _time_graphs(self, replays: int = 3) -> None:
@@ -1283,18 +1324,22 @@ class BatchedRunner(ModelRunner):
         """Capture one step of `rows` x `n` tokens; warm-up and capture write only padding columns."""
         inputs = _StepInputs(torch.zeros((rows, n), dtype=torch.long, device=self.device),
                              torch.arange(self.max_len, self.max_len + n, device=self.device).repeat(rows, 1))
+        g = self._graphs[(rows, n)] = self._capture_graph(inputs, keep=n)
+        return g
+
+    def _capture_graph(self, inputs: _StepInputs, keep: int) -> _Graph:
+        """Capture the forward over `inputs` (their tensors become the graph's static inputs)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._run(inputs, keep=n)
+                self._run(inputs, keep=keep)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
-            logits = self._run(inputs, keep=n)
+            logits = self._run(inputs, keep=keep)
         self._graph_pool = graph.pool()
-        g = self._graphs[(rows, n)] = _Graph(graph, inputs, logits)
-        return g
+        return _Graph(graph, inputs, logits)
 
 
 def serving_runner(compute: Compute, model: torch.nn.Module, *, batching: bool, gather_s: float,

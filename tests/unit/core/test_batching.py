@@ -436,3 +436,37 @@ def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
     whole = runner.forward_rows(ids, positions)
     assert runner.step.span is None
     torch.testing.assert_close(narrow[:2], whole[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_at_any_slots_compute_what_a_span_of_slots_does(tiny_pair_fp32):
+    """A prompt-chunk graph's rows are any slots (`_StepInputs.slots`: new entries written in place, attention over
+    a copy of those rows): the same logits and the same cache entries as the forward over a span of slots."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=4)
+    prompt = tiny_pair_fp32.encode(PROMPTS[0])
+    for slot in [runner.open() for _ in range(3)]:
+        runner.greedy_ids(slot, prompt[:len(prompt) - slot.index], keep=1)  # slot i holds len(prompt) - i tokens
+    n = len(prompt)
+    chunk = torch.tensor([[11, 12, 13, 14], [0, 21, 22, 23]])  # slot 2's chunk, then slot 0's (left-padded)
+    at = torch.tensor([[n - 2, n - 1, n, n + 1], [256, n, n + 1, n + 2]])  # its padding: column max_len
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in runner.cache.layers]
+
+    def cache():
+        return [(layer.keys[:3, :, :256].clone(), layer.values[:3, :, :256].clone()) for layer in runner.cache.layers]
+
+    with torch.inference_mode():
+        slots_logits = runner._run(batching._StepInputs(torch.cat([chunk, torch.zeros(1, 4, dtype=torch.long)]),
+                                                        torch.cat([at, torch.full((1, 4), 256)]),
+                                                        slots=torch.tensor([2, 0, 2])), keep=1)  # a dummy row
+        slots_cache = cache()
+        for layer, (keys, values) in zip(runner.cache.layers, before):
+            layer.keys.copy_(keys)
+            layer.values.copy_(values)
+        ids = torch.stack([chunk[1], torch.zeros(4, dtype=torch.long), chunk[0]])  # slots 0, 1 (dummy), 2
+        positions = torch.stack([at[1], torch.full((4,), 256), at[0]])
+        span_logits = runner._eager(ids, positions, keep=1)
+        span_cache = cache()
+    torch.testing.assert_close(slots_logits[[0, 1]], span_logits[[2, 0]], rtol=1e-5, atol=1e-5)
+    for (a_keys, a_values), (b_keys, b_values) in zip(slots_cache, span_cache):
+        torch.testing.assert_close(a_keys, b_keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a_values, b_values, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(slots_cache[0][0], before[0][0][:3, :, :256])  # something was written
