@@ -654,11 +654,12 @@ class BatchedRunner(ModelRunner):
     def _catch_up_groups(self, requests: list[_Request]) -> list[list[_Request]]:
         """Long requests grouped by slot into forwards (`_run_chunks`): a forward computes every row of its span of
         slots, so two catch-ups at slots 3 and 60 in one forward would compute 64 rows for two. A group's span
-        is at most CATCH_UP_ROWS rows or twice its members. With chunk graphs (rows at any slots), groups of
-        CATCH_UP_ROWS, whatever their slots."""
+        is at most CATCH_UP_ROWS rows or twice its members. With chunk graphs (rows at any slots), up to
+        CATCH_UP_ROWS requests are one group whatever their slots; more go by span as without, where one eager
+        forward over many rows cost less than a graph's replay per CATCH_UP_ROWS of them (call h4)."""
+        if self._chunk_graphs and len(requests) <= CATCH_UP_ROWS:
+            return [requests]
         groups: list[list[_Request]] = []
-        if self._chunk_graphs:
-            return [requests[i:i + CATCH_UP_ROWS] for i in range(0, len(requests), CATCH_UP_ROWS)]
         for r in sorted(requests, key=lambda r: r.index):
             if groups and self._span_rows(r.index + 1 - groups[-1][0].index) <= max(CATCH_UP_ROWS, 2 * (len(groups[-1]) + 1)):
                 groups[-1].append(r)

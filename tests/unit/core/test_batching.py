@@ -470,3 +470,19 @@ def test_rows_at_any_slots_compute_what_a_span_of_slots_does(tiny_pair_fp32):
         torch.testing.assert_close(a_keys, b_keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a_values, b_values, rtol=1e-5, atol=1e-5)
     assert not torch.equal(slots_cache[0][0], before[0][0][:3, :, :256])  # something was written
+
+
+def test_few_catch_ups_share_a_chunk_graph_whatever_their_slots(tiny_pair_fp32):
+    """Without chunk graphs (a CPU), catch-ups share an eager forward only where their slots lie close (it computes
+    every slot between them); with them, up to CATCH_UP_ROWS catch-ups at any slots are one graph's rows, and more
+    go by span again (one eager forward over many rows was cheaper than a replay per four, call h4)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=64)
+
+    def groups(slots):
+        return [[r.index for r in g] for g in runner._catch_up_groups([batching._Request(i, 0, [1] * 40, 1, True)
+                                                                          for i in slots])]
+
+    assert groups([3, 60]) == [[3], [60]]
+    runner._chunk_graphs = {(1, 64): None}  # as on a GPU (only whether there are any counts here)
+    assert groups([3, 60]) == [[3, 60]]
+    assert groups([3, 4, 5, 6, 7, 60]) == [[3, 4, 5, 6, 7], [60]]
