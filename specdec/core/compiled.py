@@ -11,9 +11,10 @@ bucket, when two things stay out of the traced code: a layer's index (an integer
 default: `allow_unspec_int_on_nn_module`) and the KV cache's update, which looks its layer up by that
 index in a list (`torch.compiler.disable` on `Cache.update`: it runs eagerly between two compiled parts
 of the layer). Both are process-wide, as compiling is model-wide: every runner over a compiled model runs
-its layers compiled. The arithmetic is the same; fused kernels round differently, so a compiled engine's
-outputs are compared with a compiled target-only run (the bench's greedy comparison reports any flipped
-near-tie).
+its layers compiled. Past dynamo's limit of programs per frame a new shape class would run uncompiled, silently
+and slower (docs/benchmarks.md, call h3): the limit is raised past every class the engine runs, and reaching it
+is an error. The arithmetic is the same; fused kernels round differently, so a compiled engine's outputs are
+compared with a compiled target-only run (the bench's greedy comparison reports any flipped near-tie).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from specdec.core.errors import InvalidArgument
 
 _MARK = "_specdec_compiled_layers"
+RECOMPILE_LIMIT = 64  # programs per compiled frame: every shape class (rows, tokens, attention path), with room
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -43,7 +45,8 @@ def compile_layers(model: torch.nn.Module) -> int:
         raise InvalidArgument("compile", f"{type(model).__name__} has no *DecoderLayer modules to compile; "
                                          "--no-compile runs it as is")
     torch._dynamo.config.allow_unspec_int_on_nn_module = True  # layer_idx: one program for every layer
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)  # the shape classes
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # past it an error, never layers run uncompiled
     if not getattr(Cache.update, "_specdec_eager", False):
         Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
         Cache.update._specdec_eager = True
