@@ -139,7 +139,7 @@ class PlainProbes:
     """When a phase that drafts decodes plainly for a few steps, to measure a plain cycle at its load again.
 
     The mirror of ProbeSchedule: a phase's plain cycle is measured only while it decodes plainly, so a figure
-    measured once in other conditions (a ramp of joining sessions: 16 ms at 64 rows where its steps took 10) keeps
+    measured once in other conditions (a ramp of joining sessions, far above its steps' cost: docs/benchmarks.md) keeps
     it drafting for good. After `first` steps of drafting its cycles decode plainly for `length` steps (the first
     is a transition; the next are timed); each probe after which drafting still wins doubles the wait, up to
     `max_every`, so a batch where drafting does pay loses at most `length` plain steps in `max_every`."""
@@ -211,8 +211,8 @@ class SharedPhase:
 
     def rates(self, key: object, compute: Callable[[], list[float | None]]) -> list[float | None]:
         """The members' rates by k at `key` (an engine's step and a cap), computed by the first member that asks:
-        they weigh the same mean and the same engine's costs, and sixty-four sessions each computing them after
-        every step cost the host a millisecond a step."""
+        they weigh the same mean and the same engine's costs, and every session computing them after every step
+        costs the host time that grows with the batch."""
         cached = self._rates
         if cached is not None and cached[0] == key:
             return cached[1]

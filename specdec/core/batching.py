@@ -278,8 +278,8 @@ class StepCostTable:
 
     def seed(self, rows: int, tokens: int, seconds: float) -> None:
         """A captured step's device time, replayed on an idle device at start. A ratio scaled from another load
-        misjudges a load never run: from 8 rows, where a step's cost hardly depends on its tokens, it put a
-        64-row plain step at twice its cost, and a batch kept drafting where decoding plainly was faster."""
+        misjudges a load never run: from a few rows, where a step's cost hardly depends on its tokens, it put a
+        large batch's plain step far above its cost, and the batch kept drafting where decoding plainly was faster."""
         self.seeds[self._key(rows, tokens)] = seconds
         self._answers, self._forward_answers = {}, {}
 
