@@ -486,3 +486,46 @@ def test_few_catch_ups_share_a_chunk_graph_whatever_their_slots(tiny_pair_fp32):
     runner._chunk_graphs = {(1, 64): None}  # as on a GPU (only whether there are any counts here)
     assert groups([3, 60]) == [[3, 60]]
     assert groups([3, 4, 5, 6, 7, 60]) == [[3, 4, 5, 6, 7], [60]]
+
+
+def test_catch_ups_through_chunk_graphs_equal_eager_ones(tiny_pair_fp32):
+    """The chunk-graph branch of `_run_chunks`, on a CPU: the graph's replay stood in for by the same forward over
+    the graph's static inputs (rows named by slot, dummy rows, left padding, chunk buckets as on a GPU). Two
+    catch-ups at slots far apart, in several chunks, then plain steps over what they cached: the same tokens as
+    the eager forwards over spans of slots give."""
+    model = tiny_pair_fp32.target.model
+    replays = []
+
+    def build(graphs: bool) -> BatchedRunner:
+        runner = BatchedRunner(model, launch=None, max_len=256, max_sessions=8, prefill_chunk=32)
+        runner.bucket_chunks = True  # chunk shapes rounded up, as on a GPU
+        if graphs:
+            runner._chunk_graphs = {(b, 32): batching._Graph(None, batching._StepInputs(
+                torch.zeros((b, 32), dtype=torch.long), torch.full((b, 32), 256), slots=torch.zeros(b, dtype=torch.long)),
+                None) for b in (1, 2, 4)}
+
+            def replay(g, ids, positions, slots):
+                replays.append(slots.tolist())
+                g.inputs.ids.copy_(ids)
+                g.inputs.positions.copy_(positions)
+                g.inputs.slots.copy_(slots)
+                return runner._run(g.inputs, keep=1)
+
+            runner._replay = replay
+        return runner
+
+    prompts = [tiny_pair_fp32.encode(PROMPTS[0] * 12), tiny_pair_fp32.encode(PROMPTS[5] * 7)]
+    assert all(len(p) > 40 for p in prompts) and len(prompts[0]) != len(prompts[1])  # two chunks or more each
+    outputs = []
+    for graphs in (False, True):
+        runner = build(graphs)
+        slots = [runner.open() for _ in range(6)]
+        far = [slots[1], slots[5]]
+        first = runner.greedy_ids_together([(slot, p, 1) for slot, p in zip(far, prompts)])
+        sequences = [p + ids for p, ids in zip(prompts, first)]
+        for _ in range(3):  # plain steps: they read what the chunks cached
+            for slot, sequence in zip(far, sequences):
+                sequence += runner.greedy_ids(slot, sequence, keep=1)
+        outputs.append(sequences)
+    assert outputs[0] == outputs[1]
+    assert replays and sorted(replays[0]) == [1, 5], replays  # both catch-ups in one two-row graph
