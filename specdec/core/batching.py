@@ -1152,25 +1152,29 @@ class BatchedRunner(ModelRunner):
         return groups
 
     def _run_chunks(self, requests: list[_Request]) -> None:
-        """The next chunk of each long request, in one eager forward (prompt lengths vary) over slots [lo, hi):
-        each row is left-padded so that its last token is in the last column, where the kept logits are; the
-        padding (and a slot in the range with nothing to do) writes only into the padding column max_len. On a
-        GPU the shape is rounded up to a bucket of rows and of tokens: each new shape costs the attention
-        kernels' set-up again, and a catch-up's length is new almost every time."""
+        """The next chunk of each long request, in one forward (prompt lengths vary): a chunk graph's where there is
+        one for their number and length (rows at any slots, the requests' own, then dummies), else an eager one
+        over slots [lo, hi). Each row is left-padded so that its last token is in the last column, where the kept
+        logits are; the padding (and a dummy row, or a slot in the range with nothing to do) writes only into the
+        padding column max_len. On a GPU the shape is rounded up to a bucket of rows and of tokens: each new shape
+        costs the attention kernels' set-up again, and a catch-up's length is new almost every time."""
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
-        lo, hi = min(r.index for r in requests), max(r.index for r in requests) + 1
         n = max(len(c) for c in chunks)
         if self.bucket_chunks:
             n = max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk))
-            rows = self._span_rows(hi - lo)
-            lo = min(lo, self.max_sessions - rows)
-            hi = lo + rows
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
         graph = self._chunk_graphs.get((bucket(len(requests), ROW_BUCKETS), n)) if keep == 1 else None
-        rows = graph.inputs.ids.shape[0] if graph is not None else hi - lo
-        row_of = {id(r): i if graph is not None else r.index - lo for i, r in enumerate(requests)}
+        if graph is not None:
+            rows, row_of = graph.inputs.ids.shape[0], {id(r): i for i, r in enumerate(requests)}
+        else:
+            lo, hi = min(r.index for r in requests), max(r.index for r in requests) + 1
+            if self.bucket_chunks:
+                span = self._span_rows(hi - lo)
+                lo = min(lo, self.max_sessions - span)
+                hi = lo + span
+            rows, row_of = hi - lo, {id(r): r.index - lo for r in requests}
         ids = torch.zeros((rows, n), dtype=torch.long)
         positions = torch.full((rows, n), self.max_len, dtype=torch.long)  # padding and dummy rows: column max_len
         for r, c in zip(requests, chunks):
@@ -1266,18 +1270,22 @@ class BatchedRunner(ModelRunner):
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
+    def _chunk_lengths(self) -> set[int]:
+        """The tokens per row a prompt chunk runs as on a GPU (`_run_chunks` rounds up to these)."""
+        longest = min(self.prefill_chunk, self.max_len)
+        return {*(c for c in CHUNK_BUCKETS if c < longest), longest}
+
     def _warm_up_shapes(self) -> None:
         """Run each eager shape the engine will run once, at start, writing only slots no session holds yet:
         compiled layers compile each shape class here (rows 1 or more x one token, a verify's tokens, a prompt
         chunk's), never in a served step; and on a GPU each bucketed prompt-chunk shape of up to four rows sets
         up its attention kernels here, where a probe's catch-up would otherwise pay for it."""
-        longest = min(self.prefill_chunk, self.max_len)
         shapes = set()
         if self.compiled:
-            shapes |= {(b, n) for b in {1, min(2, self.max_sessions)} for n in (1, self.pad, longest)}
+            shapes |= {(b, n) for b in {1, min(2, self.max_sessions)}
+                       for n in (1, self.pad, min(self.prefill_chunk, self.max_len))}
         if self.bucket_chunks:
-            shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3]
-                       for n in {*(c for c in CHUNK_BUCKETS if c < longest), longest}}
+            shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3] for n in self._chunk_lengths()}
         for b, n in sorted(shapes):
             ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
             with torch.inference_mode():
@@ -1288,9 +1296,7 @@ class BatchedRunner(ModelRunner):
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
         rows = [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
-        longest = min(self.prefill_chunk, self.max_len)
-        chunks = [(b, n) for b in ROW_BUCKETS if b <= min(CATCH_UP_ROWS, self.max_sessions)
-                  for n in {*(c for c in CHUNK_BUCKETS if c < longest), longest}]
+        chunks = [(b, n) for b in ROW_BUCKETS if b <= min(CATCH_UP_ROWS, self.max_sessions) for n in self._chunk_lengths()]
         with torch.inference_mode(), torch.cuda.device(self.device):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
