@@ -18,11 +18,13 @@ writes land in the cache's padding columns, past every position a real row atten
 step is a CUDA graph captured per (rows bucket, tokens bucket).
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt
-delays the others' next token by at most one chunk's forward. On CUDA, a chunk of up to CATCH_UP_ROWS rows
-(a new prompt, a draft catching up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any
-slots: it writes their new entries in place and attends over a copy of their rows of the cache. An eager
-chunk's forward is bound by the host's work (per layer, the compiled code's guards and launches), which a
-busy process's other threads stretch several times over (docs/benchmarks.md, calls h1-h3).
+delays the others' next token by at most one chunk's forward. On CUDA a chunk (a new prompt, drafts catching
+up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any slots: it writes their new
+entries in place and attends over a copy of their rows of the cache. An engine loop runs one chunk a step, so
+it captures one row; a runner without one (a target's own draft) is handed every session's catch-up at once
+and captures every row bucket, one replay per chunk length. An eager chunk's forward is bound by the host's
+work (per layer, the compiled code's guards and launches), which a busy process's other threads stretch
+several times over (docs/benchmarks.md, calls h1-h3).
 
 Looking ahead (on by default with CUDA graphs): when every row of a step is a plain greedy decode, the engine
 launches the next step before it reads this one, each row fed the token the device just drew for it (a
@@ -62,7 +64,7 @@ LOG_EVERY_S = 5.0  # a working engine logs its batch sizes and step times this o
 WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session readers woken per step, at any load
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
-CATCH_UP_ROWS = 4  # catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
+CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
 _END = object()  # a driven session's last item: its sequence is done
 
 
@@ -427,6 +429,7 @@ class BatchedRunner(ModelRunner):
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
+        self.passive = launch is None  # no engine loop: callers run their forwards (_run_here)
         t0 = time.perf_counter()
         if self.compiled:
             log.info("compiling %d decoder layers", compile_layers(self.model))
@@ -438,7 +441,6 @@ class BatchedRunner(ModelRunner):
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
         self.on_drafting: Callable[[float], None] = lambda seconds: None  # metrics: a drafter's phase
         self.drafter: StepDrafter | None = None
-        self.passive = launch is None
         if self.passive:
             self._ended.set()
         else:
@@ -652,13 +654,16 @@ class BatchedRunner(ModelRunner):
                         self._fail(r, e)
 
     def _catch_up_groups(self, requests: list[_Request]) -> list[list[_Request]]:
-        """Long requests grouped by slot into forwards (`_run_chunks`): a forward computes every row of its span of
-        slots, so two catch-ups at slots 3 and 60 in one forward would compute 64 rows for two. A group's span
-        is at most CATCH_UP_ROWS rows or twice its members. With chunk graphs (rows at any slots), up to
-        CATCH_UP_ROWS requests are one group whatever their slots; more go by span as without, where one eager
-        forward over many rows cost less than a graph's replay per CATCH_UP_ROWS of them (call h4)."""
-        if self._chunk_graphs and len(requests) <= CATCH_UP_ROWS:
-            return [requests]
+        """Long requests grouped into forwards (`_run_chunks`). With chunk graphs (rows at any slots): by the
+        length their next chunk runs as, whatever their slots, since every row of a forward is padded to its
+        longest chunk. Eagerly by slot: a forward computes every row of its span of slots, so two catch-ups at
+        slots 3 and 60 in one forward would compute 64 rows for two; a group's span is at most CATCH_UP_ROWS
+        rows or twice its members."""
+        if self._chunk_graphs:
+            by_length: dict[int, list[_Request]] = {}
+            for r in requests:
+                by_length.setdefault(self._chunk_tokens(len(r.ids) - r.fed), []).append(r)
+            return list(by_length.values())
         groups: list[list[_Request]] = []
         for r in sorted(requests, key=lambda r: r.index):
             if groups and self._span_rows(r.index + 1 - groups[-1][0].index) <= max(CATCH_UP_ROWS, 2 * (len(groups[-1]) + 1)):
@@ -667,9 +672,10 @@ class BatchedRunner(ModelRunner):
                 groups.append([r])
         return groups
 
-    def _span_rows(self, span: int) -> int:
-        """The rows a prompt-chunk forward over `span` slots computes (on a GPU, rounded up to a bucket)."""
-        return min(bucket(span, ROW_BUCKETS), self.max_sessions) if self.bucket_chunks else span
+    def _span_rows(self, rows: int) -> int:
+        """The rows a prompt-chunk forward of `rows` (a span of slots, or a graph's rows at any slots) computes:
+        on a GPU rounded up to a bucket."""
+        return min(bucket(rows, ROW_BUCKETS), self.max_sessions) if self.bucket_chunks else rows
 
     # ---- the engine thread ----
 
@@ -1161,11 +1167,9 @@ class BatchedRunner(ModelRunner):
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
-        n = max(len(c) for c in chunks)
-        if self.bucket_chunks:
-            n = max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk))
+        n = self._chunk_tokens(max(len(c) for c in chunks))
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
-        graph = self._chunk_graphs.get((bucket(len(requests), ROW_BUCKETS), n)) if keep == 1 else None
+        graph = self._chunk_graphs.get((self._span_rows(len(requests)), n)) if keep == 1 else None
         if graph is not None:
             rows, row_of = graph.inputs.ids.shape[0], {id(r): i for i, r in enumerate(requests)}
         else:
@@ -1201,6 +1205,12 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+
+    def _chunk_tokens(self, left: int) -> int:
+        """The tokens per row a chunk of a request with `left` tokens still to feed runs as: at most a prefill
+        chunk, on a GPU rounded up to a chunk bucket."""
+        n = min(left, self.prefill_chunk)
+        return max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk, self.max_len)) if self.bucket_chunks else n
 
     def step_shape(self, rows: int, tokens: int) -> tuple[int, int]:
         """The (rows, tokens per row) a step of that many runs as: with CUDA graphs, the captured bucket."""
@@ -1295,13 +1305,12 @@ class BatchedRunner(ModelRunner):
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
-        rows = [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
-        chunks = [(b, n) for b in ROW_BUCKETS if b <= min(CATCH_UP_ROWS, self.max_sessions) for n in self._chunk_lengths()]
+        rows = self._graph_rows()
         with torch.inference_mode(), torch.cuda.device(self.device):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
                     self._capture(b, n)
-            for b, n in sorted(chunks):
+            for b, n in self._chunk_shapes():
                 self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
                     torch.zeros((b, n), dtype=torch.long, device=self.device),
                     torch.full((b, n), self.max_len, device=self.device),
@@ -1312,6 +1321,16 @@ class BatchedRunner(ModelRunner):
         log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d; and %d of prompt chunks) in %.1f s; "
                  "device ms %s", len(self._graphs), rows, self.pad, len(self._chunk_graphs), time.perf_counter() - t0,
                  ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
+
+    def _graph_rows(self) -> list[int]:
+        """The row buckets steps are captured for."""
+        return [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
+
+    def _chunk_shapes(self) -> list[tuple[int, int]]:
+        """(rows, tokens) of the prompt-chunk graphs: an engine loop runs one long request's chunk a step, a
+        runner without one every caller's catch-ups at once (`_run_chunks` looks them up by `_span_rows` and
+        `_chunk_tokens`)."""
+        return [(b, n) for b in (self._graph_rows() if self.passive else [1]) for n in sorted(self._chunk_lengths())]
 
     def _time_graphs(self, replays: int = 3) -> None:
         """Seed the cost table with each captured step's device time (StepCostTable.seed): replays write only

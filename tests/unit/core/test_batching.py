@@ -472,20 +472,40 @@ def test_rows_at_any_slots_compute_what_a_span_of_slots_does(tiny_pair_fp32):
     assert not torch.equal(slots_cache[0][0], before[0][0][:3, :, :256])  # something was written
 
 
-def test_few_catch_ups_share_a_chunk_graph_whatever_their_slots(tiny_pair_fp32):
+def test_catch_ups_share_a_chunk_graph_by_length_whatever_their_slots(tiny_pair_fp32):
     """Without chunk graphs (a CPU), catch-ups share an eager forward only where their slots lie close (it computes
-    every slot between them); with them, up to CATCH_UP_ROWS catch-ups at any slots are one graph's rows, and more
-    go by span again (one eager forward over many rows was cheaper than a replay per four, call h4)."""
-    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=64)
+    every slot between them); with them, catch-ups at any slots are one graph's rows, one replay per length their
+    chunks run as (every row of a forward is padded to its longest chunk)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=1024, max_sessions=64)
 
-    def groups(slots):
-        return [[r.index for r in g] for g in runner._catch_up_groups([batching._Request(i, 0, [1] * 40, 1, True)
-                                                                          for i in slots])]
+    def groups(lengths: dict[int, int]) -> list[list[int]]:
+        return [[r.index for r in g] for g in runner._catch_up_groups([batching._Request(i, 0, [1] * n, 1, True)
+                                                                          for i, n in lengths.items()])]
 
-    assert groups([3, 60]) == [[3], [60]]
+    assert groups({3: 40, 60: 40}) == [[3], [60]]
+    runner.bucket_chunks = True  # chunk shapes rounded up, as on a GPU
     runner._chunk_graphs = {(1, 64): None}  # as on a GPU (only whether there are any counts here)
-    assert groups([3, 60]) == [[3, 60]]
-    assert groups([3, 4, 5, 6, 7, 60]) == [[3, 4, 5, 6, 7], [60]]
+    assert groups({3: 40, 60: 40}) == [[3, 60]]
+    assert groups({i: 40 for i in range(0, 64, 2)}) == [list(range(0, 64, 2))]  # 32 rows: one replay
+    assert groups({3: 40, 4: 600, 7: 50, 60: 200}) == [[3, 7], [4], [60]]  # chunks of 64, 512 and 256 tokens
+
+
+def test_every_catch_up_finds_its_chunk_graph(tiny_pair_fp32):
+    """The chunk graphs a runner captures cover every shape `_run_chunks` looks up: a runner without an engine loop
+    (a target's own draft, handed every session's catch-up at once) any number of rows up to its slots, an engine
+    loop (one chunk a step) one row; any length up to the context. A shape not captured would run eagerly,
+    several times slower on a GPU."""
+    for passive, most in ((True, 48), (False, 1)):
+        engine = {"launch": None} if passive else {}
+        runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=1000, max_sessions=48, prefill_chunk=512, **engine)
+        runner.bucket_chunks = True  # as on a GPU
+        shapes = set(runner._chunk_shapes())
+        assert len(shapes) == len(runner._chunk_shapes())
+        for rows in range(1, most + 1):
+            for left in range(1, 1001):
+                assert (runner._span_rows(rows), runner._chunk_tokens(left)) in shapes, (passive, rows, left)
+        assert all(b <= most for b, _ in shapes)
+        runner.stop()
 
 
 def test_catch_ups_through_chunk_graphs_equal_eager_ones(tiny_pair_fp32):
