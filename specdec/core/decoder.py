@@ -41,8 +41,7 @@ class SpeculativeDecoder:
         self.proposers = proposers
         self.speculation = speculation.validate()
 
-    def cycles(self, request: GenerationRequest, stats: SpecStats,
-               choose_k: KChooser | None = None) -> Iterator[Cycle]:
+    def cycles(self, request: GenerationRequest, choose_k: KChooser | None = None) -> Iterator[Cycle]:
         """Run the loop, yielding each cycle's committed tokens as soon as they exist: the services' loop
         (TargetLoop) with the proposer drafting on this thread when a block is wanted."""
         choose_k = choose_k or (AdaptiveK(max_k=self.speculation.max_k, initial_k=max(1, self.speculation.k))
@@ -52,27 +51,32 @@ class SpeculativeDecoder:
         if self.proposers is not None and self.speculation.k > 0:
             link = InlineLink(self.proposers.open(request.sampling, sequence.seed), lambda: sequence.committed,
                               self.speculation.k)
-        stats.prompt_tokens = len(request.prompt_ids)
         try:
-            for cycle in TargetLoop(sequence, link, choose_k, threading.Event(), link_k=self.speculation.k).run():
-                stats.observe(cycle)
-                yield cycle  # the caller closes the generator early when a stop string matched
-        finally:
+            yield from TargetLoop(sequence, link, choose_k, threading.Event(), link_k=self.speculation.k).run()
+        finally:  # also when the caller closes the generator early (a stop string matched)
             sequence.close()
             if link is not None:
                 link.close()
 
     def generate(self, request: GenerationRequest, on_text: Callable[[str], None] | None = None,
                  choose_k: KChooser | None = None) -> GenerationResult:
-        stats = SpecStats()
-        text = TextStream(self.tokenizer, request.stop)
-        token_ids: list[int] = []
-        finish = FinishReason.LENGTH
-        t0 = time.perf_counter()
-        loop = self.cycles(request, stats, choose_k)
-        cycle = next(loop)
-        stats.time_to_first_token_s = time.perf_counter() - t0
-        while True:
+        return collect(self.cycles(request, choose_k), request, self.tokenizer, on_text)
+
+
+def collect(cycles: Iterator[Cycle], request: GenerationRequest, tokenizer,
+            on_text: Callable[[str], None] | None = None) -> GenerationResult:
+    """A request's result from its cycles as they come (streaming its text to `on_text`): stops at its finish
+    or at a stop string, closing `cycles` (a generator) there."""
+    stats = SpecStats(prompt_tokens=len(request.prompt_ids))
+    text = TextStream(tokenizer, request.stop)
+    token_ids: list[int] = []
+    finish = FinishReason.LENGTH
+    t0 = time.perf_counter()
+    try:
+        for cycle in cycles:
+            if not stats.cycles:
+                stats.time_to_first_token_s = time.perf_counter() - t0
+            stats.observe(cycle)
             for token in cycle.new_tokens:
                 token_ids.append(token)
                 delta = text.push(token)
@@ -82,15 +86,15 @@ class SpeculativeDecoder:
                     break
             if text.stopped:
                 finish = FinishReason.STOP
-                loop.close()
                 break
             if cycle.finish_reason is not None:
                 finish = cycle.finish_reason
                 break
-            cycle = next(loop)
-        tail = text.flush()
-        if on_text and tail:
-            on_text(tail)
-        stats.wall_time_s = time.perf_counter() - t0
-        stats.new_tokens = len(token_ids)
-        return GenerationResult(token_ids=token_ids, text=text.text, finish_reason=finish, stats=stats)
+    finally:
+        cycles.close()
+    tail = text.flush()
+    if on_text and tail:
+        on_text(tail)
+    stats.wall_time_s = time.perf_counter() - t0
+    stats.new_tokens = len(token_ids)
+    return GenerationResult(token_ids=token_ids, text=text.text, finish_reason=finish, stats=stats)

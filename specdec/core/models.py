@@ -133,6 +133,11 @@ def encode_prompt(tokenizer, prompt: str | None = None, messages: list[dict] | N
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
+def encode_text(tokenizer, prompt: str, chat: bool = False) -> list[int]:
+    """A user's prompt as ids: as is, or (`chat`) as one user message under the model's chat template."""
+    return encode_prompt(tokenizer, messages=[{"role": "user", "content": prompt}]) if chat else encode_prompt(tokenizer, prompt)
+
+
 def vocab_fingerprint(tokenizer) -> str:
     """A hash of the token -> id map and the special tokens: equal iff ids mean the same text."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])

@@ -13,7 +13,7 @@ from specdec.core.config import ProposerKind, SpeculationConfig
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.decoder import SpeculativeDecoder
 from specdec.core.errors import InvalidArgument
-from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, encode_prompt, eos_ids_of, load_model
+from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, encode_text, eos_ids_of, load_model
 from specdec.core.proposal import ProposerFactory
 from specdec.core.runner import ModelRunner
 
@@ -31,6 +31,13 @@ class PairConfig:
     speculation: SpeculationConfig = SpeculationConfig()
     proposer: ProposerKind = ProposerKind.DRAFT_MODEL
     cpu_kernels: str = ONEDNN  # CPU models: oneDNN packed linears, or stock nn.Linear (cpu_kernels.py)
+
+
+def check_draft_head(target_vocab: int, draft_vocab: int) -> None:
+    """A draft's logits may cover fewer tokens than the target's (padded rows past a shared tokenizer), never
+    more: it would propose tokens the target cannot score."""
+    if draft_vocab > target_vocab:
+        raise InvalidArgument("draft", f"draft vocabulary ({draft_vocab}) is larger than the target's ({target_vocab})")
 
 
 FactoryMaker = Callable[[ProposerKind, "ModelRunner | None", int], ProposerFactory]
@@ -55,9 +62,7 @@ class ModelPair:
         if draft is not None:
             self.draft_runner = ModelRunner(draft.model, max_len=context_length(draft.model, max_len),
                                             max_sessions=config.max_sessions, cpu_kernels=config.cpu_kernels)
-            if self.draft_runner.vocab_size > self.target_runner.vocab_size:
-                raise InvalidArgument("draft", f"draft vocabulary ({self.draft_runner.vocab_size}) is larger than "
-                                               f"the target's ({self.target_runner.vocab_size})")
+            check_draft_head(self.target_runner.vocab_size, self.draft_runner.vocab_size)
         if make_factory is not None and (draft is not None or config.proposer == ProposerKind.NGRAM):
             proposers = make_factory(config.proposer, self.draft_runner, self.target_runner.vocab_size)
         self.decoder = SpeculativeDecoder(self.target_runner, self.tokenizer, self.eos_ids, proposers,
@@ -74,6 +79,4 @@ class ModelPair:
         return cls(config, target, draft, make_factory)
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        if chat:
-            return encode_prompt(self.tokenizer, messages=[{"role": "user", "content": prompt}])
-        return encode_prompt(self.tokenizer, prompt)
+        return encode_text(self.tokenizer, prompt, chat)

@@ -151,6 +151,12 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def vocab_size_of(model: torch.nn.Module) -> int:
+    """The rows of the model's output head: the vocabulary its logits cover."""
+    head = model.get_output_embeddings()  # nn.Linear, or a quantized one whose .weight is a method
+    return int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+
+
 class ModelRunner:
     """Holds a model and the KV caches of up to `max_sessions` sequences of up to `max_len` tokens.
 
@@ -169,8 +175,7 @@ class ModelRunner:
         self._cache_kw = cache_kwarg(model)
         self.config = model.config
         self.device = next(model.parameters()).device
-        head = model.get_output_embeddings()  # nn.Linear, or a quantized one whose .weight is a method
-        self.vocab_size = int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+        self.vocab_size = vocab_size_of(model)
         if self.device.type == "cpu" and cpu_kernels == ONEDNN:  # see cpu_kernels.py: faster decode, flatter verify
             if n := pack_linear_layers(model):  # fp32 only: bf16 nn.Linear already runs oneDNN on CPU
                 log.info("packed %d fp32 linear layers for oneDNN (--cpu-kernels stock keeps nn.Linear)", n)

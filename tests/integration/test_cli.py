@@ -27,6 +27,27 @@ def test_generate_json(capsys):
     assert baseline["token_ids"] == result["token_ids"] and baseline["stats"]["drafts"] == 0
 
 
+def test_several_prompts_decode_together_as_each_alone(capsys):
+    """Several prompts share one batched engine (the target's own draft drafting for all of them): each output is
+    what the same prompt decoded alone gives, greedy and seeded sampling alike (a float32 draft: an int8 draft
+    quantizes a step's activations with one scale for all its rows, so its proposals depend on the batch)."""
+    prompts = ["def main():", "import os", "class Foo:"]
+    for flags in (["--proposer", "hybrid"], ["--temperature", "0.8", "--seed", "5"]):
+        common = ["--max-new-tokens", "20", "--k", "3", "--json", "--draft-dtype", "float32", *flags]
+        assert cli_main(["generate", *prompts, *common]) == 0
+        together = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        alone = []
+        for prompt in prompts:
+            assert cli_main(["generate", prompt, *common]) == 0
+            alone.append(json.loads(capsys.readouterr().out))
+        assert [r["token_ids"] for r in together] == [r["token_ids"] for r in alone], flags
+        assert sum(r["stats"]["drafts"] for r in together) > 0
+    assert cli_main(["generate", *prompts[:2], "--max-new-tokens", "8", "--proposer", "ngram"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("--- prompt 1 ---") and "\n--- prompt 2 ---" in out.out
+    assert out.err.count("mean_acceptance_length=") == 2
+
+
 def test_generate_text_streams_and_reports_stats(capsys):
     assert cli_main(["generate", "import os", "--max-new-tokens", "16", "--temperature", "0.8", "--seed", "3"]) == 0
     out = capsys.readouterr()
