@@ -4,7 +4,7 @@ in the batched engine a target service runs (tools/inprocess.py), with the draft
 from __future__ import annotations
 
 import argparse
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from specdec.cli.options import add_model_args, add_sampling_args, add_speculation_args, print_result
 from specdec.core.config import GenerationRequest, ProposerKind, SamplingParams, SpeculationConfig
@@ -60,22 +60,10 @@ def run(args: argparse.Namespace) -> int:
             print_result(collect(engine.stream(requests[0]), requests[0], engine.tokenizer, on_text).to_dict(),
                          args.json)
             return 0
-        results: list = [None] * len(requests)
-
-        def decode(i: int) -> None:
-            try:
-                results[i] = collect(engine.stream(requests[i]), requests[i], engine.tokenizer)
-            except BaseException as e:  # noqa: BLE001 - raised below, on the main thread
-                results[i] = e
-
-        threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(requests))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for i, result in enumerate(results):
-            if isinstance(result, BaseException):
-                raise result
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:  # the engine batches them: a thread each
+            futures = [pool.submit(collect, engine.stream(r), r, engine.tokenizer) for r in requests]
+        for i, future in enumerate(futures):
+            result = future.result()  # that prompt's error, if it failed
             if not args.json:
                 print(("\n" if i else "") + f"--- prompt {i + 1} ---")
                 print(result.text, end="", flush=True)

@@ -40,19 +40,13 @@ def pack_linear_layers(model) -> int:
 
 
 def quantize_int8(model):
-    """Dynamic int8 quantization of every `nn.Linear` (weights int8, activations quantized per call).
+    """Int8 weights and activations for every `nn.Linear`, each row of a call quantized on its own (core.int8).
 
     For a draft on CPU: a draft only proposes, so its precision moves acceptance, never the output, and
     an int8 draft step costs a fraction of an fp32 one (lm_head included: it is a quarter of a 0.5B
-    model; docs/benchmarks.md). PyTorch marks torch.ao.quantization as deprecated in favour of torchao,
-    which is not among our dependencies; it still ships and works, so its warnings are silenced here
-    only, for this call, and the day it is removed this raises instead of running something else.
+    model; docs/benchmarks.md).
     """
-    import warnings
+    from specdec.core.int8 import quantize_linears
 
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecation notices of torch.ao and of quantized tensors
-        # in place: a copy would double the draft's memory while both exist
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    quantize_linears(model)
+    return model
