@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 from specdec.core.adaptive import AdaptiveK, FixedK, KChooser
 from specdec.core.config import FinishReason, GenerationRequest, SpeculationConfig
@@ -63,10 +63,10 @@ class SpeculativeDecoder:
         return collect(self.cycles(request, choose_k), request, self.tokenizer, on_text)
 
 
-def collect(cycles: Iterator[Cycle], request: GenerationRequest, tokenizer,
+def collect(cycles: Generator[Cycle, None, None], request: GenerationRequest, tokenizer,
             on_text: Callable[[str], None] | None = None) -> GenerationResult:
     """A request's result from its cycles as they come (streaming its text to `on_text`): stops at its finish
-    or at a stop string, closing `cycles` (a generator) there."""
+    or at a stop string, closing `cycles` there (which ends its session and frees its slot)."""
     stats = SpecStats(prompt_tokens=len(request.prompt_ids))
     text = TextStream(tokenizer, request.stop)
     token_ids: list[int] = []

@@ -21,8 +21,8 @@ _TINY = torch.finfo(torch.float32).tiny
 class _Rows:
     """An input's rows as the kernel takes them (each divided by its largest magnitude, the anchor row after them)
     and those magnitudes, kept for the next layer that reads the same input: a decoder layer's query, key and
-    value projections read one tensor, as its gate and up projections do, and on a CPU the few small operations
-    that prepare it cost about what the small matmul does."""
+    value projections read one tensor, as its gate and up projections do, and on a CPU the small operations
+    around one row's matmul cost about what the matmul does (docs/benchmarks.md)."""
 
     def __init__(self) -> None:
         self.source: tuple[torch.Tensor, int] | None = None  # (input, its version: an in-place change is a new input)
