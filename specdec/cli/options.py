@@ -23,11 +23,11 @@ def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
         g.add_argument("--draft-dtype", default=None,
                        help="dtype of the draft (default: --dtype; `auto` is int8 on CPU, bf16 on CUDA). The draft "
                             "only proposes, so its precision changes acceptance, never the output: on CPU an int8 "
-                            "draft step costs a third of an fp32 one")
+                            "draft step costs about 0.4 of an fp32 one")
     g.add_argument("--device", default="cpu", help="device of the target: cpu or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA; on CPU fp32 for a target, int8 for a draft), "
-                   "float32, bfloat16, float16, or int8 (CPU, dynamic quantization of the linear layers; meant for a "
-                   "draft)")
+                   "float32, bfloat16, float16, or int8 (CPU: int8 weights and activations in the linear layers, each "
+                   "row quantized on its own; meant for a draft)")
     g.add_argument("--max-len", type=int, default=2048, help="KV cache length per session, in tokens (default: 2048)")
     add_cpu_kernels_arg(g)
 
