@@ -1210,7 +1210,7 @@ class BatchedRunner(ModelRunner):
         """The tokens per row a chunk of a request with `left` tokens still to feed runs as: at most a prefill
         chunk, on a GPU rounded up to a chunk bucket."""
         n = min(left, self.prefill_chunk)
-        return max(n, min(bucket(n, CHUNK_BUCKETS), self.prefill_chunk, self.max_len)) if self.bucket_chunks else n
+        return max(n, min(bucket(n, CHUNK_BUCKETS), self._longest_chunk())) if self.bucket_chunks else n
 
     def step_shape(self, rows: int, tokens: int) -> tuple[int, int]:
         """The (rows, tokens per row) a step of that many runs as: with CUDA graphs, the captured bucket."""
@@ -1280,20 +1280,24 @@ class BatchedRunner(ModelRunner):
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
+    def _longest_chunk(self) -> int:
+        """The most tokens per row a prompt chunk runs as."""
+        return min(self.prefill_chunk, self.max_len)
+
     def _chunk_lengths(self) -> set[int]:
         """The tokens per row a prompt chunk runs as on a GPU (`_run_chunks` rounds up to these)."""
-        longest = min(self.prefill_chunk, self.max_len)
+        longest = self._longest_chunk()
         return {*(c for c in CHUNK_BUCKETS if c < longest), longest}
 
     def _warm_up_shapes(self) -> None:
         """Run each eager shape the engine will run once, at start, writing only slots no session holds yet:
         compiled layers compile each shape class here (rows 1 or more x one token, a verify's tokens, a prompt
-        chunk's), never in a served step; and on a GPU each bucketed prompt-chunk shape of up to four rows sets
-        up its attention kernels here, where a probe's catch-up would otherwise pay for it."""
+        chunk's), never in a served step; and on a GPU each bucketed eager prompt-chunk shape of up to four rows
+        sets up its attention kernels here, where an eager chunk (one that keeps more than its last logits;
+        prompts and catch-ups replay chunk graphs) would otherwise pay for it."""
         shapes = set()
         if self.compiled:
-            shapes |= {(b, n) for b in {1, min(2, self.max_sessions)}
-                       for n in (1, self.pad, min(self.prefill_chunk, self.max_len))}
+            shapes |= {(b, n) for b in {1, min(2, self.max_sessions)} for n in (1, self.pad, self._longest_chunk())}
         if self.bucket_chunks:
             shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3] for n in self._chunk_lengths()}
         for b, n in sorted(shapes):
