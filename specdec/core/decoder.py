@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterator
+from typing import Callable, Generator
 
 from specdec.core.adaptive import AdaptiveK, FixedK, KChooser
 from specdec.core.config import FinishReason, GenerationRequest, SpeculationConfig
@@ -41,7 +41,7 @@ class SpeculativeDecoder:
         self.proposers = proposers
         self.speculation = speculation.validate()
 
-    def cycles(self, request: GenerationRequest, choose_k: KChooser | None = None) -> Iterator[Cycle]:
+    def cycles(self, request: GenerationRequest, choose_k: KChooser | None = None) -> Generator[Cycle, None, None]:
         """Run the loop, yielding each cycle's committed tokens as soon as they exist: the services' loop
         (TargetLoop) with the proposer drafting on this thread when a block is wanted."""
         choose_k = choose_k or (AdaptiveK(max_k=self.speculation.max_k, initial_k=max(1, self.speculation.k))

@@ -55,6 +55,18 @@ def own_draft_runner(compute: Compute, loaded: LoadedModel, max_len: int, max_se
     return compute.run(build_own_draft_runner, loaded, max_len, max_sessions, compile=compile, cpu_kernels=cpu_kernels)
 
 
+def draft_engine(compute: Compute, target: LoadedModel, spec: str, *, device: str, dtype: str, max_len: int,
+                 max_sessions: int, own: bool, compile: bool = True, cpu_kernels: str = ONEDNN) -> BatchedRunner:
+    """The draft model `spec` loaded and run as a deployment runs it: the target's own draft (`own`: on the target's
+    device, built on `compute`, the target engine's thread-to-be), else a draft engine on a compute of its own
+    device. Its vocabulary must be the target's."""
+    draft_compute = compute if own else Compute.for_device(device)
+    draft = draft_compute.run(load_model, spec, "draft", device=device, dtype=dtype)
+    check_same_vocabulary(target, draft)
+    return (own_draft_runner if own else engine_runner)(draft_compute, draft, max_len, max_sessions, compile,
+                                                        cpu_kernels=cpu_kernels)
+
+
 class _DraftLink(LocalLink):
     """A link that owns its proposer, as a draft service's session does: closing it frees the draft's slot."""
 
@@ -138,12 +150,10 @@ class InProcessTarget:
         if speculation.k > 0 and config.draft is not None and config.proposer != ProposerKind.NGRAM:
             device = config.draft_device or config.device
             own = device == config.device and config.proposer == ProposerKind.DRAFT_MODEL
-            draft_compute = compute if own else Compute.for_device(device)
-            draft = draft_compute.run(load_model, config.draft, "draft", device=device,
-                                      dtype=config.draft_dtype or config.dtype)
-            check_same_vocabulary(target, draft)
-            draft_runner = (own_draft_runner if own else engine_runner)(
-                draft_compute, draft, config.max_len, config.max_sessions, compile, cpu_kernels=config.cpu_kernels)
+            draft_runner = draft_engine(compute, target, config.draft, device=device,
+                                        dtype=config.draft_dtype or config.dtype, max_len=config.max_len,
+                                        max_sessions=config.max_sessions, own=own, compile=compile,
+                                        cpu_kernels=config.cpu_kernels)
         if speculation.k > 0 and (draft_runner is not None or config.proposer == ProposerKind.NGRAM):
             vocab = vocab_size_of(target.model)
             if draft_runner is not None:
@@ -161,10 +171,10 @@ class InProcessTarget:
     def stream(self, generation: GenerationRequest, seed: int | None = None) -> Iterator[Cycle]:
         """One request's cycles as the engine commits them, as a target service's session runs it (closing the
         generator ends the session and frees its slot). `seed`: None draws one, as the orchestrator does."""
+        seed = generation.sampling.seed if seed is None else seed
         request = TargetRequest(
-            session_id=f"in-process-{next(self._ids)}",
-            seed=seed if seed is not None else generation.sampling.seed if generation.sampling.seed is not None
-            else fresh_seed(), own_draft=self.own_draft and self.k > 0,
+            session_id=f"in-process-{next(self._ids)}", seed=fresh_seed() if seed is None else seed,
+            own_draft=self.own_draft and self.k > 0,
             draft_address="in-process" if self.k and not self.own_draft else "", generation=generation,
             speculation=SpeculationConfig(k=self.k, max_k=max(1, self.k), adaptive=self.adaptive_k))
         for cycles in self.service.run(request, on_cancel=lambda fn: None, observer=_Unobserved()):

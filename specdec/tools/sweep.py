@@ -50,7 +50,7 @@ from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from specdec.serving.server import freeze_heap
 from specdec.tools import exactness, loadtest
-from specdec.tools.inprocess import InProcessTarget, engine_runner, own_draft_runner
+from specdec.tools.inprocess import InProcessTarget, draft_engine
 from specdec.tools.launcher import Stack, free_base_port
 
 SERVICE_MODES = ("target-only", "services", "services-no-overlap", "services-own-draft")
@@ -181,11 +181,9 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
             gc.collect()  # freed now, not by a collection during the next engine's CUDA graph capture
     draft_runner = drafts = None
     if drafting:
-        draft_compute = compute if own else Compute.for_device(s.draft_device or s.device)
-        draft = draft_compute.run(load_model, s.draft, "draft", device=s.device if own else s.draft_device or s.device,
-                                  dtype=s.draft_dtype or s.dtype)
-        draft_runner = (own_draft_runner if own else engine_runner)(draft_compute, draft, s.max_len, sessions,
-                                                                    s.compile)
+        draft_runner = draft_engine(compute, target, s.draft, device=s.device if own else s.draft_device or s.device,
+                                    dtype=s.draft_dtype or s.dtype, max_len=s.max_len, max_sessions=sessions, own=own,
+                                    compile=s.compile)
         drafts = (ReplayFactory(draft_runner, book, ReplayRates(s.replay_alpha)) if book is not None
                   else make_factory(ProposerKind.DRAFT_MODEL, draft_runner))
     engine = InProcessTarget(target, max_len=s.max_len, max_sessions=sessions, k=s.k, adaptive_k=not s.fixed_k,
