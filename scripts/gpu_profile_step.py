@@ -1,52 +1,49 @@
-"""Where the GPU time of one batched step goes: torch.profiler over eager and graph steps of the batched runner,
-then the same graph step with the model's forward compiled by torch.compile (COMPILE=1): how much of a step is
-the launch of HF's many small kernels. Usage: python3 scripts/gpu_profile_step.py [model] [rows]"""
+"""Where the GPU time of one batched graph step goes, as the engine runs it (compiled decoder layers, CUDA graph):
+torch.profiler over replays of the rows x tokens step, kernels grouped by name, and the step's wall time against
+its kernels' sum (the rest is the device idling between kernels). WRITTEN_OUT_MAX=N sets the attention's
+written-out threshold (core.attention) for this process.
+Usage: python3 scripts/gpu_profile_step.py [model] [rows] [tokens]"""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from specdec.core import attention
 from specdec.core.batching import BatchedRunner
 from specdec.core.models import load_model
 from specdec.tools.sweep import batched_step_s
+
+REPS = 10
 
 
 def main() -> None:
     spec = sys.argv[1] if len(sys.argv) > 1 else "random:qwen2.5-0.5b"
     rows = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    if os.environ.get("WRITTEN_OUT_MAX"):
+        attention.WRITTEN_OUT_MAX = int(os.environ["WRITTEN_OUT_MAX"])
     loaded = load_model(spec, "draft", device="cuda:0", dtype="bfloat16")
-    runner = BatchedRunner(loaded.model, launch=None, max_len=1024, max_sessions=max(rows, 1))
-    ids = torch.randint(0, runner.vocab_size, (rows, 1))
-    positions = torch.full((rows, 1), 256)
-    for graphs in (True, False):
-        runner.cuda_graphs = graphs
-        for _ in range(3):
+    runner = BatchedRunner(loaded.model, launch=None, max_len=1024, max_sessions=rows, graph_max_tokens=tokens,
+                           prefill_chunk=max(tokens, 16))
+    ids = torch.randint(0, runner.vocab_size, (rows, tokens))
+    positions = torch.arange(300, 300 + tokens).repeat(rows, 1)
+    step_ms = 1e3 * batched_step_s(runner, rows, tokens, 300, reps=20)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(REPS):
             runner.forward_rows(ids, positions)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                runner.forward_rows(ids, positions)
-            torch.cuda.synchronize()
-        events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or e.self_device_time_total > 0]
-        total = sum(e.self_device_time_total for e in events) / 5
-        print(f"== {spec} rows {rows}, graphs {graphs}: GPU time per step {total / 1000:.2f} ms, "
-              f"{sum(e.count for e in events) // 5} kernels per step", flush=True)
-        for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
-            print(f"  {e.self_device_time_total / 5 / 1000:7.3f} ms  x{e.count // 5:4d}  {e.key[:110]}", flush=True)
-    runner.cuda_graphs = True
-    print(f"graph step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms", flush=True)
-    if os.environ.get("COMPILE"):
-        t0 = time.perf_counter()
-        runner.model.forward = torch.compile(runner.model.forward, dynamic=False)
-        del runner._graphs[(rows, 1)]
-        runner._capture(rows, 1)
-        print(f"compiled graph step {1e3 * batched_step_s(runner, rows, 1, 256):.2f} ms "
-              f"(compile and capture {time.perf_counter() - t0:.0f} s)", flush=True)
+    by_name = {e.key: (e.self_device_time_total / REPS, e.count / REPS)  # us, calls per step
+               for e in prof.key_averages() if e.device_type.name == "CUDA"}
+    busy = sum(t for t, _ in by_name.values()) / 1e3
+    count = round(sum(c for _, c in by_name.values()))
+    print(f"== {spec} {rows}x{tokens}, written out up to {attention.WRITTEN_OUT_MAX} folded rows: graph step "
+          f"{step_ms:.2f} ms, kernels {busy:.2f} ms busy ({count} kernels), idle {step_ms - busy:.2f} ms", flush=True)
+    for name, (t, c) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:18]:
+        print(f"  {t / 1e3:6.3f} ms  x{c:5.0f}  {t / max(c, 1):6.1f} us  {name[:100]}", flush=True)
 
 
 if __name__ == "__main__":

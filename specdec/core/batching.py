@@ -15,7 +15,9 @@ list; entries past it are stale and overwritten before they are ever attended to
 Rows are addressed without copying the cache: a step covers slots [0, B), the open slots are the lowest
 free ones first (SlotQueue), and slots in that range with nothing to do this step are dummy rows whose
 writes land in the cache's padding columns, past every position a real row attends to. On CUDA the
-step is a CUDA graph captured per (rows bucket, tokens bucket).
+step is a CUDA graph captured per (rows bucket, tokens bucket, span): a step attends over the first span
+columns of the cache that reach past its real rows' positions (SPAN_BUCKETS, then the whole cache), so its
+attention costs what the rows' lengths ask, not what `max_len` allows.
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt
 delays the others' next token by at most one chunk's forward. On CUDA a chunk (a new prompt, drafts catching
@@ -52,7 +54,7 @@ from transformers.cache_utils import StaticLayer
 from specdec.core.attention import use_grouped_attention
 from specdec.core.compiled import compile_layers
 from specdec.core.compute import INLINE, Compute
-from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, TOKEN_BUCKETS
+from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_BUCKETS
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
@@ -410,7 +412,8 @@ class BatchedRunner(ModelRunner):
         self.cache = self._allocate()
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
         self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
-        self._graphs: dict[tuple[int, int], _Graph] = {}  # (rows, tokens) -> graph
+        self._spans = [c for c in SPAN_BUCKETS if c < max_len] + [max_len + self.pad]  # a graph step's columns
+        self._graphs: dict[tuple[int, int, int], _Graph] = {}  # (rows, tokens, span) -> graph
         self._chunk_graphs: dict[tuple[int, int], _Graph] = {}  # prompt chunks: (rows, chunk tokens) -> graph
         self._cv = threading.Condition()
         self._pending: list[_Request] = []
@@ -1234,7 +1237,7 @@ class BatchedRunner(ModelRunner):
                 self._fill_guesses(ids, guessed, fed)
                 return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
             with torch.cuda.device(self.device):
-                g = self._graphs[(rows, n)]  # all captured at start
+                g = self._graphs[(rows, n, bucket(self._reach(positions) or 1, self._spans))]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
                 g.inputs.positions.copy_(positions, non_blocking=True)
                 self._fill_guesses(g.inputs.ids, guessed, fed)
@@ -1261,12 +1264,14 @@ class BatchedRunner(ModelRunner):
                          keep)
 
     def _span(self, positions: torch.Tensor) -> int | None:
-        """On a CPU, the cache columns an eager step's rows reach (positions [B, n] on the host; dummy rows and
-        padding past max_len are not real rows'): its attention reads no further, so it costs what the rows'
-        lengths ask, not the whole context. None on a GPU, where a step's shape is a captured graph's or a
-        warmed-up bucket's (a new key length would be compiled or set up anew)."""
-        if self.device.type != "cpu":
-            return None
+        """On a CPU, the columns an eager step attends over: those its rows reach. None on a GPU, where an eager
+        step's shape is a warmed-up bucket's (a new key length would be compiled or set up anew); graph steps
+        attend over a span bucket (`_batched`)."""
+        return self._reach(positions) if self.device.type == "cpu" else None
+
+    def _reach(self, positions: torch.Tensor) -> int | None:
+        """The cache columns a step's real rows reach (positions [B, n] on the host; dummy rows and padding past
+        max_len are not real rows'): attention need read no further. None when no row is real."""
         real = positions[positions < self.max_len]
         return int(real.max()) + 1 if real.numel() else None
 
@@ -1313,17 +1318,19 @@ class BatchedRunner(ModelRunner):
         with torch.inference_mode(), torch.cuda.device(self.device):
             for b in rows:
                 for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
-                    self._capture(b, n)
+                    for span in reversed(self._spans):  # the whole cache first: the others write into its logits
+                        self._capture(b, n, span)
             for b, n in self._chunk_shapes():
                 self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
                     torch.zeros((b, n), dtype=torch.long, device=self.device),
                     torch.full((b, n), self.max_len, device=self.device),
                     slots=torch.zeros(b, dtype=torch.long, device=self.device)), keep=1)
-        for b, n in self._graphs:
+        for b, n in {(b, n) for b, n, _ in self._graphs}:
             self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
         self._time_graphs()
-        log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d; and %d of prompt chunks) in %.1f s; "
-                 "device ms %s", len(self._graphs), rows, self.pad, len(self._chunk_graphs), time.perf_counter() - t0,
+        log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d x spans %s; and %d of prompt chunks) in "
+                 "%.1f s; device ms over the whole cache %s", len(self._graphs), rows, self.pad, self._spans,
+                 len(self._chunk_graphs), time.perf_counter() - t0,
                  ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
 
     def _graph_rows(self) -> list[int]:
@@ -1337,11 +1344,13 @@ class BatchedRunner(ModelRunner):
         return [(b, n) for b in (self._graph_rows() if self.passive else [1]) for n in sorted(self._chunk_lengths())]
 
     def _time_graphs(self, replays: int = 3) -> None:
-        """Seed the cost table with each captured step's device time (StepCostTable.seed): replays write only
-        padding columns, as the capture did."""
+        """Seed the cost table with each captured step's device time over the whole cache (StepCostTable.seed, a
+        ceiling until steps are measured): replays write only padding columns, as the capture did."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.cuda.device(self.device):
-            for (b, n), g in self._graphs.items():
+            for (b, n, span), g in self._graphs.items():
+                if span != self._spans[-1]:
+                    continue
                 g.graph.replay()  # warm
                 start.record()
                 for _ in range(replays):
@@ -1350,15 +1359,21 @@ class BatchedRunner(ModelRunner):
                 end.synchronize()
                 self.costs.seed(b, n, start.elapsed_time(end) / 1e3 / replays)
 
-    def _capture(self, rows: int, n: int) -> _Graph:
-        """Capture one step of `rows` x `n` tokens; warm-up and capture write only padding columns."""
+    def _capture(self, rows: int, n: int, span: int) -> _Graph:
+        """Capture one step of `rows` x `n` tokens attending over the cache's first `span` columns, its logits
+        written into those of the step over the whole cache (captured first): one logits buffer per shape. Warm-up
+        and capture write only padding columns."""
+        whole = span == self._spans[-1]
         inputs = _StepInputs(torch.zeros((rows, n), dtype=torch.long, device=self.device),
-                             torch.arange(self.max_len, self.max_len + n, device=self.device).repeat(rows, 1))
-        g = self._graphs[(rows, n)] = self._capture_graph(inputs, keep=n)
+                             torch.arange(self.max_len, self.max_len + n, device=self.device).repeat(rows, 1),
+                             span=None if whole else span)
+        out = None if whole else self._graphs[(rows, n, self._spans[-1])].logits
+        g = self._graphs[(rows, n, span)] = self._capture_graph(inputs, keep=n, out=out)
         return g
 
-    def _capture_graph(self, inputs: _StepInputs, keep: int) -> _Graph:
-        """Capture the forward over `inputs` (their tensors become the graph's static inputs)."""
+    def _capture_graph(self, inputs: _StepInputs, keep: int, out: torch.Tensor | None = None) -> _Graph:
+        """Capture the forward over `inputs` (their tensors become the graph's static inputs), its logits copied
+        into `out` where given."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -1368,6 +1383,8 @@ class BatchedRunner(ModelRunner):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
             logits = self._run(inputs, keep=keep)
+            if out is not None:
+                logits = out.copy_(logits)
         self._graph_pool = graph.pool()
         return _Graph(graph, inputs, logits)
 

@@ -22,6 +22,7 @@ MAX_STOP_CHARS = 256
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # rows per step
 TOKEN_BUCKETS = (1, 2, 3, 5, 9, 17)  # tokens per row (a decode step, a verify of K = 1, 2, 4, 8, 16)
 CHUNK_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # tokens per row of an eager prompt chunk on a GPU (few shapes)
+SPAN_BUCKETS = (256, 1024, 4096, 16384)  # cache columns a captured step attends over, below the whole cache's
 CHAT_ROLES = ("system", "user", "assistant")
 
 

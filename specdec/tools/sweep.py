@@ -248,11 +248,13 @@ def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
     return points
 
 
-def step_costs(s: SweepSettings, model: torch.nn.Module, tokens: Sequence[int]) -> dict[tuple[int, int], float]:
-    """t(C, n): one batched step of C rows x n tokens on `model`, for each level C and each n in `tokens`."""
+def step_costs(s: SweepSettings, model: torch.nn.Module, tokens: Sequence[int], reach: int) -> dict[tuple[int, int], float]:
+    """t(C, n): one batched step of C rows x n tokens on `model`, for each level C and each n in `tokens`, every row
+    at `reach` cached tokens (a step attends over the span of the cache its rows reach: the sweep's longest)."""
     runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compile)
     try:
-        return {(c, n): batched_step_s(runner, c, n, min(512, s.max_len // 2)) for c in s.levels for n in tokens}
+        ctx = min(reach, s.max_len - max(tokens))
+        return {(c, n): batched_step_s(runner, c, n, ctx) for c in s.levels for n in tokens}
     finally:
         runner.stop(wait_s=10.0)  # the process exits soon: the engine thread must be out of torch by then
 
@@ -321,11 +323,12 @@ def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, comput
     """Each point's analytic bound (`bound_tokens_per_s`, point_bound) from batched step costs measured here, the
     draft's too where a point drafted on the target's device; returns target-only's, C / t(C, 1) per level."""
     drafted = any(p.get("drafted_cycles") for p in points) and (s.draft_device or s.device) == s.device
-    costs = compute.run(step_costs, s, target.model, range(1, s.k + 2) if drafted else [1])
+    reach = max(len(encode_prompt(target.tokenizer, p)) for p in loadtest.DEFAULT_PROMPTS) + s.max_new_tokens
+    costs = compute.run(step_costs, s, target.model, range(1, s.k + 2) if drafted else [1], reach)
     draft_costs = None
     if drafted:
         draft = compute.run(load_model, s.draft, "draft", device=s.device, dtype=s.draft_dtype or s.dtype)
-        draft_costs = compute.run(step_costs, s, draft.model, [1])
+        draft_costs = compute.run(step_costs, s, draft.model, [1], reach)
         del draft
     for p in points:
         p["bound_tokens_per_s"] = point_bound(p, costs, draft_costs)

@@ -1,0 +1,35 @@
+"""What a graph step costs when its rows reach only part of the cache: the batched runner's captured steps (compiled
+layers, as the engine runs them) with every row at a short context (the step attends over a 256-column span) and at
+a long one (over the whole cache), side by side in one process. Usage: python3 scripts/gpu_span_steps.py MODEL...
+(default random:qwen2.5-0.5b random:qwen2.5-7b; max_len 1024, contexts 100 and 600)"""
+
+from __future__ import annotations
+
+import sys
+
+from specdec.core.batching import BatchedRunner
+from specdec.core.models import load_model
+from specdec.tools.sweep import batched_step_s
+
+STEPS = ((1, 1), (16, 1), (16, 3), (64, 1), (64, 3))  # rows x tokens per row
+CONTEXTS = (100, 600)
+
+
+def main() -> None:
+    for spec in sys.argv[1:] or ["random:qwen2.5-0.5b", "random:qwen2.5-7b"]:
+        loaded = load_model(spec, "target", device="cuda:0", dtype="bfloat16")
+        runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64)
+        try:
+            print(f"== {spec}, spans {runner._spans}: graph step ms at {' / '.join(map(str, CONTEXTS))} cached tokens",
+                  flush=True)
+            for rows, tokens in STEPS:
+                cells = [1e3 * batched_step_s(runner, rows, tokens, ctx, reps=20) for ctx in CONTEXTS]
+                print(f"  {rows:2d}x{tokens}: " + " / ".join(f"{c:.2f}" for c in cells)
+                      + f"  ({cells[0] / cells[1]:.2f}x)", flush=True)
+        finally:
+            runner.stop(wait_s=10.0)
+        del runner, loaded
+
+
+if __name__ == "__main__":
+    main()
