@@ -1237,7 +1237,7 @@ class BatchedRunner(ModelRunner):
                 self._fill_guesses(ids, guessed, fed)
                 return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
             with torch.cuda.device(self.device):
-                g = self._graphs[(rows, n, bucket(self._reach(positions) or 1, self._spans))]  # all captured at start
+                g = self._graphs[(rows, n, self._graph_span(positions))]  # all captured at start
                 g.inputs.ids.copy_(ids, non_blocking=True)
                 g.inputs.positions.copy_(positions, non_blocking=True)
                 self._fill_guesses(g.inputs.ids, guessed, fed)
@@ -1268,6 +1268,11 @@ class BatchedRunner(ModelRunner):
         step's shape is a warmed-up bucket's (a new key length would be compiled or set up anew); graph steps
         attend over a span bucket (`_batched`)."""
         return self._reach(positions) if self.device.type == "cpu" else None
+
+    def _graph_span(self, positions: torch.Tensor) -> int:
+        """The span a graph step of these positions [B, n] (on the host) attends over: the smallest that reaches
+        past its real rows."""
+        return bucket(self._reach(positions) or 1, self._spans)
 
     def _reach(self, positions: torch.Tensor) -> int | None:
         """The cache columns a step's real rows reach (positions [B, n] on the host; dummy rows and padding past

@@ -418,6 +418,32 @@ def test_step_cost_table_keeps_cycles_apart_from_steps():
     assert table.forward(8, 1) is None
 
 
+def test_a_graph_step_attends_over_the_smallest_span_past_its_rows(tiny_pair_fp32):
+    """A GPU graph step attends over the first span of the cache's columns (SPAN_BUCKETS, then the whole cache)
+    that reaches past its real rows: the forward a graph of that span captures gives the whole cache's logits."""
+    from specdec.core.batching import _StepInputs
+
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=1024, max_sessions=4)
+    assert runner._spans == [256, 1024 + runner.pad]
+    prompt = tiny_pair_fp32.encode(PROMPTS[0])
+    slots = [runner.open() for _ in range(2)]
+    for slot in slots:
+        runner.greedy_ids(slot, prompt, keep=1)
+    n = len(prompt)
+    dummy = [1024, 1025, 1026]
+    assert runner._graph_span(torch.tensor([dummy])) == 256  # no real row
+    assert runner._graph_span(torch.tensor([[253, 254, 255], dummy])) == 256
+    assert runner._graph_span(torch.tensor([[254, 255, 256], dummy])) == 1024 + runner.pad
+    ids = torch.tensor([[5, 6, 0], [7, 0, 0], [0, 0, 0]])  # rows 0 and 1 real (3 and 1 tokens), row 2 a dummy
+    positions = torch.tensor([[n, n + 1, n + 2], [n, n + 1, n + 2], dummy])
+    span = runner._graph_span(positions)
+    assert span == 256 > n + 3
+    with torch.inference_mode():
+        spanned = runner._run(_StepInputs(ids, positions, span=span), keep=3)
+        whole = runner._run(_StepInputs(ids, positions, span=None), keep=3)
+    torch.testing.assert_close(spanned[:2], whole[:2], rtol=1e-5, atol=1e-5)
+
+
 def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
     """On a CPU a step's attention reads the cache's columns up to the furthest real row's last position, not the
     whole context (dummy rows and padding past max_len do not count): the same logits as over the whole cache."""
