@@ -84,17 +84,6 @@ if os.environ.get("STEPS"):
     STEPS = tuple(tuple(int(x) for x in step.split("x")) for step in os.environ["STEPS"].split(","))
 
 
-def top_kernels(fn, args, count: int = 4) -> str:
-    """The largest kernels of one call (PROFILE=1), for telling which kernel a form ends up in."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn(*args)
-        torch.cuda.synchronize()
-    events = sorted((e for e in prof.key_averages() if e.device_type.name == "CUDA"),
-                    key=lambda e: -e.self_device_time_total)
-    return " | ".join(f"{e.self_device_time_total:.1f}us {e.key[:60]}" for e in events[:count])
-
-
 def per_call_us(fn, args_per_layer) -> float:
     """One call per layer, as one CUDA graph (eager on a CPU), replayed: median µs per call."""
     layers = len(args_per_layer)
@@ -149,8 +138,6 @@ def main() -> None:
                 try:
                     diff = (fn(*per_layer[0]).float() - want).abs().max().item()
                     cells.append(f"{form} {per_call_us(fn, per_layer):.1f} (diff {diff:.3f})")
-                    if os.environ.get("PROFILE") and DEVICE != "cpu":
-                        cells[-1] += f" [{top_kernels(fn, per_layer[0])}]"
                 except Exception as e:  # noqa: BLE001 - a form that does not run here is reported, not fatal
                     cells.append(f"{form} failed: {type(e).__name__}: {str(e)[:80]}")
             print(f"{name} {rows:2d}x{n}: " + "; ".join(cells), flush=True)
