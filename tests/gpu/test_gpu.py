@@ -95,6 +95,27 @@ def test_predraft_overlap_is_lossless_with_graphs(gpu_engine):
         assert ids == plain.token_ids and drafts > 0, prompt
 
 
+def test_a_graph_step_over_a_span_of_the_cache_equals_one_over_all_of_it(gpu_engine):
+    """A graph step attends over the cache's first span columns that reach past its rows (256 of a 528-column
+    cache here), or over all of it: either way its logits are an eager step's over the whole cache."""
+    from specdec.core.batching import BatchedRunner
+
+    runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=4, cuda_graphs=True, compile=False,
+                           launch=None)
+    assert runner._spans == [256, 528] and {span for *_, span in runner._graphs} == {256, 528}
+    torch.manual_seed(0)
+    prompt = torch.randint(0, runner.vocab_size, (4, 400))
+    with torch.inference_mode():
+        runner._eager(prompt, torch.arange(400).repeat(4, 1), keep=1)
+        for reach in (200, 400):  # rows of lengths up to 200 (a span of 256 columns), then up to 400 (all 528)
+            ids = prompt[:, reach - 3:reach]  # [4, 3]: the rows' last three tokens again, at their own positions
+            positions = torch.arange(reach - 3, reach).repeat(4, 1) - torch.arange(4)[:, None] * 20
+            graph = runner.forward_rows(ids, positions).clone()
+            eager = runner._eager(ids, positions, keep=3)
+            assert torch.allclose(graph, eager, atol=1e-3, rtol=1e-3), (reach, (graph - eager).abs().max())
+            assert torch.equal(graph.argmax(-1), eager.argmax(-1))
+
+
 def test_batched_graph_steps_equal_each_request_decoded_alone(gpu_engine):
     """The batched engine with CUDA graphs (rows and tokens buckets, dummy rows in the gaps): each of 12
     concurrent requests, target-only and K = 1..8, gives what it gives alone. The in-process drafts run
@@ -119,27 +140,6 @@ def test_batched_graph_steps_equal_each_request_decoded_alone(gpu_engine):
         assert max(runner.stats.rows_seen) > 1  # rows shared steps (how many: the CPU test, target-only)
     finally:
         runner.stop()
-
-
-def test_a_graph_step_over_a_span_of_the_cache_equals_one_over_all_of_it(gpu_engine):
-    """A graph step attends over the cache's first span columns that reach past its rows (256 of a 528-column
-    cache here), or over all of it: either way its logits are an eager step's over the whole cache."""
-    from specdec.core.batching import BatchedRunner
-
-    runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=4, cuda_graphs=True, compile=False,
-                           launch=None)
-    assert runner._spans == [256, 528] and {span for *_, span in runner._graphs} == {256, 528}
-    torch.manual_seed(0)
-    prompt = torch.randint(0, runner.vocab_size, (4, 400))
-    with torch.inference_mode():
-        runner._eager(prompt, torch.arange(400).repeat(4, 1), keep=1)
-        for reach in (200, 400):  # rows of lengths up to 200 (a span of 256 columns), then up to 400 (all 528)
-            ids = prompt[:, reach - 3:reach]  # [4, 3]: the rows' last three tokens again, at their own positions
-            positions = torch.arange(reach - 3, reach).repeat(4, 1) - torch.arange(4)[:, None] * 20
-            graph = runner.forward_rows(ids, positions).clone()
-            eager = runner._eager(ids, positions, keep=3)
-            assert torch.allclose(graph, eager, atol=1e-3, rtol=1e-3), (reach, (graph - eager).abs().max())
-            assert torch.equal(graph.argmax(-1), eager.argmax(-1))
 
 
 def test_looking_ahead_with_graphs_equals_each_request_decoded_alone(gpu_engine):
