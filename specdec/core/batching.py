@@ -1236,20 +1236,19 @@ class BatchedRunner(ModelRunner):
                 ids = ids.to(self.device)
                 self._fill_guesses(ids, guessed, fed)
                 return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
-            with torch.cuda.device(self.device):
-                g = self._graphs[(rows, n, self._graph_span(positions))]  # all captured at start
-                g.inputs.ids.copy_(ids, non_blocking=True)
-                g.inputs.positions.copy_(positions, non_blocking=True)
-                self._fill_guesses(g.inputs.ids, guessed, fed)
-                g.graph.replay()
-                return g.logits
+            g = self._graphs[(rows, n, self._graph_span(positions))]  # all captured at start
+            return self._replay(g, ids, positions, guessed=guessed, fed=fed)
 
-    def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """A prompt-chunk graph's forward of ids, positions [rows, n] for the rows at `slots` [rows]."""
+    def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None,
+                guessed: Sequence[int] = (), fed: torch.Tensor | None = None) -> torch.Tensor:
+        """A graph's forward of ids, positions [rows, n]: for the rows at `slots` [rows] (a prompt chunk's graph),
+        rows `guessed` taking their first token from `fed` (`_fill_guesses`)."""
         with torch.cuda.device(self.device):
             g.inputs.ids.copy_(ids, non_blocking=True)
             g.inputs.positions.copy_(positions, non_blocking=True)
-            g.inputs.slots.copy_(slots, non_blocking=True)
+            if slots is not None:
+                g.inputs.slots.copy_(slots, non_blocking=True)
+            self._fill_guesses(g.inputs.ids, guessed, fed)
             g.graph.replay()
             return g.logits
 
