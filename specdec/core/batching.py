@@ -1034,7 +1034,7 @@ class BatchedRunner(ModelRunner):
         try:
             reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device)
             fed = torch.zeros(max(r.index for r in requests) + 1, dtype=torch.long, device=self.device)  # [slots]
-            live, step = requests, 0
+            live, step, launched = requests, 0, time.perf_counter()
             while live:
                 ids, positions = self._inputs(live)
                 with self._turn(), torch.inference_mode():
@@ -1051,6 +1051,7 @@ class BatchedRunner(ModelRunner):
                 step += 1
                 live = [r for r in live if r.chain.steps > step]
             flat = torch.cat([values.flatten() for _, _, values in reads]).tolist()  # the host read
+            self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
             at = 0
             for members, picked_at, values in reads:
                 m = values.shape[1]
