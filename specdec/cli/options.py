@@ -28,7 +28,10 @@ def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA; on CPU fp32 for a target, int8 for a draft), "
                    "float32, bfloat16, float16, or int8 (CPU: int8 weights and activations in the linear layers, each "
                    "row quantized on its own; meant for a draft)")
-    g.add_argument("--max-len", type=int, default=2048, help="KV cache length per session, in tokens (default: 2048)")
+    g.add_argument("--max-len", type=int, default=2048,
+                   help="KV cache length per session, in tokens: prompt plus output (default: 2048). It sizes the cache "
+                        "(memory, and how many sessions fit); a batched step's attention reads only the span its "
+                        "sessions reach (on a GPU in spans of 256, 1024, 4096, ... columns), not all of it")
     add_cpu_kernels_arg(g)
 
 
