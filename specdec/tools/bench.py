@@ -361,7 +361,7 @@ def services(bench: Bench, prompts: list[Prompt], result: ModeResult, settings: 
         "draft": quiet + draft + replay,
         "orchestrator": quiet + ["--k", str(settings.k)] + ([] if settings.adaptive_k else ["--fixed-k"])
                         + (["--no-overlap"] if settings.no_overlap else [])})
-    stack.start()
+    stack.start(timeout_s=600)  # as the sweep's: on a GPU each engine compiles and captures its graphs first
     try:
         with Client(stack.address, timeout_s=3600) as client:
             for repeat in range(settings.warmup + settings.repeats):
