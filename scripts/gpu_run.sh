@@ -120,12 +120,14 @@ R)  # one GPU, issue 17: what the own draft's phases cost, catch-ups included (1
     # (PROFILE=1: only one-row catch-ups under torch.profiler, and dynamo's counters)
   timeout ${STEPS_TIMEOUT:-300} python3 scripts/gpu_own_draft_steps.py $D ${K:-4} ${PROFILE:+--profile} 2>&1 \
     | grep -v Warning | tee "$OUT/own_draft_phases${PROFILE:+_profile}.txt" ;;
-J)  # one GPU, issue 17: graph steps over the span of the cache their rows reach (8c71888): their GPU tests (and the
-    # batched-graph and own-draft ones), then a step at a short and at a long context for the 0.5B and the 7B
-  timeout ${TESTS_TIMEOUT:-400} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py \
-    -k "span or batched_graph or own_draft_with" --durations=5 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
-  timeout ${STEPS_TIMEOUT:-300} python3 scripts/gpu_span_steps.py 2>&1 | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" \
-    | tee "$OUT/span_steps.txt" ;;
+J)  # one GPU, issue 17: graph steps over the span of the cache their rows reach (8c71888): their GPU test first, then
+    # the batched-graph and own-draft ones (the last two took more than 150 s and 170 s in call j7: one call for them)
+  timeout ${TESTS_TIMEOUT:-560} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py \
+    -k "span or batched_graph or own_draft_with" --durations=5 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt" ;;
+K)  # one GPU, issue 17: a graph step at a short and at a long context (a 256-column span against the whole cache),
+    # the 0.5B and the 7B
+  timeout ${STEPS_TIMEOUT:-500} python3 scripts/gpu_span_steps.py 2>&1 \
+    | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/span_steps.txt" ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
