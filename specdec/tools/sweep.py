@@ -319,11 +319,13 @@ def plot(points: list[dict], bounds: dict[int, float], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, compute: Compute) -> dict[int, float]:
+def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, compute: Compute,
+               prompt_ids: list[list[int]]) -> dict[int, float]:
     """Each point's analytic bound (`bound_tokens_per_s`, point_bound) from batched step costs measured here, the
-    draft's too where a point drafted on the target's device; returns target-only's, C / t(C, 1) per level."""
+    draft's too where a point drafted on the target's device, at the farthest position the sweep's prompts
+    (`prompt_ids`) reach; returns target-only's, C / t(C, 1) per level."""
     drafted = any(p.get("drafted_cycles") for p in points) and (s.draft_device or s.device) == s.device
-    reach = max(len(encode_prompt(target.tokenizer, p)) for p in loadtest.DEFAULT_PROMPTS) + s.max_new_tokens
+    reach = max(map(len, prompt_ids)) + s.max_new_tokens
     costs = compute.run(step_costs, s, target.model, range(1, s.k + 2) if drafted else [1], reach)
     draft_costs = None
     if drafted:
@@ -349,11 +351,11 @@ def main(s: SweepSettings) -> int:
         points += compute.run(sweep_hf_generate, s, target.model)
     for mode in (m for m in ENGINE_MODES if m in s.modes):
         points += sweep_engine(s, mode, target, compute)
-    bounds = add_bounds(s, points, target, compute)
+    prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
+    bounds = add_bounds(s, points, target, compute, prompt_ids)
     reference = exactness.references(points)
     differ = exactness.mismatches(points, reference)
     if differ:  # how near a tie each was: the target's top-2 logit gap there
-        prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
