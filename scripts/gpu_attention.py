@@ -72,7 +72,7 @@ def engine(q, k, v, mask):
 
 
 attention.WRITTEN_OUT_MAX = 1 << 20  # the engine forms attend written out at every step here
-GROUPS = {64: 7, 128: 7}  # head dim -> query heads per key/value head (SHAPES)
+GROUPS = {dim: groups for _, _, groups, dim in SHAPES.values()}  # head dim -> query heads per key/value head
 torch._dynamo.config.recompile_limit = 256  # one compile per (form, shape, rows, tokens)
 FORMS = {"sdpa": sdpa, "efficient": efficient, "written out": torch.compile(written_out, dynamic=False),
          "reduced": torch.compile(reduced, dynamic=False), "flex": torch.compile(flex, dynamic=False),
