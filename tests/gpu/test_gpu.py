@@ -108,7 +108,7 @@ def test_a_graph_step_over_a_span_of_the_cache_equals_one_over_all_of_it(gpu_eng
     with torch.inference_mode():
         runner._eager(prompt, torch.arange(400).repeat(4, 1), keep=1)
         for reach in (200, 400):  # rows of lengths up to 200 (a span of 256 columns), then up to 400 (all 528)
-            ids = prompt[:, reach - 3:reach]  # [4, 3]: the rows' last three tokens again, at their own positions
+            ids = prompt[:, reach - 3:reach]  # [4, 3]: three tokens per row, row i written 20 * i positions earlier
             positions = torch.arange(reach - 3, reach).repeat(4, 1) - torch.arange(4)[:, None] * 20
             graph = runner.forward_rows(ids, positions).clone()
             eager = runner._eager(ids, positions, keep=3)
