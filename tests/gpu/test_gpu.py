@@ -96,18 +96,19 @@ def test_predraft_overlap_is_lossless_with_graphs(gpu_engine):
 
 
 def test_a_graph_step_over_a_span_of_the_cache_equals_one_over_all_of_it(gpu_engine):
-    """A graph step attends over the cache's first span columns that reach past its rows (256 of a 528-column
-    cache here), or over all of it: either way its logits are an eager step's over the whole cache."""
+    """A graph step attends over the cache's first span columns that reach past its rows (256 of 512 + pad
+    columns here), or over all of them: either way its logits are an eager step's over the whole cache."""
     from specdec.core.batching import BatchedRunner
 
     runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=4, cuda_graphs=True, compile=False,
                            launch=None)
-    assert runner._spans == [256, 528] and {span for *_, span in runner._graphs} == {256, 528}
+    whole = runner.max_len + runner.pad  # the cache's columns: padded writes land past max_len
+    assert runner._spans == [256, whole] and {span for *_, span in runner._graphs} == {256, whole}
     torch.manual_seed(0)
     prompt = torch.randint(0, runner.vocab_size, (4, 400))
     with torch.inference_mode():
         runner._eager(prompt, torch.arange(400).repeat(4, 1), keep=1)
-        for reach in (200, 400):  # rows of lengths up to 200 (a span of 256 columns), then up to 400 (all 528)
+        for reach in (200, 400):  # rows of lengths up to 200 (a span of 256 columns), then up to 400 (all of them)
             ids = prompt[:, reach - 3:reach]  # [4, 3]: three tokens per row, row i written 20 * i positions earlier
             positions = torch.arange(reach - 3, reach).repeat(4, 1) - torch.arange(4)[:, None] * 20
             graph = runner.forward_rows(ids, positions).clone()
