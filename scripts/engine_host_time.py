@@ -1,20 +1,27 @@
 """The batched engine's host time per target step, apart from the forwards: in-process own draft (the target
-engine drafts for its sessions between steps, core.own_draft), C clients at exactly K drafts per cycle.
+engine drafts for its sessions between steps, core.own_draft), C clients at K drafts per cycle.
 
 Host time per step = (wall - the target's forward time - the draft's forward time) / target steps: what the
 engine's Python (planning, verifying, completing, handing on rows, drafting's bookkeeping) costs a step, the
-part that does not shrink with a faster device. `--profile FILE` also writes a cProfile of the engine thread.
+part that does not shrink with a faster device. On a GPU a forward's time runs from its launch to its host read,
+so "host" is what the device waits for: the host's work that no launched step hides. `--profile FILE` also
+writes a cProfile of the engine thread (all runs).
 
-`--target-only` runs the same engine with no drafter (the draft runner is still built beside it): the baseline of
-`--k 0`, an own draft that never drafts.
+One engine (and one draft runner) serves every run, so a GPU compiles and captures once: `--clients 16,64`
+and `--k 0,2` run each number of clients at each K in turn, `--repeats` times over. K = 0 is target-only
+(sessions without a draft, as a target service runs a request that asks for none); `aN` is adaptive K up to N,
+as the services choose it by default.
 
-Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--target-only] [--tokens 64] [--profile out.prof]
+Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] [--stream-interval 1] [--profile out.prof]
+       python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 --target random:qwen2.5-7b \
+           --draft random:qwen2.5-0.5b --max-len 512 --clients 16,64 --k 0,2,a4 --tokens 128
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import logging
 import time
 
 from specdec.core.batching import BatchedRunner
@@ -27,26 +34,37 @@ from specdec.tools import loadtest
 from specdec.tools.inprocess import InProcessTarget, own_draft_runner
 
 
+def ks(text: str) -> list[tuple[int, bool]]:
+    """'0,2,a4' -> [(0, False), (2, False), (4, True)]: (K, adaptive)."""
+    return [(int(k.lstrip("a")), k.startswith("a")) for k in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="tiny")
     parser.add_argument("--draft", default="tiny")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--k", type=int, default=2, help="draft tokens per cycle (the most, with --adaptive-k)")
-    parser.add_argument("--adaptive-k", action="store_true", help="choose K per cycle, as the services do by default")
-    parser.add_argument("--target-only", action="store_true", help="no drafter: the target engine's sessions never draft")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--clients", default="32", help="clients at once, a comma list (the engine has slots for the most)")
+    parser.add_argument("--k", type=ks, default=ks("2"),
+                        help="draft tokens per cycle, a comma list: 0 target-only, aN adaptive up to N")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--max-len", type=int, default=128, help="context per slot (short: the forwards stay small)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stream-interval", type=int, default=1, help="cycles handed to a session's reader at a time")
-    parser.add_argument("--profile", help="write a cProfile of the engine thread's last repeat here")
+    parser.add_argument("--stream-interval", type=int, help="cycles handed to a session's reader at a time (default: "
+                        "the engine's auto, as the services run it)")
+    parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
+    parser.add_argument("--profile", help="write a cProfile of the engine thread here")
     args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    if args.log:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    compute = Compute.for_device("cpu")
-    target = compute.run(load_model, args.target, "target", device="cpu", dtype="auto")
-    draft = compute.run(load_model, args.draft, "draft", device="cpu", dtype="auto")
-    draft_runner = own_draft_runner(compute, draft, args.max_len, args.clients)
+    compute = Compute.for_device(args.device)
+    target = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
+    draft = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
+    draft_runner = own_draft_runner(compute, draft, args.max_len, max(levels))
     drafts = make_factory(ProposerKind.DRAFT_MODEL, draft_runner)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
@@ -59,26 +77,29 @@ def main() -> None:
             finally:
                 profiler.disable()
         BatchedRunner._loop = profiled
-    engine = InProcessTarget(target, max_len=args.max_len, max_sessions=args.clients, k=args.k, adaptive_k=args.adaptive_k,
-                             drafts=None if args.target_only else drafts, draft_runner=draft_runner, own_draft=True,
-                             compute=compute)
-    engine.runner.stream_interval = args.stream_interval
+    engine = InProcessTarget(target, max_len=args.max_len, max_sessions=max(levels), drafts=drafts,
+                             draft_runner=draft_runner, own_draft=True, compute=compute)
+    if args.stream_interval is not None:
+        engine.runner.stream_interval = args.stream_interval
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
-    loadtest.run_clients(engine.client, args.clients, 1, prompts, 16, 600)  # warm-up
     for _ in range(args.repeats):
-        t, d = engine.runner.stats, draft_runner.stats
-        steps, t_fwd, d_fwd, rows = t.steps, t.forward_s, d.forward_s, t.rows
-        t0 = time.perf_counter()
-        result = loadtest.run_clients(engine.client, args.clients, args.rounds, prompts, args.tokens, 600)
-        wall = time.perf_counter() - t0
-        n = t.steps - steps
-        host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-        k = "target-only" if args.target_only else f"<={args.k}" if args.adaptive_k else args.k
-        print(f"{args.clients} clients, K={k}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
-              f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
-              f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
-              f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row)", flush=True)
+        for clients in levels:
+            for k, adaptive in args.k:
+                engine.k, engine.adaptive_k = k, adaptive
+                loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
+                t, d = engine.runner.stats, draft_runner.stats
+                steps, t_fwd, d_fwd, rows = t.steps, t.forward_s, d.forward_s, t.rows
+                t0 = time.perf_counter()
+                result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
+                wall = time.perf_counter() - t0
+                n = t.steps - steps
+                host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
+                label = "target-only" if k == 0 else f"<={k}" if adaptive else k
+                print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
+                      f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
+                      f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
+                      f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row)", flush=True)
     engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)

@@ -1,6 +1,7 @@
 """Where a batched engine's process spends its time, from a py-spy profile (`py-spy record --subprocesses
 --threads --idle --format raw`): samples per process and thread kind, and the engine thread's samples by what it
-was doing under `BatchedRunner._steps` (launching, reading, handing rows on, planning, drafting, waiting). Used
+was doing under `BatchedRunner._steps` (launching, reading, handing rows on, planning, drafting, waiting), and by
+the function it was in (its innermost frame: where the host's own time goes). Used
 to find why a target with its own draft takes twice target-only's time per plain step at 64 rows on the H200
 (docs/benchmarks.md, calls g1-g3).
 
@@ -27,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     threads: collections.Counter = collections.Counter()  # (process, thread kind) -> samples
     engine: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> frames -> samples
+    leaves: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> innermost -> samples
     for line in open(args.profile):
         stack, _, count = line.rstrip().rpartition(" ")
         if not count.isdigit():
@@ -42,6 +44,7 @@ def main() -> None:
         if in_engine:
             i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
             engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
+            leaves[name][frames[-1]] += int(count)
     print("samples by process and thread kind:")
     for (name, kind), n in threads.most_common(args.top):
         print(f"  {n:7d}  {name[:60]:60s}  {kind}")
@@ -50,6 +53,9 @@ def main() -> None:
         print(f"\nengine thread of {name[:70]} ({total} samples):")
         for frames, n in counter.most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frames}")
+        print(f"\nengine thread of {name[:70]} by innermost frame:")
+        for frame, n in leaves[name].most_common(args.top):
+            print(f"  {100 * n / total:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":
