@@ -34,6 +34,12 @@ guess that the session goes on decoding plainly). While the device computes, the
 waits for the interpreter; then each session's plan decides: a guess is kept only where the plan asks for
 exactly that forward, and dropped otherwise (the session ended, or it verifies a draft next), its row's
 writes landing past the row's length, where the next forward overwrites them. The output never depends on a guess.
+
+Verifying early (on a GPU, with a drafter, `early_verify`): the same for a drafted cycle. Once a drafting phase
+has launched its blocks' steps, before the host reads them, the engine launches the step that verifies them, each
+drafting row's ids its last committed token then its block's tokens written on the device, with every other
+forward ready to run; the host then reads the drafts behind an event, picks and plans while the device verifies,
+and keeps each row's verify only where its plan asks for exactly that forward.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
-from specdec.core.runner import WAITING, Chain, Draw, Forward, Grouped, KVSlot, ModelRunner
+from specdec.core.runner import WAITING, Chain, Drafted, Draw, Forward, Grouped, KVSlot, Launched, ModelRunner, common_prefix_len
 
 log = logging.getLogger("specdec.batching")
 
@@ -68,6 +74,7 @@ LULL_S = 0.001  # a step waiting for its sessions goes once none has come back f
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
 CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
 _END = object()  # a driven session's last item: its sequence is done
+Fill = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, tokens) [m] each, on the device
 
 
 def check_stream_interval(cycles: int | None) -> int | None:
@@ -158,6 +165,7 @@ class _Request:
     guess: bool = False  # launched before its token was read: the token its row's last step drew on the device
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
     next: "_Request | None" = None  # the guess launched after this forward for the same row
+    drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
 
 
 @dataclass(eq=False)
@@ -186,14 +194,17 @@ class _Chain:
     draw: Draw
     group: Grouped | None = None  # chains whose groups share a `read` are drawn together (runner.decode_chain)
     picks: list = field(default_factory=list)
+    index: int = 0  # its position in its decode_chains call
+    launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
 
 
 class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
 
-    def draft(self) -> bool:
-        """Draft for the sessions that asked; False when none had."""
+    def draft(self, early: Callable[[list[tuple[object, Drafted]]], None] | None = None) -> bool:
+        """Draft for the sessions that asked; False when none had. `early`, where given, is called with each asking
+        session's link and block once the blocks are launched, before the host reads them (it may not be)."""
         ...
 
 
@@ -209,6 +220,13 @@ class Driven(Protocol):
     @property
     def drafting(self) -> bool:
         """Its next forward verifies a draft (unless the draft has nothing usable): not worth a guess."""
+        ...
+
+    link: object  # its draft's link (None: none): what a drafter's early blocks are matched to
+
+    def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
+        """What its next plan forwards if its draft's fresh block of `drafted` tokens is what it verifies: (the
+        committed tokens, how many drafts); None where it would not verify one on the argmax alone."""
         ...
 
     def attach(self, wake: Callable[[], None]) -> None:
@@ -233,6 +251,7 @@ class _Row:
     held: list = field(default_factory=list)  # cycles finished but not handed over yet (a stream interval > 1)
     handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
+    early: "_Request | None" = None  # its verify, launched from its draft's tokens on the device, not confirmed yet
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
@@ -357,6 +376,8 @@ class StepStats:
     drafting_longest_s: float = 0.0  # the longest of them since the engine last logged (a catch-up shows here)
     guesses: int = 0  # rows launched ahead on a guess (looking ahead)
     guesses_kept: int = 0  # of which their session's plan confirmed
+    early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
+    early_kept: int = 0  # of which their session's plan confirmed
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 
@@ -379,14 +400,16 @@ class BatchedRunner(ModelRunner):
     session waiting for its draft holds the others that long, not `gather_s`). `prefill_chunk`: the most
     prompt tokens of one session forwarded in one step. `lookahead`: launch a step of plain greedy decodes
     before reading the one in flight (module docstring; default: with CUDA graphs, where the device would
-    otherwise idle while the host works; on a CPU the host is the device).
+    otherwise idle while the host works; on a CPU the host is the device). `early_verify`: with a drafter, launch
+    the step that verifies its blocks from their tokens on the device before the host reads them (default: on a
+    GPU; on a CPU the forward would run inside the drafting phase, with nothing to overlap).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
-                 compile: bool = True,
+                 compile: bool = True, early_verify: bool | None = None,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`); None: no engine loop, each caller's forwards run on
@@ -407,6 +430,7 @@ class BatchedRunner(ModelRunner):
         self.prefill_chunk = prefill_chunk
         self.bucket_chunks = self.device.type == "cuda"  # round prompt chunks' shapes up (_run_chunks)
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
+        self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -423,6 +447,9 @@ class BatchedRunner(ModelRunner):
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
+        self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
+        self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
+        self._chain_reads: dict[torch.dtype, torch.Tensor] = {}  # pinned host buffers for a chain's values
         self._readbacks: dict[tuple[int, ...], list] = {}  # argmax shape -> two (pinned host buffer, event), used in turn
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
@@ -581,15 +608,15 @@ class BatchedRunner(ModelRunner):
                      group: Grouped | None = None) -> list:
         return self.decode_chains([Chain(slot, ids, steps, draw, group)])[0]
 
-    def decode_chains(self, chains: Sequence[Chain]) -> list[list]:
-        drafting = [(c, list(self._new_tokens(c.slot, c.ids, 1))) for c in chains if c.steps > 0]
+    def decode_chains(self, chains: Sequence[Chain], launched: Launched | None = None) -> list[list]:
+        drafting = [(i, c, list(self._new_tokens(c.slot, c.ids, 1))) for i, c in enumerate(chains) if c.steps > 0]
         requests = []
-        for c, new_ids in drafting:
+        for i, c, new_ids in drafting:
             assert c.slot.length + len(new_ids) + c.steps - 1 <= self.max_len, "drafts stay inside the context"
             requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False,
-                                     chain=_Chain(c.steps, c.draw, c.group)))
+                                     chain=_Chain(c.steps, c.draw, c.group, index=i, launched=launched)))
         self._hand_over(*requests)
-        for (c, new_ids), r in zip(drafting, requests):
+        for (_, c, new_ids), r in zip(drafting, requests):
             c.slot.tokens.extend([*new_ids, *(p.token for p in r.chain.picks[:-1])])
         picks = iter(r.chain.picks for r in requests)
         return [next(picks) if c.steps > 0 else [] for c in chains]
@@ -690,12 +717,14 @@ class BatchedRunner(ModelRunner):
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks, %d rows launched ahead "
-                     "(%.0f%% kept); t(rows x tokens) ms %s", steps, wall,
+                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept); t(rows x tokens) ms %s",
+                     steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
                      s.drafting_phases - since.drafting_phases, 1e3 * s.drafting_longest_s,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
-                     100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), self.costs.report())
+                     100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
+                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
         s.drafting_longest_s = 0.0
         return replace(s, rows_seen={})
 
@@ -719,6 +748,12 @@ class BatchedRunner(ModelRunner):
                 if work is None:
                     return
                 steps, prefill = work
+                if self._early is not None:  # launched while drafting: forwards planned since wait for the next step
+                    inflight, self._early = self._early, None
+                    if steps:
+                        with self._cv:
+                            self._pending[:0] = steps
+                        steps = []
             ahead = None
             try:
                 with self._turn():
@@ -760,11 +795,13 @@ class BatchedRunner(ModelRunner):
         back for LULL_S, at most `gather_s`; None when the engine stops."""
         began = None
         while True:
-            self._plan_rows()
+            self._plan_rows(early=True)
             with self._cv:
                 if self._stopping:
                     self._stop_all()
                     return None
+                if self._early is not None:  # a step is on the device already
+                    return self._split_pending()
                 now = time.monotonic()
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
@@ -794,42 +831,111 @@ class BatchedRunner(ModelRunner):
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
 
-    def _plan_rows(self) -> None:
+    def _plan_rows(self, early: bool = False) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks
         sessions asked for with their last verdicts are drafted first, together; those that asked while being
         planned (none was asked for yet, or it was stale) are drafted for next and planned again (once: one that
-        asks again waits for the engine's next round)."""
-        self._draft()
+        asks again waits for the engine's next round). `early` (no step in flight): the sessions that draft no
+        block are planned first, and the drafting phase may launch the step itself (_launch_early)."""
+        if early and self.drafter is not None and self.early_verify:
+            self._plan_ready(drafting=False)
+        self._draft(early)
         self._plan_ready()
-        if self._draft():
+        if self._draft(early):
             self._plan_ready()
+        self._unconfirmed()
 
-    def _plan_ready(self) -> None:
+    def _plan_ready(self, drafting: bool = True) -> None:
+        """Plan the rows not in a step (and those whose early verify awaits its plan); `drafting=False`: only those
+        that verify no draft next."""
         with self._cv:
-            rows = [row for row in self._rows.values() if not row.busy and not row.closed]
+            rows = [row for row in self._rows.values() if (not row.busy or row.early is not None) and not row.closed
+                    and (drafting or not row.loop.drafting)]
             for row in rows:
                 row.busy = True
         for row in rows:
             self._replan(row)
 
-    def _draft(self) -> bool:
-        """Draft for every session that asked (a StepDrafter); False when none had."""
+    def _unconfirmed(self) -> None:
+        """Drop the early verifies no plan confirmed (their sessions ended or were not planned): their rows go on
+        from the step before, their writes past the rows' lengths overwritten before they are read."""
+        rows, self._early_rows = self._early_rows, []
+        for row in rows:
+            if row.early is not None:
+                self._void(row.early)
+                row.early = None
+                with self._cv:
+                    row.busy = False
+                    if row.closed:
+                        self._drop(row)
+
+    def _draft(self, early: bool = False) -> bool:
+        """Draft for every session that asked (a StepDrafter); False when none had. `early`: the phase may launch
+        the step that verifies its blocks before the host reads them (_launch_early)."""
         if self.drafter is None:
             return False
         t0 = time.perf_counter()
-        if not self.drafter.draft():
+        if not self.drafter.draft(self._launch_early if early and self.early_verify and self._early is None else None):
             return False
-        drafting_s = time.perf_counter() - t0
+        done = time.perf_counter()
         s = self.stats
-        s.drafting_s, s.drafting_phases = s.drafting_s + drafting_s, s.drafting_phases + 1
-        s.drafting_longest_s = max(s.drafting_longest_s, drafting_s)
-        self.on_drafting(drafting_s)
+        s.drafting_s, s.drafting_phases = s.drafting_s + done - t0, s.drafting_phases + 1
+        s.drafting_longest_s = max(s.drafting_longest_s, done - t0)
+        self.on_drafting(done - t0)
+        step = self._early
+        if step is not None and step.drafted_before < 0:  # launched in this phase: its cost is what follows it
+            step.began = step.launched = done
+            step.drafted_before = s.drafting_s
         return True
+
+    def _launch_early(self, drafted: list[tuple[object, Drafted]]) -> None:
+        """A drafting phase's blocks are launched on the device and not yet read: launch the step that verifies
+        them now, each asking row's ids its last committed tokens then its block's tokens filled on the device,
+        with every other forward ready to run, so the device verifies while the host reads, picks and plans. Each
+        verify is kept only where the row's plan asks for exactly that forward (`_replan`)."""
+        with self._cv:
+            rows = {id(row.loop.link): row for row in self._rows.values() if not row.busy and not row.closed}
+        early, fill = [], []
+        tokens = drafted[0][1].tokens if drafted else None
+        for link, block in drafted:
+            row = rows.get(id(link))
+            verify = row.loop.early_verify(block.steps) if row is not None and block.tokens is tokens else None
+            if verify is None:
+                continue
+            committed, drafts = verify
+            slot = row.loop.slot
+            reuse = min(common_prefix_len(slot.tokens, committed), len(committed) - 1)
+            ids = [*committed[reuse:], *[0] * drafts]
+            early.append(_Request(slot.index, reuse, ids, drafts + 1, True, row=row, done=None, drafted=block))
+            fill += [(slot.index, len(ids) - drafts + i, block.row, i) for i in range(drafts)]
+        if not early:
+            return
+        with self._cv:
+            steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
+            self._pending = [r for r in self._pending if r not in steps]
+        index = torch.tensor(fill).T.to(tokens.device, non_blocking=True)  # [4, drafts]; blocking, it would wait
+        try:
+            with self._turn():
+                values = tokens[index[2], index[3]].to(self.device)  # the drafted tokens, in fill order
+                step = self._launch(steps + early, fill=(index[0].to(self.device), index[1].to(self.device), values))
+        except BaseException:  # noqa: BLE001 - the rows are verified as usual, in the next step
+            log.exception("launching a verify from drafted tokens failed; the rows verify as usual")
+            with self._cv:
+                self._pending[:0] = steps
+            return
+        step.drafted_before = -1.0  # set once the phase is over (_draft)
+        self._early, self.stats.early = step, self.stats.early + len(early)
+        with self._cv:
+            for r in early:
+                r.row.early, r.row.busy = r, True
+        self._early_rows = [r.row for r in early]
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess
-        that it decodes `token` plainly next; kept only when the plan is exactly that forward."""
+        that it decodes `token` plainly next; kept only when the plan is exactly that forward (as is a verify
+        launched early from its draft's tokens, `row.early`)."""
         forward = None
+        early, row.early = row.early, None
         try:
             forward = row.loop.plan(wait=False)
             request = None
@@ -841,14 +947,20 @@ class BatchedRunner(ModelRunner):
                     guess.ids = [token]
                     self.stats.guesses_kept += 1
                     return  # its forward is on the device: the row stays busy
+                if early is not None and forward.greedy and self._confirms(early, slot.length, ids, forward.keep):
+                    early.ids = list(ids)
+                    self.stats.early_kept += 1
+                    return  # the same: on the device since the drafting phase
                 request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
                                    done=None)  # the engine completes it: nobody waits on an event
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
+            self._void(early)
             self._end(row, e)
             return
         self._void(guess)
+        self._void(early)
         with self._cv:
             if forward is None:
                 self._end(row, _END)
@@ -858,6 +970,15 @@ class BatchedRunner(ModelRunner):
                 row.busy = False
                 if row.closed:
                     self._drop(row)
+
+    @staticmethod
+    def _confirms(early: _Request, start: int, ids: Sequence[int], keep: int) -> bool:
+        """Whether a planned forward is the one launched early: the same row start, committed tokens and block
+        (its drafts are the picks the device's tokens were, `Grouped`)."""
+        head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
+        return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
+                and list(ids[:head]) == early.ids[:head]
+                and list(ids[head:]) == [p.token for p in early.drafted.picks[:keep - 1]])
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -999,14 +1120,15 @@ class BatchedRunner(ModelRunner):
                     self._fail(r, e)
             return None
 
-    def _launch(self, requests: list[_Request], after: _Launched | None = None) -> _Launched:
+    def _launch(self, requests: list[_Request], after: _Launched | None = None, fill: Fill | None = None) -> _Launched:
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
-        token is `after`'s argmax for its row, read on the device."""
+        token is `after`'s argmax for its row, read on the device (and `fill`'s tokens are written on it)."""
         began = time.perf_counter()
         ids, positions = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
-        logits = self._batched(ids, positions, guessed, after.top[:, -1] if after is not None else None)  # [rows, n, V]
+        logits = self._batched(ids, positions, guessed, after.top[:, -1] if after is not None else None,
+                               fill)  # [rows, n, V]
         top = host_top = ready = None
         if any(r.greedy for r in requests):
             top = host_top = logits.argmax(-1)  # [rows, n]
@@ -1030,10 +1152,16 @@ class BatchedRunner(ModelRunner):
         """Every step of these draft chains (a runner without an engine loop), with no host read between steps:
         a row's next input is the token its last step drafted, its group's first value on the device, or the
         token a replayed draft knows beforehand (`Grouped.known`); every step's values are read at the end, in
-        one host read, and picked from then. A draft step costs its forward, not a trip through the host."""
+        one host read, and picked from then. A draft step costs its forward, not a trip through the host.
+        Chains whose caller wants them (`launched`) are told of their tokens on the device before that read."""
         try:
             reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device)
-            fed = torch.zeros(max(r.index for r in requests) + 1, dtype=torch.long, device=self.device)  # [slots]
+            slots = max(r.index for r in requests) + 1
+            fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
+            told = [r for r in requests if r.chain.launched is not None]
+            drafted = (torch.zeros((slots, max(r.chain.steps for r in told)), dtype=torch.long, device=self.device)
+                       if told else None)  # [slots, steps]: each chain's tokens, for `launched`
+            known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
             live, step, launched = requests, 0, time.perf_counter()
             while live:
                 ids, positions = self._inputs(live)
@@ -1043,14 +1171,19 @@ class BatchedRunner(ModelRunner):
                     for read, members in self._by_read(live).items():
                         rows, values = self._read_rows(logits, read, members)  # [members], [members, m]
                         fed[rows] = values[:, 0]
+                        if drafted is not None:
+                            drafted[rows, step] = values[:, 0]
                         reads.append((members, [r.start + len(r.ids) for r in members], values))
                 self.stats.count(len(live), ids.shape[1])
                 for r in live:
                     r.start, known = r.start + len(r.ids), r.chain.group.known
                     r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
+                    if known is not None and drafted is not None:
+                        known_drafts.append((r.index, step, r.ids[0]))
                 step += 1
                 live = [r for r in live if r.chain.steps > step]
-            flat = torch.cat([values.flatten() for _, _, values in reads]).tolist()  # the host read
+            flat = self._read_chains(torch.cat([values.flatten() for _, _, values in reads]), told, drafted,
+                                     known_drafts)  # the host read
             self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
             at = 0
             for members, picked_at, values in reads:
@@ -1064,6 +1197,40 @@ class BatchedRunner(ModelRunner):
             return
         for r in requests:
             r.done.set()
+
+    def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
+                     known_drafts: list[tuple[int, int, int]]) -> list:
+        """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
+        (`drafted` [slots, steps], a replayed draft's written in from `known_drafts`) before the host waits: on a
+        GPU the values are copied behind an event, so work the callers launch meanwhile runs while the host reads."""
+        if not told:
+            return values.tolist()
+        if known_drafts:
+            known = torch.tensor(known_drafts).T.to(self.device, non_blocking=True)  # [3, m]
+            drafted[known[0], known[1]] = known[2]
+        ready = None
+        if values.is_cuda:
+            buffer = self._chain_reads.get(values.dtype)
+            if buffer is None or buffer.numel() < values.numel():  # grown rarely: pinned allocations cost milliseconds
+                buffer = self._chain_reads[values.dtype] = torch.empty(2 * values.numel(), dtype=values.dtype,
+                                                                       pin_memory=True)
+            host = buffer[:values.numel()]
+            host.copy_(values, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(values.device))
+            values = host
+        by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
+        for r in told:
+            by_call.setdefault(id(r.chain.launched), (r.chain.launched, {}))[1][r.chain.index] = Drafted(
+                drafted, r.index, r.chain.steps, r.chain.picks)
+        for call, chains in by_call.values():
+            try:
+                call(chains)
+            except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
+                log.exception("a chained draft's caller failed on its launched tokens")
+        if ready is not None:
+            ready.synchronize()
+        return values.tolist()
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
@@ -1228,35 +1395,40 @@ class BatchedRunner(ModelRunner):
         return self._batched(ids, positions, [], None)
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor, guessed: list[int],
-                 fed: torch.Tensor | None) -> torch.Tensor:
+                 fed: torch.Tensor | None, fill: Fill | None = None) -> torch.Tensor:
         """ids, positions [rows, n]; rows `guessed` take their first token from `fed` [rows or more] on the device
-        (a token the last step drew there)."""
+        (a token the last step drew there), and `fill`'s (rows, columns, tokens) are written there."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
                 ids = ids.to(self.device)
-                self._fill_guesses(ids, guessed, fed)
+                self._fill_guesses(ids, guessed, fed, fill)
                 return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
             g = self._graphs[(rows, n, self._graph_span(positions))]  # all captured at start
-            return self._replay(g, ids, positions, guessed=guessed, fed=fed)
+            return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill)
 
     def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None,
-                guessed: Sequence[int] = (), fed: torch.Tensor | None = None) -> torch.Tensor:
+                guessed: Sequence[int] = (), fed: torch.Tensor | None = None, fill: Fill | None = None) -> torch.Tensor:
         """A graph's forward of ids, positions [rows, n]: for the rows at `slots` [rows] (a prompt chunk's graph),
-        rows `guessed` taking their first token from `fed` (`_fill_guesses`)."""
+        rows `guessed` taking their first token from `fed` and `fill`'s tokens written (`_fill_guesses`)."""
         with torch.cuda.device(self.device):
             g.inputs.ids.copy_(ids, non_blocking=True)
             g.inputs.positions.copy_(positions, non_blocking=True)
             if slots is not None:
                 g.inputs.slots.copy_(slots, non_blocking=True)
-            self._fill_guesses(g.inputs.ids, guessed, fed)
+            self._fill_guesses(g.inputs.ids, guessed, fed, fill)
             g.graph.replay()
             return g.logits
 
-    def _fill_guesses(self, ids: torch.Tensor, guessed: list[int], fed: torch.Tensor | None) -> None:
+    def _fill_guesses(self, ids: torch.Tensor, guessed: Sequence[int], fed: torch.Tensor | None,
+                      fill: Fill | None = None) -> None:
+        """Write on the device the tokens the host has not read: guessed rows' first (from `fed`), and `fill`'s."""
         if guessed:
             index = torch.tensor(guessed).to(self.device, non_blocking=True)  # blocking, it would wait for the device
             ids[index, 0] = fed[index]
+        if fill is not None:
+            rows, columns, tokens = fill
+            ids[rows, columns] = tokens
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""

@@ -19,12 +19,14 @@ from typing import Callable, Sequence
 
 from specdec.core.drafting import DraftStart
 from specdec.core.proposal import Proposal, Proposer, ProposerFactory
+from specdec.core.runner import Drafted, Launched
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
 
 log = logging.getLogger("specdec.own_draft")
 
-ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int]], list[Proposal]]
+ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int], Launched | None], list[Proposal]]
+Early = Callable[[list[tuple["OwnDraftLink", Drafted]]], None]  # each asking link's block, launched and not yet read
 SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
 
 
@@ -92,17 +94,20 @@ class OwnDrafts:
             if link not in self._asked and not link.closed:
                 self._asked.append(link)
 
-    def draft(self) -> bool:
+    def draft(self, early: Early | None = None) -> bool:
         """Draft a block for every session that asked since the last call, together; False when none had. A
-        failed draft fails those sessions' links: they go on decoding alone, the other sessions are untouched."""
+        failed draft fails those sessions' links: they go on decoding alone, the other sessions are untouched.
+        `early`: called with each link's block once its steps are launched, before the host reads them (where the
+        runner does so: the engine launches the verify from the drafted tokens on the device)."""
         with self.lock:
             asked, self._asked = [link for link in self._asked if not link.closed], []
             if not asked:
                 return False
+            launched = None if early is None else lambda drafted: early([(asked[i], d) for i, d in drafted.items()])
             try:
                 t0 = time.perf_counter()
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
-                                             [link.k for link in asked])
+                                             [link.k for link in asked], launched)
                 elapsed = time.perf_counter() - t0
                 if elapsed > SLOW_PHASE_S:
                     log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "

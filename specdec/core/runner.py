@@ -85,6 +85,20 @@ class Chain(NamedTuple):
     group: Grouped | None = None
 
 
+class Drafted(NamedTuple):
+    """A chain's drafted tokens on the device, launched and not yet read to the host (`decode_chains`' `launched`):
+    row `row` of `tokens` [rows, steps], its first `steps` columns; `picks` (the chain's, a list) holds its picks
+    once the host has read them."""
+
+    tokens: torch.Tensor
+    row: int
+    steps: int
+    picks: list
+
+
+Launched = Callable[[dict[int, Drafted]], None]  # each drafting chain's Drafted, by its index in `decode_chains`
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix; O(1) list compares in the usual append-only case."""
     n = min(len(a), len(b))
@@ -264,8 +278,11 @@ class ModelRunner:
             sequence.append(picks[-1].token)
         return picks
 
-    def decode_chains(self, chains: Sequence[Chain]) -> list[list]:
-        """`decode_chain` for each; a batched runner runs them all in the same steps."""
+    def decode_chains(self, chains: Sequence[Chain], launched: Launched | None = None) -> list[list]:
+        """`decode_chain` for each; a batched runner runs them all in the same steps. `launched`: a runner that
+        launches every step before it reads any (a batched runner's grouped chains) calls it once they are all
+        launched, before the host reads them, so the caller can launch what follows from the drafted tokens on
+        the device; it may not be called at all (this runner never does)."""
         return [self.decode_chain(*chain) for chain in chains]
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:

@@ -221,8 +221,21 @@ class TargetLoop:
 
     @property
     def drafting(self) -> bool:
-        """Its cycles verify drafts now (a K > 0 and a draft to ask): its next forward is not a plain decode."""
-        return self.link is not None and not self.link.failed and self.k > 0 and self.sequence.max_k > 0
+        """Its cycles verify drafts now (past the prefill, a K > 0 and a draft to ask): its next forward is not a
+        plain decode."""
+        return (not self._first and self.link is not None and not self.link.failed and self.k > 0
+                and self.sequence.max_k > 0)
+
+    def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
+        """What `plan` forwards if its draft's fresh block of `drafted` tokens (drafted from the end of the committed
+        sequence) is the proposal it verifies next: (the committed tokens, how many of the drafts). A batched engine
+        launches that forward from the drafted tokens on the device before the host reads them, and keeps it where
+        the plan asks for exactly it. None where the next cycle verifies no such block on the argmax alone (the
+        prefill, a finished or cancelled sequence, no draft, k = 0; sampling needs the draft's q on the host)."""
+        if self.done or self.cancelled.is_set() or not self.drafting or not self.sequence.sampling.greedy:
+            return None
+        drafts = min(drafted, self.k, self.sequence.max_k)
+        return (self.sequence.committed, drafts) if drafts > 0 else None
 
     @property
     def draft_failed(self) -> bool:
@@ -262,8 +275,7 @@ class TargetLoop:
             self.sequence.finish(FinishReason.CANCELLED)
             return None
         picked = NOTHING
-        if (not self._first and self.link is not None and not self.link.failed and self.k > 0
-                and self.sequence.max_k > 0):
+        if self.drafting:
             def usable(p) -> int:
                 found = self.sequence.usable_drafts(p, self.k)
                 return -1 if found is None else len(found.token_ids)

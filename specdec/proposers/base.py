@@ -12,7 +12,7 @@ import torch
 
 from specdec.core.config import ProposerKind
 from specdec.core.proposal import Proposal
-from specdec.core.runner import Chain, Grouped, KVSlot, ModelRunner, common_prefix_len
+from specdec.core.runner import Chain, Grouped, KVSlot, Launched, ModelRunner, common_prefix_len
 from specdec.core.verify import DenseDraftProbs
 
 
@@ -34,9 +34,10 @@ def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s
 
 
 def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[Sequence[int]],
-                     ks: Sequence[int]) -> list[Proposal]:
+                     ks: Sequence[int], launched: Launched | None = None) -> list[Proposal]:
     """`propose(committed[i], ks[i])` of each proposer, all over one runner: their catch-ups in one batch of
-    forwards, then their chains in the same steps (on a batched runner: one forward per step for all)."""
+    forwards, then their chains in the same steps (on a batched runner: one forward per step for all).
+    `launched`: `decode_chains`' (chains by proposer index)."""
     runner = proposers[0].runner
     assert all(p.runner is runner for p in proposers), "proposals are drafted together on one runner"
     t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
         runner.greedy_ids_together(behind)
     t1 = time.perf_counter()
     chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group)
-                                   for p, c, k in zip(proposers, committed, ks)])
+                                   for p, c, k in zip(proposers, committed, ks)], launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
     return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=catch_up_s)

@@ -196,7 +196,8 @@ def test_in_process_engines_with_graphs_equal_each_request_decoded_alone(gpu_eng
 def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
     """The target's own draft on a GPU (core.own_draft): the draft runner, with no engine loop, captures its graphs
     when built and drafts on the target engine's thread between its steps; six clients at a fixed K = 3 get what
-    each request gives decoded alone, and the draft steps held several rows. Both models' layers are compiled
+    each request gives decoded alone, and the draft steps held several rows; each verify was launched from the
+    drafted tokens on the device before the host read them (the default on a GPU). Both models' layers are compiled
     (the default on a GPU), every shape class before the first request: serving compiles nothing."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
@@ -219,6 +220,8 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
         assert not result.errors and result.draft_tokens > 0, result.errors
         assert all(ids == expected[prompts[i]] for i, *ids in result.outputs)
         assert max(draft_runner.stats.rows_seen) > 1, draft_runner.stats.rows_seen
+        stats = engine.runner.stats  # each verify launched from the drafted tokens on the device, and kept
+        assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
         assert counters["stats"]["unique_graphs"] == compiled  # every shape class compiled before serving
     finally:
         engine.close()

@@ -18,6 +18,7 @@ from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
+from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
 from tests.conftest import PROMPTS
@@ -28,9 +29,11 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def engine(tiny_pair_fp32):
-    """A target engine whose drafter drafts with the tiny draft on a runner without an engine loop."""
+    """A target engine whose drafter drafts with the tiny draft on a runner without an engine loop, launching each
+    verify from the drafted tokens before reading them, as on a GPU."""
     pair = tiny_pair_fp32
-    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32,
+                           early_verify=True)  # as on a GPU
     draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=16, prefill_chunk=32)
     target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
     yield target, draft
@@ -70,7 +73,8 @@ def separate_decode(pair, prompt_ids, max_new, k, sampling, seed):
 
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
-    leaving: each output equals target-only greedy decoding alone; the draft steps held several rows."""
+    leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
+    was launched from the drafted tokens before the host read them, and its plan kept it."""
     pair, (target, draft) = tiny_pair_fp32, engine
     long_prompt = pair.encode("\n".join(PROMPTS[:6]))
     assert len(long_prompt) > target.prefill_chunk
@@ -78,7 +82,7 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     cases.append((long_prompt, 12, 4))
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
-    drafted_before, phases = target.stats.drafting_s, []
+    drafted_before, phases, early = target.stats.drafting_s, [], (target.stats.early, target.stats.early_kept)
     target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
     try:
         got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
@@ -89,6 +93,8 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
         assert sum(c.k for c in cycles) > 0, "it never drafted"
     assert max(rows for rows in draft.stats.rows_seen) > 4, f"draft steps' rows: {draft.stats.rows_seen}"
     assert phases and sum(phases) == pytest.approx(target.stats.drafting_s - drafted_before)
+    launched, kept = target.stats.early - early[0], target.stats.early_kept - early[1]
+    assert launched > 0 and kept == launched, "each verify launched from the drafts on the device was its plan's"
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
 
@@ -103,16 +109,40 @@ def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair
     assert together == alone
 
 
+def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_pair_fp32, engine, monkeypatch):
+    """The engine launches each drafting row's verify from its block's tokens on the device before reading them,
+    as the row's `early_verify` predicts it; where the plan then asks for another forward (here: the prediction
+    verifies one draft fewer than the plan, every other time) the launched one is dropped, its writes past the
+    row's length overwritten, and the row verifies in the next step: the output is target-only's."""
+    pair, (target, _) = tiny_pair_fp32, engine
+    real, calls = TargetLoop.early_verify, []
+
+    def short_every_other(self, drafted):
+        verify = real(self, drafted)
+        calls.append(verify)
+        return verify if verify is None or len(calls) % 2 or verify[1] < 2 else (verify[0], verify[1] - 1)
+    monkeypatch.setattr(TargetLoop, "early_verify", short_every_other)
+    cases = [(pair.encode(p), 12 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[14:20])]
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    launched, kept = target.stats.early, target.stats.early_kept
+    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    assert [out for out, _ in got] == expected
+    launched, kept = target.stats.early - launched, target.stats.early_kept - kept
+    assert 0 < kept < launched, (kept, launched)
+    assert target.free_slots == target.max_sessions
+
+
 class FailingRunner(BatchedRunner):
     """A draft runner whose drafting fails from its `fail_at`-th batch of chains on (the device lost)."""
 
     fail_at = 3
 
-    def decode_chains(self, chains):
+    def decode_chains(self, chains, launched=None):
         self.fail_at -= 1
         if self.fail_at <= 0:
             raise RuntimeError("draft device lost")
-        return super().decode_chains(chains)
+        return super().decode_chains(chains, launched)
 
 
 def test_a_failing_draft_leaves_the_sessions_decoding_alone(tiny_pair_fp32, engine):
@@ -301,3 +331,27 @@ def test_a_chained_replayed_draft_feeds_the_tokens_it_replays(tiny_pair_fp32, en
             pair.draft_runner.close(ref)
     finally:
         proposer.close()
+
+
+def test_a_chained_draft_tells_its_caller_its_tokens_before_reading_them(tiny_pair_fp32, engine):
+    """decode_chains' `launched`: once every step is launched, before the host reads any, the caller gets each
+    chain's tokens on the device (the draft model's argmax, or the tokens a replayed draft knows): its picks."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    prompts = [pair.encode(p) for p in PROMPTS[4:7]]
+    book = ReplayBook([(prompts[2], [(5 * i + 2) % draft.vocab_size for i in range(10)])])
+    proposers = [DraftModelFactory(draft, target.vocab_size).open(SamplingParams(), seed=0) for _ in range(2)]
+    proposers.append(ReplayFactory(draft, book, ReplayRates(alpha=0.5)).open(SamplingParams(), seed=3))
+    told = {}
+
+    def launched(drafted):
+        told.update({i: (d.tokens[d.row, :d.steps].tolist(), len(d.picks)) for i, d in drafted.items()})
+    try:
+        proposals = propose_together(proposers, prompts, [3, 5, 4], launched)
+        assert sorted(told) == [0, 1, 2]
+        for i, proposal in enumerate(proposals):
+            tokens, picked_when_told = told[i]
+            assert picked_when_told == 0 and tokens == proposal.token_ids
+        assert proposals[2].token_ids == [proposers[2]._token(len(prompts[2]) + i) for i in range(4)]  # the replayed
+    finally:
+        for proposer in proposers:
+            proposer.close()
