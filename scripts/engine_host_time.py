@@ -10,7 +10,8 @@ writes a cProfile of the engine thread (all runs).
 One engine (and one draft runner) serves every run, so a GPU compiles and captures once: `--clients 16,64`
 and `--k 0,2` run each number of clients at each K in turn, `--repeats` times over. K = 0 is target-only
 (sessions without a draft, as a target service runs a request that asks for none); `aN` is adaptive K up to N,
-as the services choose it by default.
+as the services choose it by default. `--replay-alpha A` drafts the target's own continuations at rate A (recorded
+target-only first, as `specdec bench` does): 0 is a useless draft, which adaptive K stops drafting.
 
 Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] [--stream-interval 1] [--profile out.prof]
        python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 --target random:qwen2.5-7b \
@@ -29,9 +30,20 @@ from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.models import load_model
 from specdec.proposers import make_factory
+from specdec.proposers.replay import ReplayFactory, ReplayRates
 from specdec.serving.server import freeze_heap
 from specdec.tools import loadtest
 from specdec.tools.inprocess import InProcessTarget, own_draft_runner
+from specdec.tools.sweep import record_continuations
+
+
+class _Replayed:
+    """A replayed draft's factory, given its book once the engine has recorded the target's continuations."""
+
+    factory: ReplayFactory | None = None
+
+    def open(self, sampling, seed):
+        return self.factory.open(sampling, seed)
 
 
 def ks(text: str) -> list[tuple[int, bool]]:
@@ -55,6 +67,7 @@ def main() -> None:
     parser.add_argument("--stream-interval", type=int, help="cycles handed to a session's reader at a time (default: "
                         "the engine's auto, as the services run it)")
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
+    parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -65,7 +78,8 @@ def main() -> None:
     target = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
     draft = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
     draft_runner = own_draft_runner(compute, draft, args.max_len, max(levels))
-    drafts = make_factory(ProposerKind.DRAFT_MODEL, draft_runner)
+    replayed = _Replayed() if args.replay_alpha is not None else None
+    drafts = replayed or make_factory(ProposerKind.DRAFT_MODEL, draft_runner)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         loop = BatchedRunner._loop
@@ -81,6 +95,10 @@ def main() -> None:
                              draft_runner=draft_runner, own_draft=True, compute=compute)
     if args.stream_interval is not None:
         engine.runner.stream_interval = args.stream_interval
+    if replayed is not None:
+        engine.k = 0
+        book = record_continuations(engine.client, target.tokenizer, args.tokens)
+        replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
     for _ in range(args.repeats):

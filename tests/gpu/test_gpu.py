@@ -193,6 +193,33 @@ def test_in_process_engines_with_graphs_equal_each_request_decoded_alone(gpu_eng
         plain.close()
 
 
+def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_engine):
+    """The own draft on a GPU, uncompiled (quick): each drafting row's verify is launched from the drafted tokens
+    on the device before the host reads them (the draft's values read behind an event, the tokens written into
+    the step graph's inputs); four clients at K = 3 get exactly what the same engine gives target-only, and
+    every verify launched early was kept."""
+    from specdec.core.compute import INLINE
+    from specdec.core.config import ProposerKind
+    from specdec.tools.inprocess import InProcessTarget, own_draft_runner
+    from specdec.tools.loadtest import run_clients
+
+    draft_runner = own_draft_runner(INLINE, gpu_engine.draft, 256, 4, compile=False)
+    engine = InProcessTarget(gpu_engine.target, max_len=256, max_sessions=4, k=3, adaptive_k=False, own_draft=True,
+                             drafts=make_factory(ProposerKind.DRAFT_MODEL, draft_runner), draft_runner=draft_runner,
+                             compile=False)
+    try:
+        engine.k = 0
+        plain = run_clients(engine.client, 4, 2, PROMPTS[:4], 24, 120)
+        engine.k = 3
+        spec = run_clients(engine.client, 4, 2, PROMPTS[:4], 24, 120)
+        assert not plain.errors and not spec.errors and spec.draft_tokens > 0, (plain.errors, spec.errors)
+        assert sorted(spec.outputs) == sorted(plain.outputs)
+        stats = engine.runner.stats
+        assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+    finally:
+        engine.close()
+
+
 def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
     """The target's own draft on a GPU (core.own_draft): the draft runner, with no engine loop, captures its graphs
     when built and drafts on the target engine's thread between its steps; six clients at a fixed K = 3 get what
