@@ -1124,10 +1124,10 @@ class BatchedRunner(ModelRunner):
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
         token is `after`'s argmax for its row, read on the device (and `fill`'s tokens are written on it)."""
         began = time.perf_counter()
-        ids, positions = self._inputs(requests)
+        ids, positions, reach = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
-        logits = self._batched(ids, positions, guessed, after.top[:, -1] if after is not None else None,
+        logits = self._batched(ids, positions, reach, guessed, after.top[:, -1] if after is not None else None,
                                fill)  # [rows, n, V]
         top = host_top = ready = None
         if any(r.greedy for r in requests):
@@ -1138,15 +1138,17 @@ class BatchedRunner(ModelRunner):
         return _Launched(requests, ids.shape[1], logits, top, host_top, ready, began, launched,
                          pipelined=after is not None, drafted_before=self.stats.drafting_s)
 
-    def _inputs(self, requests: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, requests: list[_Request]) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         """A step's token ids and positions [rows, n] on the host: each request's tokens in its own row from its
-        start, padded to n; dummy rows and the padding write past max_len."""
+        start, padded to n; dummy rows and the padding write past max_len. And the columns its rows reach
+        (`_reach` of those positions, from the starts: no tensor work on the host's path)."""
         rows, n = self.step_shape(max(r.index for r in requests) + 1, max(max(len(r.ids), 1) for r in requests))
         ids, starts = [0] * (rows * n), [self.max_len] * rows  # dummy rows: the padding columns
         for r in requests:
             ids[r.index * n:r.index * n + len(r.ids)] = r.ids
             starts[r.index] = r.start  # real tokens, then padded writes past them
-        return torch.tensor(ids).view(rows, n), torch.tensor(starts)[:, None] + self._columns[:n]
+        reach = min(max(starts[r.index] for r in requests) + n, self.max_len)  # a real row's positions below max_len
+        return torch.tensor(ids).view(rows, n), torch.tensor(starts)[:, None] + self._columns[:n], reach
 
     def _draft_chained(self, requests: list[_Request]) -> None:
         """Every step of these draft chains (a runner without an engine loop), with no host read between steps:
@@ -1164,10 +1166,10 @@ class BatchedRunner(ModelRunner):
             known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
             live, step, launched = requests, 0, time.perf_counter()
             while live:
-                ids, positions = self._inputs(live)
+                ids, positions, reach = self._inputs(live)
                 with self._turn(), torch.inference_mode():
-                    logits = self._batched(ids, positions, [r.index for r in live if step and r.chain.group.known is None],
-                                           fed)  # [rows, n, V]
+                    logits = self._batched(ids, positions, reach,
+                                           [r.index for r in live if step and r.chain.group.known is None], fed)
                     for read, members in self._by_read(live).items():
                         rows, values = self._read_rows(logits, read, members)  # [members], [members, m]
                         fed[rows] = values[:, 0]
@@ -1392,19 +1394,20 @@ class BatchedRunner(ModelRunner):
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One step's forward of ids [rows, n] at positions [rows, n] into slots [0, rows), as the engine runs it
         (a CUDA graph where one is captured), outside its loop: for measuring step costs on an idle runner."""
-        return self._batched(ids, positions, [], None)
+        return self._batched(ids, positions, self._reach(positions), [], None)
 
-    def _batched(self, ids: torch.Tensor, positions: torch.Tensor, guessed: list[int],
+    def _batched(self, ids: torch.Tensor, positions: torch.Tensor, reach: int | None, guessed: list[int],
                  fed: torch.Tensor | None, fill: Fill | None = None) -> torch.Tensor:
-        """ids, positions [rows, n]; rows `guessed` take their first token from `fed` [rows or more] on the device
-        (a token the last step drew there), and `fill`'s (rows, columns, tokens) are written there."""
+        """ids, positions [rows, n], whose rows reach `reach` columns (`_reach`); rows `guessed` take their first
+        token from `fed` [rows or more] on the device (a token the last step drew there), and `fill`'s (rows,
+        columns, tokens) are written there."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
                 ids = ids.to(self.device)
                 self._fill_guesses(ids, guessed, fed, fill)
-                return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(positions)), keep=n)
-            g = self._graphs[(rows, n, self._graph_span(positions))]  # all captured at start
+                return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(reach)), keep=n)
+            g = self._graphs[(rows, n, self._graph_span(reach))]  # all captured at start
             return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill)
 
     def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None,
@@ -1432,19 +1435,19 @@ class BatchedRunner(ModelRunner):
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""
-        return self._run(_StepInputs(ids.to(self.device), positions.to(self.device), first_slot, self._span(positions)),
-                         keep)
+        return self._run(_StepInputs(ids.to(self.device), positions.to(self.device), first_slot,
+                                     self._span(self._reach(positions))), keep)
 
-    def _span(self, positions: torch.Tensor) -> int | None:
+    def _span(self, reach: int | None) -> int | None:
         """On a CPU, the columns an eager step attends over: those its rows reach. None on a GPU, where an eager
         step's shape is a warmed-up bucket's (a new key length would be compiled or set up anew); graph steps
         attend over a span bucket (`_batched`)."""
-        return self._reach(positions) if self.device.type == "cpu" else None
+        return reach if self.device.type == "cpu" else None
 
-    def _graph_span(self, positions: torch.Tensor) -> int:
-        """The span a graph step of these positions [B, n] (on the host) attends over: the smallest that reaches
-        past its real rows."""
-        return bucket(self._reach(positions) or 1, self._spans)
+    def _graph_span(self, reach: int | None) -> int:
+        """The span a graph step whose rows reach `reach` columns attends over: the smallest that reaches past
+        its real rows."""
+        return bucket(reach or 1, self._spans)
 
     def _reach(self, positions: torch.Tensor) -> int | None:
         """The cache columns a step's real rows reach (positions [B, n] on the host; dummy rows and padding past

@@ -431,17 +431,34 @@ def test_a_graph_step_attends_over_the_smallest_span_past_its_rows(tiny_pair_fp3
         runner.greedy_ids(slot, prompt, keep=1)
     n = len(prompt)
     dummy = [1024, 1025, 1026]
-    assert runner._graph_span(torch.tensor([dummy])) == 256  # no real row
-    assert runner._graph_span(torch.tensor([[253, 254, 255], dummy])) == 256
-    assert runner._graph_span(torch.tensor([[254, 255, 256], dummy])) == 1024 + runner.pad
+    assert runner._graph_span(runner._reach(torch.tensor([dummy]))) == 256  # no real row
+    assert runner._graph_span(runner._reach(torch.tensor([[253, 254, 255], dummy]))) == 256
+    assert runner._graph_span(runner._reach(torch.tensor([[254, 255, 256], dummy]))) == 1024 + runner.pad
     ids = torch.tensor([[5, 6, 0], [7, 0, 0], [0, 0, 0]])  # rows 0 and 1 real (3 and 1 tokens), row 2 a dummy
     positions = torch.tensor([[n, n + 1, n + 2], [n, n + 1, n + 2], dummy])
-    span = runner._graph_span(positions)
+    span = runner._graph_span(runner._reach(positions))
     assert span == 256 > n + 3
     with torch.inference_mode():
         spanned = runner._run(_StepInputs(ids, positions, span=span), keep=3)
         whole = runner._run(_StepInputs(ids, positions, span=None), keep=3)
     torch.testing.assert_close(spanned[:2], whole[:2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_steps_reach_from_its_requests_is_its_positions_reach(tiny_pair_fp32, graphs):
+    """The engine takes a step's reach from its requests' starts, not from a tensor filter over its positions:
+    the same figure, with dummy rows, padding (rounded up to a token bucket with graphs), a guess's empty row,
+    and a row whose padding runs past max_len."""
+    from specdec.core.batching import _Request
+
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=8, cuda_graphs=False)
+    runner.cuda_graphs = graphs  # only the step's shape: nothing is captured or run here
+    cases = [[(1, 10, [5, 6, 7])], [(0, 3, [1]), (4, 200, [2, 3])], [(2, 254, [9]), (5, 40, [1, 2, 3, 4, 5, 6])],
+             [(3, 100, [])], [(0, 250, [1, 2, 3, 4, 5, 6])]]
+    for case in cases:
+        requests = [_Request(i, start, ids, 1, True, done=None) for i, start, ids in case]
+        ids, positions, reach = runner._inputs(requests)
+        assert reach == runner._reach(positions), (case, positions)
 
 
 def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
@@ -455,10 +472,10 @@ def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
     n = len(prompt)
     ids = torch.tensor([[5, 6, 0], [7, 0, 0], [0, 0, 0]])  # rows 0 and 1 real (3 and 1 tokens), row 2 a dummy
     positions = torch.tensor([[n, n + 1, n + 2], [n, n + 1, n + 2], [256, 257, 258]])
-    assert runner._span(positions) == n + 3
+    assert runner._span(runner._reach(positions)) == n + 3
     narrow = runner.forward_rows(ids, positions)
     assert runner.step.span == n + 3
-    runner._span = lambda positions: None  # the whole cache
+    runner._span = lambda reach: None  # the whole cache
     whole = runner.forward_rows(ids, positions)
     assert runner.step.span is None
     torch.testing.assert_close(narrow[:2], whole[:2], rtol=1e-5, atol=1e-5)
