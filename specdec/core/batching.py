@@ -874,8 +874,8 @@ class BatchedRunner(ModelRunner):
         the step that verifies its blocks before the host reads them (_launch_early)."""
         if self.drafter is None:
             return False
-        t0 = time.perf_counter()
-        if not self.drafter.draft(self._launch_early if early and self.early_verify and self._early is None else None):
+        t0, before = time.perf_counter(), self._early
+        if not self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None):
             return False
         done = time.perf_counter()
         s = self.stats
@@ -883,7 +883,7 @@ class BatchedRunner(ModelRunner):
         s.drafting_longest_s = max(s.drafting_longest_s, done - t0)
         self.on_drafting(done - t0)
         step = self._early
-        if step is not None and step.drafted_before < 0:  # launched in this phase: its cost is what follows it
+        if step is not before:  # launched in this phase: its cost is what follows it
             step.began = step.launched = done
             step.drafted_before = s.drafting_s
         return True
@@ -911,8 +911,7 @@ class BatchedRunner(ModelRunner):
         if not early:
             return
         with self._cv:
-            steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
-            self._pending = [r for r in self._pending if r not in steps]
+            steps, _ = self._split_pending(chunks=0)  # every ready forward that fits a step; prompt chunks wait
         index = torch.tensor(fill).T.to(tokens.device, non_blocking=True)  # [4, drafts]; blocking, it would wait
         try:
             with self._turn():
@@ -923,8 +922,7 @@ class BatchedRunner(ModelRunner):
             with self._cv:
                 self._pending[:0] = steps
             return
-        step.drafted_before = -1.0  # set once the phase is over (_draft)
-        self._early, self.stats.early = step, self.stats.early + len(early)
+        self._early, self.stats.early = step, self.stats.early + len(early)  # its cost starts once the phase ends
         with self._cv:
             for r in early:
                 r.row.early, r.row.busy = r, True
