@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
     parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both"], default="default",
+                        help="launch a drafted cycle's verify from the drafted tokens on the device (the engine's "
+                        "default: on a GPU); both: each drafting configuration with it on, then off")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.log:
@@ -99,25 +102,30 @@ def main() -> None:
         engine.k = 0
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
+    earlies = {"default": [engine.runner.early_verify], "on": [True], "off": [False], "both": [True, False]}[args.early_verify]
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
     for _ in range(args.repeats):
         for clients in levels:
-            for k, adaptive in args.k:
+            for k, adaptive, early in [(k, a, e) for k, a in args.k for e in (earlies if k else [None])]:
                 engine.k, engine.adaptive_k = k, adaptive
+                if early is not None:
+                    engine.runner.early_verify = early
                 loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
-                steps, t_fwd, d_fwd, rows = t.steps, t.forward_s, d.forward_s, t.rows
+                steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                 t0 = time.perf_counter()
                 result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
                 wall = time.perf_counter() - t0
                 n = t.steps - steps
                 host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-                label = "target-only" if k == 0 else f"<={k}" if adaptive else k
+                label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
+                label += "" if early is None else f", early verify {'on' if early else 'off'}"
                 print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
                       f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                       f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
-                      f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row)", flush=True)
+                      f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
+                      f"early verifies {t.early - launched} ({t.early_kept - kept} kept)", flush=True)
     engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)
