@@ -23,7 +23,7 @@ in this process, on the target (and the draft), and the point's own cycles (C / 
 Every request is greedy: each output must equal its prompt's first plain-decoding output (tools/exactness.py; a
 difference is reported with the target's top-2 logit gap there, and fails the sweep unless
 `report_greedy_mismatch`). `--json` writes every
-point with its outputs, `--plot` tokens/s against C.
+point with its outputs (after each mode, then complete with the bounds), `--plot` tokens/s against C.
 """
 
 from __future__ import annotations
@@ -337,6 +337,17 @@ def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, comput
     return {c: c / costs[(c, 1)] for c in s.levels}
 
 
+def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None = None,
+         differ: list | None = None) -> None:
+    """Write `--json`: after each mode (`complete` false: the bounds and the exactness check come last), so a
+    sweep cut short keeps the points it measured; then once more, complete."""
+    if s.json:
+        with open(s.json, "w") as f:
+            json.dump({"settings": s.__dict__, "complete": bounds is not None, "points": points,
+                       "bounds": bounds or {}, "greedy_mismatches": [m.to_dict() for m in differ or []]},
+                      f, indent=1, default=list)
+
+
 def main(s: SweepSettings) -> int:
     s.validate()
     points: list[dict] = []
@@ -344,13 +355,16 @@ def main(s: SweepSettings) -> int:
         replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
         for mode in sorted((m for m in s.modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
+            save(s, points)
     # the target in this process, once the services are gone (hf-generate, the engines, the bounds)
     compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
     target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
     if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
         points += compute.run(sweep_hf_generate, s, target.model)
+        save(s, points)
     for mode in (m for m in ENGINE_MODES if m in s.modes):
         points += sweep_engine(s, mode, target, compute)
+        save(s, points)
     prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
     bounds = add_bounds(s, points, target, compute, prompt_ids)
     reference = exactness.references(points)
@@ -360,10 +374,7 @@ def main(s: SweepSettings) -> int:
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points))
-    if s.json:
-        with open(s.json, "w") as f:
-            json.dump({"settings": s.__dict__, "points": points, "bounds": bounds,
-                       "greedy_mismatches": [m.to_dict() for m in differ]}, f, indent=1, default=list)
+    save(s, points, bounds, differ)
     if s.plot:
         plot(points, bounds, s.plot)
     if failed:

@@ -72,6 +72,7 @@ def test_bench_sweeps_concurrency(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| target-only | 3 |" in run.stdout and "| hf-generate | 1 |" in run.stdout
     result = json.loads(out_json.read_text())
+    assert result["complete"]  # written after each mode too, incomplete (a sweep cut short keeps its points)
     points = {(p["mode"], p["concurrency"]): p for p in result["points"]}
     assert set(points) == {(m, c) for m in modes for c in (1, 3)} and list(points)[0][0] == "target-only"
     for (mode, c), p in points.items():

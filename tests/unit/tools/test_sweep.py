@@ -29,3 +29,17 @@ def test_no_bound_without_cycles_or_without_the_drafts_costs():
     assert point_bound(_point(0, 0, 0, []), TARGET, DRAFT) is None  # hf-generate
     assert point_bound(_point(100, 10, 20, [120]), TARGET, None) is None  # a draft on its own device
     assert point_bound(_point(100, 0, 0, [100], concurrency=8), TARGET, DRAFT) is None  # not measured
+
+
+def test_the_json_is_written_after_each_mode_and_then_complete(tmp_path):
+    import json
+
+    from specdec.tools.sweep import SweepSettings, save
+
+    s = SweepSettings(json=str(tmp_path / "sweep.json"))
+    save(s, [{"mode": "target-only", "concurrency": 1}])
+    partial = json.loads((tmp_path / "sweep.json").read_text())
+    assert not partial["complete"] and partial["points"] == [{"mode": "target-only", "concurrency": 1}]
+    save(s, partial["points"], {1: 100.0}, [])
+    done = json.loads((tmp_path / "sweep.json").read_text())
+    assert done["complete"] and done["bounds"] == {"1": 100.0} and done["greedy_mismatches"] == []
