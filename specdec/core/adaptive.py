@@ -29,10 +29,11 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from specdec.core.config import MAX_K
 
+T = TypeVar("T")
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
 
@@ -182,7 +183,7 @@ class SharedPhase:
         self._sum = [0.0] * (max_k + 1)
         self._lock = threading.Lock()  # members observe on the engine's thread and leave on their own
         self._mean: list[float] | None = None
-        self._rates: tuple[object, list[float | None]] | None = None  # (key, rates) last computed (`rates`)
+        self._memo: dict[str, tuple[object, object]] = {}  # what -> (key, value) last computed (`once`)
         self.plain_probes = PlainProbes()
         self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
 
@@ -209,16 +210,16 @@ class SharedPhase:
     def _publish(self) -> None:
         self._mean = [s / len(self._tokens) for s in self._sum] if self._tokens else None  # one reference: read unlocked
 
-    def rates(self, key: object, compute: Callable[[], list[float | None]]) -> list[float | None]:
-        """The members' rates by k at `key` (an engine's step and a cap), computed by the first member that asks:
-        they weigh the same mean and the same engine's costs, and every session computing them after every step
-        costs the host time that grows with the batch."""
-        cached = self._rates
+    def once(self, what: str, key: object, compute: Callable[[], T]) -> T:
+        """The members' `what` (their rates by k, their K) at `key` (an engine's step and a cap), computed by the
+        first member that asks: they weigh the same mean and the same engine's costs, and every session computing
+        them after every step costs the host time that grows with the batch."""
+        cached = self._memo.get(what)
         if cached is not None and cached[0] == key:
             return cached[1]
-        rates = compute()
-        self._rates = (key, rates)  # one reference: read unlocked
-        return rates
+        value = compute()
+        self._memo[what] = (key, value)  # one reference: read unlocked
+        return value
 
     def plain_now(self, step: int, drafting: bool) -> bool:
         """Whether the members' cycles completed at engine step `step` decode plainly (PlainProbes); every member of
@@ -372,7 +373,7 @@ class AdaptiveK:
         steps = self._phase_step()
         if steps is None:
             return self._compute_rates(cap)
-        return self.phase.rates((steps, cap), lambda: self._compute_rates(cap))
+        return self.phase.once("rates", (steps, cap), lambda: self._compute_rates(cap))
 
     def _phase_step(self) -> int | None:
         """The engine's step count, for a session of a shared phase in an engine that keeps one (else None): what
@@ -441,17 +442,24 @@ class AdaptiveK:
         cap = self.max_k if limit is None else min(self.max_k, limit)
         if cap <= 0:
             return 0
-        rates = self._rates(cap)  # one pass over the costs per choice: every session's every cycle asks
-        if rates[0] is None:
-            return min(self.initial_k, cap)  # measure first
-        k = self._best(rates)
         steps = self._phase_step()
-        if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
-            return 0
-        if k == 0 and self.probes.due(self._step_share()):  # speculation may pay again: measure
+        k, plain = (self._best_k(cap, steps) if steps is None
+                    else self.phase.once("k", (steps, cap), lambda: self._best_k(cap, steps)))
+        if plain and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
         return k
+
+    def _best_k(self, cap: int, steps: int | None) -> tuple[int, bool]:
+        """(K by the rates, whether that is plain decoding because drafting does not pay); a shared phase's members
+        get the first one's answer at each step (every session's every cycle asks)."""
+        rates = self._rates(cap)
+        if rates[0] is None:
+            return min(self.initial_k, cap), False  # measure first
+        k = self._best(rates)
+        if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
+            return 0, False
+        return k, k == 0
 
 
 class KChooser(Protocol):

@@ -455,6 +455,29 @@ def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     assert members[0].choose(limit=2) == 2 and load.asked == 13  # another cap
 
 
+def test_a_phase_s_members_take_its_k_once_per_engine_step_and_each_counts_its_probes():
+    """At 64 rows every member's choice after every step was host time on the H200's plain steps (calls k4, l1):
+    the first member to choose after a step takes the phase's K, the others of that step reuse it; a member's plain
+    cycle still counts towards the shared probe schedule, so a useless draft is probed as often as before."""
+    taken = []
+
+    class Counted(AdaptiveK):
+        def _best_k(self, cap, steps):
+            taken.append((steps, cap))
+            return super()._best_k(cap, steps)
+
+    load = Load(rows=2, verify={k: 0.010 + 0.001 * k for k in range(5)}, cycles={0: 0.010, 1: 0.012}, steps=3)
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(1, 0.011, 0.002, 0.0)
+    phase, probes = SharedPhase(), ProbeSchedule(first=1)
+    members = [Counted(max_k=4, costs=costs, batch=load, phase=phase, probes=probes, acceptance=known(0.0))
+               for _ in range(2)]
+    assert [m.choose() for m in members] == [0, 1]  # plain for both; two rows' plain cycles make a step: a probe
+    assert taken == [(3, 4)] and members[1]._probing and not members[0]._probing
+    load.steps = 4
+    assert members[0].choose(limit=2) == 0 and taken == [(3, 4), (4, 2)]  # the next step, another cap: anew
+
+
 def test_a_drafting_phase_decodes_plainly_for_a_few_steps_to_measure_a_plain_cycle_again():
     """The H200 at 64 clients (calls g1-g3): a plain cycle measured at 16 ms during the ramp, where target-only's
     takes 8-9, kept the phase drafting, and no plain cycle was measured again. After `first` steps of drafting, the
