@@ -107,7 +107,7 @@ def main() -> None:
     prompts = loadtest.DEFAULT_PROMPTS
     for _ in range(args.repeats):
         for clients in levels:
-            for k, adaptive, early in [(k, a, e) for k, a in args.k for e in (earlies if k else [None])]:
+            for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
                 engine.k, engine.adaptive_k = k, adaptive
                 if early is not None:
                     engine.runner.early_verify = early
