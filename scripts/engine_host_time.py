@@ -114,6 +114,7 @@ def main() -> None:
                 loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
+                ahead, ahead_kept = d.ahead, d.ahead_kept
                 t0 = time.perf_counter()
                 result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
                 wall = time.perf_counter() - t0
@@ -125,7 +126,8 @@ def main() -> None:
                       f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                       f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
                       f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
-                      f"early verifies {t.early - launched} ({t.early_kept - kept} kept)", flush=True)
+                      f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
+                      f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept)", flush=True)
     engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)

@@ -198,6 +198,20 @@ class _Chain:
     launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
 
 
+@dataclass(eq=False)
+class _Ahead:
+    """The first step of drafting rows' next chains, launched from a verify's argmax on the device before the host
+    read it (`launch_ahead`): a chain takes its values as its first step's where it begins exactly as the host, once it
+    read the argmax, expects (`expect_ahead`), in a slot nothing else wrote to or closed since (`_taken_ahead`)."""
+
+    read: Callable[[torch.Tensor], torch.Tensor]  # the group read its values are
+    rows: dict[int, int]  # draft slot -> its row in `values`
+    closes: dict[int, int]  # draft slot -> its close count at launch (closed since: another session's)
+    values: torch.Tensor  # [rows, m] on the device: each row's read of its step's logits
+    expected: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # slot -> (start, ids), once read
+    touched: set[int] = field(default_factory=set)  # slots another forward wrote to since
+
+
 class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
@@ -378,6 +392,8 @@ class StepStats:
     guesses_kept: int = 0  # of which their session's plan confirmed
     early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
     early_kept: int = 0  # of which their session's plan confirmed
+    ahead: int = 0  # a draft runner's rows whose chain's first step was launched from a verify's argmax (launch_ahead)
+    ahead_kept: int = 0  # of which a chain took as its first step
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 
@@ -450,6 +466,9 @@ class BatchedRunner(ModelRunner):
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._chain_reads: dict[torch.dtype, torch.Tensor] = {}  # pinned host buffers for a chain's values
+        self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
+        self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
+        self._closes = [0] * max_sessions  # per slot, how many times it was closed: a slot's sessions apart
         self._readbacks: dict[tuple[int, ...], list] = {}  # argmax shape -> two (pinned host buffer, event), used in turn
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
@@ -507,6 +526,7 @@ class BatchedRunner(ModelRunner):
         index, slot.index, slot.tokens = slot.index, -1, []
         if index < 0:
             return
+        self._closes[index] += 1
         with self._cv:
             self._open.discard(index)
             self._expected.discard(index)
@@ -640,6 +660,8 @@ class BatchedRunner(ModelRunner):
         """Hand the engine forwards (all in the same steps) and wait for them; the first error is raised."""
         if not requests:
             return
+        if self._ahead is not None:  # another forward's writes: the step launched ahead no longer stands for them
+            self._ahead.touched.update(r.index for r in requests if r.chain is None)
         with self._cv:
             if self._stopping:
                 raise Unavailable("the engine has stopped")
@@ -739,6 +761,7 @@ class BatchedRunner(ModelRunner):
     def _steps(self) -> None:
         mark, mark_t = StepStats(), time.monotonic()
         inflight: _Launched | None = None  # launched ahead, on guesses: the next step to read
+        verifying: _Launched | None = None  # a step launched while drafting (_launch_early): drafts follow it
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:
                 mark, mark_t = self._report(mark, mark_t), time.monotonic()
@@ -749,7 +772,8 @@ class BatchedRunner(ModelRunner):
                     return
                 steps, prefill = work
                 if self._early is not None:  # launched while drafting: forwards planned since wait for the next step
-                    inflight, self._early = self._early, None
+                    inflight = verifying = self._early
+                    self._early = None
                     if steps:
                         with self._cv:
                             self._pending[:0] = steps
@@ -768,7 +792,9 @@ class BatchedRunner(ModelRunner):
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
                         inflight.ahead = ahead is not None
                     if inflight is not None:
+                        following = self._draft_ahead(inflight) if inflight is verifying else []
                         self._read(inflight)
+                        self._expect_ahead(following)
                 if inflight is not None:
                     self._hand_on(inflight)
                 if ahead is not None:
@@ -927,6 +953,33 @@ class BatchedRunner(ModelRunner):
             for r in early:
                 r.row.early, r.row.busy = r, True
         self._early_rows = [r.row for r in early]
+
+    def _draft_ahead(self, step: _Launched) -> list[_Request]:
+        """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
+        first step from the step's argmax on the device (`launch_ahead`), so the draft computes while the host reads,
+        completes and plans. Returns the rows it was launched for."""
+        rows = [r for r in step.requests if not r.void and r.drafted is not None and r.drafted.ahead is not None
+                and r.keep - 1 == r.drafted.steps]
+        if not rows or step.top is None or rows[0].drafted.tokens.device != step.top.device:
+            return []
+        runner, read = rows[0].drafted.ahead, rows[0].drafted.read
+        rows = [r for r in rows if r.drafted.ahead is runner and r.drafted.read is read]
+        try:
+            runner.launch_ahead([(r.drafted.row, r.start + len(r.ids) - r.keep + 1, r.keep - 1, r.index,
+                                  len(r.ids) - r.keep) for r in rows], rows[0].drafted.tokens, step.top, read)
+        except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
+            log.exception("launching draft steps from a verify's argmax failed; the rows draft as usual")
+            return []
+        return rows
+
+    @staticmethod
+    def _expect_ahead(rows: list[_Request]) -> None:
+        """The verify launched ahead of is read: tell the draft runner how each row's next chain must begin."""
+        for r in rows:
+            if not r.void and r.argmax is not None:
+                k = r.keep - 1
+                r.drafted.ahead.expect_ahead(r.drafted.row, r.start + len(r.ids) - k,
+                                             [p.token for p in r.drafted.picks[:k]], r.argmax)
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess
@@ -1153,7 +1206,8 @@ class BatchedRunner(ModelRunner):
         a row's next input is the token its last step drafted, its group's first value on the device, or the
         token a replayed draft knows beforehand (`Grouped.known`); every step's values are read at the end, in
         one host read, and picked from then. A draft step costs its forward, not a trip through the host.
-        Chains whose caller wants them (`launched`) are told of their tokens on the device before that read."""
+        Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
+        step is the one launched ahead from the verify's argmax where it stands for every chain (`_taken_ahead`)."""
         try:
             reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device)
             slots = max(r.index for r in requests) + 1
@@ -1163,18 +1217,24 @@ class BatchedRunner(ModelRunner):
                        if told else None)  # [slots, steps]: each chain's tokens, for `launched`
             known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
             live, step, launched = requests, 0, time.perf_counter()
+            first = self._taken_ahead(requests)  # [requests, m]: their first step's values, run ahead (or None)
             while live:
-                ids, positions, reach = self._inputs(live)
                 with self._turn(), torch.inference_mode():
-                    logits = self._batched(ids, positions, reach,
-                                           [r.index for r in live if step and r.chain.group.known is None], fed)
-                    for read, members in self._by_read(live).items():
-                        rows, values = self._read_rows(logits, read, members)  # [members], [members, m]
+                    if first is not None:
+                        rows = torch.tensor([r.index for r in live]).to(self.device, non_blocking=True)
+                        groups, first = [(live, rows, first)], None
+                    else:
+                        ids, positions, reach = self._inputs(live)
+                        logits = self._batched(ids, positions, reach,
+                                               [r.index for r in live if step and r.chain.group.known is None], fed)
+                        self.stats.count(len(live), ids.shape[1])
+                        groups = [(members, *self._read_rows(logits, read, members))  # [members], [members, m]
+                                  for read, members in self._by_read(live).items()]
+                    for members, rows, values in groups:
                         fed[rows] = values[:, 0]
                         if drafted is not None:
                             drafted[rows, step] = values[:, 0]
                         reads.append((members, [r.start + len(r.ids) for r in members], values))
-                self.stats.count(len(live), ids.shape[1])
                 for r in live:
                     r.start, known = r.start + len(r.ids), r.chain.group.known
                     r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1182,6 +1242,7 @@ class BatchedRunner(ModelRunner):
                         known_drafts.append((r.index, step, r.ids[0]))
                 step += 1
                 live = [r for r in live if r.chain.steps > step]
+            self._chain_ends = {r.index: r.start for r in requests}
             flat = self._read_chains(torch.cat([values.flatten() for _, _, values in reads]), told, drafted,
                                      known_drafts)  # the host read
             self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
@@ -1222,7 +1283,7 @@ class BatchedRunner(ModelRunner):
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             by_call.setdefault(id(r.chain.launched), (r.chain.launched, {}))[1][r.chain.index] = Drafted(
-                drafted, r.index, r.chain.steps, r.chain.picks)
+                drafted, r.index, r.chain.steps, r.chain.picks, self, r.chain.group.read)
         for call, chains in by_call.values():
             try:
                 call(chains)
@@ -1231,6 +1292,68 @@ class BatchedRunner(ModelRunner):
         if ready is not None:
             ready.synchronize()
         return values.tolist()
+
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
+                     read: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
+        before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
+        verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
+        row's accepted drafts are the leading ones equal to the argmax; its next chain begins with the argmax after
+        them (the bonus token) at L + accepted, or, every draft accepted, with the last draft (not in the cache yet)
+        and the bonus from L + K - 1. Either way the step writes only entries the committed sequence has there. Rows
+        whose last chain did not end where K drafts from L end are left out."""
+        rows = [r for r in rows if r[1] + r[2] < self.max_len and self._chain_ends.get(r[0]) == r[1] + r[2] - 1]
+        if not rows:
+            return
+        spec = torch.tensor(rows).to(self.device, non_blocking=True)  # [m, 5]; blocking, it would wait for the device
+        slot, at, k, row, first = spec.unbind(1)  # [m] each
+        j = torch.arange(max(r[2] for r in rows) + 1, device=self.device)  # [K + 1]
+        argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
+        drafts = tokens[slot[:, None], j[:-1].clamp(max=tokens.shape[1] - 1)]  # [m, K]
+        accepted = ((drafts == argmax[:, :-1]) & (j[:-1] < k[:, None])).long().cumprod(1).sum(1)  # [m]
+        bonus = argmax.gather(1, accepted[:, None])[:, 0]  # [m]
+        full = accepted == k  # every draft accepted: the last one goes in first
+        last = drafts.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [m]
+        n_rows, n = self.step_shape(max(r[0] for r in rows) + 1, 2)
+        ids = torch.zeros((n_rows, n), dtype=torch.long, device=self.device)
+        positions = (self.max_len + self._columns[:n]).to(self.device).repeat(n_rows, 1)  # dummy rows: the padding
+        ids[slot, 0], ids[slot, 1] = torch.where(full, last, bonus), torch.where(full, bonus, 0)
+        positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
+        positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
+        with self._turn(), torch.inference_mode():
+            logits = self._batched(ids, positions, min(max(r[1] + r[2] for r in rows) + 1, self.max_len), [], None)
+            values = read(logits[slot, full.long()].float())  # [m, values]: each row's last token's
+        self.stats.count(len(rows), n)
+        self.stats.ahead += len(rows)
+        self._ahead = _Ahead(read, {r[0]: i for i, r in enumerate(rows)}, {r[0]: self._closes[r[0]] for r in rows},
+                             values)
+
+    def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None:
+        """The host's side of `launch_ahead`, once it has read the verify's argmax (t_0..t_K for the K `drafts` verified
+        from position `start`): how row `slot`'s next chain must begin, (start, ids), for the step launched ahead to
+        be its first."""
+        ahead = self._ahead
+        if ahead is None or slot not in ahead.rows:
+            return
+        k = len(drafts)
+        accepted = common_prefix_len(drafts, argmax[:k])
+        ahead.expected[slot] = ((start + accepted, [argmax[accepted]]) if accepted < k
+                                else (start + k - 1, [drafts[-1], argmax[k]]))
+
+    def _taken_ahead(self, requests: list[_Request]) -> torch.Tensor | None:
+        """The values [requests, m] of the step launched ahead, in the requests' order, where it is the first step of
+        every one of these chains: each begins as expected, in a slot nothing else wrote to or closed since, drawn by
+        the same read. Else None: the chains run their first step themselves, over whatever the step launched ahead
+        wrote (entries the committed sequence has)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or not all(
+                ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
+                and self._closes[r.index] == ahead.closes[r.index] and r.chain.group.read is ahead.read
+                for r in requests):
+            return None
+        self.stats.ahead_kept += len(requests)
+        index = torch.tensor([ahead.rows[r.index] for r in requests]).to(self.device, non_blocking=True)
+        return ahead.values[index]
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import torch
 from transformers import StaticCache
@@ -85,15 +85,28 @@ class Chain(NamedTuple):
     group: Grouped | None = None
 
 
+class DraftsAhead(Protocol):
+    """A draft runner that can launch its rows' next chains' first step from a verify's argmax on the device, before
+    the host has read it (core.batching.BatchedRunner)."""
+
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
+                     read: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
+
+    def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None: ...
+
+
 class Drafted(NamedTuple):
     """A chain's drafted tokens on the device, launched and not yet read to the host (`decode_chains`' `launched`):
     row `row` of `tokens` [rows, steps], its first `steps` columns; `picks` (the chain's, a list) holds its picks
-    once the host has read them."""
+    once the host has read them. `ahead`: its runner, where it can launch the row's next chain's first step from the
+    verify's argmax on the device (`read`: its group's)."""
 
     tokens: torch.Tensor
     row: int
     steps: int
     picks: list
+    ahead: DraftsAhead | None = None
+    read: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 Launched = Callable[[dict[int, Drafted]], None]  # each drafting chain's Drafted, by its index in `decode_chains`

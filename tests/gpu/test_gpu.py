@@ -197,7 +197,8 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
     """The own draft on a GPU, uncompiled (quick): each drafting row's verify is launched from the drafted tokens
     on the device before the host reads them (the draft's values read behind an event, the tokens written into
     the step graph's inputs); four clients at K = 3 get exactly what the same engine gives target-only, and
-    every verify launched early was kept."""
+    every verify launched early was kept; chains took first steps launched from the verifies' argmax on the device
+    (before the host read it)."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
     from specdec.tools.inprocess import InProcessTarget, own_draft_runner
@@ -216,6 +217,7 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
         assert sorted(spec.outputs) == sorted(plain.outputs)
         stats = engine.runner.stats
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+        assert draft_runner.stats.ahead_kept > 0, draft_runner.stats  # next chains' first steps launched ahead
     finally:
         engine.close()
 
@@ -249,6 +251,7 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
         assert max(draft_runner.stats.rows_seen) > 1, draft_runner.stats.rows_seen
         stats = engine.runner.stats  # each verify launched from the drafted tokens on the device, and kept
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+        assert draft_runner.stats.ahead_kept > 0, draft_runner.stats
         assert counters["stats"]["unique_graphs"] == compiled  # every shape class compiled before serving
     finally:
         engine.close()

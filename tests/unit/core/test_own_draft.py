@@ -57,15 +57,14 @@ def own_decode(pair, engine, prompt_ids, max_new, k, sampling=SamplingParams(), 
 
 def separate_decode(pair, prompt_ids, max_new, k, sampling, seed):
     """The request alone on the single-sequence runners, drafting each block when the target asks for it, as
-    the in-process decoder does (InlineLink: block for block what the own draft drafts, q included)."""
+    the in-process decoder does (InlineLink: block for block what the own draft drafts, q included): (ids, cycles)."""
     request = GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=max_new, ignore_eos=True, sampling=sampling)
     sequence = TargetSequence(pair.target_runner, request, pair.eos_ids, seed=seed)
     proposer = DraftModelFactory(pair.draft_runner, pair.target_runner.vocab_size).open(sampling, seed)
     link = InlineLink(proposer, lambda: sequence.committed, k)
     try:
-        for _ in TargetLoop(sequence, link, FixedK(k), threading.Event()).run():
-            pass
-        return sequence.generated
+        cycles = list(TargetLoop(sequence, link, FixedK(k), threading.Event()).run())
+        return sequence.generated, cycles
     finally:
         link.close()
         sequence.close()
@@ -95,6 +94,47 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     assert phases and sum(phases) == pytest.approx(target.stats.drafting_s - drafted_before)
     launched, kept = target.stats.early - early[0], target.stats.early_kept - early[1]
     assert launched > 0 and kept == launched, "each verify launched from the drafts on the device was its plan's"
+    assert draft.stats.ahead_kept > 0  # and chains whose first draft step was launched from the verify's argmax
+    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
+
+
+def test_a_draft_step_launched_from_the_verify_s_argmax_drafts_what_the_host_would(tiny_pair_fp32, engine):
+    """Before the host reads a verify, the draft runner launches each row's next chain's first step from the verify's
+    argmax on the device (its accepted drafts and bonus token worked out there); a chain that begins as the host then
+    expects takes it as its first step. A wrong token there would not change the output (the verify catches it) but
+    the drafts: each block drafts and accepts what the same request's does alone, drafting block by block."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
+    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+    launched, kept = draft.stats.ahead, draft.stats.ahead_kept
+    together = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    for (out, cycles), (want, want_cycles) in zip(together, alone):
+        assert out == want
+        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
+    assert 0 < kept <= launched, (kept, launched)
+
+
+def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped(tiny_pair_fp32, engine, monkeypatch):
+    """Where a drafting phase's chains do not all begin as the host expected of the step launched ahead (here: every
+    other verify's expectations are not told), the chains run their first step themselves over what that step wrote:
+    the output is target-only's, and the other phases still take theirs."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    real, calls = BatchedRunner.expect_ahead, []
+
+    def every_other(self, slot, start, drafts, argmax):
+        calls.append(slot)
+        if len(calls) % 2:
+            real(self, slot, start, drafts, argmax)
+    monkeypatch.setattr(BatchedRunner, "expect_ahead", every_other)
+    cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[8:12])]
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    launched, kept = draft.stats.ahead, draft.stats.ahead_kept
+    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    assert [out for out, _ in got] == expected
+    launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
+    assert 0 < kept < launched, (kept, launched)
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
 
@@ -104,7 +144,7 @@ def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair
     pair = tiny_pair_fp32
     sampling = SamplingParams(temperature=0.8, top_p=0.95)
     cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[12:17], (1, 2, 3, 4, 6))]
-    alone = [separate_decode(pair, ids, n, k, sampling, seed=7) for ids, n, k in cases]
+    alone = [separate_decode(pair, ids, n, k, sampling, seed=7)[0] for ids, n, k in cases]
     together = concurrently([lambda c=c: own_decode(pair, engine, *c, sampling=sampling, seed=7)[0] for c in cases])
     assert together == alone
 
