@@ -69,9 +69,10 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
     parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
-    parser.add_argument("--early-verify", choices=["default", "on", "off", "both"], default="default",
-                        help="launch a drafted cycle's verify from the drafted tokens on the device (the engine's "
-                        "default: on a GPU); both: each drafting configuration with it on, then off")
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
+                        help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
+                        "chains' first draft step from its argmax (the engine's default: on a GPU); both: each drafting "
+                        "configuration with them on, then off; each: on, the verify alone, off")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.log:
@@ -102,7 +103,8 @@ def main() -> None:
         engine.k = 0
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
-    earlies = {"default": [engine.runner.early_verify], "on": [True], "off": [False], "both": [True, False]}[args.early_verify]
+    earlies = {"default": [(engine.runner.early_verify, True)], "on": [(True, True)], "off": [(False, False)],
+               "both": [(True, True), (False, False)], "each": [(True, True), (True, False), (False, False)]}[args.early_verify]
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
     for _ in range(args.repeats):
@@ -110,7 +112,7 @@ def main() -> None:
             for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
                 engine.k, engine.adaptive_k = k, adaptive
                 if early is not None:
-                    engine.runner.early_verify = early
+                    engine.runner.early_verify, engine.runner.draft_ahead = early
                 loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
@@ -121,7 +123,8 @@ def main() -> None:
                 n = t.steps - steps
                 host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
                 label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
-                label += "" if early is None else f", early verify {'on' if early else 'off'}"
+                label += "" if early is None else (", early verify and draft ahead" if all(early) else
+                                                   ", early verify" if early[0] else ", neither")
                 print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
                       f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                       f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "

@@ -131,7 +131,8 @@ K)  # one GPU, issue 17: a graph step at a short and at a long context (a 256-co
 U)  # one GPU, issue 17: where a drafted cycle's time goes on the H200's host: the span graphs' GPU test, then the engine in
     # process (random 7B + planted 0.5B own draft, compiled, graphs) at 16 and 64 clients, target-only, K = 2 and adaptive
     # K, under py-spy (the engine thread's samples by what it did: scripts/profile_summary.py). GPU_TESTS: which GPU tests
-    # first (a -k expression); EARLY=both: each drafting configuration with the early verify on, then off
+    # first (a -k expression); EARLY=both: each drafting configuration with the early verify (and draft ahead) on, then
+    # off; EARLY=each: both on, the early verify alone, neither
   timeout ${TESTS_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py -k "${GPU_TESTS:-span}" 2>&1 \
     | tail -60 | tee "$OUT/gpu_tests.txt"
   timeout ${STEPS_TIMEOUT:-420} /tmp/site/bin/py-spy record --nonblocking --threads --idle -r 200 --format raw \

@@ -417,8 +417,9 @@ class BatchedRunner(ModelRunner):
     prompt tokens of one session forwarded in one step. `lookahead`: launch a step of plain greedy decodes
     before reading the one in flight (module docstring; default: with CUDA graphs, where the device would
     otherwise idle while the host works; on a CPU the host is the device). `early_verify`: with a drafter, launch
-    the step that verifies its blocks from their tokens on the device before the host reads them (default: on a
-    GPU; on a CPU the forward would run inside the drafting phase, with nothing to overlap).
+    the step that verifies its blocks from their tokens on the device before the host reads them, and, before
+    reading that step, the next chains' first draft step from its argmax (`draft_ahead`; default: on a GPU; on a
+    CPU the forward would run inside the drafting phase, with nothing to overlap).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
@@ -447,6 +448,7 @@ class BatchedRunner(ModelRunner):
         self.bucket_chunks = self.device.type == "cuda"  # round prompt chunks' shapes up (_run_chunks)
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
+        self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -792,7 +794,7 @@ class BatchedRunner(ModelRunner):
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
                         inflight.ahead = ahead is not None
                     if inflight is not None:
-                        following = self._draft_ahead(inflight) if inflight is verifying else []
+                        following = self._draft_ahead(inflight) if inflight is verifying and self.draft_ahead else []
                         self._read(inflight)
                         self._expect_ahead(following)
                 if inflight is not None:
