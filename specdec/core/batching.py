@@ -39,7 +39,10 @@ Verifying early (on a GPU, with a drafter, `early_verify`): the same for a draft
 has launched its blocks' steps, before the host reads them, the engine launches the step that verifies them, each
 drafting row's ids its last committed token then its block's tokens written on the device, with every other
 forward ready to run; the host then reads the drafts behind an event, picks and plans while the device verifies,
-and keeps each row's verify only where its plan asks for exactly that forward.
+and keeps each row's verify only where its plan asks for exactly that forward. Before it reads the verify, the
+draft runner launches each row's next chain's first step from the verify's argmax (its accepted drafts and bonus
+token worked out on the device, `launch_ahead`), so the draft computes while the host completes the cycle; the next
+drafting phase takes that step where its chains begin as the host, once it read the argmax, expects.
 """
 
 from __future__ import annotations
