@@ -70,6 +70,18 @@ def separate_decode(pair, prompt_ids, max_new, k, sampling, seed):
         sequence.close()
 
 
+def equal_to_target_only(pair, engine, cases, counts):
+    """Decode `cases` (prompt ids, new tokens, K) at once on `engine`, each output asserted equal to target-only
+    greedy decoding alone; returns how much `counts()` (launched, kept) grew meanwhile."""
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    before = counts()
+    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
+    assert [out for out, _ in got] == expected
+    after = counts()
+    return after[0] - before[0], after[1] - before[1]
+
+
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
     leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
@@ -128,12 +140,7 @@ def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped
             real(self, slot, start, drafts, argmax)
     monkeypatch.setattr(BatchedRunner, "expect_ahead", every_other)
     cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[8:12])]
-    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-                for ids, n, _ in cases]
-    launched, kept = draft.stats.ahead, draft.stats.ahead_kept
-    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
-    assert [out for out, _ in got] == expected
-    launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
+    launched, kept = equal_to_target_only(pair, engine, cases, lambda: (draft.stats.ahead, draft.stats.ahead_kept))
     assert 0 < kept < launched, (kept, launched)
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
@@ -163,12 +170,7 @@ def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_
         return verify if verify is None or len(calls) % 2 or verify[1] < 2 else (verify[0], verify[1] - 1)
     monkeypatch.setattr(TargetLoop, "early_verify", short_every_other)
     cases = [(pair.encode(p), 12 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[14:20])]
-    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-                for ids, n, _ in cases]
-    launched, kept = target.stats.early, target.stats.early_kept
-    got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
-    assert [out for out, _ in got] == expected
-    launched, kept = target.stats.early - launched, target.stats.early_kept - kept
+    launched, kept = equal_to_target_only(pair, engine, cases, lambda: (target.stats.early, target.stats.early_kept))
     assert 0 < kept < launched, (kept, launched)
     assert target.free_slots == target.max_sessions
 
