@@ -128,16 +128,20 @@ def test_a_draft_step_launched_from_the_verify_s_argmax_drafts_what_the_host_wou
 
 
 def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped(tiny_pair_fp32, engine, monkeypatch):
-    """Where a drafting phase's chains do not all begin as the host expected of the step launched ahead (here: every
-    other verify's expectations are not told), the chains run their first step themselves over what that step wrote:
-    the output is target-only's, and the other phases still take theirs."""
+    """Where a drafting phase's chains do not all begin as the host expected of the step launched ahead (here: after
+    every other launch, no expectation is told), the chains run their first step themselves over what that step
+    wrote: the output is target-only's, and the other phases still take theirs."""
     pair, (target, draft) = tiny_pair_fp32, engine
-    real, calls = BatchedRunner.expect_ahead, []
+    launch, expect, launches = BatchedRunner.launch_ahead, BatchedRunner.expect_ahead, []
 
-    def every_other(self, slot, start, drafts, argmax):
-        calls.append(slot)
-        if len(calls) % 2:
-            real(self, slot, start, drafts, argmax)
+    def counted(self, *args):
+        launches.append(args)
+        launch(self, *args)
+
+    def every_other(self, *args):
+        if len(launches) % 2:
+            expect(self, *args)
+    monkeypatch.setattr(BatchedRunner, "launch_ahead", counted)
     monkeypatch.setattr(BatchedRunner, "expect_ahead", every_other)
     cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[8:12])]
     launched, kept = equal_to_target_only(pair, engine, cases, lambda: (draft.stats.ahead, draft.stats.ahead_kept))
