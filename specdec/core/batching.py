@@ -609,6 +609,13 @@ class BatchedRunner(ModelRunner):
             self._last_arrival = time.monotonic()
             self._cv.notify_all()
 
+    def _idle(self, row: _Row) -> None:
+        """The engine is done with a row for now: it may be planned again, or it goes if its reader has gone."""
+        with self._cv:
+            row.busy = False
+            if row.closed:
+                self._drop(row)
+
     def _drop(self, row: _Row) -> None:
         """Take a driven session out (the caller holds the lock)."""
         if self._rows.get(row.loop.slot.index) is row:
@@ -895,10 +902,7 @@ class BatchedRunner(ModelRunner):
             if row.early is not None:
                 self._void(row.early)
                 row.early = None
-                with self._cv:
-                    row.busy = False
-                    if row.closed:
-                        self._drop(row)
+                self._idle(row)
 
     def _draft(self, early: bool = False) -> bool:
         """Draft for every session that asked (a StepDrafter); False when none had. `early`: the phase may launch
@@ -1023,9 +1027,7 @@ class BatchedRunner(ModelRunner):
             elif request is not None:
                 self._pending.append(request)
             else:
-                row.busy = False
-                if row.closed:
-                    self._drop(row)
+                self._idle(row)
 
     @staticmethod
     def _confirms(early: _Request, start: int, ids: Sequence[int], keep: int) -> bool:
@@ -1080,10 +1082,7 @@ class BatchedRunner(ModelRunner):
         if guess is not None and not guess.void:
             self._replan(row, guess, r.argmax[-1])
             return
-        with self._cv:
-            row.busy = False
-            if row.closed:
-                self._drop(row)
+        self._idle(row)
 
     def _publish(self) -> None:
         """Hand the driven sessions what the engine finished for them. Called once the next forward is
