@@ -430,6 +430,7 @@ class BatchedRunner(ModelRunner):
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
                  compile: bool = True, early_verify: bool | None = None,
+                 captured: tuple[Sequence[int], Sequence[int]] | None = None,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
         passes its compute thread's `Compute.hand_over`); None: no engine loop, each caller's forwards run on
@@ -439,7 +440,9 @@ class BatchedRunner(ModelRunner):
         wake-ups of session threads competing with the engine for the interpreter, coarser streaming. None:
         auto, by the load (auto_stream_interval).
         `compile`: where there are CUDA graphs, torch.compile the model's decoder layers in place (core.compiled)
-        before capturing them (on a CPU compiled steps were slower)."""
+        before capturing them (on a CPU compiled steps were slower). `captured`: (rows, tokens per row) whose steps
+        are the only ones captured as graphs, for a runner that only times those (the sweep's bounds); None: every
+        bucket, as serving needs."""
         super().__init__(model, max_len=max_len, max_sessions=max_sessions, cuda_graphs=cuda_graphs,
                          graph_max_tokens=graph_max_tokens, cpu_kernels=cpu_kernels, queue_size=queue_size,
                          queue_wait_s=queue_wait_s)
@@ -483,6 +486,7 @@ class BatchedRunner(ModelRunner):
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
+        self._captured = captured
         self.passive = launch is None  # no engine loop: callers run their forwards (_run_here)
         t0 = time.perf_counter()
         if self.compiled:
@@ -1619,12 +1623,10 @@ class BatchedRunner(ModelRunner):
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
-        rows = self._graph_rows()
         with torch.inference_mode(), torch.cuda.device(self.device):
-            for b in rows:
-                for n in (t for t in TOKEN_BUCKETS if t <= self.pad):
-                    for span in reversed(self._spans):  # the whole cache first: the others write into its logits
-                        self._capture(b, n, span)
+            for b, n in self._step_shapes():
+                for span in reversed(self._spans):  # the whole cache first: the others write into its logits
+                    self._capture(b, n, span)
             for b, n in self._chunk_shapes():
                 self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
                     torch.zeros((b, n), dtype=torch.long, device=self.device),
@@ -1634,9 +1636,18 @@ class BatchedRunner(ModelRunner):
             self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
         self._time_graphs()
         log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d x spans %s; and %d of prompt chunks) in "
-                 "%.1f s; device ms over the whole cache %s", len(self._graphs), rows, self.pad, self._spans,
+                 "%.1f s; device ms over the whole cache %s", len(self._graphs),
+                 sorted({b for b, _ in self._step_shapes()}), self.pad, self._spans,
                  len(self._chunk_graphs), time.perf_counter() - t0,
                  ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
+
+    def _step_shapes(self) -> list[tuple[int, int]]:
+        """The (rows, tokens) buckets steps are captured for: every one, or those of `captured`."""
+        tokens = [t for t in TOKEN_BUCKETS if t <= self.pad]
+        if self._captured is None:
+            return [(b, n) for b in self._graph_rows() for n in tokens]
+        rows, widths = self._captured
+        return sorted({self.step_shape(r, n) for r in rows for n in widths})
 
     def _graph_rows(self) -> list[int]:
         """The row buckets steps are captured for."""

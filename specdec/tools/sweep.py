@@ -251,7 +251,8 @@ def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
 def step_costs(s: SweepSettings, model: torch.nn.Module, tokens: Sequence[int], reach: int) -> dict[tuple[int, int], float]:
     """t(C, n): one batched step of C rows x n tokens on `model`, for each level C and each n in `tokens`, every row
     at `reach` cached tokens (a step attends over the span of the cache its rows reach: the sweep's longest)."""
-    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compile)
+    runner = BatchedRunner(model, max_len=s.max_len, max_sessions=max(s.levels), compile=s.compile,
+                           captured=(s.levels, tokens))  # the graphs it times, not every bucket a server captures
     try:
         ctx = min(reach, s.max_len - max(tokens))
         return {(c, n): batched_step_s(runner, c, n, ctx) for c in s.levels for n in tokens}

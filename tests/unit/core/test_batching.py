@@ -592,3 +592,15 @@ def test_catch_ups_through_chunk_graphs_equal_eager_ones(tiny_pair_fp32):
         outputs.append(sequences)
     assert outputs[0] == outputs[1]
     assert replays and sorted(replays[0]) == [1, 5], replays  # both catch-ups in one two-row graph
+
+
+def test_a_runner_that_times_a_few_steps_captures_only_their_graphs(tiny_pair_fp32):
+    """The sweep's bounds time a few step shapes on a runner of their own: it captures graphs for the buckets those
+    run as (with every span), not the rows x tokens buckets a server captures (half the sweep's start-up on the
+    H200, and what cut call l2 short)."""
+    every = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=64, cuda_graphs=False)
+    few = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=256, max_sessions=64, cuda_graphs=False,
+                        captured=([1, 16, 64], [1, 3, 4]))
+    every.cuda_graphs = few.cuda_graphs = True  # only the shapes: nothing is captured here
+    assert few._step_shapes() == [(1, 1), (1, 3), (1, 5), (16, 1), (16, 3), (16, 5), (64, 1), (64, 3), (64, 5)]
+    assert len(every._step_shapes()) == len(every._graph_rows()) * 6 and set(few._step_shapes()) < set(every._step_shapes())
