@@ -604,3 +604,32 @@ def test_a_runner_that_times_a_few_steps_captures_only_their_graphs(tiny_pair_fp
     every.cuda_graphs = few.cuda_graphs = True  # only the shapes: nothing is captured here
     assert few._step_shapes() == [(1, 1), (1, 3), (1, 5), (16, 1), (16, 3), (16, 5), (64, 1), (64, 3), (64, 5)]
     assert len(every._step_shapes()) == len(every._graph_rows()) * 6 and set(few._step_shapes()) < set(every._step_shapes())
+
+
+def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expected_in_an_untouched_slot(tiny_pair_fp32):
+    """A drafting phase takes the step launched ahead as its chains' first only where every chain begins as the host
+    expected, in a slot no other forward wrote to and no session closed since, drawn by the same read: otherwise the
+    step's values stand for another sequence than the chain's."""
+    from specdec.core.batching import _Ahead, _Chain, _Request
+    from specdec.proposers.draft_model import GREEDY
+
+    runner = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
+    values = torch.arange(6).view(2, 3)  # [rows, m]: slot 2's row, then slot 0's
+
+    def take(requests, touched=(), read=GREEDY.read, closes=None):
+        runner._ahead = _Ahead(read, {2: 0, 0: 1}, closes or {2: runner._closes[2], 0: runner._closes[0]}, values,
+                               {2: (10, [7]), 0: (20, [8, 9])}, set(touched))
+        return runner._taken_ahead(requests)
+
+    def chains(*rows):
+        return [_Request(slot, start, ids, 1, False, chain=_Chain(2, None, GREEDY)) for slot, start, ids in rows]
+
+    assert take(chains((0, 20, [8, 9]), (2, 10, [7]))).tolist() == [[3, 4, 5], [0, 1, 2]]  # in the requests' order
+    assert take(chains((2, 10, [7]))).tolist() == [[0, 1, 2]]  # a row with no chain this phase is left out
+    assert take(chains((0, 20, [8, 9]), (2, 11, [7]))) is None  # one chain begins elsewhere: none takes it
+    assert take(chains((0, 20, [8]), (2, 10, [7]))) is None  # or with other tokens
+    assert take(chains((0, 20, [8, 9]), (1, 5, [3]))) is None  # or in a slot it was not launched for
+    assert take(chains((0, 20, [8, 9])), touched=[0]) is None  # another forward wrote to the slot since
+    assert take(chains((0, 20, [8, 9])), closes={2: 0, 0: runner._closes[0] - 1}) is None  # closed since
+    assert take(chains((0, 20, [8, 9])), read=lambda logits: logits) is None  # drawn by another read
+    assert runner._ahead is None  # taken or not, it is gone: it stands for one phase at most
