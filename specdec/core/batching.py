@@ -795,6 +795,10 @@ class BatchedRunner(ModelRunner):
                             self._pending[:0] = steps
                         steps = []
             ahead = None
+            # a verify of drafted blocks: its rows' next draft steps go on the device first (outside this runner's turn:
+            # the draft runner takes its own)
+            following = (self._draft_ahead(inflight) if inflight is not None and inflight is verifying and self.draft_ahead
+                         else [])
             try:
                 with self._turn():
                     if inflight is None and steps:
@@ -808,7 +812,6 @@ class BatchedRunner(ModelRunner):
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
                         inflight.ahead = ahead is not None
                     if inflight is not None:
-                        following = self._draft_ahead(inflight) if inflight is verifying and self.draft_ahead else []
                         self._read(inflight)
                         self._expect_ahead(following)
                 if inflight is not None:
