@@ -131,6 +131,8 @@ def build(settings: TargetServerSettings) -> Server:
     if isinstance(runner, BatchedRunner):
         runner.on_step = metrics.observe_step
         runner.on_drafting = metrics.observe_drafting
+        engines = [runner] + ([own_draft.runner] if own_draft is not None else [])
+        metrics.track_launched(lambda: [engine.stats.launched_ahead() for engine in engines])
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                      TargetServicer(service, info, metrics), name)],

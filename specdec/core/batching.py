@@ -410,6 +410,12 @@ class StepStats:
         """How many steps so far were of another width."""
         return self.steps - self.widths.get(width, 0)
 
+    def launched_ahead(self) -> dict[str, tuple[int, int]]:
+        """Rows launched on the device before the host read what they depend on, and how many were kept, by kind: a
+        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax (metrics)."""
+        return {"guess": (self.guesses, self.guesses_kept), "verify": (self.early, self.early_kept),
+                "draft": (self.ahead, self.ahead_kept)}
+
 
 class BatchedRunner(ModelRunner):
     """A ModelRunner whose forwards all go through one engine thread, batched across sessions.

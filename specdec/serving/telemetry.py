@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 from specdec.core.config import ROW_BUCKETS
 from specdec.core.stats import Cycle
@@ -106,6 +108,30 @@ def record_cycle(name: str, attributes: dict) -> None:
 
 
 # ---- metrics --------------------------------------------------------------------------------------
+
+
+class _LaunchedAhead:
+    """A collector of counters summed at scrape time over engines' StepStats.launched_ahead (Metrics.track_launched)."""
+
+    def __init__(self, role: str, stats: Callable[[], Iterable[Mapping[str, tuple[int, int]]]]) -> None:
+        self.role, self.stats = role, stats
+
+    def collect(self):
+        launched = CounterMetricFamily("specdec_rows_launched_ahead", "Rows launched on the device before the host "
+                                       "read what they depend on (a guess, a verify, a draft step)", labels=["role", "kind"])
+        kept = CounterMetricFamily("specdec_rows_launched_ahead_kept", "Of those, rows kept (the session's next "
+                                   "forward was exactly that one)", labels=["role", "kind"])
+        totals: dict[str, list[int]] = {}
+        for by_kind in self.stats():
+            for kind, (n, k) in by_kind.items():
+                total = totals.setdefault(kind, [0, 0])
+                total[0], total[1] = total[0] + n, total[1] + k
+        for kind, (n, k) in totals.items():
+            launched.add_metric([self.role, kind], n)
+            kept.add_metric([self.role, kind], k)
+        yield launched
+        yield kept
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -196,6 +222,12 @@ class Metrics:
     def observe_drafting(self, seconds: float) -> None:
         """One drafting phase of the target's own draft (BatchedRunner.on_drafting)."""
         self._phase.observe(seconds)
+
+    def track_launched(self, stats: Callable[[], Iterable[Mapping[str, tuple[int, int]]]]) -> None:
+        """Report the rows a batched engine (and its own draft) launched before the host read what they depend on,
+        and how many were kept (StepStats.launched_ahead of each), read at scrape time: a kind whose rows are mostly
+        dropped is device time spent for nothing."""
+        self.registry.register(_LaunchedAhead(self.role, stats))
 
     def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""

@@ -157,7 +157,7 @@ def check_metrics(ports: dict[str, int], results: list) -> None:
 def test_the_target_s_own_draft_reports_its_drafting_phases():
     """A target with its own draft (no draft service; the orchestrator routes speculative requests to it):
     the responses' drafts are on the target's counters, and its drafting phases, the engine's steps and its
-    rows per step on its histograms."""
+    rows per step on its histograms; the rows it and its draft launched ahead of the host's reads, on counters."""
     ports = dict(zip(["orchestrator", "target"], (free_base_port(2) + i for i in range(2))))
     with running_stack(draft_model=None, target=["--own-draft", "tiny", "--metrics-port", str(ports["target"])],
                        orchestrator=["--k", "3", "--fixed-k"]) as stack, Client(stack.address, timeout_s=60) as client:
@@ -170,3 +170,6 @@ def test_the_target_s_own_draft_reports_its_drafting_phases():
     assert 0 < m[("specdec_draft_phase_seconds_count", ())] <= drafts + len(results)
     assert m[("specdec_draft_phase_seconds_sum", ())] > 0
     assert m[("specdec_batch_step_seconds_count", ())] > 0 and m[("specdec_batch_rows_count", ())] > 0
+    for kind in ("guess", "verify", "draft"):  # the engine's and its draft's launched-ahead rows (a CPU launches none)
+        launched = m[("specdec_rows_launched_ahead_total", (("kind", kind),))]
+        assert 0 <= m[("specdec_rows_launched_ahead_kept_total", (("kind", kind),))] <= launched
