@@ -987,21 +987,25 @@ class BatchedRunner(ModelRunner):
         runner, read = rows[0].drafted.ahead, rows[0].drafted.read
         rows = [r for r in rows if r.drafted.ahead is runner and r.drafted.read is read]
         try:
-            runner.launch_ahead([(r.drafted.row, r.start + len(r.ids) - r.keep + 1, r.keep - 1, r.index,
-                                  len(r.ids) - r.keep) for r in rows], rows[0].drafted.tokens, step.top, read)
+            runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
+                                 for r in rows], rows[0].drafted.tokens, step.top, read)
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's argmax failed; the rows draft as usual")
             return []
         return rows
 
-    @staticmethod
-    def _expect_ahead(rows: list[_Request]) -> None:
+    @classmethod
+    def _expect_ahead(cls, rows: list[_Request]) -> None:
         """The verify launched ahead of is read: tell the draft runner how each row's next chain must begin."""
         for r in rows:
             if not r.void and r.argmax is not None:
-                k = r.keep - 1
-                r.drafted.ahead.expect_ahead(r.drafted.row, r.start + len(r.ids) - k,
-                                             [p.token for p in r.drafted.picks[:k]], r.argmax)
+                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r),
+                                             [p.token for p in r.drafted.picks[:r.keep - 1]], r.argmax)
+
+    @staticmethod
+    def _drafts_from(verify: _Request) -> int:
+        """The position of a verify's first draft: what its first kept logits predict."""
+        return verify.start + len(verify.ids) - verify.keep + 1
 
     def _replan(self, row: _Row, guess: _Request | None = None, token: int = -1) -> None:
         """Ask a driven session for its next forward. `guess`: a forward already launched for it on the guess
