@@ -284,7 +284,8 @@ class StepCostTable:
 
     Where a cell was never measured it is scaled from a measured cell of the same rows bucket by the ratio
     of the two token counts in the nearest rows bucket where both were measured (a plain step at 16 rows
-    is rarely run while every session speculates, but 1-row steps of both sizes are)."""
+    is rarely run while every session speculates, but 1-row steps of both sizes are). No answer exceeds what a
+    measured cell of more rows costs (`_capped`)."""
 
     smoothing: float = 0.2
     cells: dict[tuple[int, int], float] = field(default_factory=dict)
@@ -337,8 +338,9 @@ class StepCostTable:
             touched.add(key)
 
     def cycle(self, rows: int, tokens: int) -> float | None:
-        """The measured cycle at that load and step size; None where none was measured."""
-        return self.cycles.get(self._key(rows, tokens))
+        """The measured cycle at that load and step size (`_capped`); None where none was measured."""
+        key = self._key(rows, tokens)
+        return self._capped(self.cycles, key, self.cycles.get(key))
 
     def forward(self, rows: int, tokens: int) -> float | None:
         """A forward of a step at that load and size, launched alone; where never measured (a batch that drafts
@@ -366,8 +368,21 @@ class StepCostTable:
         if answer is self:
             key = self._key(rows, tokens)
             answer = table.get(key, self.seeds.get(key))
-            answer = answers[(rows, tokens)] = self._scaled(table, *key) if answer is None else answer
+            answer = self._scaled(table, *key) if answer is None else answer
+            answer = answers[(rows, tokens)] = self._capped(table, key, answer)
         return answer
+
+    @staticmethod
+    def _capped(table: dict[tuple[int, int], float], key: tuple[int, int], answer: float | None) -> float | None:
+        """`answer` for `key`, never more than a cell measured with more rows and as many tokens: fewer rows do the
+        same work for fewer of them, so a dearer figure was timed disturbed (beside a drafting phase's catch-ups, in a
+        ramp), and taken as is it makes drafting look better at a load the batch passes through between requests
+        (docs/benchmarks.md, call n1)."""
+        if answer is None:
+            return None
+        rows, tokens = key
+        above = [v for (r, n), v in table.items() if n == tokens and r > rows]
+        return min(answer, min(above)) if above else answer
 
     @staticmethod
     def _scaled(cells: dict[tuple[int, int], float], r: int, n: int) -> float | None:

@@ -340,6 +340,31 @@ def test_a_seeded_cell_answers_until_measured_and_before_any_scaling():
     assert table.report() == "1x1: 10.0, 1x5: 15.0, 64x1: 13.0, 64x5: 30.0"  # seeds are not measurements
 
 
+def test_no_cost_or_cycle_of_fewer_rows_exceeds_one_measured_with_more():
+    """A 48-row plain step timed beside a drafting phase's catch-ups at twice a 64-row one's cost made drafting
+    win at 48 rows: fewer rows never cost more than a measured cell of more rows and as many tokens."""
+    table = StepCostTable(smoothing=1.0)
+    table.observe(48, 1, 0.0117)
+    table.observe(64, 1, 0.0062)
+    table.observe(64, 3, 0.0093)
+    table.observe(48, 9, 0.0173)
+    assert table.cost(48, 1) == 0.0062 and table.cost(40, 1) == 0.0062 and table.cost(64, 1) == 0.0062
+    assert table.cost(48, 9) == 0.0173  # no cell of more rows at 9 tokens
+    assert table.cost(16, 3) is None  # nothing to scale from: a cap is not an estimate
+    table.observe_cycle(48, 1, 0.0095)
+    table.observe_cycle(64, 1, 0.0058)
+    table.observe_cycle(32, 3, 0.0120)
+    assert table.cycle(48, 1) == 0.0058 and table.cycle(32, 3) == 0.0120 and table.cycle(48, 3) is None
+    table.observe_forward(48, 1, 0.0110)
+    table.observe_forward(64, 1, 0.0065)
+    assert table.forward(48, 1) == 0.0065
+    table.observe(64, 1, 0.0200)  # a later measurement moves the cap with it
+    assert table.cost(48, 1) == 0.0117
+    table.seed(16, 5, 0.008)
+    table.seed(64, 5, 0.007)
+    assert table.cost(16, 5) == 0.008  # seeds are not measurements: they cap nothing
+
+
 def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_forward(tiny_pair_fp32):
     """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; with lookahead a
     plain cycle is taken to cost at most a plain forward at this load (never measured: the forward)."""
