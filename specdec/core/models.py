@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pathlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,6 +23,9 @@ from transformers.utils import logging as hf_logging
 
 from specdec.core.cpu_kernels import INT8, quantize_int8
 from specdec.core.errors import InvalidArgument, VocabularyMismatch
+from specdec.core.fused import fuse_projections
+
+log = logging.getLogger("specdec.models")
 
 TINY = "tiny"
 RANDOM_PREFIX = "random:"
@@ -81,17 +85,24 @@ def gguf_kwargs(name: str) -> dict:
     return {"gguf_file": name}
 
 
-def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
+def load_model(spec: str, role: str = "target", *, device: str = "cpu", dtype: str = "auto",
+               fuse: bool | None = None) -> LoadedModel:
     """Load one model and its tokenizer; raise InvalidArgument with a clear message on failure.
 
     `auto` is bf16 on a GPU; on a CPU fp32 for a target and int8 for a draft: a draft only proposes, so its
     precision moves acceptance, never the output, and on a CPU an int8 draft step costs a fraction of an
-    fp32 one (docs/benchmarks.md), which is what decides whether speculation pays there at all."""
+    fp32 one (docs/benchmarks.md), which is what decides whether speculation pays there at all.
+    `fuse`: each layer's projections fused (core.fused; default on a GPU, where a step is bound by its kernel
+    count): here, before any runner captures a CUDA graph over the separate weights."""
     if dtype == "auto" and role == "draft" and not device.startswith("cuda"):
         dtype = INT8
     loaded = _load(spec, role, device=device, dtype=dtype)
     if dtype == INT8:
         loaded.model = quantize_int8(loaded.model)
+    if device.startswith("cuda") if fuse is None else fuse:
+        n = fuse_projections(loaded.model)
+        log.info("%s: fused the projections of %d attention and MLP modules%s", role, n,
+                 "" if n else f" (none of {type(loaded.model).__name__}'s: it runs as loaded)")
     return loaded
 
 

@@ -14,7 +14,8 @@ requests), errors. Modes:
                         it directly: no gRPC, no orchestrator (tools/inprocess.py)
   engine-spec   the same with a batched draft engine in this process (adaptive K, drafting ahead)
   engine-own-draft      the same with the target engine drafting for its sessions itself (core.own_draft)
-  hf-generate   the outside reference: HF `generate()` on the same target, one batch of C prompts
+  hf-generate   the outside reference: HF `generate()` on the same target (on a GPU with its projections
+                fused, as every model loads there: core.fused), one batch of C prompts
 With `replay_alpha`, the draft replays the target's own continuations at that acceptance rate (a real
 draft's cost, a chosen acceptance: random-weight benchmarks); the continuations are recorded from the
 target-only deployment, which then runs first (engine-spec records its own in process).
