@@ -341,12 +341,14 @@ def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, comput
 
 def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None = None,
          differ: list | None = None) -> None:
-    """Write `--json`: after each mode (`complete` false: the bounds and the exactness check come last), so a
-    sweep cut short keeps the points it measured; then once more, complete."""
+    """Write `--json`: after each mode and after the exactness check (`complete` false: the bounds come last), so a
+    sweep cut short keeps the points it measured (`greedy_mismatches` null: not checked yet); then once more,
+    complete."""
     if s.json:
         with open(s.json, "w") as f:
             json.dump({"settings": s.__dict__, "complete": bounds is not None, "points": points,
-                       "bounds": bounds or {}, "greedy_mismatches": [m.to_dict() for m in differ or []]},
+                       "bounds": bounds or {},
+                       "greedy_mismatches": None if differ is None else [m.to_dict() for m in differ]},
                       f, indent=1, default=list)
 
 
@@ -368,11 +370,12 @@ def main(s: SweepSettings) -> int:
         points += sweep_engine(s, mode, target, compute)
         save(s, points)
     prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
-    bounds = add_bounds(s, points, target, compute, prompt_ids)
     reference = exactness.references(points)
     differ = exactness.mismatches(points, reference)
     if differ:  # how near a tie each was: the target's top-2 logit gap there
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
+    save(s, points, None, differ)  # before the bounds' start-up: a sweep cut there keeps its exactness check
+    bounds = add_bounds(s, points, target, compute, prompt_ids)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points))

@@ -31,7 +31,7 @@ def test_no_bound_without_cycles_or_without_the_drafts_costs():
     assert point_bound(_point(100, 0, 0, [100], concurrency=8), TARGET, DRAFT) is None  # not measured
 
 
-def test_the_json_is_written_after_each_mode_and_then_complete(tmp_path):
+def test_the_json_is_written_after_each_mode_and_the_exactness_check_then_complete(tmp_path):
     import json
 
     from specdec.tools.sweep import SweepSettings, save
@@ -40,6 +40,10 @@ def test_the_json_is_written_after_each_mode_and_then_complete(tmp_path):
     save(s, [{"mode": "target-only", "concurrency": 1}])
     partial = json.loads((tmp_path / "sweep.json").read_text())
     assert not partial["complete"] and partial["points"] == [{"mode": "target-only", "concurrency": 1}]
+    assert partial["greedy_mismatches"] is None  # not checked yet, which is not "none differ"
+    save(s, partial["points"], None, [])
+    checked = json.loads((tmp_path / "sweep.json").read_text())
+    assert not checked["complete"] and checked["greedy_mismatches"] == []
     save(s, partial["points"], {1: 100.0}, [])
     done = json.loads((tmp_path / "sweep.json").read_text())
     assert done["complete"] and done["bounds"] == {"1": 100.0} and done["greedy_mismatches"] == []
