@@ -219,10 +219,9 @@ class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
 
-    def draft(self, early: Callable[[list[tuple[object, Drafted]]], None] | None = None) -> float | None:
-        """Draft for the sessions that asked: the seconds of it their drafts spent catching up, None when none had
-        asked. `early`, where given, is called with each asking session's link and block once the blocks are
-        launched, before the host reads them (it may not be)."""
+    def draft(self, early: Callable[[list[tuple[object, Drafted]]], None] | None = None) -> bool:
+        """Draft for the sessions that asked; False when none had. `early`, where given, is called with each asking
+        session's link and block once the blocks are launched, before the host reads them (it may not be)."""
         ...
 
 
@@ -504,8 +503,7 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
-        self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks, drafts
-        #                          catching up
+        self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -940,11 +938,9 @@ class BatchedRunner(ModelRunner):
         if self.drafter is None:
             return False
         t0, before = time.perf_counter(), self._early
-        caught_up = self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None)
-        if caught_up is None:
+        if not self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None):
             return False
         done = time.perf_counter()
-        self._uncharged_s += caught_up  # a new session's or a resumed draft's: a transition, not a running cycle
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + done - t0, s.drafting_phases + 1
         s.drafting_longest_s = max(s.drafting_longest_s, done - t0)

@@ -94,16 +94,15 @@ class OwnDrafts:
             if link not in self._asked and not link.closed:
                 self._asked.append(link)
 
-    def draft(self, early: Early | None = None) -> float | None:
-        """Draft a block for every session that asked since the last call, together: the seconds its drafts spent
-        catching up (on a new session's prompt, or tokens committed while paused), None when none had asked. A
+    def draft(self, early: Early | None = None) -> bool:
+        """Draft a block for every session that asked since the last call, together; False when none had. A
         failed draft fails those sessions' links: they go on decoding alone, the other sessions are untouched.
         `early`: called with each link's block once its steps are launched, before the host reads them (where the
         runner does so: the engine launches the verify from the drafted tokens on the device)."""
         with self.lock:
             asked, self._asked = [link for link in self._asked if not link.closed], []
             if not asked:
-                return None
+                return False
             launched = None if early is None else lambda drafted: early([(asked[i], d) for i, d in drafted.items()])
             try:
                 t0 = time.perf_counter()
@@ -120,7 +119,7 @@ class OwnDrafts:
                 for link in asked:
                     link.fail(f"{type(e).__name__}: {e}")
                     link.put(BROKEN)
-                return 0.0
+                return True
         for link, proposal in zip(asked, proposals):
             link.put(proposal)
-        return max(p.catch_up_s for p in proposals)  # one batch of catch-ups: each behind proposal reports it
+        return True

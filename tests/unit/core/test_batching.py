@@ -428,25 +428,6 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
         runner.stop()
 
 
-def test_a_drafting_phase_s_catching_up_is_no_running_session_s_cycle(tiny_pair_fp32):
-    """A phase that feeds new sessions' prompts (or a resumed draft's held tokens) to the draft holds every member's
-    step; left in their measured cycles, it made drafting look dearer the more often sessions joined."""
-    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=2)  # no engine thread
-    answers = [None, 0.0, 0.025]
-
-    class Drafter:
-        def draft(self, early=None):
-            return answers.pop(0)
-
-    try:
-        runner.drafter = Drafter()
-        assert not runner._draft() and runner._uncharged_s == 0.0 and runner.stats.drafting_phases == 0  # none asked
-        assert runner._draft() and runner._uncharged_s == 0.0 and runner.stats.drafting_phases == 1
-        assert runner._draft() and runner._uncharged_s == 0.025 and runner.stats.drafting_phases == 2
-    finally:
-        runner.stop()
-
-
 def test_step_cost_table_keeps_cycles_apart_from_steps():
     table = StepCostTable(smoothing=0.5)
     table.observe(64, 1, 0.019)

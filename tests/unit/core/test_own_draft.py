@@ -255,13 +255,13 @@ def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
         drafts.ask(gone)
         drafts.ask(kept)
         gone.close()
-        assert drafts.draft() is not None
+        assert drafts.draft()
         assert kept.poll(lambda p: len(p.token_ids), 0.0).proposal.k == 2
         assert gone.poll(lambda p: len(p.token_ids), 0.0) is None  # nothing was drafted for it
     finally:
         kept.close()
     drafts.ask(gone)
-    assert drafts.draft() is None  # a closed link's ask is ignored
+    assert not drafts.draft()  # a closed link's ask is ignored
     assert draft.free_slots == draft.max_sessions
 
 
@@ -275,11 +275,10 @@ def test_a_slow_drafting_phase_says_what_it_spent_its_time_on(tiny_pair_fp32, en
     try:
         drafts.ask(link)
         with caplog.at_level(logging.INFO, logger="specdec.own_draft"):
-            caught_up = drafts.draft()
+            assert drafts.draft()
         found = re.search(r"1 sessions drafting up to 2 tokens, catching up ([0-9.]+) ms, drafting ([0-9.]+) ms",
                           caplog.text)
         assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, caplog.text
-        assert caught_up == pytest.approx(float(found.group(1)) / 1e3, abs=1e-4)  # what the engine leaves uncharged
     finally:
         link.close()
 
@@ -295,20 +294,19 @@ def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, e
     try:
         n = len(prompt)
         paused.send_verdict(Cycle(new_tokens=[5], start=n))  # plain cycles' tokens, held and sent together
-        assert drafts.draft() is None
+        assert not drafts.draft()
         paused.send_verdict(Cycle(new_tokens=[6], start=n + 1), next_k=3)  # resumed: the next block, 3 tokens
-        caught_up = drafts.draft()
+        assert drafts.draft()
         picked = paused.poll(lambda p: len(p.token_ids), 0.0)
         assert picked.proposal.token_ids != [] and picked.catch_up_s > 0  # the prompt and the held tokens first
-        assert caught_up == picked.catch_up_s
         paused.send_verdict(Cycle(new_tokens=[7], start=n + 2, k=3), next_k=-1)  # paused again
-        assert drafts.draft() is None
+        assert not drafts.draft()
         paused.send_verdict(Cycle(new_tokens=[8], start=n + 3), next_k=2)
-        assert drafts.draft() == 0.0  # drafted, nothing to catch up on
+        assert drafts.draft()
         second = paused.poll(lambda p: len(p.token_ids) if p.start == n + 4 else -1, 0.0)
         assert second.catch_up_s == 0.0  # two tokens behind: fed with the first draft step, no catch-up
         paused.send_verdict(Cycle(new_tokens=[9], start=n + 4, k=2, finish_reason=FinishReason.LENGTH))
-        assert drafts.draft() is None  # the session is done: nothing more to draft
+        assert not drafts.draft()  # the session is done: nothing more to draft
     finally:
         paused.close()
     assert draft.free_slots == draft.max_sessions
