@@ -287,6 +287,10 @@ class BatchLoad(Protocol):
         estimate of it); None: not measured."""
         ...
 
+    def batch_cycle_samples(self, k: int) -> int:
+        """How many cycles `batch_cycle_cost(k)`'s figure averages (0: none, or not a measured cycle)."""
+        ...
+
     def batch_steps(self) -> int | None:
         """Steps run so far: what a shared phase's rates are computed once per (None: every time)."""
         ...
@@ -369,32 +373,38 @@ class AdaptiveK:
         the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting one more token costs
         at least a draft step more: a cheaper figure for it is noise or stale, and taken as is, a session whose
         drafts are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones (a
-        tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft)."""
+        tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft). Of two neighbours
+        that disagree so, the one averaging fewer cycles is the suspect: a K = 1 figure from a few probes raising a
+        K = 2 cycle measured hundreds of times cut K = 2's margin over plain decoding from ~40% to 14%
+        (docs/benchmarks.md, call n2)."""
         steps = self._phase_step()
-        if steps is None:
-            return self._compute_rates(cap)
-        return self.phase.once("rates", (steps, cap), lambda: self._compute_rates(cap))
+        rates = self._compute_rates() if steps is None else self.phase.once("rates", steps, self._compute_rates)
+        return rates[:cap + 1]
 
     def _phase_step(self) -> int | None:
         """The engine's step count, for a session of a shared phase in an engine that keeps one (else None): what
         the phase's rates and plain probes go by."""
         return self.batch.batch_steps() if self.batch is not None and self.phase is not None else None
 
-    def _compute_rates(self, cap: int) -> list[float | None]:
-        verify = self._verify_costs()
+    def _compute_rates(self) -> list[float | None]:
+        """`_rates` for every k up to max_k (a cap cuts them: a k's rate does not depend on it)."""
+        verify, ks = self._verify_costs(), range(self.max_k + 1)
         shared = self.phase is not None and self.phase.tokens(0) is not None
         hoped = self.acceptance.hoped
-        tokens = [self.phase.tokens(k) if shared else None if hoped is None else expected_tokens(hoped, k)
-                  for k in range(cap + 1)]
-        cycles = ([self.batch.batch_cycle_cost(k) for k in range(cap + 1)] if shared and self.batch is not None
-                  else [None] * (cap + 1))
-        costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in range(cap + 1)]
+        tokens = [self.phase.tokens(k) if shared else None if hoped is None else expected_tokens(hoped, k) for k in ks]
+        measured = shared and self.batch is not None
+        cycles = [self.batch.batch_cycle_cost(k) if measured else None for k in ks]
+        samples = [self.batch.batch_cycle_samples(k) if cycles[k] is not None else 0 for k in ks]
+        costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in ks]
         step = self.costs.draft_step_s or 0.0
-        for k in range(1, cap + 1):
+        for k in reversed(ks[1:]):  # the better-measured figure of two neighbours stands
+            if costs[k] is not None and costs[k - 1] is not None and samples[k] > samples[k - 1] and costs[k] > step:
+                costs[k - 1] = min(costs[k - 1], costs[k] - step)
+        for k in ks[1:]:
             if costs[k] is not None and costs[k - 1] is not None:
                 costs[k] = max(costs[k], costs[k - 1] + step)
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
-                for k in range(cap + 1)]
+                for k in ks]
 
     def _verify_costs(self) -> list[float | None]:
         """verify(k) for k = 0..max_k: the batch's at its rows now (else this target's own), never more than a

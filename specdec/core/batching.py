@@ -295,6 +295,7 @@ class StepCostTable:
     cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a
     # session's wall time from one forward of that many tokens to its next (observe_cycle)
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
+    cycles_seen: dict[tuple[int, int], int] = field(default_factory=dict)  # buckets -> how many cycles were observed
     forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
     # launched alone, from launch to read
     _forward_answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # as _answers, of forwards
@@ -316,6 +317,8 @@ class StepCostTable:
         with its drafting phase are each measured as they are, not summed from parts; and a session left out
         of a step (sessions falling into cohorts) pays for it here."""
         self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
+        key = self._key(rows, tokens)
+        self.cycles_seen[key] = self.cycles_seen.get(key, 0) + 1
 
     def seed(self, rows: int, tokens: int, seconds: float) -> None:
         """A captured step's device time, replayed on an idle device at start. A ratio scaled from another load
@@ -341,6 +344,10 @@ class StepCostTable:
         """The measured cycle at that load and step size (`_capped`); None where none was measured."""
         key = self._key(rows, tokens)
         return self._capped(self.cycles, key, self.cycles.get(key))
+
+    def cycle_samples(self, rows: int, tokens: int) -> int:
+        """How many cycles the measured cycle at that load and step size was observed over (0: never)."""
+        return self.cycles_seen.get(self._key(rows, tokens), 0)
 
     def forward(self, rows: int, tokens: int) -> float | None:
         """A forward of a step at that load and size, launched alone; where never measured (a batch that drafts
@@ -621,6 +628,9 @@ class BatchedRunner(ModelRunner):
             return cycle
         forward = self.costs.forward(rows, 1)
         return forward if cycle is None else cycle if forward is None else min(cycle, forward)
+
+    def batch_cycle_samples(self, k: int) -> int:
+        return self.costs.cycle_samples(self.batch_rows(), k + 1)
 
     def batch_steps(self) -> int:
         return self.stats.steps
