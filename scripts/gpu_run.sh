@@ -95,12 +95,15 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # (ALPHAS="0.8 0" adds a useless draft; MODES adds services, e.g. services-own-draft; GPU_TESTS="-k EXPR" first
     # runs those GPU tests; K (default 4) and FIXED_K=--fixed-k: draft exactly K; STREAM_INTERVALS="1 8": one sweep
     # per stream interval, back to back; default auto; ROUNDS: requests per client (default 6: at 2, a 64-client
-    # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile)
+    # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile; BOUNDS_OF=FILE: no
+    # mode, FILE's points (a sweep of the same settings cut before its bounds, carried in the tree) get their
+    # exactness check and bounds: `bench --bounds-only`)
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
   for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do
-    timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
+    [ -z "${BOUNDS_OF:-}" ] || cp "$BOUNDS_OF" "$OUT/engine_a${A}_s$SI.json"
+    timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench ${BOUNDS_OF:+--bounds-only} --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
       --dtype bfloat16 --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
       --rounds ${ROUNDS:-6} --json "$OUT/engine_a${A}_s$SI.json" ${FIXED_K:-} ${EXTRA:-} 2>"$OUT/engine_a${A}_s$SI.log" \

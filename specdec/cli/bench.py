@@ -67,6 +67,10 @@ def add_parser(sub) -> None:
                        help="with --concurrency: batched targets (services and in process) hand each session its "
                             "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
+    bench.add_argument("--bounds-only", action="store_true",
+                       help="with --concurrency and --json FILE: run no mode; take FILE's points (a sweep cut short "
+                            "after its modes, e.g. by a time limit), check their greedy outputs and add their bounds, "
+                            "and write FILE complete. The other flags must be the ones FILE was measured with")
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fixed_k:
         raise InvalidArgument("fixed-k", "only with --concurrency (one-request modes draft exactly --k unless "
                                          "--adaptive-k)")
+    if args.bounds_only:
+        raise InvalidArgument("bounds-only", "only with --concurrency (a sweep's points have bounds)")
     return main(BenchSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, cpu_kernels=args.cpu_kernels,
@@ -113,4 +119,4 @@ def sweep(args: argparse.Namespace) -> int:
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
         replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile, stream_interval=args.stream_interval))
+        compile=not args.no_compile, stream_interval=args.stream_interval, bounds_only=args.bounds_only))

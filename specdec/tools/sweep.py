@@ -81,6 +81,7 @@ class SweepSettings:
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     json: str | None = None
     plot: str | None = None
+    bounds_only: bool = False  # run no mode: `json`'s points get their exactness check and bounds (measured_points)
 
     def validate(self) -> "SweepSettings":
         unknown = [m for m in self.modes if m not in SWEEP_MODES]
@@ -92,6 +93,8 @@ class SweepSettings:
         if self.rounds < 1:
             raise InvalidArgument("rounds", "must be >= 1")
         check_stream_interval(self.stream_interval)
+        if self.bounds_only and not (self.json and pathlib.Path(self.json).is_file()):
+            raise InvalidArgument("bounds-only", f"needs --json naming a sweep's results file ({self.json!r} is not one)")
         if self.replay_alpha is not None:
             ReplayRates(self.replay_alpha).validate()
             if any(m.startswith("services") for m in self.modes) and "target-only" not in self.modes:
@@ -352,21 +355,43 @@ def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None =
                       f, indent=1, default=list)
 
 
+MEASURED_WITH = ("target", "draft", "device", "draft_device", "dtype", "draft_dtype", "max_len", "levels",
+                 "max_new_tokens", "k")  # the settings a sweep's points and their bounds must share
+
+
+def measured_points(s: SweepSettings) -> list[dict]:
+    """The points of `s.json` (`bounds_only`): a sweep's, measured with the same models, device, levels, lengths
+    and K as `s` says, since the bounds are measured here with those."""
+    with open(s.json) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or not isinstance(saved.get("points"), list) or "settings" not in saved:
+        raise InvalidArgument("bounds-only", f"{s.json} is not a sweep's results file (no settings and points)")
+    for key in MEASURED_WITH:
+        was, now = saved["settings"].get(key), getattr(s, key)
+        if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, tuple) else now):
+            raise InvalidArgument("bounds-only", f"{s.json} was measured with {key}={was!r}, not {now!r}: give the "
+                                                 "sweep's own flags")
+    if not saved["points"]:
+        raise InvalidArgument("bounds-only", f"{s.json} has no points")
+    return saved["points"]
+
+
 def main(s: SweepSettings) -> int:
     s.validate()
-    points: list[dict] = []
+    points: list[dict] = measured_points(s) if s.bounds_only else []
+    modes = () if s.bounds_only else s.modes
     with tempfile.TemporaryDirectory(prefix="specdec-sweep-") as scratch:
         replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
-        for mode in sorted((m for m in s.modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
+        for mode in sorted((m for m in modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
             save(s, points)
     # the target in this process, once the services are gone (hf-generate, the engines, the bounds)
     compute = Compute.for_device(s.device)  # a CPU model loads and computes on one thread (core/compute.py)
     target = compute.run(load_model, s.target, "target", device=s.device, dtype=s.dtype)
-    if "hf-generate" in s.modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
+    if "hf-generate" in modes:  # first: the engines repack a CPU model's linears (core/cpu_kernels.py)
         points += compute.run(sweep_hf_generate, s, target.model)
         save(s, points)
-    for mode in (m for m in ENGINE_MODES if m in s.modes):
+    for mode in (m for m in ENGINE_MODES if m in modes):
         points += sweep_engine(s, mode, target, compute)
         save(s, points)
     prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]

@@ -89,3 +89,20 @@ def test_bench_sweeps_concurrency(tmp_path):
         assert sum(points[(mode, c)]["draft_tokens"] for c in (1, 3)) > 0, mode
     assert result["greedy_mismatches"] == [] and len(points[("engine-spec", 3)]["outputs"]) >= 4  # all compared
     assert out_png.stat().st_size > 1000
+
+    # --bounds-only: a sweep cut before its bounds (as a device call's time limit does) gets them in a second run
+    # of the same command, which runs no mode
+    cut = {**result, "complete": False, "bounds": {}, "greedy_mismatches": None,
+           "points": [{k: v for k, v in p.items() if k != "bound_tokens_per_s"} for p in result["points"]]}
+    out_json.write_text(json.dumps(cut))
+    command = [sys.executable, "-m", "specdec", "bench", "--concurrency", "1,3", "--max-new-tokens", "12", "--rounds",
+               "1", "--replay-alpha", "1.0", "--modes", ",".join(modes), "--json", str(out_json), "--bounds-only"]
+    other = subprocess.run([*command[:7], "16", *command[8:]], capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "measured with max_new_tokens=12, not 16" in other.stderr, other.stderr[-2000:]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "sweep: " not in again.stderr  # no mode ran: no progress line
+    done = json.loads(out_json.read_text())
+    assert done["complete"] and set(done["bounds"]) == {"1", "3"} and done["greedy_mismatches"] == []
+    assert [p["tokens_per_s"] for p in done["points"]] == [p["tokens_per_s"] for p in result["points"]]
+    assert all((p.get("bound_tokens_per_s") is None) == (p["mode"] == "hf-generate") for p in done["points"])

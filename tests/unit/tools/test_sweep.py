@@ -47,3 +47,23 @@ def test_the_json_is_written_after_each_mode_and_the_exactness_check_then_comple
     save(s, partial["points"], {1: 100.0}, [])
     done = json.loads((tmp_path / "sweep.json").read_text())
     assert done["complete"] and done["bounds"] == {"1": 100.0} and done["greedy_mismatches"] == []
+
+
+def test_bounds_only_takes_only_a_sweep_s_own_results(tmp_path):
+    import json
+
+    from specdec.core.errors import InvalidArgument
+    from specdec.tools.sweep import SweepSettings, measured_points, save
+
+    path = tmp_path / "sweep.json"
+    with pytest.raises(InvalidArgument, match="needs --json"):
+        SweepSettings(json=str(path), bounds_only=True).validate()  # no such file
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(InvalidArgument, match="not a sweep's results"):
+        measured_points(SweepSettings(json=str(path), bounds_only=True))
+    measured = SweepSettings(json=str(path), levels=(1, 16))
+    save(measured, [{"mode": "target-only", "concurrency": 1}])
+    assert measured_points(SweepSettings(json=str(path), levels=(1, 16), bounds_only=True)) == [
+        {"mode": "target-only", "concurrency": 1}]
+    with pytest.raises(InvalidArgument, match=r"levels=\[1, 16\], not \(1, 64\)"):
+        measured_points(SweepSettings(json=str(path), levels=(1, 64), bounds_only=True))
