@@ -26,14 +26,18 @@ ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.m
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, TypeVar
 
 from specdec.core.config import MAX_K
 
 T = TypeVar("T")
+log = logging.getLogger("specdec.adaptive")
+SWITCH_LOG_EVERY_S = 1.0  # a shared phase that turns drafting on or off logs it at most this often
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
 
@@ -186,6 +190,9 @@ class SharedPhase:
         self._memo: dict[str, tuple[object, object]] = {}  # what -> (key, value) last computed (`once`)
         self.plain_probes = PlainProbes()
         self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
+        self._drafting: bool | None = None  # whether the rates last chose drafting (`switched`)
+        self._switches = 0  # since the last one logged
+        self._logged_at = -math.inf
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
@@ -228,6 +235,19 @@ class SharedPhase:
             if self._plain is None or self._plain[0] != step:
                 self._plain = (step, self.plain_probes.plain(step, drafting))
             return self._plain[1]
+
+    def switched(self, k: int) -> int:
+        """The rates chose K = k: how many times they turned drafting on or off since the last switch reported, once
+        SWITCH_LOG_EVERY_S has passed since then (else 0). Each switch on costs every member's draft a catch-up on
+        what it did not draft: a phase switching often is the first thing to look for where drafting loses."""
+        drafting = k > 0
+        with self._lock:
+            self._switches += self._drafting is not None and drafting != self._drafting
+            self._drafting = drafting
+            if not self._switches or time.monotonic() - self._logged_at < SWITCH_LOG_EVERY_S:
+                return 0
+            switches, self._switches, self._logged_at = self._switches, 0, time.monotonic()
+            return switches
 
     def tokens(self, k: int) -> float | None:
         """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
@@ -469,6 +489,10 @@ class AdaptiveK:
         k = self._best(rates)
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
+        if steps is not None and (switches := self.phase.switched(k)):
+            log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line): %s",
+                     f"on, K = {k}" if k else "off", self.batch.batch_rows(), switches, "" if switches == 1 else "es",
+                     self.summary())
         return k, k == 0
 
 

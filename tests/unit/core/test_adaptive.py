@@ -1,5 +1,6 @@
 """Adaptive K's choices, and the replay proposer."""
 
+import logging
 import math
 import random
 import statistics
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from specdec.core import adaptive
 from specdec.core.adaptive import (
     PROBE_SHARE,
     AcceptanceEstimate,
@@ -418,6 +420,29 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
     assert cheap_drafts.rate(2) == pytest.approx(expected_tokens(0.75, 2) / 0.0167, rel=1e-3)
 
 
+def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monkeypatch):
+    """A phase that switches drafting on makes every member's draft catch up (at 64 clients on the H200, eight
+    60-75 ms phases in 5 s, call n1, with nothing in the log saying at what load it switched): each switch is
+    counted, and reported with the load and the rates at most once a second."""
+    now = [0.0]
+    monkeypatch.setattr(adaptive.time, "monotonic", lambda: now[0])
+    phase = SharedPhase()
+    assert phase.switched(2) == 0  # the first choice is no switch
+    assert phase.switched(0) == 1  # off: reported at once
+    now[0] = 0.5
+    assert phase.switched(2) == 0 and phase.switched(3) == 0  # on again, within the second: counted
+    now[0] = 1.2
+    assert phase.switched(0) == 2  # off again: two switches since the last report
+    verify = {k: 0.013 + 0.001 * k for k in range(5)}
+    load = Load(rows=48, verify=verify, cycles={0: 0.0095, 1: 0.0131, 2: 0.0167, 3: 0.0203, 4: 0.0239}, steps=1)
+    chooser = phase_at(load)
+    assert chooser.choose() == 2
+    load.cycles, load.steps, now[0] = {0: 0.0095, 2: 0.027}, 2, 5.0
+    with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
+        assert chooser.choose() == 0
+    assert "shared phase: drafting off at 48 rows (1 switch since the last line): acceptance 0.75" in caplog.text
+
+
 def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
     """A CPU at 32 clients, drafts never accepted: the engine measured k = 1 cycles at 37.4 ms and plain ones at
     39.1 (noise: a k = 1 cycle does a plain cycle's work and more). Taken as is, one token in 37.4 ms beat one in
@@ -482,8 +507,8 @@ def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     load.cycles = {0: 0.0095, 1: 0.011, 2: 0.0125, 3: 0.014, 4: 0.0155}  # drafting measured cheap at the next step
     assert members[0].choose() == 0  # the same step: its rates stand
     load.steps = 8
-    assert [m.choose() for m in members] == [4, 4, 4] and load.asked == 10
-    assert members[0].choose(limit=2) == 2 and load.asked == 10  # another cap: its K anew, from the same rates
+    assert [m.choose() for m in members] == [4, 4, 4] and load.asked == 15  # 5 more for the line logging the switch
+    assert members[0].choose(limit=2) == 2 and load.asked == 15  # another cap: its K anew, from the same rates
 
 
 def test_a_phase_s_members_take_its_k_once_per_engine_step_and_each_counts_its_probes():
