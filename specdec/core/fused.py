@@ -26,15 +26,16 @@ _MARK = "_specdec_fused"
 
 
 def _concatenated(linears: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the given ones' outputs side by side; [sum(out), in] weight."""
+    """One Linear whose output is the given ones' outputs side by side; [sum(out), in] weight. Built on the meta
+    device and given the concatenated tensors: no initialised weight of its own to allocate and overwrite."""
     first = linears[0]
     fused = nn.Linear(first.in_features, sum(x.out_features for x in linears), bias=first.bias is not None,
-                      device=first.weight.device, dtype=first.weight.dtype)
+                      device="meta", dtype=first.weight.dtype)
     with torch.no_grad():
-        fused.weight.copy_(torch.cat([x.weight for x in linears]))
+        fused.weight = nn.Parameter(torch.cat([x.weight for x in linears]), requires_grad=False)
         if first.bias is not None:
-            fused.bias.copy_(torch.cat([x.bias for x in linears]))
-    return fused.requires_grad_(False)
+            fused.bias = nn.Parameter(torch.cat([x.bias for x in linears]), requires_grad=False)
+    return fused
 
 
 def attention_forward(modeling: types.ModuleType):
