@@ -1,11 +1,14 @@
 """Where a batched engine's process spends its time, from a py-spy profile (`py-spy record --subprocesses
---threads --idle --format raw`): samples per process and thread kind, and the engine thread's samples by what it
-was doing under `BatchedRunner._steps` (launching, reading, handing rows on, planning, drafting, waiting), and by
-the function it was in (its innermost frame: where the host's own time goes). Used
-to find why a target with its own draft takes twice target-only's time per plain step at 64 rows on the H200
-(docs/benchmarks.md, calls g1-g3).
+--threads --idle --format raw`, or `--gil` instead of `--idle`: only the thread holding the interpreter's lock is
+sampled): samples per process and thread kind, and the engine thread's samples by what it was doing under
+`BatchedRunner._steps` (launching, reading, handing rows on, planning, drafting, waiting), and by the function it
+was in (its innermost frame: where the host's own time goes); `--functions`: every thread's samples by the
+functions on its stack, per process (with `--gil`: what holds the lock the engine waits for). Processes are told
+apart by the pid py-spy gives them (on the H200 machine it gave a bench's services the bench's own: call r2). Used
+to find why a target with its own draft takes more time per plain step at 64 rows than target-only on the H200
+(docs/benchmarks.md, calls g1-g3, r1-r2).
 
-Usage: python3 scripts/profile_summary.py PROFILE [--depth 2] [--top 25]
+Usage: python3 scripts/profile_summary.py PROFILE [--depth 2] [--top 25] [--functions]
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ def main() -> None:
     parser.add_argument("profile")
     parser.add_argument("--depth", type=int, default=2, help="frames under the engine loop to group by")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--functions", action="store_true", help="also every thread's samples by function, per process")
     args = parser.parse_args()
     threads: collections.Counter = collections.Counter()  # (process, thread kind) -> samples
     engine: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> frames -> samples
     leaves: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> innermost -> samples
+    functions: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> function -> samples
     for line in open(args.profile):
         stack, _, count = line.rstrip().rpartition(" ")
         if not count.isdigit():
             continue
-        process = re.match(r'process \d+:"([^"]*)"', stack)
-        name = " ".join((process.group(1) if process else "?").split()[:4])
+        process = re.match(r'process (\d+):"([^"]*)"', stack)
+        command = process.group(2) if process else ""
+        name = f"{process.group(1) if process else '?'} {' '.join(command.split()[:4])}".strip()
         frames = frames_of(stack)
         in_engine = "BatchedRunner._steps" in frames
         kind = ("engine" if in_engine
@@ -45,17 +51,24 @@ def main() -> None:
             i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
             engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
             leaves[name][frames[-1]] += int(count)
+        for frame in set(frames):
+            functions[name][frame] += int(count)
+    label = lambda name: name[:60]  # noqa: E731
     print("samples by process and thread kind:")
     for (name, kind), n in threads.most_common(args.top):
-        print(f"  {n:7d}  {name[:60]:60s}  {kind}")
+        print(f"  {n:7d}  {label(name):72s}  {kind}")
     for name, counter in engine.items():
         total = sum(counter.values())
-        print(f"\nengine thread of {name[:70]} ({total} samples):")
+        print(f"\nengine thread of {label(name)} ({total} samples):")
         for frames, n in counter.most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frames}")
-        print(f"\nengine thread of {name[:70]} by innermost frame:")
+        print(f"\nengine thread of {label(name)} by innermost frame:")
         for frame, n in leaves[name].most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frame}")
+    for name, counter in functions.items() if args.functions else ():
+        print(f"\nevery thread of {label(name)} by function on the stack (samples):")
+        for frame, n in counter.most_common(args.top):
+            print(f"  {n:7d}  {frame}")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,7 @@ class SharedPhase:
         self._memo: dict[str, tuple[object, object]] = {}  # what -> (key, value) last computed (`once`)
         self.plain_probes = PlainProbes()
         self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
+        self._probed: int | None = None  # the engine step whose probe a member took (`take_probe`)
         self._drafting: bool | None = None  # whether the rates last chose drafting (`switched`)
         self._switches = 0  # since the last one logged
         self._logged_at = -math.inf
@@ -227,6 +228,15 @@ class SharedPhase:
         value = compute()
         self._memo[what] = (key, value)  # one reference: read unlocked
         return value
+
+    def take_probe(self, step: int) -> bool:
+        """Whether the member asking is the first of engine step `step` to take the probe due then (the others decode
+        plainly)."""
+        with self._lock:
+            if self._probed == step:
+                return False
+            self._probed = step
+            return True
 
     def plain_now(self, step: int, drafting: bool) -> bool:
         """Whether the members' cycles completed at engine step `step` decode plainly (PlainProbes); every member of
@@ -468,21 +478,34 @@ class AdaptiveK:
         return rates[0] is None or self._best(rates) > 0
 
     def choose(self, limit: int | None = None) -> int:
-        """K for the next cycle (<= limit)."""
+        """K for the next cycle (<= limit). A shared phase's member takes the phase's K at this engine step, cut to
+        its limit (a row near its end drafts fewer): every row of every step asks, so what it pays is host time
+        that grows with the batch, and the phase decides once per step for all of them (and its probe with it)."""
         cap = self.max_k if limit is None else min(self.max_k, limit)
         if cap <= 0:
             return 0
         steps = self._phase_step()
-        k, plain = (self._best_k(cap, steps) if steps is None
-                    else self.phase.once("k", (steps, cap), lambda: self._best_k(cap, steps)))
+        if steps is not None:
+            k, probe = self.phase.once("k", (steps, self.max_k), lambda: self._phase_k(steps))
+            if probe and self.phase.take_probe(steps):  # one member probes for the step
+                self._probing = True
+                return 1
+            return min(k, cap)
+        k, plain = self._best_k(cap, None)
         if plain and self.probes.due(self._step_share()):  # speculation may pay again: measure
             self._probing = True
             k = 1
         return k
 
+    def _phase_k(self, steps: int) -> tuple[int, bool]:
+        """(The shared phase's K at engine step `steps`, whether one of its members probes instead): a plain step of
+        the phase counts one step towards the shared probe schedule."""
+        k, plain = self._best_k(self.max_k, steps)
+        return k, plain and self.probes.due()
+
     def _best_k(self, cap: int, steps: int | None) -> tuple[int, bool]:
-        """(K by the rates, whether that is plain decoding because drafting does not pay); a shared phase's members
-        get the first one's answer at each step (every session's every cycle asks)."""
+        """(K by the rates, whether that is plain decoding because drafting does not pay); `steps`: the engine step a
+        shared phase decides for (its plain probes and its switches go by it), None alone."""
         rates = self._rates(cap)
         if rates[0] is None:
             return min(self.initial_k, cap), False  # measure first

@@ -309,21 +309,22 @@ class TargetLoop:
                                  catch_up_s=picked.catch_up_s)
         self._first = False
         self.k = self.chooser.choose(self.sequence.max_k)
+        now = time.perf_counter()
         if self.link is not None and not self.link.failed:
             next_k = (self.k or -1) if self.k != self.told_k else 0  # -1 pauses, 0 keeps
             self.told_k = self.k
-            self._tell(cycle, next_k)
-        self._ready_at = time.perf_counter()
+            self._tell(cycle, next_k, now)
+        self._ready_at = now  # waiting for the draft from here (a verdict takes microseconds to hand on)
         return cycle
 
-    def _tell(self, cycle: Cycle, next_k: int) -> None:
+    def _tell(self, cycle: Cycle, next_k: int, now: float) -> None:
         """Send the draft the verdict on this cycle. A paused draft has no use for each plain cycle's tokens
         until it drafts again: they are held and sent as one verdict with the one that resumes it (or after
         HOLD_VERDICTS_S), so under load a paused draft costs neither process a message per token."""
         paused = cycle.k == 0 and next_k == 0 and self.k == 0  # a plain cycle, and the draft stays paused
         if self._held is None and paused:
-            self._held_since = time.perf_counter()
-        if paused and time.perf_counter() - self._held_since < HOLD_VERDICTS_S:
+            self._held_since = now
+        if paused and now - self._held_since < HOLD_VERDICTS_S:
             if self._held is None:
                 self._held = (cycle.start, [])
             self._held[1].extend(cycle.new_tokens)

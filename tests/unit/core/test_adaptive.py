@@ -508,13 +508,14 @@ def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     assert members[0].choose() == 0  # the same step: its rates stand
     load.steps = 8
     assert [m.choose() for m in members] == [4, 4, 4] and load.asked == 15  # 5 more for the line logging the switch
-    assert members[0].choose(limit=2) == 2 and load.asked == 15  # another cap: its K anew, from the same rates
+    assert members[0].choose(limit=2) == 2 and load.asked == 15  # a row near its end: the phase's K, cut to its cap
 
 
-def test_a_phase_s_members_take_its_k_once_per_engine_step_and_each_counts_its_probes():
-    """At 64 rows every member's choice after every step was host time on the H200's plain steps (calls k4, l1):
-    the first member to choose after a step takes the phase's K, the others of that step reuse it; a member's plain
-    cycle still counts towards the shared probe schedule, so a useless draft is probed as often as before."""
+def test_a_phase_s_members_take_its_k_once_per_engine_step_and_its_plain_steps_count_towards_probes():
+    """At 64 rows every member's choice after every step was host time on the H200's plain steps (calls k4, l1, r1):
+    the first member to choose after a step decides the phase's K for every cap, the others of that step reuse it
+    cut to their caps; each plain step of the phase counts one step towards the shared probe schedule, and one
+    member probes for it, so a useless draft is probed as often as one session's."""
     taken = []
 
     class Counted(AdaptiveK):
@@ -528,10 +529,14 @@ def test_a_phase_s_members_take_its_k_once_per_engine_step_and_each_counts_its_p
     phase, probes = SharedPhase(), ProbeSchedule(first=1)
     members = [Counted(max_k=4, costs=costs, batch=load, phase=phase, probes=probes, acceptance=known(0.0))
                for _ in range(2)]
-    assert [m.choose() for m in members] == [0, 1]  # plain for both; two rows' plain cycles make a step: a probe
-    assert taken == [(3, 4)] and members[1]._probing and not members[0]._probing
+    assert [m.choose() for m in members] == [1, 0]  # plain for the phase; its step is due a probe: one member's
+    assert taken == [(3, 4)] and members[0]._probing and not members[1]._probing
+    assert members[1].choose(limit=2) == 0 and taken == [(3, 4)]  # the same step, another cap: the phase's K stands
+    members[0].observe(1, 0, 0.011, 0.0)  # nothing accepted, nothing spent drafting: the next probe waits two steps
     load.steps = 4
-    assert members[0].choose(limit=2) == 0 and taken == [(3, 4), (4, 2)]  # the next step, another cap: anew
+    assert [m.choose(limit=2) for m in members] == [0, 0] and taken == [(3, 4), (4, 4)]  # the next step: anew
+    load.steps = 5
+    assert [m.choose() for m in members] == [1, 0] and members[0]._probing  # two plain steps since: a probe
 
 
 def test_a_drafting_phase_decodes_plainly_for_a_few_steps_to_measure_a_plain_cycle_again():
