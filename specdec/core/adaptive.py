@@ -21,7 +21,8 @@ own cycles cannot show what a plain step would cost, and each session choosing a
 what lets K fall to 0 together when the load makes speculation cost more than it gains. Sessions that draft in
 one phase between the engine's steps (SharedPhase) weigh the engine's measured cycles instead, where it has
 them: T(k) summed from parts misses what the host does per drafting step and that plain steps run launched
-ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.md).
+ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.md). Such a phase decides once per
+engine step for all its rows, and once it decodes plainly it turns drafting on again only for a clear gain.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from specdec.core.config import MAX_K
 T = TypeVar("T")
 log = logging.getLogger("specdec.adaptive")
 SWITCH_LOG_EVERY_S = 1.0  # a shared phase that turns drafting on or off logs it at most this often
+SWITCH_ON_GAIN = 1.1  # a shared phase decoding plainly turns drafting on only for this much more tokens per second
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
 
@@ -246,6 +248,11 @@ class SharedPhase:
                 self._plain = (step, self.plain_probes.plain(step, drafting))
             return self._plain[1]
 
+    @property
+    def paused(self) -> bool:
+        """Whether the rates last chose plain decoding (a phase that has not chosen yet is not paused)."""
+        return self._drafting is False
+
     def switched(self, k: int) -> int:
         """The rates chose K = k: how many times they turned drafting on or off since the last switch reported, once
         SWITCH_LOG_EVERY_S has passed since then (else 0). Each switch on costs every member's draft a catch-up on
@@ -386,7 +393,7 @@ class AdaptiveK:
             self._probing = False
             plain = self._verify_costs()[0]
             cost_steps = (catch_up_s + draft_s + (round_trip_s or 0.0)) / plain if plain else 0.0
-            self.probes.result(self._best(self._rates(self.max_k)) > 0, cost_steps)
+            self.probes.result(self._drafting_k(self._rates(self.max_k)) > 0, cost_steps)
 
     def rate(self, k: int) -> float | None:
         return self._rates(k)[k]
@@ -453,6 +460,15 @@ class AdaptiveK:
     def _best(rates: list[float | None]) -> int:
         return max(range(len(rates)), key=lambda k: rates[k] or 0.0)  # the first best on ties
 
+    def _drafting_k(self, rates: list[float | None]) -> int:
+        """The best K by the rates, but a shared phase that decodes plainly turns drafting on only for a clear gain
+        (SWITCH_ON_GAIN): each switch on costs every row's draft a catch-up on what it did not draft, which the rates
+        leave out, and a phase near the break-even switched on and off a dozen times a second (docs/benchmarks.md)."""
+        k = self._best(rates)
+        if k > 0 and self.phase is not None and self.phase.paused and rates[k] < SWITCH_ON_GAIN * rates[0]:
+            return 0
+        return k
+
     def summary(self) -> str:
         """What the next choice weighs, for a log line."""
         ms = lambda v: "?" if v is None else f"{1e3 * v:.1f}"  # noqa: E731
@@ -475,7 +491,7 @@ class AdaptiveK:
         """Whether drafting pays now (before any measurement: yes). Unlike `choose`, counts no probe: a new
         session asks it to start its draft paused."""
         rates = self._rates(self.max_k)
-        return rates[0] is None or self._best(rates) > 0
+        return rates[0] is None or self._drafting_k(rates) > 0
 
     def choose(self, limit: int | None = None) -> int:
         """K for the next cycle (<= limit). A shared phase's member takes the phase's K at this engine step, cut to
@@ -509,7 +525,7 @@ class AdaptiveK:
         rates = self._rates(cap)
         if rates[0] is None:
             return min(self.initial_k, cap), False  # measure first
-        k = self._best(rates)
+        k = self._drafting_k(rates)
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k)):
