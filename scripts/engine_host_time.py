@@ -14,6 +14,7 @@ as the services choose it by default. `--replay-alpha A` drafts the target's own
 target-only first, as `specdec bench` does): 0 is a useless draft, which adaptive K stops drafting.
 
 Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] [--stream-interval 1] [--profile out.prof]
+           [--time-calls] [--bare-target-only]
        python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 --target random:qwen2.5-7b \
            --draft random:qwen2.5-0.5b --max-len 512 --clients 16,64 --k 0,2,a4 --tokens 128
 """
@@ -21,20 +22,41 @@ Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import logging
 import time
 
+from specdec.core.adaptive import AdaptiveK, FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.compute import Compute
 from specdec.core.config import ProposerKind
 from specdec.core.models import load_model
+from specdec.core.target_loop import TargetLoop
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayFactory, ReplayRates
 from specdec.serving.server import freeze_heap
 from specdec.tools import loadtest
 from specdec.tools.inprocess import InProcessTarget, own_draft_runner
 from specdec.tools.sweep import record_continuations
+
+TIMED = [(TargetLoop, "complete"), (TargetLoop, "plan"), (TargetLoop, "_tell"), (AdaptiveK, "choose"),
+         (AdaptiveK, "observe"), (FixedK, "choose"), (FixedK, "observe"), (BatchedRunner, "_hand_on"),
+         (BatchedRunner, "_plan_rows")]
+
+
+def time_calls(totals: collections.Counter) -> None:
+    """Wrap TIMED's methods to add their wall time to `totals` (by 'Class.method')."""
+    for cls, name in TIMED:
+        method, label = getattr(cls, name), f"{cls.__name__}.{name}"
+
+        def timed(*args, _method=method, _label=label, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                totals[_label] += time.perf_counter() - t0
+        setattr(cls, name, timed)
 
 
 class _Replayed:
@@ -69,6 +91,14 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
     parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
+    parser.add_argument("--time-calls", action="store_true",
+                        help="also the microseconds a row spends in the engine's per-row calls (TIMED), each call timed "
+                        "with perf_counter (cProfile inflates such small calls several times over; a timed call "
+                        "inside another adds ~0.3 us to the outer one)")
+    parser.add_argument("--bare-target-only", action="store_true",
+                        help="K = 0 runs with the engine's drafter detached, as a target started without --own-draft "
+                        "runs (default: the same engine, drafter attached, as a target with --own-draft runs a "
+                        "request that asks for no draft)")
     parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
                         "chains' first draft step from its argmax (the engine's default: on a GPU); both: each drafting "
@@ -105,18 +135,24 @@ def main() -> None:
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
     earlies = {"default": [(engine.runner.early_verify, True)], "on": [(True, True)], "off": [(False, False)],
                "both": [(True, True), (False, False)], "each": [(True, True), (True, False), (False, False)]}[args.early_verify]
+    totals: collections.Counter = collections.Counter()
+    if args.time_calls:
+        time_calls(totals)
+    drafter = engine.runner.drafter
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
     for _ in range(args.repeats):
         for clients in levels:
             for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
                 engine.k, engine.adaptive_k = k, adaptive
+                engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
                 if early is not None:
                     engine.runner.early_verify, engine.runner.draft_ahead = early
                 loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                 ahead, ahead_kept = d.ahead, d.ahead_kept
+                totals.clear()
                 t0 = time.perf_counter()
                 result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
                 wall = time.perf_counter() - t0
@@ -131,6 +167,9 @@ def main() -> None:
                       f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
                       f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
                       f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept)", flush=True)
+                if totals:
+                    print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
+                                                         for label, seconds in sorted(totals.items())), flush=True)
     engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)
