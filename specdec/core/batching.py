@@ -316,8 +316,7 @@ class StepCostTable:
         costs in a run of plain steps (each launched while the last computes) and what a drafting cycle costs
         with its drafting phase are each measured as they are, not summed from parts; and a session left out
         of a step (sessions falling into cohorts) pays for it here."""
-        self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
-        key = self._key(rows, tokens)
+        key = self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
         self.cycles_seen[key] = self.cycles_seen.get(key, 0) + 1
 
     def seed(self, rows: int, tokens: int, seconds: float) -> None:
@@ -333,12 +332,14 @@ class StepCostTable:
         self._forward_answers = {}
 
     def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
-                 touched: set[tuple[int, int]] | None = None) -> None:
+                 touched: set[tuple[int, int]] | None = None) -> tuple[int, int]:
+        """Fold `seconds` into the cell of (rows, tokens); its key."""
         key = self._key(rows, tokens)
         old = table.get(key)
         table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
         if touched is not None:
             touched.add(key)
+        return key
 
     def cycle(self, rows: int, tokens: int) -> float | None:
         """The measured cycle at that load and step size (`_capped`); None where none was measured."""
