@@ -463,9 +463,10 @@ class AdaptiveK:
     def _drafting_k(self, rates: list[float | None]) -> int:
         """The best K by the rates, but a shared phase that decodes plainly turns drafting on only for a clear gain
         (SWITCH_ON_GAIN): each switch on costs every row's draft a catch-up on what it did not draft, which the rates
-        leave out, and a phase near the break-even switched on and off a dozen times a second (docs/benchmarks.md)."""
+        leave out, and a phase near the break-even switches on and off for noise (docs/benchmarks.md, call r5)."""
         k = self._best(rates)
-        if k > 0 and self.phase is not None and self.phase.paused and rates[k] < SWITCH_ON_GAIN * rates[0]:
+        if (k > 0 and self.phase is not None and self.phase.paused and rates[0] is not None
+                and rates[k] < SWITCH_ON_GAIN * rates[0]):
             return 0
         return k
 

@@ -459,6 +459,8 @@ def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
     assert chooser.choose() == 1 and not phase.paused
     load.cycles[1], load.steps = 0.0165, 4  # 6% over plain again: a phase that drafts stays on
     assert chooser.choose() == 1
+    phase.switched(0)
+    assert phase.paused and chooser._drafting_k([None, 90.0, 80.0]) == 1  # no plain figure to weigh it against
 
 
 def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
