@@ -51,22 +51,21 @@ def main() -> None:
             i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
             engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
             leaves[name][frames[-1]] += int(count)
-        for frame in set(frames):
+        for frame in set(frames) if args.functions else ():
             functions[name][frame] += int(count)
-    label = lambda name: name[:60]  # noqa: E731
     print("samples by process and thread kind:")
     for (name, kind), n in threads.most_common(args.top):
-        print(f"  {n:7d}  {label(name):72s}  {kind}")
+        print(f"  {n:7d}  {name[:60]:60s}  {kind}")
     for name, counter in engine.items():
         total = sum(counter.values())
-        print(f"\nengine thread of {label(name)} ({total} samples):")
+        print(f"\nengine thread of {name[:60]} ({total} samples):")
         for frames, n in counter.most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frames}")
-        print(f"\nengine thread of {label(name)} by innermost frame:")
+        print(f"\nengine thread of {name[:60]} by innermost frame:")
         for frame, n in leaves[name].most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frame}")
-    for name, counter in functions.items() if args.functions else ():
-        print(f"\nevery thread of {label(name)} by function on the stack (samples):")
+    for name, counter in functions.items():
+        print(f"\nevery thread of {name[:60]} by function on the stack (samples):")
         for frame, n in counter.most_common(args.top):
             print(f"  {n:7d}  {frame}")
 
