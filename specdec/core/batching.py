@@ -224,6 +224,10 @@ class StepDrafter(Protocol):
         session's link and block once the blocks are launched, before the host reads them (it may not be)."""
         ...
 
+    def report(self) -> str:
+        """What its phases did since the last report, for the engine's log line."""
+        ...
+
 
 class Driven(Protocol):
     """A session's loop that the engine drives (TargetLoop)."""
@@ -528,6 +532,8 @@ class BatchedRunner(ModelRunner):
         self.on_step: Callable[[int, float], None] = lambda rows, seconds: None  # metrics: rows, step time
         self.on_drafting: Callable[[float], None] = lambda seconds: None  # metrics: a drafter's phase
         self.drafter: StepDrafter | None = None
+        self._ahead_runner: BatchedRunner | None = None  # the draft runner its verifies launch draft steps on (report)
+        self._ahead_mark = (0, 0)  # that runner's (launched, taken) at the last report
         if self.passive:
             self._ended.set()
         else:
@@ -795,8 +801,19 @@ class BatchedRunner(ModelRunner):
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
+            if self.drafter is not None:
+                log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
         s.drafting_longest_s = 0.0
         return replace(s, rows_seen={})
+
+    def _ahead_report(self) -> str:
+        """How many rows' first draft steps were launched from a verify's argmax since the last report, and taken by
+        their chains (a chain that does not take it, e.g. beside a session catching up, runs its first step again)."""
+        if self._ahead_runner is None:
+            return ""
+        d = self._ahead_runner.stats
+        (launched, taken), self._ahead_mark = self._ahead_mark, (d.ahead, d.ahead_kept)
+        return f"; first draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}"
 
     def _loop(self) -> None:
         try:
@@ -1011,6 +1028,7 @@ class BatchedRunner(ModelRunner):
         if not rows or step.top is None or rows[0].drafted.tokens.device != step.top.device:
             return []
         runner, read = rows[0].drafted.ahead, rows[0].drafted.read
+        self._ahead_runner = runner
         rows = [r for r in rows if r.drafted.ahead is runner and r.drafted.read is read]
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from specdec.core.drafting import DraftStart
@@ -28,6 +29,18 @@ log = logging.getLogger("specdec.own_draft")
 ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int], Launched | None], list[Proposal]]
 Early = Callable[[list[tuple["OwnDraftLink", Drafted]]], None]  # each asking link's block, launched and not yet read
 SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
+
+
+@dataclass
+class PhaseStats:
+    """What the drafting phases did, for the engine's log: a phase in which a session's draft catches up first (a
+    new prompt, or the tokens of a pause) holds every row's step for that forward and its host read."""
+
+    phases: int = 0
+    rows: int = 0  # sessions drafted for, over all phases
+    catching_up: int = 0  # phases in which some session's draft caught up before drafting
+    catch_up_s: float = 0.0  # the time those catch-ups took
+    phase_s: float = 0.0  # the time all phases took
 
 
 class OwnDraftLink(ProposalInbox):
@@ -84,6 +97,8 @@ class OwnDrafts:
         self.propose_all = propose_all
         self._asked: list[OwnDraftLink] = []
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
+        self.stats = PhaseStats()
+        self._reported = PhaseStats()
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
         k = 0 if start.paused else start.k  # a paused session asks for nothing until a verdict resumes it
@@ -109,6 +124,7 @@ class OwnDrafts:
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked], launched)
                 elapsed = time.perf_counter() - t0
+                self._count(len(asked), elapsed, max(p.catch_up_s for p in proposals))
                 if elapsed > SLOW_PHASE_S:
                     log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "
                              "drafting %.1f ms", 1e3 * elapsed, len(asked),
@@ -123,3 +139,18 @@ class OwnDrafts:
         for link, proposal in zip(asked, proposals):
             link.put(proposal)
         return True
+
+    def _count(self, rows: int, elapsed: float, catch_up_s: float) -> None:
+        s = self.stats
+        s.phases, s.rows, s.phase_s = s.phases + 1, s.rows + rows, s.phase_s + elapsed
+        if catch_up_s > 0:
+            s.catching_up, s.catch_up_s = s.catching_up + 1, s.catch_up_s + catch_up_s
+
+    def report(self) -> str:
+        """The phases since the last report, for the engine's log line."""
+        s, r = self.stats, self._reported
+        self._reported = replace(s)
+        phases = s.phases - r.phases
+        return (f"{phases} drafting phases, {(s.rows - r.rows) / max(1, phases):.1f} sessions each, "
+                f"{s.catching_up - r.catching_up} catching up first ({1e3 * (s.catch_up_s - r.catch_up_s):.0f} ms of "
+                f"{1e3 * (s.phase_s - r.phase_s):.0f})")

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from specdec.core import own_draft
+from specdec.core import batching, own_draft
 from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
@@ -281,6 +281,42 @@ def test_a_slow_drafting_phase_says_what_it_spent_its_time_on(tiny_pair_fp32, en
         assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, caplog.text
     finally:
         link.close()
+
+
+def test_the_drafter_reports_its_phases_and_those_that_caught_up_first(tiny_pair_fp32, engine):
+    """The engine's log says how many phases a draft's catching up held (a new prompt's, the first block here; the
+    second, drafted again from the same sequence, has it cached) and, since the last report, nothing twice."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    prompt = pair.encode(PROMPTS[1])
+    link = drafts.open("", DraftStart("s", prompt, SamplingParams(), 0, 2, overlap=False), None)
+    try:
+        drafts.ask(link)
+        assert drafts.draft()
+        drafts.ask(link)
+        assert drafts.draft()
+        found = re.fullmatch(r"2 drafting phases, 1.0 sessions each, 1 catching up first \(([0-9]+) ms of ([0-9]+)\)",
+                             drafts.report())
+        assert found and int(found.group(1)) <= int(found.group(2)), drafts.report()
+        assert drafts.report().startswith("0 drafting phases, 0.0 sessions each, 0 catching up first")
+    finally:
+        link.close()
+
+
+def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engine, caplog, monkeypatch):
+    """Next to its steps, the engine's log line says what its drafting phases did and how many rows' first draft steps
+    launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path)."""
+    pair = tiny_pair_fp32
+    monkeypatch.setattr(batching, "LOG_EVERY_S", 0.0)
+    cases = [(pair.encode(p), 16, 2) for p in PROMPTS[7:10]]
+    with caplog.at_level(logging.INFO, logger="specdec.batching"):
+        equal_to_target_only(pair, engine, cases, lambda: (0, 0))
+    lines = re.findall(r"engine's drafting: (\d+) drafting phases, [0-9.]+ sessions each, (\d+) catching up first "
+                       r"\(\d+ ms of \d+\); first draft steps launched ahead for (\d+) rows, taken by (\d+)", caplog.text)
+    assert lines, caplog.text
+    phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
+    assert phases > 0 and 0 < caught_up <= phases  # each new prompt's draft caught up in its first phase
+    assert 0 < taken <= launched
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
