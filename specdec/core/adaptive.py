@@ -22,7 +22,8 @@ what lets K fall to 0 together when the load makes speculation cost more than it
 one phase between the engine's steps (SharedPhase) weigh the engine's measured cycles instead, where it has
 them: T(k) summed from parts misses what the host does per drafting step and that plain steps run launched
 ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.md). Such a phase decides once per
-engine step for all its rows, and once it decodes plainly it turns drafting on again only for a clear gain.
+engine step for all its rows, and once it decodes plainly it turns drafting on again only for a clear gain, and
+not soon after drafting that did not last.
 """
 
 from __future__ import annotations
@@ -175,6 +176,40 @@ class PlainProbes:
         return False
 
 
+@dataclass
+class SwitchHold:
+    """How long a shared phase that turned drafting off keeps it off before it may turn it on again.
+
+    Where the batch's rows swing around the break-even (sessions ending and joining between rounds of requests), the
+    rates favour drafting at 32 rows and plain decoding at 64, and the phase switched a dozen times a second on the
+    H200 (docs/benchmarks.md, call t2), each switch on a catch-up of every row's draft on the tokens of the pause. So
+    drafting that lasted fewer than `stable` steps makes the next switch on wait `first` steps, and twice as long each
+    time after, up to `max_wait`; drafting that lasted `stable` steps or more clears the wait."""
+
+    first: int = 16
+    max_wait: int = 1024
+    stable: int = 256
+    wait: int = 0  # the last wait set (0: none)
+    on_at: int | None = None  # the step drafting was last turned on (None: it is off)
+    until: int = -1  # drafting may be turned on again from this step
+
+    def allows(self, step: int | None) -> bool:
+        """Whether drafting may be turned on at engine step `step` (None: not known, yes)."""
+        return step is None or step >= self.until
+
+    def turned(self, drafting: bool, step: int) -> None:
+        """The phase turned drafting on (`drafting`) or off at engine step `step`."""
+        if drafting:
+            self.on_at = step
+            return
+        if self.on_at is not None and step - self.on_at < self.stable:
+            self.wait = min(self.max_wait, 2 * self.wait) if self.wait else self.first
+            self.until = step + self.wait
+        else:
+            self.wait = 0
+        self.on_at = None
+
+
 class SharedPhase:
     """The sessions whose drafts are drafted in one phase and verified in one step (the target's own draft,
     core.own_draft): every row waits for the longest chain drafted and is padded to the longest block verified,
@@ -191,6 +226,7 @@ class SharedPhase:
         self._mean: list[float] | None = None
         self._memo: dict[str, tuple[object, object]] = {}  # what -> (key, value) last computed (`once`)
         self.plain_probes = PlainProbes()
+        self.hold = SwitchHold()
         self._plain: tuple[int, bool] | None = None  # (step, its answer) last given (`plain_now`)
         self._probed: int | None = None  # the engine step whose probe a member took (`take_probe`)
         self._drafting: bool | None = None  # whether the rates last chose drafting (`switched`)
@@ -253,12 +289,15 @@ class SharedPhase:
         """Whether the rates last chose plain decoding (a phase that has not chosen yet is not paused)."""
         return self._drafting is False
 
-    def switched(self, k: int) -> int:
-        """The rates chose K = k: how many times they turned drafting on or off since the last switch reported, once
-        SWITCH_LOG_EVERY_S has passed since then (else 0). Each switch on costs every member's draft a catch-up on
-        what it did not draft: a phase switching often is the first thing to look for where drafting loses."""
+    def switched(self, k: int, step: int) -> int:
+        """The rates chose K = k at engine step `step`: how many times they turned drafting on or off since the last
+        switch reported, once SWITCH_LOG_EVERY_S has passed since then (else 0). Each switch on costs every member's
+        draft a catch-up on what it did not draft: a phase switching often is the first thing to look for where
+        drafting loses (and what `hold` spaces out)."""
         drafting = k > 0
         with self._lock:
+            if drafting != bool(self._drafting):
+                self.hold.turned(drafting, step)
             self._switches += self._drafting is not None and drafting != self._drafting
             self._drafting = drafting
             if not self._switches or time.monotonic() - self._logged_at < SWITCH_LOG_EVERY_S:
@@ -393,7 +432,7 @@ class AdaptiveK:
             self._probing = False
             plain = self._verify_costs()[0]
             cost_steps = (catch_up_s + draft_s + (round_trip_s or 0.0)) / plain if plain else 0.0
-            self.probes.result(self._drafting_k(self._rates(self.max_k)) > 0, cost_steps)
+            self.probes.result(self._drafting_k(self._rates(self.max_k), held=False) > 0, cost_steps)
 
     def rate(self, k: int) -> float | None:
         return self._rates(k)[k]
@@ -460,13 +499,15 @@ class AdaptiveK:
     def _best(rates: list[float | None]) -> int:
         return max(range(len(rates)), key=lambda k: rates[k] or 0.0)  # the first best on ties
 
-    def _drafting_k(self, rates: list[float | None]) -> int:
+    def _drafting_k(self, rates: list[float | None], held: bool = True) -> int:
         """The best K by the rates, but a shared phase that decodes plainly turns drafting on only for a clear gain
-        (SWITCH_ON_GAIN): each switch on costs every row's draft a catch-up on what it did not draft, which the rates
-        leave out, and a phase near the break-even switches on and off for noise (docs/benchmarks.md, call r5)."""
+        (SWITCH_ON_GAIN) and, `held`, once its hold allows (SwitchHold): each switch on costs every row's draft a
+        catch-up on what it did not draft, which the rates leave out, and a phase near the break-even switches on and
+        off for noise (docs/benchmarks.md, call r5) or as its rows swing (call t2). A probe's result asks whether
+        drafting pays, not when to turn it on: not `held`."""
         k = self._best(rates)
         if (k > 0 and self.phase is not None and self.phase.paused and rates[0] is not None
-                and rates[k] < SWITCH_ON_GAIN * rates[0]):
+                and (rates[k] < SWITCH_ON_GAIN * rates[0] or held and not self.phase.hold.allows(self._phase_step()))):
             return 0
         return k
 
@@ -529,7 +570,7 @@ class AdaptiveK:
         k = self._drafting_k(rates)
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
-        if steps is not None and (switches := self.phase.switched(k)):
+        if steps is not None and (switches := self.phase.switched(k, steps)):
             log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line): %s",
                      f"on, K = {k}" if k else "off", self.batch.batch_rows(), switches, "" if switches == 1 else "es",
                      self.summary())

@@ -427,12 +427,12 @@ def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monk
     now = [0.0]
     monkeypatch.setattr(adaptive.time, "monotonic", lambda: now[0])
     phase = SharedPhase()
-    assert phase.switched(2) == 0  # the first choice is no switch
-    assert phase.switched(0) == 1  # off: reported at once
+    assert phase.switched(2, 1) == 0  # the first choice is no switch
+    assert phase.switched(0, 2) == 1  # off: reported at once
     now[0] = 0.5
-    assert phase.switched(2) == 0 and phase.switched(3) == 0  # on again, within the second: counted
+    assert phase.switched(2, 3) == 0 and phase.switched(3, 4) == 0  # on again, within the second: counted
     now[0] = 1.2
-    assert phase.switched(0) == 2  # off again: two switches since the last report
+    assert phase.switched(0, 5) == 2  # off again: two switches since the last report
     verify = {k: 0.013 + 0.001 * k for k in range(5)}
     load = Load(rows=48, verify=verify, cycles={0: 0.0095, 1: 0.0131, 2: 0.0167, 3: 0.0203, 4: 0.0239}, steps=1)
     chooser = phase_at(load)
@@ -459,8 +459,39 @@ def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
     assert chooser.choose() == 1 and not phase.paused
     load.cycles[1], load.steps = 0.0165, 4  # 6% over plain again: a phase that drafts stays on
     assert chooser.choose() == 1
-    phase.switched(0)
+    phase.switched(0, 5)
     assert phase.paused and chooser._drafting_k([None, 90.0, 80.0]) == 1  # no plain figure to weigh it against
+
+
+def test_a_phase_whose_drafting_did_not_last_waits_longer_each_time_to_turn_it_on_again():
+    """The H200 at 64 clients (call t2): as sessions ended and joined between rounds the rows swung between 32 and 64,
+    the rates favoured drafting at 32 (K = 4 at 187 tokens/s a row against 162) and plain decoding at 64, and the phase
+    switched 12 times in a second, each switch on a catch-up of every row's draft. Drafting that lasts fewer than
+    `stable` steps holds the next switch on for 16 steps, then 32, ...; drafting that lasts clears the hold; a probe's
+    result still says whether drafting pays."""
+    verify = {k: 0.013 + 0.001 * k for k in range(5)}
+    drafting = {0: 0.0100, 1: 0.0150, 2: 0.0190, 3: 0.0230, 4: 0.0270}  # K = 2: 2.31 tokens in 19 ms, 1.22x plain
+    plain = {**drafting, 1: 0.0300, 2: 0.0400, 3: 0.0500, 4: 0.0600}  # drafting loses
+    load = Load(rows=32, verify=verify, cycles=dict(drafting), steps=1)
+    chooser = phase_at(load)
+    phase = chooser.phase
+    on = []
+    for step in range(2, 200):  # the rates swing every 4 steps
+        load.steps, load.cycles = step, dict(drafting if step // 4 % 2 else plain)
+        on.append(chooser.choose() > 0)
+    switches_on = sum(1 for a, b in zip(on, on[1:]) if b and not a)
+    assert 3 <= switches_on <= 5, on  # 16, 32, 64 and 128 steps held: 24 chances to switch on without the hold
+    assert phase.hold.wait >= 64
+    assert chooser._drafting_k([100.0, 150.0], held=False) == 1  # a probe's result: drafting pays
+    load.cycles = dict(drafting)
+    for step in range(200, 200 + phase.hold.wait + phase.hold.stable + 2):  # drafting pays for long: it lasts
+        load.steps = step
+        chooser.choose()
+    assert not phase.paused
+    load.steps, load.cycles = load.steps + 1, dict(plain)
+    assert chooser.choose() == 0 and phase.hold.wait == 0 and phase.hold.allows(load.steps)  # lasted: no hold
+    load.steps, load.cycles = load.steps + 1, dict(drafting)
+    assert chooser.choose() > 0
 
 
 def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
