@@ -19,14 +19,15 @@ step is a CUDA graph captured per (rows bucket, tokens bucket, span): a step att
 columns of the cache that reach past its real rows' positions (SPAN_BUCKETS, then the whole cache), so its
 attention costs what the rows' lengths ask, not what `max_len` allows.
 
-Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt
-delays the others' next token by at most one chunk's forward. On CUDA a chunk (a new prompt, drafts catching
-up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any slots: it writes their new
-entries in place and attends over a copy of their rows of the cache. An engine loop runs one chunk a step, so
-it captures one row; a runner without one (a target's own draft) is handed every session's catch-up at once
-and captures every row bucket, one replay per chunk length. An eager chunk's forward is bound by the host's
-work (per layer, the compiled code's guards and launches), which a busy process's other threads stretch
-several times over (docs/benchmarks.md, calls h1-h3).
+Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt delays the
+others' next token by at most one chunk's forward. A short prompt goes in the step, whose rows are all padded to
+it, unless the cost table says a chunk of it alone is cheaper (`_alone`: at 64 rows on the H200). On CUDA a chunk
+(a new prompt, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any
+slots: it writes their new entries in place and attends over a copy of their rows of the cache. An engine loop
+runs one chunk a step, so it captures one row; a runner without one (a target's own draft) is handed every
+session's catch-up at once and captures every row bucket, one replay per chunk length. An eager chunk's forward
+is bound by the host's work (per layer, the compiled code's guards and launches), which a busy process's other
+threads stretch several times over (docs/benchmarks.md, calls h1-h3).
 
 Looking ahead (on by default with CUDA graphs): when every row of a step is a plain greedy decode, the engine
 launches the next step before it reads this one, each row fed the token the device just drew for it (a
@@ -922,8 +923,31 @@ class BatchedRunner(ModelRunner):
         `chunks` of them (None: all); the rest stay pending. The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
+        if chunks and not long and (alone := self._alone(steps)) is not None:
+            steps.remove(alone)
+            long = [alone]
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
+
+    def _alone(self, steps: list[_Request]) -> _Request | None:
+        """The new prompt (a driven session's first forward, or a caller's) wider than every other forward of a step,
+        where a forward of it alone, as a chunk after the step, costs less than widening every row of the step to it
+        (rows are padded to the widest: on the H200 a 64-row step of 9 tokens a row costs 3.4x one of 1 token, and one
+        row of 9 about a 1-token step; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
+        cost: its host read also waits for the step launched ahead of it. None: the step takes them all, as where the
+        costs are not known yet, or where several prompts that wide join at once."""
+        if len(steps) < 2:
+            return None
+        by_width = sorted(steps, key=lambda r: len(r.ids))
+        widest, rest = by_width[-1], by_width[:-1]
+        if widest.chain is not None or (widest.row is not None and widest.row.cycle_tokens):
+            return None
+        n, w = len(widest.ids), max(1, len(rest[-1].ids))
+        rows, rows_rest = max(r.index for r in steps) + 1, max(r.index for r in rest) + 1
+        if self.step_shape(rows, n)[1] == self.step_shape(rows, w)[1]:
+            return None
+        wide, narrow, alone = self.costs.cost(rows, n), self.costs.cost(rows_rest, w), self.costs.cost(1, n)
+        return widest if None not in (wide, narrow, alone) and wide - narrow > alone + narrow else None
 
     def _plan_rows(self, early: bool = False) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks

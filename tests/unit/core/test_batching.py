@@ -8,7 +8,7 @@ import torch
 
 from specdec.core import batching
 from specdec.core.adaptive import FixedK
-from specdec.core.batching import BatchedRunner, StepCostTable, auto_stream_interval, bucket
+from specdec.core.batching import BatchedRunner, StepCostTable, _Request, _Row, auto_stream_interval, bucket
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
@@ -309,6 +309,39 @@ def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
         assert runner.free_slots == runner.max_sessions
     finally:
         runner.stop()
+
+
+def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_pair_fp32):
+    """Rows are padded to a step's widest: on the H200 a 64-row step of 9 tokens a row cost 19.8 ms against 5.8 for
+    1 token (call t1), so a 9-token prompt joining 63 decoding rows cost them 14 ms where the prompt alone costs ~6.
+    By the engine's cost table, a new prompt wider than the rest runs alone (a chunk after the step, charged a step
+    more) where that is cheaper; a running session's verify, a second prompt as wide, or costs not known yet keep it
+    in the step."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
+    rows = [_Row(loop=None) for _ in range(64)]
+    for row in rows[1:]:
+        row.cycle_tokens = 1  # running sessions; rows[0] is new
+
+    def pending(*widths):
+        return [_Request(i, 10, [7] * n, 1, True, row=rows[i]) for i, n in enumerate(widths)]
+
+    def split(requests):
+        runner._pending = list(requests)
+        steps, long = runner._split_pending()
+        assert runner._pending == [] and sorted(map(id, steps + long)) == sorted(map(id, requests))
+        return long
+
+    joining = pending(9, *[1] * 63)
+    assert split(joining) == []  # no costs known yet
+    for (r, n), ms in {(64, 9): 19.8, (64, 1): 5.8, (1, 9): 6.3, (8, 9): 7.5, (8, 1): 6.1}.items():
+        runner.costs.seed(r, n, ms / 1e3)
+    assert split(joining) == [joining[0]]  # 19.8 - 5.8 > 6.3 + 5.8
+    assert split(pending(9, *[1] * 7)) == []  # 8 rows: 7.5 - 6.1 < 6.3 + 6.1, the step takes it
+    rows[0].cycle_tokens = 1
+    assert split(joining) == []  # a running session's verify of 8 drafts: not a prompt
+    rows[0].cycle_tokens = 0
+    assert split(pending(9, 9, *[1] * 62)) == []  # two prompts that wide: the step pads once for both
+    runner.stop()
 
 
 def test_step_cost_table_scales_an_unmeasured_size_from_another_load():
