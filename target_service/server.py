@@ -133,6 +133,8 @@ def build(settings: TargetServerSettings) -> Server:
         runner.on_drafting = metrics.observe_drafting
         engines = [runner] + ([own_draft.runner] if own_draft is not None else [])
         metrics.track_launched(lambda: [engine.stats.launched_ahead() for engine in engines])
+        if own is not None:
+            metrics.track_catch_ups(lambda: own.stats)
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
     return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                      TargetServicer(service, info, metrics), name)],

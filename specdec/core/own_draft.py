@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from specdec.core.drafting import DraftStart
 from specdec.core.proposal import Proposal, Proposer, ProposerFactory
 from specdec.core.runner import Drafted, Launched
-from specdec.core.stats import Cycle
+from specdec.core.stats import Cycle, PhaseStats
 from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
 
 log = logging.getLogger("specdec.own_draft")
@@ -29,18 +29,6 @@ log = logging.getLogger("specdec.own_draft")
 ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int], Launched | None], list[Proposal]]
 Early = Callable[[list[tuple["OwnDraftLink", Drafted]]], None]  # each asking link's block, launched and not yet read
 SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
-
-
-@dataclass
-class PhaseStats:
-    """What the drafting phases did, for the engine's log: a phase in which a session's draft catches up first (a
-    new prompt, or the tokens of a pause) holds every row's step for that forward and its host read."""
-
-    phases: int = 0
-    rows: int = 0  # sessions drafted for, over all phases
-    catching_up: int = 0  # phases in which some session's draft caught up before drafting
-    catch_up_s: float = 0.0  # the time those catch-ups took
-    phase_s: float = 0.0  # the time all phases took
 
 
 class OwnDraftLink(ProposalInbox):

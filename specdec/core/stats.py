@@ -127,3 +127,16 @@ class Summary:
     stats: SpecStats
     draft_failed: bool = False
     session_id: str = ""
+
+
+@dataclass
+class PhaseStats:
+    """What a target's own draft's phases did (core.own_draft), for the engine's log and metrics: a phase in which a
+    session's draft catches up first (a new prompt, or the tokens of a pause) holds every row's step for that
+    forward and its host read."""
+
+    phases: int = 0
+    rows: int = 0  # sessions drafted for, over all phases
+    catching_up: int = 0  # phases in which some session's draft caught up before drafting
+    catch_up_s: float = 0.0  # the time those catch-ups took
+    phase_s: float = 0.0  # the time all phases took

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily
 
 from specdec.core.config import ROW_BUCKETS
-from specdec.core.stats import Cycle
+from specdec.core.stats import Cycle, PhaseStats
 from specdec.serving.interceptors import status_of
 
 TRACER_NAME = "specdec"
@@ -133,6 +133,25 @@ class _LaunchedAhead:
         yield kept
 
 
+class _CatchUps:
+    """A collector of the own draft's catch-ups, read at scrape time from its PhaseStats (Metrics.track_catch_ups)."""
+
+    def __init__(self, role: str, stats: Callable[[], PhaseStats]) -> None:
+        self.role, self.stats = role, stats
+
+    def collect(self):
+        s = self.stats()
+        phases = CounterMetricFamily("specdec_draft_catch_ups", "The target's own draft: drafting phases in which a "
+                                     "session's draft caught up first (a new prompt, or the tokens of a pause)",
+                                     labels=["role"])
+        seconds = CounterMetricFamily("specdec_draft_catch_up_seconds", "The time those catch-ups took (every row's "
+                                      "step waits for them)", labels=["role"])
+        phases.add_metric([self.role], s.catching_up)
+        seconds.add_metric([self.role], s.catch_up_s)
+        yield phases
+        yield seconds
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
@@ -228,6 +247,11 @@ class Metrics:
         and how many were kept (StepStats.launched_ahead of each), read at scrape time: a kind whose rows are mostly
         dropped is device time spent for nothing."""
         self.registry.register(_LaunchedAhead(self.role, stats))
+
+    def track_catch_ups(self, stats: Callable[[], PhaseStats]) -> None:
+        """Report the own draft's catch-ups (OwnDrafts.stats), read at scrape time: next to the drafting phases'
+        histogram, the share of their time that new prompts and resumed drafts take."""
+        self.registry.register(_CatchUps(self.role, stats))
 
     def track(self, active, free, waiting=lambda: 0) -> None:
         """Report live values through callbacks (read at scrape time)."""

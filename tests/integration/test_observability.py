@@ -169,6 +169,9 @@ def test_the_target_s_own_draft_reports_its_drafting_phases():
     # last cycle serves the next one too) but the one a session may ask for as it ends
     assert 0 < m[("specdec_draft_phase_seconds_count", ())] <= drafts + len(results)
     assert m[("specdec_draft_phase_seconds_sum", ())] > 0
+    # each session's draft caught up on its prompt before its first block, in a phase of its own (one at a time)
+    assert len(results) <= m[("specdec_draft_catch_ups_total", ())] <= m[("specdec_draft_phase_seconds_count", ())]
+    assert 0 < m[("specdec_draft_catch_up_seconds_total", ())] < m[("specdec_draft_phase_seconds_sum", ())]
     assert m[("specdec_batch_step_seconds_count", ())] > 0 and m[("specdec_batch_rows_count", ())] > 0
     for kind in ("guess", "verify", "draft"):  # the engine's and its draft's launched-ahead rows (a CPU launches none)
         launched = m[("specdec_rows_launched_ahead_total", (("kind", kind),))]
