@@ -200,6 +200,7 @@ class _Chain:
     picks: list = field(default_factory=list)
     index: int = 0  # its position in its decode_chains call
     launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
+    first: torch.Tensor | None = None  # [1, m]: its first step's values, computed by its catch-up (Chain.first)
 
 
 @dataclass(eq=False)
@@ -689,12 +690,21 @@ class BatchedRunner(ModelRunner):
         for i, c, new_ids in drafting:
             assert c.slot.length + len(new_ids) + c.steps - 1 <= self.max_len, "drafts stay inside the context"
             requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False,
-                                     chain=_Chain(c.steps, c.draw, c.group, index=i, launched=launched)))
+                                     chain=_Chain(c.steps, c.draw, c.group, index=i, launched=launched,
+                                                  first=c.first if new_ids == list(c.ids[-1:]) else None)))
         self._hand_over(*requests)
         for (_, c, new_ids), r in zip(drafting, requests):
             c.slot.tokens.extend([*new_ids, *(p.token for p in r.chain.picks[:-1])])
         picks = iter(r.chain.picks for r in requests)
         return [next(picks) if c.steps > 0 else [] for c in chains]
+
+    def catch_up_reads(self, calls: Sequence[tuple[KVSlot, Sequence[int], Callable[[torch.Tensor], torch.Tensor]]]
+                       ) -> list[torch.Tensor]:
+        """Make each slot's cache hold all of its `ids` (forwarding what it lacks, together) and read the last one's
+        logits with `read`: each chain's first step's values [1, m] on the device (`Chain.first`), so that its chain
+        need not run that step, nor every other chain with it where theirs was launched ahead (`_taken_ahead`)."""
+        requests = self._submit([(slot, self._new_tokens(slot, ids, 1), 1) for slot, ids, _ in calls], greedy=False)
+        return [read(r.logits[-1:]) for r, (_, _, read) in zip(requests, calls)]
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
         forwards = [(slot, self._new_tokens(slot, ids, keep), keep) for slot, ids, keep in calls]
@@ -1430,19 +1440,24 @@ class BatchedRunner(ModelRunner):
                                 else (start + k - 1, [drafts[-1], argmax[k]]))
 
     def _taken_ahead(self, requests: list[_Request]) -> torch.Tensor | None:
-        """The values [requests, m] of the step launched ahead, in the requests' order, where it is the first step of
-        every one of these chains: each begins as expected, in a slot nothing else wrote to or closed since, drawn by
+        """The values [requests, m] of these chains' first step, in the requests' order, where every one has them
+        already: from its catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step
+        launched ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by
         the same read. Else None: the chains run their first step themselves, over whatever the step launched ahead
         wrote (entries the committed sequence has)."""
         ahead, self._ahead = self._ahead, None
-        if ahead is None or not all(
+        read = requests[0].chain.group.read
+        if not all(r.chain.group.read is read and (r.chain.first is not None or ahead is not None and (
                 ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
-                and self._closes[r.index] == ahead.closes[r.index] and r.chain.group.read is ahead.read
-                for r in requests):
+                and self._closes[r.index] == ahead.closes[r.index] and ahead.read is read)) for r in requests):
             return None
-        self.stats.ahead_kept += len(requests)
-        index = torch.tensor([ahead.rows[r.index] for r in requests]).to(self.device, non_blocking=True)
-        return ahead.values[index]
+        taken = [r for r in requests if r.chain.first is None]
+        self.stats.ahead_kept += len(taken)
+        if not taken:
+            return torch.cat([r.chain.first for r in requests])
+        index = torch.tensor([ahead.rows[r.index] for r in taken]).to(self.device, non_blocking=True)
+        values = iter(ahead.values[index].unbind())
+        return torch.stack([r.chain.first[0] if r.chain.first is not None else next(values) for r in requests])
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

@@ -83,6 +83,8 @@ class Chain(NamedTuple):
     steps: int
     draw: Draw
     group: Grouped | None = None
+    first: object = None  # its first step's values [1, m] on the device, where its catch-up forwarded all of `ids`
+    #                       and read their last logits with the group's read (BatchedRunner.catch_up_reads)
 
 
 class DraftsAhead(Protocol):
@@ -296,7 +298,7 @@ class ModelRunner:
         launches every step before it reads any (a batched runner's grouped chains) calls it once they are all
         launched, before the host reads them, so the caller can launch what follows from the drafted tokens on
         the device; it may not be called at all (this runner never does)."""
-        return [self.decode_chain(*chain) for chain in chains]
+        return [self.decode_chain(c.slot, c.ids, c.steps, c.draw, c.group) for c in chains]  # `first`: batched only
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
         """`greedy_ids(slot, ids, keep)` for each; a batched runner runs them all in the same steps."""

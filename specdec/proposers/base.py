@@ -43,12 +43,20 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
     t0 = time.perf_counter()
     for p, c in zip(proposers, committed):
         p._before_propose(c)
-    behind = [(p.slot, c[:-1], 1) for p, c in zip(proposers, committed) if p._behind(c)]
-    if behind:  # a host read of the result: the prefill is done, not still running, when drafting is timed
-        runner.greedy_ids_together(behind)
+    behind = [i for i, (p, c) in enumerate(zip(proposers, committed)) if p._behind(c)]
+    first: dict[int, object] = {}
+    if behind and getattr(runner, "passive", False) and all(proposers[i].group is not None for i in behind):
+        # the chains' own steps (BatchedRunner._draft_chained): each catch-up forwards all of its sequence and reads
+        # its chain's first step, which the others then need not run with it; a host read, as below
+        values = runner.catch_up_reads([(proposers[i].slot, committed[i], proposers[i].group.read) for i in behind])
+        first = dict(zip(behind, values))
+        values[-1][0, 0].item()  # the host read: every catch-up is done
+    elif behind:  # a host read of the result: the prefill is done, not still running, when drafting is timed
+        runner.greedy_ids_together([(proposers[i].slot, committed[i][:-1], 1) for i in behind])
     t1 = time.perf_counter()
-    chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group)
-                                   for p, c, k in zip(proposers, committed, ks)], launched)
+    chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group,
+                                         first.get(i)) for i, (p, c, k) in enumerate(zip(proposers, committed, ks))],
+                                  launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
     return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=catch_up_s)
@@ -84,7 +92,8 @@ class ModelDrafting:
             self._cache(prompt)
 
     def _behind(self, committed: Sequence[int]) -> bool:
-        """Whether to cache all but the last committed token first, in one prefill timed apart from drafting:
+        """Whether to cache all but the last committed token first (a runner drafting chains itself: all of them, its
+        chain's first step read from the same forward), in one prefill timed apart from drafting:
         when more than two are missing (after cycles drafted by someone else, or none). Folded into the first
         draft step it would look like an expensive draft and keep adaptive K from drafting again."""
         missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2

@@ -691,3 +691,10 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     assert take(chains((0, 20, [8, 9])), closes={2: 0, 0: runner._closes[0] - 1}) is None  # closed since
     assert take(chains((0, 20, [8, 9])), read=lambda logits: logits) is None  # drawn by another read
     assert runner._ahead is None  # taken or not, it is gone: it stands for one phase at most
+    # a new session's chain whose catch-up computed its first step (Chain.first) joins the others' step launched ahead
+    joining = chains((0, 20, [8, 9]), (1, 5, [3]))
+    joining[1].chain.first = torch.tensor([[10, 11, 12]])
+    assert take(joining).tolist() == [[3, 4, 5], [10, 11, 12]]
+    assert take(joining, touched=[0]) is None  # the others' chains still must begin as expected
+    runner._ahead = None
+    assert runner._taken_ahead(joining[1:]).tolist() == [[10, 11, 12]]  # nothing launched ahead: its own alone

@@ -5,6 +5,7 @@ the drafting is batched; a failing draft leaves the sessions decoding alone, out
 import logging
 import re
 import threading
+import time
 
 import pytest
 
@@ -125,6 +126,36 @@ def test_a_draft_step_launched_from_the_verify_s_argmax_drafts_what_the_host_wou
         assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
+
+
+def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
+    """A new session's draft catches up on its prompt and reads its first draft step from the same forward, so the
+    others' chains take their first step launched ahead instead of running it again with it: every block still drafts
+    and accepts what the same request's does alone, and the phases with a joining session took both kinds of
+    first step."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    cases = [(pair.encode(p), 24, 2) for p in PROMPTS[8:12]]
+    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+    mixed = []
+    taken_ahead = draft._taken_ahead
+
+    def counting(requests):
+        values = taken_ahead(requests)
+        if values is not None and len({r.chain.first is None for r in requests}) == 2:
+            mixed.append(len(requests))
+        return values
+
+    monkeypatch.setattr(draft, "_taken_ahead", counting)
+
+    def late(c, delay):
+        time.sleep(delay)
+        return own_decode(pair, engine, *c)
+
+    together = concurrently([lambda c=c, i=i: late(c, 0.05 * i) for i, c in enumerate(cases)])
+    for (out, cycles), (want, want_cycles) in zip(together, alone):
+        assert out == want
+        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    assert mixed, "no session joined a phase whose other chains took their step launched ahead"
 
 
 def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped(tiny_pair_fp32, engine, monkeypatch):
