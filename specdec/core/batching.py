@@ -1592,7 +1592,9 @@ class BatchedRunner(ModelRunner):
                 logits = self._eager(ids, positions, keep=keep, first_slot=lo)  # [hi - lo, keep, V]
             for r, done in zip(requests, last):
                 if done:
-                    r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].float()  # [keep, V]
+                    # [keep, V], a copy: a chunk graph's logits are its output buffer, which the next replay
+                    # overwrites before a caller reading them later (catch_up_reads) has read them
+                    r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].to(torch.float32, copy=True)
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
         self._uncharged_s += time.perf_counter() - now  # a new session's prompt: not the running sessions' cycles
