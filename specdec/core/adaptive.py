@@ -296,9 +296,9 @@ class SharedPhase:
         drafting loses (and what `hold` spaces out)."""
         drafting = k > 0
         with self._lock:
-            if drafting != bool(self._drafting):
+            if drafting != bool(self._drafting):  # a phase that has not chosen yet was not drafting
                 self.hold.turned(drafting, step)
-            self._switches += self._drafting is not None and drafting != self._drafting
+                self._switches += self._drafting is not None
             self._drafting = drafting
             if not self._switches or time.monotonic() - self._logged_at < SWITCH_LOG_EVERY_S:
                 return 0

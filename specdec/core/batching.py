@@ -948,12 +948,12 @@ class BatchedRunner(ModelRunner):
         costs are not known yet, or where several prompts that wide join at once."""
         if len(steps) < 2:
             return None
-        by_width = sorted(steps, key=lambda r: len(r.ids))
-        widest, rest = by_width[-1], by_width[:-1]
+        widest = max(steps, key=lambda r: len(r.ids))  # every step asks: a pass over the rows, most end here
         if widest.chain is not None or (widest.row is not None and widest.row.cycle_tokens):
             return None
-        n, w = len(widest.ids), max(1, len(rest[-1].ids))
-        rows, rows_rest = max(r.index for r in steps) + 1, max(r.index for r in rest) + 1
+        rest = [r for r in steps if r is not widest]
+        n, w, rows_rest = len(widest.ids), max(1, max(len(r.ids) for r in rest)), max(r.index for r in rest) + 1
+        rows = max(rows_rest, widest.index + 1)
         if self.step_shape(rows, n)[1] == self.step_shape(rows, w)[1]:
             return None
         wide, narrow, alone = self.costs.cost(rows, n), self.costs.cost(rows_rest, w), self.costs.cost(1, n)
