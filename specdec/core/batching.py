@@ -302,8 +302,8 @@ class StepCostTable:
     # session's wall time from one forward of that many tokens to its next (observe_cycle)
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
     cycles_seen: dict[tuple[int, int], int] = field(default_factory=dict)  # buckets -> how many cycles were observed
-    forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a step
-    # launched alone, from launch to read
+    forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (the step's rows, tokens) buckets -> a
+    # step launched alone, from launch to read
     _forward_answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # as _answers, of forwards
     seeds: dict[tuple[int, int], float] = field(default_factory=dict)  # buckets -> a step's device time, timed once
     # at start (seed): what a cell never measured costs, before scaling from other cells
@@ -1486,8 +1486,9 @@ class BatchedRunner(ModelRunner):
         self._read_at = read
         step.cost_from = began
         requests = [r for r in step.requests if not r.void]
-        if requests and not step.pipelined and not self.passive:
-            self.costs.observe_forward(self.batch_rows(), step.n, read - step.launched)
+        if requests and not step.pipelined and not self.passive:  # by its own rows: a few rows' step launched amid
+            # drafting (a row near its end, a new one) costs far less than a plain step of every row (call v1)
+            self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
         for r in requests:

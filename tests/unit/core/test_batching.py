@@ -201,6 +201,34 @@ def test_no_session_waits_for_another_sessions_late_draft(tiny_pair_fp32, batche
     assert batched.free_slots == batched.max_sessions
 
 
+def test_a_step_launched_alone_is_timed_as_a_forward_of_its_own_rows(tiny_pair_fp32):
+    """A session waiting for its draft is driven but in no step: the other's steps, one row each, are timed as
+    1-row forwards, not as forwards at the engine's load (there they made a plain step of every row look as cheap
+    as a few rows' and turned drafting off)."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=False)
+    link = StalledLink()
+    prompt = pair.encode(PROMPTS[3])
+    sequence = TargetSequence(runner, GenerationRequest(prompt_ids=prompt, max_new_tokens=4, ignore_eos=True),
+                              pair.eos_ids, seed=0)
+    cycles: list = []
+    stalled = threading.Thread(target=lambda: cycles.extend(TargetLoop(sequence, link, FixedK(4),
+                                                                        threading.Event()).run()))
+    stalled.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not runner._rows and time.monotonic() < deadline:  # its prefill, then it waits for its draft
+            time.sleep(0.005)
+        runner.costs.forwards.clear()
+        assert len(decode(pair, runner, pair.encode(PROMPTS[4]), 16)) == 16
+        assert runner.costs.forwards and {rows for rows, _ in runner.costs.forwards} == {1}
+    finally:
+        link.release()
+        stalled.join(timeout=60)
+        sequence.close()
+        runner.stop()
+
+
 def test_a_session_whose_reader_goes_away_leaves_the_engine(tiny_pair_fp32, batched):
     """The servicer's generator is closed after two cycles (the client went away): the engine drops the row
     before close() returns, and the next request decodes normally."""
