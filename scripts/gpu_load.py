@@ -80,7 +80,7 @@ def main() -> int:
                 if replayed and name.startswith("target-only") and not pathlib.Path(book).exists():
                     record_continuations(partial(grpc_client, stack.address), load_tokenizer(args.target),
                                          args.max_new_tokens).save(book)
-                for c, r in ([] if name.endswith("-record") else
+                for c, r, _ in ([] if name.endswith("-record") else
                              load_levels(partial(grpc_client, stack.address), levels, args.rounds,
                                          args.max_new_tokens)):
                     print(json.dumps({"config": name, "concurrency": c, **r.summary()}), flush=True)

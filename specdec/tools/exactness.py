@@ -34,6 +34,7 @@ class Mismatch:
     expected: int  # the reference's token there (-1: past its end)
     got: int  # (-1: past the output's end)
     gap: float | None = None  # the target's top-1 minus top-2 logit there (an eager forward); None: not computed
+    warm_up: bool = False  # in the level's unmeasured warm-up round (its outputs are a prefix of the reference's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +42,8 @@ class Mismatch:
     def __str__(self) -> str:
         gap = "?" if self.gap is None else f"{self.gap:.4f}"
         clients = f"{self.concurrency} client{'s' if self.concurrency != 1 else ''}"
-        return (f"{self.mode} at {clients}, prompt {self.prompt}: token {self.position} is {self.got}, "
+        round_ = " (its warm-up round)" if self.warm_up else ""
+        return (f"{self.mode} at {clients}{round_}, prompt {self.prompt}: token {self.position} is {self.got}, "
                 f"the reference has {self.expected} (the target's top-2 logit gap there: {gap})")
 
 
@@ -60,17 +62,21 @@ def references(points: list[dict]) -> dict[int, list[int]]:
 
 
 def mismatches(points: list[dict], reference: dict[int, list[int]]) -> list[Mismatch]:
-    """Every point's outputs that differ from their prompt's reference, once per (point, prompt, position, token)."""
+    """Every point's outputs that differ from their prompt's reference, once per (point, prompt, position, token);
+    its warm-up round's (`warm_up_outputs`, of another length) as far as both go."""
     found: dict[tuple, Mismatch] = {}
     for p in points:
-        for index, *ids in p.get("outputs") or []:
-            want = reference[index]
-            if ids == want:
-                continue
-            at = first_difference(ids, want)
-            got, expected = (ids[at] if at < len(ids) else -1), (want[at] if at < len(want) else -1)
-            found.setdefault((p["mode"], p["concurrency"], index, at, got),
-                             Mismatch(p["mode"], p["concurrency"], index, at, expected, got))
+        for warm_up, outputs in ((False, p.get("outputs")), (True, p.get("warm_up_outputs"))):
+            for index, *ids in outputs or []:
+                want = reference.get(index)
+                if warm_up and want is not None:  # as far as both go: a warm-up may be longer than a short sweep's
+                    ids, want = ids[:len(want)], want[:len(ids)]
+                if want is None or ids == want:
+                    continue
+                at = first_difference(ids, want)
+                got, expected = (ids[at] if at < len(ids) else -1), (want[at] if at < len(want) else -1)
+                found.setdefault((p["mode"], p["concurrency"], warm_up, index, at, got),
+                                 Mismatch(p["mode"], p["concurrency"], index, at, expected, got, warm_up=warm_up))
     return list(found.values())
 
 

@@ -21,10 +21,10 @@ draft's cost, a chosen acceptance: random-weight benchmarks); the continuations 
 target-only deployment, which then runs first (engine-spec records its own in process).
 Next to every point, its analytic bound (point_bound, docs/benchmarks.md): from batched step costs measured here,
 in this process, on the target (and the draft), and the point's own cycles (C / t(C, 1) for plain decoding).
-Every request is greedy: each output must equal its prompt's first plain-decoding output (tools/exactness.py; a
-difference is reported with the target's top-2 logit gap there, and fails the sweep unless
-`report_greedy_mismatch`). `--json` writes every
-point with its outputs (after each mode, then complete with the bounds), `--plot` tokens/s against C.
+Every request is greedy: each output (a warm-up's too, as far as both go) must equal its prompt's first
+plain-decoding output (tools/exactness.py; a difference is reported with the target's top-2 logit gap there, and
+fails the sweep unless `report_greedy_mismatch`). `--json` writes every point with its outputs (after each mode,
+then complete with the bounds), `--plot` tokens/s against C.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from specdec.tools.launcher import Stack, free_base_port
 SERVICE_MODES = ("target-only", "services", "services-no-overlap", "services-own-draft")
 ENGINE_MODES = ("engine-target-only", "engine-spec", "engine-own-draft")
 SWEEP_MODES = (*SERVICE_MODES, *ENGINE_MODES, "hf-generate")
+WARM_UP_TOKENS = 16  # new tokens per request of a level's unmeasured warm-up round
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps
     return statistics.median(times[3:])
 
 
-def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
+def point(mode: str, concurrency: int, result: loadtest.LoadResult, warm: loadtest.LoadResult | None = None) -> dict:
     s = result.summary()
     itl = [(lat - ttft) / (len(out) - 2) for lat, ttft, out in zip(result.latencies_s, result.ttft_s, result.outputs)
            if len(out) > 2]  # outputs: [prompt index, *token ids]
@@ -131,7 +132,8 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult) -> dict:
             "latency_p99_ms": s["latency_ms"]["p99"], "ttft_p50_ms": s["ttft_ms"]["p50"],
             "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None, "cycles": s["cycles"],
             "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"],
-            "outputs": result.outputs}  # [prompt index, *token ids] per request: exactness is checked across points
+            "outputs": result.outputs,  # [prompt index, *token ids] per request: exactness is checked across points
+            "warm_up_outputs": warm.outputs if warm is not None else []}  # the same, of the warm-up (a prefix)
 
 
 def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> list[dict]:
@@ -205,8 +207,8 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
 
 def measure_levels(mode: str, connect, s: SweepSettings) -> Iterator[dict]:
     """Each level's point (`connect`: a load client, loadtest.run_clients)."""
-    for c, result in load_levels(connect, s.levels, s.rounds, s.max_new_tokens):
-        p = point(mode, c, result)
+    for c, result, warm in load_levels(connect, s.levels, s.rounds, s.max_new_tokens):
+        p = point(mode, c, result, warm)
         print(f"sweep: {mode} at {c} clients: {p['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
         yield p
 
@@ -222,14 +224,15 @@ def record_continuations(connect, tokenizer, max_new_tokens: int) -> ReplayBook:
 
 
 def load_levels(connect, levels: Sequence[int], rounds: int,
-                max_new_tokens: int) -> Iterator[tuple[int, loadtest.LoadResult]]:
+                max_new_tokens: int) -> Iterator[tuple[int, loadtest.LoadResult, loadtest.LoadResult]]:
     """Per number of clients C: an unmeasured warm-up round at C (on a GPU it replays C's graph buckets
-    first), then C clients x `rounds` requests (at least 4 in all), measured. `connect`: a load client
-    (loadtest.grpc_client of a deployment, or an in-process engine's)."""
+    first), then C clients x `rounds` requests (at least 4 in all), measured: (C, the measured round, the warm-up,
+    whose outputs are checked too: the first requests a deployment serves take paths no later one does).
+    `connect`: a load client (loadtest.grpc_client of a deployment, or an in-process engine's)."""
     prompts = loadtest.DEFAULT_PROMPTS
     for c in levels:
-        loadtest.run_clients(connect, c, 1, prompts, 16, 600)
-        yield c, loadtest.run_clients(connect, c, max(rounds, -(-4 // c)), prompts, max_new_tokens, 1200)
+        warm = loadtest.run_clients(connect, c, 1, prompts, WARM_UP_TOKENS, 600)
+        yield c, loadtest.run_clients(connect, c, max(rounds, -(-4 // c)), prompts, max_new_tokens, 1200), warm
 
 
 def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:

@@ -27,6 +27,19 @@ def test_every_difference_from_the_plain_reference_is_found_once():
     assert "token 1 is 5, the reference has 2" in str(found[1]) and Mismatch("m", 1, 0, 0, 1, 2).gap is None
 
 
+def test_a_warm_up_round_is_checked_against_as_much_of_the_reference():
+    """A level's warm-up requests generate another number of tokens: each must agree with the reference as far as
+    both go."""
+    reference = {0: [1, 2, 3, 4], 1: [7, 8, 9]}
+    good = {"mode": "services", "concurrency": 1, "outputs": [], "warm_up_outputs": [[0, 1, 2], [1, 7, 8, 9, 6]]}
+    bad = {"mode": "services", "concurrency": 4, "outputs": [[0, 1, 2, 3, 4]], "warm_up_outputs": [[0, 1, 5]]}
+    assert mismatches([good], reference) == []
+    found = mismatches([good, bad], reference)
+    assert [(m.concurrency, m.prompt, m.position, m.expected, m.got, m.warm_up) for m in found] == [
+        (4, 0, 1, 2, 5, True)]
+    assert "services at 4 clients (its warm-up round), prompt 0: token 1 is 5" in str(found[0])
+
+
 def test_the_top2_gap_is_the_target_own_margin_there(tiny_pair):
     ids = tiny_pair.encode(PROMPTS[0])
     out = greedy(tiny_pair, PROMPTS[0], 6)
