@@ -45,11 +45,29 @@ class ReplayProposer(ModelDrafting):
         self.runner, self.book, self.alpha, self.seed = runner, book, alpha, seed
         self.runner_up = runner_up
         self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
+        self._agreed = 0  # the committed tokens checked against the reference so far (-1: they left it)
         self.slot = runner.open()
         self.group = Grouped(argmax_rows, self._pick, self._token)
 
     def _before_propose(self, committed: Sequence[int]) -> None:
         self._find(committed)
+        self._check(committed)
+
+    def _check(self, committed: Sequence[int]) -> None:
+        """Warn once where the committed sequence leaves the reference: from there every draft is wrong, so the
+        session's acceptance is not the replayed rate (the target decided a near-tie otherwise than when its
+        continuation was recorded; the benchmark's exactness check says whether its output differs from the others)."""
+        if self._agreed < 0:
+            return
+        reference, end = self.reference, min(len(committed), len(self.reference))
+        at = next((i for i in range(self._agreed, end) if committed[i] != reference[i]), None)
+        if at is None:
+            self._agreed = max(self._agreed, end)
+            return
+        self._agreed = -1
+        log.warning("replayed draft: the sequence left its reference at position %d (%d there, the reference has %d): "
+                    "its drafts from there are wrong, and its acceptance is not the replayed rate",
+                    at, committed[at], reference[at])
 
     def propose_branches(self, chain: Sequence[int], roots: Sequence[tuple[int, int]],
                          k: int) -> list[Proposal] | None:

@@ -349,6 +349,26 @@ def test_replay_proposer_accepts_at_the_replayed_rate(tiny_pair):
         assert (rate == 0.0) if alpha == 0.0 else (0.6 < rate < 1.0), rate
 
 
+def test_a_replayed_draft_warns_once_where_the_sequence_leaves_its_reference(tiny_pair, caplog):
+    """Past the point where the committed tokens differ from the recorded continuation, a replayed draft proposes the
+    recording's tokens and every one is rejected: it says so, once, with the position."""
+    prompt = tiny_pair.encode("def main():")
+    reference = [5, 6, 7, 8, 9, 10]
+    proposer = ReplayFactory(tiny_pair.draft_runner, ReplayBook([(prompt, reference)]),
+                             ReplayRates(1.0, 0.0)).open(SamplingParams(), seed=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="specdec.replay"):
+            proposer._before_propose(prompt + [5, 6])
+            proposer._before_propose(prompt + [5, 6, 7])
+            assert not caplog.records
+            proposer._before_propose(prompt + [5, 6, 7, 4])
+            proposer._before_propose(prompt + [5, 6, 7, 4, 3])
+        assert len(caplog.records) == 1
+        assert f"left its reference at position {len(prompt) + 3} (4 there, the reference has 8)" in caplog.text
+    finally:
+        proposer.close()
+
+
 def test_adaptive_decoder_stays_lossless(tiny_pair):
     prompt = tiny_pair.encode("class Config:")
     request = GenerationRequest(prompt_ids=prompt, max_new_tokens=60, ignore_eos=True)
