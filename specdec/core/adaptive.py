@@ -372,7 +372,7 @@ class BatchLoad(Protocol):
         ...
 
 
-PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts
+PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts, at most
 PROBE_WEIGHT = 0.5  # EMA weight of a probe's draft costs
 PROBE_SHARE = 0.03  # the most of the steps that probes of a draft that does not pay may cost
 
@@ -382,7 +382,7 @@ class AdaptiveK:
     """Chooses each cycle's K for one session.
 
     Costs come from `costs` (shared by a target's sessions when given); the session's own acceptance
-    starts from `prior` (the acceptance pooled over earlier sessions, weighted as PRIOR_TOKENS drafts) when
+    starts from `prior` (the acceptance pooled over earlier sessions, weighted as at most PRIOR_TOKENS drafts) when
     there is one, so a request speculates as well as its predecessors from its first cycle and stops
     speculating at once on a deployment where it does not pay. Every block is also added to `prior`."""
 
@@ -405,9 +405,10 @@ class AdaptiveK:
             self.probes = ProbeSchedule()
         if self.acceptance is None:
             self.acceptance = AcceptanceEstimate()
-            if self.prior is not None and self.prior.judged > 0:
-                scale = PRIOR_TOKENS / self.prior.judged
-                self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, PRIOR_TOKENS
+            if self.prior is not None and self.prior.judged > 0:  # never weighed above its own evidence: one
+                # unlucky block (0 of 1 judged) read as 0 of 8 kept the next sessions from drafting (call v4)
+                scale = min(1.0, PRIOR_TOKENS / self.prior.judged)
+                self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, self.prior.judged * scale
         if self.phase is not None:
             self.phase.update(self, self.acceptance.hoped, self.max_k)
 

@@ -274,6 +274,23 @@ def test_cpu_like_costs_prefer_small_k():
     assert 1 <= chooser.choose() <= 3
 
 
+def test_a_pooled_prior_weighs_no_more_than_its_evidence():
+    """A target's first session drafted one block and none of it was accepted (one in five at acceptance 0.8): read
+    as 0 of 8 judged drafts, the next sessions' first good probes (1 of 9) kept them decoding plainly for a whole
+    request (the H200, call v4); read as the 0 of 1 it is, one accepted probe makes it 1 of 2. A long history still
+    weighs as PRIOR_TOKENS."""
+    prior = AcceptanceEstimate()
+    prior.observe(4, 0)
+    fresh = AdaptiveK(max_k=4, prior=prior)
+    assert fresh.acceptance.judged == pytest.approx(1.0) and fresh.acceptance.hoped == pytest.approx(0.2)
+    fresh.observe(1, 1, 0.010, 0.002)
+    assert fresh.alpha == pytest.approx(1 / (1 + adaptive.ACCEPTANCE_DECAY))  # 1 of ~2 (the past decays)
+    for _ in range(100):
+        prior.observe(4, 3)
+    assert AdaptiveK(max_k=4, prior=prior).acceptance.judged == pytest.approx(adaptive.PRIOR_TOKENS)
+    assert AdaptiveK(max_k=4, prior=prior).alpha == pytest.approx(prior.value)
+
+
 def test_sessions_share_costs_and_start_from_the_pooled_acceptance():
     """A new session of a target that has measured its costs chooses from its first cycle: K = 0 where an
     expensive draft never pays (as a 2-core CPU's fp32 draft), a long K where a cheap one does."""
