@@ -1,5 +1,6 @@
 """The batched runner: sessions decoded together give exactly what each gives alone, and they are batched."""
 
+import contextlib
 import threading
 import time
 
@@ -177,26 +178,34 @@ class StalledLink(ProposalInbox):
         self.put(BROKEN)
 
 
-def test_no_session_waits_for_another_sessions_late_draft(tiny_pair_fp32, batched):
-    """A session whose draft is stalled waits alone: another session decodes all its tokens meanwhile
-    (the engine steps without the late row), and once released the stalled one finishes alone, exactly."""
-    pair = tiny_pair_fp32
-    prompt = pair.encode(PROMPTS[3])
-    expected = pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True)).token_ids
+@contextlib.contextmanager
+def stalled_session(pair, runner, prompt_ids, max_new):
+    """A session on `runner` whose draft sends nothing until the block ends (then it fails, and the session goes on
+    alone): yields (its sequence, the cycles it has committed so far)."""
     link = StalledLink()
-    sequence = TargetSequence(batched, GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True),
+    sequence = TargetSequence(runner, GenerationRequest(prompt_ids=prompt_ids, max_new_tokens=max_new, ignore_eos=True),
                               pair.eos_ids, seed=0)
     cycles: list = []
     stalled = threading.Thread(target=lambda: cycles.extend(TargetLoop(sequence, link, FixedK(4),
                                                                         threading.Event()).run()))
     stalled.start()
     try:
-        other = decode(pair, batched, pair.encode(PROMPTS[4]), 32)
-        assert len(other) == 32 and len(cycles) == 1  # only the stalled session's prefill cycle so far
+        yield sequence, cycles
     finally:
         link.release()
         stalled.join(timeout=60)
         sequence.close()
+
+
+def test_no_session_waits_for_another_sessions_late_draft(tiny_pair_fp32, batched):
+    """A session whose draft is stalled waits alone: another session decodes all its tokens meanwhile
+    (the engine steps without the late row), and once released the stalled one finishes alone, exactly."""
+    pair = tiny_pair_fp32
+    prompt = pair.encode(PROMPTS[3])
+    expected = pair.decoder.generate(GenerationRequest(prompt_ids=prompt, max_new_tokens=10, ignore_eos=True)).token_ids
+    with stalled_session(pair, batched, prompt, 10) as (sequence, cycles):
+        other = decode(pair, batched, pair.encode(PROMPTS[4]), 32)
+        assert len(other) == 32 and len(cycles) == 1  # only the stalled session's prefill cycle so far
     assert sequence.generated == expected and cycles[-1].draft_failed
     assert batched.free_slots == batched.max_sessions
 
@@ -207,25 +216,15 @@ def test_a_step_launched_alone_is_timed_as_a_forward_of_its_own_rows(tiny_pair_f
     as a few rows' and turned drafting off)."""
     pair = tiny_pair_fp32
     runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=False)
-    link = StalledLink()
-    prompt = pair.encode(PROMPTS[3])
-    sequence = TargetSequence(runner, GenerationRequest(prompt_ids=prompt, max_new_tokens=4, ignore_eos=True),
-                              pair.eos_ids, seed=0)
-    cycles: list = []
-    stalled = threading.Thread(target=lambda: cycles.extend(TargetLoop(sequence, link, FixedK(4),
-                                                                        threading.Event()).run()))
-    stalled.start()
     try:
-        deadline = time.monotonic() + 60
-        while not runner._rows and time.monotonic() < deadline:  # its prefill, then it waits for its draft
-            time.sleep(0.005)
-        runner.costs.forwards.clear()
-        assert len(decode(pair, runner, pair.encode(PROMPTS[4]), 16)) == 16
-        assert runner.costs.forwards and {rows for rows, _ in runner.costs.forwards} == {1}
+        with stalled_session(pair, runner, pair.encode(PROMPTS[3]), 4):
+            deadline = time.monotonic() + 60
+            while not runner._rows and time.monotonic() < deadline:  # its prefill, then it waits for its draft
+                time.sleep(0.005)
+            runner.costs.forwards.clear()
+            assert len(decode(pair, runner, pair.encode(PROMPTS[4]), 16)) == 16
+            assert runner.costs.forwards and {rows for rows, _ in runner.costs.forwards} == {1}
     finally:
-        link.release()
-        stalled.join(timeout=60)
-        sequence.close()
         runner.stop()
 
 
