@@ -34,7 +34,7 @@ class Mismatch:
     expected: int  # the reference's token there (-1: past its end)
     got: int  # (-1: past the output's end)
     gap: float | None = None  # the target's top-1 minus top-2 logit there (an eager forward); None: not computed
-    warm_up: bool = False  # in the level's unmeasured warm-up round (its outputs are a prefix of the reference's)
+    warm_up: bool = False  # in the level's unmeasured warm-up round (compared as far as both outputs go)
 
     def to_dict(self) -> dict:
         return asdict(self)
