@@ -184,7 +184,9 @@ class SwitchHold:
     rates favour drafting at 32 rows and plain decoding at 64, and the phase switched a dozen times a second on the
     H200 (docs/benchmarks.md, call t2), each switch on a catch-up of every row's draft on the tokens of the pause. So
     drafting that lasted fewer than `stable` steps makes the next switch on wait `first` steps, and twice as long each
-    time after, up to `max_wait`; drafting that lasted `stable` steps or more clears the wait."""
+    time after, up to `max_wait`; drafting that lasted `stable` steps or more clears the wait. The wait is also long
+    enough that the dearest catch-up since drafting was turned on (`caught_up`, in plain steps) is at most PROBE_SHARE
+    of it, as a probe's is: a catch-up of 64 rows on a pause of 100 tokens costs ~20 plain steps on the H200."""
 
     first: int = 16
     max_wait: int = 1024
@@ -192,6 +194,11 @@ class SwitchHold:
     wait: int = 0  # the last wait set (0: none)
     on_at: int | None = None  # the step drafting was last turned on (None: it is off)
     until: int = -1  # drafting may be turned on again from this step
+    cost_steps: float = 0.0  # the dearest catch-up since drafting was last turned on, in plain steps
+
+    def caught_up(self, steps: float) -> None:
+        """A member's draft caught up before drafting, for `steps` plain steps' time."""
+        self.cost_steps = max(self.cost_steps, steps)
 
     def allows(self, step: int | None) -> bool:
         """Whether drafting may be turned on at engine step `step` (None: not known, yes)."""
@@ -200,10 +207,11 @@ class SwitchHold:
     def turned(self, drafting: bool, step: int) -> None:
         """The phase turned drafting on (`drafting`) or off at engine step `step`."""
         if drafting:
-            self.on_at = step
+            self.on_at, self.cost_steps = step, 0.0
             return
         if self.on_at is not None and step - self.on_at < self.stable:
-            self.wait = min(self.max_wait, 2 * self.wait) if self.wait else self.first
+            doubled = min(self.max_wait, 2 * self.wait) if self.wait else self.first
+            self.wait = max(doubled, min(self.max_wait, math.ceil(self.cost_steps / PROBE_SHARE)))
             self.until = step + self.wait
         else:
             self.wait = 0
@@ -266,6 +274,11 @@ class SharedPhase:
         value = compute()
         self._memo[what] = (key, value)  # one reference: read unlocked
         return value
+
+    def caught_up(self, steps: float) -> None:
+        """A member's draft caught up before drafting, for `steps` plain steps' time (what `hold` weighs)."""
+        with self._lock:
+            self.hold.caught_up(steps)
 
     def take_probe(self, step: int) -> bool:
         """Whether the member asking is the first of engine step `step` to take the probe due then (the others decode
@@ -429,6 +442,8 @@ class AdaptiveK:
                 self.prior.observe(k, accepted)
             if self.phase is not None:
                 self.phase.update(self, self.acceptance.hoped, self.max_k)
+        if self.phase is not None and catch_up_s > 0 and (plain := self._verify_costs()[0]):
+            self.phase.caught_up(catch_up_s / plain)
         if self._probing:
             self._probing = False
             plain = self._verify_costs()[0]

@@ -531,6 +531,28 @@ def test_a_phase_whose_drafting_did_not_last_waits_longer_each_time_to_turn_it_o
     assert chooser.choose() > 0
 
 
+def test_a_phase_holds_drafting_off_long_enough_that_its_catch_ups_cost_little():
+    """Turning drafting on catches every row's draft up on the tokens of the pause: at 64 rows on the H200 ~80-140 ms,
+    a dozen or more plain steps (docs/benchmarks.md, call h4). Drafting that did not last holds the next switch on long
+    enough that the dearest catch-up since it was turned on is at most PROBE_SHARE of the wait."""
+    hold = adaptive.SwitchHold()
+    hold.turned(True, 100)
+    hold.caught_up(0.4)  # a new session's catch-up
+    hold.caught_up(12.0)  # every row's, at the switch on
+    hold.turned(False, 130)
+    assert hold.wait == math.ceil(12.0 / adaptive.PROBE_SHARE) and not hold.allows(129 + hold.wait)
+    assert hold.allows(130 + hold.wait)
+    hold.turned(True, 600)  # a cheap switch on: the doubled wait stands
+    hold.caught_up(0.1)
+    hold.turned(False, 610)
+    assert hold.wait == min(hold.max_wait, 2 * math.ceil(12.0 / adaptive.PROBE_SHARE))
+    phase = SharedPhase()
+    member = AdaptiveK(max_k=4, costs=StepCosts(), phase=phase)
+    member.costs.observe(0, 0.006)
+    member.observe(0, 0, 0.006, 0.0, catch_up_s=0.072)  # a member's cycle that waited for a 72 ms catch-up
+    assert phase.hold.cost_steps == pytest.approx(12.0)
+
+
 def test_a_cycle_that_drafts_more_is_never_taken_to_cost_less():
     """A CPU at 32 clients, drafts never accepted: the engine measured k = 1 cycles at 37.4 ms and plain ones at
     39.1 (noise: a k = 1 cycle does a plain cycle's work and more). Taken as is, one token in 37.4 ms beat one in
