@@ -587,9 +587,10 @@ class AdaptiveK:
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k, steps)):
-            log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line): %s",
+            held = self.phase.hold.until - steps
+            log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line%s): %s",
                      f"on, K = {k}" if k else "off", self.batch.batch_rows(), switches, "" if switches == 1 else "es",
-                     self.summary())
+                     f"; held off for {held} steps" if not k and held > 0 else "", self.summary())
         return k, k == 0
 
 

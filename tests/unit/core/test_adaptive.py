@@ -460,7 +460,7 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
 def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monkeypatch):
     """A phase that switches drafting on makes every member's draft catch up (at 64 clients on the H200, eight
     60-75 ms phases in 5 s, call n1, with nothing in the log saying at what load it switched): each switch is
-    counted, and reported with the load and the rates at most once a second."""
+    counted, and reported with the load, the rates and how long drafting is held off, at most once a second."""
     now = [0.0]
     monkeypatch.setattr(adaptive.time, "monotonic", lambda: now[0])
     phase = SharedPhase()
@@ -477,7 +477,8 @@ def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monk
     load.cycles, load.steps, now[0] = {0: 0.0095, 2: 0.027}, 2, 5.0
     with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
         assert chooser.choose() == 0
-    assert "shared phase: drafting off at 48 rows (1 switch since the last line): acceptance 0.75" in caplog.text
+    assert ("shared phase: drafting off at 48 rows (1 switch since the last line; held off for 16 steps): "
+            "acceptance 0.75") in caplog.text  # drafting lasted one step: the next switch on waits
 
 
 def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
