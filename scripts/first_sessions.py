@@ -23,15 +23,6 @@ from specdec.tools.inprocess import InProcessTarget, own_draft_runner
 from specdec.tools.sweep import WARM_UP_TOKENS, record_continuations
 
 
-class _Replayed:
-    """A replayed draft's factory, given its book once the engine has recorded the target's continuations."""
-
-    factory: ReplayFactory | None = None
-
-    def open(self, sampling, seed):
-        return self.factory.open(sampling, seed)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="tiny")
@@ -48,14 +39,16 @@ def main() -> None:
     compute = Compute.for_device(args.device)
     target = compute.run(load_model, args.target, "target", device=args.device)
     draft = compute.run(load_model, args.draft, "draft", device=args.device)
+    plain = InProcessTarget(target, max_len=max_len, max_sessions=1, compute=compute)
+    try:  # the target's own continuations, decoded plainly, as `specdec bench` records them
+        book = record_continuations(plain.client, target.tokenizer, args.tokens)
+    finally:
+        plain.close()
     draft_runner = own_draft_runner(compute, draft, max_len, 4)
-    replayed = _Replayed()
-    engine = InProcessTarget(target, max_len=max_len, max_sessions=4, drafts=replayed, draft_runner=draft_runner,
-                             own_draft=True, compute=compute)
+    engine = InProcessTarget(target, max_len=max_len, max_sessions=4, draft_runner=draft_runner, own_draft=True,
+                             drafts=ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha)),
+                             compute=compute)
     try:
-        engine.k = 0  # the target's own continuations first, decoded plainly
-        book = record_continuations(engine.client, target.tokenizer, args.tokens)
-        replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
         engine.k, engine.adaptive_k = 4, True
         for i in range(1 + args.requests):
             tokens = WARM_UP_TOKENS if i == 0 else args.tokens
