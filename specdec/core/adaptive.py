@@ -442,11 +442,12 @@ class AdaptiveK:
                 self.prior.observe(k, accepted)
             if self.phase is not None:
                 self.phase.update(self, self.acceptance.hoped, self.max_k)
-        if self.phase is not None and catch_up_s > 0 and (plain := self._verify_costs()[0]):
+        caught_up = self.phase is not None and catch_up_s > 0
+        plain = self._verify_costs()[0] if caught_up or self._probing else None  # a plain step, what both weigh in
+        if caught_up and plain:
             self.phase.caught_up(catch_up_s / plain)
         if self._probing:
             self._probing = False
-            plain = self._verify_costs()[0]
             cost_steps = (catch_up_s + draft_s + (round_trip_s or 0.0)) / plain if plain else 0.0
             self.probes.result(self._drafting_k(self._rates(self.max_k), held=False) > 0, cost_steps)
 
