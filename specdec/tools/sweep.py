@@ -123,7 +123,7 @@ def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps
     return statistics.median(times[3:])
 
 
-def point(mode: str, concurrency: int, result: loadtest.LoadResult, warm: loadtest.LoadResult | None = None) -> dict:
+def point(mode: str, concurrency: int, result: loadtest.LoadResult, warm: loadtest.LoadResult) -> dict:
     s = result.summary()
     itl = [(lat - ttft) / (len(out) - 2) for lat, ttft, out in zip(result.latencies_s, result.ttft_s, result.outputs)
            if len(out) > 2]  # outputs: [prompt index, *token ids]
@@ -133,7 +133,7 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult, warm: loadte
             "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None, "cycles": s["cycles"],
             "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"],
             "outputs": result.outputs,  # [prompt index, *token ids] per request: exactness is checked across points
-            "warm_up_outputs": warm.outputs if warm is not None else []}  # the same, of the level's warm-up round
+            "warm_up_outputs": warm.outputs}  # the same, of the level's warm-up round
 
 
 def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> list[dict]:
