@@ -217,9 +217,9 @@ def test_a_step_launched_alone_is_timed_as_a_forward_of_its_own_rows(tiny_pair_f
     pair = tiny_pair_fp32
     runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=False)
     try:
-        with stalled_session(pair, runner, pair.encode(PROMPTS[3]), 4):
+        with stalled_session(pair, runner, pair.encode(PROMPTS[3]), 4) as (_, cycles):
             deadline = time.monotonic() + 60
-            while not runner._rows and time.monotonic() < deadline:  # its prefill, then it waits for its draft
+            while not cycles and time.monotonic() < deadline:  # its prefill done, it waits for its draft
                 time.sleep(0.005)
             runner.costs.forwards.clear()
             assert len(decode(pair, runner, pair.encode(PROMPTS[4]), 16)) == 16
