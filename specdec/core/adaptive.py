@@ -265,9 +265,9 @@ class SharedPhase:
         self._mean = [s / len(self._tokens) for s in self._sum] if self._tokens else None  # one reference: read unlocked
 
     def once(self, what: str, key: object, compute: Callable[[], T]) -> T:
-        """The members' `what` (their rates by k, their K) at `key` (an engine's step and a cap), computed by the
-        first member that asks: they weigh the same mean and the same engine's costs, and every session computing
-        them after every step costs the host time that grows with the batch."""
+        """The members' `what` (their rates by k, their K, their step's costs observed) at `key` (an engine's step and a
+        cap), computed by the first member that asks: they weigh the same mean and the same engine's costs, and every
+        session computing them after every step costs the host time that grows with the batch."""
         cached = self._memo.get(what)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -435,7 +435,14 @@ class AdaptiveK:
         its k tokens; `round_trip_s`: the rest of the wait for them, when the caller can tell them apart;
         `catch_up_s`: the draft's catching up on a pause before drafting, which only a probe's cost counts)."""
         # a probe comes after up to hundreds of plain cycles: what the draft costs now outweighs older figures
-        self.costs.observe(k, verify_s, draft_s, round_trip_s, PROBE_WEIGHT if self._probing else None)
+        weight = PROBE_WEIGHT if self._probing else None
+        steps = self._phase_step()
+        if steps is None:
+            self.costs.observe(k, verify_s, draft_s, round_trip_s, weight)
+        else:  # one step's figures, once: each of 14 members folding in one slow phase made it 96% of the draft's
+            # cost per token, and drafting turned off at 16 rows for a ramp's phase (docs/benchmarks.md, call w1)
+            self.phase.once(f"costs of k = {k}", steps,
+                            lambda: self.costs.observe(k, verify_s, draft_s, round_trip_s, weight))
         if k > 0:
             self.acceptance.observe(k, accepted)
             if self.prior is not None:

@@ -622,6 +622,33 @@ def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     assert members[0].choose(limit=2) == 2 and load.asked == 15  # a row near its end: the phase's K, cut to its cap
 
 
+def test_a_phase_s_members_fold_one_step_s_costs_in_once():
+    """Every member of a phase verified in one step observes the same drafting phase and the same verify: on the H200
+    (call w1) 14 members each folding in one slow phase of a ramp made it 96% of the shared draft cost per token (5.6
+    ms where a step costs ~2), and drafting turned off at 16 rows. Once per (step, k), it moves the figure by one
+    weight; the next step's figures count again, and a member alone (no engine step) observes every cycle."""
+    load = Load(rows=14, verify={k: 0.005 + 0.0005 * k for k in range(5)}, steps=10)
+    costs = StepCosts(smoothing=0.2)
+    costs.observe(2, 0.006, 0.004)  # 2 ms a token
+    phase = SharedPhase()
+    members = [AdaptiveK(max_k=4, costs=costs, batch=load, phase=phase, acceptance=known(0.8)) for _ in range(14)]
+    for m in members:
+        m.observe(2, 2, 0.006, 0.0112)  # one slow phase: 5.6 ms a token
+    assert costs.draft_step_s == pytest.approx(0.002 + 0.2 * (0.0056 - 0.002))
+    members[0].observe(1, 1, 0.0055, 0.002)  # a row near its end verified fewer in the same step: its own figure
+    assert costs.verify_s[1] == pytest.approx(0.0055)
+    before = costs.draft_step_s
+    load.steps = 11
+    for m in members:
+        m.observe(2, 2, 0.006, 0.004)
+    assert costs.draft_step_s == pytest.approx(0.8 * before + 0.2 * 0.002)
+    alone = AdaptiveK(max_k=4, costs=StepCosts(smoothing=0.2))
+    alone.observe(2, 2, 0.006, 0.004)
+    alone.observe(2, 2, 0.006, 0.0112)
+    alone.observe(2, 2, 0.006, 0.0112)
+    assert alone.costs.draft_step_s == pytest.approx(0.002 + (1 - 0.8 ** 2) * 0.0036)
+
+
 def test_a_phase_s_members_take_its_k_once_per_engine_step_and_its_plain_steps_count_towards_probes():
     """At 64 rows every member's choice after every step was host time on the H200's plain steps (calls k4, l1, r1):
     the first member to choose after a step decides the phase's K for every cap, the others of that step reuse it
