@@ -10,18 +10,27 @@ from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
 from specdec.tools.launcher import Stack
 
+log = logging.getLogger("specdec")
+
 
 def add_parser(sub) -> None:
-    up = sub.add_parser("up", help="start draft, target and orchestrator on loopback",
-                        description="Start all three services on loopback, wait until healthy, print the "
-                                    "orchestrator address; Ctrl-C stops all three.")
+    up = sub.add_parser("up", help="start target, orchestrator and the draft on loopback",
+                        description="Start the services on loopback, wait until healthy, print the orchestrator "
+                                    "address; Ctrl-C stops them all. Where the draft shares the target's device "
+                                    "(the default) the target runs it itself (--own-draft); on another device, or "
+                                    "with --draft-service, it is a draft service of its own.")
     up.add_argument("--port", type=int, default=50051, help="orchestrator port; target +1, draft +2")
     up.add_argument("--target", default="tiny", help="target model (default: tiny)")
     up.add_argument("--draft", default="tiny", help="draft model (default: tiny)")
     up.add_argument("--no-draft", action="store_true", help="target only")
     up.add_argument("--own-draft", action="store_true",
                     help="no draft service: the target runs --draft itself, on its device, drafting for all its "
-                         "sessions between its batched steps (the choice for one GPU shared by both models)")
+                         "sessions between its batched steps (the choice for one GPU shared by both models). The "
+                         "default wherever the draft would share the target's device and dtype with the draft-model "
+                         "proposer")
+    up.add_argument("--draft-service", action="store_true",
+                    help="a draft service beside the target even where the draft shares its device (two engines "
+                         "on one device fall out of phase: docs/benchmarks.md)")
     up.add_argument("--device", default="cpu", help="device of the target (default: cpu)")
     up.add_argument("--draft-device", default=None, help="device of the draft (default: --device)")
     up.add_argument("--dtype", default="auto", help="dtype of the target (default: auto)")
@@ -34,18 +43,30 @@ def add_parser(sub) -> None:
     up.set_defaults(func=run)
 
 
+def own_draft(args: argparse.Namespace) -> bool:
+    """Whether the target runs the draft itself: asked for, or by default where a draft service would share the
+    target's device (on one GPU two engines fall out of phase, and on a CPU they share its cores: the own draft made
+    1.37-1.75x target-only at 4 clients on two cores where a draft service beside the target made 0.93x)."""
+    fits = (args.draft_device in (None, args.device) and args.proposer == ProposerKind.DRAFT_MODEL.value
+            and args.draft_dtype in (None, args.dtype))
+    if args.own_draft and (args.no_draft or args.draft_service or not fits):
+        raise InvalidArgument("own_draft", "runs the draft model in the target, on the target's device and dtype: it "
+                                           "goes with neither --no-draft, --draft-service, another --draft-device or "
+                                           f"--draft-dtype nor --proposer {args.proposer}")
+    return args.own_draft or (fits and not args.no_draft and not args.draft_service)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
     compiling = ["--no-compile"] if args.no_compile else []
     common = ["--device", args.device, "--dtype", args.dtype, "--cpu-kernels", args.cpu_kernels, *compiling]
-    if args.own_draft:
-        elsewhere = args.draft_device not in (None, args.device)
-        if args.no_draft or elsewhere or args.proposer != ProposerKind.DRAFT_MODEL.value:
-            raise InvalidArgument("own_draft", "runs the draft model in the target, on the target's device: it goes "
-                                               "with neither --no-draft, another --draft-device nor --proposer "
-                                               f"{args.proposer}")
+    own = own_draft(args)
+    if own:
         common += ["--own-draft", args.draft]
-    stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft or args.own_draft else args.draft,
+    if not args.no_draft:
+        log.info("draft %s: %s", args.draft, "run by the target itself, between its batched steps (--draft-service: a "
+                 "separate service)" if own else "a draft service")
+    stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft or own else args.draft,
                   extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
                                                      "--dtype", args.draft_dtype or args.dtype,
                                                      "--cpu-kernels", args.cpu_kernels,

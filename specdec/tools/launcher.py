@@ -122,7 +122,7 @@ class Stack:
         done = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: done.set())
-        print(f"specdec is up: orchestrator at {self.address} (plaintext on loopback; Ctrl-C stops all three)",
+        print(f"specdec is up: orchestrator at {self.address} (plaintext on loopback; Ctrl-C stops every server)",
               flush=True)
         while not done.wait(0.5):
             for role, proc in self.procs.items():

@@ -71,6 +71,8 @@ def test_bad_flag_value_is_a_clear_error(capsys):
                           (["serve", "target", "--port", "0", "--replay-references", "x.jsonl"],
                            "replay_references: replays a draft's cost"),
                           (["up", "--own-draft", "--no-draft"], "own_draft: runs the draft model in the target"),
+                          (["up", "--own-draft", "--draft-device", "cuda:1"], "own_draft: runs the draft model in the"),
+                          (["up", "--own-draft", "--draft-service"], "own_draft: runs the draft model in the target"),
                           (["bench", "--no-compile"], "no-compile: only with --concurrency"),
                           (["bench", "--stream-interval", "4"], "stream-interval: only with --concurrency"),
                           (["bench", "--concurrency", "1", "--stream-interval", "0"], "stream_interval: must be >= 1")]:
@@ -117,6 +119,36 @@ def test_servers_of_a_killed_up_do_not_outlive_it():
     while any(map(_running, servers)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(map(_running, servers)), "servers outlived the killed `specdec up`"
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="reads /proc")
+def test_up_s_defaults_speculate_with_the_target_s_own_draft(tiny_pair):
+    """With the draft on the target's device (the default), `specdec up` starts no draft service: the target runs the
+    draft itself, and a request speculates through it with the output target-only greedy gives; --draft-service
+    asks for the service beside it. SIGTERM stops every server."""
+    from specdec.serving.client import Client, build_request
+    from specdec.tools.launcher import free_base_port
+    from tests.conftest import greedy
+
+    for flags, servers, drafts in (([], 2, 0), (["--draft-service"], 3, 1)):
+        port = free_base_port()
+        up = subprocess.Popen([sys.executable, "-m", "specdec", "up", "--port", str(port), *flags],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert up.stdout.readline().startswith("specdec is up: orchestrator at"), flags  # every server healthy
+            assert len(_children(up.pid)) == servers, flags
+            with Client(f"127.0.0.1:{port}", timeout_s=60) as c:
+                info = c.server_info()
+                result = c.generate(build_request("def fibonacci(n):", max_new_tokens=24, ignore_eos=True))
+            assert len(info.drafts) == drafts, flags
+            assert [t.own_draft for t in info.targets.values()] == ["" if drafts else "tiny"], flags
+            assert result.token_ids == greedy(tiny_pair, "def fibonacci(n):", 24), flags
+            assert result.stats.draft_tokens > 0, flags
+        finally:
+            up.terminate()
+            err = up.communicate(timeout=60)[1]  # stderr is read only now: a short test's log fits the pipe
+        assert up.returncode == 0, err[-2000:]
+        assert ("a draft service" if drafts else "run by the target itself") in err, flags
 
 
 def test_a_server_keeps_what_it_built_out_of_garbage_collection(tiny_pair):
