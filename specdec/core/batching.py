@@ -230,6 +230,11 @@ class StepDrafter(Protocol):
         """What its phases did since the last report, for the engine's log line."""
         ...
 
+    def joining_s(self) -> float:
+        """Seconds its phases spent catching new sessions' drafts up on their prompts, in all: a new session's prompt
+        work, which the engine charges to no running session's cycle, as it does their prompt steps."""
+        ...
+
 
 class Driven(Protocol):
     """A session's loop that the engine drives (TargetLoop)."""
@@ -517,7 +522,8 @@ class BatchedRunner(ModelRunner):
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
         self.costs = StepCostTable()
-        self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks
+        self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks and their
+        #                          drafts' catch-ups
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -999,10 +1005,13 @@ class BatchedRunner(ModelRunner):
         the step that verifies its blocks before the host reads them (_launch_early)."""
         if self.drafter is None:
             return False
-        t0, before = time.perf_counter(), self._early
+        t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
         if not self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None):
             return False
         done = time.perf_counter()
+        # a joining session's catch-up, ~3 ms on the H200 beside a ~10 ms cycle, timed into every drafting row's cycle
+        # (folded in as many times) made drafting look a third dearer at each join (docs/benchmarks.md, call w1)
+        self._uncharged_s += self.drafter.joining_s() - joining
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + done - t0, s.drafting_phases + 1
         s.drafting_longest_s = max(s.drafting_longest_s, done - t0)

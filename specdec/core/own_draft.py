@@ -43,6 +43,7 @@ class OwnDraftLink(ProposalInbox):
         self.k = k  # what the last verdict asked for
         self.committed = list(prompt_ids)  # the target's sequence, as the verdicts told it
         self.closed = False  # its session is over: the drafter must not touch its proposer (or slot) again
+        self.joining = k > 0  # its first block is still to be drafted, on its prompt (a paused start's is a resume)
 
     def poll(self, usable: Callable[[Proposal], int], waited_s: float) -> Picked | None:
         picked = super().poll(usable, waited_s)
@@ -107,12 +108,15 @@ class OwnDrafts:
             if not asked:
                 return False
             launched = None if early is None else lambda drafted: early([(asked[i], d) for i, d in drafted.items()])
+            joining = any(link.joining for link in asked)
+            for link in asked:
+                link.joining = False
             try:
                 t0 = time.perf_counter()
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked], launched)
                 elapsed = time.perf_counter() - t0
-                self._count(len(asked), elapsed, max(p.catch_up_s for p in proposals))
+                self._count(len(asked), elapsed, max(p.catch_up_s for p in proposals), joining)
                 if elapsed > SLOW_PHASE_S:
                     log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "
                              "drafting %.1f ms", 1e3 * elapsed, len(asked),
@@ -128,11 +132,15 @@ class OwnDrafts:
             link.put(proposal)
         return True
 
-    def _count(self, rows: int, elapsed: float, catch_up_s: float) -> None:
+    def _count(self, rows: int, elapsed: float, catch_up_s: float, joining: bool) -> None:
         s = self.stats
         s.phases, s.rows, s.phase_s = s.phases + 1, s.rows + rows, s.phase_s + elapsed
         if catch_up_s > 0:
             s.catching_up, s.catch_up_s = s.catching_up + 1, s.catch_up_s + catch_up_s
+            s.joining_s += catch_up_s if joining else 0.0
+
+    def joining_s(self) -> float:
+        return self.stats.joining_s
 
     def report(self) -> str:
         """The phases since the last report, for the engine's log line."""

@@ -334,6 +334,62 @@ def test_the_drafter_reports_its_phases_and_those_that_caught_up_first(tiny_pair
         link.close()
 
 
+def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine):
+    """A new session's first block catches its draft up on its prompt (joining: prompt work, charged to no running
+    session's cycle); its next block, drafted from the cached sequence, catches nothing up; a session whose committed
+    tokens ran ahead of its draft catches up as a resume (paid by drafting), and so does a paused start's first block."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    prompt = pair.encode(PROMPTS[2])
+    link = drafts.open("", DraftStart("s", prompt, SamplingParams(), 0, 2, overlap=False), None)
+    paused = drafts.open("", DraftStart("p", prompt, SamplingParams(), 0, 2, overlap=False, paused=True), None)
+    try:
+        drafts.ask(link)
+        assert drafts.draft()
+        joined = drafts.joining_s()
+        assert joined == drafts.stats.catch_up_s > 0
+        drafts.ask(link)
+        assert drafts.draft() and drafts.stats.catch_up_s == joined  # cached: nothing to catch up
+        link.committed.extend(pair.encode(" x = 1\n y = 2\n z = 3"))
+        drafts.ask(link)
+        assert drafts.draft() and drafts.stats.catch_up_s > joined and drafts.joining_s() == joined
+        caught_up = drafts.stats.catch_up_s
+        drafts.ask(paused)
+        assert drafts.draft() and drafts.stats.catch_up_s > caught_up and drafts.joining_s() == joined
+    finally:
+        link.close()
+        paused.close()
+
+
+def test_a_new_session_s_catch_up_is_charged_to_no_running_session_s_cycle(tiny_pair_fp32, monkeypatch):
+    """The engine times a drafting row's cycle with its drafting phase in it, less what new sessions' prompts took:
+    their prompt steps and their drafts' catch-ups (`StepDrafter.joining_s`). A phase made 60 ms slower shows in the
+    measured drafted cycles, unless the drafter says those 60 ms were a new session's catch-up."""
+    pair = tiny_pair_fp32
+    measured = {}
+    for joining in (False, True):
+        target = BatchedRunner(pair.target.model, max_len=512, max_sessions=4, gather_s=0.005, prefill_chunk=32)
+        draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
+        drafts = target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
+        phase = drafts.draft
+
+        def slow(early=None, _phase=phase, _drafts=drafts, _joining=joining):
+            drafted = _phase(early)
+            if drafted:
+                time.sleep(0.06)
+                _drafts.stats.joining_s += 0.06 if _joining else 0.0
+            return drafted
+
+        monkeypatch.setattr(drafts, "draft", slow)
+        try:
+            cases = [(pair.encode(p), 20, 2) for p in PROMPTS[3:5]]
+            concurrently([lambda c=c, e=(target, draft): own_decode(pair, e, *c) for c in cases])
+            measured[joining] = target.costs.cycle(2, 3)
+        finally:
+            target.stop()
+    assert measured[False] > 0.06 > measured[True], measured
+
+
 def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engine, caplog, monkeypatch):
     """Next to its steps, the engine's log line says what its drafting phases did and how many rows' first draft steps
     launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path)."""
