@@ -17,8 +17,9 @@ def add_parser(sub) -> None:
     up = sub.add_parser("up", help="start target, orchestrator and the draft on loopback",
                         description="Start the services on loopback, wait until healthy, print the orchestrator "
                                     "address; Ctrl-C stops them all. Where the draft shares the target's device "
-                                    "(the default) the target runs it itself (--own-draft); on another device, or "
-                                    "with --draft-service, it is a draft service of its own.")
+                                    "(the default) the target runs it itself (--own-draft); on another device or "
+                                    "dtype, with the ngram or hybrid proposer, or with --draft-service, it is a "
+                                    "draft service of its own.")
     up.add_argument("--port", type=int, default=50051, help="orchestrator port; target +1, draft +2")
     up.add_argument("--target", default="tiny", help="target model (default: tiny)")
     up.add_argument("--draft", default="tiny", help="draft model (default: tiny)")
@@ -47,13 +48,16 @@ def own_draft(args: argparse.Namespace) -> bool:
     """Whether the target runs the draft itself: asked for, or by default where a draft service would share the
     target's device (on one GPU two engines fall out of phase, and on a CPU they share its cores: the own draft made
     1.37-1.75x target-only at 4 clients on two cores where a draft service beside the target made 0.93x)."""
-    fits = (args.draft_device in (None, args.device) and args.proposer == ProposerKind.DRAFT_MODEL.value
-            and args.draft_dtype in (None, args.dtype))
-    if args.own_draft and (args.no_draft or args.draft_service or not fits):
-        raise InvalidArgument("own_draft", "runs the draft model in the target, on the target's device and dtype: it "
-                                           "goes with neither --no-draft, --draft-service, another --draft-device or "
-                                           f"--draft-dtype nor --proposer {args.proposer}")
-    return args.own_draft or (fits and not args.no_draft and not args.draft_service)
+    misfits = [flag for flag, misfit in (
+        (f"--draft-device {args.draft_device}", args.draft_device not in (None, args.device)),
+        (f"--draft-dtype {args.draft_dtype}", args.draft_dtype not in (None, args.dtype)),
+        (f"--proposer {args.proposer}", args.proposer != ProposerKind.DRAFT_MODEL.value)) if misfit]
+    if args.own_draft and (args.no_draft or args.draft_service or misfits):
+        given = ", ".join((["--no-draft"] if args.no_draft else []) + (["--draft-service"] if args.draft_service else [])
+                          + misfits)
+        raise InvalidArgument("own_draft", "runs the draft model in the target, on the target's device and dtype, "
+                                           f"with the draft-model proposer: it does not go with {given}")
+    return args.own_draft or (not misfits and not args.no_draft and not args.draft_service)
 
 
 def run(args: argparse.Namespace) -> int:
