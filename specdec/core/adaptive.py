@@ -384,6 +384,11 @@ class BatchLoad(Protocol):
         """Steps run so far: what a shared phase's rates are computed once per (None: every time)."""
         ...
 
+    def batch_draft_step_cost(self) -> float | None:
+        """One draft step's time over this load's rows, where the engine drafts for its sessions and timed one (else
+        None)."""
+        ...
+
 
 PRIOR_TOKENS = 8.0  # a pooled prior weighs in a new session's acceptance as much as this many judged drafts, at most
 PROBE_WEIGHT = 0.5  # EMA weight of a probe's draft costs
@@ -496,7 +501,7 @@ class AdaptiveK:
         cycles = [self.batch.batch_cycle_cost(k) if measured else None for k in ks]
         samples = [self.batch.batch_cycle_samples(k) if cycles[k] is not None else 0 for k in ks]
         costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in ks]
-        step = self.costs.draft_step_s or 0.0
+        step = self._draft_step(measured)
         for k in reversed(ks[1:]):  # the better-measured figure of two neighbours stands
             if costs[k] is not None and costs[k - 1] is not None and samples[k] > samples[k - 1] and costs[k] > step:
                 costs[k - 1] = min(costs[k - 1], costs[k] - step)
@@ -505,6 +510,15 @@ class AdaptiveK:
                 costs[k] = max(costs[k], costs[k - 1] + step)
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in ks]
+
+    def _draft_step(self, measured: bool) -> float:
+        """What one more draft token costs a cycle at least: the draft's step at this load where its engine timed one
+        (`measured`), if less than the drafting time per token. A phase's drafting time over its K also holds the
+        phase's fixed work (launching the verify, reading back): on the H200 2.4 ms a token at 16 rows where a step
+        took ~1.5, which raised a measured K = 3 cycle over K = 2's and kept the phase at K = 2 (call w2)."""
+        step = self.costs.draft_step_s or 0.0
+        device = self.batch.batch_draft_step_cost() if measured else None
+        return min(step, device) if step and device else step
 
     def _verify_costs(self) -> list[float | None]:
         """verify(k) for k = 0..max_k: the batch's at its rows now (else this target's own), never more than a
@@ -545,7 +559,9 @@ class AdaptiveK:
                           for k in range(self.max_k + 1))
         cycles = (" ".join(f"{k}:{ms(c)}" for k in range(self.max_k + 1) if (c := batch.batch_cycle_cost(k)) is not None)
                   if batch is not None and self.phase is not None else "")
-        return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token + {ms(self.costs.round_trip_s)} ms/cycle, "
+        step = batch.batch_draft_step_cost() if batch is not None and self.phase is not None else None
+        return (f"acceptance {alpha}, draft {ms(self.costs.draft_step_s)} ms/token"
+                f"{f' (a step {ms(step)})' if step is not None else ''} + {ms(self.costs.round_trip_s)} ms/cycle, "
                 f"verify(k) batch/own ms {verify}, {f'measured cycles ms {cycles}, ' if cycles else ''}"
                 f"tokens/s by k {rates or '?'}")
 

@@ -235,6 +235,10 @@ class StepDrafter(Protocol):
         work, which the engine charges to no running session's cycle, as it does their prompt steps."""
         ...
 
+    def step_cost(self, rows: int) -> float | None:
+        """One draft step's time over `rows` sessions, as its runner timed its chains' steps (None: not known)."""
+        ...
+
 
 class Driven(Protocol):
     """A session's loop that the engine drives (TargetLoop)."""
@@ -646,6 +650,10 @@ class BatchedRunner(ModelRunner):
 
     def batch_cycle_samples(self, k: int) -> int:
         return self.costs.cycle_samples(self.batch_rows(), k + 1)
+
+    def batch_draft_step_cost(self) -> float | None:
+        """One step of its drafter's chains over this load's rows (None: no drafter, or not timed)."""
+        return self.drafter.step_cost(self.batch_rows()) if self.drafter is not None else None
 
     def batch_steps(self) -> int:
         return self.stats.steps
@@ -1325,6 +1333,7 @@ class BatchedRunner(ModelRunner):
                        if told else None)  # [slots, steps]: each chain's tokens, for `launched`
             known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
             live, step, launched = requests, 0, time.perf_counter()
+            timed = []  # per step run here: (its rows, a mark before it, a mark after it)
             first = self._taken_ahead(requests)  # [requests, m]: their first step's values, run ahead (or None)
             while live:
                 with self._turn(), torch.inference_mode():
@@ -1333,8 +1342,10 @@ class BatchedRunner(ModelRunner):
                         groups, first = [(live, rows, first)], None
                     else:
                         ids, positions, reach = self._inputs(live)
+                        before = self._mark()
                         logits = self._batched(ids, positions, reach,
                                                [r.index for r in live if step and r.chain.group.known is None], fed)
+                        timed.append((len(live), before, self._mark()))
                         self.stats.count(len(live), ids.shape[1])
                         groups = [(members, *self._read_rows(logits, read, members))  # [members], [members, m]
                                   for read, members in self._by_read(live).items()]
@@ -1354,6 +1365,8 @@ class BatchedRunner(ModelRunner):
             flat = self._read_chains(torch.cat([values.flatten() for _, _, values in reads]), told, drafted,
                                      known_drafts)  # the host read
             self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
+            for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
+                self.costs.observe(rows, 1, self._elapsed(before, after))
             at = 0
             for members, picked_at, values in reads:
                 m = values.shape[1]
@@ -1366,6 +1379,19 @@ class BatchedRunner(ModelRunner):
             return
         for r in requests:
             r.done.set()
+
+    def _mark(self) -> "float | torch.cuda.Event":
+        """A point on the device's timeline (an event on a GPU; on a CPU, whose forwards the host waits for, now)."""
+        if self.device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    @staticmethod
+    def _elapsed(before: "float | torch.cuda.Event", after: "float | torch.cuda.Event") -> float:
+        """Seconds between two marks, once the later one is done."""
+        return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
     def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
                      known_drafts: list[tuple[int, int, int]]) -> list:

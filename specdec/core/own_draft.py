@@ -16,13 +16,16 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from specdec.core.drafting import DraftStart
 from specdec.core.proposal import Proposal, Proposer, ProposerFactory
 from specdec.core.runner import Drafted, Launched
 from specdec.core.stats import Cycle, PhaseStats
 from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
+
+if TYPE_CHECKING:
+    from specdec.core.batching import BatchedRunner
 
 log = logging.getLogger("specdec.own_draft")
 
@@ -81,9 +84,11 @@ class OwnDrafts:
     engine calls between steps (BatchedRunner.drafter). `propose_all`: the proposers' batched propose
     (proposers.base.propose_together)."""
 
-    def __init__(self, factory: ProposerFactory, propose_all: ProposeAll) -> None:
+    def __init__(self, factory: ProposerFactory, propose_all: ProposeAll, runner: BatchedRunner | None = None) -> None:
+        """`runner`: the draft's, whose table of step costs says what a draft step costs at a load."""
         self.factory = factory
         self.propose_all = propose_all
+        self.runner = runner
         self._asked: list[OwnDraftLink] = []
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
         self.stats = PhaseStats()
@@ -141,6 +146,9 @@ class OwnDrafts:
 
     def joining_s(self) -> float:
         return self.stats.joining_s
+
+    def step_cost(self, rows: int) -> float | None:
+        return self.runner.costs.cost(rows, 1) if self.runner is not None else None
 
     def report(self) -> str:
         """The phases since the last report, for the engine's log line."""

@@ -11,6 +11,7 @@ from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory
 from specdec.proposers.hybrid import HybridFactory
 from specdec.proposers.ngram import NgramFactory
+from specdec.proposers.replay import ReplayFactory
 
 
 def make_factory(kind: ProposerKind, runner: ModelRunner | None, vocab_size: int | None = None, *,
@@ -26,6 +27,6 @@ def make_factory(kind: ProposerKind, runner: ModelRunner | None, vocab_size: int
     return HybridFactory(NgramFactory(ngram_min, ngram_max), model)
 
 
-def own_drafts(factory: ProposerFactory) -> OwnDrafts:
+def own_drafts(factory: DraftModelFactory | ReplayFactory) -> OwnDrafts:
     """A target's own draft (core.own_draft) over `factory`'s model proposers, which draft together."""
-    return OwnDrafts(factory, propose_together)
+    return OwnDrafts(factory, propose_together, factory.runner)

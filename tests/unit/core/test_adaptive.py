@@ -34,6 +34,7 @@ class Load:
     cycles: dict[int, float] = field(default_factory=dict)  # k -> the measured cycle of steps of k drafts
     steps: int | None = None  # the engine's steps so far (None: a shared phase's rates are never reused)
     samples: dict[int, int] = field(default_factory=dict)  # k -> how many cycles its measured figure averages
+    draft_step: float | None = None  # one draft step's time at this load, as the engine's draft runner timed it
     asked: int = 0  # calls of batch_cycle_cost
 
     def batch_steps(self) -> int | None:
@@ -51,6 +52,9 @@ class Load:
 
     def batch_cycle_samples(self, k: int) -> int:
         return self.samples.get(k, 0)
+
+    def batch_draft_step_cost(self) -> float | None:
+        return self.draft_step
 
 
 def known(alpha: float) -> AcceptanceEstimate:
@@ -455,6 +459,28 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
     cheap_drafts = phase_at(Load(rows=64, verify=verify, cycles=cheap))
     assert cheap_drafts.choose() == 2  # where drafting measures cheap, the phase drafts, by what it measured
     assert cheap_drafts.rate(2) == pytest.approx(expected_tokens(0.75, 2) / 0.0167, rel=1e-3)
+
+
+def test_one_more_draft_token_costs_a_phase_at_least_the_draft_step_its_engine_timed():
+    """16 rows on the H200 (call w2): a K = 2 cycle measured over hundreds of cycles at 11.5 ms, K = 3 over fewer at
+    12.8, the drafting time per token 2.4 ms (a phase's fixed work in it) where a draft step took ~1.4. Raised to K = 2's
+    cycle plus 2.4 ms, K = 3 loses to K = 2 at a = 0.75; raised by the step the engine timed, it wins, as measured."""
+    verify = {k: 0.0054 + 0.0003 * k for k in range(5)}
+    cycles, samples = {0: 0.0054, 1: 0.0095, 2: 0.0115, 3: 0.0128}, {0: 300, 1: 50, 2: 500, 3: 100}
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(2, 0.006, 0.0048)  # 2.4 ms a token
+    by_token = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples),
+                         phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
+    assert by_token.choose() == 2 and by_token.rate(3) == pytest.approx(expected_tokens(0.75, 3) / 0.0139, rel=1e-4)
+    timed = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples,
+                                                       draft_step=0.0014),
+                      phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
+    assert timed.choose() == 3 and timed.rate(3) == pytest.approx(expected_tokens(0.75, 3) / 0.0129, rel=1e-4)
+    assert "draft 2.4 ms/token (a step 1.4)" in timed.summary()
+    dearer = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples,
+                                                        draft_step=0.005),  # never above the per-token figure
+                       phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
+    assert dearer.rate(3) == pytest.approx(by_token.rate(3))
 
 
 def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monkeypatch):

@@ -361,6 +361,28 @@ def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine)
         paused.close()
 
 
+def test_the_draft_runner_times_its_chains_steps_and_the_engine_reads_a_step_at_its_load(tiny_pair_fp32, engine):
+    """A chained draft's steps are timed into its runner's table of step costs (each its forward's time: on a GPU
+    between events on the device), which the drafter reads a draft step from at a load and the target engine at its
+    own: what one more draft token costs a phase's cycle at least (AdaptiveK)."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    links = [drafts.open("", DraftStart(f"s{i}", pair.encode(p), SamplingParams(), 0, 3, overlap=False), None)
+             for i, p in enumerate(PROMPTS[5:7])]
+    try:
+        draft.costs.cells.clear()
+        for link in links:
+            drafts.ask(link)
+        assert drafts.draft()
+        step = drafts.step_cost(2)
+        assert step is not None and 0 < step < 1.0 and draft.costs.cells  # two rows' steps, timed
+        assert drafts.step_cost(2) == draft.costs.cost(2, 1)
+        assert target.batch_draft_step_cost() == target.drafter.step_cost(target.batch_rows())
+    finally:
+        for link in links:
+            link.close()
+
+
 def test_a_new_session_s_catch_up_is_charged_to_no_running_session_s_cycle(tiny_pair_fp32, monkeypatch):
     """The engine times a drafting row's cycle with its drafting phase in it, less what new sessions' prompts took:
     their prompt steps and their drafts' catch-ups (`StepDrafter.joining_s`). A phase made 60 ms slower shows in the
