@@ -84,8 +84,9 @@ class OwnDrafts:
     engine calls between steps (BatchedRunner.drafter). `propose_all`: the proposers' batched propose
     (proposers.base.propose_together)."""
 
-    def __init__(self, factory: ProposerFactory, propose_all: ProposeAll, runner: BatchedRunner | None = None) -> None:
-        """`runner`: the draft's, whose table of step costs says what a draft step costs at a load."""
+    def __init__(self, factory: ProposerFactory, propose_all: ProposeAll, runner: BatchedRunner) -> None:
+        """`runner`: the draft's (`factory`'s proposers draft over it), whose table of step costs says what a draft step
+        costs at a load."""
         self.factory = factory
         self.propose_all = propose_all
         self.runner = runner
@@ -148,7 +149,7 @@ class OwnDrafts:
         return self.stats.joining_s
 
     def step_cost(self, rows: int) -> float | None:
-        return self.runner.costs.cost(rows, 1) if self.runner is not None else None
+        return self.runner.costs.cost(rows, 1)
 
     def report(self) -> str:
         """The phases since the last report, for the engine's log line."""
