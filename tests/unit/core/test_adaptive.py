@@ -469,17 +469,16 @@ def test_one_more_draft_token_costs_a_phase_at_least_the_draft_step_its_engine_t
     cycles, samples = {0: 0.0054, 1: 0.0095, 2: 0.0115, 3: 0.0128}, {0: 300, 1: 50, 2: 500, 3: 100}
     costs = StepCosts(smoothing=1.0)
     costs.observe(2, 0.006, 0.0048)  # 2.4 ms a token
-    by_token = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples),
-                         phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
+
+    def member(draft_step: float | None) -> AdaptiveK:
+        load = Load(rows=16, verify=verify, cycles=cycles, samples=samples, draft_step=draft_step)
+        return AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                         acceptance=known(0.75))
+
+    by_token, timed, dearer = member(None), member(0.0014), member(0.005)  # dearer: never above the per-token figure
     assert by_token.choose() == 2 and by_token.rate(3) == pytest.approx(expected_tokens(0.75, 3) / 0.0139, rel=1e-4)
-    timed = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples,
-                                                       draft_step=0.0014),
-                      phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
     assert timed.choose() == 3 and timed.rate(3) == pytest.approx(expected_tokens(0.75, 3) / 0.0129, rel=1e-4)
     assert "draft 2.4 ms/token (a step 1.4)" in timed.summary()
-    dearer = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles=cycles, samples=samples,
-                                                        draft_step=0.005),  # never above the per-token figure
-                       phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.75))
     assert dearer.rate(3) == pytest.approx(by_token.rate(3))
 
 
