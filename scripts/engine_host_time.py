@@ -26,6 +26,7 @@ import collections
 import cProfile
 import logging
 import time
+from dataclasses import replace
 
 from specdec.core.adaptive import AdaptiveK, FixedK
 from specdec.core.batching import BatchedRunner
@@ -151,7 +152,8 @@ def main() -> None:
                 loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
-                ahead, ahead_kept = d.ahead, d.ahead_kept
+                ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
+                phases = replace(drafter.stats)
                 totals.clear()
                 t0 = time.perf_counter()
                 result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
@@ -166,7 +168,10 @@ def main() -> None:
                       f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
                       f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
                       f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
-                      f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept)", flush=True)
+                      f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
+                      f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
+                      f"{drafter.stats.catching_up - phases.catching_up} "
+                      f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms)", flush=True)
                 if totals:
                     print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                          for label, seconds in sorted(totals.items())), flush=True)

@@ -43,7 +43,9 @@ forward ready to run; the host then reads the drafts behind an event, picks and 
 and keeps each row's verify only where its plan asks for exactly that forward. Before it reads the verify, the
 draft runner launches each row's next chain's first step from the verify's argmax (its accepted drafts and bonus
 token worked out on the device, `launch_ahead`), so the draft computes while the host completes the cycle; the next
-drafting phase takes that step where its chains begin as the host, once it read the argmax, expects.
+drafting phase takes that step where its chains begin as the host, once it read the argmax, expects. A session whose
+prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,19 @@ from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
-from specdec.core.runner import WAITING, Chain, Drafted, Draw, Forward, Grouped, KVSlot, Launched, ModelRunner, common_prefix_len
+from specdec.core.runner import (
+    WAITING,
+    Chain,
+    Drafted,
+    DraftJoin,
+    Draw,
+    Forward,
+    Grouped,
+    KVSlot,
+    Launched,
+    ModelRunner,
+    common_prefix_len,
+)
 
 log = logging.getLogger("specdec.batching")
 
@@ -170,6 +184,7 @@ class _Request:
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
+    join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
 
 
 @dataclass(eq=False)
@@ -215,6 +230,7 @@ class _Ahead:
     values: torch.Tensor  # [rows, m] on the device: each row's read of its step's logits
     expected: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # slot -> (start, ids), once read
     touched: set[int] = field(default_factory=set)  # slots another forward wrote to since
+    joins: dict[int, list[int]] = field(default_factory=dict)  # a new session's draft slot -> the prompt it forwarded
 
 
 class StepDrafter(Protocol):
@@ -259,6 +275,11 @@ class Driven(Protocol):
     def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
         """What its next plan forwards if its draft's fresh block of `drafted` tokens is what it verifies: (the
         committed tokens, how many drafts); None where it would not verify one on the argmax alone."""
+        ...
+
+    def draft_join(self) -> DraftJoin | None:
+        """Where its forward in flight is its prompt step and its draft is to draft on the argmax alone: its draft's
+        catch-up on the prompt, which the engine launches with the other rows' next draft steps (`_draft_ahead`)."""
         ...
 
     def attach(self, wake: Callable[[], None]) -> None:
@@ -435,6 +456,8 @@ class StepStats:
     early_kept: int = 0  # of which their session's plan confirmed
     ahead: int = 0  # a draft runner's rows whose chain's first step was launched from a verify's argmax (launch_ahead)
     ahead_kept: int = 0  # of which a chain took as its first step
+    joins: int = 0  # new sessions' draft catch-ups launched in such a step (launch_ahead's `joins`)
+    joins_kept: int = 0  # of which their first drafting phase took (joined_ahead)
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 
@@ -450,9 +473,10 @@ class StepStats:
 
     def launched_ahead(self) -> dict[str, tuple[int, int]]:
         """Rows launched on the device before the host read what they depend on, and how many were kept, by kind: a
-        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax (metrics)."""
+        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax, a new session's draft
+        catch-up in that step (metrics)."""
         return {"guess": (self.guesses, self.guesses_kept), "verify": (self.early, self.early_kept),
-                "draft": (self.ahead, self.ahead_kept)}
+                "draft": (self.ahead, self.ahead_kept), "catch-up": (self.joins, self.joins_kept)}
 
 
 class BatchedRunner(ModelRunner):
@@ -545,7 +569,7 @@ class BatchedRunner(ModelRunner):
         self.on_drafting: Callable[[float], None] = lambda seconds: None  # metrics: a drafter's phase
         self.drafter: StepDrafter | None = None
         self._ahead_runner: BatchedRunner | None = None  # the draft runner its verifies launch draft steps on (report)
-        self._ahead_mark = (0, 0)  # that runner's (launched, taken) at the last report
+        self._ahead_mark = (0, 0, 0, 0)  # that runner's (launched, taken, joins, joins taken) at the last report
         if self.passive:
             self._ended.set()
         else:
@@ -716,9 +740,12 @@ class BatchedRunner(ModelRunner):
                        ) -> list[torch.Tensor]:
         """Make each slot's cache hold all of its `ids` (forwarding what it lacks, together) and read the last one's
         logits with `read`: each chain's first step's values [1, m] on the device (`Chain.first`), so that its chain
-        need not run that step, nor every other chain with it where theirs was launched ahead (`_taken_ahead`)."""
+        need not run that step, nor every other chain with it where theirs was launched ahead (`_taken_ahead`). Returns
+        once they are done on the device (a host read), so that drafting is timed apart from them."""
         requests = self._submit([(slot, self._new_tokens(slot, ids, 1), 1) for slot, ids, _ in calls], greedy=False)
-        return [read(r.logits[-1:]) for r, (_, _, read) in zip(requests, calls)]
+        values = [read(r.logits[-1:]) for r, (_, _, read) in zip(requests, calls)]
+        values[-1][0, 0].item()  # the host read
+        return values
 
     def greedy_ids_together(self, calls: Sequence[tuple[KVSlot, Sequence[int], int]]) -> list[list[int]]:
         forwards = [(slot, self._new_tokens(slot, ids, keep), keep) for slot, ids, keep in calls]
@@ -837,8 +864,10 @@ class BatchedRunner(ModelRunner):
         if self._ahead_runner is None:
             return ""
         d = self._ahead_runner.stats
-        (launched, taken), self._ahead_mark = self._ahead_mark, (d.ahead, d.ahead_kept)
-        return f"; first draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}"
+        (launched, taken, joins, joined), self._ahead_mark = self._ahead_mark, (d.ahead, d.ahead_kept, d.joins,
+                                                                                 d.joins_kept)
+        return (f"; first draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}; "
+                f"new sessions' catch-ups launched with them {d.joins - joins}, taken {d.joins_kept - joined}")
 
     def _loop(self) -> None:
         try:
@@ -1073,7 +1102,8 @@ class BatchedRunner(ModelRunner):
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
         first step from the step's argmax on the device (`launch_ahead`), so the draft computes while the host reads,
-        completes and plans. Returns the rows it was launched for."""
+        completes and plans; with them, the catch-up of each new session whose prompt step this is (`Driven.draft_join`).
+        Returns the rows it was launched for."""
         rows = [r for r in step.requests if not r.void and r.drafted is not None and r.drafted.ahead is not None
                 and r.keep - 1 == r.drafted.steps]
         if not rows or step.top is None or rows[0].drafted.tokens.device != step.top.device:
@@ -1081,19 +1111,33 @@ class BatchedRunner(ModelRunner):
         runner, read = rows[0].drafted.ahead, rows[0].drafted.read
         self._ahead_runner = runner
         rows = [r for r in rows if r.drafted.ahead is runner and r.drafted.read is read]
+        joins = []
+        for r in step.requests:  # a prompt step (its row has no cycle yet)
+            if r.row is None or r.row.cycle_tokens or r.void or r.drafted is not None or not r.greedy or r.keep != 1:
+                continue
+            join = r.row.loop.draft_join()
+            if join is not None and join.ahead is runner and join.read is read:
+                r.join = join
+                joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in rows], rows[0].drafted.tokens, step.top, read)
+                                 for r in rows], rows[0].drafted.tokens, step.top, read,
+                                [(r.join, r.index, len(r.ids) - 1) for r in joins])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's argmax failed; the rows draft as usual")
             return []
-        return rows
+        return rows + joins
 
     @classmethod
     def _expect_ahead(cls, rows: list[_Request]) -> None:
-        """The verify launched ahead of is read: tell the draft runner how each row's next chain must begin."""
+        """The verify launched ahead of is read: tell the draft runner how each row's next chain must begin (a joining
+        session's: after its prompt, with the token drawn after it)."""
         for r in rows:
-            if not r.void and r.argmax is not None:
+            if r.void or r.argmax is None:
+                continue
+            if r.join is not None:
+                r.join.ahead.expect_ahead(r.join.slot, len(r.join.ids), [], r.argmax[-1:])
+            else:
                 r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r),
                                              [p.token for p in r.drafted.picks[:r.keep - 1]], r.argmax)
 
@@ -1427,52 +1471,96 @@ class BatchedRunner(ModelRunner):
             ready.synchronize()
         return values.tolist()
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
-                     read: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor | None, top: torch.Tensor,
+                     read: Callable[[torch.Tensor], torch.Tensor],
+                     joins: Sequence[tuple[DraftJoin, int, int]] = ()) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
         row's accepted drafts are the leading ones equal to the argmax; its next chain begins with the argmax after
         them (the bonus token) at L + accepted, or, every draft accepted, with the last draft (not in the cache yet)
         and the bonus from L + K - 1. Either way the step writes only entries the committed sequence has there. Rows
-        whose last chain did not end where K drafts from L end are left out."""
+        whose last chain did not end where K drafts from L end are left out.
+        `joins`: (a new session's draft, its prompt step's row in `top`, that row's kept column): the same step
+        forwards its prompt and the token the target drew after it, from position 0, and reads its chain's first step
+        there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt too long for the step's
+        width (every row is padded to it) catches up on its own, as before."""
         rows = [r for r in rows if r[1] + r[2] < self.max_len and self._chain_ends.get(r[0]) == r[1] + r[2] - 1]
-        if not rows:
+        joins = [j for j in joins if len(j[0].ids) < min(self.graph_max_tokens, self.max_len)]
+        if not rows and not joins:
             return
-        spec = torch.tensor(rows).to(self.device, non_blocking=True)  # [m, 5]; blocking, it would wait for the device
-        slot, at, k, row, first = spec.unbind(1)  # [m] each
-        j = torch.arange(max(r[2] for r in rows) + 1, device=self.device)  # [K + 1]
-        argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
-        drafts = tokens[slot[:, None], j[:-1].clamp(max=tokens.shape[1] - 1)]  # [m, K]
-        accepted = ((drafts == argmax[:, :-1]) & (j[:-1] < k[:, None])).long().cumprod(1).sum(1)  # [m]
-        bonus = argmax.gather(1, accepted[:, None])[:, 0]  # [m]
-        full = accepted == k  # every draft accepted: the last one goes in first
-        last = drafts.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [m]
-        n_rows, n = self.step_shape(max(r[0] for r in rows) + 1, 2)
+        width = max([2] + [len(join.ids) + 1 for join, _, _ in joins])
+        n_rows, n = self.step_shape(max([r[0] for r in rows] + [join.slot for join, _, _ in joins]) + 1, width)
+        columns = self._columns[:n].to(self.device, non_blocking=True)  # [n]
         ids = torch.zeros((n_rows, n), dtype=torch.long, device=self.device)
-        positions = (self.max_len + self._columns[:n]).to(self.device).repeat(n_rows, 1)  # dummy rows: the padding
-        ids[slot, 0], ids[slot, 1] = torch.where(full, last, bonus), torch.where(full, bonus, 0)
-        positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
-        positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
+        positions = (self.max_len + columns).repeat(n_rows, 1)  # dummy rows: the padding
+        slots, reads, reach = [], [], 0  # each launched row's slot and the column its values are read at [m] each
+        if rows:
+            spec = torch.tensor(rows).to(self.device, non_blocking=True)  # [m, 5]; blocking, it would wait for the device
+            slot, at, k, row, first = spec.unbind(1)  # [m] each
+            j = torch.arange(max(r[2] for r in rows) + 1, device=self.device)  # [K + 1]
+            argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
+            drafts = tokens[slot[:, None], j[:-1].clamp(max=tokens.shape[1] - 1)]  # [m, K]
+            accepted = ((drafts == argmax[:, :-1]) & (j[:-1] < k[:, None])).long().cumprod(1).sum(1)  # [m]
+            bonus = argmax.gather(1, accepted[:, None])[:, 0]  # [m]
+            full = accepted == k  # every draft accepted: the last one goes in first
+            last = drafts.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [m]
+            ids[slot, 0], ids[slot, 1] = torch.where(full, last, bonus), torch.where(full, bonus, 0)
+            positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
+            positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
+            slots.append(slot)
+            reads.append(full.long())  # each row's last token's
+            reach = max(r[1] + r[2] for r in rows) + 1
+        if joins:
+            prompts = torch.tensor([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins]
+                                   ).to(self.device, non_blocking=True)  # [m', n]
+            spec = torch.tensor([(join.slot, row, column, len(join.ids)) for join, row, column in joins]
+                                ).to(self.device, non_blocking=True)  # [m', 4]
+            slot, row, column, length = spec.unbind(1)  # [m'] each
+            ids[slot] = prompts
+            ids[slot, length] = top[row, column]  # the token the prompt step drew
+            positions[slot] = torch.where(columns <= length[:, None], columns, self.max_len + columns)
+            slots.append(slot)
+            reads.append(length)
+            reach = max([reach] + [len(join.ids) + 1 for join, _, _ in joins])
         with self._turn(), torch.inference_mode():
-            logits = self._batched(ids, positions, min(max(r[1] + r[2] for r in rows) + 1, self.max_len), [], None)
-            values = read(logits[slot, full.long()].float())  # [m, values]: each row's last token's
-        self.stats.count(len(rows), n)
+            logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
+            values = read(logits[torch.cat(slots), torch.cat(reads)].float())  # [m + m', values]
+        self.stats.count(len(rows) + len(joins), n)
         self.stats.ahead += len(rows)
-        self._ahead = _Ahead(read, {r[0]: i for i, r in enumerate(rows)}, {r[0]: self._closes[r[0]] for r in rows},
-                             values)
+        self.stats.joins += len(joins)
+        launched = [r[0] for r in rows] + [join.slot for join, _, _ in joins]
+        self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched)}, {s: self._closes[s] for s in launched},
+                             values, joins={join.slot: join.ids for join, _, _ in joins})
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None:
         """The host's side of `launch_ahead`, once it has read the verify's argmax (t_0..t_K for the K `drafts` verified
-        from position `start`): how row `slot`'s next chain must begin, (start, ids), for the step launched ahead to
-        be its first."""
+        from position `start`; a join's: none, from the end of its prompt): how row `slot`'s next chain must begin,
+        (start, ids), for the step launched ahead to be its first."""
         ahead = self._ahead
         if ahead is None or slot not in ahead.rows:
             return
         k = len(drafts)
         accepted = common_prefix_len(drafts, argmax[:k])
-        ahead.expected[slot] = ((start + accepted, [argmax[accepted]]) if accepted < k
+        ahead.expected[slot] = ((start + accepted, [argmax[accepted]]) if accepted < k or not k
                                 else (start + k - 1, [drafts[-1], argmax[k]]))
+
+    def joined_ahead(self, slot: KVSlot, ids: Sequence[int], read: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> torch.Tensor | None:
+        """A new session's catch-up on `ids` (its prompt and the first token) done by the step launched ahead
+        (`launch_ahead`'s `joins`), where that step forwarded exactly them into this slot and nothing wrote to it or
+        closed it since: its chain's first step's values [1, m] on the device (`Chain.first`), the slot then holding
+        `ids`. None: it must catch up itself (`catch_up_reads`)."""
+        ahead = self._ahead
+        if (ahead is None or slot.index not in ahead.joins or ahead.read is not read
+                or ahead.joins[slot.index] != list(ids[:-1])
+                or ahead.expected.get(slot.index) != (len(ids) - 1, list(ids[-1:])) or slot.index in ahead.touched
+                or self._closes[slot.index] != ahead.closes[slot.index]):
+            return None
+        slot.tokens = list(ids)
+        self.stats.joins_kept += 1
+        i = ahead.rows[slot.index]
+        return ahead.values[i:i + 1]
 
     def _taken_ahead(self, requests: list[_Request]) -> torch.Tensor | None:
         """The values [requests, m] of these chains' first step, in the requests' order, where every one has them

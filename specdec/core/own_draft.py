@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from specdec.core.drafting import DraftStart
 from specdec.core.proposal import Proposal, Proposer, ProposerFactory
-from specdec.core.runner import Drafted, Launched
+from specdec.core.runner import Drafted, DraftJoin, Launched
 from specdec.core.stats import Cycle, PhaseStats
 from specdec.core.target_loop import BROKEN, Picked, ProposalInbox, feedback_of
 
@@ -70,6 +70,14 @@ class OwnDraftLink(ProposalInbox):
         self.proposer.observe(feedback_of(cycle))
         if self.k > 0 and cycle.finish_reason is None:
             self.drafter.ask(self)
+
+    def join_ahead(self) -> DraftJoin | None:
+        """Before its first block: its draft's catch-up on the prompt, for the target's engine to launch with its other
+        sessions' next draft steps (`BatchedRunner.launch_ahead`), where its proposer's picks are read in a group."""
+        group = getattr(self.proposer, "group", None)  # a model proposer's (proposers.base.ModelDrafting)
+        if not self.joining or self.closed or group is None:
+            return None
+        return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read)
 
     def close(self, cancel: bool = False) -> None:
         """Give the proposer's slot back, once no drafting phase is using it (a cancelled session may have

@@ -91,8 +91,9 @@ class DraftsAhead(Protocol):
     """A draft runner that can launch its rows' next chains' first step from a verify's argmax on the device, before
     the host has read it (core.batching.BatchedRunner)."""
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
-                     read: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor | None, top: torch.Tensor,
+                     read: Callable[[torch.Tensor], torch.Tensor],
+                     joins: Sequence[tuple["DraftJoin", int, int]] = ()) -> None: ...
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None: ...
 
@@ -109,6 +110,18 @@ class Drafted(NamedTuple):
     picks: list
     ahead: DraftsAhead | None = None
     read: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class DraftJoin(NamedTuple):
+    """A new session's draft, not yet caught up on its prompt: slot `slot` of the draft runner `ahead`, to hold `ids`
+    (the prompt) and then the token the target's prompt step draws. Launched with the other rows' first draft steps
+    from that step's argmax (`DraftsAhead.launch_ahead`), its catch-up costs no forward of its own on every row's path;
+    its first draft step's values are read with `read` (its group's)."""
+
+    ahead: DraftsAhead
+    slot: int
+    ids: list[int]
+    read: Callable[[torch.Tensor], torch.Tensor]
 
 
 Launched = Callable[[dict[int, Drafted]], None]  # each drafting chain's Drafted, by its index in `decode_chains`

@@ -20,7 +20,7 @@ from specdec.core.compute import INLINE, Compute
 from specdec.core.config import FinishReason
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
 from specdec.core.proposal import Feedback, Proposal, Proposer
-from specdec.core.runner import WAITING, Forward, KVSlot
+from specdec.core.runner import WAITING, DraftJoin, Forward, KVSlot
 from specdec.core.sequence import Prepared, TargetSequence
 from specdec.core.stats import Cycle
 
@@ -75,6 +75,12 @@ class DraftSource(Protocol):
     def send_verdict(self, cycle: Cycle, next_k: int = 0) -> None: ...
 
     def close(self, cancel: bool = False) -> None: ...
+
+    def join_ahead(self) -> DraftJoin | None:
+        """Where the draft is a batched runner beside the target's engine that has not caught up on the prompt yet:
+        that catch-up, for the engine to launch with its other sessions' draft steps (None: the draft catches up
+        itself, as every draft across a link does)."""
+        ...
 
 
 class ProposalPicker:
@@ -142,6 +148,9 @@ class ProposalInbox:
 
     def wake(self) -> None:
         self.put(BROKEN)
+
+    def join_ahead(self) -> DraftJoin | None:
+        return None  # a draft across a link catches up on its own (the target's own draft: OwnDraftLink)
 
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         t0 = time.perf_counter()
@@ -236,6 +245,14 @@ class TargetLoop:
             return None
         drafts = min(drafted, self.k, self.sequence.max_k)
         return (self.sequence.committed, drafts) if drafts > 0 else None
+
+    def draft_join(self) -> DraftJoin | None:
+        """While its prompt step is in flight: its draft's catch-up on the prompt (`DraftSource.join_ahead`), where its
+        next cycles verify drafts on the argmax alone (as `early_verify`: greedy, a K > 0, a draft)."""
+        if (not self._first or self.link is None or self.link.failed or self.k <= 0 or self.sequence.max_k <= 0
+                or not self.sequence.sampling.greedy):
+            return None
+        return self.link.join_ahead()
 
     @property
     def draft_failed(self) -> bool:
@@ -388,6 +405,9 @@ class InlineLink:
 
     def close(self, cancel: bool = False) -> None:
         self.proposer.close()
+
+    def join_ahead(self) -> DraftJoin | None:
+        return None  # drafts on the target's thread, when asked
 
 
 class LocalLink(ProposalInbox):

@@ -45,12 +45,16 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
         p._before_propose(c)
     behind = [i for i, (p, c) in enumerate(zip(proposers, committed)) if p._behind(c)]
     first: dict[int, object] = {}
-    if behind and getattr(runner, "passive", False) and all(proposers[i].group is not None for i in behind):
-        # the chains' own steps (BatchedRunner._draft_chained): each catch-up forwards all of its sequence and reads
-        # its chain's first step, which the others then need not run with it; a host read, as below
+    chained = getattr(runner, "passive", False)  # the chains' own steps (BatchedRunner._draft_chained)
+    if chained:  # new sessions' catch-ups that the draft step launched ahead did (BatchedRunner.launch_ahead's joins)
+        first = {i: value for i, (p, c) in enumerate(zip(proposers, committed))
+                 if p.group is not None and (value := runner.joined_ahead(p.slot, c, p.group.read)) is not None}
+        behind = [i for i in behind if i not in first]
+    if behind and chained and all(proposers[i].group is not None for i in behind):
+        # each catch-up forwards all of its sequence and reads its chain's first step, which the others then need
+        # not run with it; the runner reads it to the host, as below
         values = runner.catch_up_reads([(proposers[i].slot, committed[i], proposers[i].group.read) for i in behind])
-        first = dict(zip(behind, values))
-        values[-1][0, 0].item()  # the host read: every catch-up is done
+        first.update(zip(behind, values))
     elif behind:  # a host read of the result: the prefill is done, not still running, when drafting is timed
         runner.greedy_ids_together([(proposers[i].slot, committed[i][:-1], 1) for i in behind])
     t1 = time.perf_counter()

@@ -173,6 +173,7 @@ def test_the_target_s_own_draft_reports_its_drafting_phases():
     assert len(results) <= m[("specdec_draft_catch_ups_total", ())] <= m[("specdec_draft_phase_seconds_count", ())]
     assert 0 < m[("specdec_draft_catch_up_seconds_total", ())] < m[("specdec_draft_phase_seconds_sum", ())]
     assert m[("specdec_batch_step_seconds_count", ())] > 0 and m[("specdec_batch_rows_count", ())] > 0
-    for kind in ("guess", "verify", "draft"):  # the engine's and its draft's launched-ahead rows (a CPU launches none)
+    # the engine's and its draft's launched-ahead rows (a CPU launches none)
+    for kind in ("guess", "verify", "draft", "catch-up"):
         launched = m[("specdec_rows_launched_ahead_total", (("kind", kind),))]
         assert 0 <= m[("specdec_rows_launched_ahead_kept_total", (("kind", kind),))] <= launched

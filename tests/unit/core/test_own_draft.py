@@ -158,6 +158,67 @@ def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_u
     assert mixed, "no session joined a phase whose other chains took their step launched ahead"
 
 
+def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_its_prompt_step(tiny_pair_fp32, engine,
+                                                                                                 monkeypatch):
+    """A session whose prompt step is verified with others' drafted blocks: the draft step launched ahead from that
+    step's argmax also forwards its prompt and first token into its draft's slot, and its first drafting phase takes
+    that as its catch-up, with no forward of its own. Every session catches up once, by a forward of its own (the
+    first, whose prompt step verified no drafts, and one whose prompt is wider than a graph step) or in such a step;
+    every block drafts and accepts what the same request's does alone."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    long_prompt = pair.encode("\n".join(PROMPTS[:3]))
+    assert len(long_prompt) >= draft.graph_max_tokens
+    cases = [(pair.encode(p), 24, 2) for p in PROMPTS[12:16]] + [(long_prompt, 16, 3)]
+    cases += [(pair.encode(p), 12, 3) for p in PROMPTS[16:19]]
+    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+    caught_up, catch_up_reads = [], draft.catch_up_reads
+
+    def counted(calls):
+        caught_up.extend(len(ids) for _, ids, _ in calls)
+        return catch_up_reads(calls)
+
+    monkeypatch.setattr(draft, "catch_up_reads", counted)
+    joins, kept = draft.stats.joins, draft.stats.joins_kept
+
+    def late(c, delay):
+        time.sleep(delay)
+        return own_decode(pair, engine, *c)
+
+    together = concurrently([lambda c=c, i=i: late(c, 0.04 * i) for i, c in enumerate(cases)])
+    for (out, cycles), (want, want_cycles) in zip(together, alone):
+        assert out == want
+        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    joins, kept = draft.stats.joins - joins, draft.stats.joins_kept - kept
+    assert kept >= 1 and kept <= joins, (kept, joins)
+    assert len(caught_up) + kept == len(cases), (caught_up, kept)
+    assert len(long_prompt) + 1 in caught_up  # too wide to join: it caught up itself
+
+
+def test_a_join_its_first_phase_cannot_take_catches_up_itself(tiny_pair_fp32, engine, monkeypatch):
+    """Where the host does not expect what a join launched ahead forwarded (here: it is never told), the session's
+    draft catches up itself over what that step wrote: the output is target-only's."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    expect = BatchedRunner.expect_ahead
+
+    def drafts_only(self, slot, start, drafts, argmax):
+        if drafts:
+            expect(self, slot, start, drafts, argmax)
+    monkeypatch.setattr(BatchedRunner, "expect_ahead", drafts_only)
+    cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[4:10])]
+    joins, kept = draft.stats.joins, draft.stats.joins_kept
+
+    def late(c, delay):
+        time.sleep(delay)
+        return own_decode(pair, engine, *c)
+
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    together = concurrently([lambda c=c, i=i: late(c, 0.04 * i) for i, c in enumerate(cases)])
+    assert [out for out, _ in together] == expected
+    assert draft.stats.joins > joins and draft.stats.joins_kept == kept
+    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
+
+
 def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped(tiny_pair_fp32, engine, monkeypatch):
     """Where a drafting phase's chains do not all begin as the host expected of the step launched ahead (here: after
     every other launch, no expectation is told), the chains run their first step themselves over what that step
