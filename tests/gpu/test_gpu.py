@@ -198,7 +198,8 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
     on the device before the host reads them (the draft's values read behind an event, the tokens written into
     the step graph's inputs); four clients at K = 3 get exactly what the same engine gives target-only, and
     every verify launched early was kept; chains took first steps launched from the verifies' argmax on the device
-    (before the host read it)."""
+    (before the host read it), and sessions whose prompt steps were verified beside drafting rows caught up in
+    those draft steps (the second round's requests come while other clients' still draft)."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
     from specdec.tools.inprocess import InProcessTarget, own_draft_runner
@@ -218,6 +219,7 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
         stats = engine.runner.stats
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
         assert draft_runner.stats.ahead_kept > 0, draft_runner.stats  # next chains' first steps launched ahead
+        assert draft_runner.stats.joins_kept > 0, draft_runner.stats  # new sessions' catch-ups with them
     finally:
         engine.close()
 
