@@ -1471,7 +1471,7 @@ class BatchedRunner(ModelRunner):
             ready.synchronize()
         return values.tolist()
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor | None, top: torch.Tensor,
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
                      read: Callable[[torch.Tensor], torch.Tensor],
                      joins: Sequence[tuple[DraftJoin, int, int]] = ()) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,

@@ -75,9 +75,10 @@ class OwnDraftLink(ProposalInbox):
         """Before its first block: its draft's catch-up on the prompt, for the target's engine to launch with its other
         sessions' next draft steps (`BatchedRunner.launch_ahead`), where its proposer's picks are read in a group."""
         group = getattr(self.proposer, "group", None)  # a model proposer's (proposers.base.ModelDrafting)
-        if not self.joining or self.closed or group is None:
-            return None
-        return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read)
+        with self.drafter.lock:  # not closed: its slot is still its own (a closed slot's index is -1)
+            if not self.joining or self.closed or group is None:
+                return None
+            return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read)
 
     def close(self, cancel: bool = False) -> None:
         """Give the proposer's slot back, once no drafting phase is using it (a cancelled session may have

@@ -91,7 +91,7 @@ class DraftsAhead(Protocol):
     """A draft runner that can launch its rows' next chains' first step from a verify's argmax on the device, before
     the host has read it (core.batching.BatchedRunner)."""
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor | None, top: torch.Tensor,
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
                      read: Callable[[torch.Tensor], torch.Tensor],
                      joins: Sequence[tuple["DraftJoin", int, int]] = ()) -> None: ...
 
