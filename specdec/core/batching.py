@@ -528,6 +528,8 @@ class BatchedRunner(ModelRunner):
         self.cache = self._allocate()
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
         self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
+        self._pin = self.device.type == "cuda"  # host values the engine copies to the device are staged pinned (_pinned)
+        self._device_columns = self._columns.to(self.device)  # [pad]
         self._spans = [c for c in SPAN_BUCKETS if c < max_len] + [max_len + self.pad]  # a graph step's columns
         self._graphs: dict[tuple[int, int, int], _Graph] = {}  # (rows, tokens, span) -> graph
         self._chunk_graphs: dict[tuple[int, int], _Graph] = {}  # prompt chunks: (rows, chunk tokens) -> graph
@@ -711,6 +713,20 @@ class BatchedRunner(ModelRunner):
             self._stopping = True
             self._cv.notify_all()
         self._ended.wait(wait_s)
+
+    def _pinned(self, values: Sequence | torch.Tensor) -> torch.Tensor:
+        """Host values (nested lists of ints, or a CPU tensor) as a CPU tensor whose copy to the device the host need not
+        wait for: on a GPU, in pinned memory. A copy from pageable memory may make the host wait for the work queued on
+        the stream first (CUDA stages it through pinned memory and may synchronize the stream to do so), holding the
+        engine's next launch until the step in flight is done; from pinned memory it is queued like a kernel, and the
+        caching host allocator keeps the buffer until the copy is done."""
+        if not isinstance(values, torch.Tensor):
+            return torch.tensor(values, pin_memory=self._pin)
+        return values.pin_memory() if self._pin and values.device.type == "cpu" and not values.is_pinned() else values
+
+    def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Host values on the device (this runner's, or `device`), copied behind the work queued there (`_pinned`)."""
+        return self._pinned(values).to(device or self.device, non_blocking=True)
 
     def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
         return self._submit([(slot, new_ids, keep)], greedy=False)[0].logits
@@ -1083,7 +1099,7 @@ class BatchedRunner(ModelRunner):
             return
         with self._cv:
             steps, _ = self._split_pending(chunks=0)  # every ready forward that fits a step; prompt chunks wait
-        index = torch.tensor(fill).T.to(tokens.device, non_blocking=True)  # [4, drafts]; blocking, it would wait
+        index = self._on_device(fill, tokens.device).T  # [4, drafts]
         try:
             with self._turn():
                 values = tokens[index[2], index[3]].to(self.device)  # the drafted tokens, in fill order
@@ -1359,7 +1375,8 @@ class BatchedRunner(ModelRunner):
             ids[r.index * n:r.index * n + len(r.ids)] = r.ids
             starts[r.index] = r.start  # real tokens, then padded writes past them
         reach = min(max(starts[r.index] for r in requests) + n, self.max_len)  # a real row's positions below max_len
-        return torch.tensor(ids).view(rows, n), torch.tensor(starts)[:, None] + self._columns[:n], reach
+        return (self._pinned(ids).view(rows, n), self._pinned(torch.tensor(starts)[:, None] + self._columns[:n]),
+                reach)
 
     def _draft_chained(self, requests: list[_Request]) -> None:
         """Every step of these draft chains (a runner without an engine loop), with no host read between steps:
@@ -1382,7 +1399,7 @@ class BatchedRunner(ModelRunner):
             while live:
                 with self._turn(), torch.inference_mode():
                     if first is not None:
-                        rows = torch.tensor([r.index for r in live]).to(self.device, non_blocking=True)
+                        rows = self._on_device([r.index for r in live])  # [live]
                         groups, first = [(live, rows, first)], None
                     else:
                         ids, positions, reach = self._inputs(live)
@@ -1445,7 +1462,7 @@ class BatchedRunner(ModelRunner):
         if not told:
             return values.tolist()
         if known_drafts:
-            known = torch.tensor(known_drafts).T.to(self.device, non_blocking=True)  # [3, m]
+            known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
         ready = None
         if values.is_cuda:
@@ -1491,12 +1508,12 @@ class BatchedRunner(ModelRunner):
             return
         width = max([2] + [len(join.ids) + 1 for join, _, _ in joins])
         n_rows, n = self.step_shape(max([r[0] for r in rows] + [join.slot for join, _, _ in joins]) + 1, width)
-        columns = self._columns[:n].to(self.device, non_blocking=True)  # [n]
+        columns = self._device_columns[:n]  # [n]
         ids = torch.zeros((n_rows, n), dtype=torch.long, device=self.device)
         positions = (self.max_len + columns).repeat(n_rows, 1)  # dummy rows: the padding
         slots, reads, reach = [], [], 0  # each launched row's slot and the column its values are read at [m] each
         if rows:
-            spec = torch.tensor(rows).to(self.device, non_blocking=True)  # [m, 5]; blocking, it would wait for the device
+            spec = self._on_device(rows)  # [m, 5]
             slot, at, k, row, first = spec.unbind(1)  # [m] each
             j = torch.arange(max(r[2] for r in rows) + 1, device=self.device)  # [K + 1]
             argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
@@ -1512,10 +1529,8 @@ class BatchedRunner(ModelRunner):
             reads.append(full.long())  # each row's last token's
             reach = max(r[1] + r[2] for r in rows) + 1
         if joins:
-            prompts = torch.tensor([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins]
-                                   ).to(self.device, non_blocking=True)  # [m', n]
-            spec = torch.tensor([(join.slot, row, column, len(join.ids)) for join, row, column in joins]
-                                ).to(self.device, non_blocking=True)  # [m', 4]
+            prompts = self._on_device([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins])  # [m', n]
+            spec = self._on_device([(join.slot, row, column, len(join.ids)) for join, row, column in joins])  # [m', 4]
             slot, row, column, length = spec.unbind(1)  # [m'] each
             ids[slot] = prompts
             ids[slot, length] = top[row, column]  # the token the prompt step drew
@@ -1578,7 +1593,7 @@ class BatchedRunner(ModelRunner):
         self.stats.ahead_kept += len(taken)
         if not taken:
             return torch.cat([r.chain.first for r in requests])
-        index = torch.tensor([ahead.rows[r.index] for r in taken]).to(self.device, non_blocking=True)
+        index = self._on_device([ahead.rows[r.index] for r in taken])  # [taken]
         values = iter(ahead.values[index].unbind())
         return torch.stack([r.chain.first[0] if r.chain.first is not None else next(values) for r in requests])
 
@@ -1661,14 +1676,12 @@ class BatchedRunner(ModelRunner):
             for r, values in zip(members, self._read_rows(logits, read, members)[1].tolist()):
                 r.pick = r.chain.group.pick(values, r.start + len(r.ids))
 
-    @staticmethod
-    def _read_rows(logits: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
+    def _read_rows(self, logits: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
                    members: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:
         """A group's `read` of its members' rows of a step's logits [rows, n, V], each at its last token: (their
         rows [members], the values [members, m]), on the device."""
-        where = torch.tensor([[r.index for r in members], [len(r.ids) - 1 for r in members]])
-        where = where.to(logits.device, non_blocking=True)  # [2, members]; blocking, it would wait for the device
-        return where[0], read(logits[where[0], where[1]].float())
+        where = self._on_device([[r.index for r in members], [len(r.ids) - 1 for r in members]], logits.device)
+        return where[0], read(logits[where[0], where[1]].float())  # where: [2, members]
 
     @staticmethod
     def _by_read(requests: list[_Request]) -> dict[object, list[_Request]]:
@@ -1711,7 +1724,7 @@ class BatchedRunner(ModelRunner):
         with self._turn(), torch.inference_mode():
             if graph is not None:
                 slots = [r.index for r in requests] + [requests[0].index] * (rows - len(requests))  # dummies: padding
-                logits = self._replay(graph, ids, positions, torch.tensor(slots))  # [rows, 1, V]
+                logits = self._replay(graph, self._pinned(ids), self._pinned(positions), self._pinned(slots))  # [rows, 1, V]
             else:
                 logits = self._eager(ids, positions, keep=keep, first_slot=lo)  # [hi - lo, keep, V]
             for r, done in zip(requests, last):
@@ -1755,9 +1768,9 @@ class BatchedRunner(ModelRunner):
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
-                ids = ids.to(self.device)
+                ids = self._on_device(ids)
                 self._fill_guesses(ids, guessed, fed, fill)
-                return self._run(_StepInputs(ids, positions.to(self.device), 0, self._span(reach)), keep=n)
+                return self._run(_StepInputs(ids, self._on_device(positions), 0, self._span(reach)), keep=n)
             g = self._graphs[(rows, n, self._graph_span(reach))]  # all captured at start
             return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill)
 
@@ -1778,7 +1791,7 @@ class BatchedRunner(ModelRunner):
                       fill: Fill | None = None) -> None:
         """Write on the device the tokens the host has not read: guessed rows' first (from `fed`), and `fill`'s."""
         if guessed:
-            index = torch.tensor(guessed).to(self.device, non_blocking=True)  # blocking, it would wait for the device
+            index = self._on_device(guessed)  # [guessed]
             ids[index, 0] = fed[index]
         if fill is not None:
             rows, columns, tokens = fill
@@ -1786,7 +1799,7 @@ class BatchedRunner(ModelRunner):
 
     def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
         """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""
-        return self._run(_StepInputs(ids.to(self.device), positions.to(self.device), first_slot,
+        return self._run(_StepInputs(self._on_device(ids), self._on_device(positions), first_slot,
                                      self._span(self._reach(positions))), keep)
 
     def _span(self, reach: int | None) -> int | None:

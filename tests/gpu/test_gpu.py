@@ -257,3 +257,37 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
         assert counters["stats"]["unique_graphs"] == compiled  # every shape class compiled before serving
     finally:
         engine.close()
+
+
+def test_the_engine_launches_steps_without_waiting_for_the_device(gpu_engine):
+    """Every host value a launch copies to the device goes through pinned memory (`BatchedRunner._on_device`): with
+    about a second of work queued on the stream, launching a step of prompts and then the next chains' first draft
+    step from its argmax (a new session's catch-up with them) returns while that work still runs. A copy from pageable
+    memory may make the host wait for it, and then the device idles while the host builds the next launch."""
+    from specdec.core.batching import BatchedRunner, _Request
+    from specdec.core.runner import DraftJoin
+
+    runner = BatchedRunner(gpu_engine.target.model, max_len=256, max_sessions=4, compile=False, launch=None)
+    slots = [runner.open() for _ in range(3)]
+    drafted = torch.ones((4, 1), dtype=torch.long, device=runner.device)  # [slots, steps]
+    join = DraftJoin(runner, slots[2].index, [4, 5, 6], lambda logits: logits.argmax(-1, keepdim=True))
+
+    def launch_both() -> None:
+        step = runner._launch([_Request(s.index, 0, [1, 2, 3], 1, True) for s in slots[:2]])
+        runner._chain_ends = {slots[0].index: 2}  # a chain of K = 1 drafted from position 2 ended at 2
+        runner.launch_ahead([(slots[0].index, 2, 1, slots[0].index, 2)], drafted, step.top, join.read,
+                            [(join, slots[1].index, 2)])
+
+    try:
+        launch_both()  # first: pinned buffers allocated (cudaHostAlloc), kept by the caching allocator for reuse
+        torch.cuda.synchronize()
+        torch.cuda._sleep(2_000_000_000)  # ~1 s on an H200's clocks
+        queued = torch.cuda.Event()
+        queued.record()
+        launch_both()
+        assert not queued.query(), "a launch waited for the work queued before it"
+        torch.cuda.synchronize()
+        assert runner.stats.ahead == 2 and runner.stats.joins == 2
+    finally:
+        for s in slots:
+            runner.close(s)
