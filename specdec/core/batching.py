@@ -528,7 +528,6 @@ class BatchedRunner(ModelRunner):
         self.cache = self._allocate()
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
         self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
-        self._pin = self.device.type == "cuda"  # host values the engine copies to the device are staged pinned (_pinned)
         self._device_columns = self._columns.to(self.device)  # [pad]
         self._spans = [c for c in SPAN_BUCKETS if c < max_len] + [max_len + self.pad]  # a graph step's columns
         self._graphs: dict[tuple[int, int, int], _Graph] = {}  # (rows, tokens, span) -> graph
@@ -713,20 +712,6 @@ class BatchedRunner(ModelRunner):
             self._stopping = True
             self._cv.notify_all()
         self._ended.wait(wait_s)
-
-    def _pinned(self, values: Sequence | torch.Tensor) -> torch.Tensor:
-        """Host values (nested lists of ints, or a CPU tensor) as a CPU tensor whose copy to the device the host need not
-        wait for: on a GPU, in pinned memory. A copy from pageable memory may make the host wait for the work queued on
-        the stream first (CUDA stages it through pinned memory and may synchronize the stream to do so), holding the
-        engine's next launch until the step in flight is done; from pinned memory it is queued like a kernel, and the
-        caching host allocator keeps the buffer until the copy is done."""
-        if not isinstance(values, torch.Tensor):
-            return torch.tensor(values, pin_memory=self._pin)
-        return values.pin_memory() if self._pin and values.device.type == "cpu" and not values.is_pinned() else values
-
-    def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """Host values on the device (this runner's, or `device`), copied behind the work queued there (`_pinned`)."""
-        return self._pinned(values).to(device or self.device, non_blocking=True)
 
     def _forward(self, slot: KVSlot, new_ids: Sequence[int], keep: int) -> torch.Tensor:
         return self._submit([(slot, new_ids, keep)], greedy=False)[0].logits

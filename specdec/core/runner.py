@@ -232,6 +232,21 @@ class ModelRunner:
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._graph_pool = None
         self._key_positions = torch.arange(max_len, device=self.device)  # [max_len], for graph masks
+        self._pin = self.device.type == "cuda"  # host values copied to the device are staged pinned (_pinned)
+
+    def _pinned(self, values: Sequence | torch.Tensor) -> torch.Tensor:
+        """Host values (nested lists of token ids or indices, or a CPU tensor) as a CPU tensor whose copy to the device
+        the host need not wait for: on a GPU, in pinned memory. A copy from pageable memory may make the host wait for
+        the work queued on the stream first (CUDA stages it through pinned memory and may synchronise the stream to do
+        so), holding the next launch until the forward in flight is done; from pinned memory it is queued like a
+        kernel, and torch's caching host allocator keeps the buffer until the copy is done."""
+        if not isinstance(values, torch.Tensor):
+            return torch.tensor(values, dtype=torch.long, pin_memory=self._pin)
+        return values.pin_memory() if self._pin and values.device.type == "cpu" and not values.is_pinned() else values
+
+    def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Host values on the device (this runner's, or `device`), copied behind the work queued there (`_pinned`)."""
+        return self._pinned(values).to(device or self.device, non_blocking=True)
 
     @functools.cached_property
     def placement(self) -> Placement:
@@ -367,7 +382,7 @@ class ModelRunner:
         if self.cuda_graphs and len(new_ids) <= self.graph_max_tokens and self._caches[slot.index].is_initialized:
             return self._forward_graph(slot, new_ids, keep)
         start = slot.length
-        input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)  # [1, n]
+        input_ids = self._on_device([list(new_ids)])  # [1, n]
         position_ids = torch.arange(start, start + len(new_ids), device=self.device).unsqueeze(0)  # [1, n]
         with self._lock, torch.inference_mode():
             cache = self._caches[slot.index]
@@ -383,7 +398,7 @@ class ModelRunner:
             if key not in self._graphs:
                 self._graphs[key] = self._capture(slot.index, n, keep, start)
             g = self._graphs[key]
-            g.ids.copy_(torch.tensor([list(new_ids)], dtype=torch.long), non_blocking=True)
+            g.ids.copy_(self._pinned([list(new_ids)]), non_blocking=True)
             g.positions.copy_(self._key_positions[start:start + n])
             self._set_length(slot.index, start)
             g.graph.replay()

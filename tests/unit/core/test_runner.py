@@ -163,3 +163,12 @@ def test_branches_in_one_pass_equal_each_branch_drafted_alone(runner):
     finally:
         runner.close(s)
         runner.close(alone)
+
+
+def test_host_values_reach_the_device_as_token_ids(runner):
+    """The one way host values reach a runner's device (`_on_device`): token ids and row indices as int64, an empty
+    list too (torch would make it float, which no index accepts); a tensor already there is used as it is."""
+    assert runner._on_device([[3, 4], [5, 6]]).tolist() == [[3, 4], [5, 6]]
+    assert runner._on_device([]).dtype == torch.long
+    on = runner._on_device([7])
+    assert on.device == runner.device and runner._on_device(on) is on
