@@ -83,6 +83,22 @@ def equal_to_target_only(pair, engine, cases, counts):
     return after[0] - before[0], after[1] - before[1]
 
 
+def staggered(pair, engine, cases, delay_s):
+    """Decode `cases` (prompt ids, new tokens, K) on `engine`, each begun `delay_s` after the one before it: sessions
+    joining others mid-flight. Returns [(ids, cycles)] in the cases' order."""
+    def late(case, delay):
+        time.sleep(delay)
+        return own_decode(pair, engine, *case)
+    return concurrently([lambda c=c, i=i: late(c, delay_s * i) for i, c in enumerate(cases)])
+
+
+def drafts_as_alone(together, alone):
+    """Each request's output, and every block's (K, accepted), equal the same request's decoded alone."""
+    for (out, cycles), (want, want_cycles) in zip(together, alone):
+        assert out == want
+        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+
+
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
     leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
@@ -120,10 +136,7 @@ def test_a_draft_step_launched_from_the_verify_s_argmax_drafts_what_the_host_wou
     cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
     alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
     launched, kept = draft.stats.ahead, draft.stats.ahead_kept
-    together = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
-    for (out, cycles), (want, want_cycles) in zip(together, alone):
-        assert out == want
-        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    drafts_as_alone(staggered(pair, engine, cases, 0.0), alone)
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
 
@@ -147,14 +160,7 @@ def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_u
 
     monkeypatch.setattr(draft, "_taken_ahead", counting)
 
-    def late(c, delay):
-        time.sleep(delay)
-        return own_decode(pair, engine, *c)
-
-    together = concurrently([lambda c=c, i=i: late(c, 0.05 * i) for i, c in enumerate(cases)])
-    for (out, cycles), (want, want_cycles) in zip(together, alone):
-        assert out == want
-        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    drafts_as_alone(staggered(pair, engine, cases, 0.05), alone)
     assert mixed, "no session joined a phase whose other chains took their step launched ahead"
 
 
@@ -180,14 +186,7 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
     monkeypatch.setattr(draft, "catch_up_reads", counted)
     joins, kept = draft.stats.joins, draft.stats.joins_kept
 
-    def late(c, delay):
-        time.sleep(delay)
-        return own_decode(pair, engine, *c)
-
-    together = concurrently([lambda c=c, i=i: late(c, 0.04 * i) for i, c in enumerate(cases)])
-    for (out, cycles), (want, want_cycles) in zip(together, alone):
-        assert out == want
-        assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
+    drafts_as_alone(staggered(pair, engine, cases, 0.04), alone)
     joins, kept = draft.stats.joins - joins, draft.stats.joins_kept - kept
     assert kept >= 1 and kept <= joins, (kept, joins)
     assert len(caught_up) + kept == len(cases), (caught_up, kept)
@@ -207,14 +206,9 @@ def test_a_join_its_first_phase_cannot_take_catches_up_itself(tiny_pair_fp32, en
     cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[4:10])]
     joins, kept = draft.stats.joins, draft.stats.joins_kept
 
-    def late(c, delay):
-        time.sleep(delay)
-        return own_decode(pair, engine, *c)
-
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
-    together = concurrently([lambda c=c, i=i: late(c, 0.04 * i) for i, c in enumerate(cases)])
-    assert [out for out, _ in together] == expected
+    assert [out for out, _ in staggered(pair, engine, cases, 0.04)] == expected
     assert draft.stats.joins > joins and draft.stats.joins_kept == kept
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
