@@ -1485,8 +1485,8 @@ class BatchedRunner(ModelRunner):
         whose last chain did not end where K drafts from L end are left out.
         `joins`: (a new session's draft, its prompt step's row in `top`, that row's kept column): the same step
         forwards its prompt and the token the target drew after it, from position 0, and reads its chain's first step
-        there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt too long for the step's
-        width (every row is padded to it) catches up on its own, as before."""
+        there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt wider than a graph step
+        (every row is padded to a join's width) catches up on its own."""
         rows = [r for r in rows if r[1] + r[2] < self.max_len and self._chain_ends.get(r[0]) == r[1] + r[2] - 1]
         joins = [j for j in joins if len(j[0].ids) < min(self.graph_max_tokens, self.max_len)]
         if not rows and not joins:
