@@ -474,8 +474,8 @@ class AdaptiveK:
     def _rates(self, cap: int) -> list[float | None]:
         """Expected tokens per second of a cycle of each k <= cap: this session's, or per session of the shared
         phase it drafts in. A shared phase in an engine divides by the cycles measured at this load where there
-        are: its verify, drafting and the host's work between steps as they add up (a K never measured keeps
-        the sum of its parts, rarely more than it costs, so it gets tried). A cycle drafting one more token costs
+        are: its verify, drafting and the host's work between steps as they add up (a K never measured is priced
+        from the nearest that was, `_unmeasured_cost`, so it gets tried). A cycle drafting one more token costs
         at least a draft step more: a cheaper figure for it is noise or stale, and taken as is, a session whose
         drafts are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones (a
         tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft). Of two neighbours
@@ -500,8 +500,8 @@ class AdaptiveK:
         measured = shared and self.batch is not None
         cycles = [self.batch.batch_cycle_cost(k) if measured else None for k in ks]
         samples = [self.batch.batch_cycle_samples(k) if cycles[k] is not None else 0 for k in ks]
-        costs = [self.costs.cycle_cost(k, verify[k]) if cycles[k] is None else cycles[k] for k in ks]
         step = self._draft_step(measured)
+        costs = [self._unmeasured_cost(k, cycles, verify, step) if cycles[k] is None else cycles[k] for k in ks]
         for k in reversed(ks[1:]):  # the better-measured figure of two neighbours stands
             if costs[k] is not None and costs[k - 1] is not None and samples[k] > samples[k - 1] and costs[k] > step:
                 costs[k - 1] = min(costs[k - 1], costs[k] - step)
@@ -510,6 +510,18 @@ class AdaptiveK:
                 costs[k] = max(costs[k], costs[k - 1] + step)
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in ks]
+
+    def _unmeasured_cost(self, k: int, cycles: list[float | None], verify: list[float | None], step: float) -> float | None:
+        """A cycle drafting k tokens, never measured at this load: from the nearest drafting K that was (the one below
+        on a tie), by the draft steps and the verify's growth between them; else the sum of its parts. The parts'
+        price of a draft token (a phase's drafting time over its K) also holds the phase's fixed work, launching the
+        verify and reading back, which the sum charges k times: next to a measured K it made the next K look dearer
+        than one more step makes it, so the phase did not try it (docs/benchmarks.md, stop 47)."""
+        near = [j for j in range(1, len(cycles)) if cycles[j] is not None and verify[j] is not None]
+        if k == 0 or not near or verify[k] is None:
+            return self.costs.cycle_cost(k, verify[k])
+        j = min(near, key=lambda j: (abs(j - k), j))
+        return max(cycles[j] + (k - j) * step + verify[k] - verify[j], verify[k])
 
     def _draft_step(self, measured: bool) -> float:
         """What one more draft token costs a cycle at least: the draft's step at this load where its engine timed one

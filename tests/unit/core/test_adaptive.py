@@ -735,3 +735,25 @@ def test_plain_probes_back_off_and_reset():
     assert [s for s, p in enumerate(got) if p] == [4, 5, 14, 15, 24, 25]  # 4 steps of drafting, then 8 (the most)
     assert not probes.plain(30, drafting=False) and probes.every == 0  # plain by choice: the next wait is `first`
     assert [s for s in range(31, 40) if probes.plain(s, drafting=True)] == [35, 36]
+
+
+def test_a_k_never_measured_is_priced_from_the_nearest_measured_one():
+    """16 rows on the H200 (call w2's figures): a K = 2 cycle measured at 11.5 ms, 2.4 ms of drafting time per token
+    (the phase's fixed work in it) where a step took 1.4, 0.9 ms a cycle beyond. Summed from those parts a K = 3 cycle
+    costs 14.4 ms and loses to K = 2 at a = 0.75; one more step and 0.3 ms more of verify from K = 2's make 13.2 (w2
+    measured 12.8 once it drafted K = 3), and it wins. With no drafting K measured the parts still price it."""
+    verify = {k: 0.0054 + 0.0003 * k for k in range(5)}
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(2, 0.006, 0.0048, 0.0009)  # 2.4 ms a token, 0.9 ms a cycle
+
+    def member(cycles: dict[int, float]) -> AdaptiveK:
+        load = Load(rows=16, verify=verify, cycles=cycles, samples={k: 100 for k in cycles}, draft_step=0.0014)
+        return AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                         acceptance=known(0.75))
+
+    near = member({0: 0.0054, 2: 0.0115})
+    assert near.rate(3) == pytest.approx(expected_tokens(0.75, 3) / 0.0132, rel=1e-4)
+    assert near.rate(1) == pytest.approx(expected_tokens(0.75, 1) / 0.0098, rel=1e-4)  # from above: a step less
+    assert near.choose() == 3
+    plain_only = member({0: 0.0054})
+    assert plain_only.rate(3) == pytest.approx(expected_tokens(0.75, 3) / (0.0063 + 3 * 0.0024 + 0.0009), rel=1e-4)
