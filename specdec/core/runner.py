@@ -128,9 +128,10 @@ Launched = Callable[[dict[int, Drafted]], None]  # each drafting chain's Drafted
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix; O(1) list compares in the usual append-only case."""
+    """Length of the longest common prefix; O(1) list compares in the usual append-only case (the shorter one whole
+    against a slice of the other: a slice is a copy, and every row of every step asks)."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:
+    if (a == b[:n]) if len(a) == n else (a[:n] == b):
         return n
     lo, hi = 0, n  # invariant: a[:lo] == b[:lo], a[:hi] != b[:hi]
     while hi - lo > 1:
