@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
+import json
 import logging
+import os
 import time
 from dataclasses import replace
+
+import torch
 
 from specdec.core.adaptive import AdaptiveK, FixedK
 from specdec.core.batching import BatchedRunner
@@ -37,13 +42,24 @@ from specdec.core.target_loop import TargetLoop
 from specdec.proposers import make_factory
 from specdec.proposers.replay import ReplayFactory, ReplayRates
 from specdec.serving.server import freeze_heap
-from specdec.tools import loadtest
+from specdec.tools import device_gaps, loadtest
 from specdec.tools.inprocess import InProcessTarget, own_draft_runner
 from specdec.tools.sweep import record_continuations
 
 TIMED = [(TargetLoop, "complete"), (TargetLoop, "plan"), (TargetLoop, "_tell"), (AdaptiveK, "choose"),
          (AdaptiveK, "observe"), (FixedK, "choose"), (FixedK, "observe"), (BatchedRunner, "_hand_on"),
          (BatchedRunner, "_plan_rows")]
+
+
+def device_trace() -> torch.profiler.profile:
+    """torch.profiler over every thread (the engine's steps run on its own), CPU and CUDA activities, with the CUDA
+    synchronisations the host waited in (where this torch has those options)."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    try:
+        config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True, enable_cuda_sync_events=True)
+    except (AttributeError, TypeError):
+        return torch.profiler.profile(activities=activities)
+    return torch.profiler.profile(activities=activities, experimental_config=config)
 
 
 def time_calls(totals: collections.Counter) -> None:
@@ -92,6 +108,12 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
     parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
+    parser.add_argument("--trace", metavar="DIR",
+                        help="on a GPU: each configuration's first measured run under torch.profiler (every thread, "
+                        "CPU and CUDA activities and synchronisations, no Python stacks), its chrome trace written to "
+                        "DIR, and where the device waited for the host (specdec.tools.device_gaps) printed after its "
+                        "line. Recording every aten op slows the host: its line's figures and the gaps' lengths are "
+                        "upper bounds; what ends the gaps, and the syncs, are what it finds")
     parser.add_argument("--time-calls", action="store_true",
                         help="also the microseconds a row spends in the engine's per-row calls (TIMED), each call timed "
                         "with perf_counter (cProfile inflates such small calls several times over; a timed call "
@@ -142,7 +164,7 @@ def main() -> None:
     drafter = engine.runner.drafter
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for clients in levels:
             for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
                 engine.k, engine.adaptive_k = k, adaptive
@@ -155,8 +177,11 @@ def main() -> None:
                 ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
                 phases = replace(drafter.stats)
                 totals.clear()
+                traced = args.trace and repeat == 0
+                tracing = device_trace() if traced else None
                 t0 = time.perf_counter()
-                result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
+                with tracing or contextlib.nullcontext():
+                    result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
                 wall = time.perf_counter() - t0
                 n = t.steps - steps
                 host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
@@ -175,6 +200,12 @@ def main() -> None:
                 if totals:
                     print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                          for label, seconds in sorted(totals.items())), flush=True)
+                if tracing is not None:
+                    os.makedirs(args.trace, exist_ok=True)
+                    path = os.path.join(args.trace, f"trace_{clients}_{label.replace(' ', '_').replace(',', '')}.json")
+                    tracing.export_chrome_trace(path)
+                    with open(path) as f:
+                        print(device_gaps.report(device_gaps.analyse(json.load(f)), steps=n), flush=True)
     engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)

@@ -145,6 +145,16 @@ U)  # one GPU, issue 17: where a drafted cycle's time goes on the H200's host: t
     --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-16,64} --k ${KS:-0,2,a4} --tokens 128 \
     --repeats ${REPEATS:-2} --early-verify ${EARLY:-default} --log 2>"$OUT/host_time.log" | tee "$OUT/host_time.txt"
   python3 scripts/profile_summary.py "$OUT/host_profile.txt" --depth 3 --top 40 | tee "$OUT/host_profile_summary.txt" ;;
+V)  # one GPU, issue 17: where the device waits for its host. The GPU tests named by GPU_TESTS (default: the launch
+    # that must not wait for the device, and the early verify's), then the engine in process (random 7B + planted 0.5B
+    # own draft, compiled, graphs) at LEVELS clients, target-only and K = 2, each run traced (torch.profiler, every
+    # thread; traces stay on the device) and its device idle gaps told by what ended them, and the syncs the host
+    # waited in (specdec.tools.device_gaps)
+  timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py \
+    -k "${GPU_TESTS:-launches_steps or drafted_tokens}" 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
+  timeout ${STEPS_TIMEOUT:-400} python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 \
+    --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-16,64} --k ${KS:-0,2} --tokens 128 \
+    --repeats 1 --trace /tmp/traces --log 2>"$OUT/gaps.log" | tee "$OUT/gaps.txt" ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
