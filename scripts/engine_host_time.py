@@ -28,6 +28,7 @@ import cProfile
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import replace
 
@@ -58,6 +59,8 @@ def device_trace() -> torch.profiler.profile:
     try:
         config = torch._C._profiler._ExperimentalConfig(profile_all_threads=True, enable_cuda_sync_events=True)
     except (AttributeError, TypeError):
+        print("this torch's profiler has no profile_all_threads or enable_cuda_sync_events: the engine thread's ops and "
+              "the syncs are left out of the trace, and its gaps are told by '?'", file=sys.stderr)
         return torch.profiler.profile(activities=activities)
     return torch.profiler.profile(activities=activities, experimental_config=config)
 

@@ -232,8 +232,12 @@ class TargetLoop:
     def drafting(self) -> bool:
         """Its cycles verify drafts now (past the prefill, a K > 0 and a draft to ask): its next forward is not a
         plain decode."""
-        return (not self._first and self.link is not None and not self.link.failed and self.k > 0
-                and self.sequence.max_k > 0)
+        return not self._first and self._will_draft
+
+    @property
+    def _will_draft(self) -> bool:
+        """Its cycles after the prefill verify drafts: a draft to ask, a K > 0 and room for a draft token."""
+        return self.link is not None and not self.link.failed and self.k > 0 and self.sequence.max_k > 0
 
     def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
         """What `plan` forwards if its draft's fresh block of `drafted` tokens (drafted from the end of the committed
@@ -249,8 +253,7 @@ class TargetLoop:
     def draft_join(self) -> DraftJoin | None:
         """While its prompt step is in flight: its draft's catch-up on the prompt (`DraftSource.join_ahead`), where its
         next cycles verify drafts on the argmax alone (as `early_verify`: greedy, a K > 0, a draft)."""
-        if (not self._first or self.link is None or self.link.failed or self.k <= 0 or self.sequence.max_k <= 0
-                or not self.sequence.sampling.greedy):
+        if not self._first or not self._will_draft or not self.sequence.sampling.greedy:
             return None
         return self.link.join_ahead()
 
