@@ -6,6 +6,9 @@ is told by what the host did meanwhile: the CUDA runtime call that launched the 
 operation that call ran in, and, where the host was blocked in the runtime instead (a stream or event
 synchronisation, a copy that waited for the stream), that call. Runtime calls that held the host for long are
 listed apart: each is a synchronisation the engine's launches wait behind (docs/architecture.md, "GPU fast path").
+Where the device is busy, CUDA graph replays are told apart by their number of kernels (the 7B's and the 0.5B's
+steps differ): each kind's device time per replay, and how much of it is kernels rather than the gaps between them
+(a small model's step is bound by its kernels' count and latency, not by its weights).
 
 Usage: python3 -m specdec.tools.device_gaps TRACE.json [--min-gap-us 20] [--top 15] [--steps N]
 """
@@ -16,12 +19,14 @@ import argparse
 import bisect
 import collections
 import json
+import statistics
 from dataclasses import dataclass, field
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 RUNTIME_CATEGORIES = ("cuda_runtime", "cuda_driver")
 SYNC_CATEGORY = "cuda_sync"  # the stream and event synchronisations the host waited in (enable_cuda_sync_events)
 GAP_BUCKETS_US = (20, 50, 100, 200, 500, 1000, 5000)
+KERNEL_NAME_CHARS = 48  # kernel names (templated, generated) are cut to this in the report
 
 
 @dataclass
@@ -33,6 +38,16 @@ class Gaps:
     gaps: list[tuple[float, float, str, str]] = field(default_factory=list)  # (start, length, launch call, its op)
     blocking: collections.Counter = field(default_factory=collections.Counter)  # runtime call -> host us held
     blocking_calls: collections.Counter = field(default_factory=collections.Counter)  # runtime call -> count
+    graphs: dict[int, "Replays"] = field(default_factory=dict)  # kernels per replay -> the replays of that size
+
+
+@dataclass
+class Replays:
+    """The CUDA graph replays of one size (kernels per replay) in a trace."""
+
+    spans_us: list[float] = field(default_factory=list)  # each replay's first kernel's start to its last one's end
+    kernels_us: list[float] = field(default_factory=list)  # each replay's kernels' summed device time
+    by_kernel: collections.Counter = field(default_factory=collections.Counter)  # kernel name -> device us in all
 
 
 def _events(trace: dict) -> list[dict]:
@@ -78,7 +93,26 @@ def analyse(trace: dict, min_gap_us: float = 20.0, blocking_us: float = 100.0) -
         if e["dur"] >= blocking_us:
             result.blocking[e["name"]] += e["dur"]
             result.blocking_calls[e["name"]] += 1
+    result.graphs = _graph_replays(device, {c for c, e in launches.items() if e["name"] == "cudaGraphLaunch"})
     return result
+
+
+def _graph_replays(device: list[dict], graph_launches: set) -> dict[int, Replays]:
+    """The kernels each graph launch ran (a graph's kernels carry its launch's correlation id), by kernels per
+    replay."""
+    by_launch: dict[object, list[dict]] = collections.defaultdict(list)
+    for e in device:
+        correlation = e.get("args", {}).get("correlation")
+        if correlation in graph_launches and e.get("cat") == "kernel":
+            by_launch[correlation].append(e)
+    graphs: dict[int, Replays] = collections.defaultdict(Replays)
+    for kernels in by_launch.values():
+        replays = graphs[len(kernels)]
+        replays.spans_us.append(max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels))
+        replays.kernels_us.append(sum(e["dur"] for e in kernels))
+        for e in kernels:
+            replays.by_kernel[e["name"]] += e["dur"]
+    return dict(graphs)
 
 
 def _innermost(ops: list[dict], starts: list[float], t: float, tid: object) -> dict | None:
@@ -117,6 +151,16 @@ def report(gaps: Gaps, steps: int | None = None, top: int = 15) -> str:
         lines.append("runtime calls that held the host (syncs, or copies that waited for the stream):")
         lines += [f"  {us / 1e3:8.2f} ms in {gaps.blocking_calls[name]} calls  {name}"
                   for name, us in gaps.blocking.most_common(top)]
+    if gaps.graphs:
+        lines.append("CUDA graph replays by kernels per replay (median device time per replay; kernels' share of it; "
+                     "the kernels taking most of it):")
+    for size, replays in sorted(gaps.graphs.items(), key=lambda g: -sum(g[1].spans_us))[:top]:
+        span, busy = statistics.median(replays.spans_us), statistics.median(replays.kernels_us)
+        total = sum(replays.by_kernel.values())
+        heaviest = ", ".join(f"{name[:KERNEL_NAME_CHARS]} {100 * us / total:.0f}%"
+                             for name, us in replays.by_kernel.most_common(3))
+        lines.append(f"  {size} kernels: {len(replays.spans_us)} replays, {span / 1e3:.2f} ms each, kernels "
+                     f"{100 * busy / (span or 1):.0f}% ({busy / size:.1f} us a kernel); {heaviest}")
     return "\n".join(lines)
 
 

@@ -39,6 +39,33 @@ def test_gaps_are_told_by_the_launch_that_ended_them_and_blocking_calls_are_list
     assert "aten::argmax -> cudaLaunchKernel" in text and "cudaMemcpyAsync" in text
 
 
+def replay(correlation, start, kernels):
+    """A graph replay: its launch, then its kernels (name, length us) back to back with 2 us between them."""
+    events, t = [x("cuda_runtime", "cudaGraphLaunch", start - 20, 15, correlation=correlation)], start
+    for name, dur in kernels:
+        events.append(x("kernel", name, t, dur, tid=7, correlation=correlation))
+        t += dur + 2
+    return events
+
+
+def test_graph_replays_are_told_apart_by_their_kernels():
+    """Two graphs (a big model's step of two long kernels, a small one's of four short ones), each replayed twice,
+    and a kernel launched on its own, which belongs to no replay."""
+    big, small = [("gemm_big", 300), ("attention", 100)], [("gemm_small", 10), ("norm", 4), ("gemm_small", 10),
+                                                           ("norm", 4)]
+    trace = {"traceEvents": replay(1, 1000, big) + replay(2, 1500, small) + replay(3, 2000, big)
+             + replay(4, 2500, small) + [x("kernel", "argmax", 3000, 5, tid=7, correlation=5),
+                                         x("cuda_runtime", "cudaLaunchKernel", 2990, 5, correlation=5)]}
+    graphs = analyse(trace).graphs
+    assert sorted(graphs) == [2, 4]
+    assert graphs[2].spans_us == [402, 402] and graphs[2].kernels_us == [400, 400]
+    assert graphs[4].spans_us == [34, 34] and graphs[4].kernels_us == [28, 28]
+    assert graphs[4].by_kernel == {"gemm_small": 40, "norm": 16}
+    text = report(analyse(trace))
+    assert "2 kernels: 2 replays, 0.40 ms each, kernels 100% (200.0 us a kernel); gemm_big 75%, attention 25%" in text
+    assert "4 kernels: 2 replays, 0.03 ms each, kernels 82% (7.0 us a kernel); gemm_small 71%, norm 29%" in text
+
+
 def test_a_trace_without_device_operations_says_so(tmp_path):
     """A CPU run's trace, as torch.profiler writes it: no device operation, no gap to tell."""
     path = tmp_path / "trace.json"
