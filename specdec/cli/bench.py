@@ -67,6 +67,14 @@ def add_parser(sub) -> None:
                        help="with --concurrency: batched targets (services and in process) hand each session its "
                             "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
+    sampling = bench.add_argument_group("sampling (with --concurrency; default: greedy)")
+    sampling.add_argument("--temperature", type=float, default=0.0,
+                          help="every request samples at this temperature (0: greedy). Plain decoding's outputs are "
+                               "then checked to be the same at every concurrency; a drafting mode's are equal to "
+                               "target-only's in distribution, not token for token, and are not compared")
+    sampling.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
+    sampling.add_argument("--seed", type=int, default=0, help="every request's seed (default 0)")
     bench.add_argument("--bounds-only", action="store_true",
                        help="with --concurrency and --json FILE: run no mode; take FILE's points (a sweep cut short "
                             "after its modes, e.g. by a time limit), check their greedy outputs and add their bounds, "
@@ -95,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                                          "--adaptive-k)")
     if args.bounds_only:
         raise InvalidArgument("bounds-only", "only with --concurrency (a sweep's points have bounds)")
+    if (args.temperature, args.top_k, args.top_p, args.seed) != (0.0, 0, 1.0, 0):
+        raise InvalidArgument("temperature", "sampling flags only with --concurrency (one-request modes decode "
+                                             "greedily, each output checked against target-only's)")
     return main(BenchSettings(
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, cpu_kernels=args.cpu_kernels,
@@ -119,4 +130,5 @@ def sweep(args: argparse.Namespace) -> int:
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
         replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile, stream_interval=args.stream_interval, bounds_only=args.bounds_only))
+        compile=not args.no_compile, stream_interval=args.stream_interval, bounds_only=args.bounds_only,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))

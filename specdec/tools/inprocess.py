@@ -19,7 +19,7 @@ from typing import Iterator
 from draft_service.service import overlap_pays
 from specdec.core.batching import BatchedRunner, serving_runner
 from specdec.core.compute import INLINE, Compute
-from specdec.core.config import GenerationRequest, ProposerKind, SpeculationConfig, TargetRequest
+from specdec.core.config import GenerationRequest, ProposerKind, SamplingParams, SpeculationConfig, TargetRequest
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.drafting import DraftStart, Predraft, predraft_policy
 from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, encode_prompt, eos_ids_of, load_model
@@ -180,12 +180,14 @@ class InProcessTarget:
         for cycles in self.service.run(request, on_cancel=lambda fn: None, observer=_Unobserved()):
             yield from cycles
 
-    def generate(self, prompt: str, max_new_tokens: int) -> Reply:
-        """One request, greedy, EOS ignored: what a load client's Generate does, minus the network."""
+    def generate(self, prompt: str, max_new_tokens: int, sampling: SamplingParams = SamplingParams()) -> Reply:
+        """One request, EOS ignored: what a load client's Generate does, minus the network (seed 0 where `sampling`
+        gives none)."""
         stats, tokens, ttft = SpecStats(), [], None
         t0 = time.perf_counter()
-        for cycle in self.stream(GenerationRequest(prompt_ids=encode_prompt(self.tokenizer, prompt),
-                                                   max_new_tokens=max_new_tokens, ignore_eos=True), seed=0):
+        generation = GenerationRequest(prompt_ids=encode_prompt(self.tokenizer, prompt), max_new_tokens=max_new_tokens,
+                                       sampling=sampling, ignore_eos=True)
+        for cycle in self.stream(generation, seed=0 if sampling.seed is None else sampling.seed):
             if ttft is None and cycle.new_tokens:
                 ttft = time.perf_counter() - t0
             stats.observe(cycle)
@@ -193,9 +195,9 @@ class InProcessTarget:
         return Reply(tokens, ttft or 0.0, stats.cycles, stats.drafts, stats.draft_tokens, stats.accepted_tokens)
 
     @contextlib.contextmanager
-    def client(self) -> Iterator[Call]:
-        """A load client (loadtest.run_clients): calls `generate` on its own thread."""
-        yield self.generate
+    def client(self, sampling: SamplingParams = SamplingParams()) -> Iterator[Call]:
+        """A load client (loadtest.run_clients): calls `generate` on its own thread, sampling as `sampling` says."""
+        yield lambda prompt, max_new_tokens: self.generate(prompt, max_new_tokens, sampling)
 
     def close(self) -> None:
         """Stop the engines (waiting a little: the process may exit soon, and must not while they are in torch)."""

@@ -18,6 +18,7 @@ from typing import Callable, ContextManager, Iterator
 
 import grpc
 
+from specdec.core.config import SamplingParams
 from specdec.core.errors import SpecdecError
 from specdec.serving.client import Client, build_request
 from specdec.serving.interceptors import status_of
@@ -91,11 +92,12 @@ def error_name(exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def grpc_client(address: str, timeout_s: float = 120.0) -> Iterator[Call]:
-    """One client of an orchestrator: requests by prompt text, EOS ignored."""
+def grpc_client(address: str, timeout_s: float = 120.0, sampling: SamplingParams = SamplingParams()) -> Iterator[Call]:
+    """One client of an orchestrator: requests by prompt text, EOS ignored, sampling as `sampling` says."""
     with Client(address, timeout_s=timeout_s) as client:
         def call(prompt: str, max_new_tokens: int) -> Reply:
-            r = client.generate(build_request(prompt, max_new_tokens=max_new_tokens, ignore_eos=True))
+            r = client.generate(build_request(prompt, sampling=sampling, max_new_tokens=max_new_tokens,
+                                              ignore_eos=True))
             s = r.stats
             return Reply(list(r.token_ids), s.time_to_first_token_s, s.cycles, s.drafts, s.draft_tokens,
                          s.accepted_tokens)
@@ -103,10 +105,10 @@ def grpc_client(address: str, timeout_s: float = 120.0) -> Iterator[Call]:
 
 
 def run(address: str, concurrency: int, requests: int, prompts: list[str], max_new_tokens: int,
-        deadline_s: float, timeout_s: float = 120.0) -> LoadResult:
+        deadline_s: float, timeout_s: float = 120.0, sampling: SamplingParams = SamplingParams()) -> LoadResult:
     check_loopback(address)
-    return run_clients(lambda: grpc_client(address, timeout_s), concurrency, requests, prompts, max_new_tokens,
-                       deadline_s)
+    return run_clients(lambda: grpc_client(address, timeout_s, sampling), concurrency, requests, prompts,
+                       max_new_tokens, deadline_s)
 
 
 def run_clients(connect: Callable[[], ContextManager[Call]], concurrency: int, requests: int, prompts: list[str],

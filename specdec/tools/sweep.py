@@ -21,10 +21,13 @@ draft's cost, a chosen acceptance: random-weight benchmarks); the continuations 
 target-only deployment, which then runs first (engine-spec records its own in process).
 Next to every point, its analytic bound (point_bound, docs/benchmarks.md): from batched step costs measured here,
 in this process, on the target (and the draft), and the point's own cycles (C / t(C, 1) for plain decoding).
-Every request is greedy: each output (a warm-up's too, as far as both go) must equal its prompt's first
-plain-decoding output (tools/exactness.py; a difference is reported with the target's top-2 logit gap there, and
-fails the sweep unless `report_greedy_mismatch`). `--json` writes every point with its outputs (after each mode,
-then complete with the bounds), `--plot` tokens/s against C.
+Requests are greedy unless a temperature is given: each output (a warm-up's too, as far as both go) must equal its
+prompt's first plain-decoding output (tools/exactness.py; a difference is reported with the target's top-2 logit gap
+there, and fails the sweep unless `report_greedy_mismatch`). Sampled, every request carries the same seed, so each
+prompt's plain-decoding output must be the same at every concurrency and in both modes that decode plainly (sampling
+is counter-based, core/sampling.py); a drafting mode's sampled output depends on what it drafted, and is equal to
+target-only's in distribution only (the test suite's chi-square tests), so it is not compared. `--json` writes every
+point with its outputs (after each mode, then complete with the bounds), `--plot` tokens/s against C.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import torch
 
 from specdec.core.batching import BatchedRunner, check_stream_interval
 from specdec.core.compute import Compute
-from specdec.core.config import ProposerKind
+from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
@@ -80,6 +83,10 @@ class SweepSettings:
     # (None: the targets' default, auto)
     compile: bool = True  # batched engines on a GPU compile their models' layers (core.compiled), as services do
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
+    temperature: float = 0.0  # 0: greedy; else every request samples (top_k, top_p) with seed `seed`
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0  # one seed for every request: a prompt's sampled output is then the same in each plain point
     json: str | None = None
     plot: str | None = None
     bounds_only: bool = False  # run no mode: `json`'s points get their exactness check and bounds (measured_points)
@@ -94,6 +101,12 @@ class SweepSettings:
         if self.rounds < 1:
             raise InvalidArgument("rounds", "must be >= 1")
         check_stream_interval(self.stream_interval)
+        if not self.sampling.validate().greedy:
+            if self.replay_alpha is not None:
+                raise InvalidArgument("replay-alpha", "replays the target's greedy output: sweep sampled requests "
+                                                      "with a real draft, or without --temperature")
+            if "hf-generate" in self.modes:
+                raise InvalidArgument("modes", "hf-generate decodes greedily: leave it out of a sampled sweep")
         if self.bounds_only and not (self.json and pathlib.Path(self.json).is_file()):
             raise InvalidArgument("bounds-only", f"needs --json naming a sweep's results file ({self.json!r} is not one)")
         if self.replay_alpha is not None:
@@ -102,6 +115,10 @@ class SweepSettings:
                 raise InvalidArgument("modes", "replayed acceptance records the target's output in target-only "
                                                "mode first: add target-only")
         return self
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 def batched_step_s(runner: BatchedRunner, rows: int, tokens: int, ctx: int, reps: int = 10) -> float:
@@ -159,10 +176,10 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
                          "orchestrator": orchestrator + (["--no-overlap"] if mode == "services-no-overlap" else [])})
     stack.start(timeout_s=600)
     try:
-        connect = partial(loadtest.grpc_client, stack.address)
         if mode == "target-only" and replay is not None:
-            record_continuations(connect, load_tokenizer(s.target), s.max_new_tokens).save(replay)
-        return list(measure_levels(mode, connect, s))
+            record_continuations(partial(loadtest.grpc_client, stack.address), load_tokenizer(s.target),
+                                 s.max_new_tokens).save(replay)
+        return list(measure_levels(mode, partial(loadtest.grpc_client, stack.address, sampling=s.sampling), s))
     finally:
         stack.stop()
 
@@ -197,7 +214,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
                              compute=compute, compile=s.compile, stream_interval=s.stream_interval)
     freeze_heap()  # as a server does before serving
     try:
-        return list(measure_levels(mode, engine.client, s))
+        return list(measure_levels(mode, partial(engine.client, s.sampling), s))
     finally:
         gc.unfreeze()  # this engine's objects must go with it, before the next mode builds its own
         engine.close()
@@ -359,7 +376,9 @@ def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None =
 
 
 MEASURED_WITH = ("target", "draft", "device", "draft_device", "dtype", "draft_dtype", "max_len", "levels",
-                 "max_new_tokens", "k")  # the settings a sweep's points and their bounds must share
+                 "max_new_tokens", "k", "temperature", "top_k", "top_p", "seed")  # the settings a sweep's points
+# must share with the flags that give them their bounds and exactness check (a file from before a setting existed
+# was measured with its default)
 
 
 def measured_points(s: SweepSettings) -> list[dict]:
@@ -370,7 +389,7 @@ def measured_points(s: SweepSettings) -> list[dict]:
     if not isinstance(saved, dict) or not isinstance(saved.get("points"), list) or "settings" not in saved:
         raise InvalidArgument("bounds-only", f"{s.json} is not a sweep's results file (no settings and points)")
     for key in MEASURED_WITH:
-        was, now = saved["settings"].get(key), getattr(s, key)
+        was, now = saved["settings"].get(key, getattr(SweepSettings, key, None)), getattr(s, key)
         if (list(was) if isinstance(was, (list, tuple)) else was) != (list(now) if isinstance(now, tuple) else now):
             raise InvalidArgument("bounds-only", f"{s.json} was measured with {key}={was!r}, not {now!r}: give the "
                                                  "sweep's own flags")
@@ -398,9 +417,11 @@ def main(s: SweepSettings) -> int:
         points += sweep_engine(s, mode, target, compute)
         save(s, points)
     prompt_ids = [encode_prompt(target.tokenizer, p) for p in loadtest.DEFAULT_PROMPTS]
-    reference = exactness.references(points)
-    differ = exactness.mismatches(points, reference)
-    if differ:  # how near a tie each was: the target's top-2 logit gap there
+    sampled = not s.sampling.greedy
+    checked = [p for p in points if p["mode"] in exactness.REFERENCE_MODES] if sampled else points
+    reference = exactness.references(checked)
+    differ = exactness.mismatches(checked, reference)
+    if differ and not sampled:  # how near a tie each was: the target's top-2 logit gap there
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
     save(s, points, None, differ)  # before the bounds' start-up: a sweep cut there keeps its exactness check
     bounds = add_bounds(s, points, target, compute, prompt_ids)
@@ -412,7 +433,8 @@ def main(s: SweepSettings) -> int:
         plot(points, bounds, s.plot)
     if failed:
         print(f"sweep: {failed} points had failed requests (see errors)", file=sys.stderr)
-    if exactness.report(differ, "sweep", f"{len(differ)} greedy outputs differ from their prompt's reference",
-                        s.report_greedy_mismatch):
+    what = "sampled plain-decoding outputs differ from their prompt's first" if sampled else "greedy outputs differ " \
+        "from their prompt's reference"
+    if exactness.report(differ, "sweep", f"{len(differ)} {what}", s.report_greedy_mismatch):
         return 1
     return 1 if failed else 0

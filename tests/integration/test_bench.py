@@ -36,7 +36,12 @@ def test_bench_refuses_bad_modes(capsys):
     """Checked before any model loads, in this process (`specdec` returns 2 with the message)."""
     for args, message in [(["--modes", "spec:nope"], "unknown proposer"),
                           (["--modes", "hf-assisted:ngram"], "takes no proposer"), (["--modes", "fast"], "unknown mode"),
-                          (["--concurrency", "1,4", "--modes", "spec"], "cannot be swept over concurrency")]:
+                          (["--concurrency", "1,4", "--modes", "spec"], "cannot be swept over concurrency"),
+                          (["--temperature", "0.7"], "only with --concurrency"),
+                          (["--concurrency", "1", "--temperature", "0.7", "--replay-alpha", "0.5"],
+                           "replays the target's greedy output"),
+                          (["--concurrency", "1", "--temperature", "0.7", "--modes", "hf-generate"],
+                           "hf-generate decodes greedily")]:
         assert cli_main(["bench", "--quiet", *args]) == 2, args
         assert message in capsys.readouterr().err, args
 
@@ -107,3 +112,23 @@ def test_bench_sweeps_concurrency(tmp_path):
     assert done["complete"] and set(done["bounds"]) == {"1", "3"} and done["greedy_mismatches"] == []
     assert [p["tokens_per_s"] for p in done["points"]] == [p["tokens_per_s"] for p in result["points"]]
     assert all((p.get("bound_tokens_per_s") is None) == (p["mode"] == "hf-generate") for p in done["points"])
+
+
+def test_bench_sweeps_sampled_requests(tmp_path):
+    """--temperature: every request samples with the same seed, through the services and in process alike, so plain
+    decoding's output of a prompt is the same at every concurrency and in both plain modes (checked by the sweep:
+    none differ; the in-process engine's sampled output is not its greedy one: test_inprocess); the own draft's
+    sampled requests draft and verify by speculative sampling."""
+    out_json = tmp_path / "sweep.json"
+    modes = ("target-only", "engine-target-only", "engine-own-draft")
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "1,2", "--max-new-tokens", "12",
+                          "--rounds", "1", "--temperature", "1.5", "--seed", "11", "--modes", ",".join(modes),
+                          "--json", str(out_json)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    assert result["settings"]["temperature"] == 1.5 and result["greedy_mismatches"] == []
+    points = {(p["mode"], p["concurrency"]): p for p in result["points"]}
+    assert all(p["ok"] == p["requests"] >= 4 for p in points.values()), points
+    plain = [(i, ids) for m in modes[:2] for c in (1, 2) for i, *ids in points[(m, c)]["outputs"]]
+    assert len({i for i, _ in plain}) > 1 and all(ids == dict(plain)[i] for i, ids in plain)
+    assert sum(points[("engine-own-draft", c)]["draft_tokens"] for c in (1, 2)) > 0
