@@ -3,7 +3,7 @@ import torch
 
 from specdec.core.config import SamplingParams
 from specdec.core.errors import InvalidArgument
-from specdec.core.sampling import Stream, process_logits, sample_from, uniform
+from specdec.core.sampling import NUCLEUS_CANDIDATES, Stream, outside_nucleus, process_logits, sample_from, uniform
 
 
 def test_uniform_is_a_pure_function_of_seed_position_stream():
@@ -24,6 +24,30 @@ def test_top_p_keeps_smallest_prefix_reaching_mass():
     probs = process_logits(probs_in.log(), SamplingParams(temperature=1.0, top_p=0.75))
     assert probs[0].nonzero().flatten().tolist() == [0, 1]  # 0.5 < 0.75 <= 0.8
     assert torch.allclose(probs[0, :2], torch.tensor([0.5, 0.3]) / 0.8)
+
+
+def _outside_nucleus_by_full_sort(probs, top_p):
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= top_p
+    drop[:, 0] = False
+    return torch.zeros_like(drop).scatter(-1, order, drop)
+
+
+@pytest.mark.parametrize("scale", [12.0, 4.0, 0.5])  # nuclei of tens, thousands, most of the vocabulary
+def test_the_nucleus_found_among_the_likeliest_tokens_is_the_one_a_full_sort_finds(scale, monkeypatch):
+    """Rows whose nucleus lies within the first candidates never sort the vocabulary; wider ones widen the search;
+    either way the dropped set equals a full sort's."""
+    generator = torch.Generator().manual_seed(int(scale * 10))
+    probs = torch.softmax(torch.randn(4, 50_000, generator=generator) * scale, dim=-1)  # [n, V]
+    for top_p in (0.5, 0.9, 0.95):
+        expected = _outside_nucleus_by_full_sort(probs, top_p)
+        kept = (~expected).sum(-1)
+        if int(kept.max()) < NUCLEUS_CANDIDATES[0]:
+            monkeypatch.setattr(torch, "sort", lambda *a, **k: pytest.fail("sorted the whole vocabulary"))
+        assert torch.equal(outside_nucleus(probs, top_p), expected), (scale, top_p, kept.tolist())
+        monkeypatch.undo()
+    widest = int((~_outside_nucleus_by_full_sort(probs, 0.95)).sum(-1).max())
+    assert widest > NUCLEUS_CANDIDATES[0] or scale == 12.0  # the wider searches and the full sort are exercised
 
 
 def test_temperature_sharpens():
