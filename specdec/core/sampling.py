@@ -72,7 +72,8 @@ def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     ~9 ms a position), and a nucleus is rarely more than a few hundred tokens: the most likely NUCLEUS_CANDIDATES
     (in the same descending order, with the same running sums) are searched first, and only rows whose nucleus
     reaches past them widen the search. Where the last candidate is already dropped, every token after it is too,
-    so the set is the one a full sort gives (tied probabilities aside, which either order may take)."""
+    so the set is the one a full sort gives (tied probabilities aside, which either order may take, and on a GPU a
+    last-bit difference in the running sums, whose scan may round a shorter row differently)."""
     def dropped(values: torch.Tensor) -> torch.Tensor:  # values [n, m] in descending order -> [n, m]
         mass_before = torch.cumsum(values, dim=-1) - values
         drop = mass_before >= top_p  # the smallest prefix with mass >= top_p is kept
