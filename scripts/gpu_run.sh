@@ -155,6 +155,14 @@ V)  # one GPU, issue 17: where the device waits for its host. The GPU tests name
   timeout ${STEPS_TIMEOUT:-400} python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 \
     --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-16,64} --k ${KS:-0,2} --tokens 128 \
     --repeats 1 --trace /tmp/traces --log 2>"$OUT/gaps.log" | tee "$OUT/gaps.txt" ;;
+W)  # one GPU, issue 17: sampled requests under load (every request at TEMPERATURE 0.7, TOP_P 0.95, one seed), random 7B
+    # target + planted 0.5B own draft (no replay: the planted draft's own sampled acceptance), target-only side by side.
+    # Sampled rows take no early verify, joins or draft step launched ahead (their verify needs the draft's q on the host)
+  timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench --concurrency ${LEVELS:-1,16,64} --device cuda:0 --dtype bfloat16 \
+    --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --k ${K:-4} \
+    --modes ${MODES:-target-only,services-own-draft} --temperature ${TEMPERATURE:-0.7} --top-p ${TOP_P:-0.95} \
+    --report-greedy-mismatch --rounds ${ROUNDS:-6} --json "$OUT/sampled.json" ${EXTRA:-} 2>"$OUT/sampled.log" \
+    | tee "$OUT/sampled.txt" ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
