@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specdec.cli.options import add_model_args, add_proposer_arg, env_pair
+from specdec.cli.options import add_model_args, add_proposer_arg, add_sampling_flags, env_pair
 from specdec.core.config import ProposerKind
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
@@ -67,14 +67,12 @@ def add_parser(sub) -> None:
                        help="with --concurrency: batched targets (services and in process) hand each session its "
                             "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
-    sampling = bench.add_argument_group("sampling (with --concurrency; default: greedy)")
-    sampling.add_argument("--temperature", type=float, default=0.0,
-                          help="every request samples at this temperature (0: greedy). Plain decoding's outputs are "
-                               "then checked to be the same at every concurrency; a drafting mode's are equal to "
-                               "target-only's in distribution, not token for token, and are not compared")
-    sampling.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
-    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
-    sampling.add_argument("--seed", type=int, default=0, help="every request's seed (default 0)")
+    add_sampling_flags(bench.add_argument_group("sampling (with --concurrency; default: greedy)"),
+                       temperature_help="every request samples at this temperature (0: greedy). Plain decoding's "
+                                        "outputs are then checked to be the same at every concurrency; a drafting "
+                                        "mode's are equal to target-only's in distribution, not token for token, and "
+                                        "are not compared",
+                       seed=0, seed_help="every request's seed (default 0)")
     bench.add_argument("--bounds-only", action="store_true",
                        help="with --concurrency and --json FILE: run no mode; take FILE's points (a sweep cut short "
                             "after its modes, e.g. by a time limit), check their greedy outputs and add their bounds, "

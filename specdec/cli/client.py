@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from specdec.cli.options import add_proposer_arg, add_sampling_args, add_security_args, print_result
+from specdec.cli.options import add_proposer_arg, add_sampling_args, add_security_args, print_result, sampling_of
 from specdec.cli.serve import security_of
-from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.config import ProposerKind
 from specdec.serving.client import Client, build_request
 
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    sampling = sampling_of(args)
     messages = [{"role": "user", "content": args.prompt}] if args.chat else None
     request = build_request(None if args.chat else args.prompt, messages=messages, sampling=sampling,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), k=args.k,

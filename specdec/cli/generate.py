@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from concurrent.futures import ThreadPoolExecutor
 
-from specdec.cli.options import add_model_args, add_sampling_args, add_speculation_args, print_result
-from specdec.core.config import GenerationRequest, ProposerKind, SamplingParams, SpeculationConfig
+from specdec.cli.options import add_model_args, add_sampling_args, add_speculation_args, print_result, sampling_of
+from specdec.core.config import GenerationRequest, ProposerKind, SpeculationConfig
 
 
 def add_parser(sub) -> None:
@@ -43,7 +43,7 @@ def pair_config(args: argparse.Namespace, sessions: int = 1):
 
 def run(args: argparse.Namespace) -> int:
     # A bad value is refused before torch and the models load (seconds on a small machine).
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
+    sampling = sampling_of(args).validate()
     from specdec.core.decoder import collect
     from specdec.core.models import encode_text
     from specdec.tools.inprocess import InProcessTarget

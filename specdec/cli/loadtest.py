@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specdec.core.config import SamplingParams
+from specdec.cli.options import add_sampling_flags, sampling_of
 from specdec.tools.loadtest import DEFAULT_PROMPTS, report
 from specdec.tools.loadtest import run as load
 
@@ -19,16 +19,13 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", action="append", default=[], help="prompt (repeatable; default: a few built in)")
     p.add_argument("--time-limit", type=float, default=300.0, help="stop starting requests after this many s")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    g = p.add_argument_group("sampling (default: greedy)")
-    g.add_argument("--temperature", type=float, default=0.0, help="every request samples at this temperature")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
-    g.add_argument("--seed", type=int, default=None, help="every request's seed (default: a fresh one each)")
+    add_sampling_flags(p.add_argument_group("sampling (default: greedy)"),
+                       temperature_help="every request samples at this temperature",
+                       seed_help="every request's seed (default: a fresh one each)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     result = load(args.address, args.concurrency, args.requests, args.prompt or DEFAULT_PROMPTS, args.max_new_tokens,
-                  args.time_limit, sampling=sampling.validate())
+                  args.time_limit, sampling=sampling_of(args).validate())
     return report(result, args.json)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from specdec.core.config import ProposerKind
+from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.cpu_kernels import CPU_KERNELS, ONEDNN
 
 PROPOSERS = [kind.value for kind in ProposerKind]
@@ -41,13 +41,24 @@ def add_cpu_kernels_arg(g) -> None:
                         "flatter verify cost); 'stock' keeps torch.nn.Linear (default: onednn)")
 
 
+def add_sampling_flags(g, *, temperature_help: str = "0 = greedy (default: 0)", seed: int | None = None,
+                       seed_help: str = "seed for reproducible sampling") -> None:
+    """--temperature, --top-k, --top-p and --seed (read back by `sampling_of`) in the group or parser `g`."""
+    g.add_argument("--temperature", type=float, default=0.0, help=temperature_help)
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
+    g.add_argument("--seed", type=int, default=seed, help=seed_help)
+
+
+def sampling_of(args: argparse.Namespace) -> SamplingParams:
+    """The SamplingParams of `add_sampling_flags`' flags."""
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default: 128)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    add_sampling_flags(g)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past EOS")
 
