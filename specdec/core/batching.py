@@ -66,7 +66,7 @@ from transformers.cache_utils import StaticLayer
 from specdec.core.attention import use_grouped_attention
 from specdec.core.compiled import compile_layers
 from specdec.core.compute import INLINE, Compute
-from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_BUCKETS
+from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_BUCKETS, SamplingParams
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
@@ -83,6 +83,7 @@ from specdec.core.runner import (
     ModelRunner,
     common_prefix_len,
 )
+from specdec.core.sampling import draw_rows
 
 log = logging.getLogger("specdec.batching")
 
@@ -290,8 +291,13 @@ class Driven(Protocol):
         """The next forward; WAITING: not ready yet; None: done."""
         ...
 
+    def plain_draw(self) -> tuple[SamplingParams, float] | None:
+        """Where its planned forward is a plain sampled cycle: its sampling and the uniform number its token is drawn
+        with (the engine draws every such row of a step at once and passes each its token as `top`); else None."""
+        ...
+
     def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> object:
-        """The cycle made from the forward's argmax (greedy) or logits."""
+        """The cycle made from the forward's argmax (greedy), its token drawn as `plain_draw` says, or its logits."""
         ...
 
 
@@ -1614,11 +1620,12 @@ class BatchedRunner(ModelRunner):
             self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
+            self._draw_plain(step.logits, requests)
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
             if r.greedy:
                 r.argmax = top[r.index][kept]
-            elif r.pick is None:
+            elif r.pick is None and r.argmax is None:
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
 
@@ -1660,6 +1667,18 @@ class BatchedRunner(ModelRunner):
         for read, members in self._by_read(requests).items():
             for r, values in zip(members, self._read_rows(logits, read, members)[1].tolist()):
                 r.pick = r.chain.group.pick(values, r.start + len(r.ids))
+
+    def _draw_plain(self, logits: torch.Tensor, requests: list[_Request]) -> None:
+        """Draw the token of every plain sampled cycle among a step's requests at once (sampling.draw_rows), from
+        its last logits [rows, n, V], as each session's own verify would draw it: its `argmax` is then that token."""
+        plain = [(r, d) for r in requests if not r.greedy and r.row is not None and r.keep == 1
+                 and (d := r.row.loop.plain_draw()) is not None]
+        if not plain:
+            return
+        where = self._on_device([[r.index for r, _ in plain], [len(r.ids) - 1 for r, _ in plain]], logits.device)
+        tokens = draw_rows(logits[where[0], where[1]], [d[0] for _, d in plain], [d[1] for _, d in plain])
+        for (r, _), token in zip(plain, tokens):
+            r.argmax = [token]
 
     def _read_rows(self, logits: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
                    members: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:

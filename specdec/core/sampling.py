@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from enum import IntEnum
 
 import torch
@@ -80,22 +81,59 @@ def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         drop[:, 0] = False  # a top_p below float32's resolution still keeps the argmax
         return drop
 
+    n = probs.shape[0]
+    out, left = None, torch.arange(n, device=probs.device)  # the rows whose nucleus is not found yet [r]
     for m in (c for c in NUCLEUS_CANDIDATES if c < probs.shape[-1]):
-        values, order = torch.topk(probs, m, dim=-1)  # [n, m], descending
+        rows = probs if len(left) == n else probs[left]  # [r, V]
+        values, order = torch.topk(rows, m, dim=-1)  # [r, m], descending
         drop = dropped(values)
-        if bool(drop[:, -1].all()):
-            return torch.ones_like(probs, dtype=torch.bool).scatter(-1, order, drop)
-    values, order = torch.sort(probs, dim=-1, descending=True)  # [n, V]
-    return torch.ones_like(probs, dtype=torch.bool).scatter(-1, order, dropped(values))
+        found = drop[:, -1]  # [r]: the row's nucleus ends among its m likeliest
+        if bool(found.all()):
+            break
+        out = torch.ones_like(probs, dtype=torch.bool) if out is None else out
+        out[left[found]] = torch.ones_like(rows[found], dtype=torch.bool).scatter_(-1, order[found], drop[found])
+        left = left[~found]  # each row decided at its own m, as it would be alone
+    else:
+        rows = probs if len(left) == n else probs[left]
+        values, order = torch.sort(rows, dim=-1, descending=True)  # [r, V]
+        drop = dropped(values)
+    decided = torch.ones_like(rows, dtype=torch.bool).scatter_(-1, order, drop)
+    if out is None:
+        return decided
+    out[left] = decided
+    return out
+
+
+def draw(probs: torch.Tensor, u: Sequence[float]) -> list[int]:
+    """Inverse-CDF samples, one per row of unnormalised distributions [n, V], row i with the uniform number u[i];
+    one read back for all rows. Tokens of probability exactly 0 are never returned."""
+    cdf = torch.cumsum(probs.double(), dim=-1)  # [n, V]
+    x = cdf[:, -1:] * torch.tensor(list(u), dtype=torch.float64, device=probs.device)[:, None]  # [n, 1]
+    return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0].tolist()
+
+
+def draw_rows(logits: torch.Tensor, params: Sequence[SamplingParams], u: Sequence[float]) -> list[int]:
+    """Row i of logits [n, V] drawn as sample_from(process_logits(row i, params[i])[0], u[i]) draws it, every row
+    at once: the rows that sample alike are processed together (each row's arithmetic is its own, so a row's token
+    does not depend on the others), then one cumulative sum, one search and one read back for all. Why: a plain
+    sampled step of many sessions, drawn row by row, cost each row a dozen small launches and two reads back."""
+    probs = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [n, V]
+    alike: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        alike.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+    for rows in alike.values():
+        if len(rows) == len(params):
+            probs = process_logits(logits, params[rows[0]])
+        else:
+            index = torch.tensor(rows, device=logits.device)
+            probs[index] = process_logits(logits[index], params[rows[0]])
+    return draw(probs, u)
 
 
 def sample_from(probs: torch.Tensor, u: float) -> int:
-    """Inverse-CDF sample from an unnormalised distribution [V] with the uniform number u.
+    """Inverse-CDF sample from an unnormalised distribution [V] with the uniform number u (`draw`'s one row).
 
     Tokens of probability exactly 0 are never returned.
     """
     assert probs.dim() == 1, f"expected [V] probabilities, got {tuple(probs.shape)}"
-    cdf = torch.cumsum(probs.double(), dim=0)
-    x = cdf[-1:] * u
-    index = int(torch.searchsorted(cdf, x, right=True).item())
-    return min(index, probs.shape[0] - 1)
+    return draw(probs[None], [u])[0]

@@ -13,13 +13,13 @@ from typing import NamedTuple
 
 import torch
 
-from specdec.core.config import FinishReason, GenerationRequest
+from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
 from specdec.core.errors import Unavailable
 from specdec.core.proposal import Proposal
 from specdec.core.runner import Forward, ModelRunner
 from specdec.core.sampling import fresh_seed, process_logits
 from specdec.core.stats import Cycle
-from specdec.core.verify import DraftProbs, OneHotDraftProbs, VerifyResult, verify_greedy, verify_sampling
+from specdec.core.verify import DraftProbs, OneHotDraftProbs, VerifyResult, bonus_uniform, verify_greedy, verify_sampling
 
 
 class UsableDrafts(NamedTuple):
@@ -116,12 +116,22 @@ class TargetSequence:
         forward = Forward(self.committed + drafts, len(drafts) + 1, self.sampling.greedy)
         return Prepared(drafts, probs, sources, len(self.committed), forward)
 
+    def plain_draw(self, prepared: Prepared) -> tuple[SamplingParams, float] | None:
+        """For a sampled cycle that verifies no draft: how its one token is drawn (its sampling, and the uniform
+        number `verify_sampling` draws it with), so that an engine can draw many sessions' tokens at once
+        (sampling.draw_rows) and hand each its own; None for any other cycle."""
+        if self.sampling.greedy or prepared.drafts:
+            return None
+        return self.sampling, bonus_uniform(self.seed, prepared.start)
+
     def complete(self, prepared: Prepared, top: list[int] | None, logits: torch.Tensor | None,
                  started: float) -> Cycle:
-        """A cycle's second half, given its forward's argmax (greedy) or logits [k+1, V]: verify, roll the
-        cache back to the new committed[:-1], commit 1..k+1 tokens. `started`: when the forward began."""
+        """A cycle's second half, given its forward's argmax (greedy), its token drawn as `plain_draw` says (a
+        plain sampled cycle, logits None), or its logits [k+1, V]: verify, roll the cache back to the new
+        committed[:-1], commit 1..k+1 tokens. `started`: when the forward began."""
         drafts, probs, sources, start, _ = prepared
-        if self.sampling.greedy:
+        if self.sampling.greedy or logits is None:
+            assert self.sampling.greedy or not drafts, "only a plain sampled cycle comes with its token drawn"
             result = verify_greedy(drafts, top)
         else:
             try:

@@ -17,7 +17,7 @@ import torch
 
 from specdec.core.adaptive import KChooser
 from specdec.core.compute import INLINE, Compute
-from specdec.core.config import FinishReason
+from specdec.core.config import FinishReason, SamplingParams
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
 from specdec.core.proposal import Feedback, Proposal, Proposer
 from specdec.core.runner import WAITING, DraftJoin, Forward, KVSlot
@@ -317,9 +317,13 @@ class TargetLoop:
         self._prepared = self.sequence.prepare(picked.proposal, self.k)
         return self._prepared.forward
 
+    def plain_draw(self) -> tuple[SamplingParams, float] | None:
+        """How the planned cycle's one token is drawn, where it is a plain sampled one (TargetSequence.plain_draw)."""
+        return self.sequence.plain_draw(self._prepared)
+
     def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> Cycle:
-        """Verify and commit the planned cycle from its forward's argmax or logits; choose the next K and
-        tell the draft."""
+        """Verify and commit the planned cycle from its forward's argmax, its token drawn as `plain_draw` says, or
+        its logits; choose the next K and tell the draft."""
         picked = self._picked
         cycle = self.sequence.complete(self._prepared, top, logits, started)  # a new Cycle: filled in here
         cycle.wait_s, cycle.draft_s, cycle.catch_up_s = picked.wait_s, picked.draft_s, picked.catch_up_s

@@ -113,5 +113,11 @@ def verify_sampling(
             residual = target_probs[i]
         recovered = sample_from(residual, uniform(seed, start + i, Stream.RESIDUAL))
         return VerifyResult(accepted=i, token_ids=[*draft_ids[:i], recovered])
-    bonus = sample_from(target_probs[k], uniform(seed, start + k, Stream.RESIDUAL))
+    bonus = sample_from(target_probs[k], bonus_uniform(seed, start + k))
     return VerifyResult(accepted=k, token_ids=[*draft_ids, bonus])
+
+
+def bonus_uniform(seed: int, position: int) -> float:
+    """The uniform number the token after every accepted draft, at `position`, is drawn with (a plain cycle's
+    only token included)."""
+    return uniform(seed, position, Stream.RESIDUAL)

@@ -13,6 +13,7 @@ from specdec.core.batching import BatchedRunner, StepCostTable, _Request, _Row, 
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
+from specdec.core.sampling import draw_rows
 from specdec.core.sequence import TargetSequence
 from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
 from specdec.proposers.draft_model import DraftModelFactory
@@ -105,6 +106,21 @@ def test_seeded_sampling_in_a_batch_equals_alone(tiny_pair_fp32, batched):
     alone = [decode(pair, pair.target_runner, ids, n, k, sampling, seed=7) for ids, n, k in cases]
     together = concurrently([lambda c=c: decode(pair, batched, *c, sampling=sampling, seed=7) for c in cases])
     assert together == alone
+
+
+def test_plain_sampled_rows_are_drawn_together_as_each_would_be_alone(tiny_pair_fp32, batched, monkeypatch):
+    """Sessions that sample plainly, with different settings: the engine draws a step's tokens for all of them at once
+    (sampling.draw_rows), and each output is the one its session gets decoded alone, one verify at a time."""
+    pair = tiny_pair_fp32
+    settings = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.2),
+                SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.6, top_k=5)]
+    cases = [(pair.encode(p), 14) for p in PROMPTS[16:20]]
+    alone = [decode(pair, pair.target_runner, ids, n, 0, s, seed=21) for (ids, n), s in zip(cases, settings)]
+    drawn = []
+    monkeypatch.setattr(batching, "draw_rows", lambda logits, *a: drawn.append(len(logits)) or draw_rows(logits, *a))
+    together = concurrently([lambda c=c, s=s: decode(pair, batched, *c, 0, s, seed=21) for c, s in zip(cases, settings)])
+    assert together == alone
+    assert sum(drawn) == sum(len(out) for out in together) and max(drawn) > 1, drawn
 
 
 @pytest.fixture(scope="module")

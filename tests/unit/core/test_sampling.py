@@ -3,7 +3,7 @@ import torch
 
 from specdec.core.config import SamplingParams
 from specdec.core.errors import InvalidArgument
-from specdec.core.sampling import NUCLEUS_CANDIDATES, Stream, outside_nucleus, process_logits, sample_from, uniform
+from specdec.core.sampling import NUCLEUS_CANDIDATES, Stream, draw_rows, outside_nucleus, process_logits, sample_from, uniform
 
 
 def test_uniform_is_a_pure_function_of_seed_position_stream():
@@ -72,3 +72,24 @@ def test_invalid_sampling_params_name_the_field(kwargs, field):
     with pytest.raises(InvalidArgument) as err:
         SamplingParams(**kwargs).validate()
     assert err.value.field == field
+
+
+def test_rows_drawn_together_are_the_tokens_each_row_draws_alone():
+    """A step's plain sampled rows are drawn at once (draw_rows, as the batched engine does): each row's token is the
+    one its own processing and draw give it alone, whatever its neighbours' settings or how far their nucleus
+    searches reach (a peaked row's is found among the first candidates, a flat row's needs the full sort)."""
+    torch.manual_seed(0)
+    scales = [4.0, 2.0, 0.05, 8.0, 3.0, 1.0, 4.0]  # nuclei of ~150, ~15k, ~38k, 5, ~4k, ~30k, ~150 tokens at top-p 0.95
+    logits = torch.randn(len(scales), 40000) * torch.tensor(scales)[:, None]  # [7, V]
+    nucleus = SamplingParams(temperature=1.0, top_p=0.95)
+    params = [nucleus, nucleus, nucleus, SamplingParams(temperature=0.7, top_k=50), nucleus, nucleus,
+              SamplingParams(temperature=1.3)]
+    u = [uniform(5, 100 + i, Stream.RESIDUAL) for i in range(len(scales))]
+    alone = [sample_from(process_logits(logits[i:i + 1], p)[0], x) for i, (p, x) in enumerate(zip(params, u))]
+    assert draw_rows(logits, params, u) == alone
+    assert len(set(alone)) > 1
+    probs = torch.softmax(logits, dim=-1)
+    together = outside_nucleus(probs, 0.95)  # each row's search stops where its own nucleus ends
+    for i in range(len(scales)):
+        assert torch.equal(together[i], outside_nucleus(probs[i:i + 1], 0.95)[0]), i
+    assert [int((~together[i]).sum()) for i in (3, 0, 4, 1, 2)] == sorted(int((~together[i]).sum()) for i in (3, 0, 4, 1, 2))
