@@ -83,7 +83,8 @@ from specdec.core.runner import (
     ModelRunner,
     common_prefix_len,
 )
-from specdec.core.sampling import draw_rows
+from specdec.core.sampling import process_rows
+from specdec.core.verify import SampledVerify, VerifyResult, verify_sampling_rows
 
 log = logging.getLogger("specdec.batching")
 
@@ -180,6 +181,7 @@ class _Request:
     done: threading.Event | None = field(default_factory=threading.Event)  # None for a driven session's
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
+    verified: VerifyResult | None = None  # a sampled cycle verified with its step's others (_verify_sampled)
     error: BaseException | None = None
     guess: bool = False  # launched before its token was read: the token its row's last step drew on the device
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
@@ -291,13 +293,14 @@ class Driven(Protocol):
         """The next forward; WAITING: not ready yet; None: done."""
         ...
 
-    def plain_draw(self) -> tuple[SamplingParams, float] | None:
-        """Where its planned forward is a plain sampled cycle: its sampling and the uniform number its token is drawn
-        with (the engine draws every such row of a step at once and passes each its token as `top`); else None."""
+    def sampled_verify(self) -> tuple[SamplingParams, SampledVerify] | None:
+        """Where its planned forward is a sampled cycle: its sampling and its verification but for the target's
+        distributions (the engine verifies every such row of a step at once and passes each its result); else None."""
         ...
 
-    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> object:
-        """The cycle made from the forward's argmax (greedy), its token drawn as `plain_draw` says, or its logits."""
+    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float,
+                 verified: VerifyResult | None = None) -> object:
+        """The cycle made from the forward's argmax (greedy) or logits, or with its verification done (`verified`)."""
         ...
 
 
@@ -1231,7 +1234,7 @@ class BatchedRunner(ModelRunner):
         row.loop.slot.tokens.extend(r.ids)
         self._time_cycle(row, len(r.ids), width)
         try:
-            cycle = row.loop.complete(r.argmax, r.logits, r.started)
+            cycle = row.loop.complete(r.argmax, r.logits, r.started, r.verified)
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
@@ -1620,12 +1623,12 @@ class BatchedRunner(ModelRunner):
             self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
-            self._draw_plain(step.logits, requests)
+            self._verify_sampled(step.logits, requests)
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
             if r.greedy:
                 r.argmax = top[r.index][kept]
-            elif r.pick is None and r.argmax is None:
+            elif r.pick is None and r.verified is None:
                 r.logits = step.logits[r.index, kept].to(torch.float32, copy=True)
             r.started = began
 
@@ -1668,17 +1671,23 @@ class BatchedRunner(ModelRunner):
             for r, values in zip(members, self._read_rows(logits, read, members)[1].tolist()):
                 r.pick = r.chain.group.pick(values, r.start + len(r.ids))
 
-    def _draw_plain(self, logits: torch.Tensor, requests: list[_Request]) -> None:
-        """Draw the token of every plain sampled cycle among a step's requests at once (sampling.draw_rows), from
-        its last logits [rows, n, V], as each session's own verify would draw it: its `argmax` is then that token."""
-        plain = [(r, d) for r in requests if not r.greedy and r.row is not None and r.keep == 1
-                 and (d := r.row.loop.plain_draw()) is not None]
-        if not plain:
+    def _verify_sampled(self, logits: torch.Tensor, requests: list[_Request]) -> None:
+        """Verify every sampled session's cycle among a step's requests at once (verify.verify_sampling_rows), from
+        its kept logits [rows, n, V]; each gets its `verified` result. Where that fails, each row is verified alone
+        (as the rows of a chunked prompt are), so that only a failing session ends."""
+        rows = [(r, v) for r in requests if not r.greedy and r.row is not None and (v := r.row.loop.sampled_verify())]
+        if not rows:
             return
-        where = self._on_device([[r.index for r, _ in plain], [len(r.ids) - 1 for r, _ in plain]], logits.device)
-        tokens = draw_rows(logits[where[0], where[1]], [d[0] for _, d in plain], [d[1] for _, d in plain])
-        for (r, _), token in zip(plain, tokens):
-            r.argmax = [token]
+        at = [(r.index, len(r.ids) - r.keep + j) for r, _ in rows for j in range(r.keep)]
+        where = self._on_device(list(zip(*at)), logits.device)  # [2, positions]
+        try:
+            probs = process_rows(logits[where[0], where[1]], [p for r, (p, _) in rows for _ in range(r.keep)])
+            results = verify_sampling_rows([v for _, (_, v) in rows], probs)
+        except Exception:  # noqa: BLE001 - one row's bad draft must not end the others
+            log.exception("verifying a step's sampled rows together failed: each is verified alone")
+            return
+        for (r, _), result in zip(rows, results):
+            r.verified = result
 
     def _read_rows(self, logits: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
                    members: list[_Request]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,22 +112,22 @@ def draw(probs: torch.Tensor, u: Sequence[float]) -> list[int]:
     return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0].tolist()
 
 
-def draw_rows(logits: torch.Tensor, params: Sequence[SamplingParams], u: Sequence[float]) -> list[int]:
-    """Row i of logits [n, V] drawn as sample_from(process_logits(row i, params[i])[0], u[i]) draws it, every row
-    at once: the rows that sample alike are processed together (each row's arithmetic is its own, so a row's token
-    does not depend on the others), then one cumulative sum, one search and one read back for all. Why: a plain
-    sampled step of many sessions, drawn row by row, cost each row a dozen small launches and two reads back."""
-    probs = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [n, V]
+def process_rows(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Row i of logits [n, V] processed as process_logits(row i, params[i]) processes it, every row at once: the rows
+    that sample alike are processed together (each row's arithmetic is its own; a sum over many rows may be split
+    across threads otherwise than over one, a last-bit difference, which moves a drawn token only where its uniform
+    number falls that close to a boundary). Why: a batched step's sampled rows, processed one by one, cost each row
+    a dozen small launches; -> [n, V] float32."""
     alike: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         alike.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+    if len(alike) == 1:
+        return process_logits(logits, params[0])
+    probs = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [n, V]
     for rows in alike.values():
-        if len(rows) == len(params):
-            probs = process_logits(logits, params[rows[0]])
-        else:
-            index = torch.tensor(rows, device=logits.device)
-            probs[index] = process_logits(logits[index], params[rows[0]])
-    return draw(probs, u)
+        index = torch.tensor(rows, device=logits.device)
+        probs[index] = process_logits(logits[index], params[rows[0]])
+    return probs
 
 
 def sample_from(probs: torch.Tensor, u: float) -> int:

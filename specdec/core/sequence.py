@@ -13,13 +13,12 @@ from typing import NamedTuple
 
 import torch
 
-from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
-from specdec.core.errors import Unavailable
+from specdec.core.config import FinishReason, GenerationRequest
 from specdec.core.proposal import Proposal
 from specdec.core.runner import Forward, ModelRunner
 from specdec.core.sampling import fresh_seed, process_logits
 from specdec.core.stats import Cycle
-from specdec.core.verify import DraftProbs, OneHotDraftProbs, VerifyResult, bonus_uniform, verify_greedy, verify_sampling
+from specdec.core.verify import DraftProbs, SampledVerify, VerifyResult, verify_greedy, verify_sampling_rows
 
 
 class UsableDrafts(NamedTuple):
@@ -116,29 +115,27 @@ class TargetSequence:
         forward = Forward(self.committed + drafts, len(drafts) + 1, self.sampling.greedy)
         return Prepared(drafts, probs, sources, len(self.committed), forward)
 
-    def plain_draw(self, prepared: Prepared) -> tuple[SamplingParams, float] | None:
-        """For a sampled cycle that verifies no draft: how its one token is drawn (its sampling, and the uniform
-        number `verify_sampling` draws it with), so that an engine can draw many sessions' tokens at once
-        (sampling.draw_rows) and hand each its own; None for any other cycle."""
-        if self.sampling.greedy or prepared.drafts:
+    def sampled_verify(self, prepared: Prepared) -> SampledVerify | None:
+        """A sampled cycle's verification but for its target distributions (None: greedy), so that an engine can
+        verify many sessions' cycles at once (verify.verify_sampling_rows) and hand each its result."""
+        if self.sampling.greedy:
             return None
-        return self.sampling, bonus_uniform(self.seed, prepared.start)
+        return SampledVerify(prepared.drafts, prepared.probs, self.seed, prepared.start)
 
     def complete(self, prepared: Prepared, top: list[int] | None, logits: torch.Tensor | None,
-                 started: float) -> Cycle:
-        """A cycle's second half, given its forward's argmax (greedy), its token drawn as `plain_draw` says (a
-        plain sampled cycle, logits None), or its logits [k+1, V]: verify, roll the cache back to the new
+                 started: float, verified: VerifyResult | None = None) -> Cycle:
+        """A cycle's second half, given its forward's argmax (greedy), logits [k+1, V] (sampling), or its
+        verification done already (`verified`, from `sampled_verify`): verify, roll the cache back to the new
         committed[:-1], commit 1..k+1 tokens. `started`: when the forward began."""
-        drafts, probs, sources, start, _ = prepared
-        if self.sampling.greedy or logits is None:
-            assert self.sampling.greedy or not drafts, "only a plain sampled cycle comes with its token drawn"
+        drafts, _, sources, start, _ = prepared
+        if verified is not None:
+            result = verified
+        elif self.sampling.greedy:
             result = verify_greedy(drafts, top)
         else:
-            try:
-                result = self._sample(drafts, probs, logits, start)
-            except Unavailable:  # the draft died while we fetched a q row: this position is decided alone
-                drafts, sources = [], []  # (the first logits row does not depend on the drafts)
-                result = self._sample([], None, logits[:1], start)
+            result = verify_sampling_rows([self.sampled_verify(prepared)], process_logits(logits, self.sampling))[0]
+        if result.dropped:  # the draft died while its q row was fetched: this position was decided alone
+            drafts, sources = [], []
         self.runner.truncate(self.slot, start + result.accepted)  # holds the new committed[:-1]
         new_tokens = self._commit(result.token_ids)
         return Cycle(new_tokens=new_tokens, start=start, k=len(drafts), accepted=result.accepted,
@@ -158,13 +155,6 @@ class TargetSequence:
 
     def close(self) -> None:
         self.runner.close(self.slot)
-
-    def _sample(self, drafts: list[int], probs: DraftProbs | None, logits: torch.Tensor,
-                start: int) -> VerifyResult:
-        target_probs = process_logits(logits, self.sampling)
-        if probs is None:
-            probs = OneHotDraftProbs(drafts, target_probs.shape[-1], target_probs.device)
-        return verify_sampling(drafts, probs, target_probs, seed=self.seed, start=start)
 
     def _commit(self, token_ids: list[int]) -> list[int]:
         committed = []

@@ -23,6 +23,7 @@ from specdec.core.proposal import Feedback, Proposal, Proposer
 from specdec.core.runner import WAITING, DraftJoin, Forward, KVSlot
 from specdec.core.sequence import Prepared, TargetSequence
 from specdec.core.stats import Cycle
+from specdec.core.verify import SampledVerify, VerifyResult
 
 
 @dataclass
@@ -317,15 +318,18 @@ class TargetLoop:
         self._prepared = self.sequence.prepare(picked.proposal, self.k)
         return self._prepared.forward
 
-    def plain_draw(self) -> tuple[SamplingParams, float] | None:
-        """How the planned cycle's one token is drawn, where it is a plain sampled one (TargetSequence.plain_draw)."""
-        return self.sequence.plain_draw(self._prepared)
+    def sampled_verify(self) -> tuple[SamplingParams, SampledVerify] | None:
+        """The planned cycle's sampling and its verification but for its target distributions (None: greedy;
+        TargetSequence.sampled_verify), for an engine that verifies a step's sampled cycles at once."""
+        verify = self.sequence.sampled_verify(self._prepared)
+        return None if verify is None else (self.sequence.sampling, verify)
 
-    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float) -> Cycle:
-        """Verify and commit the planned cycle from its forward's argmax, its token drawn as `plain_draw` says, or
-        its logits; choose the next K and tell the draft."""
+    def complete(self, top: list[int] | None, logits: torch.Tensor | None, started: float,
+                 verified: VerifyResult | None = None) -> Cycle:
+        """Verify and commit the planned cycle from its forward's argmax or logits, or with its verification done
+        (`verified`, of `sampled_verify`); choose the next K and tell the draft."""
         picked = self._picked
-        cycle = self.sequence.complete(self._prepared, top, logits, started)  # a new Cycle: filled in here
+        cycle = self.sequence.complete(self._prepared, top, logits, started, verified)  # a new Cycle: filled in here
         cycle.wait_s, cycle.draft_s, cycle.catch_up_s = picked.wait_s, picked.draft_s, picked.catch_up_s
         cycle.ahead, cycle.draft_failed = picked.ahead, self.draft_failed
         if not self._first:

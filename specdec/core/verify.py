@@ -11,12 +11,14 @@ So a cycle always commits between 1 and K+1 tokens, and the output equals target
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import torch
 
-from specdec.core.sampling import Stream, sample_from, uniform
+from specdec.core.errors import Unavailable
+from specdec.core.sampling import Stream, draw, uniform
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class VerifyResult:
 
     accepted: int  # number of draft tokens accepted, 0..k
     token_ids: list[int]  # the accepted draft tokens + one recovered or bonus token; len = accepted + 1
+    dropped: bool = False  # the draft's q row could not be fetched: its drafts set aside, the position decided alone
 
 
 class DraftProbs(Protocol):
@@ -85,39 +88,65 @@ def verify_greedy(draft_ids: Sequence[int], target_ids: Sequence[int]) -> Verify
     return VerifyResult(accepted=k, token_ids=[*draft_ids, target_ids[k]])  # bonus
 
 
-def verify_sampling(
-    draft_ids: Sequence[int],
-    draft_probs: DraftProbs,
-    target_probs: torch.Tensor,
-    *,
-    seed: int,
-    start: int,
-) -> VerifyResult:
-    """Speculative sampling: accept x_i with probability min(1, p(x_i) / q(x_i)).
+class SampledVerify(NamedTuple):
+    """One sampled cycle's verification, but for its target distributions."""
 
-    target_probs: [k+1, V] processed target distributions p; `start` is the absolute position of
-    draft_ids[0], so the random numbers used depend only on (seed, position).
-    """
-    k = len(draft_ids)
-    assert target_probs.shape[0] == k + 1, f"need k+1={k + 1} target rows, got {target_probs.shape[0]}"
-    p_of_draft = target_probs[torch.arange(k), torch.tensor(list(draft_ids), dtype=torch.long)].tolist()
-    for i, x in enumerate(draft_ids):
-        q_x = draft_probs.token_prob(i)
-        assert q_x > 0.0, f"draft proposed token {x} to which its own q gives probability 0"
-        # q(x) <= p(x): always accept. q(x) > p(x): accept with probability p(x) / q(x).
-        if uniform(seed, start + i, Stream.ACCEPT) * q_x < p_of_draft[i]:
-            continue
-        # Rejected: sample the recovered token from norm(max(0, p - q)).
-        residual = torch.clamp(target_probs[i] - draft_probs.row(i).to(target_probs.device), min=0.0)
-        if float(residual.sum()) <= 0.0:  # p == q up to rounding: rejection had probability ~0
-            residual = target_probs[i]
-        recovered = sample_from(residual, uniform(seed, start + i, Stream.RESIDUAL))
-        return VerifyResult(accepted=i, token_ids=[*draft_ids[:i], recovered])
-    bonus = sample_from(target_probs[k], bonus_uniform(seed, start + k))
-    return VerifyResult(accepted=k, token_ids=[*draft_ids, bonus])
+    drafts: Sequence[int]  # [k]
+    probs: DraftProbs | None  # their q (None: all mass on each proposed token)
+    seed: int
+    start: int  # the absolute position of drafts[0]
 
 
-def bonus_uniform(seed: int, position: int) -> float:
-    """The uniform number the token after every accepted draft, at `position`, is drawn with (a plain cycle's
-    only token included)."""
-    return uniform(seed, position, Stream.RESIDUAL)
+def verify_sampling(draft_ids: Sequence[int], draft_probs: DraftProbs, target_probs: torch.Tensor, *, seed: int,
+                    start: int) -> VerifyResult:
+    """Speculative sampling of one cycle (`verify_sampling_rows`' one row): target_probs [k+1, V] are the processed
+    target distributions p; `start` is the absolute position of draft_ids[0], so the random numbers used depend
+    only on (seed, position)."""
+    return verify_sampling_rows([SampledVerify(draft_ids, draft_probs, seed, start)], target_probs)[0]
+
+
+def verify_sampling_rows(rows: Sequence[SampledVerify], target_probs: torch.Tensor) -> list[VerifyResult]:
+    """Speculative sampling of many cycles at once: accept x_i with probability min(1, p(x_i) / q(x_i)); at the first
+    rejection draw the recovered token from norm(max(0, p - q)), else the bonus token from p after the last draft.
+
+    target_probs [sum(k_i + 1), V]: each row's k_i + 1 processed target distributions, rows in order. Every row's
+    p(x_i) is read back at once and its coins tossed on the host; then every row's last distribution (the residual
+    or p) is drawn from at once (sampling.draw): two reads back for all rows, where one at a time each row took up
+    to three. Each row's result is the one it gets alone. Where a rejected position's q row cannot be fetched (a
+    remote draft died), that row's drafts are set aside and its first position decided alone, as a plain cycle's."""
+    sizes = [len(r.drafts) + 1 for r in rows]
+    assert target_probs.shape[0] == sum(sizes), f"need {sum(sizes)} target rows, got {target_probs.shape[0]}"
+    device, vocab = target_probs.device, target_probs.shape[-1]
+    firsts = list(itertools.accumulate([0, *sizes[:-1]]))
+    at = [f + i for f, r in zip(firsts, rows) for i in range(len(r.drafts))]
+    p_of_drafts = iter(target_probs[at, [x for r in rows for x in r.drafts]].tolist() if at else [])
+    finals, q_rows, u, kept = [], [], [], []  # per row: the position drawn from, its q row (None: p itself), ...
+    for first, r in zip(firsts, rows):
+        q = r.probs if r.probs is not None else OneHotDraftProbs(r.drafts, vocab, device)
+        p_x = [next(p_of_drafts) for _ in r.drafts]
+        accepted, q_row, dropped = len(r.drafts), None, False
+        for i, x in enumerate(r.drafts):
+            q_x = q.token_prob(i)
+            assert q_x > 0.0, f"draft proposed token {x} to which its own q gives probability 0"
+            # q(x) <= p(x): always accept. q(x) > p(x): accept with probability p(x) / q(x).
+            if uniform(r.seed, r.start + i, Stream.ACCEPT) * q_x < p_x[i]:
+                continue
+            accepted = i
+            try:
+                q_row = q.row(i).to(device)
+            except Unavailable:
+                accepted, dropped = 0, True
+            break
+        finals.append(first + accepted)
+        q_rows.append(q_row)
+        u.append(uniform(r.seed, r.start + accepted, Stream.RESIDUAL))  # recovered, bonus, or a plain cycle's token
+        kept.append((list(r.drafts[:accepted]), dropped))
+    last = target_probs[finals]  # [rows, V]
+    rejected = [j for j, q_row in enumerate(q_rows) if q_row is not None]
+    if rejected:
+        p = last[rejected]
+        residual = torch.clamp(p - torch.stack([q_rows[j] for j in rejected]), min=0.0)  # [rejected, V]
+        empty = residual.sum(dim=-1, keepdim=True) <= 0.0  # p == q up to rounding: rejection had probability ~0
+        last[rejected] = torch.where(empty, p, residual)
+    return [VerifyResult(len(drafts), [*drafts, token], dropped)
+            for (drafts, dropped), token in zip(kept, draw(last, u))]

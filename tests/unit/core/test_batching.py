@@ -13,9 +13,9 @@ from specdec.core.batching import BatchedRunner, StepCostTable, _Request, _Row, 
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
-from specdec.core.sampling import draw_rows
 from specdec.core.sequence import TargetSequence
 from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
+from specdec.core.verify import verify_sampling_rows
 from specdec.proposers.draft_model import DraftModelFactory
 from tests.conftest import PROMPTS
 
@@ -108,19 +108,21 @@ def test_seeded_sampling_in_a_batch_equals_alone(tiny_pair_fp32, batched):
     assert together == alone
 
 
-def test_plain_sampled_rows_are_drawn_together_as_each_would_be_alone(tiny_pair_fp32, batched, monkeypatch):
-    """Sessions that sample plainly, with different settings: the engine draws a step's tokens for all of them at once
-    (sampling.draw_rows), and each output is the one its session gets decoded alone, one verify at a time."""
+def test_sampled_cycles_are_verified_together_as_each_would_be_alone(tiny_pair_fp32, batched, monkeypatch):
+    """Sessions that sample with different settings, some plainly, some verifying drafts: the engine verifies a
+    step's sampled cycles at once (verify.verify_sampling_rows), and each output is the one its session gets decoded
+    alone, one verify at a time on the unbatched runner."""
     pair = tiny_pair_fp32
     settings = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.2),
                 SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.6, top_k=5)]
-    cases = [(pair.encode(p), 14) for p in PROMPTS[16:20]]
-    alone = [decode(pair, pair.target_runner, ids, n, 0, s, seed=21) for (ids, n), s in zip(cases, settings)]
-    drawn = []
-    monkeypatch.setattr(batching, "draw_rows", lambda logits, *a: drawn.append(len(logits)) or draw_rows(logits, *a))
-    together = concurrently([lambda c=c, s=s: decode(pair, batched, *c, 0, s, seed=21) for c, s in zip(cases, settings)])
+    cases = [(pair.encode(p), 14, k) for p, k in zip(PROMPTS[16:20], (0, 2, 3, 0))]
+    alone = [decode(pair, pair.target_runner, *c, s, seed=21) for c, s in zip(cases, settings)]
+    verified = []
+    monkeypatch.setattr(batching, "verify_sampling_rows",
+                        lambda rows, probs: verified.append(len(rows)) or verify_sampling_rows(rows, probs))
+    together = concurrently([lambda c=c, s=s: decode(pair, batched, *c, s, seed=21) for c, s in zip(cases, settings)])
     assert together == alone
-    assert sum(drawn) == sum(len(out) for out in together) and max(drawn) > 1, drawn
+    assert max(verified) > 1 and sum(verified) >= 2 * 14, verified  # the plain sessions: a cycle a token
 
 
 @pytest.fixture(scope="module")

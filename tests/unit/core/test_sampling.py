@@ -3,7 +3,16 @@ import torch
 
 from specdec.core.config import SamplingParams
 from specdec.core.errors import InvalidArgument
-from specdec.core.sampling import NUCLEUS_CANDIDATES, Stream, draw_rows, outside_nucleus, process_logits, sample_from, uniform
+from specdec.core.sampling import (
+    NUCLEUS_CANDIDATES,
+    Stream,
+    draw,
+    outside_nucleus,
+    process_logits,
+    process_rows,
+    sample_from,
+    uniform,
+)
 
 
 def test_uniform_is_a_pure_function_of_seed_position_stream():
@@ -74,10 +83,11 @@ def test_invalid_sampling_params_name_the_field(kwargs, field):
     assert err.value.field == field
 
 
-def test_rows_drawn_together_are_the_tokens_each_row_draws_alone():
-    """A step's plain sampled rows are drawn at once (draw_rows, as the batched engine does): each row's token is the
-    one its own processing and draw give it alone, whatever its neighbours' settings or how far their nucleus
-    searches reach (a peaked row's is found among the first candidates, a flat row's needs the full sort)."""
+def test_rows_processed_and_drawn_together_are_what_each_row_gets_alone():
+    """A step's sampled rows are processed and drawn at once (process_rows, draw: as the batched engine verifies):
+    each row's token is the one it gets alone (its distribution the same up to a sum's last bit), whatever its
+    neighbours' settings or how far their nucleus searches reach (a peaked row's is found among the first
+    candidates, a flat row's needs the full sort)."""
     torch.manual_seed(0)
     scales = [4.0, 2.0, 0.05, 8.0, 3.0, 1.0, 4.0]  # nuclei of ~150, ~15k, ~38k, 5, ~4k, ~30k, ~150 tokens at top-p 0.95
     logits = torch.randn(len(scales), 40000) * torch.tensor(scales)[:, None]  # [7, V]
@@ -85,8 +95,13 @@ def test_rows_drawn_together_are_the_tokens_each_row_draws_alone():
     params = [nucleus, nucleus, nucleus, SamplingParams(temperature=0.7, top_k=50), nucleus, nucleus,
               SamplingParams(temperature=1.3)]
     u = [uniform(5, 100 + i, Stream.RESIDUAL) for i in range(len(scales))]
-    alone = [sample_from(process_logits(logits[i:i + 1], p)[0], x) for i, (p, x) in enumerate(zip(params, u))]
-    assert draw_rows(logits, params, u) == alone
+    processed = [process_logits(logits[i:i + 1], p)[0] for i, p in enumerate(params)]
+    together = process_rows(logits, params)
+    for i, row in enumerate(processed):  # the same arithmetic; a sum over one row may split differently across threads
+        torch.testing.assert_close(together[i], row, rtol=1e-6, atol=1e-9)
+        assert torch.equal(together[i] > 0, row > 0)  # the same tokens kept
+    alone = [sample_from(row, x) for row, x in zip(processed, u)]
+    assert draw(together, u) == alone
     assert len(set(alone)) > 1
     probs = torch.softmax(logits, dim=-1)
     together = outside_nucleus(probs, 0.95)  # each row's search stops where its own nucleus ends

@@ -6,8 +6,16 @@ import torch
 from scipy.stats import chisquare
 
 from specdec.core.config import SamplingParams
+from specdec.core.errors import Unavailable
 from specdec.core.sampling import Stream, process_logits, sample_from, uniform
-from specdec.core.verify import DenseDraftProbs, OneHotDraftProbs, verify_greedy, verify_sampling
+from specdec.core.verify import (
+    DenseDraftProbs,
+    OneHotDraftProbs,
+    SampledVerify,
+    verify_greedy,
+    verify_sampling,
+    verify_sampling_rows,
+)
 
 V = 8
 
@@ -44,6 +52,35 @@ def test_seeded_sampling_is_deterministic():
     runs = {tuple(verify_sampling([1, 2, 3], DenseDraftProbs(q, [1, 2, 3]), p, seed=42, start=10).token_ids)
             for _ in range(5)}
     assert len(runs) == 1
+
+
+class LostDraftProbs(DenseDraftProbs):
+    """A remote draft's q: its scalars came with the proposal, and it died before a row was fetched."""
+
+    def row(self, i: int) -> torch.Tensor:
+        raise Unavailable("draft", "the draft service went away")
+
+
+def test_cycles_verified_together_are_verified_as_each_alone():
+    """A batched step's sampled cycles are verified at once (two reads back for all): each row's result is the one
+    it gets alone, whether a draft is rejected (the residual drawn from), all are accepted (the bonus), none were
+    proposed, q is one-hot, or its q row cannot be fetched (the drafts set aside, the first position decided alone)."""
+    g = torch.Generator().manual_seed(3)
+    vocab, rows, probs = 50, [], []
+    for i in range(40):
+        k = i % 5
+        p = torch.softmax(2 * torch.randn(k + 1, vocab, generator=g), -1)  # [k+1, V]
+        q = torch.softmax(2 * torch.randn(k, vocab, generator=g), -1)  # [k, V]
+        drafts = torch.multinomial(q, 1, generator=g)[:, 0].tolist() if k else []
+        kind = (DenseDraftProbs, LostDraftProbs, None)[i % 3]
+        rows.append(SampledVerify(drafts, kind(q, drafts) if kind and k else None, 100 + i, 7 * i))
+        probs.append(p)
+    alone = [verify_sampling(r.drafts, r.probs or OneHotDraftProbs(r.drafts, vocab), p, seed=r.seed, start=r.start)
+             for r, p in zip(rows, probs)]
+    assert verify_sampling_rows(rows, torch.cat(probs)) == alone
+    assert any(0 < x.accepted < len(r.drafts) for r, x in zip(rows, alone))  # a rejection after an acceptance
+    assert any(x.accepted == len(r.drafts) > 0 for r, x in zip(rows, alone))  # all accepted: the bonus
+    assert any(x.dropped for x in alone) and all(x.accepted == 0 for x in alone if x.dropped)
 
 
 # ---- distribution tests -----------------------------------------------------------------------------
