@@ -81,7 +81,9 @@ from specdec.core.runner import (
     KVSlot,
     Launched,
     ModelRunner,
+    Sampled,
     common_prefix_len,
+    draw_sampled,
 )
 from specdec.core.sampling import process_rows
 from specdec.core.verify import SampledVerify, VerifyResult, verify_sampling_rows
@@ -215,6 +217,7 @@ class _Chain:
     steps: int
     draw: Draw
     group: Grouped | None = None  # chains whose groups share a `read` are drawn together (runner.decode_chain)
+    sampled: Sampled | None = None  # sampled chains are drawn together (runner.draw_sampled)
     picks: list = field(default_factory=list)
     index: int = 0  # its position in its decode_chains call
     launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
@@ -739,7 +742,8 @@ class BatchedRunner(ModelRunner):
             assert c.slot.length + len(new_ids) + c.steps - 1 <= self.max_len, "drafts stay inside the context"
             requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False,
                                      chain=_Chain(c.steps, c.draw, c.group, index=i, launched=launched,
-                                                  first=c.first if new_ids == list(c.ids[-1:]) else None)))
+                                                  first=c.first if new_ids == list(c.ids[-1:]) else None,
+                                                  sampled=c.sampled)))
         self._hand_over(*requests)
         for (_, c, new_ids), r in zip(drafting, requests):
             c.slot.tokens.extend([*new_ids, *(p.token for p in r.chain.picks[:-1])])
@@ -1623,6 +1627,7 @@ class BatchedRunner(ModelRunner):
             self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
             self._draw_groups(step.logits, requests)
+            self._draw_sampled(step.logits, requests)
             self._verify_sampled(step.logits, requests)
         for r in requests:
             kept = slice(len(r.ids) - r.keep, len(r.ids))
@@ -1670,6 +1675,22 @@ class BatchedRunner(ModelRunner):
         for read, members in self._by_read(requests).items():
             for r, values in zip(members, self._read_rows(logits, read, members)[1].tolist()):
                 r.pick = r.chain.group.pick(values, r.start + len(r.ids))
+
+    def _draw_sampled(self, logits: torch.Tensor, requests: list[_Request]) -> None:
+        """Pick the next token of every sampled draft chain of a step at once (runner.draw_sampled), from its last
+        logits [rows, n, V]. Where that fails, each chain draws alone (`_next_pick`), so that only a failing one ends."""
+        rows = [r for r in requests if r.chain is not None and r.pick is None and r.chain.sampled is not None]
+        if not rows:
+            return
+        where = self._on_device([[r.index for r in rows], [len(r.ids) - 1 for r in rows]], logits.device)
+        try:
+            picks = draw_sampled(logits[where[0], where[1]].float(), [r.chain.sampled for r in rows],
+                                 [r.start + len(r.ids) for r in rows])
+        except Exception:  # noqa: BLE001 - one chain's failure must not end the others
+            log.exception("drawing a step's sampled drafts together failed: each draws alone")
+            return
+        for r, pick in zip(rows, picks):
+            r.pick = pick
 
     def _verify_sampled(self, logits: torch.Tensor, requests: list[_Request]) -> None:
         """Verify every sampled session's cycle among a step's requests at once (verify.verify_sampling_rows), from

@@ -23,9 +23,11 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 import torch
 from transformers import StaticCache
 
+from specdec.core.config import SamplingParams
 from specdec.core.cpu_kernels import ONEDNN, pack_linear_layers
 from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement, placement_of
+from specdec.core.sampling import Stream, draw, process_rows, uniform
 from specdec.core.slots import SlotQueue
 
 log = logging.getLogger("specdec.runner")
@@ -75,6 +77,28 @@ class Grouped(NamedTuple):
     known: Callable[[int], int] | None = None
 
 
+class Sampled(NamedTuple):
+    """How a sampled chain's picks are drawn together with other sampled chains' in a batched step (`draw_sampled`:
+    one processing pass per setting, one draw and one host read for all rows, where one row at a time each cost a
+    dozen small launches and a read): its sampling, its seed (each position's number from Stream.DRAFT), the zeros
+    its q is padded with to the target's vocabulary, and `pick(token, q)`, its pick from the drawn token and q [V]."""
+
+    sampling: SamplingParams
+    seed: int
+    pad: int
+    pick: Callable[[int, torch.Tensor], object]
+
+
+def draw_sampled(logits: torch.Tensor, chains: Sequence[Sampled], positions: Sequence[int]) -> list:
+    """Row b of logits [B, V] drawn as chains[b] draws, at absolute position positions[b]: its processed (and padded)
+    distribution q, its token sampled from q with uniform(seed, position, DRAFT); -> each chain's pick."""
+    pads = {c.pad for c in chains}
+    assert len(pads) == 1, "chains drawn together pad q to one target vocabulary"
+    q = torch.nn.functional.pad(process_rows(logits, [c.sampling for c in chains]), (0, pads.pop()))  # [B, V']
+    tokens = draw(q, [uniform(c.seed, p, Stream.DRAFT) for c, p in zip(chains, positions)])
+    return [c.pick(token, q[b]) for b, (c, token) in enumerate(zip(chains, tokens))]
+
+
 class Chain(NamedTuple):
     """One decode_chain call, for `decode_chains`."""
 
@@ -85,6 +109,7 @@ class Chain(NamedTuple):
     group: Grouped | None = None
     first: object = None  # its first step's values [1, m] on the device, where its catch-up forwarded all of `ids`
     #                       and read their last logits with the group's read (BatchedRunner.catch_up_reads)
+    sampled: Sampled | None = None  # a sampled chain: how its picks are drawn with other such chains' (draw_sampled)
 
 
 class DraftsAhead(Protocol):

@@ -12,7 +12,7 @@ import torch
 
 from specdec.core.config import ProposerKind
 from specdec.core.proposal import Proposal
-from specdec.core.runner import Chain, Grouped, KVSlot, Launched, ModelRunner, common_prefix_len
+from specdec.core.runner import Chain, Grouped, KVSlot, Launched, ModelRunner, Sampled, common_prefix_len
 from specdec.core.verify import DenseDraftProbs
 
 
@@ -59,7 +59,8 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
         runner.greedy_ids_together([(proposers[i].slot, committed[i][:-1], 1) for i in behind])
     t1 = time.perf_counter()
     chains = runner.decode_chains([Chain(p.slot, c, max(0, min(k, runner.max_len + 1 - len(c))), p._draw, p.group,
-                                         first.get(i)) for i, (p, c, k) in enumerate(zip(proposers, committed, ks))],
+                                         first.get(i), p.sampled)
+                                   for i, (p, c, k) in enumerate(zip(proposers, committed, ks))],
                                   launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
@@ -75,6 +76,7 @@ class ModelDrafting:
     source: ProposerKind
 
     group: Grouped | None = None  # how its picks are read from the logits with other proposers' (batched runner)
+    sampled: Sampled | None = None  # how its sampled picks are drawn with other proposers' (batched runner)
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """One pick per row of logits [B, V]; `positions` are the picked tokens' absolute positions. A grouped

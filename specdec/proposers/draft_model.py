@@ -8,8 +8,7 @@ import torch
 
 from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.proposal import Feedback
-from specdec.core.runner import Grouped, ModelRunner
-from specdec.core.sampling import Stream, process_logits, sample_from, uniform
+from specdec.core.runner import Grouped, ModelRunner, Sampled, draw_sampled
 from specdec.proposers.base import ModelDrafting, Pick
 
 
@@ -24,6 +23,11 @@ def pick_greedy(best: list[int], position: int) -> Pick:
 
 
 GREEDY = Grouped(top_three, pick_greedy)
+
+
+def _sampled_pick(token: int, q: torch.Tensor) -> Pick:
+    """A sampled draft's pick: the token and its q [V] (the target's vocabulary)."""
+    return Pick(token, None, q)
 
 
 class DraftModelProposer(ModelDrafting):
@@ -43,13 +47,13 @@ class DraftModelProposer(ModelDrafting):
         assert self.pad >= 0, "the draft's vocabulary must not be larger than the target's"
         self.slot = runner.open()
         self.group = GREEDY if sampling.greedy else None  # greedy picks depend on the logits alone
+        self.sampled = None if sampling.greedy else Sampled(sampling, seed, self.pad, _sampled_pick)
 
     def _draw(self, logits: torch.Tensor, positions: Sequence[int]) -> list[Pick]:
         """Per row of logits [B, V]: the drafted token, its runner-up when greedy, and q when sampling."""
         if self.sampling.greedy:
             return super()._draw(logits, positions)
-        q = torch.nn.functional.pad(process_logits(logits, self.sampling), (0, self.pad))
-        return [Pick(sample_from(q[b], uniform(self.seed, p, Stream.DRAFT)), None, q[b]) for b, p in enumerate(positions)]
+        return draw_sampled(logits, [self.sampled] * len(positions), positions)
 
     def close(self) -> None:
         self.runner.close(self.slot)

@@ -8,13 +8,14 @@ import threading
 import time
 
 import pytest
+import torch
 
 from specdec.core import batching, own_draft
 from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
 from specdec.core.drafting import DraftStart
-from specdec.core.runner import Chain, Grouped
+from specdec.core.runner import Chain, Grouped, draw_sampled
 from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import InlineLink, TargetLoop
@@ -554,6 +555,33 @@ def test_a_chained_draft_reads_its_picks_once_and_drafts_what_it_drafts_alone(ti
     finally:
         for slot in slots:
             draft.close(slot)
+
+
+def test_sampled_drafts_drawn_together_propose_what_each_proposes_alone(tiny_pair_fp32, engine, monkeypatch):
+    """Sampled drafts of four settings over the engine's draft runner: each step's picks are drawn at once
+    (runner.draw_sampled: one processing pass per setting, one draw), and each proposes the tokens, with the same q,
+    that it proposes alone on its own runner."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    settings = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.3),
+                SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.7, top_k=4)]
+    sequences, ks = [pair.encode(p) for p in PROMPTS[2:6]], (4, 2, 3, 4)
+    vocab = pair.target_runner.vocab_size
+    drawn = []
+    monkeypatch.setattr(batching, "draw_sampled",
+                        lambda logits, *a: drawn.append(len(logits)) or draw_sampled(logits, *a))
+    proposers = [DraftModelFactory(draft, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
+    alone = [DraftModelFactory(pair.draft_runner, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
+    try:
+        got = propose_together(proposers, sequences, ks)
+        want = [p.propose(ids, k) for p, ids, k in zip(alone, sequences, ks)]
+        for g, w in zip(got, want):
+            assert g.token_ids == w.token_ids and len(g.token_ids) > 1
+            for i in range(len(w.token_ids)):
+                torch.testing.assert_close(g.probs.row(i), w.probs.row(i), rtol=1e-5, atol=1e-7)
+        assert max(drawn) == len(settings) and sum(drawn) == sum(ks), drawn  # every pick of a step drawn at once
+    finally:
+        for p in proposers + alone:
+            p.close()
 
 
 def test_a_chained_replayed_draft_feeds_the_tokens_it_replays(tiny_pair_fp32, engine):
