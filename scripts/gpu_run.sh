@@ -163,6 +163,13 @@ W)  # one GPU, issue 17: sampled requests under load (every request at TEMPERATU
     --modes ${MODES:-target-only,services-own-draft} --temperature ${TEMPERATURE:-0.7} --top-p ${TOP_P:-0.95} \
     --report-greedy-mismatch --rounds ${ROUNDS:-6} --json "$OUT/sampled.json" ${EXTRA:-} 2>"$OUT/sampled.log" \
     | tee "$OUT/sampled.txt" ;;
+X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_step.py): the 0.5B draft at 16 and 64 rows,
+    # the 7B at 16 (MODELS, ROWS narrow it; call y2 ran the first two)
+  for M in ${MODELS:-qwen2.5-0.5b qwen2.5-7b}; do for R in ${ROWS:-16 64}; do
+    [ "$M" = qwen2.5-7b ] && [ "$R" != 16 ] && continue
+    SEQUENCE=${SEQUENCE:-40} timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_profile_step.py random:$M $R 1 2>&1 \
+      | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/kernels_${M}_$R.txt"
+  done; done ;;
 T)  # one GPU: the GPU tests only
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
