@@ -85,8 +85,8 @@ from specdec.core.runner import (
     common_prefix_len,
     draw_sampled,
 )
-from specdec.core.sampling import process_rows
-from specdec.core.verify import SampledVerify, VerifyResult, verify_sampling_rows
+from specdec.core.sampling import draw, draw_on_device, process_rows, process_rows_first
+from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, verify_sampling_rows
 
 log = logging.getLogger("specdec.batching")
 
@@ -184,6 +184,9 @@ class _Request:
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     verified: VerifyResult | None = None  # a sampled cycle verified with its step's others (_verify_sampled)
+    drawn_ahead: tuple[SamplingParams, int] | None = None  # a plain sampled cycle drawn on the device at its launch
+    #                                                        (_draw_ahead): its sampling and seed
+    drew: int = -1  # that draw's token, as the device drew it (and fed to a guess after it)
     error: BaseException | None = None
     guess: bool = False  # launched before its token was read: the token its row's last step drew on the device
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
@@ -208,6 +211,8 @@ class _Launched:
     pipelined: bool = False  # launched while the step before it was on the device (`after` it)
     cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
     drafted_before: float = 0.0  # the engine's drafting time (StepStats.drafting_s) when it was launched
+    drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
+    drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
 
 
 @dataclass(eq=False)
@@ -1172,8 +1177,8 @@ class BatchedRunner(ModelRunner):
             if forward is not WAITING and forward is not None:
                 slot = row.loop.slot
                 ids = self._new_tokens(slot, forward.ids, forward.keep)  # rolls the row back to what it reuses
-                if (guess is not None and forward.greedy and forward.keep == 1 and slot.length == guess.start
-                        and list(ids) == [token]):
+                if (guess is not None and (forward.greedy or guess.drawn_ahead is not None) and forward.keep == 1
+                        and slot.length == guess.start and list(ids) == [token]):
                     guess.ids = [token]
                     self.stats.guesses_kept += 1
                     return  # its forward is on the device: the row stays busy
@@ -1250,7 +1255,7 @@ class BatchedRunner(ModelRunner):
             self._end(row, _END)
             return
         if guess is not None and not guess.void:
-            self._replan(row, guess, r.argmax[-1])
+            self._replan(row, guess, r.argmax[-1] if r.argmax is not None else r.drew)
             return
         self._idle(row)
 
@@ -1317,16 +1322,19 @@ class BatchedRunner(ModelRunner):
 
     def _looks_ahead(self, step: _Launched) -> bool:
         """Whether the next step may be launched before `step` is read: every row of it a driven session's
-        plain greedy decode (whose next forward, if it goes on decoding plainly, is the token just drawn)."""
+        plain decode, greedy or drawn on the device (whose next forward, if it goes on decoding plainly, is the token
+        just drawn)."""
         return (self.lookahead and step.n == 1 and not self._stopping
-                and all(r.void or (r.row is not None and r.greedy and r.keep == 1) for r in step.requests))
+                and all(r.void or (r.row is not None and r.keep == 1 and (r.greedy or r.drawn_ahead is not None))
+                        for r in step.requests))
 
     def _guesses(self, step: _Launched) -> list[_Request]:
         """A plain decode of the token each row of `step` draws, one position on."""
         guesses = []
         for r in step.requests:  # a drafting session's next forward waits for its draft: no guess for it
             if not r.void and r.start + 2 <= self.max_len and not r.row.loop.drafting:
-                r.next = _Request(r.index, r.start + 1, [], 1, True, row=r.row, done=None, guess=True)
+                r.next = _Request(r.index, r.start + 1, [], 1, r.greedy, row=r.row, done=None, guess=True,
+                                  drawn_ahead=r.drawn_ahead)
                 guesses.append(r.next)
         self.stats.guesses += len(guesses)
         return guesses
@@ -1354,14 +1362,72 @@ class BatchedRunner(ModelRunner):
         launched = time.perf_counter()
         logits = self._batched(ids, positions, reach, guessed, after.top[:, -1] if after is not None else None,
                                fill)  # [rows, n, V]
-        top = host_top = ready = None
-        if any(r.greedy for r in requests):
+        top = host_top = ready = kept = None
+        drawn = [r for r in requests if self._draws_ahead(r)]
+        if drawn or any(r.greedy for r in requests):
             top = host_top = logits.argmax(-1)  # [rows, n]
+            if drawn:
+                host_top, kept = self._draw_ahead(logits, top, drawn)  # [rows, n + 1]: the drawn tokens, found flags
+                top = host_top[:, :-1]
             if top.is_cuda:
-                host_top, ready = self._readback(top)
+                host_top, ready = self._readback(host_top)
         self._publish()  # the last step's results, while this one runs (on a GPU)
         return _Launched(requests, ids.shape[1], logits, top, host_top, ready, began, launched,
-                         pipelined=after is not None, drafted_before=self.stats.drafting_s)
+                         pipelined=after is not None, drafted_before=self.stats.drafting_s, drawn=drawn,
+                         drawn_logits=kept)
+
+    def _draws_ahead(self, r: _Request) -> bool:
+        """Whether a request's token is drawn on the device as its step is launched: a driven session's plain sampled
+        cycle, looking ahead (a guess's sampling and seed are its row's last request's)."""
+        if not self.lookahead or r.greedy or r.row is None or r.keep != 1 or r.void:
+            return False
+        if r.drawn_ahead is None:
+            planned = r.row.loop.sampled_verify()
+            if planned is None or planned[1].drafts:
+                return False
+            r.drawn_ahead = (planned[0], planned[1].seed)
+        return True
+
+    def _draw_ahead(self, logits: torch.Tensor, top: torch.Tensor, drawn: list[_Request]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw plain sampled cycles' tokens on the device, with no host read (sampling.process_rows_first): each
+        row's token as its verify would draw it where its nucleus was found among the first candidates (or it has
+        no top-p), which a flag says; the host draws the others again once it reads them (`_take_drawn`). ->
+        (the step's argmax [rows, n] with those tokens in and a last column of flags, [rows, n + 1]; their logits
+        [drawn, V], a copy that outlives the next replay)."""
+        where = self._on_device([[r.index for r in drawn], [self._fed(r) - 1 for r in drawn]], logits.device)
+        kept = logits[where[0], where[1]]  # [drawn, V]
+        probs, found = process_rows_first(kept, [r.drawn_ahead[0] for r in drawn])
+        tokens = draw_on_device(probs, [drawn_uniform(r.drawn_ahead[1], r.start + self._fed(r)) for r in drawn])
+        out = torch.ones((top.shape[0], top.shape[1] + 1), dtype=torch.long, device=top.device)  # [rows, n + 1]
+        out[:, :-1] = top
+        out[where[0], where[1]] = tokens
+        out[where[0], -1] = found.long()
+        return out, kept
+
+    def _take_drawn(self, step: _Launched, top: list[list[int]]) -> None:
+        """The plain sampled cycles drawn on the device (`_draw_ahead`), read: each row's token where its flag says
+        it is right, else drawn again on the host from its kept logits; `drew` keeps what the device fed a guess."""
+        again = []
+        for j, r in enumerate(step.drawn):
+            r.drew = top[r.index][self._fed(r) - 1]
+            if top[r.index][step.n]:
+                r.verified = VerifyResult(0, [r.drew])
+            else:
+                again.append(j)
+        if again:
+            rows = [step.drawn[j] for j in again]
+            index = torch.tensor(again, device=step.drawn_logits.device)
+            tokens = draw(process_rows(step.drawn_logits[index], [r.drawn_ahead[0] for r in rows]),
+                          [drawn_uniform(r.drawn_ahead[1], r.start + self._fed(r)) for r in rows])
+            for r, token in zip(rows, tokens):
+                r.verified = VerifyResult(0, [token])
+
+    @staticmethod
+    def _fed(r: _Request) -> int:
+        """The tokens a step feeds a request's row: its ids, or a guess's one token (filled on the device, its ids
+        set only once its plan confirms it)."""
+        return max(len(r.ids), 1)
 
     def _inputs(self, requests: list[_Request]) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         """A step's token ids and positions [rows, n] on the host: each request's tokens in its own row from its
@@ -1625,7 +1691,9 @@ class BatchedRunner(ModelRunner):
         if requests and not step.pipelined and not self.passive:  # by its own rows: a few rows' step launched amid
             # drafting (a row near its end, a new one) costs far less than a plain step of every row (call v1)
             self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
-        if not step.ahead:  # else the next replay has overwritten the logits: only greedy rows were launched
+        if step.drawn:
+            self._take_drawn(step, top)
+        if not step.ahead:  # else the next replay has overwritten the logits: only greedy and drawn rows were launched
             self._draw_groups(step.logits, requests)
             self._draw_sampled(step.logits, requests)
             self._verify_sampled(step.logits, requests)
@@ -1696,7 +1764,8 @@ class BatchedRunner(ModelRunner):
         """Verify every sampled session's cycle among a step's requests at once (verify.verify_sampling_rows), from
         its kept logits [rows, n, V]; each gets its `verified` result. Where that fails, each row is verified alone
         (as the rows of a chunked prompt are), so that only a failing session ends."""
-        rows = [(r, v) for r in requests if not r.greedy and r.row is not None and (v := r.row.loop.sampled_verify())]
+        rows = [(r, v) for r in requests if not r.greedy and r.row is not None and r.verified is None
+                and (v := r.row.loop.sampled_verify())]
         if not rows:
             return
         at = [(r.index, len(r.ids) - r.keep + j) for r, _ in rows for j in range(r.keep)]
@@ -1903,6 +1972,8 @@ class BatchedRunner(ModelRunner):
                     slots=torch.zeros(b, dtype=torch.long, device=self.device)), keep=1)
         for b, n in {(b, n) for b, n, _ in self._graphs}:
             self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
+            if n == 1 and self.lookahead:
+                self._add_readbacks((b, 2))  # a plain step with sampled rows drawn on the device: their flags too
         self._time_graphs()
         log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d x spans %s; and %d of prompt chunks) in "
                  "%.1f s; device ms over the whole cache %s", len(self._graphs),

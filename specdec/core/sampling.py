@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 import torch
@@ -51,6 +51,25 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     no temperature overflows them; the argmax keeps exp(0) = 1, so they never underflow to all zeros), and
     top-p always keeps the most likely token, so as T or top_p go to 0 the distribution goes to the argmax.
     """
+    return _processed(logits, params, outside_nucleus)
+
+
+def process_first(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """`process_logits` with no host read: top-p's nucleus looked for among the first NUCLEUS_CANDIDATES only.
+    -> (probs [n, V], found [n] on the device): a row is what process_logits gives it where found (its nucleus ends
+    among those candidates, or there is no top-p), and is to be processed again otherwise."""
+    found = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+
+    def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+        nonlocal found
+        drop, found = _nucleus_among(probs, top_p, NUCLEUS_CANDIDATES[0])
+        return drop
+
+    return _processed(logits, params, nucleus), found
+
+
+def _processed(logits: torch.Tensor, params: SamplingParams,
+               nucleus: Callable[[torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
     assert logits.dim() == 2, f"expected [n, V] logits, got {tuple(logits.shape)}"
     assert not params.greedy, "greedy decoding uses argmax, not probabilities"
     logits = logits.float()
@@ -60,9 +79,24 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     shifted = logits - logits.amax(dim=-1, keepdim=True)  # [n, V], <= 0
     probs = torch.softmax(shifted / max(params.temperature, FLOAT32_TINY), dim=-1)
     if params.top_p < 1.0:
-        probs = probs.masked_fill(outside_nucleus(probs, params.top_p), 0.0)
+        probs = probs.masked_fill(nucleus(probs, params.top_p), 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
+
+
+def _nucleus_among(probs: torch.Tensor, top_p: float, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's tokens outside its nucleus as its m likeliest decide them, with no host read: (dropped [n, V],
+    found [n]: the m-th candidate is itself dropped, so every token after it is too and the set is the whole
+    answer). m past the vocabulary sorts it all: found everywhere."""
+    if m >= probs.shape[-1]:
+        values, order = torch.sort(probs, dim=-1, descending=True)  # [n, V]
+    else:
+        values, order = torch.topk(probs, m, dim=-1)  # [n, m], descending
+    mass_before = torch.cumsum(values, dim=-1) - values
+    drop = mass_before >= top_p  # the smallest prefix with mass >= top_p is kept
+    drop[:, 0] = False  # a top_p below float32's resolution still keeps the argmax
+    found = drop[:, -1] if m < probs.shape[-1] else torch.ones_like(drop[:, 0])
+    return torch.ones_like(probs, dtype=torch.bool).scatter_(-1, order, drop), found
 
 
 def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -75,41 +109,33 @@ def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     reaches past them widen the search. Where the last candidate is already dropped, every token after it is too,
     so the set is the one a full sort gives (tied probabilities aside, which either order may take, and on a GPU a
     last-bit difference in the running sums, whose scan may round a shorter row differently)."""
-    def dropped(values: torch.Tensor) -> torch.Tensor:  # values [n, m] in descending order -> [n, m]
-        mass_before = torch.cumsum(values, dim=-1) - values
-        drop = mass_before >= top_p  # the smallest prefix with mass >= top_p is kept
-        drop[:, 0] = False  # a top_p below float32's resolution still keeps the argmax
-        return drop
-
     n = probs.shape[0]
     out, left = None, torch.arange(n, device=probs.device)  # the rows whose nucleus is not found yet [r]
-    for m in (c for c in NUCLEUS_CANDIDATES if c < probs.shape[-1]):
+    for m in (*(c for c in NUCLEUS_CANDIDATES if c < probs.shape[-1]), probs.shape[-1]):
         rows = probs if len(left) == n else probs[left]  # [r, V]
-        values, order = torch.topk(rows, m, dim=-1)  # [r, m], descending
-        drop = dropped(values)
-        found = drop[:, -1]  # [r]: the row's nucleus ends among its m likeliest
-        if bool(found.all()):
+        drop, found = _nucleus_among(rows, top_p, m)
+        if m == probs.shape[-1] or bool(found.all()):
             break
         out = torch.ones_like(probs, dtype=torch.bool) if out is None else out
-        out[left[found]] = torch.ones_like(rows[found], dtype=torch.bool).scatter_(-1, order[found], drop[found])
+        out[left[found]] = drop[found]
         left = left[~found]  # each row decided at its own m, as it would be alone
-    else:
-        rows = probs if len(left) == n else probs[left]
-        values, order = torch.sort(rows, dim=-1, descending=True)  # [r, V]
-        drop = dropped(values)
-    decided = torch.ones_like(rows, dtype=torch.bool).scatter_(-1, order, drop)
     if out is None:
-        return decided
-    out[left] = decided
+        return drop
+    out[left] = drop
     return out
 
 
 def draw(probs: torch.Tensor, u: Sequence[float]) -> list[int]:
     """Inverse-CDF samples, one per row of unnormalised distributions [n, V], row i with the uniform number u[i];
     one read back for all rows. Tokens of probability exactly 0 are never returned."""
+    return draw_on_device(probs, u).tolist()
+
+
+def draw_on_device(probs: torch.Tensor, u: Sequence[float]) -> torch.Tensor:
+    """`draw`'s tokens [n], left on the device."""
     cdf = torch.cumsum(probs.double(), dim=-1)  # [n, V]
     x = cdf[:, -1:] * torch.tensor(list(u), dtype=torch.float64, device=probs.device)[:, None]  # [n, 1]
-    return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0].tolist()
+    return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0]
 
 
 def process_rows(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
@@ -118,16 +144,30 @@ def process_rows(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torc
     across threads otherwise than over one, a last-bit difference, which moves a drawn token only where its uniform
     number falls that close to a boundary). Why: a batched step's sampled rows, processed one by one, cost each row
     a dozen small launches; -> [n, V] float32."""
+    return _alike(logits, params, lambda x, p: (process_logits(x, p),))[0]
+
+
+def process_rows_first(logits: torch.Tensor, params: Sequence[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`process_rows` with no host read (`process_first` per setting): (probs [n, V], found [n] on the device)."""
+    return _alike(logits, params, process_first)
+
+
+def _alike(logits: torch.Tensor, params: Sequence[SamplingParams], fn: Callable) -> tuple[torch.Tensor, ...]:
+    """fn(rows, their setting) over each group of rows that sample alike, its outputs ([rows, ...] each) put back in
+    row order."""
     alike: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         alike.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
     if len(alike) == 1:
-        return process_logits(logits, params[0])
-    probs = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [n, V]
+        return fn(logits, params[0])
+    outs = None
     for rows in alike.values():
         index = torch.tensor(rows, device=logits.device)
-        probs[index] = process_logits(logits[index], params[rows[0]])
-    return probs
+        got = fn(logits[index], params[rows[0]])
+        outs = outs or [torch.empty((logits.shape[0], *g.shape[1:]), dtype=g.dtype, device=g.device) for g in got]
+        for out, g in zip(outs, got):
+            out[index] = g
+    return tuple(outs)
 
 
 def sample_from(probs: torch.Tensor, u: float) -> int:

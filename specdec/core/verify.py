@@ -88,6 +88,12 @@ def verify_greedy(draft_ids: Sequence[int], target_ids: Sequence[int]) -> Verify
     return VerifyResult(accepted=k, token_ids=[*draft_ids, target_ids[k]])  # bonus
 
 
+def drawn_uniform(seed: int, position: int) -> float:
+    """The uniform number the token at `position` is drawn with where it is not an accepted draft: a recovered
+    token, a bonus token, or a plain cycle's only one (the engine draws those on the device ahead of the host)."""
+    return uniform(seed, position, Stream.RESIDUAL)
+
+
 class SampledVerify(NamedTuple):
     """One sampled cycle's verification, but for its target distributions."""
 
@@ -139,7 +145,7 @@ def verify_sampling_rows(rows: Sequence[SampledVerify], target_probs: torch.Tens
             break
         finals.append(first + accepted)
         q_rows.append(q_row)
-        u.append(uniform(r.seed, r.start + accepted, Stream.RESIDUAL))  # recovered, bonus, or a plain cycle's token
+        u.append(drawn_uniform(r.seed, r.start + accepted))
         kept.append((list(r.drafts[:accepted]), dropped))
     last = target_probs[finals]  # [rows, V]
     rejected = [j for j, q_row in enumerate(q_rows) if q_row is not None]

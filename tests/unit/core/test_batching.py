@@ -13,6 +13,7 @@ from specdec.core.batching import BatchedRunner, StepCostTable, _Request, _Row, 
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
+from specdec.core.sampling import process_rows
 from specdec.core.sequence import TargetSequence
 from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
 from specdec.core.verify import verify_sampling_rows
@@ -154,16 +155,25 @@ def test_looking_ahead_changes_no_output(tiny_pair_fp32, looking_ahead):
     assert runner.free_slots == runner.max_sessions
 
 
-def test_seeded_sampling_is_not_looked_past(tiny_pair_fp32, looking_ahead):
-    """A sampled token is drawn on the host: a step with a sampling row is read before the next is launched."""
+def test_plain_sampled_rows_are_drawn_on_the_device_and_looked_past(tiny_pair_fp32, looking_ahead, monkeypatch):
+    """A plain sampled cycle's token is a function of its logits, its sampling and (seed, position): the engine draws
+    it on the device as its step is launched and looks past the step as past a greedy one. A row whose nucleus
+    reaches past the first candidates (a hot, wide top-p) is drawn again on the host once read, and the guess fed
+    the device's token stands only where the two agree. Every output equals the request decoded alone."""
     pair, runner = tiny_pair_fp32, looking_ahead
-    sampling = SamplingParams(temperature=0.8, top_p=0.95)
-    cases = [(pair.encode(p), 12, 0) for p in PROMPTS[10:14]]
-    alone = [decode(pair, pair.target_runner, ids, n, k, sampling, seed=3) for ids, n, k in cases]
-    guesses = runner.stats.guesses
-    together = concurrently([lambda c=c: decode(pair, runner, *c, sampling=sampling, seed=3) for c in cases])
+    settings = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.2),
+                SamplingParams(temperature=5.0, top_p=0.99), SamplingParams(temperature=0.6, top_k=5)]
+    cases = [(pair.encode(p), 12) for p in PROMPTS[10:14]]
+    alone = [decode(pair, pair.target_runner, *c, 0, s, seed=3) for c, s in zip(cases, settings)]
+    redrawn = []
+    monkeypatch.setattr(batching, "process_rows", lambda x, p: redrawn.append(len(x)) or process_rows(x, p))
+    guesses, kept = runner.stats.guesses, runner.stats.guesses_kept
+    together = concurrently([lambda c=c, s=s: decode(pair, runner, *c, 0, s, seed=3) for c, s in zip(cases, settings)])
     assert together == alone
-    assert runner.stats.guesses == guesses
+    made, kept = runner.stats.guesses - guesses, runner.stats.guesses_kept - kept
+    assert kept > 0.5 * made > 0, f"{kept} of {made} guesses kept"
+    assert sum(redrawn) >= 6, redrawn  # the hot row's tokens, drawn again on the host (its nucleus: most of 2048)
+    assert runner.free_slots == runner.max_sessions
 
 
 def test_a_failed_forward_reaches_its_session_and_the_engine_goes_on(tiny_pair_fp32):

@@ -7,9 +7,11 @@ from specdec.core.sampling import (
     NUCLEUS_CANDIDATES,
     Stream,
     draw,
+    draw_on_device,
     outside_nucleus,
     process_logits,
     process_rows,
+    process_rows_first,
     sample_from,
     uniform,
 )
@@ -102,6 +104,11 @@ def test_rows_processed_and_drawn_together_are_what_each_row_gets_alone():
         assert torch.equal(together[i] > 0, row > 0)  # the same tokens kept
     alone = [sample_from(row, x) for row, x in zip(processed, u)]
     assert draw(together, u) == alone
+    first, found = process_rows_first(logits, params)  # no host read: the nucleus among the first candidates only
+    assert found.tolist() == [True, False, False, True, False, False, True]  # ~150, 15k, 38k, top-k, ~4k, 30k, none
+    for i in (0, 3, 6):
+        torch.testing.assert_close(first[i], processed[i], rtol=1e-6, atol=1e-9)
+    assert [draw_on_device(first, u)[i].item() for i in (0, 3, 6)] == [alone[i] for i in (0, 3, 6)]
     assert len(set(alone)) > 1
     probs = torch.softmax(logits, dim=-1)
     together = outside_nucleus(probs, 0.95)  # each row's search stops where its own nucleus ends
