@@ -1410,6 +1410,8 @@ class BatchedRunner(ModelRunner):
         it is right, else drawn again on the host from its kept logits; `drew` keeps what the device fed a guess."""
         again = []
         for j, r in enumerate(step.drawn):
+            if r.void:  # a guess its plan did not confirm: nothing to hand on
+                continue
             r.drew = top[r.index][self._fed(r) - 1]
             if top[r.index][step.n]:
                 r.verified = VerifyResult(0, [r.drew])
