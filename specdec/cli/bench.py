@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from specdec.cli.options import add_model_args, add_proposer_arg, add_sampling_flags, env_pair
-from specdec.core.config import ProposerKind
+from specdec.cli.options import add_model_args, add_proposer_arg, add_sampling_flags, env_pair, sampling_of
+from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
 from specdec.tools.bench import MODES, BenchSettings, main
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                          "--adaptive-k)")
     if args.bounds_only:
         raise InvalidArgument("bounds-only", "only with --concurrency (a sweep's points have bounds)")
-    if (args.temperature, args.top_k, args.top_p, args.seed) != (0.0, 0, 1.0, 0):
+    if sampling_of(args) != SamplingParams(seed=0):  # add_sampling_flags' defaults, with the bench's seed
         raise InvalidArgument("temperature", "sampling flags only with --concurrency (one-request modes decode "
                                              "greedily, each output checked against target-only's)")
     return main(BenchSettings(

@@ -85,7 +85,7 @@ from specdec.core.runner import (
     common_prefix_len,
     draw_sampled,
 )
-from specdec.core.sampling import draw, draw_on_device, process_rows, process_rows_first
+from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
 from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, verify_sampling_rows
 
 log = logging.getLogger("specdec.batching")
@@ -1417,13 +1417,14 @@ class BatchedRunner(ModelRunner):
                 r.verified = VerifyResult(0, [r.drew])
             else:
                 again.append(j)
-        if again:
+        if again:  # verified as plain cycles, as `_verify_sampled` verifies the rows it finds
             rows = [step.drawn[j] for j in again]
             index = torch.tensor(again, device=step.drawn_logits.device)
-            tokens = draw(process_rows(step.drawn_logits[index], [r.drawn_ahead[0] for r in rows]),
-                          [drawn_uniform(r.drawn_ahead[1], r.start + self._fed(r)) for r in rows])
-            for r, token in zip(rows, tokens):
-                r.verified = VerifyResult(0, [token])
+            probs = process_rows(step.drawn_logits[index], [r.drawn_ahead[0] for r in rows])
+            results = verify_sampling_rows([SampledVerify([], None, r.drawn_ahead[1], r.start + self._fed(r))
+                                            for r in rows], probs)
+            for r, result in zip(rows, results):
+                r.verified = result
 
     @staticmethod
     def _fed(r: _Request) -> int:
