@@ -1419,7 +1419,7 @@ class BatchedRunner(ModelRunner):
                 again.append(j)
         if again:  # verified as plain cycles, as `_verify_sampled` verifies the rows it finds
             rows = [step.drawn[j] for j in again]
-            index = torch.tensor(again, device=step.drawn_logits.device)
+            index = self._on_device(again, step.drawn_logits.device)
             probs = process_rows(step.drawn_logits[index], [r.drawn_ahead[0] for r in rows])
             results = verify_sampling_rows([SampledVerify([], None, r.drawn_ahead[1], r.start + self._fed(r))
                                             for r in rows], probs)

@@ -29,6 +29,7 @@ from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement, placement_of
 from specdec.core.sampling import Stream, draw, process_rows, uniform
 from specdec.core.slots import SlotQueue
+from specdec.core.transfer import pinned, to_device
 
 log = logging.getLogger("specdec.runner")
 
@@ -262,17 +263,12 @@ class ModelRunner:
 
     def _pinned(self, values: Sequence | torch.Tensor) -> torch.Tensor:
         """Host values (nested lists of token ids or indices, or a CPU tensor) as a CPU tensor whose copy to the device
-        the host need not wait for: on a GPU, in pinned memory. A copy from pageable memory may make the host wait for
-        the work queued on the stream first (CUDA stages it through pinned memory and may synchronise the stream to do
-        so), holding the next launch until the forward in flight is done; from pinned memory it is queued like a
-        kernel, and torch's caching host allocator keeps the buffer until the copy is done."""
-        if not isinstance(values, torch.Tensor):
-            return torch.tensor(values, dtype=torch.long, pin_memory=self._pin)
-        return values.pin_memory() if self._pin and values.device.type == "cpu" and not values.is_pinned() else values
+        the host need not wait for (`transfer.pinned`)."""
+        return pinned(values, self._pin)
 
     def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """Host values on the device (this runner's, or `device`), copied behind the work queued there (`_pinned`)."""
-        return self._pinned(values).to(device or self.device, non_blocking=True)
+        """Host values on the device (this runner's, or `device`), copied behind the work queued there (`transfer`)."""
+        return to_device(values, device or self.device)
 
     @functools.cached_property
     def placement(self) -> Placement:
@@ -390,7 +386,7 @@ class ModelRunner:
                     g.rows.data.copy_(rows.data, non_blocking=True)
                     g.graph.replay()
                     return g.logits[0].float()
-            rows = BranchRows(rows.data.to(self.device))
+            rows = BranchRows(self._on_device(rows.data))
             out = self.model(input_ids=rows.ids[None], position_ids=rows.positions[None],
                              attention_mask=self._branch_mask(rows), use_cache=True, logits_to_keep=b,
                              **{self._cache_kw: self._caches[slot.index]})

@@ -17,6 +17,7 @@ from enum import IntEnum
 import torch
 
 from specdec.core.config import SamplingParams
+from specdec.core.transfer import to_device
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # temperatures below it act as it does: all mass on the argmax
 NUCLEUS_CANDIDATES = (1024, 16384)  # top-p looks for its nucleus among this many most likely tokens first
@@ -134,7 +135,7 @@ def draw(probs: torch.Tensor, u: Sequence[float]) -> list[int]:
 def draw_on_device(probs: torch.Tensor, u: Sequence[float]) -> torch.Tensor:
     """`draw`'s tokens [n], left on the device."""
     cdf = torch.cumsum(probs.double(), dim=-1)  # [n, V]
-    x = cdf[:, -1:] * torch.tensor(list(u), dtype=torch.float64, device=probs.device)[:, None]  # [n, 1]
+    x = cdf[:, -1:] * to_device(list(u), probs.device, torch.float64)[:, None]  # [n, 1]
     return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0]
 
 
@@ -162,7 +163,7 @@ def _alike(logits: torch.Tensor, params: Sequence[SamplingParams], fn: Callable)
         return fn(logits, params[0])
     outs = None
     for rows in alike.values():
-        index = torch.tensor(rows, device=logits.device)
+        index = to_device(rows, logits.device)
         got = fn(logits[index], params[rows[0]])
         outs = outs or [torch.empty((logits.shape[0], *g.shape[1:]), dtype=g.dtype, device=g.device) for g in got]
         for out, g in zip(outs, got):

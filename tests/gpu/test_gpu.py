@@ -291,3 +291,32 @@ def test_the_engine_launches_steps_without_waiting_for_the_device(gpu_engine):
     finally:
         for s in slots:
             runner.close(s)
+
+
+def test_plain_sampled_rows_are_drawn_at_launch_without_a_host_sync(gpu_engine):
+    """A plain sampled row's token drawn on the device at its step's launch (`_draw_ahead`: rows of three settings
+    processed apart, top-k and top-p, each row's uniform number copied in) makes no call that waits for the stream:
+    under CUDA's sync debug mode set to error any such call raises. One would hold the next step's launch until the
+    step in flight is done, and looking past sampled steps would gain nothing."""
+    from specdec.core.batching import BatchedRunner, _Request
+    from specdec.core.config import SamplingParams
+
+    runner = BatchedRunner(gpu_engine.target.model, max_len=256, max_sessions=4, compile=False, launch=None)
+    slots = [runner.open() for _ in range(3)]
+    settings = [SamplingParams(temperature=0.7, top_p=0.95), SamplingParams(temperature=1.0, top_k=8),
+                SamplingParams(temperature=0.7, top_p=0.95)]
+    try:
+        step = runner._launch([_Request(s.index, 0, [1, 2, 3], 1, True) for s in slots])
+        drawn = [_Request(s.index, 0, [1, 2, 3], 1, False, drawn_ahead=(p, 7 + i))
+                 for i, (s, p) in enumerate(zip(slots, settings))]
+        runner._draw_ahead(step.logits, step.top, drawn)  # first: pinned buffers allocated
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, kept = runner._draw_ahead(step.logits, step.top, drawn)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert out.shape == (step.top.shape[0], 4) and kept.shape[0] == 3
+    finally:
+        for s in slots:
+            runner.close(s)

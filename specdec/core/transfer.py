@@ -1,0 +1,25 @@
+"""Host values copied to a device behind the work queued there, without making the host wait for it.
+
+`torch.tensor(values, device=cuda)`, or any copy from pageable memory, stages the values through pinned memory and
+synchronises the stream to do so: the host waits for the forward in flight, and the device then idles while the
+host builds the next launch. From pinned memory the copy is queued like a kernel, and torch's caching host allocator
+keeps the buffer until the copy is done. Every host value the decoding path copies to a device goes through here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def pinned(values: Sequence | torch.Tensor, pin: bool, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values (nested lists, or a CPU tensor) as a CPU tensor, in pinned memory where `pin` (a GPU's)."""
+    if not isinstance(values, torch.Tensor):
+        return torch.tensor(values, dtype=dtype, pin_memory=pin)
+    return values.pin_memory() if pin and values.device.type == "cpu" and not values.is_pinned() else values
+
+
+def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values on `device`, copied behind the work queued there."""
+    return pinned(values, device.type == "cuda", dtype).to(device, non_blocking=True)
