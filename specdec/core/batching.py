@@ -84,6 +84,7 @@ from specdec.core.runner import (
     Sampled,
     common_prefix_len,
     draw_sampled,
+    sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
 from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, verify_sampling_rows
@@ -223,6 +224,7 @@ class _Chain:
     draw: Draw
     group: Grouped | None = None  # chains whose groups share a `read` are drawn together (runner.decode_chain)
     sampled: Sampled | None = None  # sampled chains are drawn together (runner.draw_sampled)
+    stepwise: bool = False  # chained: drawn on the host a step at a time, once the device could not draw a token
     picks: list = field(default_factory=list)
     index: int = 0  # its position in its decode_chains call
     launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
@@ -811,7 +813,7 @@ class BatchedRunner(ModelRunner):
                 steps, long = self._split_pending(chunks=None)
             if not steps and not long:
                 return
-            if not long and all(r.chain is not None and r.chain.group is not None for r in steps):
+            if not long and all(r.chain is not None and (r.chain.group or r.chain.sampled) is not None for r in steps):
                 self._draft_chained(steps)
                 continue
             with self._turn():
@@ -1447,66 +1449,140 @@ class BatchedRunner(ModelRunner):
 
     def _draft_chained(self, requests: list[_Request]) -> None:
         """Every step of these draft chains (a runner without an engine loop), with no host read between steps:
-        a row's next input is the token its last step drafted, its group's first value on the device, or the
-        token a replayed draft knows beforehand (`Grouped.known`); every step's values are read at the end, in
-        one host read, and picked from then. A draft step costs its forward, not a trip through the host.
+        a row's next input is the token its last step drafted, its group's first value on the device, the token a
+        replayed draft knows beforehand (`Grouped.known`), or a sampled chain's token drawn on the device
+        (`_draw_chained`); every step's values are read at the end, in one host read, and picked from then. A draft
+        step costs its forward, not a trip through the host. A sampled chain whose token the device could not draw
+        exactly goes on a step at a time from there (`_chain_pass`).
         Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
         step is the one launched ahead from the verify's argmax where it stands for every chain (`_taken_ahead`)."""
         try:
-            reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device)
-            slots = max(r.index for r in requests) + 1
-            fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
-            told = [r for r in requests if r.chain.launched is not None]
-            drafted = (torch.zeros((slots, max(r.chain.steps for r in told)), dtype=torch.long, device=self.device)
-                       if told else None)  # [slots, steps]: each chain's tokens, for `launched`
-            known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
-            live, step, launched = requests, 0, time.perf_counter()
-            timed = []  # per step run here: (its rows, a mark before it, a mark after it)
             first = self._taken_ahead(requests)  # [requests, m]: their first step's values, run ahead (or None)
-            while live:
-                with self._turn(), torch.inference_mode():
-                    if first is not None:
-                        rows = self._on_device([r.index for r in live])  # [live]
-                        groups, first = [(live, rows, first)], None
-                    else:
-                        ids, positions, reach = self._inputs(live)
-                        before = self._mark()
-                        logits = self._batched(ids, positions, reach,
-                                               [r.index for r in live if step and r.chain.group.known is None], fed)
-                        timed.append((len(live), before, self._mark()))
-                        self.stats.count(len(live), ids.shape[1])
-                        groups = [(members, *self._read_rows(logits, read, members))  # [members], [members, m]
-                                  for read, members in self._by_read(live).items()]
-                    for members, rows, values in groups:
-                        fed[rows] = values[:, 0]
-                        if drafted is not None:
-                            drafted[rows, step] = values[:, 0]
-                        reads.append((members, [r.start + len(r.ids) for r in members], values))
-                for r in live:
-                    r.start, known = r.start + len(r.ids), r.chain.group.known
-                    r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
-                    if known is not None and drafted is not None:
-                        known_drafts.append((r.index, step, r.ids[0]))
-                step += 1
-                live = [r for r in live if r.chain.steps > step]
+            left = requests
+            while left:
+                left, first = self._chain_pass(left, first), None
             self._chain_ends = {r.index: r.start for r in requests}
-            flat = self._read_chains(torch.cat([values.flatten() for _, _, values in reads]), told, drafted,
-                                     known_drafts)  # the host read
-            self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
-            for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
-                self.costs.observe(rows, 1, self._elapsed(before, after))
-            at = 0
-            for members, picked_at, values in reads:
-                m = values.shape[1]
-                for r, position in zip(members, picked_at):
-                    r.chain.picks.append(r.chain.group.pick(flat[at:at + m], position))
-                    at += m
         except BaseException as e:  # noqa: BLE001 - the caller's to handle
             for r in requests:
                 self._fail(r, e)
             return
         for r in requests:
             r.done.set()
+
+    def _chain_pass(self, requests: list[_Request], first: torch.Tensor | None) -> list[_Request]:
+        """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
+        on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
+        device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
+        on a step at a time."""
+        reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device,
+        #              a sampled group's (q [members, V'], its logits [members, V]), else None)
+        slots = max(r.index for r in requests) + 1
+        fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
+        told = [r for r in requests if r.chain.launched is not None and r.chain.sampled is None]
+        drafted = (torch.zeros((slots, max(r.chain.steps for r in told)), dtype=torch.long, device=self.device)
+                   if told else None)  # [slots, steps]: each chain's tokens, for `launched`
+        known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
+        steps = {r: 1 if r.chain.stepwise else r.chain.steps - len(r.chain.picks) for r in requests}
+        stepwise: list[tuple[_Request, int, torch.Tensor]] = []  # (request, position, its logits [V]) drawn on the host
+        live, step, launched = requests, 0, time.perf_counter()
+        timed = []  # per step run here: (its rows, a mark before it, a mark after it)
+        while live:
+            with self._turn(), torch.inference_mode():
+                if first is not None:
+                    rows = self._on_device([r.index for r in live])  # [live]
+                    groups, first = [(live, rows, first, None)], None
+                else:
+                    ids, positions, reach = self._inputs(live)
+                    before = self._mark()
+                    logits = self._batched(ids, positions, reach, [r.index for r in live if step and (
+                        r.chain.group is None or r.chain.group.known is None)], fed)
+                    timed.append((len(live), before, self._mark()))
+                    self.stats.count(len(live), ids.shape[1])
+                    groups = [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
+                              for read, members in self._by_read(live).items()]
+                    sampled = [r for r in live if r.chain.sampled is not None and not r.chain.stepwise]
+                    if sampled:
+                        groups.append((sampled, *self._draw_chained(logits, sampled)))
+                    alone = [r for r in live if r.chain.stepwise]
+                    if alone:
+                        where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
+                                                logits.device)
+                        stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
+                for members, rows, values, extra in groups:
+                    fed[rows] = values[:, 0]
+                    if drafted is not None and extra is None:
+                        drafted[rows, step] = values[:, 0]
+                    reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
+            for r in live:
+                r.start, known = r.start + len(r.ids), r.chain.group.known if r.chain.group is not None else None
+                r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
+                if known is not None and drafted is not None:
+                    known_drafts.append((r.index, step, r.ids[0]))
+            step += 1
+            live = [r for r in live if steps[r] > step]
+        flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
+                                  known_drafts) if reads else [])  # the host read
+        self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
+        for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
+            self.costs.observe(rows, 1, self._elapsed(before, after))
+        return self._pick_chained(reads, flat, stepwise)
+
+    @staticmethod
+    def _pick_chained(reads: list, flat: list, stepwise: list[tuple[_Request, int, torch.Tensor]]) -> list[_Request]:
+        """Each chain's picks from a pass's values read (`_chain_pass`), step by step. A sampled chain's step whose
+        token the device could not draw exactly (its nucleus not found among the first candidates) is drawn again on
+        the host, with every such step of the round and the stepwise chains' steps in one draw: where the two agree
+        the device's later steps stand, else they are dropped and the chain goes on from there, a step at a time.
+        -> the chains with steps left."""
+        entries: dict[_Request, list[tuple]] = {}  # per chain, by step: (position, value or None, q [V'], logits [V])
+        at = 0
+        for members, picked_at, values, extra in reads:
+            m = values.shape[1]
+            for b, (r, position) in enumerate(zip(members, picked_at)):
+                entries.setdefault(r, []).append((position, flat[at:at + m], *((extra[0][b], extra[1][b])
+                                                                                  if extra is not None else (None, None))))
+                at += m
+        for r, position, logits in stepwise:
+            entries.setdefault(r, []).append((position, None, None, logits))
+        cursor, walking, left = dict.fromkeys(entries, 0), list(entries), []
+        while walking:
+            redraw = []  # (chain, its step) drawn on the host
+            for r in walking:
+                for i in range(cursor[r], len(entries[r])):
+                    position, value, q, _ = entries[r][i]
+                    if r.chain.sampled is None:
+                        r.chain.picks.append(r.chain.group.pick(value, position))
+                    elif value is not None and value[1]:  # found: the device drew what the host draws
+                        r.chain.picks.append(r.chain.sampled.pick(value[0], q))
+                    else:
+                        redraw.append((r, i))
+                        break
+            if not redraw:
+                break
+            drawn = draw_sampled(torch.stack([entries[r][i][3] for r, i in redraw]).float(),
+                                 [r.chain.sampled for r, _ in redraw], [entries[r][i][0] for r, i in redraw])
+            walking = []
+            for (r, i), pick in zip(redraw, drawn):
+                r.chain.picks.append(pick)
+                position, value, _, _ = entries[r][i]
+                if value is not None and pick.token == value[0]:  # the steps the device drew after it stand
+                    cursor[r] = i + 1
+                    walking.append(r)
+                elif len(r.chain.picks) < r.chain.steps:
+                    r.start, r.ids, r.chain.stepwise = position, [pick.token], True
+                    left.append(r)
+        return left
+
+    def _draw_chained(self, logits: torch.Tensor, members: list[_Request]
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Sampled chains' next tokens drawn on the device from their rows of a step's logits [rows, n, V], with no
+        host read (`runner.sampled_on_device`): -> (their rows [members], values [members, 2]: each token and whether
+        its nucleus was found, (q [members, V'], their logits [members, V], a copy that outlives the next replay))."""
+        where = self._on_device([[r.index for r in members], [len(r.ids) - 1 for r in members]], logits.device)
+        kept = logits[where[0], where[1]]  # [members, V]
+        q, tokens, found = sampled_on_device(kept.float(), [r.chain.sampled for r in members],
+                                             [r.start + len(r.ids) for r in members], first=True)
+        return where[0], torch.stack([tokens, found.long()], dim=1), (q, kept)
 
     def _mark(self) -> "float | torch.cuda.Event":
         """A point on the device's timeline (an event on a GPU; on a CPU, whose forwards the host waits for, now)."""
@@ -1651,6 +1727,8 @@ class BatchedRunner(ModelRunner):
         the same read. Else None: the chains run their first step themselves, over whatever the step launched ahead
         wrote (entries the committed sequence has)."""
         ahead, self._ahead = self._ahead, None
+        if any(r.chain.group is None for r in requests):  # sampled chains: launched ahead only from a greedy verify
+            return None
         read = requests[0].chain.group.read
         if not all(r.chain.group.read is read and (r.chain.first is not None or ahead is not None and (
                 ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched

@@ -27,7 +27,7 @@ from specdec.core.config import SamplingParams
 from specdec.core.cpu_kernels import ONEDNN, pack_linear_layers
 from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement, placement_of
-from specdec.core.sampling import Stream, draw, process_rows, uniform
+from specdec.core.sampling import Stream, draw_on_device, process_rows, process_rows_first, uniform
 from specdec.core.slots import SlotQueue
 from specdec.core.transfer import pinned, to_device
 
@@ -93,11 +93,21 @@ class Sampled(NamedTuple):
 def draw_sampled(logits: torch.Tensor, chains: Sequence[Sampled], positions: Sequence[int]) -> list:
     """Row b of logits [B, V] drawn as chains[b] draws, at absolute position positions[b]: its processed (and padded)
     distribution q, its token sampled from q with uniform(seed, position, DRAFT); -> each chain's pick."""
+    q, tokens, _ = sampled_on_device(logits, chains, positions)
+    return [c.pick(token, q[b]) for b, (c, token) in enumerate(zip(chains, tokens.tolist()))]
+
+
+def sampled_on_device(logits: torch.Tensor, chains: Sequence[Sampled], positions: Sequence[int], first: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`draw_sampled`'s q [B, V'] and tokens [B], left on the device. `first`: with no host read (top-p's nucleus
+    looked for among the first candidates only, `sampling.process_rows_first`), and whether each row's was found
+    there [B]: a row is what `draw_sampled` gives it only where it was."""
     pads = {c.pad for c in chains}
     assert len(pads) == 1, "chains drawn together pad q to one target vocabulary"
-    q = torch.nn.functional.pad(process_rows(logits, [c.sampling for c in chains]), (0, pads.pop()))  # [B, V']
-    tokens = draw(q, [uniform(c.seed, p, Stream.DRAFT) for c, p in zip(chains, positions)])
-    return [c.pick(token, q[b]) for b, (c, token) in enumerate(zip(chains, tokens))]
+    settings = [c.sampling for c in chains]
+    probs, found = process_rows_first(logits, settings) if first else (process_rows(logits, settings), None)
+    q = torch.nn.functional.pad(probs, (0, pads.pop()))  # [B, V']
+    return q, draw_on_device(q, [uniform(c.seed, p, Stream.DRAFT) for c, p in zip(chains, positions)]), found
 
 
 class Chain(NamedTuple):

@@ -320,3 +320,41 @@ def test_plain_sampled_rows_are_drawn_at_launch_without_a_host_sync(gpu_engine):
     finally:
         for s in slots:
             runner.close(s)
+
+
+def test_sampled_draft_chains_draw_their_steps_without_a_host_sync(gpu_engine):
+    """Sampled draft chains on a runner without an engine loop draw every step's token on the device and feed it to
+    the next step (`_draft_chained`): under CUDA's sync debug mode set to error, nothing before the one read at the
+    end (`_read_chains`) waits for the stream. Each chain gets its K picks."""
+    from specdec.core.batching import BatchedRunner
+    from specdec.core.config import SamplingParams
+    from specdec.core.runner import Chain, Sampled
+    from specdec.proposers.draft_model import _sampled_pick
+
+    runner = BatchedRunner(gpu_engine.draft.model, max_len=256, max_sessions=4, compile=False, launch=None)
+    settings = [SamplingParams(temperature=0.7, top_p=0.95), SamplingParams(temperature=1.0, top_k=8),
+                SamplingParams(temperature=0.5, top_p=0.9)]
+    read = runner._read_chains
+
+    def read_allowed(*args):
+        torch.cuda.set_sync_debug_mode("default")
+        return read(*args)
+
+    def draft() -> list[list]:
+        slots = [runner.open() for _ in settings]
+        try:
+            return runner.decode_chains([Chain(s, [1, 2, 3], 4, None, sampled=Sampled(p, 5 + i, 0, _sampled_pick))
+                                         for i, (s, p) in enumerate(zip(slots, settings))])
+        finally:
+            for s in slots:
+                runner.close(s)
+
+    draft()  # first: pinned buffers allocated, kernels loaded
+    torch.cuda.synchronize()
+    runner._read_chains = read_allowed
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        picks = draft()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [len(p) for p in picks] == [4] * len(settings)

@@ -557,28 +557,36 @@ def test_a_chained_draft_reads_its_picks_once_and_drafts_what_it_drafts_alone(ti
             draft.close(slot)
 
 
-def test_sampled_drafts_drawn_together_propose_what_each_proposes_alone(tiny_pair_fp32, engine, monkeypatch):
-    """Sampled drafts of four settings over the engine's draft runner: each step's picks are drawn at once
-    (runner.draw_sampled: one processing pass per setting, one draw), and each proposes the tokens, with the same q,
-    that it proposes alone on its own runner."""
+def test_sampled_drafts_chained_on_the_device_propose_what_each_proposes_alone(tiny_pair_fp32, engine, monkeypatch):
+    """Sampled drafts of six settings over the engine's draft runner, chained: each step's tokens drawn on the device
+    and fed to the next step with no host read between steps (`_draw_chained`), read once at the end; where a row's
+    top-p nucleus was not found among the first candidates, that step is drawn again on the host and, where it
+    differs, the chain goes on from there a step at a time. Two settings spread over most of the vocabulary: one
+    found at some steps, one at none. Each proposes the tokens, with the same q, that it proposes alone on its own
+    runner; the narrow chains take one pass; fails if the flags are ignored."""
     pair, (_, draft) = tiny_pair_fp32, engine
     settings = [SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=1.3),
-                SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.7, top_k=4)]
-    sequences, ks = [pair.encode(p) for p in PROMPTS[2:6]], (4, 2, 3, 4)
+                SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(temperature=0.7, top_k=4),
+                SamplingParams(temperature=1.3, top_p=0.99), SamplingParams(temperature=2.0, top_p=0.99)]
+    sequences, ks = [pair.encode(p) for p in PROMPTS[2:8]], (4, 2, 3, 4, 5, 4)
     vocab = pair.target_runner.vocab_size
-    drawn = []
+    redrawn, passes = [], []
     monkeypatch.setattr(batching, "draw_sampled",
-                        lambda logits, *a: drawn.append(len(logits)) or draw_sampled(logits, *a))
+                        lambda logits, *a: redrawn.append(len(logits)) or draw_sampled(logits, *a))
+    chain_pass = BatchedRunner._chain_pass
+    monkeypatch.setattr(BatchedRunner, "_chain_pass",
+                        lambda self, requests, first: passes.append(len(requests)) or chain_pass(self, requests, first))
     proposers = [DraftModelFactory(draft, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
     alone = [DraftModelFactory(pair.draft_runner, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
     try:
         got = propose_together(proposers, sequences, ks)
         want = [p.propose(ids, k) for p, ids, k in zip(alone, sequences, ks)]
-        for g, w in zip(got, want):
-            assert g.token_ids == w.token_ids and len(g.token_ids) > 1
+        for g, w, k in zip(got, want, ks):
+            assert g.token_ids == w.token_ids and len(g.token_ids) == k
             for i in range(len(w.token_ids)):
                 torch.testing.assert_close(g.probs.row(i), w.probs.row(i), rtol=1e-5, atol=1e-7)
-        assert max(drawn) == len(settings) and sum(drawn) == sum(ks), drawn  # every pick of a step drawn at once
+        assert passes[0] == len(settings) and 1 < len(passes) <= ks[-1] and max(passes[1:]) <= 2, passes
+        assert 0 < sum(redrawn) < sum(ks[-2:]) + len(passes), redrawn  # the wide rows' steps, in few host draws
     finally:
         for p in proposers + alone:
             p.close()
