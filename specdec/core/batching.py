@@ -36,7 +36,7 @@ waits for the interpreter; then each session's plan decides: a guess is kept onl
 exactly that forward, and dropped otherwise (the session ended, or it verifies a draft next), its row's
 writes landing past the row's length, where the next forward overwrites them. The output never depends on a guess.
 
-Verifying early (on a GPU, with a drafter, `early_verify`): the same for a drafted cycle. Once a drafting phase
+Verifying early (on a GPU, with a drafter, `early_verify`): the same for a drafted cycle, greedy or sampled. Once a drafting phase
 has launched its blocks' steps, before the host reads them, the engine launches the step that verifies them, each
 drafting row's ids its last committed token then its block's tokens written on the device, with every other
 forward ready to run; the host then reads the drafts behind an event, picks and plans while the device verifies,
@@ -76,6 +76,7 @@ from specdec.core.runner import (
     Drafted,
     DraftJoin,
     Draw,
+    EarlyVerify,
     Forward,
     Grouped,
     KVSlot,
@@ -226,6 +227,7 @@ class _Chain:
     sampled: Sampled | None = None  # sampled chains are drawn together (runner.draw_sampled)
     stepwise: bool = False  # chained: drawn on the host a step at a time, once the device could not draw a token
     picks: list = field(default_factory=list)
+    fed: list[int] = field(default_factory=list)  # its tokens as the device drew them (Drafted.fed)
     index: int = 0  # its position in its decode_chains call
     launched: Launched | None = None  # that call's: told of the chain's tokens once launched (_draft_chained)
     first: torch.Tensor | None = None  # [1, m]: its first step's values, computed by its catch-up (Chain.first)
@@ -285,9 +287,9 @@ class Driven(Protocol):
 
     link: object  # its draft's link (None: none): what a drafter's early blocks are matched to
 
-    def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
-        """What its next plan forwards if its draft's fresh block of `drafted` tokens is what it verifies: (the
-        committed tokens, how many drafts); None where it would not verify one on the argmax alone."""
+    def early_verify(self, drafted: int) -> EarlyVerify | None:
+        """What its next plan forwards if its draft's fresh block of `drafted` tokens is what it verifies; None where
+        it would not verify one."""
         ...
 
     def draft_join(self) -> DraftJoin | None:
@@ -1094,11 +1096,11 @@ class BatchedRunner(ModelRunner):
             verify = row.loop.early_verify(block.steps) if row is not None and block.tokens is tokens else None
             if verify is None:
                 continue
-            committed, drafts = verify
+            committed, drafts, greedy = verify
             slot = row.loop.slot
             reuse = min(common_prefix_len(slot.tokens, committed), len(committed) - 1)
             ids = [*committed[reuse:], *[0] * drafts]
-            early.append(_Request(slot.index, reuse, ids, drafts + 1, True, row=row, done=None, drafted=block))
+            early.append(_Request(slot.index, reuse, ids, drafts + 1, greedy, row=row, done=None, drafted=block))
             fill += [(slot.index, len(ids) - drafts + i, block.row, i) for i in range(drafts)]
         if not early:
             return
@@ -1184,7 +1186,8 @@ class BatchedRunner(ModelRunner):
                     guess.ids = [token]
                     self.stats.guesses_kept += 1
                     return  # its forward is on the device: the row stays busy
-                if early is not None and forward.greedy and self._confirms(early, slot.length, ids, forward.keep):
+                if (early is not None and forward.greedy == early.greedy
+                        and self._confirms(early, slot.length, ids, forward.keep)):
                     early.ids = list(ids)
                     self.stats.early_kept += 1
                     return  # the same: on the device since the drafting phase
@@ -1209,11 +1212,10 @@ class BatchedRunner(ModelRunner):
     @staticmethod
     def _confirms(early: _Request, start: int, ids: Sequence[int], keep: int) -> bool:
         """Whether a planned forward is the one launched early: the same row start, committed tokens and block
-        (its drafts are the picks the device's tokens were, `Grouped`)."""
+        (its drafts the tokens the device drew and fed it, `Drafted.fed`)."""
         head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
         return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
-                and list(ids[:head]) == early.ids[:head]
-                and list(ids[head:]) == [p.token for p in early.drafted.picks[:keep - 1]])
+                and list(ids[:head]) == early.ids[:head] and list(ids[head:]) == early.drafted.fed[:keep - 1])
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -1459,8 +1461,9 @@ class BatchedRunner(ModelRunner):
         try:
             first = self._taken_ahead(requests)  # [requests, m]: their first step's values, run ahead (or None)
             left = requests
+            tell = True  # chains whose caller wants them are told of the first pass's tokens
             while left:
-                left, first = self._chain_pass(left, first), None
+                left, first, tell = self._chain_pass(left, first, tell), None, False
             self._chain_ends = {r.index: r.start for r in requests}
         except BaseException as e:  # noqa: BLE001 - the caller's to handle
             for r in requests:
@@ -1469,7 +1472,7 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             r.done.set()
 
-    def _chain_pass(self, requests: list[_Request], first: torch.Tensor | None) -> list[_Request]:
+    def _chain_pass(self, requests: list[_Request], first: torch.Tensor | None, tell: bool) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
         device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
@@ -1478,7 +1481,7 @@ class BatchedRunner(ModelRunner):
         #              a sampled group's (q [members, V'], its logits [members, V]), else None)
         slots = max(r.index for r in requests) + 1
         fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
-        told = [r for r in requests if r.chain.launched is not None and r.chain.sampled is None]
+        told = [r for r in requests if r.chain.launched is not None] if tell else []
         drafted = (torch.zeros((slots, max(r.chain.steps for r in told)), dtype=torch.long, device=self.device)
                    if told else None)  # [slots, steps]: each chain's tokens, for `launched`
         known_drafts: list[tuple[int, int, int]] = []  # (slot, step, token) a replayed draft knows on the host
@@ -1510,7 +1513,7 @@ class BatchedRunner(ModelRunner):
                         stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
                 for members, rows, values, extra in groups:
                     fed[rows] = values[:, 0]
-                    if drafted is not None and extra is None:
+                    if drafted is not None:
                         drafted[rows, step] = values[:, 0]
                     reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
             for r in live:
@@ -1552,7 +1555,11 @@ class BatchedRunner(ModelRunner):
                     position, value, q, _ = entries[r][i]
                     if r.chain.sampled is None:
                         r.chain.picks.append(r.chain.group.pick(value, position))
-                    elif value is not None and value[1]:  # found: the device drew what the host draws
+                        r.chain.fed.append(r.chain.picks[-1].token)
+                        continue
+                    if value is not None:
+                        r.chain.fed.append(value[0])
+                    if value is not None and value[1]:  # found: the device drew what the host draws
                         r.chain.picks.append(r.chain.sampled.pick(value[0], q))
                     else:
                         redraw.append((r, i))
@@ -1620,8 +1627,9 @@ class BatchedRunner(ModelRunner):
             values = host
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
+            group = r.chain.group  # a sampled chain's next chain begins with the target's draw: not launched ahead
             by_call.setdefault(id(r.chain.launched), (r.chain.launched, {}))[1][r.chain.index] = Drafted(
-                drafted, r.index, r.chain.steps, r.chain.picks, self, r.chain.group.read)
+                drafted, r.index, r.chain.steps, r.chain.picks, r.chain.fed, *((self, group.read) if group else ()))
         for call, chains in by_call.values():
             try:
                 call(chains)

@@ -62,6 +62,15 @@ class Forward(NamedTuple):
     greedy: bool
 
 
+class EarlyVerify(NamedTuple):
+    """The verify a sequence's next plan forwards if its draft's fresh block is what it verifies: its committed
+    tokens, then `drafts` of the block's tokens, greedy or sampled."""
+
+    committed: list[int]
+    drafts: int
+    greedy: bool
+
+
 WAITING = Forward([], 0, False)  # a sequence that wants no forward yet (its draft's proposal has not come)
 Draw = Callable[[torch.Tensor, list[int]], list]  # (logits [B, V], positions [B]) -> a pick (with a `token`) per row
 
@@ -137,13 +146,15 @@ class DraftsAhead(Protocol):
 class Drafted(NamedTuple):
     """A chain's drafted tokens on the device, launched and not yet read to the host (`decode_chains`' `launched`):
     row `row` of `tokens` [rows, steps], its first `steps` columns; `picks` (the chain's, a list) holds its picks
-    once the host has read them. `ahead`: its runner, where it can launch the row's next chain's first step from the
-    verify's argmax on the device (`read`: its group's)."""
+    once the host has read them, and `fed` (a list) those tokens as the device drew them, up to the first the host
+    drew otherwise (a sampled step whose nucleus the device did not find). `ahead`: its runner, where it can launch
+    the row's next chain's first step from the verify's argmax on the device (`read`: its group's)."""
 
     tokens: torch.Tensor
     row: int
     steps: int
     picks: list
+    fed: list
     ahead: DraftsAhead | None = None
     read: Callable[[torch.Tensor], torch.Tensor] | None = None
 

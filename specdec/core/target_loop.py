@@ -20,7 +20,7 @@ from specdec.core.compute import INLINE, Compute
 from specdec.core.config import FinishReason, SamplingParams
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
 from specdec.core.proposal import Feedback, Proposal, Proposer
-from specdec.core.runner import WAITING, DraftJoin, Forward, KVSlot
+from specdec.core.runner import WAITING, DraftJoin, EarlyVerify, Forward, KVSlot
 from specdec.core.sequence import Prepared, TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.verify import SampledVerify, VerifyResult
@@ -240,16 +240,16 @@ class TargetLoop:
         """Its cycles after the prefill verify drafts: a draft to ask, a K > 0 and room for a draft token."""
         return self.link is not None and not self.link.failed and self.k > 0 and self.sequence.max_k > 0
 
-    def early_verify(self, drafted: int) -> tuple[list[int], int] | None:
+    def early_verify(self, drafted: int) -> EarlyVerify | None:
         """What `plan` forwards if its draft's fresh block of `drafted` tokens (drafted from the end of the committed
-        sequence) is the proposal it verifies next: (the committed tokens, how many of the drafts). A batched engine
-        launches that forward from the drafted tokens on the device before the host reads them, and keeps it where
-        the plan asks for exactly it. None where the next cycle verifies no such block on the argmax alone (the
-        prefill, a finished or cancelled sequence, no draft, k = 0; sampling needs the draft's q on the host)."""
-        if self.done or self.cancelled.is_set() or not self.drafting or not self.sequence.sampling.greedy:
+        sequence) is the proposal it verifies next. A batched engine launches that forward from the drafted tokens on
+        the device before the host reads them, and keeps it where the plan asks for exactly it (a sampled verify's
+        coins and draws need the draft's q only once the step is read). None where the next cycle verifies no such
+        block (the prefill, a finished or cancelled sequence, no draft, k = 0)."""
+        if self.done or self.cancelled.is_set() or not self.drafting:
             return None
         drafts = min(drafted, self.k, self.sequence.max_k)
-        return (self.sequence.committed, drafts) if drafts > 0 else None
+        return EarlyVerify(self.sequence.committed, drafts, self.sequence.sampling.greedy) if drafts > 0 else None
 
     def draft_join(self) -> DraftJoin | None:
         """While its prompt step is in flight: its draft's catch-up on the prompt (`DraftSource.join_ahead`), where its

@@ -236,15 +236,22 @@ def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
 
-def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair_fp32, engine):
+@pytest.mark.parametrize("sampling", [SamplingParams(temperature=0.8, top_p=0.95),
+                                      SamplingParams(temperature=1.3, top_p=0.99)], ids=["narrow", "wide"])
+def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair_fp32, engine, sampling):
     """Same K, same seed: the own draft proposes what a draft on its own runner proposes (the draft's random
-    numbers are counter-based), so the sampled output is the same, batched or alone."""
-    pair = tiny_pair_fp32
-    sampling = SamplingParams(temperature=0.8, top_p=0.95)
+    numbers are counter-based), so the sampled output is the same, batched or alone. Each verify is launched from
+    the tokens the device drew before the host reads them, and kept where they are the block the plan verifies:
+    every one where every nucleus was found among the first candidates ("narrow"); where most were not ("wide"),
+    the draft's steps drawn again on the host differ from the device's, and those verifies are dropped."""
+    pair, (target, _) = tiny_pair_fp32, engine
     cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[12:17], (1, 2, 3, 4, 6))]
     alone = [separate_decode(pair, ids, n, k, sampling, seed=7)[0] for ids, n, k in cases]
+    early, kept = target.stats.early, target.stats.early_kept
     together = concurrently([lambda c=c: own_decode(pair, engine, *c, sampling=sampling, seed=7)[0] for c in cases])
     assert together == alone
+    early, kept = target.stats.early - early, target.stats.early_kept - kept
+    assert 0 < kept and (kept == early if sampling.top_p == 0.95 else kept < early), (kept, early)
 
 
 def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_pair_fp32, engine, monkeypatch):
@@ -258,7 +265,7 @@ def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_
     def short_every_other(self, drafted):
         verify = real(self, drafted)
         calls.append(verify)
-        return verify if verify is None or len(calls) % 2 or verify[1] < 2 else (verify[0], verify[1] - 1)
+        return verify if verify is None or len(calls) % 2 or verify.drafts < 2 else verify._replace(drafts=verify.drafts - 1)
     monkeypatch.setattr(TargetLoop, "early_verify", short_every_other)
     cases = [(pair.encode(p), 12 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[14:20])]
     launched, kept = equal_to_target_only(pair, engine, cases, lambda: (target.stats.early, target.stats.early_kept))
@@ -575,7 +582,7 @@ def test_sampled_drafts_chained_on_the_device_propose_what_each_proposes_alone(t
                         lambda logits, *a: redrawn.append(len(logits)) or draw_sampled(logits, *a))
     chain_pass = BatchedRunner._chain_pass
     monkeypatch.setattr(BatchedRunner, "_chain_pass",
-                        lambda self, requests, first: passes.append(len(requests)) or chain_pass(self, requests, first))
+                        lambda self, requests, *a: passes.append(len(requests)) or chain_pass(self, requests, *a))
     proposers = [DraftModelFactory(draft, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
     alone = [DraftModelFactory(pair.draft_runner, vocab).open(s, 30 + i) for i, s in enumerate(settings)]
     try:
