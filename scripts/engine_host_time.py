@@ -14,7 +14,7 @@ as the services choose it by default. `--replay-alpha A` drafts the target's own
 target-only first, as `specdec bench` does): 0 is a useless draft, which adaptive K stops drafting.
 
 Usage: python3 scripts/engine_host_time.py [--clients 32] [--k 2] [--tokens 64] [--stream-interval 1] [--profile out.prof]
-           [--time-calls] [--bare-target-only]
+           [--time-calls] [--bare-target-only] [--temperature 0.7 --top-p 0.95]
        python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 --target random:qwen2.5-7b \
            --draft random:qwen2.5-0.5b --max-len 512 --clients 16,64 --k 0,2,a4 --tokens 128
 """
@@ -25,6 +25,7 @@ import argparse
 import collections
 import contextlib
 import cProfile
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import torch
 from specdec.core.adaptive import AdaptiveK, FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.compute import Compute
-from specdec.core.config import ProposerKind
+from specdec.core.config import ProposerKind, SamplingParams
 from specdec.core.models import load_model
 from specdec.core.target_loop import TargetLoop
 from specdec.proposers import make_factory
@@ -125,6 +126,9 @@ def main() -> None:
                         help="K = 0 runs with the engine's drafter detached, as a target started without --own-draft "
                         "runs (default: the same engine, drafter attached, as a target with --own-draft runs a "
                         "request that asks for no draft)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy requests; else every request samples at this temperature (seed 0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
     parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
                         "chains' first draft step from its argmax (the engine's default: on a GPU); both: each drafting "
@@ -167,6 +171,8 @@ def main() -> None:
     drafter = engine.runner.drafter
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=0)
+    client = functools.partial(engine.client, sampling)
     for repeat in range(args.repeats):
         for clients in levels:
             for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
@@ -174,7 +180,7 @@ def main() -> None:
                 engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
                 if early is not None:
                     engine.runner.early_verify, engine.runner.draft_ahead = early
-                loadtest.run_clients(engine.client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
+                loadtest.run_clients(client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
                 t, d = engine.runner.stats, draft_runner.stats
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                 ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
@@ -184,7 +190,7 @@ def main() -> None:
                 tracing = device_trace() if traced else None
                 t0 = time.perf_counter()
                 with tracing or contextlib.nullcontext():
-                    result = loadtest.run_clients(engine.client, clients, args.rounds, prompts, args.tokens, 600)
+                    result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600)
                 wall = time.perf_counter() - t0
                 n = t.steps - steps
                 host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
