@@ -45,6 +45,9 @@ class RemoteDraftProbs:
             return row
         return self.link.fetch_row(self.pb.id, i)
 
+    def token_probs_held(self) -> None:
+        return None  # they came with the proposal
+
 
 class DraftLink(ProposalInbox):
     """The target's end of one Propose stream (a `DraftSource`)."""

@@ -51,6 +51,10 @@ class _ShiftedDraftProbs:
     def row(self, i: int) -> torch.Tensor:
         return self.inner.row(i + self.offset)
 
+    def token_probs_held(self) -> torch.Tensor | None:
+        held = self.inner.token_probs_held()
+        return None if held is None else held[self.offset:]
+
 
 class TargetSequence:
     """KV invariant between steps: the cache holds committed[:-1]; the last committed token is fed

@@ -19,6 +19,7 @@ import torch
 
 from specdec.core.errors import Unavailable
 from specdec.core.sampling import Stream, draw, uniform
+from specdec.core.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,37 @@ class DraftProbs(Protocol):
 
     def row(self, i: int) -> torch.Tensor: ...  # [V] float32 on the target's device
 
+    def token_probs_held(self) -> torch.Tensor | None:
+        """q(x_i) of every proposed token [k], left on the device that holds q, for a verify to read with the target's
+        p(x) (one read for every row of a step); None where they are numbers on the host (`token_prob`)."""
+        ...
+
 
 class DenseDraftProbs:
-    """q held as a dense [k, V] tensor (in-process drafts)."""
+    """q held as a dense [k, V] tensor (in-process drafts). Nothing is read to the host when it is made (a draft's
+    proposals are made while the step verifying them may be on the device already): q(x) is read with p(x) by the
+    verify (`token_probs_held`), or on the first `token_prob`."""
 
     def __init__(self, probs: torch.Tensor, token_ids: Sequence[int]) -> None:
         assert probs.dim() == 2 and probs.shape[0] == len(token_ids), "probs must be [k, V]"
-        self._probs = probs
-        self._token_probs = probs[torch.arange(len(token_ids)), torch.tensor(list(token_ids))].tolist()
+        self._probs, self._token_ids = probs, list(token_ids)
+        self._held: torch.Tensor | None = None
+        self._token_probs: list[float] | None = None
 
     def token_prob(self, i: int) -> float:
+        if self._token_probs is None:
+            self._token_probs = self.token_probs_held().tolist()
         return self._token_probs[i]
 
     def row(self, i: int) -> torch.Tensor:
         return self._probs[i]
+
+    def token_probs_held(self) -> torch.Tensor:
+        if self._held is None:
+            device = self._probs.device
+            rows = torch.arange(len(self._token_ids), device=device)
+            self._held = self._probs[rows, to_device(self._token_ids, device)]  # [k]
+        return self._held
 
 
 class OneHotDraftProbs:
@@ -72,6 +90,9 @@ class OneHotDraftProbs:
         row = torch.zeros(self._vocab_size, device=self._device)
         row[self._token_ids[i]] = 1.0
         return row
+
+    def token_probs_held(self) -> None:
+        return None
 
 
 def verify_greedy(draft_ids: Sequence[int], target_ids: Sequence[int]) -> VerifyResult:
@@ -118,21 +139,29 @@ def verify_sampling_rows(rows: Sequence[SampledVerify], target_probs: torch.Tens
     target_probs [sum(k_i + 1), V]: each row's k_i + 1 processed target distributions, rows in order. Every row's
     p(x_i) is read back at once and its coins tossed on the host; then every row's last distribution (the residual
     or p) is drawn from at once (sampling.draw): two reads back for all rows, where one at a time each row took up
-    to three. Each row's result is the one it gets alone. Where a rejected position's q row cannot be fetched (a
+    to three; q(x_i) of a q held on a device comes in the first (`DraftProbs.token_probs_held`). Each row's result is
+    the one it gets alone. Where a rejected position's q row cannot be fetched (a
     remote draft died), that row's drafts are set aside and its first position decided alone, as a plain cycle's."""
     sizes = [len(r.drafts) + 1 for r in rows]
     assert target_probs.shape[0] == sum(sizes), f"need {sum(sizes)} target rows, got {target_probs.shape[0]}"
     device, vocab = target_probs.device, target_probs.shape[-1]
     firsts = list(itertools.accumulate([0, *sizes[:-1]]))
-    at = [f + i for f, r in zip(firsts, rows) for i in range(len(r.drafts))]
-    p_of_drafts = iter(target_probs[at, [x for r in rows for x in r.drafts]].tolist() if at else [])
+    at = [[f + i, x] for f, r in zip(firsts, rows) for i, x in enumerate(r.drafts)]
+    held = [r.probs.token_probs_held() if r.probs is not None and r.drafts else None for r in rows]
+    read = []
+    if at:
+        where = to_device(at, device).T  # [2, drafts]
+        read = torch.cat([target_probs[where[0], where[1]],  # p(x_i) of every row's drafts, then the held q(x_i)
+                          *(q[:len(r.drafts)].to(device) for q, r in zip(held, rows) if q is not None)]).tolist()
+    p_of_drafts, q_of_drafts = iter(read), iter(read[len(at):])
     finals, q_rows, u, kept = [], [], [], []  # per row: the position drawn from, its q row (None: p itself), ...
-    for first, r in zip(firsts, rows):
+    for first, r, q_held in zip(firsts, rows, held):
         q = r.probs if r.probs is not None else OneHotDraftProbs(r.drafts, vocab, device)
         p_x = [next(p_of_drafts) for _ in r.drafts]
+        q_of = [next(q_of_drafts) for _ in r.drafts] if q_held is not None else None
         accepted, q_row, dropped = len(r.drafts), None, False
         for i, x in enumerate(r.drafts):
-            q_x = q.token_prob(i)
+            q_x = q_of[i] if q_of is not None else q.token_prob(i)
             assert q_x > 0.0, f"draft proposed token {x} to which its own q gives probability 0"
             # q(x) <= p(x): always accept. q(x) > p(x): accept with probability p(x) / q(x).
             if uniform(r.seed, r.start + i, Stream.ACCEPT) * q_x < p_x[i]:

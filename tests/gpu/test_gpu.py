@@ -325,10 +325,12 @@ def test_plain_sampled_rows_are_drawn_at_launch_without_a_host_sync(gpu_engine):
 def test_sampled_draft_chains_draw_their_steps_without_a_host_sync(gpu_engine):
     """Sampled draft chains on a runner without an engine loop draw every step's token on the device and feed it to
     the next step (`_draft_chained`): under CUDA's sync debug mode set to error, nothing before the one read at the
-    end (`_read_chains`) waits for the stream. Each chain gets its K picks."""
+    end (`_read_chains`) waits for the stream, nor does making their proposals (their q(x) read only with the
+    target's p(x), `DenseDraftProbs`). Each chain gets its K picks."""
     from specdec.core.batching import BatchedRunner
-    from specdec.core.config import SamplingParams
+    from specdec.core.config import ProposerKind, SamplingParams
     from specdec.core.runner import Chain, Sampled
+    from specdec.proposers.base import proposal_of
     from specdec.proposers.draft_model import _sampled_pick
 
     runner = BatchedRunner(gpu_engine.draft.model, max_len=256, max_sessions=4, compile=False, launch=None)
@@ -355,6 +357,9 @@ def test_sampled_draft_chains_draw_their_steps_without_a_host_sync(gpu_engine):
     torch.cuda.set_sync_debug_mode("error")
     try:
         picks = draft()
+        torch.cuda.set_sync_debug_mode("error")  # making their proposals reads nothing either (q(x) is read with p(x))
+        proposals = [proposal_of(3, chain, ProposerKind.DRAFT_MODEL, 0.0) for chain in picks]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [len(p) for p in picks] == [4] * len(settings)
+    assert [p.probs.token_prob(0) for p in proposals] == [chain[0].q[chain[0].token].item() for chain in picks]

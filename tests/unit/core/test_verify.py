@@ -83,6 +83,28 @@ def test_cycles_verified_together_are_verified_as_each_alone():
     assert any(x.dropped for x in alone) and all(x.accepted == 0 for x in alone if x.dropped)
 
 
+def test_a_steps_rows_q_of_their_drafts_is_read_with_p_in_one_read(monkeypatch):
+    """Rows whose q is held on a device (in-process drafts) read nothing when their proposal is made, and a step's
+    verify reads every row's q(x_i) with p(x_i): two reads to the host for all rows (the second draws), as the rows
+    of a one-hot q take; not one more per row. A proposal's read made while the step that verifies it is on the
+    device would wait for that step."""
+    g = torch.Generator().manual_seed(5)
+    vocab, reads = 50, []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or tolist(self))
+    qs = [torch.softmax(2 * torch.randn(1 + i % 4, vocab, generator=g), -1) for i in range(12)]  # [k, V] each
+    drafts = [torch.multinomial(q, 1, generator=g)[:, 0].tolist() for q in qs]
+    probs = [torch.softmax(2 * torch.randn(len(q) + 1, vocab, generator=g), -1) for q in qs]  # [k + 1, V] each
+    reads.clear()  # the drafts' own draws above
+    rows = [SampledVerify(x, DenseDraftProbs(q, x), 200 + i, 5 * i) for i, (q, x) in enumerate(zip(qs, drafts))]
+    results = verify_sampling_rows(rows, torch.cat(probs))
+    assert len(reads) == 2, reads
+    monkeypatch.undo()
+    assert results == [verify_sampling(x, DenseDraftProbs(q, x), p, seed=200 + i, start=5 * i)
+                       for i, (q, x, p) in enumerate(zip(qs, drafts, probs))]  # each alone
+    assert [rows[0].probs.token_prob(i) for i in range(len(rows[0].drafts))] == rows[0].probs.token_probs_held().tolist()
+
+
 # ---- distribution tests -----------------------------------------------------------------------------
 
 TARGET_LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, 0.3, 1.2])
