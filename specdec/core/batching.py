@@ -1457,9 +1457,10 @@ class BatchedRunner(ModelRunner):
         step costs its forward, not a trip through the host. A sampled chain whose token the device could not draw
         exactly goes on a step at a time from there (`_chain_pass`).
         Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
-        step is the one launched ahead from the verify's argmax where it stands for every chain (`_taken_ahead`)."""
+        step is the one launched ahead from the verify's argmax where it stands for that chain (`_taken_ahead`): the
+        others run theirs in a forward of their rows alone."""
         try:
-            first = self._taken_ahead(requests)  # [requests, m]: their first step's values, run ahead (or None)
+            first = self._taken_ahead(requests)  # the chains whose first step's values are in already, and those
             left = requests
             tell = True  # chains whose caller wants them are told of the first pass's tokens
             while left:
@@ -1472,7 +1473,8 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             r.done.set()
 
-    def _chain_pass(self, requests: list[_Request], first: torch.Tensor | None, tell: bool) -> list[_Request]:
+    def _chain_pass(self, requests: list[_Request], first: tuple[list[_Request], torch.Tensor | None] | None,
+                    tell: bool) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
         device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
@@ -1489,24 +1491,25 @@ class BatchedRunner(ModelRunner):
         stepwise: list[tuple[_Request, int, torch.Tensor]] = []  # (request, position, its logits [V]) drawn on the host
         live, step, launched = requests, 0, time.perf_counter()
         timed = []  # per step run here: (its rows, a mark before it, a mark after it)
+        taken, in_already = first if first is not None else ([], None)  # their first step's values [taken, m]
         while live:
             with self._turn(), torch.inference_mode():
-                if first is not None:
-                    rows = self._on_device([r.index for r in live])  # [live]
-                    groups, first = [(live, rows, first, None)], None
-                else:
-                    ids, positions, reach = self._inputs(live)
+                groups = [(taken, self._on_device([r.index for r in taken]), in_already, None)] if taken else []
+                run = [r for r in live if r not in set(taken)] if taken else live  # the rows this step forwards
+                taken = []
+                if run:
+                    ids, positions, reach = self._inputs(run)
                     before = self._mark()
-                    logits = self._batched(ids, positions, reach, [r.index for r in live if step and (
+                    logits = self._batched(ids, positions, reach, [r.index for r in run if step and (
                         r.chain.group is None or r.chain.group.known is None)], fed)
-                    timed.append((len(live), before, self._mark()))
-                    self.stats.count(len(live), ids.shape[1])
-                    groups = [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
-                              for read, members in self._by_read(live).items()]
-                    sampled = [r for r in live if r.chain.sampled is not None and not r.chain.stepwise]
+                    timed.append((len(run), before, self._mark()))
+                    self.stats.count(len(run), ids.shape[1])
+                    groups += [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
+                               for read, members in self._by_read(run).items()]
+                    sampled = [r for r in run if r.chain.sampled is not None and not r.chain.stepwise]
                     if sampled:
                         groups.append((sampled, *self._draw_chained(logits, sampled)))
-                    alone = [r for r in live if r.chain.stepwise]
+                    alone = [r for r in run if r.chain.stepwise]
                     if alone:
                         where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
                                                 logits.device)
@@ -1728,27 +1731,27 @@ class BatchedRunner(ModelRunner):
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
-    def _taken_ahead(self, requests: list[_Request]) -> torch.Tensor | None:
-        """The values [requests, m] of these chains' first step, in the requests' order, where every one has them
-        already: from its catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step
-        launched ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by
-        the same read. Else None: the chains run their first step themselves, over whatever the step launched ahead
-        wrote (entries the committed sequence has)."""
+    def _taken_ahead(self, requests: list[_Request]) -> tuple[list[_Request], torch.Tensor | None]:
+        """The chains whose first step's values they have already, and those values [taken, m] in their order: from
+        a chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
+        ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
+        read. The others (a sampled chain, one whose verify took another turn) run their first step themselves, over
+        whatever the step launched ahead wrote (entries the committed sequence has)."""
         ahead, self._ahead = self._ahead, None
-        if any(r.chain.group is None for r in requests):  # sampled chains: launched ahead only from a greedy verify
-            return None
-        read = requests[0].chain.group.read
-        if not all(r.chain.group.read is read and (r.chain.first is not None or ahead is not None and (
-                ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
-                and self._closes[r.index] == ahead.closes[r.index] and ahead.read is read)) for r in requests):
-            return None
-        taken = [r for r in requests if r.chain.first is None]
-        self.stats.ahead_kept += len(taken)
-        if not taken:
-            return torch.cat([r.chain.first for r in requests])
-        index = self._on_device([ahead.rows[r.index] for r in taken])  # [taken]
+        grouped = [r for r in requests if r.chain.group is not None]  # sampled: launched ahead only from a greedy verify
+        if not grouped:
+            return [], None
+        read = ahead.read if ahead is not None else grouped[0].chain.group.read
+        taken = [r for r in grouped if r.chain.group.read is read and (r.chain.first is not None or ahead is not None and (
+            ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
+            and self._closes[r.index] == ahead.closes[r.index]))]
+        from_ahead = [r for r in taken if r.chain.first is None]
+        self.stats.ahead_kept += len(from_ahead)
+        if not from_ahead:
+            return taken, torch.cat([r.chain.first for r in taken]) if taken else None
+        index = self._on_device([ahead.rows[r.index] for r in from_ahead])  # [from_ahead]
         values = iter(ahead.values[index].unbind())
-        return torch.stack([r.chain.first[0] if r.chain.first is not None else next(values) for r in requests])
+        return taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values) for r in taken])
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

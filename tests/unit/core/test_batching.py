@@ -720,9 +720,10 @@ def test_a_runner_that_times_a_few_steps_captures_only_their_graphs(tiny_pair_fp
 
 
 def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expected_in_an_untouched_slot(tiny_pair_fp32):
-    """A drafting phase takes the step launched ahead as its chains' first only where every chain begins as the host
+    """A drafting phase takes the step launched ahead as a chain's first only where that chain begins as the host
     expected, in a slot no other forward wrote to and no session closed since, drawn by the same read: otherwise the
-    step's values stand for another sequence than the chain's."""
+    step's values stand for another sequence than the chain's, and that chain runs its first step itself (the others
+    still take theirs)."""
     from specdec.core.batching import _Ahead, _Chain, _Request
     from specdec.proposers.draft_model import GREEDY
 
@@ -732,24 +733,28 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     def take(requests, touched=(), read=GREEDY.read, closes=None):
         runner._ahead = _Ahead(read, {2: 0, 0: 1}, closes or {2: runner._closes[2], 0: runner._closes[0]}, values,
                                {2: (10, [7]), 0: (20, [8, 9])}, set(touched))
-        return runner._taken_ahead(requests)
+        return taken(runner._taken_ahead(requests))
+
+    def taken(result):  # -> {slot: its first step's values}
+        chains, got = result
+        return dict(zip([r.index for r in chains], got.tolist() if got is not None else []))
 
     def chains(*rows):
         return [_Request(slot, start, ids, 1, False, chain=_Chain(2, None, GREEDY)) for slot, start, ids in rows]
 
-    assert take(chains((0, 20, [8, 9]), (2, 10, [7]))).tolist() == [[3, 4, 5], [0, 1, 2]]  # in the requests' order
-    assert take(chains((2, 10, [7]))).tolist() == [[0, 1, 2]]  # a row with no chain this phase is left out
-    assert take(chains((0, 20, [8, 9]), (2, 11, [7]))) is None  # one chain begins elsewhere: none takes it
-    assert take(chains((0, 20, [8]), (2, 10, [7]))) is None  # or with other tokens
-    assert take(chains((0, 20, [8, 9]), (1, 5, [3]))) is None  # or in a slot it was not launched for
-    assert take(chains((0, 20, [8, 9])), touched=[0]) is None  # another forward wrote to the slot since
-    assert take(chains((0, 20, [8, 9])), closes={2: 0, 0: runner._closes[0] - 1}) is None  # closed since
-    assert take(chains((0, 20, [8, 9])), read=lambda logits: logits) is None  # drawn by another read
+    assert take(chains((0, 20, [8, 9]), (2, 10, [7]))) == {0: [3, 4, 5], 2: [0, 1, 2]}
+    assert take(chains((2, 10, [7]))) == {2: [0, 1, 2]}  # a row with no chain this phase is left out
+    assert take(chains((0, 20, [8, 9]), (2, 11, [7]))) == {0: [3, 4, 5]}  # one chain begins elsewhere: not for it
+    assert take(chains((0, 20, [8]), (2, 10, [7]))) == {2: [0, 1, 2]}  # or with other tokens
+    assert take(chains((0, 20, [8, 9]), (1, 5, [3]))) == {0: [3, 4, 5]}  # or in a slot it was not launched for
+    assert take(chains((0, 20, [8, 9])), touched=[0]) == {}  # another forward wrote to the slot since
+    assert take(chains((0, 20, [8, 9])), closes={2: 0, 0: runner._closes[0] - 1}) == {}  # closed since
+    assert take(chains((0, 20, [8, 9])), read=lambda logits: logits) == {}  # drawn by another read
     assert runner._ahead is None  # taken or not, it is gone: it stands for one phase at most
     # a new session's chain whose catch-up computed its first step (Chain.first) joins the others' step launched ahead
     joining = chains((0, 20, [8, 9]), (1, 5, [3]))
     joining[1].chain.first = torch.tensor([[10, 11, 12]])
-    assert take(joining).tolist() == [[3, 4, 5], [10, 11, 12]]
-    assert take(joining, touched=[0]) is None  # the others' chains still must begin as expected
+    assert take(joining) == {0: [3, 4, 5], 1: [10, 11, 12]}
+    assert take(joining, touched=[0]) == {1: [10, 11, 12]}  # the other's chain runs its first step itself
     runner._ahead = None
-    assert runner._taken_ahead(joining[1:]).tolist() == [[10, 11, 12]]  # nothing launched ahead: its own alone
+    assert taken(runner._taken_ahead(joining[1:])) == {1: [10, 11, 12]}  # nothing launched ahead: its own alone

@@ -254,6 +254,25 @@ def test_seeded_sampling_equals_the_same_request_with_a_separate_draft(tiny_pair
     assert 0 < kept and (kept == early if sampling.top_p == 0.95 else kept < early), (kept, early)
 
 
+def test_greedy_and_sampled_sessions_drafting_together_each_get_what_they_get_alone(tiny_pair_fp32, engine):
+    """Greedy sessions and sampled ones (two settings, one whose nucleus is mostly wider than the device's first
+    candidates) in the same drafting phases: one chained pass drafts both kinds (greedy tokens read, sampled ones
+    drawn on the device), their verifies are launched early together, the greedy rows' next first draft steps are
+    launched from the verify's argmax; each request's output and blocks (K, accepted) are those it gets alone."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    samplings = [SamplingParams(), SamplingParams(temperature=0.8, top_p=0.95), SamplingParams(),
+                 SamplingParams(temperature=2.0, top_p=0.99), SamplingParams(), SamplingParams(temperature=1.3, top_p=0.99)]
+    cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[8:14])]
+    alone = [separate_decode(pair, ids, n, k, s, seed=11 + i) for i, ((ids, n, k), s) in enumerate(zip(cases, samplings))]
+    early, kept, ahead = target.stats.early, target.stats.early_kept, draft.stats.ahead_kept
+    together = concurrently([lambda c=c, s=s, i=i: own_decode(pair, engine, *c, sampling=s, seed=11 + i)
+                             for i, (c, s) in enumerate(zip(cases, samplings))])
+    drafts_as_alone(together, alone)
+    assert 0 < target.stats.early_kept - kept < target.stats.early - early  # the wide rows' drawn again: dropped
+    assert draft.stats.ahead_kept > ahead  # the greedy rows' next first draft steps, amid sampled rows
+    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
+
+
 def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_pair_fp32, engine, monkeypatch):
     """The engine launches each drafting row's verify from its block's tokens on the device before reading them,
     as the row's `early_verify` predicts it; where the plan then asks for another forward (here: the prediction
