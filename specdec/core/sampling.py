@@ -132,10 +132,11 @@ def draw(probs: torch.Tensor, u: Sequence[float]) -> list[int]:
     return draw_on_device(probs, u).tolist()
 
 
-def draw_on_device(probs: torch.Tensor, u: Sequence[float]) -> torch.Tensor:
-    """`draw`'s tokens [n], left on the device."""
+def draw_on_device(probs: torch.Tensor, u: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """`draw`'s tokens [n], left on the device (`u` there already, float64 [n], or numbers on the host)."""
     cdf = torch.cumsum(probs.double(), dim=-1)  # [n, V]
-    x = cdf[:, -1:] * to_device(list(u), probs.device, torch.float64)[:, None]  # [n, 1]
+    u = u if isinstance(u, torch.Tensor) else to_device(list(u), probs.device, torch.float64)
+    x = cdf[:, -1:] * u[:, None]  # [n, 1]
     return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)[:, 0]
 
 

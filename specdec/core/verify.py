@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol, Sequence
 import torch
 
 from specdec.core.errors import Unavailable
-from specdec.core.sampling import Stream, draw, uniform
+from specdec.core.sampling import Stream, draw, draw_on_device, uniform
 from specdec.core.transfer import to_device
 
 
@@ -185,3 +185,43 @@ def verify_sampling_rows(rows: Sequence[SampledVerify], target_probs: torch.Tens
         last[rejected] = torch.where(empty, p, residual)
     return [VerifyResult(len(drafts), [*drafts, token], dropped)
             for (drafts, dropped), token in zip(kept, draw(last, u))]
+
+
+def outcomes_on_device(rows: Sequence[SampledVerify], target_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`verify_sampling_rows`' outcome of each row worked out on the device, with no host read: (accepted drafts [rows],
+    the token drawn after them [rows]), so that what follows a sampled verify can be launched before the host reads
+    it. The same arithmetic as the host's (its coins in float64, its residual, its draw), on target_probs as given:
+    where those are not what the host verifies with (a nucleus the device did not find), a row's outcome may differ,
+    and whoever launches from it must check it against the host's. Every row's q is held on the device (in-process
+    drafts: `token_probs_held`), or one-hot (no probs)."""
+    device, vocab = target_probs.device, target_probs.shape[-1]
+    sizes = [len(r.drafts) for r in rows]
+    width = max(sizes) + 1
+    firsts = list(itertools.accumulate([0, *[k + 1 for k in sizes[:-1]]]))
+    q_rows = [r.probs if r.probs is not None else OneHotDraftProbs(r.drafts, vocab, device) for r in rows]
+    u_accept, u_drawn, at, drafts = [], [], [], []  # per row, padded to `width` columns
+    for first, r, k in zip(firsts, rows, sizes):
+        u_accept.append([uniform(r.seed, r.start + i, Stream.ACCEPT) for i in range(k)] + [2.0] * (width - k))
+        u_drawn.append([drawn_uniform(r.seed, r.start + a) for a in range(k + 1)] + [0.0] * (width - k - 1))
+        at.append([first + min(i, k) for i in range(width)])
+        drafts.append([*r.drafts, *[0] * (width - k)])
+    at_d, drafts_d = to_device(at, device), to_device(drafts, device)  # [rows, width] each
+    p_x = target_probs[at_d, drafts_d].double()  # [rows, width]: p(x_i), the last columns padding
+    q_x = torch.ones_like(p_x)  # one-hot drafts' q(x_i) = 1
+    held = [(b, h) for b, (q, k) in enumerate(zip(q_rows, sizes)) if k and (h := q.token_probs_held()) is not None]
+    if held:
+        where = to_device([[b, i] for b, _ in held for i in range(sizes[b])], device).T  # [2, held drafts]
+        q_x[where[0], where[1]] = torch.cat([h[:sizes[b]].to(device) for b, h in held]).double()
+    accepts = to_device(u_accept, device, torch.float64) * q_x < p_x  # a u of 2 never accepts: q_x <= 1 >= p_x
+    accepted = accepts.long().cumprod(dim=1).sum(dim=1)  # [rows]
+    last = target_probs[at_d.gather(1, accepted[:, None])[:, 0]]  # [rows, V]
+    if sum(sizes):  # each row's q where it rejected (a row that accepted all its drafts: any, unused)
+        q_all = torch.stack([q.row(i).to(device) for q, k in zip(q_rows, sizes) for i in range(k)])  # [drafts, V]
+        q_first = to_device(list(itertools.accumulate([0, *sizes[:-1]])), device)  # [rows]
+        q_last = q_all[q_first + torch.minimum(accepted, (to_device(sizes, device) - 1).clamp(min=0))]  # [rows, V]
+    else:
+        q_last = torch.zeros_like(last)
+    residual = torch.clamp(last - q_last, min=0.0)
+    rejected = (accepted < to_device(sizes, device)) & (residual.sum(dim=-1) > 0.0)  # else (p == q) the host draws p
+    last = torch.where(rejected[:, None], residual, last)
+    return accepted, draw_on_device(last, to_device(u_drawn, device, torch.float64).gather(1, accepted[:, None])[:, 0])

@@ -12,6 +12,7 @@ from specdec.core.verify import (
     DenseDraftProbs,
     OneHotDraftProbs,
     SampledVerify,
+    outcomes_on_device,
     verify_greedy,
     verify_sampling,
     verify_sampling_rows,
@@ -103,6 +104,31 @@ def test_a_steps_rows_q_of_their_drafts_is_read_with_p_in_one_read(monkeypatch):
     assert results == [verify_sampling(x, DenseDraftProbs(q, x), p, seed=200 + i, start=5 * i)
                        for i, (q, x, p) in enumerate(zip(qs, drafts, probs))]  # each alone
     assert [rows[0].probs.token_prob(i) for i in range(len(rows[0].drafts))] == rows[0].probs.token_probs_held().tolist()
+
+
+def test_outcomes_worked_out_on_the_device_are_the_hosts():
+    """What the engine launches after a sampled verify before reading it (`outcomes_on_device`: every row's accepted
+    drafts and the token drawn after them, no host read) is what `verify_sampling_rows` then gives each row:
+    rejections, all accepted, no drafts, one-hot q, rows of different lengths."""
+    g = torch.Generator().manual_seed(7)
+    vocab, rows, probs = 40, [], []
+    for i in range(60):
+        k = (0, 1, 2, 3, 4, 6)[i % 6]
+        p = torch.softmax(1.5 * torch.randn(k + 1, vocab, generator=g), -1)  # [k+1, V]
+        q = torch.softmax(1.5 * torch.randn(k, vocab, generator=g), -1) if k else None  # [k, V]
+        if k and i % 5 == 0:
+            q = 0.5 * q + 0.5 * p[:k]  # closer to p: more accepted, some rows all
+        drafts = torch.multinomial(q, 1, generator=g)[:, 0].tolist() if k else []
+        dense = DenseDraftProbs(q, drafts) if k and i % 4 else None  # else one-hot on the drafts
+        rows.append(SampledVerify(drafts, dense, 300 + i, 11 * i))
+        probs.append(p)
+    target = torch.cat(probs)
+    accepted, tokens = outcomes_on_device(rows, target)
+    host = verify_sampling_rows(rows, target)
+    assert accepted.tolist() == [x.accepted for x in host]
+    assert tokens.tolist() == [x.token_ids[-1] for x in host]
+    assert {0 < x.accepted < len(r.drafts) for r, x in zip(rows, host)} == {True, False}
+    assert any(x.accepted == len(r.drafts) > 0 for r, x in zip(rows, host))  # every draft accepted: the bonus
 
 
 # ---- distribution tests -----------------------------------------------------------------------------
