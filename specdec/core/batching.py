@@ -41,9 +41,11 @@ has launched its blocks' steps, before the host reads them, the engine launches 
 drafting row's ids its last committed token then its block's tokens written on the device, with every other
 forward ready to run; the host then reads the drafts behind an event, picks and plans while the device verifies,
 and keeps each row's verify only where its plan asks for exactly that forward. Before it reads the verify, the
-draft runner launches each row's next chain's first step from the verify's argmax (its accepted drafts and bonus
-token worked out on the device, `launch_ahead`), so the draft computes while the host completes the cycle; the next
-drafting phase takes that step where its chains begin as the host, once it read the argmax, expects. A session whose
+draft runner launches each row's next chain's first step from the verify's outcome (its accepted drafts and bonus
+token worked out on the device from the argmax, or for a sampled row as the host verifies, `launch_ahead`), so the
+draft computes while the host completes the cycle; the next drafting phase takes that step where its chains begin as
+the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
+otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
 drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
 """
@@ -83,12 +85,14 @@ from specdec.core.runner import (
     Launched,
     ModelRunner,
     Sampled,
+    SampledAhead,
     common_prefix_len,
+    draft_uniforms,
     draw_sampled,
     sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
-from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, verify_sampling_rows
+from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, outcomes_on_device, verify_sampling_rows
 
 log = logging.getLogger("specdec.batching")
 
@@ -235,17 +239,22 @@ class _Chain:
 
 @dataclass(eq=False)
 class _Ahead:
-    """The first step of drafting rows' next chains, launched from a verify's argmax on the device before the host
+    """The first step of drafting rows' next chains, launched from a verify's outcome on the device before the host
     read it (`launch_ahead`): a chain takes its values as its first step's where it begins exactly as the host, once it
-    read the argmax, expects (`expect_ahead`), in a slot nothing else wrote to or closed since (`_taken_ahead`)."""
+    read the verify, expects (`expect_ahead`), in a slot nothing else wrote to or closed since (`_taken_ahead`)."""
 
-    read: Callable[[torch.Tensor], torch.Tensor]  # the group read its values are
+    read: Callable[[torch.Tensor], torch.Tensor] | None  # the group read its greedy rows' values are
     rows: dict[int, int]  # draft slot -> its row in `values`
     closes: dict[int, int]  # draft slot -> its close count at launch (closed since: another session's)
-    values: torch.Tensor  # [rows, m] on the device: each row's read of its step's logits
+    values: torch.Tensor | None  # [rows, m] on the device: each greedy row's read of its step's logits
     expected: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # slot -> (start, ids), once read
     touched: set[int] = field(default_factory=set)  # slots another forward wrote to since
     joins: dict[int, list[int]] = field(default_factory=dict)  # a new session's draft slot -> the prompt it forwarded
+    drawn: dict[int, tuple[int, Sampled]] = field(default_factory=dict)  # a sampled row's slot -> its row in `picks`,
+    #                                                                       the chain it was drawn for
+    picks: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # the sampled rows' values [s, 2]
+    #                                              (token, found), their q [s, V'] and logits [s, V] (`_draw_chained`)
+    guesses: list | None = None  # the outcomes [s, 2] the device guessed for them, on their way to the host (`_guessed`)
 
 
 class StepDrafter(Protocol):
@@ -566,6 +575,8 @@ class BatchedRunner(ModelRunner):
         self._chain_reads: dict[torch.dtype, torch.Tensor] = {}  # pinned host buffers for a chain's values
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
+        self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
+        #                                     have written a token the committed sequence lacks (`_new_tokens`)
         self._closes = [0] * max_sessions  # per slot, how many times it was closed: a slot's sessions apart
         self._readbacks: dict[tuple[int, ...], list] = {}  # argmax shape -> two (pinned host buffer, event), used in turn
         self._stopping = False
@@ -629,6 +640,7 @@ class BatchedRunner(ModelRunner):
         if index < 0:
             return
         self._closes[index] += 1
+        self._rewrite.pop(index, None)
         with self._cv:
             self._open.discard(index)
             self._expected.discard(index)
@@ -637,6 +649,14 @@ class BatchedRunner(ModelRunner):
 
     def _set_length(self, index: int, length: int) -> None:
         pass  # a row's length is len(slot.tokens)
+
+    def _new_tokens(self, slot: KVSlot, ids: Sequence[int], keep: int) -> Sequence[int]:
+        """As a runner's, from no later than where a step launched ahead may have written what the committed sequence
+        does not hold (`expect_ahead`): those entries are forwarded again."""
+        rewrite = self._rewrite.pop(slot.index, None)
+        if rewrite is not None and rewrite < slot.length:
+            self.truncate(slot, rewrite)
+        return super()._new_tokens(slot, ids, keep)
 
     def forward_branches(self, slot, step, tokens, positions, limits):
         return None  # pre-drafting's branch rows are not batched: the caller drafts one chain instead
@@ -1124,18 +1144,22 @@ class BatchedRunner(ModelRunner):
 
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
-        first step from the step's argmax on the device (`launch_ahead`), so the draft computes while the host reads,
-        completes and plans; with them, the catch-up of each new session whose prompt step this is (`Driven.draft_join`).
+        first step from the step's outcome on the device (`launch_ahead`: a greedy row's from its argmax, a sampled
+        row's from `verify.outcomes_on_device`), so the draft computes while the host reads, verifies, completes and
+        plans; with them, the catch-up of each new session whose prompt step this is (`Driven.draft_join`).
         Returns the rows it was launched for."""
         rows = [r for r in step.requests if not r.void and r.drafted is not None and r.drafted.ahead is not None
                 and r.keep - 1 == r.drafted.steps]
-        if not rows or step.top is None or rows[0].drafted.tokens.device != step.top.device:
+        if not rows or rows[0].drafted.tokens.device != step.logits.device:
             return []
-        runner, read = rows[0].drafted.ahead, rows[0].drafted.read
+        runner = rows[0].drafted.ahead
         self._ahead_runner = runner
-        rows = [r for r in rows if r.drafted.ahead is runner and r.drafted.read is read]
+        greedy = [r for r in rows if r.drafted.ahead is runner and r.greedy and r.drafted.read is not None]
+        read = greedy[0].drafted.read if greedy else None
+        greedy = [r for r in greedy if r.drafted.read is read]
+        sampled = [r for r in rows if r.drafted.ahead is runner and not r.greedy and r.drafted.sampled is not None]
         joins = []
-        for r in step.requests:  # a prompt step (its row has no cycle yet)
+        for r in step.requests if read is not None else ():  # a prompt step (its row has no cycle yet)
             if r.row is None or r.row.cycle_tokens or r.void or r.drafted is not None or not r.greedy or r.keep != 1:
                 continue
             join = r.row.loop.draft_join()
@@ -1144,25 +1168,45 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in rows], rows[0].drafted.tokens, step.top, read,
-                                [(r.join, r.index, len(r.ids) - 1) for r in joins])
+                                 for r in greedy], rows[0].drafted.tokens, step.top, read,
+                                [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled))
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
-            log.exception("launching draft steps from a verify's argmax failed; the rows draft as usual")
+            log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
-        return rows + joins
+        return greedy + sampled + joins
+
+    def _sampled_ahead(self, step: _Launched, rows: list[_Request]) -> SampledAhead | None:
+        """Sampled rows of a verify step for `launch_ahead`: each one's outcome worked out on the device from the step's
+        logits (`verify.outcomes_on_device`, on its kept positions processed with no host read)."""
+        if not rows:
+            return None
+        planned = [r.row.loop.sampled_verify() for r in rows]  # (sampling, SampledVerify), planned before launching
+        where = self._on_device(list(zip(*[(r.index, len(r.ids) - r.keep + j) for r in rows for j in range(r.keep)])),
+                                step.logits.device)  # [2, positions]
+        probs, _ = process_rows_first(step.logits[where[0], where[1]], [s for r, (s, _) in zip(rows, planned)
+                                                                         for _ in range(r.keep)])
+        accepted, token = outcomes_on_device([v for _, v in planned], probs)
+        return SampledAhead([(r.drafted.row, self._drafts_from(r), r.keep - 1) for r in rows], accepted, token,
+                            [r.drafted.sampled for r in rows])
 
     @classmethod
     def _expect_ahead(cls, rows: list[_Request]) -> None:
-        """The verify launched ahead of is read: tell the draft runner how each row's next chain must begin (a joining
-        session's: after its prompt, with the token drawn after it)."""
+        """The verify launched ahead of is read and verified: tell the draft runner how each row's next chain must begin
+        (a joining session's: after its prompt, with the token drawn after it)."""
         for r in rows:
-            if r.void or r.argmax is None:
+            if r.void:
                 continue
             if r.join is not None:
-                r.join.ahead.expect_ahead(r.join.slot, len(r.join.ids), [], r.argmax[-1:])
-            else:
-                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r),
-                                             [p.token for p in r.drafted.picks[:r.keep - 1]], r.argmax)
+                if r.argmax is not None:
+                    r.join.ahead.expect_ahead(r.join.slot, len(r.join.ids), [], 0, r.argmax[-1])
+                continue
+            drafts = [p.token for p in r.drafted.picks[:r.keep - 1]]
+            if r.greedy and r.argmax is not None:
+                accepted = common_prefix_len(drafts, r.argmax[:len(drafts)])
+                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, accepted, r.argmax[accepted])
+            elif not r.greedy and r.verified is not None and not r.verified.dropped:
+                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, r.verified.accepted,
+                                             r.verified.token_ids[-1])
 
     @staticmethod
     def _drafts_from(verify: _Request) -> int:
@@ -1473,7 +1517,7 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             r.done.set()
 
-    def _chain_pass(self, requests: list[_Request], first: tuple[list[_Request], torch.Tensor | None] | None,
+    def _chain_pass(self, requests: list[_Request], first: list[tuple[list[_Request], torch.Tensor, object]] | None,
                     tell: bool) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
@@ -1491,12 +1535,14 @@ class BatchedRunner(ModelRunner):
         stepwise: list[tuple[_Request, int, torch.Tensor]] = []  # (request, position, its logits [V]) drawn on the host
         live, step, launched = requests, 0, time.perf_counter()
         timed = []  # per step run here: (its rows, a mark before it, a mark after it)
-        taken, in_already = first if first is not None else ([], None)  # their first step's values [taken, m]
+        in_already = first or []  # groups whose first step's values are in already (`_taken_ahead`)
         while live:
             with self._turn(), torch.inference_mode():
-                groups = [(taken, self._on_device([r.index for r in taken]), in_already, None)] if taken else []
-                run = [r for r in live if r not in set(taken)] if taken else live  # the rows this step forwards
-                taken = []
+                groups = [(members, self._on_device([r.index for r in members]), values, extra)
+                          for members, values, extra in in_already]
+                taken = {r for members, _, _ in in_already for r in members}
+                run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
+                in_already = []
                 if run:
                     ids, positions, reach = self._inputs(run)
                     before = self._mark()
@@ -1590,8 +1636,9 @@ class BatchedRunner(ModelRunner):
         its nucleus was found, (q [members, V'], their logits [members, V], a copy that outlives the next replay))."""
         where = self._on_device([[r.index for r in members], [len(r.ids) - 1 for r in members]], logits.device)
         kept = logits[where[0], where[1]]  # [members, V]
-        q, tokens, found = sampled_on_device(kept.float(), [r.chain.sampled for r in members],
-                                             [r.start + len(r.ids) for r in members], first=True)
+        chains = [r.chain.sampled for r in members]
+        q, tokens, found = sampled_on_device(kept.float(), chains,
+                                             draft_uniforms(chains, [r.start + len(r.ids) for r in members]), first=True)
         return where[0], torch.stack([tokens, found.long()], dim=1), (q, kept)
 
     def _mark(self) -> "float | torch.cuda.Event":
@@ -1630,9 +1677,9 @@ class BatchedRunner(ModelRunner):
             values = host
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
-            group = r.chain.group  # a sampled chain's next chain begins with the target's draw: not launched ahead
+            read = r.chain.group.read if r.chain.group is not None else None
             by_call.setdefault(id(r.chain.launched), (r.chain.launched, {}))[1][r.chain.index] = Drafted(
-                drafted, r.index, r.chain.steps, r.chain.picks, r.chain.fed, *((self, group.read) if group else ()))
+                drafted, r.index, r.chain.steps, r.chain.picks, r.chain.fed, self, read, r.chain.sampled)
         for call, chains in by_call.values():
             try:
                 call(chains)
@@ -1642,9 +1689,9 @@ class BatchedRunner(ModelRunner):
             ready.synchronize()
         return values.tolist()
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
-                     read: Callable[[torch.Tensor], torch.Tensor],
-                     joins: Sequence[tuple[DraftJoin, int, int]] = ()) -> None:
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
+                     read: Callable[[torch.Tensor], torch.Tensor] | None,
+                     joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
@@ -1652,20 +1699,27 @@ class BatchedRunner(ModelRunner):
         them (the bonus token) at L + accepted, or, every draft accepted, with the last draft (not in the cache yet)
         and the bonus from L + K - 1. Either way the step writes only entries the committed sequence has there. Rows
         whose last chain did not end where K drafts from L end are left out.
+        `sampled`: rows of a sampled verify, whose outcome the target worked out on the device: their next chains
+        begin likewise, and each one's first pick is drawn on the device as its chain draws it (`_draw_chained`).
         `joins`: (a new session's draft, its prompt step's row in `top`, that row's kept column): the same step
         forwards its prompt and the token the target drew after it, from position 0, and reads its chain's first step
         there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt wider than a graph step
         (every row is padded to a join's width) catches up on its own."""
-        rows = [r for r in rows if r[1] + r[2] < self.max_len and self._chain_ends.get(r[0]) == r[1] + r[2] - 1]
+        def continues(slot: int, at: int, k: int) -> bool:
+            return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
+        rows = [r for r in rows if continues(*r[:3])]
+        drawn = [i for i, r in enumerate(sampled.rows) if continues(*r)] if sampled is not None else []
         joins = [j for j in joins if len(j[0].ids) < min(self.graph_max_tokens, self.max_len)]
-        if not rows and not joins:
+        if not rows and not drawn and not joins:
             return
         width = max([2] + [len(join.ids) + 1 for join, _, _ in joins])
-        n_rows, n = self.step_shape(max([r[0] for r in rows] + [join.slot for join, _, _ in joins]) + 1, width)
+        launched = [r[0] for r in rows] + [join.slot for join, _, _ in joins] + [sampled.rows[i][0] for i in drawn]
+        n_rows, n = self.step_shape(max(launched) + 1, width)
         columns = self._device_columns[:n]  # [n]
         ids = torch.zeros((n_rows, n), dtype=torch.long, device=self.device)
         positions = (self.max_len + columns).repeat(n_rows, 1)  # dummy rows: the padding
-        slots, reads, reach = [], [], 0  # each launched row's slot and the column its values are read at [m] each
+        slots, reads = [], []  # each launched row's slot and the column its values are read at [m] each
+        outcomes = []  # per kind of rows: (slot, L, K, accepted, the token after them) [m] each
         if rows:
             spec = self._on_device(rows)  # [m, 5]
             slot, at, k, row, first = spec.unbind(1)  # [m] each
@@ -1673,15 +1727,20 @@ class BatchedRunner(ModelRunner):
             argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
             drafts = tokens[slot[:, None], j[:-1].clamp(max=tokens.shape[1] - 1)]  # [m, K]
             accepted = ((drafts == argmax[:, :-1]) & (j[:-1] < k[:, None])).long().cumprod(1).sum(1)  # [m]
-            bonus = argmax.gather(1, accepted[:, None])[:, 0]  # [m]
+            outcomes.append((slot, at, k, accepted, argmax.gather(1, accepted[:, None])[:, 0]))
+        if drawn:
+            spec = self._on_device([sampled.rows[i] for i in drawn])  # [s, 3]
+            index = self._on_device(drawn, sampled.accepted.device)  # [s]
+            outcomes.append((*spec.unbind(1), sampled.accepted[index].to(self.device), sampled.token[index].to(self.device)))
+        for slot, at, k, accepted, bonus in outcomes:
             full = accepted == k  # every draft accepted: the last one goes in first
-            last = drafts.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [m]
+            last = tokens[slot, (k - 1).clamp(min=0)]  # [m]
             ids[slot, 0], ids[slot, 1] = torch.where(full, last, bonus), torch.where(full, bonus, 0)
             positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
             positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
             slots.append(slot)
             reads.append(full.long())  # each row's last token's
-            reach = max(r[1] + r[2] for r in rows) + 1
+        reach = max([0] + [r[1] + r[2] + 1 for r in rows] + [sum(sampled.rows[i][1:]) + 1 for i in drawn])
         if joins:
             prompts = self._on_device([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins])  # [m', n]
             spec = self._on_device([(join.slot, row, column, len(join.ids)) for join, row, column in joins])  # [m', 4]
@@ -1689,30 +1748,79 @@ class BatchedRunner(ModelRunner):
             ids[slot] = prompts
             ids[slot, length] = top[row, column]  # the token the prompt step drew
             positions[slot] = torch.where(columns <= length[:, None], columns, self.max_len + columns)
-            slots.append(slot)
-            reads.append(length)
+            slots.insert(1 if rows else 0, slot)  # read with the greedy rows
+            reads.insert(1 if rows else 0, length)
             reach = max([reach] + [len(join.ids) + 1 for join, _, _ in joins])
+        values = picks = guesses = None
+        if drawn:  # the device's outcomes, to the host behind an event before the forward: `expect_ahead` checks them
+            guesses = self._guesses_to_host(torch.stack(outcomes[-1][3:], dim=1))  # [s, 2]: accepted, token
+            for i in drawn:  # until checked: the step may write a wrong token at L + accepted (or L + K - 1)
+                self._rewrite[sampled.rows[i][0]] = sampled.rows[i][1]
         with self._turn(), torch.inference_mode():
             logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
-            values = read(logits[torch.cat(slots), torch.cat(reads)].float())  # [m + m', values]
-        self.stats.count(len(rows) + len(joins), n)
-        self.stats.ahead += len(rows)
+            kept = logits[torch.cat(slots), torch.cat(reads)]  # [m + m' + s, V]: greedy rows, joins, sampled rows
+            greedy = len(rows) + len(joins)
+            if greedy:
+                values = read(kept[:greedy].float())  # [m + m', values]
+            if drawn:
+                picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
+                                               [sampled.chains[i] for i in drawn], outcomes[-1][3])
+        self.stats.count(len(launched), n)
+        self.stats.ahead += len(rows) + len(drawn)
         self.stats.joins += len(joins)
-        launched = [r[0] for r in rows] + [join.slot for join, _, _ in joins]
-        self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched)}, {s: self._closes[s] for s in launched},
-                             values, joins={join.slot: join.ids for join, _, _ in joins})
+        self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
+                             values, joins={join.slot: join.ids for join, _, _ in joins},
+                             drawn={sampled.rows[i][0]: (b, sampled.chains[i]) for b, i in enumerate(drawn)}, picks=picks,
+                             guesses=guesses)
 
-    def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None:
-        """The host's side of `launch_ahead`, once it has read the verify's argmax (t_0..t_K for the K `drafts` verified
-        from position `start`; a join's: none, from the end of its prompt): how row `slot`'s next chain must begin,
-        (start, ids), for the step launched ahead to be its first."""
+    def _guesses_to_host(self, values: torch.Tensor) -> list:
+        """Small device values [s, 2] copied to the host behind an event, without waiting: (pinned copy, event), read
+        with `_guessed`; on a CPU, the values themselves."""
+        if not values.is_cuda:
+            return [values, None]
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(values.device))
+        return [host, ready]
+
+    @staticmethod
+    def _guessed(ahead: _Ahead) -> list[list[int]]:
+        """The sampled rows' outcomes as the device guessed them (`launch_ahead`), read once."""
+        values, ready = ahead.guesses
+        if ready is not None:
+            ready.synchronize()
+        if not isinstance(values, list):
+            ahead.guesses = [values.tolist(), None]
+        return ahead.guesses[0]
+
+    def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
+                          accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The first picks of sampled rows' next chains, from the step launched ahead's logits [s, V] at each row's
+        last token, as `_draw_chained` draws a chain's step: a row (slot, L, K) that accepted a drafts picks the token
+        at L + a + 1, whose uniform number is taken on the device from those of every a. -> (values [s, 2], (q, logits))."""
+        width = max(k for _, _, k in rows) + 1
+        u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + 1, at + k + 2)), *[0.0] * (width - k - 1)]
+                             for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)  # [s, width]
+        q, tokens, found = sampled_on_device(kept.float(), chains, u.gather(1, accepted[:, None])[:, 0], first=True)
+        return torch.stack([tokens, found.long()], dim=1), (q, kept)
+
+    def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None:
+        """The host's side of `launch_ahead`, once it has verified: row `slot` verified the K `drafts` from position
+        `start` (a join's: none, from the end of its prompt), accepted `accepted` of them and drew `token` after them;
+        how its next chain must begin, (start, ids), for the step launched ahead to be its first."""
         ahead = self._ahead
-        if ahead is None or slot not in ahead.rows:
+        if ahead is None or (slot not in ahead.rows and slot not in ahead.drawn):
             return
         k = len(drafts)
-        accepted = common_prefix_len(drafts, argmax[:k])
-        ahead.expected[slot] = ((start + accepted, [argmax[accepted]]) if accepted < k or not k
-                                else (start + k - 1, [drafts[-1], argmax[k]]))
+        if slot in ahead.drawn:  # a sampled row: the step stands only where the device guessed the host's outcome
+            guessed, wanted = self._guessed(ahead)[ahead.drawn[slot][0]], [accepted, token]
+            if guessed != wanted:  # its writes from L + min(guessed, K - 1) on: not the committed sequence's
+                self._rewrite[slot] = start + min(guessed[0], max(k - 1, 0))
+                return
+            self._rewrite.pop(slot, None)
+        ahead.expected[slot] = ((start + accepted, [token]) if accepted < k or not k
+                                else (start + k - 1, [drafts[-1], token]))
 
     def joined_ahead(self, slot: KVSlot, ids: Sequence[int], read: Callable[[torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor | None:
@@ -1731,27 +1839,40 @@ class BatchedRunner(ModelRunner):
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
-    def _taken_ahead(self, requests: list[_Request]) -> tuple[list[_Request], torch.Tensor | None]:
-        """The chains whose first step's values they have already, and those values [taken, m] in their order: from
-        a chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
-        ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
-        read. The others (a sampled chain, one whose verify took another turn) run their first step themselves, over
-        whatever the step launched ahead wrote (entries the committed sequence has)."""
+    def _taken_ahead(self, requests: list[_Request]) -> list[tuple[list[_Request], torch.Tensor, object]]:
+        """The chains whose first step's values they have already, in groups as a step's (members, values [members, m]
+        in their order, a sampled group's (q, logits) or None): from a chain's catch-up (`_Chain.first`: a new
+        session's, or one resumed after a pause), or from the step launched ahead, where its chain begins as expected,
+        in a slot nothing else wrote to or closed since, drawn by the same read (a sampled chain's: for the same chain).
+        The others (one whose verify took another turn) run their first step themselves, over whatever the step
+        launched ahead wrote (entries the committed sequence has)."""
         ahead, self._ahead = self._ahead, None
-        grouped = [r for r in requests if r.chain.group is not None]  # sampled: launched ahead only from a greedy verify
-        if not grouped:
-            return [], None
-        read = ahead.read if ahead is not None else grouped[0].chain.group.read
-        taken = [r for r in grouped if r.chain.group.read is read and (r.chain.first is not None or ahead is not None and (
-            ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
-            and self._closes[r.index] == ahead.closes[r.index]))]
-        from_ahead = [r for r in taken if r.chain.first is None]
-        self.stats.ahead_kept += len(from_ahead)
-        if not from_ahead:
-            return taken, torch.cat([r.chain.first for r in taken]) if taken else None
-        index = self._on_device([ahead.rows[r.index] for r in from_ahead])  # [from_ahead]
-        values = iter(ahead.values[index].unbind())
-        return taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values) for r in taken])
+
+        def stands(r: _Request) -> bool:
+            return (ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
+                    and self._closes[r.index] == ahead.closes[r.index])
+        groups = []
+        grouped = [r for r in requests if r.chain.group is not None]
+        if grouped:
+            read = ahead.read if ahead is not None and ahead.read is not None else grouped[0].chain.group.read
+            taken = [r for r in grouped if r.chain.group.read is read and (r.chain.first is not None or (
+                ahead is not None and r.index in ahead.rows and stands(r)))]
+            from_ahead = [r for r in taken if r.chain.first is None]
+            self.stats.ahead_kept += len(from_ahead)
+            if from_ahead:
+                values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind())
+                groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
+                                                   for r in taken]), None))
+            elif taken:
+                groups.append((taken, torch.cat([r.chain.first for r in taken]), None))
+        drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
+                 and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
+        if drawn:
+            self.stats.ahead_kept += len(drawn)
+            index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
+            values, (q, logits) = ahead.picks
+            groups.append((drawn, values[index], (q[index], logits[index])))
+        return groups
 
     def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

@@ -102,21 +102,27 @@ class Sampled(NamedTuple):
 def draw_sampled(logits: torch.Tensor, chains: Sequence[Sampled], positions: Sequence[int]) -> list:
     """Row b of logits [B, V] drawn as chains[b] draws, at absolute position positions[b]: its processed (and padded)
     distribution q, its token sampled from q with uniform(seed, position, DRAFT); -> each chain's pick."""
-    q, tokens, _ = sampled_on_device(logits, chains, positions)
+    q, tokens, _ = sampled_on_device(logits, chains, draft_uniforms(chains, positions))
     return [c.pick(token, q[b]) for b, (c, token) in enumerate(zip(chains, tokens.tolist()))]
 
 
-def sampled_on_device(logits: torch.Tensor, chains: Sequence[Sampled], positions: Sequence[int], first: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`draw_sampled`'s q [B, V'] and tokens [B], left on the device. `first`: with no host read (top-p's nucleus
-    looked for among the first candidates only, `sampling.process_rows_first`), and whether each row's was found
-    there [B]: a row is what `draw_sampled` gives it only where it was."""
+def draft_uniforms(chains: Sequence[Sampled], positions: Sequence[int]) -> list[float]:
+    """The uniform number each chain's pick at its absolute position is drawn with."""
+    return [uniform(c.seed, p, Stream.DRAFT) for c, p in zip(chains, positions)]
+
+
+def sampled_on_device(logits: torch.Tensor, chains: Sequence[Sampled], u: Sequence[float] | torch.Tensor,
+                      first: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`draw_sampled`'s q [B, V'] and tokens [B], left on the device, row b drawn with u[b] (`draft_uniforms`; or
+    float64 [B] on the device). `first`: with no host read (top-p's nucleus looked for among the first candidates
+    only, `sampling.process_rows_first`), and whether each row's was found there [B]: a row is what `draw_sampled`
+    gives it only where it was."""
     pads = {c.pad for c in chains}
     assert len(pads) == 1, "chains drawn together pad q to one target vocabulary"
     settings = [c.sampling for c in chains]
     probs, found = process_rows_first(logits, settings) if first else (process_rows(logits, settings), None)
     q = torch.nn.functional.pad(probs, (0, pads.pop()))  # [B, V']
-    return q, draw_on_device(q, [uniform(c.seed, p, Stream.DRAFT) for c, p in zip(chains, positions)]), found
+    return q, draw_on_device(q, u), found
 
 
 class Chain(NamedTuple):
@@ -132,15 +138,26 @@ class Chain(NamedTuple):
     sampled: Sampled | None = None  # a sampled chain: how its picks are drawn with other such chains' (draw_sampled)
 
 
+class SampledAhead(NamedTuple):
+    """Sampled rows of a verify for `DraftsAhead.launch_ahead`: each (slot, L, K) as a greedy row's, the outcome the
+    device worked out for it (accepted drafts [m] and the token drawn after them [m], `verify.outcomes_on_device`),
+    and its chain's `Sampled`, whose next chain's first pick the step draws."""
+
+    rows: list[tuple[int, int, int]]
+    accepted: torch.Tensor
+    token: torch.Tensor
+    chains: list[Sampled]
+
+
 class DraftsAhead(Protocol):
-    """A draft runner that can launch its rows' next chains' first step from a verify's argmax on the device, before
-    the host has read it (core.batching.BatchedRunner)."""
+    """A draft runner that can launch its rows' next chains' first step from a verify's outcome on the device (a
+    greedy verify's argmax, a sampled one's `SampledAhead`), before the host has read it (core.batching.BatchedRunner)."""
 
-    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor,
-                     read: Callable[[torch.Tensor], torch.Tensor],
-                     joins: Sequence[tuple["DraftJoin", int, int]] = ()) -> None: ...
+    def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
+                     read: Callable[[torch.Tensor], torch.Tensor] | None,
+                     joins: Sequence[tuple["DraftJoin", int, int]] = (), sampled: SampledAhead | None = None) -> None: ...
 
-    def expect_ahead(self, slot: int, start: int, drafts: list[int], argmax: list[int]) -> None: ...
+    def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None: ...
 
 
 class Drafted(NamedTuple):
@@ -148,7 +165,8 @@ class Drafted(NamedTuple):
     row `row` of `tokens` [rows, steps], its first `steps` columns; `picks` (the chain's, a list) holds its picks
     once the host has read them, and `fed` (a list) those tokens as the device drew them, up to the first the host
     drew otherwise (a sampled step whose nucleus the device did not find). `ahead`: its runner, where it can launch
-    the row's next chain's first step from the verify's argmax on the device (`read`: its group's)."""
+    the row's next chain's first step from the verify's outcome on the device (`read`: its group's; a sampled
+    chain's: `sampled`)."""
 
     tokens: torch.Tensor
     row: int
@@ -157,6 +175,7 @@ class Drafted(NamedTuple):
     fed: list
     ahead: DraftsAhead | None = None
     read: Callable[[torch.Tensor], torch.Tensor] | None = None
+    sampled: Sampled | None = None  # a sampled chain's (`read` None): its next chain's first pick is drawn so
 
 
 class DraftJoin(NamedTuple):
@@ -287,9 +306,10 @@ class ModelRunner:
         the host need not wait for (`transfer.pinned`)."""
         return pinned(values, self._pin)
 
-    def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    def _on_device(self, values: Sequence | torch.Tensor, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.long) -> torch.Tensor:
         """Host values on the device (this runner's, or `device`), copied behind the work queued there (`transfer`)."""
-        return to_device(values, device or self.device)
+        return to_device(values, device or self.device, dtype)
 
     @functools.cached_property
     def placement(self) -> Placement:

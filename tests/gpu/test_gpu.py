@@ -363,3 +363,47 @@ def test_sampled_draft_chains_draw_their_steps_without_a_host_sync(gpu_engine):
         torch.cuda.set_sync_debug_mode("default")
     assert [len(p) for p in picks] == [4] * len(settings)
     assert [p.probs.token_prob(0) for p in proposals] == [chain[0].q[chain[0].token].item() for chain in picks]
+
+
+def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_host_sync(gpu_engine):
+    """What follows a sampled verify before the host reads it: each row's outcome worked out on the device
+    (`verify.outcomes_on_device`, q held there) and the draft step launched from it with each row's first pick drawn
+    (`launch_ahead` with `SampledAhead`), under CUDA's sync debug mode set to error: nothing waits for the stream.
+    The device's guesses then reach the host behind their event, and a wrong one makes the slot forward again."""
+    from specdec.core.batching import BatchedRunner
+    from specdec.core.config import SamplingParams
+    from specdec.core.runner import Sampled, SampledAhead
+    from specdec.core.verify import DenseDraftProbs, SampledVerify, outcomes_on_device
+
+    runner = BatchedRunner(gpu_engine.draft.model, max_len=256, max_sessions=4, compile=False, launch=None)
+    vocab = runner.vocab_size
+    g = torch.Generator(device="cuda").manual_seed(3)
+    qs = [torch.softmax(torch.randn(2, vocab, device="cuda", generator=g), -1) for _ in range(3)]  # [k, V] each
+    rows = [SampledVerify([5 + i, 9 + i], DenseDraftProbs(q, [5 + i, 9 + i]), 40 + i, 20) for i, q in enumerate(qs)]
+    probs = torch.softmax(torch.randn(9, vocab, device="cuda", generator=g), -1)  # [3 x (k + 1), V]
+    slots = [runner.open() for _ in range(3)]
+    for s in slots:
+        runner.extend(s, list(range(1, 21)) + [5], keep=1)
+        runner._chain_ends[s.index] = 21
+    tokens = torch.tensor([[5, 9]] * 4, device="cuda")  # [slots, steps]
+    chain = Sampled(SamplingParams(temperature=0.8, top_p=0.95), 7, 0, lambda token, q: token)
+
+    def launch() -> torch.Tensor:
+        accepted, token = outcomes_on_device(rows, probs)
+        runner.launch_ahead([], tokens, None, None, (), SampledAhead([(s.index, 20, 2) for s in slots], accepted,
+                                                                    token, [chain] * 3))
+        return accepted
+
+    try:
+        launch()  # first: pinned buffers, kernels loaded
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            accepted = launch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert runner._guessed(runner._ahead) == [[a, t] for a, t in zip(accepted.tolist(), outcomes_on_device(
+            rows, probs)[1].tolist())]
+    finally:
+        for s in slots:
+            runner.close(s)

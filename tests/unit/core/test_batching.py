@@ -719,6 +719,33 @@ def test_a_runner_that_times_a_few_steps_captures_only_their_graphs(tiny_pair_fp
     assert len(every._step_shapes()) == len(every._graph_rows()) * 6 and set(few._step_shapes()) < set(every._step_shapes())
 
 
+def test_a_sampled_rows_step_launched_ahead_on_a_wrong_guess_is_forwarded_again(tiny_pair_fp32):
+    """A draft step launched ahead of a sampled verify begins from the outcome the device guessed (its accepted drafts
+    and the token drawn after them). Where the host's verify then draws otherwise, that step stands for no chain, and
+    what it wrote at the guessed position, a token the committed sequence does not hold there, is forwarded again by
+    the slot's next forward: its logits are a fresh slot's."""
+    from specdec.core.config import SamplingParams
+    from specdec.core.runner import Sampled, SampledAhead
+
+    runner = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
+    fresh = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
+    prompt, (d0, d1, guessed, drawn) = tiny_pair_fp32.encode(PROMPTS[2]), (11, 12, 13, 14)
+    slot, other = runner.open(), fresh.open()
+    at = len(prompt)  # L: where the two drafts begin; the chain drafted d1 last, not yet in the cache
+    runner.extend(slot, prompt + [d0], keep=1)
+    runner._chain_ends[slot.index] = at + 1
+    tokens = torch.zeros((4, 2), dtype=torch.long)
+    tokens[slot.index] = torch.tensor([d0, d1])
+    chain = Sampled(SamplingParams(temperature=0.8), 5, 0, lambda token, q: token)
+    runner.launch_ahead([], tokens, None, None, (), SampledAhead([(slot.index, at, 2)], torch.tensor([0]),
+                                                                torch.tensor([guessed]), [chain]))
+    assert runner.stats.ahead == 1  # it wrote `guessed` at L, over d0
+    runner.expect_ahead(slot.index, at, [d0, d1], 1, drawn)  # the host accepted d0 and drew `drawn` after it
+    assert slot.index not in runner._ahead.expected  # the step stands for no chain
+    sequence = prompt + [d0, drawn]
+    torch.testing.assert_close(runner.extend(slot, sequence, keep=1), fresh.extend(other, sequence, keep=1))
+
+
 def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expected_in_an_untouched_slot(tiny_pair_fp32):
     """A drafting phase takes the step launched ahead as a chain's first only where that chain begins as the host
     expected, in a slot no other forward wrote to and no session closed since, drawn by the same read: otherwise the
@@ -735,9 +762,8 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
                                {2: (10, [7]), 0: (20, [8, 9])}, set(touched))
         return taken(runner._taken_ahead(requests))
 
-    def taken(result):  # -> {slot: its first step's values}
-        chains, got = result
-        return dict(zip([r.index for r in chains], got.tolist() if got is not None else []))
+    def taken(groups):  # -> {slot: its first step's values}
+        return {r.index: v for chains, got, _ in groups for r, v in zip(chains, got.tolist())}
 
     def chains(*rows):
         return [_Request(slot, start, ids, 1, False, chain=_Chain(2, None, GREEDY)) for slot, start, ids in rows]

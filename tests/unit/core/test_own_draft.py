@@ -200,9 +200,9 @@ def test_a_join_its_first_phase_cannot_take_catches_up_itself(tiny_pair_fp32, en
     pair, (target, draft) = tiny_pair_fp32, engine
     expect = BatchedRunner.expect_ahead
 
-    def drafts_only(self, slot, start, drafts, argmax):
+    def drafts_only(self, slot, start, drafts, accepted, token):
         if drafts:
-            expect(self, slot, start, drafts, argmax)
+            expect(self, slot, start, drafts, accepted, token)
     monkeypatch.setattr(BatchedRunner, "expect_ahead", drafts_only)
     cases = [(pair.encode(p), 14 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[4:10])]
     joins, kept = draft.stats.joins, draft.stats.joins_kept
