@@ -92,6 +92,7 @@ from specdec.core.runner import (
     sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
+from specdec.core.transfer import OnTheWay
 from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, outcomes_on_device, verify_sampling_rows
 
 log = logging.getLogger("specdec.batching")
@@ -199,6 +200,7 @@ class _Request:
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
+    outcome: tuple[OnTheWay, int] | None = None  # a sampled verify's outcome worked out on the device, and its row
 
 
 @dataclass(eq=False)
@@ -250,11 +252,11 @@ class _Ahead:
     expected: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # slot -> (start, ids), once read
     touched: set[int] = field(default_factory=set)  # slots another forward wrote to since
     joins: dict[int, list[int]] = field(default_factory=dict)  # a new session's draft slot -> the prompt it forwarded
-    drawn: dict[int, tuple[int, Sampled]] = field(default_factory=dict)  # a sampled row's slot -> its row in `picks`,
-    #                                                                       the chain it was drawn for
+    drawn: dict[int, tuple[int, Sampled, int]] = field(default_factory=dict)  # a sampled row's slot -> its row in
+    #                                                   `picks`, the chain it was drawn for, its row in `guesses`
     picks: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # the sampled rows' values [s, 2]
     #                                              (token, found), their q [s, V'] and logits [s, V] (`_draw_chained`)
-    guesses: list | None = None  # the outcomes [s, 2] the device guessed for them, on their way to the host (`_guessed`)
+    guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
 
 
 class StepDrafter(Protocol):
@@ -1177,17 +1179,35 @@ class BatchedRunner(ModelRunner):
 
     def _sampled_ahead(self, step: _Launched, rows: list[_Request]) -> SampledAhead | None:
         """Sampled rows of a verify step for `launch_ahead`: each one's outcome worked out on the device from the step's
-        logits (`verify.outcomes_on_device`, on its kept positions processed with no host read)."""
+        logits (`verify.outcomes_on_device`, on its kept positions processed with no host read), and copied to the host
+        before the draft step is launched behind it. Where each of a row's distributions was processed as the host
+        processes it (top-p's nucleus found among the first candidates), the outcome is its verification
+        (`_take_outcomes`): the host reads it without waiting for the draft step."""
         if not rows:
             return None
         planned = [r.row.loop.sampled_verify() for r in rows]  # (sampling, SampledVerify), planned before launching
-        where = self._on_device(list(zip(*[(r.index, len(r.ids) - r.keep + j) for r in rows for j in range(r.keep)])),
-                                step.logits.device)  # [2, positions]
-        probs, _ = process_rows_first(step.logits[where[0], where[1]], [s for r, (s, _) in zip(rows, planned)
-                                                                         for _ in range(r.keep)])
+        at = [(b, r.index, len(r.ids) - r.keep + j) for b, r in enumerate(rows) for j in range(r.keep)]
+        where = self._on_device(list(zip(*at)), step.logits.device)  # [3, positions]: its row, then where in `logits`
+        probs, found = process_rows_first(step.logits[where[1], where[2]], [s for r, (s, _) in zip(rows, planned)
+                                                                            for _ in range(r.keep)])
         accepted, token = outcomes_on_device([v for _, v in planned], probs)
+        exact = torch.ones(len(rows), dtype=torch.long, device=found.device).scatter_reduce(
+            0, where[0], found.long(), reduce="amin")  # [rows]: every distribution of the row found
+        outcomes = OnTheWay(torch.stack([accepted, token, exact], dim=1))  # [rows, 3]
+        for b, r in enumerate(rows):
+            r.outcome = (outcomes, b)
         return SampledAhead([(r.drafted.row, self._drafts_from(r), r.keep - 1) for r in rows], accepted, token,
-                            [r.drafted.sampled for r in rows])
+                            [r.drafted.sampled for r in rows], outcomes)
+
+    @staticmethod
+    def _take_outcomes(requests: list[_Request]) -> None:
+        """Sampled verifies whose outcome the device worked out as the host would (`_sampled_ahead`): that is their
+        verification, read with no wait for the draft step launched after it."""
+        for r in requests:
+            if r.outcome is not None and r.verified is None:
+                accepted, token, exact = r.outcome[0].get()[r.outcome[1]]
+                if exact:
+                    r.verified = VerifyResult(accepted, [*r.row.loop.sampled_verify()[1].drafts[:accepted], token])
 
     @classmethod
     def _expect_ahead(cls, rows: list[_Request]) -> None:
@@ -1751,11 +1771,9 @@ class BatchedRunner(ModelRunner):
             slots.insert(1 if rows else 0, slot)  # read with the greedy rows
             reads.insert(1 if rows else 0, length)
             reach = max([reach] + [len(join.ids) + 1 for join, _, _ in joins])
-        values = picks = guesses = None
-        if drawn:  # the device's outcomes, to the host behind an event before the forward: `expect_ahead` checks them
-            guesses = self._guesses_to_host(torch.stack(outcomes[-1][3:], dim=1))  # [s, 2]: accepted, token
-            for i in drawn:  # until checked: the step may write a wrong token at L + accepted (or L + K - 1)
-                self._rewrite[sampled.rows[i][0]] = sampled.rows[i][1]
+        values = picks = None
+        for i in drawn:  # until `expect_ahead` checks its guess: the step may write a wrong token at L + accepted
+            self._rewrite[sampled.rows[i][0]] = sampled.rows[i][1]
         with self._turn(), torch.inference_mode():
             logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
             kept = logits[torch.cat(slots), torch.cat(reads)]  # [m + m' + s, V]: greedy rows, joins, sampled rows
@@ -1770,29 +1788,8 @@ class BatchedRunner(ModelRunner):
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
-                             drawn={sampled.rows[i][0]: (b, sampled.chains[i]) for b, i in enumerate(drawn)}, picks=picks,
-                             guesses=guesses)
-
-    def _guesses_to_host(self, values: torch.Tensor) -> list:
-        """Small device values [s, 2] copied to the host behind an event, without waiting: (pinned copy, event), read
-        with `_guessed`; on a CPU, the values themselves."""
-        if not values.is_cuda:
-            return [values, None]
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record(torch.cuda.current_stream(values.device))
-        return [host, ready]
-
-    @staticmethod
-    def _guessed(ahead: _Ahead) -> list[list[int]]:
-        """The sampled rows' outcomes as the device guessed them (`launch_ahead`), read once."""
-        values, ready = ahead.guesses
-        if ready is not None:
-            ready.synchronize()
-        if not isinstance(values, list):
-            ahead.guesses = [values.tolist(), None]
-        return ahead.guesses[0]
+                             drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
+                             picks=picks, guesses=sampled.outcomes if sampled is not None else None)
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -1814,7 +1811,7 @@ class BatchedRunner(ModelRunner):
             return
         k = len(drafts)
         if slot in ahead.drawn:  # a sampled row: the step stands only where the device guessed the host's outcome
-            guessed, wanted = self._guessed(ahead)[ahead.drawn[slot][0]], [accepted, token]
+            guessed, wanted = ahead.guesses.get()[ahead.drawn[slot][2]][:2], [accepted, token]
             if guessed != wanted:  # its writes from L + min(guessed, K - 1) on: not the committed sequence's
                 self._rewrite[slot] = start + min(guessed[0], max(k - 1, 0))
                 return
@@ -1907,6 +1904,7 @@ class BatchedRunner(ModelRunner):
         if step.drawn:
             self._take_drawn(step, top)
         if not step.ahead:  # else the next replay has overwritten the logits: only greedy and drawn rows were launched
+            self._take_outcomes(requests)
             self._draw_groups(step.logits, requests)
             self._draw_sampled(step.logits, requests)
             self._verify_sampled(step.logits, requests)

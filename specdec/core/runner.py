@@ -29,7 +29,7 @@ from specdec.core.errors import InvalidArgument
 from specdec.core.placement import Placement, placement_of
 from specdec.core.sampling import Stream, draw_on_device, process_rows, process_rows_first, uniform
 from specdec.core.slots import SlotQueue
-from specdec.core.transfer import pinned, to_device
+from specdec.core.transfer import OnTheWay, pinned, to_device
 
 log = logging.getLogger("specdec.runner")
 
@@ -141,12 +141,14 @@ class Chain(NamedTuple):
 class SampledAhead(NamedTuple):
     """Sampled rows of a verify for `DraftsAhead.launch_ahead`: each (slot, L, K) as a greedy row's, the outcome the
     device worked out for it (accepted drafts [m] and the token drawn after them [m], `verify.outcomes_on_device`),
-    and its chain's `Sampled`, whose next chain's first pick the step draws."""
+    its chain's `Sampled`, whose next chain's first pick the step draws, and those outcomes on their way to the host
+    (rows of [accepted, token, ...]), copied before the step is launched: the host checks its own against them."""
 
     rows: list[tuple[int, int, int]]
     accepted: torch.Tensor
     token: torch.Tensor
     chains: list[Sampled]
+    outcomes: OnTheWay
 
 
 class DraftsAhead(Protocol):

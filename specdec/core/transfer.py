@@ -23,3 +23,26 @@ def pinned(values: Sequence | torch.Tensor, pin: bool, dtype: torch.dtype = torc
 def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Host values on `device`, copied behind the work queued there."""
     return pinned(values, device.type == "cuda", dtype).to(device, non_blocking=True)
+
+
+class OnTheWay:
+    """Device values copied to the host behind an event, without waiting for the work queued after them: read (once,
+    then kept) with `get`, which waits only for that copy. On a CPU, the values themselves."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self._list: list | None = None
+        self._ready = None
+        if values.is_cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(values.device))
+            values = host
+        self._values = values
+
+    def get(self) -> list:
+        if self._list is None:
+            if self._ready is not None:
+                self._ready.synchronize()
+            self._list = self._values.tolist()
+        return self._list

@@ -373,6 +373,7 @@ def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_
     from specdec.core.batching import BatchedRunner
     from specdec.core.config import SamplingParams
     from specdec.core.runner import Sampled, SampledAhead
+    from specdec.core.transfer import OnTheWay
     from specdec.core.verify import DenseDraftProbs, SampledVerify, outcomes_on_device
 
     runner = BatchedRunner(gpu_engine.draft.model, max_len=256, max_sessions=4, compile=False, launch=None)
@@ -390,8 +391,9 @@ def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_
 
     def launch() -> torch.Tensor:
         accepted, token = outcomes_on_device(rows, probs)
+        outcomes = OnTheWay(torch.stack([accepted, token], dim=1))  # copied to the host behind an event
         runner.launch_ahead([], tokens, None, None, (), SampledAhead([(s.index, 20, 2) for s in slots], accepted,
-                                                                    token, [chain] * 3))
+                                                                    token, [chain] * 3, outcomes))
         return accepted
 
     try:
@@ -402,7 +404,7 @@ def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_
             accepted = launch()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        assert runner._guessed(runner._ahead) == [[a, t] for a, t in zip(accepted.tolist(), outcomes_on_device(
+        assert runner._ahead.guesses.get() == [[a, t] for a, t in zip(accepted.tolist(), outcomes_on_device(
             rows, probs)[1].tolist())]
     finally:
         for s in slots:

@@ -726,6 +726,7 @@ def test_a_sampled_rows_step_launched_ahead_on_a_wrong_guess_is_forwarded_again(
     the slot's next forward: its logits are a fresh slot's."""
     from specdec.core.config import SamplingParams
     from specdec.core.runner import Sampled, SampledAhead
+    from specdec.core.transfer import OnTheWay
 
     runner = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
     fresh = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
@@ -737,8 +738,9 @@ def test_a_sampled_rows_step_launched_ahead_on_a_wrong_guess_is_forwarded_again(
     tokens = torch.zeros((4, 2), dtype=torch.long)
     tokens[slot.index] = torch.tensor([d0, d1])
     chain = Sampled(SamplingParams(temperature=0.8), 5, 0, lambda token, q: token)
-    runner.launch_ahead([], tokens, None, None, (), SampledAhead([(slot.index, at, 2)], torch.tensor([0]),
-                                                                torch.tensor([guessed]), [chain]))
+    outcome = torch.tensor([[0, guessed, 1]])  # [rows, 3]: accepted, token, exact
+    runner.launch_ahead([], tokens, None, None, (), SampledAhead([(slot.index, at, 2)], outcome[:, 0], outcome[:, 1],
+                                                                [chain], OnTheWay(outcome)))
     assert runner.stats.ahead == 1  # it wrote `guessed` at L, over d0
     runner.expect_ahead(slot.index, at, [d0, d1], 1, drawn)  # the host accepted d0 and drew `drawn` after it
     assert slot.index not in runner._ahead.expected  # the step stands for no chain
