@@ -157,7 +157,9 @@ V)  # one GPU, issue 17: where the device waits for its host. The GPU tests name
     --repeats 1 --trace /tmp/traces --log 2>"$OUT/gaps.log" | tee "$OUT/gaps.txt" ;;
 W)  # one GPU, issue 17: sampled requests under load (every request at TEMPERATURE 0.7, TOP_P 0.95, one seed), random 7B
     # target + planted 0.5B own draft (no replay: the planted draft's own sampled acceptance), target-only side by side.
-    # Sampled rows take no early verify, joins or draft step launched ahead (their verify needs the draft's q on the host)
+    # First the GPU tests that run the sampled path's device draws under CUDA's sync debug mode (GPU_TESTS narrows them)
+  timeout ${TESTS_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py \
+    -k "${GPU_TESTS:-sync}" 2>&1 | tail -20 | tee "$OUT/gpu_tests.txt"
   timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench --concurrency ${LEVELS:-1,16,64} --device cuda:0 --dtype bfloat16 \
     --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --k ${K:-4} \
     --modes ${MODES:-target-only,services-own-draft} --temperature ${TEMPERATURE:-0.7} --top-p ${TOP_P:-0.95} \
