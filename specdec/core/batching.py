@@ -93,7 +93,14 @@ from specdec.core.runner import (
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
 from specdec.core.transfer import OnTheWay
-from specdec.core.verify import SampledVerify, VerifyResult, drawn_uniform, outcomes_on_device, verify_sampling_rows
+from specdec.core.verify import (
+    SampledVerify,
+    VerifyResult,
+    drawn_uniform,
+    outcomes_on_device,
+    verify_greedy,
+    verify_sampling_rows,
+)
 
 log = logging.getLogger("specdec.batching")
 
@@ -1221,12 +1228,10 @@ class BatchedRunner(ModelRunner):
                     r.join.ahead.expect_ahead(r.join.slot, len(r.join.ids), [], 0, r.argmax[-1])
                 continue
             drafts = [p.token for p in r.drafted.picks[:r.keep - 1]]
-            if r.greedy and r.argmax is not None:
-                accepted = common_prefix_len(drafts, r.argmax[:len(drafts)])
-                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, accepted, r.argmax[accepted])
-            elif not r.greedy and r.verified is not None and not r.verified.dropped:
-                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, r.verified.accepted,
-                                             r.verified.token_ids[-1])
+            verified = (verify_greedy(drafts, r.argmax) if r.argmax is not None else None) if r.greedy else r.verified
+            if verified is not None and not verified.dropped:
+                r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, verified.accepted,
+                                             verified.token_ids[-1])
 
     @staticmethod
     def _drafts_from(verify: _Request) -> int:
@@ -1655,11 +1660,18 @@ class BatchedRunner(ModelRunner):
         host read (`runner.sampled_on_device`): -> (their rows [members], values [members, 2]: each token and whether
         its nucleus was found, (q [members, V'], their logits [members, V], a copy that outlives the next replay))."""
         where = self._on_device([[r.index for r in members], [len(r.ids) - 1 for r in members]], logits.device)
-        kept = logits[where[0], where[1]]  # [members, V]
         chains = [r.chain.sampled for r in members]
-        q, tokens, found = sampled_on_device(kept.float(), chains,
-                                             draft_uniforms(chains, [r.start + len(r.ids) for r in members]), first=True)
-        return where[0], torch.stack([tokens, found.long()], dim=1), (q, kept)
+        return where[0], *self._drawn(logits[where[0], where[1]], chains,
+                                      draft_uniforms(chains, [r.start + len(r.ids) for r in members]))
+
+    @staticmethod
+    def _drawn(kept: torch.Tensor, chains: list[Sampled], u: Sequence[float] | torch.Tensor
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Sampled picks drawn on the device from their logits [s, V] (a copy that outlives the next replay), with no
+        host read (`runner.sampled_on_device`): -> (values [s, 2]: each token and whether its nucleus was found, as
+        `_pick_chained` reads them; (q [s, V'], those logits))."""
+        q, tokens, found = sampled_on_device(kept.float(), chains, u, first=True)
+        return torch.stack([tokens, found.long()], dim=1), (q, kept)
 
     def _mark(self) -> "float | torch.cuda.Event":
         """A point on the device's timeline (an event on a GPU; on a CPU, whose forwards the host waits for, now)."""
@@ -1799,8 +1811,7 @@ class BatchedRunner(ModelRunner):
         width = max(k for _, _, k in rows) + 1
         u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + 1, at + k + 2)), *[0.0] * (width - k - 1)]
                              for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)  # [s, width]
-        q, tokens, found = sampled_on_device(kept.float(), chains, u.gather(1, accepted[:, None])[:, 0], first=True)
-        return torch.stack([tokens, found.long()], dim=1), (q, kept)
+        return self._drawn(kept, chains, u.gather(1, accepted[:, None])[:, 0])
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None:
         """The host's side of `launch_ahead`, once it has verified: row `slot` verified the K `drafts` from position
@@ -1856,12 +1867,11 @@ class BatchedRunner(ModelRunner):
                 ahead is not None and r.index in ahead.rows and stands(r)))]
             from_ahead = [r for r in taken if r.chain.first is None]
             self.stats.ahead_kept += len(from_ahead)
-            if from_ahead:
-                values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind())
+            values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind()
+                          if from_ahead else ())
+            if taken:
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
                                                    for r in taken]), None))
-            elif taken:
-                groups.append((taken, torch.cat([r.chain.first for r in taken]), None))
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
         if drawn:

@@ -215,13 +215,14 @@ def outcomes_on_device(rows: Sequence[SampledVerify], target_probs: torch.Tensor
     accepts = to_device(u_accept, device, torch.float64) * q_x < p_x  # a u of 2 never accepts: q_x <= 1 >= p_x
     accepted = accepts.long().cumprod(dim=1).sum(dim=1)  # [rows]
     last = target_probs[at_d.gather(1, accepted[:, None])[:, 0]]  # [rows, V]
+    k_d = to_device(sizes, device)  # [rows]
     if sum(sizes):  # each row's q where it rejected (a row that accepted all its drafts: any, unused)
         q_all = torch.stack([q.row(i).to(device) for q, k in zip(q_rows, sizes) for i in range(k)])  # [drafts, V]
         q_first = to_device(list(itertools.accumulate([0, *sizes[:-1]])), device)  # [rows]
-        q_last = q_all[q_first + torch.minimum(accepted, (to_device(sizes, device) - 1).clamp(min=0))]  # [rows, V]
+        q_last = q_all[q_first + torch.minimum(accepted, (k_d - 1).clamp(min=0))]  # [rows, V]
     else:
         q_last = torch.zeros_like(last)
     residual = torch.clamp(last - q_last, min=0.0)
-    rejected = (accepted < to_device(sizes, device)) & (residual.sum(dim=-1) > 0.0)  # else (p == q) the host draws p
+    rejected = (accepted < k_d) & (residual.sum(dim=-1) > 0.0)  # else (p == q) the host draws p
     last = torch.where(rejected[:, None], residual, last)
     return accepted, draw_on_device(last, to_device(u_drawn, device, torch.float64).gather(1, accepted[:, None])[:, 0])
