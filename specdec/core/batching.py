@@ -89,6 +89,7 @@ from specdec.core.runner import (
     common_prefix_len,
     draft_uniforms,
     draw_sampled,
+    graph_capture,
     sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
@@ -2258,7 +2259,7 @@ class BatchedRunner(ModelRunner):
                 self._run(inputs, keep=keep)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
+        with graph_capture(graph, self._graph_pool, stream):
             logits = self._run(inputs, keep=keep)
             if out is not None:
                 logits = out.copy_(logits)

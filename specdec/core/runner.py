@@ -12,7 +12,9 @@ step instead of B (launch-bound on a GPU, that is nearly the price of one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import inspect
 import itertools
 import logging
@@ -37,6 +39,22 @@ log = logging.getLogger("specdec.runner")
 # target's session frees the slot within a step, and a draft stream that arrives before the last one's
 # end must get that slot, not RESOURCE_EXHAUSTED (the target, which queues, must never wait this long).
 SLOT_WAIT_S = 1.0
+
+
+@contextlib.contextmanager
+def graph_capture(graph: "torch.cuda.CUDAGraph", pool, stream: "torch.cuda.Stream"):
+    """torch.cuda.graph (thread-local capture: another runner's thread may launch work meanwhile) with Python's
+    garbage collector held off: a collection during the capture would free whatever dead reference cycles hold (a
+    runner's graphs, cache and pinned buffers), and freeing CUDA or pinned host memory there invalidates the
+    capture. SGLang holds the collector off around its captures for the same reason."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -502,8 +520,7 @@ class ModelRunner:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self._set_length(index, start)
-        # thread_local: a draft runner on another thread may launch work while we capture
-        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream, capture_error_mode="thread_local"):
+        with graph_capture(graph, self._graph_pool, stream):
             logits = run()
         self._graph_pool = graph.pool()
         return _Graph(graph, ids, positions, logits, rows)

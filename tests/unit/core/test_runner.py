@@ -172,3 +172,35 @@ def test_host_values_reach_the_device_as_token_ids(runner):
     assert runner._on_device([]).dtype == torch.long
     on = runner._on_device([7])
     assert on.device == runner.device and runner._on_device(on) is on
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_graph_capture_holds_the_garbage_collector_off_and_gives_it_back(monkeypatch, enabled):
+    """A collection during a CUDA graph capture frees dead cycles' CUDA and pinned memory there, which invalidates
+    the capture (a GPU test built a runner after another left in a cycle: its capture failed). The capture itself
+    needs a GPU; torch.cuda.graph is replaced by a recorder of the collector's state inside it."""
+    import contextlib
+    import gc
+
+    from specdec.core import runner as runner_module
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_graph(graph, pool=None, stream=None, capture_error_mode="global"):
+        seen.append((gc.isenabled(), capture_error_mode))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with runner_module.graph_capture(object(), None, None):
+            assert not gc.isenabled()
+        assert gc.isenabled() == enabled
+        with pytest.raises(RuntimeError), runner_module.graph_capture(object(), None, None):
+            raise RuntimeError("capture failed")
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [(False, "thread_local")] * 2
