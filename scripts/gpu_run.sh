@@ -149,12 +149,16 @@ V)  # one GPU, issue 17: where the device waits for its host. The GPU tests name
     # that must not wait for the device, and the early verify's), then the engine in process (random 7B + planted 0.5B
     # own draft, compiled, graphs) at LEVELS clients, target-only and K = 2, each run traced (torch.profiler, every
     # thread; traces stay on the device) and its device idle gaps told by what ended them, and the syncs the host
-    # waited in (specdec.tools.device_gaps)
+    # waited in (specdec.tools.device_gaps). SAMPLED=1: every request sampled (temperature 0.7, top-p 0.95)
   timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py \
     -k "${GPU_TESTS:-launches_steps or drafted_tokens}" 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
   timeout ${STEPS_TIMEOUT:-400} python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 \
     --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-16,64} --k ${KS:-0,2} --tokens 128 \
-    --repeats 1 --trace /tmp/traces --log 2>"$OUT/gaps.log" | tee "$OUT/gaps.txt" ;;
+    --repeats 1 --trace /tmp/traces --log ${SAMPLED:+--temperature 0.7 --top-p 0.95} 2>"$OUT/gaps.log" \
+    | tee "$OUT/gaps.txt" ;;
+Y)  # one GPU, issue 17: a sampled cycle's own device work at Qwen's vocabulary, apart from the forwards (processing,
+    # nucleus, draws, a verify's device outcome and host verify; peaked and wide distributions, ROWS rows, K = 4)
+  timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_sampling_costs.py ${ROWS:-16 64} 2>&1 | tee "$OUT/sampling_costs.txt" ;;
 W)  # one GPU, issue 17: sampled requests under load (every request at TEMPERATURE 0.7, TOP_P 0.95, one seed), random 7B
     # target + planted 0.5B own draft (no replay: the planted draft's own sampled acceptance), target-only side by side.
     # First the GPU tests that run the sampled path's device draws under CUDA's sync debug mode (GPU_TESTS narrows them)
