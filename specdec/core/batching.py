@@ -93,7 +93,7 @@ from specdec.core.runner import (
     sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
-from specdec.core.transfer import OnTheWay
+from specdec.core.transfer import OnTheWay, PinnedBuffers
 from specdec.core.verify import (
     SampledVerify,
     VerifyResult,
@@ -208,7 +208,8 @@ class _Request:
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
-    outcome: tuple[OnTheWay, int] | None = None  # a sampled verify's outcome worked out on the device, and its row
+    outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
+    #                                                               its row there, and the drafts it verifies
 
 
 @dataclass(eq=False)
@@ -582,7 +583,7 @@ class BatchedRunner(ModelRunner):
         self._read_at = 0.0  # when the host last read a step's results
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
-        self._chain_reads: dict[torch.dtype, torch.Tensor] = {}  # pinned host buffers for a chain's values
+        self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
@@ -1202,8 +1203,8 @@ class BatchedRunner(ModelRunner):
         exact = torch.ones(len(rows), dtype=torch.long, device=found.device).scatter_reduce(
             0, where[0], found.long(), reduce="amin")  # [rows]: every distribution of the row found
         outcomes = OnTheWay(torch.stack([accepted, token, exact], dim=1))  # [rows, 3]
-        for b, r in enumerate(rows):
-            r.outcome = (outcomes, b)
+        for b, (r, (_, verify)) in enumerate(zip(rows, planned)):
+            r.outcome = (outcomes, b, verify.drafts)
         return SampledAhead([(r.drafted.row, self._drafts_from(r), r.keep - 1) for r in rows], accepted, token,
                             [r.drafted.sampled for r in rows], outcomes)
 
@@ -1213,9 +1214,10 @@ class BatchedRunner(ModelRunner):
         verification, read with no wait for the draft step launched after it."""
         for r in requests:
             if r.outcome is not None and r.verified is None:
-                accepted, token, exact = r.outcome[0].get()[r.outcome[1]]
+                outcomes, b, drafts = r.outcome
+                accepted, token, exact = outcomes.get()[b]
                 if exact:
-                    r.verified = VerifyResult(accepted, [*r.row.loop.sampled_verify()[1].drafts[:accepted], token])
+                    r.verified = VerifyResult(accepted, [*drafts[:accepted], token])
 
     @classmethod
     def _expect_ahead(cls, rows: list[_Request]) -> None:
@@ -1437,7 +1439,7 @@ class BatchedRunner(ModelRunner):
         logits = self._batched(ids, positions, reach, guessed, after.top[:, -1] if after is not None else None,
                                fill)  # [rows, n, V]
         top = host_top = ready = kept = None
-        drawn = [r for r in requests if self._draws_ahead(r)]
+        drawn = self._drawn_at_launch(requests)
         if drawn or any(r.greedy for r in requests):
             top = host_top = logits.argmax(-1)  # [rows, n]
             if drawn:
@@ -1450,17 +1452,22 @@ class BatchedRunner(ModelRunner):
                          pipelined=after is not None, drafted_before=self.stats.drafting_s, drawn=drawn,
                          drawn_logits=kept)
 
-    def _draws_ahead(self, r: _Request) -> bool:
-        """Whether a request's token is drawn on the device as its step is launched: a driven session's plain sampled
-        cycle, looking ahead (a guess's sampling and seed are its row's last request's)."""
-        if not self.lookahead or r.greedy or r.row is None or r.keep != 1 or r.void:
-            return False
-        if r.drawn_ahead is None:
-            planned = r.row.loop.sampled_verify()
-            if planned is None or planned[1].drafts:
-                return False
-            r.drawn_ahead = (planned[0], planned[1].seed)
-        return True
+    def _drawn_at_launch(self, requests: list[_Request]) -> list[_Request]:
+        """The requests whose token is drawn on the device as their step is launched, each given its sampling and seed
+        (`drawn_ahead`): driven sessions' plain sampled cycles, looking ahead (a guess carries its row's last ones)."""
+        if not self.lookahead:
+            return []
+        drawn = []
+        for r in requests:
+            if r.greedy or r.row is None or r.keep != 1 or r.void:
+                continue
+            if r.drawn_ahead is None:
+                planned = r.row.loop.sampled_verify()
+                if planned is None or planned[1].drafts:
+                    continue
+                r.drawn_ahead = (planned[0], planned[1].seed)
+            drawn.append(r)
+        return drawn
 
     def _draw_ahead(self, logits: torch.Tensor, top: torch.Tensor, drawn: list[_Request]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1697,17 +1704,7 @@ class BatchedRunner(ModelRunner):
         if known_drafts:
             known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
-        ready = None
-        if values.is_cuda:
-            buffer = self._chain_reads.get(values.dtype)
-            if buffer is None or buffer.numel() < values.numel():  # grown rarely: pinned allocations cost milliseconds
-                buffer = self._chain_reads[values.dtype] = torch.empty(2 * values.numel(), dtype=values.dtype,
-                                                                       pin_memory=True)
-            host = buffer[:values.numel()]
-            host.copy_(values, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(values.device))
-            values = host
+        read_back = OnTheWay(values, self._chain_reads)
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             read = r.chain.group.read if r.chain.group is not None else None
@@ -1718,9 +1715,7 @@ class BatchedRunner(ModelRunner):
                 call(chains)
             except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
                 log.exception("a chained draft's caller failed on its launched tokens")
-        if ready is not None:
-            ready.synchronize()
-        return values.tolist()
+        return read_back.get()
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -1751,8 +1746,8 @@ class BatchedRunner(ModelRunner):
         columns = self._device_columns[:n]  # [n]
         ids = torch.zeros((n_rows, n), dtype=torch.long, device=self.device)
         positions = (self.max_len + columns).repeat(n_rows, 1)  # dummy rows: the padding
-        slots, reads = [], []  # each launched row's slot and the column its values are read at [m] each
-        outcomes = []  # per kind of rows: (slot, L, K, accepted, the token after them) [m] each
+        greedy_reads, sampled_reads = [], []  # (slots, the column each one's values are read at) [m] each, per kind
+        outcomes = []  # per kind of rows: (its reads, slot, L, K, accepted, the token after them) [m] each
         if rows:
             spec = self._on_device(rows)  # [m, 5]
             slot, at, k, row, first = spec.unbind(1)  # [m] each
@@ -1760,19 +1755,19 @@ class BatchedRunner(ModelRunner):
             argmax = top[row[:, None], (first[:, None] + j).clamp(max=top.shape[1] - 1)]  # [m, K + 1]
             drafts = tokens[slot[:, None], j[:-1].clamp(max=tokens.shape[1] - 1)]  # [m, K]
             accepted = ((drafts == argmax[:, :-1]) & (j[:-1] < k[:, None])).long().cumprod(1).sum(1)  # [m]
-            outcomes.append((slot, at, k, accepted, argmax.gather(1, accepted[:, None])[:, 0]))
+            outcomes.append((greedy_reads, slot, at, k, accepted, argmax.gather(1, accepted[:, None])[:, 0]))
         if drawn:
             spec = self._on_device([sampled.rows[i] for i in drawn])  # [s, 3]
             index = self._on_device(drawn, sampled.accepted.device)  # [s]
-            outcomes.append((*spec.unbind(1), sampled.accepted[index].to(self.device), sampled.token[index].to(self.device)))
-        for slot, at, k, accepted, bonus in outcomes:
+            drawn_accepted = sampled.accepted[index].to(self.device)  # [s]
+            outcomes.append((sampled_reads, *spec.unbind(1), drawn_accepted, sampled.token[index].to(self.device)))
+        for reads, slot, at, k, accepted, bonus in outcomes:
             full = accepted == k  # every draft accepted: the last one goes in first
             last = tokens[slot, (k - 1).clamp(min=0)]  # [m]
             ids[slot, 0], ids[slot, 1] = torch.where(full, last, bonus), torch.where(full, bonus, 0)
             positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
             positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
-            slots.append(slot)
-            reads.append(full.long())  # each row's last token's
+            reads.append((slot, full.long()))  # each row's last token's
         reach = max([0] + [r[1] + r[2] + 1 for r in rows] + [sum(sampled.rows[i][1:]) + 1 for i in drawn])
         if joins:
             prompts = self._on_device([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins])  # [m', n]
@@ -1781,21 +1776,22 @@ class BatchedRunner(ModelRunner):
             ids[slot] = prompts
             ids[slot, length] = top[row, column]  # the token the prompt step drew
             positions[slot] = torch.where(columns <= length[:, None], columns, self.max_len + columns)
-            slots.insert(1 if rows else 0, slot)  # read with the greedy rows
-            reads.insert(1 if rows else 0, length)
+            greedy_reads.append((slot, length))  # read with the greedy rows
             reach = max([reach] + [len(join.ids) + 1 for join, _, _ in joins])
         values = picks = None
         for i in drawn:  # until `expect_ahead` checks its guess: the step may write a wrong token at L + accepted
             self._rewrite[sampled.rows[i][0]] = sampled.rows[i][1]
         with self._turn(), torch.inference_mode():
             logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
-            kept = logits[torch.cat(slots), torch.cat(reads)]  # [m + m' + s, V]: greedy rows, joins, sampled rows
+            order = greedy_reads + sampled_reads
+            kept = logits[torch.cat([s for s, _ in order]), torch.cat([c for _, c in order])]  # [m + m' + s, V]:
+            #                                                                          greedy rows, joins, sampled rows
             greedy = len(rows) + len(joins)
             if greedy:
                 values = read(kept[:greedy].float())  # [m + m', values]
             if drawn:
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
-                                               [sampled.chains[i] for i in drawn], outcomes[-1][3])
+                                               [sampled.chains[i] for i in drawn], drawn_accepted)
         self.stats.count(len(launched), n)
         self.stats.ahead += len(rows) + len(drawn)
         self.stats.joins += len(joins)

@@ -25,15 +25,32 @@ def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torc
     return pinned(values, device.type == "cuda", dtype).to(device, non_blocking=True)
 
 
+class PinnedBuffers:
+    """Pinned host buffers kept per dtype and grown rarely (a pinned allocation costs milliseconds), for a caller whose
+    reads are each taken before its next copy: a reused buffer is overwritten by that copy."""
+
+    def __init__(self) -> None:
+        self._by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def like(self, values: torch.Tensor) -> torch.Tensor:
+        """A pinned host tensor of `values`' shape and dtype, a view of this dtype's buffer."""
+        buffer = self._by_dtype.get(values.dtype)
+        if buffer is None or buffer.numel() < values.numel():
+            buffer = self._by_dtype[values.dtype] = torch.empty(2 * values.numel(), dtype=values.dtype, pin_memory=True)
+        return buffer[:values.numel()].view(values.shape)
+
+
 class OnTheWay:
     """Device values copied to the host behind an event, without waiting for the work queued after them: read (once,
-    then kept) with `get`, which waits only for that copy. On a CPU, the values themselves."""
+    then kept) with `get`, which waits only for that copy. On a CPU, the values themselves. `buffers`: copied into
+    one of these (read before their next use), else into a pinned buffer of its own (torch's host allocator caches it)."""
 
-    def __init__(self, values: torch.Tensor) -> None:
+    def __init__(self, values: torch.Tensor, buffers: PinnedBuffers | None = None) -> None:
         self._list: list | None = None
         self._ready = None
         if values.is_cuda:
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host = (buffers.like(values) if buffers is not None
+                    else torch.empty(values.shape, dtype=values.dtype, pin_memory=True))
             host.copy_(values, non_blocking=True)
             self._ready = torch.cuda.Event()
             self._ready.record(torch.cuda.current_stream(values.device))
