@@ -52,7 +52,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     no temperature overflows them; the argmax keeps exp(0) = 1, so they never underflow to all zeros), and
     top-p always keeps the most likely token, so as T or top_p go to 0 the distribution goes to the argmax.
     """
-    return _processed(logits, params, outside_nucleus)
+    return _processed(logits, params, nucleus)
 
 
 def process_first(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,16 +61,16 @@ def process_first(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.T
     among those candidates, or there is no top-p), and is to be processed again otherwise."""
     found = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
 
-    def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    def first(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         nonlocal found
-        drop, found = _nucleus_among(probs, top_p, NUCLEUS_CANDIDATES[0])
-        return drop
+        kept, found = _nucleus_among(probs, top_p, NUCLEUS_CANDIDATES[0])
+        return kept
 
-    return _processed(logits, params, nucleus), found
+    return _processed(logits, params, first), found
 
 
 def _processed(logits: torch.Tensor, params: SamplingParams,
-               nucleus: Callable[[torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
+               top_p_of: Callable[[torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
     assert logits.dim() == 2, f"expected [n, V] logits, got {tuple(logits.shape)}"
     assert not params.greedy, "greedy decoding uses argmax, not probabilities"
     logits = logits.float()
@@ -80,15 +80,15 @@ def _processed(logits: torch.Tensor, params: SamplingParams,
     shifted = logits - logits.amax(dim=-1, keepdim=True)  # [n, V], <= 0
     probs = torch.softmax(shifted / max(params.temperature, FLOAT32_TINY), dim=-1)
     if params.top_p < 1.0:
-        probs = probs.masked_fill(nucleus(probs, params.top_p), 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
+        probs = top_p_of(probs, params.top_p)
     return probs
 
 
 def _nucleus_among(probs: torch.Tensor, top_p: float, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's tokens outside its nucleus as its m likeliest decide them, with no host read: (dropped [n, V],
-    found [n]: the m-th candidate is itself dropped, so every token after it is too and the set is the whole
-    answer). m past the vocabulary sorts it all: found everywhere."""
+    """Each row's nucleus as its m likeliest decide it, with no host read: (probs [n, V] with every token outside it 0
+    and the rest divided by their sum, found [n]: the m-th candidate is itself dropped, so every token after it is too
+    and the nucleus is the whole answer). m past the vocabulary sorts it all: found everywhere. The kept values are
+    summed and divided among the m candidates, not over the whole row: one pass over the vocabulary fewer."""
     if m >= probs.shape[-1]:
         values, order = torch.sort(probs, dim=-1, descending=True)  # [n, V]
     else:
@@ -97,12 +97,13 @@ def _nucleus_among(probs: torch.Tensor, top_p: float, m: int) -> tuple[torch.Ten
     drop = mass_before >= top_p  # the smallest prefix with mass >= top_p is kept
     drop[:, 0] = False  # a top_p below float32's resolution still keeps the argmax
     found = drop[:, -1] if m < probs.shape[-1] else torch.ones_like(drop[:, 0])
-    return torch.ones_like(probs, dtype=torch.bool).scatter_(-1, order, drop), found
+    kept = values.masked_fill(drop, 0.0)  # [n, m]
+    return torch.zeros_like(probs).scatter_(-1, order, kept / kept.sum(dim=-1, keepdim=True)), found
 
 
-def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The tokens [n, V] (True: dropped) outside each row's smallest set of most likely tokens whose mass reaches
-    `top_p`; the argmax is always kept.
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Each row of probs [n, V] restricted to its smallest set of most likely tokens whose mass reaches `top_p` (the
+    argmax always kept) and renormalised: [n, V], 0 outside it.
 
     Sorting a whole vocabulary per position is most of a sampled step's host time on a CPU (a 150k vocabulary:
     ~9 ms a position), and a nucleus is rarely more than a few hundred tokens: the most likely NUCLEUS_CANDIDATES
@@ -114,15 +115,15 @@ def outside_nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     out, left = None, torch.arange(n, device=probs.device)  # the rows whose nucleus is not found yet [r]
     for m in (*(c for c in NUCLEUS_CANDIDATES if c < probs.shape[-1]), probs.shape[-1]):
         rows = probs if len(left) == n else probs[left]  # [r, V]
-        drop, found = _nucleus_among(rows, top_p, m)
+        kept, found = _nucleus_among(rows, top_p, m)
         if m == probs.shape[-1] or bool(found.all()):
             break
-        out = torch.ones_like(probs, dtype=torch.bool) if out is None else out
-        out[left[found]] = drop[found]
+        out = torch.empty_like(probs) if out is None else out
+        out[left[found]] = kept[found]
         left = left[~found]  # each row decided at its own m, as it would be alone
     if out is None:
-        return drop
-    out[left] = drop
+        return kept
+    out[left] = kept
     return out
 
 

@@ -8,7 +8,7 @@ from specdec.core.sampling import (
     Stream,
     draw,
     draw_on_device,
-    outside_nucleus,
+    nucleus,
     process_logits,
     process_rows,
     process_rows_first,
@@ -55,7 +55,10 @@ def test_the_nucleus_found_among_the_likeliest_tokens_is_the_one_a_full_sort_fin
         kept = (~expected).sum(-1)
         if int(kept.max()) < NUCLEUS_CANDIDATES[0]:
             monkeypatch.setattr(torch, "sort", lambda *a, **k: pytest.fail("sorted the whole vocabulary"))
-        assert torch.equal(outside_nucleus(probs, top_p), expected), (scale, top_p, kept.tolist())
+        got = nucleus(probs, top_p)
+        assert torch.equal(got == 0, expected), (scale, top_p, kept.tolist())
+        torch.testing.assert_close(got, probs.masked_fill(expected, 0.0) / probs.masked_fill(expected, 0.0).sum(
+            -1, keepdim=True), rtol=1e-6, atol=0)  # renormalised over the kept tokens
         monkeypatch.undo()
     widest = int((~_outside_nucleus_by_full_sort(probs, 0.95)).sum(-1).max())
     assert widest > NUCLEUS_CANDIDATES[0] or scale == 12.0  # the wider searches and the full sort are exercised
@@ -93,8 +96,8 @@ def test_rows_processed_and_drawn_together_are_what_each_row_gets_alone():
     torch.manual_seed(0)
     scales = [4.0, 2.0, 0.05, 8.0, 3.0, 1.0, 4.0]  # nuclei of ~150, ~15k, ~38k, 5, ~4k, ~30k, ~150 tokens at top-p 0.95
     logits = torch.randn(len(scales), 40000) * torch.tensor(scales)[:, None]  # [7, V]
-    nucleus = SamplingParams(temperature=1.0, top_p=0.95)
-    params = [nucleus, nucleus, nucleus, SamplingParams(temperature=0.7, top_k=50), nucleus, nucleus,
+    top_p = SamplingParams(temperature=1.0, top_p=0.95)
+    params = [top_p, top_p, top_p, SamplingParams(temperature=0.7, top_k=50), top_p, top_p,
               SamplingParams(temperature=1.3)]
     u = [uniform(5, 100 + i, Stream.RESIDUAL) for i in range(len(scales))]
     processed = [process_logits(logits[i:i + 1], p)[0] for i, p in enumerate(params)]
@@ -111,7 +114,10 @@ def test_rows_processed_and_drawn_together_are_what_each_row_gets_alone():
     assert [draw_on_device(first, u)[i].item() for i in (0, 3, 6)] == [alone[i] for i in (0, 3, 6)]
     assert len(set(alone)) > 1
     probs = torch.softmax(logits, dim=-1)
-    together = outside_nucleus(probs, 0.95)  # each row's search stops where its own nucleus ends
+    together = nucleus(probs, 0.95)  # each row's search stops where its own nucleus ends
     for i in range(len(scales)):
-        assert torch.equal(together[i], outside_nucleus(probs[i:i + 1], 0.95)[0]), i
-    assert [int((~together[i]).sum()) for i in (3, 0, 4, 1, 2)] == sorted(int((~together[i]).sum()) for i in (3, 0, 4, 1, 2))
+        alone_row = nucleus(probs[i:i + 1], 0.95)[0]
+        assert torch.equal(together[i] > 0, alone_row > 0), i  # the same tokens kept
+        torch.testing.assert_close(together[i], alone_row, rtol=1e-6, atol=1e-9)  # a sum's last bit aside
+    assert [int((together[i] > 0).sum()) for i in (3, 0, 4, 1, 2)] == sorted(int((together[i] > 0).sum())
+                                                                               for i in (3, 0, 4, 1, 2))
