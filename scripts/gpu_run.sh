@@ -176,8 +176,10 @@ X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_st
     SEQUENCE=${SEQUENCE:-40} timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_profile_step.py random:$M $R 1 2>&1 \
       | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/kernels_${M}_$R.txt"
   done; done ;;
-T)  # one GPU: the GPU tests only
-  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" ;;
+T)  # one GPU: the GPU tests only, each test's outcome written as it ends (a cut run keeps what passed), failures in
+    # full and the slowest durations at the end (TESTS_TIMEOUT; the whole suite took 335 s on an H100, call u3)
+  timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -v -p no:cacheprovider tests/gpu/test_gpu.py --durations=20 2>&1 \
+    | grep -v -i "warn" | tee "$OUT/gpu_tests.txt" | tail -40 ;;
 P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting step (6 / 8 branch rows)
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
