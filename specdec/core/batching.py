@@ -1768,7 +1768,8 @@ class BatchedRunner(ModelRunner):
             positions[slot, 0] = torch.where(full, at + k - 1, at + accepted)
             positions[slot, 1] = torch.where(full, at + k, self.max_len + 1)
             reads.append((slot, full.long()))  # each row's last token's
-        reach = max([0] + [r[1] + r[2] + 1 for r in rows] + [sum(sampled.rows[i][1:]) + 1 for i in drawn])
+        ends = [(at, k) for _, at, k, *_ in rows] + [sampled.rows[i][1:] for i in drawn]  # (L, K) of every row
+        reach = max([0] + [at + k + 1 for at, k in ends])
         if joins:
             prompts = self._on_device([join.ids + [0] * (n - len(join.ids)) for join, _, _ in joins])  # [m', n]
             spec = self._on_device([(join.slot, row, column, len(join.ids)) for join, row, column in joins])  # [m', 4]
