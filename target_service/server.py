@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Protocol
 
 from specdec.core.batching import BatchedRunner, check_stream_interval, serving_runner
 from specdec.core.compute import Compute
@@ -10,6 +11,7 @@ from specdec.core.config import ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, eos_ids_of, load_model
+from specdec.core.stats import PhaseStats
 from specdec.proposers import make_factory, own_drafts
 from specdec.proposers.draft_model import warm_up
 from specdec.proposers.replay import ReplayRates, replay_factory
@@ -18,6 +20,7 @@ from specdec.serving.server import Server, ServerSettings
 from specdec.serving.telemetry import Metrics, server_interceptors
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
 from target_service.draft_link import DraftLinks
+from target_service.engine_process import EngineProcess
 from target_service.service import TargetService, TargetSettings
 from target_service.servicer import TargetServicer
 
@@ -40,6 +43,7 @@ class TargetServerSettings:
     stream_interval: int | None = None  # a session's cycles are streamed this many at a time (its first at once;
     # None: auto, by the load, BatchedRunner)
     compile: bool = True  # on a GPU, torch.compile the decoder layers of the target (and own draft) at start
+    engine_process: bool = False  # the engine and the sessions' loops in a child process, gRPC in this one
     own_draft: str | None = None  # a draft model run in this process, drafting between the engine's steps
     replay_references: str | None = None  # benchmarks: the own draft replays the target's continuations from this file
     replay: ReplayRates = ReplayRates()
@@ -100,8 +104,29 @@ def own_draft_runner(loaded: LoadedModel, max_len: int, max_sessions: int, **kwa
     return runner
 
 
-def build(settings: TargetServerSettings) -> Server:
-    settings.validate()
+class EngineObserver(Protocol):
+    """What watches a target's engine (telemetry.Metrics; in an engine process, what it reports to its front end)."""
+
+    def observe_step(self, rows: int, seconds: float) -> None: ...
+
+    def observe_drafting(self, seconds: float) -> None: ...
+
+    def track_launched(self, stats: Callable[[], Iterable[Mapping[str, tuple[int, int]]]]) -> None: ...
+
+    def track_catch_ups(self, stats: Callable[[], PhaseStats]) -> None: ...
+
+
+@dataclass
+class Engine:
+    """A target's engine and the sessions' logic over it, ready to serve."""
+
+    service: TargetService
+    info: common_pb2.ServerInfo
+    stop: Callable[[], None]  # ends the engine's loop, once the last session has
+
+
+def build_engine(settings: TargetServerSettings, observer: EngineObserver) -> Engine:
+    """Load the target (and its own draft), start its engine, wire `observer` to it."""
     compute = Compute.for_device(settings.device)  # load and run on one thread (core/compute.py says why)
     loaded = compute.run(load_model, settings.target, "target", device=settings.device, dtype=settings.dtype)
     own_draft = None  # loaded before the engine starts: on a CPU it takes over the compute thread
@@ -127,16 +152,29 @@ def build(settings: TargetServerSettings) -> Server:
                        tls=settings.draft_tls, token=settings.internal_token)
     service = TargetService(runner, eos_ids_of(loaded.tokenizer, loaded.model), links, settings.session, compute,
                             own_drafts=own)
-    metrics = Metrics("target")
     if isinstance(runner, BatchedRunner):
-        runner.on_step = metrics.observe_step
-        runner.on_drafting = metrics.observe_drafting
+        runner.on_step = observer.observe_step
+        runner.on_drafting = observer.observe_drafting
         engines = [runner] + ([own_draft.runner] if own_draft is not None else [])
-        metrics.track_launched(lambda: [engine.stats.launched_ahead() for engine in engines])
+        observer.track_launched(lambda: [engine.stats.launched_ahead() for engine in engines])
         if own is not None:
-            metrics.track_catch_ups(lambda: own.stats)
+            observer.track_catch_ups(lambda: own.stats)
+    return Engine(service, info, runner.stop if isinstance(runner, BatchedRunner) else lambda: None)
+
+
+def build(settings: TargetServerSettings) -> Server:
+    settings.validate()
+    metrics = Metrics("target")
+    if settings.engine_process:
+        engine = EngineProcess.start(settings, metrics)
+        backend, info, stop = engine, engine.info, engine.stop
+    else:
+        built = build_engine(settings, metrics)
+        backend, info, stop = built.service, built.info, built.stop
     name = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
-    return Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
-                                     TargetServicer(service, info, metrics), name)],
-                  interceptors=server_interceptors(), metrics=metrics,
-                  on_stop=runner.stop if isinstance(runner, BatchedRunner) else lambda: None)
+    server = Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
+                                       TargetServicer(backend, info, metrics), name)],
+                    interceptors=server_interceptors(), metrics=metrics, on_stop=stop)
+    if settings.engine_process:  # the engine gone, the front end says so (a pod's probes restart it)
+        engine.on_exit(lambda: server.set_serving(False))
+    return server

@@ -30,6 +30,24 @@ class TargetSettings:
     draft_timeout_s: float = 5.0  # how long to wait for a usable proposal before going on alone
 
 
+@dataclass(frozen=True)
+class Load:
+    """What a target holds now (metrics and DescribeTarget)."""
+
+    active: int  # sessions running (queued for a slot included)
+    free_slots: int  # KV slots free
+    waiting: int  # sessions queued for a slot
+
+
+class Backend(Protocol):
+    """What the servicer drives: a TargetService, or one in a process of its own (engine_process.EngineProcess)."""
+
+    def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: "Observer",
+            deadline_s: float | None = None) -> Iterator[list[Cycle]]: ...
+
+    def load(self) -> Load: ...
+
+
 class Links(Protocol):
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> DraftSource: ...
 
@@ -62,6 +80,9 @@ class TargetService:
         self.probes = ProbeSchedule()  # and when one of them tries a paused draft again
         self.own_phase = SharedPhase()  # own-draft sessions draft in one phase: K is chosen for all of them
         self._k_logged = 0.0
+
+    def load(self) -> Load:
+        return Load(len(self.sessions), self.runner.free_slots, self.runner.slots.waiting)
 
     def run(self, request: TargetRequest, on_cancel: Callable[[Callable[[], None]], None], observer: Observer,
             deadline_s: float | None = None) -> Iterator[list[Cycle]]:

@@ -6,7 +6,7 @@ from specdec.core.stats import Cycle
 from specdec.serving.convert import cycles_to_pb, ms, target_request_from_pb
 from specdec.serving.telemetry import Metrics, record_cycle, tracer
 from specdec.v1 import common_pb2, target_pb2, target_pb2_grpc
-from target_service.service import TargetService
+from target_service.service import Backend
 
 
 class SessionObserver:
@@ -31,18 +31,19 @@ class SessionObserver:
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
-    def __init__(self, service: TargetService, info: common_pb2.ServerInfo, metrics: Metrics | None = None) -> None:
+    def __init__(self, service: Backend, info: common_pb2.ServerInfo, metrics: Metrics | None = None) -> None:
         self.service = service
         self.info = info
         self.metrics = metrics or Metrics("target")
-        self.metrics.track(lambda: len(service.sessions), lambda: service.runner.free_slots,
-                           lambda: service.runner.slots.waiting)
+        self.metrics.track(lambda: service.load().active, lambda: service.load().free_slots,
+                           lambda: service.load().waiting)
 
     def DescribeTarget(self, request, context):
         info = common_pb2.ServerInfo()
         info.CopyFrom(self.info)
-        info.active_sessions = len(self.service.sessions)
-        info.free_kv_slots = self.service.runner.free_slots
+        load = self.service.load()
+        info.active_sessions = load.active
+        info.free_kv_slots = load.free_slots
         return target_pb2.DescribeTargetResponse(info=info)
 
     def Generate(self, request: target_pb2.TargetGenerateRequest, context):

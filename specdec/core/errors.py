@@ -16,6 +16,9 @@ class InvalidArgument(SpecdecError, ValueError):
         self.field = field
         self.reason = reason
 
+    def __reduce__(self):  # crosses a process boundary whole (target_service.engine_process)
+        return type(self), (self.field, self.reason)
+
 
 class NotFound(SpecdecError, KeyError):
     """A named thing (a session) does not exist, or no longer does."""

@@ -13,11 +13,13 @@ opentelemetry-instrumentation-grpc's server interceptor; clients inject it with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
@@ -79,11 +81,27 @@ def cycle_events() -> bool:
     return os.environ.get(SPAN_EVENTS_ENV, "spans") == "events"
 
 
-def outgoing_metadata(metadata: tuple = ()) -> tuple:
-    """`metadata` plus the current trace context (W3C traceparent/tracestate), for a client call."""
+def trace_carrier() -> dict[str, str]:
+    """The current trace context (W3C traceparent/tracestate), to carry across a hop."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return tuple(metadata) + tuple(carrier.items())
+    return carrier
+
+
+def outgoing_metadata(metadata: tuple = ()) -> tuple:
+    """`metadata` plus the current trace context, for a client call."""
+    return tuple(metadata) + tuple(trace_carrier().items())
+
+
+@contextlib.contextmanager
+def continued(carrier: Mapping[str, str]) -> Iterator[None]:
+    """Run the block in the trace context `carrier` holds (trace_carrier's, from another process): calls made in
+    it carry that context on, so their spans are children of the span that sent it."""
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def server_interceptors() -> list:
