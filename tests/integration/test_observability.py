@@ -45,10 +45,12 @@ def attrs(span) -> dict:
     return out
 
 
-def test_one_trace_per_request_across_the_services_and_metrics_that_match_the_responses():
+@pytest.mark.parametrize("engine_process", [False, True], ids=["one-process", "engine-process"])
+def test_one_trace_per_request_across_the_services_and_metrics_that_match_the_responses(engine_process):
     """One stack (three services exporting spans to a real OTLP/gRPC receiver, each serving Prometheus
     metrics) answers four requests; their counters must add up to the responses', and the first request's
-    trace must cross every hop."""
+    trace must cross every hop (with the target's engine in a process of its own too: the draft's spans are
+    children of the target's session span, whose context crossed into the engine process)."""
     server = grpc.server(futures.ThreadPoolExecutor(4))
     collector = Receiver()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
@@ -56,6 +58,7 @@ def test_one_trace_per_request_across_the_services_and_metrics_that_match_the_re
     server.start()
     ports = dict(zip(["orchestrator", "target", "draft"], (free_base_port(3) + i for i in range(3))))
     flags = {role: ["--metrics-port", str(port)] for role, port in ports.items()}
+    flags["target"] += ["--engine-process"] if engine_process else []
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     try:
         with running_stack(env=env, **flags) as stack, Client(stack.address, timeout_s=60) as client:
@@ -154,15 +157,23 @@ def check_metrics(ports: dict[str, int], results: list) -> None:
     assert scrape(ports["draft"])[("specdec_active_sessions", ())] == 0
 
 
-def test_the_target_s_own_draft_reports_its_drafting_phases():
+@pytest.mark.parametrize("engine_process", [False, True], ids=["one-process", "engine-process"])
+def test_the_target_s_own_draft_reports_its_drafting_phases(engine_process):
     """A target with its own draft (no draft service; the orchestrator routes speculative requests to it):
     the responses' drafts are on the target's counters, and its drafting phases, the engine's steps and its
-    rows per step on its histograms; the rows it and its draft launched ahead of the host's reads, on counters."""
+    rows per step on its histograms; the rows it and its draft launched ahead of the host's reads, on counters.
+    An engine in a process of its own reports its steps and phases every half second: they are waited for."""
     ports = dict(zip(["orchestrator", "target"], (free_base_port(2) + i for i in range(2))))
-    with running_stack(draft_model=None, target=["--own-draft", "tiny", "--metrics-port", str(ports["target"])],
+    target = ["--own-draft", "tiny", "--metrics-port", str(ports["target"]), *(["--engine-process"] * engine_process)]
+    with running_stack(draft_model=None, target=target,
                        orchestrator=["--k", "3", "--fixed-k"]) as stack, Client(stack.address, timeout_s=60) as client:
         results = [client.generate(build_request(p, max_new_tokens=24, ignore_eos=True)) for p in PROMPTS[:2]]
-        m = scrape(ports["target"])
+        m, deadline = {}, time.monotonic() + 10
+        while time.monotonic() < deadline:  # until two scrapes a report apart agree
+            m, was = scrape(ports["target"]), m
+            if m == was:
+                break
+            time.sleep(0.6)
     drafts = sum(r.summary.speculation.drafts for r in results)
     assert drafts > 0 and m[("specdec_num_drafts_total", ())] == drafts
     # sessions one at a time: a phase per block drafted, each verified at least once (a block outlasting a short
