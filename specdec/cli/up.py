@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     add_cpu_kernels_arg(up)
     up.add_argument("--no-compile", action="store_true",
                     help="on a GPU: skip torch.compile of the models' layers at start (see `specdec serve --help`)")
+    up.add_argument("--engine-process", action="store_true",
+                    help="the target runs its engine in a child process, gRPC in its own (see `specdec serve --help`)")
     up.add_argument("--k", type=int, default=4, help="draft tokens per cycle, at most (adaptive K; default 4)")
     add_proposer_arg(up, "who drafts (default: draft-model)")
     up.set_defaults(func=run)
@@ -67,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     own = own_draft(args)
     if own:
         common += ["--own-draft", args.draft]
+    target = common + (["--engine-process"] if args.engine_process else [])
     if not args.no_draft:
         log.info("draft %s: %s", args.draft, "run by the target itself, between its batched steps (--draft-service: a "
                  "separate service)" if own else "a draft service")
     stack = Stack(port=args.port, target=args.target, draft=None if args.no_draft or own else args.draft,
-                  extra={"target": common, "draft": ["--draft-device", args.draft_device or args.device,
+                  extra={"target": target, "draft": ["--draft-device", args.draft_device or args.device,
                                                      "--dtype", args.draft_dtype or args.dtype,
                                                      "--cpu-kernels", args.cpu_kernels,
                                                      "--proposer", args.proposer, *compiling],
