@@ -127,3 +127,24 @@ def test_an_engine_that_dies_fails_its_requests_with_unavailable_and_the_target_
                     target_pb2.TargetGenerateRequest(session_id="after", prompt_ids=[1, 2], max_new_tokens=4)))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert target.poll() is None  # the front end still answers (its probes say why), it did not crash
+
+
+def test_an_engine_whose_front_end_is_killed_ends_too():
+    """No orphan keeps the model (and a GPU's memory): the engine sees its pipe close and exits."""
+    with running_stack(draft_model=None, target=["--engine-process"]) as stack:
+        target = stack.procs["target"]
+        engine = engine_pid(target.pid)
+        os.kill(target.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(engine)
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
