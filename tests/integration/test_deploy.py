@@ -180,6 +180,8 @@ def test_rendered_configs_are_accepted_by_specdec_serve(helm, tmp_path):
             settings = config(docs, role)
             args = build_parser()[0].parse_args(["serve", role])
             assert not [k for k in settings if not hasattr(args, k)], (values, role)
+    assert config(render(helm), "target")["engine_process"] is False
+    assert config(render(helm, "--set", "target.engineProcess=true"), "target")["engine_process"] is True
 
 
 def test_dockerfile_lints_and_is_sane():
