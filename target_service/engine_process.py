@@ -264,6 +264,7 @@ class EngineProcess:
         self._load = Load(0, info.max_sessions, 0)  # the last one read
         self._exit_hooks: list[Callable[[], None]] = []
         self._gone: str | None = None  # why the engine cannot be reached, once it cannot
+        self._stopping = False  # told to stop: its end is expected
         self._launched: list = []
         self._catch_ups = PhaseStats()
         if tracks[0]:
@@ -396,8 +397,8 @@ class EngineProcess:
         self._gone = "the target's engine process exited"
         for key, inbox in list(self._sessions.items()):
             inbox.put((Event.END, key, [], Unavailable(self._gone)))
-        self.process.join(STOP_WAIT_S)
-        if self.process.exitcode != 0:
+        if not self._stopping:  # (a stop joins the process itself)
+            self.process.join(STOP_WAIT_S)
             log.error("%s (code %s): sessions in flight failed with UNAVAILABLE, and the server reports NOT_SERVING",
                       self._gone, self.process.exitcode)
         for hook in self._exit_hooks:
@@ -416,6 +417,7 @@ class EngineProcess:
     def stop(self) -> None:
         """End the engine (after the server's last call has ended) and wait for its process, killing it if it
         does not end within STOP_WAIT_S."""
+        self._stopping = True
         try:
             self._send((Command.STOP,))
         except Unavailable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol
 
@@ -23,6 +24,8 @@ from target_service.draft_link import DraftLinks
 from target_service.engine_process import EngineProcess
 from target_service.service import TargetService, TargetSettings
 from target_service.servicer import TargetServicer
+
+log = logging.getLogger("specdec.target")
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,10 @@ def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     metrics = Metrics("target")
     if settings.engine_process:
+        if not settings.device.startswith("cuda"):
+            log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
+                        "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
+                        "docs/benchmarks.md); it is meant for GPU targets")
         engine = EngineProcess.start(settings, metrics)
         backend, info, stop = engine, engine.info, engine.stop
     else:

@@ -208,3 +208,15 @@ def test_an_engine_that_is_gone_fails_its_sessions_and_says_so(pair):
         next(engine.run(request("ok"), lambda fn: None, Seen()))
     assert engine.load() == Load(0, 8, 0)  # the last known (none read yet)
     service.cancelled.set()
+
+
+def test_a_stop_is_not_reported_as_the_engine_dying(pair, caplog):
+    """The stop joins the process; the pipe's reader sees it close then and must not call that an exit (it once
+    did, with code None, the process reaped by the stop's join)."""
+    engine, *_ = pair
+    engine.process.exitcode = None
+    gone = threading.Event()
+    engine.on_exit(gone.set)
+    engine.stop()
+    assert gone.wait(5)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.records
