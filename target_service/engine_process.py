@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 from specdec.core.config import TargetRequest
 from specdec.core.errors import Internal, SpecdecError, Unavailable
 from specdec.core.stats import Cycle, PhaseStats
-from specdec.serving.telemetry import continued, trace_carrier
+from specdec.serving.telemetry import Metrics, continued, trace_carrier
 from specdec.v1 import common_pb2
 from target_service.service import Load, Observer
 
@@ -256,7 +256,7 @@ class EngineProcess:
     (target_service.service.Backend)."""
 
     def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, info: common_pb2.ServerInfo,
-                 metrics, tracks: tuple[bool, bool]) -> None:
+                 metrics: Metrics, tracks: tuple[bool, bool]) -> None:
         self.process, self.conn, self.info, self.metrics = process, conn, info, metrics
         self._send_lock = threading.Lock()
         self._sessions: dict[int, queue.SimpleQueue] = {}
@@ -275,9 +275,10 @@ class EngineProcess:
         self._reader.start()
 
     @classmethod
-    def start(cls, settings: "TargetServerSettings", metrics, timeout_s: float = START_TIMEOUT_S) -> "EngineProcess":
+    def start(cls, settings: "TargetServerSettings", metrics: Metrics,
+              timeout_s: float = START_TIMEOUT_S) -> "EngineProcess":
         """Start the engine process and wait until it serves (its model loaded, warmed up and compiled); raise what
-        stopped it otherwise. `metrics`: telemetry.Metrics, fed from its reports."""
+        stopped it otherwise. `metrics`: fed from its reports."""
         import torch
 
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this one's threads
