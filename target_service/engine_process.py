@@ -355,14 +355,12 @@ class EngineProcess:
                 if error is not None:
                     raise error
         finally:
-            self._sessions.pop(key, None)
             if not ended:  # the caller went away: the engine frees the session's slot at once
-                try:
-                    self._send((Command.CANCEL, key))
-                except Unavailable:
-                    pass
+                self._cancel(key)
+            self._sessions.pop(key, None)
 
     def _cancel(self, key: int) -> None:
+        """Cancel a session still open here (after its end, gRPC's callback has nothing to cancel)."""
         if key in self._sessions and self._gone is None:
             try:
                 self._send((Command.CANCEL, key))
