@@ -95,20 +95,20 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # (ALPHAS="0.8 0" adds a useless draft; MODES adds services, e.g. services-own-draft; GPU_TESTS="-k EXPR" first
     # runs those GPU tests; K (default 4) and FIXED_K=--fixed-k: draft exactly K; STREAM_INTERVALS="1 8": one sweep
     # per stream interval, back to back; default auto; ENGINE_PROCESS="off on": the services' targets without, then with
-    # their engine in a child process (serve --engine-process), back to back; ROUNDS: requests per client (default 6: at 2, a 64-client
+    # their engine in a child process (serve --engine-process off / on; default auto: on for cuda), back to back; ROUNDS: requests per client (default 6: at 2, a 64-client
     # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile; BOUNDS_OF=FILE: no
     # mode, FILE's points (a sweep of the same settings cut before its bounds, carried in the tree) get their
     # exactness check and bounds: `bench --bounds-only`)
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
-  for EP in ${ENGINE_PROCESS:-off}; do for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do
-    NAME=engine_a${A}_s$SI$([ "$EP" = on ] && echo _ep)
+  for EP in ${ENGINE_PROCESS:-auto}; do for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do
+    NAME=engine_a${A}_s$SI$([ "$EP" = on ] && echo _ep)$([ "$EP" = off ] && echo _one)
     [ -z "${BOUNDS_OF:-}" ] || cp "$BOUNDS_OF" "$OUT/$NAME.json"
     timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench ${BOUNDS_OF:+--bounds-only} --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
       --dtype bfloat16 --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
-      $([ "$EP" = on ] && echo --engine-process) --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" ${FIXED_K:-} ${EXTRA:-} \
+      --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" ${FIXED_K:-} ${EXTRA:-} \
       2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt"
   done; done; done ;;
 Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice

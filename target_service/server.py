@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 
 from specdec.core.batching import BatchedRunner, check_stream_interval, serving_runner
 from specdec.core.compute import Compute
-from specdec.core.config import ProposerKind
+from specdec.core.config import EngineProcessMode, ProposerKind
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, check_same_vocabulary, context_length, eos_ids_of, load_model
@@ -46,7 +46,8 @@ class TargetServerSettings:
     stream_interval: int | None = None  # a session's cycles are streamed this many at a time (its first at once;
     # None: auto, by the load, BatchedRunner)
     compile: bool = True  # on a GPU, torch.compile the decoder layers of the target (and own draft) at start
-    engine_process: bool = False  # the engine and the sessions' loops in a child process, gRPC in this one
+    engine_process: EngineProcessMode = EngineProcessMode.AUTO  # the engine and the sessions' loops in a child
+    # process, gRPC in this one (auto: for a CUDA target)
     own_draft: str | None = None  # a draft model run in this process, drafting between the engine's steps
     replay_references: str | None = None  # benchmarks: the own draft replays the target's continuations from this file
     replay: ReplayRates = ReplayRates()
@@ -168,11 +169,14 @@ def build_engine(settings: TargetServerSettings, observer: EngineObserver) -> En
 def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     metrics = Metrics("target")
-    if settings.engine_process:
-        if not settings.device.startswith("cuda"):
-            log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
-                        "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
-                        "docs/benchmarks.md); it is meant for GPU targets")
+    apart = settings.engine_process.apart(settings.device)
+    if apart and not settings.device.startswith("cuda"):
+        log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
+                    "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
+                    "docs/benchmarks.md); it is meant for GPU targets")
+    if apart:
+        log.info("the engine runs in a child process, gRPC in this one (--engine-process %s)",
+                 settings.engine_process.value)
         engine = EngineProcess.start(settings, metrics)
         backend, info, stop = engine, engine.info, engine.stop
     else:
@@ -182,6 +186,6 @@ def build(settings: TargetServerSettings) -> Server:
     server = Server(settings.server, [(target_pb2_grpc.add_TargetServiceServicer_to_server,
                                        TargetServicer(backend, info, metrics), name)],
                     interceptors=server_interceptors(), metrics=metrics, on_stop=stop)
-    if settings.engine_process:  # the engine gone, the front end says so (a pod's probes restart it)
+    if apart:  # the engine gone, the front end says so (a pod's probes restart it)
         engine.on_exit(lambda: server.set_serving(False))
     return server

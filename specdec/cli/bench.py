@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from specdec.cli.options import add_model_args, add_proposer_arg, add_sampling_flags, env_pair, sampling_of
-from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.config import EngineProcessMode, ProposerKind, SamplingParams
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
 from specdec.tools.bench import MODES, BenchSettings, main
@@ -66,9 +66,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--stream-interval", type=int, default=None, metavar="N",
                        help="with --concurrency: batched targets (services and in process) hand each session its "
                             "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
-    bench.add_argument("--engine-process", action="store_true",
-                       help="with --concurrency: the services' targets run their engines in a child process (see "
-                            "`specdec serve --help`)")
+    bench.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value,
+                       default=EngineProcessMode.AUTO.value, choices=[m.value for m in EngineProcessMode],
+                       help="with --concurrency: where the services' targets run their engines, on (the flag alone), "
+                            "off or auto (default: a child process for a CUDA device; see `specdec serve --help`)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     add_sampling_flags(bench.add_argument_group("sampling (with --concurrency; default: greedy)"),
                        temperature_help="every request samples at this temperature (0: greedy). Plain decoding's "
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("no-compile", "only with --concurrency (one-request modes run no batched engine)")
     if args.stream_interval is not None:
         raise InvalidArgument("stream-interval", "only with --concurrency (one-request modes stream every cycle)")
-    if args.engine_process:
+    if args.engine_process != EngineProcessMode.AUTO.value:
         raise InvalidArgument("engine-process", "only with --concurrency (the one-request services mode starts "
                                                 "its target as `specdec up` does)")
     if args.fixed_k:
@@ -134,5 +135,5 @@ def sweep(args: argparse.Namespace) -> int:
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
         replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile, stream_interval=args.stream_interval, engine_process=args.engine_process,
+        compile=not args.no_compile, stream_interval=args.stream_interval, engine_process=EngineProcessMode(args.engine_process),
         bounds_only=args.bounds_only, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))

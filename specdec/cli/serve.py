@@ -12,7 +12,7 @@ import threading
 from typing import NoReturn
 
 from specdec.cli.options import PROPOSERS, add_model_args, add_security_args, cpu_list
-from specdec.core.config import ProposerKind
+from specdec.core.config import EngineProcessMode, ProposerKind
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
 from specdec.serving.security import TLSFiles, read_tokens
@@ -89,11 +89,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="target, draft (batched) on a GPU: skip torch.compile of the models' decoder layers. By "
                             "default they are compiled at start (about a minute per model, fewer and fused kernels: "
                             "a faster step, docs/benchmarks.md), then captured in CUDA graphs")
-    serve.add_argument("--engine-process", action="store_true",
-                       help="target: run the engine and every session's loop in a child process, and gRPC "
-                            "(streams, metrics, traces) in this one, so that under many clients the engine does not "
-                            "wait for the interpreter behind the sessions' gRPC threads. The child loads the model; "
-                            "if it dies, running requests fail with UNAVAILABLE and health reports NOT_SERVING")
+    serve.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value,
+                       default=EngineProcessMode.AUTO.value, choices=[m.value for m in EngineProcessMode],
+                       help="target: where the engine and every session's loop run. on (the flag alone): in a child "
+                            "process, with gRPC (streams, metrics, traces) in this one, so that under many clients "
+                            "the engine does not wait for the interpreter behind the sessions' gRPC threads; the "
+                            "child loads the model, and if it dies running requests fail with UNAVAILABLE and "
+                            "health reports NOT_SERVING. off: in this process. auto (default): on for a CUDA "
+                            "device, off on a CPU, where the front end's threads would take the engine's cores "
+                            "(both measured, docs/benchmarks.md)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")
@@ -191,7 +195,7 @@ def build_server(args: argparse.Namespace):
             max_sessions=args.max_sessions, queue_size=args.queue_size, queue_timeout_s=args.queue_timeout,
             cpu_kernels=args.cpu_kernels, batching=not args.no_batching, gather_s=args.batch_gather_ms / 1000,
             prefill_chunk=args.prefill_chunk, lookahead=not args.no_lookahead, stream_interval=args.stream_interval,
-            compile=not args.no_compile, engine_process=args.engine_process,
+            compile=not args.no_compile, engine_process=EngineProcessMode(args.engine_process),
             session=TargetSettings(max_new_tokens=args.max_new_tokens_limit, draft_timeout_s=args.draft_timeout),
             own_draft=args.own_draft, replay_references=args.replay_references,
             replay=ReplayRates(args.replay_alpha, args.replay_runner_up),

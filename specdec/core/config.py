@@ -33,6 +33,21 @@ class FinishReason(str, Enum):
     CANCELLED = "cancelled"
 
 
+class EngineProcessMode(str, Enum):
+    """Where a target runs its engine (`serve target --engine-process`): in a child process, gRPC in the server's, or
+    in the server's process. `auto` splits a CUDA target (the engine waits for the interpreter behind the sessions'
+    gRPC threads) and keeps a CPU target whole (there the engine waits for its cores, and the front end's threads
+    would take them): both measured, docs/benchmarks.md."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+    def apart(self, device: str) -> bool:
+        """Whether the engine runs in a child process for a target on `device`."""
+        return self == EngineProcessMode.ON or (self == EngineProcessMode.AUTO and device.startswith("cuda"))
+
+
 class ProposerKind(str, Enum):
     """Who drafts tokens; the value is the name used on the command line and in statistics."""
 

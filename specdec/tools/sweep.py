@@ -47,7 +47,7 @@ import torch
 
 from specdec.core.batching import BatchedRunner, check_stream_interval
 from specdec.core.compute import Compute
-from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.config import EngineProcessMode, ProposerKind, SamplingParams
 from specdec.core.errors import InvalidArgument
 from specdec.core.models import LoadedModel, encode_prompt, load_model, load_tokenizer
 from specdec.proposers import make_factory
@@ -81,7 +81,8 @@ class SweepSettings:
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
     stream_interval: int | None = None  # batched targets hand a session's reader its cycles this many at a time
     # (None: the targets' default, auto)
-    engine_process: bool = False  # the services' targets run their engines in a child process (serve --engine-process)
+    engine_process: EngineProcessMode = EngineProcessMode.AUTO  # where the services' targets run their engines
+    # (serve --engine-process)
     compile: bool = True  # batched engines on a GPU compile their models' layers (core.compiled), as services do
     report_greedy_mismatch: bool = False  # report outputs that differ across points instead of failing
     temperature: float = 0.0  # 0: greedy; else every request samples (top_k, top_p) with seed `seed`
@@ -162,8 +163,7 @@ def sweep_services(s: SweepSettings, mode: str, replay: str | None = None) -> li
               "--max-sessions", str(max(s.levels)), *compiling]
     if s.stream_interval is not None:
         common += ["--stream-interval", str(s.stream_interval)]
-    if s.engine_process:
-        common.append("--engine-process")
+    common += ["--engine-process", s.engine_process.value]
     draft = ["--draft-device", s.draft_device or s.device, "--max-len", str(s.max_len),
              "--max-sessions", str(max(s.levels)), "--dtype", s.draft_dtype or s.dtype, *compiling]
     replaying = ["--replay-references", replay, "--replay-alpha", str(s.replay_alpha)] if (

@@ -164,6 +164,7 @@ def test_pdbs_and_helm_test_pod(helm):
     (["--set", "image.tag=latest"], "tag"),
     (["--set", "draft.proposer=magic"], "proposer"),
     (["--set", "orchestrator.k=99"], "k"),
+    (["--set", "target.engineProcess=sometimes"], "engineProcess"),
 ])
 def test_schema_rejects_bad_values(helm, bad, message):
     out = subprocess.run([helm, "template", "rel", str(CHART), *bad], capture_output=True, text=True, timeout=60)
@@ -180,8 +181,10 @@ def test_rendered_configs_are_accepted_by_specdec_serve(helm, tmp_path):
             settings = config(docs, role)
             args = build_parser()[0].parse_args(["serve", role])
             assert not [k for k in settings if not hasattr(args, k)], (values, role)
-    assert config(render(helm), "target")["engine_process"] is False
-    assert config(render(helm, "--set", "target.engineProcess=true"), "target")["engine_process"] is True
+    engine_process = {setting: config(render(helm, "--set", f"target.engineProcess={setting}"), "target")["engine_process"]
+                      for setting in ("auto", "on", "off", "true", "false")}
+    assert config(render(helm), "target")["engine_process"] == "auto"
+    assert engine_process == {"auto": "auto", "on": "on", "off": "off", "true": "on", "false": "off"}
 
 
 def test_dockerfile_lints_and_is_sane():

@@ -5,6 +5,7 @@ import pytest
 from specdec.core.config import (
     MAX_K,
     ChatMessage,
+    EngineProcessMode,
     GenerationRequest,
     SamplingParams,
     SpeculationConfig,
@@ -86,3 +87,21 @@ def test_target_request_checks_its_session_and_generation():
 def test_token_ids_without_a_vocabulary_need_only_be_non_negative():
     check_token_ids("ids", [0, 10**9], None)
     refused("ids", lambda: check_token_ids("ids", [3, -1], None))
+
+
+def test_engine_process_auto_splits_a_cuda_target_only():
+    apart = {(mode, device): mode.apart(device) for mode in EngineProcessMode for device in ("cpu", "cuda", "cuda:1")}
+    assert apart == {(EngineProcessMode.AUTO, "cpu"): False, (EngineProcessMode.AUTO, "cuda"): True,
+                     (EngineProcessMode.AUTO, "cuda:1"): True, (EngineProcessMode.ON, "cpu"): True,
+                     (EngineProcessMode.ON, "cuda"): True, (EngineProcessMode.ON, "cuda:1"): True,
+                     (EngineProcessMode.OFF, "cpu"): False, (EngineProcessMode.OFF, "cuda"): False,
+                     (EngineProcessMode.OFF, "cuda:1"): False}
+
+
+@pytest.mark.parametrize("flags, mode", [([], "auto"), (["--engine-process"], "on"),
+                                         (["--engine-process", "off"], "off"), (["--engine-process", "on"], "on")])
+def test_engine_process_flag(flags, mode):
+    from specdec.cli import build_parser
+
+    assert build_parser()[0].parse_args(["serve", "target", *flags]).engine_process == mode
+    assert build_parser()[0].parse_args(["up", *flags]).engine_process == mode

@@ -189,3 +189,9 @@ fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* serve's --engine-process value: auto, on or off (a YAML on / off arrives as a boolean) */}}
+{{- define "specdec.engineProcess" -}}
+{{- $ep := .Values.target.engineProcess -}}
+{{- if kindIs "bool" $ep -}}{{ ternary "on" "off" $ep }}{{- else -}}{{ $ep }}{{- end -}}
+{{- end }}
