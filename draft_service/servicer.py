@@ -20,7 +20,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.info = info
         self.free_slots = free_slots
         self.metrics = metrics or Metrics("draft")
-        self.metrics.track(lambda: len(service.sessions), free_slots)
+        self.metrics.track(lambda: (len(service.sessions), free_slots(), 0))
 
     def DescribeDraft(self, request, context):
         info = common_pb2.ServerInfo()

@@ -103,8 +103,8 @@ class Orchestrator:
         self.admission = Admission(settings.max_requests, settings.max_requests_per_client)
         self.max_token_bytes = max_token_bytes(tokenizer)
         self._large_prompts = threading.Lock()
-        self.metrics.track(lambda: self.admission.running, lambda: sum(
-            b.info.free_kv_slots for b in pool.targets if b.healthy and b.info is not None))
+        self.metrics.track(lambda: (self.admission.running, sum(
+            b.info.free_kv_slots for b in pool.targets if b.healthy and b.info is not None), 0))
 
     def tokenize(self, req: TextRequest, context_len: int) -> list[int]:
         """The prompt's token ids.

@@ -35,8 +35,11 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.service = service
         self.info = info
         self.metrics = metrics or Metrics("target")
-        self.metrics.track(lambda: service.load().active, lambda: service.load().free_slots,
-                           lambda: service.load().waiting)
+        self.metrics.track(self._gauges)
+
+    def _gauges(self) -> tuple[int, int, int]:
+        load = self.service.load()  # one reading per scrape (over a pipe when the engine runs apart)
+        return load.active, load.free_slots, load.waiting
 
     def DescribeTarget(self, request, context):
         info = common_pb2.ServerInfo()

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from specdec.core.config import ROW_BUCKETS
 from specdec.core.stats import Cycle, PhaseStats
@@ -171,6 +171,24 @@ class _CatchUps:
         yield seconds
 
 
+class _Load:
+    """A collector of what a service holds now (Metrics.track): one reading per scrape for all three gauges, since a
+    target whose engine runs in a process of its own answers each reading over its pipe."""
+
+    GAUGES = (("specdec_active_sessions", "Sessions open now"),
+              ("specdec_free_kv_slots", "KV-cache slots free now"),
+              ("specdec_queue_length", "Sessions waiting for a KV-cache slot now"))
+
+    def __init__(self, role: str, load: Callable[[], tuple[int, int, int]]) -> None:
+        self.role, self.load = role, load
+
+    def collect(self):
+        for (name, documentation), value in zip(self.GAUGES, self.load()):
+            gauge = GaugeMetricFamily(name, documentation, labels=["role"])
+            gauge.add_metric([self.role], value)
+            yield gauge
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
@@ -208,9 +226,6 @@ class Metrics:
                                buckets=LATENCY_BUCKETS, registry=r)
         self.request = Histogram("specdec_request_duration_seconds", "End-to-end request time", lbl,
                                  buckets=REQUEST_BUCKETS, registry=r)
-        self.active_sessions = Gauge("specdec_active_sessions", "Sessions open now", lbl, registry=r)
-        self.free_kv_slots = Gauge("specdec_free_kv_slots", "KV-cache slots free now", lbl, registry=r)
-        self.queue_length = Gauge("specdec_queue_length", "Sessions waiting for a KV-cache slot now", lbl, registry=r)
         self.queue_time = Histogram("specdec_queue_seconds", "Time a session waited for a KV-cache slot", lbl,
                                     buckets=REQUEST_BUCKETS, registry=r)
         self.batch_rows = Histogram("specdec_batch_rows", "Sessions' rows in one batched forward (engine step)", lbl,
@@ -272,11 +287,9 @@ class Metrics:
         histogram, the share of their time that new prompts and resumed drafts take."""
         self.registry.register(_CatchUps(self.role, stats))
 
-    def track(self, active, free, waiting=lambda: 0) -> None:
-        """Report live values through callbacks (read at scrape time)."""
-        self.active_sessions.labels(self.role).set_function(active)
-        self.free_kv_slots.labels(self.role).set_function(free)
-        self.queue_length.labels(self.role).set_function(waiting)
+    def track(self, load: Callable[[], tuple[int, int, int]]) -> None:
+        """Report what the service holds now, read at scrape time: (sessions open, KV slots free, sessions queued)."""
+        self.registry.register(_Load(self.role, load))
 
     def count_outcomes(self, stream):
         """Wrap a servicer's response generator: count how each request ended, by gRPC code."""
