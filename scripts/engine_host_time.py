@@ -85,6 +85,9 @@ class _Replayed:
 
     factory: ReplayFactory | None = None
 
+    def __init__(self, runner: BatchedRunner) -> None:
+        self.runner = runner  # the own draft's (core.own_draft reads its step costs)
+
     def open(self, sampling, seed):
         return self.factory.open(sampling, seed)
 
@@ -142,7 +145,7 @@ def main() -> None:
     target = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
     draft = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
     draft_runner = own_draft_runner(compute, draft, args.max_len, max(levels))
-    replayed = _Replayed() if args.replay_alpha is not None else None
+    replayed = _Replayed(draft_runner) if args.replay_alpha is not None else None
     drafts = replayed or make_factory(ProposerKind.DRAFT_MODEL, draft_runner)
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
