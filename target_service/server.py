@@ -170,11 +170,11 @@ def build(settings: TargetServerSettings) -> Server:
     settings.validate()
     metrics = Metrics("target")
     apart = settings.engine_process.apart(settings.device)
-    if apart and not settings.device.startswith("cuda"):
-        log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
-                    "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
-                    "docs/benchmarks.md); it is meant for GPU targets")
     if apart:
+        if not settings.device.startswith("cuda"):  # asked for (auto keeps a CPU target whole)
+            log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
+                        "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
+                        "docs/benchmarks.md); it is meant for GPU targets")
         log.info("the engine runs in a child process, gRPC in this one (--engine-process %s)",
                  settings.engine_process.value)
         engine = EngineProcess.start(settings, metrics)

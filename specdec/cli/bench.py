@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from specdec.cli.options import add_model_args, add_proposer_arg, add_sampling_flags, env_pair, sampling_of
+from specdec.cli.options import (
+    add_engine_process_arg,
+    add_model_args,
+    add_proposer_arg,
+    add_sampling_flags,
+    env_pair,
+    sampling_of,
+)
 from specdec.core.config import EngineProcessMode, ProposerKind, SamplingParams
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
@@ -66,10 +73,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--stream-interval", type=int, default=None, metavar="N",
                        help="with --concurrency: batched targets (services and in process) hand each session its "
                             "cycles N at a time (see `specdec serve --help`; default: auto, by the load)")
-    bench.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value,
-                       default=EngineProcessMode.AUTO.value, choices=[m.value for m in EngineProcessMode],
-                       help="with --concurrency: where the services' targets run their engines, on (the flag alone), "
-                            "off or auto (default: a child process for a CUDA device; see `specdec serve --help`)")
+    add_engine_process_arg(bench, "with --concurrency: where the services' targets run their engines, on (the flag "
+                                  "alone), off or auto (default: a child process for a CUDA device; see `specdec "
+                                  "serve --help`)")
     bench.add_argument("--rounds", type=int, default=2, help="with --concurrency: measured requests per client")
     add_sampling_flags(bench.add_argument_group("sampling (with --concurrency; default: greedy)"),
                        temperature_help="every request samples at this temperature (0: greedy). Plain decoding's "

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from specdec.core.config import ProposerKind, SamplingParams
+from specdec.core.config import EngineProcessMode, ProposerKind, SamplingParams
 from specdec.core.cpu_kernels import CPU_KERNELS, ONEDNN
 
 PROPOSERS = [kind.value for kind in ProposerKind]
@@ -65,6 +65,12 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def add_proposer_arg(p, help: str, default: str | None = ProposerKind.DRAFT_MODEL.value) -> None:
     p.add_argument("--proposer", default=default, choices=PROPOSERS, help=help)
+
+
+def add_engine_process_arg(p, help: str) -> None:
+    """--engine-process [auto|on|off]: the flag alone means on; default auto (EngineProcessMode.apart)."""
+    p.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value, default=EngineProcessMode.AUTO.value,
+                   choices=[m.value for m in EngineProcessMode], help=help)
 
 
 def add_speculation_args(p: argparse.ArgumentParser) -> None:

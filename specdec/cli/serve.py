@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import NoReturn
 
-from specdec.cli.options import PROPOSERS, add_model_args, add_security_args, cpu_list
+from specdec.cli.options import PROPOSERS, add_engine_process_arg, add_model_args, add_security_args, cpu_list
 from specdec.core.config import EngineProcessMode, ProposerKind
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
@@ -89,15 +89,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="target, draft (batched) on a GPU: skip torch.compile of the models' decoder layers. By "
                             "default they are compiled at start (about a minute per model, fewer and fused kernels: "
                             "a faster step, docs/benchmarks.md), then captured in CUDA graphs")
-    serve.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value,
-                       default=EngineProcessMode.AUTO.value, choices=[m.value for m in EngineProcessMode],
-                       help="target: where the engine and every session's loop run. on (the flag alone): in a child "
-                            "process, with gRPC (streams, metrics, traces) in this one, so that under many clients "
-                            "the engine does not wait for the interpreter behind the sessions' gRPC threads; the "
-                            "child loads the model, and if it dies running requests fail with UNAVAILABLE and "
-                            "health reports NOT_SERVING. off: in this process. auto (default): on for a CUDA "
-                            "device, off on a CPU, where the front end's threads would take the engine's cores "
-                            "(both measured, docs/benchmarks.md)")
+    add_engine_process_arg(serve, "target: where the engine and every session's loop run. on (the flag alone): in a "
+                           "child process, with gRPC (streams, metrics, traces) in this one, so that under many "
+                           "clients the engine does not wait for the interpreter behind the sessions' gRPC threads; "
+                           "the child loads the model, and if it dies running requests fail with UNAVAILABLE and "
+                           "health reports NOT_SERVING. off: in this process. auto (default): on for a CUDA device, "
+                           "off on a CPU, where the front end's threads would take the engine's cores (both "
+                           "measured, docs/benchmarks.md)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=4096, help="largest max_new_tokens accepted")
     serve.add_argument("--draft-timeout", type=float, default=5.0,
                        help="target: seconds to wait for a proposal before going on without the draft")

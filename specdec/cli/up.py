@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from specdec.cli.options import add_cpu_kernels_arg, add_proposer_arg
-from specdec.core.config import EngineProcessMode, ProposerKind
+from specdec.cli.options import add_cpu_kernels_arg, add_engine_process_arg, add_proposer_arg
+from specdec.core.config import ProposerKind
 from specdec.core.errors import InvalidArgument
 from specdec.tools.launcher import Stack
 
@@ -39,10 +39,8 @@ def add_parser(sub) -> None:
     add_cpu_kernels_arg(up)
     up.add_argument("--no-compile", action="store_true",
                     help="on a GPU: skip torch.compile of the models' layers at start (see `specdec serve --help`)")
-    up.add_argument("--engine-process", nargs="?", const=EngineProcessMode.ON.value,
-                    default=EngineProcessMode.AUTO.value, choices=[m.value for m in EngineProcessMode],
-                    help="where the target runs its engine: on, a child process with gRPC in its own; off, one "
-                         "process; auto (default): on for a CUDA device (see `specdec serve --help`)")
+    add_engine_process_arg(up, "where the target runs its engine: on, a child process with gRPC in its own; off, one "
+                               "process; auto (default): on for a CUDA device (see `specdec serve --help`)")
     up.add_argument("--k", type=int, default=4, help="draft tokens per cycle, at most (adaptive K; default 4)")
     add_proposer_arg(up, "who drafts (default: draft-model)")
     up.set_defaults(func=run)
