@@ -289,10 +289,13 @@ class EngineProcess:
         process.start()
         theirs.close()
         deadline = time.monotonic() + timeout_s
+
+        def exited() -> Unavailable:
+            return Unavailable(f"the target's engine process exited with code {process.exitcode} before it was "
+                               f"ready (its log above says why)")
         while not ours.poll(1.0):
             if not process.is_alive():
-                raise Unavailable(f"the target's engine process exited with code {process.exitcode} before it "
-                                  f"was ready (its log above says why)")
+                raise exited()
             if time.monotonic() > deadline:
                 process.kill()
                 raise Unavailable(f"the target's engine process was not ready within {timeout_s:.0f}s")
@@ -300,8 +303,7 @@ class EngineProcess:
             message = ours.recv()
         except EOFError:
             process.join(5.0)
-            raise Unavailable(f"the target's engine process exited with code {process.exitcode} before it was "
-                              f"ready (its log above says why)") from None
+            raise exited() from None
         if message[0] == Event.FAILED:
             process.join(5.0)
             raise message[1]
