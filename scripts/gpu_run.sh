@@ -178,6 +178,17 @@ X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_st
     SEQUENCE=${SEQUENCE:-40} timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_profile_step.py random:$M $R 1 2>&1 \
       | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/kernels_${M}_$R.txt"
   done; done ;;
+Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, captured steps at a short and a long
+    # context, and a logits fingerprint) of this tree and of a base tree side by side, base first. Make the base here:
+    # `git archive REV specdec draft_service target_service orchestrator | gzip > base_tree.tgz`, and carry it
+    # (carry [".whl", "base_tree.tgz"]); MODELS narrows (default the 0.5B); STEPS_TIMEOUT per build (a cold compile
+    # cache: ~250 s for the 0.5B)
+  mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
+  for B in base this; do
+    ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
+    PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-250} python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} \
+      2>&1 | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/span_steps_$B.txt"
+  done ;;
 T)  # one GPU: the GPU tests only, each test's outcome written as it ends (a cut run keeps what passed), failures in
     # full and the slowest durations at the end (TESTS_TIMEOUT; the whole suite took 335 s on an H100, call u3)
   timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -v -p no:cacheprovider tests/gpu/test_gpu.py --durations=20 2>&1 \

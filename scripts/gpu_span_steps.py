@@ -1,11 +1,16 @@
 """What a graph step costs when its rows reach only part of the cache: the batched runner's captured steps (compiled
 layers, as the engine runs them) with every row at a short context (the step attends over a 256-column span) and at
-a long one (over the whole cache), side by side in one process. Usage: python3 scripts/gpu_span_steps.py MODEL...
-(default random:qwen2.5-0.5b random:qwen2.5-7b; max_len 1024, contexts 100 and 600)"""
+a long one (over the whole cache), side by side in one process; only the steps timed are captured. Then a fingerprint
+of one step's logits (the argmax ids of a fixed random input's 64 x 3 step), to compare two builds' arithmetic.
+Usage: python3 scripts/gpu_span_steps.py MODEL... (default random:qwen2.5-0.5b random:qwen2.5-7b; max_len 1024,
+contexts 100 and 600)"""
 
 from __future__ import annotations
 
+import logging
 import sys
+
+import torch
 
 from specdec.core.batching import BatchedRunner
 from specdec.core.models import load_model
@@ -16,9 +21,11 @@ CONTEXTS = (100, 600)
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # compile and capture times
     for spec in sys.argv[1:] or ["random:qwen2.5-0.5b", "random:qwen2.5-7b"]:
         loaded = load_model(spec, "target", device="cuda:0", dtype="bfloat16")
-        runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64)
+        runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64,
+                               captured=(sorted({r for r, _ in STEPS}), sorted({n for _, n in STEPS})))
         try:
             print(f"== {spec}, spans {runner._spans}: graph step ms at {' / '.join(map(str, CONTEXTS))} cached tokens",
                   flush=True)
@@ -26,6 +33,10 @@ def main() -> None:
                 cells = [1e3 * batched_step_s(runner, rows, tokens, ctx, reps=20) for ctx in CONTEXTS]
                 print(f"  {rows:2d}x{tokens}: " + " / ".join(f"{c:.2f}" for c in cells)
                       + f"  ({cells[0] / cells[1]:.2f}x)", flush=True)
+            ids = torch.randint(0, runner.vocab_size, (64, 3), generator=torch.Generator().manual_seed(0))
+            top = runner.forward_rows(ids, torch.arange(100, 103).repeat(64, 1)).argmax(-1).cpu()  # [64, 3]
+            print(f"  logits fingerprint (64x3 at 100): argmax ids sum {int(top.sum())}, first row {top[0].tolist()}",
+                  flush=True)
         finally:
             runner.stop(wait_s=10.0)
         del runner, loaded

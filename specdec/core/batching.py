@@ -134,29 +134,49 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
 
 
 class RowsLayer(StaticLayer):
-    """One layer of the batched cache: keys/values [slots, kv heads, max_len + pad, head dim], preallocated.
-    A forward over B rows writes row r's n new entries at `positions[r]` of slot r (`positions` [B, n] is
-    the step's position tensor, set by the engine before the forward) and attends to slots [0, B)."""
+    """One layer of the batched cache: keys/values [slots, kv heads, max_len + pad, head dim], views of RowsCache's
+    tensors, which writes and reads them (its `update`)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, step: "_StepInputs") -> None:
-        super().__init__(max_cache_len=keys.shape[2])
-        self.keys, self.values, self.step = keys, values, step
-        self.device = keys.device
+    def __init__(self, cache: "RowsCache", index: int) -> None:
+        super().__init__(max_cache_len=cache.keys.shape[3])
+        self.cache, self.index = cache, index
+        self.keys, self.values = cache.keys[index], cache.values[index]
+        self.device = self.keys.device
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        slots = self.step.slots
-        if slots is not None:  # rows at any slots: new entries written in place, attended over a copy of the rows
-            at = (slots[:, None], slice(None), self.step.positions)  # -> [B, n, H, D]
-            self.keys[at] = key_states.transpose(1, 2)
-            self.values[at] = value_states.transpose(1, 2)
-            keys, values = self.keys.index_select(0, slots), self.values.index_select(0, slots)  # [B, H, L, D]
+        return self.cache.update(key_states, value_states, self.index)
+
+
+class RowsCache(StaticCache):
+    """The batched engine's cache: every layer's keys and values in one tensor each, [layers, slots, kv heads,
+    max_len + pad, head dim], preallocated. A forward over B rows writes row r's n new entries at `positions[r]`
+    of its slot (`_StepInputs`: slot first_slot + r, or slots[r]) and attends to those B slots.
+
+    Its update is plain tensor code that finds a layer by indexing these tensors, not a list, and writes with one
+    index_put into the whole tensor: a compiled decoder layer (core.compiled) traces it into its own program,
+    where the write fuses with the rotary embedding and happens in place, instead of splitting the layer in two
+    around an eager write."""
+
+    def __init__(self, config, keys: torch.Tensor, values: torch.Tensor, step: "_StepInputs") -> None:
+        super().__init__(config=config, max_cache_len=keys.shape[3])
+        self.keys, self.values, self.step = keys, values, step
+        self.layer_ids = torch.arange(keys.shape[0], device=keys.device)  # [layers]: a layer's index as a tensor index
+        self.layers = [RowsLayer(self, i) for i in range(keys.shape[0])]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """key_states, value_states [B, kv heads, n, D] -> what the step attends over, [B, kv heads, span, D]."""
+        step = self.step
+        at = (self.layer_ids[layer_idx:layer_idx + 1], step.rows[:, None], slice(None), step.positions)  # -> [B, n, H, D]
+        self.keys[at] = key_states.transpose(1, 2)
+        self.values[at] = value_states.transpose(1, 2)
+        keys, values = self.keys[layer_idx], self.values[layer_idx]  # [slots, H, L, D]
+        if step.slots is not None:  # rows at any slots: attended over a copy of them
+            keys, values = keys.index_select(0, step.slots), values.index_select(0, step.slots)  # [B, H, L, D]
         else:
-            rows = slice(self.step.first_slot, self.step.first_slot + key_states.shape[0])  # key_states [B, H, n, D]
-            keys, values = self.keys[rows], self.values[rows]  # views: [B, H, L, D]
-            keys.scatter_(2, self.step.positions[:, None, :, None].expand_as(key_states), key_states)
-            values.scatter_(2, self.step.positions[:, None, :, None].expand_as(value_states), value_states)
-        span = self.step.span
+            rows = slice(step.first_slot, step.first_slot + key_states.shape[0])
+            keys, values = keys[rows], values[rows]  # views: [B, H, L, D]
+        span = step.span
         return (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
 
 
@@ -171,6 +191,7 @@ class _StepInputs:
     first_slot: int = 0
     span: int | None = None
     slots: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # [B] on the device: the slots written (`slots`, or first_slot on; set by _run)
 
 
 @dataclass
@@ -619,8 +640,8 @@ class BatchedRunner(ModelRunner):
         else:
             launch(self._loop)
 
-    def _allocate(self) -> StaticCache:
-        """One cache for all slots, with its layers replaced by RowsLayers over preallocated tensors."""
+    def _allocate(self) -> "RowsCache":
+        """One cache for all slots and layers (RowsCache)."""
         cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
         layer_types = getattr(cfg, "layer_types", None) or []
         if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
@@ -631,12 +652,9 @@ class BatchedRunner(ModelRunner):
         dtype = next(self.model.parameters()).dtype
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # quantized weights: compute dtype
             dtype = torch.float32
-        cache = StaticCache(config=self.config, max_cache_len=self.max_len + self.pad)
-        shape = (self.max_sessions, heads, self.max_len + self.pad, dim)
-        cache.layers = [RowsLayer(torch.zeros(shape, dtype=dtype, device=self.device),
-                                  torch.zeros(shape, dtype=dtype, device=self.device), self.step)
-                        for _ in cache.layers]
-        return cache
+        shape = (cfg.num_hidden_layers, self.max_sessions, heads, self.max_len + self.pad, dim)
+        return RowsCache(self.config, torch.zeros(shape, dtype=dtype, device=self.device),
+                         torch.zeros(shape, dtype=dtype, device=self.device), self.step)
 
     # The single-sequence runner's per-slot caches and length pointers do not exist here: positions are
     # explicit per row, so opening, closing and rolling back touch only the slot's token list.
@@ -2144,8 +2162,10 @@ class BatchedRunner(ModelRunner):
     def _run(self, inputs: _StepInputs, keep: int) -> torch.Tensor:
         """The model's forward over `inputs`; returns logits [B, keep, V]."""
         step = self.step
-        step.ids, step.positions, step.first_slot = inputs.ids, inputs.positions, inputs.first_slot  # read by RowsLayers
+        step.ids, step.positions, step.first_slot = inputs.ids, inputs.positions, inputs.first_slot  # read by RowsCache
         step.span, step.slots = inputs.span, inputs.slots
+        step.rows = inputs.slots if inputs.slots is not None else torch.arange(
+            inputs.first_slot, inputs.first_slot + inputs.ids.shape[0], device=self.device)
         keys = self._key_positions[:inputs.span]  # [L]: the columns attended over
         mask = keys[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,

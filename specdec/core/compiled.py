@@ -8,9 +8,11 @@ draft step's profile). Inductor fuses them.
 How: the decoder layers share one code object, so compiling each layer's `forward` with dynamic shapes
 gives one compiled program per shape class (rows 1 or more, tokens 1 or more), not one per layer and
 bucket, when two things stay out of the traced code: a layer's index (an integer attribute, static by
-default: `allow_unspec_int_on_nn_module`) and the KV cache's update, which looks its layer up by that
+default: `allow_unspec_int_on_nn_module`) and an HF cache's update, which looks its layer up by that
 index in a list (`torch.compiler.disable` on `Cache.update`: it runs eagerly between two compiled parts
-of the layer). Both are process-wide, as compiling is model-wide: every runner over a compiled model runs
+of the layer). The batched engine's cache (core.batching.RowsCache) overrides that update with tensor indexing,
+so its write is traced into the layer's one program, where inductor fuses it with the rotary embedding, in place. Both
+settings are process-wide, as compiling is model-wide: every runner over a compiled model runs
 its layers compiled. Past dynamo's limit of programs per frame a new shape class would run uncompiled, silently
 and slower (docs/benchmarks.md, call h3): the limit is raised past every class the engine runs, and reaching it
 is an error. The arithmetic is the same; fused kernels round differently, so a compiled engine's outputs are
@@ -24,7 +26,8 @@ import torch
 from specdec.core.errors import InvalidArgument
 
 _MARK = "_specdec_compiled_layers"
-RECOMPILE_LIMIT = 64  # programs per compiled frame: every shape class (rows, tokens, attention path), with room
+RECOMPILE_LIMIT = 128  # programs per compiled frame: every shape class (rows, tokens, attention path, span, slots) of
+#                       both models of a target with its own draft (one layer code object), with room
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -32,9 +35,10 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def compile_layers(model: torch.nn.Module) -> int:
+def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
     """Compile every decoder layer of `model` in place (once: again is a no-op); returns how many. Raises
-    InvalidArgument for a model without recognisable decoder layers rather than running it uncompiled."""
+    InvalidArgument for a model without recognisable decoder layers rather than running it uncompiled. `backend`:
+    torch.compile's (tests trace with "aot_eager": dynamo and functionalization, no code generated)."""
     import torch._dynamo
     from transformers.cache_utils import Cache
 
@@ -51,6 +55,6 @@ def compile_layers(model: torch.nn.Module) -> int:
         Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
         Cache.update._specdec_eager = True
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True)
+        layer.forward = torch.compile(layer.forward, dynamic=True, backend=backend)
     setattr(model, _MARK, len(layers))
     return len(layers)

@@ -42,3 +42,48 @@ def test_compiling_raises_the_recompile_limit_and_never_falls_back_to_eager(monk
         assert compile_layers(model) == 1
         assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
         assert torch._dynamo.config.fail_on_recompile_limit_hit
+
+
+def test_a_compiled_layer_writes_the_batched_cache_inside_its_one_program(monkeypatch):
+    """RowsCache's update is traced with the layer (no graph break around the cache write, one frame per layer call),
+    and every kind of step (a span of slots from any first slot, rows at any slots, attention over a span of
+    columns) writes and reads the cache as the uncompiled layers do. Traced with aot_eager: dynamo and
+    functionalization as inductor receives them, without generating code (process-wide changes undone after)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.cache_utils import Cache
+
+    from specdec.core.batching import _StepInputs
+    from specdec.core.cpu_kernels import STOCK
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=64)).eval()
+    plain = copy.deepcopy(model)
+    monkeypatch.setattr(Cache, "update", Cache.update)  # put back at the end
+    with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit,
+                                    fail_on_recompile_limit_hit=torch._dynamo.config.fail_on_recompile_limit_hit,
+                                    allow_unspec_int_on_nn_module=torch._dynamo.config.allow_unspec_int_on_nn_module):
+        compile_layers(model, backend="aot_eager")
+        counters.clear()
+        runners = [BatchedRunner(m, launch=None, max_len=32, max_sessions=4, cpu_kernels=STOCK) for m in (model, plain)]
+        steps = [([[5, 6, 7], [8, 9, 10]], [[0, 1, 2], [0, 1, 2]], 0, None, None),  # prompts into slots 0, 1
+                 ([[11], [12], [13]], [[3], [3], [0]], 0, 8, None),  # decodes over a span of 8 columns
+                 ([[14, 15], [16, 17]], [[1, 2], [4, 5]], 2, None, None),  # slots 2, 3
+                 ([[18, 19], [20, 21]], [[6, 7], [4, 5]], 0, None, [3, 1])]  # rows at slots 3 and 1
+        for ids, positions, first, span, slots in steps:
+            logits = []
+            for runner in runners:
+                inputs = _StepInputs(torch.tensor(ids), torch.tensor(positions), first, span,
+                                     None if slots is None else torch.tensor(slots))
+                with torch.inference_mode():
+                    logits.append(runner._run(inputs, keep=len(ids[0])))
+            torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+            for tensor in ("keys", "values"):
+                torch.testing.assert_close(getattr(runners[0].cache, tensor), getattr(runners[1].cache, tensor),
+                                           rtol=1e-5, atol=1e-5)
+        assert not counters["graph_break"], dict(counters["graph_break"])
+        assert counters["frames"]["total"] == counters["frames"]["ok"] > 0
+    torch._dynamo.reset()
