@@ -182,8 +182,13 @@ Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, cap
     # context, and a logits fingerprint) of this tree and of a base tree side by side, base first. Make the base here:
     # `git archive REV specdec draft_service target_service orchestrator | gzip > base_tree.tgz`, and carry it
     # (carry [".whl", "base_tree.tgz"]); MODELS narrows (default the 0.5B); STEPS_TIMEOUT per build (a cold compile
-    # cache: ~250 s for the 0.5B)
+    # cache: ~250 s for the 0.5B); GPU_TESTS="-k EXPR" first runs those GPU tests on this tree (e.g. -k
+    # own_draft_with_graphs: compiled layers, nothing compiled once serving)
   mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
+  if [ -n "${GPU_TESTS:-}" ]; then
+    timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 \
+      | grep -v -i "warn" | tail -15 | tee "$OUT/gpu_tests.txt"
+  fi
   for B in base this; do
     ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
     PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-250} python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} \
