@@ -158,6 +158,26 @@ def test_pdbs_and_helm_test_pod(helm):
     assert "--address=rel-specdec-orchestrator:50051" in test_pod["spec"]["containers"][0]["args"]
 
 
+def test_compiled_kernels_have_a_writable_cache_under_a_read_only_root(helm):
+    """torch.compile and Triton write generated kernels at start: their caches, and /tmp, are writable mounts
+    (an emptyDir by default, a PVC kept across pods when compileCache.pvc names one)."""
+    for args, cache in (([], {"emptyDir": {"sizeLimit": "8Gi"}}),
+                        (["--set", "compileCache.pvc=kernels"], {"persistentVolumeClaim": {"claimName": "kernels"}})):
+        for topology in ("split", "paired", "shared"):
+            docs = render(helm, *VALUES[topology], *args)
+            for d in (d for d in docs if d["kind"] == "Deployment"):
+                volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+                assert {k: v for k, v in volumes["compile-cache"].items() if k != "name"} == cache
+                assert "emptyDir" in volumes["tmp"]
+                for c in containers(d).values():
+                    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+                    writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+                    assert "/tmp" in writable, (topology, c["name"])
+                    env = {e["name"]: e.get("value") for e in c["env"]}
+                    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+                        assert any(env[var].startswith(path + "/") for path in writable - {"/tmp"}), (var, env[var])
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--set", "topology=mesh"], "topology"),
     (["--set", "target.replicas=two"], "replicas"),
@@ -165,6 +185,7 @@ def test_pdbs_and_helm_test_pod(helm):
     (["--set", "draft.proposer=magic"], "proposer"),
     (["--set", "orchestrator.k=99"], "k"),
     (["--set", "target.engineProcess=sometimes"], "engineProcess"),
+    (["--set", "compileCache.sizeLimit=lots"], "sizeLimit"),
 ])
 def test_schema_rejects_bad_values(helm, bad, message):
     out = subprocess.run([helm, "template", "rel", str(CHART), *bad], capture_output=True, text=True, timeout=60)

@@ -79,6 +79,10 @@ Usage: {{- include "specdec.env" (dict "root" . "component" "target") | nindent 
   value: /models/hf
 - name: HF_HUB_OFFLINE
   value: "1"
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: /var/cache/specdec/inductor
+- name: TRITON_CACHE_DIR
+  value: /var/cache/specdec/triton
 {{- end -}}
 
 {{/*
@@ -104,7 +108,8 @@ livenessProbe:
 {{- end -}}
 
 {{/*
-specdec.volumeMounts / specdec.volumes: models (read-only), config, and the TLS / token Secrets.
+specdec.volumeMounts / specdec.volumes: models (read-only), config, the TLS / token Secrets, and the two writable
+places a read-only root filesystem leaves: /tmp, and the compile cache (compiled kernels, compileCache).
 Usage: {{- include "specdec.volumeMounts" . | nindent 12 }}
 */}}
 {{- define "specdec.volumeMounts" -}}
@@ -114,6 +119,10 @@ Usage: {{- include "specdec.volumeMounts" . | nindent 12 }}
 - name: config
   mountPath: /etc/specdec/config
   readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: compile-cache
+  mountPath: /var/cache/specdec
 {{- if .Values.tls.enabled }}
 - name: tls
   mountPath: /etc/specdec/tls
@@ -133,6 +142,16 @@ Usage: {{- include "specdec.volumeMounts" . | nindent 12 }}
 - name: config
   configMap:
     name: {{ include "specdec.fullname" . }}-config
+- name: tmp
+  emptyDir: {}
+- name: compile-cache
+{{- if .Values.compileCache.pvc }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.compileCache.pvc }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.compileCache.sizeLimit }}
+{{- end }}
 {{- if .Values.tls.enabled }}
 - name: tls
   secret:
