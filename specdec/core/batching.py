@@ -134,8 +134,8 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
 
 
 class RowsLayer(StaticLayer):
-    """One layer of the batched cache: keys/values [slots, kv heads, max_len + pad, head dim], views of RowsCache's
-    tensors, which writes and reads them (its `update`)."""
+    """One layer of the batched cache: keys/values [slots, kv heads, max_len + pad + 1, head dim], views of
+    RowsCache's tensors, which writes and reads them (its `update`)."""
 
     def __init__(self, cache: "RowsCache", index: int) -> None:
         super().__init__(max_cache_len=cache.keys.shape[3])
@@ -150,13 +150,16 @@ class RowsLayer(StaticLayer):
 
 class RowsCache(StaticCache):
     """The batched engine's cache: every layer's keys and values in one tensor each, [layers, slots, kv heads,
-    max_len + pad, head dim], preallocated. A forward over B rows writes row r's n new entries at `positions[r]`
-    of its slot (`_StepInputs`: slot first_slot + r, or slots[r]) and attends to those B slots.
+    max_len + pad + 1, head dim], preallocated. A forward over B rows writes row r's n new entries at `positions[r]`
+    of its slot (`_StepInputs`: slot first_slot + r, or slots[r]) and attends to those B slots' first `span` columns.
 
     Its update is plain tensor code that finds a layer by indexing these tensors, not a list, and writes with one
     index_put into the whole tensor: a compiled decoder layer (core.compiled) traces it into its own program,
     where the write fuses with the rotary embedding and happens in place, instead of splitting the layer in two
-    around an eager write."""
+    around an eager write. The last column is never written or read: with it, what a step attends over is a
+    strided view whether it spans every written column or fewer, where a view of all of them would be contiguous,
+    and the compiler specialises on that: each (rows, tokens) class compiled once more, at capture, for the span
+    graphs."""
 
     def __init__(self, config, keys: torch.Tensor, values: torch.Tensor, step: "_StepInputs") -> None:
         super().__init__(config=config, max_cache_len=keys.shape[3])
@@ -170,21 +173,20 @@ class RowsCache(StaticCache):
         at = (self.layer_ids[layer_idx:layer_idx + 1], step.rows[:, None], slice(None), step.positions)  # -> [B, n, H, D]
         self.keys[at] = key_states.transpose(1, 2)
         self.values[at] = value_states.transpose(1, 2)
-        keys, values = self.keys[layer_idx], self.values[layer_idx]  # [slots, H, L, D]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]  # [slots, H, L + 1, D]
         if step.slots is not None:  # rows at any slots: attended over a copy of them
-            keys, values = keys.index_select(0, step.slots), values.index_select(0, step.slots)  # [B, H, L, D]
+            keys, values = keys.index_select(0, step.slots), values.index_select(0, step.slots)  # [B, H, L + 1, D]
         else:
             rows = slice(step.first_slot, step.first_slot + key_states.shape[0])
-            keys, values = keys[rows], values[rows]  # views: [B, H, L, D]
-        span = step.span
-        return (keys, values) if span is None else (keys[:, :, :span], values[:, :, :span])
+            keys, values = keys[rows], values[rows]  # views: [B, H, L + 1, D]
+        return keys[:, :, :step.span], values[:, :, :step.span]  # [B, H, span, D]
 
 
 @dataclass
 class _StepInputs:
     """What one batched forward reads: token ids and positions [B, n] (static buffers for a CUDA graph),
     for slots [first_slot, first_slot + B), or for the slots [B] `slots` names (on the device), attending over
-    the cache's first `span` columns (None: all)."""
+    the cache's first `span` columns (None: all that steps write, max_len + pad)."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -652,7 +654,7 @@ class BatchedRunner(ModelRunner):
         dtype = next(self.model.parameters()).dtype
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):  # quantized weights: compute dtype
             dtype = torch.float32
-        shape = (cfg.num_hidden_layers, self.max_sessions, heads, self.max_len + self.pad, dim)
+        shape = (cfg.num_hidden_layers, self.max_sessions, heads, self.max_len + self.pad + 1, dim)  # RowsCache
         return RowsCache(self.config, torch.zeros(shape, dtype=dtype, device=self.device),
                          torch.zeros(shape, dtype=dtype, device=self.device), self.step)
 
@@ -2163,7 +2165,8 @@ class BatchedRunner(ModelRunner):
         """The model's forward over `inputs`; returns logits [B, keep, V]."""
         step = self.step
         step.ids, step.positions, step.first_slot = inputs.ids, inputs.positions, inputs.first_slot  # read by RowsCache
-        step.span, step.slots = inputs.span, inputs.slots
+        step.span = self.max_len + self.pad if inputs.span is None else inputs.span  # read by RowsCache
+        step.slots = inputs.slots
         step.rows = inputs.slots if inputs.slots is not None else torch.arange(
             inputs.first_slot, inputs.first_slot + inputs.ids.shape[0], device=self.device)
         keys = self._key_positions[:inputs.span]  # [L]: the columns attended over

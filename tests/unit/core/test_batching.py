@@ -590,7 +590,7 @@ def test_an_eager_step_attends_only_as_far_as_its_rows_reach(tiny_pair_fp32):
     assert runner.step.span == n + 3
     runner._span = lambda reach: None  # the whole cache
     whole = runner.forward_rows(ids, positions)
-    assert runner.step.span is None
+    assert runner.step.span == runner.max_len + runner.pad  # every column a step writes
     torch.testing.assert_close(narrow[:2], whole[:2], rtol=1e-5, atol=1e-5)
 
 
