@@ -72,6 +72,7 @@ from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_
 from specdec.core.cpu_kernels import ONEDNN
 from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.placement import compute_turns
+from specdec.core.progress import LogProgress
 from specdec.core.runner import (
     WAITING,
     Chain,
@@ -2194,7 +2195,9 @@ class BatchedRunner(ModelRunner):
             shapes |= {(b, n) for b in {1, min(2, self.max_sessions)} for n in (1, self.pad, self._longest_chunk())}
         if self.bucket_chunks:
             shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3] for n in self._chunk_lengths()}
+        progress = LogProgress(log, "compiling and warming up shapes", len(shapes))
         for b, n in sorted(shapes):
+            progress.item(f"{b} rows x {n} tokens")
             ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
             with torch.inference_mode():
                 self._eager(ids, positions, keep=1)
@@ -2203,11 +2206,15 @@ class BatchedRunner(ModelRunner):
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
+        progress = LogProgress(log, "capturing CUDA graphs", len(self._step_shapes()) * len(self._spans)
+                               + len(self._chunk_shapes()))
         with torch.inference_mode(), torch.cuda.device(self.device):
             for b, n in self._step_shapes():
                 for span in reversed(self._spans):  # the whole cache first: the others write into its logits
+                    progress.item(f"{b} rows x {n} tokens over {span} columns")
                     self._capture(b, n, span)
             for b, n in self._chunk_shapes():
+                progress.item(f"a prompt chunk of {b} rows x {n} tokens")
                 self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
                     torch.zeros((b, n), dtype=torch.long, device=self.device),
                     torch.full((b, n), self.max_len, device=self.device),
