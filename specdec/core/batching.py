@@ -158,9 +158,8 @@ class RowsCache(StaticCache):
     index_put into the whole tensor: a compiled decoder layer (core.compiled) traces it into its own program,
     where the write fuses with the rotary embedding and happens in place, instead of splitting the layer in two
     around an eager write. The last column is never written or read: with it, what a step attends over is a
-    strided view whether it spans every written column or fewer, where a view of all of them would be contiguous,
-    and the compiler specialises on that: each (rows, tokens) class compiled once more, at capture, for the span
-    graphs."""
+    strided view whether it spans every written column or fewer. A view of all of them would be contiguous, which
+    the compiler specialises on: each (rows, tokens) class would compile again, at capture, for the span graphs."""
 
     def __init__(self, config, keys: torch.Tensor, values: torch.Tensor, step: "_StepInputs") -> None:
         super().__init__(config=config, max_cache_len=keys.shape[3])
