@@ -2169,7 +2169,7 @@ class BatchedRunner(ModelRunner):
         step.slots = inputs.slots
         step.rows = inputs.slots if inputs.slots is not None else torch.arange(
             inputs.first_slot, inputs.first_slot + inputs.ids.shape[0], device=self.device)
-        keys = self._key_positions[:inputs.span]  # [L]: the columns attended over
+        keys = self._key_positions[:step.span]  # [span]: the columns attended over
         mask = keys[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
@@ -2205,14 +2205,14 @@ class BatchedRunner(ModelRunner):
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process
         use the GPU (a session sampling, an in-process draft) is what CUDA graphs tolerate least."""
         t0 = time.perf_counter()
-        progress = LogProgress(log, "capturing CUDA graphs", len(self._step_shapes()) * len(self._spans)
-                               + len(self._chunk_shapes()))
+        steps, chunks = self._step_shapes(), self._chunk_shapes()
+        progress = LogProgress(log, "capturing CUDA graphs", len(steps) * len(self._spans) + len(chunks))
         with torch.inference_mode(), torch.cuda.device(self.device):
-            for b, n in self._step_shapes():
+            for b, n in steps:
                 for span in reversed(self._spans):  # the whole cache first: the others write into its logits
                     progress.item(f"{b} rows x {n} tokens over {span} columns")
                     self._capture(b, n, span)
-            for b, n in self._chunk_shapes():
+            for b, n in chunks:
                 progress.item(f"a prompt chunk of {b} rows x {n} tokens")
                 self._chunk_graphs[(b, n)] = self._capture_graph(_StepInputs(
                     torch.zeros((b, n), dtype=torch.long, device=self.device),
@@ -2225,7 +2225,7 @@ class BatchedRunner(ModelRunner):
         self._time_graphs()
         log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d x spans %s; and %d of prompt chunks) in "
                  "%.1f s; device ms over the whole cache %s", len(self._graphs),
-                 sorted({b for b, _ in self._step_shapes()}), self.pad, self._spans,
+                 sorted({b for b, _ in steps}), self.pad, self._spans,
                  len(self._chunk_graphs), time.perf_counter() - t0,
                  ", ".join(f"{b}x{n}: {1e3 * s:.1f}" for (b, n), s in sorted(self.costs.seeds.items())))
 
