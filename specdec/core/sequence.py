@@ -112,10 +112,12 @@ class TargetSequence:
             probs = _ShiftedDraftProbs(probs, offset)
         return UsableDrafts(drafts, probs, proposal.sources()[offset:offset + len(drafts)])
 
-    def prepare(self, proposal: Proposal | None = None, limit: int | None = None) -> Prepared:
-        """A cycle's first half: the drafts to verify (none: plain decoding) and the forward that scores them."""
+    def prepare(self, proposal: Proposal | None = None, limit: int | None = None,
+                usable: UsableDrafts | None = None) -> Prepared:
+        """A cycle's first half: the drafts to verify (none: plain decoding) and the forward that scores them.
+        `usable`: the proposal's `usable_drafts(proposal, limit)`, where the caller found it already."""
         assert self.finish_reason is None, "a cycle after the sequence finished"
-        drafts, probs, sources = self.usable_drafts(proposal, limit) or UsableDrafts([], None, [])
+        drafts, probs, sources = usable or self.usable_drafts(proposal, limit) or UsableDrafts([], None, [])
         forward = Forward(self.committed + drafts, len(drafts) + 1, self.sampling.greedy)
         return Prepared(drafts, probs, sources, len(self.committed), forward)
 

@@ -21,7 +21,7 @@ from specdec.core.config import FinishReason, SamplingParams
 from specdec.core.drafting import DraftSession, PredraftPolicy, SentProposal, Verdict
 from specdec.core.proposal import Feedback, Proposal, Proposer
 from specdec.core.runner import WAITING, DraftJoin, EarlyVerify, Forward, KVSlot
-from specdec.core.sequence import Prepared, TargetSequence
+from specdec.core.sequence import Prepared, TargetSequence, UsableDrafts
 from specdec.core.stats import Cycle
 from specdec.core.verify import SampledVerify, VerifyResult
 
@@ -296,10 +296,14 @@ class TargetLoop:
             self.sequence.finish(FinishReason.CANCELLED)
             return None
         picked = NOTHING
+        found: dict[int, UsableDrafts] = {}  # id(proposal) -> its usable part, for `prepare` (the picker holds them)
         if self.drafting:
             def usable(p) -> int:
-                found = self.sequence.usable_drafts(p, self.k)
-                return -1 if found is None else len(found.token_ids)
+                drafts = self.sequence.usable_drafts(p, self.k)
+                if drafts is None:
+                    return -1
+                found[id(p)] = drafts
+                return len(drafts.token_ids)
             if wait:
                 picked = self.link.next_proposal(usable)
                 if self.cancelled.is_set():  # woken: no further forward
@@ -315,7 +319,7 @@ class TargetLoop:
                     self.link.fail(f"no usable proposal within {timeout:.2f}s")
                     picked = NOTHING
         self._picked = picked
-        self._prepared = self.sequence.prepare(picked.proposal, self.k)
+        self._prepared = self.sequence.prepare(picked.proposal, self.k, found.get(id(picked.proposal)))
         return self._prepared.forward
 
     def sampled_verify(self) -> tuple[SamplingParams, SampledVerify] | None:

@@ -5,7 +5,6 @@ row of logits (`_draw`)."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import NamedTuple, Sequence
 
 import torch
@@ -24,13 +23,14 @@ class Pick(NamedTuple):
     q: torch.Tensor | None  # [V] its processed distribution (sampled drafts)
 
 
-def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s: float) -> Proposal:
+def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s: float,
+                catch_up_s: float = 0.0) -> Proposal:
     """The Proposal for tokens a model drafted one pick at a time from position `start`."""
     tokens = [p.token for p in picks]
     rows = [p.q for p in picks if p.q is not None]
     runner_ups = [p.runner_up for p in picks if p.runner_up is not None]
     return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
-                    source=source, draft_s=draft_s, runner_ups=runner_ups or None)
+                    source=source, draft_s=draft_s, catch_up_s=catch_up_s, runner_ups=runner_ups or None)
 
 
 def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[Sequence[int]],
@@ -64,8 +64,7 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
                                   launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
-    return [replace(proposal_of(len(c), picks, p.source, draft_s), catch_up_s=catch_up_s)
-            for p, c, picks in zip(proposers, committed, chains)]
+    return [proposal_of(len(c), picks, p.source, draft_s, catch_up_s) for p, c, picks in zip(proposers, committed, chains)]
 
 
 class ModelDrafting:
