@@ -99,7 +99,7 @@ class OwnDrafts:
         self.factory = factory
         self.propose_all = propose_all
         self.runner = runner
-        self._asked: list[OwnDraftLink] = []
+        self._asked: dict[OwnDraftLink, None] = {}  # in the order they asked (a dict: each asks once per cycle)
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
         self.stats = PhaseStats()
         self._reported = PhaseStats()
@@ -110,8 +110,8 @@ class OwnDrafts:
 
     def ask(self, link: OwnDraftLink) -> None:
         with self.lock:
-            if link not in self._asked and not link.closed:
-                self._asked.append(link)
+            if not link.closed:
+                self._asked[link] = None
 
     def draft(self, early: Early | None = None) -> bool:
         """Draft a block for every session that asked since the last call, together; False when none had. A
@@ -119,7 +119,7 @@ class OwnDrafts:
         `early`: called with each link's block once its steps are launched, before the host reads them (where the
         runner does so: the engine launches the verify from the drafted tokens on the device)."""
         with self.lock:
-            asked, self._asked = [link for link in self._asked if not link.closed], []
+            asked, self._asked = [link for link in self._asked if not link.closed], {}
             if not asked:
                 return False
             launched = None if early is None else lambda drafted: early([(asked[i], d) for i, d in drafted.items()])
