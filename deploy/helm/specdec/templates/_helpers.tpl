@@ -80,9 +80,9 @@ Usage: {{- include "specdec.env" (dict "root" . "component" "target") | nindent 
 - name: HF_HUB_OFFLINE
   value: "1"
 - name: TORCHINDUCTOR_CACHE_DIR
-  value: /var/cache/specdec/inductor
+  value: {{ include "specdec.compileCacheDir" . }}/inductor
 - name: TRITON_CACHE_DIR
-  value: /var/cache/specdec/triton
+  value: {{ include "specdec.compileCacheDir" . }}/triton
 {{- end -}}
 
 {{/*
@@ -108,6 +108,13 @@ livenessProbe:
 {{- end -}}
 
 {{/*
+specdec.compileCacheDir: where torch.compile and Triton keep compiled kernels (the compile-cache volume's mount).
+*/}}
+{{- define "specdec.compileCacheDir" -}}
+/var/cache/specdec
+{{- end -}}
+
+{{/*
 specdec.volumeMounts / specdec.volumes: models (read-only), config, the TLS / token Secrets, and the two writable
 places a read-only root filesystem leaves: /tmp, and the compile cache (compiled kernels, compileCache).
 Usage: {{- include "specdec.volumeMounts" . | nindent 12 }}
@@ -122,7 +129,7 @@ Usage: {{- include "specdec.volumeMounts" . | nindent 12 }}
 - name: tmp
   mountPath: /tmp
 - name: compile-cache
-  mountPath: /var/cache/specdec
+  mountPath: {{ include "specdec.compileCacheDir" . }}
 {{- if .Values.tls.enabled }}
 - name: tls
   mountPath: /etc/specdec/tls
