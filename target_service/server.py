@@ -171,7 +171,7 @@ def build(settings: TargetServerSettings) -> Server:
     metrics = Metrics("target")
     apart = settings.engine_process.apart(settings.device)
     if apart:
-        if not settings.device.startswith("cuda"):  # asked for (auto keeps a CPU target whole)
+        if not EngineProcessMode.AUTO.apart(settings.device):  # asked for where auto would keep the target whole
             log.warning("--engine-process on a CPU: the front end's gRPC threads then take cores from the engine's "
                         "OpenMP team instead of waiting for its interpreter (measured slower on two CPUs, "
                         "docs/benchmarks.md); it is meant for GPU targets")
