@@ -131,12 +131,14 @@ class OwnDrafts:
                 proposals = self.propose_all([link.proposer for link in asked], [link.committed for link in asked],
                                              [link.k for link in asked], launched)
                 elapsed = time.perf_counter() - t0
-                self._count(len(asked), elapsed, max(p.catch_up_s for p in proposals), joining)
+                tokens = [p.catch_up_tokens for p in proposals]
+                self._count(len(asked), elapsed, max(p.catch_up_s for p in proposals), sum(tokens), joining)
                 if elapsed > SLOW_PHASE_S:
-                    log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms, "
-                             "drafting %.1f ms", 1e3 * elapsed, len(asked),
-                             max(link.k for link in asked), 1e3 * max(p.catch_up_s for p in proposals),
-                             1e3 * max(p.draft_s for p in proposals))
+                    log.info("a drafting phase took %.0f ms: %d sessions drafting up to %d tokens, catching up %.1f ms "
+                             "on %d tokens (%d sessions, at most %d tokens a session), drafting %.1f ms",
+                             1e3 * elapsed, len(asked), max(link.k for link in asked),
+                             1e3 * max(p.catch_up_s for p in proposals), sum(tokens), sum(t > 0 for t in tokens),
+                             max(tokens), 1e3 * max(p.draft_s for p in proposals))
             except Exception as e:  # noqa: BLE001 - a failed draft must not take the requests with it
                 log.exception("the own draft failed; %d sessions go on alone", len(asked))
                 for link in asked:
@@ -147,11 +149,12 @@ class OwnDrafts:
             link.put(proposal)
         return True
 
-    def _count(self, rows: int, elapsed: float, catch_up_s: float, joining: bool) -> None:
+    def _count(self, rows: int, elapsed: float, catch_up_s: float, catch_up_tokens: int, joining: bool) -> None:
         s = self.stats
         s.phases, s.rows, s.phase_s = s.phases + 1, s.rows + rows, s.phase_s + elapsed
         if catch_up_s > 0:
             s.catching_up, s.catch_up_s = s.catching_up + 1, s.catch_up_s + catch_up_s
+            s.catch_up_tokens += catch_up_tokens
             s.joining_s += catch_up_s if joining else 0.0
 
     def joining_s(self) -> float:
@@ -167,4 +170,4 @@ class OwnDrafts:
         phases = s.phases - r.phases
         return (f"{phases} drafting phases, {(s.rows - r.rows) / max(1, phases):.1f} sessions each, "
                 f"{s.catching_up - r.catching_up} catching up first ({1e3 * (s.catch_up_s - r.catch_up_s):.0f} ms of "
-                f"{1e3 * (s.phase_s - r.phase_s):.0f})")
+                f"{1e3 * (s.phase_s - r.phase_s):.0f}, {s.catch_up_tokens - r.catch_up_tokens} tokens)")

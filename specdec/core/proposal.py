@@ -26,6 +26,8 @@ class Proposal:
     #                       not draft excluded: what a per-token draft cost (adaptive K) must be fed
     catch_up_s: float = 0.0  # the proposer's time catching up on cycles it did not draft, before drafting these:
     #                          latency the target waits through, but not a cost of drafting (adaptive K)
+    catch_up_tokens: int = 0  # the tokens it forwarded in that catch-up (its cache's shortfall, a prompt's included;
+    #                           the own draft's phase statistics read it, a link does not carry it)
     ahead: bool = False  # drafted before the verdict on the block before it (overlap)
     runner_ups: list[int] | None = None  # per token, the draft's likeliest other token (greedy drafts with a
     #                                      model): what the target most likely picks where it rejects

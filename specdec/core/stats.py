@@ -139,5 +139,6 @@ class PhaseStats:
     rows: int = 0  # sessions drafted for, over all phases
     catching_up: int = 0  # phases in which some session's draft caught up before drafting
     catch_up_s: float = 0.0  # the time those catch-ups took
+    catch_up_tokens: int = 0  # the tokens they forwarded, over every session caught up (Proposal.catch_up_tokens)
     joining_s: float = 0.0  # of it, the phases in which a new session's draft caught up on its prompt
     phase_s: float = 0.0  # the time all phases took

@@ -24,13 +24,14 @@ class Pick(NamedTuple):
 
 
 def proposal_of(start: int, picks: Sequence[Pick], source: ProposerKind, draft_s: float,
-                catch_up_s: float = 0.0) -> Proposal:
+                catch_up_s: float = 0.0, catch_up_tokens: int = 0) -> Proposal:
     """The Proposal for tokens a model drafted one pick at a time from position `start`."""
     tokens = [p.token for p in picks]
     rows = [p.q for p in picks if p.q is not None]
     runner_ups = [p.runner_up for p in picks if p.runner_up is not None]
     return Proposal(start=start, token_ids=tokens, probs=DenseDraftProbs(torch.stack(rows), tokens) if rows else None,
-                    source=source, draft_s=draft_s, catch_up_s=catch_up_s, runner_ups=runner_ups or None)
+                    source=source, draft_s=draft_s, catch_up_s=catch_up_s,
+                    catch_up_tokens=catch_up_tokens, runner_ups=runner_ups or None)
 
 
 def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[Sequence[int]],
@@ -50,6 +51,8 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
         first = {i: value for i, (p, c) in enumerate(zip(proposers, committed))
                  if p.group is not None and (value := runner.joined_ahead(p.slot, c, p.group.read)) is not None}
         behind = [i for i in behind if i not in first]
+    # the committed tokens (but the last, which the chain's first step feeds) each catch-up adds to its cache
+    shortfall = {i: len(committed[i]) - 1 - common_prefix_len(proposers[i].slot.tokens, committed[i]) for i in behind}
     if behind and chained and all(proposers[i].group is not None for i in behind):
         # each catch-up forwards all of its sequence and reads its chain's first step, which the others then need
         # not run with it; the runner reads it to the host, as below
@@ -64,7 +67,8 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
                                   launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
-    return [proposal_of(len(c), picks, p.source, draft_s, catch_up_s) for p, c, picks in zip(proposers, committed, chains)]
+    return [proposal_of(len(c), picks, p.source, draft_s, catch_up_s, shortfall.get(i, 0))
+            for i, (p, c, picks) in enumerate(zip(proposers, committed, chains))]
 
 
 class ModelDrafting:

@@ -165,10 +165,14 @@ class _CatchUps:
                                      labels=["role"])
         seconds = CounterMetricFamily("specdec_draft_catch_up_seconds", "The time those catch-ups took (every row's "
                                       "step waits for them)", labels=["role"])
+        tokens = CounterMetricFamily("specdec_draft_catch_up_tokens", "The tokens those catch-ups forwarded, over every "
+                                     "session caught up (what a pause left its draft to catch up on)", labels=["role"])
         phases.add_metric([self.role], s.catching_up)
         seconds.add_metric([self.role], s.catch_up_s)
+        tokens.add_metric([self.role], s.catch_up_tokens)
         yield phases
         yield seconds
+        yield tokens
 
 
 class _Load:

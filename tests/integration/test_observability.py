@@ -183,6 +183,8 @@ def test_the_target_s_own_draft_reports_its_drafting_phases(engine_process):
     # each session's draft caught up on its prompt before its first block, in a phase of its own (one at a time)
     assert len(results) <= m[("specdec_draft_catch_ups_total", ())] <= m[("specdec_draft_phase_seconds_count", ())]
     assert 0 < m[("specdec_draft_catch_up_seconds_total", ())] < m[("specdec_draft_phase_seconds_sum", ())]
+    # a draft catches up first where it lacks more than two tokens: at least two in each such phase
+    assert m[("specdec_draft_catch_up_tokens_total", ())] >= 2 * m[("specdec_draft_catch_ups_total", ())]
     assert m[("specdec_batch_step_seconds_count", ())] > 0 and m[("specdec_batch_rows_count", ())] > 0
     # the engine's and its draft's launched-ahead rows (a CPU launches none)
     for kind in ("guess", "verify", "draft", "catch-up"):

@@ -380,18 +380,20 @@ def test_a_link_closed_after_asking_is_not_drafted_for(tiny_pair_fp32, engine):
 
 def test_a_slow_drafting_phase_says_what_it_spent_its_time_on(tiny_pair_fp32, engine, caplog, monkeypatch):
     """A long phase holds every session's step (on the H200, 125-450 ms now and then): the log splits it into
-    the draft's catching up (here on the whole prompt, its first block) and its drafting."""
+    the draft's catching up (here on the whole prompt, its first block: the tokens it forwarded) and its drafting."""
     pair, (target, draft) = tiny_pair_fp32, engine
     drafts = own_drafts(DraftModelFactory(draft, target.vocab_size))
-    link = drafts.open("", DraftStart("s", pair.encode(PROMPTS[1]), SamplingParams(), 0, 2, overlap=False), None)
+    prompt = pair.encode(PROMPTS[1])
+    link = drafts.open("", DraftStart("s", prompt, SamplingParams(), 0, 2, overlap=False), None)
     monkeypatch.setattr(own_draft, "SLOW_PHASE_S", 0.0)
     try:
         drafts.ask(link)
         with caplog.at_level(logging.INFO, logger="specdec.own_draft"):
             assert drafts.draft()
-        found = re.search(r"1 sessions drafting up to 2 tokens, catching up ([0-9.]+) ms, drafting ([0-9.]+) ms",
-                          caplog.text)
-        assert found and float(found.group(1)) > 0 and float(found.group(2)) > 0, caplog.text
+        found = re.search(r"1 sessions drafting up to 2 tokens, catching up ([0-9.]+) ms on ([0-9]+) tokens \(1 sessions, "
+                          r"at most ([0-9]+) tokens a session\), drafting ([0-9.]+) ms", caplog.text)
+        assert found and float(found.group(1)) > 0 and float(found.group(4)) > 0, caplog.text
+        assert int(found.group(2)) == int(found.group(3)) == len(prompt) - 1, caplog.text
     finally:
         link.close()
 
@@ -408,9 +410,10 @@ def test_the_drafter_reports_its_phases_and_those_that_caught_up_first(tiny_pair
         assert drafts.draft()
         drafts.ask(link)
         assert drafts.draft()
-        found = re.fullmatch(r"2 drafting phases, 1.0 sessions each, 1 catching up first \(([0-9]+) ms of ([0-9]+)\)",
-                             drafts.report())
+        found = re.fullmatch(r"2 drafting phases, 1.0 sessions each, 1 catching up first \(([0-9]+) ms of ([0-9]+), "
+                             r"([0-9]+) tokens\)", drafts.report())
         assert found and int(found.group(1)) <= int(found.group(2)), drafts.report()
+        assert int(found.group(3)) == len(prompt) - 1  # the first block caught the draft up on its prompt
         assert drafts.report().startswith("0 drafting phases, 0.0 sessions each, 0 catching up first")
     finally:
         link.close()
@@ -430,14 +433,22 @@ def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine)
         assert drafts.draft()
         joined = drafts.joining_s()
         assert joined == drafts.stats.catch_up_s > 0
+        assert drafts.stats.catch_up_tokens == len(prompt) - 1  # the prompt but its last token (the chain's first)
         drafts.ask(link)
         assert drafts.draft() and drafts.stats.catch_up_s == joined  # cached: nothing to catch up
-        link.committed.extend(pair.encode(" x = 1\n y = 2\n z = 3"))
+        assert drafts.stats.catch_up_tokens == len(prompt) - 1
+        pause = pair.encode(" x = 1\n y = 2\n z = 3")
+        link.committed.extend(pause)
         drafts.ask(link)
         assert drafts.draft() and drafts.stats.catch_up_s > joined and drafts.joining_s() == joined
-        caught_up = drafts.stats.catch_up_s
+        # the tokens of the pause but the last (the chain's first step feeds it); the drafts its cache held past the
+        # prompt (its last block's, which no verdict confirmed) are rolled back, not counted
+        resumed = drafts.stats.catch_up_tokens - (len(prompt) - 1)
+        assert resumed == len(pause) - 1, resumed
+        caught_up, tokens = drafts.stats.catch_up_s, drafts.stats.catch_up_tokens
         drafts.ask(paused)
         assert drafts.draft() and drafts.stats.catch_up_s > caught_up and drafts.joining_s() == joined
+        assert drafts.stats.catch_up_tokens - tokens == len(prompt) - 1
     finally:
         link.close()
         paused.close()
@@ -503,7 +514,8 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     with caplog.at_level(logging.INFO, logger="specdec.batching"):
         equal_to_target_only(pair, engine, cases, lambda: (0, 0))
     lines = re.findall(r"engine's drafting: (\d+) drafting phases, [0-9.]+ sessions each, (\d+) catching up first "
-                       r"\(\d+ ms of \d+\); first draft steps launched ahead for (\d+) rows, taken by (\d+)", caplog.text)
+                       r"\(\d+ ms of \d+, \d+ tokens\); first draft steps launched ahead for (\d+) rows, taken by (\d+)",
+                       caplog.text)
     assert lines, caplog.text
     phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
     assert phases > 0 and 0 < caught_up <= phases  # each new prompt's draft caught up in its first phase
