@@ -52,7 +52,6 @@ drew after it, so its catch-up is no forward of its own that every row waits for
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import queue
@@ -94,6 +93,7 @@ from specdec.core.runner import (
     sampled_on_device,
 )
 from specdec.core.sampling import draw_on_device, process_rows, process_rows_first
+from specdec.core.step_costs import StepCostTable, StepStats, bucket
 from specdec.core.transfer import OnTheWay, PinnedBuffers
 from specdec.core.verify import (
     SampledVerify,
@@ -126,12 +126,6 @@ def auto_stream_interval(rows: int) -> int:
     """Cycles per message with the stream interval on auto: every cycle up to WAKES_PER_STEP driven sessions, then
     rows / WAKES_PER_STEP (rounded up), so about WAKES_PER_STEP session readers are woken per step."""
     return max(1, -(-rows // WAKES_PER_STEP))
-
-
-def bucket(n: int, sizes: Sequence[int]) -> int:
-    """The smallest size >= n (n itself past the largest)."""
-    i = bisect.bisect_left(sizes, n)
-    return sizes[i] if i < len(sizes) else n
 
 
 class RowsLayer(StaticLayer):
@@ -376,171 +370,6 @@ class _Row:
     cycle_phases: int = 0  # the engine's drafting phases then (StepStats.drafting_phases)
     cycle_others: int = 0  # and its steps of another width than that forward's (StepStats.others)
     cycle_uncharged: float = 0.0  # and its uncharged time then
-
-
-@dataclass
-class StepCostTable:
-    """t(rows, tokens per row): what a batched step costs at each load, an EMA per (rows bucket, tokens bucket).
-
-    Where a cell was never measured it is scaled from a measured cell of the same rows bucket by the ratio
-    of the two token counts in the nearest rows bucket where both were measured (a plain step at 16 rows
-    is rarely run while every session speculates, but 1-row steps of both sizes are). No answer exceeds what a
-    measured cell of more rows costs (`_capped`)."""
-
-    smoothing: float = 0.2
-    cells: dict[tuple[int, int], float] = field(default_factory=dict)
-    touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
-    _answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # (rows, tokens) asked, until the
-    # next observation
-    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a
-    # session's wall time from one forward of that many tokens to its next (observe_cycle)
-    cycles_touched: set[tuple[int, int]] = field(default_factory=set)
-    cycles_seen: dict[tuple[int, int], int] = field(default_factory=dict)  # buckets -> how many cycles were observed
-    forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (the step's rows, tokens) buckets -> a
-    # step launched alone, from launch to read
-    _forward_answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # as _answers, of forwards
-    seeds: dict[tuple[int, int], float] = field(default_factory=dict)  # buckets -> a step's device time, timed once
-    # at start (seed): what a cell never measured costs, before scaling from other cells
-
-    @staticmethod
-    def _key(rows: int, tokens: int) -> tuple[int, int]:
-        return bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)
-
-    def observe(self, rows: int, tokens: int, seconds: float) -> None:
-        self._average(self.cells, rows, tokens, seconds, self.touched)
-        self._answers = {}
-
-    def observe_cycle(self, rows: int, tokens: int, seconds: float) -> None:
-        """A session's whole cycle as it lives it, from the end of its last forward to the end of this one, at
-        `rows` driven sessions: completing, drafting, planning, the steps it waited for. What a plain cycle
-        costs in a run of plain steps (each launched while the last computes) and what a drafting cycle costs
-        with its drafting phase are each measured as they are, not summed from parts; and a session left out
-        of a step (sessions falling into cohorts) pays for it here."""
-        key = self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
-        self.cycles_seen[key] = self.cycles_seen.get(key, 0) + 1
-
-    def seed(self, rows: int, tokens: int, seconds: float) -> None:
-        """A captured step's device time, replayed on an idle device at start. A ratio scaled from another load
-        misjudges a load never run: from a few rows, where a step's cost hardly depends on its tokens, it put a
-        large batch's plain step far above its cost, and the batch kept drafting where decoding plainly was faster."""
-        self.seeds[self._key(rows, tokens)] = seconds
-        self._answers, self._forward_answers = {}, {}
-
-    def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
-        """A step launched while none was on the device, from launch to read: about the device's time for it."""
-        self._average(self.forwards, rows, tokens, seconds)
-        self._forward_answers = {}
-
-    def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
-                 touched: set[tuple[int, int]] | None = None) -> tuple[int, int]:
-        """Fold `seconds` into the cell of (rows, tokens); its key."""
-        key = self._key(rows, tokens)
-        old = table.get(key)
-        table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
-        if touched is not None:
-            touched.add(key)
-        return key
-
-    def cycle(self, rows: int, tokens: int) -> float | None:
-        """The measured cycle at that load and step size (`_capped`); None where none was measured."""
-        key = self._key(rows, tokens)
-        return self._capped(self.cycles, key, self.cycles.get(key))
-
-    def cycle_samples(self, rows: int, tokens: int) -> int:
-        """How many cycles the measured cycle at that load and step size was observed over (0: never)."""
-        return self.cycles_seen.get(self._key(rows, tokens), 0)
-
-    def forward(self, rows: int, tokens: int) -> float | None:
-        """A forward of a step at that load and size, launched alone; where never measured (a batch that drafts
-        throughout launches no plain step alone at its load), its seed or, without one, scaled as `cost` scales;
-        None without a scale."""
-        return self._lookup(self.forwards, self._forward_answers, rows, tokens)
-
-    def report(self) -> str:
-        """The cells observed since the last report, 'rows x tokens: ms', and the cycles (for the engine's log line)."""
-        cells, self.touched = sorted(self.touched), set()
-        cycles, self.cycles_touched = sorted(self.cycles_touched), set()
-        line = ", ".join(f"{r}x{n}: {1e3 * self.cells[(r, n)]:.1f}" for r, n in cells)
-        if cycles:
-            line += "; cycles " + ", ".join(f"{r}x{n}: {1e3 * self.cycles[(r, n)]:.1f}" for r, n in cycles)
-        return line
-
-    def cost(self, rows: int, tokens: int) -> float | None:
-        return self._lookup(self.cells, self._answers, rows, tokens)
-
-    def _lookup(self, table: dict[tuple[int, int], float], answers: dict[tuple[int, int], float | None], rows: int,
-                tokens: int) -> float | None:
-        """A cell, else its seed, else its scaled estimate. Every session's K choice asks for each K between two
-        steps: answered once per question until the table is next observed."""
-        answer = answers.get((rows, tokens), self)
-        if answer is self:
-            key = self._key(rows, tokens)
-            answer = table.get(key, self.seeds.get(key))
-            answer = self._scaled(table, *key) if answer is None else answer
-            answer = answers[(rows, tokens)] = self._capped(table, key, answer)
-        return answer
-
-    @staticmethod
-    def _capped(table: dict[tuple[int, int], float], key: tuple[int, int], answer: float | None) -> float | None:
-        """`answer` for `key`, never more than a cell measured with more rows and as many tokens: fewer rows do the
-        same work for fewer of them, so a dearer figure was timed disturbed (beside a drafting phase's catch-ups, in a
-        ramp), and taken as is it makes drafting look better at a load the batch passes through between requests
-        (docs/benchmarks.md, call n1)."""
-        if answer is None:
-            return None
-        rows, tokens = key
-        above = [v for (r, n), v in table.items() if n == tokens and r > rows]
-        return min(answer, min(above)) if above else answer
-
-    @staticmethod
-    def _scaled(cells: dict[tuple[int, int], float], r: int, n: int) -> float | None:
-        for m in sorted({m for (b, m) in cells if b == r}, key=lambda m: abs(m - n)):
-            others = sorted({b for (b, x) in cells if x == m and (b, n) in cells}, key=lambda b: abs(b - r))
-            if others:
-                b = others[0]
-                return cells[(r, m)] * cells[(b, n)] / cells[(b, m)]
-        return None
-
-
-@dataclass
-class StepStats:
-    """What the engine did, for metrics and tests."""
-
-    steps: int = 0  # batched forwards
-    rows: int = 0  # real rows over all of them
-    prefill_chunks: int = 0
-    busy_s: float = 0.0  # time in batched steps
-    forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
-    drafting_s: float = 0.0  # time the engine spent drafting for its sessions between steps (a StepDrafter)
-    drafting_phases: int = 0  # how many times it did
-    drafting_longest_s: float = 0.0  # the longest of them since the engine last logged (a catch-up shows here)
-    guesses: int = 0  # rows launched ahead on a guess (looking ahead)
-    guesses_kept: int = 0  # of which their session's plan confirmed
-    early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
-    early_kept: int = 0  # of which their session's plan confirmed
-    ahead: int = 0  # a draft runner's rows whose chain's first step was launched from a verify's argmax (launch_ahead)
-    ahead_kept: int = 0  # of which a chain took as its first step
-    joins: int = 0  # new sessions' draft catch-ups launched in such a step (launch_ahead's `joins`)
-    joins_kept: int = 0  # of which their first drafting phase took (joined_ahead)
-    rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
-    widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
-
-    def count(self, rows: int, width: int) -> None:
-        """One more step, of `rows` rows of `width` tokens."""
-        self.steps, self.rows = self.steps + 1, self.rows + rows
-        self.rows_seen[rows] = self.rows_seen.get(rows, 0) + 1
-        self.widths[width] = self.widths.get(width, 0) + 1
-
-    def others(self, width: int) -> int:
-        """How many steps so far were of another width."""
-        return self.steps - self.widths.get(width, 0)
-
-    def launched_ahead(self) -> dict[str, tuple[int, int]]:
-        """Rows launched on the device before the host read what they depend on, and how many were kept, by kind: a
-        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax, a new session's draft
-        catch-up in that step (metrics)."""
-        return {"guess": (self.guesses, self.guesses_kept), "verify": (self.early, self.early_kept),
-                "draft": (self.ahead, self.ahead_kept), "catch-up": (self.joins, self.joins_kept)}
 
 
 class BatchedRunner(ModelRunner):

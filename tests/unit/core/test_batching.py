@@ -9,12 +9,13 @@ import torch
 
 from specdec.core import batching
 from specdec.core.adaptive import FixedK
-from specdec.core.batching import BatchedRunner, StepCostTable, _Request, _Row, auto_stream_interval, bucket
+from specdec.core.batching import BatchedRunner, _Request, _Row, auto_stream_interval
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
 from specdec.core.errors import InvalidArgument
 from specdec.core.sampling import process_rows
 from specdec.core.sequence import TargetSequence
+from specdec.core.step_costs import StepCostTable, bucket
 from specdec.core.target_loop import BROKEN, LocalLink, ProposalInbox, TargetLoop
 from specdec.core.verify import verify_sampling_rows
 from specdec.proposers.draft_model import DraftModelFactory

@@ -2,7 +2,7 @@
 
 from prometheus_client import generate_latest
 
-from specdec.core.batching import StepStats
+from specdec.core.step_costs import StepStats
 from specdec.serving.telemetry import Metrics
 
 
