@@ -48,8 +48,8 @@ def add_parser(sub) -> None:
 
 def own_draft(args: argparse.Namespace) -> bool:
     """Whether the target runs the draft itself: asked for, or by default where a draft service would share the
-    target's device (on one GPU two engines fall out of phase, and on a CPU they share its cores: the own draft made
-    1.37-1.75x target-only at 4 clients on two cores where a draft service beside the target made 0.93x)."""
+    target's device (on one GPU two engines fall out of phase, and on a CPU they share its cores: there the own draft
+    beat target-only where a draft service beside the target lost to it; docs/benchmarks.md)."""
     misfits = [flag for flag, misfit in (
         (f"--draft-device {args.draft_device}", args.draft_device not in (None, args.device)),
         (f"--draft-dtype {args.draft_dtype}", args.draft_dtype not in (None, args.dtype)),

@@ -181,12 +181,12 @@ class SwitchHold:
     """How long a shared phase that turned drafting off keeps it off before it may turn it on again.
 
     Where the batch's rows swing around the break-even (sessions ending and joining between rounds of requests), the
-    rates favour drafting at 32 rows and plain decoding at 64, and the phase switched a dozen times a second on the
-    H200 (docs/benchmarks.md, call t2), each switch on a catch-up of every row's draft on the tokens of the pause. So
+    rates favour drafting at fewer rows and plain decoding at more, and the phase switched many times a second
+    (docs/benchmarks.md, call t2), each switch on a catch-up of every row's draft on the tokens of the pause. So
     drafting that lasted fewer than `stable` steps makes the next switch on wait `first` steps, and twice as long each
     time after, up to `max_wait`; drafting that lasted `stable` steps or more clears the wait. The wait is also long
     enough that the dearest catch-up since drafting was turned on (`caught_up`, in plain steps) is at most PROBE_SHARE
-    of it, as a probe's is: a catch-up of 64 rows on a pause of 100 tokens costs ~20 plain steps on the H200."""
+    of it, as a probe's is: a catch-up of many rows on a long pause costs many plain steps."""
 
     first: int = 16
     max_wait: int = 1024
@@ -222,8 +222,8 @@ class SharedPhase:
     """The sessions whose drafts are drafted in one phase and verified in one step (the target's own draft,
     core.own_draft): every row waits for the longest chain drafted and is padded to the longest block verified,
     so K is the batch's: the k that maximises the tokens all of them commit per second, sum_i E(a_i, k) / T(k),
-    which each of them computes alike. Each session choosing for itself instead, one with acceptance 1.0 drafts
-    K = 4 and every row pays for it (docs/benchmarks.md: 0.63x target-only at 8 CPU clients).
+    which each of them computes alike. Each session choosing for itself instead, one whose drafts are all accepted
+    drafts a long block and every row pays for it (docs/benchmarks.md, the tiny pair at 8 CPU clients).
     Keeps the sum of its members' E(a_i, k) for k = 0..max_k, updated when a member's acceptance moves."""
 
     def __init__(self, max_k: int = MAX_K) -> None:
@@ -424,7 +424,7 @@ class AdaptiveK:
         if self.acceptance is None:
             self.acceptance = AcceptanceEstimate()
             if self.prior is not None and self.prior.judged > 0:  # never weighed above its own evidence: one
-                # unlucky block (0 of 1 judged) read as 0 of 8 kept the next sessions from drafting (call v4)
+                # unlucky block read as eight kept the next sessions from drafting (docs/benchmarks.md, call v4)
                 scale = min(1.0, PRIOR_TOKENS / self.prior.judged)
                 self.acceptance.accepted, self.acceptance.judged = self.prior.accepted * scale, self.prior.judged * scale
         if self.phase is not None:
@@ -444,8 +444,8 @@ class AdaptiveK:
         steps = self._phase_step()
         if steps is None:
             self.costs.observe(k, verify_s, draft_s, round_trip_s, weight)
-        else:  # one step's figures, once: each of 14 members folding in one slow phase made it 96% of the draft's
-            # cost per token, and drafting turned off at 16 rows for a ramp's phase (docs/benchmarks.md, call w1)
+        else:  # one step's figures, once: every member folding in one slow phase made it most of the draft's cost
+            # per token, and drafting turned off for a ramp's phase (docs/benchmarks.md, call w1)
             self.phase.once(f"costs of k = {k}", steps,
                             lambda: self.costs.observe(k, verify_s, draft_s, round_trip_s, weight))
         if k > 0:
@@ -480,8 +480,8 @@ class AdaptiveK:
         drafts are never accepted drafts one token whenever its k = 1 cycles measure a hair under its plain ones (a
         tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft). Of two neighbours
         that disagree so, the one averaging fewer cycles is the suspect: a K = 1 figure from a few probes raising a
-        K = 2 cycle measured hundreds of times cut K = 2's margin over plain decoding from ~40% to 14%
-        (docs/benchmarks.md, call n2)."""
+        K = 2 cycle measured hundreds of times hid most of K = 2's margin over plain decoding (docs/benchmarks.md,
+        call n2)."""
         steps = self._phase_step()
         rates = self._compute_rates() if steps is None else self.phase.once("rates", steps, self._compute_rates)
         return rates[:cap + 1]
@@ -526,8 +526,8 @@ class AdaptiveK:
     def _draft_step(self, measured: bool) -> float:
         """What one more draft token costs a cycle at least: the draft's step at this load where its engine timed one
         (`measured`), if less than the drafting time per token. A phase's drafting time over its K also holds the
-        phase's fixed work (launching the verify, reading back): on the H200 2.4 ms a token at 16 rows where a step
-        took ~1.5, which raised a measured K = 3 cycle over K = 2's and kept the phase at K = 2 (call w2)."""
+        phase's fixed work (launching the verify, reading back), well above a step's cost, which raised a measured
+        longer cycle over a shorter one's and kept the phase at the shorter K (docs/benchmarks.md, call w2)."""
         step = self.costs.draft_step_s or 0.0
         device = self.batch.batch_draft_step_cost() if measured else None
         return min(step, device) if step and device else step

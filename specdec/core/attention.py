@@ -10,8 +10,8 @@ Everything else (prefill chunks, no mask) goes to HF's SDPA path unchanged.
 On a GPU, a small step (few rows, one or a few tokens each) attends written out instead: matmul, masked softmax,
 matmul, as HF's eager attention computes it (scores rounded to the model's dtype, softmax in float32). Fused by
 the compiled layers (core.compiled), that is a few kernels where SDPA with a mask over the whole cache costs
-several times as long for one or two rows of one token; from four rows on it was no faster in a whole step, and
-slower for the 7B at sixteen (docs/benchmarks.md, call h3).
+several times as long for one or two rows of one token; with more rows it was no faster in a whole step, and
+slower for a large target (docs/benchmarks.md, call h3).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ attention costs what the rows' lengths ask, not what `max_len` allows.
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt delays the
 others' next token by at most one chunk's forward. A short prompt goes in the step, whose rows are all padded to
-it, unless the cost table says a chunk of it alone is cheaper (`_alone`: at 64 rows on the H200). On CUDA a chunk
+it, unless the cost table says a chunk of it alone is cheaper (`_alone`: at many rows on a GPU). On CUDA a chunk
 (a new prompt, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any
 slots: it writes their new entries in place and attends over a copy of their rows of the cache. An engine loop
 runs one chunk a step, so it captures one row; a runner without one (a target's own draft) is handed every
@@ -888,8 +888,8 @@ class BatchedRunner(ModelRunner):
     def _alone(self, steps: list[_Request]) -> _Request | None:
         """The new prompt (a driven session's first forward, or a caller's) wider than every other forward of a step,
         where a forward of it alone, as a chunk after the step, costs less than widening every row of the step to it
-        (rows are padded to the widest: on the H200 a 64-row step of 9 tokens a row costs 3.4x one of 1 token, and one
-        row of 9 about a 1-token step; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
+        (rows are padded to the widest: at many rows a step of a few tokens a row costs several plain steps, and one
+        row of them about one; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
         cost: its host read also waits for the step launched ahead of it. None: the step takes them all, as where the
         costs are not known yet, or where several prompts that wide join at once."""
         if len(steps) < 2:
@@ -949,8 +949,8 @@ class BatchedRunner(ModelRunner):
         if not self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None):
             return False
         done = time.perf_counter()
-        # a joining session's catch-up, ~3 ms on the H200 beside a ~10 ms cycle, timed into every drafting row's cycle
-        # (folded in as many times) made drafting look a third dearer at each join (docs/benchmarks.md, call w1)
+        # a joining session's catch-up, a good part of a cycle, timed into every drafting row's cycle (folded in as
+        # many times) made drafting look dearer at each join (docs/benchmarks.md, call w1)
         self._uncharged_s += self.drafter.joining_s() - joining
         s = self.stats
         s.drafting_s, s.drafting_phases = s.drafting_s + done - t0, s.drafting_phases + 1
@@ -1756,7 +1756,7 @@ class BatchedRunner(ModelRunner):
         step.cost_from = began
         requests = [r for r in step.requests if not r.void]
         if requests and not step.pipelined and not self.passive:  # by its own rows: a few rows' step launched amid
-            # drafting (a row near its end, a new one) costs far less than a plain step of every row (call v1)
+            # drafting (a row near its end, a new one) costs far less than a plain step of every row (benchmarks, v1)
             self.costs.observe_forward(len(step.requests), step.n, read - step.launched)
         if step.drawn:
             self._take_drawn(step, top)

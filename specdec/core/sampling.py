@@ -105,8 +105,8 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Each row of probs [n, V] restricted to its smallest set of most likely tokens whose mass reaches `top_p` (the
     argmax always kept) and renormalised: [n, V], 0 outside it.
 
-    Sorting a whole vocabulary per position is most of a sampled step's host time on a CPU (a 150k vocabulary:
-    ~9 ms a position), and a nucleus is rarely more than a few hundred tokens: the most likely NUCLEUS_CANDIDATES
+    Sorting a whole vocabulary per position is most of a sampled step's host time on a CPU (docs/benchmarks.md), and
+    a nucleus is rarely more than a few hundred tokens: the most likely NUCLEUS_CANDIDATES
     (in the same descending order, with the same running sums) are searched first, and only rows whose nucleus
     reaches past them widen the search. Where the last candidate is already dropped, every token after it is too,
     so the set is the one a full sort gives (tied probabilities aside, which either order may take, and on a GPU a
