@@ -208,7 +208,8 @@ def main() -> None:
                       f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
                       f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
                       f"{drafter.stats.catching_up - phases.catching_up} "
-                      f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms)", flush=True)
+                      f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms, "
+                      f"{drafter.stats.catch_up_tokens - phases.catch_up_tokens} tokens)", flush=True)
                 if totals:
                     print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                          for label, seconds in sorted(totals.items())), flush=True)
