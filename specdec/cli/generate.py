@@ -20,8 +20,8 @@ def add_parser(sub) -> None:
     gen.add_argument("--chat", action="store_true", help="apply the target's chat template to the prompt")
     gen.add_argument("--json", action="store_true", help="print one JSON object per prompt: text, token_ids, stats")
     gen.add_argument("--no-compile", action="store_true",
-                     help="on a GPU, run the decoder layers as they are instead of torch.compile'd (starts about a "
-                          "minute sooner per model; steps are slower)")
+                     help="on a GPU, run the decoder layers as they are instead of torch.compile'd (starts sooner: "
+                          "compiling takes a minute or more per model on an empty kernel cache; steps are slower)")
     add_model_args(gen)
     add_sampling_args(gen)
     add_speculation_args(gen)

@@ -87,8 +87,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "host's verifying and planning (outputs are the same either way)")
     serve.add_argument("--no-compile", action="store_true",
                        help="target, draft (batched) on a GPU: skip torch.compile of the models' decoder layers. By "
-                            "default they are compiled at start (about a minute per model, fewer and fused kernels: "
-                            "a faster step, docs/benchmarks.md), then captured in CUDA graphs")
+                            "default they are compiled at start (a minute or more per model on an empty kernel "
+                            "cache; fewer and fused kernels: a faster step, docs/benchmarks.md), then captured in CUDA "
+                            "graphs")
     add_engine_process_arg(serve, "target: where the engine and every session's loop run. on (the flag alone): in a "
                            "child process, with gRPC (streams, metrics, traces) in this one, so that under many "
                            "clients the engine does not wait for the interpreter behind the sessions' gRPC threads; "
