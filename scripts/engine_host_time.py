@@ -188,6 +188,7 @@ def main() -> None:
                 steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                 ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
                 phases = replace(drafter.stats)
+                widths = dict(t.widths)
                 totals.clear()
                 traced = args.trace and repeat == 0
                 tracing = device_trace() if traced else None
@@ -210,6 +211,8 @@ def main() -> None:
                       f"{drafter.stats.catching_up - phases.catching_up} "
                       f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms, "
                       f"{drafter.stats.catch_up_tokens - phases.catch_up_tokens} tokens)", flush=True)
+                counts = {w: c - widths.get(w, 0) for w, c in sorted(t.widths.items()) if c > widths.get(w, 0)}
+                print("  steps by tokens per row: " + ", ".join(f"{w}: {c}" for w, c in counts.items()), flush=True)
                 if totals:
                     print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                          for label, seconds in sorted(totals.items())), flush=True)

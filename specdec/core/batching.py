@@ -111,6 +111,8 @@ WAKES_PER_STEP = 8  # with the stream interval on auto: about this many session 
 LULL_S = 0.001  # a step waiting for its sessions goes once none has come back for this long
 IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often the engine checks their timeouts
 CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
+JOIN_HOLD_STEPS = 2  # a new prompt that would widen a step of other rows waits at most this many steps for company
+JOIN_GROUP_SHARE = 0.25  # held prompts go in at once when they are this share of the step's other rows
 _END = object()  # a driven session's last item: its sequence is done
 Fill = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, tokens) [m] each, on the device
 
@@ -219,6 +221,7 @@ class _Request:
     drawn_ahead: tuple[SamplingParams, int] | None = None  # a plain sampled cycle drawn on the device at its launch
     #                                                        (_draw_ahead): its sampling and seed
     drew: int = -1  # that draw's token, as the device drew it (and fed to a guess after it)
+    held_from: int = -1  # a new prompt held back for company (_held_joins): the engine step it was first held at
     error: BaseException | None = None
     guess: bool = False  # launched before its token was read: the token its row's last step drew on the device
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
@@ -810,7 +813,7 @@ class BatchedRunner(ModelRunner):
                     if inflight is None and steps:
                         inflight = self._launch_or_fail(steps)
                     if inflight is not None and self._looks_ahead(inflight):
-                        steps, more = self._take()
+                        steps, more = self._take(alongside=len(inflight.requests))
                         if more and prefill:
                             with self._cv:
                                 self._pending.extend(more)  # one chunk a step
@@ -868,22 +871,47 @@ class BatchedRunner(ModelRunner):
                     continue
                 return self._split_pending()
 
-    def _take(self) -> tuple[list[_Request], list[_Request]]:
-        """What is ready now, without waiting (a step is on the device)."""
+    def _take(self, alongside: int = 0) -> tuple[list[_Request], list[_Request]]:
+        """What is ready now, without waiting (a step is on the device; `alongside`: the rows the next step carries
+        besides, its guesses)."""
         self._plan_rows()
         with self._cv:
-            return self._split_pending()
+            return self._split_pending(alongside=alongside)
 
-    def _split_pending(self, chunks: int | None = 1) -> tuple[list[_Request], list[_Request]]:
+    def _split_pending(self, chunks: int | None = 1, alongside: int = 0) -> tuple[list[_Request], list[_Request]]:
         """The pending forwards that fit a step, and the longer ones whose next chunks run eagerly: at most
-        `chunks` of them (None: all); the rest stay pending. The caller holds the lock."""
+        `chunks` of them (None: all); the rest stay pending, new prompts held back for company among them
+        (`_held_joins`; `alongside`: rows the step carries besides these). The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
+        held = self._held_joins(steps, alongside)
+        if held:
+            steps = [r for r in steps if r not in held]
         if chunks and not long and (alone := self._alone(steps)) is not None:
             steps.remove(alone)
             long = [alone]
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
+
+    def _held_joins(self, steps: list[_Request], alongside: int) -> list[_Request]:
+        """The new prompts (driven sessions' first forwards) to hold back from this step: rows are padded to a step's
+        widest, so each prompt wider than the step's other rows costs every row a wide step, and prompts that trickle
+        in one a step (clients coming back at different times) pay it once each. Each waits at most JOIN_HOLD_STEPS
+        steps, and none waits once they are JOIN_GROUP_SHARE of the other rows, or where the step has no other rows
+        (a wide step then costs no one)."""
+        joins = [r for r in steps if r.row is not None and not r.row.cycle_tokens and r.chain is None]
+        others = len(steps) - len(joins) + alongside
+        if not joins or not others:
+            return []
+        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joins), default=1))[1]
+        wide = [r for r in joins if self.step_shape(1, len(r.ids))[1] > width]
+        step = self.stats.steps
+        for r in wide:
+            r.held_from = step if r.held_from < 0 else r.held_from
+        if not wide or len(wide) >= JOIN_GROUP_SHARE * others or any(step - r.held_from >= JOIN_HOLD_STEPS
+                                                                      for r in wide):
+            return []
+        return wide
 
     def _alone(self, steps: list[_Request]) -> _Request | None:
         """The new prompt (a driven session's first forward, or a caller's) wider than every other forward of a step,
@@ -985,7 +1013,8 @@ class BatchedRunner(ModelRunner):
         if not early:
             return
         with self._cv:
-            steps, _ = self._split_pending(chunks=0)  # every ready forward that fits a step; prompt chunks wait
+            steps, _ = self._split_pending(chunks=0, alongside=len(early))  # every ready forward that fits a step;
+            # prompt chunks wait
         index = self._on_device(fill, tokens.device).T  # [4, drafts]
         try:
             with self._turn():

@@ -367,12 +367,13 @@ def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
         runner.stop()
 
 
-def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_pair_fp32):
+def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_pair_fp32, monkeypatch):
     """Rows are padded to a step's widest: on the H200 a 64-row step of 9 tokens a row cost 19.8 ms against 5.8 for
     1 token (call t1), so a 9-token prompt joining 63 decoding rows cost them 14 ms where the prompt alone costs ~6.
     By the engine's cost table, a new prompt wider than the rest runs alone (a chunk after the step, charged a step
     more) where that is cheaper; a running session's verify, a second prompt as wide, or costs not known yet keep it
-    in the step."""
+    in the step. (Once held for company as long as it may be: `_held_joins`, below.)"""
+    monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", 0)
     runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
     rows = [_Row(loop=None) for _ in range(64)]
     for row in rows[1:]:
@@ -397,6 +398,46 @@ def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_p
     assert split(joining) == []  # a running session's verify of 8 drafts: not a prompt
     rows[0].cycle_tokens = 0
     assert split(pending(9, 9, *[1] * 62)) == []  # two prompts that wide: the step pads once for both
+    runner.stop()
+
+
+def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tiny_pair_fp32):
+    """Rows are padded to a step's widest: prompts that trickle in one a step would make every step wide. A prompt
+    wider than the step's other rows waits for company, at most JOIN_HOLD_STEPS steps; prompts that are a quarter
+    of the other rows go at once, and so does one with no other rows to widen (or as narrow as they are)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
+    rows = [_Row(loop=None) for _ in range(64)]
+    for row in rows[8:]:
+        row.cycle_tokens = 1  # running sessions; rows[:8] are new
+
+    def split(requests, alongside=0):
+        runner._pending = list(requests)
+        steps, long = runner._split_pending(alongside=alongside)
+        return steps + long
+
+    decoding = [_Request(i, 10, [7], 1, True, row=rows[i]) for i in range(8, 40)]  # 32 rows
+    first = _Request(0, 0, [5] * 9, 1, True, row=rows[0])
+    step = runner.stats.steps
+    assert first not in split([first, *decoding]) and runner._pending == [first]  # held, still pending
+    assert first.held_from == step
+    second = _Request(1, 0, [5] * 9, 1, True, row=rows[1])
+    runner.stats.steps = step + 1
+    taken = split([first, second, *decoding])
+    assert first not in taken and second not in taken and len(taken) == 32  # both wait: one wide step for both
+    runner.stats.steps = step + batching.JOIN_HOLD_STEPS
+    taken = split([first, second, *decoding])
+    assert first in taken and second in taken and runner._pending == []  # the first waited its most: both go
+    # eight prompts are a quarter of 32 rows: they go at once
+    joins = [_Request(i, 0, [5] * 9, 1, True, row=rows[i]) for i in range(8)]
+    assert set(map(id, split([*joins, *decoding]))) == set(map(id, joins + decoding))
+    # no other rows in the step: a prompt costs no one a wide step; with the step's guesses it waits
+    alone = _Request(2, 0, [5] * 9, 1, True, row=rows[2])
+    assert split([alone]) == [alone]
+    assert split([alone], alongside=32) == [] and runner._pending == [alone]
+    # a prompt no wider than the step's verifies widens nothing
+    verifies = [_Request(i, 10, [7] * 9, 9, True, row=rows[i]) for i in range(8, 40)]
+    narrow = _Request(3, 0, [5] * 9, 1, True, row=rows[3])
+    assert narrow in split([narrow, *verifies])
     runner.stop()
 
 
