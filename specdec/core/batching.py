@@ -896,20 +896,26 @@ class BatchedRunner(ModelRunner):
     def _held_joins(self, steps: list[_Request], alongside: int) -> list[_Request]:
         """The new prompts (driven sessions' first forwards) to hold back from this step: rows are padded to a step's
         widest, so each prompt wider than the step's other rows costs every row a wide step, and prompts that trickle
-        in one a step (clients coming back at different times) pay it once each. Each waits at most JOIN_HOLD_STEPS
-        steps, and none waits once they are JOIN_GROUP_SHARE of the other rows, or where the step has no other rows
-        (a wide step then costs no one)."""
+        in one a step (clients coming back at different times) pay it once each. Held only where the cost table says
+        the widening costs more than a step of the rows as they are (at many rows; at a few it costs little, and the
+        wait would only delay the first token). Each waits at most JOIN_HOLD_STEPS steps, and none waits once they
+        are JOIN_GROUP_SHARE of the other rows, or where the step has no other rows (a wide step then costs no one)."""
         joins = [r for r in steps if r.row is not None and not r.row.cycle_tokens and r.chain is None]
         others = len(steps) - len(joins) + alongside
         if not joins or not others:
             return []
         width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joins), default=1))[1]
         wide = [r for r in joins if self.step_shape(1, len(r.ids))[1] > width]
+        if not wide:
+            return []
+        rows = self.batch_rows()
+        narrow, widened = self.costs.cost(rows, width), self.costs.cost(rows, max(len(r.ids) for r in wide))
+        if narrow is None or widened is None or widened - narrow <= narrow:
+            return []
         step = self.stats.steps
         for r in wide:
             r.held_from = step if r.held_from < 0 else r.held_from
-        if not wide or len(wide) >= JOIN_GROUP_SHARE * others or any(step - r.held_from >= JOIN_HOLD_STEPS
-                                                                      for r in wide):
+        if len(wide) >= JOIN_GROUP_SHARE * others or any(step - r.held_from >= JOIN_HOLD_STEPS for r in wide):
             return []
         return wide
 

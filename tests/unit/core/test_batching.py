@@ -401,14 +401,17 @@ def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_p
     runner.stop()
 
 
-def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tiny_pair_fp32):
-    """Rows are padded to a step's widest: prompts that trickle in one a step would make every step wide. A prompt
-    wider than the step's other rows waits for company, at most JOIN_HOLD_STEPS steps; prompts that are a quarter
-    of the other rows go at once, and so does one with no other rows to widen (or as narrow as they are)."""
+def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tiny_pair_fp32, monkeypatch):
+    """Rows are padded to a step's widest: prompts that trickle in one a step would make every step wide. Where the
+    widening costs more than a step (by the cost table), a prompt wider than the step's other rows waits for company,
+    at most JOIN_HOLD_STEPS steps; prompts that are a quarter of the other rows go at once, and so does one with no
+    other rows to widen (or as narrow as they are). Where the widening is cheap, or its cost not known, none waits."""
     runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
     rows = [_Row(loop=None) for _ in range(64)]
     for row in rows[8:]:
         row.cycle_tokens = 1  # running sessions; rows[:8] are new
+    batch = 32
+    monkeypatch.setattr(runner, "batch_rows", lambda: batch)
 
     def split(requests, alongside=0):
         runner._pending = list(requests)
@@ -417,6 +420,10 @@ def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tin
 
     decoding = [_Request(i, 10, [7], 1, True, row=rows[i]) for i in range(8, 40)]  # 32 rows
     first = _Request(0, 0, [5] * 9, 1, True, row=rows[0])
+    assert first in split([first, *decoding])  # costs not known yet: no wait
+    first.held_from = -1
+    for (r, n), ms in {(32, 9): 14.0, (32, 1): 6.4, (16, 9): 7.5, (16, 1): 5.2}.items():
+        runner.costs.seed(r, n, ms / 1e3)
     step = runner.stats.steps
     assert first not in split([first, *decoding]) and runner._pending == [first]  # held, still pending
     assert first.held_from == step
@@ -438,6 +445,9 @@ def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tin
     verifies = [_Request(i, 10, [7] * 9, 9, True, row=rows[i]) for i in range(8, 40)]
     narrow = _Request(3, 0, [5] * 9, 1, True, row=rows[3])
     assert narrow in split([narrow, *verifies])
+    batch = 16  # 16 rows: a 9-token step costs less than two plain ones, a wait would only delay the first token
+    cheap = _Request(4, 0, [5] * 9, 1, True, row=rows[4])
+    assert cheap in split([cheap, *decoding[:16]])
     runner.stop()
 
 
