@@ -4,8 +4,11 @@ Given a mask, HF's SDPA path copies every key/value head once for each query hea
 (`repeat_kv`) before attending. For a step of B rows over a cache of L positions that is 2 x B x heads x L x
 dim elements written and read per layer, and at 64 rows it costs more than the weights. Here the query heads
 that share a key/value head are folded into the query length instead ([B, kv heads, groups * n, dim], with
-the mask repeated per group), which is the same arithmetic on the same cached tensors, copied nowhere.
-Everything else (prefill chunks, no mask) goes to HF's SDPA path unchanged.
+the mask repeated per group), which is the same arithmetic on the same cached tensors, copied nowhere. The
+engine makes that folded mask once per step, additive (`step_mask`: 0 where a key is attended, -inf where not),
+which SDPA would otherwise make from a boolean mask in every layer (a fill and a conversion per layer; on a GPU
+~3 µs a layer of a 0.5B step, docs/benchmarks.md). Everything else (prefill chunks, no mask) goes to HF's SDPA
+path unchanged, with a boolean mask.
 
 On a GPU, a small step (few rows, one or a few tokens each) attends written out instead: matmul, masked softmax,
 matmul, as HF's eager attention computes it (scores rounded to the model's dtype, softmax in float32). Fused by
@@ -32,30 +35,47 @@ def writes_out(device: torch.device, folded_rows: int) -> bool:
     return device.type == "cuda" and folded_rows <= WRITTEN_OUT_MAX
 
 
+def folds(groups: int, n: int) -> bool:
+    """Whether a step of n tokens per row, `groups` query heads per key/value head, attends folded."""
+    return groups > 1 and n * groups <= MAX_FOLDED
+
+
+def step_mask(allowed: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """A step's mask for every layer: `allowed` [B, 1, n, L] (True where a query attends to a key) folded per group
+    and additive, [B, 1, groups * n, L] of `dtype` (0 or -inf), where the step attends folded; else `allowed`."""
+    b, _, n, length = allowed.shape
+    if not folds(groups, n):
+        return allowed
+    folded = allowed[:, :, None].expand(-1, -1, groups, -1, -1).reshape(b, 1, groups * n, length)
+    attend, skip = torch.zeros((), dtype=dtype, device=allowed.device), torch.tensor(float("-inf"), dtype=dtype,
+                                                                                     device=allowed.device)
+    return torch.where(folded, attend, skip)
+
+
 def written_out_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
                           scale: float) -> torch.Tensor:
-    """query [B, H_kv, m, D], key/value [B, H_kv, L, D], a boolean mask [B, 1, m, L] -> [B, H_kv, m, D]."""
-    scores = (query @ key.transpose(-1, -2)).float() * scale  # [B, H_kv, m, L]
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(value.dtype) @ value
+    """query [B, H_kv, m, D], key/value [B, H_kv, L, D], an additive mask [B, 1, m, L] (0 or -inf) -> [B, H_kv, m, D]."""
+    scores = (query @ key.transpose(-1, -2)).float() * scale + mask  # [B, H_kv, m, L]
+    return scores.softmax(-1).to(value.dtype) @ value
 
 
 def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """query [B, H, n, D], key/value [B, H_kv, L, D], a boolean mask [B, 1, n, L] -> ([B, n, H, D], None)."""
+    """query [B, H, n, D], key/value [B, H_kv, L, D], and a step's mask (`step_mask`: folded and additive
+    [B, 1, groups * n, L] where the step folds, else boolean [B, 1, n, L]) -> ([B, n, H, D], None)."""
     groups = getattr(module, "num_key_value_groups", 1)
     b, heads, n, dim = query.shape
-    if (groups == 1 or attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.ndim != 4
-            or attention_mask.shape[1] != 1 or n * groups > MAX_FOLDED or set(kwargs) & {"position_bias", "softcap"}):
+    if (not folds(groups, n) or attention_mask is None or attention_mask.dtype == torch.bool
+            or set(kwargs) & {"position_bias", "softcap"}):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     kv_heads = heads // groups
     folded = query.reshape(b, kv_heads, groups * n, dim)  # query head kv * groups + g -> rows g * n .. g * n + n - 1
-    mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(attention_mask.shape[0], 1, groups * n, -1)
     if writes_out(query.device, b * groups * n) and not dropout:
-        out = written_out_attention(folded, key, value, mask, dim ** -0.5 if scaling is None else scaling)
+        out = written_out_attention(folded, key, value, attention_mask, dim ** -0.5 if scaling is None else scaling)
     else:
-        out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=mask, dropout_p=dropout,
-                                                               scale=scaling)  # [B, H_kv, groups * n, D]
+        out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask,
+                                                               dropout_p=dropout, scale=scaling)  # [B, H_kv, groups * n, D]
     return out.reshape(b, heads, n, dim).transpose(1, 2).contiguous(), None
 
 

@@ -64,7 +64,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from specdec.core.attention import use_grouped_attention
+from specdec.core.attention import step_mask, use_grouped_attention
 from specdec.core.compiled import compile_layers
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_BUCKETS, SamplingParams
@@ -413,6 +413,8 @@ class BatchedRunner(ModelRunner):
         assert prefill_chunk >= graph_max_tokens, "a prefill chunk must hold a verify step's logits"
         self.stream_interval = check_stream_interval(stream_interval)
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
+        text = self._text_config()
+        self._groups = text.num_attention_heads // (getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
         self.bucket_chunks = self.device.type == "cuda"  # round prompt chunks' shapes up (_run_chunks)
@@ -474,9 +476,13 @@ class BatchedRunner(ModelRunner):
         else:
             launch(self._loop)
 
+    def _text_config(self):
+        """The model's (decoder's) configuration."""
+        return self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
+
     def _allocate(self) -> "RowsCache":
         """One cache for all slots and layers (RowsCache)."""
-        cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
+        cfg = self._text_config()
         layer_types = getattr(cfg, "layer_types", None) or []
         if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
             raise InvalidArgument("batching", f"{cfg.model_type} has sliding-window layers; batched decoding supports "
@@ -2034,7 +2040,8 @@ class BatchedRunner(ModelRunner):
         step.rows = inputs.slots if inputs.slots is not None else torch.arange(
             inputs.first_slot, inputs.first_slot + inputs.ids.shape[0], device=self.device)
         keys = self._key_positions[:step.span]  # [span]: the columns attended over
-        mask = keys[None, None, None, :] <= inputs.positions[:, None, :, None]  # [B, 1, n, L]
+        mask = step_mask(keys[None, None, None, :] <= inputs.positions[:, None, :, None], self._groups,
+                         self.cache.keys.dtype)  # [B, 1, n, L] allowed, or folded and additive: once for every layer
         return self.model(input_ids=inputs.ids, position_ids=inputs.positions, attention_mask=mask, use_cache=True,
                           logits_to_keep=keep, **{self._cache_kw: self.cache}).logits
 
