@@ -6,9 +6,9 @@ dim elements written and read per layer, and at 64 rows it costs more than the w
 that share a key/value head are folded into the query length instead ([B, kv heads, groups * n, dim], with
 the mask repeated per group), which is the same arithmetic on the same cached tensors, copied nowhere. The
 engine makes that folded mask once per step, additive (`step_mask`: 0 where a key is attended, -inf where not),
-which SDPA would otherwise make from a boolean mask in every layer (a fill and a conversion per layer; on a GPU
-~3 µs a layer of a 0.5B step, docs/benchmarks.md). Everything else (prefill chunks, no mask) goes to HF's SDPA
-path unchanged, with a boolean mask.
+which SDPA would otherwise make from a boolean mask in every layer (a fill and a conversion per layer: kernels
+of their own in a small model's step, docs/benchmarks.md, call y2). Everything else (prefill chunks, no mask) goes
+to HF's SDPA path unchanged, with a boolean mask.
 
 On a GPU, a small step (few rows, one or a few tokens each) attends written out instead: matmul, masked softmax,
 matmul, as HF's eager attention computes it (scores rounded to the model's dtype, softmax in float32). Fused by
