@@ -47,9 +47,8 @@ def step_mask(allowed: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.T
     if not folds(groups, n):
         return allowed
     folded = allowed[:, :, None].expand(-1, -1, groups, -1, -1).reshape(b, 1, groups * n, length)
-    attend, skip = torch.zeros((), dtype=dtype, device=allowed.device), torch.tensor(float("-inf"), dtype=dtype,
-                                                                                     device=allowed.device)
-    return torch.where(folded, attend, skip)
+    # filled on the device from a Python scalar: no host-to-device copy, which a CUDA graph capture refuses
+    return torch.zeros(folded.shape, dtype=dtype, device=allowed.device).masked_fill_(~folded, float("-inf"))
 
 
 def written_out_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
