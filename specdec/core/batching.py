@@ -413,8 +413,6 @@ class BatchedRunner(ModelRunner):
         assert prefill_chunk >= graph_max_tokens, "a prefill chunk must hold a verify step's logits"
         self.stream_interval = check_stream_interval(stream_interval)
         use_grouped_attention(self.model)  # B rows over the whole cache: repeating keys per head would dominate
-        text = self._text_config()
-        self._groups = text.num_attention_heads // (getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
         self.gather_s = gather_s
         self.prefill_chunk = prefill_chunk
         self.bucket_chunks = self.device.type == "cuda"  # round prompt chunks' shapes up (_run_chunks)
@@ -424,6 +422,7 @@ class BatchedRunner(ModelRunner):
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
+        self._groups = self._text_config().num_attention_heads // self.cache.keys.shape[2]  # query heads per kv head
         self._key_positions = torch.arange(max_len + self.pad, device=self.device)  # [L]
         self._columns = torch.arange(self.pad)  # [pad]: a step's positions are each row's start plus these
         self._device_columns = self._columns.to(self.device)  # [pad]

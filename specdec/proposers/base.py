@@ -44,15 +44,13 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
     t0 = time.perf_counter()
     for p, c in zip(proposers, committed):
         p._before_propose(c)
-    behind = [i for i, (p, c) in enumerate(zip(proposers, committed)) if p._behind(c)]
+    behind = {i: n for i, (p, c) in enumerate(zip(proposers, committed)) if (n := p._behind(c))}  # -> tokens lacked
     first: dict[int, object] = {}
     chained = getattr(runner, "passive", False)  # the chains' own steps (BatchedRunner._draft_chained)
     if chained:  # new sessions' catch-ups that the draft step launched ahead did (BatchedRunner.launch_ahead's joins)
         first = {i: value for i, (p, c) in enumerate(zip(proposers, committed))
                  if p.group is not None and (value := runner.joined_ahead(p.slot, c, p.group.read)) is not None}
-        behind = [i for i in behind if i not in first]
-    # the committed tokens (but the last, which the chain's first step feeds) each catch-up adds to its cache
-    shortfall = {i: len(committed[i]) - 1 - common_prefix_len(proposers[i].slot.tokens, committed[i]) for i in behind}
+        behind = {i: n for i, n in behind.items() if i not in first}
     if behind and chained and all(proposers[i].group is not None for i in behind):
         # each catch-up forwards all of its sequence and reads its chain's first step, which the others then need
         # not run with it; the runner reads it to the host, as below
@@ -67,7 +65,7 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
                                   launched)
     draft_s = time.perf_counter() - t1
     catch_up_s = t1 - t0 if behind else 0.0
-    return [proposal_of(len(c), picks, p.source, draft_s, catch_up_s, shortfall.get(i, 0))
+    return [proposal_of(len(c), picks, p.source, draft_s, catch_up_s, behind.get(i, 0))
             for i, (p, c, picks) in enumerate(zip(proposers, committed, chains))]
 
 
@@ -100,13 +98,14 @@ class ModelDrafting:
         if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
             self._cache(prompt)
 
-    def _behind(self, committed: Sequence[int]) -> bool:
-        """Whether to cache all but the last committed token first (a runner drafting chains itself: all of them, its
-        chain's first step read from the same forward), in one prefill timed apart from drafting:
-        when more than two are missing (after cycles drafted by someone else, or none). Folded into the first
-        draft step it would look like an expensive draft and keep adaptive K from drafting again."""
-        missing = common_prefix_len(self.slot.tokens, committed) < len(committed) - 2
-        return missing and len(committed) <= self.runner.max_len
+    def _behind(self, committed: Sequence[int]) -> int:
+        """How many committed tokens (but the last, which the chain's first step feeds) to cache first (a runner
+        drafting chains itself: all of them, its chain's first step read from the same forward), in one prefill timed
+        apart from drafting; 0: none. Where more than two are missing (after cycles drafted by someone else, or
+        none): folded into the first draft step they would look like an expensive draft and keep adaptive K from
+        drafting again."""
+        missing = len(committed) - 1 - common_prefix_len(self.slot.tokens, committed)
+        return missing if missing > 1 and len(committed) <= self.runner.max_len else 0
 
     def _cache(self, ids: Sequence[int]) -> None:
         """Forward `ids` into the cache and wait for it: on a GPU the forward would otherwise still be running
