@@ -33,13 +33,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, NamedTuple, Protocol, TypeVar
 
 from specdec.core.config import MAX_K
 
 T = TypeVar("T")
 log = logging.getLogger("specdec.adaptive")
 SWITCH_LOG_EVERY_S = 1.0  # a shared phase that turns drafting on or off logs it at most this often
+DRAINING_STEPS = 32  # a batch that no session joined for this many steps is draining: a switch on must pay before it ends
 SWITCH_ON_GAIN = 1.1  # a shared phase decoding plainly turns drafting on only for this much more tokens per second
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
@@ -240,6 +241,7 @@ class SharedPhase:
         self._drafting: bool | None = None  # whether the rates last chose drafting (`switched`)
         self._switches = 0  # since the last one logged
         self._logged_at = -math.inf
+        self._charge_logged_at = -math.inf  # when a switch on kept off by its catch-up was last logged
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
@@ -318,6 +320,14 @@ class SharedPhase:
             switches, self._switches, self._logged_at = self._switches, 0, time.monotonic()
             return switches
 
+    def should_log_charge(self) -> bool:
+        """Whether a switch on that its catch-up's cost kept off is to be logged now (once per SWITCH_LOG_EVERY_S)."""
+        with self._lock:
+            if time.monotonic() - self._charge_logged_at < SWITCH_LOG_EVERY_S:
+                return False
+            self._charge_logged_at = time.monotonic()
+            return True
+
     def tokens(self, k: int) -> float | None:
         """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
         mean = self._mean
@@ -360,6 +370,24 @@ class ProbeSchedule:
         self.every = max(min(self.max_every, 2 * (self.every or self.first)), math.ceil(cost_steps / PROBE_SHARE))
 
 
+class CatchUp(NamedTuple):
+    """A batch's drafts catching up on what they did not draft (a paused phase's price of turning drafting on)."""
+
+    tokens_left: float  # the tokens each row may still commit, on average: what the gain of drafting is over
+    tokens_behind: int  # the committed tokens the rows' drafts lack, in all
+    seconds: float  # what forwarding them would take, at the seconds per token catch-ups took so far
+    steps_since_join: int  # engine steps since a session last joined the batch
+
+    def pays(self, plain_rate: float, drafting_rate: float) -> bool:
+        """Whether drafting at `drafting_rate` tokens per second a row instead of `plain_rate` saves the rows more
+        time over what they have left than the catch-up holds them (every row waits for it). Only a draining
+        batch is charged (no session joined for DRAINING_STEPS): while sessions join, drafting gains on theirs too,
+        and a pause's catch-up grows with the pause, so a charge on the rows' tokens left would keep a batch under
+        steady load from ever drafting again."""
+        return (self.steps_since_join < DRAINING_STEPS or plain_rate <= 0 or drafting_rate <= 0
+                or self.tokens_left * (1.0 / plain_rate - 1.0 / drafting_rate) >= self.seconds)
+
+
 class BatchLoad(Protocol):
     """What a batched engine (core.batching.BatchedRunner) tells load-aware K about the load now."""
 
@@ -387,6 +415,11 @@ class BatchLoad(Protocol):
     def batch_draft_step_cost(self) -> float | None:
         """One draft step's time over this load's rows, where the engine drafts for its sessions and timed one (else
         None)."""
+        ...
+
+    def batch_catch_up(self) -> CatchUp | None:
+        """What turning drafting on for every row would cost its drafts first, where the engine drafts for its
+        sessions and has timed a catch-up (else None)."""
         ...
 
 
@@ -552,9 +585,9 @@ class AdaptiveK:
     def _drafting_k(self, rates: list[float | None], held: bool = True) -> int:
         """The best K by the rates, but a shared phase that decodes plainly turns drafting on only for a clear gain
         (SWITCH_ON_GAIN) and, `held`, once its hold allows (SwitchHold): each switch on costs every row's draft a
-        catch-up on what it did not draft, which the rates leave out, and a phase near the break-even switches on and
-        off for noise (docs/benchmarks.md, call r5) or as its rows swing (call t2). A probe's result asks whether
-        drafting pays, not when to turn it on: not `held`."""
+        catch-up on what it did not draft, which the rates leave out (`_best_k` weighs it against the gain), and a
+        phase near the break-even switches on and off for noise (docs/benchmarks.md, call r5) or as its rows swing
+        (call t2). A probe's result asks whether drafting pays, not when to turn it on: not `held`."""
         k = self._best(rates)
         if (k > 0 and self.phase is not None and self.phase.paused and rates[0] is not None
                 and (rates[k] < SWITCH_ON_GAIN * rates[0] or held and not self.phase.hold.allows(self._phase_step()))):
@@ -615,19 +648,36 @@ class AdaptiveK:
 
     def _best_k(self, cap: int, steps: int | None) -> tuple[int, bool]:
         """(K by the rates, whether that is plain decoding because drafting does not pay); `steps`: the engine step a
-        shared phase decides for (its plain probes and its switches go by it), None alone."""
+        shared phase decides for (its plain probes and its switches go by it), None alone. A paused phase turns
+        drafting on only where the time it saves the rows over the tokens they have left covers their drafts'
+        catch-up (`BatchLoad.batch_catch_up`): one turned on as its batch drained, and held every row for a catch-up of
+        most rows' drafts with few tokens left to gain it back on (docs/benchmarks.md, call ap1)."""
         rates = self._rates(cap)
         if rates[0] is None:
             return min(self.initial_k, cap), False  # measure first
-        k = self._drafting_k(rates)
+        k = weighed = self._drafting_k(rates)
+        catch_up = self.batch.batch_catch_up() if steps is not None and k > 0 and self.phase.paused else None
+        if catch_up is not None and not catch_up.pays(rates[0], rates[k]):
+            k = 0
+            if self.phase.should_log_charge():
+                log.info("shared phase: drafting stays off at %d rows: %s", self.batch.batch_rows(),
+                         self._charge_text(catch_up, rates, weighed))
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k, steps)):
             held = self.phase.hold.until - steps
             log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line%s): %s",
                      f"on, K = {k}" if k else "off", self.batch.batch_rows(), switches, "" if switches == 1 else "es",
-                     f"; held off for {held} steps" if not k and held > 0 else "", self.summary())
+                     f"; held off for {held} steps" if not k and held > 0 else
+                     f"; {self._charge_text(catch_up, rates, k)}" if catch_up is not None else "", self.summary())
         return k, k == 0
+
+    @staticmethod
+    def _charge_text(catch_up: CatchUp, rates: list[float | None], k: int) -> str:
+        """What a switch on to K = k was weighed against, for a log line."""
+        gain = catch_up.tokens_left * (1.0 / rates[0] - 1.0 / rates[k]) if rates[0] and rates[k] else 0.0
+        return (f"its drafts' catch-up on {catch_up.tokens_behind} tokens ~{1e3 * catch_up.seconds:.1f} ms against "
+                f"{1e3 * gain:.1f} ms gained by K = {k} over {catch_up.tokens_left:.0f} tokens a row left")
 
 
 class KChooser(Protocol):

@@ -64,6 +64,7 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
+from specdec.core.adaptive import CatchUp
 from specdec.core.attention import step_mask, use_grouped_attention
 from specdec.core.compiled import compile_layers
 from specdec.core.compute import INLINE, Compute
@@ -310,6 +311,11 @@ class StepDrafter(Protocol):
         """One draft step's time over `rows` sessions, as its runner timed its chains' steps (None: not known)."""
         ...
 
+    def catch_up_cost(self, tokens: int) -> float | None:
+        """Seconds its drafts would take to catch up on `tokens` committed tokens, by the catch-ups it timed (None:
+        none yet)."""
+        ...
+
 
 class Driven(Protocol):
     """A session's loop that the engine drives (TargetLoop)."""
@@ -326,6 +332,15 @@ class Driven(Protocol):
         ...
 
     link: object  # its draft's link (None: none): what a drafter's early blocks are matched to
+
+    @property
+    def tokens_left(self) -> int:
+        """The tokens it may still commit."""
+        ...
+
+    def draft_behind(self) -> int:
+        """The committed tokens its draft would catch up on before drafting again (0: none, or not the drafter's)."""
+        ...
 
     def early_verify(self, drafted: int) -> EarlyVerify | None:
         """What its next plan forwards if its draft's fresh block of `drafted` tokens is what it verifies; None where
@@ -434,6 +449,7 @@ class BatchedRunner(ModelRunner):
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
+        self._joined_at = 0  # the step count when a session last joined (what a paused phase's charge asks)
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
@@ -540,6 +556,7 @@ class BatchedRunner(ModelRunner):
             if self._stopping:
                 raise Unavailable("the engine has stopped")
             self._rows[loop.slot.index] = row
+            self._joined_at = self.stats.steps
             self._cv.notify_all()
         try:
             while True:  # the outbox holds lists of cycles, then _END or an exception
@@ -588,6 +605,18 @@ class BatchedRunner(ModelRunner):
     def batch_draft_step_cost(self) -> float | None:
         """One step of its drafter's chains over this load's rows (None: no drafter, or not timed)."""
         return self.drafter.step_cost(self.batch_rows()) if self.drafter is not None else None
+
+    def batch_catch_up(self) -> CatchUp | None:
+        """What turning drafting on for every driven session would cost first: their drafts catching up on what
+        they lack, priced by the drafter's catch-ups so far (None: no drafter, or none timed yet)."""
+        if self.drafter is None:
+            return None
+        with self._cv:
+            loops = [row.loop for row in self._rows.values()]
+        behind = sum(loop.draft_behind() for loop in loops)
+        seconds = self.drafter.catch_up_cost(behind) if loops else None
+        return None if seconds is None else CatchUp(sum(loop.tokens_left for loop in loops) / len(loops), behind,
+                                                    seconds, self.stats.steps - self._joined_at)
 
     def batch_steps(self) -> int:
         return self.stats.steps

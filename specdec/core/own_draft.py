@@ -32,6 +32,7 @@ log = logging.getLogger("specdec.own_draft")
 ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int], Launched | None], list[Proposal]]
 Early = Callable[[list[tuple["OwnDraftLink", Drafted]]], None]  # each asking link's block, launched and not yet read
 SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
+CATCH_UP_DECAY = 0.8  # each catch-up timed weighs an older one's seconds and tokens by this (`catch_up_cost`)
 
 
 class OwnDraftLink(ProposalInbox):
@@ -80,6 +81,12 @@ class OwnDraftLink(ProposalInbox):
                 return None
             return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read)
 
+    def behind(self, committed: Sequence[int]) -> int:
+        behind = getattr(self.proposer, "behind", None)  # a model proposer's (proposers.base.ModelDrafting)
+        # without the drafter's lock, which a drafting phase holds: an estimate (the engine weighs a switch on by it),
+        # and a slot closed meanwhile only reads its token list
+        return 0 if self.closed or behind is None else behind(committed)
+
     def close(self, cancel: bool = False) -> None:
         """Give the proposer's slot back, once no drafting phase is using it (a cancelled session may have
         asked for a block just before it ended)."""
@@ -103,6 +110,7 @@ class OwnDrafts:
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
         self.stats = PhaseStats()
         self._reported = PhaseStats()
+        self._caught_up = (0.0, 0.0)  # (seconds, tokens) of the catch-ups timed, decayed by CATCH_UP_DECAY each
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
         k = 0 if start.paused else start.k  # a paused session asks for nothing until a verdict resumes it
@@ -156,6 +164,16 @@ class OwnDrafts:
             s.catching_up, s.catch_up_s = s.catching_up + 1, s.catch_up_s + catch_up_s
             s.catch_up_tokens += catch_up_tokens
             s.joining_s += catch_up_s if joining else 0.0
+            if catch_up_tokens > 0:
+                seconds, tokens = self._caught_up
+                self._caught_up = (CATCH_UP_DECAY * seconds + catch_up_s, CATCH_UP_DECAY * tokens + catch_up_tokens)
+
+    def catch_up_cost(self, tokens: int) -> float | None:
+        """Seconds a catch-up on `tokens` committed tokens would take, at the seconds per token of the recent ones
+        (a token-weighted mean: a catch-up of many rows on a long pause weighs more than a prompt's); None: none
+        timed yet."""
+        seconds, timed = self._caught_up
+        return None if timed == 0 else seconds / timed * tokens
 
     def joining_s(self) -> float:
         return self.stats.joining_s

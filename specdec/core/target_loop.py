@@ -83,6 +83,11 @@ class DraftSource(Protocol):
         itself, as every draft across a link does)."""
         ...
 
+    def behind(self, committed: Sequence[int]) -> int:
+        """Where the draft is a batched runner beside the target's engine: the tokens of `committed` it would forward
+        to catch up before drafting again (0: none, or a draft across a link, whose catch-ups are its own)."""
+        ...
+
 
 class ProposalPicker:
     """Chooses, among received proposals, the one the target can verify most of; keeps the other usable
@@ -152,6 +157,9 @@ class ProposalInbox:
 
     def join_ahead(self) -> DraftJoin | None:
         return None  # a draft across a link catches up on its own (the target's own draft: OwnDraftLink)
+
+    def behind(self, committed: Sequence[int]) -> int:
+        return 0  # as join_ahead
 
     def next_proposal(self, usable: Callable[[Proposal], int]) -> Picked:
         t0 = time.perf_counter()
@@ -228,6 +236,14 @@ class TargetLoop:
     @property
     def done(self) -> bool:
         return self.sequence.finish_reason is not None
+
+    @property
+    def tokens_left(self) -> int:
+        return self.sequence.remaining
+
+    def draft_behind(self) -> int:
+        """The committed tokens its draft lacks, where the draft runs beside the target's engine (else 0)."""
+        return self.link.behind(self.sequence.committed) if self.link is not None and not self.link.failed else 0
 
     @property
     def drafting(self) -> bool:
@@ -423,6 +439,9 @@ class InlineLink:
 
     def join_ahead(self) -> DraftJoin | None:
         return None  # drafts on the target's thread, when asked
+
+    def behind(self, committed: Sequence[int]) -> int:
+        return 0  # catches up on the target's thread, a session at a time
 
 
 class LocalLink(ProposalInbox):

@@ -44,7 +44,7 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
     t0 = time.perf_counter()
     for p, c in zip(proposers, committed):
         p._before_propose(c)
-    behind = {i: n for i, (p, c) in enumerate(zip(proposers, committed)) if (n := p._behind(c))}  # -> tokens lacked
+    behind = {i: n for i, (p, c) in enumerate(zip(proposers, committed)) if (n := p.behind(c))}  # -> tokens lacked
     first: dict[int, object] = {}
     chained = getattr(runner, "passive", False)  # the chains' own steps (BatchedRunner._draft_chained)
     if chained:  # new sessions' catch-ups that the draft step launched ahead did (BatchedRunner.launch_ahead's joins)
@@ -98,7 +98,7 @@ class ModelDrafting:
         if len(prompt) <= self.runner.max_len:  # beyond the draft's context it has nothing to propose
             self._cache(prompt)
 
-    def _behind(self, committed: Sequence[int]) -> int:
+    def behind(self, committed: Sequence[int]) -> int:
         """How many committed tokens (but the last, which the chain's first step feeds) to cache first (a runner
         drafting chains itself: all of them, its chain's first step read from the same forward), in one prefill timed
         apart from drafting; 0: none. Where more than two are missing (after cycles drafted by someone else, or

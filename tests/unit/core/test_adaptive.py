@@ -13,6 +13,7 @@ from specdec.core.adaptive import (
     PROBE_SHARE,
     AcceptanceEstimate,
     AdaptiveK,
+    CatchUp,
     PlainProbes,
     ProbeSchedule,
     SharedPhase,
@@ -35,6 +36,7 @@ class Load:
     steps: int | None = None  # the engine's steps so far (None: a shared phase's rates are never reused)
     samples: dict[int, int] = field(default_factory=dict)  # k -> how many cycles its measured figure averages
     draft_step: float | None = None  # one draft step's time at this load, as the engine's draft runner timed it
+    catch_up: CatchUp | None = None  # what turning drafting on would cost the rows' drafts first
     asked: int = 0  # calls of batch_cycle_cost
 
     def batch_steps(self) -> int | None:
@@ -55,6 +57,9 @@ class Load:
 
     def batch_draft_step_cost(self) -> float | None:
         return self.draft_step
+
+    def batch_catch_up(self) -> CatchUp | None:
+        return self.catch_up
 
 
 def known(alpha: float) -> AcceptanceEstimate:
@@ -524,6 +529,36 @@ def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
     assert chooser.choose() == 1
     phase.switched(0, 5)
     assert phase.paused and chooser._drafting_k([None, 90.0, 80.0]) == 1  # no plain figure to weigh it against
+
+
+def test_a_paused_phase_turns_drafting_on_only_where_the_gain_covers_its_drafts_catch_up(caplog):
+    """The H200 at 64 clients (call ap1): a paused phase turned drafting on at 34 rows as its batch drained (K = 4 at
+    232 tokens/s a row against 180 plain), then held every row for 48 ms while 25 drafts caught up, with ~40 tokens a
+    row left to gain it back on. A draining batch (no session joined for DRAINING_STEPS) turns drafting on only where
+    the rows' time saved over the tokens they have left covers the catch-up; one that sessions still join, or where no
+    catch-up has been timed, is not charged."""
+    verify = {k: 0.013 + 0.001 * k for k in range(5)}
+    load = Load(rows=34, verify=verify, cycles={0: 0.0100, 1: 0.0190, 2: 0.0250, 3: 0.0300, 4: 0.0340}, steps=1)
+    chooser = phase_at(load)  # a = 3/4
+    phase = chooser.phase
+    assert chooser.choose() == 0 and phase.paused
+    load.cycles[1], load.steps = 0.0150, 2  # K = 1: 1.75 tokens in 15 ms, 117 tokens/s against plain 100: 17% more
+    saved = 1.0 / chooser.rate(0) - 1.0 / chooser.rate(1)  # seconds a row saves per token it commits drafting
+    load.catch_up = CatchUp(tokens_left=20, tokens_behind=500, seconds=25 * saved, steps_since_join=40)
+    caplog.set_level(logging.INFO, logger="specdec.adaptive")
+    for step in range(2, 6):  # 20 tokens left do not gain back a catch-up worth 25 tokens' saving
+        load.steps = step
+        assert chooser.choose() == 0 and phase.paused
+    assert caplog.text.count("drafting stays off at 34 rows: its drafts' catch-up on 500 tokens") == 1  # once a second
+    assert load.catch_up._replace(steps_since_join=adaptive.DRAINING_STEPS - 1).pays(chooser.rate(0), chooser.rate(1))
+    load.catch_up, load.steps = CatchUp(tokens_left=30, tokens_behind=500, seconds=25 * saved, steps_since_join=44), 6
+    assert chooser.choose() == 1 and not phase.paused
+    assert "drafting on, K = 1 at 34 rows (1 switch since the last line; its drafts' catch-up on 500 tokens" in caplog.text
+    load.catch_up, load.steps = CatchUp(tokens_left=1, tokens_behind=500, seconds=1.0, steps_since_join=45), 7
+    assert chooser.choose() == 1  # drafting already: nothing left to catch up, no charge
+    phase.switched(0, 8)
+    load.catch_up, load.steps = None, phase.hold.until  # once its hold allows a switch on (drafting did not last)
+    assert phase.paused and chooser.choose() == 1  # no catch-up timed yet: not charged
 
 
 def test_a_phase_whose_drafting_did_not_last_waits_longer_each_time_to_turn_it_on_again():

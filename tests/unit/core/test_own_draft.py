@@ -419,6 +419,48 @@ def test_the_drafter_reports_its_phases_and_those_that_caught_up_first(tiny_pair
         link.close()
 
 
+def test_the_engine_prices_turning_drafting_on_by_what_its_rows_drafts_lack(tiny_pair_fp32, engine):
+    """What a paused phase weighs a switch on against (BatchedRunner.batch_catch_up): every driven row's draft
+    catching up on the committed tokens it lacks, priced by the drafter's timed catch-ups, and the tokens the rows
+    have left to gain it back on. A paused start's draft has cached nothing: it lacks all but the last committed
+    token, one more with each plain cycle."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    old, drafts = target.drafter, own_drafts(DraftModelFactory(draft, target.vocab_size))
+    prompt = pair.encode(PROMPTS[1])
+    request = GenerationRequest(prompt_ids=prompt, max_new_tokens=12, ignore_eos=True)
+    sequence = TargetSequence(target, request, pair.eos_ids, seed=0)
+    seen = []
+
+    class Watching(FixedK):
+        def choose(self, limit=None):
+            seen.append((sequence.remaining, len(sequence.committed), target.batch_catch_up()))
+            return super().choose(limit)
+
+    timed = drafts.open("", DraftStart("t", prompt, SamplingParams(), 0, 2, overlap=False), None)
+    paused = drafts.open("", DraftStart("p", prompt, SamplingParams(), 0, 2, overlap=False, paused=True), None)
+    try:
+        target.drafter = drafts
+        assert target.batch_catch_up() is None  # no catch-up timed yet: a switch on is not charged
+        drafts.ask(timed)
+        assert drafts.draft() and drafts.stats.catch_up_tokens == len(prompt) - 1
+        timed.close()
+        per_token = drafts.catch_up_cost(1)
+        cycles = list(TargetLoop(sequence, paused, Watching(0), threading.Event()).run())
+        assert len(cycles) == 12 and all(c.k == 0 for c in cycles)
+        assert seen[0][2] is None  # chosen before the session is one of the engine's rows: nothing to weigh
+        for left, committed, catch_up in seen[1:]:  # after each cycle, on the engine's thread
+            assert catch_up.tokens_behind == committed - 1 and catch_up.tokens_left == left
+            assert catch_up.seconds == pytest.approx(per_token * (committed - 1))
+        assert [committed for _, committed, _ in seen[1:]] == list(range(len(prompt) + 1, len(prompt) + 13))
+        joined = [catch_up.steps_since_join for _, _, catch_up in seen[1:]]  # one step a cycle since it joined
+        assert joined == list(range(12)), joined
+    finally:
+        target.drafter = old
+        timed.close()
+        paused.close()
+        sequence.close()
+
+
 def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine):
     """A new session's first block catches its draft up on its prompt (joining: prompt work, charged to no running
     session's cycle); its next block, drafted from the cached sequence, catches nothing up; a session whose committed
@@ -430,25 +472,36 @@ def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine)
     paused = drafts.open("", DraftStart("p", prompt, SamplingParams(), 0, 2, overlap=False, paused=True), None)
     try:
         drafts.ask(link)
+        assert drafts.catch_up_cost(10) is None  # nothing timed yet: a switch on is not charged
+        assert link.behind(link.committed) == len(prompt) - 1
         assert drafts.draft()
         joined = drafts.joining_s()
         assert joined == drafts.stats.catch_up_s > 0
         assert drafts.stats.catch_up_tokens == len(prompt) - 1  # the prompt but its last token (the chain's first)
+        assert drafts.catch_up_cost(10) == pytest.approx(10 * joined / (len(prompt) - 1))
+        assert link.behind(link.committed) == 0
         drafts.ask(link)
         assert drafts.draft() and drafts.stats.catch_up_s == joined  # cached: nothing to catch up
         assert drafts.stats.catch_up_tokens == len(prompt) - 1
         pause = pair.encode(" x = 1\n y = 2\n z = 3")
         link.committed.extend(pause)
+        assert link.behind(link.committed) == len(pause) - 1  # what the engine weighs a switch on by
         drafts.ask(link)
         assert drafts.draft() and drafts.stats.catch_up_s > joined and drafts.joining_s() == joined
         # the tokens of the pause but the last (the chain's first step feeds it); the drafts its cache held past the
         # prompt (its last block's, which no verdict confirmed) are rolled back, not counted
         resumed = drafts.stats.catch_up_tokens - (len(prompt) - 1)
         assert resumed == len(pause) - 1, resumed
+        resumed_s = drafts.stats.catch_up_s - joined  # seconds per token weighted by tokens, the older decayed:
+        per_token = (own_draft.CATCH_UP_DECAY * joined + resumed_s) / (own_draft.CATCH_UP_DECAY * (len(prompt) - 1)
+                                                                       + resumed)
+        assert drafts.catch_up_cost(10) == pytest.approx(10 * per_token)
         caught_up, tokens = drafts.stats.catch_up_s, drafts.stats.catch_up_tokens
         drafts.ask(paused)
         assert drafts.draft() and drafts.stats.catch_up_s > caught_up and drafts.joining_s() == joined
         assert drafts.stats.catch_up_tokens - tokens == len(prompt) - 1
+        link.close()
+        assert link.behind(link.committed + pause) == 0  # closed: its slot is no longer its own
     finally:
         link.close()
         paused.close()
