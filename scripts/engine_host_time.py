@@ -176,53 +176,55 @@ def main() -> None:
     prompts = loadtest.DEFAULT_PROMPTS
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=0)
     client = functools.partial(engine.client, sampling)
-    for repeat in range(args.repeats):
-        for clients in levels:
-            for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
-                engine.k, engine.adaptive_k = k, adaptive
-                engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
-                if early is not None:
-                    engine.runner.early_verify, engine.runner.draft_ahead = early
-                loadtest.run_clients(client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
-                t, d = engine.runner.stats, draft_runner.stats
-                steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
-                ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
-                phases = replace(drafter.stats)
-                widths = dict(t.widths)
-                totals.clear()
-                traced = args.trace and repeat == 0
-                tracing = device_trace() if traced else None
-                t0 = time.perf_counter()
-                with tracing or contextlib.nullcontext():
-                    result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600)
-                wall = time.perf_counter() - t0
-                n = t.steps - steps
-                host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
-                label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
-                label += "" if early is None else (", early verify and draft ahead" if all(early) else
-                                                   ", early verify" if early[0] else ", neither")
-                print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
-                      f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
-                      f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
-                      f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
-                      f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
-                      f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
-                      f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
-                      f"{drafter.stats.catching_up - phases.catching_up} "
-                      f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms, "
-                      f"{drafter.stats.catch_up_tokens - phases.catch_up_tokens} tokens)", flush=True)
-                counts = {w: c - widths.get(w, 0) for w, c in sorted(t.widths.items()) if c > widths.get(w, 0)}
-                print("  steps by tokens per row: " + ", ".join(f"{w}: {c}" for w, c in counts.items()), flush=True)
-                if totals:
-                    print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
-                                                         for label, seconds in sorted(totals.items())), flush=True)
-                if tracing is not None:
-                    os.makedirs(args.trace, exist_ok=True)
-                    path = os.path.join(args.trace, f"trace_{clients}_{label.replace(' ', '_').replace(',', '')}.json")
-                    tracing.export_chrome_trace(path)
-                    with open(path) as f:
-                        print(device_gaps.report(device_gaps.analyse(json.load(f)), steps=n), flush=True)
-    engine.close()
+    try:
+        for repeat in range(args.repeats):
+            for clients in levels:
+                for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
+                    engine.k, engine.adaptive_k = k, adaptive
+                    engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
+                    if early is not None:
+                        engine.runner.early_verify, engine.runner.draft_ahead = early
+                    loadtest.run_clients(client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
+                    t, d = engine.runner.stats, draft_runner.stats
+                    steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
+                    ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
+                    phases = replace(drafter.stats)
+                    widths = dict(t.widths)
+                    totals.clear()
+                    traced = args.trace and repeat == 0
+                    tracing = device_trace() if traced else None
+                    t0 = time.perf_counter()
+                    with tracing or contextlib.nullcontext():
+                        result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600)
+                    wall = time.perf_counter() - t0
+                    n = t.steps - steps
+                    host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
+                    label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
+                    label += "" if early is None else (", early verify and draft ahead" if all(early) else
+                                                       ", early verify" if early[0] else ", neither")
+                    print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
+                          f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
+                          f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
+                          f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
+                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
+                          f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
+                          f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
+                          f"{drafter.stats.catching_up - phases.catching_up} "
+                          f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms, "
+                          f"{drafter.stats.catch_up_tokens - phases.catch_up_tokens} tokens)", flush=True)
+                    counts = {w: c - widths.get(w, 0) for w, c in sorted(t.widths.items()) if c > widths.get(w, 0)}
+                    print("  steps by tokens per row: " + ", ".join(f"{w}: {c}" for w, c in counts.items()), flush=True)
+                    if totals:
+                        print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
+                                                             for label, seconds in sorted(totals.items())), flush=True)
+                    if tracing is not None:
+                        os.makedirs(args.trace, exist_ok=True)
+                        path = os.path.join(args.trace, f"trace_{clients}_{label.replace(' ', '_').replace(',', '')}.json")
+                        tracing.export_chrome_trace(path)
+                        with open(path) as f:
+                            print(device_gaps.report(device_gaps.analyse(json.load(f)), steps=n), flush=True)
+    finally:  # a failed run must not leave the engines' threads holding the process open
+        engine.close()
     if profiler is not None:
         profiler.dump_stats(args.profile)
 

@@ -98,19 +98,23 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # their engine in a child process (serve --engine-process off / on; default auto: on for cuda), back to back; ROUNDS: requests per client (default 6: at 2, a 64-client
     # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile; BOUNDS_OF=FILE: no
     # mode, FILE's points (a sweep of the same settings cut before its bounds, carried in the tree) get their
-    # exactness check and bounds: `bench --bounds-only`)
+    # exactness check and bounds: `bench --bounds-only`); TREES="base this": each sweep first on a base tree (as for
+    # PART=Z: carry base_tree.tgz), then on this one, side by side (files named ..._base, ..._this)
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
-  for EP in ${ENGINE_PROCESS:-auto}; do for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do
-    NAME=engine_a${A}_s$SI$([ "$EP" = on ] && echo _ep)$([ "$EP" = off ] && echo _one)
+  case " ${TREES:-} " in *" base "*) mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1 ;; esac
+  for EP in ${ENGINE_PROCESS:-auto}; do for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do for T in ${TREES:-this}; do
+    NAME=engine_a${A}_s$SI$([ "$EP" = on ] && echo _ep)$([ "$EP" = off ] && echo _one)${TREES:+_$T}
+    ROOT=$PWD; [ "$T" = base ] && ROOT=/tmp/base
     [ -z "${BOUNDS_OF:-}" ] || cp "$BOUNDS_OF" "$OUT/$NAME.json"
-    timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench ${BOUNDS_OF:+--bounds-only} --concurrency ${LEVELS:-1,16,64} --device cuda:0 \
-      --dtype bfloat16 --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
+    (cd "$ROOT" && PYTHONPATH=/tmp/site:$ROOT timeout ${SWEEP_TIMEOUT:-540} python3 -m specdec bench ${BOUNDS_OF:+--bounds-only} \
+      --concurrency ${LEVELS:-1,16,64} --device cuda:0 --dtype bfloat16 --max-len 1024 --max-new-tokens 128 \
+      --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
       --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" ${FIXED_K:-} ${EXTRA:-} \
-      2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt"
-  done; done; done ;;
+      2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt")
+  done; done; done; done ;;
 Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice
     # target-only's, calls g1-g3): py-spy (carried as a wheel) over a sweep, uncompiled so that the services start
     # in seconds, then the engine threads' samples by what they were doing (scripts/profile_summary.py). GIL=1: only
