@@ -101,7 +101,7 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # exactness check and bounds: `bench --bounds-only`); TREES="base this": each sweep first on a base tree (as for
     # PART=Z: carry base_tree.tgz), then on this one, side by side (files named ..._base, ..._this)
   if [ -n "${GPU_TESTS:-}" ]; then
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+    timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
   case " ${TREES:-} " in *" base "*) mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1 ;; esac
   for EP in ${ENGINE_PROCESS:-auto}; do for SI in ${STREAM_INTERVALS:-auto}; do for A in ${ALPHAS:-0.8}; do for T in ${TREES:-this}; do
