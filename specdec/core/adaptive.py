@@ -378,14 +378,18 @@ class CatchUp(NamedTuple):
     seconds: float  # what forwarding them would take, at the seconds per token catch-ups took so far
     steps_since_join: int  # engine steps since a session last joined the batch
 
+    def gain(self, plain_rate: float, drafting_rate: float) -> float:
+        """The seconds drafting at `drafting_rate` tokens per second a row instead of `plain_rate` saves the rows over
+        the tokens they have left."""
+        return self.tokens_left * (1.0 / plain_rate - 1.0 / drafting_rate)
+
     def pays(self, plain_rate: float, drafting_rate: float) -> bool:
-        """Whether drafting at `drafting_rate` tokens per second a row instead of `plain_rate` saves the rows more
-        time over what they have left than the catch-up holds them (every row waits for it). Only a draining
-        batch is charged (no session joined for DRAINING_STEPS): while sessions join, drafting gains on theirs too,
-        and a pause's catch-up grows with the pause, so a charge on the rows' tokens left would keep a batch under
-        steady load from ever drafting again."""
+        """Whether drafting saves the rows more time (`gain`) than the catch-up holds them (every row waits for it).
+        Only a draining batch is charged (no session joined for DRAINING_STEPS): while sessions join, drafting gains
+        on theirs too, and a pause's catch-up grows with the pause, so a charge on the rows' tokens left would keep a
+        batch under steady load from ever drafting again."""
         return (self.steps_since_join < DRAINING_STEPS or plain_rate <= 0 or drafting_rate <= 0
-                or self.tokens_left * (1.0 / plain_rate - 1.0 / drafting_rate) >= self.seconds)
+                or self.gain(plain_rate, drafting_rate) >= self.seconds)
 
 
 class BatchLoad(Protocol):
@@ -675,7 +679,7 @@ class AdaptiveK:
     @staticmethod
     def _charge_text(catch_up: CatchUp, rates: list[float | None], k: int) -> str:
         """What a switch on to K = k was weighed against, for a log line."""
-        gain = catch_up.tokens_left * (1.0 / rates[0] - 1.0 / rates[k]) if rates[0] and rates[k] else 0.0
+        gain = catch_up.gain(rates[0], rates[k]) if rates[0] and rates[k] else 0.0
         return (f"its drafts' catch-up on {catch_up.tokens_behind} tokens ~{1e3 * catch_up.seconds:.1f} ms against "
                 f"{1e3 * gain:.1f} ms gained by K = {k} over {catch_up.tokens_left:.0f} tokens a row left")
 
