@@ -20,12 +20,13 @@ columns of the cache that reach past its real rows' positions (SPAN_BUCKETS, the
 attention costs what the rows' lengths ask, not what `max_len` allows.
 
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt delays the
-others' next token by at most one chunk's forward. A short prompt goes in the step, whose rows are all padded to
-it, unless the cost table says a chunk of it alone is cheaper (`_alone`: at many rows on a GPU). On CUDA a chunk
-(a new prompt, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket), whose rows are any
-slots: it writes their new entries in place and attends over a copy of their rows of the cache. An engine loop
-runs one chunk a step, so it captures one row; a runner without one (a target's own draft) is handed every
-session's catch-up at once and captures every row bucket, one replay per chunk length. An eager chunk's forward
+others' next token by at most one chunk's forward. Short prompts go in the step, whose rows are all padded to
+the widest, unless the cost table says one chunk of the new ones alone is cheaper (`_alone`: at many rows on a
+GPU). On CUDA a chunk (new prompts, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket),
+whose rows are any slots: it writes their new entries in place and attends over a copy of their rows of the cache.
+An engine loop runs one chunk a step: one row of each chunk bucket, and up to JOIN_CHUNK_ROWS rows of the shortest
+(new short prompts together); a runner without one (a target's own draft) is handed every session's catch-up at
+once and captures every row bucket, one replay per chunk length. An eager chunk's forward
 is bound by the host's work (per layer, the compiled code's guards and launches), which a busy process's other
 threads stretch several times over (docs/benchmarks.md, calls h1-h3).
 
@@ -114,6 +115,7 @@ IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often t
 CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
 JOIN_HOLD_STEPS = 2  # a new prompt that would widen a step of other rows waits at most this many steps for company
 JOIN_GROUP_SHARE = 0.25  # held prompts go in at once when they are this share of the step's other rows
+JOIN_CHUNK_ROWS = 16  # new short prompts run alone together in a chunk graph of up to this many rows (`_alone`)
 _END = object()  # a driven session's last item: its sequence is done
 Fill = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, tokens) [m] each, on the device
 
@@ -921,9 +923,9 @@ class BatchedRunner(ModelRunner):
         held = self._held_joins(steps, alongside)
         if held:
             steps = [r for r in steps if r not in held]
-        if chunks and not long and (alone := self._alone(steps)) is not None:
-            steps.remove(alone)
-            long = [alone]
+        if chunks and not long and (alone := self._alone(steps)):
+            steps = [r for r in steps if r not in alone]
+            long = alone
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
 
@@ -953,25 +955,35 @@ class BatchedRunner(ModelRunner):
             return []
         return wide
 
-    def _alone(self, steps: list[_Request]) -> _Request | None:
-        """The new prompt (a driven session's first forward, or a caller's) wider than every other forward of a step,
-        where a forward of it alone, as a chunk after the step, costs less than widening every row of the step to it
-        (rows are padded to the widest: at many rows a step of a few tokens a row costs several plain steps, and one
-        row of them about one; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
-        cost: its host read also waits for the step launched ahead of it. None: the step takes them all, as where the
-        costs are not known yet, or where several prompts that wide join at once."""
-        if len(steps) < 2:
-            return None
-        widest = max(steps, key=lambda r: len(r.ids))  # every step asks: a pass over the rows, most end here
-        if widest.chain is not None or (widest.row is not None and widest.row.cycle_tokens):
-            return None
-        rest = [r for r in steps if r is not widest]
-        n, w, rows_rest = len(widest.ids), max(1, max(len(r.ids) for r in rest)), max(r.index for r in rest) + 1
-        rows = max(rows_rest, widest.index + 1)
-        if self.step_shape(rows, n)[1] == self.step_shape(rows, w)[1]:
-            return None
-        wide, narrow, alone = self.costs.cost(rows, n), self.costs.cost(rows_rest, w), self.costs.cost(1, n)
-        return widest if None not in (wide, narrow, alone) and wide - narrow > alone + narrow else None
+    def _alone(self, steps: list[_Request]) -> list[_Request]:
+        """The new prompts (driven sessions' first forwards, or callers') wider than every other forward of a step,
+        where a forward of them alone, as one chunk after the step, costs less than widening every row of the step
+        to them (rows are padded to the widest: at many rows a step of a few tokens a row costs several plain steps,
+        and a few rows of them about one; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
+        cost: its host read also waits for the step launched ahead of it. Empty: the step takes them all, as where
+        the costs are not known yet."""
+        # every step asks: a pass over the rows, most end here
+        joining = [r for r in steps if r.chain is None and (r.row is None or not r.row.cycle_tokens)]
+        if not joining or len(joining) == len(steps):
+            return []
+        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joining), default=1))[1]
+        alone = [r for r in joining if self.step_shape(1, len(r.ids))[1] > width]
+        if not alone:
+            return []
+        rest = [r for r in steps if r not in alone]
+        n, w = max(len(r.ids) for r in alone), max(len(r.ids) for r in rest)
+        rows_rest = max(r.index for r in rest) + 1
+        rows = max(rows_rest, max(r.index for r in alone) + 1)
+        wide, narrow = self.costs.cost(rows, n), self.costs.cost(rows_rest, w)
+        chunk = self.costs.cost(self._chunk_rows(alone, self._chunk_tokens(n)), n)
+        return alone if None not in (wide, narrow, chunk) and wide - narrow > chunk + narrow else []
+
+    def _chunk_rows(self, requests: list[_Request], n: int) -> int:
+        """The rows a chunk forward of `requests` at n tokens a row computes (`_run_chunks`): a chunk graph's rows
+        where there is one, else every slot of their span."""
+        if (self._span_rows(len(requests)), n) in self._chunk_graphs:
+            return len(requests)
+        return self._span_rows(max(r.index for r in requests) + 1 - min(r.index for r in requests))
 
     def _plan_rows(self, early: bool = False) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks
@@ -2141,10 +2153,13 @@ class BatchedRunner(ModelRunner):
         return [b for b in ROW_BUCKETS if b < self.max_sessions] + [self.max_sessions]
 
     def _chunk_shapes(self) -> list[tuple[int, int]]:
-        """(rows, tokens) of the prompt-chunk graphs: an engine loop runs one long request's chunk a step, a
-        runner without one every caller's catch-ups at once (`_run_chunks` looks them up by `_span_rows` and
-        `_chunk_tokens`)."""
-        return [(b, n) for b in (self._graph_rows() if self.passive else [1]) for n in sorted(self._chunk_lengths())]
+        """(rows, tokens) of the prompt-chunk graphs: an engine loop runs one long request's chunk a step, or new
+        short prompts together (`_alone`: up to JOIN_CHUNK_ROWS rows, at the shortest chunk), a runner without one
+        every caller's catch-ups at once (`_run_chunks` looks them up by `_span_rows` and `_chunk_tokens`)."""
+        lengths = sorted(self._chunk_lengths())
+        if self.passive:
+            return [(b, n) for b in self._graph_rows() for n in lengths]
+        return [(1, n) for n in lengths] + [(b, lengths[0]) for b in self._graph_rows() if 1 < b <= JOIN_CHUNK_ROWS]
 
     def _time_graphs(self, replays: int = 3) -> None:
         """Seed the cost table with each captured step's device time over the whole cache (StepCostTable.seed, a

@@ -367,12 +367,13 @@ def test_a_batched_draft_drafts_what_it_drafts_alone(tiny_pair_fp32, sampling):
         runner.stop()
 
 
-def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_pair_fp32, monkeypatch):
+def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_pair_fp32, monkeypatch):
     """Rows are padded to a step's widest: on the H200 a 64-row step of 9 tokens a row cost 19.8 ms against 5.8 for
     1 token (call t1), so a 9-token prompt joining 63 decoding rows cost them 14 ms where the prompt alone costs ~6.
-    By the engine's cost table, a new prompt wider than the rest runs alone (a chunk after the step, charged a step
-    more) where that is cheaper; a running session's verify, a second prompt as wide, or costs not known yet keep it
-    in the step. (Once held for company as long as it may be: `_held_joins`, below.)"""
+    By the engine's cost table, the new prompts wider than the rest run alone, together (one chunk after the step,
+    charged a step more), where that is cheaper; a running session's verify, a chunk over a wide span of slots (an
+    eager one computes every slot between), or costs not known yet keep them in the step. (Once held for company as
+    long as they may be: `_held_joins`, below.)"""
     monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", 0)
     runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
     rows = [_Row(loop=None) for _ in range(64)]
@@ -390,15 +391,57 @@ def test_a_new_prompt_runs_alone_where_widening_the_step_to_it_costs_more(tiny_p
 
     joining = pending(9, *[1] * 63)
     assert split(joining) == []  # no costs known yet
-    for (r, n), ms in {(64, 9): 19.8, (64, 1): 5.8, (1, 9): 6.3, (8, 9): 7.5, (8, 1): 6.1}.items():
+    for (r, n), ms in {(64, 9): 19.8, (64, 1): 5.8, (1, 9): 6.3, (2, 9): 6.4, (8, 9): 7.5, (8, 1): 6.1}.items():
         runner.costs.seed(r, n, ms / 1e3)
     assert split(joining) == [joining[0]]  # 19.8 - 5.8 > 6.3 + 5.8
     assert split(pending(9, *[1] * 7)) == []  # 8 rows: 7.5 - 6.1 < 6.3 + 6.1, the step takes it
     rows[0].cycle_tokens = 1
     assert split(joining) == []  # a running session's verify of 8 drafts: not a prompt
     rows[0].cycle_tokens = 0
-    assert split(pending(9, 9, *[1] * 62)) == []  # two prompts that wide: the step pads once for both
+    rows[1].cycle_tokens = rows[63].cycle_tokens = 0  # new sessions too
+    two = pending(9, 5, *[1] * 62)
+    assert split(two) == two[:2]  # two new prompts: one chunk of both (slots 0-1) after the step
+    assert split(two[::-1]) == two[1::-1]  # (whatever the steps' order)
+    spread = pending(9, *[1] * 62, 5)
+    assert split(spread) == []  # slots 0 and 63: an eager chunk of them computes 64 rows, as dear as the widening
     runner.stop()
+
+
+def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, monkeypatch):
+    """New prompts that join decoding sessions and run alone together (one chunk after a step, `_alone`, here made
+    the cheaper by the cost table): every output equals the request decoded alone, joiners' and running ones'."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
+    monkeypatch.setattr(runner.costs, "cost", lambda rows, tokens: 1e-3 * (1 if tokens == 1 else rows * tokens))
+    groups = []
+    run_chunks = runner._run_chunks
+
+    def counted(requests):
+        groups.append(len(requests))
+        return run_chunks(requests)
+
+    monkeypatch.setattr(runner, "_run_chunks", counted)
+    cases = [(pair.encode(p), n) for p, n in zip(PROMPTS, (40, 36, 8, 9, 10, 11))]
+    joined = threading.Barrier(5)  # four joiners, and a thread that lets them go once the first two decode
+
+    def job(i, ids, n):
+        if i >= 2:
+            joined.wait()
+        return decode(pair, runner, ids, n)
+
+    def release():
+        time.sleep(0.05)
+        joined.wait()
+
+    try:
+        alone = [decode(pair, pair.target_runner, ids, n) for ids, n in cases]
+        jobs = [lambda i=i, ids=ids, n=n: job(i, ids, n) for i, (ids, n) in enumerate(cases)]
+        together = concurrently([release, *jobs])[1:]
+        assert together == alone
+        assert any(g >= 2 for g in groups), groups  # prompts ran alone together
+        assert runner.free_slots == runner.max_sessions
+    finally:
+        runner.stop()
 
 
 def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tiny_pair_fp32, monkeypatch):
@@ -701,8 +744,9 @@ def test_catch_ups_share_a_chunk_graph_by_length_whatever_their_slots(tiny_pair_
 def test_every_catch_up_finds_its_chunk_graph(tiny_pair_fp32):
     """The chunk graphs a runner captures cover every shape `_run_chunks` looks up: a runner without an engine loop
     (a target's own draft, handed every session's catch-up at once) any number of rows up to its slots, an engine
-    loop (one chunk a step) one row; any length up to the context. A shape not captured would run eagerly,
-    several times slower on a GPU."""
+    loop (one chunk a step) one row at any length, and up to JOIN_CHUNK_ROWS rows of new short prompts run alone
+    together (`_alone`: at most a step's widest, graph_max_tokens); any length up to the context. A shape not captured
+    would run eagerly, several times slower on a GPU."""
     for passive, most in ((True, 48), (False, 1)):
         engine = {"launch": None} if passive else {}
         runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=1000, max_sessions=48, prefill_chunk=512, **engine)
@@ -712,7 +756,10 @@ def test_every_catch_up_finds_its_chunk_graph(tiny_pair_fp32):
         for rows in range(1, most + 1):
             for left in range(1, 1001):
                 assert (runner._span_rows(rows), runner._chunk_tokens(left)) in shapes, (passive, rows, left)
-        assert all(b <= most for b, _ in shapes)
+        prompts = set() if passive else {(runner._span_rows(rows), runner._chunk_tokens(n))
+                                         for rows in range(1, batching.JOIN_CHUNK_ROWS + 1)
+                                         for n in range(1, runner.graph_max_tokens + 1)}
+        assert prompts <= shapes and all(b <= most or (b, n) in prompts for b, n in shapes)
         runner.stop()
 
 
