@@ -25,8 +25,9 @@ the widest, unless the cost table says one chunk of the new ones alone is cheape
 GPU). On CUDA a chunk (new prompts, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket),
 whose rows are any slots: it writes their new entries in place and attends over a copy of their rows of the cache.
 An engine loop runs one chunk a step: one row of each chunk bucket, and up to JOIN_CHUNK_ROWS rows of the shortest
-(new short prompts together); a runner without one (a target's own draft) is handed every session's catch-up at
-once and captures every row bucket, one replay per chunk length. An eager chunk's forward
+(new short prompts together; launched before a step launched ahead and read apart from it, `_launch_chunks`); a
+runner without one (a target's own draft) is handed every session's catch-up at once and captures every row bucket,
+one replay per chunk length. An eager chunk's forward
 is bound by the host's work (per layer, the compiled code's guards and launches), which a busy process's other
 threads stretch several times over (docs/benchmarks.md, calls h1-h3).
 
@@ -256,6 +257,21 @@ class _Launched:
 
 
 @dataclass(eq=False)
+class _Chunks:
+    """A chunk forward on the device (`_launch_chunks`) whose results the host has not read yet."""
+
+    requests: list[_Request]
+    chunks: list[list[int]]  # each request's tokens in it
+    last: list[bool]  # whether it is each request's last chunk
+    n: int  # tokens per row
+    began: float  # when the engine began building it
+    row_of: dict[int, int]  # id(request) -> its row of the forward
+    read: "tuple[torch.Tensor, torch.cuda.Event] | None"  # its rows' argmax [rows, 1] on the way to the host
+    #                                                       (read apart, `_reads_apart`), else None
+    timed: "tuple[torch.cuda.Event, torch.cuda.Event] | None"  # its forward's start and end on the device (read apart)
+
+
+@dataclass(eq=False)
 class _Chain:
     """`steps` tokens drafted one per step, each picked by `draw` on the engine thread (decode_chain)."""
 
@@ -463,7 +479,7 @@ class BatchedRunner(ModelRunner):
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
         #                                     have written a token the committed sequence lacks (`_new_tokens`)
         self._closes = [0] * max_sessions  # per slot, how many times it was closed: a slot's sessions apart
-        self._readbacks: dict[tuple[int, ...], list] = {}  # argmax shape -> two (pinned host buffer, event), used in turn
+        self._readbacks: dict[tuple, list] = {}  # (ring, *argmax shape) -> two (pinned host buffer, event), used in turn
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
         self.stats = StepStats()
@@ -827,6 +843,7 @@ class BatchedRunner(ModelRunner):
             if time.monotonic() - mark_t > LOG_EVERY_S:
                 mark, mark_t = self._report(mark, mark_t), time.monotonic()
             prefill: list[_Request] = []  # a prompt chunk, at most one a step
+            chunk: _Chunks | None = None  # that chunk, launched before the step ahead (read apart)
             if inflight is None:
                 work = self._gather()
                 if work is None:
@@ -854,8 +871,10 @@ class BatchedRunner(ModelRunner):
                             with self._cv:
                                 self._pending.extend(more)  # one chunk a step
                         prefill = prefill or more
+                        if prefill and self._reads_apart(prefill):  # before the step ahead: its read waits not for it
+                            chunk = self._launch_chunks(prefill, read_apart=True)
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
-                        inflight.ahead = ahead is not None
+                        inflight.ahead = ahead is not None or chunk is not None  # a replay since: only `top` stands
                     if inflight is not None:
                         self._read(inflight)
                         self._expect_ahead(following)
@@ -872,7 +891,10 @@ class BatchedRunner(ModelRunner):
                     self._expected = {r.index for r in inflight.requests if r.row is None and r.done.is_set()} & self._open
             if prefill:
                 try:
-                    self._run_chunks(prefill)
+                    if chunk is not None:
+                        self._finish_chunks(chunk)
+                    else:
+                        self._run_chunks(prefill)
                 except BaseException as e:  # noqa: BLE001
                     log.exception("batched forward failed")
                     for r in prefill:
@@ -959,9 +981,10 @@ class BatchedRunner(ModelRunner):
         """The new prompts (driven sessions' first forwards, or callers') wider than every other forward of a step,
         where a forward of them alone, as one chunk after the step, costs less than widening every row of the step
         to them (rows are padded to the widest: at many rows a step of a few tokens a row costs several plain steps,
-        and a few rows of them about one; docs/benchmarks.md, call t1). The chunk is charged a step more than its own
-        cost: its host read also waits for the step launched ahead of it. Empty: the step takes them all, as where
-        the costs are not known yet."""
+        and a few rows of them about one; docs/benchmarks.md, call t1). A chunk read apart (`_reads_apart`: launched
+        before the step ahead) costs its forward; any other is charged a step more: its host read also waits for the
+        step launched ahead of it, and the device idles while the host then plans the next. Empty: the step takes
+        them all, as where the costs are not known yet."""
         # every step asks: a pass over the rows, most end here
         joining = [r for r in steps if r.chain is None and (r.row is None or not r.row.cycle_tokens)]
         if not joining or len(joining) == len(steps):
@@ -976,7 +999,9 @@ class BatchedRunner(ModelRunner):
         rows = max(rows_rest, max(r.index for r in alone) + 1)
         wide, narrow = self.costs.cost(rows, n), self.costs.cost(rows_rest, w)
         chunk = self.costs.cost(self._chunk_rows(alone, self._chunk_tokens(n)), n)
-        return alone if None not in (wide, narrow, chunk) and wide - narrow > chunk + narrow else []
+        if None in (wide, narrow, chunk):
+            return []
+        return alone if wide - narrow > chunk + (0.0 if self._reads_apart(alone) else narrow) else []
 
     def _chunk_rows(self, requests: list[_Request], n: int) -> int:
         """The rows a chunk forward of `requests` at n tokens a row computes (`_run_chunks`): a chunk graph's rows
@@ -1809,20 +1834,23 @@ class BatchedRunner(ModelRunner):
             groups.append((drawn, values[index], (q[index], logits[index])))
         return groups
 
-    def _readback(self, top: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.Event"]:
+    def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
-        in turn (at most two steps are unread at once), with an event recorded after the copy."""
-        ring = self._readbacks.get(tuple(top.shape)) or self._add_readbacks(tuple(top.shape))
-        ring.append(ring.pop(0))
-        host_top, ready = ring[0]
+        in turn (at most two steps are unread at once), with an event recorded after the copy. A chunk read apart
+        (`_launch_chunks`) takes buffers of its own `ring`: it is unread while two steps are."""
+        key = (ring, *top.shape)
+        buffers = self._readbacks.get(key) or self._add_readbacks(key)
+        buffers.append(buffers.pop(0))
+        host_top, ready = buffers[0]
         host_top.copy_(top, non_blocking=True)
         ready.record(torch.cuda.current_stream(top.device))
         return host_top, ready
 
-    def _add_readbacks(self, shape: tuple[int, ...]) -> list:
-        """Pinned buffers are allocated before serving (`_capture_all`): a first allocation costs milliseconds."""
-        ring = self._readbacks[shape] = [(torch.empty(shape, dtype=torch.long, pin_memory=True), torch.cuda.Event())
-                                         for _ in range(2)]
+    def _add_readbacks(self, key: tuple) -> list:
+        """Pinned buffers are allocated before serving (`_capture_all`): a first allocation costs milliseconds.
+        `key`: the ring's name, then the shape."""
+        ring = self._readbacks[key] = [(torch.empty(key[1:], dtype=torch.long, pin_memory=True), torch.cuda.Event())
+                                       for _ in range(2)]
         return ring
 
     def _read(self, step: _Launched) -> None:
@@ -1945,12 +1973,19 @@ class BatchedRunner(ModelRunner):
         return groups
 
     def _run_chunks(self, requests: list[_Request]) -> None:
-        """The next chunk of each long request, in one forward (prompt lengths vary): a chunk graph's where there is
-        one for their number and length (rows at any slots, the requests' own, then dummies), else an eager one
-        over slots [lo, hi). Each row is left-padded so that its last token is in the last column, where the kept
-        logits are; the padding (and a dummy row, or a slot in the range with nothing to do) writes only into the
-        padding column max_len. On a GPU the shape is rounded up to a bucket of rows and of tokens: each new shape
-        costs the attention kernels' set-up again, and a catch-up's length is new almost every time."""
+        """The next chunk of each long request, in one forward (prompt lengths vary): `_launch_chunks`, then its
+        results read and handed on (`_finish_chunks`)."""
+        self._finish_chunks(self._launch_chunks(requests))
+
+    def _launch_chunks(self, requests: list[_Request], read_apart: bool = False) -> _Chunks:
+        """Launch the next chunk of each long request, in one forward: a chunk graph's where there is one for their
+        number and length (rows at any slots, the requests' own, then dummies), else an eager one over slots
+        [lo, hi). Each row is left-padded so that its last token is in the last column, where the kept logits are;
+        the padding (and a dummy row, or a slot in the range with nothing to do) writes only into the padding
+        column max_len. On a GPU the shape is rounded up to a bucket of rows and of tokens: each new shape costs the
+        attention kernels' set-up again, and a catch-up's length is new almost every time. `read_apart` (a GPU, the
+        chunk's requests greedy prompts done in it): their argmax is copied to the host behind an event of its own,
+        so that a step launched after the chunk does not hold its read (`_finish_chunks`)."""
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
@@ -1973,7 +2008,9 @@ class BatchedRunner(ModelRunner):
             ids[row_of[id(r)], n - len(c):] = torch.tensor(c)
             positions[row_of[id(r)], n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
         self._publish()
+        read = timed = None
         with self._turn(), torch.inference_mode():
+            began = self._mark() if read_apart else None
             if graph is not None:
                 slots = [r.index for r in requests] + [requests[0].index] * (rows - len(requests))  # dummies: padding
                 logits = self._replay(graph, self._pinned(ids), self._pinned(positions), self._pinned(slots))  # [rows, 1, V]
@@ -1984,16 +2021,44 @@ class BatchedRunner(ModelRunner):
                     # [keep, V], a copy: a chunk graph's logits are its output buffer, which the next replay
                     # overwrites before a caller reading them later (catch_up_reads) has read them
                     r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].to(torch.float32, copy=True)
+            if read_apart:
+                timed = (began, self._mark())  # before the copy that `read`'s event follows: done once it is
+                read = self._readback(logits[:, -1].argmax(-1, keepdim=True), ring="chunk")  # [rows, 1]
+        return _Chunks(requests, chunks, last, n, now, row_of, read, timed)
+
+    def _finish_chunks(self, launched: _Chunks) -> None:
+        """A chunk launched by `_launch_chunks`: its greedy requests' argmax read, each request done handed on, the
+        others pending again for their next chunk."""
+        requests, row_of = launched.requests, launched.row_of
+        if launched.read is not None:
+            host_top, ready = launched.read
+            ready.synchronize()  # the chunk's copy: not the steps launched after it
+            tops = host_top[:, 0].tolist()
+            for r in requests:
+                r.argmax = [tops[row_of[id(r)]]]
+        else:
+            for r, done in zip(requests, launched.last):
+                if done:
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
-        self._uncharged_s += time.perf_counter() - now  # a new session's prompt: not the running sessions' cycles
-        for r, c, done in zip(requests, chunks, last):
+        # a new session's prompt: not the running sessions' cycles; a chunk read apart, launched before the step
+        # ahead, delays the running sessions by its device time (its wall time also holds that step's reading)
+        self._uncharged_s += (self._elapsed(*launched.timed) if launched.timed is not None
+                              else time.perf_counter() - launched.began)
+        for r, c, done in zip(requests, launched.chunks, launched.last):
             r.fed += len(c)
             if done:
-                self._deliver(r, n)
+                self._deliver(r, launched.n)
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+
+    def _reads_apart(self, requests: list[_Request]) -> bool:
+        """Whether a chunk of `requests` may be launched before the step ahead, its read apart from that step's
+        (`_launch_chunks`): on a GPU, greedy prompts that fit one chunk, whose result is their argmax alone."""
+        return (self.device.type == "cuda" and self.lookahead
+                and all(r.greedy and r.keep == 1 and r.chain is None and not r.fed
+                        and len(r.ids) <= self.prefill_chunk for r in requests))
 
     def _chunk_tokens(self, left: int) -> int:
         """The tokens per row a chunk of a request with `left` tokens still to feed runs as: at most a prefill
@@ -2130,9 +2195,12 @@ class BatchedRunner(ModelRunner):
                     torch.full((b, n), self.max_len, device=self.device),
                     slots=torch.zeros(b, dtype=torch.long, device=self.device)), keep=1)
         for b, n in {(b, n) for b, n, _ in self._graphs}:
-            self._add_readbacks((b, n))  # outside inference mode: the argmax is copied into them outside it
+            self._add_readbacks(("step", b, n))  # outside inference mode: the argmax is copied into them outside it
             if n == 1 and self.lookahead:
-                self._add_readbacks((b, 2))  # a plain step with sampled rows drawn on the device: their flags too
+                self._add_readbacks(("step", b, 2))  # a plain step with sampled rows drawn on the device: their flags too
+        if self.lookahead:
+            for b in {b for b, _ in self._chunk_graphs}:
+                self._add_readbacks(("chunk", b, 1))  # new prompts' chunks read apart (`_launch_chunks`)
         self._time_graphs()
         log.info("captured and timed %d CUDA graphs (rows %s x tokens up to %d x spans %s; and %d of prompt chunks) in "
                  "%.1f s; device ms over the whole cache %s", len(self._graphs),

@@ -163,6 +163,29 @@ def test_looking_ahead_with_graphs_equals_each_request_decoded_alone(gpu_engine)
         runner.stop()
 
 
+def test_new_prompts_run_alone_together_read_apart_with_graphs(gpu_engine, monkeypatch):
+    """New prompts joining sessions that look ahead run alone together: one chunk graph of their rows, launched before
+    the step ahead and read apart from it (`_launch_chunks`). Every request gives what it gives alone."""
+    from specdec.core.batching import BatchedRunner
+    from tests.unit.core.test_batching import prompts_joining_together
+
+    runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=16, cuda_graphs=True, prefill_chunk=32)
+    apart = []
+    launch_chunks = runner._launch_chunks
+
+    def seen(requests, read_apart=False):
+        apart.append((len(requests), read_apart))
+        return launch_chunks(requests, read_apart)
+
+    monkeypatch.setattr(runner, "_launch_chunks", seen)
+    try:
+        assert runner.lookahead and {(b, 32) for b in (1, 2, 4, 8, 16)} <= set(runner._chunk_graphs)
+        prompts_joining_together(gpu_engine, runner, gpu_engine.target_runner, monkeypatch)
+        assert any(n >= 2 and read for n, read in apart), apart  # a chunk of prompts read apart from the step ahead
+    finally:
+        runner.stop()
+
+
 def test_in_process_engines_with_graphs_equal_each_request_decoded_alone(gpu_engine):
     """The sweep's engine modes on a GPU: a target engine and a draft engine in one process, each capturing its
     CUDA graphs when built (before either steps), six clients at a fixed K = 3 and then target-only: each

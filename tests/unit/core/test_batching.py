@@ -407,20 +407,19 @@ def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_p
     runner.stop()
 
 
-def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, monkeypatch):
-    """New prompts that join decoding sessions and run alone together (one chunk after a step, `_alone`, here made
-    the cheaper by the cost table): every output equals the request decoded alone, joiners' and running ones'."""
-    pair = tiny_pair_fp32
-    runner = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
+def prompts_joining_together(pair, runner, alone_runner, monkeypatch) -> list[int]:
+    """Two sessions decode, then four new prompts join them at once, on `runner`, whose cost table is made to say
+    that new prompts are cheaper alone (`_alone`): every output is asserted equal to the request decoded alone on
+    `alone_runner`. Returns the requests of each chunk forward run."""
     monkeypatch.setattr(runner.costs, "cost", lambda rows, tokens: 1e-3 * (1 if tokens == 1 else rows * tokens))
     groups = []
-    run_chunks = runner._run_chunks
+    launch_chunks = runner._launch_chunks
 
-    def counted(requests):
+    def counted(requests, *args, **kwargs):
         groups.append(len(requests))
-        return run_chunks(requests)
+        return launch_chunks(requests, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "_run_chunks", counted)
+    monkeypatch.setattr(runner, "_launch_chunks", counted)
     cases = [(pair.encode(p), n) for p, n in zip(PROMPTS, (40, 36, 8, 9, 10, 11))]
     joined = threading.Barrier(5)  # four joiners, and a thread that lets them go once the first two decode
 
@@ -433,13 +432,21 @@ def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, mo
         time.sleep(0.05)
         joined.wait()
 
+    alone = [decode(pair, alone_runner, ids, n) for ids, n in cases]
+    jobs = [lambda i=i, ids=ids, n=n: job(i, ids, n) for i, (ids, n) in enumerate(cases)]
+    assert concurrently([release, *jobs])[1:] == alone
+    assert runner.free_slots == runner.max_sessions
+    return groups
+
+
+def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, monkeypatch):
+    """New prompts that join decoding sessions and run alone together (one chunk after a step, `_alone`): every
+    output equals the request decoded alone, joiners' and running ones'."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
     try:
-        alone = [decode(pair, pair.target_runner, ids, n) for ids, n in cases]
-        jobs = [lambda i=i, ids=ids, n=n: job(i, ids, n) for i, (ids, n) in enumerate(cases)]
-        together = concurrently([release, *jobs])[1:]
-        assert together == alone
+        groups = prompts_joining_together(pair, runner, pair.target_runner, monkeypatch)
         assert any(g >= 2 for g in groups), groups  # prompts ran alone together
-        assert runner.free_slots == runner.max_sessions
     finally:
         runner.stop()
 
