@@ -190,6 +190,7 @@ def main() -> None:
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
                     phases = replace(drafter.stats)
                     widths = dict(t.widths)
+                    chunks = (t.prefill_chunks, t.prefill_rows, t.chunks_apart)
                     totals.clear()
                     traced = args.trace and repeat == 0
                     tracing = device_trace() if traced else None
@@ -213,7 +214,9 @@ def main() -> None:
                           f"({1e3 * (drafter.stats.catch_up_s - phases.catch_up_s):.0f} ms, "
                           f"{drafter.stats.catch_up_tokens - phases.catch_up_tokens} tokens)", flush=True)
                     counts = {w: c - widths.get(w, 0) for w, c in sorted(t.widths.items()) if c > widths.get(w, 0)}
-                    print("  steps by tokens per row: " + ", ".join(f"{w}: {c}" for w, c in counts.items()), flush=True)
+                    print("  steps by tokens per row: " + ", ".join(f"{w}: {c}" for w, c in counts.items())
+                          + f"; prefill chunks {t.prefill_chunks - chunks[0]} ({t.prefill_rows - chunks[1]} rows, "
+                          f"{t.chunks_apart - chunks[2]} read apart)", flush=True)
                     if totals:
                         print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                              for label, seconds in sorted(totals.items())), flush=True)

@@ -802,13 +802,15 @@ class BatchedRunner(ModelRunner):
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
-                     "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks, %d rows launched ahead "
+                     "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
+                     "%d rows launched ahead "
                      "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept); t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
                      s.drafting_phases - since.drafting_phases, 1e3 * s.drafting_longest_s,
-                     100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks, guesses,
+                     100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
+                     s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
             if self.drafter is not None:
@@ -2041,6 +2043,8 @@ class BatchedRunner(ModelRunner):
                 if done:
                     r.argmax = r.logits.argmax(-1).tolist() if r.greedy else None
         self.stats.prefill_chunks += 1
+        self.stats.prefill_rows += len(requests)
+        self.stats.chunks_apart += launched.read is not None
         # a new session's prompt: not the running sessions' cycles; a chunk read apart, launched before the step
         # ahead, delays the running sessions by its device time (its wall time also holds that step's reading)
         self._uncharged_s += (self._elapsed(*launched.timed) if launched.timed is not None

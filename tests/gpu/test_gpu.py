@@ -182,6 +182,7 @@ def test_new_prompts_run_alone_together_read_apart_with_graphs(gpu_engine, monke
         assert runner.lookahead and {(b, 32) for b in (1, 2, 4, 8, 16)} <= set(runner._chunk_graphs)
         prompts_joining_together(gpu_engine, runner, gpu_engine.target_runner, monkeypatch)
         assert any(n >= 2 and read for n, read in apart), apart  # a chunk of prompts read apart from the step ahead
+        assert runner.stats.chunks_apart == sum(read for _, read in apart) > 0
     finally:
         runner.stop()
 

@@ -447,6 +447,8 @@ def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, mo
     try:
         groups = prompts_joining_together(pair, runner, pair.target_runner, monkeypatch)
         assert any(g >= 2 for g in groups), groups  # prompts ran alone together
+        s = runner.stats
+        assert (s.prefill_chunks, s.prefill_rows, s.chunks_apart) == (len(groups), sum(groups), 0)  # a CPU: in turn
     finally:
         runner.stop()
 
