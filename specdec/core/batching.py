@@ -874,7 +874,7 @@ class BatchedRunner(ModelRunner):
                                 self._pending.extend(more)  # one chunk a step
                         prefill = prefill or more
                         if prefill and self._reads_apart(prefill):  # before the step ahead: its read waits not for it
-                            chunk = self._launch_chunks(prefill, read_apart=True)
+                            chunk, prefill = self._launch_apart(prefill)
                         ahead = self._launch_or_fail(self._guesses(inflight) + steps, after=inflight)
                         inflight.ahead = ahead is not None or chunk is not None  # a replay since: only `top` stands
                     if inflight is not None:
@@ -2056,6 +2056,17 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+
+    def _launch_apart(self, requests: list[_Request]) -> tuple[_Chunks | None, list[_Request]]:
+        """`_launch_chunks(requests, read_apart=True)`, and the requests still to run: a chunk that fails fails its
+        own requests only, not the step in flight."""
+        try:
+            return self._launch_chunks(requests, read_apart=True), requests
+        except BaseException as e:  # noqa: BLE001 - handed to their callers
+            log.exception("batched forward failed")
+            for r in requests:
+                self._fail(r, e)
+            return None, []
 
     def _reads_apart(self, requests: list[_Request]) -> bool:
         """Whether a chunk of `requests` may be launched before the step ahead, its read apart from that step's

@@ -453,6 +453,23 @@ def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, mo
         runner.stop()
 
 
+def test_a_chunk_launched_apart_that_fails_fails_its_own_requests_only(tiny_pair_fp32, monkeypatch):
+    """A chunk of new prompts launched before the step ahead (`_launch_apart`, on a GPU) runs inside the step's
+    launch: where it fails, its requests fail with the error and are not run again, and the step goes on."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=8)
+
+    def broken(requests, read_apart=False):
+        raise RuntimeError("chunk forward failed")
+
+    monkeypatch.setattr(runner, "_launch_chunks", broken)
+    requests = [_Request(i, 0, [5] * 9, 1, True) for i in range(2)]
+    try:
+        assert runner._launch_apart(requests) == (None, [])
+        assert all(r.done.is_set() and str(r.error) == "chunk forward failed" for r in requests)
+    finally:
+        runner.stop()
+
+
 def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tiny_pair_fp32, monkeypatch):
     """Rows are padded to a step's widest: prompts that trickle in one a step would make every step wide. Where the
     widening costs more than a step (by the cost table), a prompt wider than the step's other rows waits for company,
