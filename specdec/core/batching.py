@@ -266,9 +266,9 @@ class _Chunks:
     n: int  # tokens per row
     began: float  # when the engine began building it
     row_of: dict[int, int]  # id(request) -> its row of the forward
-    read: "tuple[torch.Tensor, torch.cuda.Event] | None"  # its rows' argmax [rows, 1] on the way to the host
-    #                                                       (read apart, `_reads_apart`), else None
-    timed: "tuple[torch.cuda.Event, torch.cuda.Event] | None"  # its forward's start and end on the device (read apart)
+    read: "tuple[torch.Tensor, torch.cuda.Event | None] | None"  # its rows' argmax [rows, 1] on the way to the host
+    #                                                 behind an event (on a CPU, the values), where read apart, else None
+    timed: "tuple[float | torch.cuda.Event, float | torch.cuda.Event] | None"  # its forward's start and end (read apart)
 
 
 @dataclass(eq=False)
@@ -947,7 +947,7 @@ class BatchedRunner(ModelRunner):
         held = self._held_joins(steps, alongside)
         if held:
             steps = [r for r in steps if r not in held]
-        if chunks and not long and (alone := self._alone(steps)):
+        if chunks and not long and (alone := self._alone(steps, alongside)):
             steps = [r for r in steps if r not in alone]
             long = alone
         self._pending = [r for r in self._pending if r not in steps and r not in long]
@@ -979,25 +979,26 @@ class BatchedRunner(ModelRunner):
             return []
         return wide
 
-    def _alone(self, steps: list[_Request]) -> list[_Request]:
+    def _alone(self, steps: list[_Request], alongside: int = 0) -> list[_Request]:
         """The new prompts (driven sessions' first forwards, or callers') wider than every other forward of a step,
         where a forward of them alone, as one chunk after the step, costs less than widening every row of the step
         to them (rows are padded to the widest: at many rows a step of a few tokens a row costs several plain steps,
         and a few rows of them about one; docs/benchmarks.md, call t1). A chunk read apart (`_reads_apart`: launched
         before the step ahead) costs its forward; any other is charged a step more: its host read also waits for the
-        step launched ahead of it, and the device idles while the host then plans the next. Empty: the step takes
-        them all, as where the costs are not known yet."""
+        step launched ahead of it, and the device idles while the host then plans the next. `alongside`: rows the
+        step carries besides `steps` (a step launched ahead: its guesses, one token each, taken to be the lowest
+        slots). Empty: the step takes them all, as where the costs are not known yet."""
         # every step asks: a pass over the rows, most end here
         joining = [r for r in steps if r.chain is None and (r.row is None or not r.row.cycle_tokens)]
-        if not joining or len(joining) == len(steps):
+        if not joining or len(joining) == len(steps) and not alongside:
             return []
         width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joining), default=1))[1]
         alone = [r for r in joining if self.step_shape(1, len(r.ids))[1] > width]
         if not alone:
             return []
         rest = [r for r in steps if r not in alone]
-        n, w = max(len(r.ids) for r in alone), max(len(r.ids) for r in rest)
-        rows_rest = max(r.index for r in rest) + 1
+        n, w = max(len(r.ids) for r in alone), max((len(r.ids) for r in rest), default=1)
+        rows_rest = max(max((r.index for r in rest), default=-1) + 1, alongside)
         rows = max(rows_rest, max(r.index for r in alone) + 1)
         wide, narrow = self.costs.cost(rows, n), self.costs.cost(rows_rest, w)
         chunk = self.costs.cost(self._chunk_rows(alone, self._chunk_tokens(n)), n)
@@ -1985,9 +1986,9 @@ class BatchedRunner(ModelRunner):
         [lo, hi). Each row is left-padded so that its last token is in the last column, where the kept logits are;
         the padding (and a dummy row, or a slot in the range with nothing to do) writes only into the padding
         column max_len. On a GPU the shape is rounded up to a bucket of rows and of tokens: each new shape costs the
-        attention kernels' set-up again, and a catch-up's length is new almost every time. `read_apart` (a GPU, the
-        chunk's requests greedy prompts done in it): their argmax is copied to the host behind an event of its own,
-        so that a step launched after the chunk does not hold its read (`_finish_chunks`)."""
+        attention kernels' set-up again, and a catch-up's length is new almost every time. `read_apart` (`_reads_apart`,
+        launched inside the launch of the step ahead): their argmax is copied to the host behind an event of its own
+        (a GPU's), so that the step launched after the chunk does not hold its read (`_finish_chunks`)."""
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
@@ -2011,7 +2012,8 @@ class BatchedRunner(ModelRunner):
             positions[row_of[id(r)], n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
         self._publish()
         read = timed = None
-        with self._turn(), torch.inference_mode():
+        # read apart, it is launched inside the launch of the step ahead, which holds the turn (a CPU's)
+        with contextlib.nullcontext() if read_apart else self._turn(), torch.inference_mode():
             began = self._mark() if read_apart else None
             if graph is not None:
                 slots = [r.index for r in requests] + [requests[0].index] * (rows - len(requests))  # dummies: padding
@@ -2025,7 +2027,8 @@ class BatchedRunner(ModelRunner):
                     r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].to(torch.float32, copy=True)
             if read_apart:
                 timed = (began, self._mark())  # before the copy that `read`'s event follows: done once it is
-                read = self._readback(logits[:, -1].argmax(-1, keepdim=True), ring="chunk")  # [rows, 1]
+                top = logits[:, -1].argmax(-1, keepdim=True)  # [rows, 1]
+                read = self._readback(top, ring="chunk") if top.is_cuda else (top, None)
         return _Chunks(requests, chunks, last, n, now, row_of, read, timed)
 
     def _finish_chunks(self, launched: _Chunks) -> None:
@@ -2034,7 +2037,8 @@ class BatchedRunner(ModelRunner):
         requests, row_of = launched.requests, launched.row_of
         if launched.read is not None:
             host_top, ready = launched.read
-            ready.synchronize()  # the chunk's copy: not the steps launched after it
+            if ready is not None:
+                ready.synchronize()  # the chunk's copy: not the steps launched after it
             tops = host_top[:, 0].tolist()
             for r in requests:
                 r.argmax = [tops[row_of[id(r)]]]
@@ -2070,8 +2074,9 @@ class BatchedRunner(ModelRunner):
 
     def _reads_apart(self, requests: list[_Request]) -> bool:
         """Whether a chunk of `requests` may be launched before the step ahead, its read apart from that step's
-        (`_launch_chunks`): on a GPU, greedy prompts that fit one chunk, whose result is their argmax alone."""
-        return (self.device.type == "cuda" and self.lookahead
+        (`_launch_chunks`): looking ahead (a GPU's), greedy prompts that fit one chunk, whose result is their argmax
+        alone."""
+        return (self.lookahead
                 and all(r.greedy and r.keep == 1 and r.chain is None and not r.fed
                         and len(r.ids) <= self.prefill_chunk for r in requests))
 

@@ -383,9 +383,9 @@ def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_p
     def pending(*widths):
         return [_Request(i, 10, [7] * n, 1, True, row=rows[i]) for i, n in enumerate(widths)]
 
-    def split(requests):
+    def split(requests, alongside=0):
         runner._pending = list(requests)
-        steps, long = runner._split_pending()
+        steps, long = runner._split_pending(alongside=alongside)
         assert runner._pending == [] and sorted(map(id, steps + long)) == sorted(map(id, requests))
         return long
 
@@ -404,6 +404,8 @@ def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_p
     assert split(two[::-1]) == two[1::-1]  # (whatever the steps' order)
     spread = pending(9, *[1] * 62, 5)
     assert split(spread) == []  # slots 0 and 63: an eager chunk of them computes 64 rows, as dear as the widening
+    # a step launched ahead: its 63 guesses are rows of it too, though not among the pending forwards
+    assert split(two[:2], alongside=62) == two[:2] and split(two[:2]) == []
     runner.stop()
 
 
@@ -451,6 +453,16 @@ def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, mo
         assert (s.prefill_chunks, s.prefill_rows, s.chunks_apart) == (len(groups), sum(groups), 0)  # a CPU: in turn
     finally:
         runner.stop()
+
+
+def test_new_prompts_run_alone_together_launched_before_the_step_ahead(tiny_pair_fp32, looking_ahead, monkeypatch):
+    """Looking ahead, a chunk of new prompts goes before the step launched ahead and is read apart from it (on a GPU
+    behind an event of its own, `_launch_chunks`): every output equals the request decoded alone."""
+    pair, runner = tiny_pair_fp32, looking_ahead
+    apart = runner.stats.chunks_apart
+    groups = prompts_joining_together(pair, runner, pair.target_runner, monkeypatch)
+    assert any(g >= 2 for g in groups), groups
+    assert runner.stats.chunks_apart > apart  # launched before a step launched ahead
 
 
 def test_a_chunk_launched_apart_that_fails_fails_its_own_requests_only(tiny_pair_fp32, monkeypatch):
