@@ -252,6 +252,7 @@ class _Launched:
     pipelined: bool = False  # launched while the step before it was on the device (`after` it)
     cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
     drafted_before: float = 0.0  # the engine's drafting time (StepStats.drafting_s) when it was launched
+    chunk_s: float = 0.0  # a chunk's device time between it and the step before (read apart): not this step's cost
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
 
@@ -894,7 +895,11 @@ class BatchedRunner(ModelRunner):
             if prefill:
                 try:
                     if chunk is not None:
-                        self._finish_chunks(chunk)
+                        chunk_s = self._finish_chunks(chunk)
+                        if ahead is not None and self.device.type == "cuda":
+                            # on the device the chunk ran after the step just read, within the next one's time; a
+                            # CPU's ran as it was launched, before that step was read
+                            ahead.chunk_s += chunk_s
                     else:
                         self._run_chunks(prefill)
                 except BaseException as e:  # noqa: BLE001
@@ -1910,7 +1915,8 @@ class BatchedRunner(ModelRunner):
             self._deliver(r, step.n)
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
-        step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
+        step_s = ((self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
+                  - step.chunk_s)
         if useful:
             self.costs.observe(len(step.requests), step.n, step_s)
         s.count(len(step.requests), step.n)
@@ -2031,9 +2037,9 @@ class BatchedRunner(ModelRunner):
                 read = self._readback(top, ring="chunk") if top.is_cuda else (top, None)
         return _Chunks(requests, chunks, last, n, now, row_of, read, timed)
 
-    def _finish_chunks(self, launched: _Chunks) -> None:
+    def _finish_chunks(self, launched: _Chunks) -> float:
         """A chunk launched by `_launch_chunks`: its greedy requests' argmax read, each request done handed on, the
-        others pending again for their next chunk."""
+        others pending again for their next chunk. Returns its time: on the device where read apart, else wall."""
         requests, row_of = launched.requests, launched.row_of
         if launched.read is not None:
             host_top, ready = launched.read
@@ -2051,8 +2057,8 @@ class BatchedRunner(ModelRunner):
         self.stats.chunks_apart += launched.read is not None
         # a new session's prompt: not the running sessions' cycles; a chunk read apart, launched before the step
         # ahead, delays the running sessions by its device time (its wall time also holds that step's reading)
-        self._uncharged_s += (self._elapsed(*launched.timed) if launched.timed is not None
-                              else time.perf_counter() - launched.began)
+        seconds = self._elapsed(*launched.timed) if launched.timed is not None else time.perf_counter() - launched.began
+        self._uncharged_s += seconds
         for r, c, done in zip(requests, launched.chunks, launched.last):
             r.fed += len(c)
             if done:
@@ -2060,6 +2066,7 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+        return seconds
 
     def _launch_apart(self, requests: list[_Request]) -> tuple[_Chunks | None, list[_Request]]:
         """`_launch_chunks(requests, read_apart=True)`, and the requests still to run: a chunk that fails fails its
