@@ -169,7 +169,8 @@ def test_new_prompts_run_alone_together_read_apart_with_graphs(gpu_engine, monke
     from specdec.core.batching import BatchedRunner
     from tests.unit.core.test_batching import prompts_joining_together
 
-    runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=16, cuda_graphs=True, prefill_chunk=32)
+    runner = BatchedRunner(gpu_engine.target.model, max_len=512, max_sessions=16, cuda_graphs=True, prefill_chunk=32,
+                           compile=False)  # the chunk's path is the point, not compiled layers (minutes on a cold cache)
     apart = []
     launch_chunks = runner._launch_chunks
 
