@@ -1915,9 +1915,9 @@ class BatchedRunner(ModelRunner):
             self._deliver(r, step.n)
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
-        step_s = ((self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
-                  - step.chunk_s)
-        if useful:
+        step_s = max(0.0, (self._read_at if step.ahead else time.perf_counter()) - began
+                     - (s.drafting_s - step.drafted_before) - step.chunk_s)  # (a chunk's start read late: not below 0)
+        if useful and step_s > 0:
             self.costs.observe(len(step.requests), step.n, step_s)
         s.count(len(step.requests), step.n)
         s.busy_s += step_s
