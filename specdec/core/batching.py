@@ -969,8 +969,7 @@ class BatchedRunner(ModelRunner):
         others = len(steps) - len(joins) + alongside
         if not joins or not others:
             return []
-        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joins), default=1))[1]
-        wide = [r for r in joins if self.step_shape(1, len(r.ids))[1] > width]
+        width, wide = self._wider(joins, steps)
         if not wide:
             return []
         rows = self.batch_rows()
@@ -983,6 +982,12 @@ class BatchedRunner(ModelRunner):
         if len(wide) >= JOIN_GROUP_SHARE * others or any(step - r.held_from >= JOIN_HOLD_STEPS for r in wide):
             return []
         return wide
+
+    def _wider(self, joins: list[_Request], steps: list[_Request]) -> tuple[int, list[_Request]]:
+        """(The tokens a row of `steps` runs as without `joins`, the new prompts among them that widen it): rows are
+        padded to a step's widest."""
+        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joins), default=1))[1]
+        return width, [r for r in joins if self.step_shape(1, len(r.ids))[1] > width]
 
     def _alone(self, steps: list[_Request], alongside: int = 0) -> list[_Request]:
         """The new prompts (driven sessions' first forwards, or callers') wider than every other forward of a step,
@@ -997,8 +1002,7 @@ class BatchedRunner(ModelRunner):
         joining = [r for r in steps if r.chain is None and (r.row is None or not r.row.cycle_tokens)]
         if not joining or len(joining) == len(steps) and not alongside:
             return []
-        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joining), default=1))[1]
-        alone = [r for r in joining if self.step_shape(1, len(r.ids))[1] > width]
+        _, alone = self._wider(joining, steps)
         if not alone:
             return []
         rest = [r for r in steps if r not in alone]
