@@ -1018,9 +1018,13 @@ class BatchedRunner(ModelRunner):
     def _chunk_rows(self, requests: list[_Request], n: int) -> int:
         """The rows a chunk forward of `requests` at n tokens a row computes (`_run_chunks`): a chunk graph's rows
         where there is one, else every slot of their span."""
-        if (self._span_rows(len(requests)), n) in self._chunk_graphs:
+        if self._chunk_graph(requests, n) is not None:
             return len(requests)
         return self._span_rows(max(r.index for r in requests) + 1 - min(r.index for r in requests))
+
+    def _chunk_graph(self, requests: list[_Request], n: int) -> _Graph | None:
+        """The chunk graph that runs `requests` at n tokens a row, at any slots (None: none captured)."""
+        return self._chunk_graphs.get((self._span_rows(len(requests)), n))
 
     def _plan_rows(self, early: bool = False) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks
@@ -2004,7 +2008,7 @@ class BatchedRunner(ModelRunner):
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
         n = self._chunk_tokens(max(len(c) for c in chunks))
         keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
-        graph = self._chunk_graphs.get((self._span_rows(len(requests)), n)) if keep == 1 else None
+        graph = self._chunk_graph(requests, n) if keep == 1 else None
         if graph is not None:
             rows, row_of = graph.inputs.ids.shape[0], {id(r): i for i, r in enumerate(requests)}
         else:
