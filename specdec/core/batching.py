@@ -252,7 +252,7 @@ class _Launched:
     pipelined: bool = False  # launched while the step before it was on the device (`after` it)
     cost_from: float = 0.0  # where its cost starts: its building, or (launched ahead) the last step's reading
     drafted_before: float = 0.0  # the engine's drafting time (StepStats.drafting_s) when it was launched
-    chunk_s: float = 0.0  # a chunk's device time between it and the step before (read apart): not this step's cost
+    chunk_in: bool = False  # a chunk read apart ran on the device since the step before was read: not a step's cost
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
 
@@ -269,7 +269,6 @@ class _Chunks:
     row_of: dict[int, int]  # id(request) -> its row of the forward
     read: "tuple[torch.Tensor, torch.cuda.Event | None] | None"  # its rows' argmax [rows, 1] on the way to the host
     #                                                 behind an event (on a CPU, the values), where read apart, else None
-    timed: "tuple[float | torch.cuda.Event, float | torch.cuda.Event] | None"  # its forward's start and end (read apart)
 
 
 @dataclass(eq=False)
@@ -407,6 +406,7 @@ class _Row:
     cycle_phases: int = 0  # the engine's drafting phases then (StepStats.drafting_phases)
     cycle_others: int = 0  # and its steps of another width than that forward's (StepStats.others)
     cycle_uncharged: float = 0.0  # and its uncharged time then
+    cycle_apart: int = 0  # and the chunks read apart by then (StepStats.chunks_apart)
 
 
 class BatchedRunner(ModelRunner):
@@ -472,6 +472,7 @@ class BatchedRunner(ModelRunner):
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
+        self._apart_at_read = 0  # and the chunks read apart by then (StepStats.chunks_apart)
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
@@ -895,11 +896,7 @@ class BatchedRunner(ModelRunner):
             if prefill:
                 try:
                     if chunk is not None:
-                        chunk_s = self._finish_chunks(chunk)
-                        if ahead is not None and self.device.type == "cuda":
-                            # on the device the chunk ran after the step just read, within the next one's time; a
-                            # CPU's ran as it was launched, before that step was read
-                            ahead.chunk_s += chunk_s
+                        self._finish_chunks(chunk)
                     else:
                         self._run_chunks(prefill)
                 except BaseException as e:  # noqa: BLE001
@@ -1879,6 +1876,7 @@ class BatchedRunner(ModelRunner):
         self.stats.forward_s += read - max(step.launched, self._read_at)
         self._read_at = read
         step.cost_from = began
+        step.chunk_in, self._apart_at_read = self.stats.chunks_apart != self._apart_at_read, self.stats.chunks_apart
         requests = [r for r in step.requests if not r.void]
         if requests and not step.pipelined and not self.passive:  # by its own rows: a few rows' step launched amid
             # drafting (a row near its end, a new one) costs far less than a plain step of every row (benchmarks, v1)
@@ -1910,10 +1908,10 @@ class BatchedRunner(ModelRunner):
         own = self.step_shape(1, tokens)[1]
         others = s.others(own)
         if (row.cycle_tokens == tokens and width == own and others == row.cycle_others
-                and not (tokens == 1 and s.drafting_phases > row.cycle_phases)):
+                and not (tokens == 1 and s.drafting_phases > row.cycle_phases) and s.chunks_apart == row.cycle_apart):
             self.costs.observe_cycle(self.batch_rows(), tokens, now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
         row.cycle_end, row.cycle_tokens, row.cycle_phases = now, tokens, s.drafting_phases
-        row.cycle_uncharged, row.cycle_others = self._uncharged_s, others
+        row.cycle_uncharged, row.cycle_others, row.cycle_apart = self._uncharged_s, others, s.chunks_apart
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
@@ -1923,9 +1921,9 @@ class BatchedRunner(ModelRunner):
             self._deliver(r, step.n)
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
-        step_s = max(0.0, (self._read_at if step.ahead else time.perf_counter()) - began
-                     - (s.drafting_s - step.drafted_before) - step.chunk_s)  # (a chunk's start read late: not below 0)
-        if useful and step_s > 0:
+        step_s = ((self._read_at if step.ahead else time.perf_counter()) - began
+                  - (s.drafting_s - step.drafted_before))
+        if useful and not step.chunk_in:
             self.costs.observe(len(step.requests), step.n, step_s)
         s.count(len(step.requests), step.n)
         s.busy_s += step_s
@@ -2025,10 +2023,9 @@ class BatchedRunner(ModelRunner):
             ids[row_of[id(r)], n - len(c):] = torch.tensor(c)
             positions[row_of[id(r)], n - len(c):] = torch.arange(r.start + r.fed, r.start + r.fed + len(c))
         self._publish()
-        read = timed = None
+        read = None
         # read apart, it is launched inside the launch of the step ahead, which holds the turn (a CPU's)
         with contextlib.nullcontext() if read_apart else self._turn(), torch.inference_mode():
-            began = self._mark() if read_apart else None
             if graph is not None:
                 slots = [r.index for r in requests] + [requests[0].index] * (rows - len(requests))  # dummies: padding
                 logits = self._replay(graph, self._pinned(ids), self._pinned(positions), self._pinned(slots))  # [rows, 1, V]
@@ -2040,14 +2037,13 @@ class BatchedRunner(ModelRunner):
                     # overwrites before a caller reading them later (catch_up_reads) has read them
                     r.logits = logits[row_of[id(r)], keep - min(r.keep, keep):].to(torch.float32, copy=True)
             if read_apart:
-                timed = (began, self._mark())  # before the copy that `read`'s event follows: done once it is
                 top = logits[:, -1].argmax(-1, keepdim=True)  # [rows, 1]
                 read = self._readback(top, ring="chunk") if top.is_cuda else (top, None)
-        return _Chunks(requests, chunks, last, n, now, row_of, read, timed)
+        return _Chunks(requests, chunks, last, n, now, row_of, read)
 
-    def _finish_chunks(self, launched: _Chunks) -> float:
+    def _finish_chunks(self, launched: _Chunks) -> None:
         """A chunk launched by `_launch_chunks`: its greedy requests' argmax read, each request done handed on, the
-        others pending again for their next chunk. Returns its time: on the device where read apart, else wall."""
+        others pending again for their next chunk."""
         requests, row_of = launched.requests, launched.row_of
         if launched.read is not None:
             host_top, ready = launched.read
@@ -2063,10 +2059,10 @@ class BatchedRunner(ModelRunner):
         self.stats.prefill_chunks += 1
         self.stats.prefill_rows += len(requests)
         self.stats.chunks_apart += launched.read is not None
-        # a new session's prompt: not the running sessions' cycles; a chunk read apart, launched before the step
-        # ahead, delays the running sessions by its device time (its wall time also holds that step's reading)
-        seconds = self._elapsed(*launched.timed) if launched.timed is not None else time.perf_counter() - launched.began
-        self._uncharged_s += seconds
+        if launched.read is None:  # a new session's prompt, run in turn: not the running sessions' cycles
+            self._uncharged_s += time.perf_counter() - launched.began
+        # read apart, it ran on the device between two steps, partly before the host read the first where the host was
+        # late: the step and the cycles its time fell in are not timed (`chunk_in`, `_Row.cycle_apart`)
         for r, c, done in zip(requests, launched.chunks, launched.last):
             r.fed += len(c)
             if done:
@@ -2074,7 +2070,6 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
-        return seconds
 
     def _launch_apart(self, requests: list[_Request]) -> tuple[_Chunks | None, list[_Request]]:
         """`_launch_chunks(requests, read_apart=True)`, and the requests still to run: a chunk that fails fails its

@@ -409,11 +409,15 @@ def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_p
     runner.stop()
 
 
-def prompts_joining_together(pair, runner, alone_runner, monkeypatch) -> list[int]:
-    """Two sessions decode, then four new prompts join them at once, on `runner`, whose cost table is made to say
-    that new prompts are cheaper alone (`_alone`): every output is asserted equal to the request decoded alone on
-    `alone_runner`. Returns the requests of each chunk forward run."""
+def prompts_joining_together(pair, runner, alone_runner, monkeypatch, tokens=(40, 36), hold_steps=None) -> list[int]:
+    """Two sessions decode (`tokens` new tokens each), then four new prompts join them at once, on `runner`, whose
+    cost table is made to say that new prompts are cheaper alone (`_alone`): every output is asserted equal to the
+    request decoded alone on `alone_runner`. `hold_steps`: new prompts wait that many steps for company (where steps
+    are short, as a GPU's, the four come in over several). Returns the requests of each chunk forward run."""
     monkeypatch.setattr(runner.costs, "cost", lambda rows, tokens: 1e-3 * (1 if tokens == 1 else rows * tokens))
+    if hold_steps is not None:
+        monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", hold_steps)
+        monkeypatch.setattr(batching, "JOIN_GROUP_SHARE", 100.0)  # no share of the others is company enough
     groups = []
     launch_chunks = runner._launch_chunks
 
@@ -422,7 +426,7 @@ def prompts_joining_together(pair, runner, alone_runner, monkeypatch) -> list[in
         return launch_chunks(requests, *args, **kwargs)
 
     monkeypatch.setattr(runner, "_launch_chunks", counted)
-    cases = [(pair.encode(p), n) for p, n in zip(PROMPTS, (40, 36, 8, 9, 10, 11))]
+    cases = [(pair.encode(p), n) for p, n in zip(PROMPTS, (*tokens, 8, 9, 10, 11))]
     joined = threading.Barrier(5)  # four joiners, and a thread that lets them go once the first two decode
 
     def job(i, ids, n):
@@ -430,8 +434,13 @@ def prompts_joining_together(pair, runner, alone_runner, monkeypatch) -> list[in
             joined.wait()
         return decode(pair, runner, ids, n)
 
-    def release():
-        time.sleep(0.05)
+    def release():  # once both sessions decode (not by a clock: a slow host's threads start late)
+        deadline = time.monotonic() + 60
+        while runner.batch_rows() < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        steps = runner.stats.steps
+        while runner.stats.steps < steps + 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
         joined.wait()
 
     alone = [decode(pair, alone_runner, ids, n) for ids, n in cases]
@@ -622,10 +631,10 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
     running session meanwhile (prompt chunks, a resumed draft's catching up); a change of K is a transition;
     a plain cycle with a drafting phase in it, a cycle in a step wider than its own forward (others verified
     more tokens), and one with steps of another width in it, are not what the cycle costs when every row does
-    the same."""
+    the same; nor is one with a chunk read apart in it (its device time may have begun before the cycle)."""
     runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
     try:
-        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.160])
+        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.145, 1.155, 1.170])
         monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
         row = batching._Row(loop=None)
         runner._time_cycle(row, 3, 3)  # 1.000: its first forward
@@ -641,10 +650,41 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
         runner._time_cycle(row, 1, 1)  # 1.130: not a plain cycle of an all-plain batch
         runner.stats.count(2, 1)  # the step of that cycle
         runner._time_cycle(row, 1, 1)  # 1.140: 10 ms
-        runner._time_cycle(row, 3, 3)  # 1.160: K 0 -> 2
+        runner.stats.chunks_apart += 1  # new prompts' chunk, read apart from the step ahead
+        runner._time_cycle(row, 1, 1)  # 1.145: not timed
+        runner._time_cycle(row, 1, 1)  # 1.155: 10 ms
+        runner._time_cycle(row, 3, 3)  # 1.170: K 0 -> 2
         monkeypatch.undo()
-        plain = (0.010 * 0.8 + 0.005 * 0.2) * 0.8 + 0.010 * 0.2
+        plain = ((0.010 * 0.8 + 0.005 * 0.2) * 0.8 + 0.010 * 0.2) * 0.8 + 0.010 * 0.2
         assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(plain)}
+    finally:
+        runner.stop()
+
+
+def test_a_step_a_chunk_read_apart_ran_before_is_not_timed(tiny_pair_fp32, monkeypatch):
+    """A chunk of new prompts read apart runs on the device between two steps; where the host read the first late, part
+    of it ran before that read, so no figure subtracted from the second step's time is right: that step is not timed
+    (its rows did wait for the chunk: it is the prompts' cost, which `_alone` weighs)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
+    clock = iter([1.0, 1.007, 1.020, 1.027])  # steps launched ahead, read 7, 13 and 7 ms after the one before
+
+    def step():
+        launched = batching._Launched([_Request(0, 0, [5], 1, False)], 1, torch.zeros(1, 1, 8), None, None, None, 1.0,
+                                      1.0, ahead=True)
+        runner._read(launched)
+        runner._hand_on(launched)
+        return launched
+
+    try:
+        monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
+        assert not step().chunk_in  # read at 1.000
+        assert not step().chunk_in  # 7 ms
+        timed = runner.costs.cost(1, 1)
+        runner.stats.chunks_apart += 1
+        assert step().chunk_in and runner.costs.cost(1, 1) == timed  # 13 ms with the chunk: not timed
+        assert not step().chunk_in and runner.costs.cost(1, 1) > timed  # 7 ms
+        monkeypatch.undo()
+        assert runner.stats.steps == 4
     finally:
         runner.stop()
 
