@@ -7,17 +7,20 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 # inductor's compile cache, per GPU model (its keys hold the device's name): a cold machine compiles the 7B in ~110 s.
-# The last call's cache comes back as $OUT/inductor_<GPU>.tgz; carried in compile_cache/ (gitignored), it is unpacked
-# first. Its keys hash the code compiled, so a cache from another tree is only ever missed, never misused.
+# The last call's cache comes back as $OUT/inductor_<GPU>.tgz.NN (parts of 15 MiB: files from $OUT are at most 16 MiB
+# each, 8 in all); carried in compile_cache/ (gitignored), it is unpacked first. Its keys hash the code compiled, so a
+# cache from another tree is only ever missed, never misused.
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
 INDUCTOR=/tmp/torchinductor_$(whoami)
-[ -f "compile_cache/inductor_$GPU_NAME.tgz" ] && mkdir -p "$INDUCTOR" \
-  && tar -xzf "compile_cache/inductor_$GPU_NAME.tgz" -C "$INDUCTOR" && echo "compile cache: unpacked $(du -sh "$INDUCTOR" | cut -f1)"
-save_cache() {  # at most 15 MiB comes back (files from $OUT: 16 MiB each)
+if ls compile_cache/inductor_"$GPU_NAME".tgz.* >/dev/null 2>&1; then
+  mkdir -p "$INDUCTOR" && cat compile_cache/inductor_"$GPU_NAME".tgz.* | tar -xz -C "$INDUCTOR" \
+    && echo "compile cache: unpacked $(du -sh "$INDUCTOR" | cut -f1)"
+fi
+save_cache() {  # at most two parts (30 MiB) come back
   [ -d "$INDUCTOR" ] || return 0
   tar -czf /tmp/inductor.tgz -C "$INDUCTOR" . 2>/dev/null || return 0
-  if [ "$(stat -c %s /tmp/inductor.tgz)" -le 15728640 ]; then cp /tmp/inductor.tgz "$OUT/inductor_$GPU_NAME.tgz"
-  else echo "compile cache: $(du -h /tmp/inductor.tgz | cut -f1) is over 15 MiB, not kept"; fi
+  if [ "$(stat -c %s /tmp/inductor.tgz)" -le 31457280 ]; then split -b 15M -d /tmp/inductor.tgz "$OUT/inductor_$GPU_NAME.tgz."
+  else echo "compile cache: $(du -h /tmp/inductor.tgz | cut -f1) is over 30 MiB, not kept"; fi
 }
 bench() {  # name, extra args
   local name=$1; shift
