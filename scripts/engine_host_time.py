@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="the engine's log on stderr (its step costs, every 5 s)")
     parser.add_argument("--replay-alpha", type=float, help="replayed acceptance instead of the draft's own proposals")
     parser.add_argument("--profile", help="write a cProfile of the engine thread here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="don't compile the models' layers (CUDA graphs are still captured): the host's work per "
+                        "step is the same, and a cold GPU starts in about a minute instead of several")
     parser.add_argument("--trace", metavar="DIR",
                         help="on a GPU: each configuration's first measured run under torch.profiler (every thread, "
                         "CPU and CUDA activities and synchronisations, no Python stacks), its chrome trace written to "
@@ -144,7 +147,7 @@ def main() -> None:
     compute = Compute.for_device(args.device)
     target = compute.run(load_model, args.target, "target", device=args.device, dtype=args.dtype)
     draft = compute.run(load_model, args.draft, "draft", device=args.device, dtype=args.dtype)
-    draft_runner = own_draft_runner(compute, draft, args.max_len, max(levels))
+    draft_runner = own_draft_runner(compute, draft, args.max_len, max(levels), compile=not args.no_compile)
     replayed = _Replayed(draft_runner) if args.replay_alpha is not None else None
     drafts = replayed or make_factory(ProposerKind.DRAFT_MODEL, draft_runner)
     profiler = cProfile.Profile() if args.profile else None
@@ -159,7 +162,7 @@ def main() -> None:
                 profiler.disable()
         BatchedRunner._loop = profiled
     engine = InProcessTarget(target, max_len=args.max_len, max_sessions=max(levels), drafts=drafts,
-                             draft_runner=draft_runner, own_draft=True, compute=compute)
+                             draft_runner=draft_runner, own_draft=True, compute=compute, compile=not args.no_compile)
     if args.stream_interval is not None:
         engine.runner.stream_interval = args.stream_interval
     if replayed is not None:

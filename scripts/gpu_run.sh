@@ -159,13 +159,14 @@ U)  # one GPU, issue 17: where a drafted cycle's time goes on the H200's host: t
     # process (random 7B + planted 0.5B own draft, compiled, graphs) at 16 and 64 clients, target-only, K = 2 and adaptive
     # K, under py-spy (the engine thread's samples by what it did: scripts/profile_summary.py). GPU_TESTS: which GPU tests
     # first (a -k expression); EARLY=both: each drafting configuration with the early verify (and draft ahead) on, then
-    # off; EARLY=each: both on, the early verify alone, neither
+    # off; EARLY=each: both on, the early verify alone, neither; EXTRA: more flags, e.g. --no-compile (a cold machine
+    # compiled and captured both models for over 360 s in call ca2, and took no sample)
   timeout ${TESTS_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py -k "${GPU_TESTS:-span}" 2>&1 \
     | tail -60 | tee "$OUT/gpu_tests.txt"
   timeout ${STEPS_TIMEOUT:-420} /tmp/site/bin/py-spy record --nonblocking --threads --idle -r 200 --format raw \
     -o "$OUT/host_profile.txt" -- python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 \
     --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-16,64} --k ${KS:-0,2,a4} --tokens 128 \
-    --repeats ${REPEATS:-2} --early-verify ${EARLY:-default} --log 2>"$OUT/host_time.log" | tee "$OUT/host_time.txt"
+    --repeats ${REPEATS:-2} --early-verify ${EARLY:-default} --log ${EXTRA:-} 2>"$OUT/host_time.log" | tee "$OUT/host_time.txt"
   python3 scripts/profile_summary.py "$OUT/host_profile.txt" --depth 3 --top 40 | tee "$OUT/host_profile_summary.txt" ;;
 V)  # one GPU, issue 17: where the device waits for its host. The GPU tests named by GPU_TESTS (default: the launch
     # that must not wait for the device, and the early verify's), then the engine in process (random 7B + planted 0.5B
