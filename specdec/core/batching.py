@@ -1921,8 +1921,7 @@ class BatchedRunner(ModelRunner):
             self._deliver(r, step.n)
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
-        step_s = ((self._read_at if step.ahead else time.perf_counter()) - began
-                  - (s.drafting_s - step.drafted_before))
+        step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
         if useful and not step.chunk_in:
             self.costs.observe(len(step.requests), step.n, step_s)
         s.count(len(step.requests), step.n)

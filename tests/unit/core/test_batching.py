@@ -409,11 +409,13 @@ def test_new_prompts_run_alone_where_widening_the_step_to_them_costs_more(tiny_p
     runner.stop()
 
 
-def prompts_joining_together(pair, runner, alone_runner, monkeypatch, tokens=(40, 36), hold_steps=None) -> list[int]:
+def prompts_joining_together(pair, runner, alone_runner, monkeypatch, tokens=(40, 36),
+                             hold_steps=None) -> list[tuple[int, bool]]:
     """Two sessions decode (`tokens` new tokens each), then four new prompts join them at once, on `runner`, whose
     cost table is made to say that new prompts are cheaper alone (`_alone`): every output is asserted equal to the
     request decoded alone on `alone_runner`. `hold_steps`: new prompts wait that many steps for company (where steps
-    are short, as a GPU's, the four come in over several). Returns the requests of each chunk forward run."""
+    are short, as a GPU's, the four come in over several). Returns each chunk forward run: (its requests, whether it
+    was read apart from the step ahead)."""
     monkeypatch.setattr(runner.costs, "cost", lambda rows, tokens: 1e-3 * (1 if tokens == 1 else rows * tokens))
     if hold_steps is not None:
         monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", hold_steps)
@@ -421,9 +423,9 @@ def prompts_joining_together(pair, runner, alone_runner, monkeypatch, tokens=(40
     groups = []
     launch_chunks = runner._launch_chunks
 
-    def counted(requests, *args, **kwargs):
-        groups.append(len(requests))
-        return launch_chunks(requests, *args, **kwargs)
+    def counted(requests, read_apart=False):
+        groups.append((len(requests), read_apart))
+        return launch_chunks(requests, read_apart)
 
     monkeypatch.setattr(runner, "_launch_chunks", counted)
     cases = [(pair.encode(p), n) for p, n in zip(PROMPTS, (*tokens, 8, 9, 10, 11))]
@@ -457,9 +459,9 @@ def test_new_prompts_run_alone_together_each_as_decoded_alone(tiny_pair_fp32, mo
     runner = BatchedRunner(pair.target.model, max_len=512, max_sessions=16, gather_s=0.005, prefill_chunk=32)
     try:
         groups = prompts_joining_together(pair, runner, pair.target_runner, monkeypatch)
-        assert any(g >= 2 for g in groups), groups  # prompts ran alone together
+        assert any(n >= 2 for n, _ in groups), groups  # prompts ran alone together
         s = runner.stats
-        assert (s.prefill_chunks, s.prefill_rows, s.chunks_apart) == (len(groups), sum(groups), 0)  # a CPU: in turn
+        assert (s.prefill_chunks, s.prefill_rows, s.chunks_apart) == (len(groups), sum(n for n, _ in groups), 0)  # a CPU: in turn
     finally:
         runner.stop()
 
@@ -470,7 +472,7 @@ def test_new_prompts_run_alone_together_launched_before_the_step_ahead(tiny_pair
     pair, runner = tiny_pair_fp32, looking_ahead
     apart = runner.stats.chunks_apart
     groups = prompts_joining_together(pair, runner, pair.target_runner, monkeypatch)
-    assert any(g >= 2 for g in groups), groups
+    assert any(n >= 2 for n, _ in groups), groups
     assert runner.stats.chunks_apart > apart  # launched before a step launched ahead
 
 
