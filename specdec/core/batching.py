@@ -117,6 +117,8 @@ CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows alway
 JOIN_HOLD_STEPS = 2  # a new prompt that would widen a step of other rows waits at most this many steps for company
 JOIN_GROUP_SHARE = 0.25  # held prompts go in at once when they are this share of the step's other rows
 JOIN_CHUNK_ROWS = 16  # new short prompts run alone together in a chunk graph of up to this many rows (`_alone`)
+JOIN_CHUNK_TOKENS = (9, 17)  # and of a step's width, the narrowest that holds them (the shortest long chunk, 32,
+#                              computed 16 rows x 32 tokens for prompts of 5-9)
 _END = object()  # a driven session's last item: its sequence is done
 Fill = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, tokens) [m] each, on the device
 
@@ -1007,21 +1009,36 @@ class BatchedRunner(ModelRunner):
         rows_rest = max(max((r.index for r in rest), default=-1) + 1, alongside)
         rows = max(rows_rest, max(r.index for r in alone) + 1)
         wide, narrow = self.costs.cost(rows, n), self.costs.cost(rows_rest, w)
-        chunk = self.costs.cost(self._chunk_rows(alone, self._chunk_tokens(n)), n)
+        chunk = self.costs.cost(*self._chunk_computes(alone, n))
         if None in (wide, narrow, chunk):
             return []
         return alone if wide - narrow > chunk + (0.0 if self._reads_apart(alone) else narrow) else []
 
-    def _chunk_rows(self, requests: list[_Request], n: int) -> int:
-        """The rows a chunk forward of `requests` at n tokens a row computes (`_run_chunks`): a chunk graph's rows
-        where there is one, else every slot of their span."""
-        if self._chunk_graph(requests, n) is not None:
-            return len(requests)
-        return self._span_rows(max(r.index for r in requests) + 1 - min(r.index for r in requests))
+    def _chunk_computes(self, requests: list[_Request], longest: int) -> tuple[int, int]:
+        """(rows, tokens a row) a chunk forward of `requests`, the longest of `longest` tokens, computes
+        (`_chunk_form`): a chunk graph's rows where there is one, else every slot of their span."""
+        n, graph = self._chunk_form(requests, longest, 1)
+        if graph is not None:
+            return len(requests), n
+        return self._span_rows(max(r.index for r in requests) + 1 - min(r.index for r in requests)), n
 
-    def _chunk_graph(self, requests: list[_Request], n: int) -> _Graph | None:
-        """The chunk graph that runs `requests` at n tokens a row, at any slots (None: none captured)."""
-        return self._chunk_graphs.get((self._span_rows(len(requests)), n))
+    def _chunk_form(self, requests: list[_Request], longest: int, keep: int) -> tuple[int, _Graph | None]:
+        """(tokens a row, graph) a chunk of `requests` whose longest has `longest` tokens runs as, keeping `keep`
+        logits a row: short ones (new prompts no wider than a step) the narrowest chunk graph of a step's width that
+        holds them, else the chunk graph at the chunk's bucket (`_chunk_tokens`), at any slots; None: an eager
+        forward at that bucket (none captured, or more than one logit kept)."""
+        n = self._chunk_tokens(longest)
+        if keep > 1:
+            return n, None
+        rows = self._span_rows(len(requests))
+        for width in self._short_chunk_widths():
+            if longest <= width and (graph := self._chunk_graphs.get((rows, width))) is not None:
+                return width, graph
+        return n, self._chunk_graphs.get((rows, n))
+
+    def _short_chunk_widths(self) -> list[int]:
+        """The widths chunk graphs of new short prompts are captured at (JOIN_CHUNK_TOKENS, at most a step's)."""
+        return sorted({min(width, self.pad) for width in JOIN_CHUNK_TOKENS})
 
     def _plan_rows(self, early: bool = False) -> None:
         """Ask every driven session that is not in a step yet for its next forward. With a drafter, the blocks
@@ -2003,9 +2020,9 @@ class BatchedRunner(ModelRunner):
         now = time.perf_counter()
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
-        n = self._chunk_tokens(max(len(c) for c in chunks))
-        keep = min(n, max(r.keep if done else 1 for r, done in zip(requests, last)))
-        graph = self._chunk_graph(requests, n) if keep == 1 else None
+        wanted = max(r.keep if done else 1 for r, done in zip(requests, last))
+        n, graph = self._chunk_form(requests, max(len(c) for c in chunks), wanted)
+        keep = min(n, wanted)
         if graph is not None:
             rows, row_of = graph.inputs.ids.shape[0], {id(r): i for i, r in enumerate(requests)}
         else:
@@ -2251,12 +2268,13 @@ class BatchedRunner(ModelRunner):
 
     def _chunk_shapes(self) -> list[tuple[int, int]]:
         """(rows, tokens) of the prompt-chunk graphs: an engine loop runs one long request's chunk a step, or new
-        short prompts together (`_alone`: up to JOIN_CHUNK_ROWS rows, at the shortest chunk), a runner without one
+        short prompts together (`_alone`: up to JOIN_CHUNK_ROWS rows, at JOIN_CHUNK_TOKENS), a runner without one
         every caller's catch-ups at once (`_run_chunks` looks them up by `_span_rows` and `_chunk_tokens`)."""
         lengths = sorted(self._chunk_lengths())
         if self.passive:
             return [(b, n) for b in self._graph_rows() for n in lengths]
-        return [(1, n) for n in lengths] + [(b, lengths[0]) for b in self._graph_rows() if 1 < b <= JOIN_CHUNK_ROWS]
+        return [(1, n) for n in lengths] + [(b, width) for b in self._graph_rows() if b <= JOIN_CHUNK_ROWS
+                                            for width in self._short_chunk_widths()]
 
     def _time_graphs(self, replays: int = 3) -> None:
         """Seed the cost table with each captured step's device time over the whole cache (StepCostTable.seed, a

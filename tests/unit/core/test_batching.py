@@ -836,10 +836,32 @@ def test_every_catch_up_finds_its_chunk_graph(tiny_pair_fp32):
         for rows in range(1, most + 1):
             for left in range(1, 1001):
                 assert (runner._span_rows(rows), runner._chunk_tokens(left)) in shapes, (passive, rows, left)
-        prompts = set() if passive else {(runner._span_rows(rows), runner._chunk_tokens(n))
+        widths = runner._short_chunk_widths()
+        prompts = set() if passive else {(runner._span_rows(rows), min(w for w in widths if w >= n))
                                          for rows in range(1, batching.JOIN_CHUNK_ROWS + 1)
                                          for n in range(1, runner.graph_max_tokens + 1)}
         assert prompts <= shapes and all(b <= most or (b, n) in prompts for b, n in shapes)
+        runner.stop()
+
+
+def test_new_short_prompts_run_as_a_chunk_graph_of_a_step_s_width(tiny_pair_fp32):
+    """New prompts no wider than a step run alone together in the narrowest chunk graph of a step's width that holds
+    them (JOIN_CHUNK_TOKENS), not at the shortest long chunk (32 tokens: 16 rows of prompts of 5-9 tokens computed
+    three times what they need); longer ones, and a chunk that keeps more than one logit, as before."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=1000, max_sessions=48, prefill_chunk=512)
+    try:
+        runner.bucket_chunks = True  # as on a GPU, with every chunk graph "captured"
+        runner._chunk_graphs = {shape: object() for shape in runner._chunk_shapes()}
+        requests = [_Request(i, 0, [5] * 9, 1, True) for i in range(3)]  # three new prompts at slots 0-2
+        assert runner._short_chunk_widths() == [9, 17] and runner.graph_max_tokens == 17
+        for longest, width in ((1, 9), (5, 9), (9, 9), (10, 17), (17, 17)):
+            assert runner._chunk_form(requests, longest, 1) == (width, runner._chunk_graphs[(4, width)])
+            assert runner._chunk_computes(requests, longest) == (3, width)
+        assert runner._chunk_form(requests, 9, 2) == (32, None)  # more than one logit kept: eager
+        assert runner._chunk_form(requests, 20, 1) == (32, None)  # a long prompt's chunk: one a step, eager for three
+        assert runner._chunk_form(requests[:1], 20, 1) == (32, runner._chunk_graphs[(1, 32)])
+        assert runner._chunk_computes(requests, 20) == (4, 32)  # eager: every slot of their span (bucketed)
+    finally:
         runner.stop()
 
 
