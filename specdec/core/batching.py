@@ -24,8 +24,9 @@ others' next token by at most one chunk's forward. Short prompts go in the step,
 the widest, unless the cost table says one chunk of the new ones alone is cheaper (`_alone`: at many rows on a
 GPU). On CUDA a chunk (new prompts, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket),
 whose rows are any slots: it writes their new entries in place and attends over a copy of their rows of the cache.
-An engine loop runs one chunk a step: one row of each chunk bucket, and up to JOIN_CHUNK_ROWS rows of the shortest
-(new short prompts together; launched before a step launched ahead and read apart from it, `_launch_chunks`); a
+An engine loop runs one chunk a step: one row of each chunk bucket, and up to JOIN_CHUNK_ROWS rows at a step's widths
+(JOIN_CHUNK_TOKENS: new short prompts together; launched before a step launched ahead and read apart from it,
+`_launch_chunks`); a
 runner without one (a target's own draft) is handed every session's catch-up at once and captures every row bucket,
 one replay per chunk length. An eager chunk's forward
 is bound by the host's work (per layer, the compiled code's guards and launches), which a busy process's other
