@@ -18,10 +18,19 @@ if ls compile_cache/inductor_"$GPU_NAME".tgz.* >/dev/null 2>&1; then
 fi
 save_cache() {  # at most two parts (30 MiB) come back
   [ -d "$INDUCTOR" ] || return 0
+  rm -f "$OUT/inductor_$GPU_NAME.tgz."*
   tar -czf /tmp/inductor.tgz -C "$INDUCTOR" . 2>/dev/null || return 0
   if [ "$(stat -c %s /tmp/inductor.tgz)" -le 31457280 ]; then split -b 15M -d /tmp/inductor.tgz "$OUT/inductor_$GPU_NAME.tgz."
   else echo "compile cache: $(du -h /tmp/inductor.tgz | cut -f1) is over 30 MiB, not kept"; fi
 }
+# A call cut by its limit never reaches the save at the end (sc3 lost a 0.5B compile that way), so the cache is
+# also saved CACHE_AT seconds in (default 560, before the usual 600 s limit; 0: only at the end). Its output goes to
+# /dev/null so that no open descriptor holds the call after the script ends.
+EARLY_SAVE=
+if [ "${CACHE_AT:-560}" -gt 0 ]; then
+  (exec >/dev/null 2>&1; trap 'kill $S; exit' TERM; sleep "${CACHE_AT:-560}" & S=$!; wait $S && save_cache) &
+  EARLY_SAVE=$!
+fi
 bench() {  # name, extra args
   local name=$1; shift
   timeout ${BENCH_TIMEOUT:-170} python3 -m specdec bench --device cuda:0 --dtype bfloat16 --num-prompts 3 \
@@ -223,4 +232,5 @@ P)  # one GPU: GPU tests (branch graphs included) and the cost of a pre-drafting
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.txt"
   timeout 200 python3 scripts/gpu_steps.py qwen2.5-0.5b qwen2.5-32b 2>&1 | grep -v Warning | tee "$OUT/steps.txt" ;;
 esac
+[ -z "$EARLY_SAVE" ] || { kill "$EARLY_SAVE"; wait "$EARLY_SAVE"; } 2>/dev/null
 save_cache
