@@ -211,11 +211,11 @@ X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_st
 H)  # one GPU, issue 17: the engine's host time per step in process (scripts/engine_host_time.py, random 7B + planted
     # 0.5B own draft, uncompiled: a cold machine starts in about a minute) of a base tree and of this one, side by side,
     # base first (make and carry base_tree.tgz as for PART=Z); LEVELS clients (default 64) at KS (default 0,2,3),
-    # REPEATS each (default 2); ALPHA: a replayed draft at that acceptance (as the services' sweeps run it); GPU_TESTS=
-    # "-k EXPR": those GPU tests first, on this tree
+    # REPEATS each (default 2); ALPHA: a replayed draft at that acceptance (as the services' sweeps run it); GPU_TESTS:
+    # the GPU tests of this -k expression first, on this tree
   mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
   if [ -n "${GPU_TESTS:-}" ]; then
-    timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 \
+    timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py -k "$GPU_TESTS" 2>&1 \
       | grep -v -i "warn" | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
   for B in base this; do
