@@ -208,7 +208,7 @@ X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_st
     SEQUENCE=${SEQUENCE:-40} timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_profile_step.py random:$M $R 1 2>&1 \
       | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/kernels_${M}_$R.txt"
   done; done ;;
-H)  # one GPU, issue 17: the engine's host time per step in process (scripts/engine_host_time.py, random 7B + planted
+O)  # one GPU, issue 17: the engine's host time per step in process (scripts/engine_host_time.py, random 7B + planted
     # 0.5B own draft, uncompiled: a cold machine starts in about a minute) of a base tree and of this one, side by side,
     # base first (make and carry base_tree.tgz as for PART=Z); LEVELS clients (default 64) at KS (default 0,2,3),
     # REPEATS each (default 2); ALPHA: a replayed draft at that acceptance (as the services' sweeps run it); GPU_TESTS:
