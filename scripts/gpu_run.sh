@@ -208,6 +208,23 @@ X)  # one GPU, issue 17: a graph step's kernels in order (scripts/gpu_profile_st
     SEQUENCE=${SEQUENCE:-40} timeout ${STEPS_TIMEOUT:-200} python3 scripts/gpu_profile_step.py random:$M $R 1 2>&1 \
       | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/kernels_${M}_$R.txt"
   done; done ;;
+O)  # one GPU, issue 17: the engine's host time per step in process (scripts/engine_host_time.py, random 7B + planted
+    # 0.5B own draft, uncompiled: a cold machine starts in about a minute) of a base tree and of this one, side by side,
+    # base first (make and carry base_tree.tgz as for PART=Z); LEVELS clients (default 64) at KS (default 0,2,3),
+    # REPEATS each (default 2); ALPHA: a replayed draft at that acceptance (as the services' sweeps run it); GPU_TESTS:
+    # the GPU tests of this -k expression first, on this tree
+  mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
+  if [ -n "${GPU_TESTS:-}" ]; then
+    timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py -k "$GPU_TESTS" 2>&1 \
+      | grep -v -i "warn" | tail -15 | tee "$OUT/gpu_tests.txt"
+  fi
+  for B in base this; do
+    ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
+    PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-200} python3 scripts/engine_host_time.py --device cuda:0 \
+      --dtype bfloat16 --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-64} --k ${KS:-0,2,3} \
+      --tokens 128 --repeats ${REPEATS:-2} --no-compile --log ${ALPHA:+--replay-alpha $ALPHA} \
+      2>"$OUT/host_time_$B.log" | tee "$OUT/host_time_$B.txt"
+  done ;;
 Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, captured steps at a short and a long
     # context, and a logits fingerprint) of this tree and of a base tree side by side, base first. Make the base here:
     # `git archive REV specdec draft_service target_service orchestrator | gzip > base_tree.tgz`, and carry it

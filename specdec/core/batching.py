@@ -292,9 +292,9 @@ class _Chain:
 
 @dataclass(eq=False)
 class _Ahead:
-    """The first step of drafting rows' next chains, launched from a verify's outcome on the device before the host
-    read it (`launch_ahead`): a chain takes its values as its first step's where it begins exactly as the host, once it
-    read the verify, expects (`expect_ahead`), in a slot nothing else wrote to or closed since (`_taken_ahead`)."""
+    """The first steps of drafting rows' next chains, launched from a verify's outcome on the device before the host
+    read it (`launch_ahead`): a chain takes their values as its first steps' where it begins exactly as the host, once
+    it read the verify, expects (`expect_ahead`), in a slot nothing else wrote to or closed since (`_taken_ahead`)."""
 
     read: Callable[[torch.Tensor], torch.Tensor] | None  # the group read its greedy rows' values are
     rows: dict[int, int]  # draft slot -> its row in `values`
@@ -308,6 +308,8 @@ class _Ahead:
     picks: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # the sampled rows' values [s, 2]
     #                                              (token, found), their q [s, V'] and logits [s, V] (`_draw_chained`)
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
+    later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
+    #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
 
 
 class StepDrafter(Protocol):
@@ -1142,8 +1144,10 @@ class BatchedRunner(ModelRunner):
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
         first step from the step's outcome on the device (`launch_ahead`: a greedy row's from its argmax, a sampled
-        row's from `verify.outcomes_on_device`), so the draft computes while the host reads, verifies, completes and
-        plans; with them, the catch-up of each new session whose prompt step this is (`Driven.draft_join`).
+        row's from `verify.outcomes_on_device`), and a greedy row's further steps, as many as it drafted this time, so
+        the draft computes while the host reads, verifies, completes and plans (at many rows that host work is longer
+        than a draft step); with them, the catch-up of each new session whose prompt step this is
+        (`Driven.draft_join`).
         Returns the rows it was launched for."""
         rows = [r for r in step.requests if not r.void and r.drafted is not None and r.drafted.ahead is not None
                 and r.keep - 1 == r.drafted.steps]
@@ -1166,7 +1170,8 @@ class BatchedRunner(ModelRunner):
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
                                  for r in greedy], rows[0].drafted.tokens, step.top, read,
-                                [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled))
+                                [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
+                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
@@ -1520,10 +1525,10 @@ class BatchedRunner(ModelRunner):
         step costs its forward, not a trip through the host. A sampled chain whose token the device could not draw
         exactly goes on a step at a time from there (`_chain_pass`).
         Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
-        step is the one launched ahead from the verify's argmax where it stands for that chain (`_taken_ahead`): the
+        steps are those launched ahead from the verify's argmax where they stand for that chain (`_taken_ahead`): the
         others run theirs in a forward of their rows alone."""
         try:
-            first = self._taken_ahead(requests)  # the chains whose first step's values are in already, and those
+            first = self._taken_ahead(requests)  # per step, the chains whose values of it are in already
             left = requests
             tell = True  # chains whose caller wants them are told of the first pass's tokens
             while left:
@@ -1536,8 +1541,8 @@ class BatchedRunner(ModelRunner):
         for r in requests:
             r.done.set()
 
-    def _chain_pass(self, requests: list[_Request], first: list[tuple[list[_Request], torch.Tensor, object]] | None,
-                    tell: bool) -> list[_Request]:
+    def _chain_pass(self, requests: list[_Request],
+                    first: list[list[tuple[list[_Request], torch.Tensor, object]]] | None, tell: bool) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
         device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
@@ -1554,14 +1559,14 @@ class BatchedRunner(ModelRunner):
         stepwise: list[tuple[_Request, int, torch.Tensor]] = []  # (request, position, its logits [V]) drawn on the host
         live, step, launched = requests, 0, time.perf_counter()
         timed = []  # per step run here: (its rows, a mark before it, a mark after it)
-        in_already = first or []  # groups whose first step's values are in already (`_taken_ahead`)
+        first = first or []  # per step, groups whose values of it are in already (`_taken_ahead`)
         while live:
             with self._turn(), torch.inference_mode():
+                in_already = first[step] if step < len(first) else []
                 groups = [(members, self._on_device([r.index for r in members]), values, extra)
                           for members, values, extra in in_already]
                 taken = {r for members, _, _ in in_already for r in members}
                 run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
-                in_already = []
                 if run:
                     ids, positions, reach = self._inputs(run)
                     before = self._mark()
@@ -1693,9 +1698,10 @@ class BatchedRunner(ModelRunner):
         read_back = OnTheWay(values, self._chain_reads)
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
-            read = r.chain.group.read if r.chain.group is not None else None
+            group = r.chain.group
             by_call.setdefault(id(r.chain.launched), (r.chain.launched, {}))[1][r.chain.index] = Drafted(
-                drafted, r.index, r.chain.steps, r.chain.picks, r.chain.fed, self, read, r.chain.sampled)
+                drafted, r.index, r.chain.steps, r.chain.picks, r.chain.fed, self, group.read if group else None,
+                r.chain.sampled, group.known if group else None)
         for call, chains in by_call.values():
             try:
                 call(chains)
@@ -1705,7 +1711,8 @@ class BatchedRunner(ModelRunner):
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
-                     joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None) -> None:
+                     joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None,
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
@@ -1718,10 +1725,15 @@ class BatchedRunner(ModelRunner):
         `joins`: (a new session's draft, its prompt step's row in `top`, that row's kept column): the same step
         forwards its prompt and the token the target drew after it, from position 0, and reads its chain's first step
         there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt wider than a graph step
-        (every row is padded to a join's width) catches up on its own."""
+        (every row is padded to a join's width) catches up on its own.
+        `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
+        from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
+        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
-        rows = [r for r in rows if continues(*r[:3])]
+        chained = [(r, n, f) for r, n, f in zip(rows, steps or [1] * len(rows), known or [None] * len(rows))
+                   if continues(*r[:3])]
+        rows = [r for r, _, _ in chained]
         drawn = [i for i, r in enumerate(sampled.rows) if continues(*r)] if sampled is not None else []
         joins = [j for j in joins if len(j[0].ids) < min(self.graph_max_tokens, self.max_len)]
         if not rows and not drawn and not joins:
@@ -1779,13 +1791,57 @@ class BatchedRunner(ModelRunner):
             if drawn:
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
-        self.stats.count(len(launched), n)
-        self.stats.ahead += len(rows) + len(drawn)
+            self.stats.count(len(launched), n)
+            later = (self._launch_later([(r, n, f) for r, n, f in chained], *outcomes[0][1:5], values[:len(rows), 0],
+                                        read) if rows and values is not None else [])
+        self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
-                             picks=picks, guesses=sampled.outcomes if sampled is not None else None)
+                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
+
+    def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
+                      slot: torch.Tensor, at: torch.Tensor, k: torch.Tensor, accepted: torch.Tensor,
+                      token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
+        """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
+        row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
+        [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
+        the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
+        max_len. `slot`, `at` (L), `k`, `accepted` [m]: the rows' first step's. -> per step from the second: (draft
+        slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
+        most = max(n for _, n, _ in rows)
+        if most < 2:
+            return []
+        knows = [i for i, (_, _, f) in enumerate(rows) if f is not None]
+        if knows:  # [m, K + steps]: the token a replayed draft drafts at L + j, read from the table by the device
+            width = max(spec[2] + n for spec, n, _ in rows)
+            table = self._on_device([[f(spec[1] + j) for j in range(width)] if f is not None else [0] * width
+                                     for spec, _, f in rows])
+            replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
+        later = []
+        for s in range(1, most):
+            live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
+            if not live:
+                break
+            if knows:
+                token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
+                                    token)
+            index = self._on_device(live)  # [m']
+            n_rows, _ = self.step_shape(max(rows[i][0][0] for i in live) + 1, 1)
+            ids = torch.zeros((n_rows, 1), dtype=torch.long, device=self.device)
+            positions = torch.full((n_rows, 1), self.max_len, dtype=torch.long, device=self.device)  # dummy rows
+            ids[slot[index], 0] = token[index]
+            positions[slot[index], 0] = at[index] + accepted[index] + s
+            reach = max(rows[i][0][1] + rows[i][0][2] + s + 1 for i in live)
+            logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
+            values = read(logits[slot[index], 0].float())  # [m', values]
+            token = token.clone()
+            token[index] = values[:, 0]
+            later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
+            self.stats.count(len(live), 1)
+        return later
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -1831,19 +1887,21 @@ class BatchedRunner(ModelRunner):
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
-    def _taken_ahead(self, requests: list[_Request]) -> list[tuple[list[_Request], torch.Tensor, object]]:
-        """The chains whose first step's values they have already, in groups as a step's (members, values [members, m]
-        in their order, a sampled group's (q, logits) or None): from a chain's catch-up (`_Chain.first`: a new
-        session's, or one resumed after a pause), or from the step launched ahead, where its chain begins as expected,
-        in a slot nothing else wrote to or closed since, drawn by the same read (a sampled chain's: for the same chain).
-        The others (one whose verify took another turn) run their first step themselves, over whatever the step
-        launched ahead wrote (entries the committed sequence has)."""
+    def _taken_ahead(self, requests: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor, object]]]:
+        """Per step from the first, the chains whose values of that step they have already, in groups as a step's
+        (members, values [members, m] in their order, a sampled group's (q, logits) or None): the first step's from a
+        chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
+        ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
+        read (a sampled chain's: for the same chain); the later steps' launched ahead (`_launch_later`), for the chains
+        that took the first and reach them. The others (one whose verify took another turn) run their steps
+        themselves, over whatever the steps launched ahead wrote (the first: entries the committed sequence has; the
+        later: entries past it, which their own steps write again)."""
         ahead, self._ahead = self._ahead, None
 
         def stands(r: _Request) -> bool:
             return (ahead.expected.get(r.index) == (r.start, r.ids) and r.index not in ahead.touched
                     and self._closes[r.index] == ahead.closes[r.index])
-        groups = []
+        groups, later = [], []
         grouped = [r for r in requests if r.chain.group is not None]
         if grouped:
             read = ahead.read if ahead is not None and ahead.read is not None else grouped[0].chain.group.read
@@ -1856,6 +1914,7 @@ class BatchedRunner(ModelRunner):
             if taken:
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
                                                    for r in taken]), None))
+            later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
         if drawn:
@@ -1863,7 +1922,20 @@ class BatchedRunner(ModelRunner):
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
             groups.append((drawn, values[index], (q[index], logits[index])))
-        return groups
+        return [groups, *later]
+
+    def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor,
+                                                                                  None]]]:
+        """The later steps launched ahead (`_Ahead.later`) that `chains` (those that took their first step from it) take:
+        per step, as one group, those whose chain reaches that step and that took every step before it."""
+        steps = []
+        for where, values in ahead.later if chains else ():
+            chains = [r for r in chains if r.index in where and r.chain.steps - len(r.chain.picks) > len(steps) + 1]
+            if not chains:
+                break
+            self.stats.ahead_kept += len(chains)
+            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
+        return steps
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

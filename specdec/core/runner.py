@@ -170,12 +170,13 @@ class SampledAhead(NamedTuple):
 
 
 class DraftsAhead(Protocol):
-    """A draft runner that can launch its rows' next chains' first step from a verify's outcome on the device (a
+    """A draft runner that can launch its rows' next chains' first steps from a verify's outcome on the device (a
     greedy verify's argmax, a sampled one's `SampledAhead`), before the host has read it (core.batching.BatchedRunner)."""
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
-                     joins: Sequence[tuple["DraftJoin", int, int]] = (), sampled: SampledAhead | None = None) -> None: ...
+                     joins: Sequence[tuple["DraftJoin", int, int]] = (), sampled: SampledAhead | None = None,
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None: ...
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None: ...
 
@@ -185,8 +186,8 @@ class Drafted(NamedTuple):
     row `row` of `tokens` [rows, steps], its first `steps` columns; `picks` (the chain's, a list) holds its picks
     once the host has read them, and `fed` (a list) those tokens as the device drew them, up to the first the host
     drew otherwise (a sampled step whose nucleus the device did not find). `ahead`: its runner, where it can launch
-    the row's next chain's first step from the verify's outcome on the device (`read`: its group's; a sampled
-    chain's: `sampled`)."""
+    the row's next chain's first steps from the verify's outcome on the device (`read`: its group's, `known` too where
+    a replayed draft knows its tokens; a sampled chain's: `sampled`)."""
 
     tokens: torch.Tensor
     row: int
@@ -196,6 +197,7 @@ class Drafted(NamedTuple):
     ahead: DraftsAhead | None = None
     read: Callable[[torch.Tensor], torch.Tensor] | None = None
     sampled: Sampled | None = None  # a sampled chain's (`read` None): its next chain's first pick is drawn so
+    known: Callable[[int], int] | None = None  # its group's `Grouped.known`
 
 
 class DraftJoin(NamedTuple):

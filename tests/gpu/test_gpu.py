@@ -281,9 +281,10 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
 
 def test_the_engine_launches_steps_without_waiting_for_the_device(gpu_engine):
     """Every host value a launch copies to the device goes through pinned memory (`BatchedRunner._on_device`): with
-    about a second of work queued on the stream, launching a step of prompts and then the next chains' first draft
-    step from its argmax (a new session's catch-up with them) returns while that work still runs. A copy from pageable
-    memory may make the host wait for it, and then the device idles while the host builds the next launch."""
+    about a second of work queued on the stream, launching a step of prompts and then the next chains' first three
+    draft steps from its argmax (the later ones fed a replayed draft's known tokens; a new session's catch-up with
+    them) returns while that work still runs. A copy from pageable memory may make the host wait for it, and then the
+    device idles while the host builds the next launch."""
     from specdec.core.batching import BatchedRunner, _Request
     from specdec.core.runner import DraftJoin
 
@@ -296,7 +297,7 @@ def test_the_engine_launches_steps_without_waiting_for_the_device(gpu_engine):
         step = runner._launch([_Request(s.index, 0, [1, 2, 3], 1, True) for s in slots[:2]])
         runner._chain_ends = {slots[0].index: 2}  # a chain of K = 1 drafted from position 2 ended at 2
         runner.launch_ahead([(slots[0].index, 2, 1, slots[0].index, 2)], drafted, step.top, join.read,
-                            [(join, slots[1].index, 2)])
+                            [(join, slots[1].index, 2)], steps=[3], known=[lambda position: 9])
 
     try:
         launch_both()  # first: pinned buffers allocated (cudaHostAlloc), kept by the caching allocator for reuse
@@ -307,7 +308,7 @@ def test_the_engine_launches_steps_without_waiting_for_the_device(gpu_engine):
         launch_both()
         assert not queued.query(), "a launch waited for the work queued before it"
         torch.cuda.synchronize()
-        assert runner.stats.ahead == 2 and runner.stats.joins == 2
+        assert runner.stats.ahead == 2 * 3 and runner.stats.joins == 2
     finally:
         for s in slots:
             runner.close(s)

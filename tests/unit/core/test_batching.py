@@ -953,23 +953,24 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     """A drafting phase takes the step launched ahead as a chain's first only where that chain begins as the host
     expected, in a slot no other forward wrote to and no session closed since, drawn by the same read: otherwise the
     step's values stand for another sequence than the chain's, and that chain runs its first step itself (the others
-    still take theirs)."""
+    still take theirs). The later steps launched ahead stand for the chains that took the first and reach them."""
     from specdec.core.batching import _Ahead, _Chain, _Request
     from specdec.proposers.draft_model import GREEDY
 
     runner = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
     values = torch.arange(6).view(2, 3)  # [rows, m]: slot 2's row, then slot 0's
 
-    def take(requests, touched=(), read=GREEDY.read, closes=None):
+    def take(requests, touched=(), read=GREEDY.read, closes=None, later=()):
         runner._ahead = _Ahead(read, {2: 0, 0: 1}, closes or {2: runner._closes[2], 0: runner._closes[0]}, values,
-                               {2: (10, [7]), 0: (20, [8, 9])}, set(touched))
-        return taken(runner._taken_ahead(requests))
+                               {2: (10, [7]), 0: (20, [8, 9])}, set(touched), later=list(later))
+        first, *steps = runner._taken_ahead(requests)
+        return taken(first) if not later else [taken(step) for step in steps]
 
     def taken(groups):  # -> {slot: its first step's values}
         return {r.index: v for chains, got, _ in groups for r, v in zip(chains, got.tolist())}
 
-    def chains(*rows):
-        return [_Request(slot, start, ids, 1, False, chain=_Chain(2, None, GREEDY)) for slot, start, ids in rows]
+    def chains(*rows, steps=2):
+        return [_Request(slot, start, ids, 1, False, chain=_Chain(steps, None, GREEDY)) for slot, start, ids in rows]
 
     assert take(chains((0, 20, [8, 9]), (2, 10, [7]))) == {0: [3, 4, 5], 2: [0, 1, 2]}
     assert take(chains((2, 10, [7]))) == {2: [0, 1, 2]}  # a row with no chain this phase is left out
@@ -986,4 +987,12 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     assert take(joining) == {0: [3, 4, 5], 1: [10, 11, 12]}
     assert take(joining, touched=[0]) == {1: [10, 11, 12]}  # the other's chain runs its first step itself
     runner._ahead = None
-    assert taken(runner._taken_ahead(joining[1:])) == {1: [10, 11, 12]}  # nothing launched ahead: its own alone
+    assert taken(runner._taken_ahead(joining[1:])[0]) == {1: [10, 11, 12]}  # nothing launched ahead: its own alone
+    # the chains' later steps launched ahead: taken by those that took the first from ahead and reach them
+    later = [({0: 0, 2: 1}, torch.arange(6, 12).view(2, 3)), ({0: 0}, torch.arange(12, 15).view(1, 3))]
+    assert take(chains((0, 20, [8, 9]), (2, 10, [7]), steps=3), later=later) == [{0: [6, 7, 8], 2: [9, 10, 11]},
+                                                                                 {0: [12, 13, 14]}]
+    assert take(chains((0, 20, [8, 9]), (2, 10, [7])), later=later) == [{0: [6, 7, 8], 2: [9, 10, 11]}]  # 2 steps
+    assert take(chains((0, 20, [8, 9]), (2, 11, [7]), steps=3), later=later) == [{0: [6, 7, 8]}, {0: [12, 13, 14]}]
+    assert take(chains((0, 20, [8, 9]), steps=1), later=later) == []  # a chain of one step
+    assert take(joining, later=later) == [{0: [6, 7, 8]}]  # a catch-up's first step is not the one launched ahead

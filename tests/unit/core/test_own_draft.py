@@ -2,6 +2,7 @@
 Outputs equal target-only decoding (greedy) and the same request drafted by a separate draft (seeded sampling);
 the drafting is batched; a failing draft leaves the sessions decoding alone, output unchanged."""
 
+import collections
 import logging
 import re
 import threading
@@ -22,7 +23,7 @@ from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
 from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
-from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayRates
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
 
@@ -128,18 +129,28 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
 
-def test_a_draft_step_launched_from_the_verify_s_argmax_drafts_what_the_host_would(tiny_pair_fp32, engine):
+def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would(tiny_pair_fp32, engine, monkeypatch):
     """Before the host reads a verify, the draft runner launches each row's next chain's first step from the verify's
-    argmax on the device (its accepted drafts and bonus token worked out there); a chain that begins as the host then
-    expects takes it as its first step. A wrong token there would not change the output (the verify catches it) but
-    the drafts: each block drafts and accepts what the same request's does alone, drafting block by block."""
+    argmax on the device (its accepted drafts and bonus token worked out there), and its later steps, as many as the
+    row drafted, each from the token the one before drafted; a chain that begins as the host then expects takes them
+    as its first steps. A wrong token there would not change the output (the verify catches it) but the drafts: each
+    block drafts and accepts what the same request's does alone, drafting block by block; chains of 3 and 4 drafts
+    took their third and fourth steps from ahead."""
     pair, (_, draft) = tiny_pair_fp32, engine
     cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
     alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
-    launched, kept = draft.stats.ahead, draft.stats.ahead_kept
+    launched, kept, taken = draft.stats.ahead, draft.stats.ahead_kept, collections.Counter()
+    taken_later = draft._taken_later
+
+    def counting(ahead, chains):
+        steps = taken_later(ahead, chains)
+        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
+        return steps
+    monkeypatch.setattr(draft, "_taken_later", counting)
     drafts_as_alone(staggered(pair, engine, cases, 0.0), alone)
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
+    assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -221,9 +232,9 @@ def test_a_draft_step_launched_ahead_that_a_chain_does_not_begin_with_is_dropped
     pair, (target, draft) = tiny_pair_fp32, engine
     launch, expect, launches = BatchedRunner.launch_ahead, BatchedRunner.expect_ahead, []
 
-    def counted(self, *args):
+    def counted(self, *args, **kwargs):
         launches.append(args)
-        launch(self, *args)
+        launch(self, *args, **kwargs)
 
     def every_other(self, *args):
         if len(launches) % 2:
@@ -681,6 +692,46 @@ def test_sampled_drafts_chained_on_the_device_propose_what_each_proposes_alone(t
     finally:
         for p in proposers + alone:
             p.close()
+
+
+def test_a_replayed_draft_s_steps_launched_ahead_feed_the_tokens_it_replays(tiny_pair_fp32, monkeypatch):
+    """As a benchmark's replayed own draft runs: a chain's later steps launched ahead feed the token the draft replays
+    at each position (known before its logits, picked on the device by how many drafts the verify accepted), not its
+    argmax. The output is target-only's, chains took later steps from ahead, and when each session ends its draft's
+    cache holds what its slot says: its next logits equal a fresh forward's of the same tokens."""
+    pair = tiny_pair_fp32
+    cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[4:7], (2, 3, 4))]
+    outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+               for ids, n, _ in cases]
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=4, gather_s=0.005, prefill_chunk=32,
+                           early_verify=True)
+    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
+    target.drafter = own_drafts(ReplayFactory(draft, ReplayBook([(ids, out) for (ids, _, _), out in zip(cases, outputs)]),
+                                              ReplayRates(alpha=0.6)))
+    taken, differences, close, taken_later = collections.Counter(), [], ReplayProposer.close, draft._taken_later
+
+    def counting(ahead, chains):
+        steps = taken_later(ahead, chains)
+        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
+        return steps
+
+    def checked(self):
+        tokens = [*self.slot.tokens, 0]
+        fresh = pair.draft_runner.open()
+        try:
+            differences.append((draft.extend(self.slot, tokens) - pair.draft_runner.extend(fresh, tokens)).abs().max())
+        finally:
+            pair.draft_runner.close(fresh)
+        close(self)
+    monkeypatch.setattr(draft, "_taken_later", counting)
+    monkeypatch.setattr(ReplayProposer, "close", checked)
+    try:
+        got = concurrently([lambda c=c: own_decode(pair, (target, draft), *c)[0] for c in cases])
+    finally:
+        target.stop()
+    assert got == outputs
+    assert taken[2] > 0 and taken[3] > 0, taken
+    assert len(differences) == len(cases) and max(differences) < 1e-4, differences
 
 
 def test_a_chained_replayed_draft_feeds_the_tokens_it_replays(tiny_pair_fp32, engine):
