@@ -826,14 +826,14 @@ class BatchedRunner(ModelRunner):
         return replace(s, rows_seen={})
 
     def _ahead_report(self) -> str:
-        """How many rows' first draft steps were launched from a verify's argmax since the last report, and taken by
-        their chains (a chain that does not take it, e.g. beside a session catching up, runs its first step again)."""
+        """How many rows of draft steps were launched from a verify's outcome since the last report (each chain's first
+        step and its later ones), and taken by their chains (a chain that does not take one runs that step again)."""
         if self._ahead_runner is None:
             return ""
         d = self._ahead_runner.stats
         (launched, taken, joins, joined), self._ahead_mark = self._ahead_mark, (d.ahead, d.ahead_kept, d.joins,
                                                                                  d.joins_kept)
-        return (f"; first draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}; "
+        return (f"; draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}; "
                 f"new sessions' catch-ups launched with them {d.joins - joins}, taken {d.joins_kept - joined}")
 
     def _loop(self) -> None:

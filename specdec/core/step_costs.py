@@ -159,8 +159,9 @@ class StepStats:
     guesses_kept: int = 0  # of which their session's plan confirmed
     early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
     early_kept: int = 0  # of which their session's plan confirmed
-    ahead: int = 0  # a draft runner's rows whose chain's first step was launched from a verify's argmax (launch_ahead)
-    ahead_kept: int = 0  # of which a chain took as its first step
+    ahead: int = 0  # a draft runner's rows of chain steps launched from a verify's outcome (launch_ahead: each
+    #                 row's first step, and its later ones)
+    ahead_kept: int = 0  # of which a chain took as its own step
     joins: int = 0  # new sessions' draft catch-ups launched in such a step (launch_ahead's `joins`)
     joins_kept: int = 0  # of which their first drafting phase took (joined_ahead)
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
