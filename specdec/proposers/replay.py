@@ -46,6 +46,8 @@ class ReplayProposer(ModelDrafting):
         self.runner_up = runner_up
         self.reference: list[int] | None = None  # prompt + the target's greedy output, once the prompt is seen
         self._agreed = 0  # the committed tokens checked against the reference so far (-1: they left it)
+        self._by_position: dict[int, tuple[int, int]] = {}  # `_replayed`'s answers: each position is asked for
+        #                                 several times (a chain's feed, its pick, a chain's steps launched ahead)
         self.slot = runner.open()
         self.group = Grouped(argmax_rows, self._pick, self._token)
 
@@ -87,11 +89,16 @@ class ReplayProposer(ModelDrafting):
 
     def _replayed(self, position: int) -> tuple[int, int]:
         """(proposed token, runner-up) at `position`."""
-        right = self.reference[position] if position < len(self.reference) else 0
-        wrong = [(right + i) % self.runner.vocab_size for i in (1, 2)]
-        if uniform(self.seed, position, Stream.DRAFT) < self.alpha:
-            return right, wrong[0]
-        return wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
+        replayed = self._by_position.get(position)
+        if replayed is None:
+            right = self.reference[position] if position < len(self.reference) else 0
+            wrong = [(right + i) % self.runner.vocab_size for i in (1, 2)]
+            if uniform(self.seed, position, Stream.DRAFT) < self.alpha:
+                replayed = right, wrong[0]
+            else:
+                replayed = wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
+            self._by_position[position] = replayed
+        return replayed
 
     def prefill(self, prompt: Sequence[int]) -> None:
         self._find(prompt)  # an unknown prompt is refused here, when its session starts
