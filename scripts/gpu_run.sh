@@ -124,7 +124,10 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # point measured ~3 s, mostly ramp and tail); EXTRA: more bench flags, e.g. --no-compile; BOUNDS_OF=FILE: no
     # mode, FILE's points (a sweep of the same settings cut before its bounds, carried in the tree) get their
     # exactness check and bounds: `bench --bounds-only`); TREES="base this": each sweep first on a base tree (as for
-    # PART=Z: carry base_tree.tgz), then on this one, side by side (files named ..._base, ..._this)
+    # PART=Z: carry base_tree.tgz), then on this one, side by side (files named ..._base, ..._this); REPLAY=FILE: the
+    # target's continuations kept there (`bench --replay-references`): a call with target-only writes them (give
+    # $OUT/replay.jsonl to bring them back), a later one carries them (in compile_cache/, gitignored) and runs
+    # MODES=services-own-draft alone, where one call is too short for both deployments' compile and capture
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
@@ -138,6 +141,7 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
       --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
       --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" ${FIXED_K:-} ${EXTRA:-} \
+      ${REPLAY:+--replay-references $REPLAY} \
       2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt")
   done; done; done; done ;;
 Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice

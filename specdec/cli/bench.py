@@ -47,6 +47,11 @@ def add_parser(sub) -> None:
                        help="replayed acceptance: the draft runs for real but proposes the target's greedy token "
                             "with this probability (random-weight systems benchmarks; in process and, through "
                             "serve draft --replay-references, in the services)")
+    bench.add_argument("--replay-references", default=None, metavar="FILE",
+                       help="with --concurrency and --replay-alpha: keep the target's continuations in FILE (JSON "
+                            "lines, as serve draft --replay-references reads them): target-only mode writes it, the "
+                            "services' drafts replay it, so a later sweep of drafting services alone (no target-only "
+                            "mode: a device call too short for both) replays what this one recorded")
     bench.add_argument("--replay-runner-up", type=float, default=0.49,
                        help="replayed acceptance: where the draft's top token is wrong, its runner-up is right with "
                             "this probability (default 0.49: Qwen2.5-Coder 0.5B vs 1.5B on HumanEval, measured with "
@@ -114,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
                                          "--adaptive-k)")
     if args.bounds_only:
         raise InvalidArgument("bounds-only", "only with --concurrency (a sweep's points have bounds)")
+    if args.replay_references is not None:
+        raise InvalidArgument("replay-references", "only with --concurrency (one-request modes record the target's "
+                                                   "continuations in each run)")
     if sampling_of(args) != SamplingParams(seed=0):  # add_sampling_flags' defaults, with the bench's seed
         raise InvalidArgument("temperature", "sampling flags only with --concurrency (one-request modes decode "
                                              "greedily, each output checked against target-only's)")
@@ -140,6 +148,7 @@ def sweep(args: argparse.Namespace) -> int:
         target=args.target, draft=args.draft, device=args.device, draft_device=args.draft_device, dtype=args.dtype,
         draft_dtype=args.draft_dtype, max_len=args.max_len, modes=modes, levels=levels,
         max_new_tokens=args.max_new_tokens, k=args.k, fixed_k=args.fixed_k, rounds=args.rounds,
-        replay_alpha=args.replay_alpha, report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot,
-        compile=not args.no_compile, stream_interval=args.stream_interval, engine_process=EngineProcessMode(args.engine_process),
+        replay_alpha=args.replay_alpha, replay_references=args.replay_references,
+        report_greedy_mismatch=args.report_greedy_mismatch, json=args.json, plot=args.plot, compile=not args.no_compile,
+        stream_interval=args.stream_interval, engine_process=EngineProcessMode(args.engine_process),
         bounds_only=args.bounds_only, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))

@@ -79,6 +79,9 @@ class SweepSettings:
     fixed_k: bool = False  # draft exactly k every cycle (services and engine-spec) instead of adaptive K
     rounds: int = 2  # measured requests per client (at least 4 in all per point)
     replay_alpha: float | None = None  # the draft replays the target's output at this acceptance (None: real draft)
+    replay_references: str | None = None  # where the target's continuations are kept: target-only mode (re)writes
+    # them, the services' drafts replay them; given, a sweep of drafting services alone replays a file an earlier
+    # sweep's target-only mode wrote (None: a scratch file, so target-only must run first)
     stream_interval: int | None = None  # batched targets hand a session's reader its cycles this many at a time
     # (None: the targets' default, auto)
     engine_process: EngineProcessMode = EngineProcessMode.AUTO  # where the services' targets run their engines
@@ -111,11 +114,18 @@ class SweepSettings:
                 raise InvalidArgument("modes", "hf-generate decodes greedily: leave it out of a sampled sweep")
         if self.bounds_only and not (self.json and pathlib.Path(self.json).is_file()):
             raise InvalidArgument("bounds-only", f"needs --json naming a sweep's results file ({self.json!r} is not one)")
+        if self.replay_references is not None and self.replay_alpha is None:
+            raise InvalidArgument("replay-references", "keeps the target's continuations for --replay-alpha: give it too")
         if self.replay_alpha is not None:
             ReplayRates(self.replay_alpha).validate()
-            if any(m.startswith("services") for m in self.modes) and "target-only" not in self.modes:
+            replaying = any(m.startswith("services") for m in self.modes) and "target-only" not in self.modes
+            if replaying and self.replay_references is None:
                 raise InvalidArgument("modes", "replayed acceptance records the target's output in target-only "
-                                               "mode first: add target-only")
+                                               "mode first: add target-only, or give --replay-references FILE that "
+                                               "an earlier sweep's target-only mode wrote")
+            if replaying and not pathlib.Path(self.replay_references).is_file():
+                raise InvalidArgument("replay-references", f"{self.replay_references} is not a file: a sweep with "
+                                                           "target-only among its modes writes it")
         return self
 
     @property
@@ -406,7 +416,8 @@ def main(s: SweepSettings) -> int:
     points: list[dict] = measured_points(s) if s.bounds_only else []
     modes = () if s.bounds_only else s.modes
     with tempfile.TemporaryDirectory(prefix="specdec-sweep-") as scratch:
-        replay = str(pathlib.Path(scratch) / "replay.jsonl") if s.replay_alpha is not None else None
+        replay = (s.replay_references or str(pathlib.Path(scratch) / "replay.jsonl")) if s.replay_alpha is not None \
+            else None
         for mode in sorted((m for m in modes if m in SERVICE_MODES), key=lambda m: m != "target-only"):
             points += sweep_services(s, mode, replay)
             save(s, points)

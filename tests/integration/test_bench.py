@@ -41,7 +41,13 @@ def test_bench_refuses_bad_modes(capsys):
                           (["--concurrency", "1", "--temperature", "0.7", "--replay-alpha", "0.5"],
                            "replays the target's greedy output"),
                           (["--concurrency", "1", "--temperature", "0.7", "--modes", "hf-generate"],
-                           "hf-generate decodes greedily")]:
+                           "hf-generate decodes greedily"),
+                          (["--replay-references", "refs.jsonl"], "only with --concurrency"),
+                          (["--concurrency", "1", "--replay-references", "refs.jsonl"], "give it too"),
+                          (["--concurrency", "1", "--replay-alpha", "0.5", "--modes", "services-own-draft"],
+                           "or give --replay-references"),
+                          (["--concurrency", "1", "--replay-alpha", "0.5", "--modes", "services-own-draft",
+                            "--replay-references", "no-such-refs.jsonl"], "no-such-refs.jsonl is not a file")]:
         assert cli_main(["bench", "--quiet", *args]) == 2, args
         assert message in capsys.readouterr().err, args
 
@@ -112,6 +118,28 @@ def test_bench_sweeps_concurrency(tmp_path):
     assert done["complete"] and set(done["bounds"]) == {"1", "3"} and done["greedy_mismatches"] == []
     assert [p["tokens_per_s"] for p in done["points"]] == [p["tokens_per_s"] for p in result["points"]]
     assert all((p.get("bound_tokens_per_s") is None) == (p["mode"] == "hf-generate") for p in done["points"])
+
+
+def test_a_sweep_of_drafting_services_alone_replays_what_an_earlier_target_only_sweep_recorded(tmp_path):
+    """--replay-references: a target-only sweep writes the target's continuations there, and a later sweep of the
+    own-draft services alone (as two device calls, each too short for both) replays them: at alpha 1 every draft is
+    accepted, and each output is the target-only sweep's."""
+    refs, plain_json, own_json = tmp_path / "refs.jsonl", tmp_path / "plain.json", tmp_path / "own.json"
+    common = [sys.executable, "-m", "specdec", "bench", "--concurrency", "2", "--max-new-tokens", "10", "--rounds", "1",
+              "--replay-alpha", "1.0", "--replay-references", str(refs)]
+    plain = subprocess.run([*common, "--modes", "target-only", "--json", str(plain_json)], capture_output=True,
+                           text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert refs.is_file() and all({"prompt_ids", "output_ids"} <= set(json.loads(line))
+                                  for line in refs.read_text().splitlines())
+    own = subprocess.run([*common, "--modes", "services-own-draft", "--json", str(own_json)], capture_output=True,
+                         text=True, timeout=300)
+    assert own.returncode == 0, own.stderr[-2000:]
+    [target_only] = json.loads(plain_json.read_text())["points"]
+    [drafted] = json.loads(own_json.read_text())["points"]
+    assert drafted["mode"] == "services-own-draft" and drafted["ok"] == drafted["requests"]
+    assert drafted["draft_tokens"] > 0 and drafted["accepted_tokens"] == drafted["draft_tokens"], drafted
+    assert sorted(drafted["outputs"]) == sorted(target_only["outputs"])
 
 
 def test_bench_sweeps_sampled_requests(tmp_path):
