@@ -234,15 +234,18 @@ Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, cap
     # `git archive REV specdec draft_service target_service orchestrator | gzip > base_tree.tgz`, and carry it
     # (carry [".whl", "base_tree.tgz"]); MODELS narrows (default the 0.5B); STEPS_TIMEOUT per build (a cold compile
     # cache: ~250 s for the 0.5B); GPU_TESTS="-k EXPR" first runs those GPU tests on this tree (e.g. -k
-    # own_draft_with_graphs: compiled layers, nothing compiled once serving)
-  mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
+    # own_draft_with_graphs: compiled layers, nothing compiled once serving); BUILDS: which of base, this and
+    # inductor (this tree with INDUCTOR's option, e.g. INDUCTOR=combo_kernels=True) in turn (default "base this";
+    # the base tree only where named)
+  case " ${BUILDS:-base this} " in *" base "*) mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1 ;; esac
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 \
       | grep -v -i "warn" | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
-  for B in base this; do
+  for B in ${BUILDS:-base this}; do
     ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
     PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-250} python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} \
+      $([ "$B" = inductor ] && echo --inductor "$INDUCTOR") \
       2>&1 | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/span_steps_$B.txt"
   done ;;
 T)  # one GPU: the GPU tests only, each test's outcome written as it ends (a cut run keeps what passed), failures in

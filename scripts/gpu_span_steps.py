@@ -2,13 +2,16 @@
 layers, as the engine runs them) with every row at a short context (the step attends over a 256-column span) and at
 a long one (over the whole cache), side by side in one process; only the steps timed are captured. Then a fingerprint
 of one step's logits (the argmax ids of a fixed random input's 64 x 3 step), to compare two builds' arithmetic.
-Usage: python3 scripts/gpu_span_steps.py MODEL... (default random:qwen2.5-0.5b random:qwen2.5-7b; max_len 1024,
-contexts 100 and 600)"""
+`--inductor NAME=VALUE` sets an inductor option before compiling (e.g. combo_kernels=True, which fuses independent
+kernels horizontally: a small model's step is bound by its kernels' count), to time a build with it beside one without.
+Usage: python3 scripts/gpu_span_steps.py [MODEL...] [--inductor NAME=VALUE]... (default random:qwen2.5-0.5b
+random:qwen2.5-7b; max_len 1024, contexts 100 and 600)"""
 
 from __future__ import annotations
 
+import argparse
+import ast
 import logging
-import sys
 
 import torch
 
@@ -20,9 +23,30 @@ STEPS = ((1, 1), (16, 1), (16, 3), (64, 1), (64, 3))  # rows x tokens per row
 CONTEXTS = (100, 600)
 
 
+def inductor_option(text: str) -> tuple[str, object]:
+    """'combo_kernels=True' -> ('combo_kernels', True): an option of torch._inductor.config and a Python literal."""
+    name, _, value = text.partition("=")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE with a Python literal value") from None
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", default=["random:qwen2.5-0.5b", "random:qwen2.5-7b"])
+    parser.add_argument("--inductor", type=inductor_option, action="append", default=[], metavar="NAME=VALUE",
+                        help="an option of torch._inductor.config, set before compiling (repeatable)")
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # compile and capture times
-    for spec in sys.argv[1:] or ["random:qwen2.5-0.5b", "random:qwen2.5-7b"]:
+    import torch._inductor.config as inductor
+
+    for name, value in args.inductor:
+        if not hasattr(inductor, name):
+            parser.error(f"torch._inductor.config has no option {name!r}")
+        setattr(inductor, name, value)
+        print(f"inductor: {name} = {value!r}", flush=True)
+    for spec in args.models:
         loaded = load_model(spec, "target", device="cuda:0", dtype="bfloat16")
         runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64,
                                captured=(sorted({r for r, _ in STEPS}), sorted({n for _, n in STEPS})))
