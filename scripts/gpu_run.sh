@@ -229,6 +229,17 @@ O)  # one GPU, issue 17: the engine's host time per step in process (scripts/eng
       --tokens 128 --repeats ${REPEATS:-2} --no-compile --log ${ALPHA:+--replay-alpha $ALPHA} \
       2>"$OUT/host_time_$B.log" | tee "$OUT/host_time_$B.txt"
   done ;;
+CP) # one GPU, issue 17: where start-up's time goes (compiled capture ran ~0.7-1.1 s a graph, uncompiled ~0.13 s: sc2,
+    # sc3): py-spy over scripts/gpu_span_steps.py (MODELS, default the 0.5B: compile and warm-up, then capture of its 10
+    # graphs), sampling SPY_S seconds (default 240: a call cut later still has the profile), then its samples under the
+    # warm-up and under capture, DEPTH frames deep (default 4)
+  timeout ${STEPS_TIMEOUT:-300} /tmp/site/bin/py-spy record --nonblocking --threads --idle -r 100 --duration ${SPY_S:-240} \
+    --format raw -o "$OUT/startup_profile.txt" -- python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} 2>&1 \
+    | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/startup_steps.txt"
+  for F in BatchedRunner._warm_up_shapes BatchedRunner._capture_all; do
+    python3 scripts/profile_summary.py "$OUT/startup_profile.txt" --under $F --depth ${DEPTH:-4} --top 30 \
+      | tee -a "$OUT/startup_summary.txt"
+  done ;;
 Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, captured steps at a short and a long
     # context, and a logits fingerprint) of this tree and of a base tree side by side, base first. Make the base here:
     # `git archive REV specdec draft_service target_service orchestrator | gzip > base_tree.tgz`, and carry it

@@ -8,7 +8,10 @@ apart by the pid py-spy gives them (on the H200 machine it gave a bench's servic
 to find why a target with its own draft takes more time per plain step at 64 rows than target-only on the H200
 (docs/benchmarks.md, calls g1-g3, r1-r2).
 
-Usage: python3 scripts/profile_summary.py PROFILE [--depth 2] [--top 25] [--functions]
+`--under FUNCTION` groups the samples under another frame instead of the engine loop, e.g. BatchedRunner._capture_all:
+where start-up's CUDA graph capture spends its time.
+
+Usage: python3 scripts/profile_summary.py PROFILE [--depth 2] [--top 25] [--functions] [--under Class.function]
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+
+ENGINE_LOOP = "BatchedRunner._steps"
 
 
 def frames_of(stack: str) -> list[str]:
@@ -29,7 +34,10 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=2, help="frames under the engine loop to group by")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--functions", action="store_true", help="also every thread's samples by function, per process")
+    parser.add_argument("--under", default=ENGINE_LOOP, metavar="Class.function",
+                        help=f"the frame whose samples are grouped by what runs under it (default {ENGINE_LOOP})")
     args = parser.parse_args()
+    label = "engine thread" if args.under == ENGINE_LOOP else f"under {args.under}"
     threads: collections.Counter = collections.Counter()  # (process, thread kind) -> samples
     engine: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> frames -> samples
     leaves: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)  # process -> innermost -> samples
@@ -42,13 +50,13 @@ def main() -> None:
         command = process.group(2) if process else ""
         name = f"{process.group(1) if process else '?'} {' '.join(command.split()[:4])}".strip()
         frames = frames_of(stack)
-        in_engine = "BatchedRunner._steps" in frames
-        kind = ("engine" if in_engine
+        in_engine = args.under in frames
+        kind = (label if in_engine
                 else next((f for f in frames if f in ("_worker", "_serve", "run_clients")), None)
                 or (frames[3] if len(frames) > 3 else frames[-1] if frames else "?"))
         threads[(name, kind)] += int(count)
         if in_engine:
-            i = len(frames) - 1 - frames[::-1].index("BatchedRunner._steps")
+            i = len(frames) - 1 - frames[::-1].index(args.under)
             engine[name][";".join(frames[i + 1:i + 1 + args.depth]) or "(the loop itself)"] += int(count)
             leaves[name][frames[-1]] += int(count)
         for frame in set(frames) if args.functions else ():
@@ -58,10 +66,10 @@ def main() -> None:
         print(f"  {n:7d}  {name[:60]:60s}  {kind}")
     for name, counter in engine.items():
         total = sum(counter.values())
-        print(f"\nengine thread of {name[:60]} ({total} samples):")
+        print(f"\n{label} of {name[:60]} ({total} samples):")
         for frames, n in counter.most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frames}")
-        print(f"\nengine thread of {name[:60]} by innermost frame:")
+        print(f"\n{label} of {name[:60]} by innermost frame:")
         for frame, n in leaves[name].most_common(args.top):
             print(f"  {100 * n / total:5.1f}%  {frame}")
     for name, counter in functions.items():
