@@ -1792,8 +1792,7 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later = (self._launch_later([(r, n, f) for r, n, f in chained], *outcomes[0][1:5], values[:len(rows), 0],
-                                        read) if rows and values is not None else [])
+            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
@@ -1802,19 +1801,19 @@ class BatchedRunner(ModelRunner):
                              picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
-                      slot: torch.Tensor, at: torch.Tensor, k: torch.Tensor, accepted: torch.Tensor,
-                      token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
+                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
                       ) -> list[tuple[dict[int, int], torch.Tensor]]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `slot`, `at` (L), `k`, `accepted` [m]: the rows' first step's. -> per step from the second: (draft
-        slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
+        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
+        _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         if most < 2:
             return []
-        knows = [i for i, (_, _, f) in enumerate(rows) if f is not None]
+        knows = any(f is not None for _, _, f in rows)
         if knows:  # [m, K + steps]: the token a replayed draft drafts at L + j, read from the table by the device
             width = max(spec[2] + n for spec, n, _ in rows)
             table = self._on_device([[f(spec[1] + j) for j in range(width)] if f is not None else [0] * width
