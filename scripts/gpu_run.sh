@@ -246,7 +246,7 @@ Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, cap
     # (carry [".whl", "base_tree.tgz"]); MODELS narrows (default the 0.5B); STEPS_TIMEOUT per build (a cold compile
     # cache: ~250 s for the 0.5B); GPU_TESTS="-k EXPR" first runs those GPU tests on this tree (e.g. -k
     # own_draft_with_graphs: compiled layers, nothing compiled once serving); BUILDS: which of base, this and
-    # inductor (this tree with INDUCTOR's option, e.g. INDUCTOR=combo_kernels=True) in turn (default "base this";
+    # inductor (this tree with INDUCTOR_OPTION, e.g. INDUCTOR_OPTION=combo_kernels=True) in turn (default "base this";
     # the base tree only where named)
   case " ${BUILDS:-base this} " in *" base "*) mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1 ;; esac
   if [ -n "${GPU_TESTS:-}" ]; then
@@ -256,7 +256,7 @@ Z)  # one GPU: graph step costs (scripts/gpu_span_steps.py: compiled layers, cap
   for B in ${BUILDS:-base this}; do
     ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
     PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-250} python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} \
-      $([ "$B" = inductor ] && echo --inductor "$INDUCTOR") \
+      $([ "$B" = inductor ] && echo --inductor "$INDUCTOR_OPTION") \
       2>&1 | grep -v -i "warn\|online softmax\|split the reduction\|important use case\|^$" | tee "$OUT/span_steps_$B.txt"
   done ;;
 T)  # one GPU: the GPU tests only, each test's outcome written as it ends (a cut run keeps what passed), failures in
