@@ -16,6 +16,7 @@ import logging
 import torch
 
 from specdec.core.batching import BatchedRunner
+from specdec.core.config import TOKEN_BUCKETS
 from specdec.core.models import load_model
 from specdec.tools.sweep import batched_step_s
 
@@ -48,7 +49,9 @@ def main() -> None:
         print(f"inductor: {name} = {value!r}", flush=True)
     for spec in args.models:
         loaded = load_model(spec, "target", device="cuda:0", dtype="bfloat16")
-        runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64,
+        # prompt chunks of a step's width at most: no chunk is timed here, and each longer chunk shape would
+        # compile a program of its own at start
+        runner = BatchedRunner(loaded.model, max_len=1024, max_sessions=64, prefill_chunk=TOKEN_BUCKETS[-1],
                                captured=(sorted({r for r, _ in STEPS}), sorted({n for _, n in STEPS})))
         try:
             print(f"== {spec}, spans {runner._spans}: graph step ms at {' / '.join(map(str, CONTEXTS))} cached tokens",
