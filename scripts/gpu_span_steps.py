@@ -1,6 +1,7 @@
 """What a graph step costs when its rows reach only part of the cache: the batched runner's captured steps (compiled
 layers, as the engine runs them) with every row at a short context (the step attends over a 256-column span) and at
-a long one (over the whole cache), side by side in one process; only the steps timed are captured. Then a fingerprint
+a long one (over the whole cache), side by side in one process; only the steps timed are captured (and prompt
+chunks of a step's width at most, which the runner always captures). Then a fingerprint
 of one step's logits (the argmax ids of a fixed random input's 64 x 3 step), to compare two builds' arithmetic.
 `--inductor NAME=VALUE` sets an inductor option before compiling (e.g. combo_kernels=True, which fuses independent
 kernels horizontally: a small model's step is bound by its kernels' count), to time a build with it beside one without.
