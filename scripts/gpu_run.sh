@@ -231,7 +231,7 @@ O)  # one GPU, issue 17: the engine's host time per step in process (scripts/eng
   done ;;
 CP) # one GPU, issue 17: where start-up's time goes (compiled capture ran ~0.7-1.1 s a graph, uncompiled ~0.13 s: sc2,
     # sc3): py-spy over scripts/gpu_span_steps.py (MODELS, default the 0.5B: compile and warm-up, then capture of its 12
-    # step graphs and its prompt chunks' graphs, 23 in all since a67797e; 27 in call st1), sampling SPY_S seconds (default 240: a call cut later still has the profile), then its samples under the
+    # step graphs and its prompt chunks' graphs, 22 in all since a67797e; 27 in call st1), sampling SPY_S seconds (default 240: a call cut later still has the profile), then its samples under the
     # warm-up and under capture, DEPTH frames deep (default 4)
   timeout ${STEPS_TIMEOUT:-300} /tmp/site/bin/py-spy record --nonblocking --threads --idle -r 100 --duration ${SPY_S:-240} \
     --format raw -o "$OUT/startup_profile.txt" -- python3 scripts/gpu_span_steps.py ${MODELS:-random:qwen2.5-0.5b} 2>&1 \

@@ -2345,8 +2345,9 @@ class BatchedRunner(ModelRunner):
         lengths = sorted(self._chunk_lengths())
         if self.passive:
             return [(b, n) for b in self._graph_rows() for n in lengths]
-        return [(1, n) for n in lengths] + [(b, width) for b in self._graph_rows() if b <= JOIN_CHUNK_ROWS
-                                            for width in self._short_chunk_widths()]
+        long = [(1, n) for n in lengths]
+        short = [(b, width) for b in self._graph_rows() if b <= JOIN_CHUNK_ROWS for width in self._short_chunk_widths()]
+        return list(dict.fromkeys(long + short))  # each once: a chunk no longer than a step's width is both
 
     def _time_graphs(self, replays: int = 3) -> None:
         """Seed the cost table with each captured step's device time over the whole cache (StepCostTable.seed, a

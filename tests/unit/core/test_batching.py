@@ -826,10 +826,11 @@ def test_every_catch_up_finds_its_chunk_graph(tiny_pair_fp32):
     (a target's own draft, handed every session's catch-up at once) any number of rows up to its slots, an engine
     loop (one chunk a step) one row at any length, and up to JOIN_CHUNK_ROWS rows of new short prompts run alone
     together (`_alone`: at most a step's widest, graph_max_tokens); any length up to the context. A shape not captured
-    would run eagerly, several times slower on a GPU."""
-    for passive, most in ((True, 48), (False, 1)):
+    would run eagerly, several times slower on a GPU; one listed twice would be captured twice (a prompt chunk no
+    longer than a step's widest is both a long request's chunk and new short prompts')."""
+    for passive, most, chunk in ((True, 48, 512), (False, 1, 512), (False, 1, 17)):
         engine = {"launch": None} if passive else {}
-        runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=1000, max_sessions=48, prefill_chunk=512, **engine)
+        runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=1000, max_sessions=48, prefill_chunk=chunk, **engine)
         runner.bucket_chunks = True  # as on a GPU
         shapes = set(runner._chunk_shapes())
         assert len(shapes) == len(runner._chunk_shapes())
