@@ -1,4 +1,4 @@
-"""Which of a GPU engine's start-up shapes compile a program of their own: its warm-up shapes (`_warm_up_shapes`),
+"""Which of a GPU engine's start-up shapes compile a program of their own: its warm-up forwards (`_warm_up_forwards`),
 then every step graph's shape over each span and every prompt-chunk graph's (`_capture_all`), each run once through
 decoder layers compiled with aot_eager (dynamo and functionalization as inductor receives them, no code generated).
 
@@ -21,7 +21,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from specdec.core import attention
 from specdec.core.batching import BatchedRunner, _StepInputs
 from specdec.core.compiled import compile_layers
-from specdec.core.config import ROW_BUCKETS
 from specdec.core.cpu_kernels import STOCK
 
 
@@ -54,10 +53,10 @@ def main() -> None:
             print(f"{what}: {now - seen} new program(s), {now} in all", flush=True)
         seen = now
 
-    shapes = {(b, n) for b in {1, min(2, runner.max_sessions)} for n in (1, runner.pad, runner._longest_chunk())}
-    shapes |= {(min(b, runner.max_sessions), n) for b in ROW_BUCKETS[:3] for n in runner._chunk_lengths()}
-    for b, n in sorted(shapes):
-        run(f"warm-up {b}x{n}", _StepInputs(torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)), 1)
+    forwards = runner._warm_up_forwards()
+    for b, n, first, span in forwards:
+        run(f"warm-up {b}x{n} from slot {first} over {span or 'all'} columns",
+            _StepInputs(torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1), first, span), 1)
     warm = seen
     end = runner.max_len
     steps, chunks = runner._step_shapes(), runner._chunk_shapes()
@@ -69,7 +68,7 @@ def main() -> None:
     for b, n in chunks:
         run(f"chunk graph {b}x{n}", _StepInputs(torch.zeros((b, n), dtype=torch.long), torch.full((b, n), end),
                                                 slots=torch.zeros(b, dtype=torch.long)), 1)
-    print(f"{warm} programs at warm-up ({len(shapes)} shapes); {seen - warm} more at capture, over "
+    print(f"{warm} programs at warm-up ({len(forwards)} forwards); {seen - warm} more at capture, over "
           f"{len(steps) * len(runner._spans)} step graphs and {len(chunks)} chunk graphs")
 
 

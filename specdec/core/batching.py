@@ -69,7 +69,7 @@ from transformers.cache_utils import StaticLayer
 
 from specdec.core.adaptive import CatchUp
 from specdec.core.attention import step_mask, use_grouped_attention
-from specdec.core.compiled import compile_layers
+from specdec.core.compiled import compile_layers, keep_static
 from specdec.core.compute import INLINE, Compute
 from specdec.core.config import CHUNK_BUCKETS, ROW_BUCKETS, SPAN_BUCKETS, TOKEN_BUCKETS, SamplingParams
 from specdec.core.cpu_kernels import ONEDNN
@@ -169,6 +169,7 @@ class RowsCache(StaticCache):
         self.keys, self.values, self.step = keys, values, step
         self.layer_ids = torch.arange(keys.shape[0], device=keys.device)  # [layers]: a layer's index as a tensor index
         self.layers = [RowsLayer(self, i) for i in range(keys.shape[0])]
+        keep_static(self.keys, self.values, self.layer_ids)  # compiled: one model's shape, not another's through its layers
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """key_states, value_states [B, kv heads, n, D] -> what the step attends over, [B, kv heads, span, D]."""
@@ -2232,10 +2233,12 @@ class BatchedRunner(ModelRunner):
             rows, columns, tokens = fill
             ids[rows, columns] = tokens
 
-    def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0) -> torch.Tensor:
-        """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B)."""
-        return self._run(_StepInputs(self._on_device(ids), self._on_device(positions), first_slot,
-                                     self._span(self._reach(positions))), keep)
+    def _eager(self, ids: torch.Tensor, positions: torch.Tensor, keep: int, first_slot: int = 0,
+               span: int | None = None) -> torch.Tensor:
+        """One forward of ids [B, n] at positions [B, n] into slots [first_slot, first_slot + B), attending over
+        `span` columns (None: `_span`'s)."""
+        span = self._span(self._reach(positions)) if span is None else span
+        return self._run(_StepInputs(self._on_device(ids), self._on_device(positions), first_slot, span), keep)
 
     def _span(self, reach: int | None) -> int | None:
         """On a CPU, the columns an eager step attends over: those its rows reach. None on a GPU, where an eager
@@ -2278,22 +2281,36 @@ class BatchedRunner(ModelRunner):
         return {*(c for c in CHUNK_BUCKETS if c < longest), longest}
 
     def _warm_up_shapes(self) -> None:
-        """Run each eager shape the engine will run once, at start, writing only slots no session holds yet:
-        compiled layers compile each shape class here (rows 1 or more x one token, a verify's tokens, a prompt
-        chunk's), never in a served step; and on a GPU each bucketed eager prompt-chunk shape of up to four rows
-        sets up its attention kernels here, where an eager chunk (one that keeps more than its last logits;
-        prompts and catch-ups replay chunk graphs) would otherwise pay for it."""
+        """Run each of `_warm_up_forwards` once, at start, writing only slots no session holds yet."""
+        forwards = self._warm_up_forwards()
+        progress = LogProgress(log, "compiling and warming up shapes", len(forwards))
+        for b, n, first, span in forwards:
+            progress.item(f"{b} rows x {n} tokens")
+            ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
+            with torch.inference_mode():
+                self._eager(ids, positions, keep=1, first_slot=first, span=span)
+
+    def _warm_up_forwards(self) -> list[tuple[int, int, int, int | None]]:
+        """The (rows, tokens, first slot, span or None) of the forwards the warm-up runs: compiled layers compile
+        each shape class here (rows 1 or more x one token, a verify's tokens, a prompt chunk's), never in a served
+        step, after `_prime_shapes`; and on a GPU each bucketed eager prompt-chunk shape of up to four rows sets up
+        its attention kernels here, where an eager chunk (one that keeps more than its last logits; prompts and
+        catch-ups replay chunk graphs) would otherwise pay for it."""
         shapes = set()
         if self.compiled:
             shapes |= {(b, n) for b in {1, min(2, self.max_sessions)} for n in (1, self.pad, self._longest_chunk())}
         if self.bucket_chunks:
             shapes |= {(min(b, self.max_sessions), n) for b in ROW_BUCKETS[:3] for n in self._chunk_lengths()}
-        progress = LogProgress(log, "compiling and warming up shapes", len(shapes))
-        for b, n in sorted(shapes):
-            progress.item(f"{b} rows x {n} tokens")
-            ids, positions = torch.zeros((b, n), dtype=torch.long), torch.arange(n).repeat(b, 1)  # as callers' are
-            with torch.inference_mode():
-                self._eager(ids, positions, keep=1)
+        primes = self._prime_shapes() if self.compiled else []
+        return primes + [(b, n, 0, None) for b, n in sorted(shapes)]
+
+    def _prime_shapes(self) -> list[tuple[int, int, int, int | None]]:
+        """The first forwards of compiled layers (automatic dynamic shapes, core.compiled): the second changes every
+        size and integer a served step varies from the first (rows, tokens, first slot, span), so what compiles
+        after it is generic in them; the third is the generic program for one row of one token (dynamo
+        specialises sizes of 1). Without them each, first met at capture or in a served step, compiles again."""
+        last, span = self.max_sessions - 1, self._spans[0]
+        return [(1, 1, 0, None), (min(2, self.max_sessions), self.pad, max(last - 1, 0), span), (1, 1, last, span)]
 
     def _capture_all(self) -> None:
         """Capture every (rows, tokens) bucket before serving: a capture while other threads of the process

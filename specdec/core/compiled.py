@@ -5,12 +5,18 @@ runs each RMSNorm, rotary embedding and activation as several elementwise kernel
 removes their launch cost but not their number or their trips through memory (docs/benchmarks.md, the
 draft step's profile). Inductor fuses them.
 
-How: the decoder layers share one code object, so compiling each layer's `forward` with dynamic shapes
-gives one compiled program per shape class (rows 1 or more, tokens 1 or more), not one per layer and
-bucket, when two things stay out of the traced code: a layer's index (an integer attribute, static by
+How: the decoder layers share one code object, so compiling each layer's `forward` gives one compiled program per
+shape class (rows 1 or more, tokens 1 or more), not one per layer and bucket, when two things stay out of the
+traced code: a layer's index (an integer attribute, static by
 default: `allow_unspec_int_on_nn_module`) and an HF cache's update, which looks its layer up by that
 index in a list (`torch.compiler.disable` on `Cache.update`: it runs eagerly between two compiled parts
-of the layer). The batched engine's cache (core.batching.RowsCache) overrides that update with tensor indexing,
+of the layer). Shapes are dynamo's automatic dynamic ones: a size or integer is traced as a constant until a
+call changes it, then as a symbol. The runner's first forwards change every one a served step varies (rows,
+tokens, first slot, columns attended over: core.batching's `_prime_shapes`), so the programs compiled after them
+are generic in those, and trace far faster than with every size symbolic from the start (`dynamic=True`: sympy
+reasoning about sizes that never change, such as the cache's, dominated start-up). The cache's tensors are kept
+static (`keep_static`): a target's own draft runs the same layer code with a cache of another shape, which would
+otherwise make them symbolic too. The batched engine's cache (core.batching.RowsCache) overrides that update with tensor indexing,
 so its write is traced into the layer's one program, where inductor fuses it with the rotary embedding, in place. Both
 settings are process-wide, as compiling is model-wide: every runner over a compiled model runs
 its layers compiled. Past dynamo's limit of programs per frame a new shape class would run uncompiled, silently
@@ -55,6 +61,15 @@ def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
         Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
         Cache.update._specdec_eager = True
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True, backend=backend)
+        layer.forward = torch.compile(layer.forward, dynamic=None, backend=backend)  # automatic dynamic
     setattr(model, _MARK, len(layers))
     return len(layers)
+
+
+def keep_static(*tensors: torch.Tensor) -> None:
+    """Keep these tensors' sizes constants in compiled programs, whichever sizes other calls pass: a model's own
+    cache, whose shape differs from another model's through the same layer code (a target and its own draft)."""
+    import torch._dynamo
+
+    for tensor in tensors:
+        torch._dynamo.mark_static(tensor)

@@ -49,9 +49,9 @@ def test_compiling_raises_the_recompile_limit_and_never_falls_back_to_eager(monk
 
 
 @contextlib.contextmanager
-def traced_layers(monkeypatch, model: torch.nn.Module):
+def traced_layers(monkeypatch, model: torch.nn.Module, backend="aot_eager"):
     """`model`'s layers compiled with aot_eager (dynamo and functionalization as inductor receives them, without
-    generating code), dynamo's counters cleared; the process-wide changes are undone after."""
+    generating code) or `backend`, dynamo's counters cleared; the process-wide changes are undone after."""
     from torch._dynamo.utils import counters
     from transformers.cache_utils import Cache
 
@@ -59,7 +59,7 @@ def traced_layers(monkeypatch, model: torch.nn.Module):
     with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit,
                                     fail_on_recompile_limit_hit=torch._dynamo.config.fail_on_recompile_limit_hit,
                                     allow_unspec_int_on_nn_module=torch._dynamo.config.allow_unspec_int_on_nn_module):
-        compile_layers(model, backend="aot_eager")
+        compile_layers(model, backend=backend)
         counters.clear()
         try:
             yield counters
@@ -116,8 +116,60 @@ def test_a_step_over_a_span_of_columns_runs_the_program_of_one_over_all_of_them(
                             keep=1)
 
         decode(2, None)
-        decode(3, None)  # rows a dynamic size from here on
+        decode(3, 16)  # rows and span symbolic from here on (automatic dynamic shapes)
         compiled = counters["stats"]["unique_graphs"]
-        for rows, span in ((2, 8), (3, 16), (4, None), (4, 8)):
+        for rows, span in ((2, 8), (3, None), (4, None), (4, 8)):
             decode(rows, span)
         assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_after_the_warm_up_a_step_from_any_slot_over_any_span_compiles_nothing(monkeypatch):
+    """Layers compile with automatic dynamic shapes: a size or integer is a constant until a call changes it. The
+    warm-up's first forwards change rows, tokens, first slot and span, so a served step, wherever its rows sit and
+    however many columns it attends over, runs a program compiled at start."""
+    model = small_qwen()
+    with traced_layers(monkeypatch, model) as counters:
+        runner = BatchedRunner(model, launch=None, max_len=300, max_sessions=4, cpu_kernels=STOCK)
+        assert runner._spans[0] < runner._spans[-1]  # two spans, as on a GPU
+        runner.compiled = True  # as on a GPU: the warm-up compiles, and eager steps attend over the whole cache
+        runner._span = lambda reach: None
+        runner._warm_up_shapes()
+        compiled = counters["stats"]["unique_graphs"]
+        assert compiled > 0
+        for rows, n, first, span in ((3, 1, 1, 256), (2, 3, 2, 256), (1, 1, 2, None), (4, 5, 0, 256), (1, 2, 3, 256),
+                                     (3, 9, 1, None)):
+            ids, positions = torch.zeros((rows, n), dtype=torch.long), torch.arange(n).repeat(rows, 1)  # as callers'
+            with torch.inference_mode():
+                runner._eager(ids, positions, keep=1, first_slot=first, span=span or runner._spans[-1])
+            assert counters["stats"]["unique_graphs"] == compiled, (rows, n, first, span)
+
+
+def test_two_models_through_the_same_layer_code_keep_their_cache_s_shape_static(monkeypatch):
+    """A target's own draft runs the same decoder layer code with a cache of another shape (layers, heads, columns):
+    each model's programs still see its cache's sizes as constants (compiled.keep_static), not as symbols that
+    automatic dynamic shapes would make of sizes that changed between calls."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    caches = []  # per compiled program, the shapes of its 5-dimensional inputs (the cache's keys and values)
+
+    def backend(gm, example_inputs):
+        for node in gm.graph.find_nodes(op="placeholder"):
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor) and value.dim() == 5:
+                caches.append(tuple(value.shape))
+        return gm.forward
+
+    target = small_qwen()
+    draft = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                         num_key_value_heads=1, intermediate_size=64)).eval()
+    with traced_layers(monkeypatch, target, backend=backend):
+        compile_layers(draft, backend=backend)
+        runners = [BatchedRunner(m, launch=None, max_len=length, max_sessions=4, cpu_kernels=STOCK)
+                   for m, length in ((target, 300), (draft, 200))]
+        for runner in runners + runners:
+            runner.compiled, runner._span = True, lambda reach: None  # as on a GPU
+            runner._warm_up_shapes()
+        assert caches
+        symbolic = [shape for shape in caches if not all(isinstance(size, int) for size in shape)]
+        assert not symbolic, symbolic
+        assert {shape for shape in caches} == {tuple(r.cache.keys.shape) for r in runners}
