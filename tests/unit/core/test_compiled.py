@@ -144,32 +144,34 @@ def test_after_the_warm_up_a_step_from_any_slot_over_any_span_compiles_nothing(m
             assert counters["stats"]["unique_graphs"] == compiled, (rows, n, first, span)
 
 
-def test_two_models_through_the_same_layer_code_keep_their_cache_s_shape_static(monkeypatch):
-    """A target's own draft runs the same decoder layer code with a cache of another shape (layers, heads, columns):
-    each model's programs still see its cache's sizes as constants (compiled.keep_static), not as symbols that
-    automatic dynamic shapes would make of sizes that changed between calls."""
+def test_two_models_of_one_layer_class_each_keep_their_sizes_static(monkeypatch):
+    """A target and its own draft run decoder layers of one class: each model's programs still see its sizes (the
+    cache's shape, its head size and so its rotary embeddings') as constants, not as symbols that automatic dynamic
+    shapes would make of sizes that changed between the two models' calls (compiled._own_code), nor between two
+    runners' caches over one model (compiled.keep_static)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    caches = []  # per compiled program, the shapes of its 5-dimensional inputs (the cache's keys and values)
+    caches, rotary = [], []  # per compiled program: its 5-dimensional inputs' shapes, its rotary embeddings' last size
 
     def backend(gm, example_inputs):
         for node in gm.graph.find_nodes(op="placeholder"):
             value = node.meta.get("example_value")
             if isinstance(value, torch.Tensor) and value.dim() == 5:
                 caches.append(tuple(value.shape))
+            if isinstance(value, torch.Tensor) and "position_embeddings" in node.name:
+                rotary.append(value.shape[-1])
         return gm.forward
 
-    target = small_qwen()
-    draft = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                         num_key_value_heads=1, intermediate_size=64)).eval()
+    target = small_qwen()  # head size 8
+    draft = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                         num_key_value_heads=1, intermediate_size=64)).eval()  # head size 16
     with traced_layers(monkeypatch, target, backend=backend):
         compile_layers(draft, backend=backend)
         runners = [BatchedRunner(m, launch=None, max_len=length, max_sessions=4, cpu_kernels=STOCK)
-                   for m, length in ((target, 300), (draft, 200))]
+                   for m, length in ((target, 300), (draft, 200), (target, 280))]  # the last: another cache, one model
         for runner in runners + runners:
             runner.compiled, runner._span = True, lambda reach: None  # as on a GPU
             runner._warm_up_shapes()
-        assert caches
-        symbolic = [shape for shape in caches if not all(isinstance(size, int) for size in shape)]
-        assert not symbolic, symbolic
-        assert {shape for shape in caches} == {tuple(r.cache.keys.shape) for r in runners}
+        assert caches and rotary
+        assert {shape for shape in caches} == {tuple(r.cache.keys.shape) for r in runners}  # no symbol among them
+        assert set(rotary) == {8, 16}
