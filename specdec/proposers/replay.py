@@ -26,6 +26,12 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1, keepdim=True)
 
 
+def replays_right(seed: int, position: int, alpha: float) -> bool:
+    """Whether a replayed draft proposes the target's own token at `position` (else a wrong one): decided by the
+    session's seed and the position alone, so runs are reproducible."""
+    return uniform(seed, position, Stream.DRAFT) < alpha
+
+
 class ReplayProposer(ModelDrafting):
     """A draft with real cost and replayed acceptance, for systems benchmarks without real weights.
 
@@ -93,7 +99,7 @@ class ReplayProposer(ModelDrafting):
         if replayed is None:
             right = self.reference[position] if position < len(self.reference) else 0
             wrong = [(right + i) % self.runner.vocab_size for i in (1, 2)]
-            if uniform(self.seed, position, Stream.DRAFT) < self.alpha:
+            if replays_right(self.seed, position, self.alpha):
                 replayed = right, wrong[0]
             else:
                 replayed = wrong[0], right if uniform(self.seed, position, Stream.RUNNER_UP) < self.runner_up else wrong[1]
@@ -129,6 +135,19 @@ class ReplayBook:
             return cls([(row["prompt_ids"], row["output_ids"]) for row in rows])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InvalidArgument("replay_references", f"cannot read {path}: {exc!r}") from exc
+
+    def realised(self, alpha: float, seed: int) -> float | None:
+        """The share of draft positions a replayed draft gets right over the outputs this book holds (each output's
+        tokens after its first, which the prompt's own step draws), for sessions of one `seed`: where every request
+        has the same seed (a benchmark's) the same positions come out right each time, so this, not `alpha`, is the
+        rate the runs replay. None for a book without such positions."""
+        right = [replays_right(seed, position, alpha) for reference, start in self._outputs()
+                 for position in range(start + 1, len(reference))]
+        return sum(right) / len(right) if right else None
+
+    def _outputs(self) -> list[tuple[list[int], int]]:
+        """Each reference (prompt + output) with where its output starts."""
+        return [(reference, len(prompt)) for prompt, reference in self._by_prompt.items()]
 
     def save(self, path: str) -> None:
         pathlib.Path(path).write_text("".join(json.dumps({"prompt_ids": list(p), "output_ids": ids[len(p):]}) + "\n"

@@ -376,16 +376,29 @@ def add_bounds(s: SweepSettings, points: list[dict], target: LoadedModel, comput
 
 
 def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None = None,
-         differ: list | None = None) -> None:
+         differ: list | None = None, realised: float | None = None) -> None:
     """Write `--json`: after each mode and after the exactness check (`complete` false: the bounds come last), so a
     sweep cut short keeps the points it measured (`greedy_mismatches` null: not checked yet); then once more,
-    complete."""
+    complete. `realised`: the rate a replayed draft realises at these prompts' positions (`replay_realised`)."""
     if s.json:
         with open(s.json, "w") as f:
             json.dump({"settings": s.__dict__, "complete": bounds is not None, "points": points,
-                       "bounds": bounds or {},
+                       "bounds": bounds or {}, "replay_realised": realised,
                        "greedy_mismatches": None if differ is None else [m.to_dict() for m in differ]},
                       f, indent=1, default=list)
+
+
+def replay_realised(s: SweepSettings, prompt_ids: Sequence[Sequence[int]],
+                    reference: dict[int, list[int]]) -> float | None:
+    """The share of draft positions a replayed draft got right over the prompts' reference outputs (None: no
+    replay): every request carries the sweep's one seed, so each prompt's positions come out the same each time,
+    and over four prompts that rate can sit a few hundredths off `replay_alpha` (ReplayBook.realised)."""
+    if s.replay_alpha is None or not reference:
+        return None
+    realised = ReplayBook([(prompt_ids[i], ids) for i, ids in reference.items()]).realised(s.replay_alpha, s.seed)
+    print(f"sweep: replayed acceptance {s.replay_alpha} realises {realised:.3f} at these prompts' draft positions "
+          f"(seed {s.seed} for every request)", file=sys.stderr)
+    return realised
 
 
 MEASURED_WITH = ("target", "draft", "device", "draft_device", "dtype", "draft_dtype", "max_len", "levels",
@@ -437,12 +450,13 @@ def main(s: SweepSettings) -> int:
     differ = exactness.mismatches(checked, reference)
     if differ and not sampled:  # how near a tie each was: the target's top-2 logit gap there
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
-    save(s, points, None, differ)  # before the bounds' start-up: a sweep cut there keeps its exactness check
+    realised = replay_realised(s, prompt_ids, reference)
+    save(s, points, None, differ, realised)  # before the bounds' start-up: a sweep cut there keeps its exactness check
     bounds = add_bounds(s, points, target, compute, prompt_ids)
     del target
     failed = sum(p["ok"] < p["requests"] for p in points)
     print(table(points))
-    save(s, points, bounds, differ)
+    save(s, points, bounds, differ, realised)
     if s.plot:
         plot(points, bounds, s.plot)
     if failed:

@@ -49,6 +49,23 @@ def test_the_json_is_written_after_each_mode_and_the_exactness_check_then_comple
     assert done["complete"] and done["bounds"] == {"1": 100.0} and done["greedy_mismatches"] == []
 
 
+def test_a_replayed_sweep_records_the_rate_its_draft_realises(tmp_path):
+    """Every request of a sweep carries its one seed, so a replayed draft is right at the same positions of each prompt
+    each time: the sweep records that rate beside `replay_alpha` (`replay_realised`), none without a replay."""
+    import json
+
+    from specdec.proposers.replay import ReplayBook
+    from specdec.tools.sweep import SweepSettings, replay_realised, save
+
+    prompts, reference = [[1, 2, 3], [4, 5]], {0: list(range(100)), 1: list(range(50, 150))}
+    s = SweepSettings(json=str(tmp_path / "sweep.json"), replay_alpha=0.8, seed=3)
+    realised = replay_realised(s, prompts, reference)
+    assert realised == ReplayBook([(prompts[i], ids) for i, ids in reference.items()]).realised(0.8, seed=3)
+    save(s, [], None, [], realised)
+    assert json.loads((tmp_path / "sweep.json").read_text())["replay_realised"] == realised
+    assert replay_realised(SweepSettings(), prompts, reference) is None
+
+
 def test_bounds_only_takes_only_a_sweep_s_own_results(tmp_path):
     import json
 
