@@ -412,6 +412,11 @@ class BatchLoad(Protocol):
         """How many cycles `batch_cycle_cost(k)`'s figure averages (0: none, or not a measured cycle)."""
         ...
 
+    def batch_cycle_elsewhere(self, k: int) -> float | None:
+        """A cycle verifying k drafts never measured at this load, scaled from another load's measured cycles of k
+        and of a K measured here (None: no load has both)."""
+        ...
+
     def batch_steps(self) -> int | None:
         """Steps run so far: what a shared phase's rates are computed once per (None: every time)."""
         ...
@@ -538,7 +543,8 @@ class AdaptiveK:
         cycles = [self.batch.batch_cycle_cost(k) if measured else None for k in ks]
         samples = [self.batch.batch_cycle_samples(k) if cycles[k] is not None else 0 for k in ks]
         step = self._draft_step(measured)
-        costs = [self._unmeasured_cost(k, cycles, verify, step) if cycles[k] is None else cycles[k] for k in ks]
+        costs = [self._unmeasured_cost(k, cycles, verify, step, measured) if cycles[k] is None else cycles[k]
+                 for k in ks]
         for k in reversed(ks[1:]):  # the better-measured figure of two neighbours stands
             if costs[k] is not None and costs[k - 1] is not None and samples[k] > samples[k - 1] and costs[k] > step:
                 costs[k - 1] = min(costs[k - 1], costs[k] - step)
@@ -548,13 +554,21 @@ class AdaptiveK:
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in ks]
 
-    def _unmeasured_cost(self, k: int, cycles: list[float | None], verify: list[float | None], step: float) -> float | None:
+    def _unmeasured_cost(self, k: int, cycles: list[float | None], verify: list[float | None], step: float,
+                         measured: bool = False) -> float | None:
         """A cycle drafting k tokens, never measured at this load: from the nearest drafting K that was (the one below
-        on a tie), by the draft steps and the verify's growth between them; else the sum of its parts. The parts'
-        price of a draft token (a phase's drafting time over its K) also holds the phase's fixed work, launching the
-        verify and reading back, which the sum charges k times: next to a measured K it made the next K look dearer
-        than one more step makes it, so the phase did not try it (docs/benchmarks.md, stop 47)."""
+        on a tie), by the draft steps and the verify's growth between them; with none (`measured`: in an engine that
+        times cycles), from another load's cycle of k, scaled by a cycle both loads measured (`batch_cycle_elsewhere`);
+        else the sum of its parts. The parts' price of a draft token (a phase's drafting time over its K) also holds
+        the phase's fixed work, launching the verify and reading back, which the sum charges k times: next to a
+        measured K it made the next K look dearer than one more step makes it, so the phase did not try it
+        (docs/benchmarks.md, stop 47); where a batch entered a rows bucket with only plain cycles measured in it, it
+        priced K = 4 at ~31 ms against the 16-18 ms measured there a second later, and drafting turned off (call sd4)."""
         near = [j for j in range(1, len(cycles)) if cycles[j] is not None and verify[j] is not None]
+        if k > 0 and not near and measured and verify[k] is not None:
+            elsewhere = self.batch.batch_cycle_elsewhere(k)
+            if elsewhere is not None:
+                return max(elsewhere, verify[k])
         if k == 0 or not near or verify[k] is None:
             return self.costs.cycle_cost(k, verify[k])
         j = min(near, key=lambda j: (abs(j - k), j))

@@ -625,6 +625,9 @@ class BatchedRunner(ModelRunner):
         forward = self.costs.forward(rows, 1)
         return forward if cycle is None else cycle if forward is None else min(cycle, forward)
 
+    def batch_cycle_elsewhere(self, k: int) -> float | None:
+        return self.costs.cycle_elsewhere(self.batch_rows(), k + 1)
+
     def batch_cycle_samples(self, k: int) -> int:
         return self.costs.cycle_samples(self.batch_rows(), k + 1)
 

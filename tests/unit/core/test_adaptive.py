@@ -37,6 +37,7 @@ class Load:
     samples: dict[int, int] = field(default_factory=dict)  # k -> how many cycles its measured figure averages
     draft_step: float | None = None  # one draft step's time at this load, as the engine's draft runner timed it
     catch_up: CatchUp | None = None  # what turning drafting on would cost the rows' drafts first
+    elsewhere: dict[int, float] = field(default_factory=dict)  # k -> its cycle scaled from another load's
     asked: int = 0  # calls of batch_cycle_cost
 
     def batch_steps(self) -> int | None:
@@ -54,6 +55,9 @@ class Load:
 
     def batch_cycle_samples(self, k: int) -> int:
         return self.samples.get(k, 0)
+
+    def batch_cycle_elsewhere(self, k: int) -> float | None:
+        return self.elsewhere.get(k)
 
     def batch_draft_step_cost(self) -> float | None:
         return self.draft_step
@@ -812,3 +816,29 @@ def test_a_k_never_measured_is_priced_from_the_nearest_measured_one():
     assert near.choose() == 3
     plain_only = member({0: 0.0054})
     assert plain_only.rate(3) == pytest.approx(expected_tokens(0.75, 3) / (0.0063 + 3 * 0.0024 + 0.0009), rel=1e-4)
+
+
+def test_a_load_with_only_plain_cycles_measured_prices_a_k_from_another_load_s_cycles_not_its_parts():
+    """64 rows on an H100 (call sd4): the batch entered a rows bucket with only plain cycles measured in it, and K = 4,
+    summed from its parts (4.7 ms of drafting time a token, the phase's fixed work in it), cost ~31 ms against the
+    16-18 ms measured there a second later: drafting turned off. Where another load measured that K's cycle and a
+    plain one, this load's plain cycle scaled by their ratio prices it (`batch_cycle_elsewhere`); a K measured at this
+    load still comes first, and with neither the parts price it as before."""
+    verify = {k: 0.0067 + 0.001 * k for k in range(5)}
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.0107, 0.0188, 0.0021)  # 4.7 ms a token, 2.1 ms a cycle
+
+    def member(cycles: dict[int, float], elsewhere: dict[int, float]) -> AdaptiveK:
+        load = Load(rows=58, verify=verify, cycles=cycles, samples={k: 100 for k in cycles}, draft_step=0.0015,
+                    elsewhere=elsewhere)
+        return AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                         acceptance=known(0.75))
+
+    scaled = member({0: 0.0069}, {k: 0.0069 * (1.4 + 0.25 * k) for k in range(1, 5)})  # 48 rows' ratios
+    assert scaled.rate(4) == pytest.approx(expected_tokens(0.75, 4) / (0.0069 * 2.4), rel=1e-4)
+    assert scaled.choose() > 0  # K = 4: 3.05 tokens in 16.6 ms beat 1 in 6.9
+    parts = member({0: 0.0069}, {})
+    assert parts.rate(4) == pytest.approx(expected_tokens(0.75, 4) / (0.0107 + 4 * 0.0047 + 0.0021), rel=1e-4)
+    assert parts.choose() == 0  # 3.05 tokens in 31.6 ms: what turned drafting off
+    here = member({0: 0.0069, 2: 0.0150}, {k: 0.001 for k in range(1, 5)})  # a drafting K measured at this load
+    assert here.rate(4) == pytest.approx(expected_tokens(0.75, 4) / (0.0150 + 2 * 0.0015 + 0.002), rel=1e-4)

@@ -699,6 +699,12 @@ def test_step_cost_table_keeps_cycles_apart_from_steps():
     assert table.cost(64, 1) == 0.019 and table.cycle(64, 1) == pytest.approx(0.009)
     assert table.cycle(64, 3) is None and table.cycle(16, 1) is None  # never scaled from another cell
     assert table.report() == "64x1: 19.0; cycles 64x1: 9.0" and table.report() == ""  # each cell once
+    assert table.cycle_elsewhere(64, 3) is None  # no load measured both: nothing to scale by
+    table.observe_cycle(16, 1, 0.006)
+    table.observe_cycle(16, 3, 0.012)
+    assert table.cycle_elsewhere(64, 3) == pytest.approx(0.009 * 0.012 / 0.006)  # 64 rows' plain cycle, 16 rows' ratio
+    assert table.cycle(64, 3) is None  # what was measured at a load stays apart
+    table.report()
     table.observe_forward(1, 1, 0.006)
     table.observe_forward(1, 5, 0.0072)
     table.observe_forward(64, 5, 0.015)
