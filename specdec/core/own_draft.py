@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from specdec.core.drafting import DraftStart
@@ -32,7 +32,45 @@ log = logging.getLogger("specdec.own_draft")
 ProposeAll = Callable[[Sequence[Proposer], Sequence[Sequence[int]], Sequence[int], Launched | None], list[Proposal]]
 Early = Callable[[list[tuple["OwnDraftLink", Drafted]]], None]  # each asking link's block, launched and not yet read
 SLOW_PHASE_S = 0.05  # a drafting phase this long holds every session's step: the log says what it spent it on
-CATCH_UP_DECAY = 0.8  # each catch-up timed weighs an older one's seconds and tokens by this (`catch_up_cost`)
+CATCH_UP_DECAY = 0.8  # each catch-up timed weighs an older one by this (CatchUpPrice)
+CATCH_UP_SPREAD = 0.25  # catch-ups whose sizes vary less than this (standard deviation over mean) give no slope
+
+
+@dataclass
+class CatchUpPrice:
+    """Seconds a catch-up on n committed tokens takes, from the catch-ups timed so far: fixed work plus a price per
+    token, fitted by least squares with each older catch-up's weight decayed by CATCH_UP_DECAY. A catch-up's forwards
+    cost their launches and a read whatever its size, a few milliseconds; a price per token alone, set by the many
+    catch-ups of one session's prompt, priced a catch-up of every row on 7747 tokens at 537 ms where one on 7406 took
+    52.5 (docs/benchmarks.md, call sd4). Until the sizes seen vary enough for a slope (or where the fit has none, or
+    no fixed part), the price per token, which errs dear."""
+
+    weight: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+    tokens_sq: float = 0.0
+    tokens_seconds: float = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        d = CATCH_UP_DECAY
+        self.weight, self.tokens, self.seconds = d * self.weight + 1, d * self.tokens + tokens, d * self.seconds + seconds
+        self.tokens_sq = d * self.tokens_sq + tokens * tokens
+        self.tokens_seconds = d * self.tokens_seconds + tokens * seconds
+
+    def cost(self, tokens: int) -> float | None:
+        """Seconds for a catch-up on `tokens` (0 for none); None: none timed yet."""
+        if not self.tokens:
+            return None
+        if tokens <= 0:
+            return 0.0
+        per_token = self.seconds / self.tokens * tokens
+        mean_t, mean_s = self.tokens / self.weight, self.seconds / self.weight
+        spread = self.tokens_sq / self.weight - mean_t * mean_t  # the sizes' variance
+        if spread <= (CATCH_UP_SPREAD * mean_t) ** 2:
+            return per_token
+        slope = (self.tokens_seconds / self.weight - mean_t * mean_s) / spread
+        fixed = mean_s - slope * mean_t
+        return fixed + slope * tokens if slope > 0 and fixed >= 0 else per_token
 
 
 class OwnDraftLink(ProposalInbox):
@@ -110,7 +148,7 @@ class OwnDrafts:
         self.lock = threading.Lock()  # held while drafting: by the engine's thread (or a session outside one)
         self.stats = PhaseStats()
         self._reported = PhaseStats()
-        self._caught_up = (0.0, 0.0)  # (seconds, tokens) of the catch-ups timed, decayed by CATCH_UP_DECAY each
+        self.catch_up_price = CatchUpPrice()  # what the catch-ups timed so far say one costs
 
     def open(self, address: str, start: DraftStart, deadline_s: float | None) -> OwnDraftLink:
         k = 0 if start.paused else start.k  # a paused session asks for nothing until a verdict resumes it
@@ -165,15 +203,11 @@ class OwnDrafts:
             s.catch_up_tokens += catch_up_tokens
             s.joining_s += catch_up_s if joining else 0.0
             if catch_up_tokens > 0:
-                seconds, tokens = self._caught_up
-                self._caught_up = (CATCH_UP_DECAY * seconds + catch_up_s, CATCH_UP_DECAY * tokens + catch_up_tokens)
+                self.catch_up_price.observe(catch_up_tokens, catch_up_s)
 
     def catch_up_cost(self, tokens: int) -> float | None:
-        """Seconds a catch-up on `tokens` committed tokens would take, at the seconds per token of the recent ones
-        (a token-weighted mean: a catch-up of many rows on a long pause weighs more than a prompt's); None: none
-        timed yet."""
-        seconds, timed = self._caught_up
-        return None if timed == 0 else seconds / timed * tokens
+        """Seconds a catch-up on `tokens` committed tokens would take (CatchUpPrice); None: none timed yet."""
+        return self.catch_up_price.cost(tokens)
 
     def joining_s(self) -> float:
         return self.stats.joining_s

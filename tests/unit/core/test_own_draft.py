@@ -472,6 +472,25 @@ def test_the_engine_prices_turning_drafting_on_by_what_its_rows_drafts_lack(tiny
         sequence.close()
 
 
+def test_a_catch_up_is_priced_as_fixed_work_plus_its_tokens_once_sizes_vary():
+    """Call sd4: a phase caught 59 sessions up on 7406 tokens in 52.5 ms, where one session's prompt of 20-130 tokens
+    took 2-6 ms; priced per token by those, a catch-up on 7747 tokens came to 537 ms. Fitted as fixed work plus a
+    price per token, the catch-ups seen price a large one near what it took; catch-ups of one size, or a fit without a
+    slope or a fixed part, are priced per token as before."""
+    price = own_draft.CatchUpPrice()
+    assert price.cost(100) is None  # none timed
+    price.observe(40, 0.004)
+    assert price.cost(100) == pytest.approx(0.010) and price.cost(0) == 0.0  # one size: per token
+    for tokens, seconds in ((30, 0.0035), (130, 0.006), (60, 0.0042), (7406, 0.0525), (25, 0.0033), (90, 0.005)):
+        price.observe(tokens, seconds)
+    assert 0.025 < price.cost(4848) < 0.045  # ~3.4 ms + ~6.6 us a token, not 4848 x the small ones' ~60 us
+    assert price.cost(20) == pytest.approx(0.0035, abs=0.001)  # a small one still costs its fixed work
+    flat = own_draft.CatchUpPrice()
+    for tokens, seconds in ((20, 0.006), (100, 0.004), (60, 0.005)):  # larger ones no dearer: no slope to trust
+        flat.observe(tokens, seconds)
+    assert flat.cost(1000) == pytest.approx(1000 * flat.seconds / flat.tokens)
+
+
 def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine):
     """A new session's first block catches its draft up on its prompt (joining: prompt work, charged to no running
     session's cycle); its next block, drafted from the cached sequence, catches nothing up; a session whose committed
@@ -503,10 +522,11 @@ def test_only_a_new_session_s_catch_up_counts_as_joining(tiny_pair_fp32, engine)
         # prompt (its last block's, which no verdict confirmed) are rolled back, not counted
         resumed = drafts.stats.catch_up_tokens - (len(prompt) - 1)
         assert resumed == len(pause) - 1, resumed
-        resumed_s = drafts.stats.catch_up_s - joined  # seconds per token weighted by tokens, the older decayed:
-        per_token = (own_draft.CATCH_UP_DECAY * joined + resumed_s) / (own_draft.CATCH_UP_DECAY * (len(prompt) - 1)
-                                                                       + resumed)
-        assert drafts.catch_up_cost(10) == pytest.approx(10 * per_token)
+        resumed_s = drafts.stats.catch_up_s - joined  # both catch-ups priced by their sizes and times, the older decayed
+        price = own_draft.CatchUpPrice()
+        price.observe(len(prompt) - 1, joined)
+        price.observe(resumed, resumed_s)
+        assert drafts.catch_up_price == price and drafts.catch_up_cost(10) == price.cost(10)
         caught_up, tokens = drafts.stats.catch_up_s, drafts.stats.catch_up_tokens
         drafts.ask(paused)
         assert drafts.draft() and drafts.stats.catch_up_s > caught_up and drafts.joining_s() == joined
