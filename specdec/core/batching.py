@@ -169,7 +169,7 @@ class RowsCache(StaticCache):
         self.keys, self.values, self.step = keys, values, step
         self.layer_ids = torch.arange(keys.shape[0], device=keys.device)  # [layers]: a layer's index as a tensor index
         self.layers = [RowsLayer(self, i) for i in range(keys.shape[0])]
-        keep_static(self.keys, self.values, self.layer_ids)  # compiled: one model's shape, not another's through its layers
+        keep_static(self.keys, self.values, self.layer_ids)  # compiled: this runner's shape, not another runner's
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """key_states, value_states [B, kv heads, n, D] -> what the step attends over, [B, kv heads, span, D]."""

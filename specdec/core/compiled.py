@@ -66,9 +66,13 @@ def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
     if not getattr(Cache.update, "_specdec_eager", False):
         Cache.update = torch.compiler.disable(Cache.update)  # indexes a list by layer_idx
         Cache.update._specdec_eager = True
-    forward = _own_code(layers[0].forward.__func__)  # one per model: its sizes its own
+    copies: dict[types.FunctionType, types.FunctionType] = {}  # each layer class's forward, once per model
     for layer in layers:
-        layer.forward = torch.compile(types.MethodType(forward, layer), dynamic=None, backend=backend)  # automatic dynamic
+        function = layer.forward.__func__
+        if function not in copies:
+            copies[function] = _own_code(function)  # this model's: its sizes its own
+        layer.forward = torch.compile(types.MethodType(copies[function], layer), dynamic=None,
+                                      backend=backend)  # automatic dynamic shapes
     setattr(model, _MARK, len(layers))
     return len(layers)
 

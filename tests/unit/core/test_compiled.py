@@ -175,3 +175,22 @@ def test_two_models_of_one_layer_class_each_keep_their_sizes_static(monkeypatch)
         assert caches and rotary
         assert {shape for shape in caches} == {tuple(r.cache.keys.shape) for r in runners}  # no symbol among them
         assert set(rotary) == {8, 16}
+
+
+def test_each_layer_class_of_a_model_runs_its_own_forward(monkeypatch):
+    """Each model compiles its own copy of its layers' code (compiled._own_code), one per layer class: a model whose
+    decoder layers are of two classes runs each one's own forward."""
+
+    class AddDecoderLayer(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    class DoubleDecoderLayer(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    model = torch.nn.Sequential(AddDecoderLayer(), DoubleDecoderLayer(), AddDecoderLayer())
+    with traced_layers(monkeypatch, model, backend="eager"):
+        x = torch.tensor([3.0])
+        assert [float(layer(x)) for layer in model] == [4.0, 6.0, 4.0]
+        assert model[0].forward.__wrapped__.__func__ is model[2].forward.__wrapped__.__func__  # one copy a class
