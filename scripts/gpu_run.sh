@@ -127,7 +127,8 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
     # PART=Z: carry base_tree.tgz), then on this one, side by side (files named ..._base, ..._this); REPLAY=FILE: the
     # target's continuations kept there (`bench --replay-references`): a call with target-only writes them (give
     # $OUT/replay.jsonl to bring them back), a later one carries them (in compile_cache/, gitignored) and runs
-    # MODES=services-own-draft alone, where one call is too short for both deployments' compile and capture
+    # MODES=services-own-draft alone, where one call is too short for both deployments' compile and capture (since
+    # stop 61's static sizes one call holds both at 16 and 64 clients with their bounds: 357 s from an empty cache, sd4)
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout ${TESTS_TIMEOUT:-150} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py $GPU_TESTS 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
   fi
