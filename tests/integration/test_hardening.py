@@ -142,7 +142,9 @@ def test_huge_prompt_is_refused_cheaply_and_blocks_no_one(stack_default, tiny_pa
             stop.set()
             worker.join()
         assert rss_mb(pid) - before < 100
-        assert latencies and max(latencies) < 1.0, max(latencies)
+        # a small request sent while the 15 MB one is received and parsed waits for that (1.05 s once on a busy 2-core
+        # CI box, as the refusal's own bound above allows); tokenizing it would hold them ~10 s
+        assert latencies and max(latencies) < 0.5 + 15_000_000 / 10e6, max(latencies)
         assert c.generate(build_request("import os", max_new_tokens=8, ignore_eos=True)).token_ids == \
             greedy(tiny_pair, "import os", 8)
 
