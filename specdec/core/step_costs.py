@@ -89,7 +89,8 @@ class StepCostTable:
         """A cycle of `tokens` never measured at this load, from loads where it was: a cycle measured here (a plain
         one, as a rule) times the nearest load's ratio of the two (`_scaled`, as `cost` scales cells; `_capped`). None
         where no load has both."""
-        return self._capped(self.cycles, self._key(rows, tokens), self._scaled(self.cycles, *self._key(rows, tokens)))
+        key = self._key(rows, tokens)
+        return self._capped(self.cycles, key, self._scaled(self.cycles, *key))
 
     def cycle_samples(self, rows: int, tokens: int) -> int:
         """How many cycles the measured cycle at that load and step size was observed over (0: never)."""

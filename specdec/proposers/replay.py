@@ -141,13 +141,9 @@ class ReplayBook:
         tokens after its first, which the prompt's own step draws), for sessions of one `seed`: where every request
         has the same seed (a benchmark's) the same positions come out right each time, so this, not `alpha`, is the
         rate the runs replay. None for a book without such positions."""
-        right = [replays_right(seed, position, alpha) for reference, start in self._outputs()
-                 for position in range(start + 1, len(reference))]
+        right = [replays_right(seed, position, alpha) for prompt, reference in self._by_prompt.items()
+                 for position in range(len(prompt) + 1, len(reference))]
         return sum(right) / len(right) if right else None
-
-    def _outputs(self) -> list[tuple[list[int], int]]:
-        """Each reference (prompt + output) with where its output starts."""
-        return [(reference, len(prompt)) for prompt, reference in self._by_prompt.items()]
 
     def save(self, path: str) -> None:
         pathlib.Path(path).write_text("".join(json.dumps({"prompt_ids": list(p), "output_ids": ids[len(p):]}) + "\n"

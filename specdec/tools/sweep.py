@@ -396,8 +396,9 @@ def replay_realised(s: SweepSettings, prompt_ids: Sequence[Sequence[int]],
     if s.replay_alpha is None or not reference:
         return None
     realised = ReplayBook([(prompt_ids[i], ids) for i, ids in reference.items()]).realised(s.replay_alpha, s.seed)
-    print(f"replayed acceptance {s.replay_alpha} realises {realised:.3f} at these prompts' draft positions "
-          f"(seed {s.seed} for every request)", file=sys.stderr)
+    if realised is not None:  # outputs of one token have no draft position
+        print(f"replayed acceptance {s.replay_alpha} realises {realised:.3f} at these prompts' draft positions "
+              f"(seed {s.seed} for every request)", file=sys.stderr)
     return realised
 
 

@@ -64,6 +64,7 @@ def test_a_replayed_sweep_records_the_rate_its_draft_realises(tmp_path):
     save(s, [], None, [], realised)
     assert json.loads((tmp_path / "sweep.json").read_text())["replay_realised"] == realised
     assert replay_realised(SweepSettings(), prompts, reference) is None
+    assert replay_realised(s, prompts, {0: [7], 1: [8]}) is None  # outputs of one token: no draft position
 
 
 def test_bounds_only_takes_only_a_sweep_s_own_results(tmp_path):
