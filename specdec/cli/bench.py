@@ -87,7 +87,8 @@ def add_parser(sub) -> None:
                                         "outputs are then checked to be the same at every concurrency; a drafting "
                                         "mode's are equal to target-only's in distribution, not token for token, and "
                                         "are not compared",
-                       seed=0, seed_help="every request's seed (default 0)")
+                       seed=0, seed_help="every request's seed (default 0); with --replay-alpha, request n of a load "
+                                         "carries this plus n")
     bench.add_argument("--bounds-only", action="store_true",
                        help="with --concurrency and --json FILE: run no mode; take FILE's points (a sweep cut short "
                             "after its modes, e.g. by a time limit), check their greedy outputs and add their bounds, "

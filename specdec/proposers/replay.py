@@ -6,7 +6,7 @@ import json
 import logging
 import pathlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -136,13 +136,14 @@ class ReplayBook:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InvalidArgument("replay_references", f"cannot read {path}: {exc!r}") from exc
 
-    def realised(self, alpha: float, seed: int) -> float | None:
-        """The share of draft positions a replayed draft gets right over the outputs this book holds (each output's
-        tokens after its first, which the prompt's own step draws), for sessions of one `seed`: where every request
-        has the same seed (a benchmark's) the same positions come out right each time, so this, not `alpha`, is the
-        rate the runs replay. None for a book without such positions."""
-        right = [replays_right(seed, position, alpha) for prompt, reference in self._by_prompt.items()
-                 for position in range(len(prompt) + 1, len(reference))]
+    def realised(self, alpha: float, requests: Iterable[tuple[Sequence[int], int]]) -> float | None:
+        """The share of draft positions a replayed draft gets right over `requests` (each: a prompt this book holds,
+        and its session's seed), at each position of its output after the first (which the prompt's own step
+        draws): a position is right by seed and position alone, so where requests share a seed (a benchmark's
+        one seed) the same positions come out right each time, and this, not `alpha`, is the rate the runs replay.
+        None without such positions."""
+        right = [replays_right(seed, position, alpha) for prompt, seed in requests
+                 for position in range(len(prompt) + 1, len(self._by_prompt[tuple(prompt)]))]
         return sum(right) / len(right) if right else None
 
     def save(self, path: str) -> None:

@@ -30,7 +30,7 @@ from specdec.core.sampling import fresh_seed
 from specdec.core.stats import Cycle, SpecStats
 from specdec.core.target_loop import LocalLink
 from specdec.proposers import make_factory, own_drafts
-from specdec.tools.loadtest import Call, Reply
+from specdec.tools.loadtest import Call, Reply, with_seed
 from target_service.server import TargetServerSettings
 from target_service.server import own_draft_runner as build_own_draft_runner
 from target_service.service import TargetService, TargetSettings
@@ -197,7 +197,7 @@ class InProcessTarget:
     @contextlib.contextmanager
     def client(self, sampling: SamplingParams = SamplingParams()) -> Iterator[Call]:
         """A load client (loadtest.run_clients): calls `generate` on its own thread, sampling as `sampling` says."""
-        yield lambda prompt, max_new_tokens: self.generate(prompt, max_new_tokens, sampling)
+        yield lambda prompt, max_new_tokens, seed=None: self.generate(prompt, max_new_tokens, with_seed(sampling, seed))
 
     def close(self) -> None:
         """Stop the engines (waiting a little: the process may exit soon, and must not while they are in torch)."""

@@ -5,6 +5,7 @@ clients drive an in-process engine (`run_clients`, tools/inprocess.py)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -36,6 +37,8 @@ class LoadResult:
     tokens: int = 0
     wall_s: float = 0.0
     outputs: list[list[int]] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)  # the seed each output's request carried (None: its
+    #                                                        client's sampling seed)
     cycles: int = 0  # the target's cycles over all successful requests
     drafts: int = 0  # of them, cycles that verified drafts (what adaptive K chose under this load)
     draft_tokens: int = 0
@@ -78,7 +81,8 @@ class Reply:
     accepted_tokens: int = 0
 
 
-Call = Callable[[str, int], Reply]  # (prompt, max_new_tokens) -> the reply; raises on a failed request
+Call = Callable[[str, int, "int | None"], Reply]  # (prompt, max_new_tokens, seed: None for the client's sampling
+#                                                    seed) -> the reply; raises on a failed request
 
 
 def error_name(exc: Exception) -> str:
@@ -95,13 +99,18 @@ def error_name(exc: Exception) -> str:
 def grpc_client(address: str, timeout_s: float = 120.0, sampling: SamplingParams = SamplingParams()) -> Iterator[Call]:
     """One client of an orchestrator: requests by prompt text, EOS ignored, sampling as `sampling` says."""
     with Client(address, timeout_s=timeout_s) as client:
-        def call(prompt: str, max_new_tokens: int) -> Reply:
-            r = client.generate(build_request(prompt, sampling=sampling, max_new_tokens=max_new_tokens,
-                                              ignore_eos=True))
+        def call(prompt: str, max_new_tokens: int, seed: int | None = None) -> Reply:
+            r = client.generate(build_request(prompt, sampling=with_seed(sampling, seed),
+                                              max_new_tokens=max_new_tokens, ignore_eos=True))
             s = r.stats
             return Reply(list(r.token_ids), s.time_to_first_token_s, s.cycles, s.drafts, s.draft_tokens,
                          s.accepted_tokens)
         yield call
+
+
+def with_seed(sampling: SamplingParams, seed: int | None) -> SamplingParams:
+    """`sampling` with a request's own seed (None: as it is)."""
+    return sampling if seed is None else dataclasses.replace(sampling, seed=seed)
 
 
 def run(address: str, concurrency: int, requests: int, prompts: list[str], max_new_tokens: int,
@@ -112,9 +121,11 @@ def run(address: str, concurrency: int, requests: int, prompts: list[str], max_n
 
 
 def run_clients(connect: Callable[[], ContextManager[Call]], concurrency: int, requests: int, prompts: list[str],
-                max_new_tokens: int, deadline_s: float) -> LoadResult:
+                max_new_tokens: int, deadline_s: float, seed: int | None = None) -> LoadResult:
     """`concurrency` clients (threads), each `connect`ed once, send `requests` requests each, in turn over
-    `prompts`; none starts after `deadline_s`."""
+    `prompts`; none starts after `deadline_s`. `seed`: request n of the load (client i's j-th, n = i * requests + j)
+    carries seed + n, so that requests of one prompt differ in what is drawn per position (a replayed draft's right
+    positions); None: each carries its client's sampling seed."""
     result = LoadResult()
     lock = threading.Lock()
     stop_at = time.monotonic() + deadline_s
@@ -127,9 +138,10 @@ def run_clients(connect: Callable[[], ContextManager[Call]], concurrency: int, r
                         result.errors["SKIPPED_TIME_LIMIT"] += 1
                     continue
                 prompt = prompts[(index + j) % len(prompts)]
+                own = None if seed is None else seed + index * requests + j
                 t0 = time.perf_counter()
                 try:
-                    r = call(prompt, max_new_tokens)
+                    r = call(prompt, max_new_tokens, own)
                 except Exception as exc:  # noqa: BLE001 - a failed request is counted by its status, not raised
                     with lock:
                         result.requests += 1
@@ -141,6 +153,7 @@ def run_clients(connect: Callable[[], ContextManager[Call]], concurrency: int, r
                     result.ttft_s.append(r.ttft_s)
                     result.tokens += len(r.token_ids)
                     result.outputs.append([prompts.index(prompt), *r.token_ids])
+                    result.seeds.append(own)
                     result.cycles += r.cycles
                     result.drafts += r.drafts
                     result.draft_tokens += r.draft_tokens

@@ -60,6 +60,7 @@ from specdec.tools.launcher import Stack, free_base_port
 SERVICE_MODES = ("target-only", "services", "services-no-overlap", "services-own-draft")
 ENGINE_MODES = ("engine-target-only", "engine-spec", "engine-own-draft")
 SWEEP_MODES = (*SERVICE_MODES, *ENGINE_MODES, "hf-generate")
+PLAIN_MODES = ("target-only", "engine-target-only", "hf-generate")  # the modes that draft nothing
 WARM_UP_TOKENS = 16  # new tokens per request of a level's unmeasured warm-up round
 
 
@@ -91,7 +92,8 @@ class SweepSettings:
     temperature: float = 0.0  # 0: greedy; else every request samples (top_k, top_p) with seed `seed`
     top_k: int = 0
     top_p: float = 1.0
-    seed: int = 0  # one seed for every request: a prompt's sampled output is then the same in each plain point
+    seed: int = 0  # sampled: every request's seed, so a prompt's sampled output is the same in each plain point;
+    # replayed (greedy): request n of a load carries seed + n (`request_seeds`)
     json: str | None = None
     plot: str | None = None
     bounds_only: bool = False  # run no mode: `json`'s points get their exactness check and bounds (measured_points)
@@ -129,6 +131,14 @@ class SweepSettings:
         return self
 
     @property
+    def request_seeds(self) -> int | None:
+        """Where each request of a load carries its own seed (loadtest.run_clients' `seed`): a replayed draft is right at
+        a position by seed and position alone, so with one seed for every request the same positions of a prompt
+        come out right each time, and over four prompts that rate sits off `replay_alpha` (0.752 of 0.8 at seed 0).
+        Greedy outputs do not depend on the seed; a sampled sweep keeps its one seed (None)."""
+        return self.seed if self.replay_alpha is not None else None
+
+    @property
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
@@ -162,6 +172,7 @@ def point(mode: str, concurrency: int, result: loadtest.LoadResult, warm: loadte
             "itl_p50_ms": 1e3 * statistics.median(itl) if itl else None, "cycles": s["cycles"],
             "drafted_cycles": s["drafted_cycles"], "draft_tokens": s["draft_tokens"], "accepted_tokens": s["accepted_tokens"],
             "outputs": result.outputs,  # [prompt index, *token ids] per request: exactness is checked across points
+            "seeds": result.seeds,  # the seed each output's request carried (null: the sweep's `seed`)
             "warm_up_outputs": warm.outputs}  # the same, of the level's warm-up round
 
 
@@ -237,7 +248,7 @@ def sweep_engine(s: SweepSettings, mode: str, target: LoadedModel, compute: Comp
 
 def measure_levels(mode: str, connect, s: SweepSettings) -> Iterator[dict]:
     """Each level's point (`connect`: a load client, loadtest.run_clients)."""
-    for c, result, warm in load_levels(connect, s.levels, s.rounds, s.max_new_tokens):
+    for c, result, warm in load_levels(connect, s.levels, s.rounds, s.max_new_tokens, s.request_seeds):
         p = point(mode, c, result, warm)
         print(f"sweep: {mode} at {c} clients: {p['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
         yield p
@@ -253,16 +264,17 @@ def record_continuations(connect, tokenizer, max_new_tokens: int) -> ReplayBook:
     return ReplayBook([(encode_prompt(tokenizer, prompts[index]), ids) for index, *ids in result.outputs])
 
 
-def load_levels(connect, levels: Sequence[int], rounds: int,
-                max_new_tokens: int) -> Iterator[tuple[int, loadtest.LoadResult, loadtest.LoadResult]]:
+def load_levels(connect, levels: Sequence[int], rounds: int, max_new_tokens: int,
+                seed: int | None = None) -> Iterator[tuple[int, loadtest.LoadResult, loadtest.LoadResult]]:
     """Per number of clients C: an unmeasured warm-up round at C (on a GPU it replays C's graph buckets
     first), then C clients x `rounds` requests (at least 4 in all), measured: (C, the measured round, the warm-up,
     whose outputs are checked too: the first requests a deployment serves take paths no later one does).
-    `connect`: a load client (loadtest.grpc_client of a deployment, or an in-process engine's)."""
+    `connect`: a load client (loadtest.grpc_client of a deployment, or an in-process engine's); `seed`: request n of
+    each load carries seed + n (None: the client's own)."""
     prompts = loadtest.DEFAULT_PROMPTS
     for c in levels:
-        warm = loadtest.run_clients(connect, c, 1, prompts, WARM_UP_TOKENS, 600)
-        yield c, loadtest.run_clients(connect, c, max(rounds, -(-4 // c)), prompts, max_new_tokens, 1200), warm
+        warm = loadtest.run_clients(connect, c, 1, prompts, WARM_UP_TOKENS, 600, seed)
+        yield c, loadtest.run_clients(connect, c, max(rounds, -(-4 // c)), prompts, max_new_tokens, 1200, seed), warm
 
 
 def sweep_hf_generate(s: SweepSettings, model: torch.nn.Module) -> list[dict]:
@@ -379,7 +391,7 @@ def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None =
          differ: list | None = None, realised: float | None = None) -> None:
     """Write `--json`: after each mode and after the exactness check (`complete` false: the bounds come last), so a
     sweep cut short keeps the points it measured (`greedy_mismatches` null: not checked yet); then once more,
-    complete. `realised`: the rate a replayed draft realises at these prompts' positions (`replay_realised`)."""
+    complete. `realised`: the rate a replayed draft realised over the drafting requests (`replay_realised`)."""
     if s.json:
         with open(s.json, "w") as f:
             json.dump({"settings": s.__dict__, "complete": bounds is not None, "points": points,
@@ -388,17 +400,21 @@ def save(s: SweepSettings, points: list[dict], bounds: dict[int, float] | None =
                       f, indent=1, default=list)
 
 
-def replay_realised(s: SweepSettings, prompt_ids: Sequence[Sequence[int]],
-                    reference: dict[int, list[int]]) -> float | None:
-    """The share of draft positions a replayed draft got right over the prompts' reference outputs (None: no
-    replay): every request carries the sweep's one seed, so each prompt's positions come out the same each time,
-    and over four prompts that rate can sit a few hundredths off `replay_alpha` (ReplayBook.realised)."""
+def replay_realised(s: SweepSettings, prompt_ids: Sequence[Sequence[int]], reference: dict[int, list[int]],
+                    points: Sequence[dict]) -> float | None:
+    """The share of draft positions a replayed draft got right over the drafting points' measured requests, from
+    each one's prompt and seed and its prompt's reference output (ReplayBook.realised; None: no replay). Points
+    saved before requests had seeds of their own carried the sweep's `seed`."""
     if s.replay_alpha is None or not reference:
         return None
-    realised = ReplayBook([(prompt_ids[i], ids) for i, ids in reference.items()]).realised(s.replay_alpha, s.seed)
+    book = ReplayBook([(prompt_ids[i], ids) for i, ids in reference.items()])
+    requests = [(prompt_ids[out[0]], s.seed if seed is None else seed) for p in points if p["mode"] not in PLAIN_MODES
+                for out, seed in zip(p["outputs"], p.get("seeds") or [None] * len(p["outputs"]))
+                if out[0] in reference]
+    realised = book.realised(s.replay_alpha, requests)
     if realised is not None:  # outputs of one token have no draft position
-        print(f"replayed acceptance {s.replay_alpha} realises {realised:.3f} at these prompts' draft positions "
-              f"(seed {s.seed} for every request)", file=sys.stderr)
+        print(f"replayed acceptance {s.replay_alpha} realises {realised:.3f} at the draft positions of the "
+              f"{len(requests)} drafting requests", file=sys.stderr)
     return realised
 
 
@@ -451,7 +467,7 @@ def main(s: SweepSettings) -> int:
     differ = exactness.mismatches(checked, reference)
     if differ and not sampled:  # how near a tie each was: the target's top-2 logit gap there
         exactness.measure_gaps(differ, reference, prompt_ids, target.model, compute.run)
-    realised = replay_realised(s, prompt_ids, reference)
+    realised = replay_realised(s, prompt_ids, reference, points)
     save(s, points, None, differ, realised)  # before the bounds' start-up: a sweep cut there keeps its exactness check
     bounds = add_bounds(s, points, target, compute, prompt_ids)
     del target

@@ -100,6 +100,8 @@ def test_bench_sweeps_concurrency(tmp_path):
         assert sum(points[(mode, c)]["draft_tokens"] for c in (1, 3)) > 0, mode
     assert result["greedy_mismatches"] == [] and len(points[("engine-spec", 3)]["outputs"]) >= 4  # all compared
     assert result["replay_realised"] == 1.0 and "replayed acceptance 1.0 realises 1.000" in run.stderr
+    seeds = points[("services-own-draft", 3)]["seeds"]  # replayed: each request its own seed
+    assert len(set(seeds)) == len(seeds) == len(points[("services-own-draft", 3)]["outputs"]), seeds
     assert len(points[("services-own-draft", 3)]["warm_up_outputs"]) == 3  # the warm-up round's too
     assert out_png.stat().st_size > 1000
 

@@ -379,10 +379,11 @@ def test_replay_proposer_accepts_at_the_replayed_rate(tiny_pair):
         assert (rate == 0.0) if alpha == 0.0 else (0.6 < rate < 1.0), rate
 
 
-def test_a_replay_book_says_what_rate_its_draft_realises_for_one_seed(tiny_pair):
-    """A replayed draft is right at a position by its session's seed alone, so sessions of one seed (every request of a
-    benchmark) replay the same positions: the book gives the rate they realise, the share of its outputs' draft
-    positions (each output's tokens after its first) that the proposer gets right."""
+def test_a_replay_book_says_what_rate_its_draft_realises_over_requests(tiny_pair):
+    """A replayed draft is right at a position by its session's seed alone, so sessions of one seed replay the same
+    positions: the book gives the rate requests (prompt, seed) realise, the share of their outputs' draft positions
+    (each output's tokens after its first) that the proposer gets right; requests of seeds of their own average to
+    alpha."""
     prompt, output = [1, 2, 3], [(7 * i + 5) % 50 for i in range(300)]
     book = ReplayBook([(prompt, output)])
     proposer = ReplayFactory(tiny_pair.draft_runner, book, ReplayRates(0.8, 0.0)).open(SamplingParams(), seed=0)
@@ -392,11 +393,16 @@ def test_a_replay_book_says_what_rate_its_draft_realises_for_one_seed(tiny_pair)
         right = [proposer._replayed(p)[0] == reference[p] for p in range(len(prompt) + 1, len(reference))]
     finally:
         proposer.close()
-    realised = book.realised(0.8, seed=0)
+    realised = book.realised(0.8, [(prompt, 0)])
     assert realised == sum(right) / len(right)
-    assert 0.7 < realised < 0.9 and realised != book.realised(0.8, seed=1)  # near alpha, but each seed its own
-    assert book.realised(1.0, seed=0) == 1.0 and book.realised(0.0, seed=0) == 0.0
-    assert ReplayBook([(prompt, [4])]).realised(0.8, seed=0) is None  # no position a draft proposes
+    assert book.realised(0.8, [(prompt, 0)] * 5) == realised  # one seed: the same positions each time
+    assert 0.7 < realised < 0.9 and realised != book.realised(0.8, [(prompt, 1)])  # near alpha, but each seed its own
+    assert book.realised(0.8, [(prompt, 0), (prompt, 1)]) == pytest.approx(
+        (realised + book.realised(0.8, [(prompt, 1)])) / 2)  # one output's positions each
+    assert abs(book.realised(0.8, [(prompt, seed) for seed in range(200)]) - 0.8) < 0.01  # 200 x 299 positions
+    assert book.realised(1.0, [(prompt, 0)]) == 1.0 and book.realised(0.0, [(prompt, 0)]) == 0.0
+    assert book.realised(0.8, []) is None
+    assert ReplayBook([(prompt, [4])]).realised(0.8, [(prompt, 0)]) is None  # no position a draft proposes
 
 
 def test_a_replayed_draft_warns_once_where_the_sequence_leaves_its_reference(tiny_pair, caplog):

@@ -50,21 +50,51 @@ def test_the_json_is_written_after_each_mode_and_the_exactness_check_then_comple
 
 
 def test_a_replayed_sweep_records_the_rate_its_draft_realises(tmp_path):
-    """Every request of a sweep carries its one seed, so a replayed draft is right at the same positions of each prompt
-    each time: the sweep records that rate beside `replay_alpha` (`replay_realised`), none without a replay."""
+    """A replayed draft is right at a position by its request's seed and the position alone: the sweep records the
+    rate its drafting points' requests realised (`replay_realised`), from each one's prompt and seed; points saved
+    before requests had seeds of their own count with the sweep's one seed; none without a replay."""
     import json
 
     from specdec.proposers.replay import ReplayBook
     from specdec.tools.sweep import SweepSettings, replay_realised, save
 
     prompts, reference = [[1, 2, 3], [4, 5]], {0: list(range(100)), 1: list(range(50, 150))}
+    book = ReplayBook([(prompts[i], ids) for i, ids in reference.items()])
     s = SweepSettings(json=str(tmp_path / "sweep.json"), replay_alpha=0.8, seed=3)
-    realised = replay_realised(s, prompts, reference)
-    assert realised == ReplayBook([(prompts[i], ids) for i, ids in reference.items()]).realised(0.8, seed=3)
+    assert s.request_seeds == 3 and SweepSettings().request_seeds is None  # a greedy sweep without a replay: none
+    drafted = {"mode": "services-own-draft", "outputs": [[0, 9], [1, 9], [0, 9]], "seeds": [3, 4, 5]}
+    plain = {"mode": "target-only", "outputs": [[1, 9]] * 4, "seeds": [3, 4, 5, 6]}  # drafts nothing: not counted
+    realised = replay_realised(s, prompts, reference, [plain, drafted])
+    assert realised == book.realised(0.8, [(prompts[0], 3), (prompts[1], 4), (prompts[0], 5)])
+    old = {"mode": "engine-spec", "outputs": [[0, 9], [1, 9]]}  # saved before seeds: the sweep's one seed
+    assert replay_realised(s, prompts, reference, [old]) == book.realised(0.8, [(prompts[0], 3), (prompts[1], 3)])
     save(s, [], None, [], realised)
     assert json.loads((tmp_path / "sweep.json").read_text())["replay_realised"] == realised
-    assert replay_realised(SweepSettings(), prompts, reference) is None
-    assert replay_realised(s, prompts, {0: [7], 1: [8]}) is None  # outputs of one token: no draft position
+    assert replay_realised(SweepSettings(), prompts, reference, [drafted]) is None
+    assert replay_realised(s, prompts, {0: [7], 1: [8]}, [drafted]) is None  # outputs of one token: no draft position
+
+
+def test_load_clients_give_each_request_its_own_seed_where_asked():
+    """`run_clients(seed=S)`: client i's j-th request carries S + i * requests + j, recorded beside its output;
+    without it each request carries its client's sampling seed (None)."""
+    import contextlib
+
+    from specdec.tools.loadtest import Reply, run_clients
+
+    sent = []
+
+    @contextlib.contextmanager
+    def connect():
+        def call(prompt, max_new_tokens, seed=None):
+            sent.append(seed)
+            return Reply([seed or 0], 0.0)
+        yield call
+
+    result = run_clients(connect, 3, 2, ["a", "b"], 4, 60, seed=10)
+    assert sorted(sent) == sorted(result.seeds) == list(range(10, 16))
+    assert all(out[1] == seed for out, seed in zip(result.outputs, result.seeds))  # each beside its own output
+    sent.clear()
+    assert run_clients(connect, 2, 2, ["a"], 4, 60).seeds == [None] * 4 and sent == [None] * 4
 
 
 def test_bounds_only_takes_only_a_sweep_s_own_results(tmp_path):
