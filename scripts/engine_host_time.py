@@ -179,6 +179,7 @@ def main() -> None:
     prompts = loadtest.DEFAULT_PROMPTS
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=0)
     client = functools.partial(engine.client, sampling)
+    seeds = 0 if replayed is not None else None  # a replay: each request its own seed, as `specdec bench` sends them
     try:
         for repeat in range(args.repeats):
             for clients in levels:
@@ -187,7 +188,7 @@ def main() -> None:
                     engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
                     if early is not None:
                         engine.runner.early_verify, engine.runner.draft_ahead = early
-                    loadtest.run_clients(client, clients, 1, prompts, 16, 600)  # warm-up (and the K's costs)
+                    loadtest.run_clients(client, clients, 1, prompts, 16, 600, seeds)  # warm-up (and the K's costs)
                     t, d = engine.runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
@@ -199,7 +200,7 @@ def main() -> None:
                     tracing = device_trace() if traced else None
                     t0 = time.perf_counter()
                     with tracing or contextlib.nullcontext():
-                        result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600)
+                        result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600, seeds)
                     wall = time.perf_counter() - t0
                     n = t.steps - steps
                     host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
