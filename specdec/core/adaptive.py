@@ -44,6 +44,7 @@ DRAINING_STEPS = 32  # a batch that no session joined for this many steps is dra
 SWITCH_ON_GAIN = 1.1  # a shared phase decoding plainly turns drafting on only for this much more tokens per second
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
+WELL_MEASURED = 100  # sessions' cycles a drafting K's measured cycle averages over for it to stand against the K below
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -523,7 +524,11 @@ class AdaptiveK:
         tie is not enough: K is chosen by a hoped acceptance, a hair above 0 for such a draft). Of two neighbours
         that disagree so, the one averaging fewer cycles is the suspect: a K = 1 figure from a few probes raising a
         K = 2 cycle measured hundreds of times hid most of K = 2's margin over plain decoding (docs/benchmarks.md,
-        call n2)."""
+        call n2). A drafting K's own cycle measured over many (WELL_MEASURED) is not raised by a step, nor by a figure
+        that is not measured so: a longer chain runs in the shadow of the host's work between steps where that work
+        outlasts the draft's. At 64 rows on an H100 a K = 4 cycle measured 17.8 ms and K = 1's 16.2; raised from K = 1's
+        a step a K, K = 4 lost to plain decoding where it gave ~17% more (call sd4). Priced too low, a K is chosen and
+        so measured again; priced too high, it is not."""
         steps = self._phase_step()
         rates = self._compute_rates() if steps is None else self.phase.once("rates", steps, self._compute_rates)
         return rates[:cap + 1]
@@ -548,9 +553,15 @@ class AdaptiveK:
         for k in reversed(ks[1:]):  # the better-measured figure of two neighbours stands
             if costs[k] is not None and costs[k - 1] is not None and samples[k] > samples[k - 1] and costs[k] > step:
                 costs[k - 1] = min(costs[k - 1], costs[k] - step)
+        own = [cycles[k] is not None and samples[k] >= WELL_MEASURED for k in ks]
+        floor = 0.0  # the dearest well-measured drafting cycle below k: a longer chain is no cheaper
         for k in ks[1:]:
-            if costs[k] is not None and costs[k - 1] is not None:
+            if costs[k] is None:
+                continue
+            if costs[k - 1] is not None and (k == 1 or not own[k]):  # a plain cycle's work (or K - 1's) and a step
                 costs[k] = max(costs[k], costs[k - 1] + step)
+            costs[k] = max(costs[k], floor)
+            floor = max(floor, costs[k]) if own[k] else floor
         return [None if tokens[k] is None or costs[k] is None else tokens[k] / costs[k] if costs[k] > 0 else 0.0
                 for k in ks]
 

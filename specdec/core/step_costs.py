@@ -31,8 +31,8 @@ class StepCostTable:
     touched: set[tuple[int, int]] = field(default_factory=set)  # cells observed since the last `report`
     _answers: dict[tuple[int, int], float | None] = field(default_factory=dict)  # (rows, tokens) asked, until the
     # next observation
-    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows, tokens) buckets -> a
-    # session's wall time from one forward of that many tokens to its next (observe_cycle)
+    cycles: dict[tuple[int, int], float] = field(default_factory=dict)  # (driven rows bucket, tokens) -> a session's
+    # wall time from one forward of that many tokens to its next (observe_cycle)
     cycles_touched: set[tuple[int, int]] = field(default_factory=set)
     cycles_seen: dict[tuple[int, int], int] = field(default_factory=dict)  # buckets -> how many cycles were observed
     forwards: dict[tuple[int, int], float] = field(default_factory=dict)  # (the step's rows, tokens) buckets -> a
@@ -45,8 +45,14 @@ class StepCostTable:
     def _key(rows: int, tokens: int) -> tuple[int, int]:
         return bucket(rows, ROW_BUCKETS), bucket(tokens, TOKEN_BUCKETS)
 
+    @staticmethod
+    def _cycle_key(rows: int, tokens: int) -> tuple[int, int]:
+        """A cycle's cell: its tokens as they are, not bucketed as a step's. Cycles of K = 3 and K = 4 verify in steps
+        of one width, but a K = 4 cycle drafts a step more: in one cell, the K that ran set both Ks' price."""
+        return bucket(rows, ROW_BUCKETS), tokens
+
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
-        self._average(self.cells, rows, tokens, seconds, self.touched)
+        self._average(self.cells, self._key(rows, tokens), seconds, self.touched)
         self._answers = {}
 
     def observe_cycle(self, rows: int, tokens: int, seconds: float) -> None:
@@ -55,7 +61,8 @@ class StepCostTable:
         costs in a run of plain steps (each launched while the last computes) and what a drafting cycle costs
         with its drafting phase are each measured as they are, not summed from parts; and a session left out
         of a step (sessions falling into cohorts) pays for it here."""
-        key = self._average(self.cycles, rows, tokens, seconds, self.cycles_touched)
+        key = self._cycle_key(rows, tokens)
+        self._average(self.cycles, key, seconds, self.cycles_touched)
         self.cycles_seen[key] = self.cycles_seen.get(key, 0) + 1
 
     def seed(self, rows: int, tokens: int, seconds: float) -> None:
@@ -67,34 +74,32 @@ class StepCostTable:
 
     def observe_forward(self, rows: int, tokens: int, seconds: float) -> None:
         """A step launched while none was on the device, from launch to read: about the device's time for it."""
-        self._average(self.forwards, rows, tokens, seconds)
+        self._average(self.forwards, self._key(rows, tokens), seconds)
         self._forward_answers = {}
 
-    def _average(self, table: dict[tuple[int, int], float], rows: int, tokens: int, seconds: float,
-                 touched: set[tuple[int, int]] | None = None) -> tuple[int, int]:
-        """Fold `seconds` into the cell of (rows, tokens); its key."""
-        key = self._key(rows, tokens)
+    def _average(self, table: dict[tuple[int, int], float], key: tuple[int, int], seconds: float,
+                 touched: set[tuple[int, int]] | None = None) -> None:
+        """Fold `seconds` into the cell `key`."""
         old = table.get(key)
         table[key] = seconds if old is None else (1 - self.smoothing) * old + self.smoothing * seconds
         if touched is not None:
             touched.add(key)
-        return key
 
     def cycle(self, rows: int, tokens: int) -> float | None:
         """The measured cycle at that load and step size (`_capped`); None where none was measured."""
-        key = self._key(rows, tokens)
+        key = self._cycle_key(rows, tokens)
         return self._capped(self.cycles, key, self.cycles.get(key))
 
     def cycle_elsewhere(self, rows: int, tokens: int) -> float | None:
         """A cycle of `tokens` never measured at this load, from loads where it was: a cycle measured here (a plain
         one, as a rule) times the nearest load's ratio of the two (`_scaled`, as `cost` scales cells; `_capped`). None
         where no load has both."""
-        key = self._key(rows, tokens)
+        key = self._cycle_key(rows, tokens)
         return self._capped(self.cycles, key, self._scaled(self.cycles, *key))
 
     def cycle_samples(self, rows: int, tokens: int) -> int:
         """How many cycles the measured cycle at that load and step size was observed over (0: never)."""
-        return self.cycles_seen.get(self._key(rows, tokens), 0)
+        return self.cycles_seen.get(self._cycle_key(rows, tokens), 0)
 
     def forward(self, rows: int, tokens: int) -> float | None:
         """A forward of a step at that load and size, launched alone; where never measured (a batch that drafts

@@ -499,9 +499,10 @@ def test_a_phase_weighs_the_cycles_its_engine_measured_over_the_sum_of_their_par
 def test_one_more_draft_token_costs_a_phase_at_least_the_draft_step_its_engine_timed():
     """16 rows on the H200 (call w2): a K = 2 cycle measured over hundreds of cycles at 11.5 ms, K = 3 over fewer at
     12.8, the drafting time per token 2.4 ms (a phase's fixed work in it) where a draft step took ~1.4. Raised to K = 2's
-    cycle plus 2.4 ms, K = 3 loses to K = 2 at a = 0.75; raised by the step the engine timed, it wins, as measured."""
+    cycle plus 2.4 ms, K = 3 loses to K = 2 at a = 0.75; raised by the step the engine timed, it wins, as measured.
+    (Over WELL_MEASURED cycles K = 3's figure would stand as it is.)"""
     verify = {k: 0.0054 + 0.0003 * k for k in range(5)}
-    cycles, samples = {0: 0.0054, 1: 0.0095, 2: 0.0115, 3: 0.0128}, {0: 300, 1: 50, 2: 500, 3: 100}
+    cycles, samples = {0: 0.0054, 1: 0.0095, 2: 0.0115, 3: 0.0128}, {0: 300, 1: 50, 2: 500, 3: 40}
     costs = StepCosts(smoothing=1.0)
     costs.observe(2, 0.006, 0.0048)  # 2.4 ms a token
 
@@ -689,6 +690,33 @@ def test_of_two_neighbouring_cycles_that_disagree_the_better_measured_one_stands
     useless = chooser({0: 400, 1: 3, 2: 3}, alpha=0.0)
     useless.observe(4, 0, 0.03, 0.06)
     assert useless.choose() == 0
+
+
+def test_a_well_measured_longer_chain_is_not_priced_a_step_a_k_above_a_shorter_one():
+    """64 rows on an H100 (call sd4): plain cycles at 6.8 ms, K = 1 at 16.2 and K = 2 at 18.9 (the host's work between
+    steps outlasting their draft steps), K = 4 at 17.8 over hundreds of cycles, its draft steps in that work's shadow.
+    Raised from K = 1's figure a draft step a K, K = 4 cost 22.2 ms and the batch decoded plainly where K = 4 gives ~1.2x
+    its tokens/s; its own well-measured figure now stands (at least K = 2's: a longer chain is no cheaper), while a K
+    measured over few cycles is still raised a step over the K below it."""
+    from specdec.core.adaptive import WELL_MEASURED
+
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(2, 0.009, 0.003)  # a draft step of 1.5 ms
+    verify = {0: 0.0067, 1: 0.0083, 2: 0.0089, 3: 0.0109, 4: 0.0109}
+    cycles = {0: 0.0068, 1: 0.0162, 2: 0.0189, 4: 0.0178}
+
+    def chooser(samples: dict[int, int]) -> AdaptiveK:
+        load = Load(rows=64, verify=verify, cycles=cycles, samples=samples, draft_step=0.0015)
+        return AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                         acceptance=known(0.75))
+
+    many = chooser({0: 5000, 1: 300, 2: 900, 4: 2000})
+    assert many.rate(4) == pytest.approx(expected_tokens(0.75, 4) / 0.0189, rel=1e-4)  # K = 2's figure, no step
+    assert many.choose() == 4 and many.rate(4) / many.rate(0) == pytest.approx(1.10, abs=0.01)
+    assert many.rate(2) == pytest.approx(expected_tokens(0.75, 2) / 0.0189, rel=1e-4)  # its own, over K = 1's
+    few = chooser({0: 5000, 1: 300, 2: 900, 4: WELL_MEASURED - 1})
+    assert few.rate(4) == pytest.approx(expected_tokens(0.75, 4) / (0.0189 + 2 * 0.0015), rel=1e-4)
+    assert few.choose() == 0  # as before: K = 4 at 21.9 ms gives less than plain decoding
 
 
 def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
