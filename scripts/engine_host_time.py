@@ -192,6 +192,7 @@ def main() -> None:
                     t, d = engine.runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
+                    verified_ahead = (t.verified_ahead, t.verified_ahead_kept)
                     phases = replace(drafter.stats)
                     widths = dict(t.widths)
                     chunks = (t.prefill_chunks, t.prefill_rows, t.chunks_apart)
@@ -211,7 +212,9 @@ def main() -> None:
                           f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                           f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
                           f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
-                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
+                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), verifies ahead of the "
+                          f"last one's read {t.verified_ahead - verified_ahead[0]} "
+                          f"({t.verified_ahead_kept - verified_ahead[1]} kept), draft rows launched ahead "
                           f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
                           f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
                           f"{drafter.stats.catching_up - phases.catching_up} "

@@ -50,7 +50,10 @@ draft computes while the host completes the cycle; the next drafting phase takes
 the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
 otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
-drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). Where a greedy
+row's whole next chain went ahead so, its next verify is launched right behind those steps, also before the host
+reads anything (`_verify_ahead`): the bonus token and the chain's drafts from where the device worked out they go;
+the row's plan keeps it where it asks for exactly the forward the device fed.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 from transformers import StaticCache
@@ -238,6 +241,8 @@ class _Request:
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
+    placed: "tuple[OnTheWay, int] | None" = None  # a verify launched ahead of its row's last read (_verify_ahead): its
+    #                            (start, bonus, drafts...) as the device fed them, on their way to the host, and its row
 
 
 @dataclass(eq=False)
@@ -259,6 +264,7 @@ class _Launched:
     chunk_in: bool = False  # a chunk read apart ran on the device since the step before was read: not a step's cost
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
+    verifies_ahead: bool = False  # launched before the verify its rows' drafts follow was read (_verify_ahead)
 
 
 @dataclass(eq=False)
@@ -311,6 +317,16 @@ class _Ahead:
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
     later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
+
+
+class Proposed(NamedTuple):
+    """What each greedy row of a verify will verify next, worked out on the device from that verify's argmax and the
+    chain steps launched ahead of its read (`launch_ahead`), for the rows whose whole next chain (as many steps as
+    they drafted) went ahead: the target launches those verifies before it reads anything (`_verify_ahead`)."""
+
+    rows: dict[int, tuple[int, int]]  # draft slot -> (its row in `starts` and `ids`, its K)
+    starts: torch.Tensor  # [m]: L + accepted, where the verify's bonus token goes
+    ids: torch.Tensor  # [m, 1 + most K]: the bonus, then the chain's drafts
 
 
 class StepDrafter(Protocol):
@@ -405,6 +421,8 @@ class _Row:
     handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     early: "_Request | None" = None  # its verify, launched from its draft's tokens on the device, not confirmed yet
+    block: Drafted | None = None  # its draft's block of this phase, where its verify was launched ahead of it
+    #                               (`_bind_blocks`): the verify its plan launches carries it
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
@@ -459,6 +477,7 @@ class BatchedRunner(ModelRunner):
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
+        self.verify_ahead = True  # with both: the next verify launched right after those chains' steps (_verify_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -483,6 +502,7 @@ class BatchedRunner(ModelRunner):
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
+        self.proposed: Proposed | None = None  # a draft runner's: the next verifies of its last launch_ahead's rows
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
         #                                     have written a token the committed sequence lacks (`_new_tokens`)
@@ -815,7 +835,8 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead "
-                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept); t(rows x tokens) ms %s",
+                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept), %d ahead of the last "
+                     "one's read (%.0f%% kept); t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -823,7 +844,10 @@ class BatchedRunner(ModelRunner):
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
                      s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
-                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
+                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
+                     s.verified_ahead - since.verified_ahead,
+                     100 * (s.verified_ahead_kept - since.verified_ahead_kept) / max(1, s.verified_ahead - since.verified_ahead),
+                     self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
         s.drafting_longest_s = 0.0
@@ -874,6 +898,8 @@ class BatchedRunner(ModelRunner):
             # the draft runner takes its own)
             following = (self._draft_ahead(inflight) if inflight is not None and inflight is verifying and self.draft_ahead
                          else [])
+            if following and self.verify_ahead:
+                self._verify_ahead(inflight, following)
             try:
                 with self._turn():
                     if inflight is None and steps:
@@ -1088,7 +1114,9 @@ class BatchedRunner(ModelRunner):
         if self.drafter is None:
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
-        if not self.drafter.draft(self._launch_early if early and self.early_verify and before is None else None):
+        told = (self._launch_early if early and self.early_verify and before is None
+                else self._bind_blocks if before is not None and before.verifies_ahead else None)
+        if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
         # a joining session's catch-up, a good part of a cycle, timed into every drafting row's cycle (folded in as
@@ -1173,13 +1201,83 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in greedy], rows[0].drafted.tokens, step.top, read,
+                                 for r in greedy], self._blocks_tokens(greedy + sampled), step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
                                 steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
         return greedy + sampled + joins
+
+    def _verify_ahead(self, step: _Launched, following: list[_Request]) -> None:
+        """Once `_draft_ahead` launched their next chains: launch the next verify of each greedy row of `step` whose
+        whole chain (as many steps as it drafted this time) went ahead, right behind those steps, with every forward
+        pending now. Its ids are the bonus token and the chain's drafts from L + accepted, all worked out on the device
+        (`Proposed`); the host reads `step`, completes its rows and drafts their blocks while the device verifies.
+        Each row's plan keeps its verify where it asks for exactly that forward, as the device fed it (`_replan`).
+        Only where every other row of `step` is a prompt step or a caller's forward: a plain or sampled row, whose
+        next forward is planned once `step` is read, would get one every other step."""
+        proposed = self._ahead_runner.proposed if self._early is None and self._ahead_runner is not None else None
+        if proposed is None:
+            return
+        rows = [r for r in following if r.join is None and r.greedy and r.drafted is not None and not r.void
+                and proposed.rows.get(r.drafted.row, (0, -1))[1] == r.keep - 1
+                and self._drafts_from(r) + 2 * (r.keep - 1) < self.max_len]
+        chosen = set(map(id, rows))
+        if not rows or any(id(r) not in chosen and r.row is not None and (r.row.cycle_tokens or r.drafted is not None)
+                           for r in step.requests if not r.void):
+            return
+        with self._cv:
+            steps, _ = self._split_pending(chunks=0, alongside=len(rows))  # prompt chunks wait, as for an early verify
+        spec = [(proposed.rows[r.drafted.row][0], r.keep - 1) for r in rows]  # (its row in `proposed`, K)
+        ahead = [_Request(r.index, self._drafts_from(r) + k, [0] * (k + 1), k + 1, True, row=r.row, done=None)
+                 for r, (_, k) in zip(rows, spec)]  # from the latest start it can have: the step's reach covers it
+        cells = self._on_device([[r.index, c, j] for r, (j, k) in zip(rows, spec) for c in range(k + 1)],
+                                proposed.ids.device).T  # [3, cells]: its row in the step, its column, its row in `proposed`
+        seen = OnTheWay(torch.cat([proposed.starts[:, None], proposed.ids], dim=1))  # [m, 2 + K]: for its plan
+        try:
+            with self._turn():
+                rows_, columns = cells[0].to(self.device), cells[1].to(self.device)
+                tokens = proposed.ids[cells[2], cells[1]].to(self.device)
+                positions = proposed.starts[cells[2]].to(self.device) + columns
+                launched = self._launch(steps + ahead, after=step, fill=(rows_, columns, tokens),
+                                        placed=(rows_, columns, positions))
+        except BaseException:  # noqa: BLE001 - the rows are verified as usual, in the next step
+            log.exception("launching a verify ahead of the last one's read failed; the rows verify as usual")
+            with self._cv:
+                self._pending[:0] = steps
+            return
+        launched.verifies_ahead = True
+        self._early, self.stats.verified_ahead = launched, self.stats.verified_ahead + len(ahead)
+        for a, (j, _) in zip(ahead, spec):
+            a.placed = (seen, j)
+            a.row.early = a  # its row is busy in `step` until that is read
+        self._early_rows = [a.row for a in ahead]
+
+    def _bind_blocks(self, drafted: list[tuple[object, Drafted]]) -> None:
+        """A drafting phase while a verify launched ahead computes (`_verify_ahead`): each row's block goes with its
+        verify there, or, where its plan launches another, with that one (`_Row.block`), so that its next chain can
+        go ahead of its read too (`_draft_ahead`)."""
+        with self._cv:
+            rows = {id(row.loop.link): row for row in self._rows.values() if not row.closed}
+        for link, block in drafted:
+            row = rows.get(id(link))
+            if row is not None:
+                row.block = block
+
+    def _blocks_tokens(self, rows: list[_Request]) -> torch.Tensor | None:
+        """The drafted tokens of the rows' blocks, by draft slot [slots, steps] (`Drafted.tokens`): one phase's tensor,
+        or, where a step verifies blocks of two phases (a verify launched ahead of a read, with a forward planned a
+        phase before it: `_verify_ahead`), each row's from its own."""
+        tensors = {id(r.drafted.tokens): r.drafted.tokens for r in rows}
+        if len(tensors) < 2:
+            return next(iter(tensors.values()), None)
+        first = next(iter(tensors.values()))
+        tokens = first.new_zeros((max(t.shape[0] for t in tensors.values()), max(t.shape[1] for t in tensors.values())))
+        for key, tensor in tensors.items():
+            slots = self._on_device([r.drafted.row for r in rows if id(r.drafted.tokens) == key], tensor.device)
+            tokens[slots, :tensor.shape[1]] = tensor[slots]
+        return tokens
 
     def _sampled_ahead(self, step: _Launched, rows: list[_Request]) -> SampledAhead | None:
         """Sampled rows of a verify step for `launch_ahead`: each one's outcome worked out on the device from the step's
@@ -1242,6 +1340,7 @@ class BatchedRunner(ModelRunner):
         launched early from its draft's tokens, `row.early`)."""
         forward = None
         early, row.early = row.early, None
+        block, row.block = row.block, None
         try:
             forward = row.loop.plan(wait=False)
             request = None
@@ -1253,13 +1352,19 @@ class BatchedRunner(ModelRunner):
                     guess.ids = [token]
                     self.stats.guesses_kept += 1
                     return  # its forward is on the device: the row stays busy
-                if (early is not None and forward.greedy == early.greedy
+                if early is not None and early.placed is not None:
+                    if forward.greedy and self._placed(early, block, slot.length, ids, forward.keep):
+                        self.stats.verified_ahead_kept += 1
+                        return  # the same: on the device since before the last verify was read
+                elif (early is not None and forward.greedy == early.greedy
                         and self._confirms(early, slot.length, ids, forward.keep)):
                     early.ids = list(ids)
                     self.stats.early_kept += 1
                     return  # the same: on the device since the drafting phase
                 request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
                                    done=None)  # the engine completes it: nobody waits on an event
+                if block is not None and self._carries(block, ids, forward.keep):
+                    request.drafted = block
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
@@ -1283,6 +1388,25 @@ class BatchedRunner(ModelRunner):
         head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
         return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
                 and list(ids[:head]) == early.ids[:head] and list(ids[head:]) == early.drafted.fed[:keep - 1])
+
+    @staticmethod
+    def _placed(early: _Request, block: Drafted | None, start: int, ids: Sequence[int], keep: int) -> bool:
+        """Whether a planned forward is the verify launched ahead (`_verify_ahead`): the start and ids the device fed
+        it, its drafts this phase's block (whose tokens the next chain's steps launched ahead will compare with the
+        verify's argmax). Confirmed, it takes them."""
+        seen, j = early.placed
+        fed = seen.get()[j]  # [start, bonus, drafts...]
+        if (block is None or keep != early.keep or start != fed[0] or list(ids) != fed[1:keep + 1]
+                or not BatchedRunner._carries(block, ids, keep)):
+            return False
+        early.start, early.ids, early.drafted = start, list(ids), block
+        return True
+
+    @staticmethod
+    def _carries(block: Drafted, ids: Sequence[int], keep: int) -> bool:
+        """Whether a verify of `ids` (keeping `keep` logits) verifies exactly `block`'s drafts, after one committed
+        token: then it may carry the block, as an early verify does."""
+        return keep - 1 == block.steps and len(ids) == keep and list(ids[1:]) == block.fed[:keep - 1]
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -1424,15 +1548,17 @@ class BatchedRunner(ModelRunner):
                     self._fail(r, e)
             return None
 
-    def _launch(self, requests: list[_Request], after: _Launched | None = None, fill: Fill | None = None) -> _Launched:
+    def _launch(self, requests: list[_Request], after: _Launched | None = None, fill: Fill | None = None,
+                placed: Fill | None = None) -> _Launched:
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
-        token is `after`'s argmax for its row, read on the device (and `fill`'s tokens are written on it)."""
+        token is `after`'s argmax for its row, read on the device (and `fill`'s tokens, `placed`'s positions, are
+        written on it)."""
         began = time.perf_counter()
         ids, positions, reach = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
         logits = self._batched(ids, positions, reach, guessed, after.top[:, -1] if after is not None else None,
-                               fill)  # [rows, n, V]
+                               fill, placed)  # [rows, n, V]
         top = host_top = ready = kept = None
         drawn = self._drawn_at_launch(requests)
         if drawn or any(r.greedy for r in requests):
@@ -1735,6 +1861,7 @@ class BatchedRunner(ModelRunner):
         at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
+        self.proposed = None
         chained = [(r, n, f) for r, n, f in zip(rows, steps or [1] * len(rows), known or [None] * len(rows))
                    if continues(*r[:3])]
         rows = [r for r, _, _ in chained]
@@ -1796,9 +1923,14 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
+            later, drafts = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else ([], None)
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
+        if rows:  # a row's next verify, where its chain went ahead whole: the bonus and its drafts from L + accepted
+            _, _, at, _, accepted, bonus = outcomes[0]
+            whole = {spec[0]: (i, spec[2]) for i, (spec, n, _) in enumerate(chained)
+                     if n == spec[2] and spec[1] + spec[2] + n - 1 < self.max_len}
+            self.proposed = Proposed(whole, at + accepted, torch.cat([bonus[:, None], drafts], dim=1))
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
@@ -1806,31 +1938,31 @@ class BatchedRunner(ModelRunner):
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
                       outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
+                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
+        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> (per step from the
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); the
+        drafts each row's chain proposes [m, most steps], its first `steps` valid where it reaches them)."""
         _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
-        if most < 2:
-            return []
         knows = any(f is not None for _, _, f in rows)
-        if knows:  # [m, K + steps]: the token a replayed draft drafts at L + j, read from the table by the device
-            width = max(spec[2] + n for spec, n, _ in rows)
+        if knows:  # [m, K + steps + 1]: the token a replayed draft drafts at L + j, read from the table by the device
+            width = max(spec[2] + n for spec, n, _ in rows) + 1
             table = self._on_device([[f(spec[1] + j) for j in range(width)] if f is not None else [0] * width
                                      for spec, _, f in rows])
             replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
-        later = []
-        for s in range(1, most):
-            live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
-            if not live:
-                break
+        later, drafts = [], []
+        for s in range(1, most + 1):
             if knows:
                 token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
                                     token)
+            drafts.append(token)  # draft s: fed at step s, where a step follows it
+            live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
+            if not live:
+                continue
             index = self._on_device(live)  # [m']
             n_rows, _ = self.step_shape(max(rows[i][0][0] for i in live) + 1, 1)
             ids = torch.zeros((n_rows, 1), dtype=torch.long, device=self.device)
@@ -1844,7 +1976,7 @@ class BatchedRunner(ModelRunner):
             token[index] = values[:, 0]
             later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
             self.stats.count(len(live), 1)
-        return later
+        return later, torch.stack(drafts, dim=1).long()  # values are read as floats
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -2200,31 +2332,42 @@ class BatchedRunner(ModelRunner):
         return self._batched(ids, positions, self._reach(positions), [], None)
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor, reach: int | None, guessed: list[int],
-                 fed: torch.Tensor | None, fill: Fill | None = None) -> torch.Tensor:
+                 fed: torch.Tensor | None, fill: Fill | None = None, placed: Fill | None = None) -> torch.Tensor:
         """ids, positions [rows, n], whose rows reach `reach` columns (`_reach`); rows `guessed` take their first
         token from `fed` [rows or more] on the device (a token the last step drew there), and `fill`'s (rows,
-        columns, tokens) are written there."""
+        columns, tokens) are written there, and `placed`'s (rows, columns, positions)."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
-                ids = self._on_device(ids)
+                ids, positions = self._on_device(ids), self._on_device(positions)
                 self._fill_guesses(ids, guessed, fed, fill)
-                return self._run(_StepInputs(ids, self._on_device(positions), 0, self._span(reach)), keep=n)
+                self._place(positions, placed)
+                return self._run(_StepInputs(ids, positions, 0, self._span(reach)), keep=n)
             g = self._graphs[(rows, n, self._graph_span(reach))]  # all captured at start
-            return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill)
+            return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill, placed=placed)
 
     def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None,
-                guessed: Sequence[int] = (), fed: torch.Tensor | None = None, fill: Fill | None = None) -> torch.Tensor:
+                guessed: Sequence[int] = (), fed: torch.Tensor | None = None, fill: Fill | None = None,
+                placed: Fill | None = None) -> torch.Tensor:
         """A graph's forward of ids, positions [rows, n]: for the rows at `slots` [rows] (a prompt chunk's graph),
-        rows `guessed` taking their first token from `fed` and `fill`'s tokens written (`_fill_guesses`)."""
+        rows `guessed` taking their first token from `fed` and `fill`'s tokens written (`_fill_guesses`), and
+        `placed`'s positions."""
         with torch.cuda.device(self.device):
             g.inputs.ids.copy_(ids, non_blocking=True)
             g.inputs.positions.copy_(positions, non_blocking=True)
             if slots is not None:
                 g.inputs.slots.copy_(slots, non_blocking=True)
             self._fill_guesses(g.inputs.ids, guessed, fed, fill)
+            self._place(g.inputs.positions, placed)
             g.graph.replay()
             return g.logits
+
+    @staticmethod
+    def _place(positions: torch.Tensor, placed: Fill | None) -> None:
+        """Write on the device the positions the host does not know (a verify launched ahead: `_verify_ahead`)."""
+        if placed is not None:
+            rows, columns, values = placed
+            positions[rows, columns] = values
 
     def _fill_guesses(self, ids: torch.Tensor, guessed: Sequence[int], fed: torch.Tensor | None,
                       fill: Fill | None = None) -> None:

@@ -23,7 +23,7 @@ from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
 from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
-from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates, replays_right
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
 
@@ -808,3 +808,62 @@ def test_a_chained_draft_tells_its_caller_its_tokens_before_reading_them(tiny_pa
     finally:
         for proposer in proposers:
             proposer.close()
+
+
+@pytest.mark.parametrize("replayed", [False, True], ids=["own draft", "replayed draft"])
+def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_drafts(tiny_pair_fp32, replayed):
+    """Before the host reads a verify, the target launches each greedy row's next verify right behind its next
+    chain's steps launched ahead: the bonus token and the chain's drafts from L + accepted, worked out on the device
+    (for a replayed draft, the tokens it replays, not its argmax). Sessions of K = 2..4 joining at once and one after
+    another: every output is target-only's; every block accepts what its draft alone would (a replayed draft: the
+    leading positions its seed makes right; the own draft: the same request drafted block by block alone); such
+    verifies were launched and their plans kept them."""
+    pair = tiny_pair_fp32
+    cases = [(pair.encode(p), 24, k) for p, k in zip(PROMPTS[2:8], (2, 3, 4, 2, 3, 4))]
+    outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+               for ids, n, _ in cases]
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
+                           early_verify=True)
+    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
+    rates = ReplayRates(alpha=0.6)
+    target.drafter = own_drafts(ReplayFactory(draft, ReplayBook([(ids, out) for (ids, _, _), out in zip(cases, outputs)]),
+                                              rates) if replayed else DraftModelFactory(draft, target.vocab_size))
+    try:
+        got = staggered(pair, (target, draft), cases, 0.0) + staggered(pair, (target, draft), cases[:3], 0.05)
+    finally:
+        target.stop()
+    assert [out for out, _ in got] == outputs + outputs[:3]
+    if replayed:
+        for _, cycles in got:
+            for c in cycles[1:]:
+                right = [replays_right(0, c.start + i, rates.alpha) for i in range(c.k)]
+                assert c.accepted == (right + [False]).index(False), (c.start, c.k, c.accepted, right)
+    else:
+        alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+        drafts_as_alone(got, alone + alone[:3])
+    launched, kept = target.stats.verified_ahead, target.stats.verified_ahead_kept
+    assert 0 < kept <= launched and kept >= launched // 2, (kept, launched)
+    assert target.stats.launched_ahead()["verify-ahead"] == (launched, kept)  # the metrics' counters
+
+
+def test_a_verify_launched_ahead_that_its_plan_does_not_ask_for_is_dropped(tiny_pair_fp32, monkeypatch):
+    """Where the device's next verify is not the one its row's plan asks for (here: every draft it fed made wrong),
+    the plan's own forward runs in the next step instead: outputs and blocks are as alone, and none was kept."""
+    pair = tiny_pair_fp32
+    cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[2:6], (2, 3, 4, 2))]
+    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=4, gather_s=0.005, prefill_chunk=32,
+                           early_verify=True)
+    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
+    target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
+    launch_later = draft._launch_later
+
+    def wrong(*args):
+        later, drafts = launch_later(*args)
+        return later, (drafts + 1) % target.vocab_size
+    monkeypatch.setattr(draft, "_launch_later", wrong)
+    try:
+        drafts_as_alone(staggered(pair, (target, draft), cases, 0.0), alone)
+    finally:
+        target.stop()
+    assert target.stats.verified_ahead > 0 and target.stats.verified_ahead_kept == 0
