@@ -238,6 +238,7 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
         assert sorted(spec.outputs) == sorted(plain.outputs)
         stats = engine.runner.stats
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+        assert stats.verified_ahead_kept > 0, stats  # and the verify after it, ahead of that one's read
         assert draft_runner.stats.ahead_kept > 0, draft_runner.stats  # next chains' first steps launched ahead
         assert draft_runner.stats.joins_kept > 0, draft_runner.stats  # new sessions' catch-ups with them
     finally:
@@ -248,7 +249,8 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
     """The target's own draft on a GPU (core.own_draft): the draft runner, with no engine loop, captures its graphs
     when built and drafts on the target engine's thread between its steps; six clients at a fixed K = 3 get what
     each request gives decoded alone, and the draft steps held several rows; each verify was launched from the
-    drafted tokens on the device before the host read them (the default on a GPU). Both models' layers are compiled
+    drafted tokens on the device before the host read them (the default on a GPU), or, from the draft steps launched
+    from the last verify's argmax, before that verify was read (`_verify_ahead`). Both models' layers are compiled
     (the default on a GPU), every shape class before the first request: serving compiles nothing."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
@@ -273,6 +275,7 @@ def test_own_draft_with_graphs_equals_each_request_decoded_alone(gpu_engine):
         assert max(draft_runner.stats.rows_seen) > 1, draft_runner.stats.rows_seen
         stats = engine.runner.stats  # each verify launched from the drafted tokens on the device, and kept
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+        assert stats.verified_ahead_kept > 0, stats  # and the verify after it, ahead of that one's read
         assert draft_runner.stats.ahead_kept > 0, draft_runner.stats
         assert counters["stats"]["unique_graphs"] == compiled  # every shape class compiled before serving
     finally:
