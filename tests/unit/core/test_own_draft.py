@@ -867,3 +867,42 @@ def test_a_verify_launched_ahead_that_its_plan_does_not_ask_for_is_dropped(tiny_
     finally:
         target.stop()
     assert target.stats.verified_ahead > 0 and target.stats.verified_ahead_kept == 0
+
+
+def test_a_session_cancelled_while_its_verify_went_ahead_leaves_the_others_exact(tiny_pair_fp32):
+    """Sessions drafting with their verifies launched ahead of the last one's read; one is cancelled (its reader gone)
+    mid-flight, with a verify of it likely on the device: the others' outputs are target-only's, and every slot of
+    both runners is free afterwards."""
+    pair = tiny_pair_fp32
+    cases = [(pair.encode(p), 24, 3) for p in PROMPTS[2:7]]
+    outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+               for ids, n, _ in cases]
+    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
+                           early_verify=True)
+    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
+    target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
+
+    def cancelled_after(ids, n, k, cycles):
+        request = GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)
+        sequence = TargetSequence(target, request, pair.eos_ids, seed=0)
+        link = target.drafter.open("", DraftStart("s", ids, SamplingParams(), 0, k, overlap=False), None)
+        cancel = threading.Event()
+        try:
+            for i, _ in enumerate(TargetLoop(sequence, link, FixedK(k), cancel).run()):
+                if i == cycles:
+                    cancel.set()  # as a client's disconnect does
+                    break
+        finally:
+            link.close()
+            sequence.close()
+        return None
+
+    before = target.stats.verified_ahead
+    try:
+        got = concurrently([lambda c=c: own_decode(pair, (target, draft), *c)[0] for c in cases]
+                           + [lambda: cancelled_after(*cases[0], cycles=3)])
+        assert got[:-1] == outputs
+        assert target.stats.verified_ahead > before
+    finally:
+        target.stop()
+    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
