@@ -217,9 +217,10 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
     """The own draft on a GPU, uncompiled (quick): each drafting row's verify is launched from the drafted tokens
     on the device before the host reads them (the draft's values read behind an event, the tokens written into
     the step graph's inputs); four clients at K = 3 get exactly what the same engine gives target-only, and
-    every verify launched early was kept; chains took first steps launched from the verifies' argmax on the device
-    (before the host read it), and sessions whose prompt steps were verified beside drafting rows caught up in
-    those draft steps (the second round's requests come while other clients' still draft)."""
+    every verify launched early was kept, and some after them were launched ahead of the last one's read and kept
+    (`_verify_ahead`); chains took first steps launched from the verifies' argmax on the device (before the host
+    read it), and sessions whose prompt steps were verified beside drafting rows caught up in those draft steps
+    (the second round's requests come while other clients' still draft)."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
     from specdec.tools.inprocess import InProcessTarget, own_draft_runner
