@@ -1137,8 +1137,7 @@ class BatchedRunner(ModelRunner):
         them now, each asking row's ids its last committed tokens then its block's tokens filled on the device,
         with every other forward ready to run, so the device verifies while the host reads, picks and plans. Each
         verify is kept only where the row's plan asks for exactly that forward (`_replan`)."""
-        with self._cv:
-            rows = {id(row.loop.link): row for row in self._rows.values() if not row.busy and not row.closed}
+        rows = self._rows_by_link(idle=True)
         early, fill = [], []
         tokens = drafted[0][1].tokens if drafted else None
         for link, block in drafted:
@@ -1258,12 +1257,17 @@ class BatchedRunner(ModelRunner):
         """A drafting phase while a verify launched ahead computes (`_verify_ahead`): each row's block goes with its
         verify there, or, where its plan launches another, with that one (`_Row.block`), so that its next chain can
         go ahead of its read too (`_draft_ahead`)."""
-        with self._cv:
-            rows = {id(row.loop.link): row for row in self._rows.values() if not row.closed}
+        rows = self._rows_by_link()
         for link, block in drafted:
             row = rows.get(id(link))
             if row is not None:
                 row.block = block
+
+    def _rows_by_link(self, idle: bool = False) -> dict[int, _Row]:
+        """The open driven rows by their draft link, as a drafting phase names its blocks (`idle`: only rows in no
+        step)."""
+        with self._cv:
+            return {id(row.loop.link): row for row in self._rows.values() if not row.closed and not (idle and row.busy)}
 
     def _blocks_tokens(self, rows: list[_Request]) -> torch.Tensor | None:
         """The drafted tokens of the rows' blocks, by draft slot [slots, steps] (`Drafted.tokens`): one phase's tensor,
