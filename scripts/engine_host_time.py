@@ -135,10 +135,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy requests; else every request samples at this temperature (seed 0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
-    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each", "ahead"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
                         "chains' first draft step from its argmax (the engine's default: on a GPU); both: each drafting "
-                        "configuration with them on, then off; each: on, the verify alone, off")
+                        "configuration with them on, then off; each: on, the verify alone, off; ahead: on with the next "
+                        "verify launched ahead of the last one's read, then on without it")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.log:
@@ -169,8 +170,11 @@ def main() -> None:
         engine.k = 0
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
-    earlies = {"default": [(engine.runner.early_verify, True)], "on": [(True, True)], "off": [(False, False)],
-               "both": [(True, True), (False, False)], "each": [(True, True), (True, False), (False, False)]}[args.early_verify]
+    runner = engine.runner  # (early verify, draft ahead, verify ahead)
+    earlies = {"default": [(runner.early_verify, True, runner.verify_ahead)], "on": [(True, True, True)],
+               "off": [(False, False, False)], "both": [(True, True, True), (False, False, False)],
+               "each": [(True, True, True), (True, False, False), (False, False, False)],
+               "ahead": [(True, True, True), (True, True, False)]}[args.early_verify]
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
@@ -187,7 +191,7 @@ def main() -> None:
                     engine.k, engine.adaptive_k = k, adaptive
                     engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
                     if early is not None:
-                        engine.runner.early_verify, engine.runner.draft_ahead = early
+                        runner.early_verify, runner.draft_ahead, runner.verify_ahead = early
                     loadtest.run_clients(client, clients, 1, prompts, 16, 600, seeds)  # warm-up (and the K's costs)
                     t, d = engine.runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
@@ -206,7 +210,8 @@ def main() -> None:
                     n = t.steps - steps
                     host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
                     label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
-                    label += "" if early is None else (", early verify and draft ahead" if all(early) else
+                    label += "" if early is None else (", early verify, draft and verify ahead" if all(early) else
+                                                       ", early verify and draft ahead" if all(early[:2]) else
                                                        ", early verify" if early[0] else ", neither")
                     print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
                           f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "

@@ -514,6 +514,7 @@ class BatchedRunner(ModelRunner):
         self.costs = StepCostTable()
         self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks and their
         #                          drafts' catch-ups
+        self._cycles: dict[int, list[float]] = {}  # tokens -> the seconds of the cycles that ended in this step
         self._turns = compute_turns(self.placement)  # on CPUs shared with another service: one forward at a time
         self._turn = self._turns.turn if self._turns is not None else contextlib.nullcontext
         self.compiled = compile and self.cuda_graphs
@@ -1130,6 +1131,8 @@ class BatchedRunner(ModelRunner):
         if step is not before:  # launched in this phase: its cost is what follows it
             step.began = step.launched = done
             step.drafted_before = s.drafting_s
+        elif step is not None and step.verifies_ahead:  # launched before it: its cost too (the host's work before
+            step.began, step.drafted_before = done, s.drafting_s  # the phase ran beside the draft's steps)
         return True
 
     def _launch_early(self, drafted: list[tuple[object, Drafted]]) -> None:
@@ -2126,7 +2129,7 @@ class BatchedRunner(ModelRunner):
             r.started = began
 
     def _time_cycle(self, row: _Row, tokens: int, width: int) -> None:
-        """A session's cycle, from its last cycle's end to this one's (StepCostTable.observe_cycle), where both
+        """A session's cycle, from its last cycle's end to this one's (kept for `_fold_cycles`), where both
         forwarded `tokens` tokens: a change of K is a transition (a session that stops drafting waits for the
         step launched ahead of it; one that starts waits for its draft to catch up). Timed only where every row
         did as this one: not in a step wider than its own forward (`width` tokens: others verified more), nor
@@ -2138,9 +2141,16 @@ class BatchedRunner(ModelRunner):
         others = s.others(own)
         if (row.cycle_tokens == tokens and width == own and others == row.cycle_others
                 and not (tokens == 1 and s.drafting_phases > row.cycle_phases) and s.chunks_apart == row.cycle_apart):
-            self.costs.observe_cycle(self.batch_rows(), tokens, now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
+            self._cycles.setdefault(tokens, []).append(now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
         row.cycle_end, row.cycle_tokens, row.cycle_phases = now, tokens, s.drafting_phases
         row.cycle_uncharged, row.cycle_others, row.cycle_apart = self._uncharged_s, others, s.chunks_apart
+
+    def _fold_cycles(self) -> None:
+        """The cycles that ended in one step, their mean per token count into the table once
+        (StepCostTable.observe_cycle)."""
+        cycles, self._cycles = self._cycles, {}
+        for tokens, seconds in cycles.items():
+            self.costs.observe_cycle(self.batch_rows(), tokens, sum(seconds) / len(seconds), samples=len(seconds))
 
     def _hand_on(self, step: _Launched) -> None:
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
@@ -2148,6 +2158,7 @@ class BatchedRunner(ModelRunner):
         useful = [r for r in step.requests if not r.void]
         for r in useful:
             self._deliver(r, step.n)
+        self._fold_cycles()
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
         s = self.stats
         step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
@@ -2298,6 +2309,7 @@ class BatchedRunner(ModelRunner):
             else:
                 with self._cv:
                     self._pending.append(r)  # its next chunk goes with the next step
+        self._fold_cycles()
 
     def _launch_apart(self, requests: list[_Request]) -> tuple[_Chunks | None, list[_Request]]:
         """`_launch_chunks(requests, read_apart=True)`, and the requests still to run: a chunk that fails fails its

@@ -55,15 +55,17 @@ class StepCostTable:
         self._average(self.cells, self._key(rows, tokens), seconds, self.touched)
         self._answers = {}
 
-    def observe_cycle(self, rows: int, tokens: int, seconds: float) -> None:
+    def observe_cycle(self, rows: int, tokens: int, seconds: float, samples: int = 1) -> None:
         """A session's whole cycle as it lives it, from the end of its last forward to the end of this one, at
         `rows` driven sessions: completing, drafting, planning, the steps it waited for. What a plain cycle
         costs in a run of plain steps (each launched while the last computes) and what a drafting cycle costs
         with its drafting phase are each measured as they are, not summed from parts; and a session left out
-        of a step (sessions falling into cohorts) pays for it here."""
+        of a step (sessions falling into cohorts) pays for it here. `seconds`: the mean of `samples` sessions'
+        cycles that ended in one step, folded in once: they lived the same steps, and folded in one by one the
+        last step's rows set the price by themselves (one slow step turned a batch's drafting off for good)."""
         key = self._cycle_key(rows, tokens)
         self._average(self.cycles, key, seconds, self.cycles_touched)
-        self.cycles_seen[key] = self.cycles_seen.get(key, 0) + 1
+        self.cycles_seen[key] = self.cycles_seen.get(key, 0) + samples
 
     def seed(self, rows: int, tokens: int, seconds: float) -> None:
         """A captured step's device time, replayed on an idle device at start. A ratio scaled from another load

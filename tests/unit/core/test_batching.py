@@ -639,27 +639,82 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
         clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.145, 1.155, 1.170])
         monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
         row = batching._Row(loop=None)
-        runner._time_cycle(row, 3, 3)  # 1.000: its first forward
+
+        def ended(tokens: int, width: int) -> None:  # the only cycle that ended in its step
+            runner._time_cycle(row, tokens, width)
+            runner._fold_cycles()
+
+        ended(3, 3)  # 1.000: its first forward
         runner._uncharged_s += 0.010  # a prompt chunk of another session
-        runner._time_cycle(row, 3, 3)  # 1.030: 20 ms charged
-        runner._time_cycle(row, 1, 1)  # 1.050: K 2 -> 0, a transition
+        ended(3, 3)  # 1.030: 20 ms charged
+        ended(1, 1)  # 1.050: K 2 -> 0, a transition
         runner.stats.drafting_phases += 1  # another session's probe drafted meanwhile
-        runner._time_cycle(row, 1, 1)  # 1.060: not a plain cycle of an all-plain batch
-        runner._time_cycle(row, 1, 1)  # 1.070: 10 ms
-        runner._time_cycle(row, 1, 5)  # 1.095: in another session's verify step: not a plain step's cycle
-        runner._time_cycle(row, 1, 1)  # 1.100: 5 ms
+        ended(1, 1)  # 1.060: not a plain cycle of an all-plain batch
+        ended(1, 1)  # 1.070: 10 ms
+        ended(1, 5)  # 1.095: in another session's verify step: not a plain step's cycle
+        ended(1, 1)  # 1.100: 5 ms
         runner.stats.count(2, 3)  # another session's verify, a step this row was not in
-        runner._time_cycle(row, 1, 1)  # 1.130: not a plain cycle of an all-plain batch
+        ended(1, 1)  # 1.130: not a plain cycle of an all-plain batch
         runner.stats.count(2, 1)  # the step of that cycle
-        runner._time_cycle(row, 1, 1)  # 1.140: 10 ms
+        ended(1, 1)  # 1.140: 10 ms
         runner.stats.chunks_apart += 1  # new prompts' chunk, read apart from the step ahead
-        runner._time_cycle(row, 1, 1)  # 1.145: not timed
-        runner._time_cycle(row, 1, 1)  # 1.155: 10 ms
-        runner._time_cycle(row, 3, 3)  # 1.170: K 0 -> 2
+        ended(1, 1)  # 1.145: not timed
+        ended(1, 1)  # 1.155: 10 ms
+        ended(3, 3)  # 1.170: K 0 -> 2
         monkeypatch.undo()
         plain = ((0.010 * 0.8 + 0.005 * 0.2) * 0.8 + 0.010 * 0.2) * 0.8 + 0.010 * 0.2
         assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(plain)}
     finally:
+        runner.stop()
+
+
+def test_the_cycles_that_end_in_one_step_are_one_measurement(tiny_pair_fp32, monkeypatch):
+    """Rows that ended a cycle in the same step lived the same steps: their mean goes into the table once (each
+    counted), so one slow step moves the price by the table's smoothing, not to its own figure as 16 rows folded in
+    one by one did (call va1: one step's cycles turned a 16-row batch's drafting off for the rest of the run)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=16)
+    try:
+        rows = [batching._Row(loop=None) for _ in range(16)]
+        monkeypatch.setattr(runner, "batch_rows", lambda: 16)  # as many driven sessions
+        clock = iter([1.0] * 16 + [1.016] * 16 + [1.056] * 8 + [1.057] * 8)
+        monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
+        for _ in range(3):  # three steps of 16 rows
+            for row in rows:
+                runner._time_cycle(row, 5, 5)
+            runner._fold_cycles()
+        monkeypatch.undo()
+        slow = (0.040 + 0.041) / 2  # the third step's 16 cycles: 40 ms for half of them, 41 for the others
+        assert runner.costs.cycles[(16, 5)] == pytest.approx(0.8 * 0.016 + 0.2 * slow)
+        assert runner.costs.cycle_samples(16, 5) == 32
+    finally:
+        runner.stop()
+
+
+def test_a_verify_launched_ahead_costs_what_follows_its_drafting_phase(tiny_pair_fp32, monkeypatch):
+    """A verify launched before the last one's read (`_verify_ahead`) is priced as an early verify is, from the end of
+    the drafting phase of its blocks: the host's work before that phase ran beside the draft's steps, not the verify
+    (counted from the last read, a 16-row K = 4 verify was priced ~2 ms dearer than the early verify, call va1)."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
+
+    class Drafter:
+        def joining_s(self) -> float:
+            return 0.0
+
+        def draft(self, told) -> bool:
+            assert told == runner._bind_blocks  # its rows' blocks go with it
+            return True
+
+    try:
+        step = batching._Launched([_Request(0, 0, [5] * 5, 5, True)], 5, torch.zeros(1, 5, 8), None, None, None,
+                                  1.0, 1.0, pipelined=True, verifies_ahead=True)
+        runner.drafter, runner._early, runner.stats.drafting_s = Drafter(), step, 0.5
+        clock = iter([1.004, 1.007])  # the phase: 4 ms after its launch, 3 ms long
+        monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
+        assert runner._draft()
+        monkeypatch.undo()
+        assert step.began == 1.007 and step.launched == 1.0 and step.drafted_before == pytest.approx(0.503)
+    finally:
+        runner.drafter = runner._early = None
         runner.stop()
 
 
