@@ -50,8 +50,9 @@ draft computes while the host completes the cycle; the next drafting phase takes
 the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
 otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
-drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). Where a greedy
-row's whole next chain went ahead so, its next verify is launched right behind those steps, also before the host
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). With
+`verify_ahead` (off by default), where a greedy row's whole next chain went ahead so, its next verify is launched
+right behind those steps, also before the host
 reads anything (`_verify_ahead`): the bonus token and the chain's drafts from where the device worked out they go;
 the row's plan keeps it where it asks for exactly the forward the device fed.
 """
@@ -444,14 +445,17 @@ class BatchedRunner(ModelRunner):
     otherwise idle while the host works; on a CPU the host is the device). `early_verify`: with a drafter, launch
     the step that verifies its blocks from their tokens on the device before the host reads them, and, before
     reading that step, the next chains' first draft step from its argmax (`draft_ahead`; default: on a GPU; on a
-    CPU the forward would run inside the drafting phase, with nothing to overlap).
+    CPU the forward would run inside the drafting phase, with nothing to overlap). `verify_ahead`: with both, launch
+    the next verify right behind the chains' steps launched ahead (`_verify_ahead`). Off by default: as built, the
+    drafting phase's read of its chains' values is queued on the device behind that verify, so the host's work in the
+    phase no longer overlaps it, and on a GPU the own draft lost a fifth of its throughput (docs/benchmarks.md, stop 63).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
-                 compile: bool = True, early_verify: bool | None = None,
+                 compile: bool = True, early_verify: bool | None = None, verify_ahead: bool = False,
                  captured: tuple[Sequence[int], Sequence[int]] | None = None,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
@@ -477,7 +481,7 @@ class BatchedRunner(ModelRunner):
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
-        self.verify_ahead = True  # with both: the next verify launched right after those chains' steps (_verify_ahead)
+        self.verify_ahead = verify_ahead  # with both: the next verify right after those chains' steps (_verify_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()

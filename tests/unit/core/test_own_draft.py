@@ -823,7 +823,7 @@ def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_d
     outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                for ids, n, _ in cases]
     target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True)
+                           early_verify=True, verify_ahead=True)
     draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
     rates = ReplayRates(alpha=0.6)
     target.drafter = own_drafts(ReplayFactory(draft, ReplayBook([(ids, out) for (ids, _, _), out in zip(cases, outputs)]),
@@ -853,7 +853,7 @@ def test_a_verify_launched_ahead_that_its_plan_does_not_ask_for_is_dropped(tiny_
     cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[2:6], (2, 3, 4, 2))]
     alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
     target = BatchedRunner(pair.target.model, max_len=512, max_sessions=4, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True)
+                           early_verify=True, verify_ahead=True)
     draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
     target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
     launch_later = draft._launch_later
@@ -878,7 +878,7 @@ def test_a_session_cancelled_while_its_verify_went_ahead_leaves_the_others_exact
     outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                for ids, n, _ in cases]
     target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True)
+                           early_verify=True, verify_ahead=True)
     draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
     target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
 
