@@ -318,6 +318,8 @@ class _Ahead:
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
     later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
+    host: list[OnTheWay] = field(default_factory=list)  # `values`, then each later step's, on their way to the host
+    #                                                     since before a verify launched behind them (`copy_ahead`)
 
 
 class Proposed(NamedTuple):
@@ -1241,6 +1243,7 @@ class BatchedRunner(ModelRunner):
         cells = self._on_device([[r.index, c, j] for r, (j, k) in zip(rows, spec) for c in range(k + 1)],
                                 proposed.ids.device).T  # [3, cells]: its row in the step, its column, its row in `proposed`
         seen = OnTheWay(torch.cat([proposed.starts[:, None], proposed.ids], dim=1))  # [m, 2 + K]: for its plan
+        self._ahead_runner.copy_ahead()  # the next phase reads its chains' values without waiting for this verify
         try:
             with self._turn():
                 rows_, columns = cells[0].to(self.device), cells[1].to(self.device)
@@ -1690,6 +1693,7 @@ class BatchedRunner(ModelRunner):
         on a step at a time."""
         reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device,
         #              a sampled group's (q [members, V'], its logits [members, V]), else None)
+        hosts = []  # per read: its values' copy on the host and the members' rows in it (`copy_ahead`), else None
         slots = max(r.index for r in requests) + 1
         fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
         told = [r for r in requests if r.chain.launched is not None] if tell else []
@@ -1704,9 +1708,9 @@ class BatchedRunner(ModelRunner):
         while live:
             with self._turn(), torch.inference_mode():
                 in_already = first[step] if step < len(first) else []
-                groups = [(members, self._on_device([r.index for r in members]), values, extra)
-                          for members, values, extra in in_already]
-                taken = {r for members, _, _ in in_already for r in members}
+                groups = [(members, self._on_device([r.index for r in members]), values, extra, host)
+                          for members, values, extra, host in in_already]
+                taken = {r for members, *_ in in_already for r in members}
                 run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
                 if run:
                     ids, positions, reach = self._inputs(run)
@@ -1715,21 +1719,22 @@ class BatchedRunner(ModelRunner):
                         r.chain.group is None or r.chain.group.known is None)], fed)
                     timed.append((len(run), before, self._mark()))
                     self.stats.count(len(run), ids.shape[1])
-                    groups += [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
+                    groups += [(members, *self._read_rows(logits, read, members), None, None)  # [members], [members, m]
                                for read, members in self._by_read(run).items()]
                     sampled = [r for r in run if r.chain.sampled is not None and not r.chain.stepwise]
                     if sampled:
-                        groups.append((sampled, *self._draw_chained(logits, sampled)))
+                        groups.append((sampled, *self._draw_chained(logits, sampled), None))
                     alone = [r for r in run if r.chain.stepwise]
                     if alone:
                         where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
                                                 logits.device)
                         stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
-                for members, rows, values, extra in groups:
+                for members, rows, values, extra, host in groups:
                     fed[rows] = values[:, 0]
                     if drafted is not None:
                         drafted[rows, step] = values[:, 0]
                     reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
+                    hosts.append(host)
             for r in live:
                 r.start, known = r.start + len(r.ids), r.chain.group.known if r.chain.group is not None else None
                 r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1737,8 +1742,10 @@ class BatchedRunner(ModelRunner):
                     known_drafts.append((r.index, step, r.ids[0]))
             step += 1
             live = [r for r in live if steps[r] > step]
-        flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
-                                  known_drafts) if reads else [])  # the host read
+        copied = all(hosts) and not stepwise  # every value was on its way to the host before this phase
+        flat = (self._read_chains(None if copied else torch.cat([values.flatten() for _, _, values, _ in reads]), told,
+                                  drafted, known_drafts, self._copied(hosts) if copied else None)
+                if reads else [])  # the host read
         self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
         for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
             self.costs.observe(rows, 1, self._elapsed(before, after))
@@ -1826,17 +1833,23 @@ class BatchedRunner(ModelRunner):
         """Seconds between two marks, once the later one is done."""
         return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
-    def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
-                     known_drafts: list[tuple[int, int, int]]) -> list:
-        """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
+    @staticmethod
+    def _copied(hosts: list[tuple[OnTheWay, list[int]]]) -> Callable[[], list]:
+        """The values of a phase's reads, flat as `_chain_pass` concatenates them, from their copies on the host."""
+        return lambda: [value for copy, rows in hosts for i in rows for value in copy.get()[i]]
+
+    def _read_chains(self, values: torch.Tensor | None, told: list[_Request], drafted: torch.Tensor | None,
+                     known_drafts: list[tuple[int, int, int]], copied: Callable[[], list] | None = None) -> list:
+        """A chained draft's values [m] read to the host (`copied`: read from the copies made before this phase
+        instead, `copy_ahead`; `values` is then None). Chains whose caller wants them are told of their tokens
         (`drafted` [slots, steps], a replayed draft's written in from `known_drafts`) before the host waits: on a
         GPU the values are copied behind an event, so work the callers launch meanwhile runs while the host reads."""
         if not told:
-            return values.tolist()
+            return copied() if copied is not None else values.tolist()
         if known_drafts:
             known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
-        read_back = OnTheWay(values, self._chain_reads)
+        read_back = OnTheWay(values, self._chain_reads) if copied is None else None
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             group = r.chain.group
@@ -1848,7 +1861,7 @@ class BatchedRunner(ModelRunner):
                 call(chains)
             except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
                 log.exception("a chained draft's caller failed on its launched tokens")
-        return read_back.get()
+        return copied() if copied is not None else read_back.get()
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -2058,8 +2071,10 @@ class BatchedRunner(ModelRunner):
             values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind()
                           if from_ahead else ())
             if taken:
+                host = ((ahead.host[0], [ahead.rows[r.index] for r in taken])
+                        if ahead is not None and ahead.host and len(from_ahead) == len(taken) else None)
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
-                                                   for r in taken]), None))
+                                                   for r in taken]), None, host))
             later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
@@ -2067,11 +2082,10 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(drawn)
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
-            groups.append((drawn, values[index], (q[index], logits[index])))
+            groups.append((drawn, values[index], (q[index], logits[index]), None))
         return [groups, *later]
 
-    def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor,
-                                                                                  None]]]:
+    def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple]]:
         """The later steps launched ahead (`_Ahead.later`) that `chains` (those that took their first step from it) take:
         per step, as one group, those whose chain reaches that step and that took every step before it."""
         steps = []
@@ -2080,8 +2094,18 @@ class BatchedRunner(ModelRunner):
             if not chains:
                 break
             self.stats.ahead_kept += len(chains)
-            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
+            rows = [where[r.index] for r in chains]
+            host = (ahead.host[len(steps) + 1], rows) if ahead.host else None
+            steps.append([(chains, values[self._on_device(rows)], None, host)])
         return steps
+
+    def copy_ahead(self) -> None:
+        """Start copying the values of the chain steps launched ahead (`launch_ahead`) to the host, behind an event:
+        called before a verify is launched behind those steps (`_verify_ahead`), so that a drafting phase whose every
+        step went ahead reads them without waiting for that verify (a copy made in the phase is queued behind it)."""
+        ahead = self._ahead
+        if ahead is not None and ahead.values is not None and not ahead.host:
+            ahead.host = [OnTheWay(ahead.values), *(OnTheWay(values) for _, values in ahead.later)]
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken

@@ -1021,15 +1021,20 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
 
     runner = BatchedRunner(tiny_pair_fp32.draft.model, launch=None, max_len=64, max_sessions=4)
     values = torch.arange(6).view(2, 3)  # [rows, m]: slot 2's row, then slot 0's
+    copied = []  # per group taken: whether its values had a copy on the host
 
     def take(requests, touched=(), read=GREEDY.read, closes=None, later=()):
         runner._ahead = _Ahead(read, {2: 0, 0: 1}, closes or {2: runner._closes[2], 0: runner._closes[0]}, values,
                                {2: (10, [7]), 0: (20, [8, 9])}, set(touched), later=list(later))
+        runner.copy_ahead()  # as before a verify launched behind them: each group's values also come from the copies
         first, *steps = runner._taken_ahead(requests)
         return taken(first) if not later else [taken(step) for step in steps]
 
     def taken(groups):  # -> {slot: its first step's values}
-        return {r.index: v for chains, got, _ in groups for r, v in zip(chains, got.tolist())}
+        for _, got, _, host in groups:
+            assert host is None or [host[0].get()[i] for i in host[1]] == got.tolist()
+            copied.append(host is not None)
+        return {r.index: v for chains, got, *_ in groups for r, v in zip(chains, got.tolist())}
 
     def chains(*rows, steps=2):
         return [_Request(slot, start, ids, 1, False, chain=_Chain(steps, None, GREEDY)) for slot, start, ids in rows]
@@ -1058,3 +1063,4 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     assert take(chains((0, 20, [8, 9]), (2, 11, [7]), steps=3), later=later) == [{0: [6, 7, 8]}, {0: [12, 13, 14]}]
     assert take(chains((0, 20, [8, 9]), steps=1), later=later) == []  # a chain of one step
     assert take(joining, later=later) == [{0: [6, 7, 8]}]  # a catch-up's first step is not the one launched ahead
+    assert any(copied) and not all(copied)  # a group with a catch-up's first step (its values computed since) has none

@@ -811,13 +811,21 @@ def test_a_chained_draft_tells_its_caller_its_tokens_before_reading_them(tiny_pa
 
 
 @pytest.mark.parametrize("replayed", [False, True], ids=["own draft", "replayed draft"])
-def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_drafts(tiny_pair_fp32, replayed):
+def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_drafts(tiny_pair_fp32, replayed,
+                                                                                      monkeypatch):
     """Before the host reads a verify, the target launches each greedy row's next verify right behind its next
     chain's steps launched ahead: the bonus token and the chain's drafts from L + accepted, worked out on the device
     (for a replayed draft, the tokens it replays, not its argmax). Sessions of K = 2..4 joining at once and one after
     another: every output is target-only's; every block accepts what its draft alone would (a replayed draft: the
     leading positions its seed makes right; the own draft: the same request drafted block by block alone); such
-    verifies were launched and their plans kept them."""
+    verifies were launched and their plans kept them; and the drafting phases that ran while they computed read
+    their chains' values from the copies started before them (`copy_ahead`), not behind them."""
+    read_chains, copies = BatchedRunner._read_chains, []
+
+    def counted(self, values, told, drafted, known_drafts, copied=None):
+        copies.append(copied is not None)
+        return read_chains(self, values, told, drafted, known_drafts, copied)
+    monkeypatch.setattr(BatchedRunner, "_read_chains", counted)
     pair = tiny_pair_fp32
     cases = [(pair.encode(p), 24, k) for p, k in zip(PROMPTS[2:8], (2, 3, 4, 2, 3, 4))]
     outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
@@ -843,6 +851,7 @@ def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_d
         drafts_as_alone(got, alone + alone[:3])
     launched, kept = target.stats.verified_ahead, target.stats.verified_ahead_kept
     assert 0 < kept <= launched and kept >= launched // 2, (kept, launched)
+    assert sum(copies) >= len(copies) // 3, (sum(copies), len(copies))  # phases whose every step went ahead
     assert target.stats.launched_ahead()["verify-ahead"] == (launched, kept)  # the metrics' counters
 
 
