@@ -448,9 +448,9 @@ class BatchedRunner(ModelRunner):
     the step that verifies its blocks from their tokens on the device before the host reads them, and, before
     reading that step, the next chains' first draft step from its argmax (`draft_ahead`; default: on a GPU; on a
     CPU the forward would run inside the drafting phase, with nothing to overlap). `verify_ahead`: with both, launch
-    the next verify right behind the chains' steps launched ahead (`_verify_ahead`). Off by default: as built, the
-    drafting phase's read of its chains' values is queued on the device behind that verify, so the host's work in the
-    phase no longer overlaps it, and on a GPU the own draft lost a fifth of its throughput (docs/benchmarks.md, stop 63).
+    the next verify right behind the chains' steps launched ahead (`_verify_ahead`). Off by default: measured on a GPU
+    it was slower, its drafting phases reading their values behind it; they read copies made before it since
+    (`copy_ahead`), not yet measured (docs/benchmarks.md, stop 63).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
