@@ -1211,7 +1211,8 @@ class BatchedRunner(ModelRunner):
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
                                  for r in greedy], self._blocks_tokens(greedy + sampled), step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
-                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
+                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy],
+                                propose=self.verify_ahead)
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
@@ -1866,7 +1867,8 @@ class BatchedRunner(ModelRunner):
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
                      joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None,
-                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None:
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = (),
+                     propose: bool = False) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
@@ -1882,7 +1884,9 @@ class BatchedRunner(ModelRunner):
         (every row is padded to a join's width) catches up on its own.
         `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
         from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
-        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
+        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`).
+        `propose`: also work out the next verify of each row whose whole chain went ahead (`proposed`, for a verify
+        launched behind these steps: `_verify_ahead`); else none is, and no work is spent on it."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
         self.proposed = None
@@ -1947,10 +1951,11 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later, drafts = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else ([], None)
+            later, drafts = (self._launch_later(chained, outcomes[0], values[:len(rows), 0], read, propose) if rows
+                             else ([], None))
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
-        if rows:  # a row's next verify, where its chain went ahead whole: the bonus and its drafts from L + accepted
+        if rows and propose:  # a row's next verify, where its chain went ahead whole: the bonus, its drafts from L + accepted
             _, _, at, _, accepted, bonus = outcomes[0]
             whole = {spec[0]: (i, spec[2]) for i, (spec, n, _) in enumerate(chained)
                      if n == spec[2] and spec[1] + spec[2] + n - 1 < self.max_len}
@@ -1961,15 +1966,16 @@ class BatchedRunner(ModelRunner):
                              picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
-                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor]:
+                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor], propose: bool
+                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor | None]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
         max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> (per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); the
-        drafts each row's chain proposes [m, most steps], its first `steps` valid where it reaches them)."""
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); with
+        `propose`, the drafts each row's chain proposes [m, most steps], its first `steps` valid where it reaches them,
+        else None)."""
         _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
@@ -1979,7 +1985,7 @@ class BatchedRunner(ModelRunner):
                                      for spec, _, f in rows])
             replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
         later, drafts = [], []
-        for s in range(1, most + 1):
+        for s in range(1, most + 1 if propose else most):  # the last step's draft is fed to no step: only proposed
             if knows:
                 token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
                                     token)
@@ -2000,7 +2006,7 @@ class BatchedRunner(ModelRunner):
             token[index] = values[:, 0]
             later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
             self.stats.count(len(live), 1)
-        return later, torch.stack(drafts, dim=1).long()  # values are read as floats
+        return later, torch.stack(drafts, dim=1).long() if propose else None  # values are read as floats
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:

@@ -151,6 +151,7 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
     assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
+    assert draft.proposed is None  # with no verify launched ahead (`verify_ahead` off), no next verify worked out
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
