@@ -178,7 +178,7 @@ def main() -> None:
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
-    drafter = engine.runner.drafter
+    drafter = runner.drafter
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=0)
@@ -189,11 +189,11 @@ def main() -> None:
             for clients in levels:
                 for k, adaptive, early in [(n, a, e) for n, a in args.k for e in (earlies if n else [None])]:
                     engine.k, engine.adaptive_k = k, adaptive
-                    engine.runner.drafter = None if k == 0 and args.bare_target_only else drafter
+                    runner.drafter = None if k == 0 and args.bare_target_only else drafter
                     if early is not None:
                         runner.early_verify, runner.draft_ahead, runner.verify_ahead = early
                     loadtest.run_clients(client, clients, 1, prompts, 16, 600, seeds)  # warm-up (and the K's costs)
-                    t, d = engine.runner.stats, draft_runner.stats
+                    t, d = runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
                     verified_ahead = (t.verified_ahead, t.verified_ahead_kept)
