@@ -137,7 +137,8 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
     parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each", "ahead"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
-                        "chains' first draft step from its argmax (the engine's default: on a GPU); both: each drafting "
+                        "chains' first draft step from its argmax (the engine's default: on a GPU; the next verify is not "
+                        "launched ahead of the last one's read, as by default); both: each drafting "
                         "configuration with them on, then off; each: on, the verify alone, off; ahead: on with the next "
                         "verify launched ahead of the last one's read, then on without it")
     args = parser.parse_args()
@@ -171,9 +172,9 @@ def main() -> None:
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
     runner = engine.runner  # (early verify, draft ahead, verify ahead)
-    earlies = {"default": [(runner.early_verify, True, runner.verify_ahead)], "on": [(True, True, True)],
-               "off": [(False, False, False)], "both": [(True, True, True), (False, False, False)],
-               "each": [(True, True, True), (True, False, False), (False, False, False)],
+    earlies = {"default": [(runner.early_verify, True, runner.verify_ahead)], "on": [(True, True, False)],
+               "off": [(False, False, False)], "both": [(True, True, False), (False, False, False)],
+               "each": [(True, True, False), (True, False, False), (False, False, False)],
                "ahead": [(True, True, True), (True, True, False)]}[args.early_verify]
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
