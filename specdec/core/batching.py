@@ -59,6 +59,7 @@ the row's plan keeps it where it asks for exactly the forward the device fed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -121,6 +122,7 @@ IDLE_POLL_S = 0.05  # with only sessions that wait for their drafts, how often t
 CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows always share a forward (_catch_up_groups)
 JOIN_HOLD_STEPS = 2  # a new prompt that would widen a step of other rows waits at most this many steps for company
 JOIN_GROUP_SHARE = 0.25  # held prompts go in at once when they are this share of the step's other rows
+LOAD_STEPS = 32  # load-aware K prices the most driven sessions of this many steps (`load_rows`): a dip shorter is not a load
 JOIN_CHUNK_ROWS = 16  # new short prompts run alone together in a chunk graph of up to this many rows (`_alone`)
 JOIN_CHUNK_TOKENS = (9, 17)  # and of a step's width, the narrowest that holds them (the shortest long chunk, 32,
 #                              computed 16 rows x 32 tokens for prompts of 5-9)
@@ -500,6 +502,8 @@ class BatchedRunner(ModelRunner):
         self._open: set[int] = set()
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
         self._joined_at = 0  # the step count when a session last joined (what a paused phase's charge asks)
+        self._lately: collections.deque[int] = collections.deque(maxlen=LOAD_STEPS)  # driven sessions, a step each
+        self._lately_most = 1  # their most (read from other threads: an int, never the deque)
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
@@ -634,9 +638,9 @@ class BatchedRunner(ModelRunner):
             row.released.wait()  # at most one step: then the caller may close the sequence
 
     def batch_verify_cost(self, k: int) -> float | None:
-        """What a step costs now if every driven session verifies k drafts (k + 1 tokens per row): the verify
-        cost load-aware K weighs, since in a padded batch one row's K sets every row's step."""
-        return self.costs.cost(self.batch_rows(), k + 1)
+        """What a step costs at this load if every driven session verifies k drafts (k + 1 tokens per row): the
+        verify cost load-aware K weighs, since in a padded batch one row's K sets every row's step."""
+        return self.costs.cost(self.load_rows(), k + 1)
 
     def batch_cycle_cost(self, k: int) -> float | None:
         """A session's measured cycle verifying k drafts at this load, drafting included (None: not measured): what
@@ -645,7 +649,7 @@ class BatchedRunner(ModelRunner):
         steps launched ahead costs about that where the host keeps up, and a dearer figure was timed where they
         were not launched ahead (a plain step amid drafting, or after a verify) or in a ramp of joining sessions,
         and kept a batch drafting where plain decoding was faster (docs/benchmarks.md, call g5)."""
-        rows = self.batch_rows()
+        rows = self.load_rows()
         cycle = self.costs.cycle(rows, k + 1)
         if k > 0 or not self.lookahead:
             return cycle
@@ -653,14 +657,14 @@ class BatchedRunner(ModelRunner):
         return forward if cycle is None else cycle if forward is None else min(cycle, forward)
 
     def batch_cycle_elsewhere(self, k: int) -> float | None:
-        return self.costs.cycle_elsewhere(self.batch_rows(), k + 1)
+        return self.costs.cycle_elsewhere(self.load_rows(), k + 1)
 
     def batch_cycle_samples(self, k: int) -> int:
-        return self.costs.cycle_samples(self.batch_rows(), k + 1)
+        return self.costs.cycle_samples(self.load_rows(), k + 1)
 
     def batch_draft_step_cost(self) -> float | None:
         """One step of its drafter's chains over this load's rows (None: no drafter, or not timed)."""
-        return self.drafter.step_cost(self.batch_rows()) if self.drafter is not None else None
+        return self.drafter.step_cost(self.load_rows()) if self.drafter is not None else None
 
     def batch_catch_up(self) -> CatchUp | None:
         """What turning drafting on for every driven session would cost first: their drafts catching up on what
@@ -680,6 +684,13 @@ class BatchedRunner(ModelRunner):
     def batch_rows(self) -> int:
         """The driven sessions now: the rows of a step (at least 1)."""
         return max(1, len(self._rows))
+
+    def load_rows(self) -> int:
+        """The rows load-aware K prices its choice at: the most driven sessions of the last LOAD_STEPS steps, or
+        now. Where several requests end in one step, their clients' next ones join a step or two later; priced at
+        that dip, a shared phase decoding plainly turned drafting on for it, paid every row's catch-up, and turned
+        it off again as the rows came back (docs/benchmarks.md, "Stop 64")."""
+        return max(self.batch_rows(), self._lately_most)
 
     def _wake(self) -> None:
         with self._cv:
@@ -2200,6 +2211,8 @@ class BatchedRunner(ModelRunner):
             self.costs.observe(len(step.requests), step.n, step_s)
         s.count(len(step.requests), step.n)
         s.busy_s += step_s
+        self._lately.append(len(self._rows))
+        self._lately_most = max(self._lately)
         self.on_step(len(step.requests), step_s)
 
     def _draw_groups(self, logits: torch.Tensor, requests: list[_Request]) -> None:

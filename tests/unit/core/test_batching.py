@@ -628,6 +628,28 @@ def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_
         runner.stop()
 
 
+def test_load_aware_k_prices_the_most_rows_of_the_last_steps_not_a_dip(tiny_pair_fp32):
+    """Requests that end in one step leave a dip their clients' next requests fill a step or two later: priced at the
+    dip, a shared phase decoding plainly turned drafting on for it and paid every row's catch-up (calls hb1, hb3). The
+    prices follow the most driven sessions of the last LOAD_STEPS steps, and a load that stays lower once they pass."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005)
+    try:
+        prompt = pair.encode(PROMPTS[0])
+        concurrently([lambda: decode(pair, runner, prompt, 12) for _ in range(3)])
+        assert runner.batch_rows() == 1 and runner.load_rows() == 3  # none driven now: the last steps carried 3
+        for (rows, n), ms in {(3, 3): 9.0, (1, 3): 4.0, (3, 1): 7.0, (1, 1): 3.0}.items():
+            runner.costs.seed(rows, n, ms / 1e3)
+            runner.costs.cycles[(rows, n)] = 2 * ms / 1e3
+        assert runner.batch_verify_cost(2) == runner.costs.cost(3, 3) != runner.costs.cost(1, 3)
+        assert runner.batch_cycle_cost(2) == runner.costs.cycle(3, 3)
+        decode(pair, runner, prompt, batching.LOAD_STEPS + 4)  # one session, for longer than the window
+        assert runner.load_rows() == 1
+        assert runner.batch_verify_cost(2) == runner.costs.cost(1, 3)
+    finally:
+        runner.stop()
+
+
 def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_fp32, monkeypatch):
     """From the end of one forward to the end of the next of as many tokens, less what the engine did for no
     running session meanwhile (prompt chunks, a resumed draft's catching up); a change of K is a transition;
