@@ -394,10 +394,15 @@ class CatchUp(NamedTuple):
 
 
 class BatchLoad(Protocol):
-    """What a batched engine (core.batching.BatchedRunner) tells load-aware K about the load now."""
+    """What a batched engine (core.batching.BatchedRunner) tells load-aware K about the load: its costs are read at
+    `load_rows`, the rows its choice will run under."""
 
     def batch_rows(self) -> int:
         """The driven sessions: the rows of a step (at least 1)."""
+        ...
+
+    def load_rows(self) -> int:
+        """The rows the costs below are read at: the most driven sessions of the last few steps, or now."""
         ...
 
     def batch_verify_cost(self, k: int) -> float | None:
@@ -689,17 +694,22 @@ class AdaptiveK:
         if catch_up is not None and not catch_up.pays(rates[0], rates[k]):
             k = 0
             if self.phase.should_log_charge():
-                log.info("shared phase: drafting stays off at %d rows: %s", self.batch.batch_rows(),
+                log.info("shared phase: drafting stays off at %s: %s", self._rows_text(),
                          self._charge_text(catch_up, rates, weighed))
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k, steps)):
             held = self.phase.hold.until - steps
-            log.info("shared phase: drafting %s at %d rows (%d switch%s since the last line%s): %s",
-                     f"on, K = {k}" if k else "off", self.batch.batch_rows(), switches, "" if switches == 1 else "es",
+            log.info("shared phase: drafting %s at %s (%d switch%s since the last line%s): %s",
+                     f"on, K = {k}" if k else "off", self._rows_text(), switches, "" if switches == 1 else "es",
                      f"; held off for {held} steps" if not k and held > 0 else
                      f"; {self._charge_text(catch_up, rates, k)}" if catch_up is not None else "", self.summary())
         return k, k == 0
+
+    def _rows_text(self) -> str:
+        """The rows now, and those the prices were read at where they differ, for a log line."""
+        rows, load = self.batch.batch_rows(), self.batch.load_rows()
+        return f"{rows} rows" + (f" (priced at {load})" if load != rows else "")
 
     @staticmethod
     def _charge_text(catch_up: CatchUp, rates: list[float | None], k: int) -> str:

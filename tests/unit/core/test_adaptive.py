@@ -31,6 +31,7 @@ class Load:
     """A batched engine's load as AdaptiveK sees it (adaptive.BatchLoad), set by hand."""
 
     rows: int = 1
+    load: int | None = None  # the rows the costs are read at, where not `rows` (the most of the last steps)
     verify: dict[int, float] = field(default_factory=dict)  # k -> a step's cost if every row verified k drafts
     cycles: dict[int, float] = field(default_factory=dict)  # k -> the measured cycle of steps of k drafts
     steps: int | None = None  # the engine's steps so far (None: a shared phase's rates are never reused)
@@ -45,6 +46,9 @@ class Load:
 
     def batch_rows(self) -> int:
         return self.rows
+
+    def load_rows(self) -> int:
+        return self.load or self.rows
 
     def batch_verify_cost(self, k: int) -> float | None:
         return self.verify.get(k)
@@ -540,6 +544,10 @@ def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monk
         assert chooser.choose() == 0
     assert ("shared phase: drafting off at 48 rows (1 switch since the last line; held off for 16 steps): "
             "acceptance 0.75") in caplog.text  # drafting lasted one step: the next switch on waits
+    load.load, load.cycles, load.steps, now[0] = 64, {0: 0.0095, 1: 0.0131, 2: 0.0167}, 40, 7.0
+    with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
+        assert chooser.choose() == 2
+    assert "shared phase: drafting on, K = 2 at 48 rows (priced at 64) (1 switch since the last line)" in caplog.text
 
 
 def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
