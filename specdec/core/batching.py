@@ -451,8 +451,8 @@ class BatchedRunner(ModelRunner):
     reading that step, the next chains' first draft step from its argmax (`draft_ahead`; default: on a GPU; on a
     CPU the forward would run inside the drafting phase, with nothing to overlap). `verify_ahead`: with both, launch
     the next verify right behind the chains' steps launched ahead (`_verify_ahead`). Off by default: measured on a GPU
-    it was slower, its drafting phases reading their values behind it; they read copies made before it since
-    (`copy_ahead`), not yet measured (docs/benchmarks.md, stop 63).
+    it was slower, its drafting phases reading their values behind it, and still slower with them reading copies made
+    before it (`copy_ahead`; docs/benchmarks.md, stops 63 and 64).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
