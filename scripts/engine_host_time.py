@@ -29,9 +29,11 @@ import functools
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -51,6 +53,61 @@ from specdec.tools.sweep import record_continuations
 TIMED = [(TargetLoop, "complete"), (TargetLoop, "plan"), (TargetLoop, "_tell"), (AdaptiveK, "choose"),
          (AdaptiveK, "observe"), (FixedK, "choose"), (FixedK, "observe"), (BatchedRunner, "_hand_on"),
          (BatchedRunner, "_plan_rows")]
+
+
+class PathTimer:
+    """The host's path through a drafted cycle (`--time-path`): from the read of a step that verified drafted blocks
+    to the launch of the next verify from the drafting phase's tokens (`_launch_early`), marked where the rows are
+    handed on (`_hand_on` ends), where the drafting phase starts (`_draft`) and where its chains are launched (the
+    early verify's call). On a GPU the device idles for what of it the draft steps launched ahead do not cover."""
+
+    MARKS = ("handed on", "phase starts", "chains launched", "verify launched")
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.seen: dict[str, list[float]] = collections.defaultdict(list)
+
+    def install(self) -> None:
+        def at(name: str, mark: str, after: bool = False, only: Callable | None = None) -> None:
+            method = getattr(BatchedRunner, name)
+
+            def timed(runner, *args, **kwargs):
+                if not after and self.since is not None and (only is None or only(*args, **kwargs)):
+                    self._mark(mark)
+                result = method(runner, *args, **kwargs)
+                if after and self.since is not None:
+                    self._mark(mark)
+                return result
+            setattr(BatchedRunner, name, timed)
+        read = BatchedRunner._read
+
+        def read_timed(runner, step):
+            result = read(runner, step)
+            if any(r.drafted is not None for r in step.requests):
+                self.since = time.perf_counter()
+            return result
+        BatchedRunner._read = read_timed
+        at("_hand_on", "handed on", after=True)
+        at("_draft", "phase starts")
+        at("_launch_early", "chains launched")
+        at("_launch", "verify launched", only=lambda requests, *a, fill=None, **k: fill is not None)
+
+    def _mark(self, mark: str) -> None:
+        if mark in self.seen and len(self.seen[mark]) > len(self.seen["verify launched"]):
+            return  # once a cycle: the first time it is reached
+        self.seen[mark].append(time.perf_counter() - self.since)
+        if mark == "verify launched":
+            self.since = None
+
+    def report(self) -> str:
+        """Each mark's median and 90th percentile, ms since the read; empty before any drafted cycle."""
+        cycles = len(self.seen["verify launched"])
+        if not cycles:
+            return ""
+        parts = [f"{m} {1e3 * statistics.median(v):.2f} / {1e3 * (statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]):.2f}"
+                 for m in self.MARKS if (v := self.seen.get(m))]
+        self.seen.clear()
+        return f"  host path from a verify's read, ms (median / p90, {cycles} cycles): " + ", ".join(parts)
 
 
 def device_trace() -> torch.profiler.profile:
@@ -128,6 +185,10 @@ def main() -> None:
                         help="also the microseconds a row spends in the engine's per-row calls (TIMED), each call timed "
                         "with perf_counter (cProfile inflates such small calls several times over; a timed call "
                         "inside another adds ~0.3 us to the outer one)")
+    parser.add_argument("--time-path", action="store_true",
+                        help="also the host's path through a drafted cycle: ms from the read of a step that verified "
+                        "drafts to the launch of the next verify from the drafting phase's tokens (with --early-verify "
+                        "on), where rows are handed on, the phase starts and its chains are launched (PathTimer)")
     parser.add_argument("--bare-target-only", action="store_true",
                         help="K = 0 runs with the engine's drafter detached, as a target started without --own-draft "
                         "runs (default: the same engine, drafter attached, as a target with --own-draft runs a "
@@ -179,6 +240,9 @@ def main() -> None:
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
+    path_timer = PathTimer() if args.time_path else None
+    if path_timer is not None:
+        path_timer.install()
     drafter = runner.drafter
     freeze_heap()
     prompts = loadtest.DEFAULT_PROMPTS
@@ -202,6 +266,8 @@ def main() -> None:
                     widths = dict(t.widths)
                     chunks = (t.prefill_chunks, t.prefill_rows, t.chunks_apart)
                     totals.clear()
+                    if path_timer is not None:
+                        path_timer.report()  # the warm-up's cycles are not this run's
                     traced = args.trace and repeat == 0
                     tracing = device_trace() if traced else None
                     t0 = time.perf_counter()
@@ -233,6 +299,9 @@ def main() -> None:
                     if totals:
                         print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                              for label, seconds in sorted(totals.items())), flush=True)
+                    line = path_timer.report() if path_timer is not None else ""
+                    if line and not (early and early[2]):  # a verify launched ahead goes before the read it would follow
+                        print(line, flush=True)
                     if tracing is not None:
                         os.makedirs(args.trace, exist_ok=True)
                         path = os.path.join(args.trace, f"trace_{clients}_{label.replace(' ', '_').replace(',', '')}.json")
