@@ -31,6 +31,16 @@ def test_engine_host_time_reports_each_configuration(flags, kinds):
     assert all(int(tok_s) > 0 and int(steps) > 0 for _, tok_s, steps in lines), out
 
 
+def test_engine_host_time_times_the_host_path_of_drafted_cycles():
+    out = run("engine_host_time.py", "--clients", "4", "--tokens", "16", "--max-len", "64", "--repeats", "1",
+              "--k", "2", "--early-verify", "on", "--replay-alpha", "0.8", "--time-path")
+    path = re.search(r"host path from a verify's read, ms \(median / p90, (\d+) cycles\): handed on ([\d.]+) .*"
+                     r"verify launched ([\d.]+) /", out)
+    assert path is not None, out
+    cycles, handed, launched = int(path[1]), float(path[2]), float(path[3])
+    assert cycles > 0 and 0 < handed <= launched, out
+
+
 def test_first_sessions_reports_every_request():
     out = run("first_sessions.py", "--requests", "2", "--tokens", "8")
     assert len(re.findall(r"^request \d+ \(\d+ tokens\): \d+ cycles", out, re.MULTILINE)) >= 2, out
