@@ -23,7 +23,8 @@ one phase between the engine's steps (SharedPhase) weigh the engine's measured c
 them: T(k) summed from parts misses what the host does per drafting step and that plain steps run launched
 ahead, and at 64 rows its error picked drafting where it lost (docs/benchmarks.md). Such a phase decides once per
 engine step for all its rows, and once it decodes plainly it turns drafting on again only for a clear gain, and
-not soon after drafting that did not last.
+not soon after drafting that did not last; while it drafts, it tries a K never measured at its load whose price is
+close to the best's (a K priced too high is otherwise never run, so never measured).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ SWITCH_ON_GAIN = 1.1  # a shared phase decoding plainly turns drafting on only f
 ACCEPTANCE_DECAY = 0.95  # a session's acceptance keeps this much of its past at each block: about the last 20 blocks
 OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (AcceptanceEstimate.hoped)
 WELL_MEASURED = 100  # sessions' cycles a drafting K's measured cycle averages over for it to stand against the K below
+TRY_SHARE = 0.85  # a drafting phase tries a K never measured at its load where it is priced this close to the best
+TRIAL_SAMPLES = 48  # sessions' cycles a trial measures that K over before the rates choose again
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -243,6 +246,7 @@ class SharedPhase:
         self._switches = 0  # since the last one logged
         self._logged_at = -math.inf
         self._charge_logged_at = -math.inf  # when a switch on kept off by its catch-up was last logged
+        self._trial: tuple[int, int] | None = None  # (K, rows) of the last trial of an unmeasured K (`trying`)
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
@@ -320,6 +324,12 @@ class SharedPhase:
                 return 0
             switches, self._switches, self._logged_at = self._switches, 0, time.monotonic()
             return switches
+
+    def trying(self, k: int, rows: int) -> bool:
+        """The phase tries K = k at `rows` rows (AdaptiveK._trial_k): whether that trial is new (to be logged)."""
+        with self._lock:
+            new, self._trial = self._trial != (k, rows), (k, rows)
+            return new
 
     def should_log_charge(self) -> bool:
         """Whether a switch on that its catch-up's cost kept off is to be logged now (once per SWITCH_LOG_EVERY_S)."""
@@ -696,6 +706,8 @@ class AdaptiveK:
             if self.phase.should_log_charge():
                 log.info("shared phase: drafting stays off at %s: %s", self._rows_text(),
                          self._charge_text(catch_up, rates, weighed))
+        if steps is not None and k > 0 and not self.phase.paused:
+            k = self._trial_k(rates, k)
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k, steps)):
@@ -705,6 +717,24 @@ class AdaptiveK:
                      f"; held off for {held} steps" if not k and held > 0 else
                      f"; {self._charge_text(catch_up, rates, k)}" if catch_up is not None else "", self.summary())
         return k, k == 0
+
+    def _trial_k(self, rates: list[float | None], k: int) -> int:
+        """The K a drafting phase runs: `k`, the best by the rates, or a drafting K never measured at this load
+        (fewer than TRIAL_SAMPLES cycles) priced within TRY_SHARE of it, the dearest such first, until its cycles are
+        measured. An unmeasured K is priced from a measured neighbour by a draft step and the verify's growth, which
+        misses what else a longer chain costs a cycle: at 16 rows on the H200 K = 2 was priced 10% under K = 4 and never
+        run, where in process it made 1.37x target-only against K = 4's 1.28x (docs/benchmarks.md, calls vb1, lr1).
+        Switching between drafting Ks costs no catch-up, so a trial costs at most a few steps at a slightly worse K;
+        a phase decoding plainly tries none (turning drafting on does cost one)."""
+        untried = [j for j in range(1, len(rates)) if j != k and rates[j] is not None
+                   and rates[j] >= TRY_SHARE * rates[k] and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES]
+        if not untried:
+            return k
+        j = max(untried, key=lambda j: rates[j])
+        if self.phase.trying(j, self.batch.load_rows()):
+            log.info("shared phase: trying K = %d at %s, never measured there (%.0f tokens/s by its price against K = "
+                     "%d's %.0f): %s", j, self._rows_text(), rates[j], k, rates[k], self.summary())
+        return j
 
     def _rows_text(self) -> str:
         """The rows now, and those the prices were read at where they differ, for a log line."""

@@ -11,6 +11,8 @@ import pytest
 from specdec.core import adaptive
 from specdec.core.adaptive import (
     PROBE_SHARE,
+    TRIAL_SAMPLES,
+    TRY_SHARE,
     AcceptanceEstimate,
     AdaptiveK,
     CatchUp,
@@ -536,7 +538,8 @@ def test_a_shared_phase_says_when_its_rates_turn_drafting_on_or_off(caplog, monk
     now[0] = 1.2
     assert phase.switched(0, 5) == 2  # off again: two switches since the last report
     verify = {k: 0.013 + 0.001 * k for k in range(5)}
-    load = Load(rows=48, verify=verify, cycles={0: 0.0095, 1: 0.0131, 2: 0.0167, 3: 0.0203, 4: 0.0239}, steps=1)
+    load = Load(rows=48, verify=verify, cycles={0: 0.0095, 1: 0.0131, 2: 0.0167, 3: 0.0203, 4: 0.0239}, steps=1,
+                samples=dict.fromkeys(range(5), TRIAL_SAMPLES))  # each K measured: none is tried (`_trial_k`)
     chooser = phase_at(load)
     assert chooser.choose() == 2
     load.cycles, load.steps, now[0] = {0: 0.0095, 2: 0.027}, 2, 5.0
@@ -556,7 +559,8 @@ def test_a_paused_phase_turns_drafting_on_only_for_a_clear_gain():
     switch on a catch-up of every row's draft. A phase decoding plainly turns drafting on only where its rates gain
     SWITCH_ON_GAIN or more; one that drafts goes on drafting while drafting wins at all."""
     verify = {k: 0.013 + 0.001 * k for k in range(5)}
-    load = Load(rows=64, verify=verify, cycles={0: 0.0100, 1: 0.0190, 2: 0.0250, 3: 0.0300, 4: 0.0340}, steps=1)
+    load = Load(rows=64, verify=verify, cycles={0: 0.0100, 1: 0.0190, 2: 0.0250, 3: 0.0300, 4: 0.0340}, steps=1,
+                samples=dict.fromkeys(range(5), TRIAL_SAMPLES))  # each K measured: none is tried (`_trial_k`)
     chooser = phase_at(load)  # a = 3/4
     phase = chooser.phase
     assert chooser.choose() == 0 and phase.paused  # plain wins: 100 tokens/s a row against K = 1's 1.75 / 19 ms = 92
@@ -725,6 +729,47 @@ def test_a_well_measured_longer_chain_is_not_priced_a_step_a_k_above_a_shorter_o
     few = chooser({0: 5000, 1: 300, 2: 900, 4: WELL_MEASURED - 1})
     assert few.rate(4) == pytest.approx(expected_tokens(0.75, 4) / (0.0189 + 2 * 0.0015), rel=1e-4)
     assert few.choose() == 0  # as before: K = 4 at 21.9 ms gives less than plain decoding
+
+
+def test_a_drafting_phase_tries_a_k_never_measured_at_its_load_where_its_price_is_close_to_the_best(caplog):
+    """16 rows on the H200 (calls lr1, vb1): K = 4's cycle measured 12.1 ms, a plain one 4.9, a draft step 1.2 ms.
+    Priced from K = 4's cycle a step a K less, K = 2 (9.7 ms) and K = 3 (10.9) made 9% and 3% fewer tokens/s than
+    K = 4, so neither ran, where in process at fixed K, K = 2 made 1.37x target-only against K = 4's 1.28x. A drafting
+    phase tries each K priced within TRY_SHARE of the best until TRIAL_SAMPLES cycles measure it; then the measured
+    rates choose. Decoding plainly, it tries none (turning drafting on costs every row's draft a catch-up)."""
+    verify = {0: 0.0066, 1: 0.0061, 2: 0.0063, 3: 0.0059, 4: 0.0059}
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.0059, 0.0108, 0.0010)  # the parts: 2.7 ms of drafting a token, 1.0 ms a cycle
+    load = Load(rows=16, verify=verify, cycles={0: 0.0049, 4: 0.0121}, samples={0: 1000, 4: 5000}, draft_step=0.0012,
+                steps=1)
+    chooser = AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                        acceptance=known(0.8))
+    assert chooser.rate(2) < chooser.rate(3) < chooser.rate(4) and chooser.rate(2) > TRY_SHARE * chooser.rate(4)
+    assert chooser.rate(1) < TRY_SHARE * chooser.rate(4)
+    with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
+        assert chooser.choose() == 3  # the untried K priced closest to the best
+    assert "shared phase: trying K = 3 at 16 rows, never measured there" in caplog.text
+    load.samples[3], load.steps = TRIAL_SAMPLES - 1, 2
+    assert chooser.choose() == 3  # until its cycles are measured
+    truth = {1: 0.0070, 2: 0.0082, 3: 0.0098}  # what each K's cycle would measure (vb1: 8.2 ms for K = 2)
+    tried = [3]
+    for step in range(3, 8):
+        k = tried[-1]
+        load.cycles[k], load.samples[k], load.steps = truth[k], TRIAL_SAMPLES, step
+        tried.append(chooser.choose())
+        if tried[-1] == k:
+            break
+    measured = [k for k in range(1, 5) if k in load.cycles]
+    best = max(measured, key=chooser.rate)
+    assert tried[-1] == best == max(range(5), key=chooser.rate) and chooser.rate(best) > 1.05 * chooser.rate(4)
+    assert 2 in tried  # K = 2 was run, not only priced
+    paused = AdaptiveK(max_k=4, costs=costs, batch=Load(rows=16, verify=verify, cycles={0: 0.0049, 4: 0.0121},
+                                                      samples={0: 1000, 4: 5000}, draft_step=0.0012, steps=1),
+                       phase=SharedPhase(), probes=ProbeSchedule(first=10**6), acceptance=known(0.8))
+    paused.phase.switched(0, 0)
+    assert paused.phase.paused and paused.choose() == 4  # turned on at the best K: no trial yet
+    paused.batch.steps = 2
+    assert paused.choose() == 3  # drafting now: the untried K
 
 
 def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
