@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol, TypeVar
 
-from specdec.core.config import MAX_K
+from specdec.core.config import MAX_K, ROW_BUCKETS
+from specdec.core.step_costs import bucket
 
 T = TypeVar("T")
 log = logging.getLogger("specdec.adaptive")
@@ -48,6 +49,7 @@ OPTIMISM = 0.5  # standard errors above the estimate that K is chosen by (Accept
 WELL_MEASURED = 100  # sessions' cycles a drafting K's measured cycle averages over for it to stand against the K below
 TRY_SHARE = 0.85  # a drafting phase tries a K never measured at its load where it is priced this close to the best
 TRIAL_SAMPLES = 48  # sessions' cycles a trial measures that K over before the rates choose again
+TRIAL_STEPS = 8  # engine steps a trial lasts at most (a step whose rows changed K, or that others joined, times none)
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -246,7 +248,9 @@ class SharedPhase:
         self._switches = 0  # since the last one logged
         self._logged_at = -math.inf
         self._charge_logged_at = -math.inf  # when a switch on kept off by its catch-up was last logged
-        self._trial: tuple[int, int] | None = None  # (K, rows) of the last trial of an unmeasured K (`trying`)
+        self.trial: tuple[int, int, int] | None = None  # (K, rows bucket, its first engine step): the trial of a K
+        #                                                   never measured at that load under way (AdaptiveK._trial_k)
+        self.tried: set[tuple[int, int]] = set()  # (K, rows bucket) tried once already
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
@@ -324,12 +328,6 @@ class SharedPhase:
                 return 0
             switches, self._switches, self._logged_at = self._switches, 0, time.monotonic()
             return switches
-
-    def trying(self, k: int, rows: int) -> bool:
-        """The phase tries K = k at `rows` rows (AdaptiveK._trial_k): whether that trial is new (to be logged)."""
-        with self._lock:
-            new, self._trial = self._trial != (k, rows), (k, rows)
-            return new
 
     def should_log_charge(self) -> bool:
         """Whether a switch on that its catch-up's cost kept off is to be logged now (once per SWITCH_LOG_EVERY_S)."""
@@ -707,7 +705,7 @@ class AdaptiveK:
                 log.info("shared phase: drafting stays off at %s: %s", self._rows_text(),
                          self._charge_text(catch_up, rates, weighed))
         if steps is not None and k > 0 and not self.phase.paused:
-            k = self._trial_k(rates, k)
+            k = self._trial_k(rates, k, steps)
         if steps is not None and self.phase.plain_now(steps, k > 0):  # decoding plainly may pay again: measure
             return 0, False
         if steps is not None and (switches := self.phase.switched(k, steps)):
@@ -718,22 +716,32 @@ class AdaptiveK:
                      f"; {self._charge_text(catch_up, rates, k)}" if catch_up is not None else "", self.summary())
         return k, k == 0
 
-    def _trial_k(self, rates: list[float | None], k: int) -> int:
-        """The K a drafting phase runs: `k`, the best by the rates, or a drafting K never measured at this load
-        (fewer than TRIAL_SAMPLES cycles) priced within TRY_SHARE of it, the dearest such first, until its cycles are
-        measured. An unmeasured K is priced from a measured neighbour by a draft step and the verify's growth, which
-        misses what else a longer chain costs a cycle: at 16 rows on the H200 K = 2 was priced 10% under K = 4 and never
-        run, where in process it made 1.37x target-only against K = 4's 1.28x (docs/benchmarks.md, calls vb1, lr1).
-        Switching between drafting Ks costs no catch-up, so a trial costs at most a few steps at a slightly worse K;
-        a phase decoding plainly tries none (turning drafting on does cost one)."""
-        untried = [j for j in range(1, len(rates)) if j != k and rates[j] is not None
+    def _trial_k(self, rates: list[float | None], k: int, step: int) -> int:
+        """The K a drafting phase runs at engine step `step`: `k`, the best by the rates, or a trial of a drafting K
+        never measured at this load (fewer than TRIAL_SAMPLES cycles) priced within TRY_SHARE of it, the best-priced
+        such first, each tried once per rows bucket, for at most TRIAL_STEPS steps or until its cycles are measured.
+        An unmeasured K is priced from a measured neighbour by a draft step and the verify's growth, which misses what
+        else a longer chain costs a cycle: at 16 rows on the H200 K = 2 was priced 10% under K = 4 and never run, where
+        in process it made 1.37x target-only against K = 4's 1.28x (docs/benchmarks.md, calls vb1, lr1). Switching
+        between drafting Ks costs no catch-up, so a trial costs a few steps at a slightly worse K at most; a phase
+        decoding plainly tries none (turning drafting on does cost one). A trial runs its K to the end: re-priced each
+        step, untried Ks took turns, and a step whose rows changed K times no cycle, so none got measured."""
+        rows = bucket(self.batch.load_rows(), ROW_BUCKETS)
+        trial = self.phase.trial
+        if trial is not None:
+            j, at, since = trial
+            if at == rows and step - since < TRIAL_STEPS and j < len(rates) and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES:
+                return j
+            self.phase.trial = None
+        untried = [j for j in range(1, len(rates)) if j != k and rates[j] is not None and (j, rows) not in self.phase.tried
                    and rates[j] >= TRY_SHARE * rates[k] and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES]
         if not untried:
             return k
         j = max(untried, key=lambda j: rates[j])
-        if self.phase.trying(j, self.batch.load_rows()):
-            log.info("shared phase: trying K = %d at %s, never measured there (%.0f tokens/s by its price against K = "
-                     "%d's %.0f): %s", j, self._rows_text(), rates[j], k, rates[k], self.summary())
+        self.phase.trial = (j, rows, step)
+        self.phase.tried.add((j, rows))
+        log.info("shared phase: trying K = %d at %s, never measured there (%.0f tokens/s by its price against K = %d's "
+                 "%.0f): %s", j, self._rows_text(), rates[j], k, rates[k], self.summary())
         return j
 
     def _rows_text(self) -> str:

@@ -12,6 +12,7 @@ from specdec.core import adaptive
 from specdec.core.adaptive import (
     PROBE_SHARE,
     TRIAL_SAMPLES,
+    TRIAL_STEPS,
     TRY_SHARE,
     AcceptanceEstimate,
     AdaptiveK,
@@ -749,8 +750,9 @@ def test_a_drafting_phase_tries_a_k_never_measured_at_its_load_where_its_price_i
     with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
         assert chooser.choose() == 3  # the untried K priced closest to the best
     assert "shared phase: trying K = 3 at 16 rows, never measured there" in caplog.text
-    load.samples[3], load.steps = TRIAL_SAMPLES - 1, 2
-    assert chooser.choose() == 3  # until its cycles are measured
+    load.cycles[3], load.samples[3], load.steps = 0.0130, TRIAL_SAMPLES - 1, 2  # a first figure, dear
+    assert chooser.rate(3) < TRY_SHARE * chooser.rate(4) and chooser.choose() == 3  # run on until measured, however
+    # priced (re-priced each step, untried Ks took turns, and a step whose rows changed K timed none)
     truth = {1: 0.0070, 2: 0.0082, 3: 0.0098}  # what each K's cycle would measure (vb1: 8.2 ms for K = 2)
     tried = [3]
     for step in range(3, 8):
@@ -770,6 +772,10 @@ def test_a_drafting_phase_tries_a_k_never_measured_at_its_load_where_its_price_i
     assert paused.phase.paused and paused.choose() == 4  # turned on at the best K: no trial yet
     paused.batch.steps = 2
     assert paused.choose() == 3  # drafting now: the untried K
+    paused.batch.steps = 2 + TRIAL_STEPS
+    assert paused.choose() == 2  # K = 3's trial measured nothing in its steps: it ends, and is not tried again here
+    paused.batch.steps = 2 + 2 * TRIAL_STEPS
+    assert paused.choose() == 4
 
 
 def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
