@@ -196,12 +196,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy requests; else every request samples at this temperature (seed 0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
-    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each", "ahead"], default="default",
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
-                        "chains' first draft step from its argmax (the engine's default: on a GPU; the next verify is not "
-                        "launched ahead of the last one's read, as by default); both: each drafting "
-                        "configuration with them on, then off; each: on, the verify alone, off; ahead: on with the next "
-                        "verify launched ahead of the last one's read, then on without it")
+                        "chains' draft steps from its argmax (the engine's default: on a GPU); both: each drafting "
+                        "configuration with them on, then off; each: on, the verify alone, off")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     if args.log:
@@ -232,11 +230,10 @@ def main() -> None:
         engine.k = 0
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
-    runner = engine.runner  # (early verify, draft ahead, verify ahead)
-    earlies = {"default": [(runner.early_verify, True, runner.verify_ahead)], "on": [(True, True, False)],
-               "off": [(False, False, False)], "both": [(True, True, False), (False, False, False)],
-               "each": [(True, True, False), (True, False, False), (False, False, False)],
-               "ahead": [(True, True, True), (True, True, False)]}[args.early_verify]
+    runner = engine.runner  # (early verify, draft ahead)
+    earlies = {"default": [(runner.early_verify, True)], "on": [(True, True)], "off": [(False, False)],
+               "both": [(True, True), (False, False)],
+               "each": [(True, True), (True, False), (False, False)]}[args.early_verify]
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
@@ -256,12 +253,11 @@ def main() -> None:
                     engine.k, engine.adaptive_k = k, adaptive
                     runner.drafter = None if k == 0 and args.bare_target_only else drafter
                     if early is not None:
-                        runner.early_verify, runner.draft_ahead, runner.verify_ahead = early
+                        runner.early_verify, runner.draft_ahead = early
                     loadtest.run_clients(client, clients, 1, prompts, 16, 600, seeds)  # warm-up (and the K's costs)
                     t, d = runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
-                    verified_ahead = (t.verified_ahead, t.verified_ahead_kept)
                     phases = replace(drafter.stats)
                     widths = dict(t.widths)
                     chunks = (t.prefill_chunks, t.prefill_rows, t.chunks_apart)
@@ -277,16 +273,13 @@ def main() -> None:
                     n = t.steps - steps
                     host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
                     label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
-                    label += "" if early is None else (", early verify, draft and verify ahead" if all(early) else
-                                                       ", early verify and draft ahead" if all(early[:2]) else
+                    label += "" if early is None else (", early verify and draft ahead" if all(early) else
                                                        ", early verify" if early[0] else ", neither")
                     print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
                           f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                           f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
                           f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
-                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), verifies ahead of the "
-                          f"last one's read {t.verified_ahead - verified_ahead[0]} "
-                          f"({t.verified_ahead_kept - verified_ahead[1]} kept), draft rows launched ahead "
+                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
                           f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
                           f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
                           f"{drafter.stats.catching_up - phases.catching_up} "
@@ -299,8 +292,7 @@ def main() -> None:
                     if totals:
                         print("  us per row in " + ", ".join(f"{label} {1e6 * seconds / (t.rows - rows):.2f}"
                                                              for label, seconds in sorted(totals.items())), flush=True)
-                    line = path_timer.report() if path_timer is not None else ""
-                    if line and not (early and early[2]):  # a verify launched ahead goes before the read it would follow
+                    if path_timer is not None and (line := path_timer.report()):
                         print(line, flush=True)
                     if tracing is not None:
                         os.makedirs(args.trace, exist_ok=True)

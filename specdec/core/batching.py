@@ -50,11 +50,7 @@ draft computes while the host completes the cycle; the next drafting phase takes
 the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
 otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
-drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). With
-`verify_ahead` (off by default), where a greedy row's whole next chain went ahead so, its next verify is launched
-right behind those steps, also before the host
-reads anything (`_verify_ahead`): the bonus token and the chain's drafts from where the device worked out they go;
-the row's plan keeps it where it asks for exactly the forward the device fed.
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
 """
 
 from __future__ import annotations
@@ -66,7 +62,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from transformers import StaticCache
@@ -244,8 +240,6 @@ class _Request:
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
-    placed: "tuple[OnTheWay, int] | None" = None  # a verify launched ahead of its row's last read (_verify_ahead): its
-    #                            (start, bonus, drafts...) as the device fed them, on their way to the host, and its row
 
 
 @dataclass(eq=False)
@@ -267,7 +261,6 @@ class _Launched:
     chunk_in: bool = False  # a chunk read apart ran on the device since the step before was read: not a step's cost
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
-    verifies_ahead: bool = False  # launched before the verify its rows' drafts follow was read (_verify_ahead)
 
 
 @dataclass(eq=False)
@@ -320,18 +313,6 @@ class _Ahead:
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
     later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
-    host: list[OnTheWay] = field(default_factory=list)  # `values`, then each later step's, on their way to the host
-    #                                                     since before a verify launched behind them (`copy_ahead`)
-
-
-class Proposed(NamedTuple):
-    """What each greedy row of a verify will verify next, worked out on the device from that verify's argmax and the
-    chain steps launched ahead of its read (`launch_ahead`), for the rows whose whole next chain (as many steps as
-    they drafted) went ahead: the target launches those verifies before it reads anything (`_verify_ahead`)."""
-
-    rows: dict[int, tuple[int, int]]  # draft slot -> (its row in `starts` and `ids`, its K)
-    starts: torch.Tensor  # [m]: L + accepted, where the verify's bonus token goes
-    ids: torch.Tensor  # [m, 1 + most K]: the bonus, then the chain's drafts
 
 
 class StepDrafter(Protocol):
@@ -426,8 +407,6 @@ class _Row:
     handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     early: "_Request | None" = None  # its verify, launched from its draft's tokens on the device, not confirmed yet
-    block: Drafted | None = None  # its draft's block of this phase, where its verify was launched ahead of it
-    #                               (`_bind_blocks`): the verify its plan launches carries it
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
@@ -449,17 +428,16 @@ class BatchedRunner(ModelRunner):
     otherwise idle while the host works; on a CPU the host is the device). `early_verify`: with a drafter, launch
     the step that verifies its blocks from their tokens on the device before the host reads them, and, before
     reading that step, the next chains' first draft step from its argmax (`draft_ahead`; default: on a GPU; on a
-    CPU the forward would run inside the drafting phase, with nothing to overlap). `verify_ahead`: with both, launch
-    the next verify right behind the chains' steps launched ahead (`_verify_ahead`). Off by default: measured on a GPU
-    it was slower, its drafting phases reading their values behind it, and still slower with them reading copies made
-    before it (`copy_ahead`; docs/benchmarks.md, stops 63 and 64).
+    CPU the forward would run inside the drafting phase, with nothing to overlap). (Launching the next verify too
+    before the last one's read was built and measured slower each time, at fixed K too: docs/benchmarks.md, stops
+    63-65; removed.)
     """
 
     def __init__(self, model: torch.nn.Module, *, max_len: int = 2048, max_sessions: int = 8,
                  cuda_graphs: bool | None = None, graph_max_tokens: int = 17, cpu_kernels: str = ONEDNN,
                  queue_size: int = 0, queue_wait_s: float = 0.0, gather_s: float = 0.02,
                  prefill_chunk: int = 512, lookahead: bool | None = None, stream_interval: int | None = None,
-                 compile: bool = True, early_verify: bool | None = None, verify_ahead: bool = False,
+                 compile: bool = True, early_verify: bool | None = None,
                  captured: tuple[Sequence[int], Sequence[int]] | None = None,
                  launch: Callable[[Callable[[], None]], object] | None = INLINE.hand_over) -> None:
         """`launch(fn)`: runs the engine loop where forwards belong (default: a new thread; a CPU service
@@ -485,7 +463,6 @@ class BatchedRunner(ModelRunner):
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
-        self.verify_ahead = verify_ahead  # with both: the next verify right after those chains' steps (_verify_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -512,7 +489,6 @@ class BatchedRunner(ModelRunner):
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
-        self.proposed: Proposed | None = None  # a draft runner's: the next verifies of its last launch_ahead's rows
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
         #                                     have written a token the committed sequence lacks (`_new_tokens`)
@@ -853,8 +829,7 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead "
-                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept), %d ahead of the last "
-                     "one's read (%.0f%% kept); t(rows x tokens) ms %s",
+                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept); t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -862,10 +837,7 @@ class BatchedRunner(ModelRunner):
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
                      s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
-                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
-                     s.verified_ahead - since.verified_ahead,
-                     100 * (s.verified_ahead_kept - since.verified_ahead_kept) / max(1, s.verified_ahead - since.verified_ahead),
-                     self.costs.report())
+                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
         s.drafting_longest_s = 0.0
@@ -916,8 +888,6 @@ class BatchedRunner(ModelRunner):
             # the draft runner takes its own)
             following = (self._draft_ahead(inflight) if inflight is not None and inflight is verifying and self.draft_ahead
                          else [])
-            if following and self.verify_ahead:
-                self._verify_ahead(inflight, following)
             try:
                 with self._turn():
                     if inflight is None and steps:
@@ -1132,8 +1102,7 @@ class BatchedRunner(ModelRunner):
         if self.drafter is None:
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
-        told = (self._launch_early if early and self.early_verify and before is None
-                else self._bind_blocks if before is not None and before.verifies_ahead else None)
+        told = self._launch_early if early and self.early_verify and before is None else None
         if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
@@ -1148,8 +1117,6 @@ class BatchedRunner(ModelRunner):
         if step is not before:  # launched in this phase: its cost is what follows it
             step.began = step.launched = done
             step.drafted_before = s.drafting_s
-        elif step is not None and step.verifies_ahead:  # launched before it: its cost too (the host's work before
-            step.began, step.drafted_before = done, s.drafting_s  # the phase ran beside the draft's steps)
         return True
 
     def _launch_early(self, drafted: list[tuple[object, Drafted]]) -> None:
@@ -1220,90 +1187,19 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in greedy], self._blocks_tokens(greedy + sampled), step.top, read,
+                                 for r in greedy], (greedy + sampled)[0].drafted.tokens, step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
-                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy],
-                                propose=self.verify_ahead)
+                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
         return greedy + sampled + joins
-
-    def _verify_ahead(self, step: _Launched, following: list[_Request]) -> None:
-        """Once `_draft_ahead` launched their next chains: launch the next verify of each greedy row of `step` whose
-        whole chain (as many steps as it drafted this time) went ahead, right behind those steps, with every forward
-        pending now. Its ids are the bonus token and the chain's drafts from L + accepted, all worked out on the device
-        (`Proposed`); the host reads `step`, completes its rows and drafts their blocks while the device verifies.
-        Each row's plan keeps its verify where it asks for exactly that forward, as the device fed it (`_replan`).
-        Only where every other row of `step` is a prompt step or a caller's forward: a plain or sampled row, whose
-        next forward is planned once `step` is read, would get one every other step."""
-        proposed = self._ahead_runner.proposed if self._early is None and self._ahead_runner is not None else None
-        if proposed is None:
-            return
-        rows = [r for r in following if r.join is None and r.greedy and r.drafted is not None and not r.void
-                and proposed.rows.get(r.drafted.row, (0, -1))[1] == r.keep - 1
-                and self._drafts_from(r) + 2 * (r.keep - 1) < self.max_len]
-        chosen = set(map(id, rows))
-        if not rows or any(id(r) not in chosen and r.row is not None and (r.row.cycle_tokens or r.drafted is not None)
-                           for r in step.requests if not r.void):
-            return
-        with self._cv:
-            steps, _ = self._split_pending(chunks=0, alongside=len(rows))  # prompt chunks wait, as for an early verify
-        spec = [(proposed.rows[r.drafted.row][0], r.keep - 1) for r in rows]  # (its row in `proposed`, K)
-        ahead = [_Request(r.index, self._drafts_from(r) + k, [0] * (k + 1), k + 1, True, row=r.row, done=None)
-                 for r, (_, k) in zip(rows, spec)]  # from the latest start it can have: the step's reach covers it
-        cells = self._on_device([[r.index, c, j] for r, (j, k) in zip(rows, spec) for c in range(k + 1)],
-                                proposed.ids.device).T  # [3, cells]: its row in the step, its column, its row in `proposed`
-        seen = OnTheWay(torch.cat([proposed.starts[:, None], proposed.ids], dim=1))  # [m, 2 + K]: for its plan
-        self._ahead_runner.copy_ahead()  # the next phase reads its chains' values without waiting for this verify
-        try:
-            with self._turn():
-                rows_, columns = cells[0].to(self.device), cells[1].to(self.device)
-                tokens = proposed.ids[cells[2], cells[1]].to(self.device)
-                positions = proposed.starts[cells[2]].to(self.device) + columns
-                launched = self._launch(steps + ahead, after=step, fill=(rows_, columns, tokens),
-                                        placed=(rows_, columns, positions))
-        except BaseException:  # noqa: BLE001 - the rows are verified as usual, in the next step
-            log.exception("launching a verify ahead of the last one's read failed; the rows verify as usual")
-            with self._cv:
-                self._pending[:0] = steps
-            return
-        launched.verifies_ahead = True
-        self._early, self.stats.verified_ahead = launched, self.stats.verified_ahead + len(ahead)
-        for a, (j, _) in zip(ahead, spec):
-            a.placed = (seen, j)
-            a.row.early = a  # its row is busy in `step` until that is read
-        self._early_rows = [a.row for a in ahead]
-
-    def _bind_blocks(self, drafted: list[tuple[object, Drafted]]) -> None:
-        """A drafting phase while a verify launched ahead computes (`_verify_ahead`): each row's block goes with its
-        verify there, or, where its plan launches another, with that one (`_Row.block`), so that its next chain can
-        go ahead of its read too (`_draft_ahead`)."""
-        rows = self._rows_by_link()
-        for link, block in drafted:
-            row = rows.get(id(link))
-            if row is not None:
-                row.block = block
 
     def _rows_by_link(self, idle: bool = False) -> dict[int, _Row]:
         """The open driven rows by their draft link, as a drafting phase names its blocks (`idle`: only rows in no
         step)."""
         with self._cv:
             return {id(row.loop.link): row for row in self._rows.values() if not row.closed and not (idle and row.busy)}
-
-    def _blocks_tokens(self, rows: list[_Request]) -> torch.Tensor | None:
-        """The drafted tokens of the rows' blocks, by draft slot [slots, steps] (`Drafted.tokens`): one phase's tensor,
-        or, where a step verifies blocks of two phases (a verify launched ahead of a read, with a forward planned a
-        phase before it: `_verify_ahead`), each row's from its own."""
-        tensors = {id(r.drafted.tokens): r.drafted.tokens for r in rows}
-        if len(tensors) < 2:
-            return next(iter(tensors.values()), None)
-        first = next(iter(tensors.values()))
-        tokens = first.new_zeros((max(t.shape[0] for t in tensors.values()), max(t.shape[1] for t in tensors.values())))
-        for key, tensor in tensors.items():
-            slots = self._on_device([r.drafted.row for r in rows if id(r.drafted.tokens) == key], tensor.device)
-            tokens[slots, :tensor.shape[1]] = tensor[slots]
-        return tokens
 
     def _sampled_ahead(self, step: _Launched, rows: list[_Request]) -> SampledAhead | None:
         """Sampled rows of a verify step for `launch_ahead`: each one's outcome worked out on the device from the step's
@@ -1366,7 +1262,6 @@ class BatchedRunner(ModelRunner):
         launched early from its draft's tokens, `row.early`)."""
         forward = None
         early, row.early = row.early, None
-        block, row.block = row.block, None
         try:
             forward = row.loop.plan(wait=False)
             request = None
@@ -1378,19 +1273,13 @@ class BatchedRunner(ModelRunner):
                     guess.ids = [token]
                     self.stats.guesses_kept += 1
                     return  # its forward is on the device: the row stays busy
-                if early is not None and early.placed is not None:
-                    if forward.greedy and self._placed(early, block, slot.length, ids, forward.keep):
-                        self.stats.verified_ahead_kept += 1
-                        return  # the same: on the device since before the last verify was read
-                elif (early is not None and forward.greedy == early.greedy
+                if (early is not None and forward.greedy == early.greedy
                         and self._confirms(early, slot.length, ids, forward.keep)):
                     early.ids = list(ids)
                     self.stats.early_kept += 1
                     return  # the same: on the device since the drafting phase
                 request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
                                    done=None)  # the engine completes it: nobody waits on an event
-                if block is not None and self._carries(block, ids, forward.keep):
-                    request.drafted = block
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
@@ -1414,25 +1303,6 @@ class BatchedRunner(ModelRunner):
         head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
         return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
                 and list(ids[:head]) == early.ids[:head] and list(ids[head:]) == early.drafted.fed[:keep - 1])
-
-    @staticmethod
-    def _placed(early: _Request, block: Drafted | None, start: int, ids: Sequence[int], keep: int) -> bool:
-        """Whether a planned forward is the verify launched ahead (`_verify_ahead`): the start and ids the device fed
-        it, its drafts this phase's block (whose tokens the next chain's steps launched ahead will compare with the
-        verify's argmax). Confirmed, it takes them."""
-        seen, j = early.placed
-        fed = seen.get()[j]  # [start, bonus, drafts...]
-        if (block is None or keep != early.keep or start != fed[0] or list(ids) != fed[1:keep + 1]
-                or not BatchedRunner._carries(block, ids, keep)):
-            return False
-        early.start, early.ids, early.drafted = start, list(ids), block
-        return True
-
-    @staticmethod
-    def _carries(block: Drafted, ids: Sequence[int], keep: int) -> bool:
-        """Whether a verify of `ids` (keeping `keep` logits) verifies exactly `block`'s drafts, after one committed
-        token: then it may carry the block, as an early verify does."""
-        return keep - 1 == block.steps and len(ids) == keep and list(ids[1:]) == block.fed[:keep - 1]
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -1574,17 +1444,15 @@ class BatchedRunner(ModelRunner):
                     self._fail(r, e)
             return None
 
-    def _launch(self, requests: list[_Request], after: _Launched | None = None, fill: Fill | None = None,
-                placed: Fill | None = None) -> _Launched:
+    def _launch(self, requests: list[_Request], after: _Launched | None = None, fill: Fill | None = None) -> _Launched:
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
-        token is `after`'s argmax for its row, read on the device (and `fill`'s tokens, `placed`'s positions, are
-        written on it)."""
+        token is `after`'s argmax for its row, read on the device (and `fill`'s tokens are written on it)."""
         began = time.perf_counter()
         ids, positions, reach = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
         logits = self._batched(ids, positions, reach, guessed, after.top[:, -1] if after is not None else None,
-                               fill, placed)  # [rows, n, V]
+                               fill)  # [rows, n, V]
         top = host_top = ready = kept = None
         drawn = self._drawn_at_launch(requests)
         if drawn or any(r.greedy for r in requests):
@@ -1705,7 +1573,6 @@ class BatchedRunner(ModelRunner):
         on a step at a time."""
         reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device,
         #              a sampled group's (q [members, V'], its logits [members, V]), else None)
-        hosts = []  # per read: its values' copy on the host and the members' rows in it (`copy_ahead`), else None
         slots = max(r.index for r in requests) + 1
         fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
         told = [r for r in requests if r.chain.launched is not None] if tell else []
@@ -1720,8 +1587,8 @@ class BatchedRunner(ModelRunner):
         while live:
             with self._turn(), torch.inference_mode():
                 in_already = first[step] if step < len(first) else []
-                groups = [(members, self._on_device([r.index for r in members]), values, extra, host)
-                          for members, values, extra, host in in_already]
+                groups = [(members, self._on_device([r.index for r in members]), values, extra)
+                          for members, values, extra in in_already]
                 taken = {r for members, *_ in in_already for r in members}
                 run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
                 if run:
@@ -1731,22 +1598,21 @@ class BatchedRunner(ModelRunner):
                         r.chain.group is None or r.chain.group.known is None)], fed)
                     timed.append((len(run), before, self._mark()))
                     self.stats.count(len(run), ids.shape[1])
-                    groups += [(members, *self._read_rows(logits, read, members), None, None)  # [members], [members, m]
+                    groups += [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
                                for read, members in self._by_read(run).items()]
                     sampled = [r for r in run if r.chain.sampled is not None and not r.chain.stepwise]
                     if sampled:
-                        groups.append((sampled, *self._draw_chained(logits, sampled), None))
+                        groups.append((sampled, *self._draw_chained(logits, sampled)))
                     alone = [r for r in run if r.chain.stepwise]
                     if alone:
                         where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
                                                 logits.device)
                         stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
-                for members, rows, values, extra, host in groups:
+                for members, rows, values, extra in groups:
                     fed[rows] = values[:, 0]
                     if drafted is not None:
                         drafted[rows, step] = values[:, 0]
                     reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
-                    hosts.append(host)
             for r in live:
                 r.start, known = r.start + len(r.ids), r.chain.group.known if r.chain.group is not None else None
                 r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1754,10 +1620,8 @@ class BatchedRunner(ModelRunner):
                     known_drafts.append((r.index, step, r.ids[0]))
             step += 1
             live = [r for r in live if steps[r] > step]
-        copied = all(hosts) and not stepwise  # every value was on its way to the host before this phase
-        flat = (self._read_chains(None if copied else torch.cat([values.flatten() for _, _, values, _ in reads]), told,
-                                  drafted, known_drafts, self._copied(hosts) if copied else None)
-                if reads else [])  # the host read
+        flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
+                                  known_drafts) if reads else [])  # the host read
         self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
         for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
             self.costs.observe(rows, 1, self._elapsed(before, after))
@@ -1845,23 +1709,17 @@ class BatchedRunner(ModelRunner):
         """Seconds between two marks, once the later one is done."""
         return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
-    @staticmethod
-    def _copied(hosts: list[tuple[OnTheWay, list[int]]]) -> Callable[[], list]:
-        """The values of a phase's reads, flat as `_chain_pass` concatenates them, from their copies on the host."""
-        return lambda: [value for copy, rows in hosts for i in rows for value in copy.get()[i]]
-
-    def _read_chains(self, values: torch.Tensor | None, told: list[_Request], drafted: torch.Tensor | None,
-                     known_drafts: list[tuple[int, int, int]], copied: Callable[[], list] | None = None) -> list:
-        """A chained draft's values [m] read to the host (`copied`: read from the copies made before this phase
-        instead, `copy_ahead`; `values` is then None). Chains whose caller wants them are told of their tokens
+    def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
+                     known_drafts: list[tuple[int, int, int]]) -> list:
+        """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
         (`drafted` [slots, steps], a replayed draft's written in from `known_drafts`) before the host waits: on a
         GPU the values are copied behind an event, so work the callers launch meanwhile runs while the host reads."""
         if not told:
-            return copied() if copied is not None else values.tolist()
+            return values.tolist()
         if known_drafts:
             known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
-        read_back = OnTheWay(values, self._chain_reads) if copied is None else None
+        read_back = OnTheWay(values, self._chain_reads)
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             group = r.chain.group
@@ -1873,13 +1731,12 @@ class BatchedRunner(ModelRunner):
                 call(chains)
             except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
                 log.exception("a chained draft's caller failed on its launched tokens")
-        return copied() if copied is not None else read_back.get()
+        return read_back.get()
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
                      joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None,
-                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = (),
-                     propose: bool = False) -> None:
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
@@ -1895,12 +1752,9 @@ class BatchedRunner(ModelRunner):
         (every row is padded to a join's width) catches up on its own.
         `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
         from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
-        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`).
-        `propose`: also work out the next verify of each row whose whole chain went ahead (`proposed`, for a verify
-        launched behind these steps: `_verify_ahead`); else none is, and no work is spent on it."""
+        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
-        self.proposed = None
         chained = [(r, n, f) for r, n, f in zip(rows, steps or [1] * len(rows), known or [None] * len(rows))
                    if continues(*r[:3])]
         rows = [r for r, _, _ in chained]
@@ -1962,31 +1816,23 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later, drafts = (self._launch_later(chained, outcomes[0], values[:len(rows), 0], read, propose) if rows
-                             else ([], None))
+            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
-        if rows and propose:  # a row's next verify, where its chain went ahead whole: the bonus, its drafts from L + accepted
-            _, _, at, _, accepted, bonus = outcomes[0]
-            whole = {spec[0]: (i, spec[2]) for i, (spec, n, _) in enumerate(chained)
-                     if n == spec[2] and spec[1] + spec[2] + n - 1 < self.max_len}
-            self.proposed = Proposed(whole, at + accepted, torch.cat([bonus[:, None], drafts], dim=1))
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
                              picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
-                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor], propose: bool
-                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor | None]:
+                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> (per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); with
-        `propose`, the drafts each row's chain proposes [m, most steps], its first `steps` valid where it reaches them,
-        else None)."""
+        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
         _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
@@ -1995,12 +1841,11 @@ class BatchedRunner(ModelRunner):
             table = self._on_device([[f(spec[1] + j) for j in range(width)] if f is not None else [0] * width
                                      for spec, _, f in rows])
             replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
-        later, drafts = [], []
-        for s in range(1, most + 1 if propose else most):  # the last step's draft is fed to no step: only proposed
+        later = []
+        for s in range(1, most):  # the last step's draft is fed to no step
             if knows:
                 token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
                                     token)
-            drafts.append(token)  # draft s: fed at step s, where a step follows it
             live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
             if not live:
                 continue
@@ -2017,7 +1862,7 @@ class BatchedRunner(ModelRunner):
             token[index] = values[:, 0]
             later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
             self.stats.count(len(live), 1)
-        return later, torch.stack(drafts, dim=1).long() if propose else None  # values are read as floats
+        return later
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -2088,10 +1933,8 @@ class BatchedRunner(ModelRunner):
             values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind()
                           if from_ahead else ())
             if taken:
-                host = ((ahead.host[0], [ahead.rows[r.index] for r in taken])
-                        if ahead is not None and ahead.host and len(from_ahead) == len(taken) else None)
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
-                                                   for r in taken]), None, host))
+                                                   for r in taken]), None))
             later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
@@ -2099,7 +1942,7 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(drawn)
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
-            groups.append((drawn, values[index], (q[index], logits[index]), None))
+            groups.append((drawn, values[index], (q[index], logits[index])))
         return [groups, *later]
 
     def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple]]:
@@ -2111,18 +1954,8 @@ class BatchedRunner(ModelRunner):
             if not chains:
                 break
             self.stats.ahead_kept += len(chains)
-            rows = [where[r.index] for r in chains]
-            host = (ahead.host[len(steps) + 1], rows) if ahead.host else None
-            steps.append([(chains, values[self._on_device(rows)], None, host)])
+            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
         return steps
-
-    def copy_ahead(self) -> None:
-        """Start copying the values of the chain steps launched ahead (`launch_ahead`) to the host, behind an event:
-        called before a verify is launched behind those steps (`_verify_ahead`), so that a drafting phase whose every
-        step went ahead reads them without waiting for that verify (a copy made in the phase is queued behind it)."""
-        ahead = self._ahead
-        if ahead is not None and ahead.values is not None and not ahead.host:
-            ahead.host = [OnTheWay(ahead.values), *(OnTheWay(values) for _, values in ahead.later)]
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:
         """Copy a step's argmax to the host without waiting: into one of two pinned buffers of its shape, taken
@@ -2395,42 +2228,31 @@ class BatchedRunner(ModelRunner):
         return self._batched(ids, positions, self._reach(positions), [], None)
 
     def _batched(self, ids: torch.Tensor, positions: torch.Tensor, reach: int | None, guessed: list[int],
-                 fed: torch.Tensor | None, fill: Fill | None = None, placed: Fill | None = None) -> torch.Tensor:
+                 fed: torch.Tensor | None, fill: Fill | None = None) -> torch.Tensor:
         """ids, positions [rows, n], whose rows reach `reach` columns (`_reach`); rows `guessed` take their first
         token from `fed` [rows or more] on the device (a token the last step drew there), and `fill`'s (rows,
-        columns, tokens) are written there, and `placed`'s (rows, columns, positions)."""
+        columns, tokens) are written there."""
         rows, n = ids.shape
         with torch.inference_mode():
             if not self.cuda_graphs:
                 ids, positions = self._on_device(ids), self._on_device(positions)
                 self._fill_guesses(ids, guessed, fed, fill)
-                self._place(positions, placed)
                 return self._run(_StepInputs(ids, positions, 0, self._span(reach)), keep=n)
             g = self._graphs[(rows, n, self._graph_span(reach))]  # all captured at start
-            return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill, placed=placed)
+            return self._replay(g, ids, positions, guessed=guessed, fed=fed, fill=fill)
 
     def _replay(self, g: _Graph, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None,
-                guessed: Sequence[int] = (), fed: torch.Tensor | None = None, fill: Fill | None = None,
-                placed: Fill | None = None) -> torch.Tensor:
+                guessed: Sequence[int] = (), fed: torch.Tensor | None = None, fill: Fill | None = None) -> torch.Tensor:
         """A graph's forward of ids, positions [rows, n]: for the rows at `slots` [rows] (a prompt chunk's graph),
-        rows `guessed` taking their first token from `fed` and `fill`'s tokens written (`_fill_guesses`), and
-        `placed`'s positions."""
+        rows `guessed` taking their first token from `fed` and `fill`'s tokens written (`_fill_guesses`)."""
         with torch.cuda.device(self.device):
             g.inputs.ids.copy_(ids, non_blocking=True)
             g.inputs.positions.copy_(positions, non_blocking=True)
             if slots is not None:
                 g.inputs.slots.copy_(slots, non_blocking=True)
             self._fill_guesses(g.inputs.ids, guessed, fed, fill)
-            self._place(g.inputs.positions, placed)
             g.graph.replay()
             return g.logits
-
-    @staticmethod
-    def _place(positions: torch.Tensor, placed: Fill | None) -> None:
-        """Write on the device the positions the host does not know (a verify launched ahead: `_verify_ahead`)."""
-        if placed is not None:
-            rows, columns, values = placed
-            positions[rows, columns] = values
 
     def _fill_guesses(self, ids: torch.Tensor, guessed: Sequence[int], fed: torch.Tensor | None,
                       fill: Fill | None = None) -> None:

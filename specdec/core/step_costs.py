@@ -173,9 +173,6 @@ class StepStats:
     guesses_kept: int = 0  # of which their session's plan confirmed
     early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
     early_kept: int = 0  # of which their session's plan confirmed
-    verified_ahead: int = 0  # verifies launched from a verify's argmax and the draft steps launched from it, before
-    #                          the host read that verify (_verify_ahead)
-    verified_ahead_kept: int = 0  # of which their session's plan confirmed
     ahead: int = 0  # a draft runner's rows of chain steps launched from a verify's outcome (launch_ahead: each
     #                 row's first step, and its later ones)
     ahead_kept: int = 0  # of which a chain took as its own step
@@ -196,8 +193,7 @@ class StepStats:
 
     def launched_ahead(self) -> dict[str, tuple[int, int]]:
         """Rows launched on the device before the host read what they depend on, and how many were kept, by kind: a
-        plain decode's guess, a verify from drafted tokens, a verify from the draft steps launched from the last one's
-        argmax, a draft step from a verify's argmax, a new session's draft catch-up in that step (metrics)."""
+        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax, a new session's draft
+        catch-up in that step (metrics)."""
         return {"guess": (self.guesses, self.guesses_kept), "verify": (self.early, self.early_kept),
-                "verify-ahead": (self.verified_ahead, self.verified_ahead_kept),
                 "draft": (self.ahead, self.ahead_kept), "catch-up": (self.joins, self.joins_kept)}

@@ -23,7 +23,7 @@ from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
 from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
-from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates, replays_right
+from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
 
@@ -151,7 +151,6 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
     assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
-    assert draft.proposed is None  # with no verify launched ahead (`verify_ahead` off), no next verify worked out
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -810,109 +809,3 @@ def test_a_chained_draft_tells_its_caller_its_tokens_before_reading_them(tiny_pa
         for proposer in proposers:
             proposer.close()
 
-
-@pytest.mark.parametrize("replayed", [False, True], ids=["own draft", "replayed draft"])
-def test_the_next_verify_launched_ahead_of_the_last_read_verifies_what_its_row_drafts(tiny_pair_fp32, replayed,
-                                                                                      monkeypatch):
-    """Before the host reads a verify, the target launches each greedy row's next verify right behind its next
-    chain's steps launched ahead: the bonus token and the chain's drafts from L + accepted, worked out on the device
-    (for a replayed draft, the tokens it replays, not its argmax). Sessions of K = 2..4 joining at once and one after
-    another: every output is target-only's; every block accepts what its draft alone would (a replayed draft: the
-    leading positions its seed makes right; the own draft: the same request drafted block by block alone); such
-    verifies were launched and their plans kept them; and the drafting phases that ran while they computed read
-    their chains' values from the copies started before them (`copy_ahead`), not behind them."""
-    read_chains, copies = BatchedRunner._read_chains, []
-
-    def counted(self, values, told, drafted, known_drafts, copied=None):
-        copies.append(copied is not None)
-        return read_chains(self, values, told, drafted, known_drafts, copied)
-    monkeypatch.setattr(BatchedRunner, "_read_chains", counted)
-    pair = tiny_pair_fp32
-    cases = [(pair.encode(p), 24, k) for p, k in zip(PROMPTS[2:8], (2, 3, 4, 2, 3, 4))]
-    outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-               for ids, n, _ in cases]
-    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True, verify_ahead=True)
-    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
-    rates = ReplayRates(alpha=0.6)
-    target.drafter = own_drafts(ReplayFactory(draft, ReplayBook([(ids, out) for (ids, _, _), out in zip(cases, outputs)]),
-                                              rates) if replayed else DraftModelFactory(draft, target.vocab_size))
-    try:
-        got = staggered(pair, (target, draft), cases, 0.0) + staggered(pair, (target, draft), cases[:3], 0.05)
-    finally:
-        target.stop()
-    assert [out for out, _ in got] == outputs + outputs[:3]
-    if replayed:
-        for _, cycles in got:
-            for c in cycles[1:]:
-                right = [replays_right(0, c.start + i, rates.alpha) for i in range(c.k)]
-                assert c.accepted == (right + [False]).index(False), (c.start, c.k, c.accepted, right)
-    else:
-        alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
-        drafts_as_alone(got, alone + alone[:3])
-    launched, kept = target.stats.verified_ahead, target.stats.verified_ahead_kept
-    assert 0 < kept <= launched and kept >= launched // 2, (kept, launched)
-    assert sum(copies) >= len(copies) // 3, (sum(copies), len(copies))  # phases whose every step went ahead
-    assert target.stats.launched_ahead()["verify-ahead"] == (launched, kept)  # the metrics' counters
-
-
-def test_a_verify_launched_ahead_that_its_plan_does_not_ask_for_is_dropped(tiny_pair_fp32, monkeypatch):
-    """Where the device's next verify is not the one its row's plan asks for (here: every draft it fed made wrong),
-    the plan's own forward runs in the next step instead: outputs and blocks are as alone, and none was kept."""
-    pair = tiny_pair_fp32
-    cases = [(pair.encode(p), 16, k) for p, k in zip(PROMPTS[2:6], (2, 3, 4, 2))]
-    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
-    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=4, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True, verify_ahead=True)
-    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
-    target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
-    launch_later = draft._launch_later
-
-    def wrong(*args):
-        later, drafts = launch_later(*args)
-        return later, (drafts + 1) % target.vocab_size
-    monkeypatch.setattr(draft, "_launch_later", wrong)
-    try:
-        drafts_as_alone(staggered(pair, (target, draft), cases, 0.0), alone)
-    finally:
-        target.stop()
-    assert target.stats.verified_ahead > 0 and target.stats.verified_ahead_kept == 0
-
-
-def test_a_session_cancelled_while_its_verify_went_ahead_leaves_the_others_exact(tiny_pair_fp32):
-    """Sessions drafting with their verifies launched ahead of the last one's read; one is cancelled (its reader gone)
-    mid-flight, with a verify of it likely on the device: the others' outputs are target-only's, and every slot of
-    both runners is free afterwards."""
-    pair = tiny_pair_fp32
-    cases = [(pair.encode(p), 24, 3) for p in PROMPTS[2:7]]
-    outputs = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-               for ids, n, _ in cases]
-    target = BatchedRunner(pair.target.model, max_len=512, max_sessions=8, gather_s=0.005, prefill_chunk=32,
-                           early_verify=True, verify_ahead=True)
-    draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=8, prefill_chunk=32)
-    target.drafter = own_drafts(DraftModelFactory(draft, target.vocab_size))
-
-    def cancelled_after(ids, n, k, cycles):
-        request = GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)
-        sequence = TargetSequence(target, request, pair.eos_ids, seed=0)
-        link = target.drafter.open("", DraftStart("s", ids, SamplingParams(), 0, k, overlap=False), None)
-        cancel = threading.Event()
-        try:
-            for i, _ in enumerate(TargetLoop(sequence, link, FixedK(k), cancel).run()):
-                if i == cycles:
-                    cancel.set()  # as a client's disconnect does
-                    break
-        finally:
-            link.close()
-            sequence.close()
-        return None
-
-    before = target.stats.verified_ahead
-    try:
-        got = concurrently([lambda c=c: own_decode(pair, (target, draft), *c)[0] for c in cases]
-                           + [lambda: cancelled_after(*cases[0], cycles=3)])
-        assert got[:-1] == outputs
-        assert target.stats.verified_ahead > before
-    finally:
-        target.stop()
-    assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
