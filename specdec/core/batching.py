@@ -1187,7 +1187,7 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in greedy], (greedy + sampled)[0].drafted.tokens, step.top, read,
+                                 for r in greedy], rows[0].drafted.tokens, step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
                                 steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
