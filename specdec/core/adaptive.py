@@ -721,7 +721,7 @@ class AdaptiveK:
         never measured at this load (fewer than TRIAL_SAMPLES cycles) priced within TRY_SHARE of it, the best-priced
         such first, each tried once per rows bucket, for at most TRIAL_STEPS steps or until its cycles are measured.
         An unmeasured K is priced from a measured neighbour by a draft step and the verify's growth, which misses what
-        else a longer chain costs a cycle: at 16 rows on the H200 K = 2 was priced 10% under K = 4 and never run, where
+        else a longer chain costs a cycle: at 16 rows on the H200 K = 2 was priced 9% under K = 4 and never run, where
         in process it made 1.37x target-only against K = 4's 1.28x (docs/benchmarks.md, calls vb1, lr1). Switching
         between drafting Ks costs no catch-up, so a trial costs a few steps at a slightly worse K at most; a phase
         decoding plainly tries none (turning drafting on does cost one). A trial runs its K to the end: re-priced each
