@@ -1124,7 +1124,7 @@ class BatchedRunner(ModelRunner):
         them now, each asking row's ids its last committed tokens then its block's tokens filled on the device,
         with every other forward ready to run, so the device verifies while the host reads, picks and plans. Each
         verify is kept only where the row's plan asks for exactly that forward (`_replan`)."""
-        rows = self._rows_by_link(idle=True)
+        rows = self._idle_rows_by_link()
         early, fill = [], []
         tokens = drafted[0][1].tokens if drafted else None
         for link, block in drafted:
@@ -1195,11 +1195,10 @@ class BatchedRunner(ModelRunner):
             return []
         return greedy + sampled + joins
 
-    def _rows_by_link(self, idle: bool = False) -> dict[int, _Row]:
-        """The open driven rows by their draft link, as a drafting phase names its blocks (`idle`: only rows in no
-        step)."""
+    def _idle_rows_by_link(self) -> dict[int, _Row]:
+        """The open driven rows in no step, by their draft link, as a drafting phase names its blocks."""
         with self._cv:
-            return {id(row.loop.link): row for row in self._rows.values() if not row.closed and not (idle and row.busy)}
+            return {id(row.loop.link): row for row in self._rows.values() if not row.closed and not row.busy}
 
     def _sampled_ahead(self, step: _Launched, rows: list[_Request]) -> SampledAhead | None:
         """Sampled rows of a verify step for `launch_ahead`: each one's outcome worked out on the device from the step's
