@@ -21,7 +21,8 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
 class StepCostTable:
     """t(rows, tokens per row): what a batched step costs at each load, an EMA per (rows bucket, tokens bucket).
 
-    Where a cell was never measured it is scaled from a measured cell of the same rows bucket by the ratio
+    Where a cell was never measured its seed (a captured step timed at start) stands for it, scaled as its rows are
+    served (`_seeded`); without a seed it is scaled from a measured cell of the same rows bucket by the ratio
     of the two token counts in the nearest rows bucket where both were measured (a plain step at 16 rows
     is rarely run while every session speculates, but 1-row steps of both sizes are). No answer exceeds what a
     measured cell of more rows costs (`_capped`)."""
@@ -123,15 +124,27 @@ class StepCostTable:
 
     def _lookup(self, table: dict[tuple[int, int], float], answers: dict[tuple[int, int], float | None], rows: int,
                 tokens: int) -> float | None:
-        """A cell, else its seed, else its scaled estimate. Every session's K choice asks for each K between two
-        steps: answered once per question until the table is next observed."""
+        """A cell, else its seed (`_seeded`), else its scaled estimate. Every session's K choice asks for each K between
+        two steps: answered once per question until the table is next observed."""
         answer = answers.get((rows, tokens), self)
         if answer is self:
             key = self._key(rows, tokens)
-            answer = table.get(key, self.seeds.get(key))
+            answer = table.get(key)
+            answer = self._seeded(table, *key) if answer is None else answer
             answer = self._scaled(table, *key) if answer is None else answer
             answer = answers[(rows, tokens)] = self._capped(table, key, answer)
         return answer
+
+    def _seeded(self, table: dict[tuple[int, int], float], r: int, n: int) -> float | None:
+        """The seed of cell (r, n), times what the same rows cost served against their seed at the nearest step size
+        measured (1 where none was): seeds are timed attending over the whole cache, a served step over the span its
+        rows reach. At 64 rows on the H200 a plain step served at 5.3 ms against its seed's 7.3 while the verifies
+        never measured kept their seeds (64x3 9.2 ms, ~6.5 served), and drafting was priced out (call lr1)."""
+        seed = self.seeds.get((r, n))
+        if seed is None:
+            return None
+        both = sorted((m for (b, m) in table if b == r and (b, m) in self.seeds), key=lambda m: (abs(m - n), m))
+        return seed * table[(r, both[0])] / self.seeds[(r, both[0])] if both else seed
 
     @staticmethod
     def _capped(table: dict[tuple[int, int], float], key: tuple[int, int], answer: float | None) -> float | None:

@@ -572,6 +572,25 @@ def test_a_seeded_cell_answers_until_measured_and_before_any_scaling():
     assert table.report() == "1x1: 10.0, 1x5: 15.0, 64x1: 13.0, 64x5: 30.0"  # seeds are not measurements
 
 
+def test_a_seed_is_scaled_by_what_its_rows_cost_served_against_their_seed():
+    """Seeds attend over the whole cache, served steps over the span they reach: at 64 rows on the H200 the verifies
+    never measured kept seeds ~1.4x their served cost, and drafting was priced out (call lr1). A seed is scaled by the
+    served/seed ratio of the nearest step size measured at its rows; with none measured there it stands as timed."""
+    table = StepCostTable(smoothing=1.0)
+    for n, ms in ((1, 7.3), (2, 7.9), (3, 9.2), (5, 11.2)):
+        table.seed(64, n, ms / 1e3)
+    table.seed(16, 3, 0.0063)
+    table.observe(16, 1, 0.005)  # no seed of its own: no ratio from it
+    assert table.cost(64, 3) == pytest.approx(0.0092) and table.cost(16, 3) == pytest.approx(0.0063)
+    table.observe(64, 1, 0.0053)
+    assert table.cost(64, 3) == pytest.approx(0.0092 * 5.3 / 7.3) and table.cost(64, 5) == pytest.approx(0.0112 * 5.3 / 7.3)
+    table.observe(64, 2, 0.0066)  # nearer to 3 tokens than 1 is
+    assert table.cost(64, 3) == pytest.approx(0.0092 * 6.6 / 7.9) and table.cost(64, 1) == 0.0053
+    assert table.cost(16, 3) == pytest.approx(0.0063)  # another load's ratio is not its own
+    table.observe_forward(64, 1, 0.0058)
+    assert table.forward(64, 5) == pytest.approx(0.0112 * 5.8 / 7.3)  # forwards by forwards
+
+
 def test_no_cost_or_cycle_of_fewer_rows_exceeds_one_measured_with_more():
     """A 48-row plain step timed beside a drafting phase's catch-ups at twice a 64-row one's cost made drafting
     win at 48 rows: fewer rows never cost more than a measured cell of more rows and as many tokens."""
