@@ -725,14 +725,21 @@ class AdaptiveK:
         in process it made 1.37x target-only against K = 4's 1.28x (docs/benchmarks.md, calls vb1, lr1). Switching
         between drafting Ks costs no catch-up, so a trial costs a few steps at a slightly worse K at most; a phase
         decoding plainly tries none (turning drafting on does cost one). A trial runs its K to the end: re-priced each
-        step, untried Ks took turns, and a step whose rows changed K times no cycle, so none got measured."""
+        step, untried Ks took turns, and a step whose rows changed K times no cycle, so none got measured. A trial runs
+        only while the rows now are in the bucket it is priced at: cycles are filed under the rows that lived them, and
+        a trial during a dip (on the H100, K = 2 tried at 1 row, priced at 47: call tr1) measured nothing there, and
+        the K counted as tried at the load it was priced at."""
         rows = bucket(self.batch.load_rows(), ROW_BUCKETS)
+        steady = bucket(self.batch.batch_rows(), ROW_BUCKETS) == rows
         trial = self.phase.trial
         if trial is not None:
             j, at, since = trial
-            if at == rows and step - since < TRIAL_STEPS and j < len(rates) and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES:
+            if (steady and at == rows and step - since < TRIAL_STEPS and j < len(rates)
+                    and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES):
                 return j
             self.phase.trial = None
+        if not steady:
+            return k
         untried = [j for j in range(1, len(rates)) if j != k and rates[j] is not None and (j, rows) not in self.phase.tried
                    and rates[j] >= TRY_SHARE * rates[k] and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES]
         if not untried:

@@ -778,6 +778,26 @@ def test_a_drafting_phase_tries_a_k_never_measured_at_its_load_where_its_price_i
     assert paused.choose() == 4
 
 
+def test_a_trial_runs_only_while_the_rows_are_in_the_bucket_it_is_priced_at(caplog):
+    """Cycles are filed under the rows that lived them: a trial at 1 row priced at 47 (a dip, call tr1) measured
+    nothing at 48 rows and counted K as tried there. No trial starts or goes on while the rows now fall in another
+    bucket than the load it is priced at."""
+    verify = {0: 0.0066, 1: 0.0061, 2: 0.0063, 3: 0.0059, 4: 0.0059}
+    costs = StepCosts(smoothing=1.0)
+    costs.observe(4, 0.0059, 0.0108, 0.0010)
+    load = Load(rows=1, load=47, verify=verify, cycles={0: 0.0049, 4: 0.0121}, samples={0: 1000, 4: 5000},
+                draft_step=0.0012, steps=1)
+    chooser = AdaptiveK(max_k=4, costs=costs, batch=load, phase=SharedPhase(), probes=ProbeSchedule(first=10**6),
+                        acceptance=known(0.8))
+    with caplog.at_level(logging.INFO, logger="specdec.adaptive"):
+        assert chooser.choose() == 4 and "trying" not in caplog.text  # a dip: no trial
+        load.rows, load.steps = 45, 2
+        assert chooser.choose() == 3 and "trying K = 3 at 45 rows (priced at 47)" in caplog.text  # the same bucket
+        load.rows, load.steps = 20, 3
+        assert chooser.choose() == 4  # the rows left the bucket: the trial ends
+    assert chooser.phase.trial is None
+
+
 def test_a_phase_s_members_compute_its_rates_once_per_engine_step():
     """Every member of a shared phase weighs the same mean and the same engine's costs: the first to choose after a
     step computes the rates (for every k: a cap only cuts them), the others of that step reuse them, and the next
