@@ -726,9 +726,8 @@ class AdaptiveK:
         between drafting Ks costs no catch-up, so a trial costs a few steps at a slightly worse K at most; a phase
         decoding plainly tries none (turning drafting on does cost one). A trial runs its K to the end: re-priced each
         step, untried Ks took turns, and a step whose rows changed K times no cycle, so none got measured. A trial runs
-        only while the rows now are in the bucket it is priced at: cycles are filed under the rows that lived them, and
-        a trial during a dip (on the H100, K = 2 tried at 1 row, priced at 47: call tr1) measured nothing there, and
-        the K counted as tried at the load it was priced at."""
+        only while the rows now are in the bucket it is priced at: cycles are filed under the rows that lived them, so
+        a trial during a dip measures nothing at its load and yet counts as tried there (call tr1)."""
         rows = bucket(self.batch.load_rows(), ROW_BUCKETS)
         steady = bucket(self.batch.batch_rows(), ROW_BUCKETS) == rows
         trial = self.phase.trial

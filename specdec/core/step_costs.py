@@ -138,8 +138,7 @@ class StepCostTable:
     def _seeded(self, table: dict[tuple[int, int], float], r: int, n: int) -> float | None:
         """The seed of cell (r, n), times what the same rows cost served against their seed at the nearest step size
         measured (1 where none was): seeds are timed attending over the whole cache, a served step over the span its
-        rows reach. At 64 rows on the H200 a plain step served at 5.3 ms against its seed's 7.3 while the verifies
-        never measured kept their seeds (64x3 9.2 ms, ~6.5 served), and drafting was priced out (call lr1)."""
+        rows reach, and unscaled seeds priced the verifies of a large batch out of drafting (docs/benchmarks.md, lr1)."""
         seed = self.seeds.get((r, n))
         if seed is None:
             return None
