@@ -729,16 +729,15 @@ class AdaptiveK:
         only while the rows now are in the bucket it is priced at: cycles are filed under the rows that lived them, so
         a trial during a dip measures nothing at its load and yet counts as tried there (call tr1)."""
         rows = bucket(self.batch.load_rows(), ROW_BUCKETS)
-        steady = bucket(self.batch.batch_rows(), ROW_BUCKETS) == rows
+        if bucket(self.batch.batch_rows(), ROW_BUCKETS) != rows:  # a dip: no trial starts or goes on
+            self.phase.trial = None
+            return k
         trial = self.phase.trial
         if trial is not None:
             j, at, since = trial
-            if (steady and at == rows and step - since < TRIAL_STEPS and j < len(rates)
-                    and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES):
+            if at == rows and step - since < TRIAL_STEPS and j < len(rates) and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES:
                 return j
             self.phase.trial = None
-        if not steady:
-            return k
         untried = [j for j in range(1, len(rates)) if j != k and rates[j] is not None and (j, rows) not in self.phase.tried
                    and rates[j] >= TRY_SHARE * rates[k] and self.batch.batch_cycle_samples(j) < TRIAL_SAMPLES]
         if not untried:

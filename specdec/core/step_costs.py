@@ -142,8 +142,8 @@ class StepCostTable:
         seed = self.seeds.get((r, n))
         if seed is None:
             return None
-        both = sorted((m for (b, m) in table if b == r and (b, m) in self.seeds), key=lambda m: (abs(m - n), m))
-        return seed * table[(r, both[0])] / self.seeds[(r, both[0])] if both else seed
+        near = min((m for (b, m) in table if b == r and (b, m) in self.seeds), key=lambda m: (abs(m - n), m), default=None)
+        return seed if near is None else seed * table[(r, near)] / self.seeds[(r, near)]
 
     @staticmethod
     def _capped(table: dict[tuple[int, int], float], key: tuple[int, int], answer: float | None) -> float | None:
