@@ -1929,9 +1929,11 @@ class BatchedRunner(ModelRunner):
                 ahead is not None and r.index in ahead.rows and stands(r)))]
             from_ahead = [r for r in taken if r.chain.first is None]
             self.stats.ahead_kept += len(from_ahead)
-            values = iter(ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])].unbind()
-                          if from_ahead else ())
-            if taken:
+            ahead_values = ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])] if from_ahead else None
+            if taken and len(from_ahead) == len(taken):  # the usual case: one gather, not a tensor per row
+                groups.append((taken, ahead_values, None))
+            elif taken:
+                values = iter(ahead_values.unbind() if from_ahead else ())
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
                                                    for r in taken]), None))
             later = self._taken_later(ahead, from_ahead)
