@@ -487,6 +487,7 @@ class BatchedRunner(ModelRunner):
         self._apart_at_read = 0  # and the chunks read apart by then (StepStats.chunks_apart)
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
+        self._phase_began = 0.0  # when the drafting phase now running began (perf_counter)
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
@@ -828,8 +829,8 @@ class BatchedRunner(ModelRunner):
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
-                     "%d rows launched ahead "
-                     "(%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept); t(rows x tokens) ms %s",
+                     "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
+                     "%.1f ms into their drafting phase); t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -837,7 +838,9 @@ class BatchedRunner(ModelRunner):
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
                      s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
-                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early), self.costs.report())
+                     100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
+                     1e3 * (s.early_after_s - since.early_after_s) / max(1, s.early_steps - since.early_steps),
+                     self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
         s.drafting_longest_s = 0.0
@@ -1103,6 +1106,7 @@ class BatchedRunner(ModelRunner):
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
         told = self._launch_early if early and self.early_verify and before is None else None
+        self._phase_began = t0
         if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
@@ -1147,13 +1151,16 @@ class BatchedRunner(ModelRunner):
         try:
             with self._turn():
                 values = tokens[index[2], index[3]].to(self.device)  # the drafted tokens, in fill order
+                launching = time.perf_counter()
                 step = self._launch(steps + early, fill=(index[0].to(self.device), index[1].to(self.device), values))
         except BaseException:  # noqa: BLE001 - the rows are verified as usual, in the next step
             log.exception("launching a verify from drafted tokens failed; the rows verify as usual")
             with self._cv:
                 self._pending[:0] = steps
             return
-        self._early, self.stats.early = step, self.stats.early + len(early)  # its cost starts once the phase ends
+        s = self.stats
+        self._early, s.early = step, s.early + len(early)  # its cost starts once the phase ends
+        s.early_steps, s.early_after_s = s.early_steps + 1, s.early_after_s + launching - self._phase_began
         with self._cv:
             for r in early:
                 r.row.early, r.row.busy = r, True

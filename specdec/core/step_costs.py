@@ -185,6 +185,9 @@ class StepStats:
     guesses_kept: int = 0  # of which their session's plan confirmed
     early: int = 0  # verifies launched from drafted tokens on the device, before the host read them
     early_kept: int = 0  # of which their session's plan confirmed
+    early_steps: int = 0  # steps launched so (one a drafting phase at most)
+    early_after_s: float = 0.0  # their launches' seconds after their drafting phase began: what of the phase the verify
+    #                             does not overlap (the host's work before it: proposals, chains, the verify's inputs)
     ahead: int = 0  # a draft runner's rows of chain steps launched from a verify's outcome (launch_ahead: each
     #                 row's first step, and its later ones)
     ahead_kept: int = 0  # of which a chain took as its own step

@@ -113,6 +113,7 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
                 for ids, n, _ in cases]
     drafted_before, phases, early = target.stats.drafting_s, [], (target.stats.early, target.stats.early_kept)
+    early_steps, early_after = target.stats.early_steps, target.stats.early_after_s
     target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
     try:
         got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
@@ -125,6 +126,9 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     assert phases and sum(phases) == pytest.approx(target.stats.drafting_s - drafted_before)
     launched, kept = target.stats.early - early[0], target.stats.early_kept - early[1]
     assert launched > 0 and kept == launched, "each verify launched from the drafts on the device was its plan's"
+    steps, after = target.stats.early_steps - early_steps, target.stats.early_after_s - early_after
+    assert 0 < steps <= len(phases)  # such a step is launched inside its phase, at most one a phase: the engine's log
+    assert 0 < after < sum(phases)  # says how far into its phase, on average
     assert draft.stats.ahead_kept > 0  # and chains whose first draft step was launched from the verify's argmax
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
