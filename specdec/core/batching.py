@@ -261,6 +261,7 @@ class _Launched:
     chunk_in: bool = False  # a chunk read apart ran on the device since the step before was read: not a step's cost
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
+    timeline: tuple | None = None  # launched in a drafting phase: marks (_mark) as it began, before and after the launch
 
 
 @dataclass(eq=False)
@@ -488,6 +489,7 @@ class BatchedRunner(ModelRunner):
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._phase_began = 0.0  # when the drafting phase now running began (perf_counter)
+        self._phase_mark: float | torch.cuda.Event = 0.0  # and where the device's queue stood then (_mark)
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
@@ -830,7 +832,8 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "%.1f ms into their drafting phase); t(rows x tokens) ms %s",
+                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it); "
+                     "t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -839,7 +842,9 @@ class BatchedRunner(ModelRunner):
                      s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
-                     1e3 * (s.early_after_s - since.early_after_s) / max(1, s.early_steps - since.early_steps),
+                     *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
+                         (s.early_after_s, since.early_after_s), (s.early_waited_s, since.early_waited_s),
+                         (s.early_device_s, since.early_device_s))),
                      self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
@@ -1107,6 +1112,8 @@ class BatchedRunner(ModelRunner):
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
         told = self._launch_early if early and self.early_verify and before is None else None
         self._phase_began = t0
+        if told is not None:
+            self._phase_mark = self._mark()
         if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
@@ -1151,8 +1158,9 @@ class BatchedRunner(ModelRunner):
         try:
             with self._turn():
                 values = tokens[index[2], index[3]].to(self.device)  # the drafted tokens, in fill order
-                launching = time.perf_counter()
+                launching, before = time.perf_counter(), self._mark()
                 step = self._launch(steps + early, fill=(index[0].to(self.device), index[1].to(self.device), values))
+                step.timeline = (self._phase_mark, before, self._mark())
         except BaseException:  # noqa: BLE001 - the rows are verified as usual, in the next step
             log.exception("launching a verify from drafted tokens failed; the rows verify as usual")
             with self._cv:
@@ -1715,6 +1723,17 @@ class BatchedRunner(ModelRunner):
         """Seconds between two marks, once the later one is done."""
         return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
+    def _time_early(self, began: "float | torch.cuda.Event", before: "float | torch.cuda.Event",
+                    after: "float | torch.cuda.Event") -> None:
+        """A step launched in a drafting phase is read: how long the device waited for it once the work queued before the
+        phase was done (the last verify, the draft steps launched ahead), and how long it ran: the engine's log says
+        whether a late launch or the device's own work holds a drafted cycle."""
+        if not isinstance(after, float):
+            after.synchronize()  # recorded behind the step's own read-back
+        s = self.stats
+        s.early_waited_s += self._elapsed(began, before)
+        s.early_device_s += self._elapsed(before, after)
+
     def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
                      known_drafts: list[tuple[int, int, int]]) -> list:
         """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
@@ -1990,6 +2009,8 @@ class BatchedRunner(ModelRunner):
             step.ready.synchronize()
         top = step.host_top.tolist() if step.host_top is not None else None
         read = time.perf_counter()
+        if step.timeline is not None:
+            self._time_early(*step.timeline)
         began = max(step.began, self._read_at)  # launched ahead: its cost starts when the last step was read
         self.stats.forward_s += read - max(step.launched, self._read_at)
         self._read_at = read

@@ -238,6 +238,8 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
         assert sorted(spec.outputs) == sorted(plain.outputs)
         stats = engine.runner.stats
         assert engine.runner.early_verify and stats.early > 0 and stats.early_kept == stats.early, stats
+        # each such step timed on the device for the engine's log: it waited for its launch within its phase, and ran
+        assert stats.early_steps > 0 and 0 <= stats.early_waited_s < stats.drafting_s and stats.early_device_s > 0, stats
         assert draft_runner.stats.ahead_kept > 0, draft_runner.stats  # next chains' first steps launched ahead
         assert draft_runner.stats.joins_kept > 0, draft_runner.stats  # new sessions' catch-ups with them
     finally:

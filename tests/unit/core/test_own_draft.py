@@ -114,6 +114,7 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
                 for ids, n, _ in cases]
     drafted_before, phases, early = target.stats.drafting_s, [], (target.stats.early, target.stats.early_kept)
     early_steps, early_after = target.stats.early_steps, target.stats.early_after_s
+    waited, device = target.stats.early_waited_s, target.stats.early_device_s
     target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
     try:
         got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
@@ -129,6 +130,8 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     steps, after = target.stats.early_steps - early_steps, target.stats.early_after_s - early_after
     assert 0 < steps <= len(phases)  # such a step is launched inside its phase, at most one a phase: the engine's log
     assert 0 < after < sum(phases)  # says how far into its phase, on average
+    waited, device = target.stats.early_waited_s - waited, target.stats.early_device_s - device
+    assert 0 < waited <= after and device > 0  # on a CPU the device waits for the host's launch, then runs the forward
     assert draft.stats.ahead_kept > 0  # and chains whose first draft step was launched from the verify's argmax
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
