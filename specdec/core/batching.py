@@ -1111,9 +1111,8 @@ class BatchedRunner(ModelRunner):
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
         told = self._launch_early if early and self.early_verify and before is None else None
-        self._phase_began = t0
-        if told is not None:
-            self._phase_mark = self._mark()
+        if told is not None:  # read by _launch_early, for the engine's log
+            self._phase_began, self._phase_mark = t0, self._mark()
         if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
