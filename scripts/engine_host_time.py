@@ -201,6 +201,9 @@ def main() -> None:
                         "chains' draft steps from its argmax (the engine's default: on a GPU); both: each drafting "
                         "configuration with them on, then off; each: on, the verify alone, off")
     args = parser.parse_args()
+    if args.replay_alpha is not None and args.temperature > 0:
+        parser.error("--replay-alpha replays greedy references: it cannot be combined with --temperature "
+                     "(sampled requests: leave --replay-alpha out, the draft's own proposals are drafted)")
     levels = [int(c) for c in args.clients.split(",")]
     if args.log:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -271,6 +274,9 @@ def main() -> None:
                         result = loadtest.run_clients(client, clients, args.rounds, prompts, args.tokens, 600, seeds)
                     wall = time.perf_counter() - t0
                     n = t.steps - steps
+                    if result.errors or n == 0:
+                        raise SystemExit(f"{clients} clients, K={k}: {n} target steps, failed requests "
+                                         f"{dict(result.errors)}")
                     host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
                     label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
                     label += "" if early is None else (", early verify and draft ahead" if all(early) else

@@ -231,11 +231,12 @@ O)  # one GPU, issue 17: the engine's host time per step in process (scripts/eng
       2>"$OUT/host_time_$B.log" | tee "$OUT/host_time_$B.txt"
   done ;;
 VA) # one GPU, issue 17: the engine in process at fixed K (scripts/engine_host_time.py, replayed draft; compiled: carry
-    # compile_cache), LEVELS clients (default 16,64), KS (default 0,2,4), REPEATS (default 2), ALPHA (default 0.8), with
+    # compile_cache), LEVELS clients (default 16,64), KS (default 0,2,4), REPEATS (default 2), ALPHA (default 0.8; own:
+    # the planted draft's own proposals, as sampled requests need: EXTRA="--temperature 0.7 --top-p 0.95"), with
     # the host's path from a verify's read to the next verify's launch (--time-path); EXTRA: more flags
   timeout ${STEPS_TIMEOUT:-420} python3 scripts/engine_host_time.py --device cuda:0 --dtype bfloat16 \
     --target random:qwen2.5-7b --draft $D --max-len 1024 --clients ${LEVELS:-16,64} --k ${KS:-0,2,4} --tokens 128 \
-    --repeats ${REPEATS:-2} --rounds 4 --replay-alpha ${ALPHA:-0.8} --time-path --log ${EXTRA:-} \
+    --repeats ${REPEATS:-2} --rounds 4 $([ "${ALPHA:-0.8}" = own ] || echo --replay-alpha ${ALPHA:-0.8}) --time-path --log ${EXTRA:-} \
     2>"$OUT/ahead.log" | tee "$OUT/ahead.txt" ;;
 CP) # one GPU, issue 17: where start-up's time goes (compiled capture ran ~0.7-1.1 s a graph, uncompiled ~0.13 s: sc2,
     # sc3): py-spy over scripts/gpu_span_steps.py (MODELS, default the 0.5B: compile and warm-up, then capture of its 12
