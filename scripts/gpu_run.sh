@@ -141,7 +141,7 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
       --concurrency ${LEVELS:-1,16,64} --device cuda:0 --dtype bfloat16 --max-len 1024 --max-new-tokens 128 \
       --target random:qwen2.5-7b --draft $D --replay-alpha $A --k ${K:-4} \
       --modes ${MODES:-target-only,engine-target-only,engine-spec} --report-greedy-mismatch $([ "$SI" = auto ] || echo --stream-interval $SI) \
-      --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" ${FIXED_K:-} ${EXTRA:-} \
+      --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" --log-level info ${FIXED_K:-} ${EXTRA:-} \
       ${REPLAY:+--replay-references $REPLAY} \
       2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt")
   done; done; done; done ;;

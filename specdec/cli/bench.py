@@ -6,9 +6,11 @@ import argparse
 
 from specdec.cli.options import (
     add_engine_process_arg,
+    add_log_level_arg,
     add_model_args,
     add_proposer_arg,
     add_sampling_flags,
+    configure_logging,
     env_pair,
     sampling_of,
 )
@@ -96,6 +98,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--json", default=None, help="write full results (per mode, per prompt token ids) here")
     bench.add_argument("--plot", default=None, help="write a PNG: tokens/s per mode, acceptance per position")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_log_level_arg(bench, "warning", "the lowest level of this process's log lines on stderr (default: warning); "
+                                        "info: the in-process engines' (engine-* modes) step costs and batch sizes "
+                                        "every 5 s, and load-aware K's switches, as a service logs them (the services "
+                                        "modes' own processes log at info)")
     bench.add_argument("--report-greedy-mismatch", action="store_true",
                        help="report (loudly) instead of failing when greedy outputs differ (with --concurrency: "
                             "across every point, each with the target's top-2 logit gap where it differs). Only for "
@@ -106,6 +112,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, "bench")
     if args.concurrency is not None:
         return sweep(args)
     if args.no_compile:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from specdec.core.config import EngineProcessMode, ProposerKind, SamplingParams
 from specdec.core.cpu_kernels import CPU_KERNELS, ONEDNN
 
 PROPOSERS = [kind.value for kind in ProposerKind]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def add_log_level_arg(p: argparse.ArgumentParser, default: str, help: str) -> None:
+    p.add_argument("--log-level", default=default, choices=LOG_LEVELS, help=help)
+
+
+def configure_logging(level: str, who: str) -> None:
+    """Log lines on stderr from `level` up, each naming `who` (a service's role, or the command): the three services
+    and a bench's in-process engines write to one terminal."""
+    logging.basicConfig(level=level.upper(), format=f"%(asctime)s {who} %(levelname)s %(name)s: %(message)s")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, draft: bool = True) -> None:

@@ -11,7 +11,15 @@ import sys
 import threading
 from typing import NoReturn
 
-from specdec.cli.options import PROPOSERS, add_engine_process_arg, add_model_args, add_security_args, cpu_list
+from specdec.cli.options import (
+    PROPOSERS,
+    add_engine_process_arg,
+    add_log_level_arg,
+    add_model_args,
+    add_security_args,
+    configure_logging,
+    cpu_list,
+)
 from specdec.core.config import EngineProcessMode, ProposerKind
 from specdec.core.drafting import Predraft
 from specdec.core.errors import InvalidArgument
@@ -116,7 +124,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="run this service on these CPUs only, e.g. 0-3,6 (Linux affinity; torch uses as many "
                             "threads). A CPU draft pinned apart from its CPU target drafts ahead while the target "
                             "verifies; sharing cores with the target, it does not (default: all CPUs allowed)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_level_arg(serve, "info", "the lowest level of log line written to stderr (default: info)")
     serve.add_argument("--grace-period", type=float, default=30.0,
                        help="on SIGTERM: report NOT_SERVING, stop accepting, let running requests finish for up to "
                             "this many seconds, then exit 0")
@@ -237,8 +245,7 @@ def pin(cpus: frozenset[int]) -> None:
 
 def run(args: argparse.Namespace) -> NoReturn:
     """Serve until SIGINT or SIGTERM, drain, and end the process."""
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s {args.role.value} %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.role.value)
     if args.cpus is not None:
         pin(args.cpus)
     if args.switch_interval_ms is not None:

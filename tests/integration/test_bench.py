@@ -163,3 +163,14 @@ def test_bench_sweeps_sampled_requests(tmp_path):
     plain = [(i, ids) for m in modes[:2] for c in (1, 2) for i, *ids in points[(m, c)]["outputs"]]
     assert len({i for i, _ in plain}) > 1 and all(ids == dict(plain)[i] for i, ids in plain)
     assert sum(points[("engine-own-draft", c)]["draft_tokens"] for c in (1, 2)) > 0
+    assert " bench INFO " not in run.stderr  # the default --log-level: this process logs warnings and errors only
+
+
+def test_bench_logs_its_in_process_engines_at_info():
+    """--log-level info: the in-process engines' lines (load-aware K's choices here) reach stderr, named as the
+    bench's, as a service's reach its log."""
+    run = subprocess.run([sys.executable, "-m", "specdec", "bench", "--concurrency", "2", "--max-new-tokens", "12",
+                          "--rounds", "1", "--modes", "engine-own-draft", "--quiet", "--log-level", "info"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert " bench INFO specdec.adaptive: " in run.stderr, run.stderr[-2000:]
