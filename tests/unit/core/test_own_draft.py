@@ -149,8 +149,8 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     launched, kept, taken = draft.stats.ahead, draft.stats.ahead_kept, collections.Counter()
     taken_later = draft._taken_later
 
-    def counting(ahead, chains):
-        steps = taken_later(ahead, chains)
+    def counting(later, chains):
+        steps = taken_later(later, chains)
         taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
         return steps
     monkeypatch.setattr(draft, "_taken_later", counting)
@@ -158,6 +158,29 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
     assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
+
+
+def test_sampled_rows_next_chains_launched_ahead_draw_what_the_host_would(tiny_pair_fp32, engine, monkeypatch):
+    """A sampled verify's rows: before the host reads it, the draft runner launches each row's next chain's steps from
+    the outcome the device worked out for it, every step's pick drawn on the device with its position's uniform
+    number, as many steps as the row drafted; a chain that begins as the host then expects takes them. Each block
+    drafts and accepts, and each output is, what the same seeded request's is alone, drafting block by block; chains
+    of 3 and 4 drafts took their third and fourth steps from ahead."""
+    pair, (_, draft) = tiny_pair_fp32, engine
+    sampling = SamplingParams(temperature=0.8, top_p=0.95)
+    cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
+    alone = [separate_decode(pair, ids, n, k, sampling, seed=5 + i) for i, (ids, n, k) in enumerate(cases)]
+    taken, taken_later = collections.Counter(), draft._taken_later
+
+    def counting(later, chains):
+        steps = taken_later(later, chains)
+        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2) if groups[0][2] is not None})
+        return steps
+    monkeypatch.setattr(draft, "_taken_later", counting)
+    together = concurrently([lambda c=c, i=i: own_decode(pair, engine, *c, sampling=sampling, seed=5 + i)
+                             for i, c in enumerate(cases)])
+    drafts_as_alone(together, alone)
+    assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # sampled chains' steps 2, 3 and 4 from ahead
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -740,8 +763,8 @@ def test_a_replayed_draft_s_steps_launched_ahead_feed_the_tokens_it_replays(tiny
                                               ReplayRates(alpha=0.6)))
     taken, closed, close, taken_later = collections.Counter(), [], ReplayProposer.close, draft._taken_later
 
-    def counting(ahead, chains):
-        steps = taken_later(ahead, chains)
+    def counting(later, chains):
+        steps = taken_later(later, chains)
         taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
         return steps
 
