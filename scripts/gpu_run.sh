@@ -217,7 +217,8 @@ O)  # one GPU, issue 17: the engine's host time per step in process (scripts/eng
     # 0.5B own draft, uncompiled: a cold machine starts in about a minute) of a base tree and of this one, side by side,
     # base first (make and carry base_tree.tgz as for PART=Z); LEVELS clients (default 64) at KS (default 0,2,3),
     # REPEATS each (default 2); ALPHA: a replayed draft at that acceptance (as the services' sweeps run it); GPU_TESTS:
-    # the GPU tests of this -k expression first, on this tree
+    # the GPU tests of this -k expression first, on this tree; EXTRA: more flags (e.g. sampled requests, no ALPHA:
+    # EXTRA="--temperature 0.7 --top-p 0.95 --time-path")
   mkdir -p /tmp/base && tar -xzf base_tree.tgz -C /tmp/base || exit 1
   if [ -n "${GPU_TESTS:-}" ]; then
     timeout ${TESTS_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu.py -k "$GPU_TESTS" 2>&1 \
@@ -227,7 +228,7 @@ O)  # one GPU, issue 17: the engine's host time per step in process (scripts/eng
     ROOT=$PWD; [ "$B" = base ] && ROOT=/tmp/base
     PYTHONPATH=/tmp/site:$ROOT timeout ${STEPS_TIMEOUT:-200} python3 scripts/engine_host_time.py --device cuda:0 \
       --dtype bfloat16 --target random:qwen2.5-7b --draft $D --max-len 512 --clients ${LEVELS:-64} --k ${KS:-0,2,3} \
-      --tokens 128 --repeats ${REPEATS:-2} --no-compile --log ${ALPHA:+--replay-alpha $ALPHA} \
+      --tokens 128 --repeats ${REPEATS:-2} --no-compile --log ${ALPHA:+--replay-alpha $ALPHA} ${EXTRA:-} \
       2>"$OUT/host_time_$B.log" | tee "$OUT/host_time_$B.txt"
   done ;;
 VA) # one GPU, issue 17: the engine in process at fixed K (scripts/engine_host_time.py, replayed draft; compiled: carry
