@@ -1912,7 +1912,7 @@ class BatchedRunner(ModelRunner):
         pick drawn from a nucleus the device did not find is drawn again on the host, and where that differs the
         later steps are dropped (`_pick_chained`). `outcome`: the rows' first step's (reads, slot, L, K, accepted,
         bonus) [s] each. -> per step from the second: (draft slot -> its row in the values, values [rows', 2]: token and
-        found, (q, logits)), as `_drawn` gives them."""
+        found, (q, logits)), as `_draw_ahead_picks` draws them."""
         accepted = outcome[4]
         later = []
         for s in range(1, max(k for _, _, k in rows)):  # the last step's draft is fed to no step
@@ -1920,24 +1920,23 @@ class BatchedRunner(ModelRunner):
             if not live:
                 break
             index, kept = self._later_step([rows[i] for i in live], live, outcome, token, s)
-            width = max(rows[i][2] for i in live) + 1
-            u = self._on_device([[*draft_uniforms([chains[i]] * (k + 1), range(start + s + 1, start + s + k + 2)),
-                                  *[0.0] * (width - k - 1)] for i in live for _, start, k in [rows[i]]],
-                                dtype=torch.float64)  # [s', width]: the pick's uniform at L + a + s + 1, by a
-            values, extra = self._drawn(kept, [chains[i] for i in live], u.gather(1, accepted[index][:, None])[:, 0])
+            values, extra = self._draw_ahead_picks(kept, [rows[i] for i in live], [chains[i] for i in live],
+                                                   accepted[index], s)
             token = token.clone()
             token[index] = values[:, 0]
             later.append(({rows[i][0]: b for b, i in enumerate(live)}, values, extra))
         return later
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
-                          accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The first picks of sampled rows' next chains, from the step launched ahead's logits [s, V] at each row's
-        last token, as `_draw_chained` draws a chain's step: a row (slot, L, K) that accepted a drafts picks the token
-        at L + a + 1, whose uniform number is taken on the device from those of every a. -> (values [s, 2], (q, logits))."""
+                          accepted: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The picks of step `step` (0: the first) of sampled rows' next chains, from a step launched ahead's logits
+        [s, V] at each row's last token, as `_draw_chained` draws a chain's step: a row (slot, L, K) that accepted a
+        drafts picks the token at L + a + step + 1, whose uniform number is taken on the device from those of every a.
+        -> (values [s, 2], (q, logits))."""
         width = max(k for _, _, k in rows) + 1
-        u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + 1, at + k + 2)), *[0.0] * (width - k - 1)]
-                             for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)  # [s, width]
+        u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + step + 1, at + step + k + 2)),
+                              *[0.0] * (width - k - 1)] for c, (_, at, k) in zip(chains, rows)],
+                            dtype=torch.float64)  # [s, width]
         return self._drawn(kept, chains, u.gather(1, accepted[:, None])[:, 0])
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None:
