@@ -1840,12 +1840,13 @@ class BatchedRunner(ModelRunner):
             if greedy:
                 values = read(kept[:greedy].float())  # [m + m', values]
             if drawn:
-                picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
-                                               [sampled.chains[i] for i in drawn], drawn_accepted)
+                drawn_rows, drawn_chains = [sampled.rows[i] for i in drawn], [sampled.chains[i] for i in drawn]
+                uniforms = self._pick_uniforms(drawn_rows, drawn_chains)  # [s, 2K]
+                picks = self._draw_ahead_picks(kept[greedy:], drawn_chains, uniforms, drawn_accepted)
             self.stats.count(len(launched), n)
             later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
-            drawn_later = (self._draw_later([sampled.rows[i] for i in drawn], [sampled.chains[i] for i in drawn],
-                                            outcomes[-1], picks[0][:, 0]) if drawn else [])
+            drawn_later = (self._draw_later(drawn_rows, drawn_chains, outcomes[-1], picks[0][:, 0], uniforms)
+                           if drawn else [])
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, *_ in later + drawn_later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
@@ -1903,16 +1904,16 @@ class BatchedRunner(ModelRunner):
         self.stats.count(len(live), 1)
         return index, logits[slot[index], 0]
 
-    def _draw_later(self, rows: list[tuple[int, int, int]], chains: list[Sampled], outcome: tuple, token: torch.Tensor
-                    ) -> list[tuple[dict[int, int], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+    def _draw_later(self, rows: list[tuple[int, int, int]], chains: list[Sampled], outcome: tuple, token: torch.Tensor,
+                    uniforms: torch.Tensor) -> list[tuple[dict[int, int], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
         """The steps after the first of sampled rows' next chains (`launch_ahead`), as `_launch_later` runs greedy rows':
         a row (slot, L, K) that the device guessed accepted a drafts feeds at L + a + s the token its step s - 1 drew
         (`token` [s] for s = 1) and draws its pick there as `_draw_chained` draws a chain's step, with the uniform
         number of the pick's position taken on the device from those of every a. A row drafts K steps again. A
         pick drawn from a nucleus the device did not find is drawn again on the host, and where that differs the
         later steps are dropped (`_pick_chained`). `outcome`: the rows' first step's (reads, slot, L, K, accepted,
-        bonus) [s] each. -> per step from the second: (draft slot -> its row in the values, values [rows', 2]: token and
-        found, (q, logits)), as `_draw_ahead_picks` draws them."""
+        bonus) [s] each; `uniforms`: their `_pick_uniforms`. -> per step from the second: (draft slot -> its row in the
+        values, values [rows', 2]: token and found, (q, logits)), as `_draw_ahead_picks` draws them."""
         accepted = outcome[4]
         later = []
         for s in range(1, max(k for _, _, k in rows)):  # the last step's draft is fed to no step
@@ -1920,24 +1921,27 @@ class BatchedRunner(ModelRunner):
             if not live:
                 break
             index, kept = self._later_step([rows[i] for i in live], live, outcome, token, s)
-            values, extra = self._draw_ahead_picks(kept, [rows[i] for i in live], [chains[i] for i in live],
-                                                   accepted[index], s)
+            values, extra = self._draw_ahead_picks(kept, [chains[i] for i in live], uniforms[index], accepted[index], s)
             token = token.clone()
             token[index] = values[:, 0]
             later.append(({rows[i][0]: b for b, i in enumerate(live)}, values, extra))
         return later
 
-    def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
-                          accepted: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def _pick_uniforms(self, rows: list[tuple[int, int, int]], chains: list[Sampled]) -> torch.Tensor:
+        """The uniform numbers of the picks the steps launched ahead may draw for sampled rows (slot, L, K), each once:
+        a row's picks at L + 1 .. L + 2K + 1 (step s after a accepted drafts picks at L + a + s + 1, a <= K, s < K), on
+        the device [s, 2 max K + 1] (`_draw_ahead_picks` takes column a + s)."""
+        width = 2 * max(k for _, _, k in rows) + 1
+        return self._on_device([[*draft_uniforms([c] * (2 * k + 1), range(at + 1, at + 2 * k + 2)),
+                                 *[0.0] * (width - 2 * k - 1)] for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)
+
+    def _draw_ahead_picks(self, kept: torch.Tensor, chains: list[Sampled], uniforms: torch.Tensor, accepted: torch.Tensor,
+                          step: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The picks of step `step` (0: the first) of sampled rows' next chains, from a step launched ahead's logits
-        [s, V] at each row's last token, as `_draw_chained` draws a chain's step: a row (slot, L, K) that accepted a
-        drafts picks the token at L + a + step + 1, whose uniform number is taken on the device from those of every a.
+        [s, V] at each row's last token, as `_draw_chained` draws a chain's step: a row that accepted a drafts picks
+        the token at L + a + step + 1, whose uniform number is taken on the device from its `_pick_uniforms` [s, W].
         -> (values [s, 2], (q, logits))."""
-        width = max(k for _, _, k in rows) + 1
-        u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + step + 1, at + step + k + 2)),
-                              *[0.0] * (width - k - 1)] for c, (_, at, k) in zip(chains, rows)],
-                            dtype=torch.float64)  # [s, width]
-        return self._drawn(kept, chains, u.gather(1, accepted[:, None])[:, 0])
+        return self._drawn(kept, chains, uniforms.gather(1, (accepted + step)[:, None])[:, 0])
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None:
         """The host's side of `launch_ahead`, once it has verified: row `slot` verified the K `drafts` from position
