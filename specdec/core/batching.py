@@ -312,10 +312,8 @@ class _Ahead:
     picks: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # the sampled rows' values [s, 2]
     #                                              (token, found), their q [s, V'] and logits [s, V] (`_draw_chained`)
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
-    later: list[tuple[dict[int, int], torch.Tensor, None]] = field(default_factory=list)  # the chains' next steps,
-    #              in order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step, None)
-    drawn_later: list[tuple[dict[int, int], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = field(
-        default_factory=list)  # the sampled rows' next steps likewise: values [rows', 2] (token, found), (q, logits)
+    later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
+    #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
 
 
 class StepDrafter(Protocol):
@@ -1178,7 +1176,7 @@ class BatchedRunner(ModelRunner):
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
         first step from the step's outcome on the device (`launch_ahead`: a greedy row's from its argmax, a sampled
-        row's from `verify.outcomes_on_device`), and its further steps, as many as it drafted this time, so
+        row's from `verify.outcomes_on_device`), and a greedy row's further steps, as many as it drafted this time, so
         the draft computes while the host reads, verifies, completes and plans (at many rows that host work is longer
         than a draft step); with them, the catch-up of each new session whose prompt step this is
         (`Driven.draft_join`).
@@ -1778,8 +1776,7 @@ class BatchedRunner(ModelRunner):
         (every row is padded to a join's width) catches up on its own.
         `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
         from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
-        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`); a
-        sampled row's next chain, as many steps as it drafted this time (`_draw_later`)."""
+        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
         chained = [(r, n, f) for r, n, f in zip(rows, steps or [1] * len(rows), known or [None] * len(rows))
@@ -1840,31 +1837,27 @@ class BatchedRunner(ModelRunner):
             if greedy:
                 values = read(kept[:greedy].float())  # [m + m', values]
             if drawn:
-                drawn_rows, drawn_chains = [sampled.rows[i] for i in drawn], [sampled.chains[i] for i in drawn]
-                uniforms = self._pick_uniforms(drawn_rows, drawn_chains)  # [s, 2K]
-                picks = self._draw_ahead_picks(kept[greedy:], drawn_chains, uniforms, drawn_accepted)
+                picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
+                                               [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
             later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
-            drawn_later = (self._draw_later(drawn_rows, drawn_chains, outcomes[-1], picks[0][:, 0], uniforms)
-                           if drawn else [])
-        self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, *_ in later + drawn_later)
+        self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
-                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later,
-                             drawn_later=drawn_later)
+                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
                       outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> list[tuple[dict[int, int], torch.Tensor, None]]:
+                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
         max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
         second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
-        accepted = outcome[4]
+        _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
         if knows:  # [m, K + steps + 1]: the token a replayed draft drafts at L + j, read from the table by the device
@@ -1880,68 +1873,30 @@ class BatchedRunner(ModelRunner):
             live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
             if not live:
                 continue
-            index, kept = self._later_step([rows[i][0][:3] for i in live], live, outcome, token, s)
-            values = read(kept.float())  # [m', values]
+            index = self._on_device(live)  # [m']
+            n_rows, _ = self.step_shape(max(rows[i][0][0] for i in live) + 1, 1)
+            ids = torch.zeros((n_rows, 1), dtype=torch.long, device=self.device)
+            positions = torch.full((n_rows, 1), self.max_len, dtype=torch.long, device=self.device)  # dummy rows
+            ids[slot[index], 0] = token[index]
+            positions[slot[index], 0] = at[index] + accepted[index] + s
+            reach = max(rows[i][0][1] + rows[i][0][2] + s + 1 for i in live)
+            logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
+            values = read(logits[slot[index], 0].float())  # [m', values]
             token = token.clone()
             token[index] = values[:, 0]
-            later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values, None))
+            later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
+            self.stats.count(len(live), 1)
         return later
 
-    def _later_step(self, rows: list[tuple[int, int, int]], live: list[int], outcome: tuple, token: torch.Tensor,
-                    s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step s of the next chains launched ahead (`_launch_later`, `_draw_later`) for `rows` (slot, L, K), the `live`
-        rows of `outcome`'s (reads, slot, L, K, accepted, bonus): each fed `token` at L + accepted + s. -> (`live` on
-        the device [m'], each one's logits [m', V])."""
-        _, slot, at, _, accepted, _ = outcome
-        index = self._on_device(live)  # [m']
-        n_rows, _ = self.step_shape(max(r[0] for r in rows) + 1, 1)
-        ids = torch.zeros((n_rows, 1), dtype=torch.long, device=self.device)
-        positions = torch.full((n_rows, 1), self.max_len, dtype=torch.long, device=self.device)  # dummy rows
-        ids[slot[index], 0] = token[index]
-        positions[slot[index], 0] = at[index] + accepted[index] + s
-        reach = max(start + k + s + 1 for _, start, k in rows)
-        logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
-        self.stats.count(len(live), 1)
-        return index, logits[slot[index], 0]
-
-    def _draw_later(self, rows: list[tuple[int, int, int]], chains: list[Sampled], outcome: tuple, token: torch.Tensor,
-                    uniforms: torch.Tensor) -> list[tuple[dict[int, int], torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
-        """The steps after the first of sampled rows' next chains (`launch_ahead`), as `_launch_later` runs greedy rows':
-        a row (slot, L, K) that the device guessed accepted a drafts feeds at L + a + s the token its step s - 1 drew
-        (`token` [s] for s = 1) and draws its pick there as `_draw_chained` draws a chain's step, with the uniform
-        number of the pick's position taken on the device from those of every a. A row drafts K steps again. A
-        pick drawn from a nucleus the device did not find is drawn again on the host, and where that differs the
-        later steps are dropped (`_pick_chained`). `outcome`: the rows' first step's (reads, slot, L, K, accepted,
-        bonus) [s] each; `uniforms`: their `_pick_uniforms`. -> per step from the second: (draft slot -> its row in the
-        values, values [rows', 2]: token and found, (q, logits)), as `_draw_ahead_picks` draws them."""
-        accepted = outcome[4]
-        later = []
-        for s in range(1, max(k for _, _, k in rows)):  # the last step's draft is fed to no step
-            live = [i for i, (_, start, k) in enumerate(rows) if k > s and start + k + s < self.max_len]
-            if not live:
-                break
-            index, kept = self._later_step([rows[i] for i in live], live, outcome, token, s)
-            values, extra = self._draw_ahead_picks(kept, [chains[i] for i in live], uniforms[index], accepted[index], s)
-            token = token.clone()
-            token[index] = values[:, 0]
-            later.append(({rows[i][0]: b for b, i in enumerate(live)}, values, extra))
-        return later
-
-    def _pick_uniforms(self, rows: list[tuple[int, int, int]], chains: list[Sampled]) -> torch.Tensor:
-        """The uniform numbers of the picks the steps launched ahead may draw for sampled rows (slot, L, K), each once:
-        a row's picks at L + 1 .. L + 2K + 1 (step s after a accepted drafts picks at L + a + s + 1, a <= K, s < K), on
-        the device [s, 2 max K + 1] (`_draw_ahead_picks` takes column a + s)."""
-        width = 2 * max(k for _, _, k in rows) + 1
-        return self._on_device([[*draft_uniforms([c] * (2 * k + 1), range(at + 1, at + 2 * k + 2)),
-                                 *[0.0] * (width - 2 * k - 1)] for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)
-
-    def _draw_ahead_picks(self, kept: torch.Tensor, chains: list[Sampled], uniforms: torch.Tensor, accepted: torch.Tensor,
-                          step: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The picks of step `step` (0: the first) of sampled rows' next chains, from a step launched ahead's logits
-        [s, V] at each row's last token, as `_draw_chained` draws a chain's step: a row that accepted a drafts picks
-        the token at L + a + step + 1, whose uniform number is taken on the device from its `_pick_uniforms` [s, W].
-        -> (values [s, 2], (q, logits))."""
-        return self._drawn(kept, chains, uniforms.gather(1, (accepted + step)[:, None])[:, 0])
+    def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
+                          accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The first picks of sampled rows' next chains, from the step launched ahead's logits [s, V] at each row's
+        last token, as `_draw_chained` draws a chain's step: a row (slot, L, K) that accepted a drafts picks the token
+        at L + a + 1, whose uniform number is taken on the device from those of every a. -> (values [s, 2], (q, logits))."""
+        width = max(k for _, _, k in rows) + 1
+        u = self._on_device([[*draft_uniforms([c] * (k + 1), range(at + 1, at + k + 2)), *[0.0] * (width - k - 1)]
+                             for c, (_, at, k) in zip(chains, rows)], dtype=torch.float64)  # [s, width]
+        return self._drawn(kept, chains, u.gather(1, accepted[:, None])[:, 0])
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None:
         """The host's side of `launch_ahead`, once it has verified: row `slot` verified the K `drafts` from position
@@ -1982,8 +1937,8 @@ class BatchedRunner(ModelRunner):
         (members, values [members, m] in their order, a sampled group's (q, logits) or None): the first step's from a
         chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
         ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
-        read (a sampled chain's: for the same chain); the later steps' launched ahead (`_launch_later`, `_draw_later`),
-        for the chains that took the first and reach them. The others (one whose verify took another turn) run their steps
+        read (a sampled chain's: for the same chain); the later steps' launched ahead (`_launch_later`), for the chains
+        that took the first and reach them. The others (one whose verify took another turn) run their steps
         themselves, over whatever the steps launched ahead wrote (the first: entries the committed sequence has; the
         later: entries past it, which their own steps write again)."""
         ahead, self._ahead = self._ahead, None
@@ -2006,7 +1961,7 @@ class BatchedRunner(ModelRunner):
                 values = iter(ahead_values.unbind() if from_ahead else ())
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
                                                    for r in taken]), None))
-            later = self._taken_later(ahead.later if ahead is not None else [], from_ahead)
+            later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
         if drawn:
@@ -2014,24 +1969,18 @@ class BatchedRunner(ModelRunner):
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
             groups.append((drawn, values[index], (q[index], logits[index])))
-            drawn_later = self._taken_later(ahead.drawn_later, drawn)
-            later = [[*(later[s] if s < len(later) else []), *(drawn_later[s] if s < len(drawn_later) else [])]
-                     for s in range(max(len(later), len(drawn_later)))]
         return [groups, *later]
 
-    def _taken_later(self, later: list[tuple[dict[int, int], torch.Tensor, tuple | None]], chains: list[_Request]
-                     ) -> list[list[tuple]]:
-        """The later steps launched ahead (`_Ahead.later`, or a sampled chain's `_Ahead.drawn_later`) that `chains`
-        (those that took their first step from it) take: per step, as one group, those whose chain reaches that step
-        and that took every step before it, with a sampled group's (q, logits)."""
+    def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple]]:
+        """The later steps launched ahead (`_Ahead.later`) that `chains` (those that took their first step from it) take:
+        per step, as one group, those whose chain reaches that step and that took every step before it."""
         steps = []
-        for where, values, extra in later if chains else ():
+        for where, values in ahead.later if chains else ():
             chains = [r for r in chains if r.index in where and r.chain.steps - len(r.chain.picks) > len(steps) + 1]
             if not chains:
                 break
             self.stats.ahead_kept += len(chains)
-            index = self._on_device([where[r.index] for r in chains])  # [chains]
-            steps.append([(chains, values[index], (extra[0][index], extra[1][index]) if extra is not None else None)])
+            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
         return steps
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:

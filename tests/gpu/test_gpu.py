@@ -390,9 +390,8 @@ def test_sampled_draft_chains_draw_their_steps_without_a_host_sync(gpu_engine):
 
 def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_host_sync(gpu_engine):
     """What follows a sampled verify before the host reads it: each row's outcome worked out on the device
-    (`verify.outcomes_on_device`, q held there) and the draft steps launched from it with each row's picks drawn
-    (`launch_ahead` with `SampledAhead`: K = 2, so its chain's first step and the second, `_draw_later`), under CUDA's
-    sync debug mode set to error: nothing waits for the stream.
+    (`verify.outcomes_on_device`, q held there) and the draft step launched from it with each row's first pick drawn
+    (`launch_ahead` with `SampledAhead`), under CUDA's sync debug mode set to error: nothing waits for the stream.
     The device's guesses then reach the host behind their event, and a wrong one makes the slot forward again."""
     from specdec.core.batching import BatchedRunner
     from specdec.core.config import SamplingParams
@@ -418,7 +417,6 @@ def test_a_sampled_verifys_outcome_and_the_draft_step_after_it_launch_without_a_
         outcomes = OnTheWay(torch.stack([accepted, token], dim=1))  # copied to the host behind an event
         runner.launch_ahead([], tokens, None, None, (), SampledAhead([(s.index, 20, 2) for s in slots], accepted,
                                                                     token, [chain] * 3, outcomes))
-        assert len(runner._ahead.drawn_later) == 1  # the second step, launched too
         return accepted
 
     try:

@@ -1017,8 +1017,7 @@ def test_a_sampled_rows_step_launched_ahead_on_a_wrong_guess_is_forwarded_again(
     outcome = torch.tensor([[0, guessed, 1]])  # [rows, 3]: accepted, token, exact
     runner.launch_ahead([], tokens, None, None, (), SampledAhead([(slot.index, at, 2)], outcome[:, 0], outcome[:, 1],
                                                                 [chain], OnTheWay(outcome)))
-    assert runner.stats.ahead == 2  # it wrote `guessed` at L, over d0, and its chain's second step the token drawn
-    #                                 after it at L + 1
+    assert runner.stats.ahead == 1  # it wrote `guessed` at L, over d0
     runner.expect_ahead(slot.index, at, [d0, d1], 1, drawn)  # the host accepted d0 and drew `drawn` after it
     assert slot.index not in runner._ahead.expected  # the step stands for no chain
     sequence = prompt + [d0, drawn]
@@ -1065,7 +1064,7 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     runner._ahead = None
     assert taken(runner._taken_ahead(joining[1:])[0]) == {1: [10, 11, 12]}  # nothing launched ahead: its own alone
     # the chains' later steps launched ahead: taken by those that took the first from ahead and reach them
-    later = [({0: 0, 2: 1}, torch.arange(6, 12).view(2, 3), None), ({0: 0}, torch.arange(12, 15).view(1, 3), None)]
+    later = [({0: 0, 2: 1}, torch.arange(6, 12).view(2, 3)), ({0: 0}, torch.arange(12, 15).view(1, 3))]
     assert take(chains((0, 20, [8, 9]), (2, 10, [7]), steps=3), later=later) == [{0: [6, 7, 8], 2: [9, 10, 11]},
                                                                                  {0: [12, 13, 14]}]
     assert take(chains((0, 20, [8, 9]), (2, 10, [7])), later=later) == [{0: [6, 7, 8], 2: [9, 10, 11]}]  # 2 steps

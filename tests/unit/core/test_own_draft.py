@@ -101,20 +101,6 @@ def drafts_as_alone(together, alone):
         assert [(c.k, c.accepted) for c in cycles] == [(c.k, c.accepted) for c in want_cycles]
 
 
-def count_steps_taken_later(draft, monkeypatch, sampled_only=False) -> collections.Counter:
-    """Counts, by chain step from the second, the chains that took that step from the steps launched ahead
-    (`_taken_later`); `sampled_only`: sampled chains' steps only."""
-    taken, taken_later = collections.Counter(), draft._taken_later
-
-    def counting(later, chains):
-        steps = taken_later(later, chains)
-        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)
-                      if not sampled_only or groups[0][2] is not None})
-        return steps
-    monkeypatch.setattr(draft, "_taken_later", counting)
-    return taken
-
-
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
     leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
@@ -160,29 +146,18 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     pair, (_, draft) = tiny_pair_fp32, engine
     cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
     alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
-    launched, kept = draft.stats.ahead, draft.stats.ahead_kept
-    taken = count_steps_taken_later(draft, monkeypatch)
+    launched, kept, taken = draft.stats.ahead, draft.stats.ahead_kept, collections.Counter()
+    taken_later = draft._taken_later
+
+    def counting(ahead, chains):
+        steps = taken_later(ahead, chains)
+        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
+        return steps
+    monkeypatch.setattr(draft, "_taken_later", counting)
     drafts_as_alone(staggered(pair, engine, cases, 0.0), alone)
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
     assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
-
-
-def test_sampled_rows_next_chains_launched_ahead_draw_what_the_host_would(tiny_pair_fp32, engine, monkeypatch):
-    """A sampled verify's rows: before the host reads it, the draft runner launches each row's next chain's steps from
-    the outcome the device worked out for it, every step's pick drawn on the device with its position's uniform
-    number, as many steps as the row drafted; a chain that begins as the host then expects takes them. Each block
-    drafts and accepts, and each output is, what the same seeded request's is alone, drafting block by block; chains
-    of 3 and 4 drafts took their third and fourth steps from ahead."""
-    pair, (_, draft) = tiny_pair_fp32, engine
-    sampling = SamplingParams(temperature=0.8, top_p=0.95)
-    cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
-    alone = [separate_decode(pair, ids, n, k, sampling, seed=5 + i) for i, (ids, n, k) in enumerate(cases)]
-    taken = count_steps_taken_later(draft, monkeypatch, sampled_only=True)
-    together = concurrently([lambda c=c, i=i: own_decode(pair, engine, *c, sampling=sampling, seed=5 + i)
-                             for i, c in enumerate(cases)])
-    drafts_as_alone(together, alone)
-    assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # sampled chains' steps 2, 3 and 4 from ahead
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -763,13 +738,19 @@ def test_a_replayed_draft_s_steps_launched_ahead_feed_the_tokens_it_replays(tiny
     draft = BatchedRunner(pair.draft.model, launch=None, max_len=512, max_sessions=4, prefill_chunk=32)
     target.drafter = own_drafts(ReplayFactory(draft, ReplayBook([(ids, out) for (ids, _, _), out in zip(cases, outputs)]),
                                               ReplayRates(alpha=0.6)))
-    taken, closed, close = count_steps_taken_later(draft, monkeypatch), [], ReplayProposer.close
+    taken, closed, close, taken_later = collections.Counter(), [], ReplayProposer.close, draft._taken_later
+
+    def counting(ahead, chains):
+        steps = taken_later(ahead, chains)
+        taken.update({s: len(groups[0][0]) for s, groups in enumerate(steps, start=2)})
+        return steps
 
     def checked(self):
         n, index = len(self.slot.tokens), self.slot.index
         closed.append((list(self.slot.tokens), draft.cache.keys[:, index, :, :n].clone(),
                        draft.cache.values[:, index, :, :n].clone()))  # [layers, kv heads, n, head dim] each
         close(self)
+    monkeypatch.setattr(draft, "_taken_later", counting)
     monkeypatch.setattr(ReplayProposer, "close", checked)
     try:
         got = concurrently([lambda c=c: own_decode(pair, (target, draft), *c)[0] for c in cases])
