@@ -224,7 +224,8 @@ class _Request:
     pick: object = None  # its step's pick, when drawn with its chain's group
     fed: int = 0  # tokens already forwarded (chunked prefill)
     started: float = 0.0  # when its first forward began
-    done: threading.Event | None = field(default_factory=threading.Event)  # None for a driven session's
+    done: threading.Event | None = field(default_factory=threading.Event)  # None: a driven session's, or a caller's
+    #                                                                         that runs it itself (`_waiter`)
     logits: torch.Tensor | None = None  # [keep, V] float32, the session's own copy
     argmax: list[int] | None = None  # [keep]
     verified: VerifyResult | None = None  # a sampled cycle verified with its step's others (_verify_sampled)
@@ -240,6 +241,12 @@ class _Request:
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
+
+
+def _wake(r: _Request) -> None:
+    """A caller's request is done (or failed): wake the caller that waits on it, if one does."""
+    if r.done is not None:
+        r.done.set()
 
 
 @dataclass(eq=False)
@@ -509,6 +516,7 @@ class BatchedRunner(ModelRunner):
         self.compiled = compile and self.cuda_graphs
         self._captured = captured
         self.passive = launch is None  # no engine loop: callers run their forwards (_run_here)
+        self._here = threading.Lock()  # held by the caller running them
         t0 = time.perf_counter()
         if self.compiled:
             log.info("compiling %d decoder layers", compile_layers(self.model))
@@ -712,7 +720,7 @@ class BatchedRunner(ModelRunner):
         requests = []
         for i, c, new_ids in drafting:
             assert c.slot.length + len(new_ids) + c.steps - 1 <= self.max_len, "drafts stay inside the context"
-            requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False,
+            requests.append(_Request(c.slot.index, c.slot.length, new_ids, 1, False, done=self._waiter(),
                                      chain=_Chain(c.steps, c.draw, c.group, index=i, launched=launched,
                                                   first=c.first if new_ids == list(c.ids[-1:]) else None,
                                                   sampled=c.sampled)))
@@ -742,7 +750,7 @@ class BatchedRunner(ModelRunner):
         requests = []
         for slot, new_ids, keep in forwards:
             assert slot.length + len(new_ids) <= self.max_len, "extend() checks the context first"
-            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, greedy))
+            requests.append(_Request(slot.index, slot.length, list(new_ids), keep, greedy, done=self._waiter()))
         self._hand_over(*requests)
         for slot, new_ids, _ in forwards:
             slot.tokens.extend(new_ids)
@@ -762,12 +770,19 @@ class BatchedRunner(ModelRunner):
             self._expected -= {r.index for r in requests}
             self._cv.notify_all()
         if self.passive:
-            self._run_here()
-        for r in requests:
-            r.done.wait()
+            with self._here:  # once this thread's run finds nothing pending, its requests are done
+                self._run_here()
+        else:
+            for r in requests:
+                r.done.wait()
         for r in requests:
             if r.error is not None:
                 raise r.error
+
+    def _waiter(self) -> threading.Event | None:
+        """What a caller's request wakes it with: nothing on a runner without an engine loop, whose callers run
+        their forwards themselves, one at a time (`_hand_over`); an event costs its own ~2 us a row per phase."""
+        return None if self.passive else threading.Event()
 
     def _run_here(self) -> None:
         """A runner without an engine loop: run the pending forwards on this thread until none is left (the long
@@ -1335,7 +1350,7 @@ class BatchedRunner(ModelRunner):
         if row is None:
             if r.chain is not None and self._next_pick(r):
                 return
-            r.done.set()
+            _wake(r)
             return
         guess, r.next = r.next, None
         with self._cv:
@@ -1410,14 +1425,14 @@ class BatchedRunner(ModelRunner):
             self._end(r.row, error)
         else:
             r.error = error
-            r.done.set()
+            _wake(r)
 
     def _stop_all(self) -> None:
         """The engine stops: every waiting caller and driven session gets UNAVAILABLE (the caller holds the lock)."""
         for r in self._pending:
             if r.row is None:
                 r.error = Unavailable("the engine has stopped")
-                r.done.set()
+                _wake(r)
         self._publish()
         for row in list(self._rows.values()):
             self._hand(row)
@@ -1576,7 +1591,7 @@ class BatchedRunner(ModelRunner):
                 self._fail(r, e)
             return
         for r in requests:
-            r.done.set()
+            _wake(r)
 
     def _chain_pass(self, requests: list[_Request],
                     first: list[list[tuple[list[_Request], torch.Tensor, object]]] | None, tell: bool) -> list[_Request]:

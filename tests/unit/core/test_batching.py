@@ -1071,3 +1071,22 @@ def test_a_draft_step_launched_ahead_stands_only_for_chains_that_begin_as_expect
     assert take(chains((0, 20, [8, 9]), (2, 11, [7]), steps=3), later=later) == [{0: [6, 7, 8]}, {0: [12, 13, 14]}]
     assert take(chains((0, 20, [8, 9]), steps=1), later=later) == []  # a chain of one step
     assert take(joining, later=later) == [{0: [6, 7, 8]}]  # a catch-up's first step is not the one launched ahead
+
+
+def test_callers_of_a_runner_without_an_engine_loop_each_get_their_own_results_at_once(tiny_pair_fp32):
+    """A runner with no engine loop runs its callers' forwards on their own threads, with no event per request: a
+    caller must not return before its requests are done, even where another caller's run took them, and each gets
+    what it gets alone."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=128, max_sessions=6)
+    prompts = [tiny_pair_fp32.encode(p)[:12 + i] for i, p in enumerate(PROMPTS * 2)][:6]
+    alone = []
+    for prompt in prompts:
+        slot = runner.open()
+        alone.append(runner.greedy_ids(slot, prompt, keep=len(prompt)))
+        runner.close(slot)
+    for _ in range(5):
+        slots = [runner.open() for _ in prompts]
+        got = concurrently([lambda s=s, p=p: runner.greedy_ids(s, p, keep=len(p)) for s, p in zip(slots, prompts)])
+        assert got == alone
+        for slot in slots:
+            runner.close(slot)
