@@ -163,15 +163,14 @@ class TargetSequence:
         self.runner.close(self.slot)
 
     def _commit(self, token_ids: list[int]) -> list[int]:
-        committed = []
-        for token in token_ids:
-            if self.remaining == 0:
-                break
-            self.committed.append(token)
-            committed.append(token)
-            if token in self.eos_ids:
-                self.finish(FinishReason.EOS)
-                return committed
-        if self.remaining == 0:
+        """Commit the tokens that fit, up to the first end-of-sequence token. -> those committed."""
+        committed = token_ids[:self.remaining]
+        eos = next((i for i, token in enumerate(committed) if token in self.eos_ids), None)
+        if eos is not None:
+            committed = committed[:eos + 1]
+        self.committed.extend(committed)
+        if eos is not None:
+            self.finish(FinishReason.EOS)
+        elif self.remaining == 0:
             self.finish(FinishReason.LENGTH)
         return committed
