@@ -39,6 +39,10 @@ def test_engine_host_time_times_the_host_path_of_drafted_cycles():
     assert path is not None, out
     cycles, handed, launched = int(path[1]), float(path[2]), float(path[3])
     assert cycles > 0 and 0 < handed <= launched, out
+    line = out[path.start():].splitlines()[0]
+    marks = re.findall(r"(?:: |, )([a-z ]+) [\d.]+ / [\d.]+", line)
+    assert marks == ["handed on", "phase starts", "chains handed in", "chains read", "chains launched",
+                     "verify launched"], out
 
 
 def test_first_sessions_reports_every_request():
