@@ -238,6 +238,8 @@ class _Request:
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
+    filled: tuple[OnTheWay, int] | None = None  # a verify launched at the read (`_verify_ahead`): its drafts as filled
+    #                                             on the device, on their way to the host, from this offset there
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
@@ -269,6 +271,7 @@ class _Launched:
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
     timeline: tuple | None = None  # launched in a drafting phase: marks (_mark) as it began, before and after the launch
+    at_read: bool = False  # launched at the read of the verify before it (`_verify_ahead`), before its drafting phase
 
 
 @dataclass(eq=False)
@@ -321,6 +324,8 @@ class _Ahead:
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
     later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
+    drafts: torch.Tensor | None = None  # [greedy rows, steps]: the tokens those steps draft, by row as `rows` (a
+    #                                     replayed row's the ones it knows), valid as far as each row's steps launched
 
 
 class StepDrafter(Protocol):
@@ -415,6 +420,8 @@ class _Row:
     handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     early: "_Request | None" = None  # its verify, launched from its draft's tokens on the device, not confirmed yet
+    block: Drafted | None = None  # its block from a drafting phase after a verify launched at the read, with no verify
+    #                               launched for it: the verify its plan asks for is of it (`_replan`)
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
@@ -471,6 +478,7 @@ class BatchedRunner(ModelRunner):
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
+        self.verify_at_read = True  # with those: the next verify from them, at the read (_verify_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -499,7 +507,8 @@ class BatchedRunner(ModelRunner):
         self._phase_mark: float | torch.cuda.Event = 0.0  # and where the device's queue stood then (_mark)
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
-        self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
+        self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes, while nothing else has
+        #                                        written to it since (launch_ahead checks)
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
         #                                     have written a token the committed sequence lacks (`_new_tokens`)
         self._closes = [0] * max_sessions  # per slot, how many times it was closed: a slot's sessions apart
@@ -569,6 +578,7 @@ class BatchedRunner(ModelRunner):
             return
         self._closes[index] += 1
         self._rewrite.pop(index, None)
+        self._chain_ends.pop(index, None)
         with self._cv:
             self._open.discard(index)
             self._expected.discard(index)
@@ -760,7 +770,10 @@ class BatchedRunner(ModelRunner):
         """Hand the engine forwards (all in the same steps) and wait for them; the first error is raised."""
         if not requests:
             return
-        if self._ahead is not None:  # another forward's writes: the step launched ahead no longer stands for them
+        for r in requests:
+            if r.chain is None:  # another forward's writes: a chain launched ahead no longer follows the last one
+                self._chain_ends.pop(r.index, None)
+        if self._ahead is not None:  # and the step launched ahead no longer stands for them
             self._ahead.touched.update(r.index for r in requests if r.chain is None)
         with self._cv:
             if self._stopping:
@@ -927,10 +940,12 @@ class BatchedRunner(ModelRunner):
                         inflight.ahead = ahead is not None or chunk is not None  # a replay since: only `top` stands
                     if inflight is not None:
                         self._read(inflight)
-                        self._expect_ahead(following)
+                        verified = self._expect_ahead(following)
+                        if verified and ahead is None and self.verify_at_read:
+                            self._verify_ahead(verified)
                 if inflight is not None:
                     self._hand_on(inflight)
-                if ahead is not None:
+                if ahead is not None or self._early is not None:
                     self._publish()  # the device is busy with the next step: stream now
             except BaseException as e:  # noqa: BLE001 - handed to every waiting session, the loop goes on
                 log.exception("batched forward failed")
@@ -1125,7 +1140,8 @@ class BatchedRunner(ModelRunner):
         if self.drafter is None:
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
-        told = self._launch_early if early and self.early_verify and before is None else None
+        told = (self._launch_early if early and self.early_verify and before is None
+                else self._attach_blocks if before is not None and before.at_read else None)
         if told is not None:  # read by _launch_early, for the engine's log
             self._phase_began, self._phase_mark = t0, self._mark()
         if not self.drafter.draft(told):
@@ -1139,8 +1155,8 @@ class BatchedRunner(ModelRunner):
         s.drafting_longest_s = max(s.drafting_longest_s, done - t0)
         self.on_drafting(done - t0)
         step = self._early
-        if step is not before:  # launched in this phase: its cost is what follows it
-            step.began = step.launched = done
+        if step is not None and (step is not before or step.at_read):  # launched in this phase or at the read before
+            step.began = step.launched = done  # it: its cost is what follows it
             step.drafted_before = s.drafting_s
         return True
 
@@ -1188,6 +1204,71 @@ class BatchedRunner(ModelRunner):
                 r.row.early, r.row.busy = r, True
         self._early_rows = [r.row for r in early]
 
+    def _verify_ahead(self, verified: list[tuple[_Request, VerifyResult]]) -> None:
+        """A verify of drafted blocks is read, and the draft steps of its rows' next chains are on the device behind it
+        (`_draft_ahead`): launch the step that verifies those chains now, before the host completes the cycle and runs
+        its drafting phase, with every other forward ready to run. Each row's ids: its bonus token, then the drafts of
+        the steps launched ahead, filled on the device (`drafts_ahead`); a row whose next cycle verifies as many drafts
+        as this one (the usual case) finds it on the device, so the device goes from the draft steps straight to the
+        verify, and the host's handing on, drafting phase and planning overlap it instead of preceding it. Each is kept
+        only where its row's plan asks for exactly that forward, its drafts those filled (`_confirms`); near its end, a
+        row's verify has as many drafts as its plan may still ask for (`TargetSequence.max_k`)."""
+        specs = []  # (the verify read, the next one's start, its bonus token, its drafts)
+        for r, v in verified:
+            start = self._drafts_from(r) + v.accepted
+            k = min(r.keep - 1, r.row.loop.tokens_left - v.accepted - 2) if r.row is not None else 0  # as `max_k`
+            if k > 0 and start + k + 1 <= self.max_len:
+                specs.append((r, start, v.token_ids[-1], k))
+        if not specs or self._early is not None:
+            return
+        began = self._mark()  # behind the draft steps launched ahead: the device waits for the verify from here
+        runner = specs[0][0].drafted.ahead
+        specs = [spec for spec in specs if spec[0].drafted.ahead is runner]
+        ok, drafts = runner.drafts_ahead([(r.drafted.row, k) for r, _, _, k in specs])
+        if drafts is None or drafts.device != self.device:
+            return
+        early, fill = [], []
+        for row, (r, start, bonus, k) in enumerate(spec for spec, good in zip(specs, ok) if good):
+            early.append(_Request(r.index, start, [bonus, *[0] * k], k + 1, True, row=r.row, done=None))
+            fill += [(r.index, 1 + j, row * drafts.shape[1] + j) for j in range(k)]
+        index = self._on_device(fill).T  # [3, drafts]: rows and columns of the step, each draft's place in `drafts`
+        with self._cv:
+            steps, _ = self._split_pending(chunks=0, alongside=len(early))  # as _launch_early's
+        try:
+            values = drafts.view(-1)[index[2]]  # the drafts, in fill order
+            filled = OnTheWay(values)
+            before = self._mark()
+            step = self._launch(steps + early, fill=(index[0], index[1], values))
+        except BaseException:  # noqa: BLE001 - the rows are verified as usual, after their drafting phase
+            log.exception("launching a verify from the draft steps launched ahead failed; the rows verify as usual")
+            with self._cv:
+                self._pending[:0] = steps
+            return
+        at = 0
+        for r in early:
+            r.filled, at = (filled, at), at + r.keep - 1
+        step.timeline, step.at_read = (began, before, self._mark()), True
+        s = self.stats
+        self._early, s.read_verifies, s.read_steps = step, s.read_verifies + len(early), s.read_steps + 1
+        for r in early:
+            r.row.early = r
+        self._early_rows = [r.row for r in early]
+
+    def _attach_blocks(self, drafted: list[tuple[object, Drafted]]) -> None:
+        """A drafting phase after a verify launched at the read (`_verify_ahead`): each row's block, once launched, is
+        the one its verify verifies where its plan confirms it (`_confirms`), and its next chain's first steps are
+        launched from it (`_draft_ahead`); a row with none launched verifies it in the next step, and the draft steps
+        of its next chain are launched from that one, so it joins the verifies launched at the read."""
+        rows = self._idle_rows_by_link()
+        for link, block in drafted:
+            row = rows.get(id(link))
+            if row is None:
+                continue
+            if row.early is None:
+                row.block = block  # a row that joins the verifies at the read: its verify is of this block
+            elif row.early.keep - 1 == block.steps:
+                row.early.drafted = block
+
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
         first step from the step's outcome on the device (`launch_ahead`: a greedy row's from its argmax, a sampled
@@ -1216,13 +1297,27 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in greedy], rows[0].drafted.tokens, step.top, read,
+                                 for r in greedy], self._blocks_tokens(greedy + sampled), step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
                                 steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
         return greedy + sampled + joins
+
+    def _blocks_tokens(self, rows: list[_Request]) -> torch.Tensor:
+        """The drafts of these rows' blocks as one tensor [draft slots, steps] on the device (`Drafted.tokens`, each row
+        at its draft slot): theirs where one drafting phase drafted them all, else merged (a row that joined the verifies
+        launched at the read brings its block from the phase before: `_Row.block`)."""
+        tensors = {id(r.drafted.tokens): r.drafted.tokens for r in rows}
+        if len(tensors) <= 1:
+            return rows[0].drafted.tokens if rows else None
+        merged = torch.zeros((max(t.shape[0] for t in tensors.values()), max(t.shape[1] for t in tensors.values())),
+                             dtype=torch.long, device=rows[0].drafted.tokens.device)
+        for t in tensors.values():
+            index = self._on_device([r.drafted.row for r in rows if r.drafted.tokens is t], t.device)
+            merged[index, :t.shape[1]] = t[index]
+        return merged
 
     def _idle_rows_by_link(self) -> dict[int, _Row]:
         """The open driven rows in no step, by their draft link, as a drafting phase names its blocks."""
@@ -1263,9 +1358,11 @@ class BatchedRunner(ModelRunner):
                     r.verified = VerifyResult(accepted, [*drafts[:accepted], token])
 
     @classmethod
-    def _expect_ahead(cls, rows: list[_Request]) -> None:
+    def _expect_ahead(cls, rows: list[_Request]) -> list[tuple[_Request, VerifyResult]]:
         """The verify launched ahead of is read and verified: tell the draft runner how each row's next chain must begin
-        (a joining session's: after its prompt, with the token drawn after it)."""
+        (a joining session's: after its prompt, with the token drawn after it). -> the greedy rows, each with its
+        verification (`_verify_ahead`)."""
+        greedy = []
         for r in rows:
             if r.void:
                 continue
@@ -1278,6 +1375,9 @@ class BatchedRunner(ModelRunner):
             if verified is not None and not verified.dropped:
                 r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, verified.accepted,
                                              verified.token_ids[-1])
+                if r.greedy:
+                    greedy.append((r, verified))
+        return greedy
 
     @staticmethod
     def _drafts_from(verify: _Request) -> int:
@@ -1304,10 +1404,17 @@ class BatchedRunner(ModelRunner):
                 if (early is not None and forward.greedy == early.greedy
                         and self._confirms(early, slot.length, ids, forward.keep)):
                     early.ids = list(ids)
-                    self.stats.early_kept += 1
-                    return  # the same: on the device since the drafting phase
+                    if early.filled is None:
+                        self.stats.early_kept += 1
+                    else:
+                        self.stats.read_kept += 1
+                    return  # the same: on the device since the drafting phase (or the read before it)
                 request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
                                    done=None)  # the engine completes it: nobody waits on an event
+                block, row.block = row.block, None
+                if (block is not None and forward.greedy and block.steps == forward.keep - 1
+                        and list(ids[len(ids) - block.steps:]) == block.fed[:block.steps]):
+                    request.drafted = block
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
@@ -1327,10 +1434,15 @@ class BatchedRunner(ModelRunner):
     @staticmethod
     def _confirms(early: _Request, start: int, ids: Sequence[int], keep: int) -> bool:
         """Whether a planned forward is the one launched early: the same row start, committed tokens and block
-        (its drafts the tokens the device drew and fed it, `Drafted.fed`)."""
+        (its drafts the tokens the device drew and fed it, `Drafted.fed`, or, launched at the read, those it filled)."""
         head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
-        return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
-                and list(ids[:head]) == early.ids[:head] and list(ids[head:]) == early.drafted.fed[:keep - 1])
+        if not (start == early.start and keep == early.keep and len(ids) == len(early.ids)
+                and list(ids[:head]) == early.ids[:head]):
+            return False
+        if early.filled is None:
+            return list(ids[head:]) == early.drafted.fed[:keep - 1]
+        values, at = early.filled
+        return list(ids[head:]) == values.get()[at:at + keep - 1]
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -1579,13 +1691,15 @@ class BatchedRunner(ModelRunner):
         Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
         steps are those launched ahead from the verify's argmax where they stand for that chain (`_taken_ahead`): the
         others run theirs in a forward of their rows alone."""
+        for r in requests:
+            self._chain_ends.pop(r.index, None)  # until the pass is done
         try:
             first = self._taken_ahead(requests)  # per step, the chains whose values of it are in already
             left = requests
             tell = True  # chains whose caller wants them are told of the first pass's tokens
             while left:
                 left, first, tell = self._chain_pass(left, first, tell), None, False
-            self._chain_ends = {r.index: r.start for r in requests}
+            self._chain_ends.update({r.index: r.start for r in requests})
         except BaseException as e:  # noqa: BLE001 - the caller's to handle
             for r in requests:
                 self._fail(r, e)
@@ -1737,16 +1851,19 @@ class BatchedRunner(ModelRunner):
         """Seconds between two marks, once the later one is done."""
         return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
-    def _time_early(self, began: "float | torch.cuda.Event", before: "float | torch.cuda.Event",
-                    after: "float | torch.cuda.Event") -> None:
-        """A step launched in a drafting phase is read: how long the device waited for it once the work queued before the
-        phase was done (the last verify, the draft steps launched ahead), and how long it ran: the engine's log says
-        whether a late launch or the device's own work holds a drafted cycle."""
+    def _time_early(self, step: _Launched) -> None:
+        """A step launched in a drafting phase (or at the read before it) is read: how long the device waited for it
+        once the work queued before the phase (the read) was done (the last verify, the draft steps launched ahead),
+        and how long it ran: the engine's log says whether a late launch or the device's own work holds a drafted
+        cycle. `step.timeline`: marks as its phase (read) began, before and after its launch."""
+        began, before, after = step.timeline
         if not isinstance(after, float):
             after.synchronize()  # recorded behind the step's own read-back
-        s = self.stats
-        s.early_waited_s += self._elapsed(began, before)
-        s.early_device_s += self._elapsed(before, after)
+        s, waited, ran = self.stats, self._elapsed(began, before), self._elapsed(before, after)
+        if step.at_read:
+            s.read_waited_s, s.read_device_s = s.read_waited_s + waited, s.read_device_s + ran
+        else:
+            s.early_waited_s, s.early_device_s = s.early_waited_s + waited, s.early_device_s + ran
 
     def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
                      known_drafts: list[tuple[int, int, int]]) -> list:
@@ -1855,23 +1972,25 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
+            later, drafts = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else ([], None)
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
-                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
+                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later,
+                             drafts=drafts)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
                       outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
+                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
+        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> (per step from the
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); the
+        tokens the chains draft [m, most steps], as far as each one's steps were launched: `drafts_ahead`)."""
         _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
@@ -1881,10 +2000,14 @@ class BatchedRunner(ModelRunner):
                                      for spec, _, f in rows])
             replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
         later = []
-        for s in range(1, most):  # the last step's draft is fed to no step
+        drafts = torch.empty((len(rows), most), dtype=torch.long, device=self.device)  # [m, most]
+        for s in range(1, most + 1):  # the last step's draft is fed to no step
             if knows:
                 token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
                                     token)
+            drafts[:, s - 1] = token
+            if s == most:
+                break
             live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
             if not live:
                 continue
@@ -1901,7 +2024,7 @@ class BatchedRunner(ModelRunner):
             token[index] = values[:, 0]
             later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
             self.stats.count(len(live), 1)
-        return later
+        return later, drafts
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -1929,6 +2052,22 @@ class BatchedRunner(ModelRunner):
             self._rewrite.pop(slot, None)
         ahead.expected[slot] = ((start + accepted, [token]) if accepted < k or not k
                                 else (start + k - 1, [drafts[-1], token]))
+
+    def drafts_ahead(self, rows: Sequence[tuple[int, int]]) -> tuple[list[bool], torch.Tensor | None]:
+        """The drafts of greedy rows' next chains whose steps were launched ahead (`launch_ahead`), for a verify of them
+        launched before the host reads them: for each (draft slot, steps), whether its chain's first `steps` steps were
+        launched, and those rows' tokens [rows', most steps] on the device, in order. What a row's chain drafts in the
+        end may differ (it takes another turn, `_taken_ahead`): such a verify is kept only where they agree."""
+        ahead = self._ahead
+        if ahead is None or ahead.drafts is None:
+            return [False] * len(rows), None
+        launched = {slot: 1 for slot, i in ahead.rows.items() if i < len(ahead.drafts)}  # not the joins (after them)
+        for where, _ in ahead.later:
+            for slot in where:
+                launched[slot] += 1
+        ok = [launched.get(slot, 0) >= steps > 0 for slot, steps in rows]
+        taken = [ahead.rows[slot] for (slot, _), good in zip(rows, ok) if good]
+        return ok, ahead.drafts[self._on_device(taken)] if taken else None
 
     def joined_ahead(self, slot: KVSlot, ids: Sequence[int], read: Callable[[torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor | None:
@@ -2024,7 +2163,7 @@ class BatchedRunner(ModelRunner):
         top = step.host_top.tolist() if step.host_top is not None else None
         read = time.perf_counter()
         if step.timeline is not None:
-            self._time_early(*step.timeline)
+            self._time_early(step)
         began = max(step.began, self._read_at)  # launched ahead: its cost starts when the last step was read
         self.stats.forward_s += read - max(step.launched, self._read_at)
         self._read_at = read
