@@ -860,8 +860,9 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it); "
-                     "t(rows x tokens) ms %s",
+                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it), "
+                     "%d launched at the read of the verify before (%.0f%% kept, the device waiting %.1f ms for them, "
+                     "%.1f ms on it); t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -873,6 +874,10 @@ class BatchedRunner(ModelRunner):
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
                          (s.early_after_s, since.early_after_s), (s.early_waited_s, since.early_waited_s),
                          (s.early_device_s, since.early_device_s))),
+                     s.read_verifies - since.read_verifies,
+                     100 * (s.read_kept - since.read_kept) / max(1, s.read_verifies - since.read_verifies),
+                     *(1e3 * (now - then) / max(1, s.read_steps - since.read_steps) for now, then in (
+                         (s.read_waited_s, since.read_waited_s), (s.read_device_s, since.read_device_s))),
                      self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
