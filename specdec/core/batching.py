@@ -326,6 +326,15 @@ class _Ahead:
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
     drafts: torch.Tensor | None = None  # [greedy rows, steps]: the tokens those steps draft, by row as `rows` (a
     #                                     replayed row's the ones it knows), valid as far as each row's steps launched
+    host: OnTheWay | None = None  # the greedy rows' values of every step, flattened in order (`values`, then `later`'s),
+    #                               on their way to the host from before the work launched behind them (`copy_ahead`)
+
+    def host_rows(self, step: int, rows: list[int]) -> list[list[float]]:
+        """Those rows of a step's values, as `host` has them (step 0: `values`; s: `later[s - 1]`)."""
+        parts = [self.values, *(values for _, values in self.later)]
+        at, width = sum(p.numel() for p in parts[:step]), parts[step].shape[1]
+        flat = self.host.get()
+        return [flat[at + i * width:at + (i + 1) * width] for i in rows]
 
 
 class StepDrafter(Protocol):
@@ -1242,6 +1251,7 @@ class BatchedRunner(ModelRunner):
         try:
             values = drafts.view(-1)[index[2]]  # the drafts, in fill order
             filled = OnTheWay(values)
+            runner.copy_ahead()
             before = self._mark()
             step = self._launch(steps + early, fill=(index[0], index[1], values))
         except BaseException:  # noqa: BLE001 - the rows are verified as usual, after their drafting phase
@@ -1713,13 +1723,15 @@ class BatchedRunner(ModelRunner):
             _wake(r)
 
     def _chain_pass(self, requests: list[_Request],
-                    first: list[list[tuple[list[_Request], torch.Tensor, object]]] | None, tell: bool) -> list[_Request]:
+                    first: list[list[tuple[list[_Request], torch.Tensor, object, object]]] | None, tell: bool
+                    ) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
         device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
         on a step at a time."""
         reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device,
         #              a sampled group's (q [members, V'], its logits [members, V]), else None)
+        hosts = []  # per read: its values on the host already (`_taken_ahead`), else None
         slots = max(r.index for r in requests) + 1
         fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
         told = [r for r in requests if r.chain.launched is not None] if tell else []
@@ -1734,8 +1746,8 @@ class BatchedRunner(ModelRunner):
         while live:
             with self._turn(), torch.inference_mode():
                 in_already = first[step] if step < len(first) else []
-                groups = [(members, self._on_device([r.index for r in members]), values, extra)
-                          for members, values, extra in in_already]
+                groups = [(members, self._on_device([r.index for r in members]), values, extra, host)
+                          for members, values, extra, host in in_already]
                 taken = {r for members, *_ in in_already for r in members}
                 run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
                 if run:
@@ -1745,21 +1757,22 @@ class BatchedRunner(ModelRunner):
                         r.chain.group is None or r.chain.group.known is None)], fed)
                     timed.append((len(run), before, self._mark()))
                     self.stats.count(len(run), ids.shape[1])
-                    groups += [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
-                               for read, members in self._by_read(run).items()]
+                    groups += [(members, *self._read_rows(logits, read, members), None, None)  # [members],
+                               for read, members in self._by_read(run).items()]                  # [members, m]
                     sampled = [r for r in run if r.chain.sampled is not None and not r.chain.stepwise]
                     if sampled:
-                        groups.append((sampled, *self._draw_chained(logits, sampled)))
+                        groups.append((sampled, *self._draw_chained(logits, sampled), None))
                     alone = [r for r in run if r.chain.stepwise]
                     if alone:
                         where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
                                                 logits.device)
                         stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
-                for members, rows, values, extra in groups:
+                for members, rows, values, extra, host in groups:
                     fed[rows] = values[:, 0]
                     if drafted is not None:
                         drafted[rows, step] = values[:, 0]
                     reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
+                    hosts.append(host)
             for r in live:
                 r.start, known = r.start + len(r.ids), r.chain.group.known if r.chain.group is not None else None
                 r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1767,8 +1780,11 @@ class BatchedRunner(ModelRunner):
                     known_drafts.append((r.index, step, r.ids[0]))
             step += 1
             live = [r for r in live if steps[r] > step]
-        flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
-                                  known_drafts) if reads else [])  # the host read
+        if reads and all(host is not None for host in hosts):  # no host read: work launched since need not be waited for
+            flat = self._read_chains(None, told, drafted, known_drafts, [x for host in hosts for row in host for x in row])
+        else:
+            flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
+                                      known_drafts) if reads else [])  # the host read
         self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
         for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
             self.costs.observe(rows, 1, self._elapsed(before, after))
@@ -1870,17 +1886,18 @@ class BatchedRunner(ModelRunner):
         else:
             s.early_waited_s, s.early_device_s = s.early_waited_s + waited, s.early_device_s + ran
 
-    def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
-                     known_drafts: list[tuple[int, int, int]]) -> list:
-        """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
-        (`drafted` [slots, steps], a replayed draft's written in from `known_drafts`) before the host waits: on a
-        GPU the values are copied behind an event, so work the callers launch meanwhile runs while the host reads."""
+    def _read_chains(self, values: torch.Tensor | None, told: list[_Request], drafted: torch.Tensor | None,
+                     known_drafts: list[tuple[int, int, int]], host: list | None = None) -> list:
+        """A chained draft's values [m] read to the host (`host`: those values there already, `values` None). Chains
+        whose caller wants them are told of their tokens (`drafted` [slots, steps], a replayed draft's written in from
+        `known_drafts`) before the host waits: on a GPU the values are copied behind an event, so work the callers
+        launch meanwhile runs while the host reads."""
         if not told:
-            return values.tolist()
+            return values.tolist() if host is None else host
         if known_drafts:
             known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
-        read_back = OnTheWay(values, self._chain_reads)
+        read_back = OnTheWay(values, self._chain_reads) if host is None else None
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             group = r.chain.group
@@ -1892,7 +1909,7 @@ class BatchedRunner(ModelRunner):
                 call(chains)
             except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
                 log.exception("a chained draft's caller failed on its launched tokens")
-        return read_back.get()
+        return read_back.get() if host is None else host
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -2058,6 +2075,14 @@ class BatchedRunner(ModelRunner):
         ahead.expected[slot] = ((start + accepted, [token]) if accepted < k or not k
                                 else (start + k - 1, [drafts[-1], token]))
 
+    def copy_ahead(self) -> None:
+        """Start copying the values of the greedy steps launched ahead to the host, before the caller launches work
+        behind them (`_verify_ahead`): the drafting phase's chains that take those steps read them from this copy
+        (`_taken_ahead`), not from one queued behind that work, which they would wait for."""
+        ahead = self._ahead
+        if ahead is not None and ahead.values is not None and ahead.host is None:
+            ahead.host = OnTheWay(torch.cat([ahead.values.flatten(), *(values.flatten() for _, values in ahead.later)]))
+
     def drafts_ahead(self, rows: Sequence[tuple[int, int]]) -> tuple[list[bool], torch.Tensor | None]:
         """The drafts of greedy rows' next chains whose steps were launched ahead (`launch_ahead`), for a verify of them
         launched before the host reads them: for each (draft slot, steps), whether its chain's first `steps` steps were
@@ -2091,9 +2116,10 @@ class BatchedRunner(ModelRunner):
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
-    def _taken_ahead(self, requests: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor, object]]]:
+    def _taken_ahead(self, requests: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor, object, object]]]:
         """Per step from the first, the chains whose values of that step they have already, in groups as a step's
-        (members, values [members, m] in their order, a sampled group's (q, logits) or None): the first step's from a
+        (members, values [members, m] in their order, a sampled group's (q, logits) or None, those values on the host
+        where they were copied before later work: `copy_ahead`, else None): the first step's from a
         chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
         ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
         read (a sampled chain's: for the same chain); the later steps' launched ahead (`_launch_later`), for the chains
@@ -2115,11 +2141,12 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(from_ahead)
             ahead_values = ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])] if from_ahead else None
             if taken and len(from_ahead) == len(taken):  # the usual case: one gather, not a tensor per row
-                groups.append((taken, ahead_values, None))
+                host = ahead.host_rows(0, [ahead.rows[r.index] for r in taken]) if ahead.host is not None else None
+                groups.append((taken, ahead_values, None, host))
             elif taken:
                 values = iter(ahead_values.unbind() if from_ahead else ())
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
-                                                   for r in taken]), None))
+                                                   for r in taken]), None, None))
             later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
@@ -2127,7 +2154,7 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(drawn)
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
-            groups.append((drawn, values[index], (q[index], logits[index])))
+            groups.append((drawn, values[index], (q[index], logits[index]), None))
         return [groups, *later]
 
     def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple]]:
@@ -2139,7 +2166,9 @@ class BatchedRunner(ModelRunner):
             if not chains:
                 break
             self.stats.ahead_kept += len(chains)
-            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
+            rows = [where[r.index] for r in chains]
+            steps.append([(chains, values[self._on_device(rows)], None,
+                           ahead.host_rows(len(steps) + 1, rows) if ahead.host is not None else None)])
         return steps
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:

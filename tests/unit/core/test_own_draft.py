@@ -165,6 +165,23 @@ def test_sessions_joining_mid_flight_join_the_verifies_launched_at_the_read(tiny
     assert sum(launched.values()) >= drafted - 3 * len(cases), (sum(launched.values()), drafted)
 
 
+def test_a_phase_after_a_verify_launched_at_the_read_reads_the_copy_made_before_it(tiny_pair_fp32, engine, monkeypatch):
+    """The draft runner's values of the steps launched ahead are copied to the host before the verify launched at the
+    read goes behind them (`copy_ahead`): a drafting phase whose chains all take those steps reads that copy, not a
+    read queued behind the verify, which on a GPU would hold the phase's picks and plans until the verify is done.
+    Most phases read so, and the output is target-only's."""
+    pair, (target, _) = tiny_pair_fp32, engine
+    reads, read_chains = [], BatchedRunner._read_chains
+
+    def recording(self, values, *args, **kwargs):
+        reads.append(values is None)
+        return read_chains(self, values, *args, **kwargs)
+    monkeypatch.setattr(BatchedRunner, "_read_chains", recording)
+    cases = [(pair.encode(p), 24, 2 + i % 3) for i, p in enumerate(PROMPTS[6:11])]
+    launched, _ = equal_to_target_only(pair, engine, cases, lambda: (target.stats.read_verifies, 0))
+    assert launched > 0 and 2 * sum(reads) > len(reads), (sum(reads), len(reads))
+
+
 def test_a_verify_launched_at_the_read_whose_drafts_the_chain_does_not_draft_is_dropped(tiny_pair_fp32, engine,
                                                                                          monkeypatch):
     """A verify launched at the read takes its drafts from the draft steps launched ahead; where the block its row's
