@@ -326,6 +326,7 @@ class _Ahead:
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
     drafts: torch.Tensor | None = None  # [greedy rows, steps]: the tokens those steps draft, by row as `rows` (a
     #                                     replayed row's the ones it knows), valid as far as each row's steps launched
+    joined: set[int] = field(default_factory=set)  # the join slots whose catch-up a phase took (`joined_ahead`)
     host: OnTheWay | None = None  # the greedy rows' values of every step, flattened in order (`values`, then `later`'s),
     #                               on their way to the host from before the work launched behind them (`copy_ahead`)
 
@@ -2113,6 +2114,7 @@ class BatchedRunner(ModelRunner):
             return None
         slot.tokens = list(ids)
         self.stats.joins_kept += 1
+        ahead.joined.add(slot.index)
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
@@ -2143,10 +2145,13 @@ class BatchedRunner(ModelRunner):
             if taken and len(from_ahead) == len(taken):  # the usual case: one gather, not a tensor per row
                 host = ahead.host_rows(0, [ahead.rows[r.index] for r in taken]) if ahead.host is not None else None
                 groups.append((taken, ahead_values, None, host))
-            elif taken:
+            elif taken:  # some first steps from catch-ups: those taken from the step launched ahead are in `host` too
                 values = iter(ahead_values.unbind() if from_ahead else ())
+                host = (ahead.host_rows(0, [ahead.rows[r.index] for r in taken]) if ahead is not None
+                        and ahead.host is not None and all(r.chain.first is None or r.index in ahead.joined
+                                                           for r in taken) else None)
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
-                                                   for r in taken]), None, None))
+                                                   for r in taken]), None, host))
             later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]

@@ -169,17 +169,29 @@ def test_a_phase_after_a_verify_launched_at_the_read_reads_the_copy_made_before_
     """The draft runner's values of the steps launched ahead are copied to the host before the verify launched at the
     read goes behind them (`copy_ahead`): a drafting phase whose chains all take those steps reads that copy, not a
     read queued behind the verify, which on a GPU would hold the phase's picks and plans until the verify is done.
-    Most phases read so, and the output is target-only's."""
-    pair, (target, _) = tiny_pair_fp32, engine
-    reads, read_chains = [], BatchedRunner._read_chains
+    Most phases read so, those whose new sessions' catch-ups joined the steps launched ahead too, and the output is
+    target-only's."""
+    pair, (target, draft) = tiny_pair_fp32, engine
+    reads, joined, read_chains, taken_ahead = [], [], BatchedRunner._read_chains, BatchedRunner._taken_ahead
 
     def recording(self, values, *args, **kwargs):
         reads.append(values is None)
         return read_chains(self, values, *args, **kwargs)
+
+    def joins_read(self, requests):
+        steps = taken_ahead(self, requests)
+        joined.extend(host is not None for members, _, _, host in steps[0] if any(r.chain.first is not None
+                                                                                   for r in members))
+        return steps
     monkeypatch.setattr(BatchedRunner, "_read_chains", recording)
+    monkeypatch.setattr(BatchedRunner, "_taken_ahead", joins_read)
     cases = [(pair.encode(p), 24, 2 + i % 3) for i, p in enumerate(PROMPTS[6:11])]
-    launched, _ = equal_to_target_only(pair, engine, cases, lambda: (target.stats.read_verifies, 0))
-    assert launched > 0 and 2 * sum(reads) > len(reads), (sum(reads), len(reads))
+    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
+                for ids, n, _ in cases]
+    launched, joins = target.stats.read_verifies, draft.stats.joins_kept
+    assert [out for out, _ in staggered(pair, engine, cases, 0.03)] == expected
+    assert target.stats.read_verifies > launched and 2 * sum(reads) > len(reads), (sum(reads), len(reads))
+    assert draft.stats.joins_kept > joins and any(joined), joined
 
 
 def test_a_verify_launched_at_the_read_whose_drafts_the_chain_does_not_draft_is_dropped(tiny_pair_fp32, engine,
