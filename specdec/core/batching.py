@@ -50,7 +50,11 @@ draft computes while the host completes the cycle; the next drafting phase takes
 the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
 otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
-drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). Once the host has
+read the verify, it knows each row's accepted drafts and bonus token, and its next chain's steps are on the device:
+it launches the next verify from those steps' tokens right then (`_verify_ahead`), before handing on, so the device
+goes from the draft steps to the verify while the host completes, drafts (reading a copy of the steps' values made
+before that verify) and plans; each is kept only where the row's plan asks for exactly that forward.
 """
 
 from __future__ import annotations
