@@ -200,11 +200,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy requests; else every request samples at this temperature (seed 0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
-    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each", "read"], default="default",
                         help="launch a drafted cycle's verify from the drafted tokens on the device, the next "
                         "chains' draft steps from its argmax, and the next verify from those at its read (the engine's "
                         "default: on a GPU); both: each drafting configuration with them on, then off; each: all "
-                        "three, the first two, the verify alone, none")
+                        "three, the first two, the verify alone, none; read: all three, then the first two")
     args = parser.parse_args()
     if args.replay_alpha is not None and args.temperature > 0:
         parser.error("--replay-alpha replays greedy references: it cannot be combined with --temperature "
@@ -241,7 +241,8 @@ def main() -> None:
     runner = engine.runner  # (early verify, draft ahead, verify at the read)
     on, off = (True, True, True), (False, False, False)
     earlies = {"default": [(runner.early_verify,) * 3], "on": [on], "off": [off], "both": [on, off],
-               "each": [on, (True, True, False), (True, False, False), off]}[args.early_verify]
+               "each": [on, (True, True, False), (True, False, False), off],
+               "read": [on, (True, True, False)]}[args.early_verify]
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
