@@ -996,8 +996,8 @@ class BatchedRunner(ModelRunner):
                 if self._stopping:
                     self._stop_all()
                     return None
-                if self._early is not None:  # a step is on the device already
-                    return self._split_pending()
+                if self._early is not None:  # a step is on the device already (launched at the read: new prompts
+                    return self._split_pending(alone=not self._early.at_read)  # go in the next, as its catch-ups do)
                 now = time.monotonic()
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
@@ -1020,18 +1020,20 @@ class BatchedRunner(ModelRunner):
         with self._cv:
             return self._split_pending(alongside=alongside)
 
-    def _split_pending(self, chunks: int | None = 1, alongside: int = 0) -> tuple[list[_Request], list[_Request]]:
+    def _split_pending(self, chunks: int | None = 1, alongside: int = 0, alone: bool = True
+                       ) -> tuple[list[_Request], list[_Request]]:
         """The pending forwards that fit a step, and the longer ones whose next chunks run eagerly: at most
         `chunks` of them (None: all); the rest stay pending, new prompts held back for company among them
-        (`_held_joins`; `alongside`: rows the step carries besides these). The caller holds the lock."""
+        (`_held_joins`; `alongside`: rows the step carries besides these), or run alone where that costs less
+        (`_alone`, unless not `alone`). The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
         held = self._held_joins(steps, alongside)
         if held:
             steps = [r for r in steps if r not in held]
-        if chunks and not long and (alone := self._alone(steps, alongside)):
-            steps = [r for r in steps if r not in alone]
-            long = alone
+        if chunks and alone and not long and (apart := self._alone(steps, alongside)):
+            steps = [r for r in steps if r not in apart]
+            long = apart
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
 
