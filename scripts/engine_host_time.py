@@ -57,11 +57,10 @@ TIMED = [(TargetLoop, "complete"), (TargetLoop, "plan"), (TargetLoop, "_tell"), 
 
 class PathTimer:
     """The host's path through a drafted cycle (`--time-path`): from the read of a step that verified drafted blocks
-    to the launch of the next verify from drafted tokens (at the read, `_verify_ahead`, or from the drafting phase's,
-    `_launch_early`), marked where the rows are handed on (`_hand_on` ends), where the drafting phase starts (`_draft`),
-    where its chains are handed to the draft runner (`decode_chains`), where their values are read (`_read_chains`)
-    and where they are launched (the early verify's call). On a GPU the device idles for what of it the draft steps
-    launched ahead do not cover."""
+    to the launch of the next verify from the drafting phase's tokens (`_launch_early`), marked where the rows are
+    handed on (`_hand_on` ends), where the drafting phase starts (`_draft`), where its chains are handed to the draft
+    runner (`decode_chains`), where their values are read (`_read_chains`) and where they are launched (the early
+    verify's call). On a GPU the device idles for what of it the draft steps launched ahead do not cover."""
 
     MARKS = ("handed on", "phase starts", "chains handed in", "chains read", "chains launched", "verify launched")
 
@@ -200,11 +199,10 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy requests; else every request samples at this temperature (seed 0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
-    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each", "read"], default="default",
-                        help="launch a drafted cycle's verify from the drafted tokens on the device, the next "
-                        "chains' draft steps from its argmax, and the next verify from those at its read (the engine's "
-                        "default: on a GPU); both: each drafting configuration with them on, then off; each: all "
-                        "three, the first two, the verify alone, none; read: all three, then the first two")
+    parser.add_argument("--early-verify", choices=["default", "on", "off", "both", "each"], default="default",
+                        help="launch a drafted cycle's verify from the drafted tokens on the device, and the next "
+                        "chains' draft steps from its argmax (the engine's default: on a GPU); both: each drafting "
+                        "configuration with them on, then off; each: on, the verify alone, off")
     args = parser.parse_args()
     if args.replay_alpha is not None and args.temperature > 0:
         parser.error("--replay-alpha replays greedy references: it cannot be combined with --temperature "
@@ -238,11 +236,10 @@ def main() -> None:
         engine.k = 0
         book = record_continuations(engine.client, target.tokenizer, args.tokens)
         replayed.factory = ReplayFactory(draft_runner, book, ReplayRates(alpha=args.replay_alpha))
-    runner = engine.runner  # (early verify, draft ahead, verify at the read)
-    on, off = (True, True, True), (False, False, False)
-    earlies = {"default": [(runner.early_verify,) * 3], "on": [on], "off": [off], "both": [on, off],
-               "each": [on, (True, True, False), (True, False, False), off],
-               "read": [on, (True, True, False)]}[args.early_verify]
+    runner = engine.runner  # (early verify, draft ahead)
+    earlies = {"default": [(runner.early_verify, True)], "on": [(True, True)], "off": [(False, False)],
+               "both": [(True, True), (False, False)],
+               "each": [(True, True), (True, False), (False, False)]}[args.early_verify]
     totals: collections.Counter = collections.Counter()
     if args.time_calls:
         time_calls(totals)
@@ -262,11 +259,10 @@ def main() -> None:
                     engine.k, engine.adaptive_k = k, adaptive
                     runner.drafter = None if k == 0 and args.bare_target_only else drafter
                     if early is not None:
-                        runner.early_verify, runner.draft_ahead, runner.verify_at_read = early
+                        runner.early_verify, runner.draft_ahead = early
                     loadtest.run_clients(client, clients, 1, prompts, 16, 600, seeds)  # warm-up (and the K's costs)
                     t, d = runner.stats, draft_runner.stats
                     steps, t_fwd, d_fwd, rows, launched, kept = t.steps, t.forward_s, d.forward_s, t.rows, t.early, t.early_kept
-                    at_read, at_read_kept = t.read_verifies, t.read_kept
                     ahead, ahead_kept, joins, joins_kept = d.ahead, d.ahead_kept, d.joins, d.joins_kept
                     phases = replace(drafter.stats)
                     widths = dict(t.widths)
@@ -286,15 +282,13 @@ def main() -> None:
                                          f"{dict(result.errors)}")
                     host = wall - (t.forward_s - t_fwd) - (d.forward_s - d_fwd)
                     label = "target-only" if k == 0 else f"<={k}" if adaptive else str(k)
-                    label += "" if early is None else (
-                        ", early verify, draft ahead and verify at the read" if all(early) else
-                        ", early verify and draft ahead" if early[1] else ", early verify" if early[0] else ", neither")
+                    label += "" if early is None else (", early verify and draft ahead" if all(early) else
+                                                       ", early verify" if early[0] else ", neither")
                     print(f"{clients} clients, K={label}: {result.tokens / wall:.0f} tok/s, {n} target steps, "
                           f"{(t.rows - rows) / n:.1f} rows per step, wall {1e3 * wall / n:.2f} ms per step: target forward "
                           f"{1e3 * (t.forward_s - t_fwd) / n:.2f}, draft forwards {1e3 * (d.forward_s - d_fwd) / n:.2f}, "
                           f"host {1e3 * host / n:.2f} ({1e6 * host / (t.rows - rows):.0f} us per row), "
-                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), at the read "
-                          f"{t.read_verifies - at_read} ({t.read_kept - at_read_kept} kept), draft rows launched ahead "
+                          f"early verifies {t.early - launched} ({t.early_kept - kept} kept), draft rows launched ahead "
                           f"{d.ahead - ahead} ({d.ahead_kept - ahead_kept} kept), new sessions' catch-ups launched with "
                           f"them {d.joins - joins} ({d.joins_kept - joins_kept} kept), phases catching up first "
                           f"{drafter.stats.catching_up - phases.catching_up} "

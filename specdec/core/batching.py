@@ -50,11 +50,7 @@ draft computes while the host completes the cycle; the next drafting phase takes
 the host, once it has verified, expects (a sampled row's only where the device's guess was the host's outcome;
 otherwise the slot forwards again what the step wrote). A session whose
 prompt step is in that verify joins the same draft step: its draft's row forwards the prompt and the token the target
-drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`). Once the host has
-read the verify, it knows each row's accepted drafts and bonus token, and its next chain's steps are on the device:
-it launches the next verify from those steps' tokens right then (`_verify_ahead`), before handing on, so the device
-goes from the draft steps to the verify while the host completes, drafts (reading a copy of the steps' values made
-before that verify) and plans; each is kept only where the row's plan asks for exactly that forward.
+drew after it, so its catch-up is no forward of its own that every row waits for (`joined_ahead`).
 """
 
 from __future__ import annotations
@@ -242,8 +238,6 @@ class _Request:
     void: bool = False  # a guess its session's plan did not confirm (or whose row ended): its results are dropped
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
-    filled: tuple[OnTheWay, int] | None = None  # a verify launched at the read (`_verify_ahead`): its drafts as filled
-    #                                             on the device, on their way to the host, from this offset there
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
@@ -275,7 +269,6 @@ class _Launched:
     drawn: list["_Request"] = field(default_factory=list)  # its plain sampled rows drawn on the device (_draw_ahead)
     drawn_logits: torch.Tensor | None = None  # [drawn, V]: their logits, kept past the next replay
     timeline: tuple | None = None  # launched in a drafting phase: marks (_mark) as it began, before and after the launch
-    at_read: bool = False  # launched at the read of the verify before it (`_verify_ahead`), before its drafting phase
 
 
 @dataclass(eq=False)
@@ -328,18 +321,6 @@ class _Ahead:
     guesses: OnTheWay | None = None  # the outcomes the device guessed for the sampled rows (`SampledAhead.outcomes`)
     later: list[tuple[dict[int, int], torch.Tensor]] = field(default_factory=list)  # the chains' next steps, in
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
-    drafts: torch.Tensor | None = None  # [greedy rows, steps]: the tokens those steps draft, by row as `rows` (a
-    #                                     replayed row's the ones it knows), valid as far as each row's steps launched
-    joined: set[int] = field(default_factory=set)  # the join slots whose catch-up a phase took (`joined_ahead`)
-    host: OnTheWay | None = None  # the greedy rows' values of every step, flattened in order (`values`, then `later`'s),
-    #                               on their way to the host from before the work launched behind them (`copy_ahead`)
-
-    def host_rows(self, step: int, rows: list[int]) -> list[list[float]]:
-        """Those rows of a step's values, as `host` has them (step 0: `values`; s: `later[s - 1]`)."""
-        parts = [self.values, *(values for _, values in self.later)]
-        at, width = sum(p.numel() for p in parts[:step]), parts[step].shape[1]
-        flat = self.host.get()
-        return [flat[at + i * width:at + (i + 1) * width] for i in rows]
 
 
 class StepDrafter(Protocol):
@@ -434,8 +415,6 @@ class _Row:
     handed: bool = False  # its first cycle went out (always at once: the time to first token)
     busy: bool = False  # the engine is planning it or has its forward in flight (guarded by the engine's lock)
     early: "_Request | None" = None  # its verify, launched from its draft's tokens on the device, not confirmed yet
-    block: Drafted | None = None  # its block from a drafting phase after a verify launched at the read, with no verify
-    #                               launched for it: the verify its plan asks for is of it (`_replan`)
     closed: bool = False  # its reader has gone: drop it once the engine is done with it
     released: threading.Event = field(default_factory=threading.Event)  # the engine no longer touches it
     cycle_end: float = 0.0  # when its last cycle's forward was done (BatchedRunner._time_cycle)
@@ -492,7 +471,6 @@ class BatchedRunner(ModelRunner):
         self.lookahead = self.cuda_graphs if lookahead is None else lookahead
         self.early_verify = self.device.type == "cuda" if early_verify is None else early_verify
         self.draft_ahead = True  # with the early verify: the next chains' first draft step from its argmax (_draft_ahead)
-        self.verify_at_read = True  # with those: the next verify from them, at the read (_verify_ahead)
         self.pad = bucket(graph_max_tokens, TOKEN_BUCKETS)  # columns past max_len that padded writes land in
         self.step = _StepInputs(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1), dtype=torch.long))
         self.cache = self._allocate()
@@ -521,8 +499,7 @@ class BatchedRunner(ModelRunner):
         self._phase_mark: float | torch.cuda.Event = 0.0  # and where the device's queue stood then (_mark)
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
-        self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes, while nothing else has
-        #                                        written to it since (launch_ahead checks)
+        self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
         self._rewrite: dict[int, int] = {}  # slot -> the first position a step launched ahead of a sampled verify may
         #                                     have written a token the committed sequence lacks (`_new_tokens`)
         self._closes = [0] * max_sessions  # per slot, how many times it was closed: a slot's sessions apart
@@ -592,7 +569,6 @@ class BatchedRunner(ModelRunner):
             return
         self._closes[index] += 1
         self._rewrite.pop(index, None)
-        self._chain_ends.pop(index, None)
         with self._cv:
             self._open.discard(index)
             self._expected.discard(index)
@@ -784,10 +760,7 @@ class BatchedRunner(ModelRunner):
         """Hand the engine forwards (all in the same steps) and wait for them; the first error is raised."""
         if not requests:
             return
-        for r in requests:
-            if r.chain is None:  # another forward's writes: a chain launched ahead no longer follows the last one
-                self._chain_ends.pop(r.index, None)
-        if self._ahead is not None:  # and the step launched ahead no longer stands for them
+        if self._ahead is not None:  # another forward's writes: the step launched ahead no longer stands for them
             self._ahead.touched.update(r.index for r in requests if r.chain is None)
         with self._cv:
             if self._stopping:
@@ -874,9 +847,8 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it), "
-                     "%d launched at the read of the verify before (%.0f%% kept, the device waiting %.1f ms for them, "
-                     "%.1f ms on it); t(rows x tokens) ms %s",
+                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it); "
+                     "t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -888,10 +860,6 @@ class BatchedRunner(ModelRunner):
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
                          (s.early_after_s, since.early_after_s), (s.early_waited_s, since.early_waited_s),
                          (s.early_device_s, since.early_device_s))),
-                     s.read_verifies - since.read_verifies,
-                     100 * (s.read_kept - since.read_kept) / max(1, s.read_verifies - since.read_verifies),
-                     *(1e3 * (now - then) / max(1, s.read_steps - since.read_steps) for now, then in (
-                         (s.read_waited_s, since.read_waited_s), (s.read_device_s, since.read_device_s))),
                      self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
@@ -959,12 +927,10 @@ class BatchedRunner(ModelRunner):
                         inflight.ahead = ahead is not None or chunk is not None  # a replay since: only `top` stands
                     if inflight is not None:
                         self._read(inflight)
-                        verified = self._expect_ahead(following)
-                        if verified and ahead is None and self.verify_at_read:
-                            self._verify_ahead(verified)
+                        self._expect_ahead(following)
                 if inflight is not None:
                     self._hand_on(inflight)
-                if ahead is not None or self._early is not None:
+                if ahead is not None:
                     self._publish()  # the device is busy with the next step: stream now
             except BaseException as e:  # noqa: BLE001 - handed to every waiting session, the loop goes on
                 log.exception("batched forward failed")
@@ -996,8 +962,8 @@ class BatchedRunner(ModelRunner):
                 if self._stopping:
                     self._stop_all()
                     return None
-                if self._early is not None:  # a step is on the device already (launched at the read: new prompts
-                    return self._split_pending(alone=not self._early.at_read)  # go in the next, as its catch-ups do)
+                if self._early is not None:  # a step is on the device already
+                    return self._split_pending()
                 now = time.monotonic()
                 waiting = {i for i, row in self._rows.items() if not row.busy}
                 if not self._pending:
@@ -1020,20 +986,18 @@ class BatchedRunner(ModelRunner):
         with self._cv:
             return self._split_pending(alongside=alongside)
 
-    def _split_pending(self, chunks: int | None = 1, alongside: int = 0, alone: bool = True
-                       ) -> tuple[list[_Request], list[_Request]]:
+    def _split_pending(self, chunks: int | None = 1, alongside: int = 0) -> tuple[list[_Request], list[_Request]]:
         """The pending forwards that fit a step, and the longer ones whose next chunks run eagerly: at most
         `chunks` of them (None: all); the rest stay pending, new prompts held back for company among them
-        (`_held_joins`; `alongside`: rows the step carries besides these), or run alone where that costs less
-        (`_alone`, unless not `alone`). The caller holds the lock."""
+        (`_held_joins`; `alongside`: rows the step carries besides these). The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
         held = self._held_joins(steps, alongside)
         if held:
             steps = [r for r in steps if r not in held]
-        if chunks and alone and not long and (apart := self._alone(steps, alongside)):
-            steps = [r for r in steps if r not in apart]
-            long = apart
+        if chunks and not long and (alone := self._alone(steps, alongside)):
+            steps = [r for r in steps if r not in alone]
+            long = alone
         self._pending = [r for r in self._pending if r not in steps and r not in long]
         return steps, long
 
@@ -1161,8 +1125,7 @@ class BatchedRunner(ModelRunner):
         if self.drafter is None:
             return False
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
-        told = (self._launch_early if early and self.early_verify and before is None
-                else self._attach_blocks if before is not None and before.at_read else None)
+        told = self._launch_early if early and self.early_verify and before is None else None
         if told is not None:  # read by _launch_early, for the engine's log
             self._phase_began, self._phase_mark = t0, self._mark()
         if not self.drafter.draft(told):
@@ -1176,8 +1139,8 @@ class BatchedRunner(ModelRunner):
         s.drafting_longest_s = max(s.drafting_longest_s, done - t0)
         self.on_drafting(done - t0)
         step = self._early
-        if step is not None and (step is not before or step.at_read):  # launched in this phase or at the read before
-            step.began = step.launched = done  # it: its cost is what follows it
+        if step is not before:  # launched in this phase: its cost is what follows it
+            step.began = step.launched = done
             step.drafted_before = s.drafting_s
         return True
 
@@ -1225,72 +1188,6 @@ class BatchedRunner(ModelRunner):
                 r.row.early, r.row.busy = r, True
         self._early_rows = [r.row for r in early]
 
-    def _verify_ahead(self, verified: list[tuple[_Request, VerifyResult]]) -> None:
-        """A verify of drafted blocks is read, and the draft steps of its rows' next chains are on the device behind it
-        (`_draft_ahead`): launch the step that verifies those chains now, before the host completes the cycle and runs
-        its drafting phase, with every other forward ready to run. Each row's ids: its bonus token, then the drafts of
-        the steps launched ahead, filled on the device (`drafts_ahead`); a row whose next cycle verifies as many drafts
-        as this one (the usual case) finds it on the device, so the device goes from the draft steps straight to the
-        verify, and the host's handing on, drafting phase and planning overlap it instead of preceding it. Each is kept
-        only where its row's plan asks for exactly that forward, its drafts those filled (`_confirms`); near its end, a
-        row's verify has as many drafts as its plan may still ask for (`TargetSequence.max_k`)."""
-        specs = []  # (the verify read, the next one's start, its bonus token, its drafts)
-        for r, v in verified:
-            start = self._drafts_from(r) + v.accepted
-            k = min(r.keep - 1, r.row.loop.tokens_left - v.accepted - 2) if r.row is not None else 0  # as `max_k`
-            if k > 0 and start + k + 1 <= self.max_len:
-                specs.append((r, start, v.token_ids[-1], k))
-        if not specs or self._early is not None:
-            return
-        began = self._mark()  # behind the draft steps launched ahead: the device waits for the verify from here
-        runner = specs[0][0].drafted.ahead
-        specs = [spec for spec in specs if spec[0].drafted.ahead is runner]
-        ok, drafts = runner.drafts_ahead([(r.drafted.row, k) for r, _, _, k in specs])
-        if drafts is None or drafts.device != self.device:
-            return
-        early, fill = [], []
-        for row, (r, start, bonus, k) in enumerate(spec for spec, good in zip(specs, ok) if good):
-            early.append(_Request(r.index, start, [bonus, *[0] * k], k + 1, True, row=r.row, done=None))
-            fill += [(r.index, 1 + j, row * drafts.shape[1] + j) for j in range(k)]
-        index = self._on_device(fill).T  # [3, drafts]: rows and columns of the step, each draft's place in `drafts`
-        with self._cv:
-            steps, _ = self._split_pending(chunks=0, alongside=len(early))  # as _launch_early's
-        try:
-            values = drafts.view(-1)[index[2]]  # the drafts, in fill order
-            filled = OnTheWay(values)
-            runner.copy_ahead()
-            before = self._mark()
-            step = self._launch(steps + early, fill=(index[0], index[1], values))
-        except BaseException:  # noqa: BLE001 - the rows are verified as usual, after their drafting phase
-            log.exception("launching a verify from the draft steps launched ahead failed; the rows verify as usual")
-            with self._cv:
-                self._pending[:0] = steps
-            return
-        at = 0
-        for r in early:
-            r.filled, at = (filled, at), at + r.keep - 1
-        step.timeline, step.at_read = (began, before, self._mark()), True
-        s = self.stats
-        self._early, s.read_verifies, s.read_steps = step, s.read_verifies + len(early), s.read_steps + 1
-        for r in early:
-            r.row.early = r
-        self._early_rows = [r.row for r in early]
-
-    def _attach_blocks(self, drafted: list[tuple[object, Drafted]]) -> None:
-        """A drafting phase after a verify launched at the read (`_verify_ahead`): each row's block, once launched, is
-        the one its verify verifies where its plan confirms it (`_confirms`), and its next chain's first steps are
-        launched from it (`_draft_ahead`); a row with none launched verifies it in the next step, and the draft steps
-        of its next chain are launched from that one, so it joins the verifies launched at the read."""
-        rows = self._idle_rows_by_link()
-        for link, block in drafted:
-            row = rows.get(id(link))
-            if row is None:
-                continue
-            if row.early is None:
-                row.block = block  # a row that joins the verifies at the read: its verify is of this block
-            elif row.early.keep - 1 == block.steps:
-                row.early.drafted = block
-
     def _draft_ahead(self, step: _Launched) -> list[_Request]:
         """Before reading a step that verifies drafted blocks: have their draft runner launch each row's next chain's
         first step from the step's outcome on the device (`launch_ahead`: a greedy row's from its argmax, a sampled
@@ -1319,27 +1216,13 @@ class BatchedRunner(ModelRunner):
                 joins.append(r)
         try:
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
-                                 for r in greedy], self._blocks_tokens(greedy + sampled), step.top, read,
+                                 for r in greedy], rows[0].drafted.tokens, step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
                                 steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
         return greedy + sampled + joins
-
-    def _blocks_tokens(self, rows: list[_Request]) -> torch.Tensor:
-        """The drafts of these rows' blocks as one tensor [draft slots, steps] on the device (`Drafted.tokens`, each row
-        at its draft slot): theirs where one drafting phase drafted them all, else merged (a row that joined the verifies
-        launched at the read brings its block from the phase before: `_Row.block`)."""
-        tensors = {id(r.drafted.tokens): r.drafted.tokens for r in rows}
-        if len(tensors) <= 1:
-            return rows[0].drafted.tokens if rows else None
-        merged = torch.zeros((max(t.shape[0] for t in tensors.values()), max(t.shape[1] for t in tensors.values())),
-                             dtype=torch.long, device=rows[0].drafted.tokens.device)
-        for t in tensors.values():
-            index = self._on_device([r.drafted.row for r in rows if r.drafted.tokens is t], t.device)
-            merged[index, :t.shape[1]] = t[index]
-        return merged
 
     def _idle_rows_by_link(self) -> dict[int, _Row]:
         """The open driven rows in no step, by their draft link, as a drafting phase names its blocks."""
@@ -1380,11 +1263,9 @@ class BatchedRunner(ModelRunner):
                     r.verified = VerifyResult(accepted, [*drafts[:accepted], token])
 
     @classmethod
-    def _expect_ahead(cls, rows: list[_Request]) -> list[tuple[_Request, VerifyResult]]:
+    def _expect_ahead(cls, rows: list[_Request]) -> None:
         """The verify launched ahead of is read and verified: tell the draft runner how each row's next chain must begin
-        (a joining session's: after its prompt, with the token drawn after it). -> the greedy rows, each with its
-        verification (`_verify_ahead`)."""
-        greedy = []
+        (a joining session's: after its prompt, with the token drawn after it)."""
         for r in rows:
             if r.void:
                 continue
@@ -1397,9 +1278,6 @@ class BatchedRunner(ModelRunner):
             if verified is not None and not verified.dropped:
                 r.drafted.ahead.expect_ahead(r.drafted.row, cls._drafts_from(r), drafts, verified.accepted,
                                              verified.token_ids[-1])
-                if r.greedy:
-                    greedy.append((r, verified))
-        return greedy
 
     @staticmethod
     def _drafts_from(verify: _Request) -> int:
@@ -1426,17 +1304,10 @@ class BatchedRunner(ModelRunner):
                 if (early is not None and forward.greedy == early.greedy
                         and self._confirms(early, slot.length, ids, forward.keep)):
                     early.ids = list(ids)
-                    if early.filled is None:
-                        self.stats.early_kept += 1
-                    else:
-                        self.stats.read_kept += 1
-                    return  # the same: on the device since the drafting phase (or the read before it)
+                    self.stats.early_kept += 1
+                    return  # the same: on the device since the drafting phase
                 request = _Request(slot.index, slot.length, list(ids), forward.keep, forward.greedy, row=row,
                                    done=None)  # the engine completes it: nobody waits on an event
-                block, row.block = row.block, None
-                if (block is not None and forward.greedy and block.steps == forward.keep - 1
-                        and list(ids[len(ids) - block.steps:]) == block.fed[:block.steps]):
-                    request.drafted = block
         except BaseException as e:  # noqa: BLE001 - the session ends with it, the others go on
             log.exception("a session's cycle failed")
             self._void(guess)
@@ -1456,15 +1327,10 @@ class BatchedRunner(ModelRunner):
     @staticmethod
     def _confirms(early: _Request, start: int, ids: Sequence[int], keep: int) -> bool:
         """Whether a planned forward is the one launched early: the same row start, committed tokens and block
-        (its drafts the tokens the device drew and fed it, `Drafted.fed`, or, launched at the read, those it filled)."""
+        (its drafts the tokens the device drew and fed it, `Drafted.fed`)."""
         head = len(early.ids) - early.keep + 1  # the committed tokens in front of its drafts
-        if not (start == early.start and keep == early.keep and len(ids) == len(early.ids)
-                and list(ids[:head]) == early.ids[:head]):
-            return False
-        if early.filled is None:
-            return list(ids[head:]) == early.drafted.fed[:keep - 1]
-        values, at = early.filled
-        return list(ids[head:]) == values.get()[at:at + keep - 1]
+        return (start == early.start and keep == early.keep and len(ids) == len(early.ids)
+                and list(ids[:head]) == early.ids[:head] and list(ids[head:]) == early.drafted.fed[:keep - 1])
 
     @staticmethod
     def _void(guess: _Request | None) -> None:
@@ -1713,15 +1579,13 @@ class BatchedRunner(ModelRunner):
         Chains whose caller wants them (`launched`) are told of their tokens on the device before that read. The first
         steps are those launched ahead from the verify's argmax where they stand for that chain (`_taken_ahead`): the
         others run theirs in a forward of their rows alone."""
-        for r in requests:
-            self._chain_ends.pop(r.index, None)  # until the pass is done
         try:
             first = self._taken_ahead(requests)  # per step, the chains whose values of it are in already
             left = requests
             tell = True  # chains whose caller wants them are told of the first pass's tokens
             while left:
                 left, first, tell = self._chain_pass(left, first, tell), None, False
-            self._chain_ends.update({r.index: r.start for r in requests})
+            self._chain_ends = {r.index: r.start for r in requests}
         except BaseException as e:  # noqa: BLE001 - the caller's to handle
             for r in requests:
                 self._fail(r, e)
@@ -1730,15 +1594,13 @@ class BatchedRunner(ModelRunner):
             _wake(r)
 
     def _chain_pass(self, requests: list[_Request],
-                    first: list[list[tuple[list[_Request], torch.Tensor, object, object]]] | None, tell: bool
-                    ) -> list[_Request]:
+                    first: list[list[tuple[list[_Request], torch.Tensor, object]]] | None, tell: bool) -> list[_Request]:
         """Run the steps these chains have left with one host read at the end (a stepwise chain: its next step, drawn
         on the host as `_draw_sampled` draws) and pick from it; -> the chains with steps left: those whose token the
         device drew from a nucleus it had not found (`sampling.process_first`) and the host drew otherwise, from there
         on a step at a time."""
         reads = []  # per step and group: (members, positions of their picks, values [members, m] on the device,
         #              a sampled group's (q [members, V'], its logits [members, V]), else None)
-        hosts = []  # per read: its values on the host already (`_taken_ahead`), else None
         slots = max(r.index for r in requests) + 1
         fed = torch.zeros(slots, dtype=torch.long, device=self.device)  # [slots]
         told = [r for r in requests if r.chain.launched is not None] if tell else []
@@ -1753,8 +1615,8 @@ class BatchedRunner(ModelRunner):
         while live:
             with self._turn(), torch.inference_mode():
                 in_already = first[step] if step < len(first) else []
-                groups = [(members, self._on_device([r.index for r in members]), values, extra, host)
-                          for members, values, extra, host in in_already]
+                groups = [(members, self._on_device([r.index for r in members]), values, extra)
+                          for members, values, extra in in_already]
                 taken = {r for members, *_ in in_already for r in members}
                 run = [r for r in live if r not in taken] if taken else live  # the rows this step forwards
                 if run:
@@ -1764,22 +1626,21 @@ class BatchedRunner(ModelRunner):
                         r.chain.group is None or r.chain.group.known is None)], fed)
                     timed.append((len(run), before, self._mark()))
                     self.stats.count(len(run), ids.shape[1])
-                    groups += [(members, *self._read_rows(logits, read, members), None, None)  # [members],
-                               for read, members in self._by_read(run).items()]                  # [members, m]
+                    groups += [(members, *self._read_rows(logits, read, members), None)  # [members], [members, m]
+                               for read, members in self._by_read(run).items()]
                     sampled = [r for r in run if r.chain.sampled is not None and not r.chain.stepwise]
                     if sampled:
-                        groups.append((sampled, *self._draw_chained(logits, sampled), None))
+                        groups.append((sampled, *self._draw_chained(logits, sampled)))
                     alone = [r for r in run if r.chain.stepwise]
                     if alone:
                         where = self._on_device([[r.index for r in alone], [len(r.ids) - 1 for r in alone]],
                                                 logits.device)
                         stepwise += zip(alone, [r.start + len(r.ids) for r in alone], logits[where[0], where[1]])
-                for members, rows, values, extra, host in groups:
+                for members, rows, values, extra in groups:
                     fed[rows] = values[:, 0]
                     if drafted is not None:
                         drafted[rows, step] = values[:, 0]
                     reads.append((members, [r.start + len(r.ids) for r in members], values, extra))
-                    hosts.append(host)
             for r in live:
                 r.start, known = r.start + len(r.ids), r.chain.group.known if r.chain.group is not None else None
                 r.ids = [known(r.start)] if known is not None else [0]  # 0: filled on the device
@@ -1787,11 +1648,8 @@ class BatchedRunner(ModelRunner):
                     known_drafts.append((r.index, step, r.ids[0]))
             step += 1
             live = [r for r in live if steps[r] > step]
-        if reads and all(host is not None for host in hosts):  # no host read: work launched since need not be waited for
-            flat = self._read_chains(None, told, drafted, known_drafts, [x for host in hosts for row in host for x in row])
-        else:
-            flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
-                                      known_drafts) if reads else [])  # the host read
+        flat = (self._read_chains(torch.cat([values.flatten() for _, _, values, _ in reads]), told, drafted,
+                                  known_drafts) if reads else [])  # the host read
         self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
         for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
             self.costs.observe(rows, 1, self._elapsed(before, after))
@@ -1879,32 +1737,28 @@ class BatchedRunner(ModelRunner):
         """Seconds between two marks, once the later one is done."""
         return after - before if isinstance(before, float) else before.elapsed_time(after) / 1e3
 
-    def _time_early(self, step: _Launched) -> None:
-        """A step launched in a drafting phase (or at the read before it) is read: how long the device waited for it
-        once the work queued before the phase (the read) was done (the last verify, the draft steps launched ahead),
-        and how long it ran: the engine's log says whether a late launch or the device's own work holds a drafted
-        cycle. `step.timeline`: marks as its phase (read) began, before and after its launch."""
-        began, before, after = step.timeline
+    def _time_early(self, began: "float | torch.cuda.Event", before: "float | torch.cuda.Event",
+                    after: "float | torch.cuda.Event") -> None:
+        """A step launched in a drafting phase is read: how long the device waited for it once the work queued before the
+        phase was done (the last verify, the draft steps launched ahead), and how long it ran: the engine's log says
+        whether a late launch or the device's own work holds a drafted cycle."""
         if not isinstance(after, float):
             after.synchronize()  # recorded behind the step's own read-back
-        s, waited, ran = self.stats, self._elapsed(began, before), self._elapsed(before, after)
-        if step.at_read:
-            s.read_waited_s, s.read_device_s = s.read_waited_s + waited, s.read_device_s + ran
-        else:
-            s.early_waited_s, s.early_device_s = s.early_waited_s + waited, s.early_device_s + ran
+        s = self.stats
+        s.early_waited_s += self._elapsed(began, before)
+        s.early_device_s += self._elapsed(before, after)
 
-    def _read_chains(self, values: torch.Tensor | None, told: list[_Request], drafted: torch.Tensor | None,
-                     known_drafts: list[tuple[int, int, int]], host: list | None = None) -> list:
-        """A chained draft's values [m] read to the host (`host`: those values there already, `values` None). Chains
-        whose caller wants them are told of their tokens (`drafted` [slots, steps], a replayed draft's written in from
-        `known_drafts`) before the host waits: on a GPU the values are copied behind an event, so work the callers
-        launch meanwhile runs while the host reads."""
+    def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
+                     known_drafts: list[tuple[int, int, int]]) -> list:
+        """A chained draft's values [m] read to the host. Chains whose caller wants them are told of their tokens
+        (`drafted` [slots, steps], a replayed draft's written in from `known_drafts`) before the host waits: on a
+        GPU the values are copied behind an event, so work the callers launch meanwhile runs while the host reads."""
         if not told:
-            return values.tolist() if host is None else host
+            return values.tolist()
         if known_drafts:
             known = self._on_device(known_drafts).T  # [3, m]
             drafted[known[0], known[1]] = known[2]
-        read_back = OnTheWay(values, self._chain_reads) if host is None else None
+        read_back = OnTheWay(values, self._chain_reads)
         by_call: dict[int, tuple[Launched, dict[int, Drafted]]] = {}
         for r in told:
             group = r.chain.group
@@ -1916,7 +1770,7 @@ class BatchedRunner(ModelRunner):
                 call(chains)
             except Exception:  # noqa: BLE001 - what the caller launches early is its own affair: the draft goes on
                 log.exception("a chained draft's caller failed on its launched tokens")
-        return read_back.get() if host is None else host
+        return read_back.get()
 
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
@@ -2001,25 +1855,23 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later, drafts = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else ([], None)
+            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
-                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later,
-                             drafts=drafts)
+                             picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
                       outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> tuple[list[tuple[dict[int, int], torch.Tensor]], torch.Tensor]:
+                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
         """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
         row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
         [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
         the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> (per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`); the
-        tokens the chains draft [m, most steps], as far as each one's steps were launched: `drafts_ahead`)."""
+        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
+        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
         _, slot, at, _, accepted, _ = outcome
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
@@ -2029,14 +1881,10 @@ class BatchedRunner(ModelRunner):
                                      for spec, _, f in rows])
             replayed = self._on_device([f is not None for _, _, f in rows], dtype=torch.bool)  # [m]
         later = []
-        drafts = torch.empty((len(rows), most), dtype=torch.long, device=self.device)  # [m, most]
-        for s in range(1, most + 1):  # the last step's draft is fed to no step
+        for s in range(1, most):  # the last step's draft is fed to no step
             if knows:
                 token = torch.where(replayed, table.gather(1, (accepted + s).clamp(max=table.shape[1] - 1)[:, None])[:, 0],
                                     token)
-            drafts[:, s - 1] = token
-            if s == most:
-                break
             live = [i for i, (spec, n, _) in enumerate(rows) if n > s and spec[1] + spec[2] + s < self.max_len]
             if not live:
                 continue
@@ -2053,7 +1901,7 @@ class BatchedRunner(ModelRunner):
             token[index] = values[:, 0]
             later.append(({rows[i][0][0]: b for b, i in enumerate(live)}, values))
             self.stats.count(len(live), 1)
-        return later, drafts
+        return later
 
     def _draw_ahead_picks(self, kept: torch.Tensor, rows: list[tuple[int, int, int]], chains: list[Sampled],
                           accepted: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -2082,30 +1930,6 @@ class BatchedRunner(ModelRunner):
         ahead.expected[slot] = ((start + accepted, [token]) if accepted < k or not k
                                 else (start + k - 1, [drafts[-1], token]))
 
-    def copy_ahead(self) -> None:
-        """Start copying the values of the greedy steps launched ahead to the host, before the caller launches work
-        behind them (`_verify_ahead`): the drafting phase's chains that take those steps read them from this copy
-        (`_taken_ahead`), not from one queued behind that work, which they would wait for."""
-        ahead = self._ahead
-        if ahead is not None and ahead.values is not None and ahead.host is None:
-            ahead.host = OnTheWay(torch.cat([ahead.values.flatten(), *(values.flatten() for _, values in ahead.later)]))
-
-    def drafts_ahead(self, rows: Sequence[tuple[int, int]]) -> tuple[list[bool], torch.Tensor | None]:
-        """The drafts of greedy rows' next chains whose steps were launched ahead (`launch_ahead`), for a verify of them
-        launched before the host reads them: for each (draft slot, steps), whether its chain's first `steps` steps were
-        launched, and those rows' tokens [rows', most steps] on the device, in order. What a row's chain drafts in the
-        end may differ (it takes another turn, `_taken_ahead`): such a verify is kept only where they agree."""
-        ahead = self._ahead
-        if ahead is None or ahead.drafts is None:
-            return [False] * len(rows), None
-        launched = {slot: 1 for slot, i in ahead.rows.items() if i < len(ahead.drafts)}  # not the joins (after them)
-        for where, _ in ahead.later:
-            for slot in where:
-                launched[slot] += 1
-        ok = [launched.get(slot, 0) >= steps > 0 for slot, steps in rows]
-        taken = [ahead.rows[slot] for (slot, _), good in zip(rows, ok) if good]
-        return ok, ahead.drafts[self._on_device(taken)] if taken else None
-
     def joined_ahead(self, slot: KVSlot, ids: Sequence[int], read: Callable[[torch.Tensor], torch.Tensor]
                      ) -> torch.Tensor | None:
         """A new session's catch-up on `ids` (its prompt and the first token) done by the step launched ahead
@@ -2120,14 +1944,12 @@ class BatchedRunner(ModelRunner):
             return None
         slot.tokens = list(ids)
         self.stats.joins_kept += 1
-        ahead.joined.add(slot.index)
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
 
-    def _taken_ahead(self, requests: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor, object, object]]]:
+    def _taken_ahead(self, requests: list[_Request]) -> list[list[tuple[list[_Request], torch.Tensor, object]]]:
         """Per step from the first, the chains whose values of that step they have already, in groups as a step's
-        (members, values [members, m] in their order, a sampled group's (q, logits) or None, those values on the host
-        where they were copied before later work: `copy_ahead`, else None): the first step's from a
+        (members, values [members, m] in their order, a sampled group's (q, logits) or None): the first step's from a
         chain's catch-up (`_Chain.first`: a new session's, or one resumed after a pause), or from the step launched
         ahead, where its chain begins as expected, in a slot nothing else wrote to or closed since, drawn by the same
         read (a sampled chain's: for the same chain); the later steps' launched ahead (`_launch_later`), for the chains
@@ -2149,15 +1971,11 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(from_ahead)
             ahead_values = ahead.values[self._on_device([ahead.rows[r.index] for r in from_ahead])] if from_ahead else None
             if taken and len(from_ahead) == len(taken):  # the usual case: one gather, not a tensor per row
-                host = ahead.host_rows(0, [ahead.rows[r.index] for r in taken]) if ahead.host is not None else None
-                groups.append((taken, ahead_values, None, host))
-            elif taken:  # some first steps from catch-ups: those taken from the step launched ahead are in `host` too
+                groups.append((taken, ahead_values, None))
+            elif taken:
                 values = iter(ahead_values.unbind() if from_ahead else ())
-                host = (ahead.host_rows(0, [ahead.rows[r.index] for r in taken]) if ahead is not None
-                        and ahead.host is not None and all(r.chain.first is None or r.index in ahead.joined
-                                                           for r in taken) else None)
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
-                                                   for r in taken]), None, host))
+                                                   for r in taken]), None))
             later = self._taken_later(ahead, from_ahead)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
@@ -2165,7 +1983,7 @@ class BatchedRunner(ModelRunner):
             self.stats.ahead_kept += len(drawn)
             index = self._on_device([ahead.drawn[r.index][0] for r in drawn])  # [drawn]
             values, (q, logits) = ahead.picks
-            groups.append((drawn, values[index], (q[index], logits[index]), None))
+            groups.append((drawn, values[index], (q[index], logits[index])))
         return [groups, *later]
 
     def _taken_later(self, ahead: _Ahead, chains: list[_Request]) -> list[list[tuple]]:
@@ -2177,9 +1995,7 @@ class BatchedRunner(ModelRunner):
             if not chains:
                 break
             self.stats.ahead_kept += len(chains)
-            rows = [where[r.index] for r in chains]
-            steps.append([(chains, values[self._on_device(rows)], None,
-                           ahead.host_rows(len(steps) + 1, rows) if ahead.host is not None else None)])
+            steps.append([(chains, values[self._on_device([where[r.index] for r in chains])], None)])
         return steps
 
     def _readback(self, top: torch.Tensor, ring: str = "step") -> tuple[torch.Tensor, "torch.cuda.Event"]:
@@ -2208,7 +2024,7 @@ class BatchedRunner(ModelRunner):
         top = step.host_top.tolist() if step.host_top is not None else None
         read = time.perf_counter()
         if step.timeline is not None:
-            self._time_early(step)
+            self._time_early(*step.timeline)
         began = max(step.began, self._read_at)  # launched ahead: its cost starts when the last step was read
         self.stats.forward_s += read - max(step.launched, self._read_at)
         self._read_at = read

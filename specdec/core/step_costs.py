@@ -191,11 +191,6 @@ class StepStats:
     early_waited_s: float = 0.0  # on the device: from the end of the work queued before their phase began (the last
     #                              verify, the draft steps launched ahead) to their start, waiting for the launch
     early_device_s: float = 0.0  # on the device: the steps themselves (on a CPU, where the host runs them: their forwards)
-    read_verifies: int = 0  # verifies launched as the verify before them was read, from the draft steps launched ahead
-    read_kept: int = 0  # of which their session's plan confirmed
-    read_steps: int = 0  # steps launched so (one a read at most)
-    read_waited_s: float = 0.0  # on the device: from the end of the draft steps launched ahead to their start
-    read_device_s: float = 0.0  # on the device: the steps themselves
     ahead: int = 0  # a draft runner's rows of chain steps launched from a verify's outcome (launch_ahead: each
     #                 row's first step, and its later ones)
     ahead_kept: int = 0  # of which a chain took as its own step
@@ -216,8 +211,7 @@ class StepStats:
 
     def launched_ahead(self) -> dict[str, tuple[int, int]]:
         """Rows launched on the device before the host read what they depend on, and how many were kept, by kind: a
-        plain decode's guess, a verify from drafted tokens (launched in its drafting phase, or at the read of the verify
-        before it), a draft step from a verify's argmax, a new session's draft catch-up in that step (metrics)."""
+        plain decode's guess, a verify from drafted tokens, a draft step from a verify's argmax, a new session's draft
+        catch-up in that step (metrics)."""
         return {"guess": (self.guesses, self.guesses_kept), "verify": (self.early, self.early_kept),
-                "verify-at-read": (self.read_verifies, self.read_kept),
                 "draft": (self.ahead, self.ahead_kept), "catch-up": (self.joins, self.joins_kept)}

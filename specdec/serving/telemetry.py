@@ -136,9 +136,8 @@ class _LaunchedAhead:
 
     def collect(self):
         launched = CounterMetricFamily("specdec_rows_launched_ahead", "Rows launched on the device before the host "
-                                       "read what they depend on (a guess, a verify, a verify launched at the read "
-                                       "of the one before, a draft step, a new session's draft catch-up)",
-                                       labels=["role", "kind"])
+                                       "read what they depend on (a guess, a verify, a draft step, a new session's "
+                                       "draft catch-up)", labels=["role", "kind"])
         kept = CounterMetricFamily("specdec_rows_launched_ahead_kept", "Of those, rows kept (the session's next "
                                    "forward was exactly that one)", labels=["role", "kind"])
         totals: dict[str, list[int]] = {}

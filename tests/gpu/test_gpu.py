@@ -219,8 +219,7 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
     the step graph's inputs); four clients at K = 3 get exactly what the same engine gives target-only, and
     every verify launched early was kept; chains took first steps launched from the verifies' argmax on the device
     (before the host read it), and sessions whose prompt steps were verified beside drafting rows caught up in those draft steps
-    (the second round's requests come while other clients' still draft); the verifies launched at the read from those
-    steps' tokens were mostly kept."""
+    (the second round's requests come while other clients' still draft)."""
     from specdec.core.compute import INLINE
     from specdec.core.config import ProposerKind
     from specdec.tools.inprocess import InProcessTarget, own_draft_runner
@@ -243,8 +242,6 @@ def test_verifies_launched_from_drafted_tokens_on_the_gpu_equal_target_only(gpu_
         assert stats.early_steps > 0 and 0 <= stats.early_waited_s < stats.drafting_s and stats.early_device_s > 0, stats
         assert draft_runner.stats.ahead_kept > 0, draft_runner.stats  # next chains' first steps launched ahead
         assert draft_runner.stats.joins_kept > 0, draft_runner.stats  # new sessions' catch-ups with them
-        # and the next verifies launched at the read from those steps' tokens, most kept, timed on the device
-        assert stats.read_steps > 0 and 2 * stats.read_kept > stats.read_verifies and stats.read_device_s > 0, stats
     finally:
         engine.close()
 

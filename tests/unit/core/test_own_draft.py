@@ -104,9 +104,7 @@ def drafts_as_alone(together, alone):
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
     leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
-    was launched from the drafted tokens before the host read them (in its drafting phase, or at the read of the
-    verify before it from the draft steps launched ahead), and its plan kept it: near a request's end too, where a
-    verify at the read has as many drafts as the plan may still ask for."""
+    was launched from the drafted tokens before the host read them, and its plan kept it."""
     pair, (target, draft) = tiny_pair_fp32, engine
     long_prompt = pair.encode("\n".join(PROMPTS[:6]))
     assert len(long_prompt) > target.prefill_chunk
@@ -117,7 +115,6 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     drafted_before, phases, early = target.stats.drafting_s, [], (target.stats.early, target.stats.early_kept)
     early_steps, early_after = target.stats.early_steps, target.stats.early_after_s
     waited, device = target.stats.early_waited_s, target.stats.early_device_s
-    at_read = (target.stats.read_verifies, target.stats.read_kept, target.stats.read_steps, target.stats.read_device_s)
     target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
     try:
         got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
@@ -135,86 +132,8 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     assert 0 < after < sum(phases)  # says how far into its phase, on average
     waited, device = target.stats.early_waited_s - waited, target.stats.early_device_s - device
     assert 0 < waited <= after and device > 0  # on a CPU the device waits for the host's launch, then runs the forward
-    launched, kept = target.stats.read_verifies - at_read[0], target.stats.read_kept - at_read[1]
-    assert launched > 0 and kept == launched, "each verify launched at the read was its plan's"
-    assert 0 < target.stats.read_steps - at_read[2] < launched and target.stats.read_device_s > at_read[3]
     assert draft.stats.ahead_kept > 0  # and chains whose first draft step was launched from the verify's argmax
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
-
-
-def test_sessions_joining_mid_flight_join_the_verifies_launched_at_the_read(tiny_pair_fp32, engine, monkeypatch):
-    """Once the verifies launched at the read run, a session that joins (its first block drafted in a phase after such
-    a launch, verified in the next step) has the draft steps of its next chain launched from that verify, and from
-    then on is verified at the read with the others: every session's cycles but its first few are, and the output is
-    target-only's."""
-    pair = tiny_pair_fp32
-    cases = [(pair.encode(p), 30, 2 + i % 2) for i, p in enumerate(PROMPTS[2:8])]
-    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-                for ids, n, _ in cases]
-    launched, verify_ahead = collections.Counter(), BatchedRunner._verify_ahead
-
-    def counting(self, verified):
-        verify_ahead(self, verified)
-        if self._early is not None and self._early.at_read:
-            launched.update(id(r.row.loop) for r in self._early.requests if r.filled is not None)
-    monkeypatch.setattr(BatchedRunner, "_verify_ahead", counting)
-    got = staggered(pair, engine, cases, 0.03)
-    assert [out for out, _ in got] == expected
-    assert len(launched) == len(cases), launched
-    drafted = sum(sum(c.k > 0 for c in cycles) for _, cycles in got)
-    assert sum(launched.values()) >= drafted - 3 * len(cases), (sum(launched.values()), drafted)
-
-
-def test_a_phase_after_a_verify_launched_at_the_read_reads_the_copy_made_before_it(tiny_pair_fp32, engine, monkeypatch):
-    """The draft runner's values of the steps launched ahead are copied to the host before the verify launched at the
-    read goes behind them (`copy_ahead`): a drafting phase whose chains all take those steps reads that copy, not a
-    read queued behind the verify, which on a GPU would hold the phase's picks and plans until the verify is done.
-    Most phases read so, those whose new sessions' catch-ups joined the steps launched ahead too, and the output is
-    target-only's."""
-    pair, (target, draft) = tiny_pair_fp32, engine
-    reads, joined, read_chains, taken_ahead = [], [], BatchedRunner._read_chains, BatchedRunner._taken_ahead
-
-    def recording(self, values, *args, **kwargs):
-        reads.append(values is None)
-        return read_chains(self, values, *args, **kwargs)
-
-    def joins_read(self, requests):
-        steps = taken_ahead(self, requests)
-        joined.extend(host is not None for members, _, _, host in steps[0] if any(r.chain.first is not None
-                                                                                   for r in members))
-        return steps
-    monkeypatch.setattr(BatchedRunner, "_read_chains", recording)
-    monkeypatch.setattr(BatchedRunner, "_taken_ahead", joins_read)
-    cases = [(pair.encode(p), 24, 2 + i % 3) for i, p in enumerate(PROMPTS[6:11])]
-    expected = [pair.decoder.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=n, ignore_eos=True)).token_ids
-                for ids, n, _ in cases]
-    launched, joins = target.stats.read_verifies, draft.stats.joins_kept
-    assert [out for out, _ in staggered(pair, engine, cases, 0.03)] == expected
-    assert target.stats.read_verifies > launched and 2 * sum(reads) > len(reads), (sum(reads), len(reads))
-    assert draft.stats.joins_kept > joins and any(joined), joined
-
-
-def test_a_verify_launched_at_the_read_whose_drafts_the_chain_does_not_draft_is_dropped(tiny_pair_fp32, engine,
-                                                                                         monkeypatch):
-    """A verify launched at the read takes its drafts from the draft steps launched ahead; where the block its row's
-    plan verifies differs (here: every other launch, one token of those steps is replaced), the verify is dropped, its
-    writes past the row's length overwritten, and the row verifies in the next step: the output is target-only's."""
-    pair, (target, _) = tiny_pair_fp32, engine
-    real, calls = BatchedRunner.drafts_ahead, []
-
-    def wrong_every_other(self, rows):
-        ok, drafts = real(self, rows)
-        calls.append(rows)
-        if drafts is not None and len(calls) % 2:
-            drafts = drafts.clone()
-            drafts[0, 0] = (drafts[0, 0] + 1) % self.vocab_size
-        return ok, drafts
-    monkeypatch.setattr(BatchedRunner, "drafts_ahead", wrong_every_other)
-    cases = [(pair.encode(p), 16 + 2 * i, 2 + i % 3) for i, p in enumerate(PROMPTS[10:15])]
-    launched, kept = equal_to_target_only(pair, engine, cases,
-                                          lambda: (target.stats.read_verifies, target.stats.read_kept))
-    assert 0 < kept < launched, (kept, launched)
-    assert target.free_slots == target.max_sessions
 
 
 def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would(tiny_pair_fp32, engine, monkeypatch):
@@ -378,7 +297,6 @@ def test_a_verify_launched_early_that_its_plan_does_not_ask_for_is_dropped(tiny_
     verifies one draft fewer than the plan, every other time) the launched one is dropped, its writes past the
     row's length overwritten, and the row verifies in the next step: the output is target-only's."""
     pair, (target, _) = tiny_pair_fp32, engine
-    monkeypatch.setattr(target, "verify_at_read", False)  # every drafted cycle's verify launched in its phase
     real, calls = TargetLoop.early_verify, []
 
     def short_every_other(self, drafted):
@@ -680,8 +598,7 @@ def test_a_new_session_s_catch_up_is_charged_to_no_running_session_s_cycle(tiny_
 
 def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engine, caplog, monkeypatch):
     """Next to its steps, the engine's log line says what its drafting phases did and how many rows of draft steps
-    launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path), and
-    how many verifies were launched at the read of the verify before."""
+    launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path)."""
     pair = tiny_pair_fp32
     monkeypatch.setattr(batching, "LOG_EVERY_S", 0.0)
     cases = [(pair.encode(p), 16, 2) for p in PROMPTS[7:10]]
@@ -694,9 +611,6 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
     assert phases > 0 and 0 < caught_up <= phases  # each new prompt's draft caught up in its first phase
     assert 0 < taken <= launched
-    at_read = re.findall(r"(\d+) launched at the read of the verify before \((\d+)% kept, the device waiting [0-9.]+ ms "
-                         r"for them, [0-9.]+ ms on it\)", caplog.text)
-    assert sum(int(n) for n, _ in at_read) > 0, at_read  # (each kept in the phase after the line that counts it)
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
