@@ -147,13 +147,15 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
   done; done; done; done ;;
 Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice
     # target-only's, calls g1-g3): py-spy (carried as a wheel) over a sweep, uncompiled so that the services start
-    # in seconds, then the engine threads' samples by what they were doing (scripts/profile_summary.py). GIL=1: only
-    # the threads holding the interpreter's lock are sampled, and every thread's functions are summed per process
+    # in seconds (COMPILED=1: compiled as served, carry compile_cache), then the engine threads' samples by what they
+    # were doing (scripts/profile_summary.py). GIL=1: only the threads holding the interpreter's lock are sampled, and
+    # every thread's functions are summed per process. K (default 4), FIXED_K=--fixed-k: draft exactly K
   timeout ${SWEEP_TIMEOUT:-400} /tmp/site/bin/py-spy record --nonblocking --subprocesses --threads \
     $([ -n "${GIL:-}" ] && echo --gil || echo --idle) -r 100 --format raw \
     -o "$OUT/profile.txt" -- python3 -m specdec bench --concurrency ${LEVELS:-64} --device cuda:0 --dtype bfloat16 \
-    --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha ${ALPHAS:-0} --k 4 \
-    --modes ${MODES:-target-only,services-own-draft} --rounds ${ROUNDS:-6} --no-compile --quiet \
+    --max-len 1024 --max-new-tokens 128 --target random:qwen2.5-7b --draft $D --replay-alpha ${ALPHAS:-0} \
+    --k ${K:-4} ${FIXED_K:-} --modes ${MODES:-target-only,services-own-draft} --rounds ${ROUNDS:-6} \
+    $([ -n "${COMPILED:-}" ] || echo --no-compile) --quiet \
     --json "$OUT/profiled.json" 2>"$OUT/profiled.log" | tee "$OUT/profiled.txt"
   python3 scripts/profile_summary.py "$OUT/profile.txt" --top ${TOP:-25} ${GIL:+--functions} | tee "$OUT/profile_summary.txt" ;;
 R)  # one GPU, issue 17: what the own draft's phases cost, catch-ups included (1 / 16 / 64 rows, 16-512 tokens
