@@ -126,7 +126,8 @@ def test_bench_sweeps_concurrency(tmp_path):
 def test_a_sweep_of_drafting_services_alone_replays_what_an_earlier_target_only_sweep_recorded(tmp_path):
     """--replay-references: a target-only sweep writes the target's continuations there, and a later sweep of the
     own-draft services alone (as two device calls, each too short for both) replays them: at alpha 1 every draft is
-    accepted, and each output is the target-only sweep's."""
+    accepted, and each output is the target-only sweep's. K is fixed: on a busy two-core host, load-aware K may find
+    that the tiny draft costs as much as the tiny target and draft nothing, which would leave nothing replayed."""
     refs, plain_json, own_json = tmp_path / "refs.jsonl", tmp_path / "plain.json", tmp_path / "own.json"
     common = [sys.executable, "-m", "specdec", "bench", "--concurrency", "2", "--max-new-tokens", "10", "--rounds", "1",
               "--replay-alpha", "1.0", "--replay-references", str(refs)]
@@ -135,8 +136,8 @@ def test_a_sweep_of_drafting_services_alone_replays_what_an_earlier_target_only_
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert refs.is_file() and all({"prompt_ids", "output_ids"} <= set(json.loads(line))
                                   for line in refs.read_text().splitlines())
-    own = subprocess.run([*common, "--modes", "services-own-draft", "--json", str(own_json)], capture_output=True,
-                         text=True, timeout=300)
+    own = subprocess.run([*common, "--fixed-k", "--modes", "services-own-draft", "--json", str(own_json)],
+                         capture_output=True, text=True, timeout=300)
     assert own.returncode == 0, own.stderr[-2000:]
     [target_only] = json.loads(plain_json.read_text())["points"]
     [drafted] = json.loads(own_json.read_text())["points"]
