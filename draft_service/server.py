@@ -98,8 +98,11 @@ def build(settings: DraftServerSettings) -> Server:
         runner.on_step = metrics.observe_step
     servicer = DraftServicer(service, info, free_slots, metrics)
     name = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
-    return Server(settings.server, [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
-                  interceptors=server_interceptors(), metrics=metrics, on_stop=runner.stop if batched else lambda: None)
+    server = Server(settings.server, [(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, name)],
+                    interceptors=server_interceptors(), metrics=metrics, on_stop=runner.stop if batched else lambda: None)
+    if batched:  # an engine whose loop stopped on an error: NOT_SERVING, so that its probes restart it
+        runner.on_failure(lambda: server.set_serving(False))
+    return server
 
 
 def factory(settings: DraftServerSettings, runner: ModelRunner | None) -> ProposerFactory:

@@ -241,6 +241,9 @@ def engine_main(settings: "TargetServerSettings", conn: Connection, log_level: i
         log.exception("the target's engine did not start")
         conn.send((Event.FAILED, _crossing(exc)))
         os._exit(1)
+    # an engine whose loop stopped on an error serves no one: the process goes, and the front end fails its sessions
+    # with UNAVAILABLE and reports NOT_SERVING, as when it dies otherwise
+    engine.on_failure(lambda: os._exit(1))
     frozen = freeze_heap()
     log.info("engine ready in process %d; %d objects kept out of garbage collection", os.getpid(), frozen)
     host = EngineHost(conn, engine.service, reports)

@@ -127,6 +127,7 @@ class Engine:
     service: TargetService
     info: common_pb2.ServerInfo
     stop: Callable[[], None]  # ends the engine's loop, once the last session has
+    on_failure: Callable[[Callable[[], None]], None]  # calls a hook once the engine's loop stopped on an error
 
 
 def build_engine(settings: TargetServerSettings, observer: EngineObserver) -> Engine:
@@ -163,7 +164,9 @@ def build_engine(settings: TargetServerSettings, observer: EngineObserver) -> En
         observer.track_launched(lambda: [engine.stats.launched_ahead() for engine in engines])
         if own is not None:
             observer.track_catch_ups(lambda: own.stats)
-    return Engine(service, info, runner.stop if isinstance(runner, BatchedRunner) else lambda: None)
+    if isinstance(runner, BatchedRunner):
+        return Engine(service, info, runner.stop, runner.on_failure)
+    return Engine(service, info, lambda: None, lambda hook: None)  # one loop per session: an error ends only its own
 
 
 def build(settings: TargetServerSettings) -> Server:
@@ -188,4 +191,6 @@ def build(settings: TargetServerSettings) -> Server:
                     interceptors=server_interceptors(), metrics=metrics, on_stop=stop)
     if apart:  # the engine gone, the front end says so (a pod's probes restart it)
         engine.on_exit(lambda: server.set_serving(False))
+    else:  # so does an engine whose loop stopped on an error
+        built.on_failure(lambda: server.set_serving(False))
     return server

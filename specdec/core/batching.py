@@ -61,7 +61,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
@@ -122,6 +122,8 @@ LOAD_STEPS = 32  # load-aware K prices the most driven sessions of this many ste
 JOIN_CHUNK_ROWS = 16  # new short prompts run alone together in a chunk graph of up to this many rows (`_alone`)
 JOIN_CHUNK_TOKENS = (9, 17)  # and of a step's width, the narrowest that holds them (the shortest long chunk, 32,
 #                              computed 16 rows x 32 tokens for prompts of 5-9)
+ENDED_POLL_S = 1.0  # a caller waiting for its forwards checks this often whether the engine loop has ended
+AHEAD_TIMED = 8  # draft launches ahead waiting to be timed on the device, at most (older ones go untimed)
 _END = object()  # a driven session's last item: its sequence is done
 Fill = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (rows, columns, tokens) [m] each, on the device
 
@@ -323,6 +325,17 @@ class _Ahead:
     #              order: (draft slot -> its row in the values, the greedy rows' values [rows', m] of that step)
 
 
+@dataclass(eq=False)
+class _AheadTimed:
+    """The draft steps one `launch_ahead` put on the device, to be timed once a later host read has passed them."""
+
+    before: "float | torch.cuda.Event"  # a mark (_mark) before its first step
+    after: "float | torch.cuda.Event"  # and after its last
+    steps: int
+    width: int  # the first step's tokens per row
+    joined: bool  # with a new session's catch-up
+
+
 class StepDrafter(Protocol):
     """Drafts, on the engine's thread between its steps, for every driven session that asked for a block since
     the last call, all together (core.own_draft): draft and verify take turns in one schedule."""
@@ -506,6 +519,9 @@ class BatchedRunner(ModelRunner):
         self._readbacks: dict[tuple, list] = {}  # (ring, *argmax shape) -> two (pinned host buffer, event), used in turn
         self._stopping = False
         self._ended = threading.Event()  # the engine loop has returned
+        self._stop_reason = "the engine has stopped"  # what refused and failed work is told (UNAVAILABLE)
+        self._failure_hooks: list[Callable[[], None]] = []  # called once the loop has failed (on_failure)
+        self.failure: BaseException | None = None  # what ended the loop, where an error did
         self.stats = StepStats()
         self.costs = StepCostTable()
         self._uncharged_s = 0.0  # engine time that is no running session's cycle: new sessions' prompt chunks and their
@@ -529,7 +545,8 @@ class BatchedRunner(ModelRunner):
         self.on_drafting: Callable[[float], None] = lambda seconds: None  # metrics: a drafter's phase
         self.drafter: StepDrafter | None = None
         self._ahead_runner: BatchedRunner | None = None  # the draft runner its verifies launch draft steps on (report)
-        self._ahead_mark = (0, 0, 0, 0)  # that runner's (launched, taken, joins, joins taken) at the last report
+        self._ahead_mark = StepStats()  # that runner's stats at the last report
+        self._ahead_timed: list[_AheadTimed] = []  # draft steps launched ahead, not timed yet (a draft runner's)
         if self.passive:
             self._ended.set()
         else:
@@ -598,7 +615,7 @@ class BatchedRunner(ModelRunner):
         loop.attach(self._wake)
         with self._cv:
             if self._stopping:
-                raise Unavailable("the engine has stopped")
+                raise Unavailable(self._stop_reason)
             self._rows[loop.slot.index] = row
             self._joined_at = self.stats.steps
             self._cv.notify_all()
@@ -764,7 +781,7 @@ class BatchedRunner(ModelRunner):
             self._ahead.touched.update(r.index for r in requests if r.chain is None)
         with self._cv:
             if self._stopping:
-                raise Unavailable("the engine has stopped")
+                raise Unavailable(self._stop_reason)
             self._pending.extend(requests)
             self._last_arrival = time.monotonic()
             self._expected -= {r.index for r in requests}
@@ -774,7 +791,9 @@ class BatchedRunner(ModelRunner):
                 self._run_here()
         else:
             for r in requests:
-                r.done.wait()
+                while not r.done.wait(ENDED_POLL_S):  # a loop that ended on an error woke only what was pending
+                    if self._ended.is_set() and not r.done.is_set():
+                        raise Unavailable(self._stop_reason)
         for r in requests:
             if r.error is not None:
                 raise r.error
@@ -848,7 +867,7 @@ class BatchedRunner(ModelRunner):
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
                      "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it); "
-                     "t(rows x tokens) ms %s",
+                     "steps by tokens per row %s; t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
@@ -860,30 +879,56 @@ class BatchedRunner(ModelRunner):
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
                          (s.early_after_s, since.early_after_s), (s.early_waited_s, since.early_waited_s),
                          (s.early_device_s, since.early_device_s))),
+                     ", ".join(f"{n}: {count - since.widths.get(n, 0)}" for n, count in sorted(s.widths.items())
+                               if count > since.widths.get(n, 0)),
                      self.costs.report())
             if self.drafter is not None:
                 log.info("engine's drafting: %s%s", self.drafter.report(), self._ahead_report())
         s.drafting_longest_s = 0.0
-        return replace(s, rows_seen={})
+        return s.mark()
 
     def _ahead_report(self) -> str:
         """How many rows of draft steps were launched from a verify's outcome since the last report (each chain's first
         step and its later ones), and taken by their chains (a chain that does not take one runs that step again)."""
         if self._ahead_runner is None:
             return ""
-        d = self._ahead_runner.stats
-        (launched, taken, joins, joined), self._ahead_mark = self._ahead_mark, (d.ahead, d.ahead_kept, d.joins,
-                                                                                 d.joins_kept)
-        return (f"; draft steps launched ahead for {d.ahead - launched} rows, taken by {d.ahead_kept - taken}; "
-                f"new sessions' catch-ups launched with them {d.joins - joins}, taken {d.joins_kept - joined}")
+        d, m = self._ahead_runner.stats, self._ahead_mark
+        self._ahead_mark = d.mark()
+        calls, joined = d.ahead_launches - m.ahead_launches, d.ahead_joined - m.ahead_joined
+        return (f"; draft steps launched ahead for {d.ahead - m.ahead} rows, taken by {d.ahead_kept - m.ahead_kept}, "
+                f"{1e3 * (d.ahead_device_s - m.ahead_device_s) / max(1, calls):.1f} ms on the device a launch "
+                f"({(d.ahead_steps - m.ahead_steps) / max(1, calls):.1f} steps, the first "
+                f"{(d.ahead_width - m.ahead_width) / max(1, calls):.1f} tokens wide, {calls} launches timed; "
+                f"{joined} with a new session's catch-up, {1e3 * (d.ahead_joined_s - m.ahead_joined_s) / max(1, joined):.1f} "
+                f"ms each); new sessions' catch-ups launched with them {d.joins - m.joins}, taken "
+                f"{d.joins_kept - m.joins_kept}")
 
     def _loop(self) -> None:
         try:
             self._steps()
+        except BaseException as e:  # noqa: BLE001 - a bug: every session learns of it, none waits for good
+            log.exception("the engine stopped on an unexpected error: its sessions fail with UNAVAILABLE")
+            with self._cv:
+                self.failure, self._stopping = e, True
+                self._stop_reason = f"the engine stopped on an unexpected error: {type(e).__name__}: {e}"
+                self._stop_all()
+                hooks = list(self._failure_hooks)
+            for hook in hooks:
+                hook()
         finally:
             if self._turns is not None:
                 self._turns.close()  # no forward after the loop: the lock file goes back
             self._ended.set()
+
+    def on_failure(self, hook: Callable[[], None]) -> None:
+        """Call `hook` once the engine loop has stopped on an error (at once if it has): a server then reports
+        NOT_SERVING, so that its probes restart it, instead of taking sessions it can no longer run."""
+        with self._cv:
+            failed = self.failure is not None
+            if not failed:
+                self._failure_hooks.append(hook)
+        if failed:
+            hook()
 
     def _steps(self) -> None:
         mark, mark_t = StepStats(), time.monotonic()
@@ -891,7 +936,12 @@ class BatchedRunner(ModelRunner):
         verifying: _Launched | None = None  # a step launched while drafting (_launch_early): drafts follow it
         while True:
             if time.monotonic() - mark_t > LOG_EVERY_S:
-                mark, mark_t = self._report(mark, mark_t), time.monotonic()
+                try:
+                    mark = self._report(mark, mark_t)
+                except Exception:  # noqa: BLE001 - the log line is not worth the sessions
+                    log.exception("the engine's log line failed; the engine goes on")
+                    mark = self.stats.mark()
+                mark_t = time.monotonic()
             prefill: list[_Request] = []  # a prompt chunk, at most one a step
             chunk: _Chunks | None = None  # that chunk, launched before the step ahead (read apart)
             if inflight is None:
@@ -1431,12 +1481,12 @@ class BatchedRunner(ModelRunner):
         """The engine stops: every waiting caller and driven session gets UNAVAILABLE (the caller holds the lock)."""
         for r in self._pending:
             if r.row is None:
-                r.error = Unavailable("the engine has stopped")
+                r.error = Unavailable(self._stop_reason)
                 _wake(r)
         self._publish()
         for row in list(self._rows.values()):
             self._hand(row)
-            row.outbox.put(Unavailable("the engine has stopped"))
+            row.outbox.put(Unavailable(self._stop_reason))
             self._drop(row)
 
     def _looks_ahead(self, step: _Launched) -> bool:
@@ -1653,6 +1703,7 @@ class BatchedRunner(ModelRunner):
         self.stats.forward_s += time.perf_counter() - launched  # the chain's launch to its values on the host
         for rows, before, after in timed:  # every step is done: its device time, what one more draft token costs
             self.costs.observe(rows, 1, self._elapsed(before, after))
+        self._time_ahead()
         return self._pick_chained(reads, flat, stepwise)
 
     @staticmethod
@@ -1747,6 +1798,23 @@ class BatchedRunner(ModelRunner):
         s = self.stats
         s.early_waited_s += self._elapsed(began, before)
         s.early_device_s += self._elapsed(before, after)
+
+    def _time_ahead(self) -> None:
+        """After a host read: the draft steps launched ahead before it are done on the device; their time goes into
+        the stats, so that the log tells what a drafted cycle's draft steps cost against the one-token steps the bound
+        prices."""
+        s, pending = self.stats, []
+        for timed in self._ahead_timed:
+            if not isinstance(timed.after, float) and not timed.after.query():
+                pending.append(timed)  # still on the device: the next read times it
+                continue
+            s.ahead_launches, s.ahead_steps, s.ahead_width = (s.ahead_launches + 1, s.ahead_steps + timed.steps,
+                                                              s.ahead_width + timed.width)
+            seconds = self._elapsed(timed.before, timed.after)
+            s.ahead_device_s += seconds
+            if timed.joined:
+                s.ahead_joined, s.ahead_joined_s = s.ahead_joined + 1, s.ahead_joined_s + seconds
+        self._ahead_timed = pending[-AHEAD_TIMED:]
 
     def _read_chains(self, values: torch.Tensor, told: list[_Request], drafted: torch.Tensor | None,
                      known_drafts: list[tuple[int, int, int]]) -> list:
@@ -1844,6 +1912,7 @@ class BatchedRunner(ModelRunner):
         for i in drawn:  # until `expect_ahead` checks its guess: the step may write a wrong token at L + accepted
             self._rewrite[sampled.rows[i][0]] = sampled.rows[i][1]
         with self._turn(), torch.inference_mode():
+            before = self._mark()
             logits = self._batched(ids, positions, min(reach, self.max_len), [], None)
             order = greedy_reads + sampled_reads
             kept = logits[torch.cat([s for s, _ in order]), torch.cat([c for _, c in order])]  # [m + m' + s, V]:
@@ -1856,6 +1925,8 @@ class BatchedRunner(ModelRunner):
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
             later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
+            self._time_ahead()
+            self._ahead_timed.append(_AheadTimed(before, self._mark(), 1 + len(later), n, bool(joins)))
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},

@@ -5,7 +5,7 @@ arithmetic, kept apart from the engine that fills them (core.batching)."""
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from specdec.core.config import ROW_BUCKETS, TOKEN_BUCKETS
@@ -196,8 +196,19 @@ class StepStats:
     ahead_kept: int = 0  # of which a chain took as its own step
     joins: int = 0  # new sessions' draft catch-ups launched in such a step (launch_ahead's `joins`)
     joins_kept: int = 0  # of which their first drafting phase took (joined_ahead)
+    ahead_launches: int = 0  # launch_ahead calls whose steps were timed on the device (once a later host read passed)
+    ahead_device_s: float = 0.0  # their steps' time on the device, the first step to the last (the bound prices each
+    #                              such step as a one-token step of the rows: here it may be wider, and more of them)
+    ahead_steps: int = 0  # the steps they launched (each chain's first, and its later ones)
+    ahead_width: int = 0  # their first steps' tokens per row, summed (2, or a joining prompt's length + 1)
+    ahead_joined: int = 0  # of those launches, the ones with a new session's catch-up (`joins`: a wider first step)
+    ahead_joined_s: float = 0.0  # their steps' time on the device
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
+
+    def mark(self) -> "StepStats":
+        """A copy to report the next figures against (the step histograms' counts since are not reported)."""
+        return replace(self, rows_seen={}, widths=dict(self.widths))
 
     def count(self, rows: int, width: int) -> None:
         """One more step, of `rows` rows of `width` tokens."""

@@ -148,3 +148,43 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_target_whose_engine_loop_stops_on_an_error_fails_its_streams_and_reports_not_serving(monkeypatch):
+    """The engine in the server's own process (a CPU target's default): a bug that stops its loop fails the streams
+    in flight with UNAVAILABLE naming the error and turns health NOT_SERVING (a pod's probes restart it), instead of
+    leaving every client waiting while the server says it serves. A real target server on loopback, built in this
+    process so that the fault can be planted in its engine."""
+    from specdec.core.batching import BatchedRunner
+    from specdec.serving.server import ServerSettings
+    from target_service.server import TargetServerSettings, build
+
+    armed = threading.Event()
+    split = BatchedRunner._split_pending
+
+    def crashing(self, *args, **kwargs):
+        if armed.is_set():
+            raise RuntimeError("planted fault")
+        return split(self, *args, **kwargs)
+    monkeypatch.setattr(BatchedRunner, "_split_pending", crashing)
+    server = build(TargetServerSettings(server=ServerSettings(), max_sessions=2, compile=False))
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stream = target_pb2_grpc.TargetServiceStub(ch).Generate(target_pb2.TargetGenerateRequest(
+                session_id="s", prompt_ids=[1, 2, 3], max_new_tokens=2000, ignore_eos=True), timeout=60)
+            next(stream)
+            armed.set()
+            with pytest.raises(grpc.RpcError) as err:
+                list(stream)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "unexpected error: RuntimeError: planted fault" in err.value.details()
+            health = health_pb2_grpc.HealthStub(ch)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                list(target_pb2_grpc.TargetServiceStub(ch).Generate(target_pb2.TargetGenerateRequest(
+                    session_id="after", prompt_ids=[1, 2], max_new_tokens=4), timeout=30))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(grace=0)

@@ -12,7 +12,7 @@ from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner, _Request, _Row, auto_stream_interval
 from specdec.core.config import GenerationRequest, SamplingParams
 from specdec.core.drafting import PredraftPolicy
-from specdec.core.errors import InvalidArgument
+from specdec.core.errors import InvalidArgument, Unavailable
 from specdec.core.sampling import process_rows
 from specdec.core.sequence import TargetSequence
 from specdec.core.step_costs import StepCostTable, bucket
@@ -1090,3 +1090,54 @@ def test_callers_of_a_runner_without_an_engine_loop_each_get_their_own_results_a
         assert got == alone
         for slot in slots:
             runner.close(slot)
+
+
+def test_an_engine_loop_stopped_by_an_error_fails_its_sessions_and_callers_and_refuses_new_work(tiny_pair_fp32,
+                                                                                                 monkeypatch):
+    """A bug that stops the engine loop leaves no one waiting for good: the session it drives ends with UNAVAILABLE
+    naming the error, and so does a caller whose forward the loop had taken (in flight, no longer pending); new work
+    is refused so; the server's hook runs (it reports NOT_SERVING), at once for one given later. A failing log line
+    alone stops nothing."""
+    pair = tiny_pair_fp32
+    runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005)
+    failed = threading.Event()
+    runner.on_failure(failed.set)
+    prompt = pair.encode(PROMPTS[0])
+    monkeypatch.setattr(batching, "LOG_EVERY_S", 0.0)
+
+    def broken_report(since, t0):
+        raise RuntimeError("a broken log line")
+    monkeypatch.setattr(runner, "_report", broken_report)
+    assert len(decode(pair, runner, prompt, 8)) == 8 and not failed.is_set()
+
+    ended: dict[str, BaseException] = {}
+
+    def session():
+        try:
+            decode(pair, runner, prompt, 200)
+        except BaseException as e:  # noqa: BLE001 - what the test asserts on
+            ended["session"] = e
+    driven = threading.Thread(target=session)
+    driven.start()
+    deadline = time.monotonic() + 60
+    while runner.stats.steps < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    split = runner._split_pending
+
+    def crash_with_a_caller_s_forward_taken(*args, **kwargs):
+        steps, long = split(*args, **kwargs)
+        if any(r.row is None for r in [*steps, *long]):
+            raise RuntimeError("boom")
+        return steps, long
+    monkeypatch.setattr(runner, "_split_pending", crash_with_a_caller_s_forward_taken)
+    slot = runner.open()
+    with pytest.raises(Unavailable, match="unexpected error: RuntimeError: boom"):
+        runner.greedy_ids_together([(slot, prompt, 1)])
+    driven.join(timeout=30)
+    assert not driven.is_alive() and isinstance(ended.get("session"), Unavailable), ended
+    assert "boom" in str(ended["session"]) and failed.is_set() and isinstance(runner.failure, RuntimeError)
+    with pytest.raises(Unavailable, match="boom"):
+        decode(pair, runner, prompt, 4)
+    late = threading.Event()
+    runner.on_failure(late.set)
+    assert late.is_set()

@@ -3,6 +3,7 @@ Outputs equal target-only decoding (greedy) and the same request drafted by a se
 the drafting is batched; a failing draft leaves the sessions decoding alone, output unchanged."""
 
 import collections
+import dataclasses
 import logging
 import re
 import threading
@@ -147,6 +148,7 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     cases = [(pair.encode(p), 20, k) for p, k in zip(PROMPTS[3:7], (2, 3, 4, 2))]
     alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
     launched, kept, taken = draft.stats.ahead, draft.stats.ahead_kept, collections.Counter()
+    timed = dataclasses.replace(draft.stats)
     taken_later = draft._taken_later
 
     def counting(ahead, chains):
@@ -158,6 +160,13 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     launched, kept = draft.stats.ahead - launched, draft.stats.ahead_kept - kept
     assert 0 < kept <= launched, (kept, launched)
     assert taken[2] > 0 and taken[3] > 0 and taken[4] > 0, taken  # steps 2, 3 and 4 of chains taken from ahead
+    # each launch's steps are timed (the engine's log: what they cost against the one-token steps the bound prices):
+    # a first step at least two tokens wide, then the later ones
+    s = draft.stats
+    launches, steps = s.ahead_launches - timed.ahead_launches, s.ahead_steps - timed.ahead_steps
+    assert launches > 0 and s.ahead_device_s > timed.ahead_device_s and launches < steps <= 4 * launches, (launches, steps)
+    assert s.ahead_width - timed.ahead_width >= 2 * launches
+    assert 0 <= s.ahead_joined - timed.ahead_joined <= launches and s.ahead_joined_s - timed.ahead_joined_s >= 0
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -203,11 +212,12 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
         return catch_up_reads(calls)
 
     monkeypatch.setattr(draft, "catch_up_reads", counted)
-    joins, kept = draft.stats.joins, draft.stats.joins_kept
+    joins, kept, timed = draft.stats.joins, draft.stats.joins_kept, draft.stats.ahead_joined
 
     drafts_as_alone(staggered(pair, engine, cases, 0.04), alone)
     joins, kept = draft.stats.joins - joins, draft.stats.joins_kept - kept
     assert kept >= 1 and kept <= joins, (kept, joins)
+    assert draft.stats.ahead_joined > timed  # such steps are timed apart (the engine's log: what a join costs them)
     assert len(caught_up) + kept == len(cases), (caught_up, kept)
     assert len(long_prompt) + 1 in caught_up  # too wide to join: it caught up itself
 
@@ -598,19 +608,26 @@ def test_a_new_session_s_catch_up_is_charged_to_no_running_session_s_cycle(tiny_
 
 def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engine, caplog, monkeypatch):
     """Next to its steps, the engine's log line says what its drafting phases did and how many rows of draft steps
-    launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path)."""
+    launched from a verify's argmax their chains took (one not taken is run again: a cost on every row's path), what
+    those steps cost on the device (against the one-token steps the bound prices)."""
     pair = tiny_pair_fp32
     monkeypatch.setattr(batching, "LOG_EVERY_S", 0.0)
     cases = [(pair.encode(p), 16, 2) for p in PROMPTS[7:10]]
     with caplog.at_level(logging.INFO, logger="specdec.batching"):
         equal_to_target_only(pair, engine, cases, lambda: (0, 0))
     lines = re.findall(r"engine's drafting: (\d+) drafting phases, [0-9.]+ sessions each, (\d+) catching up first "
-                       r"\(\d+ ms of \d+, \d+ tokens\); draft steps launched ahead for (\d+) rows, taken by (\d+)",
-                       caplog.text)
+                       r"\(\d+ ms of \d+, \d+ tokens\); draft steps launched ahead for (\d+) rows, taken by (\d+), "
+                       r"([0-9.]+) ms on the device a launch \(([0-9.]+) steps, the first ([0-9.]+) tokens wide, (\d+) "
+                       r"launches timed; \d+ with a new session's catch-up, [0-9.]+ ms each\); new sessions' catch-ups "
+                       r"launched with them \d+, taken \d+", caplog.text)
     assert lines, caplog.text
     phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
     assert phases > 0 and 0 < caught_up <= phases  # each new prompt's draft caught up in its first phase
     assert 0 < taken <= launched
+    steps = re.findall(r"engine: (\d+) steps in .* steps by tokens per row ([^;]*); t\(rows x tokens\)", caplog.text)
+    assert steps and all(int(n) == sum(int(c.split(": ")[1]) for c in widths.split(", ")) for n, widths in steps), steps
+    timed = [(float(ms), float(steps), float(width)) for *_, ms, steps, width, n in lines if int(n) > 0]
+    assert timed and all(ms > 0 and steps >= 1 and width >= 2 for ms, steps, width in timed), lines
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
