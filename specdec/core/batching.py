@@ -334,6 +334,7 @@ class _AheadTimed:
     steps: int
     width: int  # the first step's tokens per row
     joined: bool  # with a new session's catch-up
+    since: "float | torch.cuda.Event | None"  # a mark after the verify they follow (None: not timed)
 
 
 class StepDrafter(Protocol):
@@ -900,7 +901,8 @@ class BatchedRunner(ModelRunner):
                 f"({(d.ahead_steps - m.ahead_steps) / max(1, calls):.1f} steps, the first "
                 f"{(d.ahead_width - m.ahead_width) / max(1, calls):.1f} tokens wide, {calls} launches timed; "
                 f"{joined} with a new session's catch-up, {1e3 * (d.ahead_joined_s - m.ahead_joined_s) / max(1, joined):.1f} "
-                f"ms each); new sessions' catch-ups launched with them {d.joins - m.joins}, taken "
+                f"ms each; {1e3 * (d.ahead_idle_s - m.ahead_idle_s) / max(1, d.ahead_idled - m.ahead_idled):.1f} ms from "
+                f"the verify's end to them); new sessions' catch-ups launched with them {d.joins - m.joins}, taken "
                 f"{d.joins_kept - m.joins_kept}")
 
     def _loop(self) -> None:
@@ -1268,7 +1270,8 @@ class BatchedRunner(ModelRunner):
             runner.launch_ahead([(r.drafted.row, self._drafts_from(r), r.keep - 1, r.index, len(r.ids) - r.keep)
                                  for r in greedy], rows[0].drafted.tokens, step.top, read,
                                 [(r.join, r.index, len(r.ids) - 1) for r in joins], self._sampled_ahead(step, sampled),
-                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy])
+                                steps=[r.keep - 1 for r in greedy], known=[r.drafted.known for r in greedy],
+                                since=step.timeline[2] if step.timeline is not None else None)
         except BaseException:  # noqa: BLE001 - the rows draft their next chains as usual
             log.exception("launching draft steps from a verify's outcome failed; the rows draft as usual")
             return []
@@ -1812,6 +1815,8 @@ class BatchedRunner(ModelRunner):
                                                               s.ahead_width + timed.width)
             seconds = self._elapsed(timed.before, timed.after)
             s.ahead_device_s += seconds
+            if timed.since is not None and type(timed.since) is type(timed.before):
+                s.ahead_idled, s.ahead_idle_s = s.ahead_idled + 1, s.ahead_idle_s + self._elapsed(timed.since, timed.before)
             if timed.joined:
                 s.ahead_joined, s.ahead_joined_s = s.ahead_joined + 1, s.ahead_joined_s + seconds
         self._ahead_timed = pending[-AHEAD_TIMED:]
@@ -1843,7 +1848,8 @@ class BatchedRunner(ModelRunner):
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
                      joins: Sequence[tuple[DraftJoin, int, int]] = (), sampled: SampledAhead | None = None,
-                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None:
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = (),
+                     since: "float | torch.cuda.Event | None" = None) -> None:
         """Launch the first step of each row's next chain from a verify's argmax `top` [verify rows, n] on the device,
         before any host read. `rows`: (slot, L: the position the verify's first kept logits predict, K: the drafts it
         verifies, its row in `top`, that row's first kept column); `tokens` [slots, steps]: the drafts (Drafted). A
@@ -1859,7 +1865,8 @@ class BatchedRunner(ModelRunner):
         (every row is padded to a join's width) catches up on its own.
         `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
         from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
-        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`)."""
+        at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`).
+        `since`: a mark (`_mark`) after the verify, to time how long the device idled between it and these steps."""
         def continues(slot: int, at: int, k: int) -> bool:
             return at + k < self.max_len and self._chain_ends.get(slot) == at + k - 1
         chained = [(r, n, f) for r, n, f in zip(rows, steps or [1] * len(rows), known or [None] * len(rows))
@@ -1926,7 +1933,7 @@ class BatchedRunner(ModelRunner):
             self.stats.count(len(launched), n)
             later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
             self._time_ahead()
-            self._ahead_timed.append(_AheadTimed(before, self._mark(), 1 + len(later), n, bool(joins)))
+            self._ahead_timed.append(_AheadTimed(before, self._mark(), 1 + len(later), n, bool(joins), since))
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
         self.stats.joins += len(joins)
         self._ahead = _Ahead(read, {s: i for i, s in enumerate(launched[:greedy])}, {s: self._closes[s] for s in launched},

@@ -176,7 +176,8 @@ class DraftsAhead(Protocol):
     def launch_ahead(self, rows: list[tuple[int, int, int, int, int]], tokens: torch.Tensor, top: torch.Tensor | None,
                      read: Callable[[torch.Tensor], torch.Tensor] | None,
                      joins: Sequence[tuple["DraftJoin", int, int]] = (), sampled: SampledAhead | None = None,
-                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = ()) -> None: ...
+                     steps: Sequence[int] = (), known: Sequence[Callable[[int], int] | None] = (),
+                     since: object = None) -> None: ...
 
     def expect_ahead(self, slot: int, start: int, drafts: list[int], accepted: int, token: int) -> None: ...
 

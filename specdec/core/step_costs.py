@@ -203,6 +203,10 @@ class StepStats:
     ahead_width: int = 0  # their first steps' tokens per row, summed (2, or a joining prompt's length + 1)
     ahead_joined: int = 0  # of those launches, the ones with a new session's catch-up (`joins`: a wider first step)
     ahead_joined_s: float = 0.0  # their steps' time on the device
+    ahead_idled: int = 0  # launches timed from the verify they follow (one launched in a drafting phase)
+    ahead_idle_s: float = 0.0  # the device's time from that verify's end to their first step's start: idle, but for
+    #                            the drafting phase's own forwards (on a CPU, which runs each forward as it is
+    #                            launched: the host's time between the two)
     rows_seen: dict[int, int] = field(default_factory=dict)  # rows in a step -> how many steps
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 

@@ -167,6 +167,7 @@ def test_draft_steps_launched_from_the_verify_s_argmax_draft_what_the_host_would
     assert launches > 0 and s.ahead_device_s > timed.ahead_device_s and launches < steps <= 4 * launches, (launches, steps)
     assert s.ahead_width - timed.ahead_width >= 2 * launches
     assert 0 <= s.ahead_joined - timed.ahead_joined <= launches and s.ahead_joined_s - timed.ahead_joined_s >= 0
+    assert 0 < s.ahead_idled - timed.ahead_idled <= launches and s.ahead_idle_s > timed.ahead_idle_s  # after a verify
 
 
 def test_a_session_joining_drafting_ones_drafts_its_first_block_from_its_catch_up(tiny_pair_fp32, engine, monkeypatch):
@@ -618,7 +619,8 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     lines = re.findall(r"engine's drafting: (\d+) drafting phases, [0-9.]+ sessions each, (\d+) catching up first "
                        r"\(\d+ ms of \d+, \d+ tokens\); draft steps launched ahead for (\d+) rows, taken by (\d+), "
                        r"([0-9.]+) ms on the device a launch \(([0-9.]+) steps, the first ([0-9.]+) tokens wide, (\d+) "
-                       r"launches timed; \d+ with a new session's catch-up, [0-9.]+ ms each\); new sessions' catch-ups "
+                       r"launches timed; \d+ with a new session's catch-up, [0-9.]+ ms each; ([0-9.]+) ms from the "
+                       r"verify's end to them\); new sessions' catch-ups "
                        r"launched with them \d+, taken \d+", caplog.text)
     assert lines, caplog.text
     phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
@@ -626,8 +628,9 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     assert 0 < taken <= launched
     steps = re.findall(r"engine: (\d+) steps in .* steps by tokens per row ([^;]*); t\(rows x tokens\)", caplog.text)
     assert steps and all(int(n) == sum(int(c.split(": ")[1]) for c in widths.split(", ")) for n, widths in steps), steps
-    timed = [(float(ms), float(steps), float(width)) for *_, ms, steps, width, n in lines if int(n) > 0]
-    assert timed and all(ms > 0 and steps >= 1 and width >= 2 for ms, steps, width in timed), lines
+    timed = [(float(ms), float(steps), float(width), float(gap)) for *_, ms, steps, width, n, gap in lines if int(n) > 0]
+    assert timed and all(ms > 0 and steps >= 1 and width >= 2 for ms, steps, width, _ in timed), lines
+    assert any(gap > 0 for *_, gap in timed), lines  # on a CPU: the host's time from launching the verify to them
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
