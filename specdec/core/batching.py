@@ -1815,7 +1815,7 @@ class BatchedRunner(ModelRunner):
                                                               s.ahead_width + timed.width)
             seconds = self._elapsed(timed.before, timed.after)
             s.ahead_device_s += seconds
-            if timed.since is not None and type(timed.since) is type(timed.before):
+            if timed.since is not None:
                 s.ahead_idled, s.ahead_idle_s = s.ahead_idled + 1, s.ahead_idle_s + self._elapsed(timed.since, timed.before)
             if timed.joined:
                 s.ahead_joined, s.ahead_joined_s = s.ahead_joined + 1, s.ahead_joined_s + seconds

@@ -211,7 +211,8 @@ class StepStats:
     widths: dict[int, int] = field(default_factory=dict)  # tokens per row of a step -> how many steps
 
     def mark(self) -> "StepStats":
-        """A copy to report the next figures against (the step histograms' counts since are not reported)."""
+        """A copy for the next report to subtract from its figures: the widths histogram copied (it subtracts it),
+        rows_seen left empty (no report reads it; a shallow copy would share the live one)."""
         return replace(self, rows_seen={}, widths=dict(self.widths))
 
     def count(self, rows: int, width: int) -> None:

@@ -626,8 +626,10 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     phases, caught_up, launched, taken = (sum(int(line[i]) for line in lines) for i in range(4))
     assert phases > 0 and 0 < caught_up <= phases  # each new prompt's draft caught up in its first phase
     assert 0 < taken <= launched
-    steps = re.findall(r"engine: (\d+) steps in .* steps by tokens per row ([^;]*); t\(rows x tokens\)", caplog.text)
-    assert steps and all(int(n) == sum(int(c.split(": ")[1]) for c in widths.split(", ")) for n, widths in steps), steps
+    step_lines = re.findall(r"engine: (\d+) steps in .* steps by tokens per row ([^;]*); t\(rows x tokens\)",
+                            caplog.text)
+    assert step_lines and all(int(n) == sum(int(c.split(": ")[1]) for c in widths.split(", "))
+                              for n, widths in step_lines), step_lines
     timed = [(float(ms), float(steps), float(width), float(gap)) for *_, ms, steps, width, n, gap in lines if int(n) > 0]
     assert timed and all(ms > 0 and steps >= 1 and width >= 2 for ms, steps, width, _ in timed), lines
     assert any(gap > 0 for *_, gap in timed), lines  # on a CPU: the host's time from launching the verify to them
