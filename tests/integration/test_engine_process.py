@@ -150,6 +150,52 @@ def alive(pid: int) -> bool:
         return False
 
 
+# Loaded by the engine process's fresh interpreter (site imports `sitecustomize` from PYTHONPATH at start): once the
+# file FAULT_FILE names exists, the engine's loop raises on its next step.
+PLANTED_FAULT = """
+import os
+from specdec.core.batching import BatchedRunner
+
+split = BatchedRunner._split_pending
+
+def crashing(self, *args, **kwargs):
+    if os.path.exists(os.environ["FAULT_FILE"]):
+        raise RuntimeError("planted fault")
+    return split(self, *args, **kwargs)
+
+BatchedRunner._split_pending = crashing
+"""
+
+
+def test_an_engine_process_whose_loop_stops_on_an_error_exits_and_its_target_fails_the_streams(tmp_path):
+    """An engine in its own process whose loop stops on an error exits (`on_failure`), so that its front end fails
+    the streams in flight with UNAVAILABLE and reports NOT_SERVING, as for an engine that dies otherwise; without
+    the exit the process would sit there with the model loaded, serving no one. The fault is planted in the child's
+    interpreter through a `sitecustomize` on its PYTHONPATH."""
+    (tmp_path / "sitecustomize.py").write_text(PLANTED_FAULT)
+    armed = tmp_path / "armed"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "FAULT_FILE": str(armed)}
+    with running_stack(draft_model=None, target=["--engine-process"], env=env) as stack:
+        target = stack.procs["target"]
+        engine = engine_pid(target.pid)
+        with Client(stack.address, timeout_s=120) as client:
+            stream = client.stream(build_request(PROMPTS[0], max_new_tokens=4000, ignore_eos=True))
+            next(stream)
+            armed.touch()
+            with pytest.raises(grpc.RpcError) as err:
+                list(stream)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        deadline = time.monotonic() + 10
+        while alive(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(engine)
+        with grpc.insecure_channel(stack.addresses()["target"]) as ch:
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert target.poll() is None
+
+
 def test_a_target_whose_engine_loop_stops_on_an_error_fails_its_streams_and_reports_not_serving(monkeypatch):
     """The engine in the server's own process (a CPU target's default): a bug that stops its loop fails the streams
     in flight with UNAVAILABLE naming the error and turns health NOT_SERVING (a pod's probes restart it), instead of
