@@ -316,6 +316,7 @@ class _Ahead:
     expected: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # slot -> (start, ids), once read
     touched: set[int] = field(default_factory=set)  # slots another forward wrote to since
     joins: dict[int, list[int]] = field(default_factory=dict)  # a new session's draft slot -> the prompt it forwarded
+    joined: set[int] = field(default_factory=set)  # those slots whose chain took that as its catch-up (joined_ahead)
     drawn: dict[int, tuple[int, Sampled, int]] = field(default_factory=dict)  # a sampled row's slot -> its row in
     #                                                   `picks`, the chain it was drawn for, its row in `guesses`
     picks: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None  # the sampled rows' values [s, 2]
@@ -1861,8 +1862,9 @@ class BatchedRunner(ModelRunner):
         begin likewise, and each one's first pick is drawn on the device as its chain draws it (`_draw_chained`).
         `joins`: (a new session's draft, its prompt step's row in `top`, that row's kept column): the same step
         forwards its prompt and the token the target drew after it, from position 0, and reads its chain's first step
-        there; its first drafting phase takes that as its catch-up (`joined_ahead`). A prompt wider than a graph step
-        (every row is padded to a join's width) catches up on its own.
+        there; its first drafting phase takes that as its catch-up (`joined_ahead`), and its chain's later steps
+        (`DraftJoin.steps`) are launched with the rows'. A prompt wider than a graph step (every row is padded to a
+        join's width) catches up on its own.
         `steps` (by row of `rows`; default 1 each): how many of its next chain's steps to launch, each after the first
         from the token the one before drafted (`known`, by row: a replayed draft's `Grouped.known`, the token it drafts
         at a position), so that the draft computes a whole chain while the host reads the verify (`_launch_later`).
@@ -1931,7 +1933,8 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later = self._launch_later(chained, outcomes[0], values[:len(rows), 0], read) if rows else []
+            later = self._launch_later(*self._later_rows(chained, outcomes[0] if rows else None, joins), values[:greedy, 0],
+                                       read) if greedy else []
             self._time_ahead()
             self._ahead_timed.append(_AheadTimed(before, self._mark(), 1 + len(later), n, bool(joins), since))
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
@@ -1940,6 +1943,23 @@ class BatchedRunner(ModelRunner):
                              values, joins={join.slot: join.ids for join, _, _ in joins},
                              drawn={sampled.rows[i][0]: (b, sampled.chains[i], i) for b, i in enumerate(drawn)},
                              picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
+
+    def _later_rows(self, chained: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
+                    outcome: tuple | None, joins: Sequence[tuple[DraftJoin, int, int]]) -> tuple[list, tuple]:
+        """`_launch_later`'s rows and outcome: the greedy rows' (`chained`, `outcome`: their first step's), then the
+        joins', each a chain whose first step forwarded its prompt's last token at its length p, so that its step s
+        feeds the token drafted at p + s as a row that accepted 0 drafts from L = p does."""
+        rows = chained + [((join.slot, len(join.ids), 0, row, column), join.steps, join.known)
+                          for join, row, column in joins]
+        if not joins:
+            return rows, outcome
+        spec = self._on_device([[join.slot, len(join.ids)] for join, _, _ in joins])  # [m', 2]
+        slot, at = spec.unbind(1)  # [m'] each
+        if outcome is None:
+            return rows, (None, slot, at, None, torch.zeros_like(slot), None)
+        _, rows_slot, rows_at, _, accepted, _ = outcome
+        return rows, (None, torch.cat([rows_slot, slot]), torch.cat([rows_at, at]), None,
+                      torch.cat([accepted, torch.zeros_like(slot)]), None)
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
                       outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
@@ -2021,6 +2041,7 @@ class BatchedRunner(ModelRunner):
                 or self._closes[slot.index] != ahead.closes[slot.index]):
             return None
         slot.tokens = list(ids)
+        ahead.joined.add(slot.index)
         self.stats.joins_kept += 1
         i = ahead.rows[slot.index]
         return ahead.values[i:i + 1]
@@ -2054,7 +2075,8 @@ class BatchedRunner(ModelRunner):
                 values = iter(ahead_values.unbind() if from_ahead else ())
                 groups.append((taken, torch.stack([r.chain.first[0] if r.chain.first is not None else next(values)
                                                    for r in taken]), None))
-            later = self._taken_later(ahead, from_ahead)
+            joined = [r for r in taken if r.chain.first is not None and ahead is not None and r.index in ahead.joined]
+            later = self._taken_later(ahead, from_ahead + joined)
         drawn = [r for r in requests if r.chain.sampled is not None and ahead is not None and r.index in ahead.drawn
                  and ahead.drawn[r.index][1] is r.chain.sampled and stands(r)]
         if drawn:

@@ -117,7 +117,9 @@ class OwnDraftLink(ProposalInbox):
         with self.drafter.lock:  # not closed: its slot is still its own (a closed slot's index is -1)
             if not self.joining or self.closed or group is None:
                 return None
-            return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read)
+            self.proposer.before_propose(self.committed)  # a replayed draft's `known` answers from its reference
+            return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read, self.k,
+                             group.known)
 
     def behind(self, committed: Sequence[int]) -> int:
         behind = getattr(self.proposer, "behind", None)  # a model proposer's (proposers.base.ModelDrafting)

@@ -205,12 +205,16 @@ class DraftJoin(NamedTuple):
     """A new session's draft, not yet caught up on its prompt: slot `slot` of the draft runner `ahead`, to hold `ids`
     (the prompt) and then the token the target's prompt step draws. Launched with the other rows' first draft steps
     from that step's argmax (`DraftsAhead.launch_ahead`), its catch-up costs no forward of its own on every row's path;
-    its first draft step's values are read with `read` (its group's)."""
+    its first draft step's values are read with `read` (its group's). Its first chain's later steps, `steps` in all
+    (the K it drafts with now), go on the device with the other rows' (`known`: as Grouped.known), so that they are
+    no forwards of a few rows each after them."""
 
     ahead: DraftsAhead
     slot: int
     ids: list[int]
     read: Callable[[torch.Tensor], torch.Tensor]
+    steps: int = 1
+    known: Callable[[int], int] | None = None
 
 
 Launched = Callable[[dict[int, Drafted]], None]  # each drafting chain's Drafted, by its index in `decode_chains`

@@ -43,7 +43,7 @@ def propose_together(proposers: Sequence["ModelDrafting"], committed: Sequence[S
     assert all(p.runner is runner for p in proposers), "proposals are drafted together on one runner"
     t0 = time.perf_counter()
     for p, c in zip(proposers, committed):
-        p._before_propose(c)
+        p.before_propose(c)
     behind = {i: n for i, (p, c) in enumerate(zip(proposers, committed)) if (n := p.behind(c))}  # -> tokens lacked
     first: dict[int, object] = {}
     chained = getattr(runner, "passive", False)  # the chains' own steps (BatchedRunner._draft_chained)
@@ -86,7 +86,7 @@ class ModelDrafting:
             raise NotImplementedError
         return [self.group.pick(values, p) for values, p in zip(self.group.read(logits).tolist(), positions)]
 
-    def _before_propose(self, committed: Sequence[int]) -> None:
+    def before_propose(self, committed: Sequence[int]) -> None:
         """What a proposer learns from the sequence before it drafts (the replay finds its reference)."""
 
     def propose(self, committed: Sequence[int], k: int) -> Proposal:

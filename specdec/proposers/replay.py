@@ -57,7 +57,7 @@ class ReplayProposer(ModelDrafting):
         self.slot = runner.open()
         self.group = Grouped(argmax_rows, self._pick, self._token)
 
-    def _before_propose(self, committed: Sequence[int]) -> None:
+    def before_propose(self, committed: Sequence[int]) -> None:
         self._find(committed)
         self._check(committed)
 

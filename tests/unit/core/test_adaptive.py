@@ -396,7 +396,7 @@ def test_a_replay_book_says_what_rate_its_draft_realises_over_requests(tiny_pair
     proposer = ReplayFactory(tiny_pair.draft_runner, book, ReplayRates(0.8, 0.0)).open(SamplingParams(), seed=0)
     try:
         reference = prompt + output
-        proposer._before_propose(prompt)  # finds its reference by the prompt
+        proposer.before_propose(prompt)  # finds its reference by the prompt
         right = [proposer._replayed(p)[0] == reference[p] for p in range(len(prompt) + 1, len(reference))]
     finally:
         proposer.close()
@@ -421,11 +421,11 @@ def test_a_replayed_draft_warns_once_where_the_sequence_leaves_its_reference(tin
                              ReplayRates(1.0, 0.0)).open(SamplingParams(), seed=0)
     try:
         with caplog.at_level(logging.WARNING, logger="specdec.replay"):
-            proposer._before_propose(prompt + [5, 6])
-            proposer._before_propose(prompt + [5, 6, 7])
+            proposer.before_propose(prompt + [5, 6])
+            proposer.before_propose(prompt + [5, 6, 7])
             assert not caplog.records
-            proposer._before_propose(prompt + [5, 6, 7, 4])
-            proposer._before_propose(prompt + [5, 6, 7, 4, 3])
+            proposer.before_propose(prompt + [5, 6, 7, 4])
+            proposer.before_propose(prompt + [5, 6, 7, 4, 3])
         assert len(caplog.records) == 1
         assert f"left its reference at position {len(prompt) + 3} (4 there, the reference has 8)" in caplog.text
     finally:

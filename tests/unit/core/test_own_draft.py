@@ -198,8 +198,9 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
     """A session whose prompt step is verified with others' drafted blocks: the draft step launched ahead from that
     step's argmax also forwards its prompt and first token into its draft's slot, and its first drafting phase takes
     that as its catch-up, with no forward of its own. Every session catches up once, by a forward of its own (the
-    first, whose prompt step verified no drafts, and one whose prompt is wider than a graph step) or in such a step;
-    every block drafts and accepts what the same request's does alone."""
+    first, whose prompt step verified no drafts, and one whose prompt is wider than a graph step) or in such a step,
+    whose launch holds its first chain's later steps too (no forwards of their own after the other rows'); every
+    block drafts and accepts what the same request's does alone."""
     pair, (_, draft) = tiny_pair_fp32, engine
     long_prompt = pair.encode("\n".join(PROMPTS[:3]))
     assert len(long_prompt) >= draft.graph_max_tokens
@@ -213,6 +214,13 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
         return catch_up_reads(calls)
 
     monkeypatch.setattr(draft, "catch_up_reads", counted)
+    later, taken_later = [], BatchedRunner._taken_later
+
+    def spied(self, ahead, chains):
+        steps = taken_later(self, ahead, chains)
+        later.extend(r for step in steps for members, _, _ in step for r in members if r.chain.first is not None)
+        return steps
+    monkeypatch.setattr(BatchedRunner, "_taken_later", spied)
     joins, kept, timed = draft.stats.joins, draft.stats.joins_kept, draft.stats.ahead_joined
 
     drafts_as_alone(staggered(pair, engine, cases, 0.04), alone)
@@ -221,6 +229,7 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
     assert draft.stats.ahead_joined > timed  # such steps are timed apart (the engine's log: what a join costs them)
     assert len(caught_up) + kept == len(cases), (caught_up, kept)
     assert len(long_prompt) + 1 in caught_up  # too wide to join: it caught up itself
+    assert later  # joined chains took their later steps from the launch
 
 
 def test_a_join_its_first_phase_cannot_take_catches_up_itself(tiny_pair_fp32, engine, monkeypatch):
