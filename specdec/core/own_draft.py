@@ -117,7 +117,10 @@ class OwnDraftLink(ProposalInbox):
         with self.drafter.lock:  # not closed: its slot is still its own (a closed slot's index is -1)
             if not self.joining or self.closed or group is None:
                 return None
-            self.proposer.before_propose(self.committed)  # a replayed draft's `known` answers from its reference
+            try:
+                self.proposer.before_propose(self.committed)  # a replayed draft's `known` answers from its reference
+            except Exception:  # noqa: BLE001 - not here, on the engine's path: its drafting phase fails this link alone
+                return None
             return DraftJoin(self.drafter.runner, self.proposer.slot.index, list(self.committed), group.read, self.k,
                              group.known)
 

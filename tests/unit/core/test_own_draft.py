@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,13 +18,15 @@ from specdec.core.adaptive import FixedK
 from specdec.core.batching import BatchedRunner
 from specdec.core.config import FinishReason, GenerationRequest, SamplingParams
 from specdec.core.drafting import DraftStart
+from specdec.core.errors import InvalidArgument
+from specdec.core.own_draft import OwnDraftLink
 from specdec.core.runner import Chain, Grouped, draw_sampled
 from specdec.core.sequence import TargetSequence
 from specdec.core.stats import Cycle
 from specdec.core.target_loop import InlineLink, TargetLoop
 from specdec.proposers import own_drafts
 from specdec.proposers.base import propose_together
-from specdec.proposers.draft_model import DraftModelFactory, pick_greedy, top_three
+from specdec.proposers.draft_model import GREEDY, DraftModelFactory, pick_greedy, top_three
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
@@ -230,6 +233,25 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
     assert len(caught_up) + kept == len(cases), (caught_up, kept)
     assert len(long_prompt) + 1 in caught_up  # too wide to join: it caught up itself
     assert later  # joined chains took their later steps from the launch
+
+
+def test_a_join_whose_proposer_cannot_begin_is_left_to_its_drafting_phase():
+    """A new session's draft whose proposer refuses its prompt (a replayed draft with no reference for it) launches no
+    catch-up with the other rows' draft steps (where its error would stop the engine's loop): its own drafting phase
+    meets the error and fails its link alone."""
+    class Refusing:
+        group = GREEDY
+        slot = SimpleNamespace(index=3)
+
+        def before_propose(self, committed):
+            raise InvalidArgument("prompt_ids", "no replay reference for this prompt")
+
+    drafter = SimpleNamespace(lock=threading.Lock(), runner=None)
+    assert OwnDraftLink(drafter, Refusing(), [1, 2, 3], k=4).join_ahead() is None
+    good = Refusing()
+    good.before_propose = lambda committed: None
+    join = OwnDraftLink(drafter, good, [1, 2, 3], k=4).join_ahead()
+    assert (join.slot, join.ids, join.steps) == (3, [1, 2, 3], 4)
 
 
 def test_a_join_its_first_phase_cannot_take_catches_up_itself(tiny_pair_fp32, engine, monkeypatch):
