@@ -205,9 +205,9 @@ class DraftJoin(NamedTuple):
     """A new session's draft, not yet caught up on its prompt: slot `slot` of the draft runner `ahead`, to hold `ids`
     (the prompt) and then the token the target's prompt step draws. Launched with the other rows' first draft steps
     from that step's argmax (`DraftsAhead.launch_ahead`), its catch-up costs no forward of its own on every row's path;
-    its first draft step's values are read with `read` (its group's). Its first chain's later steps, `steps` in all
-    (the K it drafts with now), go on the device with the other rows' (`known`: as Grouped.known), so that they are
-    no forwards of a few rows each after them."""
+    its first draft step's values are read with `read` (its group's). Its first chain's steps, `steps` in all (the K
+    it drafts with now), are launched with the other rows' later steps (`known`: as Grouped.known) rather than run as
+    forwards of the joining rows alone after them."""
 
     ahead: DraftsAhead
     slot: int
