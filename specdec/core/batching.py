@@ -1933,8 +1933,8 @@ class BatchedRunner(ModelRunner):
                 picks = self._draw_ahead_picks(kept[greedy:], [sampled.rows[i] for i in drawn],
                                                [sampled.chains[i] for i in drawn], drawn_accepted)
             self.stats.count(len(launched), n)
-            later = self._launch_later(*self._later_rows(chained, outcomes[0] if rows else None, joins), values[:greedy, 0],
-                                       read) if greedy else []
+            later = self._launch_later(*self._later_rows(chained, outcomes[0] if rows else None, joins),
+                                       values[:greedy, 0], read) if greedy else []
             self._time_ahead()
             self._ahead_timed.append(_AheadTimed(before, self._mark(), 1 + len(later), n, bool(joins), since))
         self.stats.ahead += len(rows) + len(drawn) + sum(len(where) for where, _ in later)
@@ -1945,32 +1945,33 @@ class BatchedRunner(ModelRunner):
                              picks=picks, guesses=sampled.outcomes if sampled is not None else None, later=later)
 
     def _later_rows(self, chained: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
-                    outcome: tuple | None, joins: Sequence[tuple[DraftJoin, int, int]]) -> tuple[list, tuple]:
-        """`_launch_later`'s rows and outcome: the greedy rows' (`chained`, `outcome`: their first step's), then the
-        joins', each a chain whose first step forwarded its prompt's last token at its length p, so that its step s
-        feeds the token drafted at p + s as a row that accepted 0 drafts from L = p does."""
+                    outcome: tuple | None, joins: Sequence[tuple[DraftJoin, int, int]]
+                    ) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_launch_later`'s rows and their (slot, L, accepted) [m] each: the greedy rows' (`chained`, `outcome`: their
+        first step's, None where there are none), then the joins', each a chain whose first step forwarded its
+        prompt's last token at its length p, so that its step s feeds the token drafted at p + s as a row that
+        accepted 0 drafts from L = p does."""
         rows = chained + [((join.slot, len(join.ids), 0, row, column), join.steps, join.known)
                           for join, row, column in joins]
-        if not joins:
-            return rows, outcome
-        spec = self._on_device([[join.slot, len(join.ids)] for join, _, _ in joins])  # [m', 2]
-        slot, at = spec.unbind(1)  # [m'] each
-        if outcome is None:
-            return rows, (None, slot, at, None, torch.zeros_like(slot), None)
-        _, rows_slot, rows_at, _, accepted, _ = outcome
-        return rows, (None, torch.cat([rows_slot, slot]), torch.cat([rows_at, at]), None,
-                      torch.cat([accepted, torch.zeros_like(slot)]), None)
+        parts = [outcome[1:3] + outcome[4:5]] if outcome is not None else []  # (slot, L, accepted) of the rows
+        if joins:
+            spec = self._on_device([[join.slot, len(join.ids)] for join, _, _ in joins])  # [m', 2]
+            parts.append((spec[:, 0], spec[:, 1], torch.zeros_like(spec[:, 0])))
+        if len(parts) == 1:  # no copies where the rows or the joins are alone
+            return rows, *parts[0]
+        slot, at, accepted = (torch.cat(part) for part in zip(*parts))
+        return rows, slot, at, accepted
 
     def _launch_later(self, rows: list[tuple[tuple[int, int, int, int, int], int, Callable[[int], int] | None]],
-                      outcome: tuple, token: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> list[tuple[dict[int, int], torch.Tensor]]:
-        """The steps after the first of greedy rows' next chains (`launch_ahead`), on the device with no host read: a
-        row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its step s - 1 drafted (`token`
-        [m] for s = 1), or a replayed draft's known token there, picked from those at every a. Each step writes past
-        the committed sequence, where its chain's own step would, and only its rows whose chain reaches it within
-        max_len. `outcome`: the rows' first step's (reads, slot, L, K, accepted, bonus) [m] each. -> per step from the
-        second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by `read`)."""
-        _, slot, at, _, accepted, _ = outcome
+                      slot: torch.Tensor, at: torch.Tensor, accepted: torch.Tensor, token: torch.Tensor,
+                      read: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[dict[int, int], torch.Tensor]]:
+        """The steps after the first of greedy rows' (and joins') next chains (`launch_ahead`, `_later_rows`), on the
+        device with no host read: a row (spec, steps, known) that accepted a drafts feeds at L + a + s the token its
+        step s - 1 drafted (`token` [m] for s = 1), or a replayed draft's known token there, picked from those at every
+        a. Each step writes past the committed sequence, where its chain's own step would, and only its rows whose
+        chain reaches it within max_len. `slot`, `at` (L), `accepted` [m]: each row's, from its first step. -> per step
+        from the second: (draft slot -> its row in the values, the values [rows', m] of its rows' logits read by
+        `read`)."""
         most = max(n for _, n, _ in rows)
         knows = any(f is not None for _, _, f in rows)
         if knows:  # [m, K + steps + 1]: the token a replayed draft drafts at L + j, read from the table by the device
