@@ -868,7 +868,8 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "launched %.1f ms into their drafting phase, the device waiting %.1f ms for them, %.1f ms on it); "
+                     "launched %.1f ms into their drafting phase, which began %.1f ms after the last read, the device "
+                     "waiting %.1f ms for them, %.1f ms on it); "
                      "steps by tokens per row %s; t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
@@ -879,7 +880,8 @@ class BatchedRunner(ModelRunner):
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
-                         (s.early_after_s, since.early_after_s), (s.early_waited_s, since.early_waited_s),
+                         (s.early_after_s, since.early_after_s), (s.early_before_s, since.early_before_s),
+                         (s.early_waited_s, since.early_waited_s),
                          (s.early_device_s, since.early_device_s))),
                      ", ".join(f"{n}: {count - since.widths.get(n, 0)}" for n, count in sorted(s.widths.items())
                                if count > since.widths.get(n, 0)),
@@ -1236,6 +1238,7 @@ class BatchedRunner(ModelRunner):
         s = self.stats
         self._early, s.early = step, s.early + len(early)  # its cost starts once the phase ends
         s.early_steps, s.early_after_s = s.early_steps + 1, s.early_after_s + launching - self._phase_began
+        s.early_before_s += self._phase_began - self._read_at
         with self._cv:
             for r in early:
                 r.row.early, r.row.busy = r, True

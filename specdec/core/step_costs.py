@@ -188,6 +188,8 @@ class StepStats:
     early_steps: int = 0  # steps launched so (one a drafting phase at most)
     early_after_s: float = 0.0  # their launches' seconds after their drafting phase began: what of the phase the verify
     #                             does not overlap (the host's work before it: proposals, chains, the verify's inputs)
+    early_before_s: float = 0.0  # their drafting phases' seconds after the host read the step before (handing its rows
+    #                              on, planning those that draft no block): with early_after_s, the host's path
     early_waited_s: float = 0.0  # on the device: from the end of the work queued before their phase began (the last
     #                              verify, the draft steps launched ahead) to their start, waiting for the launch
     early_device_s: float = 0.0  # on the device: the steps themselves (on a CPU, where the host runs them: their forwards)

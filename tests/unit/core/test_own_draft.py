@@ -108,7 +108,8 @@ def drafts_as_alone(together, alone):
 def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32, engine):
     """Mixed prompt lengths (one longer than a prefill chunk), output lengths and K (1..8), sessions joining and
     leaving: each output equals target-only greedy decoding alone; the draft steps held several rows; each verify
-    was launched from the drafted tokens before the host read them, and its plan kept it."""
+    was launched from the drafted tokens before the host read them, and its plan kept it; the engine's log fields on
+    that launch's timing hold."""
     pair, (target, draft) = tiny_pair_fp32, engine
     long_prompt = pair.encode("\n".join(PROMPTS[:6]))
     assert len(long_prompt) > target.prefill_chunk
@@ -118,7 +119,7 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
                 for ids, n, _ in cases]
     drafted_before, phases, early = target.stats.drafting_s, [], (target.stats.early, target.stats.early_kept)
     early_steps, early_after = target.stats.early_steps, target.stats.early_after_s
-    waited, device = target.stats.early_waited_s, target.stats.early_device_s
+    waited, device, before = target.stats.early_waited_s, target.stats.early_device_s, target.stats.early_before_s
     target.on_drafting = phases.append  # the target service's metrics (specdec_draft_phase_seconds)
     try:
         got = concurrently([lambda c=c: own_decode(pair, engine, *c) for c in cases])
@@ -136,6 +137,7 @@ def test_greedy_outputs_equal_target_only_and_drafting_is_batched(tiny_pair_fp32
     assert 0 < after < sum(phases)  # says how far into its phase, on average
     waited, device = target.stats.early_waited_s - waited, target.stats.early_device_s - device
     assert 0 < waited <= after and device > 0  # on a CPU the device waits for the host's launch, then runs the forward
+    assert 0 < target.stats.early_before_s - before  # and how long after the step before was read the phase began
     assert draft.stats.ahead_kept > 0  # and chains whose first draft step was launched from the verify's argmax
     assert target.free_slots == target.max_sessions and draft.free_slots == draft.max_sessions
 
