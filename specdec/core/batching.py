@@ -654,10 +654,17 @@ class BatchedRunner(ModelRunner):
         plain cycle is taken to cost at most a plain step's forward at this load (launched alone): a run of plain
         steps launched ahead costs about that where the host keeps up, and a dearer figure was timed where they
         were not launched ahead (a plain step amid drafting, or after a verify) or in a ramp of joining sessions,
-        and kept a batch drafting where plain decoding was faster (docs/benchmarks.md, call g5)."""
+        and kept a batch drafting where plain decoding was faster (docs/benchmarks.md, call g5). A plain cycle is
+        taken to cost no less than a plain step measured at this load, since every row is in each one: a lower
+        figure, timed as drafting stopped, turned a batch's drafting off by itself (call kp)."""
         rows = self.load_rows()
         cycle = self.costs.cycle(rows, k + 1)
-        if k > 0 or not self.lookahead:
+        if k > 0:
+            return cycle
+        step = self.costs.measured(rows, 1)
+        if cycle is not None and step is not None:
+            cycle = max(cycle, step)
+        if not self.lookahead:
             return cycle
         forward = self.costs.forward(rows, 1)
         return forward if cycle is None else cycle if forward is None else min(cycle, forward)

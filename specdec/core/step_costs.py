@@ -122,6 +122,10 @@ class StepCostTable:
     def cost(self, rows: int, tokens: int) -> float | None:
         return self._lookup(self.cells, self._answers, rows, tokens)
 
+    def measured(self, rows: int, tokens: int) -> float | None:
+        """The cell as served steps measured it: no seed, no scaling (None where none was)."""
+        return self.cells.get(self._key(rows, tokens))
+
     def _lookup(self, table: dict[tuple[int, int], float], answers: dict[tuple[int, int], float | None], rows: int,
                 tokens: int) -> float | None:
         """A cell, else its seed (`_seeded`), else its scaled estimate. Every session's K choice asks for each K between
