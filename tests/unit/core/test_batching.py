@@ -619,8 +619,8 @@ def test_no_cost_or_cycle_of_fewer_rows_exceeds_one_measured_with_more():
 def test_the_engine_times_cycles_and_forwards_and_hopes_a_plain_cycle_costs_its_forward(tiny_pair_fp32):
     """A run of drafting steps is timed as whole cycles, and each step launched alone as a forward; with lookahead a
     plain cycle is taken to cost at most a plain forward at this load (never measured: the forward), and never less
-    than a plain step measured at this load (on kp's H100 a plain cycle measured as drafting stopped, 5.1 ms against
-    a 7.4 ms step at 64 rows, turned drafting off by itself)."""
+    than a plain step measured at this load (a plain cycle timed below it as drafting stopped turned a batch's
+    drafting off by itself: docs/benchmarks.md, call kp)."""
     pair = tiny_pair_fp32
     runner = BatchedRunner(pair.target.model, max_len=256, max_sessions=4, gather_s=0.005, lookahead=True)
     try:
