@@ -57,12 +57,15 @@ TIMED = [(TargetLoop, "complete"), (TargetLoop, "plan"), (TargetLoop, "_tell"), 
 
 class PathTimer:
     """The host's path through a drafted cycle (`--time-path`): from the read of a step that verified drafted blocks
-    to the launch of the next verify from the drafting phase's tokens (`_launch_early`), marked where the rows are
-    handed on (`_hand_on` ends), where the drafting phase starts (`_draft`), where its chains are handed to the draft
-    runner (`decode_chains`), where their values are read (`_read_chains`) and where they are launched (the early
-    verify's call). On a GPU the device idles for what of it the draft steps launched ahead do not cover."""
+    to the launch of the next verify from the drafting phase's tokens (`_launch_early`), marked where the rows'
+    handing on begins and ends (`_hand_on`: before it, the draft runner is told how their next chains begin), where
+    the engine gathers the next step's work (`_gather`: after streaming and prompt chunks), where the drafting phase
+    starts (`_draft`), where its chains are handed to the draft runner (`decode_chains`), where their values are read
+    (`_read_chains`) and where they are launched (the early verify's call). On a GPU the device idles for what of it
+    the draft steps launched ahead do not cover."""
 
-    MARKS = ("handed on", "phase starts", "chains handed in", "chains read", "chains launched", "verify launched")
+    MARKS = ("handing on", "handed on", "gathering", "phase starts", "chains handed in", "chains read",
+             "chains launched", "verify launched")
 
     def __init__(self) -> None:
         self.since: float | None = None
@@ -88,7 +91,9 @@ class PathTimer:
                 self.since = time.perf_counter()
             return result
         BatchedRunner._read = read_timed
+        at("_hand_on", "handing on")
         at("_hand_on", "handed on", after=True)
+        at("_gather", "gathering")
         at("_draft", "phase starts")
         at("decode_chains", "chains handed in")
         at("_read_chains", "chains read")

@@ -34,15 +34,15 @@ def test_engine_host_time_reports_each_configuration(flags, kinds):
 def test_engine_host_time_times_the_host_path_of_drafted_cycles():
     out = run("engine_host_time.py", "--clients", "4", "--tokens", "16", "--max-len", "64", "--repeats", "1",
               "--k", "2", "--early-verify", "on", "--replay-alpha", "0.8", "--time-path")
-    path = re.search(r"host path from a verify's read, ms \(median / p90, (\d+) cycles\): handed on ([\d.]+) .*"
+    path = re.search(r"host path from a verify's read, ms \(median / p90, (\d+) cycles\): handing on ([\d.]+) .*"
                      r"verify launched ([\d.]+) /", out)
     assert path is not None, out
     cycles, handed, launched = int(path[1]), float(path[2]), float(path[3])
     assert cycles > 0 and 0 < handed <= launched, out
     line = out[path.start():].splitlines()[0]
     marks = re.findall(r"(?:: |, )([a-z ]+) [\d.]+ / [\d.]+", line)
-    assert marks == ["handed on", "phase starts", "chains handed in", "chains read", "chains launched",
-                     "verify launched"], out
+    assert marks == ["handing on", "handed on", "gathering", "phase starts", "chains handed in", "chains read",
+                     "chains launched", "verify launched"], out
 
 
 def test_first_sessions_reports_every_request():
