@@ -62,14 +62,17 @@ class PathTimer:
     the engine gathers the next step's work (`_gather`: after streaming and prompt chunks), where the drafting phase
     starts (`_draft`), where its chains are handed to the draft runner (`decode_chains`), where their values are read
     (`_read_chains`) and where they are launched (the early verify's call). On a GPU the device idles for what of it
-    the draft steps launched ahead do not cover."""
+    the draft steps launched ahead do not cover. Beside each mark's wall time, the engine thread's own CPU time to it:
+    where it is much less, the thread waited (for the interpreter's lock other threads held, or a core)."""
 
     MARKS = ("handing on", "handed on", "gathering", "phase starts", "chains handed in", "chains read",
              "chains launched", "verify launched")
 
     def __init__(self) -> None:
         self.since: float | None = None
+        self.cpu_since = 0.0  # the engine thread's CPU time at that read
         self.seen: dict[str, list[float]] = collections.defaultdict(list)
+        self.cpu: dict[str, list[float]] = collections.defaultdict(list)
 
     def install(self) -> None:
         def at(name: str, mark: str, after: bool = False, only: Callable | None = None) -> None:
@@ -88,7 +91,7 @@ class PathTimer:
         def read_timed(runner, step):
             result = read(runner, step)
             if any(r.drafted is not None for r in step.requests):
-                self.since = time.perf_counter()
+                self.since, self.cpu_since = time.perf_counter(), time.thread_time()
             return result
         BatchedRunner._read = read_timed
         at("_hand_on", "handing on")
@@ -104,18 +107,22 @@ class PathTimer:
         if mark in self.seen and len(self.seen[mark]) > len(self.seen["verify launched"]):
             return  # once a cycle: the first time it is reached
         self.seen[mark].append(time.perf_counter() - self.since)
+        self.cpu[mark].append(time.thread_time() - self.cpu_since)
         if mark == "verify launched":
             self.since = None
 
     def report(self) -> str:
-        """Each mark's median and 90th percentile, ms since the read; empty before any drafted cycle."""
+        """Each mark's median and 90th percentile, ms since the read, and the engine thread's median CPU ms to it;
+        empty before any drafted cycle."""
         cycles = len(self.seen["verify launched"])
         if not cycles:
             return ""
         parts = [f"{m} {1e3 * statistics.median(v):.2f} / {1e3 * (statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]):.2f}"
-                 for m in self.MARKS if (v := self.seen.get(m))]
+                 f" [{1e3 * statistics.median(self.cpu[m]):.2f}]" for m in self.MARKS if (v := self.seen.get(m))]
         self.seen.clear()
-        return f"  host path from a verify's read, ms (median / p90, {cycles} cycles): " + ", ".join(parts)
+        self.cpu.clear()
+        return (f"  host path from a verify's read, ms (median / p90, the engine thread's CPU median in brackets; {cycles} "
+                f"cycles): " + ", ".join(parts))
 
 
 def device_trace() -> torch.profiler.profile:

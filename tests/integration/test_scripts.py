@@ -34,11 +34,11 @@ def test_engine_host_time_reports_each_configuration(flags, kinds):
 def test_engine_host_time_times_the_host_path_of_drafted_cycles():
     out = run("engine_host_time.py", "--clients", "4", "--tokens", "16", "--max-len", "64", "--repeats", "1",
               "--k", "2", "--early-verify", "on", "--replay-alpha", "0.8", "--time-path")
-    path = re.search(r"host path from a verify's read, ms \(median / p90, (\d+) cycles\): handing on ([\d.]+) .*"
-                     r"verify launched ([\d.]+) /", out)
+    path = re.search(r"host path from a verify's read, ms \(median / p90, the engine thread's CPU median in brackets; "
+                     r"(\d+) cycles\): handing on ([\d.]+) .*verify launched ([\d.]+) / [\d.]+ \[([\d.]+)\]", out)
     assert path is not None, out
-    cycles, handed, launched = int(path[1]), float(path[2]), float(path[3])
-    assert cycles > 0 and 0 < handed <= launched, out
+    cycles, handed, launched, cpu = int(path[1]), float(path[2]), float(path[3]), float(path[4])
+    assert cycles > 0 and 0 < handed <= launched and 0 < cpu, out
     line = out[path.start():].splitlines()[0]
     marks = re.findall(r"(?:: |, )([a-z ]+) [\d.]+ / [\d.]+", line)
     assert marks == ["handing on", "handed on", "gathering", "phase starts", "chains handed in", "chains read",
