@@ -507,11 +507,13 @@ class BatchedRunner(ModelRunner):
         self._outputs: list[tuple[_Row, object]] = []  # finished cycles (and ends) not yet handed to sessions
         self._last_arrival = 0.0  # when the newest pending request came
         self._read_at = 0.0  # when the host last read a step's results
+        self._read_cpu = 0.0  # and the reading thread's CPU time then (time.thread_time)
         self._apart_at_read = 0  # and the chunks read apart by then (StepStats.chunks_apart)
         self._early: _Launched | None = None  # a step launched during a drafting phase (_launch_early): the next to read
         self._early_rows: list[_Row] = []  # the rows it verifies, until their plans confirm them
         self._phase_began = 0.0  # when the drafting phase now running began (perf_counter)
         self._phase_mark: float | torch.cuda.Event = 0.0  # and where the device's queue stood then (_mark)
+        self._phase_cpu = 0.0  # and the engine thread's CPU time then (time.thread_time)
         self._chain_reads = PinnedBuffers()  # where a chain's values are read to
         self._ahead: _Ahead | None = None  # a draft runner's next chains' first step, launched ahead (launch_ahead)
         self._chain_ends: dict[int, int] = {}  # slot -> where its last chain's next input goes (launch_ahead checks)
@@ -875,8 +877,8 @@ class BatchedRunner(ModelRunner):
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "launched %.1f ms into their drafting phase, which began %.1f ms after the last read, the device "
-                     "waiting %.1f ms for them, %.1f ms on it); "
+                     "launched %.1f ms into their drafting phase, which began %.1f ms after the last read (%.1f ms of the "
+                     "engine thread's CPU), the device waiting %.1f ms for them, %.1f ms on it); "
                      "steps by tokens per row %s; t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
@@ -888,6 +890,7 @@ class BatchedRunner(ModelRunner):
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
                          (s.early_after_s, since.early_after_s), (s.early_before_s, since.early_before_s),
+                         (s.early_before_cpu_s, since.early_before_cpu_s),
                          (s.early_waited_s, since.early_waited_s),
                          (s.early_device_s, since.early_device_s))),
                      ", ".join(f"{n}: {count - since.widths.get(n, 0)}" for n, count in sorted(s.widths.items())
@@ -1189,7 +1192,7 @@ class BatchedRunner(ModelRunner):
         t0, before, joining = time.perf_counter(), self._early, self.drafter.joining_s()
         told = self._launch_early if early and self.early_verify and before is None else None
         if told is not None:  # read by _launch_early, for the engine's log
-            self._phase_began, self._phase_mark = t0, self._mark()
+            self._phase_began, self._phase_mark, self._phase_cpu = t0, self._mark(), time.thread_time()
         if not self.drafter.draft(told):
             return False
         done = time.perf_counter()
@@ -1246,6 +1249,7 @@ class BatchedRunner(ModelRunner):
         self._early, s.early = step, s.early + len(early)  # its cost starts once the phase ends
         s.early_steps, s.early_after_s = s.early_steps + 1, s.early_after_s + launching - self._phase_began
         s.early_before_s += self._phase_began - self._read_at
+        s.early_before_cpu_s += self._phase_cpu - self._read_cpu
         with self._cv:
             for r in early:
                 r.row.early, r.row.busy = r, True
@@ -2138,7 +2142,7 @@ class BatchedRunner(ModelRunner):
             self._time_early(*step.timeline)
         began = max(step.began, self._read_at)  # launched ahead: its cost starts when the last step was read
         self.stats.forward_s += read - max(step.launched, self._read_at)
-        self._read_at = read
+        self._read_at, self._read_cpu = read, time.thread_time()
         step.cost_from = began
         step.chunk_in, self._apart_at_read = self.stats.chunks_apart != self._apart_at_read, self.stats.chunks_apart
         requests = [r for r in step.requests if not r.void]

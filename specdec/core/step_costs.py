@@ -194,6 +194,8 @@ class StepStats:
     #                             does not overlap (the host's work before it: proposals, chains, the verify's inputs)
     early_before_s: float = 0.0  # their drafting phases' seconds after the host read the step before (handing its rows
     #                              on, planning those that draft no block): with early_after_s, the host's path
+    early_before_cpu_s: float = 0.0  # of which the engine thread's CPU time (a CUDA sync spins: it counts here); the
+    #                                  rest it waited, for the interpreter's lock other threads held or for a core
     early_waited_s: float = 0.0  # on the device: from the end of the work queued before their phase began (the last
     #                              verify, the draft steps launched ahead) to their start, waiting for the launch
     early_device_s: float = 0.0  # on the device: the steps themselves (on a CPU, where the host runs them: their forwards)
