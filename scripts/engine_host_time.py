@@ -71,8 +71,7 @@ class PathTimer:
     def __init__(self) -> None:
         self.since: float | None = None
         self.cpu_since = 0.0  # the engine thread's CPU time at that read
-        self.seen: dict[str, list[float]] = collections.defaultdict(list)
-        self.cpu: dict[str, list[float]] = collections.defaultdict(list)
+        self.seen: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)  # mark -> (wall, CPU) since it
 
     def install(self) -> None:
         def at(name: str, mark: str, after: bool = False, only: Callable | None = None) -> None:
@@ -106,8 +105,7 @@ class PathTimer:
     def _mark(self, mark: str) -> None:
         if mark in self.seen and len(self.seen[mark]) > len(self.seen["verify launched"]):
             return  # once a cycle: the first time it is reached
-        self.seen[mark].append(time.perf_counter() - self.since)
-        self.cpu[mark].append(time.thread_time() - self.cpu_since)
+        self.seen[mark].append((time.perf_counter() - self.since, time.thread_time() - self.cpu_since))
         if mark == "verify launched":
             self.since = None
 
@@ -117,10 +115,14 @@ class PathTimer:
         cycles = len(self.seen["verify launched"])
         if not cycles:
             return ""
-        parts = [f"{m} {1e3 * statistics.median(v):.2f} / {1e3 * (statistics.quantiles(v, n=10)[-1] if len(v) > 1 else v[0]):.2f}"
-                 f" [{1e3 * statistics.median(self.cpu[m]):.2f}]" for m in self.MARKS if (v := self.seen.get(m))]
+        parts = []
+        for m in self.MARKS:
+            if not (seen := self.seen.get(m)):
+                continue
+            wall, cpu = zip(*seen)
+            p90 = statistics.quantiles(wall, n=10)[-1] if len(wall) > 1 else wall[0]
+            parts.append(f"{m} {1e3 * statistics.median(wall):.2f} / {1e3 * p90:.2f} [{1e3 * statistics.median(cpu):.2f}]")
         self.seen.clear()
-        self.cpu.clear()
         return (f"  host path from a verify's read, ms (median / p90, the engine thread's CPU median in brackets; {cycles} "
                 f"cycles): " + ", ".join(parts))
 
