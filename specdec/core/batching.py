@@ -22,7 +22,9 @@ attention costs what the rows' lengths ask, not what `max_len` allows.
 Prompts longer than `prefill_chunk` are fed a chunk per step, between batched steps, so a long prompt delays the
 others' next token by at most one chunk's forward. Short prompts go in the step, whose rows are all padded to
 the widest, unless the cost table says one chunk of the new ones alone is cheaper (`_alone`: at many rows on a
-GPU). On CUDA a chunk (new prompts, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket),
+GPU), or that feeding them over the next steps at the other rows' width costs less than widening those
+(`_split_joins`: verifies of drafts at many rows, at most JOIN_SPLIT_STEPS steps more to a prompt's first token).
+On CUDA a chunk (new prompts, drafts catching up) is a CUDA graph too, captured per (rows, chunk bucket),
 whose rows are any slots: it writes their new entries in place and attends over a copy of their rows of the cache.
 An engine loop runs one chunk a step: one row of each chunk bucket, and up to JOIN_CHUNK_ROWS rows at a step's widths
 (JOIN_CHUNK_TOKENS: new short prompts together; launched before a step launched ahead and read apart from it,
@@ -119,6 +121,7 @@ CATCH_UP_ROWS = 4  # eager catch-ups whose slots lie within this many rows alway
 JOIN_HOLD_STEPS = 2  # a new prompt that would widen a step of other rows waits at most this many steps for company
 JOIN_GROUP_SHARE = 0.25  # held prompts go in at once when they are this share of the step's other rows
 LOAD_STEPS = 32  # load-aware K prices the most driven sessions of this many steps (`load_rows`): a dip shorter is not a load
+JOIN_SPLIT_STEPS = 2  # a new prompt fed over steps at the other rows' width (`_split_joins`) takes at most this many more
 JOIN_CHUNK_ROWS = 16  # new short prompts run alone together in a chunk graph of up to this many rows (`_alone`)
 JOIN_CHUNK_TOKENS = (9, 17)  # and of a step's width, the narrowest that holds them (the shortest long chunk, 32,
 #                              computed 16 rows x 32 tokens for prompts of 5-9)
@@ -241,6 +244,8 @@ class _Request:
     next: "_Request | None" = None  # the guess launched after this forward for the same row
     drafted: Drafted | None = None  # an early verify: its last keep - 1 tokens are this block's, filled on the device
     join: DraftJoin | None = None  # a prompt step whose session's draft catches up in the draft step launched from it
+    rest: "_Request | None" = None  # a new prompt's head (_split_joins): the request with the rest of the prompt, which
+    #                                  goes pending once this head is in the cache
     outcome: tuple[OnTheWay, int, Sequence[int]] | None = None  # a sampled verify's outcome worked out on the device,
     #                                                               its row there, and the drafts it verifies
 
@@ -876,16 +881,18 @@ class BatchedRunner(ModelRunner):
             guesses = s.guesses - since.guesses
             log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
-                     "%d rows launched ahead (%.0f%% kept), %d verifies launched from drafts on the device (%.0f%% kept, "
-                     "launched %.1f ms into their drafting phase, which began %.1f ms after the last read (%.1f ms of the "
-                     "engine thread's CPU), the device waiting %.1f ms for them, %.1f ms on it); "
+                     "%d new prompts split over steps, %d rows launched ahead (%.0f%% kept), %d verifies launched from "
+                     "drafts on the device (%.0f%% kept, launched %.1f ms into their drafting phase, which began %.1f ms "
+                     "after the last read (%.1f ms of the engine thread's CPU), the device waiting %.1f ms for them, "
+                     "%.1f ms on it); "
                      "steps by tokens per row %s; t(rows x tokens) ms %s",
                      steps, wall,
                      (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
                      s.drafting_phases - since.drafting_phases, 1e3 * s.drafting_longest_s,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
-                     s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart, guesses,
+                     s.prefill_rows - since.prefill_rows, s.chunks_apart - since.chunks_apart,
+                     s.joins_split - since.joins_split, guesses,
                      100 * (s.guesses_kept - since.guesses_kept) / max(1, guesses), s.early - since.early,
                      100 * (s.early_kept - since.early_kept) / max(1, s.early - since.early),
                      *(1e3 * (now - then) / max(1, s.early_steps - since.early_steps) for now, then in (
@@ -1051,10 +1058,12 @@ class BatchedRunner(ModelRunner):
         with self._cv:
             return self._split_pending(alongside=alongside)
 
-    def _split_pending(self, chunks: int | None = 1, alongside: int = 0) -> tuple[list[_Request], list[_Request]]:
-        """The pending forwards that fit a step, and the longer ones whose next chunks run eagerly: at most
-        `chunks` of them (None: all); the rest stay pending, new prompts held back for company among them
-        (`_held_joins`; `alongside`: rows the step carries besides these). The caller holds the lock."""
+    def _split_pending(self, chunks: int | None = 1, alongside: int = 0, beside: int = 1
+                       ) -> tuple[list[_Request], list[_Request]]:
+        """The pending forwards that fit a step (a new prompt wider than the others maybe by its head alone,
+        `_split_joins`), and the longer ones whose next chunks run eagerly: at most `chunks` of them (None: all); the
+        rest stay pending, new prompts held back for company among them (`_held_joins`; `alongside`: rows the step
+        carries besides these, `beside` tokens wide at most). The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
         held = self._held_joins(steps, alongside)
@@ -1064,7 +1073,44 @@ class BatchedRunner(ModelRunner):
             steps = [r for r in steps if r not in alone]
             long = alone
         self._pending = [r for r in self._pending if r not in steps and r not in long]
-        return steps, long
+        return self._split_joins(steps, alongside, beside), long
+
+    def _split_joins(self, steps: list[_Request], alongside: int, beside: int) -> list[_Request]:
+        """`steps`, with each new prompt (a driven session's first forward) wider than the other rows fed over this
+        step and the next ones at their width instead, where the cost table says that widening costs the other rows
+        more, in all, than the steps it adds before the prompts' first tokens cost them (rows are padded to the
+        widest: at many rows a verify of 4 drafts costs ~60% more 9 tokens wide, a new 8-token prompt's width; at a
+        few, about nothing). A split prompt is replaced by its head, as wide as the others, whose results no one
+        reads; the rest goes pending once the head is in the cache (`_resume`). At most JOIN_SPLIT_STEPS steps more
+        each, so not in a plain decode step (a prompt one token a step)."""
+        joins = [r for r in steps if r.row is not None and not r.row.cycle_tokens and r.chain is None]
+        if not joins:
+            return steps
+        others = len(steps) - len(joins) + alongside
+        width = self.step_shape(1, max([beside] + [len(r.ids) for r in steps if r not in joins]))[1]
+        wide = [r for r in joins if len(r.ids) > width]
+        if not others or not wide or any(-(-len(r.ids) // width) - 1 > JOIN_SPLIT_STEPS for r in wide):
+            return steps
+        rows = self.batch_rows()
+        narrow, widened = self.costs.cost(rows, width), self.costs.cost(rows, max(len(r.ids) for r in wide))
+        more = sum(-(-len(r.ids) // width) - 1 for r in wide)  # steps the split adds before their first tokens
+        if narrow is None or widened is None or others * (widened - narrow) <= more * narrow:
+            return steps
+        heads = {}
+        for r in wide:
+            heads[id(r)] = _Request(r.index, r.start, r.ids[:width], 1, True, rest=r)
+            r.start, r.ids = r.start + width, r.ids[width:]
+        self.stats.joins_split += len(wide)
+        return [heads.get(id(r), r) for r in steps]
+
+    def _resume(self, head: _Request) -> None:
+        """A split prompt's head is in the cache (`_split_joins`): the rest of the prompt goes pending, for the next
+        step."""
+        rest = head.rest
+        rest.row.loop.slot.tokens.extend(head.ids)
+        with self._cv:
+            self._pending.append(rest)
+            self._cv.notify_all()
 
     def _held_joins(self, steps: list[_Request], alongside: int) -> list[_Request]:
         """The new prompts (driven sessions' first forwards) to hold back from this step: rows are padded to a step's
@@ -1231,8 +1277,8 @@ class BatchedRunner(ModelRunner):
         if not early:
             return
         with self._cv:
-            steps, _ = self._split_pending(chunks=0, alongside=len(early))  # every ready forward that fits a step;
-            # prompt chunks wait
+            steps, _ = self._split_pending(chunks=0, alongside=len(early), beside=max(len(r.ids) for r in early))
+            # every ready forward that fits a step; prompt chunks wait
         index = self._on_device(fill, tokens.device).T  # [4, drafts]
         try:
             with self._turn():
@@ -1416,6 +1462,9 @@ class BatchedRunner(ModelRunner):
         session's cycle (and confirm or drop the guess launched after it)."""
         row = r.row
         if row is None:
+            if r.rest is not None:
+                self._resume(r)
+                return
             if r.chain is not None and self._next_pick(r):
                 return
             _wake(r)
@@ -1489,6 +1538,8 @@ class BatchedRunner(ModelRunner):
         if r.void:
             return
         self._void(r.next)
+        if r.rest is not None:  # a split prompt's head: its session fails with it
+            self._fail(r.rest, error)
         if r.row is not None:
             self._end(r.row, error)
         else:

@@ -180,6 +180,7 @@ class StepStats:
     prefill_chunks: int = 0
     prefill_rows: int = 0  # the requests those chunks forwarded (new prompts run alone together share one)
     chunks_apart: int = 0  # of the chunks, those launched before a step launched ahead and read apart from it
+    joins_split: int = 0  # new prompts fed over more than one step at the other rows' width (`_split_joins`)
     busy_s: float = 0.0  # time in batched steps
     forward_s: float = 0.0  # of which in the forward itself (launch to logits on the host); the rest is Python
     drafting_s: float = 0.0  # time the engine spent drafting for its sessions between steps (a StepDrafter)

@@ -3,6 +3,7 @@
 import contextlib
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -540,6 +541,77 @@ def test_new_prompts_wait_a_bounded_number_of_steps_to_widen_a_step_together(tin
     batch = 16  # 16 rows: a 9-token step costs less than two plain ones, a wait would only delay the first token
     cheap = _Request(4, 0, [5] * 9, 1, True, row=rows[4])
     assert cheap in split([cheap, *decoding[:16]])
+    runner.stop()
+
+
+def test_new_prompts_wider_than_a_step_of_verifies_are_fed_over_steps_at_its_width(tiny_pair_fp32, monkeypatch):
+    """Rows are padded to a step's widest: an 8-token prompt joining 63 verifies of 4 drafts (5 tokens a row) made the
+    whole step 9 wide (on an H100 t(64, 9) = 17.8 ms against t(64, 5) = 11.3, call km). Where the cost table says
+    that widening costs the other rows more, in all, than the steps added before the prompt's first token, the step
+    takes the prompt's first 5 tokens (a head whose results no one reads) and the rest goes pending once the head is
+    in the cache. Not where costs are unknown, where the widening is cheap (few rows), in a plain decode step, or
+    where the prompt would take more than JOIN_SPLIT_STEPS steps more."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=64)
+    monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", 0)
+    rows = [_Row(loop=None) for _ in range(64)]
+    for row in rows[1:]:
+        row.cycle_tokens = 1  # running sessions; rows[0] is new
+    batch = 64
+    monkeypatch.setattr(runner, "batch_rows", lambda: batch)
+
+    def split(requests, alongside=0, beside=1):
+        runner._pending = list(requests)
+        steps, long = runner._split_pending(chunks=0, alongside=alongside, beside=beside)
+        assert runner._pending == [] and long == []
+        return steps
+
+    def verifies(n=63):
+        return [_Request(i, 10, [7] * 5, 5, True, row=rows[i]) for i in range(1, n + 1)]
+
+    prompt = list(range(3, 11))  # 8 tokens
+    join = _Request(0, 2, list(prompt), 1, True, row=rows[0])
+    assert join in split([join, *verifies()])  # no costs known yet: the step takes it whole
+    for (r, n), ms in {(64, 9): 17.8, (64, 5): 11.3, (64, 1): 7.0, (4, 9): 7.3, (4, 5): 7.1, (4, 1): 7.0}.items():
+        runner.costs.seed(r, n, ms / 1e3)
+    steps = split([join, *verifies()])
+    head = steps[0]
+    assert join not in steps and head.rest is join and head.row is None
+    assert (head.index, head.start, head.ids, head.keep) == (0, 2, prompt[:5], 1)  # as wide as the verifies
+    assert (join.start, join.ids) == (7, prompt[5:]) and runner.stats.joins_split == 1
+    # the head in the cache: the rest goes pending, for the next step, where it widens nothing
+    slot = SimpleNamespace(tokens=[1, 2])
+    rows[0].loop = SimpleNamespace(slot=slot)
+    runner._deliver(head, 5)
+    assert slot.tokens == [1, 2, *prompt[:5]] and runner._pending == [join]
+    assert join in split([join, *verifies()])
+    # an early verify's rows carried besides (`_launch_early`): the same, by their width
+    late = _Request(0, 2, list(prompt), 1, True, row=rows[0])
+    assert split([late], alongside=63, beside=5)[0].rest is late
+    # a plain decode step: one token a step would take 7 steps more
+    decoding = [_Request(i, 10, [7], 1, True, row=rows[i]) for i in range(1, 64)]
+    plain = _Request(0, 2, list(prompt), 1, True, row=rows[0])
+    assert plain in split([plain, *decoding])
+    # 17 tokens over steps of 5: 3 steps more
+    long = _Request(0, 2, list(range(3, 20)), 1, True, row=rows[0])
+    assert long in split([long, *verifies()])
+    batch = 4  # 4 rows: the widening costs 0.2 ms, the step added to the prompt's first token 7.1
+    few = _Request(0, 2, list(prompt), 1, True, row=rows[0])
+    assert few in split([few, *verifies(3)])
+    runner.stop()
+
+
+def test_a_split_prompt_whose_head_fails_fails_its_session(tiny_pair_fp32):
+    """The head of a prompt fed over steps (`_split_joins`) is no caller's: where its step fails, the session the
+    rest of the prompt is for fails with the error, instead of going on from a cache without the head."""
+    runner = BatchedRunner(tiny_pair_fp32.target.model, launch=None, max_len=64, max_sessions=8)
+    row = _Row(loop=None)
+    rest = _Request(0, 7, [5, 6, 7], 1, True, row=row)
+    head = _Request(0, 2, [1, 2, 3, 4, 5], 1, True, rest=rest)
+    ended = []
+    runner._end = lambda row, item: ended.append((row, item))
+    error = RuntimeError("step failed")
+    runner._fail(head, error)
+    assert ended == [(row, error)] and runner._pending == []
     runner.stop()
 
 

@@ -240,6 +240,23 @@ def test_a_joining_session_s_draft_catches_up_in_the_draft_step_launched_from_it
     assert later  # joined chains took their later steps from the launch
 
 
+def test_new_prompts_fed_over_steps_at_the_verifies_width_draft_and_decode_as_alone(tiny_pair_fp32, engine,
+                                                                                      monkeypatch):
+    """New prompts wider than the verifies they join are fed over steps at the verifies' width (`_split_joins`, where
+    the cost table makes widening dear, as at many rows on a GPU), their drafts catching up as usual: every request's
+    output and blocks (K, accepted) are those it gets alone."""
+    pair, (target, _) = tiny_pair_fp32, engine
+    monkeypatch.setattr(target.costs, "cost", lambda rows, tokens: 1e-3 * rows * tokens)
+    cases = [(pair.encode(PROMPTS[i]), n, k) for i, n, k in ((0, 96, 4), (2, 96, 2), (5, 16, 4), (18, 16, 4),
+                                                              (3, 16, 2), (21, 12, 4), (1, 12, 2))]
+    assert sum(len(ids) > k + 1 for ids, _, k in cases) >= 5  # prompts wider than a verify
+    alone = [separate_decode(pair, ids, n, k, SamplingParams(), seed=0) for ids, n, k in cases]
+    split = target.stats.joins_split
+    drafts_as_alone(staggered(pair, engine, cases, 0.04), alone)
+    assert target.stats.joins_split > split, target.stats.joins_split - split
+    assert target.free_slots == target.max_sessions
+
+
 def test_a_join_whose_proposer_cannot_begin_is_left_to_its_drafting_phase():
     """A new session's draft whose proposer refuses its prompt (a replayed draft with no reference for it) launches no
     catch-up with the other rows' draft steps (where its error would stop the engine's loop): its own drafting phase
