@@ -443,6 +443,7 @@ class _Row:
     cycle_others: int = 0  # and its steps of another width than that forward's (StepStats.others)
     cycle_uncharged: float = 0.0  # and its uncharged time then
     cycle_apart: int = 0  # and the chunks read apart by then (StepStats.chunks_apart)
+    cycle_split: int = 0  # and the new prompts split over steps by then (StepStats.joins_split)
 
 
 class BatchedRunner(ModelRunner):
@@ -2221,16 +2222,20 @@ class BatchedRunner(ModelRunner):
         step launched ahead of it; one that starts waits for its draft to catch up). Timed only where every row
         did as this one: not in a step wider than its own forward (`width` tokens: others verified more), nor
         with steps of another width in it (others' verifies, or plain steps it was not in), nor, plain, with a
-        drafting phase in it. A plain cycle timed amid drafting ones looks as slow as theirs, and every session
-        drafts where all decoding plainly would be faster."""
+        drafting phase in it, nor with a new prompt split over its steps (`_split_joins`: such a prompt would have
+        widened one, and its session's draft catches up in them; the cycles a join leaves alone are the sample either
+        way). A plain cycle timed amid drafting ones looks as slow as theirs, and every session drafts where all
+        decoding plainly would be faster."""
         now, s = time.perf_counter(), self.stats
         own = self.step_shape(1, tokens)[1]
         others = s.others(own)
         if (row.cycle_tokens == tokens and width == own and others == row.cycle_others
-                and not (tokens == 1 and s.drafting_phases > row.cycle_phases) and s.chunks_apart == row.cycle_apart):
+                and not (tokens == 1 and s.drafting_phases > row.cycle_phases) and s.chunks_apart == row.cycle_apart
+                and s.joins_split == row.cycle_split):
             self._cycles.setdefault(tokens, []).append(now - row.cycle_end - (self._uncharged_s - row.cycle_uncharged))
         row.cycle_end, row.cycle_tokens, row.cycle_phases = now, tokens, s.drafting_phases
         row.cycle_uncharged, row.cycle_others, row.cycle_apart = self._uncharged_s, others, s.chunks_apart
+        row.cycle_split = s.joins_split
 
     def _fold_cycles(self) -> None:
         """The cycles that ended in one step, their mean per token count into the table once

@@ -756,10 +756,12 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
     running session meanwhile (prompt chunks, a resumed draft's catching up); a change of K is a transition;
     a plain cycle with a drafting phase in it, a cycle in a step wider than its own forward (others verified
     more tokens), and one with steps of another width in it, are not what the cycle costs when every row does
-    the same; nor is one with a chunk read apart in it (its device time may have begun before the cycle)."""
+    the same; nor is one with a chunk read apart in it (its device time may have begun before the cycle), nor one
+    over whose steps a new prompt was split (a join that would otherwise have widened one of them)."""
     runner = BatchedRunner(tiny_pair_fp32.target.model, max_len=64, max_sessions=2)
     try:
-        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.145, 1.155, 1.170])
+        clock = iter([1.0, 1.030, 1.050, 1.060, 1.070, 1.095, 1.100, 1.130, 1.140, 1.145, 1.155, 1.170, 1.190,
+                      1.215, 1.235])
         monkeypatch.setattr(batching.time, "perf_counter", lambda: next(clock))
         row = batching._Row(loop=None)
 
@@ -784,6 +786,10 @@ def test_a_session_s_cycle_is_timed_between_its_forwards_of_one_size(tiny_pair_f
         ended(1, 1)  # 1.145: not timed
         ended(1, 1)  # 1.155: 10 ms
         ended(3, 3)  # 1.170: K 0 -> 2
+        ended(3, 3)  # 1.190: 20 ms
+        runner.stats.joins_split += 1  # a new prompt fed over this cycle's steps at their width
+        ended(3, 3)  # 1.215: not timed
+        ended(3, 3)  # 1.235: 20 ms
         monkeypatch.undo()
         plain = ((0.010 * 0.8 + 0.005 * 0.2) * 0.8 + 0.010 * 0.2) * 0.8 + 0.010 * 0.2
         assert runner.costs.cycles == {(1, 3): pytest.approx(0.020), (1, 1): pytest.approx(plain)}
