@@ -231,14 +231,16 @@ class SharedPhase:
     so K is the batch's: the k that maximises the tokens all of them commit per second, sum_i E(a_i, k) / T(k),
     which each of them computes alike. Each session choosing for itself instead, one whose drafts are all accepted
     drafts a long block and every row pays for it (docs/benchmarks.md, the tiny pair at 8 CPU clients).
-    Keeps the sum of its members' E(a_i, k) for k = 0..max_k, updated when a member's acceptance moves."""
+    Keeps each member's acceptance as it moves, and works out the members' mean E(a_i, k) when it is read, once per
+    step: every drafting row's acceptance moves every cycle, and updating the mean with each one was per-row work on
+    the engine's thread between a verify's read and the next verify's launch."""
 
     def __init__(self, max_k: int = MAX_K) -> None:
         self.max_k = max_k
-        self._tokens: dict[int, list[float]] = {}  # id(member) -> E(a, k) for k = 0..max_k
-        self._sum = [0.0] * (max_k + 1)
+        self._members: dict[int, tuple[float, int]] = {}  # id(member) -> (its acceptance, its max K)
         self._lock = threading.Lock()  # members observe on the engine's thread and leave on their own
-        self._mean: list[float] | None = None
+        self._mean: list[float] | None = None  # the members' mean E(a_i, k) for k = 0..max_k, as last worked out
+        self._stale = False  # a member changed since
         self._memo: dict[str, tuple[object, object]] = {}  # what -> (key, value) last computed (`once`)
         self.plain_probes = PlainProbes()
         self.hold = SwitchHold()
@@ -254,26 +256,30 @@ class SharedPhase:
 
     def update(self, member: object, alpha: float | None, member_max_k: int) -> None:
         """The acceptance a member chooses K by now (None: not known yet, so it does not weigh in)."""
-        tokens = None if alpha is None else [expected_tokens(alpha, min(k, member_max_k)) for k in range(self.max_k + 1)]
         with self._lock:
-            self._remove(member)
-            if tokens is not None:
-                self._tokens[id(member)] = tokens
-                self._sum = [s + t for s, t in zip(self._sum, tokens)]
-            self._publish()
+            if alpha is None:
+                self._members.pop(id(member), None)
+            else:
+                self._members[id(member)] = (alpha, member_max_k)
+            self._stale = True
 
     def leave(self, member: object) -> None:
         with self._lock:
-            self._remove(member)
-            self._publish()
+            self._members.pop(id(member), None)
+            self._stale = True
 
-    def _remove(self, member: object) -> None:
-        tokens = self._tokens.pop(id(member), None)
-        if tokens is not None:  # recomputed from zero when the last leaves: no rounding residue accumulates
-            self._sum = [s - t for s, t in zip(self._sum, tokens)] if self._tokens else [0.0] * (self.max_k + 1)
-
-    def _publish(self) -> None:
-        self._mean = [s / len(self._tokens) for s in self._sum] if self._tokens else None  # one reference: read unlocked
+    def _current_mean(self) -> list[float] | None:
+        """The members' mean E(a_i, k) for k = 0..max_k (None without members), worked out again if one changed."""
+        if not self._stale:
+            return self._mean
+        with self._lock:
+            sums = [0.0] * (self.max_k + 1)
+            for alpha, member_max_k in self._members.values():
+                for k in range(self.max_k + 1):
+                    sums[k] += expected_tokens(alpha, min(k, member_max_k))
+            self._mean = [s / len(self._members) for s in sums] if self._members else None
+            self._stale = False
+            return self._mean
 
     def once(self, what: str, key: object, compute: Callable[[], T]) -> T:
         """The members' `what` (their rates by k, their K, their step's costs observed) at `key` (an engine's step and a
@@ -339,7 +345,7 @@ class SharedPhase:
 
     def tokens(self, k: int) -> float | None:
         """The members' mean E(a_i, k) (the sum's argmax over T(k) is the mean's); None without members."""
-        mean = self._mean
+        mean = self._current_mean()
         return None if mean is None else mean[min(k, self.max_k)]
 
 

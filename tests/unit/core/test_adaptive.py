@@ -362,6 +362,23 @@ def test_sessions_drafting_in_one_phase_choose_k_for_the_whole_batch():
     assert phase.tokens(0) is None
 
 
+def test_a_phase_mean_follows_its_members_acceptance_as_it_moves():
+    """The members' mean E(a_i, k) is worked out when read: an acceptance that moves after one read counts at the
+    next, a member near its end counts no more than its own K's tokens, and one that leaves no longer counts."""
+    phase = SharedPhase(max_k=4)
+    a, b = object(), object()
+    phase.update(a, 0.5, 4)
+    phase.update(b, 1.0, 2)
+    assert phase.tokens(4) == pytest.approx((expected_tokens(0.5, 4) + 3.0) / 2)
+    phase.update(a, 0.0, 4)
+    assert phase.tokens(4) == pytest.approx((1.0 + 3.0) / 2)
+    assert phase.tokens(1) == pytest.approx((1.0 + 2.0) / 2)
+    phase.update(b, None, 2)  # not known: does not weigh in
+    assert phase.tokens(4) == pytest.approx(1.0)
+    phase.leave(a)
+    assert phase.tokens(1) is None
+
+
 def test_a_phase_of_like_sessions_chooses_what_each_would_alone():
     costs = StepCosts(smoothing=1.0)
     for k in range(9):
