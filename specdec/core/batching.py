@@ -1090,12 +1090,12 @@ class BatchedRunner(ModelRunner):
         others = len(steps) - len(joins) + alongside
         width = self.step_shape(1, max([beside] + [len(r.ids) for r in steps if r not in joins]))[1]
         wide = [r for r in joins if len(r.ids) > width]
-        if not others or not wide or any(-(-len(r.ids) // width) - 1 > JOIN_SPLIT_STEPS for r in wide):
+        extra = [-(-len(r.ids) // width) - 1 for r in wide]  # the steps a split adds before each one's first token
+        if not others or not wide or max(extra) > JOIN_SPLIT_STEPS:
             return steps
         rows = self.batch_rows()
         narrow, widened = self.costs.cost(rows, width), self.costs.cost(rows, max(len(r.ids) for r in wide))
-        more = sum(-(-len(r.ids) // width) - 1 for r in wide)  # steps the split adds before their first tokens
-        if narrow is None or widened is None or others * (widened - narrow) <= more * narrow:
+        if narrow is None or widened is None or others * (widened - narrow) <= sum(extra) * narrow:
             return steps
         heads = {}
         for r in wide:
