@@ -506,6 +506,8 @@ class BatchedRunner(ModelRunner):
         self._pending: list[_Request] = []
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
+        self._opened: dict[int, float] = {}  # slot -> when its session opened it, until the session is driven
+        self._arriving: dict[int, tuple[float, float]] = {}  # slot -> (opened, driven) of a session not in a step yet
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
         self._joined_at = 0  # the step count when a session last joined (what a paused phase's charge asks)
         self._lately: collections.deque[int] = collections.deque(maxlen=LOAD_STEPS)  # driven sessions, a step each
@@ -588,6 +590,7 @@ class BatchedRunner(ModelRunner):
         index, queued_s = self.slots.acquire(cancelled)
         with self._cv:
             self._open.add(index)
+            self._opened[index] = time.perf_counter()
         return KVSlot(id=next(self._ids), index=index, queued_s=queued_s)
 
     def close(self, slot: KVSlot) -> None:
@@ -598,6 +601,8 @@ class BatchedRunner(ModelRunner):
         self._rewrite.pop(index, None)
         with self._cv:
             self._open.discard(index)
+            self._opened.pop(index, None)
+            self._arriving.pop(index, None)
             self._expected.discard(index)
             self._cv.notify_all()
         self.slots.release(index)
@@ -628,6 +633,8 @@ class BatchedRunner(ModelRunner):
                 raise Unavailable(self._stop_reason)
             self._rows[loop.slot.index] = row
             self._joined_at = self.stats.steps
+            driven = time.perf_counter()
+            self._arriving[loop.slot.index] = (self._opened.pop(loop.slot.index, driven), driven)
             self._cv.notify_all()
         try:
             while True:  # the outbox holds lists of cycles, then _END or an exception
@@ -880,7 +887,14 @@ class BatchedRunner(ModelRunner):
         if s.steps > since.steps:
             steps = s.steps - since.steps
             guesses = s.guesses - since.guesses
-            log.info("engine: %d steps in %.1f s, %.1f rows per step, %.1f ms per step (forward %.1f, drafting between "
+            arrivals, driven = s.arrivals - since.arrivals, s.driven - since.driven
+            sessions = (f" (of {driven / steps:.1f} sessions driven, {(s.open_slots - since.open_slots) / steps:.1f} "
+                        f"slots open; {arrivals} new sessions, "
+                        f"{1e3 * (s.arrival_setup_s - since.arrival_setup_s) / max(1, arrivals):.1f} ms from a slot's "
+                        f"opening to its session being driven, "
+                        f"{1e3 * (s.arrival_wait_s - since.arrival_wait_s) / max(1, arrivals):.1f} more to its first "
+                        f"step)") if driven else ""  # a draft service's engine drives none: its callers' forwards
+            log.info("engine: %d steps in %.1f s, %.1f rows per step%s, %.1f ms per step (forward %.1f, drafting between "
                      "steps %.1f in %d phases, longest %.1f), busy %.0f%%, %d prefill chunks (%d rows, %d read apart), "
                      "%d new prompts split over steps, %d rows launched ahead (%.0f%% kept), %d verifies launched from "
                      "drafts on the device (%.0f%% kept, launched %.1f ms into their drafting phase, which began %.1f ms "
@@ -888,7 +902,7 @@ class BatchedRunner(ModelRunner):
                      "%.1f ms on it); "
                      "steps by tokens per row %s; t(rows x tokens) ms %s",
                      steps, wall,
-                     (s.rows - since.rows) / steps, 1e3 * (s.busy_s - since.busy_s) / steps,
+                     (s.rows - since.rows) / steps, sessions, 1e3 * (s.busy_s - since.busy_s) / steps,
                      1e3 * (s.forward_s - since.forward_s) / steps, 1e3 * (s.drafting_s - since.drafting_s) / steps,
                      s.drafting_phases - since.drafting_phases, 1e3 * s.drafting_longest_s,
                      100 * (s.busy_s - since.busy_s) / wall, s.prefill_chunks - since.prefill_chunks,
@@ -1596,6 +1610,7 @@ class BatchedRunner(ModelRunner):
         """Launch one forward over slots [0, B): each request's tokens in its own row, padded to n; a guess's
         token is `after`'s argmax for its row, read on the device (and `fill`'s tokens are written on it)."""
         began = time.perf_counter()
+        self._arrived(requests, began)
         ids, positions, reach = self._inputs(requests)
         guessed = [r.index for r in requests if r.guess]
         launched = time.perf_counter()
@@ -1614,6 +1629,19 @@ class BatchedRunner(ModelRunner):
         return _Launched(requests, ids.shape[1], logits, top, host_top, ready, began, launched,
                          pipelined=after is not None, drafted_before=self.stats.drafting_s, drawn=drawn,
                          drawn_logits=kept)
+
+    def _arrived(self, requests: Sequence[_Request], now: float) -> None:
+        """Where new driven sessions' first forwards are launched: how long each took from its slot's opening to
+        being driven, and from there to this launch, for the engine's log (a client's request spends both before its
+        first step; with the time its slot stood closed, they are what keeps rows per step under the sessions)."""
+        if not self._arriving:  # a dict's pop is atomic: no lock on this path, which every launch takes
+            return
+        s = self.stats
+        for r in requests:
+            times = self._arriving.pop(r.index, None)
+            if times is not None:
+                s.arrivals, s.arrival_setup_s, s.arrival_wait_s = (s.arrivals + 1, s.arrival_setup_s + times[1] - times[0],
+                                                                   s.arrival_wait_s + now - times[1])
 
     def _drawn_at_launch(self, requests: list[_Request]) -> list[_Request]:
         """The requests whose token is drawn on the device as their step is launched, each given its sampling and seed
@@ -2248,11 +2276,12 @@ class BatchedRunner(ModelRunner):
         """Complete every row of a step that was read; the step's cost goes into the table (unless every row
         of it was a dropped guess: such a step ran while its sessions' drafts drafted, on a shared GPU)."""
         useful = [r for r in step.requests if not r.void]
+        s = self.stats
+        s.driven, s.open_slots = s.driven + len(self._rows), s.open_slots + len(self._open)  # those the step ended still
         for r in useful:
             self._deliver(r, step.n)
         self._fold_cycles()
         began = step.cost_from  # drafting for the next step while this one was on the device is not its cost
-        s = self.stats
         step_s = (self._read_at if step.ahead else time.perf_counter()) - began - (s.drafting_s - step.drafted_before)
         if useful and not step.chunk_in:
             self.costs.observe(len(step.requests), step.n, step_s)
@@ -2335,6 +2364,7 @@ class BatchedRunner(ModelRunner):
         launched inside the launch of the step ahead): their argmax is copied to the host behind an event of its own
         (a GPU's), so that the step launched after the chunk does not hold its read (`_finish_chunks`)."""
         now = time.perf_counter()
+        self._arrived(requests, now)
         chunks = [r.ids[r.fed:r.fed + self.prefill_chunk] for r in requests]
         last = [r.fed + len(c) == len(r.ids) for r, c in zip(requests, chunks)]
         wanted = max(r.keep if done else 1 for r, done in zip(requests, last))

@@ -177,6 +177,11 @@ class StepStats:
 
     steps: int = 0  # batched forwards
     rows: int = 0  # real rows over all of them
+    driven: int = 0  # driven sessions over all of them (a session between its cycles, or drafting, is in no step)
+    open_slots: int = 0  # slots open over all of them (a session setting up is not driven yet)
+    arrivals: int = 0  # new driven sessions whose first forward was launched
+    arrival_setup_s: float = 0.0  # their time from opening their slot to being driven (the session's set-up)
+    arrival_wait_s: float = 0.0  # and from being driven to that launch (the engine's: gathered, held, split or drafting)
     prefill_chunks: int = 0
     prefill_rows: int = 0  # the requests those chunks forwarded (new prompts run alone together share one)
     chunks_apart: int = 0  # of the chunks, those launched before a step launched ahead and read apart from it

@@ -96,10 +96,17 @@ def test_concurrent_greedy_requests_equal_each_decoded_alone(tiny_pair_fp32, bat
 
 def test_sessions_decoding_at_once_share_steps(tiny_pair_fp32, batched):
     pair = tiny_pair_fp32
-    steps_before, rows_before = batched.stats.steps, batched.stats.rows
+    before = batched.stats.mark()
     concurrently([lambda p=p: decode(pair, batched, pair.encode(p), 24) for p in PROMPTS[:8]])
-    steps, rows = batched.stats.steps - steps_before, batched.stats.rows - rows_before
+    s = batched.stats
+    steps, rows = s.steps - before.steps, s.rows - before.rows
     assert rows / steps > 4, f"{rows} rows in {steps} steps: the sessions were not batched"
+    # where a step's missing rows were: every session that came was timed to its first step, and a step's rows are
+    # among its driven sessions, those among the open slots
+    assert s.arrivals - before.arrivals == 8
+    assert 0 < s.arrival_wait_s - before.arrival_wait_s < 8 * 10.0
+    assert rows <= s.driven - before.driven <= s.open_slots - before.open_slots <= 8 * steps
+    assert not batched._arriving and not batched._opened  # nothing kept for sessions that have gone
 
 
 def test_seeded_sampling_in_a_batch_equals_alone(tiny_pair_fp32, batched):
