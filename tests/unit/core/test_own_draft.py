@@ -686,6 +686,14 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     timed = [(float(ms), float(steps), float(width), float(gap)) for *_, ms, steps, width, n, gap in lines if int(n) > 0]
     assert timed and all(ms > 0 and steps >= 1 and width >= 2 for ms, steps, width, _ in timed), lines
     assert any(gap > 0 for *_, gap in timed), lines  # on a CPU: the host's time from launching the verify to them
+    # where a step's missing rows are: a step's rows among its driven sessions, those among the open slots, and every
+    # new session timed to its first step
+    rows = [tuple(map(float, found)) for found in re.findall(
+        r"engine: \d+ steps in [0-9.]+ s, ([0-9.]+) rows per step \(of ([0-9.]+) sessions driven, ([0-9.]+) slots open; "
+        r"(\d+) new sessions, ([0-9.]+) ms from a slot's opening to its session being driven, ([0-9.]+) more to its "
+        r"first step\)", caplog.text)]
+    assert rows and all(r <= driven <= slots for r, driven, slots, *_ in rows), rows
+    assert sum(new for *_, new, _, _ in rows) == len(cases), rows
 
 
 def test_a_session_asks_with_its_verdict_unless_done_or_paused(tiny_pair_fp32, engine):
