@@ -144,6 +144,8 @@ N)  # one GPU, issue 17: the batched engines in process (engine-*: no gRPC, no o
       --engine-process $EP --rounds ${ROUNDS:-6} --json "$OUT/$NAME.json" --log-level info ${FIXED_K:-} ${EXTRA:-} \
       ${REPLAY:+--replay-references $REPLAY} \
       2>"$OUT/$NAME.log" | tee "$OUT/$NAME.txt")
+    # the engine's 5 s windows at load side by side (rows, where the missing ones are, the drafted cycle's parts)
+    python3 -m specdec.tools.engine_log "$OUT/$NAME.log" --min-rows 12 > "$OUT/$NAME.windows.md" 2>&1
   done; done; done; done ;;
 Q)  # one GPU, issue 17: where the target process's time goes at 64 clients (own draft's plain cycles take twice
     # target-only's, calls g1-g3): py-spy (carried as a wheel) over a sweep, uncompiled so that the services start

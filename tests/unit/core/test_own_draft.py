@@ -28,6 +28,7 @@ from specdec.proposers import own_drafts
 from specdec.proposers.base import propose_together
 from specdec.proposers.draft_model import GREEDY, DraftModelFactory, pick_greedy, top_three
 from specdec.proposers.replay import ReplayBook, ReplayFactory, ReplayProposer, ReplayRates
+from specdec.tools import engine_log
 from tests.conftest import PROMPTS
 from tests.unit.core.test_batching import concurrently
 
@@ -689,12 +690,11 @@ def test_the_engine_logs_its_drafting_phases_with_its_steps(tiny_pair_fp32, engi
     assert any(gap > 0 for *_, gap in timed), lines  # on a CPU: the host's time from launching the verify to them
     # where a step's missing rows are: a step's rows among its driven sessions, those among the open slots, and every
     # new session timed to its first step
-    rows = [tuple(map(float, found)) for found in re.findall(
-        r"engine: \d+ steps in [0-9.]+ s, ([0-9.]+) rows per step \(of ([0-9.]+) sessions driven, ([0-9.]+) slots open; "
-        r"(\d+) new sessions, ([0-9.]+) ms from a slot's opening to its session being driven, ([0-9.]+) more to its "
-        r"first step\)", caplog.text)]
-    assert rows and all(r <= driven <= slots for r, driven, slots, *_ in rows), rows
-    assert sum(new for *_, new, _, _ in rows) >= len(cases), rows  # the first line may hold an earlier test's
+    # (read as specdec.tools.engine_log reads a device call's log: its patterns follow the line as written)
+    windows = [w.values for w in engine_log.windows(caplog.text)]
+    assert windows and all(w["rows"] <= w["driven"] <= w["open"] and w["wait_ms"] >= 0 for w in windows), windows
+    assert sum(w["arrivals"] for w in windows) >= len(cases), windows  # the first line may hold an earlier test's
+    assert any("ahead_ms" in w and "after_read_ms" in w for w in windows), windows
     assert engine[0].stats.arrivals - arrivals == len(cases)
 
 
