@@ -506,7 +506,6 @@ class BatchedRunner(ModelRunner):
         self._pending: list[_Request] = []
         self._expected: set[int] = set()  # slots answered last step that are still open: worth waiting for
         self._open: set[int] = set()
-        self._opened: dict[int, float] = {}  # slot -> when its session opened it, until the session is driven
         self._arriving: dict[int, tuple[float, float]] = {}  # slot -> (opened, driven) of a session not in a step yet
         self._rows: dict[int, _Row] = {}  # driven sessions by slot
         self._joined_at = 0  # the step count when a session last joined (what a paused phase's charge asks)
@@ -590,8 +589,7 @@ class BatchedRunner(ModelRunner):
         index, queued_s = self.slots.acquire(cancelled)
         with self._cv:
             self._open.add(index)
-            self._opened[index] = time.perf_counter()
-        return KVSlot(id=next(self._ids), index=index, queued_s=queued_s)
+        return KVSlot(id=next(self._ids), index=index, queued_s=queued_s, opened=time.perf_counter())
 
     def close(self, slot: KVSlot) -> None:
         index, slot.index, slot.tokens = slot.index, -1, []
@@ -601,7 +599,6 @@ class BatchedRunner(ModelRunner):
         self._rewrite.pop(index, None)
         with self._cv:
             self._open.discard(index)
-            self._opened.pop(index, None)
             self._arriving.pop(index, None)
             self._expected.discard(index)
             self._cv.notify_all()
@@ -633,8 +630,7 @@ class BatchedRunner(ModelRunner):
                 raise Unavailable(self._stop_reason)
             self._rows[loop.slot.index] = row
             self._joined_at = self.stats.steps
-            driven = time.perf_counter()
-            self._arriving[loop.slot.index] = (self._opened.pop(loop.slot.index, driven), driven)
+            self._arriving[loop.slot.index] = (loop.slot.opened, time.perf_counter())
             self._cv.notify_all()
         try:
             while True:  # the outbox holds lists of cycles, then _END or an exception

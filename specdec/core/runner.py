@@ -65,6 +65,7 @@ class KVSlot:
     index: int  # which of the runner's caches
     tokens: list[int] = field(default_factory=list)  # ids whose keys/values the cache holds, in order
     queued_s: float = 0.0  # how long its opener waited for it (admission queue)
+    opened: float = 0.0  # when it was given (perf_counter; a batched runner's, for the time to a session's first step)
 
     @property
     def length(self) -> int:

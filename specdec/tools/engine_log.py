@@ -43,7 +43,7 @@ DRAFT_FIELDS = {  # the same for its `engine's drafting:` line
     "joined_ms": r"catch-up, " + _NUMBER + r" ms each",
 }
 _COMPILED = {name: re.compile(pattern) for name, pattern in {**STEP_FIELDS, **DRAFT_FIELDS}.items()}
-_LINE = re.compile(r"specdec\.batching\S* (?P<kind>engine:|engine's drafting:)(?P<text>.*)$")  # a service's log, or pytest's
+_LINE = re.compile(r"specdec\.batching\S* (?P<kind>engine:|engine's drafting:)")  # a service's log, or pytest's
 _STAMP = re.compile(r"(\d\d:\d\d:\d\d)[,.]\d+ (\S+) ")  # a service's: the time and the process (`target-engine`)
 _WIDTHS = re.compile(r"steps by tokens per row ([^;]*);")
 DEFAULT_FIELDS = ("rows", "driven", "open", "wait_ms", "step_ms", "verify_ms", "ahead_ms", "first_width",
@@ -71,16 +71,15 @@ def windows(text: str) -> list[Window]:
             continue
         stamp = _STAMP.search(line[:m.start()])
         time, who = (stamp[1], stamp[2]) if stamp else ("", "")
-        body = m["text"]
         if m["kind"] == "engine:":
-            window = Window(time, who, _read(STEP_FIELDS, "engine:" + body))
-            widths = _WIDTHS.search(body)
+            window = Window(time, who, _read(STEP_FIELDS, line))
+            widths = _WIDTHS.search(line)
             if widths:
                 window.widths = {int(n): int(c) for n, c in (part.split(": ") for part in widths[1].split(", ") if part)}
             found.append(window)
             last[who] = window
         elif who in last:
-            last[who].values.update(_read(DRAFT_FIELDS, body))
+            last[who].values.update(_read(DRAFT_FIELDS, line))
     return found
 
 
