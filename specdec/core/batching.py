@@ -1077,7 +1077,7 @@ class BatchedRunner(ModelRunner):
         carries besides these, `beside` tokens wide at most). The caller holds the lock."""
         steps = [r for r in self._pending if len(r.ids) <= self.graph_max_tokens]
         long = [r for r in self._pending if len(r.ids) > self.graph_max_tokens][:chunks]
-        held = self._held_joins(steps, alongside)
+        held = self._held_joins(steps, alongside, beside)
         if held:
             steps = [r for r in steps if r not in held]
         if chunks and not long and (alone := self._alone(steps, alongside)):
@@ -1123,18 +1123,20 @@ class BatchedRunner(ModelRunner):
             self._pending.append(rest)
             self._cv.notify_all()
 
-    def _held_joins(self, steps: list[_Request], alongside: int) -> list[_Request]:
+    def _held_joins(self, steps: list[_Request], alongside: int, beside: int = 1) -> list[_Request]:
         """The new prompts (driven sessions' first forwards) to hold back from this step: rows are padded to a step's
         widest, so each prompt wider than the step's other rows costs every row a wide step, and prompts that trickle
         in one a step (clients coming back at different times) pay it once each. Held only where the cost table says
         the widening costs more than a step of the rows as they are (at many rows; at a few it costs little, and the
         wait would only delay the first token). Each waits at most JOIN_HOLD_STEPS steps, and none waits once they
-        are JOIN_GROUP_SHARE of the other rows, or where the step has no other rows (a wide step then costs no one)."""
+        are JOIN_GROUP_SHARE of the other rows, or where the step has no other rows (a wide step then costs no one).
+        `alongside` rows are `beside` tokens wide (an early verify's, `_launch_early`): the widening is priced from
+        their width, not a plain step's, or a new prompt would wait whole drafted cycles for a verify it hardly widens."""
         joins = [r for r in steps if r.row is not None and not r.row.cycle_tokens and r.chain is None]
         others = len(steps) - len(joins) + alongside
         if not joins or not others:
             return []
-        width, wide = self._wider(joins, steps)
+        width, wide = self._wider(joins, steps, beside)
         if not wide:
             return []
         rows = self.batch_rows()
@@ -1148,10 +1150,10 @@ class BatchedRunner(ModelRunner):
             return []
         return wide
 
-    def _wider(self, joins: list[_Request], steps: list[_Request]) -> tuple[int, list[_Request]]:
+    def _wider(self, joins: list[_Request], steps: list[_Request], beside: int = 1) -> tuple[int, list[_Request]]:
         """(The tokens a row of `steps` runs as without `joins`, the new prompts among them that widen it): rows are
-        padded to a step's widest."""
-        width = self.step_shape(1, max((len(r.ids) for r in steps if r not in joins), default=1))[1]
+        padded to a step's widest (`beside`: that of rows the step carries besides `steps`)."""
+        width = self.step_shape(1, max([beside] + [len(r.ids) for r in steps if r not in joins]))[1]
         return width, [r for r in joins if self.step_shape(1, len(r.ids))[1] > width]
 
     def _alone(self, steps: list[_Request], alongside: int = 0) -> list[_Request]:

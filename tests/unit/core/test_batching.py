@@ -594,6 +594,12 @@ def test_new_prompts_wider_than_a_step_of_verifies_are_fed_over_steps_at_its_wid
     # an early verify's rows carried besides (`_launch_early`): the same, by their width
     late = _Request(0, 2, list(prompt), 1, True, row=rows[0])
     assert split([late], alongside=63, beside=5)[0].rest is late
+    # nor held for company meanwhile: beside verifies 5 wide, widening to 9 (17.8 - 11.3 ms) costs less than their
+    # step, though more than a plain one (7.0)
+    monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", 2)
+    later = _Request(0, 2, list(prompt), 1, True, row=rows[0])
+    assert split([later], alongside=63, beside=5)[0].rest is later
+    monkeypatch.setattr(batching, "JOIN_HOLD_STEPS", 0)
     # a plain decode step: one token a step would take 7 steps more
     decoding = [_Request(i, 10, [7], 1, True, row=rows[i]) for i in range(1, 64)]
     plain = _Request(0, 2, list(prompt), 1, True, row=rows[0])
