@@ -1098,8 +1098,7 @@ class BatchedRunner(ModelRunner):
         if not joins:
             return steps
         others = len(steps) - len(joins) + alongside
-        width = self.step_shape(1, max([beside] + [len(r.ids) for r in steps if r not in joins]))[1]
-        wide = [r for r in joins if len(r.ids) > width]
+        width, wide = self._wider(joins, steps, beside)
         extra = [-(-len(r.ids) // width) - 1 for r in wide]  # the steps a split adds before each one's first token
         if not others or not wide or max(extra) > JOIN_SPLIT_STEPS:
             return steps
